@@ -1,0 +1,145 @@
+// Package event owns the signed change record that is the only thing an edge
+// acts on, and its wire format.
+//
+// Every record — a change published on the event stream, an answer to a
+// cache-miss lookup, a deployment snapshot, and (later) a record relayed by a
+// gossip peer — is a Record sealed by the origin's Ed25519 key. Records carry
+// the full state of what they describe at their Revision, never a delta, so
+// applying one twice or out of order can be detected and is harmless. A
+// Verifier refuses anything not signed by the configured origin key; a
+// compromised relay can therefore delay state, never grant it.
+package event
+
+import (
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+)
+
+// Kind says what a Record describes.
+type Kind string
+
+const (
+	// KindKey carries a key's full state; Key.Deleted marks its removal.
+	KindKey Kind = "key"
+	// KindDeployment carries a deployment's full state; Deployment.Deleted
+	// marks its removal.
+	KindDeployment Kind = "deployment"
+	// KindKeyNotFound answers a lookup for a hash no key has (Hash is set).
+	KindKeyNotFound Kind = "key_not_found"
+	// KindSnapshot carries every live deployment at Revision.
+	KindSnapshot Kind = "snapshot"
+)
+
+// Record is one signed statement of the origin: the state of one thing (or,
+// for a snapshot, of all deployments) as of Revision, the position in the
+// global, gap-free order of changes. For a published change, Revision is the
+// change's own position; for a lookup or snapshot answer, it is the last
+// revision the answer's read had seen.
+type Record struct {
+	Revision    uint64       `json:"revision"`
+	Kind        Kind         `json:"kind"`
+	Time        time.Time    `json:"time"`
+	Key         *Key         `json:"key,omitempty"`
+	Deployment  *Deployment  `json:"deployment,omitempty"`
+	Deployments []Deployment `json:"deployments,omitempty"`
+	Hash        *apikey.Hash `json:"hash,omitempty"`
+}
+
+// Key is what an edge needs to authorize a request with a key. It never holds
+// the secret, only hashes of it.
+type Key struct {
+	ID      string `json:"id"`
+	Project string `json:"project"`
+	// Secrets lists the hashes that authenticate as this key: the current one
+	// and, after a rotation with a grace period, the previous one with its
+	// NotAfter.
+	Secrets     []Secret   `json:"secrets"`
+	Permissions []string   `json:"permissions"`
+	Deployments []string   `json:"deployments"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	RateLimit   *RateLimit `json:"rate_limit,omitempty"`
+	Disabled    bool       `json:"disabled,omitempty"`
+	Deleted     bool       `json:"deleted,omitempty"`
+}
+
+// Secret is one accepted hash of a key. A zero NotAfter means no end other
+// than the key's own expiry.
+type Secret struct {
+	Hash     apikey.Hash `json:"hash"`
+	NotAfter *time.Time  `json:"not_after,omitempty"`
+}
+
+// RateLimit is a request budget.
+type RateLimit struct {
+	RequestsPerMinute int `json:"requests_per_minute"`
+}
+
+// UpstreamAuth says which credential the edge sends to the upstream.
+type UpstreamAuth struct {
+	Mode   string `json:"mode"` // "none", "inject" or "passthrough"
+	Header string `json:"header,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
+	Secret string `json:"secret,omitempty"` // name of the edge-local secret, never its value
+}
+
+// Upstream auth modes.
+const (
+	UpstreamAuthNone        = "none"
+	UpstreamAuthInject      = "inject"
+	UpstreamAuthPassthrough = "passthrough"
+)
+
+// Deployment is an inference endpoint behind the edges.
+type Deployment struct {
+	ID         string   `json:"id"`
+	Project    string   `json:"project"`
+	Name       string   `json:"name"`
+	Hosts      []string `json:"hosts"`
+	PathPrefix string   `json:"path_prefix"`
+	// Upstreams maps a site name, or "*" for any other site, to base URLs.
+	Upstreams        map[string][]string `json:"upstreams"`
+	AuthEnabled      bool                `json:"auth_enabled"`
+	InvalidKeyStatus int                 `json:"invalid_key_status"`
+	UpstreamAuth     *UpstreamAuth       `json:"upstream_auth,omitempty"`
+	RateLimit        *RateLimit          `json:"rate_limit,omitempty"`
+	MaxBodyBytes     int64               `json:"max_body_bytes"`
+	MaxPromptChars   int                 `json:"max_prompt_chars"`
+	Revision         uint64              `json:"revision"`
+	Deleted          bool                `json:"deleted,omitempty"`
+}
+
+// Permission names, as in the external API.
+const (
+	PermReadModels    = "read_models"
+	PermWriteModels   = "write_models"
+	PermDeleteModels  = "delete_models"
+	PermRunInference  = "run_inference"
+	PermManageCache   = "manage_cache"
+	PermReadMetrics   = "read_metrics"
+	PermWriteConfig   = "write_config"
+	PermManageUsers   = "manage_users"
+	PermViewAuditLogs = "view_audit_logs"
+	PermUseStreaming  = "use_streaming"
+	PermManageQueue   = "manage_queue"
+)
+
+// Permissions lists every permission a key may hold.
+var Permissions = []string{
+	PermReadModels, PermWriteModels, PermDeleteModels, PermRunInference, PermManageCache,
+	PermReadMetrics, PermWriteConfig, PermManageUsers, PermViewAuditLogs, PermUseStreaming,
+	PermManageQueue,
+}
+
+// DefaultPermissions are given to a key created without a list.
+var DefaultPermissions = []string{PermRunInference, PermReadModels, PermUseStreaming}
+
+// ValidPermission reports whether p is a known permission.
+func ValidPermission(p string) bool {
+	for _, q := range Permissions {
+		if p == q {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,98 @@
+package event
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+)
+
+func newPair(t *testing.T) (*Signer, *Verifier) {
+	t.Helper()
+	priv, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSigner(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(s.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, v
+}
+
+func TestSealOpen(t *testing.T) {
+	s, v := newPair(t)
+	k, _ := apikey.Generate()
+	h, _ := apikey.ParseString(k)
+	exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	in := &Record{Revision: 7, Kind: KindKey, Time: time.Unix(1, 0).UTC(), Key: &Key{
+		ID: "k1", Project: "p", Secrets: []Secret{{Hash: h}}, Permissions: DefaultPermissions,
+		Deployments: []string{"d1"}, ExpiresAt: &exp,
+	}}
+	wire, err := s.Seal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := v.Open(wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Revision != 7 || out.Key.Secrets[0].Hash != h || !out.Key.ExpiresAt.Equal(exp) {
+		t.Fatalf("round trip changed the record: %+v", out.Key)
+	}
+}
+
+func TestOpenRefusesTampering(t *testing.T) {
+	s, v := newPair(t)
+	other, _ := newPair(t)
+	rec := &Record{Revision: 1, Kind: KindKey, Key: &Key{ID: "k1", Deployments: []string{}}}
+	wire, _ := s.Seal(rec)
+	forged, _ := other.Seal(&Record{Revision: 1, Kind: KindKey, Key: &Key{ID: "k1", Deployments: []string{"d1"}}})
+
+	flipped := append([]byte(nil), wire...)
+	flipped[len(flipped)-3] ^= 1
+	tests := []struct {
+		name string
+		wire []byte
+		want error
+	}{
+		{"empty", nil, ErrMalformed},
+		{"signature only", wire[:64], ErrMalformed},
+		{"payload changed", flipped, ErrBadSignature},
+		{"other key", forged, ErrBadSignature},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := v.Open(tt.wire); !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParsePublicKey(t *testing.T) {
+	s, _ := newPair(t)
+	enc := EncodePublicKey(s.Public())
+	path := filepath.Join(t.TempDir(), "pub")
+	if err := os.WriteFile(path, []byte(enc+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{enc, "@" + path} {
+		pub, err := ParsePublicKey(in)
+		if err != nil || !pub.Equal(s.Public()) {
+			t.Fatalf("%q: %v", in, err)
+		}
+	}
+	for _, bad := range []string{"", "not base64!", "AAAA", "@" + path + ".missing"} {
+		if _, err := ParsePublicKey(bad); err == nil {
+			t.Fatalf("%q accepted", bad)
+		}
+	}
+}

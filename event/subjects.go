@@ -1,0 +1,30 @@
+package event
+
+import "strconv"
+
+// NATS names shared by origin and edges.
+const (
+	// StreamName is the JetStream stream holding every change in revision
+	// order. The origin publishes with an expected last sequence, so a
+	// change's stream sequence equals its revision.
+	StreamName = "KEYMESH_EVENTS"
+	// SubjectPrefix starts every event subject; StreamSubjects covers them.
+	SubjectPrefix  = "keymesh.events."
+	StreamSubjects = SubjectPrefix + ">"
+	// LookupKeySubject answers a request carrying a key hash (32 raw bytes)
+	// with a sealed KindKey or KindKeyNotFound record.
+	LookupKeySubject = "keymesh.lookup.key"
+	// SnapshotSubject answers an empty request with a sealed KindSnapshot.
+	SnapshotSubject = "keymesh.lookup.snapshot"
+	// LookupQueue is the queue group origin replicas answer lookups in.
+	LookupQueue = "keymesh-origin"
+	// ErrorHeader on a lookup reply says the origin could not answer; the
+	// value is a short reason, never a secret.
+	ErrorHeader = "Keymesh-Error"
+)
+
+// Subject returns the subject a record of kind k at revision rev is
+// published on.
+func Subject(k Kind, rev uint64) string {
+	return SubjectPrefix + string(k) + "." + strconv.FormatUint(rev, 10)
+}

@@ -1,0 +1,92 @@
+// Package apierror renders the one error body shape that both the origin API
+// and the edge answer with:
+//
+//	{"error": {"code": "...", "message": "...", "type": "...", "details": null}}
+//
+// Messages are written for the client and must never contain a secret.
+package apierror
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Codes, as in the external API.
+const (
+	AuthenticationFailed = "AUTHENTICATION_FAILED"
+	PermissionDenied     = "PERMISSION_DENIED"
+	RateLimited          = "RATE_LIMITED"
+	ValidationError      = "VALIDATION_ERROR"
+	NotFound             = "NOT_FOUND"
+	Conflict             = "CONFLICT"
+	Unavailable          = "UNAVAILABLE"
+	UpstreamError        = "UPSTREAM_ERROR"
+	InternalError        = "INTERNAL_ERROR"
+)
+
+// openAIType maps a code to the OpenAI-style "type" clients of inference
+// APIs switch on.
+func openAIType(code string) string {
+	switch code {
+	case AuthenticationFailed:
+		return "authentication_error"
+	case PermissionDenied:
+		return "permission_error"
+	case RateLimited:
+		return "rate_limit_error"
+	case ValidationError:
+		return "invalid_request_error"
+	case NotFound:
+		return "not_found_error"
+	case Conflict:
+		return "conflict_error"
+	case Unavailable, UpstreamError:
+		return "api_error"
+	default:
+		return "server_error"
+	}
+}
+
+// Error is the body's "error" member. It implements error so that handlers
+// can return it.
+type Error struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Type    string `json:"type"`
+	Details any    `json:"details"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// New returns an error with the OpenAI type filled in from code.
+func New(status int, code, message string) *Error {
+	return &Error{Status: status, Code: code, Message: message, Type: openAIType(code)}
+}
+
+// WithDetails returns a copy of e carrying details.
+func (e *Error) WithDetails(details any) *Error {
+	c := *e
+	c.Details = details
+	return &c
+}
+
+// Body returns the JSON body for e.
+func (e *Error) Body() []byte {
+	b, err := json.Marshal(struct {
+		Error *Error `json:"error"`
+	}{e})
+	if err != nil { // details that cannot be encoded: drop them, keep the error
+		c := *e
+		c.Details = nil
+		return c.Body()
+	}
+	return b
+}
+
+// Write sends e on an http.ResponseWriter.
+func (e *Error) Write(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(e.Body())
+}
