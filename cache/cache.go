@@ -1,0 +1,480 @@
+// Package cache owns an edge's view of keys and deployments: what it knows,
+// how current that knowledge is, and how it fills gaps.
+//
+// Keys live in a ristretto cache that is only ever a positive cache and never
+// the authority. The authority is a generation record per key ID, kept by the
+// View itself: every applied change to a key raises its generation to the
+// change's revision, and every cached entry remembers the revision its state
+// was read at. A hit whose entry is older than its key's generation, or older
+// than the View's floor (raised when a gap in the event stream is found), is
+// treated as a miss. This makes ristretto's asynchronous Set harmless: a
+// queued or racing Set can at worst store an entry that is already stale,
+// never resurrect a revoked key. A miss-path answer read before a revocation
+// the View has applied is refused for the same reason and fetched again.
+//
+// Deployments are few and all held, in an immutable snapshot swapped
+// atomically on change. A change is visible to readers before the View
+// reports its revision as applied, so a request that starts after
+// AppliedRevision() reaches N sees every change up to N.
+//
+// All methods are safe for concurrent use. Apply must be called in revision
+// order by one goroutine (the Feed does).
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+)
+
+// Errors returned by Authorize. All but ErrUnavailable mean the key must be
+// refused; ErrUnavailable means the View could not prove anything either way.
+var (
+	ErrUnknownKey  = errors.New("cache: unknown key")
+	ErrExpired     = errors.New("cache: key expired")
+	ErrDisabled    = errors.New("cache: key disabled")
+	ErrUnavailable = errors.New("cache: key lookup unavailable")
+	// ErrGap is returned (as a *GapError) by Apply when a record does not
+	// follow the applied revision; the caller must resynchronise.
+	ErrGap = errors.New("cache: revision gap")
+)
+
+// GapError says which revisions are missing: those after Have and before Got.
+type GapError struct{ Have, Got uint64 }
+
+func (e *GapError) Error() string {
+	return fmt.Sprintf("cache: revision gap: applied %d, next record is %d", e.Have, e.Got)
+}
+
+// Is makes errors.Is(err, ErrGap) true.
+func (e *GapError) Is(target error) bool { return target == ErrGap }
+
+// Lookup fetches the origin's sealed answer for one key hash. The View
+// verifies what it returns.
+type Lookup func(ctx context.Context, h apikey.Hash) ([]byte, error)
+
+// Config configures a View. Zero fields take the documented defaults.
+type Config struct {
+	// Verifier checks the origin's signature on every record. Required.
+	Verifier *event.Verifier
+	// Lookup answers cache misses. Required.
+	Lookup Lookup
+	// MaxKeys bounds the number of cached key secrets. Default 1,000,000.
+	MaxKeys int64
+	// LookupTimeout bounds one miss-path lookup. Default 2s.
+	LookupTimeout time.Duration
+	// Logger receives warnings. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for expiry checks. Default time.Now.
+	Now func() time.Time
+}
+
+// Key is an edge's compiled, read-only view of a key at one revision.
+type Key struct {
+	ID          string
+	Project     string
+	Revision    uint64
+	Deployments []string
+	RateLimit   *event.RateLimit
+	perms       perms
+	expiresAt   int64 // unix nanoseconds, 0 = never
+	disabled    bool
+}
+
+// Linked reports whether the key is linked to the deployment with id.
+func (k *Key) Linked(id string) bool {
+	for _, d := range k.Deployments {
+		if d == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Has reports whether the key holds permission p.
+func (k *Key) Has(p string) bool { return k.perms&permBit(p) != 0 }
+
+// entry is what ristretto holds for one secret hash.
+type entry struct {
+	hash     apikey.Hash
+	key      *Key
+	notAfter int64 // unix nanoseconds this secret stops working, 0 = never
+	gen      *generation
+}
+
+// generation is the authoritative revocation record of one key ID: the
+// revision of the last change the View applied to it.
+type generation struct{ rev atomic.Uint64 }
+
+func (g *generation) raise(rev uint64) {
+	for {
+		cur := g.rev.Load()
+		if rev <= cur || g.rev.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
+}
+
+// Stats are the View's counters.
+type Stats struct {
+	Hits, Misses, Lookups, LookupErrors, StaleHits, Gaps, Applied, Rejected uint64
+}
+
+// View is an edge's knowledge of keys and deployments.
+type View struct {
+	cfg   Config
+	keys  *ristretto.Cache[uint64, *entry]
+	log   *slog.Logger
+	now   func() time.Time
+	fill  singleflight.Group
+	gensM sync.Mutex
+	gens  map[string]*generation
+
+	applied atomic.Uint64 // last revision whose effects are visible
+	floor   atomic.Uint64 // entries read before this revision are stale
+	deps    atomic.Pointer[Deployments]
+
+	depsMu   sync.Mutex        // serialises Apply, Resync, State and Restore
+	depFloor uint64            // deployment records at or below are in the snapshot
+	snapshot []byte            // the last sealed snapshot applied
+	depWires map[string][]byte // the last sealed record per deployment since
+
+	hits, misses, lookups, lookupErrs, staleHits, gaps, appliedN, rejected atomic.Uint64
+}
+
+// New validates cfg and returns an empty View.
+func New(cfg Config) (*View, error) {
+	if cfg.Verifier == nil {
+		return nil, errors.New("cache: Config.Verifier is required")
+	}
+	if cfg.Lookup == nil {
+		return nil, errors.New("cache: Config.Lookup is required")
+	}
+	if cfg.MaxKeys <= 0 {
+		cfg.MaxKeys = 1_000_000
+	}
+	if cfg.LookupTimeout <= 0 {
+		cfg.LookupTimeout = 2 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	keys, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
+		NumCounters:        cfg.MaxKeys * 10,
+		MaxCost:            cfg.MaxKeys,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		Metrics:            true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating key cache: %w", err)
+	}
+	v := &View{cfg: cfg, keys: keys, log: cfg.Logger, now: cfg.Now, gens: map[string]*generation{},
+		depWires: map[string][]byte{}}
+	v.deps.Store(emptyDeployments)
+	return v, nil
+}
+
+// Close releases the cache.
+func (v *View) Close() { v.keys.Close() }
+
+// AppliedRevision is the last revision whose effects every subsequent call
+// observes.
+func (v *View) AppliedRevision() uint64 { return v.applied.Load() }
+
+// Stats returns a copy of the counters.
+func (v *View) Stats() Stats {
+	return Stats{
+		Hits: v.hits.Load(), Misses: v.misses.Load(), Lookups: v.lookups.Load(),
+		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Gaps: v.gaps.Load(),
+		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(),
+	}
+}
+
+func slot(h *apikey.Hash) uint64 {
+	return uint64(h[0]) | uint64(h[1])<<8 | uint64(h[2])<<16 | uint64(h[3])<<24 |
+		uint64(h[4])<<32 | uint64(h[5])<<40 | uint64(h[6])<<48 | uint64(h[7])<<56
+}
+
+// Authorize returns the key whose secret hashes to h, checking the cache
+// first and asking the origin on a miss, and refuses keys that are unknown,
+// expired, disabled or past a rotation's grace period.
+func (v *View) Authorize(ctx context.Context, h apikey.Hash) (*Key, error) {
+	e, ok := v.cached(&h)
+	if !ok {
+		v.misses.Add(1)
+		var err error
+		if e, err = v.miss(ctx, h); err != nil {
+			return nil, err
+		}
+	} else {
+		v.hits.Add(1)
+	}
+	return e.key, v.check(e)
+}
+
+// cached returns a current entry for h, if the cache holds one.
+func (v *View) cached(h *apikey.Hash) (*entry, bool) {
+	e, ok := v.keys.Get(slot(h))
+	if !ok || e.hash != *h {
+		return nil, false
+	}
+	if e.key.Revision < e.gen.rev.Load() || e.key.Revision < v.floor.Load() {
+		v.staleHits.Add(1)
+		return nil, false
+	}
+	return e, true
+}
+
+func (v *View) check(e *entry) error {
+	k := e.key
+	if k.disabled {
+		return ErrDisabled
+	}
+	now := v.now().UnixNano()
+	if k.expiresAt != 0 && now >= k.expiresAt {
+		return ErrExpired
+	}
+	if e.notAfter != 0 && now >= e.notAfter {
+		return ErrUnknownKey // a rotated-out secret is no longer this key's
+	}
+	return nil
+}
+
+// maxStaleRetries bounds how often a miss is re-fetched because the answer
+// predates a change the View has already applied.
+const maxStaleRetries = 3
+
+func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
+	for range maxStaleRetries {
+		res, err, _ := v.fill.Do(string(h[:]), func() (any, error) { return v.fetch(ctx, h) })
+		if err != nil {
+			return nil, err
+		}
+		rec := res.(*event.Record)
+		if rec.Kind == event.KindKeyNotFound {
+			return nil, ErrUnknownKey
+		}
+		e := v.compile(rec.Key, rec.Revision, h)
+		if e == nil {
+			return nil, ErrUnknownKey
+		}
+		// Only an answer at least as new as everything applied to this key
+		// may be used or cached (no resurrection through the miss path).
+		if e.key.Revision < e.gen.rev.Load() || e.key.Revision < v.floor.Load() {
+			v.staleHits.Add(1)
+			continue
+		}
+		v.keys.Set(slot(&h), e, 1)
+		return e, nil
+	}
+	return nil, ErrUnavailable
+}
+
+// fetch asks the origin about h and verifies the answer is signed and about h.
+func (v *View) fetch(ctx context.Context, h apikey.Hash) (*event.Record, error) {
+	v.lookups.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.LookupTimeout)
+	defer cancel()
+	wire, err := v.cfg.Lookup(ctx, h)
+	if err != nil {
+		v.lookupErrs.Add(1)
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	rec, err := v.cfg.Verifier.Open(wire)
+	if err != nil {
+		v.rejected.Add(1)
+		v.lookupErrs.Add(1)
+		return nil, fmt.Errorf("%w: lookup reply: %v", ErrUnavailable, err)
+	}
+	switch {
+	case rec.Kind == event.KindKeyNotFound && rec.Hash != nil && *rec.Hash == h:
+		return rec, nil
+	case rec.Kind == event.KindKey && rec.Key != nil && holds(rec.Key, h):
+		return rec, nil
+	}
+	v.rejected.Add(1)
+	v.lookupErrs.Add(1)
+	return nil, fmt.Errorf("%w: lookup reply is not about the asked key", ErrUnavailable)
+}
+
+func holds(k *event.Key, h apikey.Hash) bool {
+	for _, s := range k.Secrets {
+		if s.Hash == h {
+			return true
+		}
+	}
+	return false
+}
+
+func (v *View) generation(id string) *generation {
+	v.gensM.Lock()
+	defer v.gensM.Unlock()
+	g := v.gens[id]
+	if g == nil {
+		g = &generation{}
+		v.gens[id] = g
+	}
+	return g
+}
+
+// compile builds the cache entry for secret h of k read at rev, or nil if k
+// is deleted or h is not one of its secrets.
+func (v *View) compile(k *event.Key, rev uint64, h apikey.Hash) *entry {
+	if k.Deleted {
+		return nil
+	}
+	ck := compileKey(k, rev)
+	g := v.generation(k.ID)
+	for _, s := range k.Secrets {
+		if s.Hash == h {
+			return newEntry(ck, g, s)
+		}
+	}
+	return nil
+}
+
+func compileKey(k *event.Key, rev uint64) *Key {
+	ck := &Key{ID: k.ID, Project: k.Project, Revision: rev, Deployments: k.Deployments,
+		RateLimit: k.RateLimit, disabled: k.Disabled}
+	for _, p := range k.Permissions {
+		ck.perms |= permBit(p)
+	}
+	if k.ExpiresAt != nil {
+		ck.expiresAt = k.ExpiresAt.UnixNano()
+	}
+	return ck
+}
+
+func newEntry(k *Key, g *generation, s event.Secret) *entry {
+	e := &entry{hash: s.Hash, key: k, gen: g}
+	if s.NotAfter != nil {
+		e.notAfter = s.NotAfter.UnixNano()
+	}
+	return e
+}
+
+// Apply verifies a sealed change from the event stream and makes it
+// visible. Records must come in revision order: one at or below the applied
+// revision is ignored, one beyond the next returns ErrGap and changes
+// nothing. Anything not signed by the origin is refused and counted.
+func (v *View) Apply(wire []byte) error {
+	rec, err := v.open(wire)
+	if err != nil {
+		return err
+	}
+	v.depsMu.Lock()
+	defer v.depsMu.Unlock()
+	cur := v.applied.Load()
+	switch {
+	case rec.Revision <= cur:
+		return nil
+	case rec.Revision != cur+1:
+		// Changes were lost: nothing cached can be proven current any more.
+		v.floor.Store(max(v.floor.Load(), rec.Revision-1))
+		return &GapError{Have: cur, Got: rec.Revision}
+	}
+	switch rec.Kind {
+	case event.KindKey:
+		if rec.Key == nil {
+			v.rejected.Add(1)
+			return fmt.Errorf("%w: key record without key", event.ErrMalformed)
+		}
+		v.applyKey(rec.Key, rec.Revision)
+	case event.KindDeployment:
+		if rec.Deployment == nil {
+			v.rejected.Add(1)
+			return fmt.Errorf("%w: deployment record without deployment", event.ErrMalformed)
+		}
+		if rec.Revision > v.depFloor {
+			v.deps.Store(v.deps.Load().with(rec.Deployment, rec.Revision))
+			v.depWires[rec.Deployment.ID] = wire
+		}
+	default:
+		v.log.Warn("ignoring event of unknown kind", "kind", rec.Kind, "revision", rec.Revision)
+	}
+	v.appliedN.Add(1)
+	v.applied.Store(rec.Revision) // last: publishes everything above
+	return nil
+}
+
+func (v *View) open(wire []byte) (*event.Record, error) {
+	rec, err := v.cfg.Verifier.Open(wire)
+	if err != nil {
+		v.rejected.Add(1)
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (v *View) applyKey(k *event.Key, rev uint64) {
+	g := v.generation(k.ID)
+	g.raise(rev) // first: from here on every older entry of this key is stale
+	if k.Deleted {
+		for _, s := range k.Secrets {
+			v.keys.Del(slot(&s.Hash))
+		}
+		return
+	}
+	// Refresh the secrets this edge has cached, so their next request is a
+	// hit at the new revision instead of a lookup. Keys it has not seen stay
+	// out: every edge hears of every key, but caches only its own traffic.
+	var ck *Key
+	for _, s := range k.Secrets {
+		if e, ok := v.keys.Get(slot(&s.Hash)); ok && e.hash == s.Hash {
+			if ck == nil {
+				ck = compileKey(k, rev)
+			}
+			v.keys.Set(slot(&s.Hash), newEntry(ck, g, s), 1)
+		}
+	}
+}
+
+// Resync replaces the deployments with a sealed snapshot and continues the
+// event stream after resume (0: after the snapshot's own revision): used on
+// first start, and when a gap in the stream means changes were lost. Every
+// cached key entry read before the snapshot becomes stale, so keys are
+// fetched again on demand. It returns the revision Apply expects next - 1.
+func (v *View) Resync(snapshot []byte, resume uint64) (uint64, error) {
+	rec, err := v.open(snapshot)
+	if err != nil {
+		return 0, err
+	}
+	if rec.Kind != event.KindSnapshot {
+		v.rejected.Add(1)
+		return 0, fmt.Errorf("%w: want a snapshot, got %q", event.ErrMalformed, rec.Kind)
+	}
+	if resume == 0 {
+		resume = rec.Revision
+	}
+	v.depsMu.Lock()
+	defer v.depsMu.Unlock()
+	v.gaps.Add(1)
+	v.floor.Store(max(v.floor.Load(), rec.Revision))
+	v.depFloor = rec.Revision
+	v.deps.Store(newDeployments(rec.Deployments, rec.Revision))
+	v.snapshot = snapshot
+	clear(v.depWires)
+	v.applied.Store(resume)
+	return resume, nil
+}
+
+// HasSnapshot reports whether the View has deployments from a snapshot.
+func (v *View) HasSnapshot() bool {
+	v.depsMu.Lock()
+	defer v.depsMu.Unlock()
+	return v.snapshot != nil
+}

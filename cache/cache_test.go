@@ -1,0 +1,330 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+)
+
+// origin is a stand-in for the origin's signed answers: the tests drive the
+// View directly, without NATS (the edge integration tests use the real one).
+type origin struct {
+	t      *testing.T
+	signer *event.Signer
+	mu     sync.Mutex
+	rev    uint64
+	keys   map[apikey.Hash]*event.Key
+	calls  atomic.Int64
+	// hook, if set, runs inside Lookup before the answer is sealed.
+	hook func()
+}
+
+func newOrigin(t *testing.T) *origin {
+	priv, err := event.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := event.NewSigner(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &origin{t: t, signer: s, keys: map[apikey.Hash]*event.Key{}}
+}
+
+func (o *origin) seal(r *event.Record) []byte {
+	w, err := o.signer.Seal(r)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	return w
+}
+
+// change stores k at the next revision and returns the sealed event.
+func (o *origin) change(k event.Key) []byte {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.rev++
+	for _, s := range k.Secrets {
+		c := k
+		o.keys[s.Hash] = &c
+	}
+	return o.seal(&event.Record{Revision: o.rev, Kind: event.KindKey, Key: &k})
+}
+
+func (o *origin) lookup(ctx context.Context, h apikey.Hash) ([]byte, error) {
+	o.calls.Add(1)
+	o.mu.Lock()
+	rev, k := o.rev, o.keys[h]
+	o.mu.Unlock()
+	if o.hook != nil {
+		o.hook()
+	}
+	if k == nil {
+		return o.seal(&event.Record{Revision: rev, Kind: event.KindKeyNotFound, Hash: &h}), nil
+	}
+	return o.seal(&event.Record{Revision: rev, Kind: event.KindKey, Key: k}), nil
+}
+
+func newView(t *testing.T, o *origin, now func() time.Time) *View {
+	t.Helper()
+	ver, err := event.NewVerifier(o.signer.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 1000, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	return v
+}
+
+func newSecret(t *testing.T) apikey.Hash {
+	k, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := apikey.ParseString(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func linked(h apikey.Hash, deps ...string) event.Key {
+	return event.Key{ID: "k1", Project: "p", Secrets: []event.Secret{{Hash: h}},
+		Permissions: event.DefaultPermissions, Deployments: deps}
+}
+
+func mustApply(t *testing.T, v *View, wire []byte) {
+	t.Helper()
+	if err := v.Apply(wire); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMissFillsAndHits(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	mustApply(t, v, o.change(linked(h, "d1")))
+
+	k, err := v.Authorize(context.Background(), h)
+	if err != nil || !k.Linked("d1") || !k.Has(event.PermRunInference) || k.Has(event.PermManageUsers) {
+		t.Fatalf("authorize: %v %+v", err, k)
+	}
+	if _, err := v.Authorize(context.Background(), newSecret(t)); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("unknown key: %v", err)
+	}
+}
+
+// Invariant 1: once an unlink is applied, no lookup of the key returns the
+// linked state, even though ristretto's Set of the new state is asynchronous.
+func TestNoResurrectionAfterApply(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	mustApply(t, v, o.change(linked(h, "d1")))
+	for i := 0; i < 200; i++ {
+		if _, err := v.Authorize(context.Background(), h); err != nil {
+			t.Fatal(err)
+		}
+		deps := []string{}
+		if i%2 == 1 {
+			deps = []string{"d1"}
+		}
+		mustApply(t, v, o.change(linked(h, deps...)))
+		k, err := v.Authorize(context.Background(), h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.Linked("d1") != (i%2 == 1) {
+			t.Fatalf("round %d: key served with state from before revision %d", i, v.AppliedRevision())
+		}
+	}
+}
+
+// Invariant 1, miss path: an answer read before a revocation that the View
+// applies while the answer is in flight is neither used nor cached.
+func TestMissFillRacingRevocationIsNotCached(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	mustApply(t, v, o.change(linked(h, "d1")))
+
+	var once sync.Once
+	o.hook = func() {
+		once.Do(func() { mustApply(t, v, o.change(linked(h))) }) // unlink lands mid-lookup
+	}
+	k, err := v.Authorize(context.Background(), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Linked("d1") {
+		t.Fatal("a lookup answer older than an applied unlink was used")
+	}
+	if o.calls.Load() != 2 {
+		t.Fatalf("want the stale answer refetched once, lookups = %d", o.calls.Load())
+	}
+	v.keys.Wait()
+	if k, _ := v.Authorize(context.Background(), h); k.Linked("d1") {
+		t.Fatal("stale state was cached")
+	}
+}
+
+func TestGapDropsCachedKeys(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	mustApply(t, v, o.change(linked(h, "d1")))
+	if _, err := v.Authorize(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	v.keys.Wait()
+	before := o.calls.Load()
+	if _, err := v.Authorize(context.Background(), h); err != nil || o.calls.Load() != before {
+		t.Fatalf("want a cache hit: %v, lookups %d→%d", err, before, o.calls.Load())
+	}
+
+	o.change(linked(h)) // revision 2 is lost on the way
+	err := v.Apply(o.change(event.Key{ID: "other", Secrets: []event.Secret{{Hash: newSecret(t)}}}))
+	var gap *GapError
+	if !errors.As(err, &gap) || !errors.Is(err, ErrGap) || gap.Have != 1 || gap.Got != 3 {
+		t.Fatalf("want a gap 1→3, got %v", err)
+	}
+	k, err := v.Authorize(context.Background(), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Linked("d1") || o.calls.Load() != before+1 {
+		t.Fatal("cached state survived a gap")
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	o := newOrigin(t)
+	var now atomic.Int64
+	now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	v := newView(t, o, func() time.Time { return time.Unix(0, now.Load()) })
+
+	h := newSecret(t)
+	k := linked(h, "d1")
+	exp := time.Date(2030, 1, 2, 0, 0, 0, 0, time.UTC)
+	k.ExpiresAt = &exp
+	mustApply(t, v, o.change(k))
+	if _, err := v.Authorize(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	now.Store(exp.UnixNano())
+	if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrExpired) {
+		t.Fatalf("expired: %v", err)
+	}
+
+	k.ExpiresAt, k.Disabled = nil, true
+	mustApply(t, v, o.change(k))
+	if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrDisabled) {
+		t.Fatalf("disabled: %v", err)
+	}
+
+	// Rotation with a grace period: the old secret works until NotAfter.
+	fresh := newSecret(t)
+	grace := exp.Add(time.Minute)
+	k.Disabled = false
+	k.Secrets = []event.Secret{{Hash: fresh}, {Hash: h, NotAfter: &grace}}
+	mustApply(t, v, o.change(k))
+	for _, s := range []apikey.Hash{h, fresh} {
+		if _, err := v.Authorize(context.Background(), s); err != nil {
+			t.Fatalf("within grace: %v", err)
+		}
+	}
+	now.Store(grace.UnixNano())
+	if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("old secret after grace: %v", err)
+	}
+	if _, err := v.Authorize(context.Background(), fresh); err != nil {
+		t.Fatalf("new secret: %v", err)
+	}
+
+	k.Deleted = true
+	mustApply(t, v, o.change(k))
+	delete(o.keys, fresh)
+	if _, err := v.Authorize(context.Background(), fresh); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("deleted: %v", err)
+	}
+}
+
+// Invariant 3: unsigned, forged or off-topic answers are refused.
+func TestUnsignedStateRefused(t *testing.T) {
+	o := newOrigin(t)
+	rogue := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	if err := v.Apply(rogue.change(linked(h, "d1"))); !errors.Is(err, event.ErrBadSignature) {
+		t.Fatalf("forged event: %v", err)
+	}
+	if v.AppliedRevision() != 0 || v.Stats().Rejected != 1 {
+		t.Fatal("forged event changed state or was not counted")
+	}
+
+	other := newSecret(t)
+	o.change(linked(other, "d1"))
+	v.cfg.Lookup = func(ctx context.Context, _ apikey.Hash) ([]byte, error) {
+		return o.lookup(ctx, other) // a valid record, but about another key
+	}
+	if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("answer about another key: %v", err)
+	}
+	v.cfg.Lookup = func(ctx context.Context, h apikey.Hash) ([]byte, error) { return rogue.lookup(ctx, h) }
+	if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("forged answer: %v", err)
+	}
+	v.cfg.Lookup = func(context.Context, apikey.Hash) ([]byte, error) { return nil, errors.New("no responders") }
+	if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("origin down: %v", err)
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	dep := event.Deployment{ID: "d1", Name: "demo", AuthEnabled: true}
+	snap := o.seal(&event.Record{Revision: 4, Kind: event.KindSnapshot, Deployments: []event.Deployment{dep}})
+	if _, err := v.Resync(snap, 0); err != nil {
+		t.Fatal(err)
+	}
+	dep2 := event.Deployment{ID: "d2", Name: "second"}
+	mustApply(t, v, o.seal(&event.Record{Revision: 5, Kind: event.KindDeployment, Deployment: &dep2}))
+	off := dep
+	off.AuthEnabled = false
+	mustApply(t, v, o.seal(&event.Record{Revision: 6, Kind: event.KindDeployment, Deployment: &off}))
+
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := SaveState(path, v.State()); err != nil {
+		t.Fatal(err)
+	}
+	s, ok, err := LoadState(path)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	w := newView(t, o, nil)
+	if err := w.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	d1, _ := w.Deployments().Get("d1")
+	_, ok2 := w.Deployments().Get("d2")
+	if w.AppliedRevision() != 6 || d1 == nil || d1.AuthEnabled || !ok2 {
+		t.Fatalf("restored %d %+v %v", w.AppliedRevision(), d1, ok2)
+	}
+
+	s.Deployments[0][len(s.Deployments[0])-2] ^= 1
+	if err := newView(t, o, nil).Restore(s); !errors.Is(err, event.ErrBadSignature) {
+		t.Fatalf("tampered state restored: %v", err)
+	}
+}

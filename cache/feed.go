@@ -1,0 +1,260 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+)
+
+// FeedConfig configures a Feed. Zero fields take the documented defaults.
+type FeedConfig struct {
+	// Conn is the NATS connection events and snapshots come over. Required.
+	Conn *nats.Conn
+	// StatePath is where the applied revision and deployments are persisted;
+	// empty means nothing is persisted and every start takes a snapshot.
+	StatePath string
+	// SaveInterval is how often changed state is written. Default 200ms.
+	SaveInterval time.Duration
+	// RequestTimeout bounds a snapshot request. Default 5s.
+	RequestTimeout time.Duration
+	// RetryInterval is the pause before reconnecting the event stream after
+	// an error. Default 500ms.
+	RetryInterval time.Duration
+	// Logger receives progress and errors. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Feed keeps a View current from the origin's JetStream event stream. It
+// resumes after the persisted revision, detects lost events (JetStream
+// silently starts at the stream's first message when the asked-for one is
+// gone) and then resynchronises from a snapshot, dropping cached keys.
+type Feed struct {
+	v      *View
+	cfg    FeedConfig
+	log    *slog.Logger
+	js     jetstream.JetStream
+	synced chan struct{}
+	once   sync.Once
+	cancel context.CancelFunc
+	done   chan struct{}
+	saved  uint64
+}
+
+// NATSLookup returns a Lookup that asks the origin's lookup responders over
+// NATS request/reply.
+func NATSLookup(nc *nats.Conn) Lookup {
+	return func(ctx context.Context, h apikey.Hash) ([]byte, error) {
+		msg, err := nc.RequestWithContext(ctx, event.LookupKeySubject, h[:])
+		if err != nil {
+			return nil, err
+		}
+		return replyData(msg)
+	}
+}
+
+func replyData(msg *nats.Msg) ([]byte, error) {
+	if reason := msg.Header.Get(event.ErrorHeader); reason != "" {
+		return nil, fmt.Errorf("origin: %s", reason)
+	}
+	return msg.Data, nil
+}
+
+// NewFeed validates cfg and restores persisted state into v. Start begins
+// consuming.
+func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
+	if cfg.Conn == nil {
+		return nil, errors.New("cache: FeedConfig.Conn is required")
+	}
+	if cfg.SaveInterval <= 0 {
+		cfg.SaveInterval = 200 * time.Millisecond
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = 500 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("opening jetstream: %w", err)
+	}
+	f := &Feed{v: v, cfg: cfg, log: cfg.Logger, js: js, synced: make(chan struct{}), done: make(chan struct{})}
+	if cfg.StatePath != "" {
+		s, ok, err := LoadState(cfg.StatePath)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if err := v.Restore(s); err != nil {
+				return nil, fmt.Errorf("state in %s: %w", cfg.StatePath, err)
+			}
+			f.saved = s.Revision
+			f.log.Info("resuming from persisted state", "revision", s.Revision)
+		}
+	}
+	return f, nil
+}
+
+// Start consumes events in the background until Shutdown.
+func (f *Feed) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	go f.run(ctx)
+}
+
+// Synced is closed once the View holds deployments and the event stream is
+// being consumed.
+func (f *Feed) Synced() <-chan struct{} { return f.synced }
+
+// Shutdown stops consuming and persists the state. It is safe to call twice.
+func (f *Feed) Shutdown(ctx context.Context) error {
+	if f.cancel == nil {
+		return f.save()
+	}
+	f.cancel()
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return f.save()
+}
+
+func (f *Feed) run(ctx context.Context) {
+	defer close(f.done)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { f.saveLoop(ctx) })
+	for {
+		err := f.consume(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		f.log.Warn("event stream interrupted; retrying", "err", err, "applied", f.v.AppliedRevision())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(f.cfg.RetryInterval):
+		}
+	}
+}
+
+// consume runs one ordered consumer from the applied revision on, until an
+// error or ctx ends.
+func (f *Feed) consume(ctx context.Context) error {
+	if !f.v.HasSnapshot() {
+		if err := f.resync(ctx, 0); err != nil {
+			return err
+		}
+	}
+	stream, err := f.js.Stream(ctx, event.StreamName)
+	if err != nil {
+		return fmt.Errorf("finding event stream: %w", err)
+	}
+	st := stream.CachedInfo().State
+	if next := f.v.AppliedRevision() + 1; st.FirstSeq > next && st.LastSeq >= next {
+		f.log.Warn("events lost from the stream; dropping cached state",
+			"applied", next-1, "stream_first", st.FirstSeq)
+		if err := f.resync(ctx, st.FirstSeq-1); err != nil {
+			return err
+		}
+	}
+	cons, err := f.js.OrderedConsumer(ctx, event.StreamName, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   f.v.AppliedRevision() + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("creating consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("consuming events: %w", err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	f.once.Do(func() { close(f.synced) })
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			return fmt.Errorf("reading events: %w", err)
+		}
+		err = f.v.Apply(msg.Data())
+		var gap *GapError
+		if errors.As(err, &gap) {
+			f.log.Warn("revision gap in the event stream; dropping cached state", "applied", gap.Have, "next", gap.Got)
+			if err := f.resync(ctx, gap.Got-1); err != nil {
+				return err
+			}
+			err = f.v.Apply(msg.Data())
+		}
+		if err != nil {
+			// A record that fails verification is dropped (and counted by
+			// the View); the revision it held then shows up as a gap.
+			f.log.Warn("dropping event", "err", err)
+		}
+	}
+}
+
+func (f *Feed) resync(ctx context.Context, resume uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.RequestTimeout)
+	defer cancel()
+	msg, err := f.cfg.Conn.RequestWithContext(ctx, event.SnapshotSubject, nil)
+	if err != nil {
+		return fmt.Errorf("requesting snapshot: %w", err)
+	}
+	wire, err := replyData(msg)
+	if err != nil {
+		return fmt.Errorf("requesting snapshot: %w", err)
+	}
+	rev, err := f.v.Resync(wire, resume)
+	if err != nil {
+		return fmt.Errorf("applying snapshot: %w", err)
+	}
+	f.log.Info("synchronised from snapshot", "revision", rev, "deployments", len(f.v.Deployments().List()))
+	return nil
+}
+
+func (f *Feed) saveLoop(ctx context.Context) {
+	if f.cfg.StatePath == "" {
+		return
+	}
+	t := time.NewTicker(f.cfg.SaveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if f.v.AppliedRevision() != f.saved {
+				if err := f.save(); err != nil {
+					f.log.Error("persisting edge state", "err", err)
+				}
+			}
+		}
+	}
+}
+
+func (f *Feed) save() error {
+	if f.cfg.StatePath == "" || !f.v.HasSnapshot() {
+		return nil
+	}
+	s := f.v.State()
+	if err := SaveState(f.cfg.StatePath, s); err != nil {
+		return err
+	}
+	f.saved = s.Revision
+	return nil
+}
