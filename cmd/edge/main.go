@@ -1,0 +1,91 @@
+// Command edge is keymesh's data plane: a reverse proxy in front of GPU
+// inference servers that checks API keys against a cache kept current by
+// the origin's signed events. See package proxy.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/cli"
+	"github.com/keymesh/keymesh/proxy"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg := proxy.DefaultConfig()
+	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "the inference-facing proxy address")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "/status and /health for operators; never expose publicly (empty disables)")
+	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma-separated, for events and cache-miss lookups")
+	fs.StringVar(&cfg.Site, "site", cfg.Site, "this edge's site (region / GPU cluster); selects each deployment's upstream list")
+	pub := fs.String("origin-public-key", "", "origin's Ed25519 public key, base64 or @file (required; origin writes it to <data-dir>/signing.pub)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "where the applied revision and deployments persist across restarts")
+	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials, one file per secret name (env EDGE_SECRET_<NAME> wins)")
+	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", 2*time.Second, "how long a cache-miss lookup may take before the request gets 503")
+	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
+
+	if err := cli.Parse(fs, "EDGE", args, getenv, stdout); err != nil {
+		if errors.Is(err, cli.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "edge: %v\n", err)
+		return 2
+	}
+	if *pub == "" {
+		fmt.Fprintln(stderr, "edge: --origin-public-key is required (base64, or @path to the origin's signing.pub)")
+		return 2
+	}
+	key, err := event.ParsePublicKey(*pub)
+	if err != nil {
+		fmt.Fprintf(stderr, "edge: --origin-public-key: %v\n", err)
+		return 2
+	}
+	cfg.OriginPublicKey = key
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	cfg.Logger = log
+
+	srv, err := proxy.NewServer(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "edge: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Info("edge started", "listen", cfg.Listen, "admin", cfg.AdminListen, "site", cfg.Site, "nats", cfg.NATSURL)
+
+	select {
+	case err := <-errc:
+		fmt.Fprintf(stderr, "edge: %v\n", err)
+		_ = srv.Shutdown(context.Background())
+		return 1
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "drain_timeout", *drain)
+	sctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("drain timeout reached; cut the remaining requests", "drain_timeout", *drain)
+			return 0
+		}
+		log.Error("shutdown", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,39 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// status is the edge's /status document.
+type status struct {
+	Site            string `json:"site"`
+	AppliedRevision uint64 `json:"applied_revision"`
+	Deployments     int    `json:"deployments"`
+	NATSConnected   bool   `json:"nats_connected"`
+	Cache           any    `json:"cache"`
+}
+
+// Status returns what /status reports.
+func (s *Server) Status() any {
+	return status{
+		Site:            s.cfg.Site,
+		AppliedRevision: s.view.AppliedRevision(),
+		Deployments:     len(s.view.Deployments().List()),
+		NATSConnected:   s.nc.IsConnected(),
+		Cache:           s.view.Stats(),
+	}
+}
+
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.Status())
+	})
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	return mux
+}

@@ -1,0 +1,55 @@
+package proxy
+
+import (
+	"net/http"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+// Refusals with fixed messages are rendered once: a flood of bad keys costs
+// no JSON encoding.
+var (
+	errNoCredential = apierror.New(http.StatusUnauthorized, apierror.AuthenticationFailed,
+		"missing API key: send it as X-API-Key or Authorization: Bearer")
+	errInvalidKey = apierror.New(http.StatusUnauthorized, apierror.AuthenticationFailed,
+		"invalid API key")
+	errNoDeployment = apierror.New(http.StatusNotFound, apierror.NotFound,
+		"no deployment serves this host and path")
+	errUnavailable = apierror.New(http.StatusServiceUnavailable, apierror.Unavailable,
+		"cannot verify the API key right now; retry shortly")
+	errUpstream = apierror.New(http.StatusBadGateway, apierror.UpstreamError,
+		"the inference server could not be reached")
+	errUpstreamAuth = apierror.New(http.StatusBadGateway, apierror.UpstreamError,
+		"the edge has no credential configured for this deployment's upstream")
+	errBodyTooLarge = apierror.New(http.StatusRequestEntityTooLarge, apierror.ValidationError,
+		"request body too large for this deployment")
+	errBadJSON = apierror.New(http.StatusBadRequest, apierror.ValidationError,
+		"request body is not valid JSON")
+)
+
+// rendered holds each fixed refusal's body; invalid-key refusals exist per
+// status because deployments choose 401 or 403.
+var rendered = map[*apierror.Error][]byte{}
+
+func init() {
+	for _, e := range []*apierror.Error{errNoCredential, errInvalidKey, errNoDeployment,
+		errUnavailable, errUpstream, errUpstreamAuth, errBodyTooLarge, errBadJSON} {
+		rendered[e] = e.Body()
+	}
+}
+
+// fail writes e with the given status (0: e's own).
+func fail(ctx *fasthttp.RequestCtx, e *apierror.Error, status int) {
+	if status == 0 {
+		status = e.Status
+	}
+	body, ok := rendered[e]
+	if !ok {
+		body = e.Body()
+	}
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(status)
+	ctx.SetBody(body)
+}

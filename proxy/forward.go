@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/keymesh/keymesh/event"
+)
+
+// hopByHop are the headers that describe one connection, not the message;
+// a proxy must not forward them (RFC 9110 §7.6.1).
+var hopByHop = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+	"TE", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func stripHopByHop(h interface {
+	Peek(string) []byte
+	Del(string)
+}) {
+	if c := h.Peek("Connection"); len(c) > 0 {
+		for _, name := range strings.Split(string(c), ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopByHop {
+		h.Del(name)
+	}
+}
+
+// forward sends the request to one of the route's upstreams and relays the
+// answer; a streamed answer is relayed chunk by chunk as it arrives.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromAuth bool) {
+	up := rt.pick()
+	if up == nil {
+		fail(ctx, errUpstream, 0)
+		return
+	}
+	req := fasthttp.AcquireRequest()
+	ctx.Request.CopyTo(req)
+	req.SetRequestURI(up.base + string(ctx.Request.RequestURI()))
+	req.Header.SetHost(up.host)
+	stripHopByHop(&req.Header)
+	if !s.setUpstreamAuth(&req.Header, rt.dep, cred, fromAuth) {
+		fasthttp.ReleaseRequest(req)
+		fail(ctx, errUpstreamAuth, 0)
+		return
+	}
+	if prior := req.Header.Peek(fasthttp.HeaderXForwardedFor); len(prior) > 0 {
+		req.Header.Set(fasthttp.HeaderXForwardedFor, string(prior)+", "+ctx.RemoteIP().String())
+	} else {
+		req.Header.Set(fasthttp.HeaderXForwardedFor, ctx.RemoteIP().String())
+	}
+	if ctx.IsTLS() {
+		req.Header.Set(fasthttp.HeaderXForwardedProto, "https")
+	} else {
+		req.Header.Set(fasthttp.HeaderXForwardedProto, "http")
+	}
+
+	resp := fasthttp.AcquireResponse()
+	err := s.client.Do(req, resp)
+	fasthttp.ReleaseRequest(req)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		s.log.Warn("upstream request failed", "deployment", rt.dep.Name, "upstream", up.host, "err", err)
+		fail(ctx, errUpstream, 0)
+		return
+	}
+
+	reqID := append([]byte(nil), ctx.Response.Header.PeekBytes(headerRequestID)...)
+	resp.Header.CopyTo(&ctx.Response.Header)
+	stripHopByHop(&ctx.Response.Header)
+	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
+	if body := resp.BodyStream(); body != nil {
+		// The server closes the stream when it is done writing or the
+		// client went away; closing it ends the upstream request.
+		ctx.Response.SetBodyStream(&upstreamBody{resp: resp, r: body}, resp.Header.ContentLength())
+		return
+	}
+	ctx.Response.SetBody(resp.Body())
+	fasthttp.ReleaseResponse(resp)
+}
+
+// upstreamBody relays a streamed upstream body and releases the upstream
+// response when the edge server closes it.
+type upstreamBody struct {
+	resp *fasthttp.Response
+	r    io.Reader
+}
+
+func (b *upstreamBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *upstreamBody) Close() error {
+	err := b.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(b.resp)
+	return err
+}
+
+// setUpstreamAuth removes the client's keymesh key and applies the
+// deployment's upstream_auth mode. It reports false when inject is asked for
+// and the edge has no such secret.
+func (s *Server) setUpstreamAuth(h *fasthttp.RequestHeader, dep *event.Deployment, cred []byte, fromAuth bool) bool {
+	h.DelBytes(headerAPIKey)
+	if fromAuth {
+		h.Del(fasthttp.HeaderAuthorization)
+	}
+	ua := dep.UpstreamAuth
+	mode := event.UpstreamAuthNone
+	if ua != nil && ua.Mode != "" {
+		mode = ua.Mode
+	}
+	header := fasthttp.HeaderAuthorization
+	if ua != nil && ua.Header != "" {
+		header = ua.Header
+	}
+	switch mode {
+	case event.UpstreamAuthPassthrough:
+		// The client's own credential for the upstream goes through, unless
+		// it is the keymesh key under another name.
+		if len(cred) > 0 && bytes.Contains(h.Peek(header), cred) {
+			h.Del(header)
+		}
+	case event.UpstreamAuthInject:
+		secret, ok := s.secret(ua.Secret)
+		if !ok {
+			return false
+		}
+		h.Set(header, ua.Prefix+secret)
+	default:
+		h.Del(fasthttp.HeaderAuthorization)
+		h.Del(header)
+	}
+	return true
+}
+
+// secret returns the edge-local upstream credential name: env
+// EDGE_SECRET_<NAME>, else the file <SecretsDir>/<name>.
+func (s *Server) secret(name string) (string, bool) {
+	if name == "" {
+		return "", false
+	}
+	env := "EDGE_SECRET_" + strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(name))
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		return v, true
+	}
+	if s.cfg.SecretsDir == "" || strings.ContainsAny(name, `/\`) || name == ".." {
+		return "", false
+	}
+	b, err := os.ReadFile(s.cfg.SecretsDir + string(os.PathSeparator) + name)
+	if err != nil {
+		return "", false
+	}
+	v := strings.TrimSpace(string(b))
+	return v, v != ""
+}

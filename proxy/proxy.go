@@ -1,0 +1,422 @@
+// Package proxy is the edge's data plane: a fasthttp reverse proxy that
+// routes each request to a deployment, authorizes its API key against the
+// edge's cache.View, and forwards it — streaming responses included — to
+// the deployment's upstream inference servers.
+//
+// Guarantees: a request is authorized against state at least as new as the
+// View's applied revision when the request started (see package cache); a
+// malformed key is refused without any lookup; the client's keymesh key is
+// never forwarded upstream and never logged; every refusal carries the
+// error body of the external API.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/valyala/fasthttp"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Config configures an edge. Zero fields take the documented defaults.
+type Config struct {
+	// Listen is the inference-facing address. Default 127.0.0.1:8080.
+	Listen string
+	// AdminListen serves /status; empty disables it. Default (from
+	// DefaultConfig) 127.0.0.1:9090.
+	AdminListen string
+	// NATSURL is the NATS server(s) events and lookups come over. Default
+	// nats://127.0.0.1:4222.
+	NATSURL string
+	// Site is this edge's site; it selects the deployment's upstream list.
+	// Default "default".
+	Site string
+	// OriginPublicKey verifies everything the edge acts on. Required.
+	OriginPublicKey ed25519.PublicKey
+	// DataDir holds the persisted applied revision and deployments; empty
+	// means nothing persists and every start resynchronises from a snapshot.
+	DataDir string
+	// SecretsDir holds upstream credentials as files named after the secret;
+	// the environment variable EDGE_SECRET_<NAME> takes precedence.
+	SecretsDir string
+	// LookupTimeout bounds a cache-miss lookup. Default 2s.
+	LookupTimeout time.Duration
+	// MaxKeys bounds the key cache. Default 1,000,000.
+	MaxKeys int64
+	// MaxRequestBodyBytes caps any request body before a deployment's own
+	// limit applies. Default 64 MiB.
+	MaxRequestBodyBytes int
+	// Logger receives operational logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults of the external API.
+func DefaultConfig() Config {
+	return Config{
+		Listen:      "127.0.0.1:8080",
+		AdminListen: "127.0.0.1:9090",
+		NATSURL:     nats.DefaultURL,
+		Site:        "default",
+		DataDir:     "./data/edge",
+	}
+}
+
+// Server is one edge. Its methods are safe for concurrent use.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	nc     *nats.Conn
+	view   *cache.View
+	feed   *cache.Feed
+	client *fasthttp.Client
+	srv    *fasthttp.Server
+	admin  *http.Server
+	router atomic.Pointer[router]
+
+	mu       sync.Mutex
+	ln       net.Listener
+	shutdown bool
+}
+
+// NewServer validates cfg, connects to NATS and starts following the event
+// stream. Serve or ListenAndServe then accepts requests.
+func NewServer(cfg Config) (*Server, error) {
+	def := DefaultConfig()
+	if cfg.Listen == "" {
+		cfg.Listen = def.Listen
+	}
+	if cfg.NATSURL == "" {
+		cfg.NATSURL = def.NATSURL
+	}
+	if cfg.Site == "" {
+		cfg.Site = def.Site
+	}
+	if cfg.MaxRequestBodyBytes <= 0 {
+		cfg.MaxRequestBodyBytes = 64 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ver, err := event.NewVerifier(cfg.OriginPublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("origin public key: %w", err)
+	}
+	statePath := ""
+	if cfg.DataDir != "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating data dir: %w", err)
+		}
+		statePath = filepath.Join(cfg.DataDir, "state.json")
+	}
+
+	nc, err := nats.Connect(cfg.NATSURL,
+		nats.Name("keymesh-edge "+cfg.Site),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(250*time.Millisecond),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS: %w", err)
+	}
+	view, err := cache.New(cache.Config{Verifier: ver, Lookup: cache.NATSLookup(nc),
+		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, Logger: cfg.Logger})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	feed, err := cache.NewFeed(view, cache.FeedConfig{Conn: nc, StatePath: statePath, Logger: cfg.Logger})
+	if err != nil {
+		view.Close()
+		nc.Close()
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed}
+	s.client = &fasthttp.Client{
+		Name:                     "keymesh-edge",
+		NoDefaultUserAgentHeader: true,
+		StreamResponseBody:       true,
+		MaxConnsPerHost:          1024,
+		MaxIdleConnDuration:      30 * time.Second,
+		ReadBufferSize:           16 << 10,
+		DisablePathNormalizing:   true,
+		// No ReadTimeout: it keeps running while a response streams and
+		// would cut a healthy long generation.
+		Dial: (&fasthttp.TCPDialer{Concurrency: 0}).Dial,
+	}
+	s.srv = &fasthttp.Server{
+		Handler:                       s.handle,
+		Name:                          "keymesh-edge",
+		MaxRequestBodySize:            cfg.MaxRequestBodyBytes,
+		ReadTimeout:                   60 * time.Second,
+		IdleTimeout:                   120 * time.Second,
+		DisablePreParseMultipartForm:  true,
+		NoDefaultServerHeader:         true,
+		DisableHeaderNamesNormalizing: false,
+		Logger:                        fasthttpLogger{s.log},
+	}
+	if cfg.AdminListen != "" {
+		s.admin = &http.Server{Addr: cfg.AdminListen, Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	}
+	feed.Start()
+	return s, nil
+}
+
+// View returns the edge's key and deployment view.
+func (s *Server) View() *cache.View { return s.view }
+
+// Synced is closed once the edge holds deployments and follows the stream.
+func (s *Server) Synced() <-chan struct{} { return s.feed.Synced() }
+
+// ListenAndServe listens on Config.Listen (and AdminListen) and serves.
+func (s *Server) ListenAndServe() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
+	}
+	if s.admin != nil {
+		aln, err := net.Listen("tcp", s.cfg.AdminListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listening on %s: %w", s.cfg.AdminListen, err)
+		}
+		go func() {
+			if err := s.admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("admin listener failed", "err", err)
+			}
+		}()
+	}
+	return s.Serve(ln)
+}
+
+// Serve accepts requests on ln until Shutdown, then returns ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	err := s.srv.Serve(ln)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// Addr returns the address Serve is listening on, once it is.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Shutdown stops accepting requests, waits for in-flight ones (streams
+// included) until ctx ends, then persists state and disconnects. It is safe
+// to call twice.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	already := s.shutdown
+	s.shutdown = true
+	s.mu.Unlock()
+	if already {
+		return nil
+	}
+	var errs []error
+	if err := s.srv.ShutdownWithContext(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("draining requests: %w", err))
+	}
+	if s.admin != nil {
+		if err := s.admin.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.feed.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stopping event feed: %w", err))
+	}
+	s.nc.Close()
+	s.view.Close()
+	return errors.Join(errs...)
+}
+
+// currentRouter returns the router for the View's current deployments,
+// rebuilding it when they changed.
+func (s *Server) currentRouter() *router {
+	deps := s.view.Deployments()
+	r := s.router.Load()
+	if r == nil || r.deps != deps {
+		r = newRouter(deps, s.cfg.Site)
+		s.router.Store(r)
+	}
+	return r
+}
+
+var (
+	headerAPIKey    = []byte("X-API-Key")
+	headerRequestID = []byte("X-Request-Id")
+	bearer          = []byte("bearer ")
+)
+
+// credential returns the client's key: X-API-Key if present and non-empty,
+// else the token of Authorization: Bearer. fromAuth reports the latter.
+func credential(h *fasthttp.RequestHeader) (cred []byte, fromAuth bool) {
+	if k := h.PeekBytes(headerAPIKey); len(k) > 0 {
+		return bytes.TrimSpace(k), false
+	}
+	a := h.Peek(fasthttp.HeaderAuthorization)
+	if len(a) > len(bearer) && bytes.EqualFold(a[:len(bearer)], bearer) {
+		return bytes.TrimSpace(a[len(bearer):]), true
+	}
+	return nil, false
+}
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	reqID := ctx.Request.Header.PeekBytes(headerRequestID)
+	if len(reqID) == 0 {
+		reqID = newRequestID()
+		ctx.Request.Header.SetBytesKV(headerRequestID, reqID)
+	}
+	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
+
+	path := ctx.Path()
+	if (ctx.IsGet() || ctx.IsHead()) && (string(path) == "/health" || string(path) == "/ping") {
+		ctx.Response.Header.SetContentType("application/json")
+		ctx.SetBodyString(`{"status":"ok"}`)
+		return
+	}
+
+	rt := s.currentRouter().match(hostOnly(ctx.Host()), path)
+	if rt == nil {
+		fail(ctx, errNoDeployment, 0)
+		return
+	}
+	dep := rt.dep
+	if int64(len(ctx.Request.Body())) > dep.MaxBodyBytes && dep.MaxBodyBytes > 0 {
+		fail(ctx, errBodyTooLarge, 0)
+		return
+	}
+	cred, fromAuth := credential(&ctx.Request.Header)
+	if dep.AuthEnabled && !s.authorize(ctx, dep, cred, path) {
+		return
+	}
+	s.forward(ctx, rt, cred, fromAuth)
+}
+
+// authorize answers the request with a refusal and returns false unless the
+// credential is a current key linked to dep with the permission path needs.
+func (s *Server) authorize(ctx *fasthttp.RequestCtx, dep *event.Deployment, cred, path []byte) bool {
+	invalid := dep.InvalidKeyStatus
+	if len(cred) == 0 {
+		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, "Bearer")
+		fail(ctx, errNoCredential, 0)
+		return false
+	}
+	h, err := apikey.Parse(cred)
+	if err != nil { // malformed: refused without any lookup
+		fail(ctx, errInvalidKey, invalid)
+		return false
+	}
+	key, err := s.view.Authorize(context.Background(), h)
+	switch {
+	case errors.Is(err, cache.ErrUnavailable):
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		fail(ctx, errUnavailable, 0)
+		return false
+	case err != nil:
+		fail(ctx, errInvalidKey, invalid)
+		return false
+	case !key.Linked(dep.ID):
+		fail(ctx, errInvalidKey, invalid)
+		return false
+	}
+	for _, p := range needed(ctx, path) {
+		if p != "" && !key.Has(p) {
+			fail(ctx, apierror.New(http.StatusForbidden, apierror.PermissionDenied,
+				"this API key lacks the "+p+" permission"), 0)
+			return false
+		}
+	}
+	return true
+}
+
+// needed returns the permissions a request needs: read_models to list
+// models, run_inference for other /v1 calls, plus use_streaming for a body
+// asking to stream.
+func needed(ctx *fasthttp.RequestCtx, path []byte) [2]string {
+	if !bytes.HasPrefix(path, []byte("/v1/")) {
+		return [2]string{}
+	}
+	if ctx.IsGet() && (bytes.Equal(path, []byte("/v1/models")) || bytes.HasPrefix(path, []byte("/v1/models/"))) {
+		return [2]string{event.PermReadModels}
+	}
+	if wantsStream(ctx.Request.Body()) {
+		return [2]string{event.PermRunInference, event.PermUseStreaming}
+	}
+	return [2]string{event.PermRunInference}
+}
+
+func wantsStream(body []byte) bool {
+	if !bytes.Contains(body, []byte(`"stream"`)) {
+		return false
+	}
+	var b struct {
+		Stream bool `json:"stream"`
+	}
+	return json.Unmarshal(body, &b) == nil && b.Stream
+}
+
+func hostOnly(host []byte) []byte {
+	if i := bytes.LastIndexByte(host, ':'); i >= 0 && !bytes.Contains(host[i:], []byte("]")) {
+		return host[:i]
+	}
+	return host
+}
+
+func newRequestID() []byte {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	out := make([]byte, hex.EncodedLen(len(b)))
+	hex.Encode(out, b[:])
+	return out
+}
+
+// fasthttpLogger passes fasthttp's own messages on. Some quote raw request
+// bytes (a header that failed to parse, say), so anything that looks like a
+// credential is cut out first.
+type fasthttpLogger struct{ log *slog.Logger }
+
+var credentialPattern = regexp.MustCompile(`(?i)(km_[a-z2-7]*|bearer\s+\S+|x-api-key:\s*\S+)`)
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	msg := credentialPattern.ReplaceAllString(fmt.Sprintf(format, args...), "[redacted]")
+	l.log.Warn(msg, "component", "fasthttp")
+}

@@ -1,0 +1,118 @@
+package proxy
+
+import (
+	"bytes"
+	"net/url"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/event"
+)
+
+// router matches requests to deployments. It is built from one immutable
+// deployment set and never changes; a new set gets a new router.
+type router struct {
+	deps   *cache.Deployments
+	routes []*route
+}
+
+type route struct {
+	dep       *event.Deployment
+	exact     []string // lower-case host names
+	suffixes  []string // ".example.com" for "*.example.com"
+	prefix    string
+	upstreams []*upstream // for this edge's site, else "*"
+	next      atomic.Uint32
+}
+
+type upstream struct {
+	base string // scheme://host[:port][/path] without a trailing slash
+	host string
+}
+
+func newRouter(deps *cache.Deployments, site string) *router {
+	r := &router{deps: deps}
+	for _, d := range deps.List() {
+		rt := &route{dep: d, prefix: d.PathPrefix}
+		if rt.prefix == "" {
+			rt.prefix = "/"
+		}
+		for _, h := range d.Hosts {
+			h = strings.ToLower(h)
+			if s, ok := strings.CutPrefix(h, "*"); ok {
+				rt.suffixes = append(rt.suffixes, s)
+			} else {
+				rt.exact = append(rt.exact, h)
+			}
+		}
+		list, ok := d.Upstreams[site]
+		if !ok {
+			list = d.Upstreams["*"]
+		}
+		for _, raw := range list {
+			u, err := url.Parse(raw)
+			if err != nil || u.Host == "" {
+				continue // the origin validates upstreams; skip anything odd
+			}
+			rt.upstreams = append(rt.upstreams, &upstream{
+				base: strings.TrimSuffix(u.Scheme+"://"+u.Host+u.Path, "/"), host: u.Host})
+		}
+		r.routes = append(r.routes, rt)
+	}
+	// Most specific first: longer path prefixes win.
+	sort.SliceStable(r.routes, func(i, j int) bool { return len(r.routes[i].prefix) > len(r.routes[j].prefix) })
+	return r
+}
+
+// match returns the route for host (without port) and path: the best host
+// match (exact, then wildcard, then deployments without hosts), and among
+// those the longest path prefix.
+func (r *router) match(host, path []byte) *route {
+	var best *route
+	bestScore := 0
+	for _, rt := range r.routes {
+		if !prefixMatch(path, rt.prefix) {
+			continue
+		}
+		score := rt.hostScore(host)
+		if score > bestScore { // routes are sorted, so ties keep the longer prefix
+			best, bestScore = rt, score
+		}
+	}
+	return best
+}
+
+func prefixMatch(path []byte, prefix string) bool {
+	if !bytes.HasPrefix(path, []byte(prefix)) {
+		return false
+	}
+	// "/v1" matches "/v1" and "/v1/...", not "/v10".
+	return prefix[len(prefix)-1] == '/' || len(path) == len(prefix) || path[len(prefix)] == '/'
+}
+
+func (rt *route) hostScore(host []byte) int {
+	if len(rt.exact) == 0 && len(rt.suffixes) == 0 {
+		return 1
+	}
+	for _, h := range rt.exact {
+		if bytes.EqualFold(host, []byte(h)) {
+			return 3
+		}
+	}
+	for _, s := range rt.suffixes {
+		if len(host) > len(s) && bytes.EqualFold(host[len(host)-len(s):], []byte(s)) {
+			return 2
+		}
+	}
+	return 0
+}
+
+// pick returns the next upstream, round-robin.
+func (rt *route) pick() *upstream {
+	if len(rt.upstreams) == 0 {
+		return nil
+	}
+	return rt.upstreams[int(rt.next.Add(1)-1)%len(rt.upstreams)]
+}
