@@ -127,7 +127,7 @@ func (g *generation) raise(rev uint64) {
 
 // Stats are the View's counters.
 type Stats struct {
-	Hits, Misses, Lookups, LookupErrors, StaleHits, Gaps, Applied, Rejected uint64
+	Hits, Misses, Lookups, LookupErrors, StaleHits, Resyncs, Applied, Rejected uint64
 }
 
 // View is an edge's knowledge of keys and deployments.
@@ -149,7 +149,7 @@ type View struct {
 	snapshot []byte            // the last sealed snapshot applied
 	depWires map[string][]byte // the last sealed record per deployment since
 
-	hits, misses, lookups, lookupErrs, staleHits, gaps, appliedN, rejected atomic.Uint64
+	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected atomic.Uint64
 }
 
 // New validates cfg and returns an empty View.
@@ -199,7 +199,7 @@ func (v *View) AppliedRevision() uint64 { return v.applied.Load() }
 func (v *View) Stats() Stats {
 	return Stats{
 		Hits: v.hits.Load(), Misses: v.misses.Load(), Lookups: v.lookups.Load(),
-		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Gaps: v.gaps.Load(),
+		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Resyncs: v.resyncs.Load(),
 		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(),
 	}
 }
@@ -462,10 +462,10 @@ func (v *View) Resync(snapshot []byte, resume uint64) (uint64, error) {
 	}
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
-	v.gaps.Add(1)
+	v.resyncs.Add(1)
 	v.floor.Store(max(v.floor.Load(), rec.Revision))
 	v.depFloor = rec.Revision
-	v.deps.Store(newDeployments(rec.Deployments, rec.Revision))
+	v.deps.Store(NewDeployments(rec.Deployments, rec.Revision))
 	v.snapshot = snapshot
 	clear(v.depWires)
 	v.applied.Store(resume)

@@ -15,9 +15,10 @@ type Deployments struct {
 	list     []*event.Deployment // sorted by ID
 }
 
-var emptyDeployments = newDeployments(nil, 0)
+var emptyDeployments = NewDeployments(nil, 0)
 
-func newDeployments(ds []event.Deployment, rev uint64) *Deployments {
+// NewDeployments returns the set of ds at rev (deleted ones left out).
+func NewDeployments(ds []event.Deployment, rev uint64) *Deployments {
 	d := &Deployments{Revision: rev, byID: make(map[string]*event.Deployment, len(ds))}
 	for i := range ds {
 		if !ds[i].Deleted {

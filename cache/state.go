@@ -58,7 +58,7 @@ func (v *View) Restore(s State) error {
 
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
-	deps := newDeployments(snap.Deployments, snap.Revision)
+	deps := NewDeployments(snap.Deployments, snap.Revision)
 	for i, rec := range recs {
 		if rec.Revision > snap.Revision {
 			deps = deps.with(rec.Deployment, rec.Revision)

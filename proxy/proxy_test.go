@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/event"
+)
+
+func deps(ds ...event.Deployment) *cache.Deployments {
+	return cache.NewDeployments(ds, 1)
+}
+
+func TestRouterMatch(t *testing.T) {
+	up := map[string][]string{"*": {"http://any:1"}, "eu": {"http://eu-a:1", "http://eu-b:1/base/"}}
+	r := newRouter(deps(
+		event.Deployment{ID: "root", PathPrefix: "/", Upstreams: up},
+		event.Deployment{ID: "v1", PathPrefix: "/v1", Upstreams: up},
+		event.Deployment{ID: "v1chat", PathPrefix: "/v1/chat/", Upstreams: up},
+		event.Deployment{ID: "exact", Hosts: []string{"api.example.com"}, PathPrefix: "/", Upstreams: up},
+		event.Deployment{ID: "wild", Hosts: []string{"*.gpu.example.com"}, PathPrefix: "/", Upstreams: up},
+	), "eu")
+	tests := []struct {
+		host, path, want string
+	}{
+		{"other", "/x", "root"},
+		{"other", "/v1", "v1"},
+		{"other", "/v1/models", "v1"},
+		{"other", "/v10", "root"},
+		{"other", "/v1/chat/completions", "v1chat"},
+		{"API.example.com", "/v1/models", "exact"},
+		{"a.gpu.example.com", "/v1/models", "wild"},
+		{"gpu.example.com", "/v1/models", "v1"},
+	}
+	for _, tt := range tests {
+		rt := r.match([]byte(tt.host), []byte(tt.path))
+		if rt == nil || rt.dep.ID != tt.want {
+			got := "<nil>"
+			if rt != nil {
+				got = rt.dep.ID
+			}
+			t.Errorf("%s%s: got %s, want %s", tt.host, tt.path, got, tt.want)
+		}
+	}
+
+	none := newRouter(deps(event.Deployment{ID: "v1", PathPrefix: "/v1", Hosts: []string{"a"}}), "eu")
+	if none.match([]byte("b"), []byte("/v1")) != nil || none.match([]byte("a"), []byte("/v2")) != nil {
+		t.Fatal("matched a request no deployment serves")
+	}
+}
+
+func TestRouterUpstreamsPerSiteRoundRobin(t *testing.T) {
+	up := map[string][]string{"*": {"http://any:1"}, "eu": {"http://eu-a:1", "http://eu-b:1/base/"}}
+	d := deps(event.Deployment{ID: "d", Upstreams: up})
+	eu := newRouter(d, "eu").routes[0]
+	got := []string{eu.pick().base, eu.pick().base, eu.pick().base}
+	if got[0] != "http://eu-a:1" || got[1] != "http://eu-b:1/base" || got[2] != got[0] {
+		t.Fatalf("eu round robin: %v", got)
+	}
+	if us := newRouter(d, "us").routes[0]; us.pick().base != "http://any:1" {
+		t.Fatal("a site without its own list must use *")
+	}
+}
+
+func TestCredential(t *testing.T) {
+	tests := []struct {
+		headers  map[string]string
+		want     string
+		fromAuth bool
+	}{
+		{map[string]string{"X-API-Key": "k1"}, "k1", false},
+		{map[string]string{"x-api-key": " k1 "}, "k1", false},
+		{map[string]string{"Authorization": "Bearer k2"}, "k2", true},
+		{map[string]string{"Authorization": "BEARER k2"}, "k2", true},
+		{map[string]string{"Authorization": "Bearer unused", "X-API-Key": "k3"}, "k3", false},
+		{map[string]string{"Authorization": "Basic abc"}, "", false},
+		{map[string]string{"Authorization": "Bearer "}, "", false},
+		{map[string]string{}, "", false},
+	}
+	for _, tt := range tests {
+		var h fasthttp.RequestHeader
+		for k, v := range tt.headers {
+			h.Set(k, v)
+		}
+		got, fromAuth := credential(&h)
+		if string(got) != tt.want || fromAuth != tt.fromAuth {
+			t.Errorf("%v: got %q %v, want %q %v", tt.headers, got, fromAuth, tt.want, tt.fromAuth)
+		}
+	}
+}
+
+func TestWantsStream(t *testing.T) {
+	for body, want := range map[string]bool{
+		`{"stream": true}`:               true,
+		`{"stream":false}`:               false,
+		`{"messages":[],"stream":true}`:  true,
+		`{"content":"\"stream\": true"}`: false,
+		`not json "stream"`:              false,
+		``:                               false,
+	} {
+		if got := wantsStream([]byte(body)); got != want {
+			t.Errorf("%s: %v", body, got)
+		}
+	}
+}
+
+func TestHopByHopStripped(t *testing.T) {
+	var h fasthttp.RequestHeader
+	h.Set("Connection", "keep-alive, X-Custom-Hop")
+	h.Set("X-Custom-Hop", "1")
+	h.Set("Keep-Alive", "timeout=5")
+	h.Set("Upgrade", "websocket")
+	h.Set("X-Stays", "1")
+	stripHopByHop(&h)
+	for _, gone := range []string{"Connection", "X-Custom-Hop", "Keep-Alive", "Upgrade"} {
+		if len(h.Peek(gone)) != 0 {
+			t.Errorf("%s forwarded", gone)
+		}
+	}
+	if string(h.Peek("X-Stays")) != "1" {
+		t.Error("end-to-end header dropped")
+	}
+}
+
+func TestFasthttpLogRedactsCredentials(t *testing.T) {
+	var buf bytes.Buffer
+	l := fasthttpLogger{slog.New(slog.NewTextHandler(&buf, nil))}
+	key := "km_" + strings.Repeat("a", 59)
+	l.Printf("cannot parse %q", "X-API-Key: "+key+"\r\nAuthorization: Bearer sk-upstream-secret\r\n")
+	if strings.Contains(buf.String(), key[3:20]) || strings.Contains(buf.String(), "sk-upstream-secret") {
+		t.Fatalf("credential logged: %s", buf.String())
+	}
+}
