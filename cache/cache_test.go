@@ -16,7 +16,7 @@ import (
 // origin is a stand-in for the origin's signed answers: the tests drive the
 // View directly, without NATS (the edge integration tests use the real one).
 type origin struct {
-	t      *testing.T
+	t      testing.TB
 	signer *event.Signer
 	mu     sync.Mutex
 	rev    uint64
@@ -26,7 +26,7 @@ type origin struct {
 	hook func()
 }
 
-func newOrigin(t *testing.T) *origin {
+func newOrigin(t testing.TB) *origin {
 	priv, err := event.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -72,12 +72,17 @@ func (o *origin) lookup(ctx context.Context, h apikey.Hash) ([]byte, error) {
 	return o.seal(&event.Record{Revision: rev, Kind: event.KindKey, Key: k}), nil
 }
 
-func newView(t *testing.T, o *origin, now func() time.Time) *View {
-	t.Helper()
+func mustVerifier(t testing.TB, o *origin) *event.Verifier {
 	ver, err := event.NewVerifier(o.signer.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ver
+}
+
+func newView(t *testing.T, o *origin, now func() time.Time) *View {
+	t.Helper()
+	ver := mustVerifier(t, o)
 	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 1000, Now: now})
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +91,7 @@ func newView(t *testing.T, o *origin, now func() time.Time) *View {
 	return v
 }
 
-func newSecret(t *testing.T) apikey.Hash {
+func newSecret(t testing.TB) apikey.Hash {
 	k, err := apikey.Generate()
 	if err != nil {
 		t.Fatal(err)
