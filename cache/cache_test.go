@@ -333,3 +333,54 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Fatalf("tampered state restored: %v", err)
 	}
 }
+
+// Concurrent misses for one key share a lookup: never two in flight at once.
+func TestConcurrentMissesShareOneLookup(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	o.change(linked(h, "d1"))
+	release := make(chan struct{})
+	var inflight, maxInflight atomic.Int64
+	o.hook = func() {
+		n := inflight.Add(1)
+		defer inflight.Add(-1)
+		for m := maxInflight.Load(); n > m && !maxInflight.CompareAndSwap(m, n); m = maxInflight.Load() {
+		}
+		<-release
+	}
+	const n = 32
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			_, err := v.Authorize(context.Background(), h)
+			errs <- err
+		})
+	}
+	// Hold the first lookup until every request has missed and piled up.
+	checkFor(t, func() bool { return v.Stats().Misses == n && inflight.Load() == 1 })
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if maxInflight.Load() != 1 || o.calls.Load() > n/4 {
+		t.Fatalf("%d concurrent misses: %d lookups, up to %d at once", n, o.calls.Load(), maxInflight.Load())
+	}
+}
+
+// checkFor polls cond until it holds, failing the test after 10s.
+func checkFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
