@@ -1,0 +1,18 @@
+// Package bench is keymesh's test and measurement harness: load,
+// propagation and peer-comparison runs against real origins and edges, and
+// the mock OpenAI-compatible upstream they send traffic to.
+//
+// The mock upstream ([Upstream]) stands in for an inference server such as
+// vLLM, both in `make run` and in tests. It answers GET /v1/models,
+// POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings and
+// GET /health with OpenAI-shaped JSON and deterministic content. A chat or
+// completion request with "stream": true is answered as text/event-stream:
+// [UpstreamConfig.StreamChunks] chunks, each written and flushed
+// [UpstreamConfig.ChunkInterval] after the one before (a request may
+// override the pace with the X-Mock-Chunk-Interval header), then
+// "data: [DONE]". A stream stops as soon as the client goes away. Every
+// request is shown to [UpstreamConfig.OnRequest] before it is answered, so a
+// test can assert exactly what a proxy forwarded, and [Upstream.Stats]
+// counts requests in flight and streams finished or abandoned, so a test can
+// see that a handler ended without sleeping.
+package bench

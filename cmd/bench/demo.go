@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keymesh/keymesh/bench"
+)
+
+func init() {
+	commands["probe"] = command{"exit 0 when a URL answers 2xx (readiness checks without curl)", runProbe}
+	commands["demo"] = command{"log in to an origin and make sure a demo deployment exists", runDemo}
+}
+
+func runProbe(e *env, args []string) int {
+	fs := flag.NewFlagSet("bench probe", flag.ContinueOnError)
+	timeout := fs.Duration("timeout", time.Second, "how long the request may take")
+	about := "bench probe URL exits 0 if GET URL answers 2xx within --timeout, 1 otherwise."
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if code, done := parseFlags(e, fs, about, args); done {
+			return code
+		}
+		fmt.Fprintln(e.stderr, "bench probe: want a URL (see --help)")
+		return 2
+	}
+	url := args[0]
+	if code, done := parseFlags(e, fs, about, args[1:]); done {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bench probe: %v\n", err)
+		return 2
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bench probe: %v\n", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		fmt.Fprintf(e.stderr, "bench probe: %s answered %d\n", url, resp.StatusCode)
+		return 1
+	}
+	return 0
+}
+
+func runDemo(e *env, args []string) int {
+	fs := flag.NewFlagSet("bench demo", flag.ContinueOnError)
+	origin := fs.String("origin", "http://127.0.0.1:7000", "the origin's admin API")
+	passwordFile := fs.String("password-file", "./data/origin/admin-password",
+		"file holding the admin password (ORIGIN_ADMIN_PASSWORD, if set, wins)")
+	project := fs.String("project", "default", "project of the deployment")
+	deployment := fs.String("deployment", "demo", "deployment name")
+	upstream := fs.String("upstream", "http://127.0.0.1:8000", "inference server the deployment sends requests to")
+	about := "bench demo logs in to an origin as admin and creates the demo deployment unless it exists."
+	if code, done := parseFlags(e, fs, about, args); done {
+		return code
+	}
+	password := e.getenv("ORIGIN_ADMIN_PASSWORD")
+	if password == "" {
+		b, err := os.ReadFile(*passwordFile)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "bench demo: reading admin password: %v\n", err)
+			return 1
+		}
+		password = strings.TrimSpace(string(b))
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	c := &bench.OriginClient{BaseURL: *origin}
+	if err := c.Login(ctx, "admin", password); err != nil {
+		fmt.Fprintf(e.stderr, "bench demo: %v\n", err)
+		return 1
+	}
+	d, err := c.EnsureDeployment(ctx, *project, *deployment, []string{*upstream})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bench demo: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(e.stdout, "deployment %q (%s) sends requests to %s\n", d.Name, d.ID, *upstream)
+	return 0
+}
