@@ -1,0 +1,73 @@
+// Command origin is keymesh's control plane: the REST admin API, the key and
+// deployment store, and the signed event stream edges follow. See package
+// origin.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/keymesh/keymesh/internal/cli"
+	"github.com/keymesh/keymesh/origin"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg := origin.DefaultConfig()
+	fs := flag.NewFlagSet("origin", flag.ContinueOnError)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "REST admin API, /health and /metrics address")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "SQLite store, embedded NATS store, signing key and bootstrap admin password")
+	fs.StringVar(&cfg.Store, "store", "", "store URL: sqlite://<path> or postgres://user:pass@host/db (default sqlite://<data-dir>/origin.db)")
+	fs.StringVar(&cfg.NATSURL, "nats-url", "", "URL(s) of an external NATS cluster with JetStream (default: start an embedded NATS server)")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, "where the embedded NATS server listens")
+	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of admin login tokens")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
+
+	if err := cli.Parse(fs, "ORIGIN", args, getenv, stdout); err != nil {
+		if errors.Is(err, cli.ErrHelp) {
+			fmt.Fprintln(stdout, "\nThe admin password of the first start comes from ORIGIN_ADMIN_PASSWORD; if unset, a random one is written to <data-dir>/admin-password.")
+			return 0
+		}
+		fmt.Fprintf(stderr, "origin: %v\n", err)
+		return 2
+	}
+	cfg.AdminPassword = getenv("ORIGIN_ADMIN_PASSWORD")
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	cfg.Logger = log
+
+	// Signals are caught from before startup, so an early SIGTERM is a clean
+	// stop rather than a kill.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	srv, err := origin.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "origin: %v\n", err)
+		return 1
+	}
+	select {
+	case err := <-srv.Err():
+		fmt.Fprintf(stderr, "origin: %v\n", err)
+		_ = srv.Shutdown(context.Background())
+		return 1
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "drain_timeout", *drain)
+	sctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		fmt.Fprintf(stderr, "origin: shutdown: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func noenv(string) string { return "" }
+
+func TestBadFlagExitsWithOneLine(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--no-such-flag"}, noenv, &out, &errb); code == 0 {
+		t.Fatal("bad flag exited 0")
+	}
+	if lines := strings.Split(strings.TrimSpace(errb.String()), "\n"); len(lines) != 1 || !strings.Contains(lines[0], "no-such-flag") {
+		t.Fatalf("stderr %q", errb.String())
+	}
+}
+
+func TestBadEnvExitsWithOneLine(t *testing.T) {
+	var out, errb bytes.Buffer
+	env := func(k string) string {
+		if k == "ORIGIN_TOKEN_TTL" {
+			return "soon"
+		}
+		return ""
+	}
+	if code := run(nil, env, &out, &errb); code == 0 || strings.Count(strings.TrimSpace(errb.String()), "\n") != 0 ||
+		!strings.Contains(errb.String(), "ORIGIN_TOKEN_TTL") {
+		t.Fatalf("code %d stderr %q", code, errb.String())
+	}
+}
+
+func TestHelpListsFlags(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--help"}, noenv, &out, &errb); code != 0 {
+		t.Fatalf("--help exited %d", code)
+	}
+	for _, f := range []string{"--listen", "--data-dir", "--store", "--nats-url", "--nats-listen", "ORIGIN_NATS_URL"} {
+		if !strings.Contains(out.String(), f) {
+			t.Errorf("--help lacks %s:\n%s", f, out.String())
+		}
+	}
+}
+
+func TestUnusableDataDirExitsWithOneLine(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run([]string{"--data-dir", file, "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1"}, noenv, &out, &errb)
+	if code == 0 {
+		t.Fatal("exit 0")
+	}
+	if lines := strings.Split(strings.TrimSpace(errb.String()), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], "origin: ") {
+		t.Fatalf("stderr %q", errb.String())
+	}
+}
+
+func TestSignalShutsDownCleanly(t *testing.T) {
+	dir := t.TempDir()
+	env := func(k string) string {
+		switch k {
+		case "ORIGIN_DATA_DIR":
+			return dir
+		case "ORIGIN_LISTEN":
+			return "127.0.0.1:0"
+		case "ORIGIN_NATS_LISTEN":
+			return "127.0.0.1:-1"
+		case "ORIGIN_ADMIN_PASSWORD":
+			return "pw-for-test"
+		}
+		return ""
+	}
+	var out bytes.Buffer
+	errb := &lockedBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- run(nil, env, &out, errb) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(errb.String(), "origin started") {
+		if time.Now().After(deadline) {
+			t.Fatalf("not started: %s", errb.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	if strings.Contains(errb.String(), "pw-for-test") {
+		t.Fatal("password logged")
+	}
+}

@@ -1,0 +1,729 @@
+package origin
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+// call is one admin request after authentication.
+type call struct {
+	w       http.ResponseWriter
+	r       *http.Request
+	who     *principal
+	project *Project // set on /projects/{p}/... routes
+}
+
+func (c *call) ctx() context.Context { return c.r.Context() }
+
+type handlerFunc func(c *call) error
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", s.health)
+	mux.HandleFunc("GET /metrics", s.metrics)
+	mux.HandleFunc("POST /v1/auth/login", s.open(s.handleLogin))
+	mux.HandleFunc("GET /v1/signing-key", s.open(s.handleSigningKey))
+
+	mux.HandleFunc("POST /v1/projects", s.admin(event.PermManageUsers, false, s.createProject))
+	mux.HandleFunc("GET /v1/projects", s.admin(event.PermWriteConfig, false, s.listProjects))
+
+	const p = "/v1/projects/{p}"
+	mux.HandleFunc("POST "+p+"/keys", s.admin(event.PermWriteConfig, true, s.createKey))
+	mux.HandleFunc("GET "+p+"/keys", s.admin(event.PermWriteConfig, true, s.listKeys))
+	mux.HandleFunc("GET "+p+"/keys/{id}", s.admin(event.PermWriteConfig, true, s.getKey))
+	mux.HandleFunc("PATCH "+p+"/keys/{id}", s.admin(event.PermWriteConfig, true, s.patchKey))
+	mux.HandleFunc("DELETE "+p+"/keys/{id}", s.admin(event.PermWriteConfig, true, s.deleteKey))
+	mux.HandleFunc("POST "+p+"/keys/{id}/rotate", s.admin(event.PermWriteConfig, true, s.rotateKey))
+
+	mux.HandleFunc("POST "+p+"/deployments", s.admin(event.PermWriteConfig, true, s.createDeployment))
+	mux.HandleFunc("GET "+p+"/deployments", s.admin(event.PermWriteConfig, true, s.listDeployments))
+	mux.HandleFunc("GET "+p+"/deployments/{id}", s.admin(event.PermWriteConfig, true, s.getDeployment))
+	mux.HandleFunc("PATCH "+p+"/deployments/{id}", s.admin(event.PermWriteConfig, true, s.patchDeployment))
+	mux.HandleFunc("DELETE "+p+"/deployments/{id}", s.admin(event.PermWriteConfig, true, s.deleteDeployment))
+	mux.HandleFunc("GET "+p+"/deployments/{id}/keys", s.admin(event.PermWriteConfig, true, s.deploymentKeys))
+	mux.HandleFunc("PUT "+p+"/deployments/{id}/keys/{key_id}", s.admin(event.PermWriteConfig, true, s.linkKey(true)))
+	mux.HandleFunc("DELETE "+p+"/deployments/{id}/keys/{key_id}", s.admin(event.PermWriteConfig, true, s.linkKey(false)))
+
+	mux.HandleFunc("GET /v1/edges", s.admin(event.PermReadMetrics, false, func(c *call) error {
+		writeJSON(c.w, http.StatusOK, []any{})
+		return nil
+	}))
+	mux.HandleFunc("GET /v1/audit", s.admin(event.PermViewAuditLogs, false, func(c *call) error {
+		writeJSON(c.w, http.StatusOK, []any{})
+		return nil
+	}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apierror.New(http.StatusNotFound, apierror.NotFound, "no such endpoint").Write(w)
+	})
+	return mux
+}
+
+// open serves an unauthenticated endpoint.
+func (s *Server) open(h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		s.finish(&call{w: w, r: r}, h)
+	}
+}
+
+// admin serves an endpoint needing perm; withProject resolves {p} and
+// confines an API key to its own project.
+func (s *Server) admin(perm string, withProject bool, h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		c := &call{w: w, r: r}
+		s.finish(c, func(c *call) error {
+			who, err := s.authenticate(r)
+			if err != nil {
+				return err
+			}
+			if !who.has(perm) {
+				return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "this key lacks the "+perm+" permission")
+			}
+			c.who = who
+			if withProject {
+				p, err := s.store.project(r.Context(), r.PathValue("p"))
+				if err != nil {
+					return err
+				}
+				if who.ProjectID != "" && who.ProjectID != p.ID {
+					return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "this key may only manage its own project")
+				}
+				c.project = p
+			}
+			return h(c)
+		})
+	}
+}
+
+// finish runs h and renders any error as the apierror body.
+func (s *Server) finish(c *call, h handlerFunc) {
+	err := h(c)
+	if err == nil {
+		return
+	}
+	var ae *apierror.Error
+	var fe *FieldError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &fe):
+		ae = apierror.New(http.StatusBadRequest, apierror.ValidationError, fe.Error()).
+			WithDetails(map[string]string{"field": fe.Field, "reason": fe.Message})
+	case errors.As(err, &mbe):
+		ae = apierror.New(http.StatusRequestEntityTooLarge, apierror.ValidationError, "request body too large")
+	case errors.Is(err, ErrNotFound):
+		ae = apierror.New(http.StatusNotFound, apierror.NotFound, err.Error())
+	case errors.Is(err, ErrConflict):
+		ae = apierror.New(http.StatusConflict, apierror.Conflict, err.Error())
+	case errors.Is(err, ErrInvalid):
+		ae = apierror.New(http.StatusBadRequest, apierror.ValidationError, err.Error())
+	case errors.Is(err, ErrUnauthenticated):
+		ae = errAuth
+	case errors.Is(err, context.Canceled):
+		return
+	default:
+		s.log.Error("admin request failed", "method", c.r.Method, "path", c.r.URL.Path, "err", err)
+		ae = apierror.New(http.StatusInternalServerError, apierror.InternalError, "internal error")
+	}
+	ae.Write(c.w)
+}
+
+// mutated answers a mutation: X-Revision, and body (a map or struct with
+// "revision") or 204.
+func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
+	c.w.Header().Set("X-Revision", strconv.FormatUint(rev, 10))
+	if body == nil {
+		c.w.WriteHeader(status)
+		return nil
+	}
+	writeJSON(c.w, status, body)
+	return nil
+}
+
+// propagation is the ?wait= report. The edge registry is not built yet, so
+// there are never live edges to wait for.
+type propagation struct {
+	Applied []string `json:"applied"`
+	Pending []string `json:"pending"`
+}
+
+func (s *Server) waitFor(c *call) (*propagation, error) {
+	d, err := waitParam(c.r)
+	if err != nil || c.r.URL.Query().Get("wait") == "" {
+		return nil, err
+	}
+	_ = d
+	return &propagation{Applied: []string{}, Pending: []string{}}, nil
+}
+
+// ---- open endpoints ----
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	status, code := "ok", http.StatusOK
+	if err := s.store.db.PingContext(ctx); err != nil {
+		status, code = "store unavailable", http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{
+		"status":             status,
+		"revision":           s.Revision(),
+		"published_revision": s.PublishedRevision(),
+		"nats_connected":     s.nc.IsConnected(),
+	})
+}
+
+func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	connected := 0
+	if s.nc.IsConnected() {
+		connected = 1
+	}
+	fmt.Fprintf(w, "# HELP keymesh_origin_revision Last committed revision.\n# TYPE keymesh_origin_revision gauge\nkeymesh_origin_revision %d\n", s.Revision())
+	fmt.Fprintf(w, "# HELP keymesh_origin_published_revision Revision up to which every event is in JetStream.\n# TYPE keymesh_origin_published_revision gauge\nkeymesh_origin_published_revision %d\n", s.PublishedRevision())
+	fmt.Fprintf(w, "# HELP keymesh_origin_nats_connected 1 if the NATS client is connected.\n# TYPE keymesh_origin_nats_connected gauge\nkeymesh_origin_nats_connected %d\n", connected)
+}
+
+func (s *Server) handleLogin(c *call) error {
+	o, err := readObject(c.r, false, "username", "password")
+	if err != nil {
+		return err
+	}
+	var user, pw string
+	if _, _, err := o.get("username", &user, false, "a string"); err != nil {
+		return err
+	}
+	if _, _, err := o.get("password", &pw, false, "a string"); err != nil {
+		return err
+	}
+	if user == "" || pw == "" {
+		return errAuth
+	}
+	tok, exp, err := s.login(c.ctx(), user, pw)
+	if err != nil {
+		return err
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"token": tok, "expires_at": exp, "token_type": "Bearer"})
+	return nil
+}
+
+func (s *Server) handleSigningKey(c *call) error {
+	writeJSON(c.w, http.StatusOK, map[string]string{"public_key": event.EncodePublicKey(s.PublicKey())})
+	return nil
+}
+
+// ---- projects ----
+
+func (s *Server) createProject(c *call) error {
+	o, err := readObject(c.r, false, "name")
+	if err != nil {
+		return err
+	}
+	var name string
+	if present, _, err := o.get("name", &name, false, "a string"); err != nil {
+		return err
+	} else if !present {
+		return validation("name", "is required")
+	}
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	p, err := s.store.createProject(c.ctx(), name)
+	if err != nil {
+		return err
+	}
+	rev := s.Revision()
+	return s.mutated(c, http.StatusCreated, rev, map[string]any{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev})
+}
+
+func (s *Server) listProjects(c *call) error {
+	ps, err := s.store.listProjects(c.ctx())
+	if err != nil {
+		return err
+	}
+	if c.who.ProjectID != "" {
+		ps = slices.DeleteFunc(ps, func(p Project) bool { return p.ID != c.who.ProjectID })
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"items": ps, "next_cursor": nil})
+	return nil
+}
+
+// ---- keys ----
+
+type keyView struct {
+	ID          string           `json:"id"`
+	Project     string           `json:"project"`
+	Name        string           `json:"name"`
+	Description string           `json:"description"`
+	Prefix      string           `json:"prefix"`
+	Permissions []string         `json:"permissions"`
+	Deployments []string         `json:"deployments"`
+	ExpiresAt   *time.Time       `json:"expires_at"`
+	RateLimit   *event.RateLimit `json:"rate_limit"`
+	Disabled    bool             `json:"disabled"`
+	CreatedAt   time.Time        `json:"created_at"`
+	UpdatedAt   time.Time        `json:"updated_at"`
+	Revision    uint64           `json:"revision"`
+	Key         string           `json:"key,omitempty"`
+	Propagation *propagation     `json:"propagation,omitempty"`
+}
+
+func viewKey(k *Key) *keyView {
+	v := &keyView{
+		ID: k.ID, Project: k.ProjectID, Name: k.Name, Description: k.Description, Prefix: k.Prefix,
+		Permissions: k.Permissions, Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: k.RateLimit,
+		Disabled: k.Disabled, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, Revision: k.Revision,
+	}
+	if v.Permissions == nil {
+		v.Permissions = []string{}
+	}
+	if v.Deployments == nil {
+		v.Deployments = []string{}
+	}
+	return v
+}
+
+var keyFields = []string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "disabled"}
+
+// keyInput is a decoded key create/patch body; nil pointers are absent.
+type keyInput struct {
+	name, description *string
+	permissions       *[]string
+	deployments       *[]string
+	expiresSet        bool
+	expiresAt         *time.Time
+	rateLimitSet      bool
+	rateLimit         *event.RateLimit
+	disabled          *bool
+}
+
+func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, error) {
+	in := &keyInput{}
+	var str string
+	if present, _, err := o.get("name", &str, false, "a string"); err != nil {
+		return nil, err
+	} else if present {
+		if err := validText("name", str, 200); err != nil {
+			return nil, err
+		}
+		in.name = &str
+	}
+	var desc string
+	if present, _, err := o.get("description", &desc, false, "a string"); err != nil {
+		return nil, err
+	} else if present {
+		if err := validText("description", desc, 2000); err != nil {
+			return nil, err
+		}
+		in.description = &desc
+	}
+	var perms []string
+	if present, null, err := o.get("permissions", &perms, create, "a list of permission names"); err != nil {
+		return nil, err
+	} else if present && !null {
+		seen := map[string]bool{}
+		out := []string{}
+		for _, p := range perms {
+			if !event.ValidPermission(p) {
+				return nil, validation("permissions", fmt.Sprintf("unknown permission %q", p))
+			}
+			if !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+			if c.who.KeyID != "" && !c.who.has(p) {
+				return nil, apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key cannot grant a permission it does not hold")
+			}
+		}
+		in.permissions = &out
+	}
+	var deps []string
+	if present, _, err := o.get("deployments", &deps, false, "a list of deployment ids or names"); err != nil {
+		return nil, err
+	} else if present {
+		if deps == nil {
+			deps = []string{}
+		}
+		in.deployments = &deps
+	}
+	var exp string
+	if present, null, err := o.get("expires_at", &exp, true, "an RFC 3339 time, a YYYY-MM-DD date, or null"); err != nil {
+		return nil, err
+	} else if present {
+		in.expiresSet = true
+		if !null {
+			t, err := parseExpiry(exp)
+			if err != nil {
+				return nil, err
+			}
+			in.expiresAt = &t
+		}
+	}
+	if create {
+		var days int
+		if present, null, err := o.get("expires_in_days", &days, true, "a whole number of days"); err != nil {
+			return nil, err
+		} else if present && !null {
+			if in.expiresSet && in.expiresAt != nil {
+				return nil, validation("expires_in_days", "give expires_at or expires_in_days, not both")
+			}
+			if days < 1 || days > 36500 {
+				return nil, validation("expires_in_days", "must be between 1 and 36500")
+			}
+			t := time.Now().UTC().Add(time.Duration(days) * 24 * time.Hour).Truncate(time.Second)
+			in.expiresSet, in.expiresAt = true, &t
+		}
+		if in.expiresAt != nil && !in.expiresAt.After(time.Now()) {
+			return nil, validation("expires_at", "must be in the future")
+		}
+	}
+	var rl event.RateLimit
+	if present, null, err := o.get("rate_limit", &rl, true, `{"requests_per_minute": N} or null`); err != nil {
+		return nil, err
+	} else if present {
+		in.rateLimitSet = true
+		if !null {
+			if rl.RequestsPerMinute < 1 {
+				return nil, validation("rate_limit", "requests_per_minute must be a positive number")
+			}
+			in.rateLimit = &rl
+		}
+	}
+	var dis bool
+	if present, _, err := o.get("disabled", &dis, false, "true or false"); err != nil {
+		return nil, err
+	} else if present {
+		in.disabled = &dis
+	}
+	return in, nil
+}
+
+func (in *keyInput) apply(k *Key) {
+	if in.name != nil {
+		k.Name = *in.name
+	}
+	if in.description != nil {
+		k.Description = *in.description
+	}
+	if in.permissions != nil {
+		k.Permissions = *in.permissions
+	}
+	if in.expiresSet {
+		k.ExpiresAt = in.expiresAt
+	}
+	if in.rateLimitSet {
+		k.RateLimit = in.rateLimit
+	}
+	if in.disabled != nil {
+		k.Disabled = *in.disabled
+	}
+}
+
+func (s *Server) createKey(c *call) error {
+	o, err := readObject(c.r, true, append(keyFields, "expires_in_days")...)
+	if err != nil {
+		return err
+	}
+	in, err := s.decodeKeyInput(c, o, true)
+	if err != nil {
+		return err
+	}
+	prop, err := s.waitFor(c)
+	if err != nil {
+		return err
+	}
+	secret, err := apikey.Generate()
+	if err != nil {
+		return err
+	}
+	h, err := apikey.ParseString(secret)
+	if err != nil {
+		return err
+	}
+	k := &Key{ID: newID("key"), ProjectID: c.project.ID, Prefix: apikey.Display(secret), Permissions: slices.Clone(event.DefaultPermissions)}
+	in.apply(k)
+	var deps []string
+	if in.deployments != nil {
+		deps = *in.deployments
+	}
+	if k, err = s.store.createKey(c.ctx(), k, h, deps); err != nil {
+		return err
+	}
+	v := viewKey(k)
+	v.Key, v.Propagation = secret, prop
+	return s.mutated(c, http.StatusCreated, k.Revision, v)
+}
+
+func (s *Server) listKeys(c *call) error {
+	q := c.r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return validation("limit", "must be a number between 1 and 1000")
+		}
+		limit = n
+	}
+	after := ""
+	if v := q.Get("cursor"); v != "" {
+		b, err := base64.RawURLEncoding.DecodeString(v)
+		if err != nil {
+			return validation("cursor", "is not a cursor returned by this API")
+		}
+		after = string(b)
+	}
+	keys, more, err := s.store.listKeys(c.ctx(), c.project.ID, after, limit)
+	if err != nil {
+		return err
+	}
+	items := make([]*keyView, 0, len(keys))
+	for _, k := range keys {
+		items = append(items, viewKey(k))
+	}
+	var next any
+	if more && len(keys) > 0 {
+		next = base64.RawURLEncoding.EncodeToString([]byte(keys[len(keys)-1].ID))
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"items": items, "next_cursor": next})
+	return nil
+}
+
+func (s *Server) getKey(c *call) error {
+	k, err := s.store.getKey(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(c.w, http.StatusOK, viewKey(k))
+	return nil
+}
+
+func (s *Server) patchKey(c *call) error {
+	o, err := readObject(c.r, false, keyFields...)
+	if err != nil {
+		return err
+	}
+	in, err := s.decodeKeyInput(c, o, false)
+	if err != nil {
+		return err
+	}
+	prop, err := s.waitFor(c)
+	if err != nil {
+		return err
+	}
+	k, err := s.store.updateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), func(k *Key) error { in.apply(k); return nil }, in.deployments)
+	if err != nil {
+		return err
+	}
+	v := viewKey(k)
+	v.Propagation = prop
+	return s.mutated(c, http.StatusOK, k.Revision, v)
+}
+
+func (s *Server) deleteKey(c *call) error {
+	if _, err := s.waitFor(c); err != nil {
+		return err
+	}
+	rev, err := s.store.deleteKey(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return s.mutated(c, http.StatusNoContent, rev, nil)
+}
+
+func (s *Server) rotateKey(c *call) error {
+	o, err := readObject(c.r, true, "grace_seconds")
+	if err != nil {
+		return err
+	}
+	var grace int64
+	if _, _, err := o.get("grace_seconds", &grace, true, "a whole number of seconds"); err != nil {
+		return err
+	}
+	if grace < 0 || grace > 30*24*3600 {
+		return validation("grace_seconds", "must be between 0 and 2592000 (30 days)")
+	}
+	prop, err := s.waitFor(c)
+	if err != nil {
+		return err
+	}
+	secret, err := apikey.Generate()
+	if err != nil {
+		return err
+	}
+	h, err := apikey.ParseString(secret)
+	if err != nil {
+		return err
+	}
+	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), time.Duration(grace)*time.Second)
+	if err != nil {
+		return err
+	}
+	v := viewKey(k)
+	v.Key, v.Propagation = secret, prop
+	return s.mutated(c, http.StatusOK, k.Revision, v)
+}
+
+// ---- deployments ----
+
+type deploymentView struct {
+	ID               string              `json:"id"`
+	Project          string              `json:"project"`
+	Name             string              `json:"name"`
+	Hosts            []string            `json:"hosts"`
+	PathPrefix       string              `json:"path_prefix"`
+	Upstreams        map[string][]string `json:"upstreams"`
+	AuthEnabled      bool                `json:"auth_enabled"`
+	InvalidKeyStatus int                 `json:"invalid_key_status"`
+	UpstreamAuth     *event.UpstreamAuth `json:"upstream_auth"`
+	RateLimit        *event.RateLimit    `json:"rate_limit"`
+	MaxBodyBytes     int64               `json:"max_body_bytes"`
+	MaxPromptChars   int                 `json:"max_prompt_chars"`
+	Revision         uint64              `json:"revision"`
+	Propagation      *propagation        `json:"propagation,omitempty"`
+}
+
+func viewDeployment(d *event.Deployment) *deploymentView {
+	v := &deploymentView{
+		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, Upstreams: d.Upstreams,
+		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: d.UpstreamAuth, RateLimit: d.RateLimit,
+		MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars, Revision: d.Revision,
+	}
+	if v.Hosts == nil {
+		v.Hosts = []string{}
+	}
+	return v
+}
+
+func (s *Server) createDeployment(c *call) error {
+	o, err := readObject(c.r, false, deploymentFields...)
+	if err != nil {
+		return err
+	}
+	apply, err := decodeDeployment(o)
+	if err != nil {
+		return err
+	}
+	if _, ok := o["name"]; !ok {
+		return validation("name", "is required")
+	}
+	if _, ok := o["upstreams"]; !ok {
+		return validation("upstreams", "is required")
+	}
+	prop, err := s.waitFor(c)
+	if err != nil {
+		return err
+	}
+	d := defaultDeployment()
+	d.ID, d.Project = newID("dep"), c.project.ID
+	apply(d)
+	if err := validateDeployment(d); err != nil {
+		return err
+	}
+	if d, err = s.store.createDeployment(c.ctx(), d); err != nil {
+		return err
+	}
+	v := viewDeployment(d)
+	v.Propagation = prop
+	return s.mutated(c, http.StatusCreated, d.Revision, v)
+}
+
+func (s *Server) listDeployments(c *call) error {
+	ds, err := s.store.listDeployments(c.ctx(), s.store.db, c.project.ID)
+	if err != nil {
+		return err
+	}
+	items := make([]*deploymentView, 0, len(ds))
+	for i := range ds {
+		items = append(items, viewDeployment(&ds[i]))
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"items": items, "next_cursor": nil})
+	return nil
+}
+
+func (s *Server) getDeployment(c *call) error {
+	d, err := s.store.getDeployment(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(c.w, http.StatusOK, viewDeployment(d))
+	return nil
+}
+
+func (s *Server) patchDeployment(c *call) error {
+	o, err := readObject(c.r, false, deploymentFields...)
+	if err != nil {
+		return err
+	}
+	apply, err := decodeDeployment(o)
+	if err != nil {
+		return err
+	}
+	prop, err := s.waitFor(c)
+	if err != nil {
+		return err
+	}
+	d, err := s.store.updateDeployment(c.ctx(), c.project.ID, c.r.PathValue("id"), func(d *event.Deployment) error {
+		apply(d)
+		return validateDeployment(d)
+	})
+	if err != nil {
+		return err
+	}
+	v := viewDeployment(d)
+	v.Propagation = prop
+	return s.mutated(c, http.StatusOK, d.Revision, v)
+}
+
+func (s *Server) deleteDeployment(c *call) error {
+	if _, err := s.waitFor(c); err != nil {
+		return err
+	}
+	rev, err := s.store.deleteDeployment(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return s.mutated(c, http.StatusNoContent, rev, nil)
+}
+
+func (s *Server) deploymentKeys(c *call) error {
+	keys, err := s.store.deploymentKeys(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	items := make([]*keyView, 0, len(keys))
+	for _, k := range keys {
+		items = append(items, viewKey(k))
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"items": items, "next_cursor": nil})
+	return nil
+}
+
+func (s *Server) linkKey(on bool) handlerFunc {
+	return func(c *call) error {
+		if _, err := readObject(c.r, true); err != nil {
+			return err
+		}
+		prop, err := s.waitFor(c)
+		if err != nil {
+			return err
+		}
+		k, err := s.store.link(c.ctx(), c.project.ID, c.r.PathValue("id"), c.r.PathValue("key_id"), on)
+		if err != nil {
+			return err
+		}
+		v := viewKey(k)
+		v.Propagation = prop
+		return s.mutated(c, http.StatusOK, k.Revision, v)
+	}
+}

@@ -1,0 +1,258 @@
+package origin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/keymesh/keymesh/event"
+)
+
+const testPassword = "correct horse battery staple"
+
+func testConfig(dir string) Config {
+	return Config{
+		Listen:        "127.0.0.1:0",
+		DataDir:       dir,
+		NATSListen:    "127.0.0.1:-1",
+		AdminPassword: testPassword,
+		PasswordCost:  bcrypt.MinCost,
+		PollInterval:  50 * time.Millisecond,
+		Logger:        slog.New(slog.DiscardHandler),
+	}
+}
+
+func startServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return s
+}
+
+type client struct {
+	t     *testing.T
+	base  string
+	token string
+}
+
+func newClient(t *testing.T, s *Server) *client {
+	c := &client{t: t, base: "http://" + s.Addr()}
+	st, body := c.do("POST", "/v1/auth/login", map[string]string{"username": "admin", "password": testPassword})
+	if st != 200 {
+		t.Fatalf("login: %d %s", st, body)
+	}
+	var r struct{ Token string }
+	mustJSON(t, body, &r)
+	c.token = r.Token
+	return c
+}
+
+// do sends body (a string is sent raw) and returns status and body.
+func (c *client) do(method, path string, body any) (int, []byte) {
+	st, b, _ := c.doH(method, path, body, nil)
+	return st, b
+}
+
+func (c *client) doH(method, path string, body any, hdr map[string]string) (int, []byte, http.Header) {
+	c.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = bytes.NewBufferString(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusNoContent && resp.Header.Get("Content-Type") != "application/json" && path != "/metrics" {
+		c.t.Errorf("%s %s: Content-Type %q", method, path, resp.Header.Get("Content-Type"))
+	}
+	return resp.StatusCode, out, resp.Header
+}
+
+// must sends and fails the test unless the status is want; it decodes the
+// body into out if given.
+func (c *client) must(want int, method, path string, body, out any) {
+	c.t.Helper()
+	st, b := c.do(method, path, body)
+	if st != want {
+		c.t.Fatalf("%s %s: status %d, want %d: %s", method, path, st, want, b)
+	}
+	if out != nil {
+		mustJSON(c.t, b, out)
+	}
+}
+
+func mustJSON(t *testing.T, b []byte, out any) {
+	t.Helper()
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatalf("decoding %s: %v", b, err)
+	}
+}
+
+type apiErr struct {
+	Error struct {
+		Code    string         `json:"code"`
+		Message string         `json:"message"`
+		Type    string         `json:"type"`
+		Details map[string]any `json:"details"`
+	} `json:"error"`
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func connect(t *testing.T, s *Server) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// streamRecords waits until the event stream holds rev messages and returns
+// them opened, checking sequence == revision and the subject.
+func streamRecords(t *testing.T, s *Server, rev uint64) []*event.Record {
+	t.Helper()
+	nc := connect(t, s)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var st jetstream.Stream
+	waitFor(t, "stream to reach the revision", func() bool {
+		if st == nil {
+			if st, err = js.Stream(ctx, event.StreamName); err != nil {
+				st = nil
+				return false
+			}
+		}
+		info, err := st.Info(ctx)
+		return err == nil && info.State.LastSeq >= rev
+	})
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != rev || info.State.LastSeq != rev {
+		t.Fatalf("stream holds %d messages up to %d, want %d", info.State.Msgs, info.State.LastSeq, rev)
+	}
+	v, err := event.NewVerifier(s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*event.Record
+	for seq := uint64(1); seq <= rev; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("GetMsg(%d): %v", seq, err)
+		}
+		r, err := v.Open(m.Data)
+		if err != nil {
+			t.Fatalf("event %d does not verify: %v", seq, err)
+		}
+		if r.Revision != seq {
+			t.Fatalf("stream sequence %d holds revision %d", seq, r.Revision)
+		}
+		if m.Subject != event.Subject(r.Kind, r.Revision) {
+			t.Fatalf("event %d on subject %q", seq, m.Subject)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+type extNATS struct {
+	url  string
+	port int
+	stop func()
+}
+
+// startExternalNATS runs a standalone JetStream server (as an operator's
+// cluster would be) on port (-1 = random) with its store in dir.
+func startExternalNATS(t *testing.T, dir string, port int) *extNATS {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	var once sync.Once
+	stop := func() { once.Do(func() { ns.Shutdown(); ns.WaitForShutdown() }) }
+	t.Cleanup(stop)
+	return &extNATS{url: ns.ClientURL(), port: ns.Addr().(*net.TCPAddr).Port, stop: stop}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
+}
+
+func (s *syncBuffer) Len() int { return len(s.Bytes()) }

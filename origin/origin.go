@@ -1,0 +1,500 @@
+// Package origin is keymesh's control plane: the store of users, projects,
+// API keys (as hashes only) and deployments, the REST admin API, the
+// transactional outbox that publishes every change to JetStream, and the
+// NATS lookup responders edges ask on a cache miss.
+//
+// Guarantees:
+//
+//   - Every mutation is one store transaction that applies the change, takes
+//     the next revision (gap-free, starting at 1) and writes the change's
+//     event: a Record sealed with the origin's Ed25519 key, carrying the full
+//     state of the affected key or deployment. A change is never visible
+//     without its event, nor an event without its change.
+//   - The publisher sends events to the JetStream stream event.StreamName in
+//     revision order with an expected last sequence, so each event's stream
+//     sequence equals its revision; events committed while NATS is away are
+//     published when it returns, exactly once.
+//   - Lookup and snapshot answers are read in one transaction together with
+//     the revision they reflect, and are sealed like events.
+//   - Key secrets are returned only by create and rotate; only their
+//     SHA-256 hashes are stored. No secret, password, token or hash is ever
+//     logged or echoed in an error.
+package origin
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/keymesh/keymesh/event"
+)
+
+// Sentinel errors; returned errors wrap them (test with errors.Is).
+var (
+	// ErrNotFound: the named project, key or deployment does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a project or deployment with that name exists.
+	ErrConflict = errors.New("conflict")
+	// ErrInvalid: a request value is not acceptable (see FieldError).
+	ErrInvalid = errors.New("invalid value")
+	// ErrInvalidConfig: Config cannot be used.
+	ErrInvalidConfig = errors.New("invalid origin config")
+	// ErrUnauthenticated: missing or bad credentials.
+	ErrUnauthenticated = errors.New("authentication failed")
+	// ErrClosed: the server has been shut down.
+	ErrClosed = errors.New("origin is shut down")
+)
+
+// FieldError is a validation error about one request field. It wraps
+// ErrInvalid.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+// Config configures an origin. The zero value of each field means its
+// documented default; DefaultConfig returns them filled in.
+type Config struct {
+	// Listen is the REST API address (default "127.0.0.1:7000"; ":0" style
+	// addresses pick a free port, see Server.Addr).
+	Listen string
+	// DataDir holds the SQLite store, the embedded NATS store, signing.key,
+	// signing.pub, jwt.key and the bootstrap admin-password file (default
+	// "./data/origin"). Created with mode 0700 if missing.
+	DataDir string
+	// Store is "" (SQLite at <DataDir>/origin.db), "sqlite://<path>", or
+	// "postgres://..." (reserved; not implemented yet).
+	Store string
+	// NATSURL is the URL(s) of an external NATS cluster with JetStream; ""
+	// starts an embedded NATS server with JetStream.
+	NATSURL string
+	// NATSListen is where the embedded NATS server listens, host:port
+	// (default "127.0.0.1:4222"; port -1 picks a random free port).
+	NATSListen string
+	// AdminPassword is the password of user "admin", created on first start.
+	// If empty, a random one is written to <DataDir>/admin-password (0600).
+	AdminPassword string
+	// PasswordCost is the bcrypt cost of stored passwords (default
+	// bcrypt.DefaultCost).
+	PasswordCost int
+	// TokenTTL is the lifetime of admin JWTs (default 12h).
+	TokenTTL time.Duration
+	// PollInterval is how often the outbox publisher looks for unpublished
+	// events besides being woken by each commit (default 1s).
+	PollInterval time.Duration
+	// Logger receives operational logs (default slog.Default()).
+	Logger *slog.Logger
+
+	// disablePublisher is for tests: commit events without publishing.
+	disablePublisher bool
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:       "127.0.0.1:7000",
+		DataDir:      "./data/origin",
+		NATSListen:   "127.0.0.1:4222",
+		PasswordCost: bcrypt.DefaultCost,
+		TokenTTL:     12 * time.Hour,
+		PollInterval: time.Second,
+		Logger:       slog.Default(),
+	}
+}
+
+func (c *Config) fill() error {
+	d := DefaultConfig()
+	if c.Listen == "" {
+		c.Listen = d.Listen
+	}
+	if c.DataDir == "" {
+		c.DataDir = d.DataDir
+	}
+	if c.NATSListen == "" {
+		c.NATSListen = d.NATSListen
+	}
+	if c.PasswordCost == 0 {
+		c.PasswordCost = d.PasswordCost
+	}
+	if c.PasswordCost < bcrypt.MinCost || c.PasswordCost > bcrypt.MaxCost {
+		return fmt.Errorf("%w: PasswordCost must be between %d and %d", ErrInvalidConfig, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if c.TokenTTL == 0 {
+		c.TokenTTL = d.TokenTTL
+	}
+	if c.TokenTTL < 0 {
+		return fmt.Errorf("%w: TokenTTL must be positive", ErrInvalidConfig)
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = d.PollInterval
+	}
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	if err := checkStoreDSN(c.Store); err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("%w: Listen %q: want host:port", ErrInvalidConfig, c.Listen)
+	}
+	if c.NATSURL == "" {
+		if _, _, err := splitNATSListen(c.NATSListen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Server is a running origin.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *Store
+	signer  *event.Signer
+	jwtKey  []byte
+	ns      natsServer
+	nc      *nats.Conn
+	natsURL string
+
+	httpLn  net.Listener
+	httpSrv *http.Server
+	httpErr chan error
+
+	pub       *publisher
+	subs      []*nats.Subscription
+	lookupMu  sync.Mutex
+	lookupWG  sync.WaitGroup
+	lookupSem chan struct{}
+
+	rev          atomic.Uint64
+	closed       atomic.Bool
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New validates cfg and starts an origin: opens the store (creating the
+// admin user and project "default" on first start), loads or creates the
+// signing key, starts or connects to NATS, binds the HTTP listener, and
+// then starts the publisher, the lookup responders and the HTTP server.
+// When New returns, the API is served at Addr() and NATS at NATSURL().
+func New(cfg Config) (*Server, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, httpErr: make(chan error, 1), lookupSem: make(chan struct{}, 64)}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeResources()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+	priv, err := loadSigningKey(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if s.signer, err = event.NewSigner(priv); err != nil {
+		return nil, err
+	}
+	if s.jwtKey, err = loadSecretFile(filepath.Join(cfg.DataDir, "jwt.key"), 32); err != nil {
+		return nil, err
+	}
+	if s.store, err = openStore(cfg.Store, cfg.DataDir); err != nil {
+		return nil, err
+	}
+	s.store.seal = s.signer.Seal
+	s.store.onCommit = s.committed
+	if err := s.bootstrap(); err != nil {
+		return nil, err
+	}
+	rev, err := s.store.revision(context.Background(), s.store.db)
+	if err != nil {
+		return nil, fmt.Errorf("reading revision: %w", err)
+	}
+	s.rev.Store(rev)
+
+	if err := s.startNATS(); err != nil {
+		return nil, err
+	}
+	if s.httpLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+
+	// Goroutines last.
+	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval)
+	if !cfg.disablePublisher {
+		s.pub.start()
+	}
+	if err := s.startResponders(); err != nil {
+		return nil, err
+	}
+	s.httpSrv = &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		err := s.httpSrv.Serve(s.httpLn)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		s.httpErr <- err
+	}()
+	ok = true
+	s.log.Info("origin started", "listen", s.Addr(), "nats", s.natsURL, "data_dir", cfg.DataDir, "revision", rev,
+		"signing_pub", filepath.Join(cfg.DataDir, "signing.pub"))
+	return s, nil
+}
+
+// Start is kept for callers that expect a separate start step: New already
+// serves, so it does nothing.
+func (s *Server) Start() error { return nil }
+
+// Err returns a channel that yields the HTTP server's error if serving stops
+// before Shutdown (nil after a clean Shutdown).
+func (s *Server) Err() <-chan error { return s.httpErr }
+
+// Addr returns the address the REST API is served on (host:port).
+func (s *Server) Addr() string { return s.httpLn.Addr().String() }
+
+// NATSURL returns the client URL of the NATS server the origin uses,
+// embedded or external.
+func (s *Server) NATSURL() string { return s.natsURL }
+
+// PublicKey returns the Ed25519 key every record is signed with.
+func (s *Server) PublicKey() ed25519.PublicKey { return s.signer.Public() }
+
+// Revision returns the last committed revision.
+func (s *Server) Revision() uint64 { return s.rev.Load() }
+
+// PublishedRevision returns the highest revision up to which every event
+// has been acknowledged by JetStream.
+func (s *Server) PublishedRevision() uint64 {
+	rev, err := s.store.publishedRevision(context.Background())
+	if err != nil {
+		return 0
+	}
+	return rev
+}
+
+func (s *Server) committed(rev uint64) {
+	for {
+		cur := s.rev.Load()
+		if rev <= cur || s.rev.CompareAndSwap(cur, rev) {
+			break
+		}
+	}
+	if s.pub != nil {
+		s.pub.wake()
+	}
+}
+
+// Shutdown stops the HTTP server (draining requests until ctx ends), the
+// lookup responders, the publisher (after a final attempt to publish what
+// is committed), NATS, and closes the store. It is safe to call more than
+// once; later calls return the first call's result.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		s.lookupMu.Lock()
+		s.closed.Store(true)
+		s.lookupMu.Unlock()
+		var errs []error
+		if s.httpSrv != nil {
+			if err := s.httpSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("stopping http: %w", err))
+				_ = s.httpSrv.Close()
+			}
+		}
+		for _, sub := range s.subs {
+			_ = sub.Unsubscribe()
+		}
+		s.lookupWG.Wait()
+		if s.pub != nil {
+			s.pub.stop(ctx)
+		}
+		s.closeResources()
+		s.shutdownErr = errors.Join(errs...)
+		s.log.Info("origin stopped")
+	})
+	return s.shutdownErr
+}
+
+// closeResources closes NATS and the store (used by Shutdown and by a
+// failed New).
+func (s *Server) closeResources() {
+	if s.httpLn != nil && s.httpSrv == nil {
+		_ = s.httpLn.Close()
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	if s.ns != nil {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+	}
+	if s.store != nil {
+		_ = s.store.Close()
+	}
+}
+
+// bootstrap creates the admin user and the default project on first start.
+func (s *Server) bootstrap() error {
+	ctx := context.Background()
+	if err := s.store.ensureProject(ctx, "default"); err != nil {
+		return fmt.Errorf("creating default project: %w", err)
+	}
+	n, err := s.store.userCount(ctx)
+	if err != nil {
+		return fmt.Errorf("reading users: %w", err)
+	}
+	if n > 0 {
+		return nil
+	}
+	pw := s.cfg.AdminPassword
+	if pw == "" {
+		pw = randomToken(18)
+		path := filepath.Join(s.cfg.DataDir, "admin-password")
+		if err := writeFileAtomic(path, []byte(pw+"\n"), 0o600); err != nil {
+			return fmt.Errorf("writing admin password file: %w", err)
+		}
+		s.log.Warn("created admin user with a random password; read it from the file", "file", path)
+	} else {
+		s.log.Info("created admin user from the configured password")
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(pw), s.cfg.PasswordCost)
+	if err != nil {
+		return fmt.Errorf("hashing admin password: %w", err)
+	}
+	return s.store.createUser(ctx, "admin", string(hash))
+}
+
+// ---- files and ids ----
+
+// loadSigningKey reads <dir>/signing.key (base64 Ed25519 private key) or
+// creates it, and (re)writes <dir>/signing.pub.
+func loadSigningKey(dir string) (ed25519.PrivateKey, error) {
+	path := filepath.Join(dir, "signing.key")
+	var priv ed25519.PrivateKey
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		raw, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+		if derr != nil || len(raw) != ed25519.PrivateKeySize {
+			return nil, fmt.Errorf("%s: not a base64 Ed25519 private key", path)
+		}
+		priv = ed25519.PrivateKey(raw)
+	case errors.Is(err, os.ErrNotExist):
+		if priv, err = event.GenerateKey(); err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(priv)+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("writing signing key: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("reading signing key: %w", err)
+	}
+	pub := event.EncodePublicKey(priv.Public().(ed25519.PublicKey))
+	pubPath := filepath.Join(dir, "signing.pub")
+	if cur, err := os.ReadFile(pubPath); err != nil || strings.TrimSpace(string(cur)) != pub {
+		if err := writeFileAtomic(pubPath, []byte(pub+"\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("writing signing.pub: %w", err)
+		}
+	}
+	return priv, nil
+}
+
+// loadSecretFile reads a base64 secret from path, creating n random bytes
+// there (0600) if missing.
+func loadSecretFile(path string, n int) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		raw, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+		if derr != nil || len(raw) < 16 {
+			return nil, fmt.Errorf("%s: not a base64 secret of at least 16 bytes", path)
+		}
+		return raw, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("reading %s: %w", filepath.Base(path), err)
+	}
+	raw := make([]byte, n)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(raw)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", filepath.Base(path), err)
+	}
+	return raw, nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// idEncoding is Crockford's base32 alphabet in ASCII order, so that ids
+// sort like their bytes.
+var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// newID returns prefix_ followed by 48 bits of milliseconds and 80 random
+// bits: ids sort roughly by creation time.
+func newID(prefix string) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(time.Now().UnixMilli())<<16)
+	if _, err := rand.Read(b[6:]); err != nil {
+		panic(err)
+	}
+	return prefix + "_" + idEncoding.EncodeToString(b[:])
+}
+
+func randomToken(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}

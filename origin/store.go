@@ -1,0 +1,1060 @@
+package origin
+
+// All SQL of the origin lives in this file. Statements are written in the
+// common subset of SQLite and PostgreSQL: "?" placeholders (rebound to $n by
+// Store.q for PostgreSQL), TEXT timestamps in RFC 3339 UTC, JSON in TEXT
+// columns, INTEGER booleans, and UPDATE ... RETURNING for the revision
+// counter (which also serialises writers on PostgreSQL through its row lock).
+// Only the DDL and the DSN handling differ per dialect.
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+
+	_ "modernc.org/sqlite" // driver "sqlite"
+)
+
+type dialect int
+
+const (
+	dialectSQLite dialect = iota
+	dialectPostgres
+)
+
+const sqliteSchema = `
+CREATE TABLE IF NOT EXISTS counters (
+	name  TEXT PRIMARY KEY,
+	value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+	id            TEXT PRIMARY KEY,
+	username      TEXT NOT NULL UNIQUE,
+	password_hash TEXT NOT NULL,
+	created_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projects (
+	id         TEXT PRIMARY KEY,
+	name       TEXT NOT NULL UNIQUE,
+	created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+	id          TEXT PRIMARY KEY,
+	project_id  TEXT NOT NULL REFERENCES projects(id),
+	name        TEXT NOT NULL,
+	description TEXT NOT NULL,
+	prefix      TEXT NOT NULL,
+	permissions TEXT NOT NULL,
+	expires_at  TEXT,
+	rate_limit  TEXT,
+	disabled    INTEGER NOT NULL,
+	created_at  TEXT NOT NULL,
+	updated_at  TEXT NOT NULL,
+	revision    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_project ON keys(project_id, id);
+CREATE TABLE IF NOT EXISTS key_secrets (
+	hash      BLOB PRIMARY KEY,
+	key_id    TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
+	not_after TEXT
+);
+CREATE INDEX IF NOT EXISTS key_secrets_key ON key_secrets(key_id);
+CREATE TABLE IF NOT EXISTS deployments (
+	id                 TEXT PRIMARY KEY,
+	project_id         TEXT NOT NULL REFERENCES projects(id),
+	name               TEXT NOT NULL,
+	hosts              TEXT NOT NULL,
+	path_prefix        TEXT NOT NULL,
+	upstreams          TEXT NOT NULL,
+	auth_enabled       INTEGER NOT NULL,
+	invalid_key_status INTEGER NOT NULL,
+	upstream_auth      TEXT,
+	rate_limit         TEXT,
+	max_body_bytes     INTEGER NOT NULL,
+	max_prompt_chars   INTEGER NOT NULL,
+	created_at         TEXT NOT NULL,
+	updated_at         TEXT NOT NULL,
+	revision           INTEGER NOT NULL,
+	UNIQUE (project_id, name)
+);
+CREATE TABLE IF NOT EXISTS links (
+	key_id        TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
+	deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+	PRIMARY KEY (key_id, deployment_id)
+);
+CREATE INDEX IF NOT EXISTS links_deployment ON links(deployment_id);
+CREATE TABLE IF NOT EXISTS events (
+	revision   INTEGER PRIMARY KEY,
+	subject    TEXT NOT NULL,
+	payload    BLOB NOT NULL,
+	created_at TEXT NOT NULL,
+	published  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_unpublished ON events(published, revision);
+INSERT INTO counters (name, value) VALUES ('revision', 0) ON CONFLICT (name) DO NOTHING;
+`
+
+// Store is the origin's persistent state. Every mutation runs in one
+// transaction that also takes the next revision and writes the sealed event
+// (the transactional outbox).
+type Store struct {
+	db       *sql.DB
+	dialect  dialect
+	seal     func(*event.Record) ([]byte, error)
+	onCommit func(rev uint64)
+}
+
+// checkStoreDSN refuses a store the origin cannot open, before anything is
+// created. The DSN is never echoed: it may hold a password.
+func checkStoreDSN(dsn string) error {
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		return fmt.Errorf("%w: the PostgreSQL store is not implemented yet", ErrInvalidConfig)
+	case strings.Contains(dsn, "://") && !strings.HasPrefix(dsn, "sqlite://"):
+		return fmt.Errorf("%w: unsupported store scheme (want sqlite:// or postgres://)", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// openStore opens the store named by dsn ("" or "sqlite://path" or a plain
+// path; postgres:// is reserved for the PostgreSQL store).
+func openStore(dsn, dataDir string) (*Store, error) {
+	var path string
+	switch {
+	case dsn == "":
+		path = filepath.Join(dataDir, "origin.db")
+	case strings.HasPrefix(dsn, "sqlite://"):
+		path = strings.TrimPrefix(dsn, "sqlite://")
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		return nil, fmt.Errorf("%w: the PostgreSQL store is not implemented yet", ErrInvalidConfig)
+	case strings.Contains(dsn, "://"):
+		return nil, fmt.Errorf("%w: unsupported store scheme (want sqlite:// or postgres://)", ErrInvalidConfig)
+	default:
+		path = dsn
+	}
+	if path == "" {
+		return nil, fmt.Errorf("%w: empty sqlite path", ErrInvalidConfig)
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating store directory: %w", err)
+		}
+	}
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("opening sqlite store: %w", err)
+	}
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(8)
+	db.SetConnMaxIdleTime(0)
+	s := &Store{db: db, dialect: dialectSQLite}
+	if _, err := db.Exec(sqliteSchema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("creating sqlite schema: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// q rebinds "?" placeholders for the dialect.
+func (s *Store) q(query string) string {
+	if s.dialect != dialectPostgres {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, c := range query {
+		if c == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// ---- values ----
+
+func ts(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func parseTS(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }
+
+func nullTS(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return ts(*t)
+}
+
+func parseNullTS(ns sql.NullString) (*time.Time, error) {
+	if !ns.Valid {
+		return nil, nil
+	}
+	t, err := parseTS(ns.String)
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+func jsonText(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}
+
+func nullJSON(v any, isNil bool) (any, error) {
+	if isNil {
+		return nil, nil
+	}
+	return jsonText(v)
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ---- users and projects ----
+
+// Project is a tenant grouping keys and deployments.
+type Project struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func (s *Store) userCount(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM users`)).Scan(&n)
+	return n, err
+}
+
+func (s *Store) createUser(ctx context.Context, username, passwordHash string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)`),
+		newID("usr"), username, passwordHash, ts(time.Now()))
+	if err != nil {
+		return fmt.Errorf("creating user: %w", err)
+	}
+	return nil
+}
+
+// userPassword returns the user's id and bcrypt hash, or ErrNotFound.
+func (s *Store) userPassword(ctx context.Context, username string) (id, hash string, err error) {
+	err = s.db.QueryRowContext(ctx, s.q(`SELECT id, password_hash FROM users WHERE username = ?`), username).Scan(&id, &hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", ErrNotFound
+	}
+	return id, hash, err
+}
+
+func (s *Store) ensureProject(ctx context.Context, name string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`),
+		newID("prj"), name, ts(time.Now()))
+	return err
+}
+
+func (s *Store) createProject(ctx context.Context, name string) (*Project, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM projects WHERE name = ?`), name).Scan(&n); err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		return nil, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+	}
+	p := &Project{ID: newID("prj"), Name: name, CreatedAt: time.Now().UTC()}
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)`), p.ID, p.Name, ts(p.CreatedAt)); err != nil {
+		return nil, err
+	}
+	return p, tx.Commit()
+}
+
+func (s *Store) listProjects(ctx context.Context) ([]Project, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, name, created_at FROM projects ORDER BY name`))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []Project{}
+	for rows.Next() {
+		var p Project
+		var c string
+		if err := rows.Scan(&p.ID, &p.Name, &c); err != nil {
+			return nil, err
+		}
+		p.CreatedAt, _ = parseTS(c)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// project resolves a project by id or name.
+func (s *Store) project(ctx context.Context, ref string) (*Project, error) {
+	var p Project
+	var c string
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT id, name, created_at FROM projects WHERE id = ? OR name = ? ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 1`),
+		ref, ref, ref).Scan(&p.ID, &p.Name, &c)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: no project %q", ErrNotFound, ref)
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.CreatedAt, _ = parseTS(c)
+	return &p, nil
+}
+
+// ---- revisions and the outbox ----
+
+// mutate runs fn in one write transaction holding the next revision; the
+// record fn returns (with Revision and Time filled in here) is sealed and
+// stored as the event of that revision.
+func (s *Store) mutate(ctx context.Context, fn func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error)) (uint64, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("beginning transaction: %w", err)
+	}
+	defer tx.Rollback()
+	var rev uint64
+	if err := tx.QueryRowContext(ctx, s.q(`UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value`)).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("taking revision: %w", err)
+	}
+	now := time.Now().UTC()
+	rec, err := fn(tx, rev, now)
+	if err != nil {
+		return 0, err
+	}
+	rec.Revision, rec.Time = rev, now
+	payload, err := s.seal(rec)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO events (revision, subject, payload, created_at, published) VALUES (?, ?, ?, ?, 0)`),
+		rev, event.Subject(rec.Kind, rev), payload, ts(now)); err != nil {
+		return 0, fmt.Errorf("writing event: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("committing: %w", err)
+	}
+	if s.onCommit != nil {
+		s.onCommit(rev)
+	}
+	return rev, nil
+}
+
+func (s *Store) revision(ctx context.Context, q querier) (uint64, error) {
+	var rev uint64
+	err := q.QueryRowContext(ctx, s.q(`SELECT value FROM counters WHERE name = 'revision'`)).Scan(&rev)
+	return rev, err
+}
+
+type outboxEvent struct {
+	Revision uint64
+	Subject  string
+	Payload  []byte
+}
+
+func (s *Store) unpublished(ctx context.Context, limit int) ([]outboxEvent, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT revision, subject, payload FROM events WHERE published = 0 ORDER BY revision LIMIT ?`), limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []outboxEvent
+	for rows.Next() {
+		var e outboxEvent
+		if err := rows.Scan(&e.Revision, &e.Subject, &e.Payload); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) markPublished(ctx context.Context, rev uint64) error {
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE events SET published = 1 WHERE revision = ?`), rev)
+	return err
+}
+
+// markUnpublishedAfter queues every event after rev again (the stream lost
+// them, e.g. it was deleted and recreated).
+func (s *Store) markUnpublishedAfter(ctx context.Context, rev uint64) error {
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE events SET published = 0 WHERE revision > ?`), rev)
+	return err
+}
+
+// publishedRevision is the highest revision below which every event is
+// published.
+func (s *Store) publishedRevision(ctx context.Context) (uint64, error) {
+	var first sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT MIN(revision) FROM events WHERE published = 0`)).Scan(&first); err != nil {
+		return 0, err
+	}
+	if first.Valid {
+		return uint64(first.Int64) - 1, nil
+	}
+	return s.revision(ctx, s.db)
+}
+
+// ---- keys ----
+
+// Key is a stored API key (never its secret).
+type Key struct {
+	ID          string
+	ProjectID   string
+	Name        string
+	Description string
+	Prefix      string
+	Permissions []string
+	Deployments []string
+	ExpiresAt   *time.Time
+	RateLimit   *event.RateLimit
+	Disabled    bool
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	Revision    uint64
+	Secrets     []event.Secret
+}
+
+func (k *Key) record(deleted bool) *event.Record {
+	ek := &event.Key{
+		ID: k.ID, Project: k.ProjectID, Secrets: k.Secrets, Permissions: k.Permissions,
+		Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: k.RateLimit,
+		Disabled: k.Disabled, Deleted: deleted,
+	}
+	if ek.Secrets == nil {
+		ek.Secrets = []event.Secret{}
+	}
+	if ek.Deployments == nil || deleted {
+		ek.Deployments = []string{}
+	}
+	return &event.Record{Kind: event.KindKey, Key: ek}
+}
+
+const keyColumns = `id, project_id, name, description, prefix, permissions, expires_at, rate_limit, disabled, created_at, updated_at, revision`
+
+func scanKey(sc interface{ Scan(...any) error }) (*Key, error) {
+	var k Key
+	var perms, created, updated string
+	var expires, rl sql.NullString
+	var disabled int
+	if err := sc.Scan(&k.ID, &k.ProjectID, &k.Name, &k.Description, &k.Prefix, &perms, &expires, &rl, &disabled, &created, &updated, &k.Revision); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(perms), &k.Permissions); err != nil {
+		return nil, fmt.Errorf("decoding permissions: %w", err)
+	}
+	var err error
+	if k.ExpiresAt, err = parseNullTS(expires); err != nil {
+		return nil, err
+	}
+	if rl.Valid {
+		k.RateLimit = new(event.RateLimit)
+		if err := json.Unmarshal([]byte(rl.String), k.RateLimit); err != nil {
+			return nil, fmt.Errorf("decoding rate limit: %w", err)
+		}
+	}
+	k.Disabled = disabled != 0
+	k.CreatedAt, _ = parseTS(created)
+	k.UpdatedAt, _ = parseTS(updated)
+	return &k, nil
+}
+
+// fillKey loads the key's secrets and linked deployments.
+func (s *Store) fillKey(ctx context.Context, q querier, k *Key) error {
+	rows, err := q.QueryContext(ctx, s.q(`SELECT hash, not_after FROM key_secrets WHERE key_id = ? ORDER BY not_after IS NOT NULL, not_after, hash`), k.ID)
+	if err != nil {
+		return err
+	}
+	k.Secrets = []event.Secret{}
+	for rows.Next() {
+		var h []byte
+		var na sql.NullString
+		if err := rows.Scan(&h, &na); err != nil {
+			rows.Close()
+			return err
+		}
+		var sec event.Secret
+		copy(sec.Hash[:], h)
+		if sec.NotAfter, err = parseNullTS(na); err != nil {
+			rows.Close()
+			return err
+		}
+		k.Secrets = append(k.Secrets, sec)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows, err = q.QueryContext(ctx, s.q(`SELECT deployment_id FROM links WHERE key_id = ? ORDER BY deployment_id`), k.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	k.Deployments = []string{}
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return err
+		}
+		k.Deployments = append(k.Deployments, d)
+	}
+	return rows.Err()
+}
+
+func (s *Store) loadKey(ctx context.Context, q querier, projectID, id string) (*Key, error) {
+	k, err := scanKey(q.QueryRowContext(ctx, s.q(`SELECT `+keyColumns+` FROM keys WHERE id = ? AND project_id = ?`), id, projectID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: no key %q in this project", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return k, s.fillKey(ctx, q, k)
+}
+
+func (s *Store) getKey(ctx context.Context, projectID, id string) (*Key, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	return s.loadKey(ctx, tx, projectID, id)
+}
+
+// listKeys returns up to limit keys with id > after, and whether more exist.
+func (s *Store) listKeys(ctx context.Context, projectID, after string, limit int) ([]*Key, bool, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, false, err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT `+keyColumns+` FROM keys WHERE project_id = ? AND id > ? ORDER BY id LIMIT ?`), projectID, after, limit+1)
+	if err != nil {
+		return nil, false, err
+	}
+	var keys []*Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			rows.Close()
+			return nil, false, err
+		}
+		keys = append(keys, k)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	more := len(keys) > limit
+	if more {
+		keys = keys[:limit]
+	}
+	for _, k := range keys {
+		if err := s.fillKey(ctx, tx, k); err != nil {
+			return nil, false, err
+		}
+	}
+	return keys, more, nil
+}
+
+// resolveDeployments maps deployment ids or names within the project to ids.
+func (s *Store) resolveDeployments(ctx context.Context, q querier, projectID string, refs []string) ([]string, error) {
+	seen := map[string]bool{}
+	out := []string{}
+	for _, ref := range refs {
+		id, err := s.deploymentID(ctx, q, projectID, ref)
+		if errors.Is(err, ErrNotFound) {
+			return nil, &FieldError{Field: "deployments", Message: fmt.Sprintf("no deployment %q in this project", ref)}
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func (s *Store) writeKey(ctx context.Context, tx *sql.Tx, k *Key, insert bool) error {
+	perms, err := jsonText(k.Permissions)
+	if err != nil {
+		return err
+	}
+	rl, err := nullJSON(k.RateLimit, k.RateLimit == nil)
+	if err != nil {
+		return err
+	}
+	if insert {
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			k.ID, k.ProjectID, k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.CreatedAt), ts(k.UpdatedAt), k.Revision)
+	} else {
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE keys SET name = ?, description = ?, prefix = ?, permissions = ?, expires_at = ?, rate_limit = ?, disabled = ?, updated_at = ?, revision = ? WHERE id = ?`),
+			k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.UpdatedAt), k.Revision, k.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("writing key: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) setLinks(ctx context.Context, tx *sql.Tx, keyID string, deps []string) error {
+	if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM links WHERE key_id = ?`), keyID); err != nil {
+		return err
+	}
+	for _, d := range deps {
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO links (key_id, deployment_id) VALUES (?, ?)`), keyID, d); err != nil {
+			return fmt.Errorf("linking: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) addSecret(ctx context.Context, tx *sql.Tx, keyID string, h apikey.Hash) error {
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO key_secrets (hash, key_id, not_after) VALUES (?, ?, NULL)`), h[:], keyID); err != nil {
+		return fmt.Errorf("storing key hash: %w", err)
+	}
+	return nil
+}
+
+// createKey stores k (ID, ProjectID, fields) with secret hash h, linked to
+// the deployments named by depRefs.
+func (s *Store) createKey(ctx context.Context, k *Key, h apikey.Hash, depRefs []string) (*Key, error) {
+	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		deps, err := s.resolveDeployments(ctx, tx, k.ProjectID, depRefs)
+		if err != nil {
+			return nil, err
+		}
+		k.CreatedAt, k.UpdatedAt, k.Revision = now, now, rev
+		if err := s.writeKey(ctx, tx, k, true); err != nil {
+			return nil, err
+		}
+		if err := s.addSecret(ctx, tx, k.ID, h); err != nil {
+			return nil, err
+		}
+		if err := s.setLinks(ctx, tx, k.ID, deps); err != nil {
+			return nil, err
+		}
+		if err := s.fillKey(ctx, tx, k); err != nil {
+			return nil, err
+		}
+		return k.record(false), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// updateKey applies patch to the key and, if depRefs is not nil, replaces
+// its links.
+func (s *Store) updateKey(ctx context.Context, projectID, id string, patch func(*Key) error, depRefs *[]string) (*Key, error) {
+	var out *Key
+	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		k, err := s.loadKey(ctx, tx, projectID, id)
+		if err != nil {
+			return nil, err
+		}
+		if patch != nil {
+			if err := patch(k); err != nil {
+				return nil, err
+			}
+		}
+		if depRefs != nil {
+			deps, err := s.resolveDeployments(ctx, tx, projectID, *depRefs)
+			if err != nil {
+				return nil, err
+			}
+			if err := s.setLinks(ctx, tx, k.ID, deps); err != nil {
+				return nil, err
+			}
+		}
+		k.UpdatedAt, k.Revision = now, rev
+		if err := s.writeKey(ctx, tx, k, false); err != nil {
+			return nil, err
+		}
+		if err := s.fillKey(ctx, tx, k); err != nil {
+			return nil, err
+		}
+		out = k
+		return k.record(false), nil
+	})
+	return out, err
+}
+
+// rotateKey adds secret h (with display prefix) to the key; the secrets it
+// had stay valid until now+grace.
+func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Hash, prefix string, grace time.Duration) (*Key, error) {
+	var out *Key
+	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		k, err := s.loadKey(ctx, tx, projectID, id)
+		if err != nil {
+			return nil, err
+		}
+		// Secrets already past their end are dropped; the current ones end at
+		// now+grace (kept in the record so edges revoke them by hash).
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM key_secrets WHERE key_id = ? AND not_after IS NOT NULL AND not_after < ?`), k.ID, ts(now)); err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE key_secrets SET not_after = ? WHERE key_id = ? AND (not_after IS NULL OR not_after > ?)`),
+			ts(now.Add(grace)), k.ID, ts(now.Add(grace))); err != nil {
+			return nil, err
+		}
+		if err := s.addSecret(ctx, tx, k.ID, h); err != nil {
+			return nil, err
+		}
+		k.Prefix, k.UpdatedAt, k.Revision = prefix, now, rev
+		if err := s.writeKey(ctx, tx, k, false); err != nil {
+			return nil, err
+		}
+		if err := s.fillKey(ctx, tx, k); err != nil {
+			return nil, err
+		}
+		out = k
+		return k.record(false), nil
+	})
+	return out, err
+}
+
+func (s *Store) deleteKey(ctx context.Context, projectID, id string) (uint64, error) {
+	return s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		k, err := s.loadKey(ctx, tx, projectID, id)
+		if err != nil {
+			return nil, err
+		}
+		for _, q := range []string{`DELETE FROM links WHERE key_id = ?`, `DELETE FROM key_secrets WHERE key_id = ?`, `DELETE FROM keys WHERE id = ?`} {
+			if _, err := tx.ExecContext(ctx, s.q(q), k.ID); err != nil {
+				return nil, fmt.Errorf("deleting key: %w", err)
+			}
+		}
+		k.UpdatedAt, k.Revision = now, rev
+		return k.record(true), nil
+	})
+}
+
+// keyByHash returns the key owning hash h and that secret's end, in one read
+// transaction together with the current revision.
+func (s *Store) keyByHash(ctx context.Context, h apikey.Hash) (rev uint64, k *Key, notAfter *time.Time, err error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer tx.Rollback()
+	if rev, err = s.revision(ctx, tx); err != nil {
+		return 0, nil, nil, err
+	}
+	var keyID string
+	var na sql.NullString
+	err = tx.QueryRowContext(ctx, s.q(`SELECT key_id, not_after FROM key_secrets WHERE hash = ?`), h[:]).Scan(&keyID, &na)
+	if errors.Is(err, sql.ErrNoRows) {
+		return rev, nil, nil, nil
+	}
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	if notAfter, err = parseNullTS(na); err != nil {
+		return 0, nil, nil, err
+	}
+	k, err = scanKey(tx.QueryRowContext(ctx, s.q(`SELECT `+keyColumns+` FROM keys WHERE id = ?`), keyID))
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	if err := s.fillKey(ctx, tx, k); err != nil {
+		return 0, nil, nil, err
+	}
+	return rev, k, notAfter, nil
+}
+
+// ---- deployments ----
+
+const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision`
+
+func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, error) {
+	var d event.Deployment
+	var hosts, ups string
+	var ua, rl sql.NullString
+	var auth int
+	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(hosts), &d.Hosts); err != nil {
+		return nil, fmt.Errorf("decoding hosts: %w", err)
+	}
+	if err := json.Unmarshal([]byte(ups), &d.Upstreams); err != nil {
+		return nil, fmt.Errorf("decoding upstreams: %w", err)
+	}
+	d.AuthEnabled = auth != 0
+	if ua.Valid {
+		d.UpstreamAuth = new(event.UpstreamAuth)
+		if err := json.Unmarshal([]byte(ua.String), d.UpstreamAuth); err != nil {
+			return nil, fmt.Errorf("decoding upstream_auth: %w", err)
+		}
+	}
+	if rl.Valid {
+		d.RateLimit = new(event.RateLimit)
+		if err := json.Unmarshal([]byte(rl.String), d.RateLimit); err != nil {
+			return nil, fmt.Errorf("decoding rate_limit: %w", err)
+		}
+	}
+	return &d, nil
+}
+
+func (s *Store) deploymentID(ctx context.Context, q querier, projectID, ref string) (string, error) {
+	var id string
+	err := q.QueryRowContext(ctx, s.q(`SELECT id FROM deployments WHERE project_id = ? AND (id = ? OR name = ?) ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 1`),
+		projectID, ref, ref, ref).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("%w: no deployment %q in this project", ErrNotFound, ref)
+	}
+	return id, err
+}
+
+func (s *Store) loadDeployment(ctx context.Context, q querier, projectID, ref string) (*event.Deployment, error) {
+	id, err := s.deploymentID(ctx, q, projectID, ref)
+	if err != nil {
+		return nil, err
+	}
+	return scanDeployment(q.QueryRowContext(ctx, s.q(`SELECT `+deploymentColumns+` FROM deployments WHERE id = ?`), id))
+}
+
+func (s *Store) getDeployment(ctx context.Context, projectID, ref string) (*event.Deployment, error) {
+	return s.loadDeployment(ctx, s.db, projectID, ref)
+}
+
+func (s *Store) listDeployments(ctx context.Context, q querier, projectID string) ([]event.Deployment, error) {
+	query, args := `SELECT `+deploymentColumns+` FROM deployments ORDER BY id`, []any{}
+	if projectID != "" {
+		query, args = `SELECT `+deploymentColumns+` FROM deployments WHERE project_id = ? ORDER BY id`, []any{projectID}
+	}
+	rows, err := q.QueryContext(ctx, s.q(query), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []event.Deployment{}
+	for rows.Next() {
+		d, err := scanDeployment(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *d)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) writeDeployment(ctx context.Context, tx *sql.Tx, d *event.Deployment, now time.Time, insert bool) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM deployments WHERE project_id = ? AND name = ? AND id <> ?`), d.Project, d.Name, d.ID).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("%w: a deployment named %q exists in this project", ErrConflict, d.Name)
+	}
+	hosts, err := jsonText(d.Hosts)
+	if err != nil {
+		return err
+	}
+	ups, err := jsonText(d.Upstreams)
+	if err != nil {
+		return err
+	}
+	ua, err := nullJSON(d.UpstreamAuth, d.UpstreamAuth == nil)
+	if err != nil {
+		return err
+	}
+	rl, err := nullJSON(d.RateLimit, d.RateLimit == nil)
+	if err != nil {
+		return err
+	}
+	if insert {
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			d.ID, d.Project, d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, ts(now), ts(now))
+	} else {
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, updated_at = ? WHERE id = ?`),
+			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, ts(now), d.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("writing deployment: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) createDeployment(ctx context.Context, d *event.Deployment) (*event.Deployment, error) {
+	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		d.Revision = rev
+		if err := s.writeDeployment(ctx, tx, d, now, true); err != nil {
+			return nil, err
+		}
+		c := *d
+		return &event.Record{Kind: event.KindDeployment, Deployment: &c}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (s *Store) updateDeployment(ctx context.Context, projectID, ref string, patch func(*event.Deployment) error) (*event.Deployment, error) {
+	var out *event.Deployment
+	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		d, err := s.loadDeployment(ctx, tx, projectID, ref)
+		if err != nil {
+			return nil, err
+		}
+		if err := patch(d); err != nil {
+			return nil, err
+		}
+		d.Revision = rev
+		if err := s.writeDeployment(ctx, tx, d, now, false); err != nil {
+			return nil, err
+		}
+		out = d
+		c := *d
+		return &event.Record{Kind: event.KindDeployment, Deployment: &c}, nil
+	})
+	return out, err
+}
+
+// deleteDeployment removes the deployment and its links; the one event is
+// the deployment's deletion (edges drop links to a deleted deployment).
+func (s *Store) deleteDeployment(ctx context.Context, projectID, ref string) (uint64, error) {
+	return s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		d, err := s.loadDeployment(ctx, tx, projectID, ref)
+		if err != nil {
+			return nil, err
+		}
+		// Keys that were linked get this revision: their state changed.
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE keys SET revision = ?, updated_at = ? WHERE id IN (SELECT key_id FROM links WHERE deployment_id = ?)`), rev, ts(now), d.ID); err != nil {
+			return nil, err
+		}
+		for _, q := range []string{`DELETE FROM links WHERE deployment_id = ?`, `DELETE FROM deployments WHERE id = ?`} {
+			if _, err := tx.ExecContext(ctx, s.q(q), d.ID); err != nil {
+				return nil, fmt.Errorf("deleting deployment: %w", err)
+			}
+		}
+		d.Revision, d.Deleted = rev, true
+		return &event.Record{Kind: event.KindDeployment, Deployment: d}, nil
+	})
+}
+
+// link adds (or with on=false removes) the link between a key and a
+// deployment, publishing the key's new state.
+func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bool) (*Key, error) {
+	var out *Key
+	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
+		depID, err := s.deploymentID(ctx, tx, projectID, depRef)
+		if err != nil {
+			return nil, err
+		}
+		k, err := s.loadKey(ctx, tx, projectID, keyID)
+		if err != nil {
+			return nil, err
+		}
+		if on {
+			_, err = tx.ExecContext(ctx, s.q(`INSERT INTO links (key_id, deployment_id) VALUES (?, ?) ON CONFLICT (key_id, deployment_id) DO NOTHING`), k.ID, depID)
+		} else {
+			_, err = tx.ExecContext(ctx, s.q(`DELETE FROM links WHERE key_id = ? AND deployment_id = ?`), k.ID, depID)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("updating link: %w", err)
+		}
+		k.UpdatedAt, k.Revision = now, rev
+		if err := s.writeKey(ctx, tx, k, false); err != nil {
+			return nil, err
+		}
+		if err := s.fillKey(ctx, tx, k); err != nil {
+			return nil, err
+		}
+		out = k
+		return k.record(false), nil
+	})
+	return out, err
+}
+
+// deploymentKeys lists the keys linked to a deployment.
+func (s *Store) deploymentKeys(ctx context.Context, projectID, depRef string) ([]*Key, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	depID, err := s.deploymentID(ctx, tx, projectID, depRef)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT `+keyColumns+` FROM keys WHERE id IN (SELECT key_id FROM links WHERE deployment_id = ?) ORDER BY id`), depID)
+	if err != nil {
+		return nil, err
+	}
+	keys := []*Key{}
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if err := s.fillKey(ctx, tx, k); err != nil {
+			return nil, err
+		}
+	}
+	return keys, nil
+}
+
+// snapshot returns the current revision and every live deployment, read in
+// one transaction.
+func (s *Store) snapshot(ctx context.Context) (uint64, []event.Deployment, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return 0, nil, err
+	}
+	defer tx.Rollback()
+	rev, err := s.revision(ctx, tx)
+	if err != nil {
+		return 0, nil, err
+	}
+	deps, err := s.listDeployments(ctx, tx, "")
+	return rev, deps, err
+}

@@ -1,0 +1,227 @@
+package origin
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"errors"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+)
+
+// storeOpener opens a fresh, empty store sealing with signer. The suite
+// below runs against every store implementation (SQLite now; PostgreSQL
+// gets an opener here when it exists).
+type storeOpener func(t *testing.T, seal func(*event.Record) ([]byte, error)) *Store
+
+func openTestSQLite(t *testing.T, seal func(*event.Record) ([]byte, error)) *Store {
+	st, err := openStore("sqlite://"+filepath.Join(t.TempDir(), "o.db"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.seal = seal
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestStoreSQLite(t *testing.T) { runStoreSuite(t, openTestSQLite) }
+
+func runStoreSuite(t *testing.T, open storeOpener) {
+	priv, err := event.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := event.NewSigner(priv)
+	verifier, _ := event.NewVerifier(signer.Public())
+	ctx := context.Background()
+
+	setup := func(t *testing.T) (*Store, *Project) {
+		st := open(t, signer.Seal)
+		if err := st.ensureProject(ctx, "default"); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.ensureProject(ctx, "default"); err != nil { // idempotent
+			t.Fatal(err)
+		}
+		p, err := st.project(ctx, "default")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st, p
+	}
+	newDep := func(p *Project, name string) *event.Deployment {
+		d := defaultDeployment()
+		d.ID, d.Project, d.Name = newID("dep"), p.ID, name
+		d.Upstreams = map[string][]string{"*": {"http://x:1"}}
+		return d
+	}
+	newKey := func(p *Project) (*Key, apikey.Hash) {
+		h := apikey.Hash(sha256.Sum256([]byte(newID("s"))))
+		return &Key{ID: newID("key"), ProjectID: p.ID, Prefix: "km_test", Permissions: []string{event.PermRunInference}}, h
+	}
+	events := func(t *testing.T, st *Store) []*event.Record {
+		evs, err := st.unpublished(ctx, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*event.Record
+		for i, e := range evs {
+			r, err := verifier.Open(e.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Revision != uint64(i+1) || e.Revision != r.Revision || e.Subject != event.Subject(r.Kind, r.Revision) {
+				t.Fatalf("event %d: revision %d/%d subject %s", i, e.Revision, r.Revision, e.Subject)
+			}
+			out = append(out, r)
+		}
+		return out
+	}
+
+	t.Run("revisions are gap-free across failed mutations", func(t *testing.T) {
+		st, p := setup(t)
+		if _, err := st.createDeployment(ctx, newDep(p, "a")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.createDeployment(ctx, newDep(p, "a")); !errors.Is(err, ErrConflict) {
+			t.Fatalf("duplicate name: %v", err)
+		}
+		k, h := newKey(p)
+		if _, err := st.createKey(ctx, k, h, []string{"nope"}); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("unknown deployment: %v", err)
+		}
+		if _, err := st.updateKey(ctx, p.ID, "key_missing", nil, nil); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("missing key: %v", err)
+		}
+		k, h = newKey(p)
+		if _, err := st.createKey(ctx, k, h, []string{"a"}); err != nil {
+			t.Fatal(err)
+		}
+		if rev, _ := st.revision(ctx, st.db); rev != 2 {
+			t.Fatalf("revision %d, want 2", rev)
+		}
+		recs := events(t, st)
+		if len(recs) != 2 || recs[1].Key.ID != k.ID || len(recs[1].Key.Deployments) != 1 {
+			t.Fatalf("events %+v", recs)
+		}
+	})
+
+	t.Run("links, lookups and deletion", func(t *testing.T) {
+		st, p := setup(t)
+		da, _ := st.createDeployment(ctx, newDep(p, "a"))
+		db, _ := st.createDeployment(ctx, newDep(p, "b"))
+		k, h := newKey(p)
+		if _, err := st.createKey(ctx, k, h, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.link(ctx, p.ID, "a", k.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.link(ctx, p.ID, db.ID, k.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		rev, got, notAfter, err := st.keyByHash(ctx, h)
+		if err != nil || got == nil || notAfter != nil || rev != 5 || !slices.Equal(got.Deployments, sortedIDs(da.ID, db.ID)) {
+			t.Fatalf("keyByHash: %v %+v rev %d", err, got, rev)
+		}
+		if _, err := st.deleteDeployment(ctx, p.ID, "a"); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, _, _ = st.keyByHash(ctx, h); !slices.Equal(got.Deployments, []string{db.ID}) {
+			t.Fatalf("after deleting a deployment: %+v", got.Deployments)
+		}
+		if _, err := st.deleteKey(ctx, p.ID, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, _, _ = st.keyByHash(ctx, h); got != nil {
+			t.Fatal("deleted key still found by hash")
+		}
+		recs := events(t, st)
+		last := recs[len(recs)-1]
+		if last.Kind != event.KindKey || !last.Key.Deleted || !last.Key.Secrets[0].Hash.Equal(h) {
+			t.Fatalf("delete event %+v", last.Key)
+		}
+		if d := recs[5].Deployment; d == nil || !d.Deleted || d.ID != da.ID {
+			t.Fatalf("deployment delete event %+v", recs[5])
+		}
+		rev, deps, err := st.snapshot(ctx)
+		if err != nil || rev != 7 || len(deps) != 1 || deps[0].ID != db.ID {
+			t.Fatalf("snapshot %v %d %+v", err, rev, deps)
+		}
+	})
+
+	t.Run("rotation ends old secrets", func(t *testing.T) {
+		st, p := setup(t)
+		k, h1 := newKey(p)
+		st.createKey(ctx, k, h1, nil)
+		h2 := apikey.Hash(sha256.Sum256([]byte("two")))
+		if _, err := st.rotateKey(ctx, p.ID, k.ID, h2, "km_two", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		_, got, na, _ := st.keyByHash(ctx, h1)
+		if got == nil || na == nil || time.Until(*na) < 59*time.Minute || len(got.Secrets) != 2 {
+			t.Fatalf("old secret in grace: %+v %v", got, na)
+		}
+		_, _, na, _ = st.keyByHash(ctx, h2)
+		if na != nil {
+			t.Fatal("new secret has an end")
+		}
+	})
+
+	t.Run("outbox marks", func(t *testing.T) {
+		st, p := setup(t)
+		for _, n := range []string{"a", "b", "c"} {
+			st.createDeployment(ctx, newDep(p, n))
+		}
+		if r, _ := st.publishedRevision(ctx); r != 0 {
+			t.Fatalf("published %d", r)
+		}
+		st.markPublished(ctx, 1)
+		st.markPublished(ctx, 2)
+		if r, _ := st.publishedRevision(ctx); r != 2 {
+			t.Fatalf("published %d", r)
+		}
+		st.markPublished(ctx, 3)
+		if r, _ := st.publishedRevision(ctx); r != 3 {
+			t.Fatalf("published %d", r)
+		}
+		st.markUnpublishedAfter(ctx, 1)
+		if evs, _ := st.unpublished(ctx, 10); len(evs) != 2 || evs[0].Revision != 2 {
+			t.Fatalf("requeued %+v", evs)
+		}
+	})
+
+	t.Run("only hashes stored", func(t *testing.T) {
+		st, p := setup(t)
+		k, h := newKey(p)
+		st.createKey(ctx, k, h, nil)
+		var n int
+		if err := st.db.QueryRowContext(ctx, st.q(`SELECT COUNT(*) FROM key_secrets WHERE hash = ?`), h[:]).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("hash row: %v %d", err, n)
+		}
+		var blob []byte
+		if err := st.db.QueryRowContext(ctx, st.q(`SELECT hash FROM key_secrets`)).Scan(&blob); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			t.Fatal(err)
+		}
+		if len(blob) != 32 {
+			t.Fatalf("stored hash is %d bytes", len(blob))
+		}
+	})
+}
+
+func sortedIDs(ids ...string) []string {
+	slices.Sort(ids)
+	return ids
+}
+
+func TestRebindForPostgres(t *testing.T) {
+	st := &Store{dialect: dialectPostgres}
+	if got := st.q(`SELECT a FROM t WHERE x = ? AND y = ?`); got != `SELECT a FROM t WHERE x = $1 AND y = $2` {
+		t.Fatal(got)
+	}
+}
