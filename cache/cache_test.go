@@ -384,3 +384,30 @@ func checkFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// Invariant 1, ristretto's side: a Set queued before a revocation and landing
+// after it (or a Del racing a Set) leaves a stale entry in ristretto; the
+// generation check must refuse it.
+func TestLateStaleSetCannotResurrect(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	mustApply(t, v, o.change(linked(h, "d1")))
+	if _, err := v.Authorize(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	v.keys.Wait()
+	stale, ok := v.keys.Get(slot(&h))
+	if !ok {
+		t.Fatal("fill not cached")
+	}
+	for _, revoke := range []event.Key{linked(h), {ID: "k1", Secrets: []event.Secret{{Hash: h}}, Deleted: true}} {
+		mustApply(t, v, o.change(revoke))
+		v.keys.Set(slot(&h), stale, 1) // the late Set lands after the revocation
+		v.keys.Wait()
+		k, err := v.Authorize(context.Background(), h)
+		if err == nil && k.Linked("d1") {
+			t.Fatalf("revoked key served from a late Set (revocation at %d)", v.AppliedRevision())
+		}
+	}
+}

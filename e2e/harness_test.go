@@ -1,0 +1,290 @@
+// Package e2e runs keymesh end to end in one process: a real NATS server
+// with JetStream on a random port, a real origin on SQLite, real edges on
+// loopback sockets, and a mock OpenAI-compatible upstream.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/origin"
+	"github.com/keymesh/keymesh/proxy"
+)
+
+const project = "default"
+
+// logSink collects every log line a test's components write, so the test
+// can prove no secret reached any of them.
+type logSink struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *logSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+func (s *logSink) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(s, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// stack is one test's deployment of keymesh.
+type stack struct {
+	t        *testing.T
+	logs     *logSink
+	nats     *server.Server
+	origin   *origin.Server
+	api      *bench.OriginClient
+	upstream *bench.Upstream
+	secrets  []string // every secret the test saw: must appear in no log
+
+	mu   sync.Mutex
+	seen []http.Header // headers the upstream received
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	s := &stack{t: t, logs: &logSink{}}
+	s.nats = startNATS(t)
+	s.startOrigin()
+	up, err := bench.StartUpstream(bench.UpstreamConfig{
+		Logger: s.logs.logger(),
+		OnRequest: func(r *http.Request, _ []byte) {
+			s.mu.Lock()
+			s.seen = append(s.seen, r.Header.Clone())
+			s.mu.Unlock()
+		},
+	}, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.upstream = up
+	t.Cleanup(func() { _ = up.Shutdown(context.Background()) })
+	t.Cleanup(s.checkNoSecretLogged)
+	return s
+}
+
+func startNATS(t *testing.T) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns
+}
+
+const adminPassword = "e2e-admin-password-not-secret-elsewhere"
+
+func (s *stack) startOrigin() {
+	t := s.t
+	cfg := origin.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.NATSURL = s.nats.ClientURL()
+	cfg.AdminPassword = adminPassword
+	cfg.PasswordCost = 4
+	cfg.Logger = s.logs.logger()
+	o, err := origin.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.origin = o
+	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	s.api = &bench.OriginClient{BaseURL: "http://" + o.Addr()}
+	if err := s.api.Login(context.Background(), "admin", adminPassword); err != nil {
+		t.Fatal(err)
+	}
+	s.secrets = append(s.secrets, adminPassword, s.api.Token)
+}
+
+// edgeOpts change how an edge is started.
+type edgeOpts struct {
+	natsURL string // default: the stack's NATS
+	dataDir string // default: none persisted
+}
+
+func (s *stack) startEdge(o edgeOpts) *proxy.Server {
+	t := s.t
+	t.Helper()
+	cfg := proxy.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.AdminListen = ""
+	cfg.NATSURL = o.natsURL
+	if cfg.NATSURL == "" {
+		cfg.NATSURL = s.nats.ClientURL()
+	}
+	cfg.DataDir = o.dataDir
+	cfg.OriginPublicKey = s.origin.PublicKey()
+	cfg.LookupTimeout = 500 * time.Millisecond
+	cfg.Logger = s.logs.logger()
+	e, err := proxy.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = e.Serve(ln) }()
+	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
+	select {
+	case <-e.Synced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("edge did not synchronise")
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if e.Addr() == "" {
+			return errors.New("edge not listening")
+		}
+		return nil
+	})
+	return e
+}
+
+// deployment creates a deployment pointing at the mock upstream.
+func (s *stack) deployment(name string, extra map[string]any) *bench.Deployment {
+	s.t.Helper()
+	in := map[string]any{"name": name, "upstreams": map[string][]string{"*": {s.upstream.URL()}}}
+	for k, v := range extra {
+		in[k] = v
+	}
+	var d bench.Deployment
+	s.call(http.MethodPost, "/v1/projects/"+project+"/deployments", in, &d)
+	return &d
+}
+
+// key creates a key linked to deployments and remembers its secret.
+func (s *stack) key(deployments ...string) *bench.Key {
+	s.t.Helper()
+	k, err := s.api.CreateKey(context.Background(), project, "test", deployments...)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.secrets = append(s.secrets, k.Secret)
+	return k
+}
+
+// call sends an admin request and returns the revision of a mutation.
+func (s *stack) call(method, path string, in, out any) uint64 {
+	s.t.Helper()
+	rev, err := s.api.Do(context.Background(), method, path, in, out)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return rev
+}
+
+// waitApplied waits until every edge has applied rev.
+func waitApplied(t *testing.T, rev uint64, edges ...*proxy.Server) {
+	t.Helper()
+	checkFor(t, 10*time.Second, func() error {
+		for i, e := range edges {
+			if got := e.View().AppliedRevision(); got < rev {
+				return fmt.Errorf("edge %d applied %d, want %d", i, got, rev)
+			}
+		}
+		return nil
+	})
+}
+
+// checkFor polls f until it returns nil or total passes.
+func checkFor(t *testing.T, total time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still failing after %v: %v", total, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+// send makes one request through an edge and returns status and body.
+func send(t *testing.T, e *proxy.Server, method, path string, headers map[string]string, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+e.Addr()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+const chatBody = `{"model": "mock-model", "messages": [{"role": "user", "content": "Hello!"}]}`
+
+func chat(t *testing.T, e *proxy.Server, headers map[string]string) (int, string) {
+	t.Helper()
+	return send(t, e, http.MethodPost, "/v1/chat/completions", headers, chatBody)
+}
+
+func withKey(k *bench.Key) map[string]string { return map[string]string{"X-API-Key": k.Secret} }
+
+func (s *stack) checkNoSecretLogged() {
+	logs := s.logs.String()
+	for _, secret := range s.secrets {
+		if secret != "" && strings.Contains(logs, secret) {
+			s.t.Errorf("a secret (%s...) appears in the logs", secret[:6])
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range s.seen {
+		for name, vals := range h {
+			for _, v := range vals {
+				for _, secret := range s.secrets {
+					if secret != "" && strings.Contains(v, secret) {
+						s.t.Errorf("a client secret was forwarded upstream in %s", name)
+					}
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"bufio"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Streamed answers pass through chunk by chunk as the upstream produces
+// them, not buffered until the end.
+func TestStreamingPassesThroughAsProduced(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", nil)
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{})
+
+	const interval = 50 * time.Millisecond
+	body := `{"model": "mock-model", "stream": true, "messages": [{"role": "user", "content": "Hello!"}]}`
+	req, _ := http.NewRequest(http.MethodPost, "http://"+e.Addr()+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+k.Secret)
+	req.Header.Set("X-Mock-Chunk-Interval", interval.String())
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("status %d, content type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var arrivals []time.Time
+	done := false
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") {
+			continue
+		}
+		if line == "data: [DONE]" {
+			done = true
+			break
+		}
+		arrivals = append(arrivals, time.Now())
+	}
+	if !done || len(arrivals) < 3 {
+		t.Fatalf("stream ended early: %d chunks, done=%v, err=%v", len(arrivals), done, sc.Err())
+	}
+	// Each chunk arrives about one interval after the one before. Buffering
+	// anywhere would bunch them together at the end.
+	for i := 1; i < len(arrivals); i++ {
+		if gap := arrivals[i].Sub(arrivals[i-1]); gap < interval/2 {
+			t.Fatalf("chunk %d arrived %v after chunk %d: the stream was buffered", i, gap, i-1)
+		}
+	}
+}
+
+// A stream needs the use_streaming permission.
+func TestStreamingNeedsPermission(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", nil)
+	var k struct {
+		ID  string `json:"id"`
+		Key string `json:"key"`
+	}
+	s.call(http.MethodPost, "/v1/projects/"+project+"/keys",
+		map[string]any{"name": "no-stream", "deployments": []string{d.ID}, "permissions": []string{"run_inference"}}, &k)
+	s.secrets = append(s.secrets, k.Key)
+	e := s.startEdge(edgeOpts{})
+	h := map[string]string{"X-API-Key": k.Key}
+	if st, body := chat(t, e, h); st != http.StatusOK {
+		t.Fatalf("non-streaming: %d %s", st, body)
+	}
+	st, body := send(t, e, http.MethodPost, "/v1/chat/completions", h,
+		`{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}`)
+	if st != http.StatusForbidden || errorCode(t, body) != "PERMISSION_DENIED" {
+		t.Fatalf("streaming without use_streaming: %d %s", st, body)
+	}
+	if st, body := send(t, e, http.MethodGet, "/v1/models", h, ""); st != http.StatusForbidden {
+		t.Fatalf("models without read_models: %d %s", st, body)
+	}
+}
