@@ -147,16 +147,5 @@ func runUpstream(e *env, args []string) int {
 	log.Info("mock upstream listening", "url", u.URL(), "model", *model,
 		"chunk_interval", *interval, "stream_chunks", *chunks)
 	<-e.ctx.Done()
-	log.Info("shutting down", "drain_timeout", *drain)
-	ctx, cancel := context.WithTimeout(context.Background(), *drain)
-	defer cancel()
-	if err := u.Shutdown(ctx); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			log.Warn("drain timeout reached; cut the remaining streams", "drain_timeout", *drain)
-			return 0
-		}
-		log.Error("shutdown", "err", err)
-		return 1
-	}
-	return 0
+	return cli.Drain(log, *drain, u.Shutdown)
 }

@@ -76,16 +76,5 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 1
 	case <-ctx.Done():
 	}
-	log.Info("shutting down", "drain_timeout", *drain)
-	sctx, cancel := context.WithTimeout(context.Background(), *drain)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			log.Warn("drain timeout reached; cut the remaining requests", "drain_timeout", *drain)
-			return 0
-		}
-		log.Error("shutdown", "err", err)
-		return 1
-	}
-	return 0
+	return cli.Drain(log, *drain, srv.Shutdown)
 }

@@ -3,11 +3,14 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
+	"time"
 )
 
 // ErrHelp is returned by Parse after printing usage for -h/--help.
@@ -58,4 +61,24 @@ func Usage(fs *flag.FlagSet, prefix string, out io.Writer) {
 		}
 		fmt.Fprintf(out, "  --%s  [%s]%s\n      %s\n", f.Name, EnvName(prefix, f.Name), def, f.Usage)
 	})
+}
+
+// Drain runs shutdown with a deadline of timeout and maps the outcome to an
+// exit code: a drain cut short by the deadline is still a clean stop (0),
+// any other error is 1.
+func Drain(log *slog.Logger, timeout time.Duration, shutdown func(context.Context) error) int {
+	log.Info("shutting down", "drain_timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := shutdown(ctx)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Warn("drain timeout reached; cut what was still in flight", "drain_timeout", timeout)
+		return 0
+	default:
+		log.Error("shutdown", "err", err)
+		return 1
+	}
 }
