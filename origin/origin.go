@@ -168,6 +168,8 @@ func (c *Config) fill() error {
 // Server is a running origin.
 type Server struct {
 	cfg     Config
+	// patterns lists every registered route (see routes).
+	patterns []string
 	log     *slog.Logger
 	store   *Store
 	signer  *event.Signer
