@@ -167,16 +167,16 @@ func (c *Config) fill() error {
 
 // Server is a running origin.
 type Server struct {
-	cfg     Config
+	cfg Config
 	// patterns lists every registered route (see routes).
 	patterns []string
-	log     *slog.Logger
-	store   *Store
-	signer  *event.Signer
-	jwtKey  []byte
-	ns      natsServer
-	nc      *nats.Conn
-	natsURL string
+	log      *slog.Logger
+	store    *Store
+	signer   *event.Signer
+	jwtKey   []byte
+	ns       natsServer
+	nc       *nats.Conn
+	natsURL  string
 
 	httpLn  net.Listener
 	httpSrv *http.Server
