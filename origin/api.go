@@ -207,13 +207,24 @@ func (s *Server) handleLogin(c *call) error {
 	if _, _, err := o.get("password", &pw, false, "a string"); err != nil {
 		return err
 	}
+	addr := clientAddr(c.r)
+	if ok, wait := s.logins.allow(addr); !ok {
+		c.w.Header().Set("Retry-After", retryAfter(wait))
+		return errLoginThrottled
+	}
 	if user == "" || pw == "" {
+		s.logins.failed(addr)
 		return errAuth
 	}
 	tok, exp, err := s.login(c.ctx(), user, pw)
+	if errors.Is(err, ErrUnauthenticated) {
+		s.logins.failed(addr)
+		s.log.Warn("failed admin login", "from", addr)
+	}
 	if err != nil {
 		return err
 	}
+	s.logins.succeeded(addr)
 	writeJSON(c.w, http.StatusOK, map[string]any{"token": tok, "expires_at": exp, "token_type": "Bearer"})
 	return nil
 }

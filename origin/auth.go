@@ -28,7 +28,10 @@ type principal struct {
 
 func (p *principal) has(perm string) bool { return p.User != "" || slices.Contains(p.Perms, perm) }
 
-var errAuth = apierror.New(http.StatusUnauthorized, apierror.AuthenticationFailed, "missing or invalid credentials")
+var (
+	errAuth           = apierror.New(http.StatusUnauthorized, apierror.AuthenticationFailed, "missing or invalid credentials")
+	errLoginThrottled = apierror.New(http.StatusTooManyRequests, apierror.RateLimited, "too many failed logins from this address; retry later")
+)
 
 // dummyHash keeps login time the same whether or not the user exists.
 var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("keymesh-dummy-password"), bcrypt.MinCost)

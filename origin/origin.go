@@ -170,6 +170,7 @@ type Server struct {
 	cfg Config
 	// patterns lists every registered route (see routes).
 	patterns []string
+	logins   *loginLimiter
 	log      *slog.Logger
 	store    *Store
 	signer   *event.Signer
@@ -203,7 +204,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, httpErr: make(chan error, 1), lookupSem: make(chan struct{}, 64)}
+	s := &Server{cfg: cfg, log: cfg.Logger, httpErr: make(chan error, 1), lookupSem: make(chan struct{}, 64),
+		logins: newLoginLimiter(time.Now)}
 	ok := false
 	defer func() {
 		if !ok {

@@ -1,0 +1,111 @@
+package origin
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoginLimiter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newLoginLimiter(func() time.Time { return now })
+	for i := 0; i < freeAttempts; i++ {
+		if ok, _ := l.allow("a"); !ok {
+			t.Fatalf("attempt %d refused", i+1)
+		}
+		l.failed("a")
+	}
+	ok, wait := l.allow("a")
+	if ok || wait != firstWait {
+		t.Fatalf("after %d failures: ok=%v wait=%v", freeAttempts, ok, wait)
+	}
+	if ok, _ := l.allow("b"); !ok {
+		t.Fatal("another address was slowed")
+	}
+	now = now.Add(wait)
+	if ok, _ := l.allow("a"); !ok {
+		t.Fatal("still refused after the wait")
+	}
+	l.failed("a")
+	if _, wait := l.allow("a"); wait != 2*firstWait {
+		t.Fatalf("wait does not double: %v", wait)
+	}
+	for range 40 {
+		l.failed("a")
+	}
+	if _, wait := l.allow("a"); wait != maxWait {
+		t.Fatalf("wait not capped: %v", wait)
+	}
+	l.succeeded("a")
+	if ok, _ := l.allow("a"); !ok {
+		t.Fatal("success did not clear the address")
+	}
+
+	l.max = 3
+	for _, a := range []string{"x", "y", "z", "w"} {
+		now = now.Add(time.Second)
+		l.failed(a)
+	}
+	if len(l.entries) != 3 || l.entries["x"] != nil {
+		t.Fatalf("table not bounded: %d entries", len(l.entries))
+	}
+}
+
+// loginFrom logs in from a given loopback address.
+func loginFrom(t *testing.T, s *Server, local, password string) (int, http.Header) {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+	body := `{"username":"admin","password":"` + password + `"}`
+	resp, err := hc.Post("http://"+s.Addr()+"/v1/auth/login", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header
+}
+
+func TestRepeatedFailedLoginsAreSlowedPerAddress(t *testing.T) {
+	s := startServer(t, testConfig(t.TempDir()))
+	for i := 0; i < freeAttempts; i++ {
+		if st, _ := loginFrom(t, s, "127.0.0.2", "wrong"); st != http.StatusUnauthorized {
+			t.Fatalf("failure %d: %d", i+1, st)
+		}
+	}
+	st, h := loginFrom(t, s, "127.0.0.2", testPassword)
+	if st != http.StatusTooManyRequests || h.Get("Retry-After") == "" {
+		t.Fatalf("guessing address not slowed: %d %v", st, h)
+	}
+	if st, _ := loginFrom(t, s, "127.0.0.3", testPassword); st != http.StatusOK {
+		t.Fatalf("admin locked out from another address: %d", st)
+	}
+}
+
+func TestLargeBodiesAndCrossProjectLinksRefused(t *testing.T) {
+	s := startServer(t, testConfig(t.TempDir()))
+	c := newClient(t, s)
+	c.must(201, "POST", "/v1/projects", map[string]any{"name": "other"}, nil)
+	var theirs depResp
+	c.must(201, "POST", "/v1/projects/other/deployments", chatDep, &theirs)
+	var k keyResp
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, &k)
+	rev := s.Revision()
+
+	st, b := c.do("PUT", "/v1/projects/default/deployments/"+theirs.ID+"/keys/"+k.ID, nil)
+	if st != http.StatusNotFound {
+		t.Fatalf("link to another project's deployment: %d %s", st, b)
+	}
+	st, b = c.do("PATCH", "/v1/projects/default/keys/"+k.ID, map[string]any{"deployments": []string{theirs.ID}})
+	if st != http.StatusBadRequest {
+		t.Fatalf("patch deployments to another project's: %d %s", st, b)
+	}
+	st, _ = c.do("POST", "/v1/projects/default/keys", `{"name":"`+strings.Repeat("a", 20<<20)+`"}`)
+	if st != http.StatusRequestEntityTooLarge {
+		t.Fatalf("20 MB body: %d", st)
+	}
+	if s.Revision() != rev {
+		t.Fatalf("a refused request changed the store (revision %d → %d)", rev, s.Revision())
+	}
+}
