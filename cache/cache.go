@@ -71,6 +71,12 @@ type Config struct {
 	Lookup Lookup
 	// MaxKeys bounds the number of cached key secrets. Default 1,000,000.
 	MaxKeys int64
+	// NegativeKeys bounds the cache of well-formed keys the origin does not
+	// know, kept apart from the positive cache so that a flood of them
+	// cannot evict valid keys. Default 100,000; negative disables it.
+	NegativeKeys int64
+	// NegativeTTL is how long an unknown key is remembered. Default 1m.
+	NegativeTTL time.Duration
 	// LookupTimeout bounds one miss-path lookup. Default 2s.
 	LookupTimeout time.Duration
 	// Logger receives warnings. Default slog.Default().
@@ -112,6 +118,12 @@ type entry struct {
 	gen      *generation
 }
 
+// negative is a remembered "no such key" answer.
+type negative struct {
+	hash apikey.Hash
+	rev  uint64
+}
+
 // generation is the authoritative revocation record of one key ID: the
 // revision of the last change the View applied to it.
 type generation struct{ rev atomic.Uint64 }
@@ -127,18 +139,24 @@ func (g *generation) raise(rev uint64) {
 
 // Stats are the View's counters.
 type Stats struct {
-	Hits, Misses, Lookups, LookupErrors, StaleHits, Resyncs, Applied, Rejected uint64
+	Hits, Misses, Lookups, LookupErrors, StaleHits, Resyncs, Applied, Rejected, NegativeHits uint64
 }
 
 // View is an edge's knowledge of keys and deployments.
 type View struct {
-	cfg   Config
-	keys  *ristretto.Cache[uint64, *entry]
-	log   *slog.Logger
-	now   func() time.Time
-	fill  singleflight.Group
-	gensM sync.Mutex
-	gens  map[string]*generation
+	cfg  Config
+	keys *ristretto.Cache[uint64, *entry]
+	// neg remembers hashes the origin said no key has. An entry read at
+	// revision R counts only while R >= negFloor, which every key change
+	// raises: a key created (or rotated in) after the answer is never
+	// refused because of it, whatever order ristretto applies Sets in.
+	neg      *ristretto.Cache[uint64, negative]
+	negFloor atomic.Uint64
+	log      *slog.Logger
+	now      func() time.Time
+	fill     singleflight.Group
+	gensM    sync.Mutex
+	gens     map[string]*generation
 
 	applied atomic.Uint64 // last revision whose effects are visible
 	floor   atomic.Uint64 // entries read before this revision are stale
@@ -149,7 +167,7 @@ type View struct {
 	snapshot []byte            // the last sealed snapshot applied
 	depWires map[string][]byte // the last sealed record per deployment since
 
-	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected atomic.Uint64
+	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected, negHits atomic.Uint64
 }
 
 // New validates cfg and returns an empty View.
@@ -165,6 +183,12 @@ func New(cfg Config) (*View, error) {
 	}
 	if cfg.LookupTimeout <= 0 {
 		cfg.LookupTimeout = 2 * time.Second
+	}
+	if cfg.NegativeKeys == 0 {
+		cfg.NegativeKeys = 100_000
+	}
+	if cfg.NegativeTTL <= 0 {
+		cfg.NegativeTTL = time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -182,14 +206,32 @@ func New(cfg Config) (*View, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
 	}
-	v := &View{cfg: cfg, keys: keys, log: cfg.Logger, now: cfg.Now, gens: map[string]*generation{},
+	var neg *ristretto.Cache[uint64, negative]
+	if cfg.NegativeKeys > 0 {
+		neg, err = ristretto.NewCache(&ristretto.Config[uint64, negative]{
+			NumCounters:        cfg.NegativeKeys * 10,
+			MaxCost:            cfg.NegativeKeys,
+			BufferItems:        64,
+			IgnoreInternalCost: true,
+		})
+		if err != nil {
+			keys.Close()
+			return nil, fmt.Errorf("creating negative key cache: %w", err)
+		}
+	}
+	v := &View{cfg: cfg, keys: keys, neg: neg, log: cfg.Logger, now: cfg.Now, gens: map[string]*generation{},
 		depWires: map[string][]byte{}}
 	v.deps.Store(emptyDeployments)
 	return v, nil
 }
 
 // Close releases the cache.
-func (v *View) Close() { v.keys.Close() }
+func (v *View) Close() {
+	v.keys.Close()
+	if v.neg != nil {
+		v.neg.Close()
+	}
+}
 
 // AppliedRevision is the last revision whose effects every subsequent call
 // observes.
@@ -200,7 +242,7 @@ func (v *View) Stats() Stats {
 	return Stats{
 		Hits: v.hits.Load(), Misses: v.misses.Load(), Lookups: v.lookups.Load(),
 		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Resyncs: v.resyncs.Load(),
-		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(),
+		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(), NegativeHits: v.negHits.Load(),
 	}
 }
 
@@ -259,6 +301,12 @@ func (v *View) check(e *entry) error {
 const maxStaleRetries = 3
 
 func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
+	if v.neg != nil {
+		if n, ok := v.neg.Get(slot(&h)); ok && n.hash == h && n.rev >= v.negFloor.Load() {
+			v.negHits.Add(1)
+			return nil, ErrUnknownKey
+		}
+	}
 	for range maxStaleRetries {
 		res, err, _ := v.fill.Do(string(h[:]), func() (any, error) { return v.fetch(ctx, h) })
 		if err != nil {
@@ -266,6 +314,9 @@ func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
 		}
 		rec := res.(*event.Record)
 		if rec.Kind == event.KindKeyNotFound {
+			if v.neg != nil && rec.Revision >= v.negFloor.Load() {
+				v.neg.SetWithTTL(slot(&h), negative{hash: h, rev: rec.Revision}, 1, v.cfg.NegativeTTL)
+			}
 			return nil, ErrUnknownKey
 		}
 		e := v.compile(rec.Key, rec.Revision, h)
@@ -385,6 +436,7 @@ func (v *View) Apply(wire []byte) error {
 	case rec.Revision != cur+1:
 		// Changes were lost: nothing cached can be proven current any more.
 		v.floor.Store(max(v.floor.Load(), rec.Revision-1))
+		v.negFloor.Store(max(v.negFloor.Load(), rec.Revision-1))
 		return &GapError{Have: cur, Got: rec.Revision}
 	}
 	switch rec.Kind {
@@ -424,11 +476,14 @@ func (v *View) applyKey(k *event.Key, rev uint64) {
 	g := v.generation(k.ID)
 	g.raise(rev) // first: from here on every older entry of this key is stale
 	if k.Deleted {
+		// Nothing new to accept, so unknown-key answers stay true.
 		for _, s := range k.Secrets {
 			v.keys.Del(slot(&s.Hash))
 		}
 		return
 	}
+	// The key may have a secret some negative answer said was unknown.
+	v.negFloor.Store(rev)
 	// Refresh the secrets this edge has cached, so their next request is a
 	// hit at the new revision instead of a lookup. Keys it has not seen stay
 	// out: every edge hears of every key, but caches only its own traffic.
@@ -464,6 +519,7 @@ func (v *View) Resync(snapshot []byte, resume uint64) (uint64, error) {
 	defer v.depsMu.Unlock()
 	v.resyncs.Add(1)
 	v.floor.Store(max(v.floor.Load(), rec.Revision))
+	v.negFloor.Store(max(v.negFloor.Load(), rec.Revision))
 	v.depFloor = rec.Revision
 	v.deps.Store(NewDeployments(rec.Deployments, rec.Revision))
 	v.snapshot = snapshot

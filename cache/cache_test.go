@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -409,5 +410,72 @@ func TestLateStaleSetCannotResurrect(t *testing.T) {
 		if err == nil && k.Linked("d1") {
 			t.Fatalf("revoked key served from a late Set (revocation at %d)", v.AppliedRevision())
 		}
+	}
+}
+
+func TestUnknownKeysRememberedUntilAKeyChanges(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	for i := range 2 {
+		if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("unknown key: %v", err)
+		}
+		if i == 0 {
+			v.neg.Wait()
+		}
+	}
+	if o.calls.Load() != 1 || v.Stats().NegativeHits != 1 {
+		t.Fatalf("an unknown key was looked up %d times", o.calls.Load())
+	}
+	// The key is created (or rotated in) after the "unknown" answer: the
+	// very next request must not be refused on the strength of it.
+	mustApply(t, v, o.change(linked(h, "d1")))
+	if k, err := v.Authorize(context.Background(), h); err != nil || !k.Linked("d1") {
+		t.Fatalf("created key refused by a stale negative answer: %v", err)
+	}
+}
+
+// A flood of unknown keys cannot push valid keys out of the positive cache.
+func TestUnknownKeyFloodKeepsValidKeysCached(t *testing.T) {
+	o := newOrigin(t)
+	ver := mustVerifier(t, o)
+	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 64, NegativeKeys: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	valid := make([]apikey.Hash, 32)
+	for i := range valid {
+		valid[i] = newSecret(t)
+		k := linked(valid[i], "d1")
+		k.ID = fmt.Sprintf("k%d", i)
+		o.change(k)
+	}
+	warm := func() {
+		for _, h := range valid {
+			if _, err := v.Authorize(context.Background(), h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		v.keys.Wait()
+	}
+	warm()
+	warm() // a second access makes every valid key frequent enough to keep
+	before := o.calls.Load()
+	for range 4_000 {
+		if _, err := v.Authorize(context.Background(), newSecret(t)); !errors.Is(err, ErrUnknownKey) {
+			t.Fatal(err)
+		}
+	}
+	v.keys.Wait()
+	flood := o.calls.Load() - before
+	for _, h := range valid {
+		if _, err := v.Authorize(context.Background(), h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if extra := o.calls.Load() - before - flood; extra != 0 {
+		t.Fatalf("%d of %d valid keys were evicted by a flood of unknown keys", extra, len(valid))
 	}
 }
