@@ -27,6 +27,8 @@ var (
 		"request body too large for this deployment")
 	errBadJSON = apierror.New(http.StatusBadRequest, apierror.ValidationError,
 		"request body is not valid JSON")
+	errMalformedRequest = apierror.New(http.StatusBadRequest, apierror.ValidationError,
+		"malformed HTTP request")
 )
 
 // rendered holds each fixed refusal's body; invalid-key refusals exist per
@@ -35,7 +37,7 @@ var rendered = map[*apierror.Error][]byte{}
 
 func init() {
 	for _, e := range []*apierror.Error{errNoCredential, errInvalidKey, errNoDeployment,
-		errUnavailable, errUpstream, errUpstreamAuth, errBodyTooLarge, errBadJSON} {
+		errUnavailable, errUpstream, errUpstreamAuth, errBodyTooLarge, errBadJSON, errMalformedRequest} {
 		rendered[e] = e.Body()
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,10 +31,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/valyala/fasthttp"
 
-	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
-	"github.com/keymesh/keymesh/internal/apierror"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -176,6 +173,8 @@ func NewServer(cfg Config) (*Server, error) {
 		NoDefaultServerHeader:         true,
 		DisableHeaderNamesNormalizing: false,
 		Logger:                        fasthttpLogger{s.log},
+		HeaderReceived:                s.headerReceived,
+		ErrorHandler:                  s.serveError,
 	}
 	if cfg.AdminListen != "" {
 		s.admin = &http.Server{Addr: cfg.AdminListen, Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -280,6 +279,29 @@ func (s *Server) currentRouter() *router {
 	return r
 }
 
+// headerReceived applies the matching deployment's body limit before the
+// body is read, so an oversized upload is refused without being buffered.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	path := h.RequestURI()
+	if i := bytes.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	rt := s.currentRouter().match(hostOnly(h.Host()), path)
+	if rt == nil || rt.dep.MaxBodyBytes <= 0 || rt.dep.MaxBodyBytes >= int64(s.cfg.MaxRequestBodyBytes) {
+		return fasthttp.RequestConfig{}
+	}
+	return fasthttp.RequestConfig{MaxRequestBodySize: int(rt.dep.MaxBodyBytes)}
+}
+
+// serveError answers requests fasthttp could not read.
+func (s *Server) serveError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		fail(ctx, errBodyTooLarge, 0)
+		return
+	}
+	fail(ctx, errMalformedRequest, 0)
+}
+
 var (
 	headerAPIKey    = []byte("X-API-Key")
 	headerRequestID = []byte("X-Request-Id")
@@ -320,78 +342,25 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	dep := rt.dep
-	if int64(len(ctx.Request.Body())) > dep.MaxBodyBytes && dep.MaxBodyBytes > 0 {
-		fail(ctx, errBodyTooLarge, 0)
+	if dep.MaxBodyBytes > 0 && int64(len(ctx.Request.Body())) > dep.MaxBodyBytes {
+		fail(ctx, errBodyTooLarge, 0) // the deployment changed since the header was read
 		return
 	}
 	cred, fromAuth := credential(&ctx.Request.Header)
-	if dep.AuthEnabled && !s.authorize(ctx, dep, cred, path) {
+	var key *cache.Key
+	if dep.AuthEnabled {
+		if key = s.authenticate(ctx, dep, cred); key == nil {
+			return
+		}
+	}
+	body, ok := inspect(ctx, dep, path)
+	if !ok {
+		return
+	}
+	if key != nil && !permitted(ctx, key, path, body) {
 		return
 	}
 	s.forward(ctx, rt, cred, fromAuth)
-}
-
-// authorize answers the request with a refusal and returns false unless the
-// credential is a current key linked to dep with the permission path needs.
-func (s *Server) authorize(ctx *fasthttp.RequestCtx, dep *event.Deployment, cred, path []byte) bool {
-	invalid := dep.InvalidKeyStatus
-	if len(cred) == 0 {
-		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, "Bearer")
-		fail(ctx, errNoCredential, 0)
-		return false
-	}
-	h, err := apikey.Parse(cred)
-	if err != nil { // malformed: refused without any lookup
-		fail(ctx, errInvalidKey, invalid)
-		return false
-	}
-	key, err := s.view.Authorize(context.Background(), h)
-	switch {
-	case errors.Is(err, cache.ErrUnavailable):
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
-		fail(ctx, errUnavailable, 0)
-		return false
-	case err != nil:
-		fail(ctx, errInvalidKey, invalid)
-		return false
-	case !key.Linked(dep.ID):
-		fail(ctx, errInvalidKey, invalid)
-		return false
-	}
-	for _, p := range needed(ctx, path) {
-		if p != "" && !key.Has(p) {
-			fail(ctx, apierror.New(http.StatusForbidden, apierror.PermissionDenied,
-				"this API key lacks the "+p+" permission"), 0)
-			return false
-		}
-	}
-	return true
-}
-
-// needed returns the permissions a request needs: read_models to list
-// models, run_inference for other /v1 calls, plus use_streaming for a body
-// asking to stream.
-func needed(ctx *fasthttp.RequestCtx, path []byte) [2]string {
-	if !bytes.HasPrefix(path, []byte("/v1/")) {
-		return [2]string{}
-	}
-	if ctx.IsGet() && (bytes.Equal(path, []byte("/v1/models")) || bytes.HasPrefix(path, []byte("/v1/models/"))) {
-		return [2]string{event.PermReadModels}
-	}
-	if wantsStream(ctx.Request.Body()) {
-		return [2]string{event.PermRunInference, event.PermUseStreaming}
-	}
-	return [2]string{event.PermRunInference}
-}
-
-func wantsStream(body []byte) bool {
-	if !bytes.Contains(body, []byte(`"stream"`)) {
-		return false
-	}
-	var b struct {
-		Stream bool `json:"stream"`
-	}
-	return json.Unmarshal(body, &b) == nil && b.Stream
 }
 
 func hostOnly(host []byte) []byte {

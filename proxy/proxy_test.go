@@ -94,17 +94,29 @@ func TestCredential(t *testing.T) {
 	}
 }
 
-func TestWantsStream(t *testing.T) {
-	for body, want := range map[string]bool{
-		`{"stream": true}`:               true,
-		`{"stream":false}`:               false,
-		`{"messages":[],"stream":true}`:  true,
-		`{"content":"\"stream\": true"}`: false,
-		`not json "stream"`:              false,
-		``:                               false,
-	} {
-		if got := wantsStream([]byte(body)); got != want {
-			t.Errorf("%s: %v", body, got)
+func TestParseBody(t *testing.T) {
+	tests := []struct {
+		body   string
+		chars  int
+		stream bool
+		bad    bool
+	}{
+		{`{"stream": true}`, 0, true, false},
+		{`{"stream": false, "prompt": "héllo"}`, 5, false, false},
+		{`{"prompt": ["ab", "cd"]}`, 4, false, false},
+		{`{"input": "embed me"}`, 8, false, false},
+		{`{"input": [[1, 2, 3]]}`, 0, false, false},
+		{`{"messages": [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": null}]}`, 6, false, false},
+		{`{"messages": [{"role": "user", "content": [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}`, 3, false, false},
+		{`{"content": "\"stream\": true"}`, 0, false, false},
+		{`{"stream": "yes"}`, 0, false, true},
+		{`not json`, 0, false, true},
+		{`{"messages": "oops"}`, 0, false, true},
+	}
+	for _, tt := range tests {
+		n, stream, err := parseBody([]byte(tt.body))
+		if (err != nil) != tt.bad || n != tt.chars || stream != tt.stream {
+			t.Errorf("%s: got %d %v %v", tt.body, n, stream, err)
 		}
 	}
 }
