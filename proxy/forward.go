@@ -36,7 +36,7 @@ func stripHopByHop(h interface {
 
 // forward sends the request to one of the route's upstreams and relays the
 // answer; a streamed answer is relayed chunk by chunk as it arrives.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromAuth bool) {
+func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromAuth bool, lim limitResult) {
 	up := rt.pick()
 	if up == nil {
 		fail(ctx, errUpstream, 0)
@@ -77,6 +77,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
+	lim.setHeaders(&ctx.Response.Header)
 	if body := resp.BodyStream(); body != nil {
 		// The server closes the stream when it is done writing or the
 		// client went away; closing it ends the upstream request.

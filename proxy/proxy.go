@@ -92,6 +92,7 @@ type Server struct {
 	srv    *fasthttp.Server
 	admin  *http.Server
 	router atomic.Pointer[router]
+	limits *limiter
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -150,7 +151,8 @@ func NewServer(cfg Config) (*Server, error) {
 		nc.Close()
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed}
+	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed,
+		limits: newLimiter(time.Now, 1_000_000)}
 	s.client = &fasthttp.Client{
 		Name:                     "keymesh-edge",
 		NoDefaultUserAgentHeader: true,
@@ -360,7 +362,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if key != nil && !permitted(ctx, key, path, body) {
 		return
 	}
-	s.forward(ctx, rt, cred, fromAuth)
+	lim := s.limits.check(dep, key)
+	lim.setHeaders(&ctx.Response.Header)
+	if lim.retry > 0 {
+		fail(ctx, errRateLimited, 0)
+		return
+	}
+	s.forward(ctx, rt, cred, fromAuth, lim)
 }
 
 func hostOnly(host []byte) []byte {

@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"hash/maphash"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+// limiter enforces requests-per-minute budgets per key and per deployment
+// with token buckets (capacity = the per-minute budget, refilled evenly), so
+// a client may burst up to its budget and then gets one request per
+// 60s/budget. Budgets are per edge: N edges together admit up to N times a
+// budget. The table is bounded: buckets idle long enough to be full again
+// are swept, and when it is full anyway new buckets are not tracked (the
+// request is admitted and counted in untracked).
+type limiter struct {
+	now    func() time.Time
+	seed   maphash.Seed
+	shards [64]limitShard
+	max    int // per shard
+
+	untracked atomic.Uint64 // buckets not kept because the table was full
+}
+
+type limitShard struct {
+	mu      sync.Mutex
+	buckets map[string]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+	rpm    int
+}
+
+// limitResult is what a request learned about the budgets that apply to it.
+type limitResult struct {
+	applies   bool
+	limit     int
+	remaining int
+	reset     int64         // unix seconds when the tightest bucket is full again
+	retry     time.Duration // > 0 when refused
+}
+
+func newLimiter(now func() time.Time, maxBuckets int) *limiter {
+	l := &limiter{now: now, seed: maphash.MakeSeed(), max: max(maxBuckets/64, 16)}
+	for i := range l.shards {
+		l.shards[i].buckets = map[string]*bucket{}
+	}
+	return l
+}
+
+// check takes one request from the key's and the deployment's budgets, or
+// from neither if either is spent.
+func (l *limiter) check(dep *event.Deployment, key *cache.Key) limitResult {
+	var res limitResult
+	var took []*bucketRef
+	now := l.now()
+	try := func(id string, rl *event.RateLimit) bool {
+		if rl == nil || rl.RequestsPerMinute <= 0 {
+			return true
+		}
+		ref := l.take(id, rl.RequestsPerMinute, now, &res)
+		if ref == nil {
+			return false
+		}
+		took = append(took, ref)
+		return true
+	}
+	ok := true
+	if key != nil {
+		ok = try("k\x00"+key.ID, key.RateLimit)
+	}
+	if ok {
+		ok = try("d\x00"+dep.ID, dep.RateLimit)
+	}
+	if !ok {
+		for _, r := range took { // give back what the other budget gave
+			r.refund()
+		}
+	}
+	return res
+}
+
+type bucketRef struct {
+	s *limitShard
+	b *bucket
+}
+
+func (r *bucketRef) refund() {
+	r.s.mu.Lock()
+	r.b.tokens = min(r.b.tokens+1, float64(r.b.rpm))
+	r.s.mu.Unlock()
+}
+
+// take spends one token of the bucket id, folding what the request learned
+// into res; nil means the bucket is empty.
+func (l *limiter) take(id string, rpm int, now time.Time, res *limitResult) *bucketRef {
+	s := &l.shards[maphash.String(l.seed, id)%uint64(len(l.shards))]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buckets[id]
+	if b == nil {
+		if len(s.buckets) >= l.max {
+			l.sweep(s, now)
+		}
+		if len(s.buckets) >= l.max {
+			l.untracked.Add(1)
+			return &bucketRef{s: s, b: &bucket{rpm: rpm}}
+		}
+		b = &bucket{tokens: float64(rpm), last: now, rpm: rpm}
+		s.buckets[id] = b
+	}
+	perSec := float64(rpm) / 60
+	if b.rpm != rpm { // the budget changed: keep what was spent
+		b.tokens = min(b.tokens, float64(rpm))
+		b.rpm = rpm
+	}
+	b.tokens = min(float64(rpm), b.tokens+now.Sub(b.last).Seconds()*perSec)
+	b.last = now
+
+	refused := b.tokens < 1
+	if !refused {
+		b.tokens--
+	}
+	remaining := int(b.tokens)
+	toFull := time.Duration((float64(rpm) - b.tokens) / perSec * float64(time.Second))
+	if !res.applies || remaining < res.remaining {
+		res.applies, res.limit, res.remaining = true, rpm, remaining
+		res.reset = now.Add(toFull).Unix() + 1
+	}
+	if refused {
+		res.retry = max(res.retry, time.Duration((1-b.tokens)/perSec*float64(time.Second)))
+		return nil
+	}
+	return &bucketRef{s: s, b: b}
+}
+
+// sweep drops buckets that have refilled completely: forgetting them loses
+// nothing.
+func (l *limiter) sweep(s *limitShard, now time.Time) {
+	for id, b := range s.buckets {
+		if now.Sub(b.last) >= time.Minute {
+			delete(s.buckets, id)
+		}
+	}
+}
+
+var errRateLimited = apierror.New(http.StatusTooManyRequests, apierror.RateLimited,
+	"rate limit exceeded; retry after the time in Retry-After")
+
+func init() { rendered[errRateLimited] = errRateLimited.Body() }
+
+// setHeaders writes the X-RateLimit-* headers (and Retry-After on refusal).
+func (r limitResult) setHeaders(h *fasthttp.ResponseHeader) {
+	if !r.applies {
+		return
+	}
+	h.Set("X-RateLimit-Limit", strconv.Itoa(r.limit))
+	h.Set("X-RateLimit-Remaining", strconv.Itoa(r.remaining))
+	h.Set("X-RateLimit-Reset", strconv.FormatInt(r.reset, 10))
+	if r.retry > 0 {
+		h.Set(fasthttp.HeaderRetryAfter, strconv.FormatInt(int64((r.retry+time.Second-1)/time.Second), 10))
+	}
+}
