@@ -58,6 +58,9 @@ type stack struct {
 	api      *bench.OriginClient
 	upstream *bench.Upstream
 	secrets  []string // every secret the test saw: must appear in no log
+	// upstreamSecrets are credentials the edge injects upstream: they must
+	// reach the upstream, and appear in no log.
+	upstreamSecrets []string
 
 	mu   sync.Mutex
 	seen []http.Header // headers the upstream received
@@ -127,8 +130,11 @@ func (s *stack) startOrigin() {
 
 // edgeOpts change how an edge is started.
 type edgeOpts struct {
-	natsURL string // default: the stack's NATS
-	dataDir string // default: none persisted
+	natsURL    string // default: the stack's NATS
+	dataDir    string // default: none persisted
+	secretsDir string
+	idle       time.Duration // upstream idle timeout; default the edge's
+	site       string
 }
 
 func (s *stack) startEdge(o edgeOpts) *proxy.Server {
@@ -142,6 +148,11 @@ func (s *stack) startEdge(o edgeOpts) *proxy.Server {
 		cfg.NATSURL = s.nats.ClientURL()
 	}
 	cfg.DataDir = o.dataDir
+	cfg.SecretsDir = o.secretsDir
+	cfg.UpstreamIdleTimeout = o.idle
+	if o.site != "" {
+		cfg.Site = o.site
+	}
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.LookupTimeout = 500 * time.Millisecond
 	cfg.Logger = s.logs.logger()
@@ -241,6 +252,10 @@ func send(t *testing.T, e *proxy.Server, method, path string, headers map[string
 		t.Fatal(err)
 	}
 	for k, v := range headers {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	if body != "" {
@@ -269,7 +284,7 @@ func withKey(k *bench.Key) map[string]string { return map[string]string{"X-API-K
 
 func (s *stack) checkNoSecretLogged() {
 	logs := s.logs.String()
-	for _, secret := range s.secrets {
+	for _, secret := range append(s.secrets, s.upstreamSecrets...) {
 		if secret != "" && strings.Contains(logs, secret) {
 			s.t.Errorf("a secret (%s...) appears in the logs", secret[:6])
 		}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -37,18 +38,17 @@ func stripHopByHop(h interface {
 // forward sends the request to one of the route's upstreams and relays the
 // answer; a streamed answer is relayed chunk by chunk as it arrives.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromAuth bool, lim limitResult) {
-	up := rt.pick()
+	now := time.Now()
+	up := rt.pick(now, nil)
 	if up == nil {
 		fail(ctx, errUpstream, 0)
 		return
 	}
 	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
 	ctx.Request.CopyTo(req)
-	req.SetRequestURI(up.base + string(ctx.Request.RequestURI()))
-	req.Header.SetHost(up.host)
 	stripHopByHop(&req.Header)
 	if !s.setUpstreamAuth(&req.Header, rt.dep, cred, fromAuth) {
-		fasthttp.ReleaseRequest(req)
 		fail(ctx, errUpstreamAuth, 0)
 		return
 	}
@@ -64,8 +64,14 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	}
 
 	resp := fasthttp.AcquireResponse()
-	err := s.client.Do(req, resp)
-	fasthttp.ReleaseRequest(req)
+	err := s.send(ctx, req, resp, up)
+	if err != nil && isConnectError(err) {
+		// The request never left: another upstream may take it.
+		if alt := rt.pick(now, up); alt != nil && alt != up {
+			up = alt
+			err = s.send(ctx, req, resp, up)
+		}
+	}
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		s.log.Warn("upstream request failed", "deployment", rt.dep.Name, "upstream", up.host, "err", err)
@@ -86,6 +92,20 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	}
 	ctx.Response.SetBody(resp.Body())
 	fasthttp.ReleaseResponse(resp)
+}
+
+// send forwards req to up and records the upstream's health.
+func (s *Server) send(ctx *fasthttp.RequestCtx, req *fasthttp.Request, resp *fasthttp.Response, up *upstream) error {
+	req.SetRequestURI(up.base + string(ctx.Request.RequestURI()))
+	req.Header.SetHost(up.host)
+	err := s.client.Do(req, resp)
+	switch {
+	case err == nil:
+		up.health.succeeded()
+	case isConnectError(err):
+		up.health.failed(time.Now())
+	}
+	return err
 }
 
 // upstreamBody relays a streamed upstream body and releases the upstream

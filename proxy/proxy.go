@@ -63,6 +63,12 @@ type Config struct {
 	LookupTimeout time.Duration
 	// MaxKeys bounds the key cache. Default 1,000,000.
 	MaxKeys int64
+	// UpstreamIdleTimeout cuts an upstream that sends nothing for this long,
+	// before its headers or mid-stream; a generation that keeps producing
+	// tokens is never cut, however long it runs. Default 2m.
+	UpstreamIdleTimeout time.Duration
+	// UpstreamConnectTimeout bounds connecting to an upstream. Default 5s.
+	UpstreamConnectTimeout time.Duration
 	// MaxRequestBodyBytes caps any request body before a deployment's own
 	// limit applies. Default 64 MiB.
 	MaxRequestBodyBytes int
@@ -92,6 +98,7 @@ type Server struct {
 	srv    *fasthttp.Server
 	admin  *http.Server
 	router atomic.Pointer[router]
+	health healthTable
 	limits *limiter
 
 	mu       sync.Mutex
@@ -114,6 +121,12 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxRequestBodyBytes <= 0 {
 		cfg.MaxRequestBodyBytes = 64 << 20
+	}
+	if cfg.UpstreamIdleTimeout <= 0 {
+		cfg.UpstreamIdleTimeout = 2 * time.Minute
+	}
+	if cfg.UpstreamConnectTimeout <= 0 {
+		cfg.UpstreamConnectTimeout = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -153,6 +166,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed,
 		limits: newLimiter(time.Now, 1_000_000)}
+	dialer := &fasthttp.TCPDialer{Concurrency: 1000}
 	s.client = &fasthttp.Client{
 		Name:                     "keymesh-edge",
 		NoDefaultUserAgentHeader: true,
@@ -163,7 +177,13 @@ func NewServer(cfg Config) (*Server, error) {
 		DisablePathNormalizing:   true,
 		// No ReadTimeout: it keeps running while a response streams and
 		// would cut a healthy long generation.
-		Dial: (&fasthttp.TCPDialer{Concurrency: 0}).Dial,
+		Dial: func(addr string) (net.Conn, error) {
+			c, err := dialer.DialTimeout(addr, cfg.UpstreamConnectTimeout)
+			if err != nil {
+				return nil, err
+			}
+			return &idleConn{Conn: c, idle: cfg.UpstreamIdleTimeout}, nil
+		},
 	}
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
@@ -275,7 +295,7 @@ func (s *Server) currentRouter() *router {
 	deps := s.view.Deployments()
 	r := s.router.Load()
 	if r == nil || r.deps != deps {
-		r = newRouter(deps, s.cfg.Site)
+		r = newRouter(deps, s.cfg.Site, &s.health)
 		s.router.Store(r)
 	}
 	return r

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -24,7 +25,7 @@ func TestRouterMatch(t *testing.T) {
 		event.Deployment{ID: "v1chat", PathPrefix: "/v1/chat/", Upstreams: up},
 		event.Deployment{ID: "exact", Hosts: []string{"api.example.com"}, PathPrefix: "/", Upstreams: up},
 		event.Deployment{ID: "wild", Hosts: []string{"*.gpu.example.com"}, PathPrefix: "/", Upstreams: up},
-	), "eu")
+	), "eu", &healthTable{})
 	tests := []struct {
 		host, path, want string
 	}{
@@ -48,7 +49,7 @@ func TestRouterMatch(t *testing.T) {
 		}
 	}
 
-	none := newRouter(deps(event.Deployment{ID: "v1", PathPrefix: "/v1", Hosts: []string{"a"}}), "eu")
+	none := newRouter(deps(event.Deployment{ID: "v1", PathPrefix: "/v1", Hosts: []string{"a"}}), "eu", &healthTable{})
 	if none.match([]byte("b"), []byte("/v1")) != nil || none.match([]byte("a"), []byte("/v2")) != nil {
 		t.Fatal("matched a request no deployment serves")
 	}
@@ -57,13 +58,38 @@ func TestRouterMatch(t *testing.T) {
 func TestRouterUpstreamsPerSiteRoundRobin(t *testing.T) {
 	up := map[string][]string{"*": {"http://any:1"}, "eu": {"http://eu-a:1", "http://eu-b:1/base/"}}
 	d := deps(event.Deployment{ID: "d", Upstreams: up})
-	eu := newRouter(d, "eu").routes[0]
-	got := []string{eu.pick().base, eu.pick().base, eu.pick().base}
+	eu := newRouter(d, "eu", &healthTable{}).routes[0]
+	now := time.Now()
+	got := []string{eu.pick(now, nil).base, eu.pick(now, nil).base, eu.pick(now, nil).base}
 	if got[0] != "http://eu-a:1" || got[1] != "http://eu-b:1/base" || got[2] != got[0] {
 		t.Fatalf("eu round robin: %v", got)
 	}
-	if us := newRouter(d, "us").routes[0]; us.pick().base != "http://any:1" {
+	if us := newRouter(d, "us", &healthTable{}).routes[0]; us.pick(now, nil).base != "http://any:1" {
 		t.Fatal("a site without its own list must use *")
+	}
+
+	// A resting upstream is skipped until its rest ends; if all rest, one
+	// is tried anyway.
+	eu.upstreams[0].health.failed(now)
+	for range 4 {
+		if u := eu.pick(now, nil); u != eu.upstreams[1] {
+			t.Fatalf("resting upstream picked: %s", u.base)
+		}
+	}
+	eu.upstreams[1].health.failed(now)
+	if eu.pick(now, nil) == nil {
+		t.Fatal("all resting: nothing tried")
+	}
+	if eu.pick(now.Add(restMin), nil) == nil || !eu.upstreams[0].health.usable(now.Add(restMin)) {
+		t.Fatal("rest did not end")
+	}
+	eu.upstreams[0].health.failed(now) // second failure: twice the rest
+	if eu.upstreams[0].health.usable(now.Add(restMin)) {
+		t.Fatal("rest did not grow")
+	}
+	eu.upstreams[0].health.succeeded()
+	if !eu.upstreams[0].health.usable(now) {
+		t.Fatal("success did not end the rest")
 	}
 }
 

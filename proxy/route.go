@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
@@ -28,11 +29,12 @@ type route struct {
 }
 
 type upstream struct {
-	base string // scheme://host[:port][/path] without a trailing slash
-	host string
+	base   string // scheme://host[:port][/path] without a trailing slash
+	host   string
+	health *health // shared by every router that lists this base URL
 }
 
-func newRouter(deps *cache.Deployments, site string) *router {
+func newRouter(deps *cache.Deployments, site string, hs *healthTable) *router {
 	r := &router{deps: deps}
 	for _, d := range deps.List() {
 		rt := &route{dep: d, prefix: d.PathPrefix}
@@ -56,8 +58,8 @@ func newRouter(deps *cache.Deployments, site string) *router {
 			if err != nil || u.Host == "" {
 				continue // the origin validates upstreams; skip anything odd
 			}
-			rt.upstreams = append(rt.upstreams, &upstream{
-				base: strings.TrimSuffix(u.Scheme+"://"+u.Host+u.Path, "/"), host: u.Host})
+			base := strings.TrimSuffix(u.Scheme+"://"+u.Host+u.Path, "/")
+			rt.upstreams = append(rt.upstreams, &upstream{base: base, host: u.Host, health: hs.get(base)})
 		}
 		r.routes = append(r.routes, rt)
 	}
@@ -109,10 +111,27 @@ func (rt *route) hostScore(host []byte) int {
 	return 0
 }
 
-// pick returns the next upstream, round-robin.
-func (rt *route) pick() *upstream {
-	if len(rt.upstreams) == 0 {
+// pick returns the next upstream in round-robin order that is not resting
+// after connection failures, skipping except; if every one is resting, the
+// next one regardless (better a try than a certain 502).
+func (rt *route) pick(now time.Time, except *upstream) *upstream {
+	n := len(rt.upstreams)
+	if n == 0 {
 		return nil
 	}
-	return rt.upstreams[int(rt.next.Add(1)-1)%len(rt.upstreams)]
+	start := int(rt.next.Add(1)-1) % n
+	var fallback *upstream
+	for i := range n {
+		u := rt.upstreams[(start+i)%n]
+		if u == except {
+			continue
+		}
+		if u.health.usable(now) {
+			return u
+		}
+		if fallback == nil {
+			fallback = u
+		}
+	}
+	return fallback
 }

@@ -36,6 +36,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials, one file per secret name (env EDGE_SECRET_<NAME> wins)")
 	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", 2*time.Second, "how long a cache-miss lookup may take before the request gets 503")
 	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
+	fs.DurationVar(&cfg.UpstreamIdleTimeout, "upstream-idle-timeout", 2*time.Minute, "cut an upstream that sends nothing for this long (a generation that keeps streaming is never cut)")
+	fs.DurationVar(&cfg.UpstreamConnectTimeout, "upstream-connect-timeout", 5*time.Second, "how long connecting to an upstream may take before the next one is tried")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
 	if err := cli.Parse(fs, "EDGE", args, getenv, stdout); err != nil {

@@ -1,0 +1,200 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// lastSeen returns the headers of the last request the upstream received.
+func (s *stack) lastSeen(t *testing.T) http.Header {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.seen) == 0 {
+		t.Fatal("the upstream received nothing")
+	}
+	return s.seen[len(s.seen)-1]
+}
+
+// The gateway pattern: the edge replaces the client's keymesh key with the
+// upstream provider's own credential, in the shape each provider expects.
+func TestUpstreamCredentialShapes(t *testing.T) {
+	s := newStack(t)
+	dir := t.TempDir()
+	const openai, anthropic, azure = "sk-upstream-openai-0001", "sk-ant-upstream-0002", "azure-upstream-0003"
+	s.upstreamSecrets = append(s.upstreamSecrets, openai, anthropic, azure)
+	t.Setenv("EDGE_SECRET_OPENAI_PROD", openai)
+	if err := os.WriteFile(filepath.Join(dir, "anthropic"), []byte(anthropic+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "azure"), []byte(azure), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name, host string, ua map[string]any) string {
+		return s.deployment(name, map[string]any{"hosts": []string{host}, "upstream_auth": ua}).ID
+	}
+	deps := []string{
+		mk("openai", "openai.test", map[string]any{"mode": "inject", "header": "Authorization", "prefix": "Bearer ", "secret": "openai-prod"}),
+		mk("anthropic", "anthropic.test", map[string]any{"mode": "inject", "header": "x-api-key", "secret": "anthropic"}),
+		mk("azure", "azure.test", map[string]any{"mode": "inject", "header": "api-key", "secret": "azure"}),
+		mk("passthrough", "pass.test", map[string]any{"mode": "passthrough", "header": "Authorization"}),
+		mk("none", "none.test", map[string]any{"mode": "none"}),
+		mk("missing", "missing.test", map[string]any{"mode": "inject", "header": "api-key", "secret": "nowhere"}),
+	}
+	k := s.key(deps...)
+	e := s.startEdge(edgeOpts{secretsDir: dir})
+
+	tests := []struct {
+		host    string
+		headers map[string]string
+		want    map[string]string // header → value the upstream must see ("" = absent)
+	}{
+		{"openai.test", map[string]string{"X-API-Key": k.Secret}, map[string]string{"Authorization": "Bearer " + openai, "X-Api-Key": ""}},
+		{"openai.test", map[string]string{"Authorization": "Bearer " + k.Secret}, map[string]string{"Authorization": "Bearer " + openai}},
+		{"anthropic.test", map[string]string{"Authorization": "Bearer " + k.Secret}, map[string]string{"X-Api-Key": anthropic, "Authorization": ""}},
+		{"azure.test", map[string]string{"X-API-Key": k.Secret}, map[string]string{"Api-Key": azure, "X-Api-Key": "", "Authorization": ""}},
+		{"pass.test", map[string]string{"X-API-Key": k.Secret, "Authorization": "Bearer client-own-upstream-token"},
+			map[string]string{"Authorization": "Bearer client-own-upstream-token", "X-Api-Key": ""}},
+		{"pass.test", map[string]string{"Authorization": "Bearer " + k.Secret}, map[string]string{"Authorization": "", "X-Api-Key": ""}},
+		{"none.test", map[string]string{"X-API-Key": k.Secret, "Authorization": "Bearer unused"}, map[string]string{"Authorization": "", "X-Api-Key": ""}},
+	}
+	for _, tt := range tests {
+		h := map[string]string{"Host": tt.host}
+		for k, v := range tt.headers {
+			h[k] = v
+		}
+		st, body := send(t, e, http.MethodPost, "/v1/chat/completions", h, chatBody)
+		if st != http.StatusOK {
+			t.Fatalf("%s: %d %s", tt.host, st, body)
+		}
+		got := s.lastSeen(t)
+		for h, want := range tt.want {
+			if got.Get(h) != want {
+				t.Errorf("%s with %v: upstream got %s=%q, want %q", tt.host, keys(tt.headers), h, redact(got.Get(h)), redact(want))
+			}
+		}
+	}
+	st, body := send(t, e, http.MethodPost, "/v1/chat/completions", map[string]string{"Host": "missing.test", "X-API-Key": k.Secret}, chatBody)
+	if st != http.StatusBadGateway || errorCode(t, body) != "UPSTREAM_ERROR" {
+		t.Fatalf("inject without the secret on this edge: %d %s", st, body)
+	}
+}
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func redact(v string) string {
+	if len(v) > 12 {
+		return v[:12] + "…"
+	}
+	return v
+}
+
+// A dead upstream is skipped: the request goes to a live one.
+func TestDeadUpstreamSkipped(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", map[string]any{"upstreams": map[string][]string{"*": {"http://127.0.0.1:1", s.upstream.URL()}}})
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{})
+	for i := 0; i < 6; i++ {
+		expect(t, e, withKey(k), 200, "")
+	}
+}
+
+// A site's own upstream list wins over "*".
+func TestSiteUpstreams(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", map[string]any{"upstreams": map[string][]string{"eu": {s.upstream.URL()}, "*": {"http://127.0.0.1:1"}}})
+	k := s.key(d.ID)
+	eu := s.startEdge(edgeOpts{site: "eu"})
+	us := s.startEdge(edgeOpts{site: "us"})
+	expect(t, eu, withKey(k), 200, "")
+	expect(t, us, withKey(k), 502, "UPSTREAM_ERROR")
+}
+
+// streamLines sends a streamed chat request and returns the data lines read
+// before the stream ended, and whether it ended with [DONE].
+func streamLines(t *testing.T, url, key, interval string, stopAfter int) (int, bool) {
+	t.Helper()
+	body := `{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}`
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("X-API-Key", key)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Mock-Chunk-Interval", interval)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	n := 0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "data: [DONE]" {
+			return n, true
+		}
+		if strings.HasPrefix(line, "data: ") {
+			n++
+			if n == stopAfter {
+				cancel() // the client walks away
+				return n, false
+			}
+		}
+	}
+	return n, false
+}
+
+// An upstream that goes silent is cut after the idle timeout; one that keeps
+// producing is never cut, however long the whole answer takes.
+func TestUpstreamIdleTimeout(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", nil)
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{idle: 400 * time.Millisecond})
+	url := "http://" + e.Addr()
+
+	// 8 chunks 150ms apart: 1.2s in all, three times the idle timeout.
+	if n, done := streamLines(t, url, k.Secret, "150ms", 0); !done {
+		t.Fatalf("a healthy generation was cut after %d chunks", n)
+	}
+	// 3s between chunks: silent for longer than the idle timeout.
+	n, done := streamLines(t, url, k.Secret, "3s", 0)
+	if done || n > 1 {
+		t.Fatalf("a silent upstream was not cut: %d chunks, done=%v", n, done)
+	}
+}
+
+// A client that disconnects mid-stream ends the upstream request too.
+func TestClientDisconnectCancelsUpstream(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", nil)
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{})
+	before := s.upstream.Stats().StreamsAborted
+	if _, done := streamLines(t, "http://"+e.Addr(), k.Secret, "200ms", 2); done {
+		t.Fatal("stream finished before the client left")
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if got := s.upstream.Stats().StreamsAborted; got == before {
+			return fmt.Errorf("upstream still streaming to a client that left")
+		}
+		return nil
+	})
+}
