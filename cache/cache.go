@@ -79,6 +79,15 @@ type Config struct {
 	NegativeTTL time.Duration
 	// LookupTimeout bounds one miss-path lookup. Default 2s.
 	LookupTimeout time.Duration
+	// MaxStaleness is how long the View trusts its cache without proof that
+	// it is current: a signed origin heartbeat whose revision it has
+	// applied. Past it, cached keys older than MaxStaleness are re-validated
+	// by lookup before use. Default 10s; negative disables the guard.
+	MaxStaleness time.Duration
+	// FailOpen decides what a stale View does when re-validation fails: false
+	// (the default, "closed") answers ErrUnavailable for what it cannot
+	// prove; true ("open-cached") keeps serving the cached state.
+	FailOpen bool
 	// Logger receives warnings. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for expiry checks. Default time.Now.
@@ -90,6 +99,7 @@ type Key struct {
 	ID          string
 	Project     string
 	Revision    uint64
+	checkedAt   int64 // unix nanoseconds this state was read or received
 	Deployments []string
 	RateLimit   *event.RateLimit
 	perms       perms
@@ -140,6 +150,10 @@ func (g *generation) raise(rev uint64) {
 // Stats are the View's counters.
 type Stats struct {
 	Hits, Misses, Lookups, LookupErrors, StaleHits, Resyncs, Applied, Rejected, NegativeHits uint64
+	// Revalidations counts cached keys looked up again because the View
+	// could not prove it was current; StaleServed, those served from the
+	// cache anyway because the lookup failed and FailOpen is set.
+	Revalidations, StaleServed uint64
 }
 
 // View is an edge's knowledge of keys and deployments.
@@ -167,7 +181,16 @@ type View struct {
 	snapshot []byte            // the last sealed snapshot applied
 	depWires map[string][]byte // the last sealed record per deployment since
 
+	// current is when the View last proved it was current (unix nanos);
+	// a heartbeat ahead of the applied revision is held in pending until
+	// the stream catches up to it.
+	current    atomic.Int64
+	pendingMu  sync.Mutex
+	pendingRev uint64
+	pendingAt  int64
+
 	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected, negHits atomic.Uint64
+	revalidations, staleServed                                                         atomic.Uint64
 }
 
 // New validates cfg and returns an empty View.
@@ -183,6 +206,9 @@ func New(cfg Config) (*View, error) {
 	}
 	if cfg.LookupTimeout <= 0 {
 		cfg.LookupTimeout = 2 * time.Second
+	}
+	if cfg.MaxStaleness == 0 {
+		cfg.MaxStaleness = 10 * time.Second
 	}
 	if cfg.NegativeKeys == 0 {
 		cfg.NegativeKeys = 100_000
@@ -222,6 +248,7 @@ func New(cfg Config) (*View, error) {
 	v := &View{cfg: cfg, keys: keys, neg: neg, log: cfg.Logger, now: cfg.Now, gens: map[string]*generation{},
 		depWires: map[string][]byte{}}
 	v.deps.Store(emptyDeployments)
+	v.current.Store(cfg.Now().UnixNano()) // a fresh View has had no time to fall behind
 	return v, nil
 }
 
@@ -243,6 +270,7 @@ func (v *View) Stats() Stats {
 		Hits: v.hits.Load(), Misses: v.misses.Load(), Lookups: v.lookups.Load(),
 		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Resyncs: v.resyncs.Load(),
 		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(), NegativeHits: v.negHits.Load(),
+		Revalidations: v.revalidations.Load(), StaleServed: v.staleServed.Load(),
 	}
 }
 
@@ -255,17 +283,78 @@ func slot(h *apikey.Hash) uint64 {
 // first and asking the origin on a miss, and refuses keys that are unknown,
 // expired, disabled or past a rotation's grace period.
 func (v *View) Authorize(ctx context.Context, h apikey.Hash) (*Key, error) {
+	now := v.now().UnixNano()
 	e, ok := v.cached(&h)
-	if !ok {
+	switch {
+	case !ok:
 		v.misses.Add(1)
 		var err error
 		if e, err = v.miss(ctx, h); err != nil {
 			return nil, err
 		}
-	} else {
+	case v.stale(e, now):
+		v.revalidations.Add(1)
+		fresh, err := v.miss(ctx, h)
+		switch {
+		case err == nil:
+			e = fresh
+		case errors.Is(err, ErrUnavailable) && v.cfg.FailOpen:
+			v.staleServed.Add(1)
+		default:
+			return nil, err
+		}
+	default:
 		v.hits.Add(1)
 	}
-	return e.key, v.check(e)
+	return e.key, v.check(e, now)
+}
+
+// stale reports whether e must be proven again before use: the View has not
+// proven it is current for MaxStaleness, and e is older than that too.
+func (v *View) stale(e *entry, now int64) bool {
+	bound := int64(v.cfg.MaxStaleness)
+	return bound > 0 && now-v.current.Load() > bound && now-e.key.checkedAt > bound
+}
+
+// Current reports whether the View has proven it is current within
+// MaxStaleness, and when it last did.
+func (v *View) Current() (bool, time.Time) {
+	at := v.current.Load()
+	return v.cfg.MaxStaleness <= 0 || v.now().UnixNano()-at <= int64(v.cfg.MaxStaleness), time.Unix(0, at)
+}
+
+// Heartbeat takes a sealed origin heartbeat. Once the View has applied the
+// revision it names, the View is proven current as of the heartbeat's
+// arrival.
+func (v *View) Heartbeat(wire []byte) error {
+	rec, err := v.open(wire)
+	if err != nil {
+		return err
+	}
+	if rec.Kind != event.KindHeartbeat {
+		v.rejected.Add(1)
+		return fmt.Errorf("%w: want a heartbeat, got %q", event.ErrMalformed, rec.Kind)
+	}
+	now := v.now().UnixNano()
+	v.pendingMu.Lock()
+	defer v.pendingMu.Unlock()
+	if rec.Revision <= v.applied.Load() {
+		v.current.Store(now)
+		v.pendingRev = 0
+		return nil
+	}
+	v.pendingRev, v.pendingAt = rec.Revision, now
+	return nil
+}
+
+// caughtUp credits a held heartbeat once rev reaches it.
+func (v *View) caughtUp(rev uint64) {
+	v.pendingMu.Lock()
+	defer v.pendingMu.Unlock()
+	if v.pendingRev != 0 && rev >= v.pendingRev {
+		v.current.Store(v.pendingAt)
+		v.pendingRev = 0
+	}
 }
 
 // cached returns a current entry for h, if the cache holds one.
@@ -281,12 +370,11 @@ func (v *View) cached(h *apikey.Hash) (*entry, bool) {
 	return e, true
 }
 
-func (v *View) check(e *entry) error {
+func (v *View) check(e *entry, now int64) error {
 	k := e.key
 	if k.disabled {
 		return ErrDisabled
 	}
-	now := v.now().UnixNano()
 	if k.expiresAt != 0 && now >= k.expiresAt {
 		return ErrExpired
 	}
@@ -388,7 +476,7 @@ func (v *View) compile(k *event.Key, rev uint64, h apikey.Hash) *entry {
 	if k.Deleted {
 		return nil
 	}
-	ck := compileKey(k, rev)
+	ck := compileKey(k, rev, v.now())
 	g := v.generation(k.ID)
 	for _, s := range k.Secrets {
 		if s.Hash == h {
@@ -398,9 +486,9 @@ func (v *View) compile(k *event.Key, rev uint64, h apikey.Hash) *entry {
 	return nil
 }
 
-func compileKey(k *event.Key, rev uint64) *Key {
+func compileKey(k *event.Key, rev uint64, now time.Time) *Key {
 	ck := &Key{ID: k.ID, Project: k.Project, Revision: rev, Deployments: k.Deployments,
-		RateLimit: k.RateLimit, disabled: k.Disabled}
+		RateLimit: k.RateLimit, disabled: k.Disabled, checkedAt: now.UnixNano()}
 	for _, p := range k.Permissions {
 		ck.perms |= permBit(p)
 	}
@@ -460,6 +548,7 @@ func (v *View) Apply(wire []byte) error {
 	}
 	v.appliedN.Add(1)
 	v.applied.Store(rec.Revision) // last: publishes everything above
+	v.caughtUp(rec.Revision)
 	return nil
 }
 
@@ -491,7 +580,7 @@ func (v *View) applyKey(k *event.Key, rev uint64) {
 	for _, s := range k.Secrets {
 		if e, ok := v.keys.Get(slot(&s.Hash)); ok && e.hash == s.Hash {
 			if ck == nil {
-				ck = compileKey(k, rev)
+				ck = compileKey(k, rev, v.now())
 			}
 			v.keys.Set(slot(&s.Hash), newEntry(ck, g, s), 1)
 		}
@@ -525,6 +614,7 @@ func (v *View) Resync(snapshot []byte, resume uint64) (uint64, error) {
 	v.snapshot = snapshot
 	clear(v.depWires)
 	v.applied.Store(resume)
+	v.caughtUp(resume)
 	return resume, nil
 }
 

@@ -479,3 +479,79 @@ func TestUnknownKeyFloodKeepsValidKeysCached(t *testing.T) {
 		t.Fatalf("%d of %d valid keys were evicted by a flood of unknown keys", extra, len(valid))
 	}
 }
+
+func (o *origin) heartbeat(rev uint64) []byte {
+	return o.seal(&event.Record{Revision: rev, Kind: event.KindHeartbeat})
+}
+
+// Invariant 2, second half: a View that cannot prove it is current stops
+// trusting old cache entries; whether it then serves them when the origin
+// cannot be asked is the fail mode.
+func TestStalenessGuard(t *testing.T) {
+	for _, failOpen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("failOpen=%v", failOpen), func(t *testing.T) {
+			o := newOrigin(t)
+			var now atomic.Int64
+			now.Store(time.Unix(1_000_000, 0).UnixNano())
+			clock := func() time.Time { return time.Unix(0, now.Load()) }
+			v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
+				MaxStaleness: 10 * time.Second, FailOpen: failOpen, Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			h := newSecret(t)
+			mustApply(t, v, o.change(linked(h, "d1")))
+			if _, err := v.Authorize(context.Background(), h); err != nil {
+				t.Fatal(err)
+			}
+			v.keys.Wait()
+			advance := func(d time.Duration) { now.Add(int64(d)) }
+
+			// Heartbeats keep the View current: hits, no lookups.
+			for range 3 {
+				advance(5 * time.Second)
+				if err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := v.Authorize(context.Background(), h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if o.calls.Load() != 1 {
+				t.Fatalf("a current View re-validated: %d lookups", o.calls.Load())
+			}
+			// A heartbeat ahead of what the View applied proves nothing yet.
+			advance(5 * time.Second)
+			if err := v.Heartbeat(o.heartbeat(v.AppliedRevision() + 5)); err != nil {
+				t.Fatal(err)
+			}
+			advance(6 * time.Second)
+			if ok, _ := v.Current(); ok {
+				t.Fatal("current on the strength of a heartbeat for revisions not applied")
+			}
+			// Stale: the cached key is looked up again before use.
+			if _, err := v.Authorize(context.Background(), h); err != nil || o.calls.Load() != 2 {
+				t.Fatalf("stale View did not re-validate: %v, %d lookups", err, o.calls.Load())
+			}
+			// Stale and the origin unreachable: the fail mode decides.
+			advance(11 * time.Second)
+			v.cfg.Lookup = func(context.Context, apikey.Hash) ([]byte, error) { return nil, errors.New("no responders") }
+			_, err = v.Authorize(context.Background(), h)
+			if failOpen && err != nil {
+				t.Fatalf("open-cached refused a cached key: %v", err)
+			}
+			if !failOpen && !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("closed served what it could not prove: %v", err)
+			}
+			// Forged heartbeats prove nothing.
+			rogue := newOrigin(t)
+			if err := v.Heartbeat(rogue.heartbeat(v.AppliedRevision())); !errors.Is(err, event.ErrBadSignature) {
+				t.Fatalf("forged heartbeat: %v", err)
+			}
+			if ok, _ := v.Current(); ok {
+				t.Fatal("a forged heartbeat made the View current")
+			}
+		})
+	}
+}

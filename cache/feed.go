@@ -46,6 +46,7 @@ type Feed struct {
 	once   sync.Once
 	cancel context.CancelFunc
 	done   chan struct{}
+	hbSub  *nats.Subscription
 	saved  uint64
 }
 
@@ -107,11 +108,22 @@ func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 	return f, nil
 }
 
-// Start consumes events in the background until Shutdown.
-func (f *Feed) Start() {
+// Start consumes events and origin heartbeats in the background until
+// Shutdown.
+func (f *Feed) Start() error {
+	sub, err := f.cfg.Conn.Subscribe(event.OriginHeartbeatSubject, func(m *nats.Msg) {
+		if err := f.v.Heartbeat(m.Data); err != nil {
+			f.log.Warn("dropping origin heartbeat", "err", err)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribing to origin heartbeats: %w", err)
+	}
+	f.hbSub = sub
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	go f.run(ctx)
+	return nil
 }
 
 // Synced is closed once the View holds deployments and the event stream is
@@ -123,6 +135,7 @@ func (f *Feed) Shutdown(ctx context.Context) error {
 	if f.cancel == nil {
 		return f.save()
 	}
+	_ = f.hbSub.Unsubscribe()
 	f.cancel()
 	select {
 	case <-f.done:

@@ -114,6 +114,7 @@ func (s *stack) startOrigin() {
 	cfg.NATSURL = s.nats.ClientURL()
 	cfg.AdminPassword = adminPassword
 	cfg.PasswordCost = 4
+	cfg.HeartbeatInterval = 100 * time.Millisecond
 	cfg.Logger = s.logs.logger()
 	o, err := origin.New(cfg)
 	if err != nil {
@@ -135,6 +136,8 @@ type edgeOpts struct {
 	secretsDir string
 	idle       time.Duration // upstream idle timeout; default the edge's
 	site       string
+	staleness  time.Duration
+	failOpen   bool
 }
 
 func (s *stack) startEdge(o edgeOpts) *proxy.Server {
@@ -150,6 +153,8 @@ func (s *stack) startEdge(o edgeOpts) *proxy.Server {
 	cfg.DataDir = o.dataDir
 	cfg.SecretsDir = o.secretsDir
 	cfg.UpstreamIdleTimeout = o.idle
+	cfg.MaxStaleness = o.staleness
+	cfg.FailOpen = o.failOpen
 	if o.site != "" {
 		cfg.Site = o.site
 	}

@@ -29,6 +29,10 @@ const (
 	KindKeyNotFound Kind = "key_not_found"
 	// KindSnapshot carries every live deployment at Revision.
 	KindSnapshot Kind = "snapshot"
+	// KindHeartbeat says the origin is alive and has published everything
+	// up to Revision; an edge that stops hearing it cannot prove it is
+	// current.
+	KindHeartbeat Kind = "heartbeat"
 )
 
 // Record is one signed statement of the origin: the state of one thing (or,

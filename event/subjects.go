@@ -16,6 +16,9 @@ const (
 	LookupKeySubject = "keymesh.lookup.key"
 	// SnapshotSubject answers an empty request with a sealed KindSnapshot.
 	SnapshotSubject = "keymesh.lookup.snapshot"
+	// OriginHeartbeatSubject carries the origin's sealed KindHeartbeat
+	// records, published every heartbeat interval by every replica.
+	OriginHeartbeatSubject = "keymesh.origin.heartbeat"
 	// LookupQueue is the queue group origin replicas answer lookups in.
 	LookupQueue = "keymesh-origin"
 	// ErrorHeader on a lookup reply says the origin could not answer; the

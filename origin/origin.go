@@ -102,6 +102,10 @@ type Config struct {
 	// PollInterval is how often the outbox publisher looks for unpublished
 	// events besides being woken by each commit (default 1s).
 	PollInterval time.Duration
+	// HeartbeatInterval is how often the origin tells edges, signed, that
+	// it is alive and how far it has published (default 1s). Edges that
+	// stop hearing it re-validate what they cache.
+	HeartbeatInterval time.Duration
 	// Logger receives operational logs (default slog.Default()).
 	Logger *slog.Logger
 
@@ -119,6 +123,8 @@ func DefaultConfig() Config {
 		TokenTTL:     12 * time.Hour,
 		PollInterval: time.Second,
 		Logger:       slog.Default(),
+
+		HeartbeatInterval: time.Second,
 	}
 }
 
@@ -148,6 +154,9 @@ func (c *Config) fill() error {
 	if c.PollInterval <= 0 {
 		c.PollInterval = d.PollInterval
 	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = d.HeartbeatInterval
+	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
@@ -171,6 +180,8 @@ type Server struct {
 	// patterns lists every registered route (see routes).
 	patterns []string
 	logins   *loginLimiter
+	hbStop   chan struct{}
+	hbDone   chan struct{}
 	log      *slog.Logger
 	store    *Store
 	signer   *event.Signer
@@ -254,6 +265,7 @@ func New(cfg Config) (*Server, error) {
 	if err := s.startResponders(); err != nil {
 		return nil, err
 	}
+	s.startHeartbeat()
 	s.httpSrv = &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -338,6 +350,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			_ = sub.Unsubscribe()
 		}
 		s.lookupWG.Wait()
+		s.stopHeartbeat()
 		if s.pub != nil {
 			s.pub.stop(ctx)
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 )
 
 // status is the edge's /status document.
@@ -11,12 +12,17 @@ type status struct {
 	AppliedRevision uint64 `json:"applied_revision"`
 	Deployments     int    `json:"deployments"`
 	NATSConnected   bool   `json:"nats_connected"`
+	Current         bool   `json:"current"`
+	LastProofAt     string `json:"last_current_at"`
 	Cache           any    `json:"cache"`
 }
 
 // Status returns what /status reports.
 func (s *Server) Status() any {
+	current, at := s.view.Current()
 	return status{
+		Current:         current,
+		LastProofAt:     at.UTC().Format(time.RFC3339Nano),
 		Site:            s.cfg.Site,
 		AppliedRevision: s.view.AppliedRevision(),
 		Deployments:     len(s.view.Deployments().List()),

@@ -63,6 +63,12 @@ type Config struct {
 	LookupTimeout time.Duration
 	// MaxKeys bounds the key cache. Default 1,000,000.
 	MaxKeys int64
+	// MaxStaleness: without a signed origin heartbeat for this long, cached
+	// keys are re-validated by lookup before use. Default 10s.
+	MaxStaleness time.Duration
+	// FailOpen ("open-cached") keeps serving cached keys when a stale edge
+	// cannot re-validate them; the default ("closed") answers 503.
+	FailOpen bool
 	// UpstreamIdleTimeout cuts an upstream that sends nothing for this long,
 	// before its headers or mid-stream; a generation that keeps producing
 	// tokens is never cut, however long it runs. Default 2m.
@@ -153,7 +159,8 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
 	}
 	view, err := cache.New(cache.Config{Verifier: ver, Lookup: cache.NATSLookup(nc),
-		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, Logger: cfg.Logger})
+		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, Logger: cfg.Logger,
+		MaxStaleness: cfg.MaxStaleness, FailOpen: cfg.FailOpen})
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -201,7 +208,11 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.AdminListen != "" {
 		s.admin = &http.Server{Addr: cfg.AdminListen, Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
-	feed.Start()
+	if err := feed.Start(); err != nil {
+		view.Close()
+		nc.Close()
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -38,6 +38,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
 	fs.DurationVar(&cfg.UpstreamIdleTimeout, "upstream-idle-timeout", 2*time.Minute, "cut an upstream that sends nothing for this long (a generation that keeps streaming is never cut)")
 	fs.DurationVar(&cfg.UpstreamConnectTimeout, "upstream-connect-timeout", 5*time.Second, "how long connecting to an upstream may take before the next one is tried")
+	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 10*time.Second, "without a signed origin heartbeat for this long, re-validate cached keys before use")
+	failMode := fs.String("fail-mode", "closed", `when a stale edge cannot re-validate a key: "closed" answers 503, "open-cached" serves the cached key`)
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
 	if err := cli.Parse(fs, "EDGE", args, getenv, stdout); err != nil {
@@ -45,6 +47,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			return 0
 		}
 		fmt.Fprintf(stderr, "edge: %v\n", err)
+		return 2
+	}
+	switch *failMode {
+	case "closed":
+	case "open-cached":
+		cfg.FailOpen = true
+	default:
+		fmt.Fprintf(stderr, "edge: --fail-mode must be closed or open-cached, not %q\n", *failMode)
 		return 2
 	}
 	if *pub == "" {
