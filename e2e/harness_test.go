@@ -138,6 +138,8 @@ type edgeOpts struct {
 	site       string
 	staleness  time.Duration
 	failOpen   bool
+	// configure, if set, adjusts the edge's Config last.
+	configure func(*proxy.Config)
 }
 
 func (s *stack) startEdge(o edgeOpts) *proxy.Server {
@@ -155,6 +157,9 @@ func (s *stack) startEdge(o edgeOpts) *proxy.Server {
 	cfg.UpstreamIdleTimeout = o.idle
 	cfg.MaxStaleness = o.staleness
 	cfg.FailOpen = o.failOpen
+	if o.configure != nil {
+		o.configure(&cfg)
+	}
 	if o.site != "" {
 		cfg.Site = o.site
 	}

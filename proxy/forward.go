@@ -46,7 +46,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	}
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
-	ctx.Request.CopyTo(req)
+	// Header and body only: Request.CopyTo would carry the client side's TLS
+	// flag and make the upstream request HTTPS too.
+	ctx.Request.Header.CopyTo(&req.Header)
+	req.SetBodyRaw(ctx.Request.Body()) // ctx outlives the upstream call that reads it
 	stripHopByHop(&req.Header)
 	if !s.setUpstreamAuth(&req.Header, rt.dep, cred, fromAuth) {
 		fail(ctx, errUpstreamAuth, 0)
@@ -84,6 +87,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	stripHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
 	lim.setHeaders(&ctx.Response.Header)
+	s.cors.apply(ctx) // the upstream's headers replaced ours
 	if body := resp.BodyStream(); body != nil {
 		// The server closes the stream when it is done writing or the
 		// client went away; closing it ends the upstream request.

@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -59,6 +60,14 @@ type Config struct {
 	// SecretsDir holds upstream credentials as files named after the secret;
 	// the environment variable EDGE_SECRET_<NAME> takes precedence.
 	SecretsDir string
+	// TLSCert and TLSKey serve HTTPS on Listen (TLS 1.2 or newer); ReloadTLS
+	// reads them again. TLSClientCA, if set, requires client certificates
+	// signed by it (mutual TLS).
+	TLSCert, TLSKey, TLSClientCA string
+	// CORSAllowedOrigins enables CORS for these origins ("*" for any);
+	// empty disables it. CORSAllowedMethods and CORSAllowedHeaders default to
+	// GET, POST, OPTIONS and the headers inference clients send.
+	CORSAllowedOrigins, CORSAllowedMethods, CORSAllowedHeaders []string
 	// LookupTimeout bounds a cache-miss lookup. Default 2s.
 	LookupTimeout time.Duration
 	// MaxKeys bounds the key cache. Default 1,000,000.
@@ -105,6 +114,9 @@ type Server struct {
 	admin  *http.Server
 	router atomic.Pointer[router]
 	health healthTable
+	tls    *tls.Config
+	certs  *certStore
+	cors   *cors
 	limits *limiter
 
 	mu       sync.Mutex
@@ -136,6 +148,14 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	var tlsConf *tls.Config
+	var certs *certStore
+	if cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.TLSClientCA != "" {
+		var err error
+		if tlsConf, certs, err = newTLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA); err != nil {
+			return nil, err
+		}
 	}
 	ver, err := event.NewVerifier(cfg.OriginPublicKey)
 	if err != nil {
@@ -172,7 +192,8 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed,
-		limits: newLimiter(time.Now, 1_000_000)}
+		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs,
+		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders)}
 	dialer := &fasthttp.TCPDialer{Concurrency: 1000}
 	s.client = &fasthttp.Client{
 		Name:                     "keymesh-edge",
@@ -250,6 +271,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
+	}
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
 	}
 	s.ln = ln
 	s.mu.Unlock()
@@ -362,6 +386,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
 
+	if s.cors.apply(ctx) {
+		return // a preflight, answered
+	}
 	path := ctx.Path()
 	if (ctx.IsGet() || ctx.IsHead()) && (string(path) == "/health" || string(path) == "/ping") {
 		ctx.Response.Header.SetContentType("application/json")

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,6 +41,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.DurationVar(&cfg.UpstreamConnectTimeout, "upstream-connect-timeout", 5*time.Second, "how long connecting to an upstream may take before the next one is tried")
 	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 10*time.Second, "without a signed origin heartbeat for this long, re-validate cached keys before use")
 	failMode := fs.String("fail-mode", "closed", `when a stale edge cannot re-validate a key: "closed" answers 503, "open-cached" serves the cached key`)
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate for HTTPS on --listen (TLS 1.2+); SIGHUP reloads it")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&cfg.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+	corsOrigins := fs.String("cors-origins", "", `comma-separated origins browsers may call from ("*" for any); empty disables CORS`)
+	corsMethods := fs.String("cors-methods", "GET,POST,OPTIONS", "comma-separated methods allowed in CORS preflights")
+	corsHeaders := fs.String("cors-headers", "Authorization,Content-Type,X-API-Key,X-Request-Id", "comma-separated request headers allowed in CORS preflights")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
 	if err := cli.Parse(fs, "EDGE", args, getenv, stdout); err != nil {
@@ -49,6 +56,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "edge: %v\n", err)
 		return 2
 	}
+	cfg.CORSAllowedOrigins = splitList(*corsOrigins)
+	cfg.CORSAllowedMethods = splitList(*corsMethods)
+	cfg.CORSAllowedHeaders = splitList(*corsHeaders)
 	switch *failMode {
 	case "closed":
 	case "open-cached":
@@ -79,6 +89,18 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := srv.ReloadTLS(); err != nil {
+				log.Error("reloading TLS certificate; keeping the current one", "err", err)
+			} else if cfg.TLSCert != "" {
+				log.Info("TLS certificate reloaded")
+			}
+		}
+	}()
 	log.Info("edge started", "listen", cfg.Listen, "admin", cfg.AdminListen, "site", cfg.Site, "nats", cfg.NATSURL)
 
 	select {
@@ -89,4 +111,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	case <-ctx.Done():
 	}
 	return cli.Drain(log, *drain, srv.Shutdown)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
