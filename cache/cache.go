@@ -88,6 +88,8 @@ type Config struct {
 	// (the default, "closed") answers ErrUnavailable for what it cannot
 	// prove; true ("open-cached") keeps serving the cached state.
 	FailOpen bool
+	// ObserveLookup, if set, is told how long each miss-path lookup took.
+	ObserveLookup func(d time.Duration, err error)
 	// Logger receives warnings. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for expiry checks. Default time.Now.
@@ -154,6 +156,11 @@ type Stats struct {
 	// could not prove it was current; StaleServed, those served from the
 	// cache anyway because the lookup failed and FailOpen is set.
 	Revalidations, StaleServed uint64
+	// Evictions counts positive entries ristretto evicted for room.
+	Evictions uint64
+	// LatestRevision is the highest revision the origin has said, in a
+	// heartbeat, it has published; minus AppliedRevision it is the lag.
+	LatestRevision uint64
 }
 
 // View is an edge's knowledge of keys and deployments.
@@ -185,6 +192,7 @@ type View struct {
 	// a heartbeat ahead of the applied revision is held in pending until
 	// the stream catches up to it.
 	current    atomic.Int64
+	latest     atomic.Uint64 // highest revision a heartbeat named
 	pendingMu  sync.Mutex
 	pendingRev uint64
 	pendingAt  int64
@@ -271,6 +279,7 @@ func (v *View) Stats() Stats {
 		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Resyncs: v.resyncs.Load(),
 		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(), NegativeHits: v.negHits.Load(),
 		Revalidations: v.revalidations.Load(), StaleServed: v.staleServed.Load(),
+		Evictions: v.keys.Metrics.KeysEvicted(), LatestRevision: max(v.latest.Load(), v.applied.Load()),
 	}
 }
 
@@ -336,6 +345,8 @@ func (v *View) Heartbeat(wire []byte) error {
 		return fmt.Errorf("%w: want a heartbeat, got %q", event.ErrMalformed, rec.Kind)
 	}
 	now := v.now().UnixNano()
+	for cur := v.latest.Load(); rec.Revision > cur && !v.latest.CompareAndSwap(cur, rec.Revision); cur = v.latest.Load() {
+	}
 	v.pendingMu.Lock()
 	defer v.pendingMu.Unlock()
 	if rec.Revision <= v.applied.Load() {
@@ -428,7 +439,11 @@ func (v *View) fetch(ctx context.Context, h apikey.Hash) (*event.Record, error) 
 	v.lookups.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.LookupTimeout)
 	defer cancel()
+	start := time.Now()
 	wire, err := v.cfg.Lookup(ctx, h)
+	if v.cfg.ObserveLookup != nil {
+		v.cfg.ObserveLookup(time.Since(start), err)
+	}
 	if err != nil {
 		v.lookupErrs.Add(1)
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -62,8 +63,9 @@ type stack struct {
 	// reach the upstream, and appear in no log.
 	upstreamSecrets []string
 
-	mu   sync.Mutex
-	seen []http.Header // headers the upstream received
+	mu    sync.Mutex
+	seen  []http.Header // headers the upstream received
+	edges []*proxy.Server
 }
 
 func newStack(t *testing.T) *stack {
@@ -176,6 +178,9 @@ func (s *stack) startEdge(o edgeOpts) *proxy.Server {
 	}
 	go func() { _ = e.Serve(ln) }()
 	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
+	s.mu.Lock()
+	s.edges = append(s.edges, e)
+	s.mu.Unlock()
 	select {
 	case <-e.Synced():
 	case <-time.After(10 * time.Second):
@@ -292,8 +297,19 @@ func chat(t *testing.T, e *proxy.Server, headers map[string]string) (int, string
 
 func withKey(k *bench.Key) map[string]string { return map[string]string{"X-API-Key": k.Secret} }
 
+// checkNoSecretLogged runs last: no secret the test used may appear in any
+// log line, in any edge's metrics or status, or in what the upstream got.
 func (s *stack) checkNoSecretLogged() {
 	logs := s.logs.String()
+	s.mu.Lock()
+	for _, e := range s.edges {
+		for _, path := range []string{"/metrics", "/status"} {
+			rec := httptest.NewRecorder()
+			e.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+			logs += rec.Body.String()
+		}
+	}
+	s.mu.Unlock()
 	for _, secret := range append(s.secrets, s.upstreamSecrets...) {
 		if secret != "" && strings.Contains(logs, secret) {
 			s.t.Errorf("a secret (%s...) appears in the logs", secret[:6])

@@ -18,30 +18,38 @@ import (
 
 // authenticate returns the key the credential belongs to if it is current
 // and linked to dep; otherwise it answers the request with the refusal and
-// returns nil. A malformed credential is refused without any lookup.
-func (s *Server) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, cred []byte) *cache.Key {
+// returns nil and why. A malformed credential is refused without any lookup.
+func (s *Server) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, cred []byte) (*cache.Key, reason) {
 	invalid := dep.InvalidKeyStatus
 	if len(cred) == 0 {
 		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, "Bearer")
 		fail(ctx, errNoCredential, 0)
-		return nil
+		return nil, reasonNoCredential
 	}
 	h, err := apikey.Parse(cred)
 	if err != nil {
 		fail(ctx, errInvalidKey, invalid)
-		return nil
+		return nil, reasonMalformed
 	}
 	key, err := s.view.Authorize(context.Background(), h)
+	if err == nil && key.Linked(dep.ID) {
+		return key, reasonAllowed
+	}
+	r := reasonUnlinked
 	switch {
 	case errors.Is(err, cache.ErrUnavailable):
 		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		fail(ctx, errUnavailable, 0)
-		return nil
-	case err != nil, !key.Linked(dep.ID):
-		fail(ctx, errInvalidKey, invalid)
-		return nil
+		return nil, reasonUnavailable
+	case errors.Is(err, cache.ErrExpired):
+		r = reasonExpired
+	case errors.Is(err, cache.ErrDisabled):
+		r = reasonDisabled
+	case err != nil:
+		r = reasonUnknown
 	}
-	return key
+	fail(ctx, errInvalidKey, invalid)
+	return nil, r
 }
 
 // requestBody is what the edge reads from an OpenAI-style JSON body.

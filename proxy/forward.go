@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
 	"github.com/keymesh/keymesh/event"
@@ -91,7 +92,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	if body := resp.BodyStream(); body != nil {
 		// The server closes the stream when it is done writing or the
 		// client went away; closing it ends the upstream request.
-		ctx.Response.SetBodyStream(&upstreamBody{resp: resp, r: body}, resp.Header.ContentLength())
+		s.metrics.streams.Inc()
+		ctx.Response.SetBodyStream(&upstreamBody{resp: resp, r: body, streams: s.metrics.streams}, resp.Header.ContentLength())
 		return
 	}
 	ctx.Response.SetBody(resp.Body())
@@ -102,7 +104,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 func (s *Server) send(ctx *fasthttp.RequestCtx, req *fasthttp.Request, resp *fasthttp.Response, up *upstream) error {
 	req.SetRequestURI(up.base + string(ctx.Request.RequestURI()))
 	req.Header.SetHost(up.host)
+	start := time.Now()
 	err := s.client.Do(req, resp)
+	up.latency.Observe(time.Since(start).Seconds())
 	switch {
 	case err == nil:
 		up.health.succeeded()
@@ -115,13 +119,15 @@ func (s *Server) send(ctx *fasthttp.RequestCtx, req *fasthttp.Request, resp *fas
 // upstreamBody relays a streamed upstream body and releases the upstream
 // response when the edge server closes it.
 type upstreamBody struct {
-	resp *fasthttp.Response
-	r    io.Reader
+	resp    *fasthttp.Response
+	r       io.Reader
+	streams prometheus.Gauge
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 func (b *upstreamBody) Close() error {
+	b.streams.Dec()
 	err := b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	return err

@@ -104,20 +104,21 @@ func DefaultConfig() Config {
 
 // Server is one edge. Its methods are safe for concurrent use.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	nc     *nats.Conn
-	view   *cache.View
-	feed   *cache.Feed
-	client *fasthttp.Client
-	srv    *fasthttp.Server
-	admin  *http.Server
-	router atomic.Pointer[router]
-	health healthTable
-	tls    *tls.Config
-	certs  *certStore
-	cors   *cors
-	limits *limiter
+	cfg     Config
+	log     *slog.Logger
+	nc      *nats.Conn
+	view    *cache.View
+	feed    *cache.Feed
+	client  *fasthttp.Client
+	srv     *fasthttp.Server
+	admin   *http.Server
+	router  atomic.Pointer[router]
+	health  healthTable
+	metrics *metrics
+	tls     *tls.Config
+	certs   *certStore
+	cors    *cors
+	limits  *limiter
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -178,7 +179,8 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
 	}
-	view, err := cache.New(cache.Config{Verifier: ver, Lookup: cache.NATSLookup(nc),
+	m := newMetrics()
+	view, err := cache.New(cache.Config{Verifier: ver, Lookup: cache.NATSLookup(nc), ObserveLookup: m.observeLookup,
 		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, Logger: cfg.Logger,
 		MaxStaleness: cfg.MaxStaleness, FailOpen: cfg.FailOpen})
 	if err != nil {
@@ -191,7 +193,8 @@ func NewServer(cfg Config) (*Server, error) {
 		nc.Close()
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed,
+	m.watch(view)
+	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m,
 		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs,
 		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders)}
 	dialer := &fasthttp.TCPDialer{Concurrency: 1000}
@@ -330,7 +333,7 @@ func (s *Server) currentRouter() *router {
 	deps := s.view.Deployments()
 	r := s.router.Load()
 	if r == nil || r.deps != deps {
-		r = newRouter(deps, s.cfg.Site, &s.health)
+		r = newRouter(deps, s.cfg.Site, &s.health, s.metrics.upstream)
 		s.router.Store(r)
 	}
 	return r
@@ -378,7 +381,28 @@ func credential(h *fasthttp.RequestHeader) (cred []byte, fromAuth bool) {
 	return nil, false
 }
 
+// outcome is what handling one request decided, for metrics and audit.
+type outcome struct {
+	dep    *event.Deployment // nil when no deployment matched
+	key    *cache.Key        // nil when no key was checked or it was refused
+	reason reason
+	open   bool // /health, /ping or a CORS preflight: not counted
+}
+
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	out := s.serve(ctx)
+	if out.open {
+		return
+	}
+	name := ""
+	if out.dep != nil {
+		name = out.dep.Name
+		s.metrics.decide(out.reason)
+	}
+	s.metrics.count(name, ctx.Response.StatusCode())
+}
+
+func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	reqID := ctx.Request.Header.PeekBytes(headerRequestID)
 	if len(reqID) == 0 {
 		reqID = newRequestID()
@@ -387,46 +411,50 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
 
 	if s.cors.apply(ctx) {
-		return // a preflight, answered
+		return outcome{open: true} // a preflight, answered
 	}
 	path := ctx.Path()
 	if (ctx.IsGet() || ctx.IsHead()) && (string(path) == "/health" || string(path) == "/ping") {
 		ctx.Response.Header.SetContentType("application/json")
 		ctx.SetBodyString(`{"status":"ok"}`)
-		return
+		return outcome{open: true}
 	}
 
 	rt := s.currentRouter().match(hostOnly(ctx.Host()), path)
 	if rt == nil {
 		fail(ctx, errNoDeployment, 0)
-		return
+		return out
 	}
 	dep := rt.dep
+	out.dep = dep
 	if dep.MaxBodyBytes > 0 && int64(len(ctx.Request.Body())) > dep.MaxBodyBytes {
 		fail(ctx, errBodyTooLarge, 0) // the deployment changed since the header was read
-		return
+		return out
 	}
 	cred, fromAuth := credential(&ctx.Request.Header)
-	var key *cache.Key
+	out.reason = reasonAuthOff
 	if dep.AuthEnabled {
-		if key = s.authenticate(ctx, dep, cred); key == nil {
-			return
+		if out.key, out.reason = s.authenticate(ctx, dep, cred); out.key == nil {
+			return out
 		}
 	}
 	body, ok := inspect(ctx, dep, path)
 	if !ok {
-		return
+		return out
 	}
-	if key != nil && !permitted(ctx, key, path, body) {
-		return
+	if out.key != nil && !permitted(ctx, out.key, path, body) {
+		out.reason = reasonPermission
+		return out
 	}
-	lim := s.limits.check(dep, key)
+	lim := s.limits.check(dep, out.key)
 	lim.setHeaders(&ctx.Response.Header)
 	if lim.retry > 0 {
 		fail(ctx, errRateLimited, 0)
-		return
+		out.reason = reasonRateLimited
+		return out
 	}
 	s.forward(ctx, rt, cred, fromAuth, lim)
+	return out
 }
 
 func hostOnly(host []byte) []byte {

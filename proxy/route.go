@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
 )
@@ -29,12 +31,13 @@ type route struct {
 }
 
 type upstream struct {
-	base   string // scheme://host[:port][/path] without a trailing slash
-	host   string
-	health *health // shared by every router that lists this base URL
+	base    string // scheme://host[:port][/path] without a trailing slash
+	host    string
+	health  *health // shared by every router that lists this base URL
+	latency prometheus.Observer
 }
 
-func newRouter(deps *cache.Deployments, site string, hs *healthTable) *router {
+func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *prometheus.HistogramVec) *router {
 	r := &router{deps: deps}
 	for _, d := range deps.List() {
 		rt := &route{dep: d, prefix: d.PathPrefix}
@@ -59,7 +62,8 @@ func newRouter(deps *cache.Deployments, site string, hs *healthTable) *router {
 				continue // the origin validates upstreams; skip anything odd
 			}
 			base := strings.TrimSuffix(u.Scheme+"://"+u.Host+u.Path, "/")
-			rt.upstreams = append(rt.upstreams, &upstream{base: base, host: u.Host, health: hs.get(base)})
+			rt.upstreams = append(rt.upstreams, &upstream{base: base, host: u.Host, health: hs.get(base),
+				latency: latency.WithLabelValues(d.Name)})
 		}
 		r.routes = append(r.routes, rt)
 	}

@@ -1,0 +1,150 @@
+package proxy
+
+import (
+	"net/http"
+	"net/http/pprof"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keymesh/keymesh/cache"
+)
+
+// reason is why a request was let through or refused; each has a counter.
+type reason int
+
+const (
+	reasonAllowed reason = iota
+	reasonAuthOff
+	reasonNoCredential
+	reasonMalformed
+	reasonUnknown
+	reasonExpired
+	reasonDisabled
+	reasonUnlinked
+	reasonPermission
+	reasonRateLimited
+	reasonUnavailable
+	numReasons
+)
+
+var reasonNames = [numReasons]string{"allowed", "auth_off", "no_credential", "malformed", "unknown",
+	"expired", "disabled", "unlinked", "permission_denied", "rate_limited", "unavailable"}
+
+// metrics are the edge's Prometheus metrics, in a registry of its own so
+// that several edges can live in one process. Labels never carry secrets:
+// deployment names, status codes and fixed reasons only.
+type metrics struct {
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec
+	decisions [numReasons]prometheus.Counter
+	upstream  *prometheus.HistogramVec
+	lookup    prometheus.Histogram
+	streams   prometheus.Gauge
+
+	reqMu    sync.RWMutex
+	reqCache map[reqLabel]prometheus.Counter
+}
+
+type reqLabel struct {
+	deployment string
+	code       int
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry(), reqCache: map[reqLabel]prometheus.Counter{}}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_requests_total",
+		Help: "Requests answered, by deployment (\"\" when none matched) and status code."}, []string{"deployment", "code"})
+	auth := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_auth_decisions_total",
+		Help: "Authorization decisions by reason."}, []string{"reason"})
+	for i, name := range reasonNames {
+		m.decisions[i] = auth.WithLabelValues(name)
+	}
+	m.upstream = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keymesh_edge_upstream_seconds",
+		Help:    "Time from sending a request upstream to its response headers, by deployment.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"deployment"})
+	m.lookup = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keymesh_edge_lookup_seconds",
+		Help: "Cache-miss lookups at the origin.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)})
+	m.streams = prometheus.NewGauge(prometheus.GaugeOpts{Name: "keymesh_edge_streams",
+		Help: "Streamed responses in flight."})
+	m.reg.MustRegister(m.requests, auth, m.upstream, m.lookup, m.streams,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// watch exports the view's counters, read at scrape time.
+func (m *metrics) watch(v *cache.View) {
+	counter := func(name, help string, f func(cache.Stats) uint64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f(v.Stats())) }))
+	}
+	gauge := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	counter("keymesh_edge_cache_hits_total", "Key checks answered from the cache.", func(s cache.Stats) uint64 { return s.Hits })
+	counter("keymesh_edge_cache_misses_total", "Key checks that needed a lookup.", func(s cache.Stats) uint64 { return s.Misses })
+	counter("keymesh_edge_cache_evictions_total", "Cached keys evicted for room.", func(s cache.Stats) uint64 { return s.Evictions })
+	counter("keymesh_edge_cache_negative_hits_total", "Unknown keys refused from the negative cache.", func(s cache.Stats) uint64 { return s.NegativeHits })
+	counter("keymesh_edge_lookups_total", "Lookups sent to the origin.", func(s cache.Stats) uint64 { return s.Lookups })
+	counter("keymesh_edge_lookup_errors_total", "Lookups that failed.", func(s cache.Stats) uint64 { return s.LookupErrors })
+	counter("keymesh_edge_records_rejected_total", "Records dropped for a bad signature or shape.", func(s cache.Stats) uint64 { return s.Rejected })
+	counter("keymesh_edge_resyncs_total", "Snapshots taken: first start or a gap in the event stream.", func(s cache.Stats) uint64 { return s.Resyncs })
+	counter("keymesh_edge_revalidations_total", "Cached keys looked up again by the staleness guard.", func(s cache.Stats) uint64 { return s.Revalidations })
+	counter("keymesh_edge_stale_served_total", "Cached keys served unproven (fail mode open-cached).", func(s cache.Stats) uint64 { return s.StaleServed })
+	gauge("keymesh_edge_applied_revision", "Last revision the edge applied.", func() float64 { return float64(v.AppliedRevision()) })
+	gauge("keymesh_edge_revision_lag", "Revisions the origin has published that the edge has not applied.", func() float64 {
+		s := v.Stats()
+		return float64(s.LatestRevision - v.AppliedRevision())
+	})
+	gauge("keymesh_edge_current", "1 when the edge has proven it is current within --max-staleness.", func() float64 {
+		if ok, _ := v.Current(); ok {
+			return 1
+		}
+		return 0
+	})
+}
+
+func (m *metrics) decide(r reason) { m.decisions[r].Inc() }
+
+// observeLookup is the cache's lookup callback.
+func (m *metrics) observeLookup(d time.Duration, _ error) { m.lookup.Observe(d.Seconds()) }
+
+// count records one answered request.
+func (m *metrics) count(deployment string, code int) {
+	l := reqLabel{deployment, code}
+	m.reqMu.RLock()
+	c, ok := m.reqCache[l]
+	m.reqMu.RUnlock()
+	if !ok {
+		c = m.requests.WithLabelValues(deployment, strconv.Itoa(code))
+		m.reqMu.Lock()
+		m.reqCache[l] = c
+		m.reqMu.Unlock()
+	}
+	c.Inc()
+}
+
+// adminHandler serves /metrics, /status, /health and pprof.
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /status", s.serveStatus)
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// AdminHandler returns the admin listener's handler (for tests and for
+// embedding the edge).
+func (s *Server) AdminHandler() http.Handler { return s.adminHandler() }
