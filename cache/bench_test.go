@@ -3,9 +3,13 @@ package cache
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
 )
 
 // BenchmarkHitPath is the edge's per-request key check on a cache hit:
@@ -55,5 +59,40 @@ func BenchmarkBaselineSHA256Map(b *testing.B) {
 		if m[sha256.Sum256(raw)] == nil {
 			b.Fatal("miss")
 		}
+	}
+}
+
+// BenchmarkMemoryMillionKeys reports the heap one million cached keys take
+// (target: ≤ 400 MiB). Entries are built the way a lookup answer builds
+// them: one compiled key with a permission set and two linked deployments.
+func BenchmarkMemoryMillionKeys(b *testing.B) {
+	const n = 1_000_000
+	for b.Loop() {
+		o := newOrigin(b)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		v, err := New(Config{Verifier: mustVerifier(b, o), Lookup: o.lookup, MaxKeys: n})
+		if err != nil {
+			b.Fatal(err)
+		}
+		deps := []string{"dep_06h0bs4jgj52xtry8wy522cyb0", "dep_06h0bs4jgj52xtry8wy522cyb1"}
+		var h apikey.Hash
+		for i := range n {
+			binary.LittleEndian.PutUint64(h[:], uint64(i)*0x9E3779B97F4A7C15)
+			binary.LittleEndian.PutUint64(h[8:], uint64(i))
+			k := &event.Key{ID: fmt.Sprintf("key_%026d", i), Project: "prj_06h0bs4hthx9xp8kc2bs30fj5w",
+				Secrets: []event.Secret{{Hash: h}}, Permissions: event.DefaultPermissions, Deployments: deps}
+			for !v.keys.Set(slot(&h), v.compile(k, 1, h), 1) {
+				v.keys.Wait() // the set buffer is full: let it drain rather than drop
+			}
+		}
+		v.keys.Wait()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		held := v.keys.Metrics.KeysAdded() - v.keys.Metrics.KeysEvicted()
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "MiB")
+		b.ReportMetric(float64(held), "keys")
+		v.Close()
 	}
 }

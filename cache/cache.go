@@ -5,7 +5,10 @@
 // the authority. The authority is a generation record per key ID, kept by the
 // View itself: every applied change to a key raises its generation to the
 // change's revision, and every cached entry remembers the revision its state
-// was read at. A hit whose entry is older than its key's generation, or older
+// was read at. Generations live in a fixed table indexed by a hash of the key
+// ID, so they cost no memory per key and never need pruning; two keys that
+// share a slot only make each other look changed more often, which costs a
+// lookup and is never unsafe. A hit whose entry is older than its key's generation, or older
 // than the View's floor (raised when a gap in the event stream is found), is
 // treated as a miss. This makes ristretto's asynchronous Set harmless: a
 // queued or racing Set can at worst store an entry that is already stale,
@@ -25,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -101,11 +105,11 @@ type Key struct {
 	ID          string
 	Project     string
 	Revision    uint64
-	checkedAt   int64 // unix nanoseconds this state was read or received
 	Deployments []string
 	RateLimit   *event.RateLimit
-	perms       perms
+	checkedAt   int64 // unix nanoseconds this state was read or received
 	expiresAt   int64 // unix nanoseconds, 0 = never
+	perms       perms
 	disabled    bool
 }
 
@@ -122,12 +126,14 @@ func (k *Key) Linked(id string) bool {
 // Has reports whether the key holds permission p.
 func (k *Key) Has(p string) bool { return k.perms&permBit(p) != 0 }
 
-// entry is what ristretto holds for one secret hash.
+// entry is what ristretto holds for one secret hash. The key is held by
+// value: one allocation per cached secret (144 bytes), which is most of what
+// a million cached keys cost. Entries are never modified once built.
 type entry struct {
 	hash     apikey.Hash
-	key      *Key
-	notAfter int64 // unix nanoseconds this secret stops working, 0 = never
-	gen      *generation
+	notAfter int64  // unix nanoseconds this secret stops working, 0 = never
+	gen      uint32 // slot of the key's generation
+	key      Key
 }
 
 // negative is a remembered "no such key" answer.
@@ -136,14 +142,32 @@ type negative struct {
 	rev  uint64
 }
 
-// generation is the authoritative revocation record of one key ID: the
-// revision of the last change the View applied to it.
-type generation struct{ rev atomic.Uint64 }
+// generations is the authoritative revocation record: per slot, the
+// revision of the last change applied to any key whose ID hashes there.
+type generations struct {
+	seed  maphash.Seed
+	slots []atomic.Uint64 // power-of-two length
+}
 
-func (g *generation) raise(rev uint64) {
+func newGenerations(n int64) *generations {
+	size := int64(1 << 16)
+	for size < 2*n {
+		size <<= 1
+	}
+	return &generations{seed: maphash.MakeSeed(), slots: make([]atomic.Uint64, size)}
+}
+
+func (g *generations) slot(id string) uint32 {
+	return uint32(maphash.String(g.seed, id) & uint64(len(g.slots)-1))
+}
+
+func (g *generations) get(slot uint32) uint64 { return g.slots[slot].Load() }
+
+func (g *generations) raise(slot uint32, rev uint64) {
+	s := &g.slots[slot]
 	for {
-		cur := g.rev.Load()
-		if rev <= cur || g.rev.CompareAndSwap(cur, rev) {
+		cur := s.Load()
+		if rev <= cur || s.CompareAndSwap(cur, rev) {
 			return
 		}
 	}
@@ -176,8 +200,7 @@ type View struct {
 	log      *slog.Logger
 	now      func() time.Time
 	fill     singleflight.Group
-	gensM    sync.Mutex
-	gens     map[string]*generation
+	gens     *generations
 
 	applied atomic.Uint64 // last revision whose effects are visible
 	floor   atomic.Uint64 // entries read before this revision are stale
@@ -231,7 +254,9 @@ func New(cfg Config) (*View, error) {
 		cfg.Now = time.Now
 	}
 	keys, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
-		NumCounters:        cfg.MaxKeys * 10,
+		// 4 counters per key rather than ristretto's suggested 10: admission
+		// stays good for a working set of keys, and 1M keys save 30 MB.
+		NumCounters:        cfg.MaxKeys * 4,
 		MaxCost:            cfg.MaxKeys,
 		BufferItems:        64,
 		IgnoreInternalCost: true,
@@ -253,7 +278,7 @@ func New(cfg Config) (*View, error) {
 			return nil, fmt.Errorf("creating negative key cache: %w", err)
 		}
 	}
-	v := &View{cfg: cfg, keys: keys, neg: neg, log: cfg.Logger, now: cfg.Now, gens: map[string]*generation{},
+	v := &View{cfg: cfg, keys: keys, neg: neg, log: cfg.Logger, now: cfg.Now, gens: newGenerations(cfg.MaxKeys),
 		depWires: map[string][]byte{}}
 	v.deps.Store(emptyDeployments)
 	v.current.Store(cfg.Now().UnixNano()) // a fresh View has had no time to fall behind
@@ -315,7 +340,7 @@ func (v *View) Authorize(ctx context.Context, h apikey.Hash) (*Key, error) {
 	default:
 		v.hits.Add(1)
 	}
-	return e.key, v.check(e, now)
+	return &e.key, v.check(e, now)
 }
 
 // stale reports whether e must be proven again before use: the View has not
@@ -374,7 +399,7 @@ func (v *View) cached(h *apikey.Hash) (*entry, bool) {
 	if !ok || e.hash != *h {
 		return nil, false
 	}
-	if e.key.Revision < e.gen.rev.Load() || e.key.Revision < v.floor.Load() {
+	if e.key.Revision < v.gens.get(e.gen) || e.key.Revision < v.floor.Load() {
 		v.staleHits.Add(1)
 		return nil, false
 	}
@@ -382,7 +407,7 @@ func (v *View) cached(h *apikey.Hash) (*entry, bool) {
 }
 
 func (v *View) check(e *entry, now int64) error {
-	k := e.key
+	k := &e.key
 	if k.disabled {
 		return ErrDisabled
 	}
@@ -424,7 +449,7 @@ func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
 		}
 		// Only an answer at least as new as everything applied to this key
 		// may be used or cached (no resurrection through the miss path).
-		if e.key.Revision < e.gen.rev.Load() || e.key.Revision < v.floor.Load() {
+		if e.key.Revision < v.gens.get(e.gen) || e.key.Revision < v.floor.Load() {
 			v.staleHits.Add(1)
 			continue
 		}
@@ -474,47 +499,31 @@ func holds(k *event.Key, h apikey.Hash) bool {
 	return false
 }
 
-func (v *View) generation(id string) *generation {
-	v.gensM.Lock()
-	defer v.gensM.Unlock()
-	g := v.gens[id]
-	if g == nil {
-		g = &generation{}
-		v.gens[id] = g
-	}
-	return g
-}
-
 // compile builds the cache entry for secret h of k read at rev, or nil if k
 // is deleted or h is not one of its secrets.
 func (v *View) compile(k *event.Key, rev uint64, h apikey.Hash) *entry {
 	if k.Deleted {
 		return nil
 	}
-	ck := compileKey(k, rev, v.now())
-	g := v.generation(k.ID)
+	g := v.gens.slot(k.ID)
 	for _, s := range k.Secrets {
 		if s.Hash == h {
-			return newEntry(ck, g, s)
+			return newEntry(k, rev, v.now(), g, s)
 		}
 	}
 	return nil
 }
 
-func compileKey(k *event.Key, rev uint64, now time.Time) *Key {
-	ck := &Key{ID: k.ID, Project: k.Project, Revision: rev, Deployments: k.Deployments,
-		RateLimit: k.RateLimit, disabled: k.Disabled, checkedAt: now.UnixNano()}
+// newEntry compiles secret s of k, as read at rev, into a cache entry.
+func newEntry(k *event.Key, rev uint64, now time.Time, g uint32, s event.Secret) *entry {
+	e := &entry{hash: s.Hash, gen: g, key: Key{ID: k.ID, Project: k.Project, Revision: rev,
+		Deployments: k.Deployments, RateLimit: k.RateLimit, disabled: k.Disabled, checkedAt: now.UnixNano()}}
 	for _, p := range k.Permissions {
-		ck.perms |= permBit(p)
+		e.key.perms |= permBit(p)
 	}
 	if k.ExpiresAt != nil {
-		ck.expiresAt = k.ExpiresAt.UnixNano()
+		e.key.expiresAt = k.ExpiresAt.UnixNano()
 	}
-	return ck
-}
-
-func newEntry(k *Key, g *generation, s event.Secret) *entry {
-	e := &entry{hash: s.Hash, key: k, gen: g}
 	if s.NotAfter != nil {
 		e.notAfter = s.NotAfter.UnixNano()
 	}
@@ -577,8 +586,8 @@ func (v *View) open(wire []byte) (*event.Record, error) {
 }
 
 func (v *View) applyKey(k *event.Key, rev uint64) {
-	g := v.generation(k.ID)
-	g.raise(rev) // first: from here on every older entry of this key is stale
+	g := v.gens.slot(k.ID)
+	v.gens.raise(g, rev) // first: from here on every older entry of this key is stale
 	if k.Deleted {
 		// Nothing new to accept, so unknown-key answers stay true.
 		for _, s := range k.Secrets {
@@ -591,13 +600,10 @@ func (v *View) applyKey(k *event.Key, rev uint64) {
 	// Refresh the secrets this edge has cached, so their next request is a
 	// hit at the new revision instead of a lookup. Keys it has not seen stay
 	// out: every edge hears of every key, but caches only its own traffic.
-	var ck *Key
+	now := v.now()
 	for _, s := range k.Secrets {
 		if e, ok := v.keys.Get(slot(&s.Hash)); ok && e.hash == s.Hash {
-			if ck == nil {
-				ck = compileKey(k, rev, v.now())
-			}
-			v.keys.Set(slot(&s.Hash), newEntry(ck, g, s), 1)
+			v.keys.Set(slot(&s.Hash), newEntry(k, rev, now, g, s), 1)
 		}
 	}
 }
