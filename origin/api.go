@@ -39,6 +39,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /metrics", s.metrics)
 	handle("POST /v1/auth/login", s.open(s.handleLogin))
 	handle("GET /v1/signing-key", s.open(s.handleSigningKey))
+	handle("GET /v1/openapi.json", s.open(s.handleOpenAPI))
 
 	handle("POST /v1/projects", s.admin(event.PermManageUsers, false, s.createProject))
 	handle("GET /v1/projects", s.admin(event.PermWriteConfig, false, s.listProjects))

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +25,9 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if isCommand(args) { // origin keys ..., origin login, ...: the operator CLI (cli.go)
+		return runCLI(args, getenv, os.Stdin, stdout, stderr)
+	}
 	cfg := origin.DefaultConfig()
 	fs := flag.NewFlagSet("origin", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "REST admin API, /health and /metrics address")
@@ -37,6 +41,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	if err := cli.Parse(fs, "ORIGIN", args, getenv, stdout); err != nil {
 		if errors.Is(err, cli.ErrHelp) {
 			fmt.Fprintln(stdout, "\nThe admin password of the first start comes from ORIGIN_ADMIN_PASSWORD; if unset, a random one is written to <data-dir>/admin-password.")
+			fmt.Fprintln(stdout, "\nWith a command, origin is the operator CLI of a running origin: "+strings.Join(commandGroups, ", ")+" (see origin help).")
 			return 0
 		}
 		fmt.Fprintf(stderr, "origin: %v\n", err)

@@ -1,0 +1,355 @@
+package origin
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+// The OpenAPI 3.1 document served at GET /v1/openapi.json, built from Go
+// values. openapi_test.go holds it to the routes that exist: a route
+// without an operation here, or an operation without a route, fails it.
+
+// apiOp is one operation of the document.
+type apiOp struct {
+	method, path string
+	id, tag      string
+	summary      string
+	perm         string // "" = open, no credentials
+	params       []any  // extra parameters besides the path ones
+	body         string // request body schema name; "" = none
+	bodyOptional bool
+	status       int    // success status
+	resp         any    // success schema (nil = no body)
+	mutation     bool   // X-Revision header, ?wait=
+	contentType  string // success content type; "" = application/json
+}
+
+func ref(name string) map[string]any { return map[string]any{"$ref": "#/components/schemas/" + name} }
+
+func nullable(s map[string]any) map[string]any {
+	return map[string]any{"oneOf": []any{s, map[string]any{"type": "null"}}}
+}
+
+func str(desc string) map[string]any { return map[string]any{"type": "string", "description": desc} }
+
+func strs(desc string) map[string]any {
+	return map[string]any{"type": "array", "items": map[string]any{"type": "string"}, "description": desc}
+}
+
+func obj(required []string, props map[string]any) map[string]any {
+	o := map[string]any{"type": "object", "properties": props, "additionalProperties": false}
+	if len(required) > 0 {
+		o["required"] = required
+	}
+	return o
+}
+
+func page(item string) map[string]any {
+	return map[string]any{"type": "object", "required": []string{"items", "next_cursor"}, "properties": map[string]any{
+		"items":       map[string]any{"type": "array", "items": ref(item)},
+		"next_cursor": map[string]any{"type": []string{"string", "null"}, "description": "pass as ?cursor= for the next page; null at the end"},
+	}}
+}
+
+func queryParam(name, desc string, schema map[string]any) map[string]any {
+	return map[string]any{"name": name, "in": "query", "required": false, "description": desc, "schema": schema}
+}
+
+func apiSchemas() map[string]any {
+	perm := map[string]any{"type": "string", "enum": event.Permissions}
+	ts := map[string]any{"type": "string", "format": "date-time"}
+	expiry := map[string]any{"type": []string{"string", "null"},
+		"description": "an RFC 3339 time, a YYYY-MM-DD date meaning 00:00 UTC that day, or null for never"}
+	keyProps := map[string]any{
+		"id":          str("key id"),
+		"project":     str("project id"),
+		"name":        str(""),
+		"description": str(""),
+		"prefix":      str("the first characters of the secret, to recognise it in a list"),
+		"permissions": map[string]any{"type": "array", "items": perm},
+		"deployments": strs("ids of the linked deployments"),
+		"expires_at":  nullable(ts),
+		"rate_limit":  nullable(ref("RateLimit")),
+		"disabled":    map[string]any{"type": "boolean"},
+		"created_at":  ts,
+		"updated_at":  ts,
+		"revision":    map[string]any{"type": "integer", "minimum": 0, "description": "revision of the key's last change"},
+		"propagation": ref("Propagation"),
+	}
+	keyRequired := []string{"id", "project", "name", "description", "prefix", "permissions", "deployments",
+		"expires_at", "rate_limit", "disabled", "created_at", "updated_at", "revision"}
+	withSecret := map[string]any{}
+	for k, v := range keyProps {
+		withSecret[k] = v
+	}
+	withSecret["key"] = str("the secret: returned by create and rotate only, never again")
+
+	keyInput := func(create bool) map[string]any {
+		p := map[string]any{
+			"name":        map[string]any{"type": "string", "maxLength": 200},
+			"description": map[string]any{"type": "string", "maxLength": 2000},
+			"permissions": map[string]any{"type": "array", "items": perm,
+				"description": "default on create: run_inference, read_models, use_streaming"},
+			"deployments": map[string]any{"type": "array", "items": map[string]any{"type": "string"},
+				"description": "ids or names of deployments to link; replaces the links on update"},
+			"expires_at": expiry,
+			"rate_limit": nullable(ref("RateLimit")),
+			"disabled":   map[string]any{"type": "boolean"},
+		}
+		if create {
+			p["permissions"] = nullable(p["permissions"].(map[string]any))
+			p["expires_in_days"] = map[string]any{"type": []string{"integer", "null"}, "minimum": 1, "maximum": 36500,
+				"description": "instead of expires_at"}
+		}
+		return obj(nil, p)
+	}
+
+	depProps := func(view bool) map[string]any {
+		p := map[string]any{
+			"name":        map[string]any{"type": "string", "pattern": nameRE.String()},
+			"hosts":       strs("Host header values matched exactly, or *.suffix"),
+			"path_prefix": map[string]any{"type": "string", "description": "longest matching prefix wins; default /"},
+			"upstreams": map[string]any{"type": "object", "description": `site (or "*") to upstream base URLs`,
+				"additionalProperties": map[string]any{"type": "array", "minItems": 1, "items": map[string]any{"type": "string", "format": "uri"}}},
+			"auth_enabled":       map[string]any{"type": "boolean", "description": "default true; false forwards every request without a key"},
+			"invalid_key_status": map[string]any{"type": "integer", "enum": []int{401, 403}, "description": "default 401"},
+			"upstream_auth":      nullable(ref("UpstreamAuth")),
+			"rate_limit":         nullable(ref("RateLimit")),
+			"max_body_bytes":     map[string]any{"type": "integer", "minimum": 1, "maximum": 1 << 30, "description": "default 10 MiB"},
+			"max_prompt_chars":   map[string]any{"type": "integer", "minimum": 1, "maximum": 100_000_000, "description": "default 10000"},
+		}
+		if view {
+			p["id"], p["project"] = str("deployment id"), str("project id")
+			p["upstream_auth"] = ref("UpstreamAuth")
+			p["revision"] = map[string]any{"type": "integer", "minimum": 0}
+			p["propagation"] = ref("Propagation")
+		} else {
+			p["hosts"] = map[string]any{"type": []string{"array", "null"}, "items": map[string]any{"type": "string"}}
+			p["path_prefix"] = map[string]any{"type": []string{"string", "null"}}
+		}
+		return p
+	}
+	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
+		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "revision"}, depProps(true))
+
+	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ValidationError,
+		apierror.NotFound, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
+	return map[string]any{
+		"Error": map[string]any{"type": "object", "required": []string{"error"}, "properties": map[string]any{
+			"error": map[string]any{"type": "object", "required": []string{"code", "message", "type", "details"}, "properties": map[string]any{
+				"code":    map[string]any{"type": "string", "enum": codes},
+				"message": str("for people; never contains a secret"),
+				"type":    str("OpenAI-style error type, e.g. invalid_request_error"),
+				"details": map[string]any{"description": `null, or more about the error: a validation error names {"field", "reason"}`},
+			}},
+		}},
+		"Permission":   perm,
+		"RateLimit":    obj([]string{"requests_per_minute"}, map[string]any{"requests_per_minute": map[string]any{"type": "integer", "minimum": 1}}),
+		"Propagation":  obj([]string{"applied", "pending"}, map[string]any{"applied": strs("live edges that applied the revision"), "pending": strs("live edges that had not when the wait ended")}),
+		"UpstreamAuth": obj([]string{"mode"}, map[string]any{"mode": map[string]any{"type": "string", "enum": []string{event.UpstreamAuthNone, event.UpstreamAuthInject, event.UpstreamAuthPassthrough}}, "header": str("default Authorization"), "prefix": str(`default "Bearer " for inject`), "secret": str("inject: the name of an edge-local secret (never its value)")}),
+		"LoginRequest": obj([]string{"username", "password"}, map[string]any{"username": str(""), "password": map[string]any{"type": "string", "format": "password"}}),
+		"LoginResponse": obj([]string{"token", "expires_at"}, map[string]any{
+			"token": str("JWT for Authorization: Bearer"), "expires_at": ts, "token_type": map[string]any{"type": "string", "enum": []string{"Bearer"}}}),
+		"SigningKey":    obj([]string{"public_key"}, map[string]any{"public_key": str("base64 Ed25519 public key every event and record is signed with")}),
+		"ProjectCreate": obj([]string{"name"}, map[string]any{"name": map[string]any{"type": "string", "pattern": nameRE.String()}}),
+		"Project":       obj([]string{"id", "name"}, map[string]any{"id": str(""), "name": str(""), "created_at": ts}),
+		"ProjectCreated": obj([]string{"id", "name", "revision"}, map[string]any{"id": str(""), "name": str(""), "created_at": ts,
+			"revision": map[string]any{"type": "integer", "minimum": 0}}),
+		"ProjectPage":      page("Project"),
+		"Key":              obj(keyRequired, keyProps),
+		"KeyWithSecret":    obj(append(slices.Clone(keyRequired), "key"), withSecret),
+		"KeyCreate":        keyInput(true),
+		"KeyUpdate":        keyInput(false),
+		"KeyRotate":        obj(nil, map[string]any{"grace_seconds": map[string]any{"type": []string{"integer", "null"}, "minimum": 0, "maximum": 2592000, "description": "how long the old secret keeps working; default 0"}}),
+		"KeyPage":          page("Key"),
+		"Deployment":       depView,
+		"DeploymentCreate": obj([]string{"name", "upstreams"}, depProps(false)),
+		"DeploymentUpdate": obj(nil, depProps(false)),
+		"DeploymentPage":   page("Deployment"),
+		"Edge": map[string]any{"type": "object", "required": []string{"id", "site", "address", "applied_revision", "last_seen"}, "properties": map[string]any{
+			"id": str(""), "site": str(""), "address": str(""), "applied_revision": map[string]any{"type": "integer", "minimum": 0}, "last_seen": ts}},
+		"AuditRecord": map[string]any{"type": "object", "description": "one request handled by an edge, or one admin action of the origin; never holds a secret",
+			"additionalProperties": true},
+		"Health": map[string]any{"type": "object", "properties": map[string]any{
+			"status": str("ok, or what is wrong"), "revision": map[string]any{"type": "integer"},
+			"published_revision": map[string]any{"type": "integer"}, "nats_connected": map[string]any{"type": "boolean"}}},
+	}
+}
+
+// apiOps lists every operation; the order is the document's.
+func apiOps() []apiOp {
+	const p = "/v1/projects/{p}"
+	limitCursor := []any{
+		queryParam("limit", "page size, 1-1000 (default 100)", map[string]any{"type": "integer", "minimum": 1, "maximum": 1000}),
+		queryParam("cursor", "next_cursor of the previous page", map[string]any{"type": "string"}),
+	}
+	w := event.PermWriteConfig
+	return []apiOp{
+		{method: "GET", path: "/health", id: "health", tag: "operations", summary: "Liveness and store health (503 when the store is unreachable)", status: 200, resp: ref("Health")},
+		{method: "GET", path: "/metrics", id: "metrics", tag: "operations", summary: "Prometheus metrics", status: 200, resp: map[string]any{"type": "string"}, contentType: "text/plain"},
+		{method: "GET", path: "/v1/openapi.json", id: "openapi", tag: "operations", summary: "This document", status: 200, resp: map[string]any{"type": "object"}},
+		{method: "POST", path: "/v1/auth/login", id: "login", tag: "auth", summary: "Exchange a user's credentials for a JWT (401 when wrong; 429 after repeated failures from one address)", body: "LoginRequest", status: 200, resp: ref("LoginResponse")},
+		{method: "GET", path: "/v1/signing-key", id: "signingKey", tag: "auth", summary: "The origin's Ed25519 public key", status: 200, resp: ref("SigningKey")},
+
+		{method: "POST", path: "/v1/projects", id: "createProject", tag: "projects", summary: "Create a project", perm: event.PermManageUsers, body: "ProjectCreate", status: 201, resp: ref("ProjectCreated")},
+		{method: "GET", path: "/v1/projects", id: "listProjects", tag: "projects", summary: "List projects (a project key sees its own only)", perm: w, status: 200, resp: ref("ProjectPage")},
+
+		{method: "POST", path: p + "/keys", id: "createKey", tag: "keys", summary: "Create a key; the answer carries the secret, the only time it is returned", perm: w, body: "KeyCreate", bodyOptional: true, status: 201, resp: ref("KeyWithSecret"), mutation: true},
+		{method: "GET", path: p + "/keys", id: "listKeys", tag: "keys", summary: "List keys, a page at a time", perm: w, params: limitCursor, status: 200, resp: ref("KeyPage")},
+		{method: "GET", path: p + "/keys/{id}", id: "getKey", tag: "keys", summary: "Get a key (never its secret)", perm: w, status: 200, resp: ref("Key")},
+		{method: "PATCH", path: p + "/keys/{id}", id: "updateKey", tag: "keys", summary: "Change any of a key's fields", perm: w, body: "KeyUpdate", status: 200, resp: ref("Key"), mutation: true},
+		{method: "DELETE", path: p + "/keys/{id}", id: "deleteKey", tag: "keys", summary: "Delete a key", perm: w, status: 204, mutation: true},
+		{method: "POST", path: p + "/keys/{id}/rotate", id: "rotateKey", tag: "keys", summary: "Give a key a new secret; the old one keeps working for grace_seconds", perm: w, body: "KeyRotate", bodyOptional: true, status: 200, resp: ref("KeyWithSecret"), mutation: true},
+
+		{method: "POST", path: p + "/deployments", id: "createDeployment", tag: "deployments", summary: "Create a deployment", perm: w, body: "DeploymentCreate", status: 201, resp: ref("Deployment"), mutation: true},
+		{method: "GET", path: p + "/deployments", id: "listDeployments", tag: "deployments", summary: "List deployments", perm: w, status: 200, resp: ref("DeploymentPage")},
+		{method: "GET", path: p + "/deployments/{id}", id: "getDeployment", tag: "deployments", summary: "Get a deployment by id or name", perm: w, status: 200, resp: ref("Deployment")},
+		{method: "PATCH", path: p + "/deployments/{id}", id: "updateDeployment", tag: "deployments", summary: "Change any of a deployment's fields", perm: w, body: "DeploymentUpdate", status: 200, resp: ref("Deployment"), mutation: true},
+		{method: "DELETE", path: p + "/deployments/{id}", id: "deleteDeployment", tag: "deployments", summary: "Delete a deployment", perm: w, status: 204, mutation: true},
+		{method: "GET", path: p + "/deployments/{id}/keys", id: "deploymentKeys", tag: "deployments", summary: "Keys linked to a deployment", perm: w, status: 200, resp: ref("KeyPage")},
+		{method: "PUT", path: p + "/deployments/{id}/keys/{key_id}", id: "linkKey", tag: "deployments", summary: "Link a key to a deployment", perm: w, status: 200, resp: ref("Key"), mutation: true},
+		{method: "DELETE", path: p + "/deployments/{id}/keys/{key_id}", id: "unlinkKey", tag: "deployments", summary: "Unlink a key from a deployment", perm: w, status: 200, resp: ref("Key"), mutation: true},
+
+		{method: "GET", path: "/v1/edges", id: "listEdges", tag: "edges", summary: "Edges and the revision each has applied", perm: event.PermReadMetrics, status: 200,
+			resp: map[string]any{"type": "array", "items": ref("Edge")}},
+		{method: "GET", path: "/v1/audit", id: "listAudit", tag: "audit", summary: "Audit records: edges' per-request records and the origin's admin actions", perm: event.PermViewAuditLogs, status: 200,
+			params: []any{
+				queryParam("project", "project id or name", map[string]any{"type": "string"}),
+				queryParam("key_id", "", map[string]any{"type": "string"}),
+				queryParam("deployment", "deployment id or name", map[string]any{"type": "string"}),
+				queryParam("since", "RFC 3339 time", map[string]any{"type": "string", "format": "date-time"}),
+				queryParam("limit", "", map[string]any{"type": "integer", "minimum": 1}),
+			},
+			resp: map[string]any{"type": "array", "items": ref("AuditRecord")}},
+	}
+}
+
+var pathParams = map[string]map[string]any{
+	"p":      {"name": "p", "in": "path", "required": true, "description": "project id or name", "schema": map[string]any{"type": "string"}},
+	"id":     {"name": "id", "in": "path", "required": true, "description": "key id (keys) or deployment id or name (deployments)", "schema": map[string]any{"type": "string"}},
+	"key_id": {"name": "key_id", "in": "path", "required": true, "description": "key id", "schema": map[string]any{"type": "string"}},
+}
+
+func errResp(desc string) map[string]any {
+	return map[string]any{"description": desc, "content": map[string]any{"application/json": map[string]any{"schema": ref("Error")}}}
+}
+
+// openAPIDocument builds the document.
+func openAPIDocument() map[string]any {
+	paths := map[string]any{}
+	revHeader := map[string]any{"X-Revision": map[string]any{"description": "the change's revision", "schema": map[string]any{"type": "integer"}}}
+	for _, o := range apiOps() {
+		var params []any
+		for _, seg := range strings.Split(o.path, "/") {
+			if strings.HasPrefix(seg, "{") {
+				params = append(params, pathParams[strings.Trim(seg, "{}")])
+			}
+		}
+		params = append(params, o.params...)
+		if o.mutation {
+			params = append(params, queryParam("wait", "hold the answer until every live edge has applied the change or this duration (e.g. 2s, at most 5m) passes; the body then reports propagation",
+				map[string]any{"type": "string", "example": "2s"}))
+		}
+		ok := map[string]any{"description": http.StatusText(o.status)}
+		if o.resp != nil {
+			ct := o.contentType
+			if ct == "" {
+				ct = "application/json"
+			}
+			ok["content"] = map[string]any{ct: map[string]any{"schema": o.resp}}
+		}
+		if o.mutation {
+			ok["headers"] = revHeader
+		}
+		responses := map[string]any{strconv.Itoa(o.status): ok}
+		if o.body != "" || len(o.params) > 0 || o.mutation {
+			responses["400"] = errResp("validation error; details names the field")
+		}
+		if o.body != "" {
+			responses["413"] = errResp("body too large")
+		}
+		if o.perm != "" {
+			responses["401"] = errResp("missing or invalid credentials")
+			responses["403"] = errResp("the key lacks " + o.perm + ", or belongs to another project")
+		}
+		if strings.Contains(o.path, "{") {
+			responses["404"] = errResp("no such project, key or deployment")
+		}
+		if o.id == "login" {
+			responses["401"] = errResp("wrong username or password")
+			responses["429"] = errResp("too many failed logins from this address")
+		}
+		if o.method == "POST" && (o.id == "createProject" || o.id == "createDeployment") || o.id == "updateDeployment" {
+			responses["409"] = errResp("the name is taken")
+		}
+		op := map[string]any{"operationId": o.id, "summary": o.summary, "tags": []string{o.tag}, "responses": responses}
+		if len(params) > 0 {
+			op["parameters"] = params
+		}
+		if o.perm == "" {
+			op["security"] = []any{}
+		} else {
+			op["description"] = "Needs permission " + o.perm + " (an admin user has all)."
+		}
+		if o.body != "" {
+			op["requestBody"] = map[string]any{"required": !o.bodyOptional,
+				"content": map[string]any{"application/json": map[string]any{"schema": ref(o.body)}}}
+		}
+		item, _ := paths[o.path].(map[string]any)
+		if item == nil {
+			item = map[string]any{}
+			paths[o.path] = item
+		}
+		item[strings.ToLower(o.method)] = op
+	}
+	return map[string]any{
+		"openapi": "3.1.0",
+		"info": map[string]any{
+			"title":   "keymesh origin admin API",
+			"version": "1",
+			"description": "The control plane of keymesh: projects, API keys and deployments. Every mutation answers with its revision " +
+				`("revision" in the body and header X-Revision) and accepts ?wait=<duration>. Errors share one shape: {"error": {code, message, type, details}}.`,
+		},
+		"servers": []any{map[string]any{"url": "/"}},
+		"security": []any{
+			map[string]any{"bearerAuth": []string{}},
+			map[string]any{"apiKeyHeader": []string{}},
+		},
+		"tags": []any{
+			map[string]any{"name": "auth"}, map[string]any{"name": "projects"}, map[string]any{"name": "keys"},
+			map[string]any{"name": "deployments"}, map[string]any{"name": "edges"}, map[string]any{"name": "audit"},
+			map[string]any{"name": "operations"},
+		},
+		"paths": paths,
+		"components": map[string]any{
+			"securitySchemes": map[string]any{
+				"bearerAuth": map[string]any{"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+					"description": "a JWT from POST /v1/auth/login, or a project API key holding the operation's permission"},
+				"apiKeyHeader": map[string]any{"type": "apiKey", "in": "header", "name": "X-API-Key",
+					"description": "a project API key holding the operation's permission; confined to its own project"},
+			},
+			"schemas": apiSchemas(),
+		},
+	}
+}
+
+var openAPIJSON = sync.OnceValues(func() ([]byte, error) { return json.Marshal(openAPIDocument()) })
+
+// handleOpenAPI serves GET /v1/openapi.json.
+func (s *Server) handleOpenAPI(c *call) error {
+	b, err := openAPIJSON()
+	if err != nil {
+		return err
+	}
+	c.w.Header().Set("Content-Type", "application/json")
+	c.w.Header().Set("Cache-Control", "public, max-age=300")
+	_, err = c.w.Write(b)
+	return err
+}
