@@ -4,16 +4,29 @@ GO      ?= go
 BIN     := bin
 DATA    ?= ./data
 
-.PHONY: default build test race vet fmt tidy run clean
+.PHONY: default build test test-deps fuzz race vet fmt tidy run clean
 
 default: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-## test: vet, then every test under the race detector.
-test: vet
+## test: vet, then every test under the race detector. The PostgreSQL store
+## tests use $KEYMESH_TEST_POSTGRES_URL or start their own throwaway cluster
+## (test-deps installs the Debian postgresql package when root and missing).
+test: vet test-deps
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+## test-deps: what the tests need besides Go (quiet when already there).
+test-deps:
+	@./scripts/pgtest.sh
+
+## fuzz: every fuzz target briefly (FUZZTIME each), seeds from testdata.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./apikey
+	$(GO) test -run '^$$' -fuzz '^FuzzCredential$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzParseBody$$' -fuzztime $(FUZZTIME) ./proxy
 
 race: test
 
@@ -34,3 +47,6 @@ run: build
 
 clean:
 	rm -rf $(BIN)
+
+# Targets of the deployment and benchmark tooling live beside this file.
+-include mk/*.mk

@@ -83,7 +83,7 @@ type Config struct {
 	// "./data/origin"). Created with mode 0700 if missing.
 	DataDir string
 	// Store is "" (SQLite at <DataDir>/origin.db), "sqlite://<path>", or
-	// "postgres://..." (reserved; not implemented yet).
+	// "postgres://..." (PostgreSQL; several origins may share one database).
 	Store string
 	// NATSURL is the URL(s) of an external NATS cluster with JetStream; ""
 	// starts an embedded NATS server with JetStream.

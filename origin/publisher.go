@@ -143,14 +143,69 @@ func (p *publisher) drain(ctx context.Context) error {
 		if len(evs) == 0 {
 			return nil
 		}
-		for _, e := range evs {
-			if err := p.publish(ctx, e); err != nil {
+		// Publish in order, then mark the run that reached the stream in
+		// one statement (a crash in between republishes; JetStream's
+		// Nats-Msg-Id and the expected sequence make that a no-op).
+		n, perr := p.publishBatch(ctx, evs)
+		if n > 0 {
+			if err := p.store.markPublishedRange(ctx, evs[0].Revision, evs[n-1].Revision); err != nil {
 				return err
 			}
+		}
+		if perr != nil {
+			return perr
 		}
 	}
 }
 
+// publishBatch pipelines evs to JetStream (asynchronous publishes, acks
+// awaited in order) and returns how many leading events the stream now holds
+// at their revision. Each publish expects the previous revision as the
+// stream's last sequence, so a publish can only land right after its
+// predecessor: from the first one refused (or not sent) on, the rest go
+// through publish, which also sorts out events already in the stream and a
+// stream that lost events.
+func (p *publisher) publishBatch(ctx context.Context, evs []outboxEvent) (int, error) {
+	futs := make([]jetstream.PubAckFuture, 0, len(evs))
+	for _, e := range evs {
+		f, err := p.js.PublishMsgAsync(&nats.Msg{Subject: e.Subject, Data: e.Payload},
+			jetstream.WithMsgID(strconv.FormatUint(e.Revision, 10)),
+			jetstream.WithExpectLastSequence(e.Revision-1))
+		if err != nil {
+			break
+		}
+		futs = append(futs, f)
+	}
+	n := 0
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+acks:
+	for i, f := range futs {
+		select {
+		case ack := <-f.Ok():
+			if ack.Sequence != evs[i].Revision {
+				return n, errors.New("stream sequence differs from revision " + strconv.FormatUint(evs[i].Revision, 10) + " (got " + strconv.FormatUint(ack.Sequence, 10) + ")")
+			}
+			n++
+		case <-f.Err():
+			break acks
+		case <-timer.C:
+			break acks
+		case <-ctx.Done():
+			return n, ctx.Err()
+		}
+	}
+	for _, e := range evs[n:] {
+		if err := p.publish(ctx, e); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// publish sends e and returns nil once the stream holds it at sequence
+// e.Revision (sent now, or found there already); the caller marks it.
 func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -161,7 +216,7 @@ func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 		if ack.Sequence != e.Revision {
 			return errors.New("stream sequence differs from revision " + strconv.FormatUint(e.Revision, 10) + " (got " + strconv.FormatUint(ack.Sequence, 10) + ")")
 		}
-		return p.store.markPublished(ctx, e.Revision)
+		return nil
 	}
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
@@ -184,7 +239,7 @@ func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 			return errors.New("stream content conflicts with the store")
 		}
 		// Same bytes, or already purged by limits: it was published.
-		return p.store.markPublished(ctx, e.Revision)
+		return nil
 	}
 	p.log.Warn("event stream is behind the store; republishing", "stream_last_seq", last, "revision", e.Revision)
 	if err := p.store.markUnpublishedAfter(ctx, last); err != nil {

@@ -1,11 +1,13 @@
 package origin
 
-// All SQL of the origin lives in this file. Statements are written in the
+// The origin's queries live in this file, shared by both dialects; the DDL
+// and the opening of each database are in store_sqlite.go and
+// store_postgres.go. Statements are written in the
 // common subset of SQLite and PostgreSQL: "?" placeholders (rebound to $n by
 // Store.q for PostgreSQL), TEXT timestamps in RFC 3339 UTC, JSON in TEXT
 // columns, INTEGER booleans, and UPDATE ... RETURNING for the revision
 // counter (which also serialises writers on PostgreSQL through its row lock).
-// Only the DDL and the DSN handling differ per dialect.
+// Reads that must agree with a revision go through readTx (one snapshot).
 
 import (
 	"context"
@@ -13,18 +15,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/event"
-
-	_ "modernc.org/sqlite" // driver "sqlite"
 )
 
 type dialect int
@@ -34,78 +33,6 @@ const (
 	dialectPostgres
 )
 
-const sqliteSchema = `
-CREATE TABLE IF NOT EXISTS counters (
-	name  TEXT PRIMARY KEY,
-	value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS users (
-	id            TEXT PRIMARY KEY,
-	username      TEXT NOT NULL UNIQUE,
-	password_hash TEXT NOT NULL,
-	created_at    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS projects (
-	id         TEXT PRIMARY KEY,
-	name       TEXT NOT NULL UNIQUE,
-	created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keys (
-	id          TEXT PRIMARY KEY,
-	project_id  TEXT NOT NULL REFERENCES projects(id),
-	name        TEXT NOT NULL,
-	description TEXT NOT NULL,
-	prefix      TEXT NOT NULL,
-	permissions TEXT NOT NULL,
-	expires_at  TEXT,
-	rate_limit  TEXT,
-	disabled    INTEGER NOT NULL,
-	created_at  TEXT NOT NULL,
-	updated_at  TEXT NOT NULL,
-	revision    INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS keys_project ON keys(project_id, id);
-CREATE TABLE IF NOT EXISTS key_secrets (
-	hash      BLOB PRIMARY KEY,
-	key_id    TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
-	not_after TEXT
-);
-CREATE INDEX IF NOT EXISTS key_secrets_key ON key_secrets(key_id);
-CREATE TABLE IF NOT EXISTS deployments (
-	id                 TEXT PRIMARY KEY,
-	project_id         TEXT NOT NULL REFERENCES projects(id),
-	name               TEXT NOT NULL,
-	hosts              TEXT NOT NULL,
-	path_prefix        TEXT NOT NULL,
-	upstreams          TEXT NOT NULL,
-	auth_enabled       INTEGER NOT NULL,
-	invalid_key_status INTEGER NOT NULL,
-	upstream_auth      TEXT,
-	rate_limit         TEXT,
-	max_body_bytes     INTEGER NOT NULL,
-	max_prompt_chars   INTEGER NOT NULL,
-	created_at         TEXT NOT NULL,
-	updated_at         TEXT NOT NULL,
-	revision           INTEGER NOT NULL,
-	UNIQUE (project_id, name)
-);
-CREATE TABLE IF NOT EXISTS links (
-	key_id        TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
-	deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
-	PRIMARY KEY (key_id, deployment_id)
-);
-CREATE INDEX IF NOT EXISTS links_deployment ON links(deployment_id);
-CREATE TABLE IF NOT EXISTS events (
-	revision   INTEGER PRIMARY KEY,
-	subject    TEXT NOT NULL,
-	payload    BLOB NOT NULL,
-	created_at TEXT NOT NULL,
-	published  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_unpublished ON events(published, revision);
-INSERT INTO counters (name, value) VALUES ('revision', 0) ON CONFLICT (name) DO NOTHING;
-`
-
 // Store is the origin's persistent state. Every mutation runs in one
 // transaction that also takes the next revision and writes the sealed event
 // (the transactional outbox).
@@ -114,63 +41,68 @@ type Store struct {
 	dialect  dialect
 	seal     func(*event.Record) ([]byte, error)
 	onCommit func(rev uint64)
+
+	// wmu queues this process's SQLite writers in Go: SQLite allows one
+	// writer, and a writer finding the database locked waits in SQLite's
+	// busy handler, which sleeps up to 100 ms between attempts. Unused on
+	// PostgreSQL (the revision row lock orders writers there).
+	wmu sync.Mutex
+}
+
+// lockWrites serialises write transactions on SQLite (see wmu); the
+// returned function releases. Same-package writers (other than mutate and
+// the outbox marks, which take it already) should hold it too.
+func (s *Store) lockWrites() func() {
+	if s.dialect != dialectSQLite {
+		return func() {}
+	}
+	s.wmu.Lock()
+	return s.wmu.Unlock
 }
 
 // checkStoreDSN refuses a store the origin cannot open, before anything is
 // created. The DSN is never echoed: it may hold a password.
 func checkStoreDSN(dsn string) error {
 	switch {
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
-		return fmt.Errorf("%w: the PostgreSQL store is not implemented yet", ErrInvalidConfig)
+	case isPostgresDSN(dsn):
+		return nil
 	case strings.Contains(dsn, "://") && !strings.HasPrefix(dsn, "sqlite://"):
 		return fmt.Errorf("%w: unsupported store scheme (want sqlite:// or postgres://)", ErrInvalidConfig)
 	}
 	return nil
 }
 
-// openStore opens the store named by dsn ("" or "sqlite://path" or a plain
-// path; postgres:// is reserved for the PostgreSQL store).
+func isPostgresDSN(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// openStore opens the store named by dsn: "" (SQLite at
+// <dataDir>/origin.db), "sqlite://path" or a plain path (SQLite), or
+// "postgres://..." / "postgresql://..." (PostgreSQL).
 func openStore(dsn, dataDir string) (*Store, error) {
-	var path string
 	switch {
 	case dsn == "":
-		path = filepath.Join(dataDir, "origin.db")
+		return openSQLite(filepath.Join(dataDir, "origin.db"))
 	case strings.HasPrefix(dsn, "sqlite://"):
-		path = strings.TrimPrefix(dsn, "sqlite://")
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
-		return nil, fmt.Errorf("%w: the PostgreSQL store is not implemented yet", ErrInvalidConfig)
+		return openSQLite(strings.TrimPrefix(dsn, "sqlite://"))
+	case isPostgresDSN(dsn):
+		return openPostgres(dsn)
 	case strings.Contains(dsn, "://"):
 		return nil, fmt.Errorf("%w: unsupported store scheme (want sqlite:// or postgres://)", ErrInvalidConfig)
 	default:
-		path = dsn
+		return openSQLite(dsn)
 	}
-	if path == "" {
-		return nil, fmt.Errorf("%w: empty sqlite path", ErrInvalidConfig)
+}
+
+// readTx begins a read-only transaction whose reads all see one snapshot:
+// SQLite's deferred read transaction (WAL) does so at any level; PostgreSQL
+// needs REPEATABLE READ (READ COMMITTED takes a snapshot per statement).
+func (s *Store) readTx(ctx context.Context) (*sql.Tx, error) {
+	opts := &sql.TxOptions{ReadOnly: true}
+	if s.dialect == dialectPostgres {
+		opts.Isolation = sql.LevelRepeatableRead
 	}
-	if dir := filepath.Dir(path); dir != "" {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("creating store directory: %w", err)
-		}
-	}
-	q := url.Values{}
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "busy_timeout(10000)")
-	q.Add("_pragma", "foreign_keys(1)")
-	q.Add("_pragma", "synchronous(NORMAL)")
-	q.Set("_txlock", "immediate")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		return nil, fmt.Errorf("opening sqlite store: %w", err)
-	}
-	db.SetMaxOpenConns(8)
-	db.SetMaxIdleConns(8)
-	db.SetConnMaxIdleTime(0)
-	s := &Store{db: db, dialect: dialectSQLite}
-	if _, err := db.Exec(sqliteSchema); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("creating sqlite schema: %w", err)
-	}
-	return s, nil
+	return s.db.BeginTx(ctx, opts)
 }
 
 // Close closes the database.
@@ -259,6 +191,8 @@ func (s *Store) userCount(ctx context.Context) (int, error) {
 }
 
 func (s *Store) createUser(ctx context.Context, username, passwordHash string) error {
+	unlock := s.lockWrites()
+	defer unlock()
 	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)`),
 		newID("usr"), username, passwordHash, ts(time.Now()))
 	if err != nil {
@@ -277,12 +211,16 @@ func (s *Store) userPassword(ctx context.Context, username string) (id, hash str
 }
 
 func (s *Store) ensureProject(ctx context.Context, name string) error {
+	unlock := s.lockWrites()
+	defer unlock()
 	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`),
 		newID("prj"), name, ts(time.Now()))
 	return err
 }
 
 func (s *Store) createProject(ctx context.Context, name string) (*Project, error) {
+	unlock := s.lockWrites()
+	defer unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, err
@@ -297,6 +235,9 @@ func (s *Store) createProject(ctx context.Context, name string) (*Project, error
 	}
 	p := &Project{ID: newID("prj"), Name: name, CreatedAt: time.Now().UTC()}
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)`), p.ID, p.Name, ts(p.CreatedAt)); err != nil {
+		if isUniqueViolation(err) { // created meanwhile by another origin
+			return nil, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+		}
 		return nil, err
 	}
 	return p, tx.Commit()
@@ -343,6 +284,8 @@ func (s *Store) project(ctx context.Context, ref string) (*Project, error) {
 // record fn returns (with Revision and Time filled in here) is sealed and
 // stored as the event of that revision.
 func (s *Store) mutate(ctx context.Context, fn func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error)) (uint64, error) {
+	unlock := s.lockWrites()
+	defer unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("beginning transaction: %w", err)
@@ -405,13 +348,23 @@ func (s *Store) unpublished(ctx context.Context, limit int) ([]outboxEvent, erro
 }
 
 func (s *Store) markPublished(ctx context.Context, rev uint64) error {
-	_, err := s.db.ExecContext(ctx, s.q(`UPDATE events SET published = 1 WHERE revision = ?`), rev)
+	return s.markPublishedRange(ctx, rev, rev)
+}
+
+// markPublishedRange marks the events from first to last (inclusive)
+// published, in one statement.
+func (s *Store) markPublishedRange(ctx context.Context, first, last uint64) error {
+	unlock := s.lockWrites()
+	defer unlock()
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE events SET published = 1 WHERE revision >= ? AND revision <= ? AND published = 0`), first, last)
 	return err
 }
 
 // markUnpublishedAfter queues every event after rev again (the stream lost
 // them, e.g. it was deleted and recreated).
 func (s *Store) markUnpublishedAfter(ctx context.Context, rev uint64) error {
+	unlock := s.lockWrites()
+	defer unlock()
 	_, err := s.db.ExecContext(ctx, s.q(`UPDATE events SET published = 0 WHERE revision > ?`), rev)
 	return err
 }
@@ -547,7 +500,7 @@ func (s *Store) loadKey(ctx context.Context, q querier, projectID, id string) (*
 }
 
 func (s *Store) getKey(ctx context.Context, projectID, id string) (*Key, error) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := s.readTx(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -557,7 +510,7 @@ func (s *Store) getKey(ctx context.Context, projectID, id string) (*Key, error) 
 
 // listKeys returns up to limit keys with id > after, and whether more exist.
 func (s *Store) listKeys(ctx context.Context, projectID, after string, limit int) ([]*Key, bool, error) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := s.readTx(ctx)
 	if err != nil {
 		return nil, false, err
 	}
@@ -771,7 +724,7 @@ func (s *Store) deleteKey(ctx context.Context, projectID, id string) (uint64, er
 // keyByHash returns the key owning hash h and that secret's end, in one read
 // transaction together with the current revision.
 func (s *Store) keyByHash(ctx context.Context, h apikey.Hash) (rev uint64, k *Key, notAfter *time.Time, err error) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := s.readTx(ctx)
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -909,6 +862,9 @@ func (s *Store) writeDeployment(ctx context.Context, tx *sql.Tx, d *event.Deploy
 		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, updated_at = ? WHERE id = ?`),
 			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, ts(now), d.ID)
 	}
+	if isUniqueViolation(err) {
+		return fmt.Errorf("%w: a deployment named %q exists in this project", ErrConflict, d.Name)
+	}
 	if err != nil {
 		return fmt.Errorf("writing deployment: %w", err)
 	}
@@ -1009,7 +965,7 @@ func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bo
 
 // deploymentKeys lists the keys linked to a deployment.
 func (s *Store) deploymentKeys(ctx context.Context, projectID, depRef string) ([]*Key, error) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := s.readTx(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -1046,7 +1002,7 @@ func (s *Store) deploymentKeys(ctx context.Context, projectID, depRef string) ([
 // snapshot returns the current revision and every live deployment, read in
 // one transaction.
 func (s *Store) snapshot(ctx context.Context) (uint64, []event.Deployment, error) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := s.readTx(ctx)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -15,8 +16,8 @@ import (
 )
 
 // storeOpener opens a fresh, empty store sealing with signer. The suite
-// below runs against every store implementation (SQLite now; PostgreSQL
-// gets an opener here when it exists).
+// below runs against every store implementation: SQLite here, PostgreSQL in
+// postgres_test.go (TestStorePostgres).
 type storeOpener func(t *testing.T, seal func(*event.Record) ([]byte, error)) *Store
 
 func openTestSQLite(t *testing.T, seal func(*event.Record) ([]byte, error)) *Store {
@@ -196,6 +197,69 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		}
 	})
 
+	t.Run("concurrent writers get gap-free revisions in commit order", func(t *testing.T) {
+		st, p := setup(t)
+		stop, watch := make(chan struct{}), make(chan error, 1)
+		go func() { watch <- watchRevisionPrefix(st, stop) }()
+		const writers, each = 6, 20
+		errs := make(chan error, writers)
+		for range writers {
+			go func() {
+				for range each {
+					k, h := newKey(p)
+					if _, err := st.createKey(ctx, k, h, nil); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range writers {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		close(stop)
+		if err := <-watch; err != nil {
+			t.Fatal(err)
+		}
+		if recs := events(t, st); len(recs) != writers*each { // checks 1..n in order
+			t.Fatalf("%d events", len(recs))
+		}
+	})
+
+	t.Run("keys page bytewise by id", func(t *testing.T) {
+		st, p := setup(t)
+		ids := []string{"key_a", "key_B", "key-c", "key_C", "key_0", "key__"}
+		for _, id := range ids {
+			k, h := newKey(p)
+			k.ID = id
+			if _, err := st.createKey(ctx, k, h, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		slices.Sort(ids) // Go sorts strings bytewise
+		var got []string
+		after := ""
+		for {
+			page, more, err := st.listKeys(ctx, p.ID, after, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range page {
+				got = append(got, k.ID)
+			}
+			if !more {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+		if !slices.Equal(got, ids) {
+			t.Fatalf("paged %v, want %v", got, ids)
+		}
+	})
+
 	t.Run("only hashes stored", func(t *testing.T) {
 		st, p := setup(t)
 		k, h := newKey(p)
@@ -214,6 +278,26 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 	})
 }
 
+// watchRevisionPrefix checks, until stop closes, that the committed events
+// are always exactly revisions 1..max: a later revision never becomes
+// visible before an earlier one (what the publisher relies on).
+func watchRevisionPrefix(st *Store, stop <-chan struct{}) error {
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		var n, max int64
+		if err := st.db.QueryRow(`SELECT COUNT(*), COALESCE(MAX(revision), 0) FROM events`).Scan(&n, &max); err != nil {
+			return err
+		}
+		if n != max {
+			return fmt.Errorf("%d events visible up to revision %d: a later revision committed before an earlier one", n, max)
+		}
+	}
+}
+
 func sortedIDs(ids ...string) []string {
 	slices.Sort(ids)
 	return ids
@@ -223,5 +307,35 @@ func TestRebindForPostgres(t *testing.T) {
 	st := &Store{dialect: dialectPostgres}
 	if got := st.q(`SELECT a FROM t WHERE x = ? AND y = ?`); got != `SELECT a FROM t WHERE x = $1 AND y = $2` {
 		t.Fatal(got)
+	}
+}
+
+// A committed change must survive a power loss: WAL with synchronous=FULL
+// (NORMAL may lose the last commits in WAL mode), on every pooled
+// connection.
+func TestSQLiteDurablePragmas(t *testing.T) {
+	st := openTestSQLite(t, nil)
+	ctx := context.Background()
+	conns := make([]*sql.Conn, 3) // hold several so each is a distinct connection
+	for i := range conns {
+		c, err := st.db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	for i, c := range conns {
+		var sync int
+		var journal string
+		if err := c.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&sync); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&journal); err != nil {
+			t.Fatal(err)
+		}
+		if sync != 2 || journal != "wal" {
+			t.Fatalf("connection %d: synchronous=%d journal_mode=%s, want 2 (FULL) and wal", i, sync, journal)
+		}
 	}
 }

@@ -23,9 +23,9 @@ type router struct {
 
 type route struct {
 	dep       *event.Deployment
-	exact     []string // lower-case host names
-	suffixes  []string // ".example.com" for "*.example.com"
-	prefix    string
+	exact     [][]byte // lower-case host names
+	suffixes  [][]byte // ".example.com" for "*.example.com"
+	prefix    []byte
 	upstreams []*upstream // for this edge's site, else "*"
 	next      atomic.Uint32
 }
@@ -40,16 +40,16 @@ type upstream struct {
 func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *prometheus.HistogramVec) *router {
 	r := &router{deps: deps}
 	for _, d := range deps.List() {
-		rt := &route{dep: d, prefix: d.PathPrefix}
-		if rt.prefix == "" {
-			rt.prefix = "/"
+		rt := &route{dep: d, prefix: []byte(d.PathPrefix)}
+		if len(rt.prefix) == 0 {
+			rt.prefix = []byte("/")
 		}
 		for _, h := range d.Hosts {
 			h = strings.ToLower(h)
 			if s, ok := strings.CutPrefix(h, "*"); ok {
-				rt.suffixes = append(rt.suffixes, s)
+				rt.suffixes = append(rt.suffixes, []byte(s))
 			} else {
-				rt.exact = append(rt.exact, h)
+				rt.exact = append(rt.exact, []byte(h))
 			}
 		}
 		list, ok := d.Upstreams[site]
@@ -90,8 +90,8 @@ func (r *router) match(host, path []byte) *route {
 	return best
 }
 
-func prefixMatch(path []byte, prefix string) bool {
-	if !bytes.HasPrefix(path, []byte(prefix)) {
+func prefixMatch(path, prefix []byte) bool {
+	if !bytes.HasPrefix(path, prefix) {
 		return false
 	}
 	// "/v1" matches "/v1" and "/v1/...", not "/v10".
@@ -103,12 +103,12 @@ func (rt *route) hostScore(host []byte) int {
 		return 1
 	}
 	for _, h := range rt.exact {
-		if bytes.EqualFold(host, []byte(h)) {
+		if bytes.EqualFold(host, h) {
 			return 3
 		}
 	}
 	for _, s := range rt.suffixes {
-		if len(host) > len(s) && bytes.EqualFold(host[len(host)-len(s):], []byte(s)) {
+		if len(host) > len(s) && bytes.EqualFold(host[len(host)-len(s):], s) {
 			return 2
 		}
 	}

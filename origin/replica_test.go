@@ -1,0 +1,216 @@
+package origin
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+)
+
+// Two origins on one PostgreSQL and one NATS, written to concurrently: the
+// revisions they hand out are unique and gap-free, become visible in
+// revision order (never a later one before an earlier), every revision is in
+// the stream exactly once at sequence == revision, and both answer lookups
+// in the queue group.
+func TestReplicasShareRevisionsAndLookups(t *testing.T) {
+	dsn := postgresDSN(t)
+	ns := startExternalNATS(t, t.TempDir(), -1)
+
+	cfgA := testConfig(t.TempDir())
+	cfgA.Store, cfgA.NATSURL = dsn, ns.url
+	a := startServer(t, cfgA)
+	// The replica signs with the same key (edges trust one origin key) and
+	// accepts the same admin tokens.
+	cfgB := testConfig(t.TempDir())
+	cfgB.Store, cfgB.NATSURL = dsn, ns.url
+	for _, f := range []string{"signing.key", "jwt.key"} {
+		b, err := os.ReadFile(filepath.Join(cfgA.DataDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cfgB.DataDir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := startServer(t, cfgB)
+	if !bytes.Equal(a.PublicKey(), b.PublicKey()) {
+		t.Fatal("replicas sign with different keys")
+	}
+	ca, cb := newClient(t, a), newClient(t, b)
+
+	// A watcher checks that the committed events are always exactly the
+	// revisions 1..max: no later revision is visible before an earlier one.
+	stopWatch := make(chan struct{})
+	var watchErr atomic.Value
+	var watched atomic.Int64
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for {
+			select {
+			case <-stopWatch:
+				return
+			default:
+			}
+			var n, max int64
+			if err := b.store.db.QueryRow(`SELECT COUNT(*), COALESCE(MAX(revision), 0) FROM events`).Scan(&n, &max); err != nil {
+				watchErr.Store(err)
+				return
+			}
+			if n != max {
+				watchErr.Store(fmt.Errorf("%d events visible up to revision %d: a later revision committed before an earlier one", n, max))
+				return
+			}
+			watched.Add(1)
+		}
+	}()
+
+	const writers, perWriter = 4, 50
+	const total = writers * perWriter
+	type created struct {
+		id  string
+		rev uint64
+		key string
+	}
+	results := make(chan created, total)
+	errs := make(chan error, total)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				c := ca
+				if (w+i)%2 == 1 {
+					c = cb
+				}
+				var k keyResp
+				if err := postJSON(c, "/v1/projects/default/keys", map[string]any{"name": fmt.Sprintf("w%d-%d", w, i)}, &k, 201); err != nil {
+					errs <- err
+					return
+				}
+				results <- created{k.ID, k.Revision, *k.Key}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopWatch)
+	<-watchDone
+	close(results)
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err, _ := watchErr.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("watcher checked %d snapshots while writing", watched.Load())
+
+	byRev := map[uint64]created{}
+	for r := range results {
+		if prev, dup := byRev[r.rev]; dup {
+			t.Fatalf("revision %d given to %s and %s", r.rev, prev.id, r.id)
+		}
+		byRev[r.rev] = r
+	}
+	for rev := uint64(1); rev <= total; rev++ {
+		if _, ok := byRev[rev]; !ok {
+			t.Fatalf("revision %d missing (gap); %d revisions handed out", rev, len(byRev))
+		}
+	}
+
+	// Both publishers drained the one outbox; the stream has each revision
+	// once, at its own sequence, holding the key created at it.
+	recs := streamRecords(t, a, total)
+	for _, r := range recs {
+		if r.Kind != event.KindKey || r.Key.ID != byRev[r.Revision].id {
+			t.Fatalf("stream revision %d holds %+v, want key %s", r.Revision, r.Key, byRev[r.Revision].id)
+		}
+	}
+	waitFor(t, "both origins to see everything published", func() bool {
+		return a.PublishedRevision() == total && b.PublishedRevision() == total
+	})
+
+	// Both origins are in the lookup queue group and both answer.
+	nc := connect(t, a)
+	v, err := event.NewVerifier(a.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range byRev {
+		if n++; n > 60 {
+			break
+		}
+		h, err := apikey.ParseString(c.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := nc.Request(event.LookupKeySubject, h[:], 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := v.Open(m.Data)
+		if err != nil {
+			t.Fatalf("lookup reply: %v (%s)", err, m.Header.Get(event.ErrorHeader))
+		}
+		if r.Kind != event.KindKey || r.Key.ID != c.id || r.Revision != total {
+			t.Fatalf("lookup of %s: %+v", c.id, r)
+		}
+	}
+	for name, s := range map[string]*Server{"a": a, "b": b} {
+		if d := lookupDelivered(s); d == 0 {
+			t.Errorf("origin %s answered no lookups of %d", name, n)
+		}
+	}
+}
+
+// lookupDelivered counts the key lookups s's responder has received.
+func lookupDelivered(s *Server) int64 {
+	var n int64
+	for _, sub := range s.subs {
+		if sub.Subject == event.LookupKeySubject {
+			d, _ := sub.Delivered()
+			n += d
+		}
+	}
+	return n
+}
+
+// postJSON posts body with c's token and decodes a want-status reply into
+// out; unlike client.do it is safe off the test goroutine.
+func postJSON(c *client, path string, body, out any, want int) error {
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequest("POST", c.base+path, bytes.NewReader(raw))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		return fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, b)
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
