@@ -535,33 +535,39 @@ func newEntry(k *event.Key, rev uint64, now time.Time, g uint32, s event.Secret)
 // revision is ignored, one beyond the next returns ErrGap and changes
 // nothing. Anything not signed by the origin is refused and counted.
 func (v *View) Apply(wire []byte) error {
+	_, err := v.apply(wire)
+	return err
+}
+
+// apply is Apply, also returning the record's revision once verified.
+func (v *View) apply(wire []byte) (uint64, error) {
 	rec, err := v.open(wire)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
 	cur := v.applied.Load()
 	switch {
 	case rec.Revision <= cur:
-		return nil
+		return rec.Revision, nil
 	case rec.Revision != cur+1:
 		// Changes were lost: nothing cached can be proven current any more.
 		v.floor.Store(max(v.floor.Load(), rec.Revision-1))
 		v.negFloor.Store(max(v.negFloor.Load(), rec.Revision-1))
-		return &GapError{Have: cur, Got: rec.Revision}
+		return rec.Revision, &GapError{Have: cur, Got: rec.Revision}
 	}
 	switch rec.Kind {
 	case event.KindKey:
 		if rec.Key == nil {
 			v.rejected.Add(1)
-			return fmt.Errorf("%w: key record without key", event.ErrMalformed)
+			return 0, fmt.Errorf("%w: key record without key", event.ErrMalformed)
 		}
 		v.applyKey(rec.Key, rec.Revision)
 	case event.KindDeployment:
 		if rec.Deployment == nil {
 			v.rejected.Add(1)
-			return fmt.Errorf("%w: deployment record without deployment", event.ErrMalformed)
+			return 0, fmt.Errorf("%w: deployment record without deployment", event.ErrMalformed)
 		}
 		if rec.Revision > v.depFloor {
 			v.deps.Store(v.deps.Load().with(rec.Deployment, rec.Revision))
@@ -573,8 +579,12 @@ func (v *View) Apply(wire []byte) error {
 	v.appliedN.Add(1)
 	v.applied.Store(rec.Revision) // last: publishes everything above
 	v.caughtUp(rec.Revision)
-	return nil
+	return rec.Revision, nil
 }
+
+// Verify checks a sealed record's signature and decodes it, counting a
+// failure as rejected. It changes nothing.
+func (v *View) Verify(wire []byte) (*event.Record, error) { return v.open(wire) }
 
 func (v *View) open(wire []byte) (*event.Record, error) {
 	rec, err := v.cfg.Verifier.Open(wire)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,6 +30,9 @@ type FeedConfig struct {
 	// RetryInterval is the pause before reconnecting the event stream after
 	// an error. Default 500ms.
 	RetryInterval time.Duration
+	// OnVerified, if set, is given every record once it is verified (from
+	// the stream or offered by a peer), so it can be gossiped on.
+	OnVerified func(rev uint64, wire []byte)
 	// Logger receives progress and errors. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -47,7 +51,12 @@ type Feed struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	hbSub  *nats.Subscription
-	saved  uint64
+
+	applyMu        sync.Mutex        // one applier at a time: stream or gossip
+	pending        map[uint64][]byte // verified records ahead of a gap
+	gossipRejected atomic.Uint64
+	pendingDropped atomic.Uint64
+	saved          uint64
 }
 
 // NATSLookup returns a Lookup that asks the origin's lookup responders over
@@ -91,7 +100,8 @@ func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening jetstream: %w", err)
 	}
-	f := &Feed{v: v, cfg: cfg, log: cfg.Logger, js: js, synced: make(chan struct{}), done: make(chan struct{})}
+	f := &Feed{v: v, cfg: cfg, log: cfg.Logger, js: js, synced: make(chan struct{}), done: make(chan struct{}),
+		pending: map[uint64][]byte{}}
 	if cfg.StatePath != "" {
 		s, ok, err := LoadState(cfg.StatePath)
 		if err != nil {
@@ -168,7 +178,7 @@ func (f *Feed) run(ctx context.Context) {
 // error or ctx ends.
 func (f *Feed) consume(ctx context.Context) error {
 	if !f.v.HasSnapshot() {
-		if err := f.resync(ctx, 0); err != nil {
+		if err := f.lockedResync(ctx, 0); err != nil {
 			return err
 		}
 	}
@@ -180,7 +190,7 @@ func (f *Feed) consume(ctx context.Context) error {
 	if next := f.v.AppliedRevision() + 1; st.FirstSeq > next && st.LastSeq >= next {
 		f.log.Warn("events lost from the stream; dropping cached state",
 			"applied", next-1, "stream_first", st.FirstSeq)
-		if err := f.resync(ctx, st.FirstSeq-1); err != nil {
+		if err := f.lockedResync(ctx, st.FirstSeq-1); err != nil {
 			return err
 		}
 	}
@@ -204,23 +214,109 @@ func (f *Feed) consume(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("reading events: %w", err)
 		}
-		err = f.v.Apply(msg.Data())
-		var gap *GapError
-		if errors.As(err, &gap) {
-			f.log.Warn("revision gap in the event stream; dropping cached state", "applied", gap.Have, "next", gap.Got)
-			if err := f.resync(ctx, gap.Got-1); err != nil {
-				return err
-			}
-			err = f.v.Apply(msg.Data())
-		}
-		if err != nil {
-			// A record that fails verification is dropped (and counted by
-			// the View); the revision it held then shows up as a gap.
-			f.log.Warn("dropping event", "err", err)
+		if err := f.fromStream(ctx, msg.Data()); err != nil {
+			return err
 		}
 	}
 }
 
+// fromStream applies one record from the JetStream stream, whose order is
+// the revision order: a revision missing there is lost for good, so a gap
+// means resynchronising. Records that fail verification are dropped (and
+// counted by the View); their revision then shows up as a gap.
+func (f *Feed) fromStream(ctx context.Context, wire []byte) error {
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	rev, err := f.v.apply(wire)
+	var gap *GapError
+	if errors.As(err, &gap) {
+		f.log.Warn("revision gap in the event stream; dropping cached state", "applied", gap.Have, "next", gap.Got)
+		if err := f.resync(ctx, gap.Got-1); err != nil {
+			return err
+		}
+		rev, err = f.v.apply(wire)
+	}
+	if err != nil {
+		f.log.Warn("dropping event", "err", err)
+		return nil
+	}
+	f.applied(rev, wire)
+	return nil
+}
+
+// Offer takes a record from a gossip peer, which may come in any order:
+// it is verified at once (a forged one goes no further), applied if it is
+// the next revision, else held (bounded) until the ones before it arrive
+// from the stream or from peers.
+func (f *Feed) Offer(rev uint64, wire []byte) {
+	rec, err := f.v.Verify(wire)
+	if err != nil || rec.Revision != rev {
+		f.gossipRejected.Add(1)
+		return
+	}
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	switch applied := f.v.AppliedRevision(); {
+	case rev <= applied:
+		return
+	case rev == applied+1:
+		if _, err := f.v.apply(wire); err != nil {
+			f.log.Warn("dropping gossiped event", "revision", rev, "err", err)
+			return
+		}
+		f.applied(rev, wire)
+	default:
+		if len(f.pending) >= maxPending {
+			f.pendingDropped.Add(1)
+			return
+		}
+		f.pending[rev] = wire
+		if f.cfg.OnVerified != nil {
+			f.cfg.OnVerified(rev, wire)
+		}
+	}
+}
+
+// maxPending bounds the gossiped records held for an earlier gap.
+const maxPending = 4096
+
+// applied runs after rev is applied, with applyMu held: it passes the
+// record on and applies any held records that now follow.
+func (f *Feed) applied(rev uint64, wire []byte) {
+	if f.cfg.OnVerified != nil {
+		f.cfg.OnVerified(rev, wire)
+	}
+	for {
+		next := f.v.AppliedRevision() + 1
+		w, ok := f.pending[next]
+		if !ok {
+			break
+		}
+		delete(f.pending, next)
+		if _, err := f.v.apply(w); err != nil {
+			f.log.Warn("dropping held event", "revision", next, "err", err)
+			break
+		}
+	}
+	for r := range f.pending {
+		if r <= f.v.AppliedRevision() {
+			delete(f.pending, r)
+		}
+	}
+}
+
+// GossipStats reports records refused from peers and held ones dropped.
+func (f *Feed) GossipStats() (rejected, dropped uint64) {
+	return f.gossipRejected.Load(), f.pendingDropped.Load()
+}
+
+func (f *Feed) lockedResync(ctx context.Context, resume uint64) error {
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	return f.resync(ctx, resume)
+}
+
+// resync takes a snapshot; applyMu must be held.
 func (f *Feed) resync(ctx context.Context, resume uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.RequestTimeout)
 	defer cancel()
