@@ -19,6 +19,18 @@ const (
 	// OriginHeartbeatSubject carries the origin's sealed KindHeartbeat
 	// records, published every heartbeat interval by every replica.
 	OriginHeartbeatSubject = "keymesh.origin.heartbeat"
+	// EdgeHeartbeatSubject carries every edge's unsigned JSON heartbeat
+	// (id, site, address, applied revision), published over core NATS every
+	// heartbeat interval and soon after the edge applies new revisions. Every
+	// origin replica subscribes (no queue group). Heartbeats are not signed:
+	// they can only delay a ?wait, never grant access.
+	EdgeHeartbeatSubject = "keymesh.edge.heartbeat"
+	// EdgeAuditSubject carries edges' per-request audit records, a JSON
+	// array per message, over core NATS (at most once).
+	EdgeAuditSubject = "keymesh.edge.audit"
+	// AuditQueue is the queue group origin replicas store edge audit
+	// batches in, so each batch is stored once.
+	AuditQueue = "keymesh-origin-audit"
 	// LookupQueue is the queue group origin replicas answer lookups in.
 	LookupQueue = "keymesh-origin"
 	// ErrorHeader on a lookup reply says the origin could not answer; the

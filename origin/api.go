@@ -144,6 +144,16 @@ func (s *Server) finish(c *call, h handlerFunc) {
 // "revision") or 204.
 func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	c.w.Header().Set("X-Revision", strconv.FormatUint(rev, 10))
+	s.auditAdmin(c, status, body)
+	if p, ok := c.r.Context().Value(waitKey{}).(*propagation); ok {
+		// The change is committed: hold the answer until the edges have it.
+		got := s.awaitPropagation(c, rev, p.wait)
+		p.Applied, p.Pending = got.Applied, got.Pending
+		if body == nil {
+			c.w.Header().Set("X-Propagation-Applied", strconv.Itoa(len(p.Applied)))
+			c.w.Header().Set("X-Propagation-Pending", strconv.Itoa(len(p.Pending)))
+		}
+	}
 	if body == nil {
 		c.w.WriteHeader(status)
 		return nil
@@ -152,20 +162,30 @@ func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	return nil
 }
 
-// propagation is the ?wait= report. The edge registry is not built yet, so
-// there are never live edges to wait for.
+// propagation is the ?wait= report: the live edges that had applied the
+// mutation's revision when the answer was sent, and those that had not.
 type propagation struct {
 	Applied []string `json:"applied"`
 	Pending []string `json:"pending"`
+	// wait is the asked-for ?wait duration.
+	wait time.Duration
 }
 
+// waitKey keys the request's *propagation in its context.
+type waitKey struct{}
+
+// waitFor validates ?wait before the mutation runs and, when it is given,
+// returns the propagation report the handler puts in its answer. The wait
+// itself happens in mutated, after the change has committed and before the
+// answer is written; it fills the report in place.
 func (s *Server) waitFor(c *call) (*propagation, error) {
 	d, err := waitParam(c.r)
 	if err != nil || c.r.URL.Query().Get("wait") == "" {
 		return nil, err
 	}
-	_ = d
-	return &propagation{Applied: []string{}, Pending: []string{}}, nil
+	p := &propagation{Applied: []string{}, Pending: []string{}, wait: d}
+	c.r = c.r.WithContext(context.WithValue(c.r.Context(), waitKey{}, p))
+	return p, nil
 }
 
 // ---- open endpoints ----

@@ -108,6 +108,23 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// Logger receives operational logs (default slog.Default()).
 	Logger *slog.Logger
+	// EdgeLiveness: an edge whose last heartbeat is older than this is not
+	// live, and ?wait does not wait for it (default 10s). It is dropped from
+	// the registry after 10x this.
+	EdgeLiveness time.Duration
+	// MaxEdges bounds the edge registry; heartbeats of new edges over it are
+	// ignored and counted (default 10,000).
+	MaxEdges int
+	// AuditRetention is how long audit records are kept (default 30 days).
+	AuditRetention time.Duration
+	// AuditMaxRows bounds the audit table; the oldest records beyond it are
+	// pruned (default 1,000,000).
+	AuditMaxRows int
+	// AuditPruneInterval is how often retention is applied (default 1m).
+	AuditPruneInterval time.Duration
+	// AuditBuffer bounds the audit records waiting to be stored; over it
+	// they are dropped and counted (default 10,000).
+	AuditBuffer int
 
 	// disablePublisher is for tests: commit events without publishing.
 	disablePublisher bool
@@ -160,6 +177,24 @@ func (c *Config) fill() error {
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
+	if c.EdgeLiveness <= 0 {
+		c.EdgeLiveness = 10 * time.Second
+	}
+	if c.MaxEdges <= 0 {
+		c.MaxEdges = 10_000
+	}
+	if c.AuditRetention <= 0 {
+		c.AuditRetention = 30 * 24 * time.Hour
+	}
+	if c.AuditMaxRows <= 0 {
+		c.AuditMaxRows = 1_000_000
+	}
+	if c.AuditPruneInterval <= 0 {
+		c.AuditPruneInterval = time.Minute
+	}
+	if c.AuditBuffer <= 0 {
+		c.AuditBuffer = 10_000
+	}
 	if err := checkStoreDSN(c.Store); err != nil {
 		return err
 	}
@@ -195,6 +230,8 @@ type Server struct {
 	httpErr chan error
 
 	pub       *publisher
+	edges     *edgeRegistry
+	audit     *auditLog
 	subs      []*nats.Subscription
 	lookupMu  sync.Mutex
 	lookupWG  sync.WaitGroup
@@ -244,6 +281,9 @@ func New(cfg Config) (*Server, error) {
 	if err := s.bootstrap(); err != nil {
 		return nil, err
 	}
+	if err := s.ensureAuditSchema(context.Background()); err != nil {
+		return nil, fmt.Errorf("creating audit table: %w", err)
+	}
 	rev, err := s.store.revision(context.Background(), s.store.db)
 	if err != nil {
 		return nil, fmt.Errorf("reading revision: %w", err)
@@ -264,6 +304,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err := s.startResponders(); err != nil {
 		return nil, err
+	}
+	s.edges = newEdgeRegistry(time.Now, cfg.EdgeLiveness, cfg.MaxEdges)
+	if err := s.startEdgeRegistry(); err != nil {
+		return nil, fmt.Errorf("subscribing to edge heartbeats: %w", err)
+	}
+	if err := s.startAudit(); err != nil {
+		return nil, fmt.Errorf("subscribing to edge audit records: %w", err)
 	}
 	s.startHeartbeat()
 	s.httpSrv = &http.Server{
@@ -350,6 +397,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			_ = sub.Unsubscribe()
 		}
 		s.lookupWG.Wait()
+		s.stopAudit()
 		s.stopHeartbeat()
 		if s.pub != nil {
 			s.pub.stop(ctx)

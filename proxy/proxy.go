@@ -33,6 +33,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -68,6 +69,9 @@ type Config struct {
 	// empty disables it. CORSAllowedMethods and CORSAllowedHeaders default to
 	// GET, POST, OPTIONS and the headers inference clients send.
 	CORSAllowedOrigins, CORSAllowedMethods, CORSAllowedHeaders []string
+	// Gossip joins the edge to its peers so that changes arrive even when
+	// this edge's NATS link is down. Off unless keys (or Insecure) are set.
+	Gossip GossipConfig
 	// LookupTimeout bounds a cache-miss lookup. Default 2s.
 	LookupTimeout time.Duration
 	// MaxKeys bounds the key cache. Default 1,000,000.
@@ -89,6 +93,24 @@ type Config struct {
 	MaxRequestBodyBytes int
 	// Logger receives operational logs. Default slog.Default().
 	Logger *slog.Logger
+	// ID names this edge in heartbeats and audit records. Default: an id
+	// kept in <DataDir>/edge-id (random on first start); without DataDir,
+	// hostname/Listen when the port is fixed, else hostname plus a random
+	// suffix.
+	ID string
+	// HeartbeatInterval is how often the edge tells the origins, over core
+	// NATS, its applied revision (also within ~20 ms of applying new
+	// revisions). Default 1s.
+	HeartbeatInterval time.Duration
+	// AuditBuffer bounds the queue of audit records waiting to be shipped;
+	// when it is full, records are dropped and counted. Default 10,000.
+	AuditBuffer int
+	// AuditFile, if set, receives every audit record as a JSON line too
+	// (appended, mode 0600).
+	AuditFile string
+	// AuditFlushInterval is how long an audit record may wait for its batch
+	// to be shipped. Default 200ms.
+	AuditFlushInterval time.Duration
 }
 
 // DefaultConfig returns the defaults of the external API.
@@ -120,6 +142,13 @@ type Server struct {
 	cors    *cors
 	limits  *limiter
 
+	id    string
+	hb    *heartbeater
+	audit *auditor
+
+	gossip     *cluster.Cluster // nil without gossip
+	gossipHook *gossipHook
+
 	mu       sync.Mutex
 	ln       net.Listener
 	shutdown bool
@@ -149,6 +178,15 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = time.Second
+	}
+	if cfg.AuditBuffer <= 0 {
+		cfg.AuditBuffer = 10_000
+	}
+	if cfg.AuditFlushInterval <= 0 {
+		cfg.AuditFlushInterval = 200 * time.Millisecond
 	}
 	var tlsConf *tls.Config
 	var certs *certStore
@@ -187,14 +225,28 @@ func NewServer(cfg Config) (*Server, error) {
 		nc.Close()
 		return nil, err
 	}
-	feed, err := cache.NewFeed(view, cache.FeedConfig{Conn: nc, StatePath: statePath, Logger: cfg.Logger})
+	hook := &gossipHook{}
+	feed, err := cache.NewFeed(view, cache.FeedConfig{Conn: nc, StatePath: statePath, Logger: cfg.Logger,
+		OnVerified: hook.record})
 	if err != nil {
 		view.Close()
 		nc.Close()
 		return nil, err
 	}
 	m.watch(view)
-	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m,
+	id, err := edgeID(&cfg)
+	if err != nil {
+		view.Close()
+		nc.Close()
+		return nil, err
+	}
+	audit, err := newAuditor(nc, id, cfg.Site, cfg.AuditBuffer, cfg.AuditFile, cfg.AuditFlushInterval, cfg.Logger)
+	if err != nil {
+		view.Close()
+		nc.Close()
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m, id: id, audit: audit,
 		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs,
 		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders)}
 	dialer := &fasthttp.TCPDialer{Concurrency: 1000}
@@ -233,10 +285,21 @@ func NewServer(cfg Config) (*Server, error) {
 		s.admin = &http.Server{Addr: cfg.AdminListen, Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
 	if err := feed.Start(); err != nil {
+		audit.shutdown(false)
 		view.Close()
 		nc.Close()
 		return nil, err
 	}
+	s.gossipHook = hook
+	if err := s.startGossip(feed, view); err != nil {
+		_ = feed.Shutdown(context.Background())
+		audit.shutdown(false)
+		view.Close()
+		nc.Close()
+		return nil, fmt.Errorf("starting gossip: %w", err)
+	}
+	audit.start()
+	s.startHeartbeat()
 	return s, nil
 }
 
@@ -319,6 +382,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	s.stopHeartbeat()
+	if err := s.stopGossip(); err != nil {
+		errs = append(errs, fmt.Errorf("leaving gossip: %w", err))
+	}
+	s.audit.shutdown(true)
 	if err := s.feed.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stopping event feed: %w", err))
 	}
@@ -394,6 +462,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if out.open {
 		return
 	}
+	s.audit.record(ctx, &out)
 	name := ""
 	if out.dep != nil {
 		name = out.dep.Name

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/cli"
 	"github.com/keymesh/keymesh/proxy"
@@ -47,6 +48,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	corsOrigins := fs.String("cors-origins", "", `comma-separated origins browsers may call from ("*" for any); empty disables CORS`)
 	corsMethods := fs.String("cors-methods", "GET,POST,OPTIONS", "comma-separated methods allowed in CORS preflights")
 	corsHeaders := fs.String("cors-headers", "Authorization,Content-Type,X-API-Key,X-Request-Id", "comma-separated request headers allowed in CORS preflights")
+	fs.StringVar(&cfg.Gossip.Listen, "gossip-listen", "127.0.0.1:7946", "memberlist bind address for gossip between edges")
+	join := fs.String("join", "", "comma-separated gossip peers (host:port; DNS names allowed); retried until one answers")
+	gossipKeys := fs.String("gossip-key", "", "base64 AES key (16/24/32 bytes) or @file encrypting gossip; several comma-separated for rotation, the first encrypts")
+	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", false, "allow plaintext gossip (labs only)")
+	fs.StringVar(&cfg.Gossip.Name, "node-name", "", "unique gossip node name (default hostname-listen)")
+	fs.StringVar(&cfg.AuditFile, "audit-file", "", "also append audit records to this JSON-lines file")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
 	if err := cli.Parse(fs, "EDGE", args, getenv, stdout); err != nil {
@@ -55,6 +62,15 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 		fmt.Fprintf(stderr, "edge: %v\n", err)
 		return 2
+	}
+	cfg.Gossip.Join = splitList(*join)
+	for _, k := range splitList(*gossipKeys) {
+		key, err := cluster.ParseKey(k)
+		if err != nil {
+			fmt.Fprintf(stderr, "edge: --gossip-key: %v\n", err)
+			return 2
+		}
+		cfg.Gossip.Keys = append(cfg.Gossip.Keys, key)
 	}
 	cfg.CORSAllowedOrigins = splitList(*corsOrigins)
 	cfg.CORSAllowedMethods = splitList(*corsMethods)

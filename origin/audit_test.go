@@ -1,0 +1,191 @@
+package origin
+
+import (
+	"encoding/json"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/event"
+)
+
+func TestAuditStoresEdgeAndAdminRecords(t *testing.T) {
+	testAuditRecords(t, testConfig(t.TempDir()))
+}
+
+func TestAuditPostgres(t *testing.T) {
+	t.Run("records", func(t *testing.T) {
+		cfg := testConfig(t.TempDir())
+		cfg.Store = postgresDSN(t)
+		testAuditRecords(t, cfg)
+	})
+	t.Run("retention", func(t *testing.T) {
+		cfg := testConfig(t.TempDir())
+		cfg.Store = postgresDSN(t)
+		testAuditRetention(t, cfg)
+	})
+}
+
+func testAuditRecords(t *testing.T, cfg Config) {
+	s := startServer(t, cfg)
+	c := newClient(t, s)
+	nc := connect(t, s)
+
+	var d struct{ ID string }
+	c.must(201, "POST", "/v1/projects/default/deployments", map[string]any{"name": "chat", "upstreams": map[string][]string{"*": {"http://127.0.0.1:1"}}}, &d)
+	var k struct {
+		ID, Project, Key string
+	}
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "k", "deployments": []string{d.ID}}, &k)
+
+	batch, _ := json.Marshal([]map[string]any{
+		{"time": time.Now().UTC(), "edge": "edge-1", "site": "eu", "client_ip": "192.0.2.7", "key_id": k.ID, "project": k.Project,
+			"deployment": d.ID, "deployment_name": "chat", "method": "POST", "path": "/v1/chat/completions", "status": 200,
+			"duration_ms": 12.5, "request_id": "req-1"},
+		{"time": time.Now().UTC(), "edge": "edge-1", "site": "eu", "client_ip": "192.0.2.8", "project": k.Project,
+			"deployment": d.ID, "deployment_name": "chat", "method": "POST", "path": "/v1/chat/completions", "status": 401,
+			"duration_ms": 0.1, "request_id": "req-2"},
+	})
+	if err := nc.Publish(event.EdgeAuditSubject, batch); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(event.EdgeAuditSubject, []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+
+	var recs []AuditRecord
+	waitFor(t, "edge record stored", func() bool {
+		c.must(200, "GET", "/v1/audit?key_id="+k.ID+"&source=edge", nil, &recs)
+		return len(recs) == 1
+	})
+	r := recs[0]
+	if r.Edge != "edge-1" || r.ClientIP != "192.0.2.7" || r.Deployment != d.ID || r.Status != 200 || r.DurationMS != 12.5 ||
+		r.RequestID != "req-1" || r.Method != "POST" || r.Path != "/v1/chat/completions" {
+		t.Fatalf("edge record %+v", r)
+	}
+	// By deployment name, newest first, both edge records.
+	c.must(200, "GET", "/v1/audit?deployment=chat&source=edge&project=default", nil, &recs)
+	if len(recs) != 2 {
+		t.Fatalf("by deployment: %+v", recs)
+	}
+	waitFor(t, "bad batch counted", func() bool { _, _, bad := s.AuditStats(); return bad == 1 })
+
+	// Admin actions: key creation, with who, what, when, from where.
+	waitFor(t, "admin record stored", func() bool {
+		c.must(200, "GET", "/v1/audit?key_id="+k.ID+"&source=admin", nil, &recs)
+		return len(recs) == 1
+	})
+	r = recs[0]
+	if r.Actor != "user:admin" || r.Action != "POST /v1/projects/{p}/keys" || r.Target != k.ID || r.ClientIP != "127.0.0.1" ||
+		r.Status != 201 || time.Since(r.Time) > time.Minute || r.Project != k.Project {
+		t.Fatalf("admin record %+v", r)
+	}
+	c.must(200, "GET", "/v1/audit?since="+url.QueryEscape(time.Now().Add(-time.Hour).Format(time.RFC3339))+"&limit=1000", nil, &recs)
+	if len(recs) < 4 || !sortedNewestFirst(recs) {
+		t.Fatalf("since an hour ago: %d records", len(recs))
+	}
+	c.must(200, "GET", "/v1/audit?limit=1", nil, &recs)
+	if len(recs) != 1 {
+		t.Fatalf("limit=1: %d records", len(recs))
+	}
+
+	// A project key sees its own project's records only.
+	var p2 struct{ ID string }
+	c.must(201, "POST", "/v1/projects", map[string]any{"name": "other"}, &p2)
+	var ak struct{ Key string }
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "auditor", "permissions": []string{"view_audit_logs"}}, &ak)
+	kc := &client{t: t, base: c.base}
+	st, b, _ := kc.doH("GET", "/v1/audit?project=other", nil, map[string]string{"X-API-Key": ak.Key})
+	if st != 403 {
+		t.Fatalf("project key reading another project: %d %s", st, b)
+	}
+	waitFor(t, "project creation recorded", func() bool {
+		c.must(200, "GET", "/v1/audit?project=other", nil, &recs)
+		return len(recs) == 1 && recs[0].Action == "POST /v1/projects" && recs[0].Project == p2.ID
+	})
+	st, b, _ = kc.doH("GET", "/v1/audit?limit=1000", nil, map[string]string{"X-API-Key": ak.Key})
+	if st != 200 {
+		t.Fatalf("project key reading its project: %d %s", st, b)
+	}
+	mustJSON(t, b, &recs)
+	if len(recs) == 0 {
+		t.Fatal("project key sees no records")
+	}
+	for _, r := range recs {
+		if r.Project != k.Project {
+			t.Fatalf("project key sees a record of project %q", r.Project)
+		}
+	}
+
+	// No secret anywhere in the stored records.
+	_, raw := c.do("GET", "/v1/audit?limit=1000", nil)
+	for _, secret := range []string{k.Key, testPassword, c.token, ak.Key} {
+		if strings.Contains(string(raw), secret) {
+			t.Fatal("a secret appears in the audit log")
+		}
+	}
+
+	for _, q := range []string{"since=yesterday", "since=2025-13-01", "limit=0", "limit=x", "source=other"} {
+		st, b := c.do("GET", "/v1/audit?"+q, nil)
+		var e apiErr
+		mustJSON(t, b, &e)
+		if st != 400 || e.Error.Code != "VALIDATION_ERROR" || e.Error.Details["field"] != strings.SplitN(q, "=", 2)[0] {
+			t.Fatalf("%s: %d %s", q, st, b)
+		}
+	}
+}
+
+func sortedNewestFirst(recs []AuditRecord) bool {
+	for i := 1; i < len(recs); i++ {
+		if recs[i].Time.After(recs[i-1].Time) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestAuditRetentionAndBounds(t *testing.T) {
+	testAuditRetention(t, testConfig(t.TempDir()))
+}
+
+func testAuditRetention(t *testing.T, cfg Config) {
+	cfg.AuditRetention = time.Hour
+	cfg.AuditMaxRows = 3
+	cfg.AuditPruneInterval = time.Hour // pruned by hand below
+	s := startServer(t, cfg)
+
+	now := time.Now()
+	var batch []AuditRecord
+	for i := range 5 {
+		batch = append(batch, AuditRecord{Time: now.Add(-time.Duration(i) * time.Minute), Source: auditSourceEdge, Path: "/fresh"})
+	}
+	batch = append(batch, AuditRecord{Time: now.Add(-2 * time.Hour), Source: auditSourceEdge, Path: "/old"})
+	s.audit.insert(batch)
+	s.audit.prune()
+	var n int
+	if err := s.store.db.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE path = '/old'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("old records left: %d %v", n, err)
+	}
+	if err := s.store.db.QueryRow(`SELECT COUNT(*) FROM audit_log`).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("rows after pruning to 3: %d %v", n, err)
+	}
+
+	// A full queue drops and counts, without blocking.
+	a := &auditLog{s: s, ch: make(chan AuditRecord, 2)}
+	done := make(chan struct{})
+	go func() {
+		for range 10 {
+			a.add(AuditRecord{})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("add blocked on a full queue")
+	}
+	if a.dropped.Load() != 8 {
+		t.Fatalf("dropped %d, want 8", a.dropped.Load())
+	}
+}
