@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -298,7 +299,8 @@ func chat(t *testing.T, e *proxy.Server, headers map[string]string) (int, string
 func withKey(k *bench.Key) map[string]string { return map[string]string{"X-API-Key": k.Secret} }
 
 // checkNoSecretLogged runs last: no secret the test used may appear in any
-// log line, in any edge's metrics or status, or in what the upstream got.
+// log line, in any edge's metrics or status, in any audit record, or in what
+// the upstream got.
 func (s *stack) checkNoSecretLogged() {
 	logs := s.logs.String()
 	s.mu.Lock()
@@ -310,6 +312,12 @@ func (s *stack) checkNoSecretLogged() {
 		}
 	}
 	s.mu.Unlock()
+	// and every audit record the origin stored (if it is still up).
+	var audit []map[string]any
+	if _, err := s.api.Do(context.Background(), http.MethodGet, "/v1/audit?limit=1000", nil, &audit); err == nil {
+		b, _ := json.Marshal(audit)
+		logs += string(b)
+	}
 	for _, secret := range append(s.secrets, s.upstreamSecrets...) {
 		if secret != "" && strings.Contains(logs, secret) {
 			s.t.Errorf("a secret (%s...) appears in the logs", secret[:6])
