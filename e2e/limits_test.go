@@ -77,3 +77,35 @@ func TestOversizedBodyRefusedBeforeReading(t *testing.T) {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 }
+
+// A client that uploads its whole oversized body before reading — as most
+// HTTP clients do — still reads the 413: the edge drains the refused upload
+// briefly instead of resetting the connection under the answer.
+func TestRefusedUploadStillGetsItsAnswer(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("small", map[string]any{"max_body_bytes": 4096})
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{})
+	body := strings.Repeat("a", 1<<20)
+	for i := range 5 {
+		c, err := net.Dial("tcp", e.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second)) // a bound on failure, not a timing assertion
+		fmt.Fprintf(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n",
+			k.Secret, len(body))
+		if _, err := io.WriteString(c, body); err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("upload %d: no answer: %v", i, err)
+		}
+		resp.Body.Close()
+		c.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("upload %d: status %d", i, resp.StatusCode)
+		}
+	}
+}

@@ -149,9 +149,11 @@ type Server struct {
 	gossip     *cluster.Cluster // nil without gossip
 	gossipHook *gossipHook
 
-	mu       sync.Mutex
-	ln       net.Listener
-	shutdown bool
+	mu sync.Mutex
+	ln net.Listener
+	// lingering wraps the listener: refused uploads drain before closing.
+	lingering *lingerListener
+	shutdown  bool
 }
 
 // NewServer validates cfg, connects to NATS and starts following the event
@@ -338,6 +340,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return ErrServerClosed
 	}
+	s.lingering = newLingerListener(ln)
+	ln = s.lingering
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
 	}
@@ -376,6 +380,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	if err := s.srv.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("draining requests: %w", err))
+	}
+	s.mu.Lock()
+	lingering := s.lingering
+	s.mu.Unlock()
+	if lingering != nil {
+		lingering.wait() // refused uploads still draining, each bounded
 	}
 	if s.admin != nil {
 		if err := s.admin.Shutdown(ctx); err != nil {
@@ -423,6 +433,9 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 
 // serveError answers requests fasthttp could not read.
 func (s *Server) serveError(ctx *fasthttp.RequestCtx, err error) {
+	// The client may still be sending what was not read: let it read the
+	// answer instead of a reset.
+	lingerOnClose(ctx.Conn())
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		fail(ctx, errBodyTooLarge, 0)
 		return
