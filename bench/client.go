@@ -84,15 +84,19 @@ func (c *OriginClient) CreateKey(ctx context.Context, project, name string, depl
 }
 
 // Link links (or, with link false, unlinks) a key and a deployment and
-// returns the change's revision.
-func (c *OriginClient) Link(ctx context.Context, project, deployment, keyID string, link bool) (uint64, error) {
+// returns the change's revision. apiclient.Wait holds the answer until the
+// live edges have applied it.
+func (c *OriginClient) Link(ctx context.Context, project, deployment, keyID string, link bool, opts ...apiclient.CallOption) (uint64, error) {
 	op := c.api().Link
 	if !link {
 		op = c.api().Unlink
 	}
-	k, err := op(ctx, project, deployment, keyID)
+	k, err := op(ctx, project, deployment, keyID, opts...)
 	if err != nil {
 		return 0, err
+	}
+	if p := k.Propagation; p != nil && len(p.Pending) > 0 {
+		return k.Revision, fmt.Errorf("revision %d not applied by edges %v within the wait", k.Revision, p.Pending)
 	}
 	return k.Revision, nil
 }

@@ -1,0 +1,128 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Names of the targets of a comparison.
+const (
+	TargetDirect  = "direct"
+	TargetKeymesh = "keymesh"
+	TargetNginx   = "nginx"
+)
+
+// CompareTarget is one system a comparison sends the same load to.
+type CompareTarget struct {
+	Name string
+	URL  string
+}
+
+// CompareConfig describes a comparison: Load (its Name and URL replaced)
+// against each target in turn, each after an unmeasured warm-up.
+type CompareConfig struct {
+	Load    LoadConfig
+	Targets []CompareTarget
+	Warmup  time.Duration
+}
+
+// CompareResult holds one load result per target, in order.
+type CompareResult struct {
+	Runs []*LoadResult `json:"runs"`
+}
+
+// Find returns the run of the target named name, or nil.
+func (c *CompareResult) Find(name string) *LoadResult {
+	for _, r := range c.Runs {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// RunCompare runs the load against every target, one after another.
+func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) {
+	out := &CompareResult{}
+	for _, t := range cfg.Targets {
+		lc := cfg.Load
+		lc.Name, lc.URL = t.Name, t.URL
+		if cfg.Warmup > 0 {
+			wc := lc
+			wc.Duration, wc.Progress, wc.Name = cfg.Warmup, nil, t.Name+" warm-up"
+			if _, err := RunLoad(ctx, wc); err != nil {
+				return nil, fmt.Errorf("%s warm-up: %w", t.Name, err)
+			}
+		}
+		r, err := RunLoad(ctx, lc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t.Name, err)
+		}
+		out.Runs = append(out.Runs, r)
+		if ctx.Err() != nil {
+			return out, ctx.Err()
+		}
+	}
+	return out, nil
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+// CompareMarkdown renders the comparison table, the targets of the issue
+// with a plain met / MISSED verdict, and the latency chart (CHART:chart).
+func CompareMarkdown(c *CompareResult, chart string) string {
+	var b strings.Builder
+	direct, nginx, km := c.Find(TargetDirect), c.Find(TargetNginx), c.Find(TargetKeymesh)
+	b.WriteString("Latencies are of the non-streamed requests (a stream lasts as long as the upstream paces it); streams are compared by time to first byte.\n\n")
+	b.WriteString("| target | requests | rps | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | stream TTFB p50 ms | rps vs direct | rps vs nginx | p99 vs direct | p99 vs nginx |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range c.Runs {
+		ttfb := "-"
+		if r.StreamTTFB.Count > 0 {
+			ttfb = ms(r.StreamTTFB.P50)
+		}
+		rd, rn, pd, pn := "-", "-", "-", "-"
+		if direct != nil {
+			rd, pd = ratio(r.Throughput, direct.Throughput), ratio(r.Unary.P99, direct.Unary.P99)
+		}
+		if nginx != nil {
+			rn, pn = ratio(r.Throughput, nginx.Throughput), ratio(r.Unary.P99, nginx.Unary.P99)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, r.Requests, f1(r.Throughput), r.Errors,
+			ms(r.Unary.P50), ms(r.Unary.P90), ms(r.Unary.P99), ms(r.Unary.P999), ttfb, rd, rn, pd, pn)
+	}
+	b.WriteString("\n")
+	if km != nil && nginx != nil && nginx.Throughput > 0 && nginx.Unary.P99 > 0 {
+		tr, lr := km.Throughput/nginx.Throughput, km.Unary.P99/nginx.Unary.P99
+		fmt.Fprintf(&b, "- keymesh throughput %.2fx nginx (target ≥ 1.0x): %s\n", tr, verdict(tr >= 1.0))
+		fmt.Fprintf(&b, "- keymesh p99 %.2fx nginx (target ≤ 1.1x): %s\n", lr, verdict(lr <= 1.1))
+	}
+	if km != nil && direct != nil && km.StreamTTFB.Count > 0 && direct.StreamTTFB.Count > 0 {
+		d := km.StreamTTFB.P50 - direct.StreamTTFB.P50
+		fmt.Fprintf(&b, "- streaming TTFB p50 through keymesh %s ms vs direct %s ms (+%.3f ms; target ≤ +1 ms): %s\n",
+			ms(km.StreamTTFB.P50), ms(direct.StreamTTFB.P50), d, verdict(d <= 1))
+	}
+	if chart != "" {
+		fmt.Fprintf(&b, "\n![latency by percentile](CHART:%s)\n", chart)
+	}
+	return b.String()
+}
+
+// ThroughputChart draws the targets' throughput as bars.
+func ThroughputChart(c *CompareResult) Chart {
+	ch := Chart{Title: "Throughput", XLabel: "target", YLabel: "requests/s", Bars: true}
+	s := Series{Name: "rps"}
+	for _, r := range c.Runs {
+		ch.X = append(ch.X, r.Name)
+		s.Y = append(s.Y, r.Throughput)
+	}
+	ch.Series = []Series{s}
+	return ch
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/origin"
+	"github.com/keymesh/keymesh/origin/apiclient"
+	"github.com/keymesh/keymesh/proxy"
+)
+
+// The in-process stack a bench command starts when it is not pointed at a
+// running one: an origin with its embedded NATS (JetStream) and SQLite in a
+// temporary directory, a mock upstream, and N edges, all on free loopback
+// ports. Everything stops in close.
+
+const (
+	benchProject    = "default"
+	benchDeployment = "bench"
+	// benchPassword is the throwaway admin password of an in-process
+	// origin; it guards nothing that outlives the run.
+	benchPassword = "keymesh-bench-throwaway-admin"
+)
+
+type stackOpts struct {
+	edges int
+	// maxKeys bounds each edge's key cache (0: the edge's default).
+	maxKeys int64
+	// logger gets every component's logs (nil: discarded).
+	logger *slog.Logger
+}
+
+type edgeNode struct {
+	srv      *proxy.Server
+	url      string // proxy
+	adminURL string // /metrics, /status
+	admin    *http.Server
+}
+
+type stack struct {
+	dir      string
+	origin   *origin.Server
+	api      *bench.OriginClient
+	upstream *bench.Upstream
+	edges    []*edgeNode
+	dep      *bench.Deployment
+	closed   sync.Once
+}
+
+func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
+	if o.edges <= 0 {
+		o.edges = 1
+	}
+	log := o.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir, err := os.MkdirTemp("", "keymesh-bench-")
+	if err != nil {
+		return nil, err
+	}
+	s := &stack{dir: dir}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	cfg := origin.DefaultConfig()
+	cfg.DataDir = dir + "/origin"
+	cfg.Listen = "127.0.0.1:0"
+	cfg.NATSListen = "127.0.0.1:-1"
+	cfg.AdminPassword = benchPassword
+	cfg.PasswordCost = 4
+	cfg.Logger = log
+	if s.origin, err = origin.New(cfg); err != nil {
+		return nil, fmt.Errorf("starting origin: %w", err)
+	}
+	s.api = &bench.OriginClient{BaseURL: "http://" + s.origin.Addr()}
+	if err = s.api.Login(ctx, "admin", benchPassword); err != nil {
+		return nil, err
+	}
+	if s.upstream, err = bench.StartUpstream(bench.UpstreamConfig{Logger: log}, "127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	if s.dep, err = s.api.EnsureDeployment(ctx, benchProject, benchDeployment, []string{s.upstream.URL()}); err != nil {
+		return nil, err
+	}
+	for i := range o.edges {
+		e, err := s.startEdge(i, o, log)
+		if err != nil {
+			return nil, fmt.Errorf("starting edge %d: %w", i, err)
+		}
+		s.edges = append(s.edges, e)
+	}
+	if err = s.waitApplied(ctx, s.dep.Revision); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, error) {
+	cfg := proxy.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.AdminListen = ""
+	cfg.DataDir = ""
+	cfg.NATSURL = s.origin.NATSURL()
+	cfg.Site = "bench"
+	cfg.OriginPublicKey = s.origin.PublicKey()
+	cfg.MaxKeys = o.maxKeys
+	cfg.Logger = log.With("edge", i)
+	srv, err := proxy.NewServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	e := &edgeNode{srv: srv}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return nil, err
+	}
+	go func() { _ = srv.Serve(ln) }()
+	e.url = "http://" + ln.Addr().String()
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return nil, err
+	}
+	e.admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = e.admin.Serve(aln) }()
+	e.adminURL = "http://" + aln.Addr().String()
+	select {
+	case <-srv.Synced():
+	case <-time.After(15 * time.Second):
+		e.stop()
+		return nil, errors.New("edge did not synchronise within 15s")
+	}
+	return e, nil
+}
+
+func (e *edgeNode) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = e.admin.Shutdown(ctx)
+	_ = e.srv.Shutdown(ctx)
+}
+
+// waitApplied waits (at most 10s) until every edge has applied rev.
+func (s *stack) waitApplied(ctx context.Context, rev uint64) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for _, e := range s.edges {
+		for e.srv.View().AppliedRevision() < rev {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("an edge did not apply revision %d within 10s", rev)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// keys creates n keys linked to the bench deployment, and waits until
+// every edge has applied them.
+func (s *stack) keys(ctx context.Context, n int, name string) ([]*bench.Key, error) {
+	out := make([]*bench.Key, 0, n)
+	var last uint64
+	for i := range n {
+		k, err := s.api.CreateKey(ctx, benchProject, fmt.Sprintf("%s-%d", name, i), s.dep.ID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+		last = max(last, k.Revision)
+	}
+	return out, s.waitApplied(ctx, last)
+}
+
+func secrets(keys []*bench.Key) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.Secret
+	}
+	return out
+}
+
+// unlinker returns the load run's Revoke: it unlinks keys and returns once
+// every edge has applied the unlinks, so that a request sent after it is
+// one the edges must refuse.
+func (s *stack) unlinker(keys []*bench.Key) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		for _, k := range keys {
+			if _, err := s.api.Link(ctx, benchProject, s.dep.ID, k.ID, false, apiclient.Wait(10*time.Second)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+func (s *stack) edgeURLs() []string {
+	out := make([]string, len(s.edges))
+	for i, e := range s.edges {
+		out[i] = e.url
+	}
+	return out
+}
+
+func (s *stack) close() { s.closed.Do(s.stop) }
+
+func (s *stack) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, e := range s.edges {
+		e.stop()
+	}
+	if s.upstream != nil {
+		_ = s.upstream.Shutdown(ctx)
+	}
+	if s.origin != nil {
+		_ = s.origin.Shutdown(ctx)
+	}
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
+	}
+}
