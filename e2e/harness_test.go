@@ -274,7 +274,7 @@ func send(t *testing.T, e *proxy.Server, method, path string, headers map[string
 		}
 		req.Header.Set(k, v)
 	}
-	if body != "" {
+	if body != "" && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := httpClient.Do(req)

@@ -80,4 +80,36 @@ func TestStreamingNeedsPermission(t *testing.T) {
 	if st, body := send(t, e, http.MethodGet, "/v1/models", h, ""); st != http.StatusForbidden {
 		t.Fatalf("models without read_models: %d %s", st, body)
 	}
+	// Inference servers parse these bodies as JSON whatever the header
+	// says: neither the stream flag nor the prompt limit may hide behind it.
+	for _, ct := range []string{"Application/JSON", "text/plain", "application/x-www-form-urlencoded"} {
+		hc := map[string]string{"X-API-Key": k.Key, "Content-Type": ct}
+		st, body := send(t, e, http.MethodPost, "/v1/chat/completions", hc,
+			`{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}`)
+		if st != http.StatusForbidden || errorCode(t, body) != "PERMISSION_DENIED" {
+			t.Errorf("streaming as %s: %d %s", ct, st, body)
+		}
+	}
+	// TGI's native streaming route streams without asking in the body.
+	st, body = send(t, e, http.MethodPost, "/generate_stream", h, `{"inputs": "hi"}`)
+	if st != http.StatusForbidden || errorCode(t, body) != "PERMISSION_DENIED" {
+		t.Fatalf("/generate_stream without use_streaming: %d %s", st, body)
+	}
+	// A models-only key runs no inference, on /v1 or off it.
+	var mk struct {
+		Key string `json:"key"`
+	}
+	s.call(http.MethodPost, "/v1/projects/"+project+"/keys",
+		map[string]any{"name": "models-only", "deployments": []string{d.ID}, "permissions": []string{"read_models"}}, &mk)
+	s.secrets = append(s.secrets, mk.Key)
+	hm := map[string]string{"X-API-Key": mk.Key}
+	if st, body := send(t, e, http.MethodGet, "/v1/models", hm, ""); st != http.StatusOK {
+		t.Fatalf("models with read_models: %d %s", st, body)
+	}
+	for _, path := range []string{"/v1/chat/completions", "/generate", "/invocations"} {
+		st, body := send(t, e, http.MethodPost, path, hm, `{"model": "m", "prompt": "hi"}`)
+		if st != http.StatusForbidden || errorCode(t, body) != "PERMISSION_DENIED" {
+			t.Errorf("%s with a models-only key: %d %s", path, st, body)
+		}
+	}
 }

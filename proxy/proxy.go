@@ -520,7 +520,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 			return out
 		}
 	}
-	body, ok := inspect(ctx, dep, path)
+	body, ok := inspect(ctx, dep)
 	if !ok {
 		return out
 	}

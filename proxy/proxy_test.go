@@ -138,11 +138,30 @@ func TestParseBody(t *testing.T) {
 		{`{"stream": "yes"}`, 0, false, true},
 		{`not json`, 0, false, true},
 		{`{"messages": "oops"}`, 0, false, true},
+		// Every spelling an upstream might honour counts.
+		{`{"Stream": true}`, 0, true, false},
+		{`{"stream": false, "stream": true}`, 0, true, false},
+		{`{"prompt": "ab", "PROMPT": "cd", "pr\u006fmpt": "e"}`, 5, false, false},
+		{`{"stream": true, "x": NaN}`, 0, false, true},
+		{`[{"stream": true}]`, 0, false, true},
+		{`{"stream": true} trailing`, 0, false, true},
 	}
 	for _, tt := range tests {
 		n, stream, err := parseBody([]byte(tt.body))
 		if (err != nil) != tt.bad || n != tt.chars || stream != tt.stream {
 			t.Errorf("%s: got %d %v %v", tt.body, n, stream, err)
+		}
+	}
+}
+
+func TestIsJSON(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"": true, "application/json": true, "Application/JSON; charset=utf-8": true,
+		"application/vnd.api+json": true, "APPLICATION/LD+JSON": true,
+		"text/plain": false, "multipart/form-data; boundary=x": false, "application/jsonp": false,
+	} {
+		if got := isJSON([]byte(ct)); got != want {
+			t.Errorf("isJSON(%q) = %v", ct, got)
 		}
 	}
 }
