@@ -1,16 +1,15 @@
 package proxy
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/valyala/fasthttp"
@@ -28,22 +27,6 @@ const (
 	auditMaxPath      = 512
 	auditMaxRequestID = 128
 )
-
-// auditRecord is one request as the hot path queues it: plain values, no
-// encoding. It never holds the credential.
-type auditRecord struct {
-	start     time.Time
-	dur       time.Duration
-	ip        netip.Addr
-	keyID     string
-	project   string
-	depID     string
-	depName   string
-	method    string
-	path      string
-	requestID string
-	status    int
-}
 
 // auditWire is an audit record as shipped to the origin and written to the
 // audit file.
@@ -63,19 +46,25 @@ type auditWire struct {
 	RequestID      string    `json:"request_id,omitempty"`
 }
 
-// auditor takes records from the request path into a bounded queue and
-// ships them in batches from one goroutine: over NATS to the origin, and as
-// JSON lines to a file if configured. A full queue drops the record and
-// counts it; the request never waits.
+// auditor takes records from the request path and ships them in batches
+// from one goroutine: over NATS to the origin, and as JSON lines to a file
+// if configured. A request encodes its record straight into the pending
+// batch, under a mutex held for a copy: no allocation, no reflection, and
+// no goroutine woken per request (the shipper runs on its interval, or when
+// a batch is full). At most max records wait; past that a record is dropped
+// and counted, and the request never waits.
 type auditor struct {
-	ch       chan auditRecord
+	mu      sync.Mutex
+	pending auditBatch
+	max     int
+	ready   chan struct{} // cap 1: a full batch is waiting
+
 	dropped  atomic.Uint64
 	shipped  atomic.Uint64
 	failed   atomic.Uint64
 	nc       *nats.Conn
 	file     *os.File
-	edge     string
-	site     string
+	edgeSite []byte // `"edge":"…","site":"…"`, encoded once
 	interval time.Duration
 	log      *slog.Logger
 
@@ -84,9 +73,22 @@ type auditor struct {
 	done     chan struct{}
 }
 
+// auditBatch holds encoded records back to back; ends[i] is where record i
+// ends in buf.
+type auditBatch struct {
+	buf  []byte
+	ends []int
+}
+
+func (b *auditBatch) reset() { b.buf, b.ends = b.buf[:0], b.ends[:0] }
+
 func newAuditor(nc *nats.Conn, edge, site string, buffer int, path string, interval time.Duration, log *slog.Logger) (*auditor, error) {
-	a := &auditor{ch: make(chan auditRecord, buffer), nc: nc, edge: edge, site: site, interval: interval, log: log,
+	a := &auditor{max: max(buffer, 1), ready: make(chan struct{}, 1), nc: nc, interval: interval, log: log,
 		stop: make(chan struct{}), done: make(chan struct{})}
+	a.edgeSite = append(a.edgeSite, `"edge":`...)
+	a.edgeSite = appendJSONString(a.edgeSite, edge)
+	a.edgeSite = append(a.edgeSite, `,"site":`...)
+	a.edgeSite = appendJSONString(a.edgeSite, site)
 	if path != "" {
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {
@@ -97,62 +99,133 @@ func newAuditor(nc *nats.Conn, edge, site string, buffer int, path string, inter
 	return a, nil
 }
 
+// auditMaxRecord bounds one encoded record: the longest path and request
+// id plus every other field.
+const auditMaxRecord = 2*auditMaxPath + 2*auditMaxRequestID + 1024
+
 // record queues the audit record of the request ctx has been answered with.
-// It never blocks and allocates only the copied path and request id.
 func (a *auditor) record(ctx *fasthttp.RequestCtx, out *outcome) {
 	if a == nil {
 		return
 	}
-	if len(a.ch) == cap(a.ch) {
+	var scratch [auditMaxRecord]byte
+	rec := a.encode(scratch[:0], ctx, out)
+	a.mu.Lock()
+	n := len(a.pending.ends)
+	if n >= a.max {
+		a.mu.Unlock()
 		a.dropped.Add(1)
 		return
 	}
-	start := ctx.Time()
-	r := auditRecord{start: start, dur: time.Since(start), status: ctx.Response.StatusCode(),
-		method: methodString(ctx.Method()), path: clip(ctx.Path(), auditMaxPath),
-		requestID: clip(ctx.Response.Header.PeekBytes(headerRequestID), auditMaxRequestID)}
-	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
-		r.ip = ta.AddrPort().Addr().Unmap()
-	}
-	if out.dep != nil {
-		r.depID, r.depName, r.project = out.dep.ID, out.dep.Name, out.dep.Project
-	}
-	if out.key != nil {
-		r.keyID, r.project = out.key.ID, out.key.Project
-	}
-	select {
-	case a.ch <- r:
-	default:
-		a.dropped.Add(1)
+	a.pending.buf = append(a.pending.buf, rec...)
+	a.pending.ends = append(a.pending.ends, len(a.pending.buf))
+	a.mu.Unlock()
+	if (n+1)%auditBatchRecords == 0 {
+		select {
+		case a.ready <- struct{}{}:
+		default:
+		}
 	}
 }
 
-func clip(b []byte, n int) string {
+// encode appends the JSON object of one request's record (the shape of
+// auditWire) to dst. It never holds the credential: the path is cut before
+// its query, the request id is the edge's own header.
+func (a *auditor) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcome) []byte {
+	start := ctx.Time()
+	dst = append(dst, `{"time":"`...)
+	dst = start.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `",`...)
+	dst = append(dst, a.edgeSite...)
+	dst = append(dst, `,"client_ip":"`...)
+	if ta, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		dst = ta.AddrPort().Addr().Unmap().AppendTo(dst)
+	}
+	dst = append(dst, '"')
+	project := ""
+	if out.key != nil {
+		dst = appendJSONField(dst, "key_id", out.key.ID)
+		project = out.key.Project
+	}
+	if out.dep != nil {
+		if project == "" {
+			project = out.dep.Project
+		}
+		dst = appendJSONField(dst, "deployment", out.dep.ID)
+		dst = appendJSONField(dst, "deployment_name", out.dep.Name)
+	}
+	dst = appendJSONField(dst, "project", project)
+	dst = appendJSONField(dst, "method", clip(ctx.Method(), 16))
+	dst = appendJSONField(dst, "path", clip(ctx.Path(), auditMaxPath))
+	dst = append(dst, `,"status":`...)
+	dst = strconv.AppendInt(dst, int64(ctx.Response.StatusCode()), 10)
+	dst = append(dst, `,"duration_ms":`...)
+	dst = strconv.AppendFloat(dst, float64(time.Since(start).Microseconds())/1000, 'f', -1, 64)
+	dst = appendJSONField(dst, "request_id", clip(ctx.Response.Header.PeekBytes(headerRequestID), auditMaxRequestID))
+	return append(dst, '}')
+}
+
+func clip[T string | []byte](b T, n int) T {
 	if len(b) > n {
 		b = b[:n]
 	}
-	return string(b)
+	return b
 }
 
-// methodString returns common methods without allocating.
-func methodString(m []byte) string {
-	switch string(m) {
-	case fasthttp.MethodGet:
-		return fasthttp.MethodGet
-	case fasthttp.MethodPost:
-		return fasthttp.MethodPost
-	case fasthttp.MethodPut:
-		return fasthttp.MethodPut
-	case fasthttp.MethodDelete:
-		return fasthttp.MethodDelete
-	case fasthttp.MethodPatch:
-		return fasthttp.MethodPatch
-	case fasthttp.MethodHead:
-		return fasthttp.MethodHead
-	case fasthttp.MethodOptions:
-		return fasthttp.MethodOptions
+// appendJSONField appends `,"name":"value"`; an empty value is left out.
+func appendJSONField[T string | []byte](dst []byte, name string, value T) []byte {
+	if len(value) == 0 {
+		return dst
 	}
-	return clip(m, 16)
+	dst = append(dst, ',', '"')
+	dst = append(dst, name...)
+	dst = append(dst, '"', ':')
+	return appendJSONString(dst, value)
+}
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and
+// control characters escaped, invalid UTF-8 replaced by U+FFFD (as
+// encoding/json does).
+func appendJSONString[T string | []byte](dst []byte, s T) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
+			if r == utf8.RuneError && size == 1 {
+				dst = append(dst, s[start:i]...)
+				dst = append(dst, `\ufffd`...)
+				i++
+				start = i
+				continue
+			}
+			i += size
+			continue
+		}
+		if c >= 0x20 && c != '"' && c != '\\' {
+			i++
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		i++
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 func (a *auditor) start() { go a.run() }
@@ -161,56 +234,44 @@ func (a *auditor) run() {
 	defer close(a.done)
 	t := time.NewTicker(a.interval)
 	defer t.Stop()
-	batch := make([]auditRecord, 0, auditBatchRecords)
+	var spare auditBatch
+	flush := func() {
+		a.mu.Lock()
+		a.pending, spare = spare, a.pending
+		a.mu.Unlock()
+		a.ship(&spare)
+		spare.reset()
+	}
 	for {
 		select {
-		case r := <-a.ch:
-			batch = append(batch, r)
-			if len(batch) == auditBatchRecords {
-				a.ship(batch)
-				batch = batch[:0]
-			}
+		case <-a.ready:
+			flush()
 		case <-t.C:
-			if len(batch) > 0 {
-				a.ship(batch)
-				batch = batch[:0]
-			}
+			flush()
 		case <-a.stop:
-		drain:
-			for {
-				select {
-				case r := <-a.ch:
-					batch = append(batch, r)
-					if len(batch) == auditBatchRecords {
-						a.ship(batch)
-						batch = batch[:0]
-					}
-				default:
-					break drain
-				}
-			}
-			if len(batch) > 0 {
-				a.ship(batch)
-			}
+			flush()
 			return
 		}
 	}
 }
 
-// ship encodes a batch once, publishes it in messages of at most
-// auditBatchBytes and appends it to the audit file.
-func (a *auditor) ship(batch []auditRecord) {
-	var msg, lines bytes.Buffer
-	msg.WriteByte('[')
+// ship publishes a batch in messages (JSON arrays) of at most
+// auditBatchRecords records and auditBatchBytes bytes, and appends it to
+// the audit file as JSON lines.
+func (a *auditor) ship(b *auditBatch) {
+	if len(b.ends) == 0 {
+		return
+	}
+	var msg, lines []byte
 	n := 0
 	publish := func() {
 		if n == 0 {
 			return
 		}
-		msg.WriteByte(']')
+		msg = append(msg, ']')
 		var err error
 		if a.nc != nil { // nil in tests: the file is the only sink
-			err = a.nc.Publish(event.EdgeAuditSubject, msg.Bytes())
+			err = a.nc.Publish(event.EdgeAuditSubject, msg)
 		}
 		if err != nil {
 			a.failed.Add(uint64(n))
@@ -218,45 +279,37 @@ func (a *auditor) ship(batch []auditRecord) {
 		} else {
 			a.shipped.Add(uint64(n))
 		}
-		msg.Reset()
-		msg.WriteByte('[')
-		n = 0
+		msg, n = msg[:0], 0
 	}
-	for i := range batch {
-		r := &batch[i]
-		w := auditWire{Time: r.start.UTC(), Edge: a.edge, Site: a.site, KeyID: r.keyID, Project: r.project,
-			Deployment: r.depID, DeploymentName: r.depName, Method: r.method, Path: r.path, Status: r.status,
-			DurationMS: float64(r.dur.Microseconds()) / 1000, RequestID: r.requestID}
-		if r.ip.IsValid() {
-			w.ClientIP = r.ip.String()
-		}
-		b, err := json.Marshal(&w)
-		if err != nil {
-			continue
-		}
-		if msg.Len()+len(b)+2 > auditBatchBytes {
+	from := 0
+	for _, end := range b.ends {
+		rec := b.buf[from:end]
+		from = end
+		if n == auditBatchRecords || (n > 0 && len(msg)+len(rec)+2 > auditBatchBytes) {
 			publish()
 		}
-		if n > 0 {
-			msg.WriteByte(',')
+		if n == 0 {
+			msg = append(msg, '[')
+		} else {
+			msg = append(msg, ',')
 		}
-		msg.Write(b)
+		msg = append(msg, rec...)
 		n++
 		if a.file != nil {
-			lines.Write(b)
-			lines.WriteByte('\n')
+			lines = append(lines, rec...)
+			lines = append(lines, '\n')
 		}
 	}
 	publish()
-	if a.file != nil && lines.Len() > 0 {
-		if _, err := a.file.Write(lines.Bytes()); err != nil {
+	if len(lines) > 0 {
+		if _, err := a.file.Write(lines); err != nil {
 			a.log.Warn("writing audit file", "err", err)
 		}
 	}
 }
 
 // shutdown ships what is queued, flushes NATS and closes the file. Records
-// queued after it are dropped with the queue.
+// queued after it wait for nothing and are lost with the process.
 func (a *auditor) shutdown(started bool) {
 	if a == nil {
 		return
