@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -197,4 +198,71 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// What the upstream and the client see of a forwarded request: the client's
+// address appended to X-Forwarded-For, the scheme in X-Forwarded-Proto,
+// hop-by-hop headers gone, and one X-Request-Id — the client's if it sent
+// one, else a fresh one per request — on both sides.
+func TestForwardedHeadersAndRequestID(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", nil)
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{})
+
+	st, _ := send(t, e, http.MethodPost, "/v1/chat/completions", map[string]string{"X-API-Key": k.Secret,
+		"X-Forwarded-For": "203.0.113.7", "X-Request-Id": "client-chosen-42", "Connection": "X-Hop", "X-Hop": "1", "X-Stays": "1"},
+		`{"model": "m", "messages": [{"role": "user", "content": "hi"}]}`)
+	if st != http.StatusOK {
+		t.Fatalf("status %d", st)
+	}
+	h := s.lastSeen(t)
+	for name, want := range map[string]string{"X-Forwarded-For": "203.0.113.7, 127.0.0.1", "X-Forwarded-Proto": "http",
+		"X-Request-Id": "client-chosen-42", "X-Hop": "", "X-Stays": "1"} {
+		if got := h.Get(name); got != want {
+			t.Errorf("upstream saw %s %q, want %q", name, got, want)
+		}
+	}
+
+	ids := map[string]bool{}
+	for range 3 {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+e.Addr()+"/v1/models", nil)
+		req.Header.Set("X-API-Key", k.Secret)
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		id := resp.Header.Get("X-Request-Id")
+		if len(id) != 32 || id != s.lastSeen(t).Get("X-Request-Id") || s.lastSeen(t).Get("X-Forwarded-For") != "127.0.0.1" {
+			t.Fatalf("request id %q (upstream saw %q), forwarded for %q", id, s.lastSeen(t).Get("X-Request-Id"), s.lastSeen(t).Get("X-Forwarded-For"))
+		}
+		ids[id] = true
+	}
+	if len(ids) != 3 {
+		t.Fatalf("request ids repeat: %v", ids)
+	}
+	// Refusals carry one too, and the error body of API.md.
+	req, _ := http.NewRequest(http.MethodHead, "http://"+e.Addr()+"/health", nil)
+	if resp, err := httpClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD /health: %v %v", resp, err)
+	}
+	resp, err := httpClient.Get("http://" + e.Addr() + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Error map[string]any `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("X-Request-Id") == "" || resp.Header.Get("Content-Type") != "application/json" ||
+		body.Error["code"] != "AUTHENTICATION_FAILED" || body.Error["type"] == "" || body.Error["message"] == "" {
+		t.Fatalf("refusal: %d %v %+v", resp.StatusCode, resp.Header, body)
+	}
+	if d, ok := body.Error["details"]; !ok || d != nil {
+		t.Fatalf("details %v (present %v), want null", d, ok)
+	}
 }

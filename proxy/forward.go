@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -23,12 +24,14 @@ var hopByHop = []string{
 func stripHopByHop(h interface {
 	Peek(string) []byte
 	Del(string)
+	DelBytes([]byte)
 }) {
-	if c := h.Peek("Connection"); len(c) > 0 {
-		for _, name := range strings.Split(string(c), ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				h.Del(name)
-			}
+	// Headers the client named in Connection are hop-by-hop too.
+	for c := h.Peek("Connection"); len(c) > 0; {
+		var name []byte
+		name, c, _ = bytes.Cut(c, []byte(","))
+		if name = bytes.TrimSpace(name); len(name) > 0 {
+			h.DelBytes(name)
 		}
 	}
 	for _, name := range hopByHop {
@@ -56,11 +59,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 		fail(ctx, errUpstreamAuth, 0)
 		return
 	}
-	if prior := req.Header.Peek(fasthttp.HeaderXForwardedFor); len(prior) > 0 {
-		req.Header.Set(fasthttp.HeaderXForwardedFor, string(prior)+", "+ctx.RemoteIP().String())
-	} else {
-		req.Header.Set(fasthttp.HeaderXForwardedFor, ctx.RemoteIP().String())
-	}
+	var xff [256]byte
+	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, appendForwardedFor(xff[:0], req.Header.Peek(fasthttp.HeaderXForwardedFor), ctx.RemoteAddr()))
 	if ctx.IsTLS() {
 		req.Header.Set(fasthttp.HeaderXForwardedProto, "https")
 	} else {
@@ -83,10 +83,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 		return
 	}
 
-	reqID := append([]byte(nil), ctx.Response.Header.PeekBytes(headerRequestID)...)
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripHopByHop(&ctx.Response.Header)
-	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
+	// serve put the request's id on the request too.
+	ctx.Response.Header.SetBytesKV(headerRequestID, ctx.Request.Header.PeekBytes(headerRequestID))
 	lim.setHeaders(&ctx.Response.Header)
 	s.cors.apply(ctx) // the upstream's headers replaced ours
 	if body := resp.BodyStream(); body != nil {
@@ -100,9 +100,22 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	fasthttp.ReleaseResponse(resp)
 }
 
+// appendForwardedFor appends the X-Forwarded-For value: what the client
+// sent, if anything, then the client's own address.
+func appendForwardedFor(dst, prior []byte, client net.Addr) []byte {
+	if len(prior) > 0 {
+		dst = append(append(dst, prior...), ", "...)
+	}
+	if ta, ok := client.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap().AppendTo(dst)
+	}
+	return append(dst, client.String()...)
+}
+
 // send forwards req to up and records the upstream's health.
 func (s *Server) send(ctx *fasthttp.RequestCtx, req *fasthttp.Request, resp *fasthttp.Response, up *upstream) error {
-	req.SetRequestURI(up.base + string(ctx.Request.RequestURI()))
+	var uri [512]byte
+	req.SetRequestURIBytes(append(append(uri[:0], up.base...), ctx.Request.RequestURI()...))
 	req.Header.SetHost(up.host)
 	start := time.Now()
 	err := s.client.Do(req, resp)

@@ -60,36 +60,31 @@ func newLimiter(now func() time.Time, maxBuckets int) *limiter {
 }
 
 // check takes one request from the key's and the deployment's budgets, or
-// from neither if either is spent.
+// from neither if either is spent. Requests under no budget cost nothing.
 func (l *limiter) check(dep *event.Deployment, key *cache.Key) limitResult {
 	var res limitResult
-	var took []*bucketRef
-	now := l.now()
-	try := func(id string, rl *event.RateLimit) bool {
-		if rl == nil || rl.RequestsPerMinute <= 0 {
-			return true
-		}
-		ref := l.take(id, rl.RequestsPerMinute, now, &res)
-		if ref == nil {
-			return false
-		}
-		took = append(took, ref)
-		return true
-	}
-	ok := true
+	var keyRL *event.RateLimit
 	if key != nil {
-		ok = try("k\x00"+key.ID, key.RateLimit)
+		keyRL = key.RateLimit
 	}
-	if ok {
-		ok = try("d\x00"+dep.ID, dep.RateLimit)
+	depRL := dep.RateLimit
+	if !limited(keyRL) && !limited(depRL) {
+		return res
 	}
-	if !ok {
-		for _, r := range took { // give back what the other budget gave
-			r.refund()
+	now := l.now()
+	var took *bucketRef
+	if limited(keyRL) {
+		if took = l.take("k\x00"+key.ID, keyRL.RequestsPerMinute, now, &res); took == nil {
+			return res
 		}
+	}
+	if limited(depRL) && l.take("d\x00"+dep.ID, depRL.RequestsPerMinute, now, &res) == nil && took != nil {
+		took.refund() // give back what the key's budget gave
 	}
 	return res
 }
+
+func limited(rl *event.RateLimit) bool { return rl != nil && rl.RequestsPerMinute > 0 }
 
 type bucketRef struct {
 	s *limitShard
