@@ -26,11 +26,17 @@ type CompareConfig struct {
 	Load    LoadConfig
 	Targets []CompareTarget
 	Warmup  time.Duration
+	// Rounds splits Load.Duration into that many turns, the targets
+	// taking turns within each (a b c a b c …), so that a slow spell of a
+	// noisy machine falls on every target alike; each target's rounds are
+	// merged (MergeLoad). Default 1.
+	Rounds int
 }
 
 // CompareResult holds one load result per target, in order.
 type CompareResult struct {
-	Runs []*LoadResult `json:"runs"`
+	Runs   []*LoadResult `json:"runs"`
+	Rounds int           `json:"rounds"`
 }
 
 // Find returns the run of the target named name, or nil.
@@ -43,29 +49,46 @@ func (c *CompareResult) Find(name string) *LoadResult {
 	return nil
 }
 
-// RunCompare runs the load against every target, one after another.
+// RunCompare runs the load against every target, taking turns.
 func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) {
-	out := &CompareResult{}
-	for _, t := range cfg.Targets {
-		lc := cfg.Load
-		lc.Name, lc.URL = t.Name, t.URL
-		if cfg.Warmup > 0 {
-			wc := lc
-			wc.Duration, wc.Progress, wc.Name = cfg.Warmup, nil, t.Name+" warm-up"
-			if _, err := RunLoad(ctx, wc); err != nil {
-				return nil, fmt.Errorf("%s warm-up: %w", t.Name, err)
-			}
+	rounds := max(cfg.Rounds, 1)
+	runs := make([][]*LoadResult, len(cfg.Targets))
+	for i, t := range cfg.Targets {
+		if cfg.Warmup <= 0 {
+			break
 		}
-		r, err := RunLoad(ctx, lc)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", t.Name, err)
-		}
-		out.Runs = append(out.Runs, r)
-		if ctx.Err() != nil {
-			return out, ctx.Err()
+		wc := cfg.Load
+		wc.Name, wc.URL, wc.Duration, wc.Progress = t.Name+" warm-up", t.URL, cfg.Warmup, nil
+		if _, err := RunLoad(ctx, wc); err != nil {
+			return nil, fmt.Errorf("%s warm-up: %w", cfg.Targets[i].Name, err)
 		}
 	}
-	return out, nil
+	for round := range rounds {
+		for i, t := range cfg.Targets {
+			lc := cfg.Load
+			lc.Name, lc.URL = t.Name, t.URL
+			lc.Duration = max(cfg.Load.Duration/time.Duration(rounds), 100*time.Millisecond)
+			lc.Seed = cfg.Load.Seed + uint64(round)
+			r, err := RunLoad(ctx, lc)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", t.Name, err)
+			}
+			runs[i] = append(runs[i], r)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	out := &CompareResult{Rounds: rounds}
+	for _, rs := range runs {
+		if m := MergeLoad(rs); m != nil {
+			out.Runs = append(out.Runs, m)
+		}
+	}
+	return out, ctx.Err()
 }
 
 func ratio(a, b float64) string {
@@ -80,9 +103,13 @@ func ratio(a, b float64) string {
 func CompareMarkdown(c *CompareResult, chart string) string {
 	var b strings.Builder
 	direct, nginx, km := c.Find(TargetDirect), c.Find(TargetNginx), c.Find(TargetKeymesh)
-	b.WriteString("Latencies are of the non-streamed requests (a stream lasts as long as the upstream paces it); streams are compared by time to first byte.\n\n")
-	b.WriteString("| target | requests | rps | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | stream TTFB p50 ms | rps vs direct | rps vs nginx | p99 vs direct | p99 vs nginx |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("Latencies are of the non-streamed requests (a stream lasts as long as the upstream paces it); streams are compared by time to first byte.")
+	if c.Rounds > 1 {
+		fmt.Fprintf(&b, " The targets took turns, %d rounds each, merged; the rounds column shows each round's throughput.", c.Rounds)
+	}
+	b.WriteString("\n\n")
+	b.WriteString("| target | requests | rps | rounds (rps) | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | stream TTFB p50 ms | rps vs direct | rps vs nginx | p99 vs direct | p99 vs nginx |\n")
+	b.WriteString("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range c.Runs {
 		ttfb := "-"
 		if r.StreamTTFB.Count > 0 {
@@ -95,7 +122,11 @@ func CompareMarkdown(c *CompareResult, chart string) string {
 		if nginx != nil {
 			rn, pn = ratio(r.Throughput, nginx.Throughput), ratio(r.Unary.P99, nginx.Unary.P99)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, r.Requests, f1(r.Throughput), r.Errors,
+		rounds := make([]string, len(r.RoundThroughput))
+		for i, t := range r.RoundThroughput {
+			rounds[i] = fmt.Sprintf("%.0f", t)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, r.Requests, f1(r.Throughput), strings.Join(rounds, " "), r.Errors,
 			ms(r.Unary.P50), ms(r.Unary.P90), ms(r.Unary.P99), ms(r.Unary.P999), ttfb, rd, rn, pd, pn)
 	}
 	b.WriteString("\n")

@@ -394,3 +394,29 @@ func TestPropagationChartAndMarkdown(t *testing.T) {
 		t.Errorf("markdown:\n%s", md)
 	}
 }
+
+// MergeLoad adds rounds up: requests, codes and histograms summed,
+// throughput over the summed time, each round's throughput kept.
+func TestMergeLoadAddsRoundsUp(t *testing.T) {
+	up := startUpstream(t, UpstreamConfig{}).URL()
+	var runs []*LoadResult
+	for range 3 {
+		r, err := RunLoad(context.Background(), LoadConfig{URL: up, Duration: 200 * time.Millisecond, Concurrency: 2,
+			ValidKeys: []string{"k"}, Mix: KeyMix{Valid: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, r)
+	}
+	m := MergeLoad(runs)
+	var reqs int64
+	var elapsed float64
+	for _, r := range runs {
+		reqs += r.Requests
+		elapsed += r.Elapsed
+	}
+	if m.Requests != reqs || m.Status["200"] != reqs || m.Latency.Count != reqs || m.Elapsed != elapsed ||
+		math.Abs(m.Throughput-float64(reqs)/elapsed) > 1e-9 || len(m.RoundThroughput) != 3 || m.RoundThroughput[1] != runs[1].Throughput {
+		t.Fatalf("merged %+v from %d requests over %v s", m, reqs, elapsed)
+	}
+}

@@ -158,6 +158,11 @@ type LoadResult struct {
 	RevokeErr string  `json:"revoke_error,omitempty"`
 	// LastError is one transport error, for the report.
 	LastError string `json:"last_error,omitempty"`
+	// RoundThroughput is the throughput of each round a merged result
+	// (MergeLoad) was made of.
+	RoundThroughput []float64 `json:"round_throughput_rps,omitempty"`
+
+	workers []*worker // what the summary is computed from
 }
 
 // Request bodies the load sends.
@@ -394,12 +399,43 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadResult, error) {
 	revokeWG.Wait()
 
 	res.Elapsed = elapsed.Seconds()
+	res.workers = workers
+	res.summarize()
+	return res, nil
+}
+
+// MergeLoad combines runs of one load against one target — the rounds of
+// a comparison — into one result: requests, status codes and latency
+// histograms added up, throughput over the summed measured time. The first
+// run names the result; RoundThroughput lists each run's throughput.
+func MergeLoad(runs []*LoadResult) *LoadResult {
+	if len(runs) == 0 {
+		return nil
+	}
+	out := *runs[0]
+	out.workers, out.Elapsed, out.Missed, out.RoundThroughput = nil, 0, 0, nil
+	for _, r := range runs {
+		out.workers = append(out.workers, r.workers...)
+		out.Elapsed += r.Elapsed
+		out.Missed += r.Missed
+		out.RoundThroughput = append(out.RoundThroughput, r.Throughput)
+		if r.LastError != "" {
+			out.LastError = r.LastError
+		}
+	}
+	out.summarize()
+	return &out
+}
+
+// summarize derives the counts and percentiles of res from its workers.
+func (res *LoadResult) summarize() {
 	all, ttfb, strm, unary := NewLatency(), NewLatency(), NewLatency(), NewLatency()
 	classLat := map[string]*Latency{}
 	res.Status = map[string]int64{}
 	res.ByClass = map[string]ClassResult{}
+	res.Requests, res.Errors = 0, 0
 	classStatus := map[string]map[string]int64{}
-	for _, w := range workers {
+	for _, w := range res.workers {
 		all.Merge(w.lat)
 		ttfb.Merge(w.ttfb)
 		strm.Merge(w.strm)
@@ -424,7 +460,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadResult, error) {
 				}
 			}
 		}
-		if w.lastErr != "" {
+		if w.lastErr != "" && res.LastError == "" {
 			res.LastError = w.lastErr
 		}
 	}
@@ -444,10 +480,10 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadResult, error) {
 	res.StreamTTFB = ttfb.Summary()
 	res.StreamTotal = strm.Summary()
 	res.Unary = unary.Summary()
+	res.Throughput = 0
 	if res.Elapsed > 0 {
 		res.Throughput = float64(res.Requests) / res.Elapsed
 	}
-	return res, nil
 }
 
 func statusKey(code int) string {

@@ -14,7 +14,7 @@ bench-deps:
 	@./scripts/bench-deps.sh
 
 bench: bench-deps
-	$(GO) build -o bin/ ./cmd/bench
+	$(GO) build -o bin/ ./cmd/...
 	timeout 240 ./bin/bench suite --dir bench/results --duration $(BENCH_DURATION) --edges $(BENCH_EDGES)
 
 test-client:

@@ -16,40 +16,43 @@ func init() {
 type compareOpts struct {
 	duration, warmup time.Duration
 	conc, nkeys      int
+	rounds           int
 	stream           float64
 	chunk            time.Duration
 	nginxBin         string
 	skipNginx        bool
 	quiet            bool
+	binDir           string // stackOpts.binDir
 }
 
-// compareStack starts an in-process stack and nginx in front of its mock
-// upstream, and runs the comparison.
-func compareStack(ctx context.Context, e *env, o compareOpts) (*bench.CompareResult, error) {
-	st, err := startStack(ctx, stackOpts{edges: 1})
+// compareStack starts a stack and nginx in front of its mock upstream, and
+// runs the comparison.
+func compareStack(ctx context.Context, e *env, o compareOpts) (*bench.CompareResult, string, error) {
+	st, err := startStack(ctx, stackOpts{edges: 1, binDir: o.binDir})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer st.close()
 	keys, err := st.keys(ctx, max(o.nkeys, 1), "compare")
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return compareOn(ctx, e, st, keys, o)
+	res, err := compareOn(ctx, e, st, keys, o)
+	return res, st.mode(), err
 }
 
 // compareOn runs the comparison on a running stack with its keys.
 func compareOn(ctx context.Context, e *env, st *stack, keys []*bench.Key, o compareOpts) (*bench.CompareResult, error) {
-	targets := []bench.CompareTarget{{Name: bench.TargetDirect, URL: st.upstream.URL()}, {Name: bench.TargetKeymesh, URL: st.edges[0].url}}
+	targets := []bench.CompareTarget{{Name: bench.TargetDirect, URL: st.upstreamURL()}, {Name: bench.TargetKeymesh, URL: st.edges[0].url}}
 	if !o.skipNginx {
-		ng, err := bench.StartNginx(ctx, bench.NginxConfig{Binary: o.nginxBin, Upstream: st.upstream.URL(), Keys: secrets(keys)})
+		ng, err := bench.StartNginx(ctx, bench.NginxConfig{Binary: o.nginxBin, Upstream: st.upstreamURL(), Keys: secrets(keys)})
 		if err != nil {
 			return nil, fmt.Errorf("%w (or pass --skip-nginx)", err)
 		}
 		defer ng.Stop()
 		targets = append(targets, bench.CompareTarget{Name: bench.TargetNginx, URL: ng.URL})
 	}
-	return bench.RunCompare(ctx, bench.CompareConfig{Targets: targets, Warmup: o.warmup, Load: bench.LoadConfig{
+	return bench.RunCompare(ctx, bench.CompareConfig{Targets: targets, Warmup: o.warmup, Rounds: o.rounds, Load: bench.LoadConfig{
 		Duration: o.duration, Concurrency: o.conc, ValidKeys: secrets(keys), StreamShare: o.stream,
 		StreamChunkInterval: o.chunk, Progress: progressOut(e, o.quiet),
 	}})
@@ -57,7 +60,8 @@ func compareOn(ctx context.Context, e *env, st *stack, keys []*bench.Key, o comp
 
 func runCompare(e *env, args []string) int {
 	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
-	duration := fs.Duration("duration", 5*time.Second, "measured time per target")
+	duration := fs.Duration("duration", 10*time.Second, "measured time per target, over all rounds")
+	rounds := fs.Int("rounds", 5, "turns the targets take (a b c a b c …), merged per target, so that noise falls on all alike")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured warm-up per target")
 	conc := fs.Int("concurrency", 32, "workers (closed loop)")
 	nkeys := fs.Int("keys", 100, "valid keys (in the edge's origin and nginx's map)")
@@ -67,19 +71,20 @@ func runCompare(e *env, args []string) int {
 	skipNginx := fs.Bool("skip-nginx", false, "compare only direct and keymesh")
 	out := fs.String("out", "", "report path without extension; default under $TMPDIR/keymesh-bench")
 	quiet := fs.Bool("quiet", false, "no progress line on stderr")
+	inProcess := inProcessFlag(fs)
 	about := "bench compare sends the same closed-loop load, one after another, to (a) the mock upstream directly,\n" +
-		"(b) a keymesh edge (in-process origin + edge), (c) nginx with a static map of the same keys in front of\n" +
+		"(b) a keymesh edge (origin, upstream and edge as separate processes, see --in-process), (c) nginx with a static map of the same keys in front of\n" +
 		"the same upstream (a child process on a free port; `make bench-deps` installs it), and tabulates\n" +
 		"throughput and latency with ratios to (a) and (c)."
 	if code, done := parseFlags(e, fs, about, args); done {
 		return code
 	}
-	if *duration <= 0 || *conc <= 0 || *warmup < 0 || *stream < 0 || *stream > 1 {
-		fmt.Fprintln(e.stderr, "bench compare: --duration and --concurrency must be positive, --stream-share in 0..1")
+	if *duration <= 0 || *conc <= 0 || *rounds <= 0 || *warmup < 0 || *stream < 0 || *stream > 1 {
+		fmt.Fprintln(e.stderr, "bench compare: --duration, --rounds and --concurrency must be positive, --stream-share in 0..1")
 		return 2
 	}
-	res, err := compareStack(e.ctx, e, compareOpts{duration: *duration, warmup: *warmup, conc: *conc, nkeys: *nkeys,
-		stream: *stream, chunk: *chunk, nginxBin: *nginxBin, skipNginx: *skipNginx, quiet: *quiet})
+	res, mode, err := compareStack(e.ctx, e, compareOpts{duration: *duration, warmup: *warmup, conc: *conc, nkeys: *nkeys, rounds: *rounds,
+		stream: *stream, chunk: *chunk, nginxBin: *nginxBin, skipNginx: *skipNginx, quiet: *quiet, binDir: stackBinDir(*inProcess)})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "bench compare: %v\n", err)
 		return 1
@@ -89,7 +94,7 @@ func runCompare(e *env, args []string) int {
 	if base == "" {
 		base = defaultOut("compare")
 	}
-	md := "# bench compare\n\nMachine: " + bench.DescribeMachine().Markdown() + "\n\n" + bench.CompareMarkdown(res, "latency") +
+	md := "# bench compare\n\nMachine: " + bench.DescribeMachine().Markdown() + ".  \nStack: " + mode + "; nginx as a child process.\n\n" + bench.CompareMarkdown(res, "latency") +
 		"\n![throughput](CHART:throughput)\n"
 	if err := writeReport(e, bench.Report{Base: base, JSON: res, Markdown: md, Charts: map[string]bench.Chart{
 		"latency":    bench.LatencyChart("Latency of non-streamed requests by percentile", res.Runs, unaryLatency),

@@ -19,13 +19,14 @@ type floodOpts struct {
 	conc, unknown   int
 	validKeys       []string
 	quiet           bool
+	binDir          string // stackOpts.binDir
 }
 
 // floodStack runs a flood against a new in-process stack (url empty) or
 // the given edge.
 func floodStack(ctx context.Context, e *env, o floodOpts) (*bench.FloodResult, error) {
 	if o.url == "" {
-		st, err := startStack(ctx, stackOpts{edges: 1})
+		st, err := startStack(ctx, stackOpts{edges: 1, binDir: o.binDir})
 		if err != nil {
 			return nil, err
 		}
@@ -50,6 +51,7 @@ func runFlood(e *env, args []string) int {
 	unknown := fs.Int("unknown-keys", 1000, "distinct well-formed unknown keys (each costs one lookup before the negative cache answers)")
 	out := fs.String("out", "", "report path without extension; default under $TMPDIR/keymesh-bench")
 	quiet := fs.Bool("quiet", false, "no progress line on stderr")
+	inProcess := inProcessFlag(fs)
 	about := "bench flood sends malformed keys, then unknown keys, at full speed (closed loop), and with valid keys\n" +
 		"a valid phase to compare with; it reports refusals per second and the origin lookups each phase caused,\n" +
 		"read from the edge's " + bench.LookupsMetric + " (0 expected for malformed keys)."
@@ -66,7 +68,7 @@ func runFlood(e *env, args []string) int {
 		return 2
 	}
 	res, err := floodStack(e.ctx, e, floodOpts{url: *url, metricsURL: *metrics, duration: *duration, conc: *conc,
-		unknown: *unknown, validKeys: valid, quiet: *quiet})
+		unknown: *unknown, validKeys: valid, quiet: *quiet, binDir: stackBinDir(*inProcess)})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "bench flood: %v\n", err)
 		return 1

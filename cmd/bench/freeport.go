@@ -3,8 +3,6 @@ package main
 import (
 	"flag"
 	"fmt"
-
-	"github.com/keymesh/keymesh/bench"
 )
 
 func init() {
@@ -22,17 +20,13 @@ func runFreePort(e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "bench freeport: --n must be 1..100")
 		return 2
 	}
-	seen := map[int]bool{}
-	for len(seen) < *n {
-		p, err := bench.FreePort()
-		if err != nil {
-			fmt.Fprintf(e.stderr, "bench freeport: %v\n", err)
-			return 1
-		}
-		if !seen[p] {
-			seen[p] = true
-			fmt.Fprintln(e.stdout, p)
-		}
+	ports, err := freePorts(*n)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bench freeport: %v\n", err)
+		return 1
+	}
+	for _, p := range ports {
+		fmt.Fprintln(e.stdout, p)
 	}
 	return 0
 }

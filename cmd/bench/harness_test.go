@@ -3,10 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,7 +98,7 @@ func TestLoadOnInProcessStack(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), "keymesh edge (in-process)") || !strings.Contains(stderr.String(), "rps") {
+	if !strings.Contains(stdout.String(), "keymesh edge") || !strings.Contains(stderr.String(), "rps") {
 		t.Errorf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 	}
 	var res bench.LoadResult
@@ -168,28 +172,114 @@ func TestFloodAndPropagationOnInProcessStack(t *testing.T) {
 	}
 }
 
-// TestCompareOnInProcessStack compares direct, keymesh and (when
-// installed) nginx briefly.
-func TestCompareOnInProcessStack(t *testing.T) {
+// TestCompare compares direct, keymesh and (when installed) nginx briefly,
+// on an in-process stack and on one of separate processes.
+func TestCompare(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	_, nerr := bench.FindNginx("")
+	for _, mode := range []struct {
+		name   string
+		binDir func(t *testing.T) string
+	}{{"in-process", func(*testing.T) string { return "" }}, {"processes", buildStackBinaries}} {
+		t.Run(mode.name, func(t *testing.T) {
+			e, _, stderr := testEnv(ctx, nil)
+			res, how, err := compareStack(ctx, e, compareOpts{duration: 400 * time.Millisecond, conc: 4, nkeys: 3, stream: 0.2,
+				chunk: time.Millisecond, skipNginx: nerr != nil, quiet: true, binDir: mode.binDir(t)})
+			if err != nil {
+				t.Fatalf("%v %s", err, stderr.String())
+			}
+			if mode.name == "processes" && !strings.Contains(how, "separate processes") {
+				t.Errorf("mode %q", how)
+			}
+			want := 3
+			if nerr != nil {
+				want = 2
+			}
+			if len(res.Runs) != want {
+				t.Fatalf("runs: %d, want %d", len(res.Runs), want)
+			}
+			for _, r := range res.Runs {
+				if r.Requests == 0 || r.Status["200"] != r.Requests {
+					t.Errorf("%s: %d requests, status %v (%s)", r.Name, r.Requests, r.Status, r.LastError)
+				}
+			}
+		})
+	}
+}
+
+// TestProcessStackStopsEverything: a process stack leaves no process and
+// no directory behind.
+func TestProcessStackStopsEverything(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	e, _, stderr := testEnv(ctx, nil)
-	_, nerr := bench.FindNginx("")
-	res, err := compareStack(ctx, e, compareOpts{duration: 400 * time.Millisecond, conc: 4, nkeys: 3, stream: 0.2,
-		chunk: time.Millisecond, skipNginx: nerr != nil, quiet: true})
+	st, err := startStack(ctx, stackOpts{edges: 2, binDir: buildStackBinaries(t)})
 	if err != nil {
-		t.Fatalf("%v %s", err, stderr.String())
+		t.Fatal(err)
 	}
-	want := 3
-	if nerr != nil {
-		want = 2
+	if len(st.procs) != 4 || len(st.edges) != 2 {
+		t.Fatalf("%d processes, %d edges", len(st.procs), len(st.edges))
 	}
-	if len(res.Runs) != want {
-		t.Fatalf("runs: %d, want %d", len(res.Runs), want)
+	k, err := st.keys(ctx, 1, "procs")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, r := range res.Runs {
-		if r.Requests == 0 || r.Status["200"] != r.Requests {
-			t.Errorf("%s: %d requests, status %v (%s)", r.Name, r.Requests, r.Status, r.LastError)
+	for _, e := range st.edges {
+		if code := probeKey(t, e.url, k[0].Secret); code != 200 {
+			t.Fatalf("%s: %d", e.url, code)
 		}
 	}
+	st.close()
+	for _, p := range st.procs {
+		select {
+		case <-p.done:
+		default:
+			t.Errorf("%s still running", p.name)
+		}
+	}
+	if _, err := os.Stat(st.dir); !os.IsNotExist(err) {
+		t.Errorf("%s left behind: %v", st.dir, err)
+	}
+}
+
+func probeKey(t *testing.T, edge, key string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, edge+"/v1/models", nil)
+	req.Header.Set("X-API-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+var stackBinaries struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// buildStackBinaries builds origin and edge once per test run, and makes
+// this test binary answer `upstream` in child processes (TestMain runs main
+// when BENCH_TEST_MAIN=1).
+func buildStackBinaries(t *testing.T) string {
+	t.Helper()
+	stackBinaries.once.Do(func() {
+		dir, err := os.MkdirTemp("", "keymesh-bench-bin-")
+		if err != nil {
+			stackBinaries.err = err
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/keymesh/keymesh/cmd/origin", "github.com/keymesh/keymesh/cmd/edge").CombinedOutput()
+		if err != nil {
+			stackBinaries.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+		stackBinaries.dir = dir
+	})
+	if stackBinaries.err != nil {
+		t.Fatal(stackBinaries.err)
+	}
+	t.Setenv("BENCH_TEST_MAIN", "1")
+	return stackBinaries.dir
 }

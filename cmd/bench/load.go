@@ -111,6 +111,7 @@ func runLoad(e *env, args []string) int {
 	header := fs.String("header", bench.HeaderXAPIKey, "credential header: x-api-key, bearer or both")
 	out := fs.String("out", "", "report path without extension (.json, .md, -latency.svg); default under $TMPDIR/keymesh-bench")
 	quiet := fs.Bool("quiet", false, "no progress line on stderr")
+	inProcess := inProcessFlag(fs)
 	about := "bench load sends an open-loop (--rate) or closed-loop (--concurrency) load with a key mix and a share of\n" +
 		"streamed requests, and reports throughput, status codes by key class and HDR-histogram latencies\n" +
 		"(p50/p90/p99/p99.9) as JSON and Markdown with an SVG plot. Without --url it starts its own stack."
@@ -126,6 +127,7 @@ func runLoad(e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "bench load: --duration and --concurrency must be positive, --stream-share in 0..1, --rate >= 0")
 		return 2
 	}
+	mode := "" // how the stack runs, when the bench starts it
 	cfg := bench.LoadConfig{
 		Name: "load", URL: *url, Path: *path, Host: *host, Duration: *duration, Rate: *rate, Concurrency: *conc,
 		Mix: mix, UnknownKeys: *unknown, StreamShare: *stream, StreamChunkInterval: *chunk,
@@ -141,7 +143,7 @@ func runLoad(e *env, args []string) int {
 			return 2
 		}
 	} else {
-		st, err := startStack(e.ctx, stackOpts{edges: 1})
+		st, err := startStack(e.ctx, stackOpts{edges: 1, binDir: stackBinDir(*inProcess)})
 		if err != nil {
 			fmt.Fprintf(e.stderr, "bench load: %v\n", err)
 			return 1
@@ -163,7 +165,8 @@ func runLoad(e *env, args []string) int {
 		} else {
 			cfg.Mix.Revoked = 0
 		}
-		cfg.Name = "keymesh edge (in-process)"
+		cfg.Name = "keymesh edge"
+		mode = st.mode()
 	}
 	res, err := bench.RunLoad(e.ctx, cfg)
 	if err != nil {
@@ -174,7 +177,10 @@ func runLoad(e *env, args []string) int {
 	if base == "" {
 		base = defaultOut("load")
 	}
-	md := "# bench load\n\nMachine: " + bench.DescribeMachine().Markdown() + "\n\n" + bench.LoadMarkdown([]*bench.LoadResult{res}, "latency")
+	if mode != "" {
+		mode = ".  \nStack: " + mode
+	}
+	md := "# bench load\n\nMachine: " + bench.DescribeMachine().Markdown() + mode + "\n\n" + bench.LoadMarkdown([]*bench.LoadResult{res}, "latency")
 	fmt.Fprint(e.stdout, bench.LoadMarkdown([]*bench.LoadResult{res}, ""))
 	if err := writeReport(e, bench.Report{Base: base, JSON: res, Markdown: md,
 		Charts: map[string]bench.Chart{"latency": bench.LatencyChart("Latency by percentile", []*bench.LoadResult{res}, nil)}}); err != nil {

@@ -36,12 +36,15 @@ type stackOpts struct {
 	maxKeys int64
 	// logger gets every component's logs (nil: discarded).
 	logger *slog.Logger
+	// binDir, if set, holds the edge and origin binaries: the stack then
+	// runs as separate processes (see procstack.go).
+	binDir string
 }
 
 type edgeNode struct {
-	srv      *proxy.Server
-	url      string // proxy
-	adminURL string // /metrics, /status
+	srv      *proxy.Server // nil when the edge is a process
+	url      string        // proxy
+	adminURL string        // /metrics, /status
 	admin    *http.Server
 }
 
@@ -53,6 +56,9 @@ type stack struct {
 	edges    []*edgeNode
 	dep      *bench.Deployment
 	closed   sync.Once
+
+	procs []*process // a process stack's children
+	upURL string     // a process stack's upstream
 }
 
 func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
@@ -73,6 +79,13 @@ func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
 			s.close()
 		}
 	}()
+	if o.binDir != "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		return s, s.startProcesses(ctx, o, self)
+	}
 	cfg := origin.DefaultConfig()
 	cfg.DataDir = dir + "/origin"
 	cfg.Listen = "127.0.0.1:0"
@@ -146,6 +159,9 @@ func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, erro
 }
 
 func (e *edgeNode) stop() {
+	if e.srv == nil {
+		return // a process: stopProcesses ends it
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = e.admin.Shutdown(ctx)
@@ -156,7 +172,11 @@ func (e *edgeNode) stop() {
 func (s *stack) waitApplied(ctx context.Context, rev uint64) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for _, e := range s.edges {
-		for e.srv.View().AppliedRevision() < rev {
+		for {
+			applied, err := e.appliedRevision(ctx)
+			if err == nil && applied >= rev {
+				break
+			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("an edge did not apply revision %d within 10s", rev)
 			}
@@ -224,6 +244,7 @@ func (s *stack) stop() {
 	for _, e := range s.edges {
 		e.stop()
 	}
+	s.stopProcesses()
 	if s.upstream != nil {
 		_ = s.upstream.Shutdown(ctx)
 	}

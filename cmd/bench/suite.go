@@ -18,6 +18,7 @@ func init() {
 // suiteResult is the JSON of a suite run.
 type suiteResult struct {
 	Date        string                   `json:"date"`
+	Stack       string                   `json:"stack"` // how load, flood and compare ran
 	Machine     bench.Machine            `json:"machine"`
 	Seconds     float64                  `json:"seconds"`
 	Load        []*bench.LoadResult      `json:"load"`
@@ -44,7 +45,9 @@ func runSuite(e *env, args []string) int {
 	conc := fs.Int("concurrency", 32, "closed-loop workers")
 	rate := fs.Float64("rate", 2000, "open-loop requests per second")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
-	about := "bench suite runs the standard suite (well under 3 minutes on 2 cores) on in-process stacks:\n" +
+	inProcess := inProcessFlag(fs)
+	about := "bench suite runs the standard suite (well under 3 minutes on 2 cores) on a stack of separate processes\n" +
+		"(see --in-process) for load, flood and compare, and an in-process one for propagation:\n" +
 		"closed- and open-loop load with a key mix and revocation, a flood, a comparison with the upstream\n" +
 		"directly and nginx (skipped, and said so, when nginx is missing), and propagation to --edges edges;\n" +
 		"then writes <dir>/<date>.md with the machine it ran on and every target's verdict."
@@ -60,7 +63,7 @@ func runSuite(e *env, args []string) int {
 	defer cancel()
 	start := time.Now()
 	res := &suiteResult{Date: *date, Machine: bench.DescribeMachine()}
-	if err := suiteRun(ctx, e, res, *duration, *edges, *iterations, *conc, *rate, *quiet); err != nil {
+	if err := suiteRun(ctx, e, res, stackBinDir(*inProcess), *duration, *edges, *iterations, *conc, *rate, *quiet); err != nil {
 		fmt.Fprintf(e.stderr, "bench suite: %v\n", err)
 		return 1
 	}
@@ -84,12 +87,13 @@ func runSuite(e *env, args []string) int {
 	return 0
 }
 
-func suiteRun(ctx context.Context, e *env, res *suiteResult, d time.Duration, edges, iterations, conc int, rate float64, quiet bool) error {
-	st, err := startStack(ctx, stackOpts{edges: 1})
+func suiteRun(ctx context.Context, e *env, res *suiteResult, binDir string, d time.Duration, edges, iterations, conc int, rate float64, quiet bool) error {
+	st, err := startStack(ctx, stackOpts{edges: 1, binDir: binDir})
 	if err != nil {
 		return err
 	}
 	defer st.close()
+	res.Stack = st.mode()
 	valid, err := st.keys(ctx, 100, "suite")
 	if err != nil {
 		return err
@@ -124,7 +128,7 @@ func suiteRun(ctx context.Context, e *env, res *suiteResult, d time.Duration, ed
 		return err
 	}
 
-	co := compareOpts{duration: d, warmup: time.Second, conc: conc, stream: 0.1, chunk: 5 * time.Millisecond, quiet: quiet}
+	co := compareOpts{duration: 2 * d, rounds: 5, warmup: time.Second, conc: conc, stream: 0.1, chunk: 5 * time.Millisecond, quiet: quiet}
 	if _, nerr := bench.FindNginx(""); nerr != nil {
 		co.skipNginx = true
 		res.CompareNote = "nginx was not compared: " + nerr.Error()
@@ -201,9 +205,9 @@ func targetsMarkdown(ts []suiteTarget) string {
 func suiteMarkdown(r *suiteResult) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# keymesh bench — %s\n\n", r.Date)
-	fmt.Fprintf(&b, "Machine: %s.  \nSuite time: %.0f s (`make bench`, i.e. `bench suite`). Everything ran on this one machine on loopback: "+
-		"the load generator, the mock upstream, the origin with embedded NATS and the edges in one Go process; nginx as a child process.\n\n",
-		r.Machine.Markdown(), r.Seconds)
+	fmt.Fprintf(&b, "Machine: %s.  \nSuite time: %.0f s (`make bench`, i.e. `bench suite`). Everything ran on this one machine on loopback. "+
+		"Load, flood and compare: %s; nginx as a child process. Propagation: origin and edges in the bench process.\n\n",
+		r.Machine.Markdown(), r.Seconds, r.Stack)
 	b.WriteString("## Targets\n\n" + targetsMarkdown(r.Targets))
 	b.WriteString("\n## Load (one edge; mix valid 90%, unknown 4%, malformed 4%, revoked 2% — unlinked half-way; 10% streamed; X-API-Key and Bearer)\n\n")
 	b.WriteString(bench.LoadMarkdown(r.Load, "load"))
