@@ -60,14 +60,21 @@ func isConnectError(err error) bool {
 // idleConn cuts a connection that has been silent for idle: every read
 // must make progress within idle, however long the whole response takes.
 // A healthy generation that streams tokens is never cut; a stuck one is.
+// Pushing the deadline out costs a timer update, so it is done at most once
+// per idle/16: a silent upstream is cut after 15/16 to 16/16 of idle.
+// Reads come from one goroutine at a time (the connection's user).
 type idleConn struct {
 	net.Conn
-	idle time.Duration
+	idle  time.Duration
+	armed time.Time // when the read deadline was last pushed out
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
-		return 0, err
+	if now := time.Now(); now.Sub(c.armed) >= c.idle/16 {
+		if err := c.Conn.SetReadDeadline(now.Add(c.idle)); err != nil {
+			return 0, err
+		}
+		c.armed = now
 	}
 	return c.Conn.Read(p)
 }
