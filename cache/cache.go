@@ -180,6 +180,9 @@ type Stats struct {
 	// could not prove it was current; StaleServed, those served from the
 	// cache anyway because the lookup failed and FailOpen is set.
 	Revalidations, StaleServed uint64
+	// OldHeartbeats counts heartbeats ignored for being no newer than one
+	// already taken (replays, or copies that came twice).
+	OldHeartbeats uint64
 	// Evictions counts positive entries ristretto evicted for room.
 	Evictions uint64
 	// LatestRevision is the highest revision the origin has said, in a
@@ -219,9 +222,10 @@ type View struct {
 	pendingMu  sync.Mutex
 	pendingRev uint64
 	pendingAt  int64
+	lastBeat   int64 // Time of the newest heartbeat taken, by the origin's clock
 
 	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected, negHits atomic.Uint64
-	revalidations, staleServed                                                         atomic.Uint64
+	revalidations, staleServed, oldBeats                                               atomic.Uint64
 }
 
 // New validates cfg and returns an empty View.
@@ -303,7 +307,7 @@ func (v *View) Stats() Stats {
 		Hits: v.hits.Load(), Misses: v.misses.Load(), Lookups: v.lookups.Load(),
 		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Resyncs: v.resyncs.Load(),
 		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(), NegativeHits: v.negHits.Load(),
-		Revalidations: v.revalidations.Load(), StaleServed: v.staleServed.Load(),
+		Revalidations: v.revalidations.Load(), StaleServed: v.staleServed.Load(), OldHeartbeats: v.oldBeats.Load(),
 		Evictions: v.keys.Metrics.KeysEvicted(), LatestRevision: max(v.latest.Load(), v.applied.Load()),
 	}
 }
@@ -359,7 +363,9 @@ func (v *View) Current() (bool, time.Time) {
 
 // Heartbeat takes a sealed origin heartbeat. Once the View has applied the
 // revision it names, the View is proven current as of the heartbeat's
-// arrival.
+// arrival. Only a heartbeat newer (by the origin's clock) than every one
+// taken before counts: an old one replayed, or a copy arriving twice by
+// another path, proves nothing and is ignored.
 func (v *View) Heartbeat(wire []byte) error {
 	rec, err := v.open(wire)
 	if err != nil {
@@ -370,10 +376,16 @@ func (v *View) Heartbeat(wire []byte) error {
 		return fmt.Errorf("%w: want a heartbeat, got %q", event.ErrMalformed, rec.Kind)
 	}
 	now := v.now().UnixNano()
-	for cur := v.latest.Load(); rec.Revision > cur && !v.latest.CompareAndSwap(cur, rec.Revision); cur = v.latest.Load() {
-	}
 	v.pendingMu.Lock()
 	defer v.pendingMu.Unlock()
+	t := rec.Time.UnixNano()
+	if t <= v.lastBeat {
+		v.oldBeats.Add(1)
+		return nil
+	}
+	v.lastBeat = t
+	for cur := v.latest.Load(); rec.Revision > cur && !v.latest.CompareAndSwap(cur, rec.Revision); cur = v.latest.Load() {
+	}
 	if rec.Revision <= v.applied.Load() {
 		v.current.Store(now)
 		v.pendingRev = 0

@@ -23,6 +23,7 @@ type origin struct {
 	rev    uint64
 	keys   map[apikey.Hash]*event.Key
 	calls  atomic.Int64
+	beats  int64 // heartbeats sealed
 	// hook, if set, runs inside Lookup before the answer is sealed.
 	hook func()
 }
@@ -480,8 +481,10 @@ func TestUnknownKeyFloodKeepsValidKeysCached(t *testing.T) {
 	}
 }
 
+// heartbeat seals a heartbeat for rev, each one later than the last.
 func (o *origin) heartbeat(rev uint64) []byte {
-	return o.seal(&event.Record{Revision: rev, Kind: event.KindHeartbeat})
+	o.beats++
+	return o.seal(&event.Record{Revision: rev, Kind: event.KindHeartbeat, Time: time.Unix(1_000_000+o.beats, 0)})
 }
 
 // Invariant 2, second half: a View that cannot prove it is current stops
@@ -543,6 +546,18 @@ func TestStalenessGuard(t *testing.T) {
 			}
 			if !failOpen && !errors.Is(err, ErrUnavailable) {
 				t.Fatalf("closed served what it could not prove: %v", err)
+			}
+			// An old heartbeat replayed proves nothing either.
+			old := o.heartbeat(v.AppliedRevision())
+			if err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
+				t.Fatal(err)
+			}
+			advance(11 * time.Second)
+			if err := v.Heartbeat(old); err != nil {
+				t.Fatal(err)
+			}
+			if ok, _ := v.Current(); ok || v.Stats().OldHeartbeats != 1 {
+				t.Fatalf("a replayed heartbeat made the View current (old heartbeats %d)", v.Stats().OldHeartbeats)
 			}
 			// Forged heartbeats prove nothing.
 			rogue := newOrigin(t)
