@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -73,9 +74,22 @@ func TestOversizedBodyRefusedBeforeReading(t *testing.T) {
 		t.Fatalf("no answer before the body was sent: %v", err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusRequestEntityTooLarge {
-		t.Fatalf("status %d", resp.StatusCode)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get("X-Request-Id") == "" {
+		t.Fatalf("status %d, request id %q", resp.StatusCode, resp.Header.Get("X-Request-Id"))
 	}
+	// Refused before the handler ran, and still counted and audited.
+	rec := httptest.NewRecorder()
+	e.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), `keymesh_edge_requests_total{code="413",deployment="small"} 1`) {
+		t.Errorf("the 413 is not counted:\n%s", rec.Body.String())
+	}
+	checkFor(t, 10*time.Second, func() error {
+		recs, _ := s.auditRecords("deployment=" + d.ID + "&source=edge")
+		if len(recs) != 1 || recs[0]["status"] != float64(413) || recs[0]["request_id"] != resp.Header.Get("X-Request-Id") {
+			return errorf("audit records %v", recs)
+		}
+		return nil
+	})
 }
 
 // A client that uploads its whole oversized body before reading — as most

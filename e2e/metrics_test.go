@@ -38,6 +38,11 @@ func TestMetricsAndStatus(t *testing.T) {
 		`keymesh_edge_upstream_seconds_count{deployment="demo"} 2`,
 		`keymesh_edge_applied_revision`,
 		`keymesh_edge_streams 0`,
+		`keymesh_edge_audit_dropped_total 0`,
+		`keymesh_edge_audit_shipped_total`,
+		`keymesh_edge_upstream_pool_full_total 0`,
+		`keymesh_edge_ratelimit_untracked_total 0`,
+		`keymesh_edge_heartbeats_ignored_total`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)

@@ -54,6 +54,19 @@ func TestStreamingPassesThroughAsProduced(t *testing.T) {
 			t.Fatalf("chunk %d arrived %v after chunk %d: the stream was buffered", i, gap, i-1)
 		}
 	}
+	// The request's audit record spans the whole stream, not only the
+	// time to its first byte.
+	span := arrivals[len(arrivals)-1].Sub(arrivals[0])
+	checkFor(t, 10*time.Second, func() error {
+		recs, _ := s.auditRecords("key_id=" + k.ID + "&source=edge")
+		if len(recs) != 1 {
+			return errorf("%d edge records", len(recs))
+		}
+		if ms, _ := recs[0]["duration_ms"].(float64); time.Duration(ms*float64(time.Millisecond)) < span {
+			t.Fatalf("audit duration %v ms, the stream lasted at least %v", ms, span)
+		}
+		return nil
+	})
 }
 
 // A stream needs the use_streaming permission.

@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/proxy"
 )
 
 // lastSeen returns the headers of the last request the upstream received.
@@ -264,5 +267,37 @@ func TestForwardedHeadersAndRequestID(t *testing.T) {
 	}
 	if d, ok := body.Error["details"]; !ok || d != nil {
 		t.Fatalf("details %v (present %v), want null", d, ok)
+	}
+}
+
+// The upstream pool is bounded: with every connection held by a stream, the
+// next request waits UpstreamPoolWait for one, then is told to retry (503,
+// not 502: the upstream is not down) and counted.
+func TestUpstreamPoolBound(t *testing.T) {
+	s := newStack(t)
+	d := s.deployment("demo", nil)
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) {
+		c.MaxUpstreamConns = 1
+		c.UpstreamPoolWait = 100 * time.Millisecond
+	}})
+	body := `{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}`
+	req, _ := http.NewRequest(http.MethodPost, "http://"+e.Addr()+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", k.Secret)
+	req.Header.Set("X-Mock-Chunk-Interval", "1s") // holds the only connection
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	st, got := send(t, e, http.MethodPost, "/v1/chat/completions", withKey(k), `{"model": "m", "messages": []}`)
+	if st != http.StatusServiceUnavailable || errorCode(t, got) != "UNAVAILABLE" {
+		t.Fatalf("with the pool full: %d %s", st, got)
+	}
+	rec := httptest.NewRecorder()
+	e.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), "keymesh_edge_upstream_pool_full_total 1") {
+		t.Fatal("the refusal is not counted")
 	}
 }

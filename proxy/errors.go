@@ -21,6 +21,8 @@ var (
 		"cannot verify the API key right now; retry shortly")
 	errUpstream = apierror.New(http.StatusBadGateway, apierror.UpstreamError,
 		"the inference server could not be reached")
+	errUpstreamBusy = apierror.New(http.StatusServiceUnavailable, apierror.Unavailable,
+		"every connection to the inference servers is busy; retry shortly")
 	errUpstreamAuth = apierror.New(http.StatusBadGateway, apierror.UpstreamError,
 		"the edge has no credential configured for this deployment's upstream")
 	errBodyTooLarge = apierror.New(http.StatusRequestEntityTooLarge, apierror.ValidationError,
@@ -37,7 +39,7 @@ var rendered = map[*apierror.Error][]byte{}
 
 func init() {
 	for _, e := range []*apierror.Error{errNoCredential, errInvalidKey, errNoDeployment,
-		errUnavailable, errUpstream, errUpstreamAuth, errBodyTooLarge, errBadJSON, errMalformedRequest} {
+		errUnavailable, errUpstream, errUpstreamBusy, errUpstreamAuth, errBodyTooLarge, errBadJSON, errMalformedRequest} {
 		rendered[e] = e.Body()
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -40,13 +41,14 @@ func stripHopByHop(h interface {
 }
 
 // forward sends the request to one of the route's upstreams and relays the
-// answer; a streamed answer is relayed chunk by chunk as it arrives.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromAuth bool, lim limitResult) {
+// answer; a streamed answer is relayed chunk by chunk as it arrives, and is
+// returned (nil otherwise) so that the request is finished once it is.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromAuth bool, lim limitResult) *upstreamBody {
 	now := time.Now()
 	up := rt.pick(now, nil)
 	if up == nil {
 		fail(ctx, errUpstream, 0)
-		return
+		return nil
 	}
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
@@ -57,7 +59,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	stripHopByHop(&req.Header)
 	if !s.setUpstreamAuth(&req.Header, rt.dep, cred, fromAuth) {
 		fail(ctx, errUpstreamAuth, 0)
-		return
+		return nil
 	}
 	var xff [256]byte
 	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, appendForwardedFor(xff[:0], req.Header.Peek(fasthttp.HeaderXForwardedFor), ctx.RemoteAddr()))
@@ -76,11 +78,20 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 			err = s.send(ctx, req, resp, up)
 		}
 	}
+	if errors.Is(err, fasthttp.ErrNoFreeConns) {
+		// Every pooled connection stayed busy for MaxConnWaitTimeout: the
+		// upstream is not down, the edge is at its bound.
+		fasthttp.ReleaseResponse(resp)
+		s.metrics.poolFull.Inc()
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		fail(ctx, errUpstreamBusy, 0)
+		return nil
+	}
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		s.log.Warn("upstream request failed", "deployment", rt.dep.Name, "upstream", up.host, "err", err)
 		fail(ctx, errUpstream, 0)
-		return
+		return nil
 	}
 
 	resp.Header.CopyTo(&ctx.Response.Header)
@@ -93,11 +104,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 		// The server closes the stream when it is done writing or the
 		// client went away; closing it ends the upstream request.
 		s.metrics.streams.Inc()
-		ctx.Response.SetBodyStream(&upstreamBody{resp: resp, r: body, streams: s.metrics.streams}, resp.Header.ContentLength())
-		return
+		b := &upstreamBody{resp: resp, r: body, streams: s.metrics.streams}
+		ctx.Response.SetBodyStream(b, resp.Header.ContentLength())
+		return b
 	}
 	ctx.Response.SetBody(resp.Body())
 	fasthttp.ReleaseResponse(resp)
+	return nil
 }
 
 // appendForwardedFor appends the X-Forwarded-For value: what the client
@@ -129,12 +142,18 @@ func (s *Server) send(ctx *fasthttp.RequestCtx, req *fasthttp.Request, resp *fas
 	return err
 }
 
-// upstreamBody relays a streamed upstream body and releases the upstream
-// response when the edge server closes it.
+// upstreamBody relays a streamed upstream body; when the edge server closes
+// it (relayed, or the client gone), it releases the upstream response and
+// finishes the request.
 type upstreamBody struct {
 	resp    *fasthttp.Response
 	r       io.Reader
 	streams prometheus.Gauge
+
+	// Set by handle: the request to finish on Close.
+	s   *Server
+	ctx *fasthttp.RequestCtx
+	out outcome
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) { return b.r.Read(p) }
@@ -143,6 +162,9 @@ func (b *upstreamBody) Close() error {
 	b.streams.Dec()
 	err := b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
+	if b.s != nil {
+		b.s.finish(b.ctx, &b.out)
+	}
 	return err
 }
 

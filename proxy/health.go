@@ -27,6 +27,9 @@ func (h *health) usable(now time.Time) bool { return now.UnixNano() >= h.until.L
 
 func (h *health) failed(now time.Time) {
 	n := h.failures.Add(1)
+	if n > 16 {
+		h.failures.Store(16) // the rest is restMax from here on; never overflow
+	}
 	rest := restMax
 	if n < 16 {
 		rest = min(restMin<<(n-1), restMax)
@@ -58,15 +61,26 @@ func isConnectError(err error) bool {
 }
 
 // idleConn cuts a connection that has been silent for idle: every read
-// must make progress within idle, however long the whole response takes.
+// must make progress within idle, however long the whole response takes,
+// and so must every write (an upstream that stops reading a request body).
 // A healthy generation that streams tokens is never cut; a stuck one is.
-// Pushing the deadline out costs a timer update, so it is done at most once
+// Pushing a deadline out costs a timer update, so it is done at most once
 // per idle/16: a silent upstream is cut after 15/16 to 16/16 of idle.
-// Reads come from one goroutine at a time (the connection's user).
+// Reads come from one goroutine at a time, and so do writes.
 type idleConn struct {
 	net.Conn
-	idle  time.Duration
-	armed time.Time // when the read deadline was last pushed out
+	idle         time.Duration
+	armed, wrote time.Time // when the read and write deadlines were last pushed out
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(c.wrote) >= c.idle/16 {
+		if err := c.Conn.SetWriteDeadline(now.Add(c.idle)); err != nil {
+			return 0, err
+		}
+		c.wrote = now
+	}
+	return c.Conn.Write(p)
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {

@@ -32,7 +32,10 @@ const (
 type lingerListener struct {
 	net.Listener
 	slots chan struct{} // one per connection being drained
-	wg    sync.WaitGroup
+
+	mu      sync.Mutex
+	stopped bool // set by wait: no drain starts after it
+	wg      sync.WaitGroup
 }
 
 func newLingerListener(ln net.Listener) *lingerListener {
@@ -47,8 +50,30 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 	return &lingerConn{Conn: c, l: l}, nil
 }
 
-// wait returns once every drain has ended (each is bounded by lingerTimeout).
-func (l *lingerListener) wait() { l.wg.Wait() }
+// wait returns once every drain has ended (each is bounded by
+// lingerTimeout); connections closed after it reset at once.
+func (l *lingerListener) wait() {
+	l.mu.Lock()
+	l.stopped = true
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// begin reserves a drain, unless wait has been called or too many run.
+func (l *lingerListener) begin() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return false
+	}
+	select {
+	case l.slots <- struct{}{}:
+	default:
+		return false
+	}
+	l.wg.Add(1)
+	return true
+}
 
 // lingerConn is an accepted connection that can be told to linger on Close.
 type lingerConn struct {
@@ -76,12 +101,9 @@ func (c *lingerConn) Close() error {
 	if !c.linger.Load() {
 		return c.Conn.Close()
 	}
-	select {
-	case c.l.slots <- struct{}{}:
-	default:
-		return c.Conn.Close() // too many drains already: reset, as without lingering
+	if !c.l.begin() {
+		return c.Conn.Close() // shutting down, or too many drains: reset, as without lingering
 	}
-	c.l.wg.Add(1)
 	go func() {
 		defer func() { <-c.l.slots; c.l.wg.Done() }()
 		if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

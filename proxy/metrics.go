@@ -18,7 +18,10 @@ import (
 type reason int
 
 const (
-	reasonAllowed reason = iota
+	// reasonNone: refused before any authorization decision (a body too
+	// large, say); not counted as a decision.
+	reasonNone reason = iota
+	reasonAllowed
 	reasonAuthOff
 	reasonNoCredential
 	reasonMalformed
@@ -32,7 +35,7 @@ const (
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"allowed", "auth_off", "no_credential", "malformed", "unknown",
+var reasonNames = [numReasons]string{"", "allowed", "auth_off", "no_credential", "malformed", "unknown",
 	"expired", "disabled", "unlinked", "permission_denied", "rate_limited", "unavailable"}
 
 // metrics are the edge's Prometheus metrics, in a registry of its own so
@@ -45,6 +48,7 @@ type metrics struct {
 	upstream  *prometheus.HistogramVec
 	lookup    prometheus.Histogram
 	streams   prometheus.Gauge
+	poolFull  prometheus.Counter
 
 	reqMu    sync.RWMutex
 	reqCache map[reqLabel]prometheus.Counter
@@ -62,7 +66,9 @@ func newMetrics() *metrics {
 	auth := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_auth_decisions_total",
 		Help: "Authorization decisions by reason."}, []string{"reason"})
 	for i, name := range reasonNames {
-		m.decisions[i] = auth.WithLabelValues(name)
+		if reason(i) != reasonNone {
+			m.decisions[i] = auth.WithLabelValues(name)
+		}
 	}
 	m.upstream = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keymesh_edge_upstream_seconds",
 		Help:    "Time from sending a request upstream to its response headers, by deployment.",
@@ -71,7 +77,9 @@ func newMetrics() *metrics {
 		Help: "Cache-miss lookups at the origin.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)})
 	m.streams = prometheus.NewGauge(prometheus.GaugeOpts{Name: "keymesh_edge_streams",
 		Help: "Streamed responses in flight."})
-	m.reg.MustRegister(m.requests, auth, m.upstream, m.lookup, m.streams,
+	m.poolFull = prometheus.NewCounter(prometheus.CounterOpts{Name: "keymesh_edge_upstream_pool_full_total",
+		Help: "Requests refused with 503 because every upstream connection stayed busy."})
+	m.reg.MustRegister(m.requests, auth, m.upstream, m.lookup, m.streams, m.poolFull,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -108,7 +116,25 @@ func (m *metrics) watch(v *cache.View) {
 	})
 }
 
-func (m *metrics) decide(r reason) { m.decisions[r].Inc() }
+// watchServer exports the edge's own bounded buffers, read at scrape time:
+// what happened at each bound is counted (DESIGN invariant 5).
+func (m *metrics) watchServer(s *Server) {
+	counter := func(name, help string, f func() uint64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f()) }))
+	}
+	counter("keymesh_edge_audit_shipped_total", "Audit records published to the origin.", func() uint64 { shipped, _, _ := s.AuditStats(); return shipped })
+	counter("keymesh_edge_audit_dropped_total", "Audit records dropped because the audit buffer was full.", func() uint64 { _, dropped, _ := s.AuditStats(); return dropped })
+	counter("keymesh_edge_audit_failed_total", "Audit records lost to NATS publish errors.", func() uint64 { _, _, failed := s.AuditStats(); return failed })
+	counter("keymesh_edge_ratelimit_untracked_total", "Requests admitted without a rate-limit bucket because the bucket table was full.", s.limits.untracked.Load)
+	counter("keymesh_edge_heartbeats_ignored_total", "Origin heartbeats ignored for being no newer than one already taken.", func() uint64 { return s.view.Stats().OldHeartbeats })
+}
+
+func (m *metrics) decide(r reason) {
+	if r != reasonNone {
+		m.decisions[r].Inc()
+	}
+}
 
 // observeLookup is the cache's lookup callback.
 func (m *metrics) observeLookup(d time.Duration, _ error) { m.lookup.Observe(d.Seconds()) }

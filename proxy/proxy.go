@@ -89,6 +89,13 @@ type Config struct {
 	UpstreamIdleTimeout time.Duration
 	// UpstreamConnectTimeout bounds connecting to an upstream. Default 5s.
 	UpstreamConnectTimeout time.Duration
+	// MaxUpstreamConns bounds the connections (so the requests and streams
+	// in flight) to each upstream server. A request that finds them all
+	// busy waits up to UpstreamPoolWait for one, then gets 503 + Retry-After
+	// and is counted in keymesh_edge_upstream_pool_full_total. Defaults
+	// 1024 and 2s.
+	MaxUpstreamConns int
+	UpstreamPoolWait time.Duration
 	// MaxRequestBodyBytes caps any request body before a deployment's own
 	// limit applies. Default 64 MiB.
 	MaxRequestBodyBytes int
@@ -179,6 +186,12 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.UpstreamConnectTimeout <= 0 {
 		cfg.UpstreamConnectTimeout = 5 * time.Second
 	}
+	if cfg.MaxUpstreamConns <= 0 {
+		cfg.MaxUpstreamConns = 1024
+	}
+	if cfg.UpstreamPoolWait <= 0 {
+		cfg.UpstreamPoolWait = 2 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -252,12 +265,14 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m, id: id, audit: audit,
 		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs,
 		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders)}
+	m.watchServer(s)
 	dialer := &fasthttp.TCPDialer{Concurrency: 1000}
 	s.client = &fasthttp.Client{
 		Name:                     "keymesh-edge",
 		NoDefaultUserAgentHeader: true,
 		StreamResponseBody:       true,
-		MaxConnsPerHost:          1024,
+		MaxConnsPerHost:          cfg.MaxUpstreamConns,
+		MaxConnWaitTimeout:       cfg.UpstreamPoolWait,
 		MaxIdleConnDuration:      30 * time.Second,
 		ReadBufferSize:           16 << 10,
 		DisablePathNormalizing:   true,
@@ -432,16 +447,28 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 	return fasthttp.RequestConfig{MaxRequestBodySize: int(rt.dep.MaxBodyBytes)}
 }
 
-// serveError answers requests fasthttp could not read.
+// serveError answers requests fasthttp could not read, and finishes them
+// like any other: a request id, an audit record, a count.
 func (s *Server) serveError(ctx *fasthttp.RequestCtx, err error) {
 	// The client may still be sending what was not read: let it read the
 	// answer instead of a reset.
 	lingerOnClose(ctx.Conn())
+	id := ctx.Request.Header.PeekBytes(headerRequestID)
+	if len(id) == 0 {
+		var buf [requestIDLen]byte
+		id = appendRequestID(buf[:0])
+	}
+	ctx.Response.Header.SetBytesKV(headerRequestID, id)
+	var out outcome
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		fail(ctx, errBodyTooLarge, 0)
-		return
+		if rt := s.currentRouter().match(hostOnly(ctx.Host()), ctx.Path()); rt != nil {
+			out.dep = rt.dep
+		}
+	} else {
+		fail(ctx, errMalformedRequest, 0)
 	}
-	fail(ctx, errMalformedRequest, 0)
+	s.finish(ctx, &out)
 }
 
 var (
@@ -469,6 +496,9 @@ type outcome struct {
 	key    *cache.Key        // nil when no key was checked or it was refused
 	reason reason
 	open   bool // /health, /ping or a CORS preflight: not counted
+	// body is the upstream answer being relayed, if any: the request is
+	// finished (audited, counted) when it is closed.
+	body *upstreamBody
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -476,7 +506,17 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if out.open {
 		return
 	}
-	s.audit.record(ctx, &out)
+	if b := out.body; b != nil {
+		// Audited when the body has been relayed, with its full duration.
+		b.s, b.ctx, b.out = s, ctx, out
+		return
+	}
+	s.finish(ctx, &out)
+}
+
+// finish records an answered request: its audit record and metrics.
+func (s *Server) finish(ctx *fasthttp.RequestCtx, out *outcome) {
+	s.audit.record(ctx, out)
 	name := ""
 	if out.dep != nil {
 		name = out.dep.Name
@@ -537,7 +577,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonRateLimited
 		return out
 	}
-	s.forward(ctx, rt, cred, fromAuth, lim)
+	out.body = s.forward(ctx, rt, cred, fromAuth, lim)
 	return out
 }
 

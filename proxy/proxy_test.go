@@ -193,3 +193,22 @@ func TestFasthttpLogRedactsCredentials(t *testing.T) {
 		t.Fatalf("credential logged: %s", buf.String())
 	}
 }
+
+// However long an upstream stays dead, its rest is bounded and counting its
+// failures never overflows.
+func TestHealthRestBounded(t *testing.T) {
+	var h health
+	now := time.Unix(1000, 0)
+	h.failures.Store(1<<31 - 2)
+	for range 4 {
+		h.failed(now)
+	}
+	if got := time.Duration(h.until.Load() - now.UnixNano()); got != restMax || h.failures.Load() != 16 {
+		t.Fatalf("rest %v after %d failures", got, h.failures.Load())
+	}
+	h.succeeded()
+	h.failed(now)
+	if got := time.Duration(h.until.Load() - now.UnixNano()); got != restMin {
+		t.Fatalf("first rest after a success: %v", got)
+	}
+}
