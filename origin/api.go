@@ -258,6 +258,11 @@ func (s *Server) handleSigningKey(c *call) error {
 // ---- projects ----
 
 func (s *Server) createProject(c *call) error {
+	if c.who.KeyID != "" {
+		// A project key manages its own project only; a new project is
+		// outside it whatever the key holds.
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a project key cannot create projects; log in as a user")
+	}
 	o, err := readObject(c.r, false, "name")
 	if err != nil {
 		return err
@@ -374,9 +379,9 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 				seen[p] = true
 				out = append(out, p)
 			}
-			if c.who.KeyID != "" && !c.who.has(p) {
-				return nil, apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key cannot grant a permission it does not hold")
-			}
+		}
+		if err := c.mayGrant(out); err != nil {
+			return nil, err
 		}
 		in.permissions = &out
 	}
@@ -441,6 +446,29 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	return in, nil
 }
 
+// mayGrant refuses a project key giving a key a permission the caller does
+// not hold itself (users may grant anything).
+func (c *call) mayGrant(perms []string) error {
+	if missing := c.who.lacking(perms); len(missing) > 0 {
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key cannot grant a permission it does not hold").
+			WithDetails(map[string]any{"missing_permissions": missing})
+	}
+	return nil
+}
+
+// mayActOn refuses a project key rotating, changing, linking, unlinking or
+// deleting a key that holds a permission the caller lacks: rotating would
+// hand the caller that key's secret, and the rest would let a lesser key
+// tamper with a greater one. It runs inside the mutation's transaction, on
+// the key as stored. Users may act on any key.
+func (c *call) mayActOn(k *Key) error {
+	if missing := c.who.lacking(k.Permissions); len(missing) > 0 {
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key may only manage keys whose permissions it holds itself").
+			WithDetails(map[string]any{"missing_permissions": missing})
+	}
+	return nil
+}
+
 func (in *keyInput) apply(k *Key) {
 	if in.name != nil {
 		k.Name = *in.name
@@ -485,6 +513,9 @@ func (s *Server) createKey(c *call) error {
 	}
 	k := &Key{ID: newID("key"), ProjectID: c.project.ID, Prefix: apikey.Display(secret), Permissions: slices.Clone(event.DefaultPermissions)}
 	in.apply(k)
+	if err := c.mayGrant(k.Permissions); err != nil { // the defaults, when none were given
+		return err
+	}
 	var deps []string
 	if in.deployments != nil {
 		deps = *in.deployments
@@ -553,7 +584,13 @@ func (s *Server) patchKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	k, err := s.store.updateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), func(k *Key) error { in.apply(k); return nil }, in.deployments)
+	k, err := s.store.updateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), func(k *Key) error {
+		if err := c.mayActOn(k); err != nil {
+			return err
+		}
+		in.apply(k)
+		return nil
+	}, in.deployments)
 	if err != nil {
 		return err
 	}
@@ -566,7 +603,7 @@ func (s *Server) deleteKey(c *call) error {
 	if _, err := s.waitFor(c); err != nil {
 		return err
 	}
-	rev, err := s.store.deleteKey(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	rev, err := s.store.deleteKey(c.ctx(), c.project.ID, c.r.PathValue("id"), c.mayActOn)
 	if err != nil {
 		return err
 	}
@@ -597,7 +634,7 @@ func (s *Server) rotateKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), time.Duration(grace)*time.Second)
+	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), time.Duration(grace)*time.Second, c.mayActOn)
 	if err != nil {
 		return err
 	}
@@ -750,7 +787,7 @@ func (s *Server) linkKey(on bool) handlerFunc {
 		if err != nil {
 			return err
 		}
-		k, err := s.store.link(c.ctx(), c.project.ID, c.r.PathValue("id"), c.r.PathValue("key_id"), on)
+		k, err := s.store.link(c.ctx(), c.project.ID, c.r.PathValue("id"), c.r.PathValue("key_id"), on, c.mayActOn)
 		if err != nil {
 			return err
 		}

@@ -28,6 +28,18 @@ type principal struct {
 
 func (p *principal) has(perm string) bool { return p.User != "" || slices.Contains(p.Perms, perm) }
 
+// lacking returns the permissions of perms that p does not hold (none for a
+// user), without duplicates.
+func (p *principal) lacking(perms []string) []string {
+	var out []string
+	for _, perm := range perms {
+		if !p.has(perm) && !slices.Contains(out, perm) {
+			out = append(out, perm)
+		}
+	}
+	return out
+}
+
 var (
 	errAuth           = apierror.New(http.StatusUnauthorized, apierror.AuthenticationFailed, "missing or invalid credentials")
 	errLoginThrottled = apierror.New(http.StatusTooManyRequests, apierror.RateLimited, "too many failed logins from this address; retry later")

@@ -256,3 +256,33 @@ func (s *syncBuffer) Bytes() []byte {
 }
 
 func (s *syncBuffer) Len() int { return len(s.Bytes()) }
+
+// eachStore runs f as one subtest per store: SQLite in the data dir, and a
+// fresh PostgreSQL database (see postgresDSN).
+func eachStore(t *testing.T, f func(t *testing.T, cfg Config)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, testConfig(t.TempDir())) })
+	t.Run("postgres", func(t *testing.T) {
+		cfg := testConfig(t.TempDir())
+		cfg.Store = postgresDSN(t)
+		f(t, cfg)
+	})
+}
+
+// keyClient returns a client authenticating with the project API key
+// secret.
+func keyClient(t *testing.T, s *Server, secret string) *client {
+	return &client{t: t, base: "http://" + s.Addr(), token: secret}
+}
+
+// wantError fails the test unless the answer is status with error code.
+func wantError(t *testing.T, what string, st int, body []byte, status int, code string) {
+	t.Helper()
+	if st != status {
+		t.Fatalf("%s: status %d, want %d: %s", what, st, status, body)
+	}
+	var e apiErr
+	mustJSON(t, body, &e)
+	if e.Error.Code != code {
+		t.Fatalf("%s: code %q, want %q: %s", what, e.Error.Code, code, body)
+	}
+}

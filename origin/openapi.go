@@ -277,7 +277,7 @@ func openAPIDocument() map[string]any {
 		}
 		if o.perm != "" {
 			responses["401"] = errResp("missing or invalid credentials")
-			responses["403"] = errResp("the key lacks " + o.perm + ", or belongs to another project")
+			responses["403"] = errResp("the key lacks " + o.perm + ", belongs to another project, or would grant or act on a permission it does not hold")
 		}
 		if strings.Contains(o.path, "{") {
 			responses["404"] = errResp("no such project, key or deployment")

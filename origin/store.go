@@ -671,13 +671,28 @@ func (s *Store) updateKey(ctx context.Context, projectID, id string, patch func(
 	return out, err
 }
 
+// keyGuard is asked, inside a mutation's transaction, whether the caller
+// may change the key as it is stored; its error aborts the mutation (no
+// revision is taken). nil allows everything.
+type keyGuard func(*Key) error
+
+func (g keyGuard) check(k *Key) error {
+	if g == nil {
+		return nil
+	}
+	return g(k)
+}
+
 // rotateKey adds secret h (with display prefix) to the key; the secrets it
 // had stay valid until now+grace.
-func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Hash, prefix string, grace time.Duration) (*Key, error) {
+func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Hash, prefix string, grace time.Duration, guard keyGuard) (*Key, error) {
 	var out *Key
 	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
 		k, err := s.loadKey(ctx, tx, projectID, id)
 		if err != nil {
+			return nil, err
+		}
+		if err := guard.check(k); err != nil {
 			return nil, err
 		}
 		// Secrets already past their end are dropped; the current ones end at
@@ -705,10 +720,13 @@ func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Ha
 	return out, err
 }
 
-func (s *Store) deleteKey(ctx context.Context, projectID, id string) (uint64, error) {
+func (s *Store) deleteKey(ctx context.Context, projectID, id string, guard keyGuard) (uint64, error) {
 	return s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
 		k, err := s.loadKey(ctx, tx, projectID, id)
 		if err != nil {
+			return nil, err
+		}
+		if err := guard.check(k); err != nil {
 			return nil, err
 		}
 		for _, q := range []string{`DELETE FROM links WHERE key_id = ?`, `DELETE FROM key_secrets WHERE key_id = ?`, `DELETE FROM keys WHERE id = ?`} {
@@ -931,7 +949,7 @@ func (s *Store) deleteDeployment(ctx context.Context, projectID, ref string) (ui
 
 // link adds (or with on=false removes) the link between a key and a
 // deployment, publishing the key's new state.
-func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bool) (*Key, error) {
+func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bool, guard keyGuard) (*Key, error) {
 	var out *Key
 	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
 		depID, err := s.deploymentID(ctx, tx, projectID, depRef)
@@ -940,6 +958,9 @@ func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bo
 		}
 		k, err := s.loadKey(ctx, tx, projectID, keyID)
 		if err != nil {
+			return nil, err
+		}
+		if err := guard.check(k); err != nil {
 			return nil, err
 		}
 		if on {

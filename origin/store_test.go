@@ -120,10 +120,10 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		if _, err := st.createKey(ctx, k, h, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.link(ctx, p.ID, "a", k.ID, true); err != nil {
+		if _, err := st.link(ctx, p.ID, "a", k.ID, true, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.link(ctx, p.ID, db.ID, k.ID, true); err != nil {
+		if _, err := st.link(ctx, p.ID, db.ID, k.ID, true, nil); err != nil {
 			t.Fatal(err)
 		}
 		rev, got, notAfter, err := st.keyByHash(ctx, h)
@@ -136,7 +136,7 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		if _, got, _, _ = st.keyByHash(ctx, h); !slices.Equal(got.Deployments, []string{db.ID}) {
 			t.Fatalf("after deleting a deployment: %+v", got.Deployments)
 		}
-		if _, err := st.deleteKey(ctx, p.ID, k.ID); err != nil {
+		if _, err := st.deleteKey(ctx, p.ID, k.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, got, _, _ = st.keyByHash(ctx, h); got != nil {
@@ -161,7 +161,7 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		k, h1 := newKey(p)
 		st.createKey(ctx, k, h1, nil)
 		h2 := apikey.Hash(sha256.Sum256([]byte("two")))
-		if _, err := st.rotateKey(ctx, p.ID, k.ID, h2, "km_two", time.Hour); err != nil {
+		if _, err := st.rotateKey(ctx, p.ID, k.ID, h2, "km_two", time.Hour, nil); err != nil {
 			t.Fatal(err)
 		}
 		_, got, na, _ := st.keyByHash(ctx, h1)
