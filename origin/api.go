@@ -276,12 +276,22 @@ func (s *Server) createProject(c *call) error {
 	if err := validName("name", name); err != nil {
 		return err
 	}
-	p, err := s.store.createProject(c.ctx(), name)
+	prop, err := s.waitFor(c)
 	if err != nil {
 		return err
 	}
-	rev := s.Revision()
-	return s.mutated(c, http.StatusCreated, rev, map[string]any{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev})
+	// The revision is the store's at the project's creation (read in its
+	// transaction, so right on every replica): edges never see projects, and
+	// ?wait waits until they have applied every change made before it.
+	p, rev, err := s.store.createProject(c.ctx(), name)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev}
+	if prop != nil {
+		body["propagation"] = prop
+	}
+	return s.mutated(c, http.StatusCreated, rev, body)
 }
 
 func (s *Server) listProjects(c *call) error {

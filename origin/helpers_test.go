@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -285,4 +287,29 @@ func wantError(t *testing.T, what string, st int, body []byte, status int, code 
 	if e.Error.Code != code {
 		t.Fatalf("%s: code %q, want %q: %s", what, e.Error.Code, code, body)
 	}
+}
+
+// copyIdentity copies the signing and JWT keys of the origin in fromDir to
+// toDir, as an operator sets up a replica: edges trust one origin key, and
+// every replica must accept the others' admin tokens.
+func copyIdentity(t *testing.T, fromDir, toDir string) {
+	t.Helper()
+	for _, f := range []string{"signing.key", "jwt.key"} {
+		b, err := os.ReadFile(filepath.Join(fromDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(toDir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// startReplica starts a second origin on a's store and NATS with a's keys.
+func startReplica(t *testing.T, a *Server) *Server {
+	t.Helper()
+	cfg := testConfig(t.TempDir())
+	cfg.Store, cfg.NATSURL = a.cfg.Store, a.NATSURL()
+	copyIdentity(t, a.cfg.DataDir, cfg.DataDir)
+	return startServer(t, cfg)
 }

@@ -161,7 +161,8 @@ func apiSchemas() map[string]any {
 		"ProjectCreate": obj([]string{"name"}, map[string]any{"name": map[string]any{"type": "string", "pattern": nameRE.String()}}),
 		"Project":       obj([]string{"id", "name"}, map[string]any{"id": str(""), "name": str(""), "created_at": ts}),
 		"ProjectCreated": obj([]string{"id", "name", "revision"}, map[string]any{"id": str(""), "name": str(""), "created_at": ts,
-			"revision": map[string]any{"type": "integer", "minimum": 0}}),
+			"revision":    map[string]any{"type": "integer", "minimum": 0, "description": "a project is no event (edges never see projects): the store's revision when it was created; ?wait waits for edges to reach it"},
+			"propagation": ref("Propagation")}),
 		"ProjectPage":      page("Project"),
 		"Key":              obj(keyRequired, keyProps),
 		"KeyWithSecret":    obj(append(slices.Clone(keyRequired), "key"), withSecret),
@@ -198,7 +199,7 @@ func apiOps() []apiOp {
 		{method: "POST", path: "/v1/auth/login", id: "login", tag: "auth", summary: "Exchange a user's credentials for a JWT (401 when wrong; 429 after repeated failures from one address)", body: "LoginRequest", status: 200, resp: ref("LoginResponse")},
 		{method: "GET", path: "/v1/signing-key", id: "signingKey", tag: "auth", summary: "The origin's Ed25519 public key", status: 200, resp: ref("SigningKey")},
 
-		{method: "POST", path: "/v1/projects", id: "createProject", tag: "projects", summary: "Create a project", perm: event.PermManageUsers, body: "ProjectCreate", status: 201, resp: ref("ProjectCreated")},
+		{method: "POST", path: "/v1/projects", id: "createProject", tag: "projects", summary: "Create a project (users only: a project key cannot, whatever it holds)", perm: event.PermManageUsers, body: "ProjectCreate", status: 201, resp: ref("ProjectCreated"), mutation: true},
 		{method: "GET", path: "/v1/projects", id: "listProjects", tag: "projects", summary: "List projects (a project key sees its own only)", perm: w, status: 200, resp: ref("ProjectPage")},
 
 		{method: "POST", path: p + "/keys", id: "createKey", tag: "keys", summary: "Create a key; the answer carries the secret, the only time it is returned", perm: w, body: "KeyCreate", bodyOptional: true, status: 201, resp: ref("KeyWithSecret"), mutation: true},

@@ -619,6 +619,55 @@ func TestAPIKeyCannotManageMorePrivilegedKeys(t *testing.T) {
 	})
 }
 
+// POST /projects answers the store's revision (on a replica too, where the
+// local one lags) and validates ?wait like every mutation.
+func TestCreateProjectRevisionAndWait(t *testing.T) {
+	check := func(t *testing.T, a, b *Server) {
+		ca, cb := newClient(t, a), newClient(t, b)
+		ca.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+		ca.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil) // revision 2, committed through a
+		st, body, h := cb.doH("POST", "/v1/projects", map[string]any{"name": "p1"}, nil)
+		var p struct {
+			ID          string
+			Revision    uint64
+			Propagation *propagation
+		}
+		if st != 201 {
+			t.Fatalf("create project: %d %s", st, body)
+		}
+		mustJSON(t, body, &p)
+		if p.Revision != 2 || h.Get("X-Revision") != "2" || p.Propagation != nil {
+			t.Fatalf("project created at revision 2 answered %+v, X-Revision %q", p, h.Get("X-Revision"))
+		}
+		st, body = cb.do("POST", "/v1/projects?wait=bogus", map[string]any{"name": "p2"})
+		wantError(t, "wait=bogus", st, body, 400, "VALIDATION_ERROR")
+		var e apiErr
+		mustJSON(t, body, &e)
+		if e.Error.Details["field"] != "wait" {
+			t.Fatalf("details %v", e.Error.Details)
+		}
+		var ps struct{ Items []Project }
+		cb.must(200, "GET", "/v1/projects", nil, &ps)
+		if len(ps.Items) != 2 {
+			t.Fatalf("a refused create stored a project: %+v", ps.Items)
+		}
+		cb.must(201, "POST", "/v1/projects?wait=50ms", map[string]any{"name": "p2"}, &p)
+		if p.Propagation == nil || p.Propagation.Applied == nil || p.Propagation.Pending == nil || p.Revision != 2 {
+			t.Fatalf("with ?wait: %+v", p)
+		}
+	}
+	t.Run("sqlite", func(t *testing.T) {
+		s := startServer(t, testConfig(t.TempDir()))
+		check(t, s, s)
+	})
+	t.Run("postgres replicas", func(t *testing.T) {
+		cfg := testConfig(t.TempDir())
+		cfg.Store = postgresDSN(t)
+		a := startServer(t, cfg)
+		check(t, a, startReplica(t, a))
+	})
+}
+
 func TestOutboxPublishesAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(dir)

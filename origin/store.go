@@ -218,29 +218,36 @@ func (s *Store) ensureProject(ctx context.Context, name string) error {
 	return err
 }
 
-func (s *Store) createProject(ctx context.Context, name string) (*Project, error) {
+// createProject stores a new project and returns it with the revision of
+// the store when it was created. A project is no event (edges know keys and
+// deployments only), so it takes no revision of its own.
+func (s *Store) createProject(ctx context.Context, name string) (*Project, uint64, error) {
 	unlock := s.lockWrites()
 	defer unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer tx.Rollback()
 	var n int
 	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM projects WHERE name = ?`), name).Scan(&n); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if n > 0 {
-		return nil, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+		return nil, 0, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
 	}
 	p := &Project{ID: newID("prj"), Name: name, CreatedAt: time.Now().UTC()}
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)`), p.ID, p.Name, ts(p.CreatedAt)); err != nil {
 		if isUniqueViolation(err) { // created meanwhile by another origin
-			return nil, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+			return nil, 0, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
 		}
-		return nil, err
+		return nil, 0, err
 	}
-	return p, tx.Commit()
+	rev, err := s.revision(ctx, tx)
+	if err != nil {
+		return nil, 0, err
+	}
+	return p, rev, tx.Commit()
 }
 
 func (s *Store) listProjects(ctx context.Context) ([]Project, error) {
