@@ -141,17 +141,22 @@ func (s *Server) finish(c *call, h handlerFunc) {
 }
 
 // mutated answers a mutation: X-Revision, and body (a map or struct with
-// "revision") or 204.
+// "revision"), or no body (nil; a delete) with status 204. With ?wait the
+// answer waits for the edges and reports propagation; a delete then answers
+// 200 with {"revision", "propagation"}, since a 204 has no body to carry it.
 func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	c.w.Header().Set("X-Revision", strconv.FormatUint(rev, 10))
+	p, waiting := c.r.Context().Value(waitKey{}).(*propagation)
+	if waiting && body == nil {
+		status = http.StatusOK
+	}
 	s.auditAdmin(c, status, body)
-	if p, ok := c.r.Context().Value(waitKey{}).(*propagation); ok {
+	if waiting {
 		// The change is committed: hold the answer until the edges have it.
 		got := s.awaitPropagation(c, rev, p.wait)
 		p.Applied, p.Pending = got.Applied, got.Pending
 		if body == nil {
-			c.w.Header().Set("X-Propagation-Applied", strconv.Itoa(len(p.Applied)))
-			c.w.Header().Set("X-Propagation-Pending", strconv.Itoa(len(p.Pending)))
+			body = &deleted{Revision: rev, Propagation: p}
 		}
 	}
 	if body == nil {
@@ -160,6 +165,12 @@ func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	}
 	writeJSON(c.w, status, body)
 	return nil
+}
+
+// deleted is the answer to a delete given ?wait.
+type deleted struct {
+	Revision    uint64       `json:"revision"`
+	Propagation *propagation `json:"propagation"`
 }
 
 // propagation is the ?wait= report: the live edges that had applied the
