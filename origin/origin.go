@@ -44,6 +44,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/redact"
 )
 
 // Sentinel errors; returned errors wrap them (test with errors.Is).
@@ -329,7 +330,7 @@ func New(cfg Config) (*Server, error) {
 		s.httpErr <- err
 	}()
 	ok = true
-	s.log.Info("origin started", "listen", s.Addr(), "nats", s.natsURL, "data_dir", cfg.DataDir, "revision", rev,
+	s.log.Info("origin started", "listen", s.Addr(), "nats", redact.URLs(s.natsURL), "data_dir", cfg.DataDir, "revision", rev,
 		"signing_pub", filepath.Join(cfg.DataDir, "signing.pub"))
 	return s, nil
 }

@@ -300,6 +300,41 @@ func TestSecretNeverStoredOrLogged(t *testing.T) {
 	}
 }
 
+// The NATS URL may carry credentials (nats://user:pass@host or a token as
+// nats://token@host): they are never logged, nor echoed in the error of a
+// URL that does not parse.
+func TestNATSCredentialsNeverLogged(t *testing.T) {
+	ns := startExternalNATS(t, t.TempDir(), -1) // no auth: it ignores what clients send
+	hostPort := strings.TrimPrefix(ns.url, "nats://")
+	var logs syncBuffer
+	cfg := testConfig(t.TempDir())
+	cfg.NATSURL = "nats://keymesh:s3cr3t-nats-pw@" + hostPort + ",nats://t0ken-nats-secret@" + hostPort
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := startServer(t, cfg)
+	newClient(t, s).must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+	streamRecords(t, s, 1)
+	ns.stop() // disconnect and reconnect attempts log too
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.Shutdown(ctx)
+	out := logs.Bytes()
+	if !bytes.Contains(out, []byte("origin started")) || !bytes.Contains(out, []byte("keymesh:REDACTED@"+hostPort)) {
+		t.Fatalf("startup log does not name the redacted URL:\n%s", out)
+	}
+	for _, secret := range []string{"s3cr3t-nats-pw", "t0ken-nats-secret"} {
+		if bytes.Contains(out, []byte(secret)) {
+			t.Fatalf("logs contain the NATS credential %q:\n%s", secret, out)
+		}
+	}
+
+	bad := testConfig(t.TempDir())
+	bad.NATSURL = "nats://key mesh:s3cr3t-nats-pw@" + hostPort
+	_, err := New(bad)
+	if err == nil || strings.Contains(err.Error(), "s3cr3t-nats-pw") {
+		t.Fatalf("New with an unparseable NATS URL: %v", err)
+	}
+}
+
 func TestBadInputAnswered400AndNothingStored(t *testing.T) {
 	s := startServer(t, testConfig(t.TempDir()))
 	c := newClient(t, s)
