@@ -116,18 +116,7 @@ type auditLog struct {
 
 // ensureAuditSchema creates the audit table and its indexes if missing.
 func (s *Server) ensureAuditSchema(ctx context.Context) error {
-	for _, stmt := range auditSchema {
-		_, err := s.store.db.ExecContext(ctx, stmt)
-		if err != nil {
-			// Two PostgreSQL replicas creating the table at once may race
-			// on the catalog; the second attempt finds it.
-			_, err = s.store.db.ExecContext(ctx, stmt)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.store.execSchema(ctx, auditSchema)
 }
 
 // startAudit starts the writer and the pruner, and subscribes to edge audit

@@ -58,9 +58,12 @@ type client struct {
 	token string
 }
 
-func newClient(t *testing.T, s *Server) *client {
+func newClient(t *testing.T, s *Server) *client { return newClientWith(t, s, testPassword) }
+
+// newClientWith logs in as admin with password.
+func newClientWith(t *testing.T, s *Server, password string) *client {
 	c := &client{t: t, base: "http://" + s.Addr()}
-	st, body := c.do("POST", "/v1/auth/login", map[string]string{"username": "admin", "password": testPassword})
+	st, body := c.do("POST", "/v1/auth/login", map[string]string{"username": "admin", "password": password})
 	if st != 200 {
 		t.Fatalf("login: %d %s", st, body)
 	}

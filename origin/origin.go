@@ -61,6 +61,9 @@ var (
 	ErrUnauthenticated = errors.New("authentication failed")
 	// ErrClosed: the server has been shut down.
 	ErrClosed = errors.New("origin is shut down")
+	// ErrKeyMismatch: this origin's signing.key or jwt.key differs from the
+	// one the store was first used with (see checkIdentity).
+	ErrKeyMismatch = errors.New("origin key differs from the store's")
 )
 
 // FieldError is a validation error about one request field. It wraps
@@ -279,6 +282,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.store.seal = s.signer.Seal
 	s.store.onCommit = s.committed
+	if err := s.checkIdentity(context.Background()); err != nil {
+		return nil, err
+	}
 	if err := s.bootstrap(); err != nil {
 		return nil, err
 	}
@@ -429,6 +435,8 @@ func (s *Server) closeResources() {
 }
 
 // bootstrap creates the admin user and the default project on first start.
+// Both steps are idempotent: origins starting at once on one fresh store
+// all succeed, and exactly one of them creates the admin.
 func (s *Server) bootstrap() error {
 	ctx := context.Background()
 	if err := s.store.ensureProject(ctx, "default"); err != nil {
@@ -441,22 +449,37 @@ func (s *Server) bootstrap() error {
 	if n > 0 {
 		return nil
 	}
-	pw := s.cfg.AdminPassword
+	pw, pwFile := s.cfg.AdminPassword, ""
 	if pw == "" {
-		pw = randomToken(18)
-		path := filepath.Join(s.cfg.DataDir, "admin-password")
-		if err := writeFileAtomic(path, []byte(pw+"\n"), 0o600); err != nil {
+		// Written before the user exists, so that a crash in between
+		// cannot leave an admin whose password nobody has.
+		pw, pwFile = randomToken(18), filepath.Join(s.cfg.DataDir, "admin-password")
+		if err := writeFileAtomic(pwFile, []byte(pw+"\n"), 0o600); err != nil {
 			return fmt.Errorf("writing admin password file: %w", err)
 		}
-		s.log.Warn("created admin user with a random password; read it from the file", "file", path)
-	} else {
-		s.log.Info("created admin user from the configured password")
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(pw), s.cfg.PasswordCost)
 	if err != nil {
 		return fmt.Errorf("hashing admin password: %w", err)
 	}
-	return s.store.createUser(ctx, "admin", string(hash))
+	created, err := s.store.createUser(ctx, "admin", string(hash))
+	if err != nil {
+		return err
+	}
+	switch {
+	case !created:
+		// Another origin on this store created it meanwhile; its password
+		// is in that origin's data dir (or its ORIGIN_ADMIN_PASSWORD).
+		if pwFile != "" {
+			_ = os.Remove(pwFile)
+		}
+		s.log.Info("admin user was created meanwhile by another origin sharing the store")
+	case pwFile != "":
+		s.log.Warn("created admin user with a random password; read it from the file", "file", pwFile)
+	default:
+		s.log.Info("created admin user from the configured password")
+	}
+	return nil
 }
 
 // ---- files and ids ----

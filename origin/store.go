@@ -60,6 +60,36 @@ func (s *Store) lockWrites() func() {
 	return s.wmu.Unlock
 }
 
+// execSchema runs DDL statements; on PostgreSQL in one transaction holding
+// the schema advisory lock, so origins starting at once on one database
+// never race on the catalog.
+func (s *Store) execSchema(ctx context.Context, stmts []string) error {
+	if s.dialect != dialectPostgres {
+		unlock := s.lockWrites()
+		defer unlock()
+		for _, stmt := range stmts {
+			if _, err := s.db.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("creating schema: %w", err)
+			}
+		}
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(schemaLockID)); err != nil {
+		return err
+	}
+	for _, stmt := range stmts {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("creating schema: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
 // checkStoreDSN refuses a store the origin cannot open, before anything is
 // created. The DSN is never echoed: it may hold a password.
 func checkStoreDSN(dsn string) error {
@@ -190,15 +220,38 @@ func (s *Store) userCount(ctx context.Context) (int, error) {
 	return n, err
 }
 
-func (s *Store) createUser(ctx context.Context, username, passwordHash string) error {
+// createUser stores a user unless one of that name exists, and reports
+// whether it did: replicas starting at once on one store may all try to
+// create the first admin, and exactly one does.
+func (s *Store) createUser(ctx context.Context, username, passwordHash string) (created bool, err error) {
 	unlock := s.lockWrites()
 	defer unlock()
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)`),
+	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (username) DO NOTHING`),
 		newID("usr"), username, passwordHash, ts(time.Now()))
 	if err != nil {
-		return fmt.Errorf("creating user: %w", err)
+		return false, fmt.Errorf("creating user: %w", err)
 	}
-	return nil
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("creating user: %w", err)
+	}
+	return n == 1, nil
+}
+
+// claimMetadata stores value under name unless the store holds a value
+// there already, and returns the value the store holds (value itself, the
+// first time). Replicas use it to agree on what must be the same for all.
+func (s *Store) claimMetadata(ctx context.Context, name, value string) (string, error) {
+	unlock := s.lockWrites()
+	defer unlock()
+	if _, err := s.db.ExecContext(ctx, s.q(`INSERT INTO metadata (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`), name, value); err != nil {
+		return "", fmt.Errorf("writing store metadata: %w", err)
+	}
+	var stored string
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT value FROM metadata WHERE name = ?`), name).Scan(&stored); err != nil {
+		return "", fmt.Errorf("reading store metadata: %w", err)
+	}
+	return stored, nil
 }
 
 // userPassword returns the user's id and bcrypt hash, or ErrNotFound.

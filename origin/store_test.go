@@ -260,6 +260,31 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		}
 	})
 
+	t.Run("creating a user twice creates it once", func(t *testing.T) {
+		st, _ := setup(t)
+		created, err := st.createUser(ctx, "admin", "hash-1")
+		if err != nil || !created {
+			t.Fatalf("first: %v %v", created, err)
+		}
+		// A second origin starting at once on this store does the same.
+		if created, err = st.createUser(ctx, "admin", "hash-2"); err != nil || created {
+			t.Fatalf("second: created %v, err %v", created, err)
+		}
+		if _, hash, err := st.userPassword(ctx, "admin"); err != nil || hash != "hash-1" {
+			t.Fatalf("stored hash %q %v", hash, err)
+		}
+	})
+
+	t.Run("metadata: the first value stays", func(t *testing.T) {
+		st, _ := setup(t)
+		if v, err := st.claimMetadata(ctx, "k", "one"); err != nil || v != "one" {
+			t.Fatalf("first claim: %q %v", v, err)
+		}
+		if v, err := st.claimMetadata(ctx, "k", "two"); err != nil || v != "one" {
+			t.Fatalf("second claim: %q %v", v, err)
+		}
+	})
+
 	t.Run("only hashes stored", func(t *testing.T) {
 		st, p := setup(t)
 		k, h := newKey(p)
