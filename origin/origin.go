@@ -146,6 +146,8 @@ func DefaultConfig() Config {
 		Logger:       slog.Default(),
 
 		HeartbeatInterval: time.Second,
+		AuditRetention:    30 * 24 * time.Hour,
+		AuditMaxRows:      1_000_000,
 	}
 }
 
@@ -187,11 +189,14 @@ func (c *Config) fill() error {
 	if c.MaxEdges <= 0 {
 		c.MaxEdges = 10_000
 	}
-	if c.AuditRetention <= 0 {
-		c.AuditRetention = 30 * 24 * time.Hour
+	if c.AuditRetention < 0 || c.AuditMaxRows < 0 {
+		return fmt.Errorf("%w: audit retention and row limit must not be negative", ErrInvalidConfig)
 	}
-	if c.AuditMaxRows <= 0 {
-		c.AuditMaxRows = 1_000_000
+	if c.AuditRetention == 0 {
+		c.AuditRetention = d.AuditRetention
+	}
+	if c.AuditMaxRows == 0 {
+		c.AuditMaxRows = d.AuditMaxRows
 	}
 	if c.AuditPruneInterval <= 0 {
 		c.AuditPruneInterval = time.Minute
