@@ -129,6 +129,12 @@ type Config struct {
 	// AuditBuffer bounds the audit records waiting to be stored; over it
 	// they are dropped and counted (default 10,000).
 	AuditBuffer int
+	// StreamMaxAge bounds the event stream and the outbox (default 30
+	// days, at least 2 minutes, the stream's duplicate window): JetStream
+	// drops events older than this, and published events older than this
+	// are deleted from the store (unpublished ones never are). An edge
+	// further behind sees a gap and drops its cache.
+	StreamMaxAge time.Duration
 
 	// disablePublisher is for tests: commit events without publishing.
 	disablePublisher bool
@@ -148,6 +154,7 @@ func DefaultConfig() Config {
 		HeartbeatInterval: time.Second,
 		AuditRetention:    30 * 24 * time.Hour,
 		AuditMaxRows:      1_000_000,
+		StreamMaxAge:      30 * 24 * time.Hour,
 	}
 }
 
@@ -204,6 +211,12 @@ func (c *Config) fill() error {
 	if c.AuditBuffer <= 0 {
 		c.AuditBuffer = 10_000
 	}
+	if c.StreamMaxAge == 0 {
+		c.StreamMaxAge = d.StreamMaxAge
+	}
+	if c.StreamMaxAge < streamDuplicates {
+		return fmt.Errorf("%w: StreamMaxAge must be at least %v (the stream's duplicate window)", ErrInvalidConfig, streamDuplicates)
+	}
 	if err := checkStoreDSN(c.Store); err != nil {
 		return err
 	}
@@ -226,6 +239,8 @@ type Server struct {
 	logins   *loginLimiter
 	hbStop   chan struct{}
 	hbDone   chan struct{}
+	prStop   chan struct{} // outbox pruner
+	prDone   chan struct{}
 	log      *slog.Logger
 	store    *Store
 	signer   *event.Signer
@@ -311,6 +326,7 @@ func New(cfg Config) (*Server, error) {
 
 	// Goroutines last.
 	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval)
+	s.pub.maxAge = cfg.StreamMaxAge
 	if !cfg.disablePublisher {
 		s.pub.start()
 	}
@@ -325,6 +341,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("subscribing to edge audit records: %w", err)
 	}
 	s.startHeartbeat()
+	s.startOutboxPruner()
 	s.httpSrv = &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -410,6 +427,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.lookupWG.Wait()
 		s.stopAudit()
+		s.stopOutboxPruner()
 		s.stopHeartbeat()
 		if s.pub != nil {
 			s.pub.stop(ctx)

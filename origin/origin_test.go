@@ -869,6 +869,70 @@ func TestOutboxRepublishesToARecreatedStream(t *testing.T) {
 	waitFor(t, "all marked published", func() bool { return s.PublishedRevision() == 3 })
 }
 
+// The stream and the outbox are bounded by StreamMaxAge: the stream has
+// that MaxAge, published events older than it leave the store, unpublished
+// ones stay, and a stream that lost events the store no longer holds skips
+// past them rather than wait for them forever.
+func TestStreamAndOutboxBoundedByAge(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		cfg.StreamMaxAge = 48 * time.Hour
+		s := startServer(t, cfg)
+		c := newClient(t, s)
+		c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
+		streamRecords(t, s, 3)
+		waitFor(t, "all published", func() bool { return s.PublishedRevision() == 3 })
+		nc := connect(t, s)
+		js, _ := jetstream.New(nc)
+		ctx := context.Background()
+		st, err := js.Stream(ctx, event.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := st.Info(ctx); err != nil || info.Config.MaxAge != 48*time.Hour {
+			t.Fatalf("stream MaxAge %v (%v), want 48h", info.Config.MaxAge, err)
+		}
+
+		if n, err := s.pruneOutbox(time.Now()); err != nil || n != 0 {
+			t.Fatalf("pruned %d fresh events (%v)", n, err)
+		}
+		// 48 hours after revision 3 was committed, 1 and 2 are past the
+		// age and go; 3 is not, and stays. (Unpublished events never go:
+		// see the store suite.)
+		var created3 string
+		if err := s.store.db.QueryRow(`SELECT created_at FROM events WHERE revision = 3`).Scan(&created3); err != nil {
+			t.Fatal(err)
+		}
+		t3, err := parseTS(created3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.pruneOutbox(t3.Add(48 * time.Hour)); err != nil || n != 2 {
+			t.Fatalf("pruned %d (%v), want 2", n, err)
+		}
+		if first, _ := s.store.firstEventRevision(ctx); first != 3 {
+			t.Fatalf("oldest event left %d, want 3", first)
+		}
+
+		// The stream is lost (e.g. a new NATS cluster): revisions 1 and 2 are
+		// gone from the store, so the new stream starts at 3.
+		if err := js.DeleteStream(ctx, event.StreamName); err != nil {
+			t.Fatal(err)
+		}
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil) // revision 4
+		waitFor(t, "publisher to catch up", func() bool { return s.PublishedRevision() == 4 })
+		st, err = js.Stream(ctx, event.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil || info.State.FirstSeq != 3 || info.State.LastSeq != 4 || info.State.Msgs != 2 {
+			t.Fatalf("recreated stream %+v (%v), want revisions 3 and 4", info.State, err)
+		}
+	})
+}
+
 func TestListProjectsAndDeployments(t *testing.T) {
 	s := startServer(t, testConfig(t.TempDir()))
 	c := newClient(t, s)

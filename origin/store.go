@@ -429,6 +429,31 @@ func (s *Store) markUnpublishedAfter(ctx context.Context, rev uint64) error {
 	return err
 }
 
+// firstEventRevision is the lowest revision the outbox still holds (0 when
+// it is empty).
+func (s *Store) firstEventRevision(ctx context.Context) (uint64, error) {
+	var first sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT MIN(revision) FROM events`)).Scan(&first); err != nil {
+		return 0, err
+	}
+	return uint64(first.Int64), nil
+}
+
+// pruneEvents deletes, among the limit oldest published events, those
+// created before before, and reports how many it deleted; called until it
+// deletes fewer than limit, it prunes every published event older than
+// before in short transactions. Unpublished events are never deleted.
+func (s *Store) pruneEvents(ctx context.Context, before time.Time, limit int) (int64, error) {
+	unlock := s.lockWrites()
+	defer unlock()
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM events WHERE revision IN (SELECT revision FROM events WHERE published = 1 ORDER BY revision LIMIT ?) AND created_at < ?`),
+		limit, ts(before))
+	if err != nil {
+		return 0, fmt.Errorf("pruning the outbox: %w", err)
+	}
+	return res.RowsAffected()
+}
+
 // publishedRevision is the highest revision below which every event is
 // published.
 func (s *Store) publishedRevision(ctx context.Context) (uint64, error) {

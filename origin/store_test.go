@@ -197,6 +197,44 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		}
 	})
 
+	t.Run("outbox pruning deletes old published events only", func(t *testing.T) {
+		st, p := setup(t)
+		for _, n := range []string{"a", "b", "c", "d", "e"} {
+			if _, err := st.createDeployment(ctx, newDep(p, n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := st.markPublishedRange(ctx, 1, 3); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := st.pruneEvents(ctx, time.Now().Add(-time.Hour), 10); err != nil || n != 0 {
+			t.Fatalf("pruned %d events younger than the cutoff (%v)", n, err)
+		}
+		later := time.Now().Add(time.Hour)
+		if n, err := st.pruneEvents(ctx, later, 2); err != nil || n != 2 {
+			t.Fatalf("first chunk pruned %d (%v), want 2", n, err)
+		}
+		if n, err := st.pruneEvents(ctx, later, 2); err != nil || n != 1 {
+			t.Fatalf("second chunk pruned %d (%v), want 1", n, err)
+		}
+		if n, err := st.pruneEvents(ctx, later, 2); err != nil || n != 0 {
+			t.Fatalf("pruned %d unpublished events (%v)", n, err)
+		}
+		if first, err := st.firstEventRevision(ctx); err != nil || first != 4 {
+			t.Fatalf("first event %d (%v), want 4", first, err)
+		}
+		if evs, _ := st.unpublished(ctx, 10); len(evs) != 2 || evs[0].Revision != 4 {
+			t.Fatalf("unpublished after pruning: %+v", evs)
+		}
+		if r, _ := st.publishedRevision(ctx); r != 3 {
+			t.Fatalf("published revision %d, want 3", r)
+		}
+		// Revisions go on from the counter, not from the events left.
+		if d, err := st.createDeployment(ctx, newDep(p, "f")); err != nil || d.Revision != 6 {
+			t.Fatalf("after pruning: %v %+v", err, d)
+		}
+	})
+
 	t.Run("concurrent writers get gap-free revisions in commit order", func(t *testing.T) {
 		st, p := setup(t)
 		stop, watch := make(chan struct{}), make(chan error, 1)
