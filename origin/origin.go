@@ -13,12 +13,28 @@
 //   - The publisher sends events to the JetStream stream event.StreamName in
 //     revision order with an expected last sequence, so each event's stream
 //     sequence equals its revision; events committed while NATS is away are
-//     published when it returns, exactly once.
+//     published when it returns, exactly once. Stream and outbox keep events
+//     for Config.StreamMaxAge; unpublished events are never pruned.
 //   - Lookup and snapshot answers are read in one transaction together with
 //     the revision they reflect, and are sealed like events.
 //   - Key secrets are returned only by create and rotate; only their
 //     SHA-256 hashes are stored. No secret, password, token or hash is ever
 //     logged or echoed in an error.
+//   - Replicas sharing a store sign with one key: the store records the
+//     signing public key at its first start, and an origin with another
+//     refuses to start (ErrKeyMismatch).
+//
+// Trust boundary: NATS. What edges send the origin is not signed: their
+// heartbeats (event.EdgeHeartbeatSubject: id, site, address and applied
+// revision, which GET /v1/edges lists and ?wait counts) and their audit
+// batches (event.EdgeAuditSubject, stored as they come). Whoever may
+// publish on those subjects can list phantom edges, make ?wait return early
+// or hold it to its deadline, and write or flood audit records. None of it
+// can grant access, since edges act only on records the origin signs, but
+// the operator's NATS accounts or user permissions must allow only edges to
+// publish there, and only origins to publish on event.StreamSubjects (a
+// foreign message in the stream stops the publisher) and to answer the
+// lookup subjects.
 package origin
 
 import (
