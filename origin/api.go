@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keymesh/keymesh/apikey"
@@ -63,9 +64,44 @@ func (s *Server) routes() http.Handler {
 
 	handle("GET /v1/edges", s.admin(event.PermReadMetrics, false, s.listEdges))
 	handle("GET /v1/audit", s.admin(event.PermViewAuditLogs, false, s.listAudit))
+	wrongMethod := methodNotAllowed(s.patterns)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := wrongMethod.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r) // a known path, another method
+			return
+		}
 		apierror.New(http.StatusNotFound, apierror.NotFound, "no such endpoint").Write(w)
 	})
+	return mux
+}
+
+// methodNotAllowed returns a mux matching the paths of patterns ("METHOD
+// /path") whatever the method, answering 405 METHOD_NOT_ALLOWED with the
+// path's methods in Allow. The catch-all route hands it what no route
+// matched: ServeMux would answer that 405 itself, in plain text, were it not
+// for the catch-all.
+func methodNotAllowed(patterns []string) *http.ServeMux {
+	methods := map[string][]string{}
+	for _, p := range patterns {
+		method, path, ok := strings.Cut(p, " ")
+		if !ok {
+			continue
+		}
+		methods[path] = append(methods[path], method)
+		if method == http.MethodGet {
+			methods[path] = append(methods[path], http.MethodHead)
+		}
+	}
+	mux := http.NewServeMux()
+	for path, ms := range methods {
+		slices.Sort(ms)
+		allow := strings.Join(ms, ", ")
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			apierror.New(http.StatusMethodNotAllowed, apierror.MethodNotAllowed, "this endpoint does not accept "+r.Method+"; it accepts "+allow).
+				WithDetails(map[string]any{"allowed": ms}).Write(w)
+		})
+	}
 	return mux
 }
 
@@ -136,6 +172,9 @@ func (s *Server) finish(c *call, h handlerFunc) {
 	default:
 		s.log.Error("admin request failed", "method", c.r.Method, "path", c.r.URL.Path, "err", err)
 		ae = apierror.New(http.StatusInternalServerError, apierror.InternalError, "internal error")
+	}
+	if ae.Status == http.StatusUnauthorized {
+		c.w.Header().Set("WWW-Authenticate", "Bearer") // as the edge answers
 	}
 	ae.Write(c.w)
 }

@@ -142,7 +142,7 @@ func apiSchemas() map[string]any {
 		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "revision"}, depProps(true))
 
 	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ValidationError,
-		apierror.NotFound, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
+		apierror.NotFound, apierror.MethodNotAllowed, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
 	return map[string]any{
 		"Error": map[string]any{"type": "object", "required": []string{"error"}, "properties": map[string]any{
 			"error": map[string]any{"type": "object", "required": []string{"code", "message", "type", "details"}, "properties": map[string]any{
