@@ -154,6 +154,9 @@ type Config struct {
 
 	// disablePublisher is for tests: commit events without publishing.
 	disablePublisher bool
+	// now is for tests: the clock of token and key expiry and the login
+	// limiter (default time.Now).
+	now func() time.Time
 }
 
 // DefaultConfig returns the documented defaults.
@@ -205,6 +208,9 @@ func (c *Config) fill() error {
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
+	}
+	if c.now == nil {
+		c.now = time.Now
 	}
 	if c.EdgeLiveness <= 0 {
 		c.EdgeLiveness = 10 * time.Second
@@ -293,7 +299,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, httpErr: make(chan error, 1), lookupSem: make(chan struct{}, 64),
-		logins: newLoginLimiter(time.Now)}
+		logins: newLoginLimiter(cfg.now)}
 	ok := false
 	defer func() {
 		if !ok {
