@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keymesh/keymesh/apikey"
@@ -63,9 +64,44 @@ func (s *Server) routes() http.Handler {
 
 	handle("GET /v1/edges", s.admin(event.PermReadMetrics, false, s.listEdges))
 	handle("GET /v1/audit", s.admin(event.PermViewAuditLogs, false, s.listAudit))
+	wrongMethod := methodNotAllowed(s.patterns)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := wrongMethod.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r) // a known path, another method
+			return
+		}
 		apierror.New(http.StatusNotFound, apierror.NotFound, "no such endpoint").Write(w)
 	})
+	return mux
+}
+
+// methodNotAllowed returns a mux matching the paths of patterns ("METHOD
+// /path") whatever the method, answering 405 METHOD_NOT_ALLOWED with the
+// path's methods in Allow. The catch-all route hands it what no route
+// matched: ServeMux would answer that 405 itself, in plain text, were it not
+// for the catch-all.
+func methodNotAllowed(patterns []string) *http.ServeMux {
+	methods := map[string][]string{}
+	for _, p := range patterns {
+		method, path, ok := strings.Cut(p, " ")
+		if !ok {
+			continue
+		}
+		methods[path] = append(methods[path], method)
+		if method == http.MethodGet {
+			methods[path] = append(methods[path], http.MethodHead)
+		}
+	}
+	mux := http.NewServeMux()
+	for path, ms := range methods {
+		slices.Sort(ms)
+		allow := strings.Join(ms, ", ")
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			apierror.New(http.StatusMethodNotAllowed, apierror.MethodNotAllowed, "this endpoint does not accept "+r.Method+"; it accepts "+allow).
+				WithDetails(map[string]any{"allowed": ms}).Write(w)
+		})
+	}
 	return mux
 }
 
@@ -137,21 +173,29 @@ func (s *Server) finish(c *call, h handlerFunc) {
 		s.log.Error("admin request failed", "method", c.r.Method, "path", c.r.URL.Path, "err", err)
 		ae = apierror.New(http.StatusInternalServerError, apierror.InternalError, "internal error")
 	}
+	if ae.Status == http.StatusUnauthorized {
+		c.w.Header().Set("WWW-Authenticate", "Bearer") // as the edge answers
+	}
 	ae.Write(c.w)
 }
 
 // mutated answers a mutation: X-Revision, and body (a map or struct with
-// "revision") or 204.
+// "revision"), or no body (nil; a delete) with status 204. With ?wait the
+// answer waits for the edges and reports propagation; a delete then answers
+// 200 with {"revision", "propagation"}, since a 204 has no body to carry it.
 func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	c.w.Header().Set("X-Revision", strconv.FormatUint(rev, 10))
+	p, waiting := c.r.Context().Value(waitKey{}).(*propagation)
+	if waiting && body == nil {
+		status = http.StatusOK
+	}
 	s.auditAdmin(c, status, body)
-	if p, ok := c.r.Context().Value(waitKey{}).(*propagation); ok {
+	if waiting {
 		// The change is committed: hold the answer until the edges have it.
 		got := s.awaitPropagation(c, rev, p.wait)
 		p.Applied, p.Pending = got.Applied, got.Pending
 		if body == nil {
-			c.w.Header().Set("X-Propagation-Applied", strconv.Itoa(len(p.Applied)))
-			c.w.Header().Set("X-Propagation-Pending", strconv.Itoa(len(p.Pending)))
+			body = &deleted{Revision: rev, Propagation: p}
 		}
 	}
 	if body == nil {
@@ -160,6 +204,12 @@ func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	}
 	writeJSON(c.w, status, body)
 	return nil
+}
+
+// deleted is the answer to a delete given ?wait.
+type deleted struct {
+	Revision    uint64       `json:"revision"`
+	Propagation *propagation `json:"propagation"`
 }
 
 // propagation is the ?wait= report: the live edges that had applied the
@@ -258,6 +308,11 @@ func (s *Server) handleSigningKey(c *call) error {
 // ---- projects ----
 
 func (s *Server) createProject(c *call) error {
+	if c.who.KeyID != "" {
+		// A project key manages its own project only; a new project is
+		// outside it whatever the key holds.
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a project key cannot create projects; log in as a user")
+	}
 	o, err := readObject(c.r, false, "name")
 	if err != nil {
 		return err
@@ -271,12 +326,22 @@ func (s *Server) createProject(c *call) error {
 	if err := validName("name", name); err != nil {
 		return err
 	}
-	p, err := s.store.createProject(c.ctx(), name)
+	prop, err := s.waitFor(c)
 	if err != nil {
 		return err
 	}
-	rev := s.Revision()
-	return s.mutated(c, http.StatusCreated, rev, map[string]any{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev})
+	// The revision is the store's at the project's creation (read in its
+	// transaction, so right on every replica): edges never see projects, and
+	// ?wait waits until they have applied every change made before it.
+	p, rev, err := s.store.createProject(c.ctx(), name)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev}
+	if prop != nil {
+		body["propagation"] = prop
+	}
+	return s.mutated(c, http.StatusCreated, rev, body)
 }
 
 func (s *Server) listProjects(c *call) error {
@@ -374,9 +439,9 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 				seen[p] = true
 				out = append(out, p)
 			}
-			if c.who.KeyID != "" && !c.who.has(p) {
-				return nil, apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key cannot grant a permission it does not hold")
-			}
+		}
+		if err := c.mayGrant(out); err != nil {
+			return nil, err
 		}
 		in.permissions = &out
 	}
@@ -441,6 +506,29 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	return in, nil
 }
 
+// mayGrant refuses a project key giving a key a permission the caller does
+// not hold itself (users may grant anything).
+func (c *call) mayGrant(perms []string) error {
+	if missing := c.who.lacking(perms); len(missing) > 0 {
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key cannot grant a permission it does not hold").
+			WithDetails(map[string]any{"missing_permissions": missing})
+	}
+	return nil
+}
+
+// mayActOn refuses a project key rotating, changing, linking, unlinking or
+// deleting a key that holds a permission the caller lacks: rotating would
+// hand the caller that key's secret, and the rest would let a lesser key
+// tamper with a greater one. It runs inside the mutation's transaction, on
+// the key as stored. Users may act on any key.
+func (c *call) mayActOn(k *Key) error {
+	if missing := c.who.lacking(k.Permissions); len(missing) > 0 {
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key may only manage keys whose permissions it holds itself").
+			WithDetails(map[string]any{"missing_permissions": missing})
+	}
+	return nil
+}
+
 func (in *keyInput) apply(k *Key) {
 	if in.name != nil {
 		k.Name = *in.name
@@ -485,6 +573,9 @@ func (s *Server) createKey(c *call) error {
 	}
 	k := &Key{ID: newID("key"), ProjectID: c.project.ID, Prefix: apikey.Display(secret), Permissions: slices.Clone(event.DefaultPermissions)}
 	in.apply(k)
+	if err := c.mayGrant(k.Permissions); err != nil { // the defaults, when none were given
+		return err
+	}
 	var deps []string
 	if in.deployments != nil {
 		deps = *in.deployments
@@ -553,7 +644,13 @@ func (s *Server) patchKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	k, err := s.store.updateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), func(k *Key) error { in.apply(k); return nil }, in.deployments)
+	k, err := s.store.updateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), func(k *Key) error {
+		if err := c.mayActOn(k); err != nil {
+			return err
+		}
+		in.apply(k)
+		return nil
+	}, in.deployments)
 	if err != nil {
 		return err
 	}
@@ -566,7 +663,7 @@ func (s *Server) deleteKey(c *call) error {
 	if _, err := s.waitFor(c); err != nil {
 		return err
 	}
-	rev, err := s.store.deleteKey(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	rev, err := s.store.deleteKey(c.ctx(), c.project.ID, c.r.PathValue("id"), c.mayActOn)
 	if err != nil {
 		return err
 	}
@@ -597,7 +694,7 @@ func (s *Server) rotateKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), time.Duration(grace)*time.Second)
+	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), time.Duration(grace)*time.Second, c.mayActOn)
 	if err != nil {
 		return err
 	}
@@ -750,7 +847,7 @@ func (s *Server) linkKey(on bool) handlerFunc {
 		if err != nil {
 			return err
 		}
-		k, err := s.store.link(c.ctx(), c.project.ID, c.r.PathValue("id"), c.r.PathValue("key_id"), on)
+		k, err := s.store.link(c.ctx(), c.project.ID, c.r.PathValue("id"), c.r.PathValue("key_id"), on, c.mayActOn)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,11 @@ package origin
 // "?" placeholders rebound by Store.q). Records never hold a secret: edges
 // send key ids, never keys; admin records name the actor by username or key
 // id and the route by its pattern, never a body, token or query string.
+//
+// On SQLite the audit writer and pruner share the one writer with the
+// mutations: they take Store.lockWrites like every writer, for short
+// transactions only (auditTxRows inserted, auditPruneRows deleted), so audit
+// load delays a mutation by at most one such transaction.
 
 import (
 	"context"
@@ -14,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +33,10 @@ import (
 )
 
 const (
-	auditBatch       = 500     // rows per insert transaction
+	auditBatch       = 500     // records the writer takes off the queue at once
+	auditTxRows      = 100     // on SQLite, rows per insert transaction (one statement)
+	auditStmtRows    = 100     // rows per INSERT statement
+	auditPruneRows   = 500     // rows per pruning DELETE (and, on SQLite, per transaction)
 	maxAuditMessage  = 8 << 20 // bytes of one edge batch accepted
 	maxAuditPerBatch = 5000    // records of one edge batch accepted
 	maxAuditField    = 512     // longer text fields are cut
@@ -116,18 +125,7 @@ type auditLog struct {
 
 // ensureAuditSchema creates the audit table and its indexes if missing.
 func (s *Server) ensureAuditSchema(ctx context.Context) error {
-	for _, stmt := range auditSchema {
-		_, err := s.store.db.ExecContext(ctx, stmt)
-		if err != nil {
-			// Two PostgreSQL replicas creating the table at once may race
-			// on the catalog; the second attempt finds it.
-			_, err = s.store.db.ExecContext(ctx, stmt)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.store.execSchema(ctx, auditSchema)
 }
 
 // startAudit starts the writer and the pruner, and subscribes to edge audit
@@ -247,49 +245,71 @@ func (a *auditLog) run() {
 	}
 }
 
+// insert stores batch. On SQLite, whose one writer the mutations share, it
+// writes transactions of at most auditTxRows rows, each holding the store's
+// writer lock (Store.lockWrites), so that a mutation waits for at most one
+// short audit transaction and never in SQLite's busy handler. Records that
+// cannot be stored are dropped and counted.
 func (a *auditLog) insert(batch []AuditRecord) {
+	per := len(batch)
+	if a.s.store.dialect == dialectSQLite {
+		per = auditTxRows
+	}
+	for len(batch) > 0 {
+		n := min(per, len(batch))
+		a.insertTx(batch[:n])
+		batch = batch[n:]
+	}
+}
+
+const auditColumns = `id, ts, source, edge, site, client_ip, actor, key_id, project, deployment, deployment_name, method, path, action, target, status, duration_us, request_id`
+
+// auditRow is the VALUES group of one record (18 columns).
+const auditRow = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+func (a *auditLog) insertTx(rows []AuditRecord) {
 	st := a.s.store
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := func() error {
+		unlock := st.lockWrites()
+		defer unlock()
 		tx, err := st.db.BeginTx(ctx, nil)
 		if err != nil {
 			return err
 		}
 		defer tx.Rollback()
-		stmt, err := tx.PrepareContext(ctx, st.q(`INSERT INTO audit_log (id, ts, source, edge, site, client_ip, actor,
-			key_id, project, deployment, deployment_name, method, path, action, target, status, duration_us, request_id)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		for i := range batch {
-			r := &batch[i]
-			if _, err := stmt.ExecContext(ctx, newID("aud"), r.Time.UnixMicro(), r.Source, r.Edge, r.Site, r.ClientIP, r.Actor,
-				r.KeyID, r.Project, r.Deployment, r.DeploymentName, r.Method, r.Path, r.Action, r.Target, r.Status,
-				int64(r.DurationMS*1000), r.RequestID); err != nil {
+		for chunk := range slices.Chunk(rows, auditStmtRows) {
+			args := make([]any, 0, 18*len(chunk))
+			for i := range chunk {
+				r := &chunk[i]
+				args = append(args, newID("aud"), r.Time.UnixMicro(), r.Source, r.Edge, r.Site, r.ClientIP, r.Actor,
+					r.KeyID, r.Project, r.Deployment, r.DeploymentName, r.Method, r.Path, r.Action, r.Target, r.Status,
+					int64(r.DurationMS*1000), r.RequestID)
+			}
+			values := strings.TrimSuffix(strings.Repeat(auditRow+",", len(chunk)), ",")
+			if _, err := tx.ExecContext(ctx, st.q(`INSERT INTO audit_log (`+auditColumns+`) VALUES `+values), args...); err != nil {
 				return err
 			}
 		}
 		return tx.Commit()
 	}()
 	if err != nil {
-		a.dropped.Add(uint64(len(batch)))
-		a.s.log.Error("storing audit records", "records", len(batch), "err", err)
+		a.dropped.Add(uint64(len(rows)))
+		a.s.log.Error("storing audit records", "records", len(rows), "err", err)
 		return
 	}
-	a.stored.Add(uint64(len(batch)))
+	a.stored.Add(uint64(len(rows)))
 }
 
 // prune deletes records older than AuditRetention, then the oldest beyond
-// AuditMaxRows.
+// AuditMaxRows, auditPruneRows at a time (see pruneChunk).
 func (a *auditLog) prune() {
 	st := a.s.store
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cutoff := time.Now().Add(-a.s.cfg.AuditRetention).UnixMicro()
-	if _, err := st.db.ExecContext(ctx, st.q(`DELETE FROM audit_log WHERE ts < ?`), cutoff); err != nil {
+	if err := a.pruneWhere(ctx, `ts < ?`, cutoff); err != nil {
 		a.s.log.Warn("pruning audit log", "err", err)
 		return
 	}
@@ -299,11 +319,36 @@ func (a *auditLog) prune() {
 		return
 	}
 	if err == nil {
-		_, err = st.db.ExecContext(ctx, st.q(`DELETE FROM audit_log WHERE ts <= ?`), ts)
+		err = a.pruneWhere(ctx, `ts <= ?`, ts)
 	}
 	if err != nil {
 		a.s.log.Warn("pruning audit log", "err", err)
 	}
+}
+
+// pruneWhere deletes the records matching cond (on column ts, one argument)
+// in chunks until none is left.
+func (a *auditLog) pruneWhere(ctx context.Context, cond string, arg int64) error {
+	for {
+		n, err := a.pruneChunk(ctx, cond, arg)
+		if err != nil || n < auditPruneRows {
+			return err
+		}
+	}
+}
+
+// pruneChunk deletes at most auditPruneRows of the oldest records matching
+// cond, holding the SQLite writer lock for that one statement only, so that
+// pruning a large backlog never keeps a mutation waiting long.
+func (a *auditLog) pruneChunk(ctx context.Context, cond string, arg int64) (int64, error) {
+	st := a.s.store
+	unlock := st.lockWrites()
+	defer unlock()
+	res, err := st.db.ExecContext(ctx, st.q(`DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE `+cond+` ORDER BY ts LIMIT ?)`), arg, auditPruneRows)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // auditAdmin records a successful admin mutation: who (username or key id),

@@ -1,6 +1,7 @@
 package origin
 
 import (
+	"context"
 	"encoding/json"
 	"net/url"
 	"strings"
@@ -188,4 +189,97 @@ func testAuditRetention(t *testing.T, cfg Config) {
 	if a.dropped.Load() != 8 {
 		t.Fatalf("dropped %d, want 8", a.dropped.Load())
 	}
+}
+
+// On SQLite the audit writer and pruner queue behind the store's writer
+// lock like every writer (rather than waiting in SQLite's busy handler), and
+// hold it for one short transaction at a time, so a mutation is never kept
+// waiting behind a large batch or a large prune.
+func TestAuditWritesTakeTheWriterLockBriefly(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.AuditPruneInterval = time.Hour
+	cfg.AuditRetention = time.Hour
+	s := startServer(t, cfg)
+	st := s.store
+	rows := func(n int, age time.Duration) []AuditRecord {
+		out := make([]AuditRecord, n)
+		for i := range out {
+			out[i] = AuditRecord{Time: time.Now().Add(-age), Source: auditSourceEdge, Path: "/v1/chat/completions"}
+		}
+		return out
+	}
+	count := func() int {
+		var n int
+		if err := st.db.QueryRow(`SELECT COUNT(*) FROM audit_log`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	blocked := func(what string, f func()) {
+		t.Helper()
+		unlock := st.lockWrites()
+		done := make(chan struct{})
+		go func() { f(); close(done) }()
+		select {
+		case <-done:
+			unlock()
+			t.Fatalf("%s ran while another writer held the lock", what)
+		case <-time.After(200 * time.Millisecond):
+		}
+		unlock()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not finish once the lock was free", what)
+		}
+	}
+	blocked("audit insert", func() { s.audit.insert(rows(10, 2*time.Hour)) })
+	blocked("audit prune", s.audit.prune)
+	if n := count(); n != 0 {
+		t.Fatalf("%d records left after pruning what is past retention", n)
+	}
+
+	// A large batch is written in short transactions: a mutation issued
+	// once the first has committed is done long before the last.
+	const big = 40 * auditTxRows
+	done := make(chan struct{})
+	go func() { s.audit.insert(rows(big, 0)); close(done) }()
+	waitFor(t, "first audit transaction", func() bool { return count() > 0 })
+	c := newClient(t, s)
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
+	n := count()
+	<-done
+	if n >= big {
+		t.Fatalf("a mutation waited for the whole audit batch (%d of %d rows stored before it finished)", n, big)
+	}
+}
+
+// Pruning deletes a bounded number of rows per statement, on both stores.
+func TestAuditPrunesInChunks(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		cfg.AuditPruneInterval = time.Hour
+		cfg.AuditRetention = time.Hour
+		cfg.AuditMaxRows = 100
+		s := startServer(t, cfg)
+		var batch []AuditRecord
+		for i := range auditPruneRows + 150 {
+			batch = append(batch, AuditRecord{Time: time.Now().Add(-2*time.Hour - time.Duration(i)*time.Second), Source: auditSourceEdge, Path: "/old"})
+		}
+		for i := range 300 {
+			batch = append(batch, AuditRecord{Time: time.Now().Add(-time.Duration(i) * time.Second), Source: auditSourceEdge, Path: "/fresh"})
+		}
+		s.audit.insert(batch)
+		cutoff := time.Now().Add(-time.Hour).UnixMicro()
+		n, err := s.audit.pruneChunk(context.Background(), `ts < ?`, cutoff)
+		if err != nil || n != auditPruneRows {
+			t.Fatalf("one chunk deleted %d rows (%v), want %d", n, err, auditPruneRows)
+		}
+		s.audit.prune()
+		var old, fresh int
+		s.store.db.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE path = '/old'`).Scan(&old)
+		s.store.db.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE path = '/fresh'`).Scan(&fresh)
+		if old != 0 || fresh != 100 {
+			t.Fatalf("after pruning: %d old and %d fresh records, want 0 and 100", old, fresh)
+		}
+	})
 }

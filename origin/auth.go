@@ -28,6 +28,18 @@ type principal struct {
 
 func (p *principal) has(perm string) bool { return p.User != "" || slices.Contains(p.Perms, perm) }
 
+// lacking returns the permissions of perms that p does not hold (none for a
+// user), without duplicates.
+func (p *principal) lacking(perms []string) []string {
+	var out []string
+	for _, perm := range perms {
+		if !p.has(perm) && !slices.Contains(out, perm) {
+			out = append(out, perm)
+		}
+	}
+	return out
+}
+
 var (
 	errAuth           = apierror.New(http.StatusUnauthorized, apierror.AuthenticationFailed, "missing or invalid credentials")
 	errLoginThrottled = apierror.New(http.StatusTooManyRequests, apierror.RateLimited, "too many failed logins from this address; retry later")
@@ -48,7 +60,7 @@ func (s *Server) login(ctx context.Context, username, password string) (string, 
 	if bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) != nil {
 		return "", time.Time{}, ErrUnauthenticated
 	}
-	now := time.Now()
+	now := s.cfg.now()
 	exp := now.Add(s.cfg.TokenTTL).UTC().Truncate(time.Second)
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"iss":  jwtIssuer,
@@ -89,7 +101,8 @@ func (s *Server) authJWT(tok string) (*principal, error) {
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithIssuer(jwtIssuer),
 		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(5*time.Second))
+		jwt.WithLeeway(5*time.Second),
+		jwt.WithTimeFunc(s.cfg.now))
 	if err != nil {
 		return nil, errAuth
 	}
@@ -109,7 +122,7 @@ func (s *Server) authKey(ctx context.Context, cred string) (*principal, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := s.cfg.now()
 	if k == nil || k.Disabled || (notAfter != nil && !now.Before(*notAfter)) || (k.ExpiresAt != nil && !now.Before(*k.ExpiresAt)) {
 		return nil, errAuth
 	}

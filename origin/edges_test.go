@@ -219,10 +219,29 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 		t.Fatalf("propagation %+v", pk.Propagation)
 	}
 
-	// A delete waits too; its 204 carries the counts in headers.
-	st, _, h := c.doH("DELETE", "/v1/projects/default/keys/"+k.ID+"?wait=100ms", nil, nil)
-	if st != http.StatusNoContent || h.Get("X-Propagation-Pending") == "" {
-		t.Fatalf("DELETE ?wait: %d %v", st, h)
+	// A delete waits too: a 204 has no body, so with ?wait it answers 200
+	// with the revision and the report; without, 204 and X-Revision.
+	type deletedResp struct {
+		Revision    *uint64
+		Propagation *propagation
+	}
+	for _, path := range []string{"/v1/projects/default/keys/" + k.ID, "/v1/projects/default/deployments/d1"} {
+		st, b, h := c.doH("DELETE", path+"?wait=100ms", nil, nil)
+		var del deletedResp
+		if st != http.StatusOK {
+			t.Fatalf("DELETE %s?wait: %d %s", path, st, b)
+		}
+		mustJSON(t, b, &del)
+		if del.Revision == nil || *del.Revision != s.Revision() || h.Get("X-Revision") != fmt.Sprint(*del.Revision) ||
+			del.Propagation == nil || del.Propagation.Applied == nil || !strings.Contains(fmt.Sprint(del.Propagation.Pending), "edge-stuck") {
+			t.Fatalf("DELETE %s?wait: %s X-Revision %q", path, b, h.Get("X-Revision"))
+		}
+	}
+	var k2 struct{ ID string }
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "k2"}, &k2)
+	st, b, h := c.doH("DELETE", "/v1/projects/default/keys/"+k2.ID, nil, nil)
+	if st != http.StatusNoContent || len(b) != 0 || h.Get("X-Revision") != fmt.Sprint(s.Revision()) {
+		t.Fatalf("DELETE without ?wait: %d %q X-Revision %q", st, b, h.Get("X-Revision"))
 	}
 
 	// A bad duration is refused before anything changes.

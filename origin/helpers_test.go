@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -56,9 +58,12 @@ type client struct {
 	token string
 }
 
-func newClient(t *testing.T, s *Server) *client {
+func newClient(t *testing.T, s *Server) *client { return newClientWith(t, s, testPassword) }
+
+// newClientWith logs in as admin with password.
+func newClientWith(t *testing.T, s *Server, password string) *client {
 	c := &client{t: t, base: "http://" + s.Addr()}
-	st, body := c.do("POST", "/v1/auth/login", map[string]string{"username": "admin", "password": testPassword})
+	st, body := c.do("POST", "/v1/auth/login", map[string]string{"username": "admin", "password": password})
 	if st != 200 {
 		t.Fatalf("login: %d %s", st, body)
 	}
@@ -256,3 +261,58 @@ func (s *syncBuffer) Bytes() []byte {
 }
 
 func (s *syncBuffer) Len() int { return len(s.Bytes()) }
+
+// eachStore runs f as one subtest per store: SQLite in the data dir, and a
+// fresh PostgreSQL database (see postgresDSN).
+func eachStore(t *testing.T, f func(t *testing.T, cfg Config)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, testConfig(t.TempDir())) })
+	t.Run("postgres", func(t *testing.T) {
+		cfg := testConfig(t.TempDir())
+		cfg.Store = postgresDSN(t)
+		f(t, cfg)
+	})
+}
+
+// keyClient returns a client authenticating with the project API key
+// secret.
+func keyClient(t *testing.T, s *Server, secret string) *client {
+	return &client{t: t, base: "http://" + s.Addr(), token: secret}
+}
+
+// wantError fails the test unless the answer is status with error code.
+func wantError(t *testing.T, what string, st int, body []byte, status int, code string) {
+	t.Helper()
+	if st != status {
+		t.Fatalf("%s: status %d, want %d: %s", what, st, status, body)
+	}
+	var e apiErr
+	mustJSON(t, body, &e)
+	if e.Error.Code != code {
+		t.Fatalf("%s: code %q, want %q: %s", what, e.Error.Code, code, body)
+	}
+}
+
+// copyIdentity copies the signing and JWT keys of the origin in fromDir to
+// toDir, as an operator sets up a replica: edges trust one origin key, and
+// every replica must accept the others' admin tokens.
+func copyIdentity(t *testing.T, fromDir, toDir string) {
+	t.Helper()
+	for _, f := range []string{"signing.key", "jwt.key"} {
+		b, err := os.ReadFile(filepath.Join(fromDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(toDir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// startReplica starts a second origin on a's store and NATS with a's keys.
+func startReplica(t *testing.T, a *Server) *Server {
+	t.Helper()
+	cfg := testConfig(t.TempDir())
+	cfg.Store, cfg.NATSURL = a.cfg.Store, a.NATSURL()
+	copyIdentity(t, a.cfg.DataDir, cfg.DataDir)
+	return startServer(t, cfg)
+}

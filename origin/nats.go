@@ -1,14 +1,18 @@
 package origin
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/keymesh/keymesh/internal/redact"
 )
 
 // natsServer is the part of the embedded server the origin uses.
@@ -37,8 +41,8 @@ func splitNATSListen(addr string) (string, int, error) {
 // startNATS starts the embedded server (unless NATSURL is set) and connects
 // a client that reconnects forever.
 func (s *Server) startNATS() error {
-	url := s.cfg.NATSURL
-	if url == "" {
+	natsURL := s.cfg.NATSURL
+	if natsURL == "" {
 		host, port, err := splitNATSListen(s.cfg.NATSListen)
 		if err != nil {
 			return err
@@ -62,11 +66,11 @@ func (s *Server) startNATS() error {
 		if !ns.ReadyForConnections(10 * time.Second) {
 			return fmt.Errorf("embedded nats did not become ready on %s", s.cfg.NATSListen)
 		}
-		url = ns.ClientURL()
+		natsURL = ns.ClientURL()
 	}
-	s.natsURL = url
+	s.natsURL = natsURL
 	log := s.log
-	nc, err := nats.Connect(url,
+	nc, err := nats.Connect(natsURL,
 		nats.Name("keymesh-origin"),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
@@ -79,6 +83,11 @@ func (s *Server) startNATS() error {
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
 	)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// url.Error quotes the whole URL, password included.
+			err = fmt.Errorf("cannot parse the NATS URL %s: %w", redact.URLs(natsURL), ue.Err)
+		}
 		return fmt.Errorf("connecting to nats: %w", err)
 	}
 	s.nc = nc

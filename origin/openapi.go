@@ -28,6 +28,8 @@ type apiOp struct {
 	status       int    // success status
 	resp         any    // success schema (nil = no body)
 	mutation     bool   // X-Revision header, ?wait=
+	waitStatus   int    // the success status with ?wait, if it differs (a delete's 200)
+	waitResp     any    // its schema
 	contentType  string // success content type; "" = application/json
 }
 
@@ -140,7 +142,7 @@ func apiSchemas() map[string]any {
 		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "revision"}, depProps(true))
 
 	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ValidationError,
-		apierror.NotFound, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
+		apierror.NotFound, apierror.MethodNotAllowed, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
 	return map[string]any{
 		"Error": map[string]any{"type": "object", "required": []string{"error"}, "properties": map[string]any{
 			"error": map[string]any{"type": "object", "required": []string{"code", "message", "type", "details"}, "properties": map[string]any{
@@ -150,8 +152,10 @@ func apiSchemas() map[string]any {
 				"details": map[string]any{"description": `null, or more about the error: a validation error names {"field", "reason"}`},
 			}},
 		}},
-		"Permission":   perm,
-		"RateLimit":    obj([]string{"requests_per_minute"}, map[string]any{"requests_per_minute": map[string]any{"type": "integer", "minimum": 1}}),
+		"Permission": perm,
+		"RateLimit":  obj([]string{"requests_per_minute"}, map[string]any{"requests_per_minute": map[string]any{"type": "integer", "minimum": 1}}),
+		"Deleted": obj([]string{"revision", "propagation"}, map[string]any{"revision": map[string]any{"type": "integer", "minimum": 0},
+			"propagation": ref("Propagation")}),
 		"Propagation":  obj([]string{"applied", "pending"}, map[string]any{"applied": strs("live edges that applied the revision"), "pending": strs("live edges that had not when the wait ended")}),
 		"UpstreamAuth": obj([]string{"mode"}, map[string]any{"mode": map[string]any{"type": "string", "enum": []string{event.UpstreamAuthNone, event.UpstreamAuthInject, event.UpstreamAuthPassthrough}}, "header": str("default Authorization"), "prefix": str(`default "Bearer " for inject`), "secret": str("inject: the name of an edge-local secret (never its value)")}),
 		"LoginRequest": obj([]string{"username", "password"}, map[string]any{"username": str(""), "password": map[string]any{"type": "string", "format": "password"}}),
@@ -161,7 +165,8 @@ func apiSchemas() map[string]any {
 		"ProjectCreate": obj([]string{"name"}, map[string]any{"name": map[string]any{"type": "string", "pattern": nameRE.String()}}),
 		"Project":       obj([]string{"id", "name"}, map[string]any{"id": str(""), "name": str(""), "created_at": ts}),
 		"ProjectCreated": obj([]string{"id", "name", "revision"}, map[string]any{"id": str(""), "name": str(""), "created_at": ts,
-			"revision": map[string]any{"type": "integer", "minimum": 0}}),
+			"revision":    map[string]any{"type": "integer", "minimum": 0, "description": "a project is no event (edges never see projects): the store's revision when it was created; ?wait waits for edges to reach it"},
+			"propagation": ref("Propagation")}),
 		"ProjectPage":      page("Project"),
 		"Key":              obj(keyRequired, keyProps),
 		"KeyWithSecret":    obj(append(slices.Clone(keyRequired), "key"), withSecret),
@@ -198,21 +203,23 @@ func apiOps() []apiOp {
 		{method: "POST", path: "/v1/auth/login", id: "login", tag: "auth", summary: "Exchange a user's credentials for a JWT (401 when wrong; 429 after repeated failures from one address)", body: "LoginRequest", status: 200, resp: ref("LoginResponse")},
 		{method: "GET", path: "/v1/signing-key", id: "signingKey", tag: "auth", summary: "The origin's Ed25519 public key", status: 200, resp: ref("SigningKey")},
 
-		{method: "POST", path: "/v1/projects", id: "createProject", tag: "projects", summary: "Create a project", perm: event.PermManageUsers, body: "ProjectCreate", status: 201, resp: ref("ProjectCreated")},
+		{method: "POST", path: "/v1/projects", id: "createProject", tag: "projects", summary: "Create a project (users only: a project key cannot, whatever it holds)", perm: event.PermManageUsers, body: "ProjectCreate", status: 201, resp: ref("ProjectCreated"), mutation: true},
 		{method: "GET", path: "/v1/projects", id: "listProjects", tag: "projects", summary: "List projects (a project key sees its own only)", perm: w, status: 200, resp: ref("ProjectPage")},
 
 		{method: "POST", path: p + "/keys", id: "createKey", tag: "keys", summary: "Create a key; the answer carries the secret, the only time it is returned", perm: w, body: "KeyCreate", bodyOptional: true, status: 201, resp: ref("KeyWithSecret"), mutation: true},
 		{method: "GET", path: p + "/keys", id: "listKeys", tag: "keys", summary: "List keys, a page at a time", perm: w, params: limitCursor, status: 200, resp: ref("KeyPage")},
 		{method: "GET", path: p + "/keys/{id}", id: "getKey", tag: "keys", summary: "Get a key (never its secret)", perm: w, status: 200, resp: ref("Key")},
 		{method: "PATCH", path: p + "/keys/{id}", id: "updateKey", tag: "keys", summary: "Change any of a key's fields", perm: w, body: "KeyUpdate", status: 200, resp: ref("Key"), mutation: true},
-		{method: "DELETE", path: p + "/keys/{id}", id: "deleteKey", tag: "keys", summary: "Delete a key", perm: w, status: 204, mutation: true},
+		{method: "DELETE", path: p + "/keys/{id}", id: "deleteKey", tag: "keys", summary: "Delete a key: 204, or with ?wait 200 and the propagation report", perm: w, status: 204, mutation: true,
+			waitStatus: 200, waitResp: ref("Deleted")},
 		{method: "POST", path: p + "/keys/{id}/rotate", id: "rotateKey", tag: "keys", summary: "Give a key a new secret; the old one keeps working for grace_seconds", perm: w, body: "KeyRotate", bodyOptional: true, status: 200, resp: ref("KeyWithSecret"), mutation: true},
 
 		{method: "POST", path: p + "/deployments", id: "createDeployment", tag: "deployments", summary: "Create a deployment", perm: w, body: "DeploymentCreate", status: 201, resp: ref("Deployment"), mutation: true},
 		{method: "GET", path: p + "/deployments", id: "listDeployments", tag: "deployments", summary: "List deployments", perm: w, status: 200, resp: ref("DeploymentPage")},
 		{method: "GET", path: p + "/deployments/{id}", id: "getDeployment", tag: "deployments", summary: "Get a deployment by id or name", perm: w, status: 200, resp: ref("Deployment")},
 		{method: "PATCH", path: p + "/deployments/{id}", id: "updateDeployment", tag: "deployments", summary: "Change any of a deployment's fields", perm: w, body: "DeploymentUpdate", status: 200, resp: ref("Deployment"), mutation: true},
-		{method: "DELETE", path: p + "/deployments/{id}", id: "deleteDeployment", tag: "deployments", summary: "Delete a deployment", perm: w, status: 204, mutation: true},
+		{method: "DELETE", path: p + "/deployments/{id}", id: "deleteDeployment", tag: "deployments", summary: "Delete a deployment: 204, or with ?wait 200 and the propagation report", perm: w, status: 204, mutation: true,
+			waitStatus: 200, waitResp: ref("Deleted")},
 		{method: "GET", path: p + "/deployments/{id}/keys", id: "deploymentKeys", tag: "deployments", summary: "Keys linked to a deployment", perm: w, status: 200, resp: ref("KeyPage")},
 		{method: "PUT", path: p + "/deployments/{id}/keys/{key_id}", id: "linkKey", tag: "deployments", summary: "Link a key to a deployment", perm: w, status: 200, resp: ref("Key"), mutation: true},
 		{method: "DELETE", path: p + "/deployments/{id}/keys/{key_id}", id: "unlinkKey", tag: "deployments", summary: "Unlink a key from a deployment", perm: w, status: 200, resp: ref("Key"), mutation: true},
@@ -269,6 +276,10 @@ func openAPIDocument() map[string]any {
 			ok["headers"] = revHeader
 		}
 		responses := map[string]any{strconv.Itoa(o.status): ok}
+		if o.waitStatus != 0 {
+			responses[strconv.Itoa(o.waitStatus)] = map[string]any{"description": "with ?wait: the revision and which edges applied it",
+				"headers": revHeader, "content": map[string]any{"application/json": map[string]any{"schema": o.waitResp}}}
+		}
 		if o.body != "" || len(o.params) > 0 || o.mutation {
 			responses["400"] = errResp("validation error; details names the field")
 		}
@@ -277,7 +288,7 @@ func openAPIDocument() map[string]any {
 		}
 		if o.perm != "" {
 			responses["401"] = errResp("missing or invalid credentials")
-			responses["403"] = errResp("the key lacks " + o.perm + ", or belongs to another project")
+			responses["403"] = errResp("the key lacks " + o.perm + ", belongs to another project, or would grant or act on a permission it does not hold")
 		}
 		if strings.Contains(o.path, "{") {
 			responses["404"] = errResp("no such project, key or deployment")

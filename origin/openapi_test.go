@@ -2,6 +2,7 @@ package origin
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"sort"
@@ -126,6 +127,15 @@ func TestOpenAPIIsConsistent(t *testing.T) {
 			if len(op["responses"].(map[string]any)) == 0 {
 				t.Errorf("%s: no responses", name)
 			}
+		}
+	}
+
+	// A delete answers 204, or 200 with the propagation report under ?wait.
+	for _, path := range []string{"/v1/projects/{p}/keys/{id}", "/v1/projects/{p}/deployments/{id}"} {
+		resp := doc["paths"].(map[string]any)[path].(map[string]any)["delete"].(map[string]any)["responses"].(map[string]any)
+		ok, _ := resp["200"].(map[string]any)
+		if resp["204"] == nil || ok == nil || !strings.Contains(fmt.Sprint(ok["content"]), "#/components/schemas/Deleted") {
+			t.Errorf("DELETE %s documents %v", path, resp)
 		}
 	}
 

@@ -13,12 +13,28 @@
 //   - The publisher sends events to the JetStream stream event.StreamName in
 //     revision order with an expected last sequence, so each event's stream
 //     sequence equals its revision; events committed while NATS is away are
-//     published when it returns, exactly once.
+//     published when it returns, exactly once. Stream and outbox keep events
+//     for Config.StreamMaxAge; unpublished events are never pruned.
 //   - Lookup and snapshot answers are read in one transaction together with
 //     the revision they reflect, and are sealed like events.
 //   - Key secrets are returned only by create and rotate; only their
 //     SHA-256 hashes are stored. No secret, password, token or hash is ever
 //     logged or echoed in an error.
+//   - Replicas sharing a store sign with one key: the store records the
+//     signing public key at its first start, and an origin with another
+//     refuses to start (ErrKeyMismatch).
+//
+// Trust boundary: NATS. What edges send the origin is not signed: their
+// heartbeats (event.EdgeHeartbeatSubject: id, site, address and applied
+// revision, which GET /v1/edges lists and ?wait counts) and their audit
+// batches (event.EdgeAuditSubject, stored as they come). Whoever may
+// publish on those subjects can list phantom edges, make ?wait return early
+// or hold it to its deadline, and write or flood audit records. None of it
+// can grant access, since edges act only on records the origin signs, but
+// the operator's NATS accounts or user permissions must allow only edges to
+// publish there, and only origins to publish on event.StreamSubjects (a
+// foreign message in the stream stops the publisher) and to answer the
+// lookup subjects.
 package origin
 
 import (
@@ -44,6 +60,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/redact"
 )
 
 // Sentinel errors; returned errors wrap them (test with errors.Is).
@@ -60,6 +77,9 @@ var (
 	ErrUnauthenticated = errors.New("authentication failed")
 	// ErrClosed: the server has been shut down.
 	ErrClosed = errors.New("origin is shut down")
+	// ErrKeyMismatch: this origin's signing.key or jwt.key differs from the
+	// one the store was first used with (see checkIdentity).
+	ErrKeyMismatch = errors.New("origin key differs from the store's")
 )
 
 // FieldError is a validation error about one request field. It wraps
@@ -125,9 +145,18 @@ type Config struct {
 	// AuditBuffer bounds the audit records waiting to be stored; over it
 	// they are dropped and counted (default 10,000).
 	AuditBuffer int
+	// StreamMaxAge bounds the event stream and the outbox (default 30
+	// days, at least 2 minutes, the stream's duplicate window): JetStream
+	// drops events older than this, and published events older than this
+	// are deleted from the store (unpublished ones never are). An edge
+	// further behind sees a gap and drops its cache.
+	StreamMaxAge time.Duration
 
 	// disablePublisher is for tests: commit events without publishing.
 	disablePublisher bool
+	// now is for tests: the clock of token and key expiry and the login
+	// limiter (default time.Now).
+	now func() time.Time
 }
 
 // DefaultConfig returns the documented defaults.
@@ -142,6 +171,9 @@ func DefaultConfig() Config {
 		Logger:       slog.Default(),
 
 		HeartbeatInterval: time.Second,
+		AuditRetention:    30 * 24 * time.Hour,
+		AuditMaxRows:      1_000_000,
+		StreamMaxAge:      30 * 24 * time.Hour,
 	}
 }
 
@@ -177,23 +209,35 @@ func (c *Config) fill() error {
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
+	if c.now == nil {
+		c.now = time.Now
+	}
 	if c.EdgeLiveness <= 0 {
 		c.EdgeLiveness = 10 * time.Second
 	}
 	if c.MaxEdges <= 0 {
 		c.MaxEdges = 10_000
 	}
-	if c.AuditRetention <= 0 {
-		c.AuditRetention = 30 * 24 * time.Hour
+	if c.AuditRetention < 0 || c.AuditMaxRows < 0 {
+		return fmt.Errorf("%w: audit retention and row limit must not be negative", ErrInvalidConfig)
 	}
-	if c.AuditMaxRows <= 0 {
-		c.AuditMaxRows = 1_000_000
+	if c.AuditRetention == 0 {
+		c.AuditRetention = d.AuditRetention
+	}
+	if c.AuditMaxRows == 0 {
+		c.AuditMaxRows = d.AuditMaxRows
 	}
 	if c.AuditPruneInterval <= 0 {
 		c.AuditPruneInterval = time.Minute
 	}
 	if c.AuditBuffer <= 0 {
 		c.AuditBuffer = 10_000
+	}
+	if c.StreamMaxAge == 0 {
+		c.StreamMaxAge = d.StreamMaxAge
+	}
+	if c.StreamMaxAge < streamDuplicates {
+		return fmt.Errorf("%w: StreamMaxAge must be at least %v (the stream's duplicate window)", ErrInvalidConfig, streamDuplicates)
 	}
 	if err := checkStoreDSN(c.Store); err != nil {
 		return err
@@ -217,6 +261,8 @@ type Server struct {
 	logins   *loginLimiter
 	hbStop   chan struct{}
 	hbDone   chan struct{}
+	prStop   chan struct{} // outbox pruner
+	prDone   chan struct{}
 	log      *slog.Logger
 	store    *Store
 	signer   *event.Signer
@@ -253,7 +299,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, httpErr: make(chan error, 1), lookupSem: make(chan struct{}, 64),
-		logins: newLoginLimiter(time.Now)}
+		logins: newLoginLimiter(cfg.now)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -278,6 +324,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.store.seal = s.signer.Seal
 	s.store.onCommit = s.committed
+	if err := s.checkIdentity(context.Background()); err != nil {
+		return nil, err
+	}
 	if err := s.bootstrap(); err != nil {
 		return nil, err
 	}
@@ -299,6 +348,7 @@ func New(cfg Config) (*Server, error) {
 
 	// Goroutines last.
 	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval)
+	s.pub.maxAge = cfg.StreamMaxAge
 	if !cfg.disablePublisher {
 		s.pub.start()
 	}
@@ -313,6 +363,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("subscribing to edge audit records: %w", err)
 	}
 	s.startHeartbeat()
+	s.startOutboxPruner()
 	s.httpSrv = &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -329,7 +380,7 @@ func New(cfg Config) (*Server, error) {
 		s.httpErr <- err
 	}()
 	ok = true
-	s.log.Info("origin started", "listen", s.Addr(), "nats", s.natsURL, "data_dir", cfg.DataDir, "revision", rev,
+	s.log.Info("origin started", "listen", s.Addr(), "nats", redact.URLs(s.natsURL), "data_dir", cfg.DataDir, "revision", rev,
 		"signing_pub", filepath.Join(cfg.DataDir, "signing.pub"))
 	return s, nil
 }
@@ -398,6 +449,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.lookupWG.Wait()
 		s.stopAudit()
+		s.stopOutboxPruner()
 		s.stopHeartbeat()
 		if s.pub != nil {
 			s.pub.stop(ctx)
@@ -428,6 +480,8 @@ func (s *Server) closeResources() {
 }
 
 // bootstrap creates the admin user and the default project on first start.
+// Both steps are idempotent: origins starting at once on one fresh store
+// all succeed, and exactly one of them creates the admin.
 func (s *Server) bootstrap() error {
 	ctx := context.Background()
 	if err := s.store.ensureProject(ctx, "default"); err != nil {
@@ -440,22 +494,37 @@ func (s *Server) bootstrap() error {
 	if n > 0 {
 		return nil
 	}
-	pw := s.cfg.AdminPassword
+	pw, pwFile := s.cfg.AdminPassword, ""
 	if pw == "" {
-		pw = randomToken(18)
-		path := filepath.Join(s.cfg.DataDir, "admin-password")
-		if err := writeFileAtomic(path, []byte(pw+"\n"), 0o600); err != nil {
+		// Written before the user exists, so that a crash in between
+		// cannot leave an admin whose password nobody has.
+		pw, pwFile = randomToken(18), filepath.Join(s.cfg.DataDir, "admin-password")
+		if err := writeFileAtomic(pwFile, []byte(pw+"\n"), 0o600); err != nil {
 			return fmt.Errorf("writing admin password file: %w", err)
 		}
-		s.log.Warn("created admin user with a random password; read it from the file", "file", path)
-	} else {
-		s.log.Info("created admin user from the configured password")
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(pw), s.cfg.PasswordCost)
 	if err != nil {
 		return fmt.Errorf("hashing admin password: %w", err)
 	}
-	return s.store.createUser(ctx, "admin", string(hash))
+	created, err := s.store.createUser(ctx, "admin", string(hash))
+	if err != nil {
+		return err
+	}
+	switch {
+	case !created:
+		// Another origin on this store created it meanwhile; its password
+		// is in that origin's data dir (or its ORIGIN_ADMIN_PASSWORD).
+		if pwFile != "" {
+			_ = os.Remove(pwFile)
+		}
+		s.log.Info("admin user was created meanwhile by another origin sharing the store")
+	case pwFile != "":
+		s.log.Warn("created admin user with a random password; read it from the file", "file", pwFile)
+	default:
+		s.log.Info("created admin user from the configured password")
+	}
+	return nil
 }
 
 // ---- files and ids ----

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -299,6 +300,41 @@ func TestSecretNeverStoredOrLogged(t *testing.T) {
 	}
 }
 
+// The NATS URL may carry credentials (nats://user:pass@host or a token as
+// nats://token@host): they are never logged, nor echoed in the error of a
+// URL that does not parse.
+func TestNATSCredentialsNeverLogged(t *testing.T) {
+	ns := startExternalNATS(t, t.TempDir(), -1) // no auth: it ignores what clients send
+	hostPort := strings.TrimPrefix(ns.url, "nats://")
+	var logs syncBuffer
+	cfg := testConfig(t.TempDir())
+	cfg.NATSURL = "nats://keymesh:s3cr3t-nats-pw@" + hostPort + ",nats://t0ken-nats-secret@" + hostPort
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := startServer(t, cfg)
+	newClient(t, s).must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+	streamRecords(t, s, 1)
+	ns.stop() // disconnect and reconnect attempts log too
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.Shutdown(ctx)
+	out := logs.Bytes()
+	if !bytes.Contains(out, []byte("origin started")) || !bytes.Contains(out, []byte("keymesh:REDACTED@"+hostPort)) {
+		t.Fatalf("startup log does not name the redacted URL:\n%s", out)
+	}
+	for _, secret := range []string{"s3cr3t-nats-pw", "t0ken-nats-secret"} {
+		if bytes.Contains(out, []byte(secret)) {
+			t.Fatalf("logs contain the NATS credential %q:\n%s", secret, out)
+		}
+	}
+
+	bad := testConfig(t.TempDir())
+	bad.NATSURL = "nats://key mesh:s3cr3t-nats-pw@" + hostPort
+	_, err := New(bad)
+	if err == nil || strings.Contains(err.Error(), "s3cr3t-nats-pw") {
+		t.Fatalf("New with an unparseable NATS URL: %v", err)
+	}
+}
+
 func TestBadInputAnswered400AndNothingStored(t *testing.T) {
 	s := startServer(t, testConfig(t.TempDir()))
 	c := newClient(t, s)
@@ -549,6 +585,124 @@ func TestAPIKeyAuth(t *testing.T) {
 	}
 }
 
+// A project key holding write_config may manage only keys whose every
+// permission it holds itself: rotating a greater key would hand it that
+// key's secret, and changing, relinking or deleting one would let it tamper
+// with a key it could not have created. Refusals take no revision.
+func TestAPIKeyCannotManageMorePrivilegedKeys(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		s := startServer(t, cfg)
+		c := newClient(t, s)
+		c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+		var wc, big, small keyResp
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "wc", "permissions": []string{"write_config"}}, &wc)
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "big",
+			"permissions": []string{"write_config", "run_inference", "manage_users"}}, &big)
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "small", "permissions": []string{}}, &small)
+		kc := keyClient(t, s, *wc.Key)
+		keys := "/v1/projects/default/keys/"
+		rev := s.Revision()
+		for _, tc := range []struct {
+			what, method, path string
+			body               any
+		}{
+			{"rotate", "POST", keys + big.ID + "/rotate", map[string]any{"grace_seconds": 60}},
+			{"patch", "PATCH", keys + big.ID, map[string]any{"disabled": true}},
+			{"patch permissions down", "PATCH", keys + big.ID, map[string]any{"permissions": []string{"write_config"}}},
+			{"delete", "DELETE", keys + big.ID, nil},
+			{"delete with wait", "DELETE", keys + big.ID + "?wait=1s", nil},
+			{"link", "PUT", "/v1/projects/default/deployments/chat/keys/" + big.ID, nil},
+			{"unlink", "DELETE", "/v1/projects/default/deployments/chat/keys/" + big.ID, nil},
+			{"create with the defaults", "POST", "/v1/projects/default/keys", map[string]any{"name": "d"}},
+			{"create with null permissions", "POST", "/v1/projects/default/keys", map[string]any{"permissions": nil}},
+			{"create project", "POST", "/v1/projects", map[string]any{"name": "mine"}},
+		} {
+			st, b := kc.do(tc.method, tc.path, tc.body)
+			wantError(t, tc.what, st, b, http.StatusForbidden, "PERMISSION_DENIED")
+			if bytes.Contains(b, []byte(`"key"`)) || bytes.Contains(b, []byte(apikey.Prefix)) {
+				t.Fatalf("%s: refusal carries a secret: %s", tc.what, b)
+			}
+		}
+		if s.Revision() != rev {
+			t.Fatalf("refused requests moved the revision from %d to %d", rev, s.Revision())
+		}
+		// The greater key is untouched: its secret still works, it is enabled.
+		var got keyResp
+		keyClient(t, s, *big.Key).must(200, "GET", keys+big.ID, nil, &got)
+		if got.Disabled || len(got.Permissions) != 3 || got.Prefix != big.Prefix {
+			t.Fatalf("greater key changed: %+v", got)
+		}
+		// Not even a key holding manage_users creates projects.
+		st, b := keyClient(t, s, *big.Key).do("POST", "/v1/projects", map[string]any{"name": "mine"})
+		wantError(t, "manage_users key creating a project", st, b, http.StatusForbidden, "PERMISSION_DENIED")
+
+		// Keys within its own permissions, itself included, it manages.
+		kc.must(201, "POST", "/v1/projects/default/keys", map[string]any{"permissions": []string{"write_config"}}, nil)
+		kc.must(200, "PATCH", keys+small.ID, map[string]any{"name": "smaller"}, nil)
+		kc.must(200, "PUT", "/v1/projects/default/deployments/chat/keys/"+small.ID, nil, nil)
+		var rot keyResp
+		kc.must(200, "POST", keys+small.ID+"/rotate", nil, &rot)
+		if rot.Key == nil {
+			t.Fatal("rotate answered no secret")
+		}
+		kc.must(200, "POST", keys+wc.ID+"/rotate", map[string]any{"grace_seconds": 60}, nil)
+		if st, _ := kc.do("DELETE", keys+small.ID, nil); st != http.StatusNoContent {
+			t.Fatalf("delete of a lesser key: %d", st)
+		}
+		// A user manages every key.
+		c.must(200, "POST", keys+big.ID+"/rotate", nil, nil)
+	})
+}
+
+// POST /projects answers the store's revision (on a replica too, where the
+// local one lags) and validates ?wait like every mutation.
+func TestCreateProjectRevisionAndWait(t *testing.T) {
+	check := func(t *testing.T, a, b *Server) {
+		ca, cb := newClient(t, a), newClient(t, b)
+		ca.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+		ca.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil) // revision 2, committed through a
+		st, body, h := cb.doH("POST", "/v1/projects", map[string]any{"name": "p1"}, nil)
+		var p struct {
+			ID          string
+			Revision    uint64
+			Propagation *propagation
+		}
+		if st != 201 {
+			t.Fatalf("create project: %d %s", st, body)
+		}
+		mustJSON(t, body, &p)
+		if p.Revision != 2 || h.Get("X-Revision") != "2" || p.Propagation != nil {
+			t.Fatalf("project created at revision 2 answered %+v, X-Revision %q", p, h.Get("X-Revision"))
+		}
+		st, body = cb.do("POST", "/v1/projects?wait=bogus", map[string]any{"name": "p2"})
+		wantError(t, "wait=bogus", st, body, 400, "VALIDATION_ERROR")
+		var e apiErr
+		mustJSON(t, body, &e)
+		if e.Error.Details["field"] != "wait" {
+			t.Fatalf("details %v", e.Error.Details)
+		}
+		var ps struct{ Items []Project }
+		cb.must(200, "GET", "/v1/projects", nil, &ps)
+		if len(ps.Items) != 2 {
+			t.Fatalf("a refused create stored a project: %+v", ps.Items)
+		}
+		cb.must(201, "POST", "/v1/projects?wait=50ms", map[string]any{"name": "p2"}, &p)
+		if p.Propagation == nil || p.Propagation.Applied == nil || p.Propagation.Pending == nil || p.Revision != 2 {
+			t.Fatalf("with ?wait: %+v", p)
+		}
+	}
+	t.Run("sqlite", func(t *testing.T) {
+		s := startServer(t, testConfig(t.TempDir()))
+		check(t, s, s)
+	})
+	t.Run("postgres replicas", func(t *testing.T) {
+		cfg := testConfig(t.TempDir())
+		cfg.Store = postgresDSN(t)
+		a := startServer(t, cfg)
+		check(t, a, startReplica(t, a))
+	})
+}
+
 func TestOutboxPublishesAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(dir)
@@ -713,6 +867,70 @@ func TestOutboxRepublishesToARecreatedStream(t *testing.T) {
 		t.Fatalf("revision 1 is %s", recs[0].Kind)
 	}
 	waitFor(t, "all marked published", func() bool { return s.PublishedRevision() == 3 })
+}
+
+// The stream and the outbox are bounded by StreamMaxAge: the stream has
+// that MaxAge, published events older than it leave the store, unpublished
+// ones stay, and a stream that lost events the store no longer holds skips
+// past them rather than wait for them forever.
+func TestStreamAndOutboxBoundedByAge(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		cfg.StreamMaxAge = 48 * time.Hour
+		s := startServer(t, cfg)
+		c := newClient(t, s)
+		c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
+		streamRecords(t, s, 3)
+		waitFor(t, "all published", func() bool { return s.PublishedRevision() == 3 })
+		nc := connect(t, s)
+		js, _ := jetstream.New(nc)
+		ctx := context.Background()
+		st, err := js.Stream(ctx, event.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := st.Info(ctx); err != nil || info.Config.MaxAge != 48*time.Hour {
+			t.Fatalf("stream MaxAge %v (%v), want 48h", info.Config.MaxAge, err)
+		}
+
+		if n, err := s.pruneOutbox(time.Now()); err != nil || n != 0 {
+			t.Fatalf("pruned %d fresh events (%v)", n, err)
+		}
+		// 48 hours after revision 3 was committed, 1 and 2 are past the
+		// age and go; 3 is not, and stays. (Unpublished events never go:
+		// see the store suite.)
+		var created3 string
+		if err := s.store.db.QueryRow(`SELECT created_at FROM events WHERE revision = 3`).Scan(&created3); err != nil {
+			t.Fatal(err)
+		}
+		t3, err := parseTS(created3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.pruneOutbox(t3.Add(48 * time.Hour)); err != nil || n != 2 {
+			t.Fatalf("pruned %d (%v), want 2", n, err)
+		}
+		if first, _ := s.store.firstEventRevision(ctx); first != 3 {
+			t.Fatalf("oldest event left %d, want 3", first)
+		}
+
+		// The stream is lost (e.g. a new NATS cluster): revisions 1 and 2 are
+		// gone from the store, so the new stream starts at 3.
+		if err := js.DeleteStream(ctx, event.StreamName); err != nil {
+			t.Fatal(err)
+		}
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil) // revision 4
+		waitFor(t, "publisher to catch up", func() bool { return s.PublishedRevision() == 4 })
+		st, err = js.Stream(ctx, event.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil || info.State.FirstSeq != 3 || info.State.LastSeq != 4 || info.State.Msgs != 2 {
+			t.Fatalf("recreated stream %+v (%v), want revisions 3 and 4", info.State, err)
+		}
+	})
 }
 
 func TestListProjectsAndDeployments(t *testing.T) {

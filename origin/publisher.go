@@ -30,8 +30,12 @@ type publisher struct {
 	once    sync.Once
 	running atomic.Bool
 	stream  jetstream.Stream
-	ready   bool // stream created or updated
+	ready   bool          // stream created or updated
+	maxAge  time.Duration // the stream's MaxAge (Config.StreamMaxAge)
 }
+
+// streamDuplicates is the stream's de-duplication window.
+const streamDuplicates = 2 * time.Minute
 
 func newPublisher(st *Store, nc *nats.Conn, log *slog.Logger, poll time.Duration) *publisher {
 	js, _ := jetstream.New(nc) // only fails on nil conn
@@ -121,7 +125,8 @@ func (p *publisher) ensureStream(ctx context.Context) error {
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
-		Duplicates:  2 * time.Minute,
+		MaxAge:      p.maxAge,
+		Duplicates:  streamDuplicates,
 	})
 	if err != nil {
 		return err
@@ -242,6 +247,20 @@ func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 		return nil
 	}
 	p.log.Warn("event stream is behind the store; republishing", "stream_last_seq", last, "revision", e.Revision)
+	first, err := p.store.firstEventRevision(ctx)
+	if err != nil {
+		return err
+	}
+	if first > last+1 {
+		// The outbox no longer holds the events in between (pruned after
+		// StreamMaxAge): move the stream past them. Edges see the gap and
+		// drop their caches, as for events the stream aged out itself.
+		p.log.Warn("the store no longer holds the events the stream lacks; the stream skips them", "from", last+1, "to", first-1)
+		if err := p.stream.Purge(pctx, jetstream.WithPurgeSequence(first)); err != nil {
+			return err
+		}
+		last = first - 1
+	}
 	if err := p.store.markUnpublishedAfter(ctx, last); err != nil {
 		return err
 	}

@@ -2,12 +2,17 @@ package origin
 
 import (
 	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -213,4 +218,149 @@ func postJSON(c *client, path string, body, out any, want int) error {
 		return json.Unmarshal(b, out)
 	}
 	return nil
+}
+
+// An origin whose signing.key (or jwt.key) differs from the one the store
+// was first used with refuses to start, naming both fingerprints and no
+// key: otherwise edges would silently drop everything it signs.
+func TestOriginWithAnotherKeyRefusesTheStore(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		if cfg.Store == "" {
+			cfg.Store = "sqlite://" + filepath.Join(cfg.DataDir, "origin.db")
+		}
+		a := startServer(t, cfg)
+		aPub := a.PublicKey()
+
+		cfgB := testConfig(t.TempDir())
+		cfgB.Store = cfg.Store
+		secrets := func() []string {
+			var out []string
+			for _, dir := range []string{cfg.DataDir, cfgB.DataDir} {
+				for _, f := range []string{"signing.key", "jwt.key"} {
+					if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
+						out = append(out, strings.TrimSpace(string(b)))
+					}
+				}
+			}
+			return out
+		}
+		_, err := New(cfgB)
+		if !errors.Is(err, ErrKeyMismatch) {
+			t.Fatalf("origin with its own signing key: %v", err)
+		}
+		bPriv, rerr := os.ReadFile(filepath.Join(cfgB.DataDir, "signing.key"))
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		raw, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(string(bPriv)))
+		bPub := ed25519.PrivateKey(raw).Public().(ed25519.PublicKey)
+		for _, want := range []string{publicKeyFingerprint(event.EncodePublicKey(aPub)), publicKeyFingerprint(event.EncodePublicKey(bPub)), "signing.key"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error does not name %q: %v", want, err)
+			}
+		}
+		for _, sec := range secrets() {
+			if strings.Contains(err.Error(), sec) {
+				t.Fatalf("error contains a key: %v", err)
+			}
+		}
+
+		// Same signing key, another jwt.key: refused too.
+		b, rerr := os.ReadFile(filepath.Join(cfg.DataDir, "signing.key"))
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if err := os.WriteFile(filepath.Join(cfgB.DataDir, "signing.key"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err = New(cfgB)
+		if !errors.Is(err, ErrKeyMismatch) || !strings.Contains(err.Error(), "jwt.key") {
+			t.Fatalf("origin with its own jwt.key: %v", err)
+		}
+		for _, sec := range secrets() {
+			if strings.Contains(err.Error(), sec) {
+				t.Fatalf("error contains a key: %v", err)
+			}
+		}
+
+		// With both keys copied it is a replica.
+		copyIdentity(t, cfg.DataDir, cfgB.DataDir)
+		b2 := startServer(t, cfgB)
+		if !b2.PublicKey().Equal(aPub) {
+			t.Fatal("replica signs with another key")
+		}
+		newClient(t, b2).must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+	})
+}
+
+// Origins started at once on one fresh PostgreSQL all come up: schema,
+// default project and admin user are created once, and the random admin
+// password is left in the data dir of the one origin that created the user.
+func TestReplicasStartingAtOnceOnAFreshStore(t *testing.T) {
+	for round := range 2 {
+		t.Run(fmt.Sprint("round ", round), func(t *testing.T) {
+			dsn := postgresDSN(t)
+			const n = 3
+			cfgs := make([]Config, n)
+			for i := range cfgs {
+				cfgs[i] = testConfig(t.TempDir())
+				cfgs[i].Store, cfgs[i].AdminPassword = dsn, ""
+				// Hashing the password between counting the users and
+				// creating the admin widens the window they race in.
+				cfgs[i].PasswordCost = 7
+			}
+			if _, err := loadSigningKey(cfgs[0].DataDir); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := loadSecretFile(filepath.Join(cfgs[0].DataDir, "jwt.key"), 32); err != nil {
+				t.Fatal(err)
+			}
+			for i := 1; i < n; i++ {
+				copyIdentity(t, cfgs[0].DataDir, cfgs[i].DataDir)
+			}
+			servers := make([]*Server, n)
+			errs := make([]error, n)
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for i := range cfgs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					servers[i], errs[i] = New(cfgs[i])
+				}()
+			}
+			close(start)
+			wg.Wait()
+			for i, s := range servers {
+				if s != nil {
+					t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+				}
+				if errs[i] != nil {
+					t.Fatalf("origin %d of %d starting at once: %v", i, n, errs[i])
+				}
+			}
+			var password string
+			files := 0
+			for _, cfg := range cfgs {
+				if b, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin-password")); err == nil {
+					files++
+					password = strings.TrimSpace(string(b))
+				}
+			}
+			if files != 1 {
+				t.Fatalf("%d admin-password files, want the one of the origin that created the user", files)
+			}
+			for i, s := range servers {
+				c := &client{t: t, base: "http://" + s.Addr()}
+				c.must(200, "POST", "/v1/auth/login", map[string]string{"username": "admin", "password": password}, nil)
+				var ps struct{ Items []Project }
+				c.token = newClientWith(t, s, password).token
+				c.must(200, "GET", "/v1/projects", nil, &ps)
+				if len(ps.Items) != 1 || ps.Items[0].Name != "default" {
+					t.Fatalf("origin %d: projects %+v", i, ps.Items)
+				}
+			}
+		})
+	}
 }

@@ -109,3 +109,42 @@ func TestLargeBodiesAndCrossProjectLinksRefused(t *testing.T) {
 		t.Fatalf("a refused request changed the store (revision %d → %d)", rev, s.Revision())
 	}
 }
+
+// A known path asked with a method it does not serve answers 405 in the API's
+// error shape with Allow; every 401 names the Bearer scheme.
+func TestWrongMethodAndAuthChallenge(t *testing.T) {
+	s := startServer(t, testConfig(t.TempDir()))
+	anon := &client{t: t, base: "http://" + s.Addr()}
+	for _, tc := range []struct{ method, path, allow string }{
+		{"DELETE", "/v1/projects", "GET, HEAD, POST"},
+		{"GET", "/v1/auth/login", "POST"},
+		{"PUT", "/v1/projects/default/keys/key_x", "DELETE, GET, HEAD, PATCH"},
+		{"GET", "/v1/projects/default/keys/key_x/rotate", "POST"},
+		{"POST", "/health", "GET, HEAD"},
+	} {
+		st, b, h := anon.doH(tc.method, tc.path, nil, nil)
+		wantError(t, tc.method+" "+tc.path, st, b, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED")
+		if h.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tc.method, tc.path, h.Get("Allow"), tc.allow)
+		}
+	}
+	st, b := anon.do("GET", "/v1/nothing", nil)
+	wantError(t, "unknown path", st, b, http.StatusNotFound, "NOT_FOUND")
+
+	for _, tc := range []struct {
+		what, method, path string
+		body               any
+		hdr                map[string]string
+	}{
+		{"no credential", "GET", "/v1/projects", nil, nil},
+		{"bad token", "GET", "/v1/projects", nil, map[string]string{"Authorization": "Bearer not-a-jwt"}},
+		{"bad key", "GET", "/v1/projects", nil, map[string]string{"X-API-Key": "km_nope"}},
+		{"wrong password", "POST", "/v1/auth/login", map[string]string{"username": "admin", "password": "wrong"}, nil},
+	} {
+		st, b, h := anon.doH(tc.method, tc.path, tc.body, tc.hdr)
+		wantError(t, tc.what, st, b, http.StatusUnauthorized, "AUTHENTICATION_FAILED")
+		if h.Get("WWW-Authenticate") != "Bearer" {
+			t.Errorf("%s: WWW-Authenticate %q", tc.what, h.Get("WWW-Authenticate"))
+		}
+	}
+}

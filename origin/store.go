@@ -60,6 +60,36 @@ func (s *Store) lockWrites() func() {
 	return s.wmu.Unlock
 }
 
+// execSchema runs DDL statements; on PostgreSQL in one transaction holding
+// the schema advisory lock, so origins starting at once on one database
+// never race on the catalog.
+func (s *Store) execSchema(ctx context.Context, stmts []string) error {
+	if s.dialect != dialectPostgres {
+		unlock := s.lockWrites()
+		defer unlock()
+		for _, stmt := range stmts {
+			if _, err := s.db.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("creating schema: %w", err)
+			}
+		}
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(schemaLockID)); err != nil {
+		return err
+	}
+	for _, stmt := range stmts {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("creating schema: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
 // checkStoreDSN refuses a store the origin cannot open, before anything is
 // created. The DSN is never echoed: it may hold a password.
 func checkStoreDSN(dsn string) error {
@@ -190,15 +220,38 @@ func (s *Store) userCount(ctx context.Context) (int, error) {
 	return n, err
 }
 
-func (s *Store) createUser(ctx context.Context, username, passwordHash string) error {
+// createUser stores a user unless one of that name exists, and reports
+// whether it did: replicas starting at once on one store may all try to
+// create the first admin, and exactly one does.
+func (s *Store) createUser(ctx context.Context, username, passwordHash string) (created bool, err error) {
 	unlock := s.lockWrites()
 	defer unlock()
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)`),
+	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (username) DO NOTHING`),
 		newID("usr"), username, passwordHash, ts(time.Now()))
 	if err != nil {
-		return fmt.Errorf("creating user: %w", err)
+		return false, fmt.Errorf("creating user: %w", err)
 	}
-	return nil
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("creating user: %w", err)
+	}
+	return n == 1, nil
+}
+
+// claimMetadata stores value under name unless the store holds a value
+// there already, and returns the value the store holds (value itself, the
+// first time). Replicas use it to agree on what must be the same for all.
+func (s *Store) claimMetadata(ctx context.Context, name, value string) (string, error) {
+	unlock := s.lockWrites()
+	defer unlock()
+	if _, err := s.db.ExecContext(ctx, s.q(`INSERT INTO metadata (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`), name, value); err != nil {
+		return "", fmt.Errorf("writing store metadata: %w", err)
+	}
+	var stored string
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT value FROM metadata WHERE name = ?`), name).Scan(&stored); err != nil {
+		return "", fmt.Errorf("reading store metadata: %w", err)
+	}
+	return stored, nil
 }
 
 // userPassword returns the user's id and bcrypt hash, or ErrNotFound.
@@ -218,29 +271,36 @@ func (s *Store) ensureProject(ctx context.Context, name string) error {
 	return err
 }
 
-func (s *Store) createProject(ctx context.Context, name string) (*Project, error) {
+// createProject stores a new project and returns it with the revision of
+// the store when it was created. A project is no event (edges know keys and
+// deployments only), so it takes no revision of its own.
+func (s *Store) createProject(ctx context.Context, name string) (*Project, uint64, error) {
 	unlock := s.lockWrites()
 	defer unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer tx.Rollback()
 	var n int
 	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM projects WHERE name = ?`), name).Scan(&n); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if n > 0 {
-		return nil, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+		return nil, 0, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
 	}
 	p := &Project{ID: newID("prj"), Name: name, CreatedAt: time.Now().UTC()}
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)`), p.ID, p.Name, ts(p.CreatedAt)); err != nil {
 		if isUniqueViolation(err) { // created meanwhile by another origin
-			return nil, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+			return nil, 0, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
 		}
-		return nil, err
+		return nil, 0, err
 	}
-	return p, tx.Commit()
+	rev, err := s.revision(ctx, tx)
+	if err != nil {
+		return nil, 0, err
+	}
+	return p, rev, tx.Commit()
 }
 
 func (s *Store) listProjects(ctx context.Context) ([]Project, error) {
@@ -367,6 +427,31 @@ func (s *Store) markUnpublishedAfter(ctx context.Context, rev uint64) error {
 	defer unlock()
 	_, err := s.db.ExecContext(ctx, s.q(`UPDATE events SET published = 0 WHERE revision > ?`), rev)
 	return err
+}
+
+// firstEventRevision is the lowest revision the outbox still holds (0 when
+// it is empty).
+func (s *Store) firstEventRevision(ctx context.Context) (uint64, error) {
+	var first sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT MIN(revision) FROM events`)).Scan(&first); err != nil {
+		return 0, err
+	}
+	return uint64(first.Int64), nil
+}
+
+// pruneEvents deletes, among the limit oldest published events, those
+// created before before, and reports how many it deleted; called until it
+// deletes fewer than limit, it prunes every published event older than
+// before in short transactions. Unpublished events are never deleted.
+func (s *Store) pruneEvents(ctx context.Context, before time.Time, limit int) (int64, error) {
+	unlock := s.lockWrites()
+	defer unlock()
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM events WHERE revision IN (SELECT revision FROM events WHERE published = 1 ORDER BY revision LIMIT ?) AND created_at < ?`),
+		limit, ts(before))
+	if err != nil {
+		return 0, fmt.Errorf("pruning the outbox: %w", err)
+	}
+	return res.RowsAffected()
 }
 
 // publishedRevision is the highest revision below which every event is
@@ -671,13 +756,28 @@ func (s *Store) updateKey(ctx context.Context, projectID, id string, patch func(
 	return out, err
 }
 
+// keyGuard is asked, inside a mutation's transaction, whether the caller
+// may change the key as it is stored; its error aborts the mutation (no
+// revision is taken). nil allows everything.
+type keyGuard func(*Key) error
+
+func (g keyGuard) check(k *Key) error {
+	if g == nil {
+		return nil
+	}
+	return g(k)
+}
+
 // rotateKey adds secret h (with display prefix) to the key; the secrets it
 // had stay valid until now+grace.
-func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Hash, prefix string, grace time.Duration) (*Key, error) {
+func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Hash, prefix string, grace time.Duration, guard keyGuard) (*Key, error) {
 	var out *Key
 	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
 		k, err := s.loadKey(ctx, tx, projectID, id)
 		if err != nil {
+			return nil, err
+		}
+		if err := guard.check(k); err != nil {
 			return nil, err
 		}
 		// Secrets already past their end are dropped; the current ones end at
@@ -705,10 +805,13 @@ func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Ha
 	return out, err
 }
 
-func (s *Store) deleteKey(ctx context.Context, projectID, id string) (uint64, error) {
+func (s *Store) deleteKey(ctx context.Context, projectID, id string, guard keyGuard) (uint64, error) {
 	return s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
 		k, err := s.loadKey(ctx, tx, projectID, id)
 		if err != nil {
+			return nil, err
+		}
+		if err := guard.check(k); err != nil {
 			return nil, err
 		}
 		for _, q := range []string{`DELETE FROM links WHERE key_id = ?`, `DELETE FROM key_secrets WHERE key_id = ?`, `DELETE FROM keys WHERE id = ?`} {
@@ -931,7 +1034,7 @@ func (s *Store) deleteDeployment(ctx context.Context, projectID, ref string) (ui
 
 // link adds (or with on=false removes) the link between a key and a
 // deployment, publishing the key's new state.
-func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bool) (*Key, error) {
+func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bool, guard keyGuard) (*Key, error) {
 	var out *Key
 	_, err := s.mutate(ctx, func(tx *sql.Tx, rev uint64, now time.Time) (*event.Record, error) {
 		depID, err := s.deploymentID(ctx, tx, projectID, depRef)
@@ -940,6 +1043,9 @@ func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bo
 		}
 		k, err := s.loadKey(ctx, tx, projectID, keyID)
 		if err != nil {
+			return nil, err
+		}
+		if err := guard.check(k); err != nil {
 			return nil, err
 		}
 		if on {

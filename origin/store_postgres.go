@@ -86,6 +86,10 @@ var postgresSchema = []string{
 )`,
 	`CREATE INDEX IF NOT EXISTS events_unpublished ON events(published, revision)`,
 	`INSERT INTO counters (name, value) VALUES ('revision', 0) ON CONFLICT (name) DO NOTHING`,
+	`CREATE TABLE IF NOT EXISTS metadata (
+	name  TEXT COLLATE "C" PRIMARY KEY,
+	value TEXT NOT NULL
+)`,
 }
 
 // schemaLockID is the advisory lock that serialises schema creation when
@@ -121,20 +125,7 @@ func openPostgres(dsn string) (*Store, error) {
 }
 
 func (s *Store) createPostgresSchema(ctx context.Context) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(schemaLockID)); err != nil {
-		return err
-	}
-	for _, stmt := range postgresSchema {
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("creating schema: %w", err)
-		}
-	}
-	return tx.Commit()
+	return s.execSchema(ctx, postgresSchema)
 }
 
 // redactPGError keeps a server error's message and code but drops

@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_unpublished ON events(published, revision);
 INSERT INTO counters (name, value) VALUES ('revision', 0) ON CONFLICT (name) DO NOTHING;
+CREATE TABLE IF NOT EXISTS metadata (
+	name  TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
 `
 
 // openSQLite opens (creating if needed) the SQLite store at path.

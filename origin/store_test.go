@@ -120,10 +120,10 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		if _, err := st.createKey(ctx, k, h, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.link(ctx, p.ID, "a", k.ID, true); err != nil {
+		if _, err := st.link(ctx, p.ID, "a", k.ID, true, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.link(ctx, p.ID, db.ID, k.ID, true); err != nil {
+		if _, err := st.link(ctx, p.ID, db.ID, k.ID, true, nil); err != nil {
 			t.Fatal(err)
 		}
 		rev, got, notAfter, err := st.keyByHash(ctx, h)
@@ -136,7 +136,7 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		if _, got, _, _ = st.keyByHash(ctx, h); !slices.Equal(got.Deployments, []string{db.ID}) {
 			t.Fatalf("after deleting a deployment: %+v", got.Deployments)
 		}
-		if _, err := st.deleteKey(ctx, p.ID, k.ID); err != nil {
+		if _, err := st.deleteKey(ctx, p.ID, k.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, got, _, _ = st.keyByHash(ctx, h); got != nil {
@@ -161,7 +161,7 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		k, h1 := newKey(p)
 		st.createKey(ctx, k, h1, nil)
 		h2 := apikey.Hash(sha256.Sum256([]byte("two")))
-		if _, err := st.rotateKey(ctx, p.ID, k.ID, h2, "km_two", time.Hour); err != nil {
+		if _, err := st.rotateKey(ctx, p.ID, k.ID, h2, "km_two", time.Hour, nil); err != nil {
 			t.Fatal(err)
 		}
 		_, got, na, _ := st.keyByHash(ctx, h1)
@@ -194,6 +194,44 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		st.markUnpublishedAfter(ctx, 1)
 		if evs, _ := st.unpublished(ctx, 10); len(evs) != 2 || evs[0].Revision != 2 {
 			t.Fatalf("requeued %+v", evs)
+		}
+	})
+
+	t.Run("outbox pruning deletes old published events only", func(t *testing.T) {
+		st, p := setup(t)
+		for _, n := range []string{"a", "b", "c", "d", "e"} {
+			if _, err := st.createDeployment(ctx, newDep(p, n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := st.markPublishedRange(ctx, 1, 3); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := st.pruneEvents(ctx, time.Now().Add(-time.Hour), 10); err != nil || n != 0 {
+			t.Fatalf("pruned %d events younger than the cutoff (%v)", n, err)
+		}
+		later := time.Now().Add(time.Hour)
+		if n, err := st.pruneEvents(ctx, later, 2); err != nil || n != 2 {
+			t.Fatalf("first chunk pruned %d (%v), want 2", n, err)
+		}
+		if n, err := st.pruneEvents(ctx, later, 2); err != nil || n != 1 {
+			t.Fatalf("second chunk pruned %d (%v), want 1", n, err)
+		}
+		if n, err := st.pruneEvents(ctx, later, 2); err != nil || n != 0 {
+			t.Fatalf("pruned %d unpublished events (%v)", n, err)
+		}
+		if first, err := st.firstEventRevision(ctx); err != nil || first != 4 {
+			t.Fatalf("first event %d (%v), want 4", first, err)
+		}
+		if evs, _ := st.unpublished(ctx, 10); len(evs) != 2 || evs[0].Revision != 4 {
+			t.Fatalf("unpublished after pruning: %+v", evs)
+		}
+		if r, _ := st.publishedRevision(ctx); r != 3 {
+			t.Fatalf("published revision %d, want 3", r)
+		}
+		// Revisions go on from the counter, not from the events left.
+		if d, err := st.createDeployment(ctx, newDep(p, "f")); err != nil || d.Revision != 6 {
+			t.Fatalf("after pruning: %v %+v", err, d)
 		}
 	})
 
@@ -257,6 +295,31 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		}
 		if !slices.Equal(got, ids) {
 			t.Fatalf("paged %v, want %v", got, ids)
+		}
+	})
+
+	t.Run("creating a user twice creates it once", func(t *testing.T) {
+		st, _ := setup(t)
+		created, err := st.createUser(ctx, "admin", "hash-1")
+		if err != nil || !created {
+			t.Fatalf("first: %v %v", created, err)
+		}
+		// A second origin starting at once on this store does the same.
+		if created, err = st.createUser(ctx, "admin", "hash-2"); err != nil || created {
+			t.Fatalf("second: created %v, err %v", created, err)
+		}
+		if _, hash, err := st.userPassword(ctx, "admin"); err != nil || hash != "hash-1" {
+			t.Fatalf("stored hash %q %v", hash, err)
+		}
+	})
+
+	t.Run("metadata: the first value stays", func(t *testing.T) {
+		st, _ := setup(t)
+		if v, err := st.claimMetadata(ctx, "k", "one"); err != nil || v != "one" {
+			t.Fatalf("first claim: %q %v", v, err)
+		}
+		if v, err := st.claimMetadata(ctx, "k", "two"); err != nil || v != "one" {
+			t.Fatalf("second claim: %q %v", v, err)
 		}
 	})
 

@@ -19,6 +19,7 @@ import (
 	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/cli"
+	"github.com/keymesh/keymesh/internal/redact"
 	"github.com/keymesh/keymesh/proxy"
 )
 
@@ -117,7 +118,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			}
 		}
 	}()
-	log.Info("edge started", "listen", cfg.Listen, "admin", cfg.AdminListen, "site", cfg.Site, "nats", cfg.NATSURL)
+	log.Info("edge started", "listen", cfg.Listen, "admin", cfg.AdminListen, "site", cfg.Site, "nats", redact.URLs(cfg.NATSURL))
 
 	select {
 	case err := <-errc:

@@ -280,14 +280,21 @@ func depDeleteCmd() *command {
 				if err != nil {
 					return err
 				}
-				rev, err := e.api.DeleteDeployment(e.ctx, e.project, args[0], opts...)
+				del, err := e.api.DeleteDeployment(e.ctx, e.project, args[0], opts...)
 				if err != nil {
 					return err
 				}
 				if e.json {
-					return e.printValue(map[string]any{"id": args[0], "deleted": true, "revision": rev})
+					out := map[string]any{"id": args[0], "deleted": true, "revision": del.Revision}
+					if del.Propagation != nil {
+						out["propagation"] = del.Propagation
+					}
+					return e.printValue(out)
 				}
-				fmt.Fprintf(e.stdout, "Deleted deployment %s (revision %d)\n", args[0], rev)
+				fmt.Fprintf(e.stdout, "Deleted deployment %s (revision %d)\n", args[0], del.Revision)
+				if del.Propagation != nil {
+					fmt.Fprintf(e.stdout, "Propagation: %s\n", fmtPropagation(del.Propagation))
+				}
 				return nil
 			}
 		},

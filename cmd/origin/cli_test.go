@@ -246,7 +246,10 @@ func TestCLIWorkflow(t *testing.T) {
 		t.Fatalf("keys delete: %s", out)
 	}
 	r.fails(1, "origin: NOT_FOUND: ", "keys", "get", keyID)
-	r.ok("deployments", "delete", "chat")
+	if out := r.ok("deployments", "delete", "chat", "--wait", "100ms"); !strings.Contains(out, "Deleted deployment chat") ||
+		!strings.Contains(out, "Propagation:") {
+		t.Fatalf("deployments delete --wait: %s", out)
+	}
 	r.fails(1, "origin: NOT_FOUND: ", "deployments", "get", "chat")
 }
 

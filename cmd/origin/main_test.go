@@ -41,9 +41,34 @@ func TestHelpListsFlags(t *testing.T) {
 	if code := run([]string{"--help"}, noenv, &out, &errb); code != 0 {
 		t.Fatalf("--help exited %d", code)
 	}
-	for _, f := range []string{"--listen", "--data-dir", "--store", "--nats-url", "--nats-listen", "ORIGIN_NATS_URL"} {
+	for _, f := range []string{"--listen", "--data-dir", "--store", "--nats-url", "--nats-listen", "ORIGIN_NATS_URL",
+		`--audit-retention  [ORIGIN_AUDIT_RETENTION] (default "720h0m0s")`, `--audit-max-rows  [ORIGIN_AUDIT_MAX_ROWS] (default "1000000")`,
+		`--stream-max-age  [ORIGIN_STREAM_MAX_AGE] (default "720h0m0s")`} {
 		if !strings.Contains(out.String(), f) {
 			t.Errorf("--help lacks %s:\n%s", f, out.String())
+		}
+	}
+}
+
+// The audit and stream bounds come from flags or the environment; a value
+// the origin cannot use stops it with one line.
+func TestRetentionFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--audit-retention", "a-while"}, nil, "audit-retention"},
+		{nil, map[string]string{"ORIGIN_AUDIT_MAX_ROWS": "many"}, "ORIGIN_AUDIT_MAX_ROWS"},
+		{[]string{"--audit-max-rows", "-1"}, nil, "audit retention and row limit must not be negative"},
+		{nil, map[string]string{"ORIGIN_AUDIT_RETENTION": "-1h"}, "audit retention and row limit must not be negative"},
+		{[]string{"--stream-max-age", "1m"}, nil, "StreamMaxAge must be at least 2m0s"},
+	} {
+		var out, errb bytes.Buffer
+		args := append([]string{"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1"}, tc.args...)
+		code := run(args, func(k string) string { return tc.env[k] }, &out, &errb)
+		if code == 0 || strings.Count(strings.TrimSpace(errb.String()), "\n") != 0 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%v %v: code %d stderr %q", tc.args, tc.env, code, errb.String())
 		}
 	}
 }

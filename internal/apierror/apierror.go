@@ -18,6 +18,7 @@ const (
 	RateLimited          = "RATE_LIMITED"
 	ValidationError      = "VALIDATION_ERROR"
 	NotFound             = "NOT_FOUND"
+	MethodNotAllowed     = "METHOD_NOT_ALLOWED"
 	Conflict             = "CONFLICT"
 	Unavailable          = "UNAVAILABLE"
 	UpstreamError        = "UPSTREAM_ERROR"
@@ -34,7 +35,7 @@ func openAIType(code string) string {
 		return "permission_error"
 	case RateLimited:
 		return "rate_limit_error"
-	case ValidationError:
+	case ValidationError, MethodNotAllowed:
 		return "invalid_request_error"
 	case NotFound:
 		return "not_found_error"

@@ -505,9 +505,30 @@ func (c *Client) UpdateKey(ctx context.Context, project, id string, in KeyUpdate
 	return c.keyCall(ctx, http.MethodPatch, projectPath(project)+"/keys/"+esc(id), opts, in)
 }
 
-// DeleteKey deletes a key and returns the change's revision.
-func (c *Client) DeleteKey(ctx context.Context, project, id string, opts ...CallOption) (uint64, error) {
-	return c.call(ctx, http.MethodDelete, projectPath(project)+"/keys/"+esc(id), opts, nil, nil, nil)
+// Deleted is the answer to a delete: the change's revision and, when the
+// delete was given Wait, the propagation report (nil otherwise).
+type Deleted struct {
+	Revision    uint64       `json:"revision"`
+	Propagation *Propagation `json:"propagation,omitempty"`
+}
+
+// deleteCall sends a delete: the origin answers 204 with X-Revision, or
+// with Wait 200 and a Deleted body.
+func (c *Client) deleteCall(ctx context.Context, path string, opts []CallOption) (*Deleted, error) {
+	var d Deleted
+	rev, err := c.call(ctx, http.MethodDelete, path, opts, nil, &d, nil)
+	if err != nil {
+		return nil, err
+	}
+	if d.Revision == 0 {
+		d.Revision = rev
+	}
+	return &d, nil
+}
+
+// DeleteKey deletes a key.
+func (c *Client) DeleteKey(ctx context.Context, project, id string, opts ...CallOption) (*Deleted, error) {
+	return c.deleteCall(ctx, projectPath(project)+"/keys/"+esc(id), opts)
 }
 
 // RotateKey gives a key a new secret (in the answer's Secret); the old one
@@ -553,9 +574,9 @@ func (c *Client) UpdateDeployment(ctx context.Context, project, id string, in De
 	return c.deploymentCall(ctx, http.MethodPatch, projectPath(project)+"/deployments/"+esc(id), opts, in)
 }
 
-// DeleteDeployment deletes a deployment and returns the change's revision.
-func (c *Client) DeleteDeployment(ctx context.Context, project, id string, opts ...CallOption) (uint64, error) {
-	return c.call(ctx, http.MethodDelete, projectPath(project)+"/deployments/"+esc(id), opts, nil, nil, nil)
+// DeleteDeployment deletes a deployment.
+func (c *Client) DeleteDeployment(ctx context.Context, project, id string, opts ...CallOption) (*Deleted, error) {
+	return c.deleteCall(ctx, projectPath(project)+"/deployments/"+esc(id), opts)
 }
 
 // DeploymentKeys lists the keys linked to a deployment.

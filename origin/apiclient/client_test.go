@@ -157,16 +157,16 @@ func TestClientAgainstOrigin(t *testing.T) {
 		t.Fatalf("all keys: %d %v", len(all), err)
 	}
 
-	rev, err := c.DeleteKey(ctx, "team-a", k.ID)
-	if err != nil || rev <= r.Revision {
-		t.Fatalf("delete key: %d %v", rev, err)
+	del, err := c.DeleteKey(ctx, "team-a", k.ID)
+	if err != nil || del.Revision <= r.Revision || del.Propagation != nil {
+		t.Fatalf("delete key: %+v %v", del, err)
 	}
 	if _, err := c.GetKey(ctx, "team-a", k.ID); !apiclient.IsNotFound(err) {
 		t.Fatalf("deleted key: %v", err)
 	}
-	drev, err := c.DeleteDeployment(ctx, "team-a", d.ID, apiclient.Wait(time.Second))
-	if err != nil || drev <= rev {
-		t.Fatalf("delete deployment: %d %v", drev, err)
+	ddel, err := c.DeleteDeployment(ctx, "team-a", d.ID, apiclient.Wait(time.Second))
+	if err != nil || ddel.Revision != del.Revision+1 || ddel.Propagation == nil {
+		t.Fatalf("delete deployment with wait: %+v %v", ddel, err)
 	}
 
 	if _, err := c.Edges(ctx); err != nil {
