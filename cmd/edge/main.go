@@ -31,7 +31,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	cfg := proxy.DefaultConfig()
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "the inference-facing proxy address")
-	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "/status and /health for operators; never expose publicly (empty disables)")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "/metrics (Prometheus), /status, /health and pprof for operators; never expose publicly (empty disables)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma-separated, for events and cache-miss lookups")
 	fs.StringVar(&cfg.Site, "site", cfg.Site, "this edge's site (region / GPU cluster); selects each deployment's upstream list")
 	pub := fs.String("origin-public-key", "", "origin's Ed25519 public key, base64 or @file (required; origin writes it to <data-dir>/signing.pub)")
@@ -41,6 +41,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
 	fs.DurationVar(&cfg.UpstreamIdleTimeout, "upstream-idle-timeout", 2*time.Minute, "cut an upstream that sends nothing for this long (a generation that keeps streaming is never cut)")
 	fs.DurationVar(&cfg.UpstreamConnectTimeout, "upstream-connect-timeout", 5*time.Second, "how long connecting to an upstream may take before the next one is tried")
+	fs.IntVar(&cfg.MaxUpstreamConns, "max-upstream-conns", 1024, "connections (requests and streams in flight) per upstream server; past it a request waits 2s, then gets 503")
+	fs.IntVar(&cfg.MaxRequestBodyBytes, "max-request-body", 64<<20, "largest request body in bytes the edge reads, whatever a deployment's max_body_bytes allows (413 beyond)")
 	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 10*time.Second, "without a signed origin heartbeat for this long, re-validate cached keys before use")
 	failMode := fs.String("fail-mode", "closed", `when a stale edge cannot re-validate a key: "closed" answers 503, "open-cached" serves the cached key`)
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate for HTTPS on --listen (TLS 1.2+); SIGHUP reloads it")
@@ -62,6 +64,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			return 0
 		}
 		fmt.Fprintf(stderr, "edge: %v\n", err)
+		return 2
+	}
+	if cfg.MaxUpstreamConns <= 0 || cfg.MaxRequestBodyBytes <= 0 || cfg.MaxKeys <= 0 {
+		fmt.Fprintln(stderr, "edge: --max-upstream-conns, --max-request-body and --max-keys must be positive")
 		return 2
 	}
 	cfg.Gossip.Join = splitList(*join)
