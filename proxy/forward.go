@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -193,7 +191,7 @@ func (s *Server) setUpstreamAuth(h *fasthttp.RequestHeader, dep *event.Deploymen
 			h.Del(header)
 		}
 	case event.UpstreamAuthInject:
-		secret, ok := s.secret(ua.Secret)
+		secret, ok := s.secrets.get(ua.Secret)
 		if !ok {
 			return false
 		}
@@ -203,25 +201,4 @@ func (s *Server) setUpstreamAuth(h *fasthttp.RequestHeader, dep *event.Deploymen
 		h.Del(header)
 	}
 	return true
-}
-
-// secret returns the edge-local upstream credential name: env
-// EDGE_SECRET_<NAME>, else the file <SecretsDir>/<name>.
-func (s *Server) secret(name string) (string, bool) {
-	if name == "" {
-		return "", false
-	}
-	env := "EDGE_SECRET_" + strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(name))
-	if v, ok := os.LookupEnv(env); ok && v != "" {
-		return v, true
-	}
-	if s.cfg.SecretsDir == "" || strings.ContainsAny(name, `/\`) || name == ".." {
-		return "", false
-	}
-	b, err := os.ReadFile(s.cfg.SecretsDir + string(os.PathSeparator) + name)
-	if err != nil {
-		return "", false
-	}
-	v := strings.TrimSpace(string(b))
-	return v, v != ""
 }

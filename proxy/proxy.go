@@ -153,6 +153,8 @@ type Server struct {
 	id    string
 	hb    *heartbeater
 	audit *auditor
+	// secrets holds upstream credentials for upstream_auth "inject".
+	secrets secretStore
 
 	gossip     *cluster.Cluster // nil without gossip
 	gossipHook *gossipHook
@@ -265,6 +267,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m, id: id, audit: audit,
 		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs,
 		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders)}
+	s.secrets.dir = cfg.SecretsDir
 	m.watchServer(s)
 	dialer := &fasthttp.TCPDialer{Concurrency: 1000}
 	s.client = &fasthttp.Client{

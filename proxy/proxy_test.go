@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -210,5 +212,40 @@ func TestHealthRestBounded(t *testing.T) {
 	h.failed(now)
 	if got := time.Duration(h.until.Load() - now.UnixNano()); got != restMin {
 		t.Fatalf("first rest after a success: %v", got)
+	}
+}
+
+// Upstream credentials are read once, not per request, and again after a
+// reload; the environment wins over the directory; names cannot escape it.
+func TestSecretStore(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, v string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("openai", "sk-one\n")
+	s := &secretStore{dir: dir}
+	if v, ok := s.get("openai"); !ok || v != "sk-one" {
+		t.Fatalf("get: %q %v", v, ok)
+	}
+	write("openai", "sk-two")
+	if v, _ := s.get("openai"); v != "sk-one" {
+		t.Fatalf("re-read without a reload: %q", v)
+	}
+	s.reload()
+	if v, _ := s.get("openai"); v != "sk-two" {
+		t.Fatalf("after reload: %q", v)
+	}
+	t.Setenv("EDGE_SECRET_AZURE_PROD", "from-env")
+	write("azure-prod", "from-file")
+	if v, _ := s.get("azure-prod"); v != "from-env" {
+		t.Fatalf("env should win: %q", v)
+	}
+	write("empty", "  \n")
+	for _, name := range []string{"", "missing", "empty", "../" + filepath.Base(dir) + "/openai", "."} {
+		if v, ok := s.get(name); ok {
+			t.Errorf("%q resolved to %q", name, v)
+		}
 	}
 }

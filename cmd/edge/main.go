@@ -36,7 +36,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.Site, "site", cfg.Site, "this edge's site (region / GPU cluster); selects each deployment's upstream list")
 	pub := fs.String("origin-public-key", "", "origin's Ed25519 public key, base64 or @file (required; origin writes it to <data-dir>/signing.pub)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "where the applied revision and deployments persist across restarts")
-	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials, one file per secret name (env EDGE_SECRET_<NAME> wins)")
+	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials, one file per secret name (env EDGE_SECRET_<NAME> wins); SIGHUP re-reads them")
 	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", 2*time.Second, "how long a cache-miss lookup may take before the request gets 503")
 	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
 	fs.DurationVar(&cfg.UpstreamIdleTimeout, "upstream-idle-timeout", 2*time.Minute, "cut an upstream that sends nothing for this long (a generation that keeps streaming is never cut)")
@@ -117,6 +117,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
+			srv.ReloadSecrets()
 			if err := srv.ReloadTLS(); err != nil {
 				log.Error("reloading TLS certificate; keeping the current one", "err", err)
 			} else if cfg.TLSCert != "" {
