@@ -351,7 +351,7 @@ func (s *stack) checkNoSecretLogged() {
 	// and every audit record each origin stored, read from its database
 	// (the origin may be down by now).
 	for _, dir := range s.dataDirs {
-		logs += storedAudit(s.t, filepath.Join(dir, "origin.db"))
+		logs += storedAudit(s.t, filepath.Join(dir, "origin-audit.db"))
 	}
 	for _, secret := range append(s.secrets, s.upstreamSecrets...) {
 		if secret != "" && strings.Contains(logs, secret) {

@@ -125,7 +125,7 @@ type auditLog struct {
 
 // ensureAuditSchema creates the audit table and its indexes if missing.
 func (s *Server) ensureAuditSchema(ctx context.Context) error {
-	return s.store.execSchema(ctx, auditSchema)
+	return s.auditStore.execSchema(ctx, auditSchema)
 }
 
 // startAudit starts the writer and the pruner, and subscribes to edge audit
@@ -204,9 +204,11 @@ func cut(s string) string {
 
 func (a *auditLog) run() {
 	defer close(a.done)
+	// Retention is applied every AuditPruneInterval, the first time one
+	// interval after start (not at once: a large backlog must not compete
+	// with a starting origin, nor with its tests).
 	prune := time.NewTicker(a.s.cfg.AuditPruneInterval)
 	defer prune.Stop()
-	a.prune()
 	batch := make([]AuditRecord, 0, auditBatch)
 	for {
 		select {
@@ -245,14 +247,14 @@ func (a *auditLog) run() {
 	}
 }
 
-// insert stores batch. On SQLite, whose one writer the mutations share, it
-// writes transactions of at most auditTxRows rows, each holding the store's
-// writer lock (Store.lockWrites), so that a mutation waits for at most one
-// short audit transaction and never in SQLite's busy handler. Records that
+// insert stores batch. On SQLite the audit log is a database of its own
+// (openAuditStore), so storing never holds the writer lock mutations wait
+// for; it writes transactions of at most auditTxRows rows, each holding the
+// audit database's writer lock, so that pruning interleaves. Records that
 // cannot be stored are dropped and counted.
 func (a *auditLog) insert(batch []AuditRecord) {
 	per := len(batch)
-	if a.s.store.dialect == dialectSQLite {
+	if a.s.auditStore.dialect == dialectSQLite {
 		per = auditTxRows
 	}
 	for len(batch) > 0 {
@@ -268,7 +270,7 @@ const auditColumns = `id, ts, source, edge, site, client_ip, actor, key_id, proj
 const auditRow = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func (a *auditLog) insertTx(rows []AuditRecord) {
-	st := a.s.store
+	st := a.s.auditStore
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := func() error {
@@ -305,7 +307,7 @@ func (a *auditLog) insertTx(rows []AuditRecord) {
 // prune deletes records older than AuditRetention, then the oldest beyond
 // AuditMaxRows, auditPruneRows at a time (see pruneChunk).
 func (a *auditLog) prune() {
-	st := a.s.store
+	st := a.s.auditStore
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cutoff := time.Now().Add(-a.s.cfg.AuditRetention).UnixMicro()
@@ -341,7 +343,7 @@ func (a *auditLog) pruneWhere(ctx context.Context, cond string, arg int64) error
 // cond, holding the SQLite writer lock for that one statement only, so that
 // pruning a large backlog never keeps a mutation waiting long.
 func (a *auditLog) pruneChunk(ctx context.Context, cond string, arg int64) (int64, error) {
-	st := a.s.store
+	st := a.s.auditStore
 	unlock := st.lockWrites()
 	defer unlock()
 	res, err := st.db.ExecContext(ctx, st.q(`DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE `+cond+` ORDER BY ts LIMIT ?)`), arg, auditPruneRows)
@@ -451,7 +453,7 @@ func (s *Server) listAudit(c *call) error {
 		limit = n
 	}
 	args = append(args, limit)
-	rows, err := s.store.db.QueryContext(c.ctx(), s.store.q(`SELECT id, ts, source, edge, site, client_ip, actor, key_id,
+	rows, err := s.auditStore.db.QueryContext(c.ctx(), s.auditStore.q(`SELECT id, ts, source, edge, site, client_ip, actor, key_id,
 		project, deployment, deployment_name, method, path, action, target, status, duration_us, request_id
 		FROM audit_log WHERE `+strings.Join(where, " AND ")+` ORDER BY ts DESC, id DESC LIMIT ?`), args...)
 	if err != nil {

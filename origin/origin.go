@@ -275,13 +275,16 @@ type Server struct {
 	httpSrv *http.Server
 	httpErr chan error
 
-	pub       *publisher
-	edges     *edgeRegistry
-	audit     *auditLog
-	subs      []*nats.Subscription
-	lookupMu  sync.Mutex
-	lookupWG  sync.WaitGroup
-	lookupSem chan struct{}
+	pub   *publisher
+	edges *edgeRegistry
+	audit *auditLog
+	// auditStore holds the audit log: the store itself on PostgreSQL, a
+	// database of its own next to it on SQLite.
+	auditStore *Store
+	subs       []*nats.Subscription
+	lookupMu   sync.Mutex
+	lookupWG   sync.WaitGroup
+	lookupSem  chan struct{}
 
 	rev          atomic.Uint64
 	closed       atomic.Bool
@@ -321,6 +324,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.store, err = openStore(cfg.Store, cfg.DataDir); err != nil {
 		return nil, err
+	}
+	if s.auditStore, err = openAuditStore(s.store); err != nil {
+		return nil, fmt.Errorf("opening the audit store: %w", err)
 	}
 	s.store.seal = s.signer.Seal
 	s.store.onCommit = s.committed
@@ -473,6 +479,9 @@ func (s *Server) closeResources() {
 	if s.ns != nil {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+	}
+	if s.auditStore != nil && s.auditStore != s.store {
+		_ = s.auditStore.Close()
 	}
 	if s.store != nil {
 		_ = s.store.Close()

@@ -39,6 +39,7 @@ const (
 type Store struct {
 	db       *sql.DB
 	dialect  dialect
+	path     string // SQLite: the database file
 	seal     func(*event.Record) ([]byte, error)
 	onCommit func(rev uint64)
 
@@ -122,6 +123,16 @@ func openStore(dsn, dataDir string) (*Store, error) {
 	default:
 		return openSQLite(dsn)
 	}
+}
+
+// openAuditStore returns where audit records go for main: on SQLite a
+// database of their own next to it (see openAuditSQLite), on PostgreSQL
+// main itself, whose writers do not queue behind one another.
+func openAuditStore(main *Store) (*Store, error) {
+	if main.dialect != dialectSQLite {
+		return main, nil
+	}
+	return openAuditSQLite(main.path)
 }
 
 // readTx begins a read-only transaction whose reads all see one snapshot:

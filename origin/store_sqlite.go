@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 
 	_ "modernc.org/sqlite" // driver "sqlite"
 )
@@ -94,6 +95,30 @@ CREATE TABLE IF NOT EXISTS metadata (
 // write transaction begins IMMEDIATE, which serialises writers at BEGIN and
 // so hands out revisions in commit order.
 func openSQLite(path string) (*Store, error) {
+	s, err := openSQLiteDB(path, "FULL")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.db.Exec(sqliteSchema); err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("creating sqlite schema: %w", err)
+	}
+	return s, nil
+}
+
+// openAuditSQLite opens the audit database that goes with the store at
+// storePath (origin.db → origin-audit.db): a database of its own, so that
+// storing edges' request records never takes the writer lock mutations
+// wait for, with synchronous=NORMAL — a power loss may cost the last
+// records, never a change.
+func openAuditSQLite(storePath string) (*Store, error) {
+	ext := filepath.Ext(storePath)
+	return openSQLiteDB(strings.TrimSuffix(storePath, ext)+"-audit"+ext, "NORMAL")
+}
+
+// openSQLiteDB opens (creating) the SQLite database at path with the
+// pragmas above and the given synchronous level.
+func openSQLiteDB(path, synchronous string) (*Store, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: empty sqlite path", ErrInvalidConfig)
 	}
@@ -106,7 +131,7 @@ func openSQLite(path string) (*Store, error) {
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "foreign_keys(1)")
-	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "synchronous("+synchronous+")")
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
@@ -115,10 +140,5 @@ func openSQLite(path string) (*Store, error) {
 	db.SetMaxOpenConns(8)
 	db.SetMaxIdleConns(8)
 	db.SetConnMaxIdleTime(0)
-	s := &Store{db: db, dialect: dialectSQLite}
-	if _, err := db.Exec(sqliteSchema); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("creating sqlite schema: %w", err)
-	}
-	return s, nil
+	return &Store{db: db, dialect: dialectSQLite, path: path}, nil
 }
