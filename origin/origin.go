@@ -91,6 +91,11 @@ type Config struct {
 	// NATSListen is where the embedded NATS server listens, host:port
 	// (default "127.0.0.1:4222"; port -1 picks a random free port).
 	NATSListen string
+	// StreamReplicas is how many JetStream servers keep a copy of the event
+	// stream, 1 to 5 (default 1, all an embedded server can hold). Against
+	// an external cluster of three or more, 3 survives the loss of any one.
+	// A stream created with another value is updated to this one.
+	StreamReplicas int
 	// AdminPassword is the password of user "admin", created on first start.
 	// If empty, a random one is written to <DataDir>/admin-password (0600).
 	AdminPassword string
@@ -142,6 +147,7 @@ func DefaultConfig() Config {
 		Logger:       slog.Default(),
 
 		HeartbeatInterval: time.Second,
+		StreamReplicas:    1,
 	}
 }
 
@@ -155,6 +161,12 @@ func (c *Config) fill() error {
 	}
 	if c.NATSListen == "" {
 		c.NATSListen = d.NATSListen
+	}
+	if c.StreamReplicas == 0 {
+		c.StreamReplicas = d.StreamReplicas
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		return fmt.Errorf("%w: StreamReplicas must be between 1 and 5", ErrInvalidConfig)
 	}
 	if c.PasswordCost == 0 {
 		c.PasswordCost = d.PasswordCost
@@ -298,7 +310,7 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	// Goroutines last.
-	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval)
+	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval, cfg.StreamReplicas)
 	if !cfg.disablePublisher {
 		s.pub.start()
 	}

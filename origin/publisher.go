@@ -23,6 +23,8 @@ type publisher struct {
 	js    jetstream.JetStream
 	log   *slog.Logger
 	poll  time.Duration
+	// replicas of the stream (Config.StreamReplicas)
+	replicas int
 
 	wakeC   chan struct{}
 	quit    chan struct{}
@@ -33,9 +35,9 @@ type publisher struct {
 	ready   bool // stream created or updated
 }
 
-func newPublisher(st *Store, nc *nats.Conn, log *slog.Logger, poll time.Duration) *publisher {
+func newPublisher(st *Store, nc *nats.Conn, log *slog.Logger, poll time.Duration, replicas int) *publisher {
 	js, _ := jetstream.New(nc) // only fails on nil conn
-	return &publisher{store: st, nc: nc, js: js, log: log, poll: poll,
+	return &publisher{store: st, nc: nc, js: js, log: log, poll: poll, replicas: replicas,
 		wakeC: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -122,6 +124,7 @@ func (p *publisher) ensureStream(ctx context.Context) error {
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  2 * time.Minute,
+		Replicas:    p.replicas,
 	})
 	if err != nil {
 		return err

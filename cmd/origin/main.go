@@ -35,6 +35,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.Store, "store", "", "store URL: sqlite://<path> or postgres://user:pass@host/db (default sqlite://<data-dir>/origin.db)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "URL(s) of an external NATS cluster with JetStream (default: start an embedded NATS server)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, "where the embedded NATS server listens")
+	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream servers holding the event stream, 1-5 (3 on an external cluster of three or more)")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of admin login tokens")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 
