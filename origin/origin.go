@@ -282,7 +282,7 @@ func New(cfg Config) (*Server, error) {
 	if s.signer, err = event.NewSigner(priv); err != nil {
 		return nil, err
 	}
-	if s.jwtKey, err = loadSecretFile(filepath.Join(cfg.DataDir, "jwt.key"), 32); err != nil {
+	if s.jwtKey, err = loadSecretFile(filepath.Join(cfg.DataDir, "jwt.key"), jwtKeySize); err != nil {
 		return nil, err
 	}
 	if s.store, err = openStore(cfg.Store, cfg.DataDir); err != nil {

@@ -25,6 +25,9 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "keygen" { // keys for replicas to share (keygen.go)
+		return runKeygen(args[1:], stdout, stderr)
+	}
 	if isCommand(args) { // origin keys ..., origin login, ...: the operator CLI (cli.go)
 		return runCLI(args, getenv, os.Stdin, stdout, stderr)
 	}
@@ -43,6 +46,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		if errors.Is(err, cli.ErrHelp) {
 			fmt.Fprintln(stdout, "\nThe admin password of the first start comes from ORIGIN_ADMIN_PASSWORD; if unset, a random one is written to <data-dir>/admin-password.")
 			fmt.Fprintln(stdout, "\nWith a command, origin is the operator CLI of a running origin: "+strings.Join(commandGroups, ", ")+" (see origin help).")
+			fmt.Fprintln(stdout, "origin keygen --out DIR writes the signing and token keys that replicas share.")
 			return 0
 		}
 		fmt.Fprintf(stderr, "origin: %v\n", err)
