@@ -11,6 +11,9 @@ locals {
     listen_host = regex("^(.*):[0-9]+$", e.listen)[0]
     listen_port = tonumber(regex(":([0-9]+)$", e.listen)[0])
     gossip_port = tonumber(regex(":([0-9]+)$", e.gossip_listen)[0])
+    # Where peers reach its gossip listener: its address, or the host's
+    # when it listens on every interface.
+    gossip_host = contains(["", "0.0.0.0", "[::]"], regex("^(.*):[0-9]+$", e.gossip_listen)[0]) ? e.host : regex("^(.*):[0-9]+$", e.gossip_listen)[0]
   })]
 
   edges = { for e in local.edge_list : e.name => merge(e, {
@@ -20,7 +23,7 @@ locals {
     # loopback.
     probe_host = contains(["", "0.0.0.0"], e.listen_host) ? "127.0.0.1" : (e.listen_host == "[::]" ? "[::1]" : e.listen_host)
     # Every other edge of the site, then the extra peers.
-    gossip_join = concat([for o in local.edge_list : "${o.host}:${o.gossip_port}" if o.name != e.name], var.gossip_join)
+    gossip_join = concat([for o in local.edge_list : "${o.gossip_host}:${o.gossip_port}" if o.name != e.name], var.gossip_join)
   }) }
 
   tls_files = var.tls == null ? {} : merge(

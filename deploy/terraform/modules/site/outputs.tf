@@ -14,7 +14,7 @@ output "edges" {
     host           = e.host
     endpoint       = "${local.scheme}://${e.public_host}:${e.listen_port}"
     health_url     = "${local.scheme}://${e.public_host}:${e.listen_port}/health"
-    gossip_address = local.gossip_on ? "${e.host}:${e.gossip_port}" : null
+    gossip_address = local.gossip_on ? "${e.gossip_host}:${e.gossip_port}" : null
     install_dir    = e.dir
     data_dir       = e.data_dir
     service        = module.edges.instances[n].service
@@ -24,7 +24,7 @@ output "edges" {
 
 output "gossip_peers" {
   description = "host:port of every edge's gossip listener, for another site's gossip_join (one ring across sites). Empty when gossip is off."
-  value       = local.gossip_on ? [for e in local.edge_list : "${e.host}:${e.gossip_port}"] : []
+  value       = local.gossip_on ? [for e in local.edge_list : "${e.gossip_host}:${e.gossip_port}"] : []
 }
 
 output "deployment_upstreams" {
