@@ -73,25 +73,5 @@ func GenerateKeys(dir string) (ed25519.PublicKey, error) {
 // with fs.ErrExist if path exists (also when it appears meanwhile): the
 // file is written aside and hard-linked into place.
 func writeFileExclusive(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Link(tmp.Name(), path)
+	return writeFileVia(path, data, mode, os.Link)
 }

@@ -529,7 +529,15 @@ func loadSecretFile(path string, n int) ([]byte, error) {
 	return raw, nil
 }
 
+// writeFileAtomic replaces path with data, complete or not at all.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeFileVia(path, data, mode, os.Rename)
+}
+
+// writeFileVia writes data to a temporary file beside path, syncs it, and
+// puts it in place with place(tmp, path): os.Rename replaces, os.Link
+// fails if path exists.
+func writeFileVia(path string, data []byte, mode os.FileMode, place func(oldpath, newpath string) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -550,7 +558,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	return place(tmp.Name(), path)
 }
 
 // idEncoding is Crockford's base32 alphabet in ASCII order, so that ids
