@@ -272,6 +272,14 @@ SSH_HCL="ssh_private_key_file = \"$WORK/ssh/user_ed25519\"
   dist_dir             = \"$DIST\"
   stop_timeout_seconds = 15"
 
+# Every edge, NATS server and origin runs on this host, over the sshd.
+ON_HOST="host = \"127.0.0.1\", ssh_port = $SSH_PORT, ssh_user = \"$USER_NAME\", arch = \"$ARCH\""
+
+# edges_hcl LISTEN ADMIN GOSSIP: a site's edges, one on this host.
+edges_hcl() {
+  echo "[{ $ON_HOST, listen = \"127.0.0.1:$1\", admin_listen = \"127.0.0.1:$2\", gossip_listen = \"127.0.0.1:$3\" }]"
+}
+
 # keyed_ok EDGE KEY: a chat completion through EDGE answers 200 within 20s.
 keyed_ok() {
   local body='{"model":"mock-model","messages":[{"role":"user","content":"hello from terraform"}]}'
@@ -313,15 +321,7 @@ module "site" {
   source = "$(modpath "$R" site)"
 
   site_name = "e2e"
-  edges = [{
-    host          = "127.0.0.1"
-    ssh_port      = $SSH_PORT
-    ssh_user      = "$USER_NAME"
-    arch          = "$ARCH"
-    listen        = "127.0.0.1:$EDGE_PORT"
-    admin_listen  = "127.0.0.1:$ADMIN_PORT"
-    gossip_listen = "127.0.0.1:$GOSSIP_PORT"
-  }]
+  edges     = $(edges_hcl "$EDGE_PORT" "$ADMIN_PORT" "$GOSSIP_PORT")
   upstream_urls          = ["http://127.0.0.1:$UP_PORT"]
   nats_urls              = ["nats://127.0.0.1:$NATS_PORT"]
   origin_public_key      = file("$WORK/origin/signing.pub")
@@ -451,7 +451,7 @@ phase_control_plane() {
     for i in 0 1 2; do
       next_port; local c=$NEXT_PORT; next_port; local r=$NEXT_PORT; next_port; local g=$NEXT_PORT; next_port; local m=$NEXT_PORT
       nats_hcl+="
-        { host = \"127.0.0.1\", ssh_port = $SSH_PORT, ssh_user = \"$USER_NAME\", arch = \"$ARCH\", listen_host = \"127.0.0.1\", client_port = $c, cluster_port = $r, gateway_port = $g, monitor_port = $m },"
+        { $ON_HOST, listen_host = \"127.0.0.1\", client_port = $c, cluster_port = $r, gateway_port = $g, monitor_port = $m },"
       if [ "$region" = eu ]; then mon_eu+=" $m"; else mon_us+=" $m"; fi
     done
     nats_hcl+="
@@ -461,8 +461,8 @@ phase_control_plane() {
       local ORIGIN_A=http://127.0.0.1:$o1 ORIGIN_B=http://127.0.0.1:$o2
       nats_hcl+="
       origins = [
-        { host = \"127.0.0.1\", ssh_port = $SSH_PORT, ssh_user = \"$USER_NAME\", arch = \"$ARCH\", listen = \"127.0.0.1:$o1\" },
-        { host = \"127.0.0.1\", ssh_port = $SSH_PORT, ssh_user = \"$USER_NAME\", arch = \"$ARCH\", listen = \"127.0.0.1:$o2\" },
+        { $ON_HOST, listen = \"127.0.0.1:$o1\" },
+        { $ON_HOST, listen = \"127.0.0.1:$o2\" },
       ]"
     fi
     nats_hcl+="
@@ -506,15 +506,7 @@ module "site_us" {
   source = "$(modpath "$R" site)"
 
   site_name = "us"
-  edges = [{
-    host          = "127.0.0.1"
-    ssh_port      = $SSH_PORT
-    ssh_user      = "$USER_NAME"
-    arch          = "$ARCH"
-    listen        = "127.0.0.1:$EDGE_PORT"
-    admin_listen  = "127.0.0.1:$ADMIN_PORT"
-    gossip_listen = "127.0.0.1:$GOSSIP_PORT"
-  }]
+  edges     = $(edges_hcl "$EDGE_PORT" "$ADMIN_PORT" "$GOSSIP_PORT")
   upstream_urls          = ["http://127.0.0.1:$UP_PORT"]
   nats_urls              = module.control_plane.nats_client_urls["us"]
   origin_public_key      = module.control_plane.origin_public_key
