@@ -1,14 +1,18 @@
 # keymesh — deployment targets (deploy/terraform). Included by the Makefile
 # through `-include mk/*.mk`.
 #
-#   make dist       static linux/amd64 + linux/arm64 builds of origin, edge and
-#                   nats-server into dist/linux_<arch>/ (what the modules install)
-#   make tf-check   terraform fmt -check + init -backend=false + validate, offline,
-#                   on every module and example
-#   make tf-e2e     apply modules/site over SSH to a throwaway sshd on 127.0.0.1,
-#                   check the installed edge, destroy, check nothing is left
+#   make dist       static (CGO_ENABLED=0) linux/amd64 + linux/arm64 builds of
+#                   origin, edge and nats-server into dist/linux_<arch>/, with
+#                   SHA256SUMS: what the modules install
+#   make tf-check   offline: terraform fmt -check, init -backend=false and
+#                   validate of every module and example, a plan of each
+#                   example, and the variables' validations (scripts/tf-check.sh)
+#   make tf-e2e     the modules applied over SSH to a throwaway sshd on
+#                   127.0.0.1, checked end to end, destroyed, checked gone
+#                   (scripts/tf-e2e.sh; installs openssh-server when root)
 #
-# Terraform 1.5.7 is installed by `go install` into $(TF_BIN_DIR) when missing.
+# Terraform $(TF_VERSION) is built by `go install` into $(TF_BIN_DIR) when
+# missing (make tf-tools; a few minutes the first time).
 
 GO            ?= go
 BIN           ?= bin
@@ -38,9 +42,9 @@ dist:
 	  (cd $$out && sha256sum $(DIST_CMDS) nats-server > SHA256SUMS); \
 	done
 
-## dist-local: only the platform of this machine (what tf-e2e installs).
+## dist-local: dist for the platform of this machine only (what tf-e2e installs).
 dist-local:
-	@$(MAKE) --no-print-directory dist DIST_PLATFORMS=linux/$$($(GO) env GOARCH) DIST_CMDS=edge
+	@$(MAKE) --no-print-directory dist DIST_PLATFORMS=linux/$$($(GO) env GOARCH)
 
 ## tf-tools: terraform $(TF_VERSION) built from source with the Go toolchain.
 tf-tools:

@@ -111,6 +111,11 @@ type Config struct {
 	// NATSListen is where the embedded NATS server listens, host:port
 	// (default "127.0.0.1:4222"; port -1 picks a random free port).
 	NATSListen string
+	// StreamReplicas is how many JetStream servers keep a copy of the event
+	// stream, 1 to 5 (default 1, all an embedded server can hold). Against
+	// an external cluster of three or more, 3 survives the loss of any one.
+	// A stream created with another value is updated to this one.
+	StreamReplicas int
 	// AdminPassword is the password of user "admin", created on first start.
 	// If empty, a random one is written to <DataDir>/admin-password (0600).
 	AdminPassword string
@@ -174,6 +179,7 @@ func DefaultConfig() Config {
 		AuditRetention:    30 * 24 * time.Hour,
 		AuditMaxRows:      1_000_000,
 		StreamMaxAge:      30 * 24 * time.Hour,
+		StreamReplicas:    1,
 	}
 }
 
@@ -187,6 +193,12 @@ func (c *Config) fill() error {
 	}
 	if c.NATSListen == "" {
 		c.NATSListen = d.NATSListen
+	}
+	if c.StreamReplicas == 0 {
+		c.StreamReplicas = d.StreamReplicas
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		return fmt.Errorf("%w: StreamReplicas must be between 1 and 5", ErrInvalidConfig)
 	}
 	if c.PasswordCost == 0 {
 		c.PasswordCost = d.PasswordCost
@@ -319,7 +331,7 @@ func New(cfg Config) (*Server, error) {
 	if s.signer, err = event.NewSigner(priv); err != nil {
 		return nil, err
 	}
-	if s.jwtKey, err = loadSecretFile(filepath.Join(cfg.DataDir, "jwt.key"), 32); err != nil {
+	if s.jwtKey, err = loadSecretFile(filepath.Join(cfg.DataDir, "jwt.key"), jwtKeySize); err != nil {
 		return nil, err
 	}
 	if s.store, err = openStore(cfg.Store, cfg.DataDir); err != nil {
@@ -353,7 +365,7 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	// Goroutines last.
-	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval)
+	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval, cfg.StreamReplicas)
 	s.pub.maxAge = cfg.StreamMaxAge
 	if !cfg.disablePublisher {
 		s.pub.start()
@@ -595,7 +607,15 @@ func loadSecretFile(path string, n int) ([]byte, error) {
 	return raw, nil
 }
 
+// writeFileAtomic replaces path with data, complete or not at all.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeFileVia(path, data, mode, os.Rename)
+}
+
+// writeFileVia writes data to a temporary file beside path, syncs it, and
+// puts it in place with place(tmp, path): os.Rename replaces, os.Link
+// fails if path exists.
+func writeFileVia(path string, data []byte, mode os.FileMode, place func(oldpath, newpath string) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -616,7 +636,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	return place(tmp.Name(), path)
 }
 
 // idEncoding is Crockford's base32 alphabet in ASCII order, so that ids

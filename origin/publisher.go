@@ -23,6 +23,8 @@ type publisher struct {
 	js    jetstream.JetStream
 	log   *slog.Logger
 	poll  time.Duration
+	// replicas of the stream (Config.StreamReplicas)
+	replicas int
 
 	wakeC   chan struct{}
 	quit    chan struct{}
@@ -37,9 +39,9 @@ type publisher struct {
 // streamDuplicates is the stream's de-duplication window.
 const streamDuplicates = 2 * time.Minute
 
-func newPublisher(st *Store, nc *nats.Conn, log *slog.Logger, poll time.Duration) *publisher {
+func newPublisher(st *Store, nc *nats.Conn, log *slog.Logger, poll time.Duration, replicas int) *publisher {
 	js, _ := jetstream.New(nc) // only fails on nil conn
-	return &publisher{store: st, nc: nc, js: js, log: log, poll: poll,
+	return &publisher{store: st, nc: nc, js: js, log: log, poll: poll, replicas: replicas,
 		wakeC: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -127,6 +129,7 @@ func (p *publisher) ensureStream(ctx context.Context) error {
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      p.maxAge,
 		Duplicates:  streamDuplicates,
+		Replicas:    p.replicas,
 	})
 	if err != nil {
 		return err

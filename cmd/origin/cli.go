@@ -151,6 +151,9 @@ func listCommands(cmds []*command, group string, out io.Writer) {
 		}
 		fmt.Fprintf(out, "  %-42s %s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
 	}
+	if group == "" {
+		fmt.Fprintf(out, "  %-42s %s\n", "keygen --out DIR", keygenSummary)
+	}
 	fmt.Fprintln(out, "\nEvery command takes --server (env ORIGIN_SERVER, default "+defaultServer+"), --project (env ORIGIN_PROJECT, default \"default\") and --json;")
 	fmt.Fprintln(out, "see origin <command> --help. Credentials: env ORIGIN_TOKEN (a JWT), else env ORIGIN_API_KEY (a project key")
 	fmt.Fprintln(out, "holding write_config), else the token file written by origin login (--token-file, env ORIGIN_TOKEN_FILE,")

@@ -25,6 +25,9 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "keygen" { // keys for replicas to share (keygen.go)
+		return runKeygen(args[1:], stdout, stderr)
+	}
 	if isCommand(args) { // origin keys ..., origin login, ...: the operator CLI (cli.go)
 		return runCLI(args, getenv, os.Stdin, stdout, stderr)
 	}
@@ -35,6 +38,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.Store, "store", "", "store URL: sqlite://<path> or postgres://user:pass@host/db (default sqlite://<data-dir>/origin.db)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "URL(s) of an external NATS cluster with JetStream (default: start an embedded NATS server)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, "where the embedded NATS server listens")
+	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream servers holding the event stream, 1-5 (3 on an external cluster of three or more)")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of admin login tokens")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", cfg.AuditRetention, "how long audit records (edge requests and admin actions) are kept")
 	fs.IntVar(&cfg.AuditMaxRows, "audit-max-rows", cfg.AuditMaxRows, "most audit records kept; the oldest beyond are pruned")
@@ -45,6 +49,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		if errors.Is(err, cli.ErrHelp) {
 			fmt.Fprintln(stdout, "\nThe admin password of the first start comes from ORIGIN_ADMIN_PASSWORD; if unset, a random one is written to <data-dir>/admin-password.")
 			fmt.Fprintln(stdout, "\nWith a command, origin is the operator CLI of a running origin: "+strings.Join(commandGroups, ", ")+" (see origin help).")
+			fmt.Fprintln(stdout, "origin keygen --out DIR writes the signing and token keys that replicas share.")
 			return 0
 		}
 		fmt.Fprintf(stderr, "origin: %v\n", err)

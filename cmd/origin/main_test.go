@@ -41,7 +41,7 @@ func TestHelpListsFlags(t *testing.T) {
 	if code := run([]string{"--help"}, noenv, &out, &errb); code != 0 {
 		t.Fatalf("--help exited %d", code)
 	}
-	for _, f := range []string{"--listen", "--data-dir", "--store", "--nats-url", "--nats-listen", "ORIGIN_NATS_URL",
+	for _, f := range []string{"--listen", "--data-dir", "--store", "--nats-url", "--nats-listen", "--stream-replicas", "ORIGIN_NATS_URL", "ORIGIN_STREAM_REPLICAS",
 		`--audit-retention  [ORIGIN_AUDIT_RETENTION] (default "720h0m0s")`, `--audit-max-rows  [ORIGIN_AUDIT_MAX_ROWS] (default "1000000")`,
 		`--stream-max-age  [ORIGIN_STREAM_MAX_AGE] (default "720h0m0s")`} {
 		if !strings.Contains(out.String(), f) {
@@ -127,5 +127,25 @@ func TestSignalShutsDownCleanly(t *testing.T) {
 	}
 	if strings.Contains(errb.String(), "pw-for-test") {
 		t.Fatal("password logged")
+	}
+}
+
+func TestStreamReplicasOutOfRangeExitsWithOneLine(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  string
+	}{{args: []string{"--stream-replicas", "7"}}, {env: "0x"}, {env: "9"}} {
+		var out, errb bytes.Buffer
+		env := func(k string) string {
+			if k == "ORIGIN_STREAM_REPLICAS" {
+				return c.env
+			}
+			return ""
+		}
+		args := append(c.args, "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1")
+		code := run(args, env, &out, &errb)
+		if code == 0 || strings.Count(strings.TrimSpace(errb.String()), "\n") != 0 || !strings.Contains(strings.ToLower(errb.String()), "replicas") {
+			t.Errorf("%v env %q: code %d stderr %q", c.args, c.env, code, errb.String())
+		}
 	}
 }

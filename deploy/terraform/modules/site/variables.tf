@@ -1,5 +1,6 @@
 # ---------------------------------------------------------------------------
-# modules/site — N keymesh edges at one GPU site, installed over SSH.
+# modules/site — N keymesh edges at one GPU site, installed over SSH (see
+# ../service for how), plus a cloud-init rendering of the same config.
 # ---------------------------------------------------------------------------
 
 variable "site_name" {
@@ -19,7 +20,7 @@ variable "edges" {
       ssh_port      SSH port (22)
       ssh_user      SSH user (root); for process_manager = "systemd" it needs root or passwordless sudo
       arch          amd64 | arm64: which dist/linux_<arch>/edge to install
-      name          unique edge name (default "<site_name>-<index>"): gossip node name, unit and directory name
+      name          unique edge name (default "<site_name>-edge-<index>"): gossip node name, unit and directory name
       listen        proxy listen address (0.0.0.0:8080)
       admin_listen  /status and metrics listen address, never public (127.0.0.1:9090)
       gossip_listen memberlist bind address (0.0.0.0:7946); used when gossip is enabled
@@ -58,7 +59,7 @@ variable "edges" {
   }
   validation {
     condition = alltrue(flatten([for e in var.edges : [
-      for a in [e.listen, e.admin_listen, e.gossip_listen] : can(regex("^([^:]*|\\[[0-9a-fA-F:]+\\]):([0-9]{1,5})$", a)) && tonumber(regex(":([0-9]{1,5})$", a)[0]) <= 65535
+      for a in [e.listen, e.admin_listen, e.gossip_listen] : can(regex("^([^:]*|\\[[0-9a-fA-F:]+\\]):([0-9]{1,5})$", a)) && try(tonumber(regex(":([0-9]{1,5})$", a)[0]) <= 65535, false)
     ]]))
     error_message = "listen, admin_listen and gossip_listen must be host:port (host may be empty or [ipv6]), port <= 65535."
   }
@@ -87,8 +88,9 @@ variable "origin_public_key" {
   description = "The origin's Ed25519 public key, base64 (the content of <origin data-dir>/signing.pub, or GET /v1/signing-key)."
   type        = string
   validation {
-    condition     = can(base64decode(trimspace(var.origin_public_key))) && length(trimspace(var.origin_public_key)) == 44
-    error_message = "origin_public_key must be a base64 Ed25519 public key (44 characters)."
+    # base64decode() only returns UTF-8 text, so keys are checked by shape.
+    condition     = can(regex("^[A-Za-z0-9+/]{43}=$", trimspace(var.origin_public_key)))
+    error_message = "origin_public_key must be a base64 Ed25519 public key (44 characters, as in signing.pub)."
   }
 }
 
@@ -101,18 +103,18 @@ variable "tls" {
   })
   default = null
   validation {
-    condition     = var.tls == null || (fileexists(try(var.tls.cert_file, "")) && fileexists(try(var.tls.key_file, "")) && (try(var.tls.client_ca_file, null) == null || fileexists(coalesce(try(var.tls.client_ca_file, null), "/nonexistent"))))
+    condition     = var.tls == null ? true : fileexists(var.tls.cert_file) && fileexists(var.tls.key_file) && (var.tls.client_ca_file == null ? true : fileexists(var.tls.client_ca_file))
     error_message = "tls.cert_file, tls.key_file (and tls.client_ca_file when set) must be readable local files."
   }
 }
 
 variable "gossip_keys" {
-  description = "Base64 AES keys (16, 24 or 32 bytes) encrypting the edges' memberlist gossip. The first encrypts; the others are still accepted (key rotation, see README). Empty = gossip off (each edge relies on NATS alone). Takes effect with edge builds that have the --gossip-key flag."
+  description = "Base64 AES keys (16, 24 or 32 bytes, e.g. `openssl rand -base64 32`) encrypting the edges' memberlist gossip (--gossip-key). The first encrypts, all are accepted: rotate by adding the new key second, apply, moving it first, apply, removing the old one, apply (README). Empty = gossip off: each edge relies on NATS alone."
   type        = list(string)
   default     = []
   sensitive   = true
   validation {
-    condition     = alltrue([for k in var.gossip_keys : can(base64decode(k)) && contains([24, 32, 44], length(k))])
+    condition     = alltrue([for k in var.gossip_keys : can(regex("^([A-Za-z0-9+/]{22}==|[A-Za-z0-9+/]{32}|[A-Za-z0-9+/]{43}=)$", k))])
     error_message = "Every gossip key must be base64 of 16, 24 or 32 random bytes (e.g. `openssl rand -base64 32`)."
   }
 }
@@ -139,7 +141,7 @@ variable "secrets" {
 }
 
 variable "extra_env" {
-  description = "More edge settings as EDGE_* environment variables (every edge flag has one, see `edge --help`), e.g. { EDGE_FAIL_MODE = \"open-cached\" }."
+  description = "More edge settings as EDGE_* environment variables (every edge flag has one, see `edge --help`), e.g. { EDGE_FAIL_MODE = \"open-cached\" }; they come last in the env file, so they win over the module's own."
   type        = map(string)
   default     = {}
   validation {
@@ -149,7 +151,7 @@ variable "extra_env" {
 }
 
 variable "process_manager" {
-  description = "\"systemd\": a keymesh-edge-<name> unit (needs root or sudo). \"none\": a plain supervisor script (nohup + pid file) run as the SSH user, with a matching stop script used on destroy."
+  description = "\"systemd\": a keymesh-edge-<name> unit running as service_user (the SSH user needs root or passwordless sudo). \"none\": no service manager: <dir>/run.sh supervises the edge (restarts it when it exits) as the SSH user, started by <dir>/start.sh and stopped by <dir>/stop.sh, which destroy runs."
   type        = string
   default     = "systemd"
   validation {
@@ -236,11 +238,11 @@ variable "stop_timeout_seconds" {
 }
 
 variable "binary_url_template" {
-  description = "Only for the cloud_init output: URL the VM downloads the edge binary from; \"%s\" is replaced by the arch (amd64|arm64). null = the image already has <install_dir>/<name>/bin/edge."
+  description = "Only for the cloud_init output: where a VM downloads the edge binary, with {arch} (amd64 | arm64) and {binary} (edge) replaced, e.g. \"https://downloads.example.com/keymesh/1.0/linux_{arch}/{binary}\" (the layout of `make dist`). null = the image already has <install_dir>/<name>/bin/edge."
   type        = string
   default     = null
   validation {
-    condition     = var.binary_url_template == null || can(regex("^https?://", coalesce(var.binary_url_template, "x")))
-    error_message = "binary_url_template must be an http(s) URL."
+    condition     = var.binary_url_template == null || can(regex("^https?://[^\\s']+$", coalesce(var.binary_url_template, "x")))
+    error_message = "binary_url_template must be an http(s) URL without spaces or quotes."
   }
 }
