@@ -17,6 +17,7 @@ type compareOpts struct {
 	duration, warmup time.Duration
 	conc, nkeys      int
 	rounds           int
+	streamProbe      int // stream probe concurrency (0: none)
 	stream           float64
 	chunk            time.Duration
 	nginxBin         string
@@ -52,7 +53,7 @@ func compareOn(ctx context.Context, e *env, st *stack, keys []*bench.Key, o comp
 		defer ng.Stop()
 		targets = append(targets, bench.CompareTarget{Name: bench.TargetNginx, URL: ng.URL})
 	}
-	return bench.RunCompare(ctx, bench.CompareConfig{Targets: targets, Warmup: o.warmup, Rounds: o.rounds, Load: bench.LoadConfig{
+	return bench.RunCompare(ctx, bench.CompareConfig{Targets: targets, Warmup: o.warmup, Rounds: o.rounds, StreamProbe: o.streamProbe, Load: bench.LoadConfig{
 		Duration: o.duration, Concurrency: o.conc, ValidKeys: secrets(keys), StreamShare: o.stream,
 		StreamChunkInterval: o.chunk, Progress: progressOut(e, o.quiet),
 	}})
@@ -62,6 +63,7 @@ func runCompare(e *env, args []string) int {
 	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
 	duration := fs.Duration("duration", 10*time.Second, "measured time per target, over all rounds")
 	rounds := fs.Int("rounds", 5, "turns the targets take (a b c a b c …), merged per target, so that noise falls on all alike")
+	streamProbe := fs.Int("stream-probe", 4, "then a streams-only run per target at this concurrency, for time to first byte off a saturated machine (0: none)")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured warm-up per target")
 	conc := fs.Int("concurrency", 32, "workers (closed loop)")
 	nkeys := fs.Int("keys", 100, "valid keys (in the edge's origin and nginx's map)")
@@ -83,7 +85,7 @@ func runCompare(e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "bench compare: --duration, --rounds and --concurrency must be positive, --stream-share in 0..1")
 		return 2
 	}
-	res, mode, err := compareStack(e.ctx, e, compareOpts{duration: *duration, warmup: *warmup, conc: *conc, nkeys: *nkeys, rounds: *rounds,
+	res, mode, err := compareStack(e.ctx, e, compareOpts{duration: *duration, warmup: *warmup, conc: *conc, nkeys: *nkeys, rounds: *rounds, streamProbe: *streamProbe,
 		stream: *stream, chunk: *chunk, nginxBin: *nginxBin, skipNginx: *skipNginx, quiet: *quiet, binDir: stackBinDir(*inProcess)})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "bench compare: %v\n", err)
