@@ -12,6 +12,8 @@ const (
 	TargetDirect  = "direct"
 	TargetKeymesh = "keymesh"
 	TargetNginx   = "nginx"
+	// TargetBare is BareProxy: the fasthttp floor under the edge.
+	TargetBare = "bare fasthttp"
 )
 
 // CompareTarget is one system a comparison sends the same load to.

@@ -20,6 +20,35 @@ var hopByHop = []string{
 	"TE", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
+var hopByHopBytes = func() (out [][]byte) {
+	for _, name := range hopByHop {
+		out = append(out, []byte(name))
+	}
+	return out
+}()
+
+// stripRequestHopByHop and stripResponseHopByHop look for a hop-by-hop
+// header in one pass first: most messages carry none, and deleting each
+// possible name is a scan of its own. (Ranging over the concrete type's
+// headers allocates nothing; through an interface it would.)
+func stripRequestHopByHop(h *fasthttp.RequestHeader) {
+	for k := range h.All() {
+		if isHopByHop(k) {
+			stripHopByHop(h)
+			return
+		}
+	}
+}
+
+func stripResponseHopByHop(h *fasthttp.ResponseHeader) {
+	for k := range h.All() {
+		if isHopByHop(k) {
+			stripHopByHop(h)
+			return
+		}
+	}
+}
+
 func stripHopByHop(h interface {
 	Peek(string) []byte
 	Del(string)
@@ -38,6 +67,19 @@ func stripHopByHop(h interface {
 	}
 }
 
+// isHopByHop reports whether k (any letter case) is one of hopByHop.
+func isHopByHop(k []byte) bool {
+	switch len(k) {
+	case 2, 7, 10, 16, 17, 18, 19:
+		for _, name := range hopByHopBytes {
+			if len(name) == len(k) && bytes.EqualFold(k, name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // forward sends the request to one of the route's upstreams and relays the
 // answer; a streamed answer is relayed chunk by chunk as it arrives, and is
 // returned (nil otherwise) so that the request is finished once it is.
@@ -54,7 +96,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	// flag and make the upstream request HTTPS too.
 	ctx.Request.Header.CopyTo(&req.Header)
 	req.SetBodyRaw(ctx.Request.Body()) // ctx outlives the upstream call that reads it
-	stripHopByHop(&req.Header)
+	stripRequestHopByHop(&req.Header)
 	if !s.setUpstreamAuth(&req.Header, rt.dep, cred, fromAuth) {
 		fail(ctx, errUpstreamAuth, 0)
 		return nil
@@ -93,7 +135,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	}
 
 	resp.Header.CopyTo(&ctx.Response.Header)
-	stripHopByHop(&ctx.Response.Header)
+	stripResponseHopByHop(&ctx.Response.Header)
 	// serve put the request's id on the request too.
 	ctx.Response.Header.SetBytesKV(headerRequestID, ctx.Request.Header.PeekBytes(headerRequestID))
 	lim.setHeaders(&ctx.Response.Header)

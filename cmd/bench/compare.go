@@ -44,7 +44,12 @@ func compareStack(ctx context.Context, e *env, o compareOpts) (*bench.CompareRes
 
 // compareOn runs the comparison on a running stack with its keys.
 func compareOn(ctx context.Context, e *env, st *stack, keys []*bench.Key, o compareOpts) (*bench.CompareResult, error) {
-	targets := []bench.CompareTarget{{Name: bench.TargetDirect, URL: st.upstreamURL()}, {Name: bench.TargetKeymesh, URL: st.edges[0].url}}
+	bare, err := st.startBareProxy(ctx)
+	if err != nil {
+		return nil, err
+	}
+	targets := []bench.CompareTarget{{Name: bench.TargetDirect, URL: st.upstreamURL()}, {Name: bench.TargetKeymesh, URL: st.edges[0].url},
+		{Name: bench.TargetBare, URL: bare}}
 	if !o.skipNginx {
 		ng, err := bench.StartNginx(ctx, bench.NginxConfig{Binary: o.nginxBin, Upstream: st.upstreamURL(), Keys: secrets(keys)})
 		if err != nil {

@@ -61,7 +61,7 @@ func TestBenchCommandsRejectBadFlags(t *testing.T) {
 			t.Errorf("%v: want one line, got %q", args, stderr.String())
 		}
 	}
-	for _, name := range []string{"load", "flood", "propagation", "compare", "suite", "freeport"} {
+	for _, name := range []string{"load", "flood", "propagation", "compare", "suite", "freeport", "bareproxy"} {
 		e, stdout, _ := testEnv(context.Background(), nil)
 		if code := run(e, []string{name, "--help"}); code != 0 || !strings.Contains(stdout.String(), "bench "+name) {
 			t.Errorf("%s --help: exit %d:\n%s", name, code, stdout.String())
@@ -192,9 +192,9 @@ func TestCompare(t *testing.T) {
 			if mode.name == "processes" && !strings.Contains(how, "separate processes") {
 				t.Errorf("mode %q", how)
 			}
-			want := 3
+			want := 4 // direct, keymesh, bare fasthttp, nginx
 			if nerr != nil {
-				want = 2
+				want = 3
 			}
 			if len(res.Runs) != want {
 				t.Fatalf("runs: %d, want %d", len(res.Runs), want)

@@ -41,7 +41,8 @@ type command struct {
 // (load, compare, propagation, flood) is one entry here, or one
 // `func init() { commands["name"] = command{...} }` in its own file.
 var commands = map[string]command{
-	"upstream": {"serve a mock OpenAI-compatible inference server", runUpstream},
+	"upstream":  {"serve a mock OpenAI-compatible inference server", runUpstream},
+	"bareproxy": {"serve the bare fasthttp proxy compare measures keymesh against (no checks: never in production)", runBareProxy},
 }
 
 func main() {
@@ -113,6 +114,26 @@ func parseFlags(e *env, fs *flag.FlagSet, about string, args []string) (int, boo
 		return 2, true
 	}
 	return 0, false
+}
+
+func runBareProxy(e *env, args []string) int {
+	fs := flag.NewFlagSet("bench bareproxy", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:8081", "address to serve on")
+	upstream := fs.String("upstream", "http://127.0.0.1:8000", "where every request goes")
+	about := "bench bareproxy serves the smallest fasthttp reverse proxy — copy, forward, stream back, no key check,\n" +
+		"no limits, no audit — in front of --upstream: the floor bench compare holds a keymesh edge against."
+	if code, done := parseFlags(e, fs, about, args); done {
+		return code
+	}
+	p, err := bench.StartBareProxy(*upstream, *listen)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bench bareproxy: %v\n", err)
+		return 1
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, nil))
+	log.Info("bare proxy listening", "url", p.URL(), "upstream", *upstream)
+	<-e.ctx.Done()
+	return cli.Drain(log, 5*time.Second, p.Shutdown)
 }
 
 func runUpstream(e *env, args []string) int {

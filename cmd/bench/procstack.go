@@ -187,6 +187,36 @@ func (s *stack) stopProcesses() {
 	}
 }
 
+// startBareProxy starts a bench.BareProxy in front of the stack's upstream,
+// in a process of its own when the stack's are (this binary's bareproxy
+// command), and returns its URL; the stack stops it.
+func (s *stack) startBareProxy(ctx context.Context) (string, error) {
+	if len(s.procs) == 0 {
+		p, err := bench.StartBareProxy(s.upstreamURL(), "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		s.onStop = append(s.onStop, func(ctx context.Context) { _ = p.Shutdown(ctx) })
+		return p.URL(), nil
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		return "", err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if err := s.spawn(ctx, "bareproxy", []string{self, "bareproxy", "--listen", addr, "--upstream", s.upstreamURL()}); err != nil {
+		return "", err
+	}
+	if err := waitHTTP(ctx, "http://"+addr+"/health"); err != nil {
+		return "", s.failed("bareproxy", err)
+	}
+	return "http://" + addr, nil
+}
+
 // appliedRevision is the revision an edge has applied.
 func (e *edgeNode) appliedRevision(ctx context.Context) (uint64, error) {
 	if e.srv != nil {

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"net"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/keymesh/keymesh/bench"
 )
 
 // BenchmarkProxy measures one keyed chat completion through a keymesh edge
@@ -32,10 +32,13 @@ func BenchmarkProxy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	baseline, stop := startBaselineProxy(b, st.upstream.URL())
-	defer stop()
+	bare, err := bench.StartBareProxy(st.upstream.URL(), "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bare.Shutdown(context.Background())
 	body := []byte(`{"model": "mock-model", "messages": [{"role": "user", "content": "Hello!"}]}`)
-	for _, target := range []struct{ name, url string }{{"baseline", baseline}, {"edge", st.edges[0].url}} {
+	for _, target := range []struct{ name, url string }{{"baseline", bare.URL()}, {"edge", st.edges[0].url}} {
 		b.Run(target.name, func(b *testing.B) {
 			c := &fasthttp.Client{MaxConnsPerHost: 256}
 			url := target.url + "/v1/chat/completions"
@@ -61,49 +64,4 @@ func BenchmarkProxy(b *testing.B) {
 			})
 		})
 	}
-}
-
-// startBaselineProxy serves the minimal fasthttp reverse proxy to upstream.
-func startBaselineProxy(b *testing.B, upstream string) (url string, stop func()) {
-	b.Helper()
-	client := &fasthttp.Client{StreamResponseBody: true, MaxConnsPerHost: 1024}
-	upstream = strings.TrimRight(upstream, "/")
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		req := fasthttp.AcquireRequest()
-		defer fasthttp.ReleaseRequest(req)
-		ctx.Request.Header.CopyTo(&req.Header)
-		req.SetBodyRaw(ctx.Request.Body())
-		req.SetRequestURI(upstream + string(ctx.Request.RequestURI()))
-		resp := fasthttp.AcquireResponse()
-		if err := client.Do(req, resp); err != nil {
-			fasthttp.ReleaseResponse(resp)
-			ctx.Error(err.Error(), fasthttp.StatusBadGateway)
-			return
-		}
-		resp.Header.CopyTo(&ctx.Response.Header)
-		if bs := resp.BodyStream(); bs != nil {
-			ctx.Response.SetBodyStream(&releasingBody{resp}, resp.Header.ContentLength())
-			return
-		}
-		ctx.Response.SetBody(resp.Body())
-		fasthttp.ReleaseResponse(resp)
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	return "http://" + ln.Addr().String(), func() { _ = srv.Shutdown() }
-}
-
-// releasingBody streams an upstream body and releases its response once
-// the server is done with it.
-type releasingBody struct{ resp *fasthttp.Response }
-
-func (r *releasingBody) Read(p []byte) (int, error) { return r.resp.BodyStream().Read(p) }
-
-func (r *releasingBody) Close() error {
-	err := r.resp.CloseBodyStream()
-	fasthttp.ReleaseResponse(r.resp)
-	return err
 }

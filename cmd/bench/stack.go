@@ -57,8 +57,9 @@ type stack struct {
 	dep      *bench.Deployment
 	closed   sync.Once
 
-	procs []*process // a process stack's children
-	upURL string     // a process stack's upstream
+	procs  []*process // a process stack's children
+	upURL  string     // a process stack's upstream
+	onStop []func(context.Context)
 }
 
 func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
@@ -243,6 +244,9 @@ func (s *stack) stop() {
 	defer cancel()
 	for _, e := range s.edges {
 		e.stop()
+	}
+	for _, f := range s.onStop {
+		f(ctx)
 	}
 	s.stopProcesses()
 	if s.upstream != nil {
