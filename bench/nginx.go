@@ -61,7 +61,11 @@ pid {{.Dir}}/nginx.pid;
 error_log {{.Dir}}/error.log warn;
 events { worker_connections 8192; }
 http {
-  access_log off;
+  # As an operator would run it, and as the edge works: one access-log line
+  # per request (buffered, like the edge's audit records), forwarded-for,
+  # scheme and a request id sent upstream and back.
+  log_format keymesh '$time_iso8601 $remote_addr $request_method $uri $status $request_time $request_id';
+  access_log {{.Dir}}/access.log keymesh buffer=256k flush=1s;
   client_body_temp_path {{.Dir}}/body;
   proxy_temp_path {{.Dir}}/proxy;
   fastcgi_temp_path {{.Dir}}/fastcgi;
@@ -101,6 +105,10 @@ http {
       proxy_set_header Connection "";
       proxy_set_header X-API-Key "";
       proxy_set_header Authorization "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id always;
       proxy_buffering off;
       proxy_read_timeout 120s;
     }
