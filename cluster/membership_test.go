@@ -5,132 +5,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/keymesh/keymesh/internal/netcut"
 )
 
-// cutTransport is memberlist's NetTransport with a switch that drops every
-// packet and stream in both directions, as a network partition would. It
-// overrides the node-aware methods too: memberlist calls WriteToAddress and
-// DialAddressTimeout, which would otherwise be promoted from NetTransport
-// and bypass the cut.
-type cutTransport struct {
-	*memberlist.NetTransport
-	cut     atomic.Bool
-	packets chan *memberlist.Packet
-	streams chan net.Conn
-	stop    chan struct{}
-}
-
-var _ memberlist.NodeAwareTransport = (*cutTransport)(nil)
-
-var errCut = errors.New("link cut")
-
-func newCutTransport(t testing.TB) *cutTransport {
+// startCuttable starts a node on a cuttable transport.
+func startCuttable(t *testing.T, name string, join ...string) (*node, *netcut.Transport) {
 	t.Helper()
-	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{"127.0.0.1"},
-		Logger: log.New(io.Discard, "", 0)})
+	ct, err := netcut.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ct := &cutTransport{NetTransport: nt, packets: make(chan *memberlist.Packet), streams: make(chan net.Conn),
-		stop: make(chan struct{})}
-	go func() {
-		for {
-			select {
-			case <-ct.stop:
-				return
-			case p := <-nt.PacketCh():
-				if ct.cut.Load() {
-					continue
-				}
-				select {
-				case ct.packets <- p:
-				case <-ct.stop:
-					return
-				}
-			}
-		}
-	}()
-	go func() {
-		for {
-			select {
-			case <-ct.stop:
-				return
-			case c := <-nt.StreamCh():
-				if ct.cut.Load() {
-					c.Close()
-					continue
-				}
-				select {
-				case ct.streams <- c:
-				case <-ct.stop:
-					c.Close()
-					return
-				}
-			}
-		}
-	}()
-	return ct
-}
-
-func (ct *cutTransport) bindAddr() string {
-	return "127.0.0.1:" + strconv.Itoa(ct.GetAutoBindPort())
-}
-
-func (ct *cutTransport) PacketCh() <-chan *memberlist.Packet { return ct.packets }
-func (ct *cutTransport) StreamCh() <-chan net.Conn           { return ct.streams }
-
-func (ct *cutTransport) WriteTo(b []byte, addr string) (time.Time, error) {
-	if ct.cut.Load() {
-		return time.Now(), nil // lost on the way, as UDP is
-	}
-	return ct.NetTransport.WriteTo(b, addr)
-}
-
-func (ct *cutTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
-	if ct.cut.Load() {
-		return time.Now(), nil
-	}
-	return ct.NetTransport.WriteToAddress(b, a)
-}
-
-func (ct *cutTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
-	if ct.cut.Load() {
-		return nil, errCut
-	}
-	return ct.NetTransport.DialTimeout(addr, timeout)
-}
-
-func (ct *cutTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
-	if ct.cut.Load() {
-		return nil, errCut
-	}
-	return ct.NetTransport.DialAddressTimeout(a, timeout)
-}
-
-func (ct *cutTransport) Shutdown() error {
-	select {
-	case <-ct.stop:
-	default:
-		close(ct.stop)
-	}
-	return ct.NetTransport.Shutdown()
-}
-
-// startCuttable starts a node on a cuttable transport.
-func startCuttable(t *testing.T, name string, join ...string) (*node, *cutTransport) {
-	t.Helper()
-	ct := newCutTransport(t)
 	n := startWith(t, name, [][]byte{testKey}, join, func(c *Config) {
-		c.Transport, c.BindAddr = ct, ct.bindAddr()
+		c.Transport, c.BindAddr = ct, ct.Addr()
 	})
 	return n, ct
 }
@@ -173,7 +66,7 @@ func TestPartitionRejoinConverges(t *testing.T) {
 		return nil
 	})
 
-	cut.cut.Store(true)
+	cut.Cut()
 	waitPeers(t, 20*time.Second, 1, a, b)
 	waitPeers(t, 20*time.Second, 0, c)
 	for rev := uint64(6); rev <= 30; rev++ { // while c is away
@@ -191,7 +84,7 @@ func TestPartitionRejoinConverges(t *testing.T) {
 		t.Fatalf("c applied %d during the partition", c.appliedRev())
 	}
 
-	cut.cut.Store(false)
+	cut.Heal()
 	waitPeers(t, 20*time.Second, 2, a, b, c)
 	checkFor(t, 20*time.Second, func() error {
 		if got := c.appliedRev(); got != 30 {

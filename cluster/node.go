@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
@@ -109,6 +110,10 @@ type Cluster struct {
 	peers   map[string]memberlist.Node // copies: memberlist mutates its own
 	failed  map[string]failedPeer      // peers that failed (not left): joined again
 	leaving map[string]time.Time       // peers that said they are leaving
+
+	hbMu   sync.Mutex
+	hbSeen [8]uint64 // hashes of the last heartbeats seen
+	hbNext int
 
 	meta      atomic.Pointer[[]byte] // our node metadata
 	kick      chan struct{}          // advertise now
@@ -244,8 +249,17 @@ func (c *Cluster) Record(rev uint64, wire []byte) {
 
 // RecordHeartbeat offers a sealed origin heartbeat this node has verified
 // (and found newer than any before) to its peers. Only the newest queued
-// heartbeat is kept.
+// heartbeat is kept, and none is sent while every peer says it reaches
+// NATS itself (Info.NATS): then nobody needs it.
 func (c *Cluster) RecordHeartbeat(wire []byte) {
+	c.seenHeartbeat(wire)
+	needed := false
+	for _, p := range c.Peers() {
+		needed = needed || !p.NATS
+	}
+	if !needed {
+		return
+	}
 	msg := append([]byte{msgHeartbeat}, wire...)
 	c.hbSent.Add(1)
 	if len(msg) <= maxGossipBytes {
@@ -284,6 +298,25 @@ func (c *Cluster) sendAsync(n *memberlist.Node, msg []byte, ok func()) {
 			ok()
 		}
 	}()
+}
+
+// seenHeartbeat reports whether wire is one of the last few heartbeats
+// seen, and remembers it: every peer with NATS may gossip the same one, and
+// verifying a signature costs more than comparing a hash.
+func (c *Cluster) seenHeartbeat(wire []byte) bool {
+	h := fnv.New64a()
+	h.Write(wire)
+	sum := h.Sum64()
+	c.hbMu.Lock()
+	defer c.hbMu.Unlock()
+	for _, s := range c.hbSeen {
+		if s == sum {
+			return true
+		}
+	}
+	c.hbSeen[c.hbNext%len(c.hbSeen)] = sum
+	c.hbNext++
+	return false
 }
 
 // known reports whether rev has been Recorded (and so needs no delivery).
@@ -394,6 +427,9 @@ func (c *Cluster) handle(msg []byte) {
 		}
 	case msgHeartbeat:
 		c.hbReceived.Add(1)
+		if c.seenHeartbeat(msg[1:]) {
+			return // the same heartbeat again, from another peer
+		}
 		c.cfg.DeliverHeartbeat(msg[1:])
 	case msgCatchUp:
 		if len(msg) >= 17 {
