@@ -50,6 +50,7 @@ func (s *stack) gossipEdgesWith(n int, o gossipOpts) ([]*proxy.Server, []*relay)
 		e := s.startEdge(edgeOpts{natsURL: link.URL(), staleness: o.staleness, configure: func(c *proxy.Config) {
 			c.Gossip = proxy.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{gossipKey}, Local: true,
 				Name: fmt.Sprintf("edge-%02d", i), Join: join}
+			c.MaxKeys = leanMaxKeys
 			if o.configure != nil {
 				o.configure(i, c)
 			}

@@ -55,6 +55,9 @@ type peerStatus struct {
 	NATSConnected   bool   `json:"nats_connected"`
 }
 
+// NATSConnected reports whether the edge's NATS connection is up.
+func (s *Server) NATSConnected() bool { return s.nc.IsConnected() }
+
 // Status returns what /status reports.
 func (s *Server) Status() any {
 	current, at := s.view.Current()
