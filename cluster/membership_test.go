@@ -354,3 +354,42 @@ func TestAsk(t *testing.T) {
 		t.Fatalf("nobody holds k2: %v (ctx %v)", err, ctx.Err())
 	}
 }
+
+// Behind a peer, a node first fetches from its own source (the edge:
+// JetStream); peers are asked only when that fails.
+func TestCatchUpFetchesFirst(t *testing.T) {
+	a := start(t, "a", testKey)
+	for rev := uint64(1); rev <= 10; rev++ {
+		a.fromStream(rev, []byte(fmt.Sprintf("e%d", rev)))
+	}
+	a.c.queue.Reset() // as if those broadcasts went out before the others joined
+	late := func(name string, fetchErr error) *node {
+		var n *node
+		n = startWith(t, name, [][]byte{testKey}, []string{a.c.Addr()}, func(c *Config) {
+			c.Fetch = func(from, to uint64) error {
+				if fetchErr != nil {
+					return fetchErr
+				}
+				for rev := from; rev <= to; rev++ {
+					n.deliver(rev, []byte(fmt.Sprintf("e%d", rev)))
+				}
+				return nil
+			}
+		})
+		checkFor(t, 10*time.Second, func() error {
+			if got := n.appliedRev(); got != 10 {
+				return fmt.Errorf("%s applied %d of 10", name, got)
+			}
+			return nil
+		})
+		return n
+	}
+	f := late("fetcher", nil)
+	if st := f.c.Stats(); st.Fetches == 0 || st.CatchUpsAsked != 0 {
+		t.Fatalf("fetched %d times, asked peers %d times", st.Fetches, st.CatchUpsAsked)
+	}
+	_ = f.c.Shutdown() // it would gossip what it fetched
+	if st := late("asker", errors.New("NATS unreachable")).c.Stats(); st.Fetches == 0 || st.CatchUpsAsked == 0 {
+		t.Fatalf("fetching failed: fetched %d times, asked peers %d times", st.Fetches, st.CatchUpsAsked)
+	}
+}
