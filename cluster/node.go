@@ -108,6 +108,7 @@ type Cluster struct {
 
 	peersMu sync.Mutex
 	peers   map[string]memberlist.Node // copies: memberlist mutates its own
+	peersV  atomic.Uint64              // raised on every change of peers
 	failed  map[string]failedPeer      // peers that failed (not left): joined again
 	leaving map[string]time.Time       // peers that said they are leaving
 
@@ -338,6 +339,10 @@ func (c *Cluster) Peers() []Peer {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
+
+// PeersVersion changes whenever a peer joins, leaves or updates what it
+// advertises: callers can skip re-reading Peers while it stays the same.
+func (c *Cluster) PeersVersion() uint64 { return c.peersV.Load() }
 
 // Stats returns a copy of the counters.
 func (c *Cluster) Stats() Stats {
@@ -613,6 +618,7 @@ func (c *Cluster) setPeer(n *memberlist.Node) {
 	cp.Meta = append([]byte(nil), n.Meta...)
 	c.peersMu.Lock()
 	c.peers[n.Name] = cp
+	c.peersV.Add(1)
 	delete(c.failed, n.Name)
 	delete(c.leaving, n.Name)
 	c.peersMu.Unlock()
@@ -627,6 +633,7 @@ func (c *Cluster) dropPeer(n *memberlist.Node) (left bool) {
 	c.peersMu.Lock()
 	defer c.peersMu.Unlock()
 	delete(c.peers, n.Name)
+	c.peersV.Add(1)
 	if _, ok := c.leaving[n.Name]; ok {
 		delete(c.leaving, n.Name)
 		delete(c.failed, n.Name)

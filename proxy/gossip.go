@@ -50,6 +50,12 @@ type gossipHook struct {
 	c atomic.Pointer[cluster.Cluster]
 	v atomic.Pointer[cache.View]
 
+	// hbEvery is the least time between two heartbeats passed on to peers
+	// (a quarter of --max-staleness: a heartbeat every interval is more
+	// than a View needs); hbLast, when the last one was.
+	hbEvery time.Duration
+	hbLast  atomic.Int64
+
 	peerLookups, peerAnswers, hbRejected atomic.Uint64
 }
 
@@ -61,9 +67,17 @@ func (h *gossipHook) record(rev uint64, wire []byte) {
 
 // heartbeat passes a new origin heartbeat from NATS on to the peers.
 func (h *gossipHook) heartbeat(wire []byte) {
-	if c := h.c.Load(); c != nil {
+	if c := h.c.Load(); c != nil && h.due() {
 		c.RecordHeartbeat(wire)
 	}
+}
+
+// due reports whether a heartbeat should be passed on now, and if so
+// notes that one was.
+func (h *gossipHook) due() bool {
+	now := time.Now().UnixNano()
+	last := h.hbLast.Load()
+	return now-last >= int64(h.hbEvery) && h.hbLast.CompareAndSwap(last, now)
 }
 
 // peerHeartbeat takes an origin heartbeat a peer relayed: verified by the
@@ -78,7 +92,7 @@ func (h *gossipHook) peerHeartbeat(wire []byte) {
 		h.hbRejected.Add(1)
 		return
 	}
-	if fresh {
+	if fresh && h.due() {
 		c.RecordHeartbeat(wire)
 	}
 }
@@ -152,6 +166,12 @@ func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
 	}
 	cfg.Join, cfg.Keys, cfg.Insecure = g.Join, g.Keys, g.Insecure
 	s.gossipHook.v.Store(view)
+	switch st := s.cfg.MaxStaleness; {
+	case st == 0:
+		s.gossipHook.hbEvery = 10 * time.Second / 4 // the View's default bound
+	case st > 0:
+		s.gossipHook.hbEvery = st / 4
+	}
 	cfg.Deliver = feed.Offer
 	cfg.DeliverHeartbeat = s.gossipHook.peerHeartbeat
 	cfg.Applied = view.AppliedRevision
@@ -212,6 +232,15 @@ func (s *Server) GossipAddr() string {
 func (s *Server) GossipStats() (rejected, dropped uint64) {
 	rejected, dropped = s.feed.GossipStats()
 	return rejected + s.gossipHook.hbRejected.Load(), dropped
+}
+
+// peersVersion changes whenever what the gossip peers advertise does (0
+// without gossip).
+func (s *Server) peersVersion() uint64 {
+	if s.gossip == nil {
+		return 0
+	}
+	return s.gossip.PeersVersion()
 }
 
 // relayed returns the peers whose heartbeats this edge publishes: peers

@@ -58,6 +58,7 @@ func (s *Server) startHeartbeat() {
 		defer check.Stop()
 		sent := s.publishHeartbeat()
 		relayed := s.publishRelayed(nil)
+		var peersV uint64
 		for {
 			select {
 			case <-hb.stop:
@@ -69,7 +70,10 @@ func (s *Server) startHeartbeat() {
 				if s.view.AppliedRevision() != sent {
 					sent = s.publishHeartbeat()
 				}
-				relayed = s.publishRelayed(relayed)
+				if v := s.peersVersion(); v != peersV { // what peers advertise changed
+					peersV = v
+					relayed = s.publishRelayed(relayed)
+				}
 			}
 		}
 	}()

@@ -26,6 +26,8 @@ var ErrCut = errors.New("netcut: link cut")
 type Transport struct {
 	*memberlist.NetTransport
 	cut     atomic.Bool
+	closing chan struct{} // closed first by Shutdown: drain, forward nothing
+	closeMu sync.Once
 	packets chan *memberlist.Packet
 	streams chan net.Conn
 	stop    chan struct{}
@@ -42,7 +44,7 @@ func New() (*Transport, error) {
 		return nil, err
 	}
 	t := &Transport{NetTransport: nt, packets: make(chan *memberlist.Packet), streams: make(chan net.Conn),
-		stop: make(chan struct{})}
+		stop: make(chan struct{}), closing: make(chan struct{})}
 	go t.forwardPackets()
 	go t.forwardStreams()
 	return t, nil
@@ -66,6 +68,7 @@ func (t *Transport) forwardPackets() {
 			}
 			select {
 			case t.packets <- p:
+			case <-t.closing:
 			case <-t.stop:
 				return
 			}
@@ -85,6 +88,8 @@ func (t *Transport) forwardStreams() {
 			}
 			select {
 			case t.streams <- c:
+			case <-t.closing:
+				c.Close()
 			case <-t.stop:
 				c.Close()
 				return
@@ -124,8 +129,11 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 	return t.NetTransport.DialAddressTimeout(a, timeout)
 }
 
-// Shutdown stops forwarding and closes the sockets.
+// Shutdown closes the sockets, then stops forwarding: NetTransport's
+// listeners may be blocked handing over a packet or stream until then.
 func (t *Transport) Shutdown() error {
+	t.closeMu.Do(func() { close(t.closing) })
+	err := t.NetTransport.Shutdown()
 	t.once.Do(func() { close(t.stop) })
-	return t.NetTransport.Shutdown()
+	return err
 }
