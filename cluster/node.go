@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -131,6 +132,7 @@ type Cluster struct {
 	shutOnce  sync.Once
 
 	joinAttempts                                                                              atomic.Uint64
+	joinFailures                                                                              atomic.Uint64 // failed attempts in a row
 	broadcast, sentTCP, received, droppedInbox, droppedQueue, droppedSends                    atomic.Uint64
 	requests, answered, asked, askFailures, fetches, hbSent, hbReceived                       atomic.Uint64
 	asksN, asksAnswered, answersRefused, asksServed, joins, rejoins, left, failedN, conflicts atomic.Uint64
@@ -586,9 +588,15 @@ func (c *Cluster) join(targets []string, rejoin bool) {
 		return
 	}
 	if n == 0 {
-		c.log.Warn("gossip: joining cluster; retrying", "join", targets, "err", err)
+		// Loud once per streak: a failed peer may stay away for hours.
+		level := slog.LevelDebug
+		if c.joinFailures.Add(1) == 1 {
+			level = slog.LevelWarn
+		}
+		c.log.Log(context.Background(), level, "gossip: joining cluster; retrying", "join", targets, "err", err)
 		return
 	}
+	c.joinFailures.Store(0)
 	c.joins.Add(1)
 	if rejoin {
 		c.rejoins.Add(1)
