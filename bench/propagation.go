@@ -28,6 +28,10 @@ type PropagationConfig struct {
 	Timeout                time.Duration // per change; default 10s
 	Progress               io.Writer
 	PauseBetweenIterations time.Duration
+	// GossipOnly lists the indexes (into Edges) of edges whose NATS link is
+	// cut, so that changes reach them by gossip alone; their own delays are
+	// also summarised apart.
+	GossipOnly []int
 }
 
 // PropagationSample is one change: how long until every edge showed it.
@@ -42,15 +46,23 @@ type PropagationSample struct {
 
 // PropagationResult is the outcome of RunPropagation.
 type PropagationResult struct {
-	Edges      int                 `json:"edges"`
-	Iterations int                 `json:"iterations"`
-	PollMs     float64             `json:"poll_interval_ms"`
-	Unlink     Percentiles         `json:"unlink"`
-	Relink     Percentiles         `json:"relink"`
-	All        Percentiles         `json:"all"`
-	PerEdge    Percentiles         `json:"per_edge"` // every edge's own delay
-	Timeouts   int                 `json:"timeouts"`
-	Samples    []PropagationSample `json:"samples"`
+	Edges      int         `json:"edges"`
+	Iterations int         `json:"iterations"`
+	PollMs     float64     `json:"poll_interval_ms"`
+	Unlink     Percentiles `json:"unlink"`
+	Relink     Percentiles `json:"relink"`
+	All        Percentiles `json:"all"`
+	PerEdge    Percentiles `json:"per_edge"` // every edge's own delay
+	// UnlinkPerEdge is every edge's own delay from an unlink's API response
+	// to its refusing the key.
+	UnlinkPerEdge Percentiles `json:"unlink_per_edge"`
+	// GossipOnlyEdges counts the edges reached by gossip alone (NATS cut);
+	// GossipOnlyUnlinkPerEdge and GossipOnlyPerEdge are their own delays.
+	GossipOnlyEdges         int                 `json:"gossip_only_edges,omitempty"`
+	GossipOnlyUnlinkPerEdge *Percentiles        `json:"gossip_only_unlink_per_edge,omitempty"`
+	GossipOnlyPerEdge       *Percentiles        `json:"gossip_only_per_edge,omitempty"`
+	Timeouts                int                 `json:"timeouts"`
+	Samples                 []PropagationSample `json:"samples"`
 }
 
 // RunPropagation runs cfg.Iterations unlink/relink pairs.
@@ -83,8 +95,14 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 		return nil, fmt.Errorf("edges never accepted the linked key: %w", err)
 	}
 
-	res := &PropagationResult{Edges: len(cfg.Edges), Iterations: cfg.Iterations, PollMs: float64(cfg.Poll) / 1e6}
+	res := &PropagationResult{Edges: len(cfg.Edges), Iterations: cfg.Iterations, PollMs: float64(cfg.Poll) / 1e6,
+		GossipOnlyEdges: len(cfg.GossipOnly)}
 	unlink, relink, all, perEdge := NewLatency(), NewLatency(), NewLatency(), NewLatency()
+	unlinkPerEdge, gossipUnlink, gossipAll := NewLatency(), NewLatency(), NewLatency()
+	gossipOnly := map[int]bool{}
+	for _, i := range cfg.GossipOnly {
+		gossipOnly[i] = true
+	}
 	for i := range cfg.Iterations {
 		for _, link := range []bool{false, true} {
 			if err := ctx.Err(); err != nil {
@@ -109,8 +127,17 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 				res.Timeouts++
 			}
 			var worst time.Duration
-			for _, d := range delays {
+			for i, d := range delays {
 				perEdge.Record(d)
+				if !link {
+					unlinkPerEdge.Record(d)
+				}
+				if gossipOnly[i] {
+					gossipAll.Record(d)
+					if !link {
+						gossipUnlink.Record(d)
+					}
+				}
 				worst = max(worst, d)
 			}
 			s.Millis = float64(worst) / 1e6
@@ -137,6 +164,11 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 		fmt.Fprintln(cfg.Progress)
 	}
 	res.Unlink, res.Relink, res.All, res.PerEdge = unlink.Summary(), relink.Summary(), all.Summary(), perEdge.Summary()
+	res.UnlinkPerEdge = unlinkPerEdge.Summary()
+	if len(gossipOnly) > 0 {
+		gu, ga := gossipUnlink.Summary(), gossipAll.Summary()
+		res.GossipOnlyUnlinkPerEdge, res.GossipOnlyPerEdge = &gu, &ga
+	}
 	return res, nil
 }
 
@@ -206,11 +238,21 @@ func PropagationMarkdown(r *PropagationResult, chart string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d edges, %d unlink/relink pairs, each edge polled every %.1f ms; time from the API response until the last edge showed the change.\n\n",
 		r.Edges, r.Iterations, r.PollMs)
+	if r.GossipOnlyEdges > 0 {
+		fmt.Fprintf(&b, "NATS was cut for %d of the edges: changes reached them by gossip alone.\n\n", r.GossipOnlyEdges)
+	}
 	b.WriteString("| change | count | p50 ms | p90 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n")
-	for _, row := range []struct {
+	type row struct {
 		n string
 		p Percentiles
-	}{{"unlink → every edge refuses", r.Unlink}, {"relink → every edge accepts", r.Relink}, {"all changes (last edge)", r.All}, {"each edge on its own", r.PerEdge}} {
+	}
+	rows := []row{{"unlink → every edge refuses", r.Unlink}, {"relink → every edge accepts", r.Relink}, {"all changes (last edge)", r.All},
+		{"each edge on its own", r.PerEdge}, {"unlink, each edge on its own", r.UnlinkPerEdge}}
+	if r.GossipOnlyUnlinkPerEdge != nil && r.GossipOnlyPerEdge != nil {
+		rows = append(rows, row{"unlink, each gossip-only edge", *r.GossipOnlyUnlinkPerEdge},
+			row{"each gossip-only edge on its own", *r.GossipOnlyPerEdge})
+	}
+	for _, row := range rows {
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s |\n", row.n, row.p.Count, ms(row.p.P50), ms(row.p.P90), ms(row.p.P99), ms(row.p.Max))
 	}
 	if r.Timeouts > 0 {

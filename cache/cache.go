@@ -94,6 +94,11 @@ type Config struct {
 	FailOpen bool
 	// ObserveLookup, if set, is told how long each miss-path lookup took.
 	ObserveLookup func(d time.Duration, err error)
+	// PeerRecordBytes bounds the sealed key records the View keeps so that
+	// it can answer gossip peers' lookups (SealedRecord): the last record
+	// it read or applied for each secret it has looked up. Default 16 MiB;
+	// negative keeps none.
+	PeerRecordBytes int64
 	// Logger receives warnings. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for expiry checks. Default time.Now.
@@ -188,6 +193,10 @@ type Stats struct {
 	// LatestRevision is the highest revision the origin has said, in a
 	// heartbeat, it has published; minus AppliedRevision it is the lag.
 	LatestRevision uint64
+	// PeerHeartbeats counts origin heartbeats relayed by gossip peers that
+	// were genuine and new; PeerRecordsServed, sealed records handed to
+	// peers asking (SealedRecord).
+	PeerHeartbeats, PeerRecordsServed uint64
 }
 
 // View is an edge's knowledge of keys and deployments.
@@ -214,18 +223,31 @@ type View struct {
 	snapshot []byte            // the last sealed snapshot applied
 	depWires map[string][]byte // the last sealed record per deployment since
 
+	// sealed holds, per secret hash, the last sealed key record read or
+	// applied for it, to answer peers (nil: PeerRecordBytes < 0).
+	sealed *ristretto.Cache[uint64, *sealedRecord]
+
 	// current is when the View last proved it was current (unix nanos);
 	// a heartbeat ahead of the applied revision is held in pending until
 	// the stream catches up to it.
 	current    atomic.Int64
 	latest     atomic.Uint64 // highest revision a heartbeat named
+	hbTime     atomic.Int64  // newest heartbeat's own Time seen (unix nanos)
 	pendingMu  sync.Mutex
 	pendingRev uint64
 	pendingAt  int64
-	lastBeat   int64 // Time of the newest heartbeat taken, by the origin's clock
 
 	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected, negHits atomic.Uint64
-	revalidations, staleServed, oldBeats                                               atomic.Uint64
+	revalidations, staleServed, peerHeartbeats, peerServed, oldBeats                   atomic.Uint64
+}
+
+// sealedRecord is a sealed key record kept for peers, with what is needed
+// to tell it is still current without opening it again.
+type sealedRecord struct {
+	hash apikey.Hash
+	rev  uint64
+	gen  uint32
+	wire []byte
 }
 
 // New validates cfg and returns an empty View.
@@ -250,6 +272,9 @@ func New(cfg Config) (*View, error) {
 	}
 	if cfg.NegativeTTL <= 0 {
 		cfg.NegativeTTL = time.Minute
+	}
+	if cfg.PeerRecordBytes == 0 {
+		cfg.PeerRecordBytes = 16 << 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -282,8 +307,24 @@ func New(cfg Config) (*View, error) {
 			return nil, fmt.Errorf("creating negative key cache: %w", err)
 		}
 	}
-	v := &View{cfg: cfg, keys: keys, neg: neg, log: cfg.Logger, now: cfg.Now, gens: newGenerations(cfg.MaxKeys),
-		depWires: map[string][]byte{}}
+	var sealed *ristretto.Cache[uint64, *sealedRecord]
+	if cfg.PeerRecordBytes > 0 {
+		sealed, err = ristretto.NewCache(&ristretto.Config[uint64, *sealedRecord]{
+			NumCounters:        max(cfg.PeerRecordBytes/50, 1000), // ~10 per record of ~500 bytes
+			MaxCost:            cfg.PeerRecordBytes,
+			BufferItems:        64,
+			IgnoreInternalCost: true,
+		})
+		if err != nil {
+			keys.Close()
+			if neg != nil {
+				neg.Close()
+			}
+			return nil, fmt.Errorf("creating peer record cache: %w", err)
+		}
+	}
+	v := &View{cfg: cfg, keys: keys, neg: neg, sealed: sealed, log: cfg.Logger, now: cfg.Now,
+		gens: newGenerations(cfg.MaxKeys), depWires: map[string][]byte{}}
 	v.deps.Store(emptyDeployments)
 	v.current.Store(cfg.Now().UnixNano()) // a fresh View has had no time to fall behind
 	return v, nil
@@ -294,6 +335,9 @@ func (v *View) Close() {
 	v.keys.Close()
 	if v.neg != nil {
 		v.neg.Close()
+	}
+	if v.sealed != nil {
+		v.sealed.Close()
 	}
 }
 
@@ -309,6 +353,7 @@ func (v *View) Stats() Stats {
 		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(), NegativeHits: v.negHits.Load(),
 		Revalidations: v.revalidations.Load(), StaleServed: v.staleServed.Load(), OldHeartbeats: v.oldBeats.Load(),
 		Evictions: v.keys.Metrics.KeysEvicted(), LatestRevision: max(v.latest.Load(), v.applied.Load()),
+		PeerHeartbeats: v.peerHeartbeats.Load(), PeerRecordsServed: v.peerServed.Load(),
 	}
 }
 
@@ -361,38 +406,82 @@ func (v *View) Current() (bool, time.Time) {
 	return v.cfg.MaxStaleness <= 0 || v.now().UnixNano()-at <= int64(v.cfg.MaxStaleness), time.Unix(0, at)
 }
 
-// Heartbeat takes a sealed origin heartbeat. Once the View has applied the
-// revision it names, the View is proven current as of the heartbeat's
-// arrival. Only a heartbeat newer (by the origin's clock) than every one
-// taken before counts: an old one replayed, or a copy arriving twice by
-// another path, proves nothing and is ignored.
+// Heartbeat takes a sealed origin heartbeat that came from the origin
+// (over NATS). Once the View has applied the revision it names, the View is
+// proven current as of the heartbeat's arrival. Only a heartbeat newer (by
+// the origin's clock) than every one taken before counts: an old one
+// replayed, or a copy arriving twice by another path, proves nothing and is
+// ignored (counted in Stats.OldHeartbeats).
 func (v *View) Heartbeat(wire []byte) error {
+	_, err := v.heartbeat(wire, false)
+	return err
+}
+
+// PeerHeartbeat takes a sealed origin heartbeat a gossip peer relayed. It
+// proves currency as of the heartbeat's own signed Time (never later than
+// now), not its arrival, so a replayed old heartbeat proves nothing new.
+// fresh reports a genuine heartbeat newer than any the View had seen: the
+// one worth passing on to other peers.
+func (v *View) PeerHeartbeat(wire []byte) (fresh bool, err error) {
+	fresh, err = v.heartbeat(wire, true)
+	if fresh {
+		v.peerHeartbeats.Add(1)
+	}
+	return fresh, err
+}
+
+func (v *View) heartbeat(wire []byte, fromPeer bool) (fresh bool, err error) {
 	rec, err := v.open(wire)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if rec.Kind != event.KindHeartbeat {
 		v.rejected.Add(1)
-		return fmt.Errorf("%w: want a heartbeat, got %q", event.ErrMalformed, rec.Kind)
+		return false, fmt.Errorf("%w: want a heartbeat, got %q", event.ErrMalformed, rec.Kind)
 	}
 	now := v.now().UnixNano()
-	v.pendingMu.Lock()
-	defer v.pendingMu.Unlock()
-	t := rec.Time.UnixNano()
-	if t <= v.lastBeat {
-		v.oldBeats.Add(1)
-		return nil
+	signed := rec.Time.UnixNano()
+	if rec.Time.IsZero() {
+		signed = 0
 	}
-	v.lastBeat = t
+	for cur := v.hbTime.Load(); ; cur = v.hbTime.Load() {
+		if signed <= cur {
+			break
+		}
+		if v.hbTime.CompareAndSwap(cur, signed) {
+			fresh = true
+			break
+		}
+	}
+	if !fresh {
+		v.oldBeats.Add(1)
+		return false, nil
+	}
+	at := now
+	if fromPeer {
+		at = min(now, signed) // the origin's word for when it was so, not ours
+	}
 	for cur := v.latest.Load(); rec.Revision > cur && !v.latest.CompareAndSwap(cur, rec.Revision); cur = v.latest.Load() {
 	}
+	v.pendingMu.Lock()
+	defer v.pendingMu.Unlock()
 	if rec.Revision <= v.applied.Load() {
-		v.current.Store(now)
-		v.pendingRev = 0
-		return nil
+		v.proven(at)
+		if at >= v.pendingAt {
+			v.pendingRev = 0
+		}
+		return fresh, nil
 	}
-	v.pendingRev, v.pendingAt = rec.Revision, now
-	return nil
+	if v.pendingRev == 0 || at >= v.pendingAt {
+		v.pendingRev, v.pendingAt = rec.Revision, at
+	}
+	return fresh, nil
+}
+
+// proven moves the View's proof of currency forward to at (never back).
+func (v *View) proven(at int64) {
+	for cur := v.current.Load(); at > cur && !v.current.CompareAndSwap(cur, at); cur = v.current.Load() {
+	}
 }
 
 // caughtUp credits a held heartbeat once rev reaches it.
@@ -400,7 +489,7 @@ func (v *View) caughtUp(rev uint64) {
 	v.pendingMu.Lock()
 	defer v.pendingMu.Unlock()
 	if v.pendingRev != 0 && rev >= v.pendingRev {
-		v.current.Store(v.pendingAt)
+		v.proven(v.pendingAt)
 		v.pendingRev = 0
 	}
 }
@@ -448,7 +537,7 @@ func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		rec := res.(*event.Record)
+		rec, wire := res.(fetched).rec, res.(fetched).wire
 		if rec.Kind == event.KindKeyNotFound {
 			if v.neg != nil && rec.Revision >= v.negFloor.Load() {
 				v.neg.SetWithTTL(slot(&h), negative{hash: h, rev: rec.Revision}, 1, v.cfg.NegativeTTL)
@@ -466,13 +555,21 @@ func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
 			continue
 		}
 		v.keys.Set(slot(&h), e, 1)
+		v.keepSealed(h, e.gen, rec.Revision, wire)
 		return e, nil
 	}
 	return nil, ErrUnavailable
 }
 
-// fetch asks the origin about h and verifies the answer is signed and about h.
-func (v *View) fetch(ctx context.Context, h apikey.Hash) (*event.Record, error) {
+// fetched is a verified lookup answer and its sealed bytes.
+type fetched struct {
+	rec  *event.Record
+	wire []byte
+}
+
+// fetch asks the origin (or, through Lookup, a peer) about h and verifies
+// the answer is signed and about h.
+func (v *View) fetch(ctx context.Context, h apikey.Hash) (fetched, error) {
 	v.lookups.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.LookupTimeout)
 	defer cancel()
@@ -483,13 +580,24 @@ func (v *View) fetch(ctx context.Context, h apikey.Hash) (*event.Record, error) 
 	}
 	if err != nil {
 		v.lookupErrs.Add(1)
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fetched{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	rec, err := v.CheckLookupReply(h, wire)
+	if err != nil {
+		v.lookupErrs.Add(1)
+		return fetched{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return fetched{rec, wire}, nil
+}
+
+// CheckLookupReply verifies a sealed answer to a lookup for h, as the miss
+// path does: signed by the origin, and a key holding h or a "no such key"
+// for h. A failure is counted as rejected. It changes nothing.
+func (v *View) CheckLookupReply(h apikey.Hash, wire []byte) (*event.Record, error) {
 	rec, err := v.cfg.Verifier.Open(wire)
 	if err != nil {
 		v.rejected.Add(1)
-		v.lookupErrs.Add(1)
-		return nil, fmt.Errorf("%w: lookup reply: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("lookup reply: %w", err)
 	}
 	switch {
 	case rec.Kind == event.KindKeyNotFound && rec.Hash != nil && *rec.Hash == h:
@@ -498,8 +606,34 @@ func (v *View) fetch(ctx context.Context, h apikey.Hash) (*event.Record, error) 
 		return rec, nil
 	}
 	v.rejected.Add(1)
-	v.lookupErrs.Add(1)
-	return nil, fmt.Errorf("%w: lookup reply is not about the asked key", ErrUnavailable)
+	return nil, errors.New("lookup reply is not about the asked key")
+}
+
+// keepSealed keeps wire, the sealed record of the key (generation slot
+// gen) holding secret h at rev, to answer peers.
+func (v *View) keepSealed(h apikey.Hash, gen uint32, rev uint64, wire []byte) {
+	if v.sealed == nil || wire == nil {
+		return
+	}
+	v.sealed.Set(slot(&h), &sealedRecord{hash: h, rev: rev, gen: gen, wire: wire}, int64(len(wire)))
+}
+
+// SealedRecord returns the sealed key record the View holds for the secret
+// hash h (32 bytes) — for a gossip peer whose origin lookup failed — or
+// nil. A record older than a change the View has applied to that key is
+// never handed out; the asking peer verifies the signature and its own
+// revision checks as for any lookup reply.
+func (v *View) SealedRecord(h []byte) []byte {
+	if v.sealed == nil || len(h) != len(apikey.Hash{}) {
+		return nil
+	}
+	hash := apikey.Hash(h)
+	r, ok := v.sealed.Get(slot(&hash))
+	if !ok || r.hash != hash || r.rev < v.gens.get(r.gen) || r.rev < v.floor.Load() {
+		return nil
+	}
+	v.peerServed.Add(1)
+	return r.wire
 }
 
 func holds(k *event.Key, h apikey.Hash) bool {
@@ -575,7 +709,7 @@ func (v *View) apply(wire []byte) (uint64, error) {
 			v.rejected.Add(1)
 			return 0, fmt.Errorf("%w: key record without key", event.ErrMalformed)
 		}
-		v.applyKey(rec.Key, rec.Revision)
+		v.applyKey(rec.Key, rec.Revision, wire)
 	case event.KindDeployment:
 		if rec.Deployment == nil {
 			v.rejected.Add(1)
@@ -607,9 +741,17 @@ func (v *View) open(wire []byte) (*event.Record, error) {
 	return rec, nil
 }
 
-func (v *View) applyKey(k *event.Key, rev uint64) {
+func (v *View) applyKey(k *event.Key, rev uint64, wire []byte) {
 	g := v.gens.slot(k.ID)
 	v.gens.raise(g, rev) // first: from here on every older entry of this key is stale
+	// Records kept for peers follow the change, so they learn of it too.
+	if v.sealed != nil {
+		for _, s := range k.Secrets {
+			if r, ok := v.sealed.Get(slot(&s.Hash)); ok && r.hash == s.Hash {
+				v.keepSealed(s.Hash, g, rev, wire)
+			}
+		}
+	}
 	if k.Deleted {
 		// Nothing new to accept, so unknown-key answers stay true.
 		for _, s := range k.Secrets {

@@ -33,6 +33,9 @@ type FeedConfig struct {
 	// OnVerified, if set, is given every record once it is verified (from
 	// the stream or offered by a peer), so it can be gossiped on.
 	OnVerified func(rev uint64, wire []byte)
+	// OnHeartbeat, if set, is given every origin heartbeat from NATS that
+	// is genuine and newer than any seen, so it can be gossiped on.
+	OnHeartbeat func(wire []byte)
 	// Logger receives progress and errors. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -122,8 +125,13 @@ func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 // Shutdown.
 func (f *Feed) Start() error {
 	sub, err := f.cfg.Conn.Subscribe(event.OriginHeartbeatSubject, func(m *nats.Msg) {
-		if err := f.v.Heartbeat(m.Data); err != nil {
+		fresh, err := f.v.heartbeat(m.Data, false)
+		if err != nil {
 			f.log.Warn("dropping origin heartbeat", "err", err)
+			return
+		}
+		if fresh && f.cfg.OnHeartbeat != nil {
+			f.cfg.OnHeartbeat(m.Data)
 		}
 	})
 	if err != nil {
@@ -279,6 +287,37 @@ func (f *Feed) Offer(rev uint64, wire []byte) {
 
 // maxPending bounds the gossiped records held for an earlier gap.
 const maxPending = 4096
+
+// maxFetch bounds the events one Fetch reads from the stream.
+const maxFetch = 1024
+
+// ErrNotConnected is returned by Fetch when NATS is not connected.
+var ErrNotConnected = errors.New("cache: not connected to NATS")
+
+// Fetch reads the events from revision from to to (at most maxFetch) from
+// the JetStream stream, whose sequence is the revision, and offers them in
+// order: the gossip layer's first resort when a peer is ahead. It fails at
+// once when NATS is not connected.
+func (f *Feed) Fetch(from, to uint64) error {
+	if !f.cfg.Conn.IsConnected() {
+		return ErrNotConnected
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(f.cfg.RequestTimeout, 2*time.Second))
+	defer cancel()
+	stream, err := f.js.Stream(ctx, event.StreamName)
+	if err != nil {
+		return fmt.Errorf("finding event stream: %w", err)
+	}
+	to = min(to, from+maxFetch-1)
+	for seq := max(from, f.v.AppliedRevision()+1); seq <= to; seq++ {
+		msg, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			return fmt.Errorf("reading event %d: %w", seq, err)
+		}
+		f.Offer(seq, msg.Data)
+	}
+	return nil
+}
 
 // applied runs after rev is applied, with applyMu held: it passes the
 // record on and applies any held records that now follow.

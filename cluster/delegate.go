@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"encoding/binary"
 	"strconv"
 
 	"github.com/hashicorp/memberlist"
@@ -13,8 +12,13 @@ type delegate struct{ c *Cluster }
 
 var _ memberlist.Delegate = (*delegate)(nil)
 
+// NodeMeta returns the metadata syncLoop last computed (revision, Info).
 func (d *delegate) NodeMeta(limit int) []byte {
-	return binary.BigEndian.AppendUint64(nil, d.c.metaRev.Load())
+	m := *d.c.meta.Load()
+	if len(m) > limit {
+		return m[:8]
+	}
+	return m
 }
 
 // NotifyMsg copies the message (memberlist reuses the buffer) and queues it.
@@ -28,23 +32,6 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 
 func (d *delegate) LocalState(join bool) []byte          { return nil }
 func (d *delegate) MergeRemoteState(b []byte, join bool) {}
-
-// events logs membership changes.
-type events struct{ c *Cluster }
-
-var _ memberlist.EventDelegate = (*events)(nil)
-
-func (e *events) NotifyJoin(n *memberlist.Node) {
-	e.c.setPeer(n, true)
-	e.c.log.Info("gossip peer joined", "peer", n.Name, "addr", n.Address())
-}
-
-func (e *events) NotifyLeave(n *memberlist.Node) {
-	e.c.setPeer(n, false)
-	e.c.log.Info("gossip peer left", "peer", n.Name, "addr", n.Address())
-}
-
-func (e *events) NotifyUpdate(n *memberlist.Node) { e.c.setPeer(n, true) }
 
 // eventBroadcast is one event in the gossip queue, named by its revision so
 // that the same event is never queued twice.
@@ -62,3 +49,17 @@ func (b *eventBroadcast) Invalidates(o memberlist.Broadcast) bool {
 func (b *eventBroadcast) Message() []byte { return b.msg }
 func (b *eventBroadcast) Finished()       {}
 func (b *eventBroadcast) Name() string    { return "e" + strconv.FormatUint(b.rev, 10) }
+
+// heartbeatBroadcast is an origin heartbeat in the gossip queue: only the
+// newest matters, so each replaces the one queued before it.
+type heartbeatBroadcast struct{ msg []byte }
+
+var _ memberlist.NamedBroadcast = (*heartbeatBroadcast)(nil)
+
+func (b *heartbeatBroadcast) Invalidates(o memberlist.Broadcast) bool {
+	_, ok := o.(*heartbeatBroadcast)
+	return ok
+}
+func (b *heartbeatBroadcast) Message() []byte { return b.msg }
+func (b *heartbeatBroadcast) Finished()       {}
+func (b *heartbeatBroadcast) Name() string    { return "h" }

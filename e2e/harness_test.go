@@ -54,7 +54,7 @@ func (s *logSink) logger() *slog.Logger {
 
 // stack is one test's deployment of keymesh.
 type stack struct {
-	t        *testing.T
+	t        testing.TB
 	logs     *logSink
 	nats     *server.Server
 	origin   *origin.Server
@@ -72,7 +72,7 @@ type stack struct {
 	dataDirs []string // every origin data dir, for its stored audit records
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t testing.TB) *stack {
 	t.Helper()
 	s := &stack{t: t, logs: &logSink{}}
 	s.nats = startNATS(t)
@@ -94,7 +94,7 @@ func newStack(t *testing.T) *stack {
 	return s
 }
 
-func startNATS(t *testing.T) *server.Server {
+func startNATS(t testing.TB) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
@@ -234,7 +234,7 @@ func (s *stack) call(method, path string, in, out any) uint64 {
 }
 
 // waitApplied waits until every edge has applied rev.
-func waitApplied(t *testing.T, rev uint64, edges ...*proxy.Server) {
+func waitApplied(t testing.TB, rev uint64, edges ...*proxy.Server) {
 	t.Helper()
 	checkFor(t, 10*time.Second, func() error {
 		for i, e := range edges {
@@ -247,7 +247,7 @@ func waitApplied(t *testing.T, rev uint64, edges ...*proxy.Server) {
 }
 
 // checkFor polls f until it returns nil or total passes.
-func checkFor(t *testing.T, total time.Duration, f func() error) {
+func checkFor(t testing.TB, total time.Duration, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(total)
 	for {
@@ -265,7 +265,7 @@ func checkFor(t *testing.T, total time.Duration, f func() error) {
 var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 
 // send makes one request through an edge and returns status and body.
-func send(t *testing.T, e *proxy.Server, method, path string, headers map[string]string, body string) (int, string) {
+func send(t testing.TB, e *proxy.Server, method, path string, headers map[string]string, body string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, "http://"+e.Addr()+path, strings.NewReader(body))
 	if err != nil {
@@ -295,7 +295,7 @@ func send(t *testing.T, e *proxy.Server, method, path string, headers map[string
 
 const chatBody = `{"model": "mock-model", "messages": [{"role": "user", "content": "Hello!"}]}`
 
-func chat(t *testing.T, e *proxy.Server, headers map[string]string) (int, string) {
+func chat(t testing.TB, e *proxy.Server, headers map[string]string) (int, string) {
 	t.Helper()
 	return send(t, e, http.MethodPost, "/v1/chat/completions", headers, chatBody)
 }
@@ -304,7 +304,7 @@ func withKey(k *bench.Key) map[string]string { return map[string]string{"X-API-K
 
 // storedAudit returns every row of the audit table of the SQLite database
 // at path, as text.
-func storedAudit(t *testing.T, path string) string {
+func storedAudit(t testing.TB, path string) string {
 	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
 	if err != nil {
 		t.Errorf("opening %s: %v", path, err)

@@ -16,6 +16,7 @@ type edgeInfo struct {
 	AppliedRevision uint64    `json:"applied_revision"`
 	LastSeen        time.Time `json:"last_seen"`
 	Live            bool      `json:"live"`
+	RelayedBy       string    `json:"relayed_by"`
 }
 
 // edges returns the origin's edge registry, by id.

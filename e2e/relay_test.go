@@ -10,7 +10,7 @@ import (
 // relay is a TCP forwarder the tests put between an edge and NATS, so one
 // edge's link can be cut and healed while everything else keeps running.
 type relay struct {
-	t      *testing.T
+	t      testing.TB
 	ln     net.Listener
 	target string
 	mu     sync.Mutex
@@ -18,7 +18,7 @@ type relay struct {
 	conns  []net.Conn
 }
 
-func newRelay(t *testing.T, target string) *relay {
+func newRelay(t testing.TB, target string) *relay {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

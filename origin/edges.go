@@ -23,6 +23,10 @@ type Edge struct {
 	AppliedRevision uint64    `json:"applied_revision"`
 	LastSeen        time.Time `json:"last_seen"`
 	Live            bool      `json:"live"`
+	// RelayedBy names the edge whose heartbeat last brought this one's,
+	// when this edge reaches NATS only through gossip peers ("" when it
+	// reported itself).
+	RelayedBy string `json:"relayed_by,omitempty"`
 }
 
 // edgeHeartbeat is the JSON an edge publishes on event.EdgeHeartbeatSubject
@@ -32,6 +36,9 @@ type edgeHeartbeat struct {
 	Site            string `json:"site"`
 	Address         string `json:"address"`
 	AppliedRevision uint64 `json:"applied_revision"`
+	// RelayedBy is set when a gossip peer publishes the heartbeat on behalf
+	// of an edge cut off from NATS (from what that edge gossips).
+	RelayedBy string `json:"relayed_by,omitempty"`
 }
 
 const maxHeartbeatBytes = 4 << 10
@@ -63,7 +70,7 @@ func newEdgeRegistry(now func() time.Time, liveness time.Duration, maxEdges int)
 func (r *edgeRegistry) heartbeat(data []byte) {
 	var hb edgeHeartbeat
 	if len(data) > maxHeartbeatBytes || json.Unmarshal(data, &hb) != nil || hb.ID == "" ||
-		len(hb.ID) > 256 || len(hb.Site) > 256 || len(hb.Address) > 256 {
+		len(hb.ID) > 256 || len(hb.Site) > 256 || len(hb.Address) > 256 || len(hb.RelayedBy) > 256 {
 		r.rejected.Add(1)
 		return
 	}
@@ -82,11 +89,20 @@ func (r *edgeRegistry) heartbeat(data []byte) {
 		e = &Edge{ID: hb.ID}
 		r.edges[hb.ID] = e
 	}
-	e.Site, e.Address, e.LastSeen = hb.Site, hb.Address, now
-	// Heartbeats travel over core NATS and may arrive out of order; an edge
-	// that restarted without persisted state may legitimately go back, so
-	// the latest heartbeat wins.
-	e.AppliedRevision = hb.AppliedRevision
+	live := ok && now.Sub(e.LastSeen) <= r.liveness
+	e.Site, e.Address, e.LastSeen, e.RelayedBy = hb.Site, hb.Address, now, hb.RelayedBy
+	switch {
+	case hb.RelayedBy == "" || !live:
+		// Heartbeats travel over core NATS and may arrive out of order; an
+		// edge that restarted without persisted state may legitimately go
+		// back, so the latest heartbeat from the edge itself wins.
+		e.AppliedRevision = hb.AppliedRevision
+	default:
+		// Relayed ones come from several peers, each with the revision the
+		// edge last gossiped, possibly older than one it reported itself:
+		// they only move it forward.
+		e.AppliedRevision = max(e.AppliedRevision, hb.AppliedRevision)
+	}
 	close(r.changed)
 	r.changed = make(chan struct{})
 }

@@ -253,3 +253,39 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 		t.Fatalf("bad wait: %d %s", st, b)
 	}
 }
+
+// An edge cut off from NATS is kept live by peers relaying its heartbeat;
+// relayed revisions only move forward, and the edge's own heartbeat wins.
+func TestEdgeRegistryRelayedHeartbeats(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	r := newEdgeRegistry(clk.now, 10*time.Second, 10)
+	relayed := func(id string, rev uint64, by string) []byte {
+		b, _ := json.Marshal(map[string]any{"id": id, "site": "eu", "address": "127.0.0.1:8080",
+			"applied_revision": rev, "relayed_by": by})
+		return b
+	}
+	r.heartbeat(hbJSON("cut", 5))
+	clk.add(8 * time.Second) // its own heartbeats stopped
+	r.heartbeat(relayed("cut", 7, "a"))
+	r.heartbeat(relayed("cut", 6, "b")) // an older revision, by another relay
+	clk.add(8 * time.Second)            // 16s after its last own heartbeat
+	l := r.list()
+	if len(l) != 1 || !l[0].Live || l[0].AppliedRevision != 7 || l[0].RelayedBy != "b" {
+		t.Fatalf("relayed edge: %+v", l)
+	}
+	if applied, pending, _, _ := r.check(7); fmt.Sprint(applied, pending) != "[cut] []" {
+		t.Fatalf("check(7) = %v %v", applied, pending)
+	}
+	r.heartbeat(hbJSON("cut", 3)) // back on NATS, restarted without state
+	if l := r.list(); l[0].AppliedRevision != 3 || l[0].RelayedBy != "" {
+		t.Fatalf("after its own heartbeat: %+v", l)
+	}
+	if r.heartbeat(relayed("x", 1, strings.Repeat("r", 300))); r.rejected.Load() != 1 {
+		t.Fatal("an oversized relayed_by was accepted")
+	}
+	// Over HTTP the field is there.
+	b, _ := json.Marshal(r.list())
+	if !strings.Contains(string(b), `"id":"cut"`) || strings.Contains(string(b), `"relayed_by":""`) {
+		t.Fatalf("json: %s", b)
+	}
+}

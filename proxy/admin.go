@@ -21,13 +21,27 @@ type status struct {
 }
 
 // gossipStatus is the cluster view on /status: each peer with its applied
-// revision and how far it is behind this edge (negative: ahead).
+// revision, what it says about itself, and how far it is behind this edge
+// (negative: ahead).
 type gossipStatus struct {
-	Name     string       `json:"name"`
-	Peers    []peerStatus `json:"peers"`
-	Stats    any          `json:"stats"`
-	Rejected uint64       `json:"rejected_from_peers"`
-	Dropped  uint64       `json:"held_dropped"`
+	Name    string       `json:"name"`
+	Addr    string       `json:"addr"`
+	Members int          `json:"members"`
+	Peers   []peerStatus `json:"peers"`
+	// Behind is how many revisions the most advanced peer has that this
+	// edge has not applied; MaxPeerLag, how far the slowest peer is behind.
+	Behind     uint64 `json:"behind"`
+	MaxPeerLag int64  `json:"max_peer_lag"`
+	// Relaying lists the peers without NATS whose heartbeats this edge
+	// publishes to the origins.
+	Relaying []string `json:"relaying"`
+	Stats    any      `json:"stats"`
+	Rejected uint64   `json:"rejected_from_peers"`
+	Dropped  uint64   `json:"held_dropped"`
+	// PeerLookups counts misses sent to peers, PeerAnswers those answered.
+	PeerLookups uint64 `json:"peer_lookups"`
+	PeerAnswers uint64 `json:"peer_answers"`
+	Error       string `json:"error,omitempty"`
 }
 
 type peerStatus struct {
@@ -35,7 +49,14 @@ type peerStatus struct {
 	Addr            string `json:"addr"`
 	AppliedRevision uint64 `json:"applied_revision"`
 	Lag             int64  `json:"lag"`
+	ID              string `json:"id,omitempty"`
+	Site            string `json:"site,omitempty"`
+	Address         string `json:"address,omitempty"`
+	NATSConnected   bool   `json:"nats_connected"`
 }
+
+// NATSConnected reports whether the edge's NATS connection is up.
+func (s *Server) NATSConnected() bool { return s.nc.IsConnected() }
 
 // Status returns what /status reports.
 func (s *Server) Status() any {
@@ -64,11 +85,24 @@ func (s *Server) gossipStatus() *gossipStatus {
 		return nil
 	}
 	applied := s.view.AppliedRevision()
-	g := &gossipStatus{Name: s.gossip.Name(), Peers: []peerStatus{}, Stats: s.gossip.Stats()}
-	g.Rejected, g.Dropped = s.feed.GossipStats()
+	st := s.gossip.Stats()
+	g := &gossipStatus{Name: s.gossip.Name(), Addr: s.gossip.Addr(), Members: st.Members, Peers: []peerStatus{},
+		Relaying: []string{}, Stats: st, PeerLookups: s.gossipHook.peerLookups.Load(), PeerAnswers: s.gossipHook.peerAnswers.Load()}
+	g.Rejected, g.Dropped = s.GossipStats()
 	for _, p := range s.gossip.Peers() {
-		g.Peers = append(g.Peers, peerStatus{Name: p.Name, Addr: p.Addr, AppliedRevision: p.Revision,
-			Lag: int64(applied) - int64(p.Revision)})
+		lag := int64(applied) - int64(p.Revision)
+		g.Peers = append(g.Peers, peerStatus{Name: p.Name, Addr: p.Addr, AppliedRevision: p.Revision, Lag: lag,
+			ID: p.ID, Site: p.Site, Address: p.Address, NATSConnected: p.NATS})
+		g.MaxPeerLag = max(g.MaxPeerLag, lag)
+		if lag < 0 {
+			g.Behind = max(g.Behind, uint64(-lag))
+		}
+	}
+	for _, p := range s.relayed() {
+		g.Relaying = append(g.Relaying, p.Name)
+	}
+	if err := s.gossip.Err(); err != nil {
+		g.Error = err.Error()
 	}
 	return g
 }

@@ -1,13 +1,20 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/cluster"
+	"github.com/keymesh/keymesh/event"
 )
 
 // GossipConfig joins the edge to its peers (package cluster). Gossip is off
@@ -23,16 +30,33 @@ type GossipConfig struct {
 	Insecure bool
 	// Name is this edge's node name. Default hostname-listen-address.
 	Name string
-	// Local selects short intervals for many edges on one machine (tests).
-	Local bool
+	// Local selects short intervals for many edges on one machine (tests);
+	// LAN, LAN timings for the edges of one site. Default: WAN timings.
+	Local, LAN bool
+	// Configure, if set, adjusts the cluster configuration last (tests use
+	// it to put a transport that can cut links under memberlist).
+	Configure func(*cluster.Config)
 }
 
 func (g GossipConfig) enabled() bool { return len(g.Keys) > 0 || g.Insecure }
 
-// gossipHook passes records the feed has verified to the cluster, once
-// the cluster exists (it is created after the feed, which it feeds).
+// errNATSDown is why a miss went to the peers without asking the origin.
+var errNATSDown = errors.New("not connected to NATS")
+
+// gossipHook connects the cache to the cluster, which is created after the
+// View and the Feed it feeds: records and heartbeats the feed verifies go
+// to the peers, and the View's misses may be answered by them.
 type gossipHook struct {
 	c atomic.Pointer[cluster.Cluster]
+	v atomic.Pointer[cache.View]
+
+	// hbEvery is the least time between two heartbeats passed on to peers
+	// (a quarter of --max-staleness: a heartbeat every interval is more
+	// than a View needs); hbLast, when the last one was.
+	hbEvery time.Duration
+	hbLast  atomic.Int64
+
+	peerLookups, peerAnswers, hbRejected atomic.Uint64
 }
 
 func (h *gossipHook) record(rev uint64, wire []byte) {
@@ -41,8 +65,81 @@ func (h *gossipHook) record(rev uint64, wire []byte) {
 	}
 }
 
-// startGossip joins the cluster: records from peers go to the feed, which
-// verifies and orders them; what the feed verifies goes back to the peers.
+// heartbeat passes a new origin heartbeat from NATS on to the peers.
+func (h *gossipHook) heartbeat(wire []byte) {
+	if c := h.c.Load(); c != nil && h.due() {
+		c.RecordHeartbeat(wire)
+	}
+}
+
+// due reports whether a heartbeat should be passed on now, and if so
+// notes that one was.
+func (h *gossipHook) due() bool {
+	now := time.Now().UnixNano()
+	last := h.hbLast.Load()
+	return now-last >= int64(h.hbEvery) && h.hbLast.CompareAndSwap(last, now)
+}
+
+// peerHeartbeat takes an origin heartbeat a peer relayed: verified by the
+// View, and passed on only if it was new.
+func (h *gossipHook) peerHeartbeat(wire []byte) {
+	v, c := h.v.Load(), h.c.Load()
+	if v == nil || c == nil {
+		return
+	}
+	fresh, err := v.PeerHeartbeat(wire)
+	if err != nil {
+		h.hbRejected.Add(1)
+		return
+	}
+	if fresh && h.due() {
+		c.RecordHeartbeat(wire)
+	}
+}
+
+// lookup returns the View's miss path: the origin over NATS and, when that
+// fails (NATS down, no origin answering) and gossip is on, the peers, which
+// answer with the sealed record they hold. A peer's answer is accepted only
+// if it verifies as an origin lookup reply for this key; the View then
+// applies the same revision checks as to any lookup, so no peer can undo a
+// revocation this edge has applied.
+func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
+	origin := cache.NATSLookup(nc)
+	return func(ctx context.Context, k apikey.Hash) ([]byte, error) {
+		c, v := h.c.Load(), h.v.Load()
+		if c == nil || v == nil {
+			return origin(ctx, k)
+		}
+		originErr := errNATSDown
+		if nc.IsConnected() {
+			octx := ctx
+			if dl, ok := ctx.Deadline(); ok { // leave the peers a quarter
+				var cancel context.CancelFunc
+				octx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)*3/4))
+				defer cancel()
+			}
+			wire, err := origin(octx, k)
+			if err == nil {
+				return wire, nil
+			}
+			originErr = err
+		}
+		h.peerLookups.Add(1)
+		wire, err := c.Ask(ctx, k[:], func(w []byte) bool {
+			rec, err := v.CheckLookupReply(k, w)
+			return err == nil && rec.Kind == event.KindKey
+		})
+		if err != nil {
+			return nil, fmt.Errorf("origin: %v; gossip peers: %w", originErr, err)
+		}
+		h.peerAnswers.Add(1)
+		return wire, nil
+	}
+}
+
+// startGossip joins the cluster: records and heartbeats from peers go to
+// the feed and the View, which verify them; what they verify goes back to
+// the peers.
 func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
 	g := s.cfg.Gossip
 	if !g.enabled() {
@@ -52,8 +149,11 @@ func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
 		return nil
 	}
 	cfg := cluster.DefaultConfig()
-	if g.Local {
+	switch {
+	case g.Local:
 		cfg = cluster.LocalConfig()
+	case g.LAN:
+		cfg = cluster.LANConfig()
 	}
 	cfg.Name = g.Name
 	if cfg.Name == "" {
@@ -65,16 +165,41 @@ func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
 		cfg.BindAddr = "127.0.0.1:7946"
 	}
 	cfg.Join, cfg.Keys, cfg.Insecure = g.Join, g.Keys, g.Insecure
+	s.gossipHook.v.Store(view)
+	switch st := s.cfg.MaxStaleness; {
+	case st == 0:
+		s.gossipHook.hbEvery = 10 * time.Second / 4 // the View's default bound
+	case st > 0:
+		s.gossipHook.hbEvery = st / 4
+	}
 	cfg.Deliver = feed.Offer
+	cfg.DeliverHeartbeat = s.gossipHook.peerHeartbeat
 	cfg.Applied = view.AppliedRevision
+	cfg.Info = s.gossipInfo
+	cfg.Fetch = feed.Fetch
+	cfg.Answer = view.SealedRecord
 	cfg.Logger = s.log
+	if g.Configure != nil {
+		g.Configure(&cfg)
+	}
 	c, err := cluster.Create(cfg)
 	if err != nil {
 		return err
 	}
 	s.gossip = c
 	s.gossipHook.c.Store(c)
+	s.metrics.watchGossip(s)
 	return nil
+}
+
+// gossipInfo is what peers learn about this edge: enough to publish its
+// heartbeat for it when its NATS link is down.
+func (s *Server) gossipInfo() cluster.Info {
+	addr := s.Addr()
+	if addr == "" {
+		addr = s.cfg.Listen
+	}
+	return cluster.Info{ID: s.id, Site: s.cfg.Site, Address: addr, NATS: s.nc.IsConnected()}
 }
 
 func (s *Server) stopGossip() error {
@@ -101,6 +226,59 @@ func (s *Server) GossipAddr() string {
 	return s.gossip.Addr()
 }
 
-// GossipStats reports records peers offered that failed verification, and
-// verified ones dropped while waiting for an earlier revision.
-func (s *Server) GossipStats() (rejected, dropped uint64) { return s.feed.GossipStats() }
+// GossipStats reports records and heartbeats peers offered that failed
+// verification, and verified records dropped while waiting for an earlier
+// revision.
+func (s *Server) GossipStats() (rejected, dropped uint64) {
+	rejected, dropped = s.feed.GossipStats()
+	return rejected + s.gossipHook.hbRejected.Load(), dropped
+}
+
+// peersVersion changes whenever what the gossip peers advertise does (0
+// without gossip).
+func (s *Server) peersVersion() uint64 {
+	if s.gossip == nil {
+		return 0
+	}
+	return s.gossip.PeersVersion()
+}
+
+// relayed returns the peers whose heartbeats this edge publishes: peers
+// without NATS for which it is the chosen relay among the members that
+// have NATS (rendezvous hashing: one relay per cut-off edge, spread out).
+// None while this edge has no NATS itself.
+func (s *Server) relayed() []cluster.Peer {
+	if s.gossip == nil || !s.nc.IsConnected() {
+		return nil
+	}
+	peers := s.gossip.Peers()
+	self := s.gossip.Name()
+	relays := []string{self}
+	for _, p := range peers {
+		if p.NATS {
+			relays = append(relays, p.Name)
+		}
+	}
+	var out []cluster.Peer
+	for _, p := range peers {
+		if !p.NATS && p.ID != "" && chooseRelay(p.Name, relays) == self {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func chooseRelay(peer string, relays []string) string {
+	var best string
+	var bestScore uint64
+	for _, r := range relays {
+		h := fnv.New64a()
+		h.Write([]byte(r))
+		h.Write([]byte{0})
+		h.Write([]byte(peer))
+		if score := h.Sum64(); best == "" || score > bestScore {
+			best, bestScore = r, score
+		}
+	}
+	return best
+}

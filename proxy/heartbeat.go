@@ -27,6 +27,9 @@ type edgeHeartbeat struct {
 	Address         string    `json:"address"`
 	AppliedRevision uint64    `json:"applied_revision"`
 	Time            time.Time `json:"time"`
+	// RelayedBy is set on a heartbeat this edge publishes for a gossip peer
+	// whose NATS link is down, from what that peer gossips about itself.
+	RelayedBy string `json:"relayed_by,omitempty"`
 }
 
 // heartbeater publishes the edge's heartbeats until stopped.
@@ -39,7 +42,9 @@ type heartbeater struct {
 func (s *Server) ID() string { return s.id }
 
 // startHeartbeat publishes a heartbeat now, every HeartbeatInterval, and
-// within heartbeatCoalesce of the applied revision changing.
+// within heartbeatCoalesce of the applied revision changing; and the same
+// for each gossip peer it relays for (see relayed), within
+// heartbeatCoalesce of that peer's gossiped revision changing.
 func (s *Server) startHeartbeat() {
 	hb := &heartbeater{stop: make(chan struct{}), done: make(chan struct{})}
 	s.hb = hb
@@ -52,15 +57,22 @@ func (s *Server) startHeartbeat() {
 		check := time.NewTicker(heartbeatCoalesce)
 		defer check.Stop()
 		sent := s.publishHeartbeat()
+		relayed := s.publishRelayed(nil)
+		var peersV uint64
 		for {
 			select {
 			case <-hb.stop:
 				return
 			case <-every.C:
 				sent = s.publishHeartbeat()
+				relayed = s.publishRelayed(nil)
 			case <-check.C:
 				if s.view.AppliedRevision() != sent {
 					sent = s.publishHeartbeat()
+				}
+				if v := s.peersVersion(); v != peersV { // what peers advertise changed
+					peersV = v
+					relayed = s.publishRelayed(relayed)
 				}
 			}
 		}
@@ -82,6 +94,32 @@ func (s *Server) publishHeartbeat() uint64 {
 		s.log.Debug("edge heartbeat not sent", "err", err)
 	}
 	return hb.AppliedRevision
+}
+
+// publishRelayed publishes the heartbeats of the peers this edge relays
+// for — all of them when sent is nil, else those whose revision differs
+// from sent — and returns what it relays now.
+func (s *Server) publishRelayed(sent map[string]uint64) map[string]uint64 {
+	peers := s.relayed()
+	if len(peers) == 0 {
+		return nil
+	}
+	now := map[string]uint64{}
+	for _, p := range peers {
+		now[p.Name] = p.Revision
+		if prev, ok := sent[p.Name]; sent != nil && ok && prev == p.Revision {
+			continue
+		}
+		b, err := json.Marshal(edgeHeartbeat{ID: p.ID, Site: p.Site, Address: p.Address,
+			AppliedRevision: p.Revision, Time: time.Now().UTC(), RelayedBy: s.id})
+		if err != nil {
+			continue
+		}
+		if err := s.nc.Publish(event.EdgeHeartbeatSubject, b); err != nil {
+			s.log.Debug("relayed edge heartbeat not sent", "peer", p.Name, "err", err)
+		}
+	}
+	return now
 }
 
 func (s *Server) stopHeartbeat() {

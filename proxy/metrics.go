@@ -174,3 +174,88 @@ func (s *Server) adminHandler() http.Handler {
 // AdminHandler returns the admin listener's handler (for tests and for
 // embedding the edge).
 func (s *Server) AdminHandler() http.Handler { return s.adminHandler() }
+
+// gossipCollector exports the cluster view at scrape time: members, how
+// far this edge is behind its most advanced peer and each peer behind this
+// edge, what peers sent that was refused, what bounded queues dropped,
+// catch-ups and lookups answered by peers.
+type gossipCollector struct {
+	s *Server
+
+	members, behind, peerLag, rejected, dropped, catchUps, peerLookups, heartbeats,
+	received, rejoins, conflicts, relaying *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*gossipCollector)(nil)
+
+func newGossipCollector(s *Server) *gossipCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("keymesh_edge_gossip_"+name, help, labels, nil)
+	}
+	return &gossipCollector{s: s,
+		members:     d("members", "Live members of the gossip ring, this edge included."),
+		behind:      d("behind_revisions", "Revisions the most advanced gossip peer has applied that this edge has not."),
+		peerLag:     d("peer_lag_revisions", "Revisions each gossip peer is behind this edge (negative: ahead).", "peer"),
+		rejected:    d("rejected_total", "Records, heartbeats and lookup answers from peers refused (bad signature or shape).", "kind"),
+		dropped:     d("dropped_total", "Gossip messages dropped at a bounded queue.", "queue"),
+		catchUps:    d("catch_ups_total", "Anti-entropy: fetches from JetStream, requests to peers and their failures, peers' requests answered.", "result"),
+		peerLookups: d("peer_lookups_total", "Cache misses the origin could not answer, sent to peers, and those a peer answered.", "result"),
+		heartbeats:  d("heartbeats_total", "Origin heartbeats gossiped: sent to peers, received, new ones that proved this edge current.", "dir"),
+		received:    d("events_received_total", "Events delivered by peers (each revision once)."),
+		rejoins:     d("rejoins_total", "Joins made because a known peer had failed (partitions healed)."),
+		conflicts:   d("name_conflicts_total", "Two nodes seen claiming one name."),
+		relaying:    d("relayed_edges", "Peers without NATS whose heartbeats this edge publishes."),
+	}
+}
+
+func (g *gossipCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{g.members, g.behind, g.peerLag, g.rejected, g.dropped, g.catchUps,
+		g.peerLookups, g.heartbeats, g.received, g.rejoins, g.conflicts, g.relaying} {
+		ch <- d
+	}
+}
+
+func (g *gossipCollector) Collect(ch chan<- prometheus.Metric) {
+	s := g.s
+	st := s.gossip.Stats()
+	applied := s.view.AppliedRevision()
+	var behind uint64
+	for _, p := range s.gossip.Peers() {
+		if p.Revision > applied {
+			behind = max(behind, p.Revision-applied)
+		}
+		ch <- prometheus.MustNewConstMetric(g.peerLag, prometheus.GaugeValue, float64(int64(applied)-int64(p.Revision)), p.Name)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(g.members, float64(st.Members))
+	gauge(g.behind, float64(behind))
+	gauge(g.relaying, float64(len(s.relayed())))
+	recRejected, held := s.feed.GossipStats()
+	counter(g.rejected, recRejected, "record")
+	counter(g.rejected, s.gossipHook.hbRejected.Load(), "heartbeat")
+	counter(g.rejected, st.AnswersRefused, "lookup_answer")
+	counter(g.dropped, st.DroppedInbox, "inbox")
+	counter(g.dropped, st.DroppedQueue, "broadcast")
+	counter(g.dropped, st.DroppedSends, "tcp_send")
+	counter(g.dropped, held, "held")
+	counter(g.catchUps, st.Fetches, "fetched")
+	counter(g.catchUps, st.CatchUpsAsked, "asked")
+	counter(g.catchUps, st.CatchUpFailures, "failed")
+	counter(g.catchUps, st.CatchUpsAnswered, "answered")
+	counter(g.peerLookups, s.gossipHook.peerLookups.Load(), "asked")
+	counter(g.peerLookups, s.gossipHook.peerAnswers.Load(), "answered")
+	counter(g.heartbeats, st.HeartbeatsSent, "sent")
+	counter(g.heartbeats, st.HeartbeatsReceived, "received")
+	counter(g.heartbeats, s.view.Stats().PeerHeartbeats, "new")
+	counter(g.received, st.Received)
+	counter(g.rejoins, st.Rejoins)
+	counter(g.conflicts, st.Conflicts)
+}
+
+// watchGossip exports the cluster's metrics once gossip runs.
+func (m *metrics) watchGossip(s *Server) { m.reg.MustRegister(newGossipCollector(s)) }

@@ -236,16 +236,16 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
 	}
 	m := newMetrics()
-	view, err := cache.New(cache.Config{Verifier: ver, Lookup: cache.NATSLookup(nc), ObserveLookup: m.observeLookup,
+	hook := &gossipHook{} // misses may be answered by gossip peers (gossip.go)
+	view, err := cache.New(cache.Config{Verifier: ver, Lookup: hook.lookup(nc), ObserveLookup: m.observeLookup,
 		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, Logger: cfg.Logger,
 		MaxStaleness: cfg.MaxStaleness, FailOpen: cfg.FailOpen})
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	hook := &gossipHook{}
 	feed, err := cache.NewFeed(view, cache.FeedConfig{Conn: nc, StatePath: statePath, Logger: cfg.Logger,
-		OnVerified: hook.record})
+		OnVerified: hook.record, OnHeartbeat: hook.heartbeat})
 	if err != nil {
 		view.Close()
 		nc.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -13,14 +14,18 @@ import (
 )
 
 func init() {
-	commands["probe"] = command{"exit 0 when a URL answers 2xx (readiness checks without curl)", runProbe}
+	commands["probe"] = command{"exit 0 when a URL answers 2xx, or a given status (checks without curl)", runProbe}
 	commands["demo"] = command{"log in to an origin and make sure a demo deployment exists", runDemo}
 }
 
 func runProbe(e *env, args []string) int {
 	fs := flag.NewFlagSet("bench probe", flag.ContinueOnError)
 	timeout := fs.Duration("timeout", time.Second, "how long the request may take")
-	about := "bench probe URL exits 0 if GET URL answers 2xx within --timeout, 1 otherwise."
+	keyEnv := fs.String("key-env", "", "send X-API-Key with the value of this environment variable (keeps the key off the command line)")
+	expect := fs.Int("expect", 0, "exit 0 only if the status is this one (0: any 2xx)")
+	printStatus := fs.Bool("print-status", false, "print the status code on stdout")
+	body := fs.Bool("body", false, "print the response body on stdout")
+	about := "bench probe URL exits 0 if GET URL answers 2xx (or --expect) within --timeout, 1 otherwise."
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if code, done := parseFlags(e, fs, about, args); done {
 			return code
@@ -39,13 +44,30 @@ func runProbe(e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "bench probe: %v\n", err)
 		return 2
 	}
+	if *keyEnv != "" {
+		key := e.getenv(*keyEnv)
+		if key == "" {
+			fmt.Fprintf(e.stderr, "bench probe: $%s is empty\n", *keyEnv)
+			return 2
+		}
+		req.Header.Set("X-API-Key", key)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "bench probe: %v\n", err)
 		return 1
 	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
+	defer resp.Body.Close()
+	if *printStatus {
+		fmt.Fprintln(e.stdout, resp.StatusCode)
+	}
+	if *body {
+		if _, err := io.Copy(e.stdout, io.LimitReader(resp.Body, 16<<20)); err != nil {
+			fmt.Fprintf(e.stderr, "bench probe: reading the body: %v\n", err)
+			return 1
+		}
+	}
+	if ok := resp.StatusCode/100 == 2; (*expect == 0 && !ok) || (*expect != 0 && resp.StatusCode != *expect) {
 		fmt.Fprintf(e.stderr, "bench probe: %s answered %d\n", url, resp.StatusCode)
 		return 1
 	}

@@ -49,6 +49,8 @@ func TestBenchCommandsRejectBadFlags(t *testing.T) {
 		{"load", "--url", "http://127.0.0.1:1", "--mix", "revoked=1"},
 		{"flood", "--duration", "0s"},
 		{"propagation", "--edges", "0"},
+		{"propagation", "--edges", "2", "--cut-nats", "2"},
+		{"propagation", "--cut-nats", "1", "--origin", "http://127.0.0.1:1"},
 		{"compare", "--stream-share", "2"},
 		{"suite", "--edges", "0"},
 		{"freeport", "-n", "0"},
@@ -169,6 +171,22 @@ func TestFloodAndPropagationOnInProcessStack(t *testing.T) {
 	}
 	if err := json.Unmarshal(b, &pr); err != nil || pr.Edges != 2 || len(pr.Samples) != 4 || pr.Timeouts != 0 {
 		t.Errorf("%v %+v", err, pr)
+	}
+
+	// --cut-nats: the gossip path, measured apart.
+	e, stdout, stderr = testEnv(ctx, nil)
+	if code := run(e, []string{"propagation", "--edges", "3", "--cut-nats", "2", "--iterations", "2", "--quiet", "--out", out}); code != 0 {
+		t.Fatalf("--cut-nats: exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "unlink, each gossip-only edge | 4 |") {
+		t.Errorf("--cut-nats stdout:\n%s", stdout.String())
+	}
+	if b, err = os.ReadFile(out + ".json"); err != nil {
+		t.Fatal(err)
+	}
+	pr = bench.PropagationResult{}
+	if err := json.Unmarshal(b, &pr); err != nil || pr.GossipOnlyEdges != 2 || pr.GossipOnlyPerEdge == nil || pr.Timeouts != 0 {
+		t.Errorf("--cut-nats: %v %+v", err, pr)
 	}
 }
 

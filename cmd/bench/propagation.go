@@ -19,12 +19,16 @@ type propOpts struct {
 	iterations int
 	poll       time.Duration
 	quiet      bool
+	// cutNATS severs NATS for that many edges after warm-up (the last
+	// ones), in a stack whose edges gossip; 0: NATS only, no gossip.
+	cutNATS int
 }
 
 // propagationStack measures propagation over a new in-process stack of
-// o.edges edges (NATS path only).
+// o.edges edges: over NATS, or, with o.cutNATS, with that many edges
+// reached by gossip alone.
 func propagationStack(ctx context.Context, e *env, o propOpts) (*bench.PropagationResult, error) {
-	st, err := startStack(ctx, stackOpts{edges: o.edges, maxKeys: 10_000})
+	st, err := startStack(ctx, stackOpts{edges: o.edges, maxKeys: 10_000, gossip: o.cutNATS > 0})
 	if err != nil {
 		return nil, err
 	}
@@ -33,10 +37,16 @@ func propagationStack(ctx context.Context, e *env, o propOpts) (*bench.Propagati
 	if err != nil {
 		return nil, err
 	}
+	var cut []int
+	if o.cutNATS > 0 {
+		if cut, err = st.cutNATS(ctx, o.cutNATS); err != nil {
+			return nil, err
+		}
+	}
 	return bench.RunPropagation(ctx, bench.PropagationConfig{Client: st.api, Project: benchProject,
 		Deployment: st.dep.ID, KeyID: ks[0].ID, Secret: ks[0].Secret, Edges: st.edgeURLs(),
 		Iterations: o.iterations, Poll: o.poll, Progress: progressOut(e, o.quiet),
-		PauseBetweenIterations: 20 * time.Millisecond})
+		PauseBetweenIterations: 20 * time.Millisecond, GossipOnly: cut})
 }
 
 func runPropagation(e *env, args []string) int {
@@ -51,10 +61,11 @@ func runPropagation(e *env, args []string) int {
 	poll := fs.Duration("poll", time.Millisecond, "pause between two polls of one edge")
 	out := fs.String("out", "", "report path without extension; default under $TMPDIR/keymesh-bench")
 	quiet := fs.Bool("quiet", false, "no progress line on stderr")
+	cutNATS := fs.Int("cut-nats", 0, "in-process stack: the edges gossip, and this many of them (the last ones) have their NATS link severed after warm-up, so changes reach them by gossip alone")
 	about := "bench propagation unlinks and relinks a key again and again and measures, from each API response,\n" +
 		"how long until every edge refuses (unlink) or accepts (relink) it, polling each edge with the key.\n" +
-		"Without --origin it starts an in-process origin (embedded NATS) and --edges edges.\n" +
-		"Not yet: --cut-nats (gossip between edges does not exist yet)."
+		"Without --origin it starts an in-process origin (embedded NATS) and --edges edges; with --cut-nats K\n" +
+		"the edges form a gossip ring (local timings) and K of them lose NATS, measuring the gossip path."
 	if code, done := parseFlags(e, fs, about, args); done {
 		return code
 	}
@@ -62,10 +73,19 @@ func runPropagation(e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "bench propagation: --iterations, --poll and --edges must be positive")
 		return 2
 	}
+	if *cutNATS < 0 || *cutNATS >= *edges {
+		fmt.Fprintln(e.stderr, "bench propagation: --cut-nats must be at least 0 and less than --edges (one edge must reach NATS)")
+		return 2
+	}
+	if *cutNATS > 0 && *origin != "" {
+		fmt.Fprintln(e.stderr, "bench propagation: --cut-nats needs the in-process stack (no --origin)")
+		return 2
+	}
 	var res *bench.PropagationResult
 	var err error
 	if *origin == "" {
-		res, err = propagationStack(e.ctx, e, propOpts{edges: *edges, iterations: *iterations, poll: *poll, quiet: *quiet})
+		res, err = propagationStack(e.ctx, e, propOpts{edges: *edges, iterations: *iterations, poll: *poll, quiet: *quiet,
+			cutNATS: *cutNATS})
 	} else {
 		res, err = attachPropagation(e, *origin, *edgeURLs, *project, *deployment, *upstream, *iterations, *poll, *quiet)
 	}

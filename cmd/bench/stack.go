@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"sync"
 	"time"
@@ -20,7 +23,9 @@ import (
 // The in-process stack a bench command starts when it is not pointed at a
 // running one: an origin with its embedded NATS (JetStream) and SQLite in a
 // temporary directory, a mock upstream, and N edges, all on free loopback
-// ports. Everything stops in close.
+// ports. With gossip, the edges form one gossip ring (local timings) and
+// each reaches NATS through a relay the stack can cut, so that changes
+// reach those edges by gossip alone. Everything stops in close.
 
 const (
 	benchProject    = "default"
@@ -39,6 +44,9 @@ type stackOpts struct {
 	// binDir, if set, holds the edge and origin binaries: the stack then
 	// runs as separate processes (see procstack.go).
 	binDir string
+	// gossip joins the edges into one gossip ring, each behind a NATS relay
+	// that cutNATS can sever.
+	gossip bool
 }
 
 type edgeNode struct {
@@ -46,6 +54,7 @@ type edgeNode struct {
 	url      string        // proxy
 	adminURL string        // /metrics, /status
 	admin    *http.Server
+	link     *natsRelay // nil without gossip
 }
 
 type stack struct {
@@ -60,6 +69,8 @@ type stack struct {
 	procs  []*process // a process stack's children
 	upURL  string     // a process stack's upstream
 	onStop []func(context.Context)
+	// gossipKey encrypts the edges' gossip (random per stack).
+	gossipKey []byte
 }
 
 func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
@@ -107,6 +118,12 @@ func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
 	if s.dep, err = s.api.EnsureDeployment(ctx, benchProject, benchDeployment, []string{s.upstream.URL()}); err != nil {
 		return nil, err
 	}
+	if o.gossip {
+		s.gossipKey = make([]byte, 32)
+		if _, err = rand.Read(s.gossipKey); err != nil {
+			return nil, err
+		}
+	}
 	for i := range o.edges {
 		e, err := s.startEdge(i, o, log)
 		if err != nil {
@@ -117,7 +134,60 @@ func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
 	if err = s.waitApplied(ctx, s.dep.Revision); err != nil {
 		return nil, err
 	}
+	if o.gossip {
+		if err = s.waitRing(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// waitRing waits (at most 20s) until every edge sees all the others.
+func (s *stack) waitRing(ctx context.Context) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for _, e := range s.edges {
+		for len(e.srv.Peers()) != len(s.edges)-1 {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the gossip ring did not form within 20s")
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// cutNATS severs the NATS link of the last k edges (gossip stacks only),
+// waits (at most 20s) until they notice, and returns their indexes.
+func (s *stack) cutNATS(ctx context.Context, k int) ([]int, error) {
+	if k > len(s.edges) {
+		return nil, fmt.Errorf("cannot cut NATS for %d of %d edges", k, len(s.edges))
+	}
+	var cut []int
+	for i := len(s.edges) - k; i < len(s.edges); i++ {
+		if s.edges[i].link == nil {
+			return nil, errors.New("cutting NATS needs a gossip stack")
+		}
+		s.edges[i].link.cut()
+		cut = append(cut, i)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, i := range cut {
+		for s.edges[i].srv.NATSConnected() {
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("edge %d still on NATS 20s after its link was cut", i)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	return cut, nil
 }
 
 func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, error) {
@@ -130,11 +200,27 @@ func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, erro
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.MaxKeys = o.maxKeys
 	cfg.Logger = log.With("edge", i)
+	var link *natsRelay
+	if o.gossip {
+		var err error
+		if link, err = startNATSRelay(s.origin.NATSURL()); err != nil {
+			return nil, err
+		}
+		cfg.NATSURL = link.url()
+		cfg.Gossip = proxy.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{s.gossipKey}, Local: true,
+			Name: fmt.Sprintf("bench-edge-%02d", i)}
+		if i > 0 {
+			cfg.Gossip.Join = []string{s.edges[0].srv.GossipAddr()}
+		}
+	}
 	srv, err := proxy.NewServer(cfg)
 	if err != nil {
+		if link != nil {
+			link.close()
+		}
 		return nil, err
 	}
-	e := &edgeNode{srv: srv}
+	e := &edgeNode{srv: srv, link: link}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
@@ -167,6 +253,9 @@ func (e *edgeNode) stop() {
 	defer cancel()
 	_ = e.admin.Shutdown(ctx)
 	_ = e.srv.Shutdown(ctx)
+	if e.link != nil {
+		e.link.close()
+	}
 }
 
 // waitApplied waits (at most 10s) until every edge has applied rev.
@@ -242,9 +331,11 @@ func (s *stack) close() { s.closed.Do(s.stop) }
 func (s *stack) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var wg sync.WaitGroup // a gossiping edge's leave takes a moment: all at once
 	for _, e := range s.edges {
-		e.stop()
+		wg.Go(e.stop)
 	}
+	wg.Wait()
 	for _, f := range s.onStop {
 		f(ctx)
 	}
@@ -258,4 +349,77 @@ func (s *stack) stop() {
 	if s.dir != "" {
 		_ = os.RemoveAll(s.dir)
 	}
+}
+
+// natsRelay is a TCP forwarder between one edge and NATS, so that the
+// edge's NATS link can be cut while everything else runs on.
+type natsRelay struct {
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	severed bool
+	conns   []net.Conn
+}
+
+func startNATSRelay(natsURL string) (*natsRelay, error) {
+	u, err := url.Parse(natsURL)
+	if err != nil {
+		return nil, fmt.Errorf("nats url %q: %w", natsURL, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	r := &natsRelay{ln: ln, target: u.Host}
+	go r.accept()
+	return r, nil
+}
+
+func (r *natsRelay) url() string { return "nats://" + r.ln.Addr().String() }
+
+func (r *natsRelay) accept() {
+	for {
+		c, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		if r.severed {
+			r.mu.Unlock()
+			c.Close()
+			continue
+		}
+		up, err := net.DialTimeout("tcp", r.target, 5*time.Second)
+		if err != nil {
+			r.mu.Unlock()
+			c.Close()
+			continue
+		}
+		r.conns = append(r.conns, c, up)
+		r.mu.Unlock()
+		go relayCopy(c, up)
+		go relayCopy(up, c)
+	}
+}
+
+func relayCopy(dst, src net.Conn) {
+	_, _ = io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+}
+
+// cut closes every relayed connection and refuses new ones.
+func (r *natsRelay) cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.severed = true
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = nil
+}
+
+func (r *natsRelay) close() {
+	r.ln.Close()
+	r.cut()
 }

@@ -56,6 +56,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	gossipKeys := fs.String("gossip-key", "", "base64 AES key (16/24/32 bytes) or @file encrypting gossip; several comma-separated for rotation, the first encrypts")
 	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", false, "allow plaintext gossip (labs only)")
 	fs.StringVar(&cfg.Gossip.Name, "node-name", "", "unique gossip node name (default hostname-listen)")
+	profile := fs.String("gossip-profile", "wan", `gossip timings: "wan" (sites across regions), "lan" (one site), "local" (one machine: tests, labs)`)
 	fs.StringVar(&cfg.AuditFile, "audit-file", "", "also append audit records to this JSON-lines file")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
@@ -78,6 +79,16 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			return 2
 		}
 		cfg.Gossip.Keys = append(cfg.Gossip.Keys, key)
+	}
+	switch *profile {
+	case "wan":
+	case "lan":
+		cfg.Gossip.LAN = true
+	case "local":
+		cfg.Gossip.Local = true
+	default:
+		fmt.Fprintf(stderr, "edge: --gossip-profile must be wan, lan or local, not %q\n", *profile)
+		return 2
 	}
 	cfg.CORSAllowedOrigins = splitList(*corsOrigins)
 	cfg.CORSAllowedMethods = splitList(*corsMethods)

@@ -27,6 +27,7 @@ func TestFlagErrorsAreOneLine(t *testing.T) {
 		{"bad duration from env", []string{"--origin-public-key", "x"}, map[string]string{"EDGE_LOOKUP_TIMEOUT": "soon"}, "EDGE_LOOKUP_TIMEOUT"},
 		{"stray argument", []string{"serve"}, nil, "unexpected argument"},
 		{"negative bound", []string{"--max-upstream-conns", "-1"}, nil, "must be positive"},
+		{"bad gossip profile", []string{"--gossip-profile", "fast"}, nil, "--gossip-profile must be wan, lan or local"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
