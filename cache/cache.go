@@ -593,11 +593,23 @@ func (v *View) fetch(ctx context.Context, h apikey.Hash) (fetched, error) {
 // CheckLookupReply verifies a sealed answer to a lookup for h, as the miss
 // path does: signed by the origin, and a key holding h or a "no such key"
 // for h. A failure is counted as rejected. It changes nothing.
+//
+// A genuine answer is never older than the origin's last heartbeat (it is
+// read at the store's revision, which no published revision exceeds). An
+// older one is a replay — of an origin reply on NATS, or a peer's kept
+// record — and may predate a change in the revisions the View knows exist
+// but has not applied, which no generation check can catch; it is refused.
+// Once the View has applied everything the origin announced, the
+// generation checks suffice and an older record (a peer's) is taken.
 func (v *View) CheckLookupReply(h apikey.Hash, wire []byte) (*event.Record, error) {
 	rec, err := v.cfg.Verifier.Open(wire)
 	if err != nil {
 		v.rejected.Add(1)
 		return nil, fmt.Errorf("lookup reply: %w", err)
+	}
+	if latest := v.latest.Load(); rec.Revision < latest && v.applied.Load() < latest {
+		v.rejected.Add(1)
+		return nil, fmt.Errorf("lookup reply at revision %d predates revision %d the origin announced, not yet applied", rec.Revision, latest)
 	}
 	switch {
 	case rec.Kind == event.KindKeyNotFound && rec.Hash != nil && *rec.Hash == h:

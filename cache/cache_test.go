@@ -525,8 +525,11 @@ func TestStalenessGuard(t *testing.T) {
 				t.Fatalf("a current View re-validated: %d lookups", o.calls.Load())
 			}
 			// A heartbeat ahead of what the View applied proves nothing yet.
+			for range 5 {
+				o.change(event.Key{ID: "unrelated", Project: "p"}) // revisions the View does not apply
+			}
 			advance(5 * time.Second)
-			if err := v.Heartbeat(o.heartbeat(v.AppliedRevision() + 5)); err != nil {
+			if err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
 				t.Fatal(err)
 			}
 			advance(6 * time.Second)
@@ -568,5 +571,37 @@ func TestStalenessGuard(t *testing.T) {
 				t.Fatal("a forged heartbeat made the View current")
 			}
 		})
+	}
+}
+
+// A lookup answer older than what the origin has announced, while the View
+// has not applied that far, is a replay that may predate a change: refused.
+func TestReplayedLookupReplyRefused(t *testing.T) {
+	o := newOrigin(t)
+	h := newSecret(t)
+	var reply []byte
+	v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
+		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return reply, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ev := o.change(linked(h, "d1"))
+	old, _ := o.lookup(context.Background(), h) // sealed at revision 1
+	mustApply(t, v, ev)
+	// Revisions 2..4 happen; the View hears of them, applies none.
+	for range 3 {
+		o.change(event.Key{ID: "other", Project: "p"})
+	}
+	if err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
+		t.Fatal(err)
+	}
+	reply = old
+	if _, err := v.Authorize(context.Background(), h); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("replayed reply at revision 1 with revision 4 announced: %v", err)
+	}
+	reply, _ = o.lookup(context.Background(), h) // fresh, at revision 4
+	if _, err := v.Authorize(context.Background(), h); err != nil {
+		t.Fatalf("fresh reply refused: %v", err)
 	}
 }
