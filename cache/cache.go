@@ -83,6 +83,12 @@ type Config struct {
 	NegativeTTL time.Duration
 	// LookupTimeout bounds one miss-path lookup. Default 2s.
 	LookupTimeout time.Duration
+	// MaxLookups bounds the miss-path lookups in flight at once (distinct
+	// keys; one key's concurrent misses share one). Past it a miss fails
+	// at once with ErrUnavailable and is counted in Stats.LookupsShed, so
+	// that a flood of fresh well-formed keys costs the origin a bounded
+	// load. Default 256.
+	MaxLookups int
 	// MaxStaleness is how long the View trusts its cache without proof that
 	// it is current: a signed origin heartbeat whose revision it has
 	// applied. Past it, cached keys older than MaxStaleness are re-validated
@@ -181,6 +187,8 @@ func (g *generations) raise(slot uint32, rev uint64) {
 // Stats are the View's counters.
 type Stats struct {
 	Hits, Misses, Lookups, LookupErrors, StaleHits, Resyncs, Applied, Rejected, NegativeHits uint64
+	// LookupsShed counts misses refused because MaxLookups were in flight.
+	LookupsShed uint64
 	// Revalidations counts cached keys looked up again because the View
 	// could not prove it was current; StaleServed, those served from the
 	// cache anyway because the lookup failed and FailOpen is set.
@@ -212,7 +220,9 @@ type View struct {
 	log      *slog.Logger
 	now      func() time.Time
 	fill     singleflight.Group
-	gens     *generations
+	// lookupSlots holds one token per lookup in flight (MaxLookups).
+	lookupSlots chan struct{}
+	gens        *generations
 
 	applied atomic.Uint64 // last revision whose effects are visible
 	floor   atomic.Uint64 // entries read before this revision are stale
@@ -238,7 +248,7 @@ type View struct {
 	pendingAt  int64
 
 	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected, negHits atomic.Uint64
-	revalidations, staleServed, peerHeartbeats, peerServed, oldBeats                   atomic.Uint64
+	revalidations, staleServed, peerHeartbeats, peerServed, oldBeats, lookupsShed      atomic.Uint64
 }
 
 // sealedRecord is a sealed key record kept for peers, with what is needed
@@ -260,6 +270,9 @@ func New(cfg Config) (*View, error) {
 	}
 	if cfg.MaxKeys <= 0 {
 		cfg.MaxKeys = 1_000_000
+	}
+	if cfg.MaxLookups <= 0 {
+		cfg.MaxLookups = 256
 	}
 	if cfg.LookupTimeout <= 0 {
 		cfg.LookupTimeout = 2 * time.Second
@@ -323,7 +336,7 @@ func New(cfg Config) (*View, error) {
 			return nil, fmt.Errorf("creating peer record cache: %w", err)
 		}
 	}
-	v := &View{cfg: cfg, keys: keys, neg: neg, sealed: sealed, log: cfg.Logger, now: cfg.Now,
+	v := &View{cfg: cfg, keys: keys, neg: neg, sealed: sealed, log: cfg.Logger, now: cfg.Now, lookupSlots: make(chan struct{}, cfg.MaxLookups),
 		gens: newGenerations(cfg.MaxKeys), depWires: map[string][]byte{}}
 	v.deps.Store(emptyDeployments)
 	v.current.Store(cfg.Now().UnixNano()) // a fresh View has had no time to fall behind
@@ -349,7 +362,7 @@ func (v *View) AppliedRevision() uint64 { return v.applied.Load() }
 func (v *View) Stats() Stats {
 	return Stats{
 		Hits: v.hits.Load(), Misses: v.misses.Load(), Lookups: v.lookups.Load(),
-		LookupErrors: v.lookupErrs.Load(), StaleHits: v.staleHits.Load(), Resyncs: v.resyncs.Load(),
+		LookupErrors: v.lookupErrs.Load(), LookupsShed: v.lookupsShed.Load(), StaleHits: v.staleHits.Load(), Resyncs: v.resyncs.Load(),
 		Applied: v.appliedN.Load(), Rejected: v.rejected.Load(), NegativeHits: v.negHits.Load(),
 		Revalidations: v.revalidations.Load(), StaleServed: v.staleServed.Load(), OldHeartbeats: v.oldBeats.Load(),
 		Evictions: v.keys.Metrics.KeysEvicted(), LatestRevision: max(v.latest.Load(), v.applied.Load()),
@@ -570,6 +583,13 @@ type fetched struct {
 // fetch asks the origin (or, through Lookup, a peer) about h and verifies
 // the answer is signed and about h.
 func (v *View) fetch(ctx context.Context, h apikey.Hash) (fetched, error) {
+	select {
+	case v.lookupSlots <- struct{}{}:
+		defer func() { <-v.lookupSlots }()
+	default:
+		v.lookupsShed.Add(1)
+		return fetched{}, fmt.Errorf("%w: %d lookups in flight already", ErrUnavailable, v.cfg.MaxLookups)
+	}
 	v.lookups.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.LookupTimeout)
 	defer cancel()

@@ -605,3 +605,55 @@ func TestReplayedLookupReplyRefused(t *testing.T) {
 		t.Fatalf("fresh reply refused: %v", err)
 	}
 }
+
+// A flood of distinct unknown keys holds at most MaxLookups lookups at the
+// origin; the rest are refused at once (503 at the edge) and counted.
+func TestLookupsBounded(t *testing.T) {
+	o := newOrigin(t)
+	release := make(chan struct{})
+	var inFlight, most atomic.Int64
+	v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxLookups: 2,
+		Lookup: func(ctx context.Context, h apikey.Hash) ([]byte, error) {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			<-release
+			return o.lookup(ctx, h)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, err := v.Authorize(context.Background(), newSecret(t))
+			errs <- err
+		})
+	}
+	// Six of eight are shed at once; two wait on the origin.
+	deadline := time.Now().Add(10 * time.Second)
+	for v.Stats().LookupsShed < 6 {
+		if time.Now().After(deadline) {
+			t.Fatalf("shed %d lookups, want 6", v.Stats().LookupsShed)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	var unavailable, unknown int
+	for err := range errs {
+		switch {
+		case errors.Is(err, ErrUnavailable):
+			unavailable++
+		case errors.Is(err, ErrUnknownKey):
+			unknown++
+		}
+	}
+	if unavailable != 6 || unknown != 2 || most.Load() != 2 {
+		t.Fatalf("unavailable %d, unknown %d, most in flight %d", unavailable, unknown, most.Load())
+	}
+}

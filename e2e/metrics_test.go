@@ -43,6 +43,7 @@ func TestMetricsAndStatus(t *testing.T) {
 		`keymesh_edge_upstream_pool_full_total 0`,
 		`keymesh_edge_ratelimit_untracked_total 0`,
 		`keymesh_edge_heartbeats_ignored_total`,
+		`keymesh_edge_lookups_shed_total 0`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)

@@ -99,6 +99,7 @@ func (m *metrics) watch(v *cache.View) {
 	counter("keymesh_edge_cache_negative_hits_total", "Unknown keys refused from the negative cache.", func(s cache.Stats) uint64 { return s.NegativeHits })
 	counter("keymesh_edge_lookups_total", "Lookups sent to the origin.", func(s cache.Stats) uint64 { return s.Lookups })
 	counter("keymesh_edge_lookup_errors_total", "Lookups that failed.", func(s cache.Stats) uint64 { return s.LookupErrors })
+	counter("keymesh_edge_lookups_shed_total", "Cache misses refused (503) because --max-lookups lookups were in flight.", func(s cache.Stats) uint64 { return s.LookupsShed })
 	counter("keymesh_edge_records_rejected_total", "Records dropped for a bad signature or shape.", func(s cache.Stats) uint64 { return s.Rejected })
 	counter("keymesh_edge_resyncs_total", "Snapshots taken: first start or a gap in the event stream.", func(s cache.Stats) uint64 { return s.Resyncs })
 	counter("keymesh_edge_revalidations_total", "Cached keys looked up again by the staleness guard.", func(s cache.Stats) uint64 { return s.Revalidations })

@@ -75,6 +75,9 @@ type Config struct {
 	Gossip GossipConfig
 	// LookupTimeout bounds a cache-miss lookup. Default 2s.
 	LookupTimeout time.Duration
+	// MaxLookups bounds the cache-miss lookups in flight; past it a miss
+	// gets 503 at once (cache.Config.MaxLookups). Default 256.
+	MaxLookups int
 	// MaxKeys bounds the key cache. Default 1,000,000.
 	MaxKeys int64
 	// MaxStaleness: without a signed origin heartbeat for this long, cached
@@ -238,7 +241,7 @@ func NewServer(cfg Config) (*Server, error) {
 	m := newMetrics()
 	hook := &gossipHook{} // misses may be answered by gossip peers (gossip.go)
 	view, err := cache.New(cache.Config{Verifier: ver, Lookup: hook.lookup(nc), ObserveLookup: m.observeLookup,
-		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, Logger: cfg.Logger,
+		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, MaxLookups: cfg.MaxLookups, Logger: cfg.Logger,
 		MaxStaleness: cfg.MaxStaleness, FailOpen: cfg.FailOpen})
 	if err != nil {
 		nc.Close()

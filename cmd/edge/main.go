@@ -39,6 +39,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials, one file per secret name (env EDGE_SECRET_<NAME> wins); SIGHUP re-reads them")
 	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", 2*time.Second, "how long a cache-miss lookup may take before the request gets 503")
 	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
+	fs.IntVar(&cfg.MaxLookups, "max-lookups", 256, "cache-miss lookups in flight at once; past it a miss gets 503 (a flood of new keys costs the origin a bounded load)")
 	fs.DurationVar(&cfg.UpstreamIdleTimeout, "upstream-idle-timeout", 2*time.Minute, "cut an upstream that sends nothing for this long (a generation that keeps streaming is never cut)")
 	fs.DurationVar(&cfg.UpstreamConnectTimeout, "upstream-connect-timeout", 5*time.Second, "how long connecting to an upstream may take before the next one is tried")
 	fs.IntVar(&cfg.MaxUpstreamConns, "max-upstream-conns", 1024, "connections (requests and streams in flight) per upstream server; past it a request waits 2s, then gets 503")
@@ -67,8 +68,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "edge: %v\n", err)
 		return 2
 	}
-	if cfg.MaxUpstreamConns <= 0 || cfg.MaxRequestBodyBytes <= 0 || cfg.MaxKeys <= 0 {
-		fmt.Fprintln(stderr, "edge: --max-upstream-conns, --max-request-body and --max-keys must be positive")
+	if cfg.MaxUpstreamConns <= 0 || cfg.MaxRequestBodyBytes <= 0 || cfg.MaxKeys <= 0 || cfg.MaxLookups <= 0 {
+		fmt.Fprintln(stderr, "edge: --max-upstream-conns, --max-request-body, --max-keys and --max-lookups must be positive")
 		return 2
 	}
 	cfg.Gossip.Join = splitList(*join)
