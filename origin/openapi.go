@@ -179,7 +179,8 @@ func apiSchemas() map[string]any {
 		"DeploymentUpdate": obj(nil, depProps(false)),
 		"DeploymentPage":   page("Deployment"),
 		"Edge": map[string]any{"type": "object", "required": []string{"id", "site", "address", "applied_revision", "last_seen"}, "properties": map[string]any{
-			"id": str(""), "site": str(""), "address": str(""), "applied_revision": map[string]any{"type": "integer", "minimum": 0}, "last_seen": ts}},
+			"id": str(""), "site": str(""), "address": str(""), "applied_revision": map[string]any{"type": "integer", "minimum": 0}, "last_seen": ts,
+			"relayed_by": str("the edge whose heartbeat carried this one's, for an edge reachable only through gossip")}},
 		"AuditRecord": map[string]any{"type": "object", "description": "one request handled by an edge, or one admin action of the origin; never holds a secret",
 			"additionalProperties": true},
 		"Health": map[string]any{"type": "object", "properties": map[string]any{
