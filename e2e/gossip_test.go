@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -38,6 +39,8 @@ func (s *stack) gossipEdgesWith(n int, o gossipOpts) ([]*proxy.Server, []*relay)
 	if o.staleness == 0 {
 		o.staleness = time.Minute
 	}
+	// The gossip key is a secret like any other: in no log, metric or record.
+	s.secrets = append(s.secrets, string(gossipKey), base64.StdEncoding.EncodeToString(gossipKey))
 	var edges []*proxy.Server
 	var links []*relay
 	seed := ""
