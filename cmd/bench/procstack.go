@@ -145,8 +145,9 @@ func (s *stack) spawn(ctx context.Context, name string, args []string, env ...st
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so that a Ctrl-C at the terminal reaches the
-	// bench only, which then stops the stack in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// bench only, which then stops the stack in order; SIGTERM from the
+	// kernel should the bench die first, so that nothing outlives it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", name, err)
 	}
