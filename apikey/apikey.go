@@ -137,8 +137,9 @@ func Display(key string) string {
 
 var crcTable = crc32.MakeTable(crc32.IEEE)
 
-// checksum is crc32.ChecksumIEEE over the random part, written out so that
-// the buffer stays on the stack (the library's dispatch makes it escape).
+// checksum is the CRC-32 (IEEE) of the key's random part, table-driven by
+// hand: crc32.ChecksumIEEE would move raw to the heap (it is called through
+// a function value), costing an allocation per parsed key.
 func checksum(raw *[randomBytes]byte) uint32 {
 	crc := ^uint32(0)
 	for _, v := range raw {
@@ -147,13 +148,26 @@ func checksum(raw *[randomBytes]byte) uint32 {
 	return ^crc
 }
 
-// decode is strict unpadded base32 decoding of src into dst (which must hold
-// len(src)*5/8 bytes), reporting false on a character outside the alphabet or
-// non-zero trailing bits, so that every byte string has exactly one encoding. encoding/base32 copies its input to the heap, which the hot path
-// cannot afford; this does not.
+// decode decodes unpadded base32 (alphabet) src into dst, which must be
+// exactly long enough, and reports false for a character outside the
+// alphabet or trailing bits that are not zero (a non-canonical encoding).
+// Whole groups of 8 characters (5 bytes) go at once; the tail bit by bit.
 func decode(dst, src []byte) bool {
+	n := 0
+	for len(src) >= 8 {
+		c0, c1, c2, c3 := decodeMap[src[0]], decodeMap[src[1]], decodeMap[src[2]], decodeMap[src[3]]
+		c4, c5, c6, c7 := decodeMap[src[4]], decodeMap[src[5]], decodeMap[src[6]], decodeMap[src[7]]
+		if (c0|c1|c2|c3|c4|c5|c6|c7)&0xe0 != 0 {
+			return false
+		}
+		v := uint64(c0)<<35 | uint64(c1)<<30 | uint64(c2)<<25 | uint64(c3)<<20 |
+			uint64(c4)<<15 | uint64(c5)<<10 | uint64(c6)<<5 | uint64(c7)
+		dst[n], dst[n+1], dst[n+2], dst[n+3], dst[n+4] = byte(v>>32), byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+		n += 5
+		src = src[8:]
+	}
 	var acc uint64
-	bits, n := 0, 0
+	bits := 0
 	for _, c := range src {
 		v := decodeMap[c]
 		if v == 0xff {
