@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -678,6 +679,7 @@ func (r *loadRun) progress(start time.Time, total time.Duration) func() {
 	if name == "" {
 		name = "load"
 	}
+	live := isTerminal(out) // into a log, one line per run, not one per tick
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -691,8 +693,12 @@ func (r *loadRun) progress(start time.Time, total time.Duration) func() {
 		if el > 0 {
 			rps = float64(done) / el.Seconds()
 		}
-		fmt.Fprintf(out, "\r%-14s [%s] %5.1fs/%.0fs  %9d req  %8.0f rps  %6d err ",
-			name, bar, el.Seconds(), total.Seconds(), done, rps, r.errs.Load())
+		cr := "\r"
+		if !live {
+			cr = ""
+		}
+		fmt.Fprintf(out, "%s%-14s [%s] %5.1fs/%.0fs  %9d req  %8.0f rps  %6d err ",
+			cr, name, bar, el.Seconds(), total.Seconds(), done, rps, r.errs.Load())
 	}
 	go func() {
 		defer wg.Done()
@@ -705,11 +711,24 @@ func (r *loadRun) progress(start time.Time, total time.Duration) func() {
 				fmt.Fprintln(out)
 				return
 			case <-tk.C:
-				print()
+				if live {
+					print()
+				}
 			}
 		}
 	}()
 	return func() { close(stop); wg.Wait() }
+}
+
+// isTerminal reports whether w is a terminal, where a \r-updated line is
+// a progress bar rather than clutter.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // sortedKeys returns m's keys in order.

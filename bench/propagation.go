@@ -148,7 +148,7 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 				unlink.Record(worst)
 			}
 			res.Samples = append(res.Samples, s)
-			if cfg.Progress != nil {
+			if cfg.Progress != nil && isTerminal(cfg.Progress) {
 				fmt.Fprintf(cfg.Progress, "\rpropagation   %3d/%d  %-6s %7.2f ms (rev %d)   ", i+1, cfg.Iterations, op, s.Millis, rev)
 			}
 		}
@@ -160,14 +160,17 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 			}
 		}
 	}
-	if cfg.Progress != nil {
-		fmt.Fprintln(cfg.Progress)
-	}
 	res.Unlink, res.Relink, res.All, res.PerEdge = unlink.Summary(), relink.Summary(), all.Summary(), perEdge.Summary()
 	res.UnlinkPerEdge = unlinkPerEdge.Summary()
 	if len(gossipOnly) > 0 {
 		gu, ga := gossipUnlink.Summary(), gossipAll.Summary()
 		res.GossipOnlyUnlinkPerEdge, res.GossipOnlyPerEdge = &gu, &ga
+	}
+	if cfg.Progress != nil {
+		if !isTerminal(cfg.Progress) {
+			fmt.Fprintf(cfg.Progress, "propagation   %d edges, %d iterations: last edge p50 %.2f ms, p99 %.2f ms", len(cfg.Edges), cfg.Iterations, res.All.P50, res.All.P99)
+		}
+		fmt.Fprintln(cfg.Progress)
 	}
 	return res, nil
 }
