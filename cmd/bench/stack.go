@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/internal/netcut"
 	"github.com/keymesh/keymesh/origin"
 	"github.com/keymesh/keymesh/origin/apiclient"
 	"github.com/keymesh/keymesh/proxy"
@@ -54,7 +54,7 @@ type edgeNode struct {
 	url      string        // proxy
 	adminURL string        // /metrics, /status
 	admin    *http.Server
-	link     *natsRelay // nil without gossip
+	link     *netcut.Relay // nil without gossip
 }
 
 type stack struct {
@@ -171,7 +171,7 @@ func (s *stack) cutNATS(ctx context.Context, k int) ([]int, error) {
 		if s.edges[i].link == nil {
 			return nil, errors.New("cutting NATS needs a gossip stack")
 		}
-		s.edges[i].link.cut()
+		s.edges[i].link.Cut()
 		cut = append(cut, i)
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -200,13 +200,13 @@ func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, erro
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.MaxKeys = o.maxKeys
 	cfg.Logger = log.With("edge", i)
-	var link *natsRelay
+	var link *netcut.Relay
 	if o.gossip {
 		var err error
 		if link, err = startNATSRelay(s.origin.NATSURL()); err != nil {
 			return nil, err
 		}
-		cfg.NATSURL = link.url()
+		cfg.NATSURL = "nats://" + link.Addr()
 		cfg.Gossip = proxy.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{s.gossipKey}, Local: true,
 			Name: fmt.Sprintf("bench-edge-%02d", i)}
 		if i > 0 {
@@ -216,7 +216,7 @@ func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, erro
 	srv, err := proxy.NewServer(cfg)
 	if err != nil {
 		if link != nil {
-			link.close()
+			link.Close()
 		}
 		return nil, err
 	}
@@ -254,7 +254,7 @@ func (e *edgeNode) stop() {
 	_ = e.admin.Shutdown(ctx)
 	_ = e.srv.Shutdown(ctx)
 	if e.link != nil {
-		e.link.close()
+		e.link.Close()
 	}
 }
 
@@ -351,75 +351,13 @@ func (s *stack) stop() {
 	}
 }
 
-// natsRelay is a TCP forwarder between one edge and NATS, so that the
-// edge's NATS link can be cut while everything else runs on.
-type natsRelay struct {
-	ln      net.Listener
-	target  string
-	mu      sync.Mutex
-	severed bool
-	conns   []net.Conn
-}
-
-func startNATSRelay(natsURL string) (*natsRelay, error) {
+// startNATSRelay starts a netcut.Relay between one edge and the NATS at
+// natsURL, so that the edge's NATS link can be cut while everything else
+// runs on.
+func startNATSRelay(natsURL string) (*netcut.Relay, error) {
 	u, err := url.Parse(natsURL)
 	if err != nil {
 		return nil, fmt.Errorf("nats url %q: %w", natsURL, err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	r := &natsRelay{ln: ln, target: u.Host}
-	go r.accept()
-	return r, nil
-}
-
-func (r *natsRelay) url() string { return "nats://" + r.ln.Addr().String() }
-
-func (r *natsRelay) accept() {
-	for {
-		c, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		if r.severed {
-			r.mu.Unlock()
-			c.Close()
-			continue
-		}
-		up, err := net.DialTimeout("tcp", r.target, 5*time.Second)
-		if err != nil {
-			r.mu.Unlock()
-			c.Close()
-			continue
-		}
-		r.conns = append(r.conns, c, up)
-		r.mu.Unlock()
-		go relayCopy(c, up)
-		go relayCopy(up, c)
-	}
-}
-
-func relayCopy(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-}
-
-// cut closes every relayed connection and refuses new ones.
-func (r *natsRelay) cut() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.severed = true
-	for _, c := range r.conns {
-		c.Close()
-	}
-	r.conns = nil
-}
-
-func (r *natsRelay) close() {
-	r.ln.Close()
-	r.cut()
+	return netcut.NewRelay(u.Host)
 }

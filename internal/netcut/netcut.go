@@ -1,5 +1,7 @@
-// Package netcut is a memberlist transport with a switch that cuts every
-// link of one node, for tests of partitions in one process.
+// Package netcut cuts links on purpose, for tests (and bench runs) of
+// partitions in one process: a memberlist transport whose switch cuts every
+// gossip link of one node (Transport), and a TCP relay whose switch severs
+// one client's link to a server such as NATS (Relay).
 package netcut
 
 import (
