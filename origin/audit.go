@@ -33,13 +33,14 @@ import (
 )
 
 const (
-	auditBatch       = 500     // records the writer takes off the queue at once
-	auditTxRows      = 100     // on SQLite, rows per insert transaction (one statement)
-	auditStmtRows    = 100     // rows per INSERT statement
-	auditPruneRows   = 500     // rows per pruning DELETE (and, on SQLite, per transaction)
-	maxAuditMessage  = 8 << 20 // bytes of one edge batch accepted
-	maxAuditPerBatch = 5000    // records of one edge batch accepted
-	maxAuditField    = 512     // longer text fields are cut
+	auditBatch       = 500                    // records the writer takes off the queue at once
+	auditTxRows      = 100                    // on SQLite, rows per insert transaction (one statement)
+	auditStmtRows    = 100                    // rows per INSERT statement
+	auditGather      = 100 * time.Millisecond // how long a record waits for company before it is written
+	auditPruneRows   = 500                    // rows per pruning DELETE (and, on SQLite, per transaction)
+	maxAuditMessage  = 8 << 20                // bytes of one edge batch accepted
+	maxAuditPerBatch = 5000                   // records of one edge batch accepted
+	maxAuditField    = 512                    // longer text fields are cut
 	auditSourceEdge  = "edge"
 	auditSourceAdmin = "admin"
 )
@@ -213,16 +214,24 @@ func (a *auditLog) run() {
 	for {
 		select {
 		case r := <-a.ch:
+			// Gather for up to auditGather before writing, so that records
+			// arriving one by one (an admin action per mutation) make one
+			// transaction, not one each: fewer writes to compete with the
+			// store's fsyncs.
 			batch = append(batch[:0], r)
+			gather := time.NewTimer(auditGather)
 		fill:
 			for len(batch) < auditBatch {
 				select {
 				case r := <-a.ch:
 					batch = append(batch, r)
-				default:
+				case <-gather.C:
+					break fill
+				case <-a.stop:
 					break fill
 				}
 			}
+			gather.Stop()
 			a.insert(batch)
 		case <-prune.C:
 			a.prune()
