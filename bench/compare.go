@@ -78,14 +78,14 @@ func (c *CompareResult) Find(name string) *LoadResult {
 func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) {
 	rounds := max(cfg.Rounds, 1)
 	runs := make([][]*LoadResult, len(cfg.Targets))
-	for i, t := range cfg.Targets {
+	for _, t := range cfg.Targets {
 		if cfg.Warmup <= 0 {
-			break
+			break // no warm-up asked for
 		}
 		wc := cfg.Load
 		wc.Name, wc.URL, wc.Duration, wc.Progress = t.Name+" warm-up", t.URL, cfg.Warmup, nil
 		if _, err := RunLoad(ctx, wc); err != nil {
-			return nil, fmt.Errorf("%s warm-up: %w", cfg.Targets[i].Name, err)
+			return nil, fmt.Errorf("%s warm-up: %w", t.Name, err)
 		}
 	}
 	for round := range rounds {

@@ -52,35 +52,29 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, c
 	return nil, r
 }
 
-// requestBody is what the edge reads from an OpenAI-style JSON body.
-type requestBody struct {
-	stream      bool
-	promptChars int
-}
-
 // inspect reads a request body once: whether it asks to stream, and how
 // long its prompt is. A body is inspected when its Content-Type is JSON (in
 // any letter case, or absent) or when it looks like JSON whatever its
 // Content-Type says, since inference servers parse such bodies anyway; bad
 // JSON and prompts over the deployment's limit are answered with 400 and ok
 // false. Other bodies (multipart audio uploads, say) are not inspected.
-func inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment) (b requestBody, ok bool) {
+func inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment) (stream, ok bool) {
 	raw := ctx.Request.Body()
 	if len(raw) == 0 || !(isJSON(ctx.Request.Header.ContentType()) || looksLikeJSON(raw)) {
-		return b, true
+		return false, true
 	}
 	n, stream, err := parseBody(raw)
 	if err != nil {
 		fail(ctx, errBadJSON, 0)
-		return b, false
+		return false, false
 	}
 	if dep.MaxPromptChars > 0 && n > dep.MaxPromptChars {
 		fail(ctx, apierror.New(http.StatusBadRequest, apierror.ValidationError,
 			"prompt is longer than this deployment allows").
 			WithDetails(map[string]int{"max_prompt_chars": dep.MaxPromptChars, "prompt_chars": n}), 0)
-		return b, false
+		return false, false
 	}
-	return requestBody{stream: stream, promptChars: n}, true
+	return stream, true
 }
 
 // isJSON reports whether a Content-Type names JSON: application/json or a
@@ -269,12 +263,12 @@ func partChars(v *fastjson.Value) (int, error) {
 // native routes of inference servers alike (TGI's /generate, vLLM's
 // /invocations, ...) — and use_streaming as well for a body that asks to
 // stream or a route that always streams.
-func permitted(ctx *fasthttp.RequestCtx, key *cache.Key, path []byte, body requestBody) bool {
+func permitted(ctx *fasthttp.RequestCtx, key *cache.Key, path []byte, bodyStreams bool) bool {
 	need := event.PermRunInference
 	if (ctx.IsGet() || ctx.IsHead()) && (bytes.Equal(path, []byte("/v1/models")) || bytes.HasPrefix(path, []byte("/v1/models/"))) {
 		need = event.PermReadModels
 	}
-	stream := body.stream || bytes.Equal(path, []byte("/generate_stream"))
+	stream := bodyStreams || bytes.Equal(path, []byte("/generate_stream"))
 	for _, p := range [2]string{need, streamPerm(stream)} {
 		if p != "" && !key.Has(p) {
 			fail(ctx, permissionDenied[p], 0)

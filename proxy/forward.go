@@ -69,12 +69,9 @@ func stripHopByHop(h interface {
 
 // isHopByHop reports whether k (any letter case) is one of hopByHop.
 func isHopByHop(k []byte) bool {
-	switch len(k) {
-	case 2, 7, 10, 16, 17, 18, 19:
-		for _, name := range hopByHopBytes {
-			if len(name) == len(k) && bytes.EqualFold(k, name) {
-				return true
-			}
+	for _, name := range hopByHopBytes {
+		if len(name) == len(k) && bytes.EqualFold(k, name) {
+			return true
 		}
 	}
 	return false

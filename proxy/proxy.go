@@ -459,12 +459,7 @@ func (s *Server) serveError(ctx *fasthttp.RequestCtx, err error) {
 	// The client may still be sending what was not read: let it read the
 	// answer instead of a reset.
 	lingerOnClose(ctx.Conn())
-	id := ctx.Request.Header.PeekBytes(headerRequestID)
-	if len(id) == 0 {
-		var buf [requestIDLen]byte
-		id = appendRequestID(buf[:0])
-	}
-	ctx.Response.Header.SetBytesKV(headerRequestID, id)
+	setRequestID(ctx)
 	var out outcome
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		fail(ctx, errBodyTooLarge, 0)
@@ -532,13 +527,7 @@ func (s *Server) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 }
 
 func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
-	reqID := ctx.Request.Header.PeekBytes(headerRequestID)
-	if len(reqID) == 0 {
-		var buf [requestIDLen]byte
-		reqID = appendRequestID(buf[:0])
-		ctx.Request.Header.SetBytesKV(headerRequestID, reqID)
-	}
-	ctx.Response.Header.SetBytesKV(headerRequestID, reqID)
+	setRequestID(ctx)
 
 	if s.cors.apply(ctx) {
 		return outcome{open: true} // a preflight, answered
@@ -568,11 +557,11 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 			return out
 		}
 	}
-	body, ok := inspect(ctx, dep)
+	streams, ok := inspect(ctx, dep)
 	if !ok {
 		return out
 	}
-	if out.key != nil && !permitted(ctx, out.key, path, body) {
+	if out.key != nil && !permitted(ctx, out.key, path, streams) {
 		out.reason = reasonPermission
 		return out
 	}
@@ -606,6 +595,18 @@ var (
 )
 
 const requestIDLen = 32
+
+// setRequestID keeps the client's X-Request-Id, or makes one, and puts it
+// on the request (for the upstream) and on the answer.
+func setRequestID(ctx *fasthttp.RequestCtx) {
+	id := ctx.Request.Header.PeekBytes(headerRequestID)
+	if len(id) == 0 {
+		var buf [requestIDLen]byte
+		id = appendRequestID(buf[:0])
+		ctx.Request.Header.SetBytesKV(headerRequestID, id)
+	}
+	ctx.Response.Header.SetBytesKV(headerRequestID, id)
+}
 
 func appendRequestID(dst []byte) []byte {
 	dst = hex.AppendEncode(dst, requestIDPrefix[:])
