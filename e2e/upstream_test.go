@@ -245,7 +245,7 @@ func TestForwardedHeadersAndRequestID(t *testing.T) {
 	if len(ids) != 3 {
 		t.Fatalf("request ids repeat: %v", ids)
 	}
-	// Refusals carry one too, and the error body of API.md.
+	// Refusals carry one too, and the error body of docs/api.md.
 	req, _ := http.NewRequest(http.MethodHead, "http://"+e.Addr()+"/health", nil)
 	if resp, err := httpClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("HEAD /health: %v %v", resp, err)
