@@ -197,8 +197,10 @@ func parseNullTS(ns sql.NullString) (*time.Time, error) {
 	return &t, nil
 }
 
+// jsonText encodes a column value without HTML escaping (see event.Marshal),
+// so that stored sizes are the validated ones.
 func jsonText(v any) (string, error) {
-	b, err := json.Marshal(v)
+	b, err := event.Marshal(v)
 	return string(b), err
 }
 
