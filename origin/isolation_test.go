@@ -27,7 +27,7 @@ func newTenants(t *testing.T, s *Server) *tenants {
 	tn.admin.must(201, "POST", "/v1/projects", map[string]any{"name": tn.aName}, &pa)
 	tn.admin.must(201, "POST", "/v1/projects", map[string]any{"name": tn.bName}, &pb)
 	tn.aID, tn.bID = pa.ID, pb.ID
-	perms := []string{event.PermWriteConfig, event.PermManageUsers, event.PermRunInference}
+	perms := []string{event.PermWriteConfig, event.PermManageUsers, event.PermRunInference, event.PermReadModels, event.PermUseStreaming}
 	var ka, kb keyResp
 	tn.admin.must(201, "POST", "/v1/projects/"+tn.aName+"/keys", map[string]any{"permissions": perms}, &ka)
 	tn.admin.must(201, "POST", "/v1/projects/"+tn.bName+"/keys", map[string]any{"permissions": perms}, &kb)
