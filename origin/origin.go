@@ -20,6 +20,16 @@
 //   - Key secrets are returned only by create and rotate; only their
 //     SHA-256 hashes are stored. No secret, password, token or hash is ever
 //     logged or echoed in an error.
+//   - Tenants are isolated: the hosts x path prefixes a deployment matches
+//     belong to its project alone, its upstream secret names can only be
+//     its project's, and its upstreams must pass the project's
+//     allowed_upstreams (see claims.go, policy.go); only admin users set a
+//     project's policy and quotas.
+//   - Every input is bounded (limits.go), and a change whose sealed event
+//     would exceed MaxEventBytes is refused before commit.
+//   - Admin tokens name a user and their token version; logout, a password
+//     change or deletion ends every token of that user on every replica
+//     by the time it answers (usercache.go).
 //   - Replicas sharing a store sign with one key: the store records the
 //     signing public key at its first start, and an origin with another
 //     refuses to start (ErrKeyMismatch).
