@@ -9,7 +9,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/keymesh/keymesh/event"
 )
@@ -55,7 +56,7 @@ func quotaError(quota string, limit int, what string) error {
 
 // checkUpstreams refuses an upstream of d that the policy does not allow.
 func checkUpstreams(p *upstreamPolicy, d *event.Deployment) error {
-	for _, site := range sortedKeys(d.Upstreams) {
+	for _, site := range slices.Sorted(maps.Keys(d.Upstreams)) {
 		for _, raw := range d.Upstreams[site] {
 			u, h, err := parseUpstreamURL(raw)
 			if err != nil {
@@ -247,7 +248,7 @@ func (s *Store) setRules(ctx context.Context, projectID string, ch rulesChange) 
 		}
 		r.policy = ch.policy
 	}
-	for _, name := range sortedKeys(ch.limits) {
+	for _, name := range slices.Sorted(maps.Keys(ch.limits)) {
 		v := ch.limits[name]
 		var col any
 		if v != nil {
@@ -276,14 +277,4 @@ func (s *Store) setRules(ctx context.Context, projectID string, ch rulesChange) 
 		return nil, fmt.Errorf("committing: %w", err)
 	}
 	return r.view(), nil
-}
-
-// sortedKeys returns m's keys in order.
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -152,39 +152,29 @@ func (s *Store) deleteUser(ctx context.Context, ref string) (*User, error) {
 // setPassword replaces a user's password hash. With revoke, the user's
 // token version goes forward, ending every session they have.
 func (s *Store) setPassword(ctx context.Context, id, hash string, revoke bool) error {
-	tx, unlock, err := s.lockedTx(ctx)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	defer tx.Rollback()
 	bump := 0
 	if revoke {
 		bump = 1
 	}
-	res, err := tx.ExecContext(ctx, s.q(`UPDATE users SET password_hash = ?, token_version = token_version + ? WHERE id = ?`), hash, bump, id)
-	if err != nil {
-		return fmt.Errorf("changing password: %w", err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n == 0 {
-		return fmt.Errorf("%w: no such user", ErrNotFound)
-	}
-	return tx.Commit()
+	return s.updateUser(ctx, id, `UPDATE users SET password_hash = ?, token_version = token_version + ? WHERE id = ?`, hash, bump, id)
 }
 
 // revokeTokens takes a user's token version forward (logout).
 func (s *Store) revokeTokens(ctx context.Context, id string) error {
+	return s.updateUser(ctx, id, `UPDATE users SET token_version = token_version + 1 WHERE id = ?`, id)
+}
+
+// updateUser runs one UPDATE of user id in a locked transaction.
+func (s *Store) updateUser(ctx context.Context, id, query string, args ...any) error {
 	tx, unlock, err := s.lockedTx(ctx)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, s.q(`UPDATE users SET token_version = token_version + 1 WHERE id = ?`), id)
+	res, err := tx.ExecContext(ctx, s.q(query), args...)
 	if err != nil {
-		return fmt.Errorf("revoking tokens: %w", err)
+		return fmt.Errorf("updating user: %w", err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
 		return err

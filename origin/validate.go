@@ -2,7 +2,9 @@ package origin
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -187,7 +189,7 @@ func validateDeployment(d *event.Deployment) error {
 		return validation("upstreams", fmt.Sprintf("at most %d sites", maxSites))
 	}
 	total := 0
-	for _, site := range sortedKeys(d.Upstreams) {
+	for _, site := range slices.Sorted(maps.Keys(d.Upstreams)) {
 		urls := d.Upstreams[site]
 		if !siteRE.MatchString(site) {
 			return validation("upstreams", fmt.Sprintf("%q is not a site name or *", truncate(site, 80)))
