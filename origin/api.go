@@ -388,6 +388,11 @@ func (s *Server) createProject(c *call) error {
 	if err := validName("name", name); err != nil {
 		return err
 	}
+	if !secretNameRE.MatchString(name) {
+		// Edges scope secrets by project name: EDGE_SECRET_<PROJECT>__<NAME>
+		// must split one way only.
+		return validation("name", "a project name is runs of letters and digits joined by single '.', '_' or '-'")
+	}
 	prop, err := s.waitFor(c)
 	if err != nil {
 		return err

@@ -286,3 +286,23 @@ func TestUpstreamPolicyIsTheOperatorsAlone(t *testing.T) {
 		}
 	})
 }
+
+// Edges scope secrets by project name (EDGE_SECRET_<PROJECT>__<NAME>,
+// <secrets-dir>/<project>/<name>): no new project may take a name that
+// another's scope would read the same, nor one with "__".
+func TestProjectNamesCannotShareASecretScope(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		s := startServer(t, cfg)
+		c := newClient(t, s)
+		c.must(201, "POST", "/v1/projects", map[string]any{"name": "team-a"}, nil)
+		for _, name := range []string{"team_a", "Team-A", "TEAM.A"} {
+			st, b := c.do("POST", "/v1/projects", map[string]any{"name": name})
+			wantError(t, name, st, b, http.StatusConflict, "CONFLICT")
+		}
+		for _, name := range []string{"team__a", "team-", "a_-b", "x..y"} {
+			st, b := c.do("POST", "/v1/projects", map[string]any{"name": name})
+			wantError(t, name, st, b, http.StatusBadRequest, "VALIDATION_ERROR")
+		}
+		c.must(201, "POST", "/v1/projects", map[string]any{"name": "team-b"}, nil)
+	})
+}

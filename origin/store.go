@@ -289,6 +289,14 @@ func (s *Store) createProject(ctx context.Context, name string) (*Project, uint6
 		return nil, 0, err
 	}
 	defer tx.Rollback()
+	// Ordered with every other writer (see lockedTx), so that the scope
+	// check below holds against replicas creating projects at once.
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE counters SET value = value WHERE name = 'revision'`)); err != nil {
+		return nil, 0, err
+	}
+	if err := s.checkProjectScope(ctx, tx, name); err != nil {
+		return nil, 0, err
+	}
 	var n int
 	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM projects WHERE name = ?`), name).Scan(&n); err != nil {
 		return nil, 0, err

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/keymesh/keymesh/event"
 )
@@ -277,4 +278,34 @@ func (s *Store) setRules(ctx context.Context, projectID string, ch rulesChange) 
 		return nil, fmt.Errorf("committing: %w", err)
 	}
 	return r.view(), nil
+}
+
+// secretScope is how an edge names a project in its secrets: the
+// environment form EDGE_SECRET_<PROJECT>__<NAME> upper-cases it and writes
+// '.' and '-' as '_'; a --secrets-dir may sit on a case-insensitive file
+// system. Two projects with one scope would share their edge-local
+// secrets, so no two may have one.
+func secretScope(project string) string {
+	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(project))
+}
+
+// checkProjectScope refuses a new project name whose secret scope another
+// project has (inside the creating transaction).
+func (s *Store) checkProjectScope(ctx context.Context, tx *sql.Tx, name string) error {
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT name FROM projects`))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var other string
+		if err := rows.Scan(&other); err != nil {
+			return err
+		}
+		if other != name && secretScope(other) == secretScope(name) {
+			return &DetailedError{Err: ErrConflict, Details: map[string]any{"field": "name"},
+				Message: fmt.Sprintf("a project named like %q exists: names that differ only in case or in '.', '_' and '-' would share edge-local secrets", name)}
+		}
+	}
+	return rows.Err()
 }
