@@ -1,9 +1,11 @@
 package event
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,5 +96,36 @@ func TestParsePublicKey(t *testing.T) {
 		if _, err := ParsePublicKey(bad); err == nil {
 			t.Fatalf("%q accepted", bad)
 		}
+	}
+}
+
+// A record's size does not depend on HTML-special characters: encoding/json
+// would write each '<' as six bytes.
+func TestSealDoesNotEscapeHTML(t *testing.T) {
+	s, v := newPair(t)
+	prefix := strings.Repeat("<>&", 1000)
+	in := &Record{Revision: 1, Kind: KindDeployment, Time: time.Unix(1, 0).UTC(), Deployment: &Deployment{
+		ID: "d", Project: "p", Name: "n", UpstreamAuth: &UpstreamAuth{Mode: UpstreamAuthInject, Prefix: prefix, Secret: "s"},
+	}}
+	wire, err := s.Seal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(wire, []byte(prefix)) {
+		t.Fatalf("the payload escapes HTML characters (%d bytes for a %d-byte prefix)", len(wire), len(prefix))
+	}
+	if len(wire) > len(prefix)+1000 {
+		t.Fatalf("payload is %d bytes for a %d-byte prefix", len(wire), len(prefix))
+	}
+	out, err := v.Open(wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Deployment.UpstreamAuth.Prefix != prefix {
+		t.Fatal("round trip changed the prefix")
+	}
+	b, err := Marshal(map[string]string{"a": "<b>"})
+	if err != nil || string(b) != `{"a":"<b>"}` {
+		t.Fatalf("Marshal: %s %v", b, err)
 	}
 }

@@ -1,6 +1,7 @@
 package event
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -41,13 +42,28 @@ func (s *Signer) Public() ed25519.PublicKey { return s.priv.Public().(ed25519.Pu
 
 // Seal encodes and signs r.
 func (s *Signer) Seal(r *Record) ([]byte, error) {
-	payload, err := json.Marshal(r)
+	payload, err := Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("encoding record: %w", err)
 	}
 	out := make([]byte, ed25519.SignatureSize, ed25519.SignatureSize+len(payload))
 	copy(out, ed25519.Sign(s.priv, signed(payload)))
 	return append(out, payload...), nil
+}
+
+// Marshal is json.Marshal without HTML escaping: encoding/json writes each
+// '<', '>' and '&' as a six-byte \u escape, so a record's size would
+// depend on which characters a tenant typed (six times over for a string of
+// '<'). Records are never embedded in HTML; their size must be what the
+// origin's bounds say.
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // Verifier opens records sealed by one origin key. It is safe for concurrent

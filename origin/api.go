@@ -42,8 +42,16 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/signing-key", s.open(s.handleSigningKey))
 	handle("GET /v1/openapi.json", s.open(s.handleOpenAPI))
 
+	handle("POST /v1/auth/logout", s.admin("", false, s.handleLogout))
+	handle("GET /v1/users", s.admin(event.PermManageUsers, false, s.listUsers))
+	handle("POST /v1/users", s.admin(event.PermManageUsers, false, s.createUser))
+	handle("DELETE /v1/users/{u}", s.admin(event.PermManageUsers, false, s.deleteUser))
+	handle("PUT /v1/users/{u}/password", s.admin(event.PermManageUsers, false, s.changePassword))
+
 	handle("POST /v1/projects", s.admin(event.PermManageUsers, false, s.createProject))
 	handle("GET /v1/projects", s.admin(event.PermWriteConfig, false, s.listProjects))
+	handle("GET /v1/projects/{p}", s.admin(event.PermWriteConfig, true, s.getProject))
+	handle("PATCH /v1/projects/{p}", s.admin(event.PermManageUsers, true, s.patchProject))
 
 	const p = "/v1/projects/{p}"
 	handle("POST "+p+"/keys", s.admin(event.PermWriteConfig, true, s.createKey))
@@ -109,8 +117,33 @@ func methodNotAllowed(patterns []string) *http.ServeMux {
 func (s *Server) open(h handlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		s.finish(&call{w: w, r: r}, h)
+		s.finish(&call{w: w, r: r}, func(c *call) error {
+			if err := checkQuery(r); err != nil {
+				return err
+			}
+			return h(c)
+		})
 	}
+}
+
+// checkQuery bounds the query string: at most 32 parameters, each value at
+// most maxQueryParamLen bytes.
+func checkQuery(r *http.Request) error {
+	q := r.URL.Query()
+	if len(q) > 32 {
+		return apierror.New(http.StatusBadRequest, apierror.ValidationError, "too many query parameters")
+	}
+	for name, vs := range q {
+		if len(vs) > 4 || len(name) > 64 {
+			return validation(truncate(name, 64), "given too often or too long a name")
+		}
+		for _, v := range vs {
+			if len(v) > maxQueryParamLen {
+				return validation(name, fmt.Sprintf("must be at most %d bytes", maxQueryParamLen))
+			}
+		}
+	}
+	return nil
 }
 
 // admin serves an endpoint needing perm; withProject resolves {p} and
@@ -120,14 +153,22 @@ func (s *Server) admin(perm string, withProject bool, h handlerFunc) http.Handle
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		c := &call{w: w, r: r}
 		s.finish(c, func(c *call) error {
+			if err := checkQuery(r); err != nil {
+				return err
+			}
 			who, err := s.authenticate(r)
 			if err != nil {
 				return err
 			}
-			if !who.has(perm) {
+			if perm != "" && !who.has(perm) {
 				return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "this key lacks the "+perm+" permission")
 			}
 			c.who = who
+			for _, name := range []string{"p", "id", "key_id", "u"} {
+				if len(r.PathValue(name)) > maxRefLen {
+					return apierror.New(http.StatusNotFound, apierror.NotFound, fmt.Sprintf("no such %s (a reference is at most %d bytes)", name, maxRefLen))
+				}
+			}
 			if withProject {
 				p, err := s.store.project(r.Context(), r.PathValue("p"))
 				if err != nil {
@@ -152,11 +193,14 @@ func (s *Server) finish(c *call, h handlerFunc) {
 	var ae *apierror.Error
 	var fe *FieldError
 	var mbe *http.MaxBytesError
+	var de *DetailedError
 	switch {
 	case errors.As(err, &ae):
 	case errors.As(err, &fe):
 		ae = apierror.New(http.StatusBadRequest, apierror.ValidationError, fe.Error()).
 			WithDetails(map[string]string{"field": fe.Field, "reason": fe.Message})
+	case errors.As(err, &de):
+		ae = detailedAPIError(de)
 	case errors.As(err, &mbe):
 		ae = apierror.New(http.StatusRequestEntityTooLarge, apierror.ValidationError, "request body too large")
 	case errors.Is(err, ErrNotFound):
@@ -177,6 +221,28 @@ func (s *Server) finish(c *call, h handlerFunc) {
 		c.w.Header().Set("WWW-Authenticate", "Bearer") // as the edge answers
 	}
 	ae.Write(c.w)
+}
+
+// detailedAPIError renders a DetailedError by its sentinel.
+func detailedAPIError(de *DetailedError) *apierror.Error {
+	status, code := http.StatusBadRequest, apierror.ValidationError
+	switch {
+	case errors.Is(de.Err, ErrConflict):
+		status, code = http.StatusConflict, apierror.Conflict
+	case errors.Is(de.Err, ErrForbidden):
+		status, code = http.StatusForbidden, apierror.PermissionDenied
+	case errors.Is(de.Err, ErrTooLarge):
+		status = http.StatusRequestEntityTooLarge
+	case errors.Is(de.Err, ErrNotFound):
+		status, code = http.StatusNotFound, apierror.NotFound
+	case errors.Is(de.Err, ErrUnauthenticated):
+		status, code = http.StatusUnauthorized, apierror.AuthenticationFailed
+	}
+	ae := apierror.New(status, code, de.Message)
+	if de.Details != nil {
+		ae = ae.WithDetails(de.Details)
+	}
+	return ae
 }
 
 // mutated answers a mutation: X-Revision, and body (a map or struct with
@@ -279,23 +345,19 @@ func (s *Server) handleLogin(c *call) error {
 		return err
 	}
 	addr := clientAddr(c.r)
-	if ok, wait := s.logins.allow(addr); !ok {
+	if ok, wait, why := s.logins.allow(user, addr); !ok {
 		c.w.Header().Set("Retry-After", retryAfter(wait))
-		return errLoginThrottled
-	}
-	if user == "" || pw == "" {
-		s.logins.failed(addr)
-		return errAuth
+		return apierror.New(http.StatusTooManyRequests, apierror.RateLimited, why+"; retry later")
 	}
 	tok, exp, err := s.login(c.ctx(), user, pw)
 	if errors.Is(err, ErrUnauthenticated) {
-		s.logins.failed(addr)
+		s.logins.failed(user, addr)
 		s.log.Warn("failed admin login", "from", addr)
 	}
 	if err != nil {
 		return err
 	}
-	s.logins.succeeded(addr)
+	s.logins.succeeded(user, addr)
 	writeJSON(c.w, http.StatusOK, map[string]any{"token": tok, "expires_at": exp, "token_type": "Bearer"})
 	return nil
 }
@@ -325,6 +387,11 @@ func (s *Server) createProject(c *call) error {
 	}
 	if err := validName("name", name); err != nil {
 		return err
+	}
+	if !secretNameRE.MatchString(name) {
+		// Edges scope secrets by project name: EDGE_SECRET_<PROJECT>__<NAME>
+		// must split one way only.
+		return validation("name", "a project name is runs of letters and digits joined by single '.', '_' or '-'")
 	}
 	prop, err := s.waitFor(c)
 	if err != nil {
@@ -411,7 +478,7 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	if present, _, err := o.get("name", &str, false, "a string"); err != nil {
 		return nil, err
 	} else if present {
-		if err := validText("name", str, 200); err != nil {
+		if err := validText("name", str, maxKeyNameLen); err != nil {
 			return nil, err
 		}
 		in.name = &str
@@ -420,7 +487,7 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	if present, _, err := o.get("description", &desc, false, "a string"); err != nil {
 		return nil, err
 	} else if present {
-		if err := validText("description", desc, 2000); err != nil {
+		if err := validText("description", desc, maxDescriptionLen); err != nil {
 			return nil, err
 		}
 		in.description = &desc
@@ -429,6 +496,9 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	if present, null, err := o.get("permissions", &perms, create, "a list of permission names"); err != nil {
 		return nil, err
 	} else if present && !null {
+		if len(perms) > 4*len(event.Permissions) {
+			return nil, validation("permissions", fmt.Sprintf("at most %d entries", 4*len(event.Permissions)))
+		}
 		seen := map[string]bool{}
 		out := []string{}
 		for _, p := range perms {
@@ -452,6 +522,14 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 		if deps == nil {
 			deps = []string{}
 		}
+		if len(deps) > maxDeploymentLinks {
+			return nil, validation("deployments", fmt.Sprintf("at most %d entries", maxDeploymentLinks))
+		}
+		for _, d := range deps {
+			if d == "" || len(d) > maxRefLen {
+				return nil, validation("deployments", fmt.Sprintf("an entry is a deployment id or name of 1-%d bytes", maxRefLen))
+			}
+		}
 		in.deployments = &deps
 	}
 	var exp string
@@ -459,6 +537,9 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 		return nil, err
 	} else if present {
 		in.expiresSet = true
+		if len(exp) > maxExpiryLen {
+			return nil, validation("expires_at", fmt.Sprintf("must be at most %d bytes", maxExpiryLen))
+		}
 		if !null {
 			t, err := parseExpiry(exp)
 			if err != nil {
@@ -475,8 +556,8 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 			if in.expiresSet && in.expiresAt != nil {
 				return nil, validation("expires_in_days", "give expires_at or expires_in_days, not both")
 			}
-			if days < 1 || days > 36500 {
-				return nil, validation("expires_in_days", "must be between 1 and 36500")
+			if days < 1 || days > maxExpiresInDays {
+				return nil, validation("expires_in_days", fmt.Sprintf("must be between 1 and %d", maxExpiresInDays))
 			}
 			t := time.Now().UTC().Add(time.Duration(days) * 24 * time.Hour).Truncate(time.Second)
 			in.expiresSet, in.expiresAt = true, &t
@@ -491,8 +572,8 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	} else if present {
 		in.rateLimitSet = true
 		if !null {
-			if rl.RequestsPerMinute < 1 {
-				return nil, validation("rate_limit", "requests_per_minute must be a positive number")
+			if err := validRateLimit(&rl); err != nil {
+				return nil, err
 			}
 			in.rateLimit = &rl
 		}
@@ -600,6 +681,9 @@ func (s *Server) listKeys(c *call) error {
 	}
 	after := ""
 	if v := q.Get("cursor"); v != "" {
+		if len(v) > maxCursorLen {
+			return validation("cursor", "is not a cursor returned by this API")
+		}
 		b, err := base64.RawURLEncoding.DecodeString(v)
 		if err != nil {
 			return validation("cursor", "is not a cursor returned by this API")
@@ -679,7 +763,7 @@ func (s *Server) rotateKey(c *call) error {
 	if _, _, err := o.get("grace_seconds", &grace, true, "a whole number of seconds"); err != nil {
 		return err
 	}
-	if grace < 0 || grace > 30*24*3600 {
+	if grace < 0 || grace > maxGraceSeconds {
 		return validation("grace_seconds", "must be between 0 and 2592000 (30 days)")
 	}
 	prop, err := s.waitFor(c)

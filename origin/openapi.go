@@ -2,6 +2,7 @@ package origin
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -31,7 +32,13 @@ type apiOp struct {
 	waitStatus   int    // the success status with ?wait, if it differs (a delete's 200)
 	waitResp     any    // its schema
 	contentType  string // success content type; "" = application/json
+	usersOnly    bool   // a project key is refused whatever it holds
+	conflict     string // what a 409 means, if the operation can answer it
 }
+
+// permUser marks an operation any admin user's token may call (a project
+// key may not).
+const permUser = "user"
 
 func ref(name string) map[string]any { return map[string]any{"$ref": "#/components/schemas/" + name} }
 
@@ -95,12 +102,12 @@ func apiSchemas() map[string]any {
 
 	keyInput := func(create bool) map[string]any {
 		p := map[string]any{
-			"name":        map[string]any{"type": "string", "maxLength": 200},
-			"description": map[string]any{"type": "string", "maxLength": 2000},
-			"permissions": map[string]any{"type": "array", "items": perm,
+			"name":        map[string]any{"type": "string", "maxLength": maxKeyNameLen},
+			"description": map[string]any{"type": "string", "maxLength": maxDescriptionLen},
+			"permissions": map[string]any{"type": "array", "items": perm, "maxItems": 4 * len(event.Permissions),
 				"description": "default on create: run_inference, read_models, use_streaming"},
-			"deployments": map[string]any{"type": "array", "items": map[string]any{"type": "string"},
-				"description": "ids or names of deployments to link; replaces the links on update"},
+			"deployments": map[string]any{"type": "array", "items": map[string]any{"type": "string", "maxLength": maxRefLen}, "maxItems": maxDeploymentLinks,
+				"description": "ids or names of deployments to link; replaces the links on update; at most the project's max_links_per_key"},
 			"expires_at": expiry,
 			"rate_limit": nullable(ref("RateLimit")),
 			"disabled":   map[string]any{"type": "boolean"},
@@ -115,11 +122,14 @@ func apiSchemas() map[string]any {
 
 	depProps := func(view bool) map[string]any {
 		p := map[string]any{
-			"name":        map[string]any{"type": "string", "pattern": nameRE.String()},
-			"hosts":       strs("Host header values matched exactly, or *.suffix"),
-			"path_prefix": map[string]any{"type": "string", "description": "longest matching prefix wins; default /"},
-			"upstreams": map[string]any{"type": "object", "description": `site (or "*") to upstream base URLs`,
-				"additionalProperties": map[string]any{"type": "array", "minItems": 1, "items": map[string]any{"type": "string", "format": "uri"}}},
+			"name": map[string]any{"type": "string", "pattern": nameRE.String()},
+			"hosts": map[string]any{"type": "array", "maxItems": maxHosts, "items": map[string]any{"type": "string", "maxLength": maxHostLen},
+				"description": "Host header values matched exactly, or *.suffix; none matches every host. Hosts and paths belong to one project: they may not overlap another project's deployments"},
+			"path_prefix": map[string]any{"type": "string", "maxLength": maxPathPrefixLen, "description": "longest matching prefix wins; default /"},
+			"upstreams": map[string]any{"type": "object", "maxProperties": maxSites,
+				"description": fmt.Sprintf(`site (or "*") to upstream base URLs, at most %d in all; each must be allowed by the project's allowed_upstreams`, maxUpstreamURLs),
+				"additionalProperties": map[string]any{"type": "array", "minItems": 1, "maxItems": maxURLsPerSite,
+					"items": map[string]any{"type": "string", "format": "uri", "maxLength": maxUpstreamURLLen}}},
 			"auth_enabled":       map[string]any{"type": "boolean", "description": "default true; false forwards every request without a key"},
 			"invalid_key_status": map[string]any{"type": "integer", "enum": []int{401, 403}, "description": "default 401"},
 			"upstream_auth":      nullable(ref("UpstreamAuth")),
@@ -153,12 +163,15 @@ func apiSchemas() map[string]any {
 			}},
 		}},
 		"Permission": perm,
-		"RateLimit":  obj([]string{"requests_per_minute"}, map[string]any{"requests_per_minute": map[string]any{"type": "integer", "minimum": 1}}),
+		"RateLimit":  obj([]string{"requests_per_minute"}, map[string]any{"requests_per_minute": map[string]any{"type": "integer", "minimum": 1, "maximum": maxRequestsPerMin}}),
 		"Deleted": obj([]string{"revision", "propagation"}, map[string]any{"revision": map[string]any{"type": "integer", "minimum": 0},
 			"propagation": ref("Propagation")}),
-		"Propagation":  obj([]string{"applied", "pending"}, map[string]any{"applied": strs("live edges that applied the revision"), "pending": strs("live edges that had not when the wait ended")}),
-		"UpstreamAuth": obj([]string{"mode"}, map[string]any{"mode": map[string]any{"type": "string", "enum": []string{event.UpstreamAuthNone, event.UpstreamAuthInject, event.UpstreamAuthPassthrough}}, "header": str("default Authorization"), "prefix": str(`default "Bearer " for inject`), "secret": str("inject: the name of an edge-local secret (never its value)")}),
-		"LoginRequest": obj([]string{"username", "password"}, map[string]any{"username": str(""), "password": map[string]any{"type": "string", "format": "password"}}),
+		"Propagation": obj([]string{"applied", "pending"}, map[string]any{"applied": strs("live edges that applied the revision"), "pending": strs("live edges that had not when the wait ended")}),
+		"UpstreamAuth": obj([]string{"mode"}, map[string]any{"mode": map[string]any{"type": "string", "enum": []string{event.UpstreamAuthNone, event.UpstreamAuthInject, event.UpstreamAuthPassthrough}}, "header": map[string]any{"type": "string", "maxLength": maxHeaderNameLen, "description": "default Authorization"},
+			"prefix": map[string]any{"type": "string", "maxLength": maxAuthPrefixLen, "description": `printable ASCII; default "Bearer " for inject`},
+			"secret": map[string]any{"type": "string", "maxLength": maxSecretNameLen, "pattern": secretNameRE.String(),
+				"description": "inject: the name of one of this project's edge-local secrets (never its value); edges look it up under the deployment's project"}}),
+		"LoginRequest": obj([]string{"username", "password"}, map[string]any{"username": map[string]any{"type": "string", "maxLength": maxUsernameLen}, "password": map[string]any{"type": "string", "format": "password", "maxLength": maxPasswordLen}}),
 		"LoginResponse": obj([]string{"token", "expires_at"}, map[string]any{
 			"token": str("JWT for Authorization: Bearer"), "expires_at": ts, "token_type": map[string]any{"type": "string", "enum": []string{"Bearer"}}}),
 		"SigningKey":    obj([]string{"public_key"}, map[string]any{"public_key": str("base64 Ed25519 public key every event and record is signed with")}),
@@ -167,7 +180,32 @@ func apiSchemas() map[string]any {
 		"ProjectCreated": obj([]string{"id", "name", "revision"}, map[string]any{"id": str(""), "name": str(""), "created_at": ts,
 			"revision":    map[string]any{"type": "integer", "minimum": 0, "description": "a project is no event (edges never see projects): the store's revision when it was created; ?wait waits for edges to reach it"},
 			"propagation": ref("Propagation")}),
-		"ProjectPage":      page("Project"),
+		"ProjectPage": page("Project"),
+		"Limits": obj([]string{"max_keys", "max_deployments", "max_links_per_key"}, map[string]any{
+			"max_keys":          map[string]any{"type": "integer", "minimum": 1},
+			"max_deployments":   map[string]any{"type": "integer", "minimum": 1},
+			"max_links_per_key": map[string]any{"type": "integer", "minimum": 1}}),
+		"ProjectDetail": obj([]string{"id", "name", "created_at", "allowed_upstreams", "limits", "usage"}, map[string]any{
+			"id": str(""), "name": str(""), "created_at": ts,
+			"allowed_upstreams": map[string]any{"type": []string{"array", "null"}, "items": map[string]any{"type": "string"},
+				"description": "null: the default policy (any http(s) upstream but link-local, metadata and other reserved addresses)"},
+			"limits": ref("Limits"),
+			"usage":  obj([]string{"keys", "deployments"}, map[string]any{"keys": map[string]any{"type": "integer"}, "deployments": map[string]any{"type": "integer"}})}),
+		"ProjectUpdate": obj(nil, map[string]any{
+			"allowed_upstreams": map[string]any{"type": []string{"array", "null"}, "maxItems": maxPolicyEntries,
+				"items":       map[string]any{"type": "string", "maxLength": maxPolicyEntryLen},
+				"description": `URL patterns (http(s)://host[:port][/path], host may be "*" or "*.suffix", port "*") and IP addresses or CIDRs; null: back to the default`},
+			"max_keys":          map[string]any{"type": []string{"integer", "null"}, "minimum": limitRanges["max_keys"][0], "maximum": limitRanges["max_keys"][1], "description": fmt.Sprintf("null: the default (%d)", DefaultLimits.MaxKeys)},
+			"max_deployments":   map[string]any{"type": []string{"integer", "null"}, "minimum": limitRanges["max_deployments"][0], "maximum": limitRanges["max_deployments"][1], "description": fmt.Sprintf("null: the default (%d)", DefaultLimits.MaxDeployments)},
+			"max_links_per_key": map[string]any{"type": []string{"integer", "null"}, "minimum": limitRanges["max_links_per_key"][0], "maximum": limitRanges["max_links_per_key"][1], "description": fmt.Sprintf("null: the default (%d)", DefaultLimits.MaxLinksPerKey)}}),
+		"User":     obj([]string{"id", "username", "created_at"}, map[string]any{"id": str(""), "username": str(""), "created_at": ts}),
+		"UserPage": page("User"),
+		"UserCreate": obj([]string{"username", "password"}, map[string]any{
+			"username": map[string]any{"type": "string", "pattern": nameRE.String()},
+			"password": map[string]any{"type": "string", "format": "password", "minLength": minPasswordLen, "maxLength": maxPasswordLen}}),
+		"PasswordChange": obj([]string{"password"}, map[string]any{
+			"password":     map[string]any{"type": "string", "format": "password", "minLength": minPasswordLen, "maxLength": maxPasswordLen},
+			"old_password": map[string]any{"type": "string", "format": "password", "description": "required to change one's own password"}}),
 		"Key":              obj(keyRequired, keyProps),
 		"KeyWithSecret":    obj(append(slices.Clone(keyRequired), "key"), withSecret),
 		"KeyCreate":        keyInput(true),
@@ -201,28 +239,43 @@ func apiOps() []apiOp {
 		{method: "GET", path: "/health", id: "health", tag: "operations", summary: "Liveness and store health (503 when the store is unreachable)", status: 200, resp: ref("Health")},
 		{method: "GET", path: "/metrics", id: "metrics", tag: "operations", summary: "Prometheus metrics", status: 200, resp: map[string]any{"type": "string"}, contentType: "text/plain"},
 		{method: "GET", path: "/v1/openapi.json", id: "openapi", tag: "operations", summary: "This document", status: 200, resp: map[string]any{"type": "object"}},
-		{method: "POST", path: "/v1/auth/login", id: "login", tag: "auth", summary: "Exchange a user's credentials for a JWT (401 when wrong; 429 after repeated failures from one address)", body: "LoginRequest", status: 200, resp: ref("LoginResponse")},
+		{method: "POST", path: "/v1/auth/login", id: "login", tag: "auth", summary: "Exchange a user's credentials for a JWT (401 when wrong; 429 after repeated failures from one address, for one username, or over all)", body: "LoginRequest", status: 200, resp: ref("LoginResponse")},
+		{method: "POST", path: "/v1/auth/logout", id: "logout", tag: "auth", summary: "End every session of the calling user: all their tokens are refused by every replica once this answers", perm: permUser, usersOnly: true, status: 204},
+
+		{method: "GET", path: "/v1/users", id: "listUsers", tag: "users", summary: "List admin users (users only)", perm: event.PermManageUsers, usersOnly: true, status: 200, resp: ref("UserPage")},
+		{method: "POST", path: "/v1/users", id: "createUser", tag: "users", summary: "Create an admin user (users only)", perm: event.PermManageUsers, usersOnly: true, body: "UserCreate", status: 201, resp: ref("User"), conflict: "the username is taken"},
+		{method: "DELETE", path: "/v1/users/{u}", id: "deleteUser", tag: "users", summary: "Delete an admin user and end their sessions (users only)", perm: event.PermManageUsers, usersOnly: true, status: 204, conflict: "the last user cannot be deleted"},
+		{method: "PUT", path: "/v1/users/{u}/password", id: "changePassword", tag: "users", summary: "Set a user's password and end their sessions; one's own needs old_password (users only)", perm: event.PermManageUsers, usersOnly: true, body: "PasswordChange", status: 204},
 		{method: "GET", path: "/v1/signing-key", id: "signingKey", tag: "auth", summary: "The origin's Ed25519 public key", status: 200, resp: ref("SigningKey")},
 
 		{method: "POST", path: "/v1/projects", id: "createProject", tag: "projects", summary: "Create a project (users only: a project key cannot, whatever it holds)", perm: event.PermManageUsers, body: "ProjectCreate", status: 201, resp: ref("ProjectCreated"), mutation: true},
 		{method: "GET", path: "/v1/projects", id: "listProjects", tag: "projects", summary: "List projects (a project key sees its own only)", perm: w, status: 200, resp: ref("ProjectPage")},
+		{method: "GET", path: p, id: "getProject", tag: "projects", summary: "A project with its upstream policy, quotas and usage", perm: w, status: 200, resp: ref("ProjectDetail")},
+		{method: "PATCH", path: p, id: "updateProject", tag: "projects", summary: "Set a project's allowed_upstreams and quotas (users only: never a project key)", perm: event.PermManageUsers, usersOnly: true, body: "ProjectUpdate", status: 200, resp: ref("ProjectDetail"),
+			conflict: "some of the project's deployments have upstreams the new policy does not allow (details: conflicting_deployments, deployments)"},
 
-		{method: "POST", path: p + "/keys", id: "createKey", tag: "keys", summary: "Create a key; the answer carries the secret, the only time it is returned", perm: w, body: "KeyCreate", bodyOptional: true, status: 201, resp: ref("KeyWithSecret"), mutation: true},
+		{method: "POST", path: p + "/keys", id: "createKey", tag: "keys", summary: "Create a key; the answer carries the secret, the only time it is returned", perm: w, body: "KeyCreate", bodyOptional: true, status: 201, resp: ref("KeyWithSecret"), mutation: true,
+			conflict: "a quota (max_keys, max_links_per_key) is reached; details name it"},
 		{method: "GET", path: p + "/keys", id: "listKeys", tag: "keys", summary: "List keys, a page at a time", perm: w, params: limitCursor, status: 200, resp: ref("KeyPage")},
 		{method: "GET", path: p + "/keys/{id}", id: "getKey", tag: "keys", summary: "Get a key (never its secret)", perm: w, status: 200, resp: ref("Key")},
-		{method: "PATCH", path: p + "/keys/{id}", id: "updateKey", tag: "keys", summary: "Change any of a key's fields", perm: w, body: "KeyUpdate", status: 200, resp: ref("Key"), mutation: true},
+		{method: "PATCH", path: p + "/keys/{id}", id: "updateKey", tag: "keys", summary: "Change any of a key's fields", perm: w, body: "KeyUpdate", status: 200, resp: ref("Key"), mutation: true,
+			conflict: "the max_links_per_key quota is reached"},
 		{method: "DELETE", path: p + "/keys/{id}", id: "deleteKey", tag: "keys", summary: "Delete a key: 204, or with ?wait 200 and the propagation report", perm: w, status: 204, mutation: true,
 			waitStatus: 200, waitResp: ref("Deleted")},
-		{method: "POST", path: p + "/keys/{id}/rotate", id: "rotateKey", tag: "keys", summary: "Give a key a new secret; the old one keeps working for grace_seconds", perm: w, body: "KeyRotate", bodyOptional: true, status: 200, resp: ref("KeyWithSecret"), mutation: true},
+		{method: "POST", path: p + "/keys/{id}/rotate", id: "rotateKey", tag: "keys", summary: "Give a key a new secret; the old one keeps working for grace_seconds", perm: w, body: "KeyRotate", bodyOptional: true, status: 200, resp: ref("KeyWithSecret"), mutation: true,
+			conflict: fmt.Sprintf("the key already has %d secrets within their grace period", maxLiveKeySecrets)},
 
-		{method: "POST", path: p + "/deployments", id: "createDeployment", tag: "deployments", summary: "Create a deployment", perm: w, body: "DeploymentCreate", status: 201, resp: ref("Deployment"), mutation: true},
+		{method: "POST", path: p + "/deployments", id: "createDeployment", tag: "deployments", summary: "Create a deployment", perm: w, body: "DeploymentCreate", status: 201, resp: ref("Deployment"), mutation: true,
+			conflict: "the name is taken, the hosts and path_prefix overlap another project's deployment (which one is never said), or the max_deployments quota is reached"},
 		{method: "GET", path: p + "/deployments", id: "listDeployments", tag: "deployments", summary: "List deployments", perm: w, status: 200, resp: ref("DeploymentPage")},
 		{method: "GET", path: p + "/deployments/{id}", id: "getDeployment", tag: "deployments", summary: "Get a deployment by id or name", perm: w, status: 200, resp: ref("Deployment")},
-		{method: "PATCH", path: p + "/deployments/{id}", id: "updateDeployment", tag: "deployments", summary: "Change any of a deployment's fields", perm: w, body: "DeploymentUpdate", status: 200, resp: ref("Deployment"), mutation: true},
+		{method: "PATCH", path: p + "/deployments/{id}", id: "updateDeployment", tag: "deployments", summary: "Change any of a deployment's fields", perm: w, body: "DeploymentUpdate", status: 200, resp: ref("Deployment"), mutation: true,
+			conflict: "the name is taken, or the hosts and path_prefix overlap another project's deployment (which one is never said)"},
 		{method: "DELETE", path: p + "/deployments/{id}", id: "deleteDeployment", tag: "deployments", summary: "Delete a deployment: 204, or with ?wait 200 and the propagation report", perm: w, status: 204, mutation: true,
 			waitStatus: 200, waitResp: ref("Deleted")},
 		{method: "GET", path: p + "/deployments/{id}/keys", id: "deploymentKeys", tag: "deployments", summary: "Keys linked to a deployment", perm: w, status: 200, resp: ref("KeyPage")},
-		{method: "PUT", path: p + "/deployments/{id}/keys/{key_id}", id: "linkKey", tag: "deployments", summary: "Link a key to a deployment", perm: w, status: 200, resp: ref("Key"), mutation: true},
+		{method: "PUT", path: p + "/deployments/{id}/keys/{key_id}", id: "linkKey", tag: "deployments", summary: "Link a key to a deployment", perm: w, status: 200, resp: ref("Key"), mutation: true,
+			conflict: "the max_links_per_key quota is reached"},
 		{method: "DELETE", path: p + "/deployments/{id}/keys/{key_id}", id: "unlinkKey", tag: "deployments", summary: "Unlink a key from a deployment", perm: w, status: 200, resp: ref("Key"), mutation: true},
 
 		{method: "GET", path: "/v1/edges", id: "listEdges", tag: "edges", summary: "Edges and the revision each has applied", perm: event.PermReadMetrics, status: 200,
@@ -243,6 +296,7 @@ var pathParams = map[string]map[string]any{
 	"p":      {"name": "p", "in": "path", "required": true, "description": "project id or name", "schema": map[string]any{"type": "string"}},
 	"id":     {"name": "id", "in": "path", "required": true, "description": "key id (keys) or deployment id or name (deployments)", "schema": map[string]any{"type": "string"}},
 	"key_id": {"name": "key_id", "in": "path", "required": true, "description": "key id", "schema": map[string]any{"type": "string"}},
+	"u":      {"name": "u", "in": "path", "required": true, "description": "user id or username", "schema": map[string]any{"type": "string"}},
 }
 
 func errResp(desc string) map[string]any {
@@ -287,27 +341,48 @@ func openAPIDocument() map[string]any {
 		if o.body != "" {
 			responses["413"] = errResp("body too large")
 		}
+		if o.mutation && strings.Contains(o.path, "/projects/{p}/") {
+			responses["413"] = errResp(fmt.Sprintf("body too large, or the change's signed event would exceed %d bytes (details: event_bytes, max_event_bytes); nothing was committed", MaxEventBytes))
+		}
 		if o.perm != "" {
 			responses["401"] = errResp("missing or invalid credentials")
 			responses["403"] = errResp("the key lacks " + o.perm + ", belongs to another project, or would grant or act on a permission it does not hold")
+			if o.usersOnly {
+				responses["403"] = errResp("a project key, whatever it holds: only admin users may")
+			}
+			if o.id == "createDeployment" || o.id == "updateDeployment" {
+				responses["403"] = errResp("the key lacks " + o.perm + " or belongs to another project, or an upstream is outside the project's allowed_upstreams (details: field, site, url)")
+			}
+			if o.id == "changePassword" {
+				responses["403"] = errResp("a project key, or old_password is wrong")
+				responses["429"] = errResp("too many wrong old passwords")
+			}
+		}
+		if o.conflict != "" {
+			responses["409"] = errResp(o.conflict)
 		}
 		if strings.Contains(o.path, "{") {
-			responses["404"] = errResp("no such project, key or deployment")
+			responses["404"] = errResp("no such project, key, deployment or user")
 		}
 		if o.id == "login" {
 			responses["401"] = errResp("wrong username or password")
-			responses["429"] = errResp("too many failed logins from this address")
+			responses["429"] = errResp("too many failed logins from this address, for this username, or over all; Retry-After says when to try again")
 		}
-		if o.method == "POST" && (o.id == "createProject" || o.id == "createDeployment") || o.id == "updateDeployment" {
+		if o.id == "createProject" {
 			responses["409"] = errResp("the name is taken")
 		}
 		op := map[string]any{"operationId": o.id, "summary": o.summary, "tags": []string{o.tag}, "responses": responses}
 		if len(params) > 0 {
 			op["parameters"] = params
 		}
-		if o.perm == "" {
+		switch {
+		case o.perm == "":
 			op["security"] = []any{}
-		} else {
+		case o.perm == permUser:
+			op["description"] = "Needs an admin user's token; a project key is refused."
+		case o.usersOnly:
+			op["description"] = "Needs an admin user's token (a user holds every permission, " + o.perm + " included); a project key is refused whatever it holds."
+		default:
 			op["description"] = "Needs permission " + o.perm + " (an admin user has all)."
 		}
 		if o.body != "" {
@@ -335,7 +410,7 @@ func openAPIDocument() map[string]any {
 			map[string]any{"apiKeyHeader": []string{}},
 		},
 		"tags": []any{
-			map[string]any{"name": "auth"}, map[string]any{"name": "projects"}, map[string]any{"name": "keys"},
+			map[string]any{"name": "auth"}, map[string]any{"name": "users"}, map[string]any{"name": "projects"}, map[string]any{"name": "keys"},
 			map[string]any{"name": "deployments"}, map[string]any{"name": "edges"}, map[string]any{"name": "audit"},
 			map[string]any{"name": "operations"},
 		},

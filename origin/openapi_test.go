@@ -156,13 +156,16 @@ func TestOpenAPIIsConsistent(t *testing.T) {
 		"KeyRotate":        {"grace_seconds"},
 		"LoginRequest":     {"password", "username"},
 		"ProjectCreate":    {"name"},
+		"ProjectUpdate":    sorted(projectFields...),
+		"UserCreate":       sorted(userCreateFields...),
+		"PasswordChange":   sorted(passwordChangeFields...),
 	} {
 		if got := props(schema); !slices.Equal(got, want) {
 			t.Errorf("%s documents %v; the handler accepts %v", schema, got, want)
 		}
 	}
 	// The views the handlers answer with carry what the document says.
-	for schema, v := range map[string]any{"Key": keyView{}, "Deployment": deploymentView{}} {
+	for schema, v := range map[string]any{"Key": keyView{}, "Deployment": deploymentView{}, "ProjectDetail": projectView{}, "User": User{}} {
 		b, _ := json.Marshal(v)
 		var m map[string]any
 		_ = json.Unmarshal(b, &m)

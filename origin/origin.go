@@ -20,6 +20,16 @@
 //   - Key secrets are returned only by create and rotate; only their
 //     SHA-256 hashes are stored. No secret, password, token or hash is ever
 //     logged or echoed in an error.
+//   - Tenants are isolated: the hosts x path prefixes a deployment matches
+//     belong to its project alone, its upstream secret names can only be
+//     its project's, and its upstreams must pass the project's
+//     allowed_upstreams (see claims.go, policy.go); only admin users set a
+//     project's policy and quotas.
+//   - Every input is bounded (limits.go), and a change whose sealed event
+//     would exceed MaxEventBytes is refused before commit.
+//   - Admin tokens name a user and their token version; logout, a password
+//     change or deletion ends every token of that user on every replica
+//     by the time it answers (usercache.go).
 //   - Replicas sharing a store sign with one key: the store records the
 //     signing public key at its first start, and an origin with another
 //     refuses to start (ErrKeyMismatch).
@@ -80,7 +90,25 @@ var (
 	// ErrKeyMismatch: this origin's signing.key or jwt.key differs from the
 	// one the store was first used with (see checkIdentity).
 	ErrKeyMismatch = errors.New("origin key differs from the store's")
+	// ErrForbidden: the project's policy does not allow the change (an
+	// upstream outside allowed_upstreams), or the caller may not make it.
+	ErrForbidden = errors.New("not allowed")
+	// ErrTooLarge: the change's event would exceed MaxEventBytes.
+	ErrTooLarge = errors.New("change too large")
 )
+
+// DetailedError is an error about a request that carries details for the
+// API's error body; Err is the sentinel it wraps (ErrConflict, ErrForbidden,
+// ErrTooLarge, ...), which picks the status. Message and Details never hold
+// a secret, nor anything of another project.
+type DetailedError struct {
+	Err     error
+	Message string
+	Details map[string]any
+}
+
+func (e *DetailedError) Error() string { return e.Message }
+func (e *DetailedError) Unwrap() error { return e.Err }
 
 // FieldError is a validation error about one request field. It wraps
 // ErrInvalid.
@@ -124,6 +152,13 @@ type Config struct {
 	PasswordCost int
 	// TokenTTL is the lifetime of admin JWTs (default 12h).
 	TokenTTL time.Duration
+	// UserCacheTTL is how long a replica trusts what it read of a user
+	// (their token version) before reading it again (default 1s; negative:
+	// read on every request). Logout, a password change and a user's
+	// deletion answer only once it has passed since they committed, so that
+	// when they answer, no replica sharing the store accepts the tokens
+	// they revoked.
+	UserCacheTTL time.Duration
 	// PollInterval is how often the outbox publisher looks for unpublished
 	// events besides being woken by each commit (default 1s).
 	PollInterval time.Duration
@@ -162,6 +197,8 @@ type Config struct {
 	// now is for tests: the clock of token and key expiry and the login
 	// limiter (default time.Now).
 	now func() time.Time
+	// hasher is for tests: password hashing (default bcrypt).
+	hasher passwordHasher
 }
 
 // DefaultConfig returns the documented defaults.
@@ -172,6 +209,7 @@ func DefaultConfig() Config {
 		NATSListen:   "127.0.0.1:4222",
 		PasswordCost: bcrypt.DefaultCost,
 		TokenTTL:     12 * time.Hour,
+		UserCacheTTL: time.Second,
 		PollInterval: time.Second,
 		Logger:       slog.Default(),
 
@@ -211,6 +249,15 @@ func (c *Config) fill() error {
 	}
 	if c.TokenTTL < 0 {
 		return fmt.Errorf("%w: TokenTTL must be positive", ErrInvalidConfig)
+	}
+	if c.UserCacheTTL == 0 {
+		c.UserCacheTTL = d.UserCacheTTL
+	}
+	if c.UserCacheTTL > time.Minute {
+		return fmt.Errorf("%w: UserCacheTTL must be at most 1m (revocations wait for it)", ErrInvalidConfig)
+	}
+	if c.hasher == nil {
+		c.hasher = bcryptHasher{}
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = d.PollInterval
@@ -270,18 +317,23 @@ type Server struct {
 	cfg Config
 	// patterns lists every registered route (see routes).
 	patterns []string
-	logins   *loginLimiter
-	hbStop   chan struct{}
-	hbDone   chan struct{}
-	prStop   chan struct{} // outbox pruner
-	prDone   chan struct{}
-	log      *slog.Logger
-	store    *Store
-	signer   *event.Signer
-	jwtKey   []byte
-	ns       natsServer
-	nc       *nats.Conn
-	natsURL  string
+	logins   *loginGuard
+	users    *userCache
+	hasher   passwordHasher
+	// dummyHash is compared with when a login names no user: a bcrypt hash
+	// at PasswordCost, so that unknown users cost what known ones do.
+	dummyHash []byte
+	hbStop    chan struct{}
+	hbDone    chan struct{}
+	prStop    chan struct{} // outbox pruner
+	prDone    chan struct{}
+	log       *slog.Logger
+	store     *Store
+	signer    *event.Signer
+	jwtKey    []byte
+	ns        natsServer
+	nc        *nats.Conn
+	natsURL   string
 
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -314,7 +366,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, httpErr: make(chan error, 1), lookupSem: make(chan struct{}, 64),
-		logins: newLoginLimiter(cfg.now)}
+		logins: newLoginGuard(cfg.now), hasher: cfg.hasher}
 	ok := false
 	defer func() {
 		if !ok {
@@ -337,11 +389,18 @@ func New(cfg Config) (*Server, error) {
 	if s.store, err = openStore(cfg.Store, cfg.DataDir); err != nil {
 		return nil, err
 	}
+	s.users = newUserCache(cfg.UserCacheTTL, s.store.userByID)
+	if s.dummyHash, err = s.hasher.hash([]byte(randomToken(18)), cfg.PasswordCost); err != nil {
+		return nil, fmt.Errorf("hashing the dummy password: %w", err)
+	}
 	if s.auditStore, err = openAuditStore(s.store); err != nil {
 		return nil, fmt.Errorf("opening the audit store: %w", err)
 	}
 	s.store.seal = s.signer.Seal
 	s.store.onCommit = s.committed
+	for _, note := range s.store.notes {
+		s.log.Warn("store: " + note)
+	}
 	if err := s.checkIdentity(context.Background()); err != nil {
 		return nil, err
 	}
@@ -524,7 +583,10 @@ func (s *Server) bootstrap() error {
 			return fmt.Errorf("writing admin password file: %w", err)
 		}
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(pw), s.cfg.PasswordCost)
+	if len(pw) > maxPasswordLen {
+		return fmt.Errorf("%w: the admin password is longer than %d bytes", ErrInvalidConfig, maxPasswordLen)
+	}
+	hash, err := s.hasher.hash([]byte(pw), s.cfg.PasswordCost)
 	if err != nil {
 		return fmt.Errorf("hashing admin password: %w", err)
 	}

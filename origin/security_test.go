@@ -1,6 +1,7 @@
 package origin
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -8,57 +9,66 @@ import (
 	"time"
 )
 
-func TestLoginLimiter(t *testing.T) {
+func TestLoginGuardBackoffAndBounds(t *testing.T) {
 	now := time.Unix(1000, 0)
-	l := newLoginLimiter(func() time.Time { return now })
-	for i := 0; i < freeAttempts; i++ {
-		if ok, _ := l.allow("a"); !ok {
+	g := newLoginGuard(func() time.Time { return now })
+	for i := 0; i < addrFree; i++ {
+		if ok, _, _ := g.allow("u", "a"); !ok {
 			t.Fatalf("attempt %d refused", i+1)
 		}
-		l.failed("a")
+		g.failed("u", "a")
 	}
-	ok, wait := l.allow("a")
-	if ok || wait != firstWait {
-		t.Fatalf("after %d failures: ok=%v wait=%v", freeAttempts, ok, wait)
+	ok, wait, why := g.allow("u", "a")
+	if ok || wait != firstWait || why != throttledAddr {
+		t.Fatalf("after %d failures: ok=%v wait=%v %s", addrFree, ok, wait, why)
 	}
-	if ok, _ := l.allow("b"); !ok {
+	if ok, _, _ := g.allow("u", "b"); !ok {
 		t.Fatal("another address was slowed")
 	}
 	now = now.Add(wait)
-	if ok, _ := l.allow("a"); !ok {
+	if ok, _, _ := g.allow("u", "a"); !ok {
 		t.Fatal("still refused after the wait")
 	}
-	l.failed("a")
-	if _, wait := l.allow("a"); wait != 2*firstWait {
+	g.failed("u", "a")
+	if _, wait, _ := g.allow("u", "a"); wait != 2*firstWait {
 		t.Fatalf("wait does not double: %v", wait)
 	}
 	for range 40 {
-		l.failed("a")
+		g.failed("v", "a")
 	}
-	if _, wait := l.allow("a"); wait != maxWait {
+	if _, wait, _ := g.allow("v", "a"); wait != addrMaxWait {
 		t.Fatalf("wait not capped: %v", wait)
 	}
-	l.succeeded("a")
-	if ok, _ := l.allow("a"); !ok {
+	g.succeeded("u", "a")
+	if ok, _, _ := g.allow("w", "a"); !ok {
 		t.Fatal("success did not clear the address")
 	}
 
-	l.max = 3
-	for _, a := range []string{"x", "y", "z", "w"} {
-		now = now.Add(time.Second)
-		l.failed(a)
+	// A flood of distinct addresses and usernames stays in bounded tables.
+	g = newLoginGuard(func() time.Time { return now })
+	g.globalBurst, g.global.tokens = 1e9, 1e9
+	for i := range 3 * maxLoginEntries {
+		now = now.Add(time.Millisecond)
+		g.failed(fmt.Sprint("user", i), fmt.Sprint("10.0.", i/256, ".", i%256))
 	}
-	if len(l.entries) != 3 || l.entries["x"] != nil {
-		t.Fatalf("table not bounded: %d entries", len(l.entries))
+	if len(g.addrs.entries) != maxLoginEntries || g.addrs.order.Len() != maxLoginEntries ||
+		len(g.users.entries) != maxLoginEntries || len(g.trusted) != 0 {
+		t.Fatalf("tables not bounded: %d addresses, %d usernames", len(g.addrs.entries), len(g.users.entries))
 	}
 }
 
-// loginFrom logs in from a given loopback address.
+// loginFrom logs in as admin from a given loopback address.
 func loginFrom(t *testing.T, s *Server, local, password string) (int, http.Header) {
+	t.Helper()
+	return loginFromAs(t, s, local, "admin", password)
+}
+
+// loginFromAs logs in as user from a given loopback address.
+func loginFromAs(t *testing.T, s *Server, local, user, password string) (int, http.Header) {
 	t.Helper()
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
-	body := `{"username":"admin","password":"` + password + `"}`
+	body := `{"username":"` + user + `","password":"` + password + `"}`
 	resp, err := hc.Post("http://"+s.Addr()+"/v1/auth/login", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +79,7 @@ func loginFrom(t *testing.T, s *Server, local, password string) (int, http.Heade
 
 func TestRepeatedFailedLoginsAreSlowedPerAddress(t *testing.T) {
 	s := startServer(t, testConfig(t.TempDir()))
-	for i := 0; i < freeAttempts; i++ {
+	for i := 0; i < addrFree; i++ {
 		if st, _ := loginFrom(t, s, "127.0.0.2", "wrong"); st != http.StatusUnauthorized {
 			t.Fatalf("failure %d: %d", i+1, st)
 		}

@@ -42,6 +42,9 @@ type Store struct {
 	path     string // SQLite: the database file
 	seal     func(*event.Record) ([]byte, error)
 	onCommit func(rev uint64)
+	// notes are what opening the store found worth an operator's
+	// attention (see migrate); the origin logs them.
+	notes []string
 
 	// wmu queues this process's SQLite writers in Go: SQLite allows one
 	// writer, and a writer finding the database locked waits in SQLite's
@@ -197,8 +200,10 @@ func parseNullTS(ns sql.NullString) (*time.Time, error) {
 	return &t, nil
 }
 
+// jsonText encodes a column value without HTML escaping (see event.Marshal),
+// so that stored sizes are the validated ones.
 func jsonText(v any) (string, error) {
-	b, err := json.Marshal(v)
+	b, err := event.Marshal(v)
 	return string(b), err
 }
 
@@ -265,15 +270,6 @@ func (s *Store) claimMetadata(ctx context.Context, name, value string) (string, 
 	return stored, nil
 }
 
-// userPassword returns the user's id and bcrypt hash, or ErrNotFound.
-func (s *Store) userPassword(ctx context.Context, username string) (id, hash string, err error) {
-	err = s.db.QueryRowContext(ctx, s.q(`SELECT id, password_hash FROM users WHERE username = ?`), username).Scan(&id, &hash)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", "", ErrNotFound
-	}
-	return id, hash, err
-}
-
 func (s *Store) ensureProject(ctx context.Context, name string) error {
 	unlock := s.lockWrites()
 	defer unlock()
@@ -293,6 +289,14 @@ func (s *Store) createProject(ctx context.Context, name string) (*Project, uint6
 		return nil, 0, err
 	}
 	defer tx.Rollback()
+	// Ordered with every other writer (see lockedTx), so that the scope
+	// check below holds against replicas creating projects at once.
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE counters SET value = value WHERE name = 'revision'`)); err != nil {
+		return nil, 0, err
+	}
+	if err := s.checkProjectScope(ctx, tx, name); err != nil {
+		return nil, 0, err
+	}
 	var n int
 	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM projects WHERE name = ?`), name).Scan(&n); err != nil {
 		return nil, 0, err
@@ -375,6 +379,12 @@ func (s *Store) mutate(ctx context.Context, fn func(tx *sql.Tx, rev uint64, now 
 	payload, err := s.seal(rec)
 	if err != nil {
 		return 0, err
+	}
+	if len(payload) > MaxEventBytes {
+		// Refused before commit: NATS would refuse it (or an edge choke on
+		// it), and every later change of every project would queue behind.
+		return 0, &DetailedError{Err: ErrTooLarge, Details: map[string]any{"event_bytes": len(payload), "max_event_bytes": MaxEventBytes},
+			Message: fmt.Sprintf("the change's event would be %d bytes, over the limit of %d; make the deployment or key smaller", len(payload), MaxEventBytes)}
 	}
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO events (revision, subject, payload, created_at, published) VALUES (?, ?, ?, ?, 0)`),
 		rev, event.Subject(rec.Kind, rev), payload, ts(now)); err != nil {
@@ -710,6 +720,9 @@ func (s *Store) createKey(ctx context.Context, k *Key, h apikey.Hash, depRefs []
 		if err != nil {
 			return nil, err
 		}
+		if err := s.checkKeyCreate(ctx, tx, k.ProjectID); err != nil {
+			return nil, err
+		}
 		k.CreatedAt, k.UpdatedAt, k.Revision = now, now, rev
 		if err := s.writeKey(ctx, tx, k, true); err != nil {
 			return nil, err
@@ -721,6 +734,9 @@ func (s *Store) createKey(ctx context.Context, k *Key, h apikey.Hash, depRefs []
 			return nil, err
 		}
 		if err := s.fillKey(ctx, tx, k); err != nil {
+			return nil, err
+		}
+		if err := s.checkKeyLinks(ctx, tx, k); err != nil {
 			return nil, err
 		}
 		return k.record(false), nil
@@ -761,6 +777,11 @@ func (s *Store) updateKey(ctx context.Context, projectID, id string, patch func(
 		if err := s.fillKey(ctx, tx, k); err != nil {
 			return nil, err
 		}
+		if depRefs != nil {
+			if err := s.checkKeyLinks(ctx, tx, k); err != nil {
+				return nil, err
+			}
+		}
 		out = k
 		return k.record(false), nil
 	})
@@ -800,6 +821,14 @@ func (s *Store) rotateKey(ctx context.Context, projectID, id string, h apikey.Ha
 			ts(now.Add(grace)), k.ID, ts(now.Add(grace))); err != nil {
 			return nil, err
 		}
+		var live int
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM key_secrets WHERE key_id = ? AND (not_after IS NULL OR not_after > ?)`), k.ID, ts(now)).Scan(&live); err != nil {
+			return nil, err
+		}
+		if live >= maxLiveKeySecrets {
+			return nil, &DetailedError{Err: ErrConflict, Details: map[string]any{"live_secrets": live, "max_live_secrets": maxLiveKeySecrets},
+				Message: fmt.Sprintf("this key has %d secrets still within their grace period, the most it may hold with a new one is %d: rotate with grace_seconds 0, or wait", live, maxLiveKeySecrets)}
+		}
 		if err := s.addSecret(ctx, tx, k.ID, h); err != nil {
 			return nil, err
 		}
@@ -829,6 +858,9 @@ func (s *Store) deleteKey(ctx context.Context, projectID, id string, guard keyGu
 			if _, err := tx.ExecContext(ctx, s.q(q), k.ID); err != nil {
 				return nil, fmt.Errorf("deleting key: %w", err)
 			}
+		}
+		if err := s.addCount(ctx, tx, k.ProjectID, "key_count", -1); err != nil {
+			return nil, err
 		}
 		k.UpdatedAt, k.Revision = now, rev
 		return k.record(true), nil
@@ -991,6 +1023,9 @@ func (s *Store) createDeployment(ctx context.Context, d *event.Deployment) (*eve
 		if err := s.writeDeployment(ctx, tx, d, now, true); err != nil {
 			return nil, err
 		}
+		if err := s.beforeDeploymentWrite(ctx, tx, d, true); err != nil {
+			return nil, err
+		}
 		c := *d
 		return &event.Record{Kind: event.KindDeployment, Deployment: &c}, nil
 	})
@@ -1014,6 +1049,9 @@ func (s *Store) updateDeployment(ctx context.Context, projectID, ref string, pat
 		if err := s.writeDeployment(ctx, tx, d, now, false); err != nil {
 			return nil, err
 		}
+		if err := s.beforeDeploymentWrite(ctx, tx, d, false); err != nil {
+			return nil, err
+		}
 		out = d
 		c := *d
 		return &event.Record{Kind: event.KindDeployment, Deployment: &c}, nil
@@ -1033,13 +1071,21 @@ func (s *Store) deleteDeployment(ctx context.Context, projectID, ref string) (ui
 		if _, err := tx.ExecContext(ctx, s.q(`UPDATE keys SET revision = ?, updated_at = ? WHERE id IN (SELECT key_id FROM links WHERE deployment_id = ?)`), rev, ts(now), d.ID); err != nil {
 			return nil, err
 		}
+		if err := s.afterDeploymentDelete(ctx, tx, d); err != nil {
+			return nil, err
+		}
 		for _, q := range []string{`DELETE FROM links WHERE deployment_id = ?`, `DELETE FROM deployments WHERE id = ?`} {
 			if _, err := tx.ExecContext(ctx, s.q(q), d.ID); err != nil {
 				return nil, fmt.Errorf("deleting deployment: %w", err)
 			}
 		}
 		d.Revision, d.Deleted = rev, true
-		return &event.Record{Kind: event.KindDeployment, Deployment: d}, nil
+		// A deletion carries the deployment's identity only: edges need no
+		// more to drop it, and so a deployment stored before events were
+		// bounded (MaxEventBytes) can always be deleted.
+		gone := &event.Deployment{ID: d.ID, Project: d.Project, Name: d.Name, Hosts: []string{}, PathPrefix: d.PathPrefix,
+			Upstreams: map[string][]string{}, Revision: rev, Deleted: true}
+		return &event.Record{Kind: event.KindDeployment, Deployment: gone}, nil
 	})
 }
 
@@ -1073,6 +1119,11 @@ func (s *Store) link(ctx context.Context, projectID, depRef, keyID string, on bo
 		}
 		if err := s.fillKey(ctx, tx, k); err != nil {
 			return nil, err
+		}
+		if on {
+			if err := s.checkKeyLinks(ctx, tx, k); err != nil {
+				return nil, err
+			}
 		}
 		out = k
 		return k.record(false), nil

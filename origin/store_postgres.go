@@ -125,7 +125,10 @@ func openPostgres(dsn string) (*Store, error) {
 }
 
 func (s *Store) createPostgresSchema(ctx context.Context) error {
-	return s.execSchema(ctx, postgresSchema)
+	if err := s.execSchema(ctx, postgresSchema); err != nil {
+		return err
+	}
+	return s.migrate(ctx)
 }
 
 // redactPGError keeps a server error's message and code but drops

@@ -1,6 +1,7 @@
 package origin
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"net/url"
@@ -102,6 +103,10 @@ func openSQLite(path string) (*Store, error) {
 	if _, err := s.db.Exec(sqliteSchema); err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("creating sqlite schema: %w", err)
+	}
+	if err := s.migrate(context.Background()); err != nil {
+		s.db.Close()
+		return nil, err
 	}
 	return s, nil
 }

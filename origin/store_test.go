@@ -308,7 +308,7 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		if created, err = st.createUser(ctx, "admin", "hash-2"); err != nil || created {
 			t.Fatalf("second: created %v, err %v", created, err)
 		}
-		if _, hash, err := st.userPassword(ctx, "admin"); err != nil || hash != "hash-1" {
+		if _, hash, err := st.userLogin(ctx, "admin"); err != nil || hash != "hash-1" {
 			t.Fatalf("stored hash %q %v", hash, err)
 		}
 	})

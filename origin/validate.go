@@ -2,8 +2,9 @@ package origin
 
 import (
 	"fmt"
-	"net/url"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -12,10 +13,15 @@ import (
 )
 
 var (
-	nameRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	hostRE       = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$`)
-	siteRE       = regexp.MustCompile(`^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,62})$`)
-	secretNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	hostRE = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$`)
+	siteRE = regexp.MustCompile(`^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,62})$`)
+	// secretNameRE: runs of letters and digits joined by single '.', '_'
+	// or '-'. So a name can hold no path separator, no "." or ".." and no
+	// "__" — the separator of an edge's EDGE_SECRET_<PROJECT>__<NAME> — and
+	// can never name another project's secret on an edge, which resolves it
+	// under the deployment's own project (<secrets-dir>/<project>/<name>).
+	secretNameRE = regexp.MustCompile(`^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$`)
 	headerRE     = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 )
 
@@ -122,8 +128,8 @@ func decodeDeployment(o object) (func(*event.Deployment), error) {
 		if null {
 			fns = append(fns, func(d *event.Deployment) { d.RateLimit = nil })
 		} else {
-			if rl.RequestsPerMinute < 1 {
-				return nil, validation("rate_limit", "requests_per_minute must be a positive number")
+			if err := validRateLimit(&rl); err != nil {
+				return nil, err
 			}
 			fns = append(fns, func(d *event.Deployment) { c := rl; d.RateLimit = &c })
 		}
@@ -153,11 +159,17 @@ func validateDeployment(d *event.Deployment) error {
 	if err := validName("name", d.Name); err != nil {
 		return err
 	}
+	if len(d.Hosts) > maxHosts {
+		return validation("hosts", fmt.Sprintf("at most %d hosts", maxHosts))
+	}
 	seen := map[string]bool{}
 	hosts := []string{}
 	for _, h := range d.Hosts {
+		if len(h) > maxHostLen {
+			return validation("hosts", fmt.Sprintf("a host name is at most %d bytes", maxHostLen))
+		}
 		h = strings.ToLower(strings.TrimSpace(h))
-		if !hostRE.MatchString(h) || len(h) > 253 {
+		if !hostRE.MatchString(h) || len(h) > maxHostLen {
 			return validation("hosts", fmt.Sprintf("%q is not a host name or *.suffix", h))
 		}
 		if !seen[h] {
@@ -167,23 +179,33 @@ func validateDeployment(d *event.Deployment) error {
 	}
 	sort.Strings(hosts)
 	d.Hosts = hosts
-	if !strings.HasPrefix(d.PathPrefix, "/") || strings.ContainsAny(d.PathPrefix, "?# \t\r\n") || len(d.PathPrefix) > 1024 {
-		return validation("path_prefix", "must start with / and contain no spaces, ? or #")
+	if err := validPathPrefix(d.PathPrefix); err != nil {
+		return err
 	}
 	if len(d.Upstreams) == 0 {
 		return validation("upstreams", `must map at least one site (or "*") to a list of URLs`)
 	}
-	for site, urls := range d.Upstreams {
+	if len(d.Upstreams) > maxSites {
+		return validation("upstreams", fmt.Sprintf("at most %d sites", maxSites))
+	}
+	total := 0
+	for _, site := range slices.Sorted(maps.Keys(d.Upstreams)) {
+		urls := d.Upstreams[site]
 		if !siteRE.MatchString(site) {
-			return validation("upstreams", fmt.Sprintf("%q is not a site name or *", site))
+			return validation("upstreams", fmt.Sprintf("%q is not a site name or *", truncate(site, 80)))
 		}
 		if len(urls) == 0 {
 			return validation("upstreams", fmt.Sprintf("site %q has no URLs", site))
 		}
+		if len(urls) > maxURLsPerSite {
+			return validation("upstreams", fmt.Sprintf("site %q: at most %d URLs a site", site, maxURLsPerSite))
+		}
+		if total += len(urls); total > maxUpstreamURLs {
+			return validation("upstreams", fmt.Sprintf("at most %d URLs in all", maxUpstreamURLs))
+		}
 		for _, raw := range urls {
-			u, err := url.Parse(raw)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-				return validation("upstreams", fmt.Sprintf("site %q: %q is not an http(s) URL without credentials, query or fragment", site, raw))
+			if _, _, err := parseUpstreamURL(raw); err != nil {
+				return validation("upstreams", fmt.Sprintf("site %q: %v", site, err))
 			}
 		}
 	}
@@ -198,8 +220,9 @@ func validateDeployment(d *event.Deployment) error {
 	case event.UpstreamAuthNone:
 		ua.Header, ua.Prefix, ua.Secret = "", "", ""
 	case event.UpstreamAuthInject:
-		if !secretNameRE.MatchString(ua.Secret) {
-			return validation("upstream_auth", "inject needs \"secret\": the name of an edge-local secret (letters, digits, '_', '.', '-')")
+		if !secretNameRE.MatchString(ua.Secret) || len(ua.Secret) > maxSecretNameLen {
+			return validation("upstream_auth", fmt.Sprintf("inject needs \"secret\": the name of one of this project's edge-local secrets, "+
+				"at most %d letters and digits, which single '.', '_' or '-' may join (no '/', no \"__\")", maxSecretNameLen))
 		}
 		if ua.Header == "" {
 			ua.Header = "Authorization"
@@ -215,20 +238,55 @@ func validateDeployment(d *event.Deployment) error {
 	default:
 		return validation("upstream_auth", `mode must be "none", "inject" or "passthrough"`)
 	}
-	if ua.Header != "" && !headerRE.MatchString(ua.Header) {
-		return validation("upstream_auth", "header is not a valid header name")
+	if ua.Header != "" && (!headerRE.MatchString(ua.Header) || len(ua.Header) > maxHeaderNameLen) {
+		return validation("upstream_auth", fmt.Sprintf("header is not a valid header name of at most %d bytes", maxHeaderNameLen))
 	}
-	if strings.ContainsAny(ua.Prefix, "\r\n") {
-		return validation("upstream_auth", "prefix must not contain line breaks")
+	if len(ua.Prefix) > maxAuthPrefixLen {
+		return validation("upstream_auth", fmt.Sprintf("prefix must be at most %d bytes", maxAuthPrefixLen))
 	}
-	if d.RateLimit != nil && d.RateLimit.RequestsPerMinute < 1 {
-		return validation("rate_limit", "requests_per_minute must be a positive number")
+	for i := 0; i < len(ua.Prefix); i++ {
+		if ua.Prefix[i] < ' ' || ua.Prefix[i] > '~' {
+			return validation("upstream_auth", "prefix must be printable ASCII")
+		}
+	}
+	if err := validRateLimit(d.RateLimit); err != nil {
+		return err
 	}
 	if d.MaxBodyBytes < 1 || d.MaxBodyBytes > 1<<30 {
 		return validation("max_body_bytes", "must be between 1 and 1073741824")
 	}
 	if d.MaxPromptChars < 1 || d.MaxPromptChars > 100_000_000 {
 		return validation("max_prompt_chars", "must be between 1 and 100000000")
+	}
+	return nil
+}
+
+// validPathPrefix checks a deployment's path_prefix: what an edge routes
+// on, compared bytewise with the request's normalised path.
+func validPathPrefix(p string) error {
+	if !strings.HasPrefix(p, "/") || len(p) > maxPathPrefixLen {
+		return validation("path_prefix", fmt.Sprintf("must start with / and be at most %d bytes", maxPathPrefixLen))
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c <= ' ' || c >= 0x7f || c == '?' || c == '#' || c == '%' {
+			return validation("path_prefix", "must be visible ASCII without spaces, ?, # or %-escapes")
+		}
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return validation("path_prefix", "must not have . or .. segments")
+		}
+	}
+	if strings.Contains(p, "//") {
+		return validation("path_prefix", "must not have empty segments (//)")
+	}
+	return nil
+}
+
+// validRateLimit checks a key's or deployment's rate_limit (nil: none).
+func validRateLimit(rl *event.RateLimit) error {
+	if rl != nil && (rl.RequestsPerMinute < 1 || rl.RequestsPerMinute > maxRequestsPerMin) {
+		return validation("rate_limit", fmt.Sprintf("requests_per_minute must be between 1 and %d", maxRequestsPerMin))
 	}
 	return nil
 }

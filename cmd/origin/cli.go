@@ -60,7 +60,7 @@ func (e *usageError) Error() string { return e.msg }
 
 func badInput(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
 
-var commandGroups = []string{"login", "keys", "deployments", "link", "unlink", "projects", "edges"}
+var commandGroups = []string{"login", "logout", "keys", "deployments", "link", "unlink", "projects", "users", "edges"}
 
 // isCommand reports whether args start with a CLI command rather than the
 // server's flags.
@@ -74,14 +74,15 @@ func commands() []*command {
 		keysCreateCmd(), keysListCmd(), keysGetCmd(), keysUpdateCmd(), keysDeleteCmd(), keysRotateCmd(),
 		depCreateCmd(), depListCmd(), depGetCmd(), depUpdateCmd(), depDeleteCmd(), depKeysCmd(),
 		linkCmd(true), linkCmd(false),
-		projectsListCmd(), projectsCreateCmd(), edgesCmd(),
+		projectsListCmd(), projectsCreateCmd(), projectsGetCmd(), projectsUpdateCmd(), edgesCmd(),
+		logoutCmd(), usersListCmd(), usersCreateCmd(), usersDeleteCmd(), usersPasswordCmd(),
 	}
 }
 
 // runCLI runs one CLI command; args[0] is its first word.
 func runCLI(args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmds := commands()
-	grouped := func(g string) bool { return g == "keys" || g == "deployments" || g == "projects" }
+	grouped := func(g string) bool { return g == "keys" || g == "deployments" || g == "projects" || g == "users" }
 	switch {
 	case args[0] == "help":
 		group := ""

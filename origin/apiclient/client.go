@@ -654,3 +654,131 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
 	}
 	return list[AuditRecord](raw)
 }
+
+// ---- admin users and project rules ----
+
+// User is an admin user.
+type User struct {
+	ID        string    `json:"id"`
+	Username  string    `json:"username"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Logout ends every session of the calling user (all their tokens, on
+// every replica) and forgets c.Token.
+func (c *Client) Logout(ctx context.Context) error {
+	if _, err := c.Do(ctx, http.MethodPost, "/v1/auth/logout", nil, nil); err != nil {
+		return err
+	}
+	c.Token = ""
+	return nil
+}
+
+// Users lists the admin users.
+func (c *Client) Users(ctx context.Context) ([]*User, error) {
+	var out struct {
+		Items []*User `json:"items"`
+	}
+	_, err := c.Do(ctx, http.MethodGet, "/v1/users", nil, &out)
+	return out.Items, err
+}
+
+// CreateUser creates an admin user.
+func (c *Client) CreateUser(ctx context.Context, username, password string) (*User, error) {
+	var u User
+	if _, err := c.Do(ctx, http.MethodPost, "/v1/users", map[string]string{"username": username, "password": password}, &u); err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
+// DeleteUser deletes an admin user (id or username) and ends their
+// sessions.
+func (c *Client) DeleteUser(ctx context.Context, user string) error {
+	_, err := c.Do(ctx, http.MethodDelete, "/v1/users/"+esc(user), nil, nil)
+	return err
+}
+
+// ChangePassword sets a user's password and ends their sessions; changing
+// one's own needs oldPassword (else give "").
+func (c *Client) ChangePassword(ctx context.Context, user, password, oldPassword string) error {
+	in := map[string]string{"password": password}
+	if oldPassword != "" {
+		in["old_password"] = oldPassword
+	}
+	_, err := c.Do(ctx, http.MethodPut, "/v1/users/"+esc(user)+"/password", in, nil)
+	return err
+}
+
+// Limits are a project's quotas.
+type Limits struct {
+	MaxKeys        int `json:"max_keys"`
+	MaxDeployments int `json:"max_deployments"`
+	MaxLinksPerKey int `json:"max_links_per_key"`
+}
+
+// ProjectDetail is a project with its upstream policy, quotas and usage.
+type ProjectDetail struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	// AllowedUpstreams is nil for the default policy.
+	AllowedUpstreams []string `json:"allowed_upstreams"`
+	Limits           Limits   `json:"limits"`
+	Usage            struct {
+		Keys        int `json:"keys"`
+		Deployments int `json:"deployments"`
+	} `json:"usage"`
+	// JSON is the answer this value was decoded from.
+	JSON json.RawMessage `json:"-"`
+}
+
+// ProjectUpdate changes a project's rules (admin users only); nil fields
+// are left as they are.
+type ProjectUpdate struct {
+	// AllowedUpstreams replaces the policy (an empty list allows nothing).
+	AllowedUpstreams *[]string
+	// DefaultUpstreams sends allowed_upstreams: null, back to the default
+	// policy (AllowedUpstreams must be nil).
+	DefaultUpstreams bool
+	// Quotas: a value sets it, 0 in a set pointer sends null (the default).
+	MaxKeys, MaxDeployments, MaxLinksPerKey *int
+}
+
+// MarshalJSON sends only the fields that are set.
+func (u ProjectUpdate) MarshalJSON() ([]byte, error) {
+	m := map[string]any{}
+	if u.AllowedUpstreams != nil {
+		m["allowed_upstreams"] = *u.AllowedUpstreams
+	} else if u.DefaultUpstreams {
+		m["allowed_upstreams"] = nil
+	}
+	for name, v := range map[string]*int{"max_keys": u.MaxKeys, "max_deployments": u.MaxDeployments, "max_links_per_key": u.MaxLinksPerKey} {
+		switch {
+		case v == nil:
+		case *v == 0:
+			m[name] = nil
+		default:
+			m[name] = *v
+		}
+	}
+	return json.Marshal(m)
+}
+
+// GetProject returns a project with its rules.
+func (c *Client) GetProject(ctx context.Context, project string) (*ProjectDetail, error) {
+	var p ProjectDetail
+	if _, err := c.call(ctx, http.MethodGet, projectPath(project), nil, nil, &p, &p.JSON); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// UpdateProject changes a project's upstream policy or quotas.
+func (c *Client) UpdateProject(ctx context.Context, project string, in ProjectUpdate) (*ProjectDetail, error) {
+	var p ProjectDetail
+	if _, err := c.call(ctx, http.MethodPatch, projectPath(project), nil, in, &p, &p.JSON); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}

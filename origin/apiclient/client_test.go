@@ -205,3 +205,62 @@ func TestClientWithAPIKey(t *testing.T) {
 		t.Fatal("error shows the key")
 	}
 }
+
+func TestClientUsersAndProjectRules(t *testing.T) {
+	s := startOrigin(t)
+	ctx := t.Context()
+	c := &apiclient.Client{BaseURL: "http://" + s.Addr()}
+	if _, err := c.Login(ctx, "admin", password); err != nil {
+		t.Fatal(err)
+	}
+	u, err := c.CreateUser(ctx, "ops", "ops password 1")
+	if err != nil || u.ID == "" || u.Username != "ops" {
+		t.Fatalf("create user: %+v %v", u, err)
+	}
+	us, err := c.Users(ctx)
+	if err != nil || len(us) != 2 {
+		t.Fatalf("users: %v %v", us, err)
+	}
+	ops := &apiclient.Client{BaseURL: c.BaseURL}
+	if _, err := ops.Login(ctx, "ops", "ops password 1"); err != nil {
+		t.Fatal(err)
+	}
+	var ae *apiclient.APIError
+	if err := ops.ChangePassword(ctx, "ops", "ops password 2", "wrong"); !errors.As(err, &ae) || ae.Status != 403 {
+		t.Fatalf("wrong old password: %v", err)
+	}
+	if err := ops.ChangePassword(ctx, "ops", "ops password 2", "ops password 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ops.Users(ctx); !errors.As(err, &ae) || ae.Status != 401 {
+		t.Fatalf("a token after its password changed: %v", err)
+	}
+	if _, err := ops.Login(ctx, "ops", "ops password 2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ops.Logout(ctx); err != nil || ops.Token != "" {
+		t.Fatalf("logout: %v", err)
+	}
+	if err := c.DeleteUser(ctx, "ops"); err != nil {
+		t.Fatal(err)
+	}
+
+	p, err := c.UpdateProject(ctx, "default", apiclient.ProjectUpdate{AllowedUpstreams: &[]string{"https://*.example.com"}, MaxKeys: ptr(5)})
+	if err != nil || len(p.AllowedUpstreams) != 1 || p.Limits.MaxKeys != 5 || len(p.JSON) == 0 {
+		t.Fatalf("update project: %+v %v", p, err)
+	}
+	_, err = c.CreateDeployment(ctx, "default", apiclient.DeploymentInput{Name: ptr("x"), Upstreams: map[string][]string{"*": {"http://127.0.0.1:9"}}})
+	if !errors.As(err, &ae) || ae.Status != 403 || ae.Code != "PERMISSION_DENIED" {
+		t.Fatalf("an upstream outside the policy: %v", err)
+	}
+	p, err = c.UpdateProject(ctx, "default", apiclient.ProjectUpdate{DefaultUpstreams: true, MaxKeys: ptr(0)})
+	if err != nil || p.AllowedUpstreams != nil || p.Limits.MaxKeys != origin.DefaultLimits.MaxKeys {
+		t.Fatalf("reset project: %+v %v", p, err)
+	}
+	if g, err := c.GetProject(ctx, "default"); err != nil || g.Name != "default" {
+		t.Fatalf("get project: %+v %v", g, err)
+	}
+	if err := c.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,104 @@
+package origin
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+// A project's rules over the API: GET /v1/projects/{p} shows them to
+// whoever may manage the project; PATCH changes them, for admin users only.
+// A project key never can, whatever it holds: the rules are the operator's
+// bounds on what the tenant's keys may do.
+
+// projectView is a project with its rules.
+type projectView struct {
+	ID               string       `json:"id"`
+	Name             string       `json:"name"`
+	CreatedAt        time.Time    `json:"created_at"`
+	AllowedUpstreams []string     `json:"allowed_upstreams"`
+	Limits           Limits       `json:"limits"`
+	Usage            projectUsage `json:"usage"`
+}
+
+type projectUsage struct {
+	Keys        int `json:"keys"`
+	Deployments int `json:"deployments"`
+}
+
+func viewProject(p *Project, r *ProjectRules) *projectView {
+	return &projectView{ID: p.ID, Name: p.Name, CreatedAt: p.CreatedAt, AllowedUpstreams: r.AllowedUpstreams,
+		Limits: r.Limits, Usage: projectUsage{Keys: r.Keys, Deployments: r.Deployments}}
+}
+
+var projectFields = []string{"allowed_upstreams", "max_keys", "max_deployments", "max_links_per_key"}
+
+// errUsersOnly refuses a project key what only admin users may do.
+func errUsersOnly(what string) error {
+	return apierror.New(http.StatusForbidden, apierror.PermissionDenied,
+		"a project key cannot "+what+", whatever permissions it holds; log in as an admin user")
+}
+
+func (s *Server) getProject(c *call) error {
+	r, err := s.store.rules(c.ctx(), c.project.ID)
+	if err != nil {
+		return err
+	}
+	writeJSON(c.w, http.StatusOK, viewProject(c.project, r))
+	return nil
+}
+
+func (s *Server) patchProject(c *call) error {
+	if c.who.User == "" {
+		return errUsersOnly("change a project's upstream policy or quotas")
+	}
+	o, err := readObject(c.r, false, projectFields...)
+	if err != nil {
+		return err
+	}
+	var ch rulesChange
+	var raws []string
+	if present, null, err := o.get("allowed_upstreams", &raws, true, "a list of URL patterns and CIDRs, or null for the default"); err != nil {
+		return err
+	} else if present {
+		ch.setPolicy = true
+		if !null {
+			if raws == nil {
+				raws = []string{}
+			}
+			if ch.policy, err = parsePolicy(raws); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range projectFields[1:] {
+		var n int
+		present, null, err := o.get(name, &n, true, "a whole number, or null for the default")
+		if err != nil {
+			return err
+		}
+		if !present {
+			continue
+		}
+		if ch.limits == nil {
+			ch.limits = map[string]*int{}
+		}
+		if null {
+			ch.limits[name] = nil
+			continue
+		}
+		if rg := limitRanges[name]; n < rg[0] || n > rg[1] {
+			return validation(name, fmt.Sprintf("must be between %d and %d, or null for the default", rg[0], rg[1]))
+		}
+		ch.limits[name] = &n
+	}
+	r, err := s.store.setRules(c.ctx(), c.project.ID, ch)
+	if err != nil {
+		return err
+	}
+	s.auditAdmin(c, http.StatusOK, map[string]any{"id": c.project.ID})
+	writeJSON(c.w, http.StatusOK, viewProject(c.project, r))
+	return nil
+}

@@ -1,0 +1,311 @@
+package origin
+
+// A project's rules — its upstream policy (allowed_upstreams) and quotas —
+// and the checks every key and deployment mutation runs against them inside
+// its write transaction. Rules are set by admin users only (api_projects.go).
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/keymesh/keymesh/event"
+)
+
+// projectRules is what a project's changes are held to.
+type projectRules struct {
+	policy *upstreamPolicy // nil: the default policy
+	set    Limits          // as an admin set them; zero fields follow the default
+	keys   int             // keys the project holds
+	deps   int             // deployments the project holds
+}
+
+func (r *projectRules) limits() Limits { return r.set.withDefaults() }
+
+// loadRules reads a project's rules in q (a write transaction, for the
+// checks: the rules then cannot change before it commits).
+func (s *Store) loadRules(ctx context.Context, q querier, projectID string) (*projectRules, error) {
+	var policy sql.NullString
+	var maxKeys, maxDeps, maxLinks sql.NullInt64
+	r := &projectRules{}
+	err := q.QueryRowContext(ctx, s.q(`SELECT allowed_upstreams, max_keys, max_deployments, max_links_per_key, key_count, deployment_count FROM projects WHERE id = ?`),
+		projectID).Scan(&policy, &maxKeys, &maxDeps, &maxLinks, &r.keys, &r.deps)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: no project %q", ErrNotFound, projectID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading project rules: %w", err)
+	}
+	if policy.Valid {
+		if r.policy, err = decodePolicy(&policy.String); err != nil {
+			return nil, err
+		}
+	}
+	r.set = Limits{MaxKeys: int(maxKeys.Int64), MaxDeployments: int(maxDeps.Int64), MaxLinksPerKey: int(maxLinks.Int64)}
+	return r, nil
+}
+
+// quotaError is the answer to a change past a quota.
+func quotaError(quota string, limit int, what string) error {
+	return &DetailedError{Err: ErrConflict, Details: map[string]any{"quota": quota, "limit": limit},
+		Message: fmt.Sprintf("this project may hold at most %d %s (quota %s; an admin can change it)", limit, what, quota)}
+}
+
+// checkUpstreams refuses an upstream of d that the policy does not allow.
+func checkUpstreams(p *upstreamPolicy, d *event.Deployment) error {
+	for _, site := range slices.Sorted(maps.Keys(d.Upstreams)) {
+		for _, raw := range d.Upstreams[site] {
+			u, h, err := parseUpstreamURL(raw)
+			if err != nil {
+				return validation("upstreams", fmt.Sprintf("site %q: %v", site, err))
+			}
+			if !p.allows(u, h) {
+				why := "is not allowed by this project's allowed_upstreams"
+				if p == nil {
+					why = "is a link-local, metadata or otherwise reserved address, which no project may reach unless an admin names it in allowed_upstreams"
+				}
+				return &DetailedError{Err: ErrForbidden, Details: map[string]any{"field": "upstreams", "site": site, "url": raw},
+					Message: fmt.Sprintf("upstream %q of site %q %s", truncate(raw, 80), site, why)}
+			}
+		}
+	}
+	return nil
+}
+
+// beforeDeploymentWrite checks d (validated) against its project's rules
+// and the other projects' claims, inside the mutation's transaction; create
+// says whether d is new. It then records d's claims and counts it.
+func (s *Store) beforeDeploymentWrite(ctx context.Context, tx *sql.Tx, d *event.Deployment, create bool) error {
+	r, err := s.loadRules(ctx, tx, d.Project)
+	if err != nil {
+		return err
+	}
+	if lim := r.limits().MaxDeployments; create && r.deps >= lim {
+		return quotaError("max_deployments", lim, "deployments")
+	}
+	if err := checkUpstreams(r.policy, d); err != nil {
+		return err
+	}
+	if err := s.claimConflict(ctx, tx, d); err != nil {
+		return err
+	}
+	if err := s.writeClaims(ctx, tx, d); err != nil {
+		return err
+	}
+	if create {
+		return s.addCount(ctx, tx, d.Project, "deployment_count", 1)
+	}
+	return nil
+}
+
+// afterDeploymentDelete drops d's claims and count.
+func (s *Store) afterDeploymentDelete(ctx context.Context, tx *sql.Tx, d *event.Deployment) error {
+	if err := s.deleteClaims(ctx, tx, d.ID); err != nil {
+		return err
+	}
+	return s.addCount(ctx, tx, d.Project, "deployment_count", -1)
+}
+
+// checkKeyCreate refuses a key past the project's key quota and counts it,
+// in one statement (this is on the path of every key creation).
+func (s *Store) checkKeyCreate(ctx context.Context, tx *sql.Tx, projectID string) error {
+	var n int
+	err := tx.QueryRowContext(ctx, s.q(`UPDATE projects SET key_count = key_count + 1 WHERE id = ? AND key_count < COALESCE(max_keys, ?) RETURNING key_count`),
+		projectID, DefaultLimits.MaxKeys).Scan(&n)
+	if !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	r, err := s.loadRules(ctx, tx, projectID) // no such project, or the quota
+	if err != nil {
+		return err
+	}
+	return quotaError("max_keys", r.limits().MaxKeys, "keys")
+}
+
+// checkKeyLinks refuses a key linked to more deployments than the
+// project's max_links_per_key (k as filled after the change).
+func (s *Store) checkKeyLinks(ctx context.Context, tx *sql.Tx, k *Key) error {
+	if len(k.Deployments) <= limitRanges["max_links_per_key"][0] {
+		return nil // within any quota an admin may set
+	}
+	r, err := s.loadRules(ctx, tx, k.ProjectID)
+	if err != nil {
+		return err
+	}
+	if lim := r.limits().MaxLinksPerKey; len(k.Deployments) > lim {
+		return quotaError("max_links_per_key", lim, "links per key")
+	}
+	return nil
+}
+
+// addCount adds n to a project's key_count or deployment_count.
+func (s *Store) addCount(ctx context.Context, tx *sql.Tx, projectID, column string, n int) error {
+	if column != "key_count" && column != "deployment_count" {
+		panic("addCount: " + column)
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE projects SET `+column+` = `+column+` + ? WHERE id = ?`), n, projectID); err != nil {
+		return fmt.Errorf("counting: %w", err)
+	}
+	return nil
+}
+
+// lockedTx begins a write transaction holding the revision counter's row
+// lock without taking a revision, for changes that are no event but must
+// be ordered with the mutations (a project's rules, users): on PostgreSQL
+// every writer of every replica queues on that row; on SQLite writers are
+// serialised anyway. The returned function releases the SQLite writer
+// queue; call it after Commit or Rollback.
+func (s *Store) lockedTx(ctx context.Context) (*sql.Tx, func(), error) {
+	unlock := s.lockWrites()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE counters SET value = value WHERE name = 'revision'`)); err != nil {
+		tx.Rollback()
+		unlock()
+		return nil, nil, fmt.Errorf("locking the store: %w", err)
+	}
+	return tx, unlock, nil
+}
+
+// ProjectRules is a project's rules as the API shows them.
+type ProjectRules struct {
+	// AllowedUpstreams is nil for the default policy.
+	AllowedUpstreams []string
+	// Limits are the quotas in force (defaults filled in).
+	Limits Limits
+	// Keys and Deployments are what the project holds.
+	Keys, Deployments int
+}
+
+func (r *projectRules) view() *ProjectRules {
+	return &ProjectRules{AllowedUpstreams: r.policy.strings(), Limits: r.limits(), Keys: r.keys, Deployments: r.deps}
+}
+
+// rules returns a project's rules.
+func (s *Store) rules(ctx context.Context, projectID string) (*ProjectRules, error) {
+	r, err := s.loadRules(ctx, s.db, projectID)
+	if err != nil {
+		return nil, err
+	}
+	return r.view(), nil
+}
+
+// rulesChange is a change of a project's rules; nil fields are unchanged.
+type rulesChange struct {
+	setPolicy bool
+	policy    *upstreamPolicy // with setPolicy: nil = back to the default
+	limits    map[string]*int // quota name → value (nil: back to the default)
+}
+
+// maxConflictIDs bounds the deployment ids a refused policy change lists.
+const maxConflictIDs = 20
+
+// setRules applies ch to a project. A policy that some of the project's
+// deployments would break is refused (409, naming how many and the first
+// of them): the admin changes or deletes those first. Quotas may be set
+// below what the project holds; further creations are then refused.
+func (s *Store) setRules(ctx context.Context, projectID string, ch rulesChange) (*ProjectRules, error) {
+	tx, unlock, err := s.lockedTx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	defer tx.Rollback()
+	r, err := s.loadRules(ctx, tx, projectID)
+	if err != nil {
+		return nil, err
+	}
+	if ch.setPolicy {
+		deps, err := s.listDeployments(ctx, tx, projectID)
+		if err != nil {
+			return nil, err
+		}
+		var bad []string
+		n := 0
+		for i := range deps {
+			if checkUpstreams(ch.policy, &deps[i]) != nil {
+				if n++; len(bad) < maxConflictIDs {
+					bad = append(bad, deps[i].ID)
+				}
+			}
+		}
+		if n > 0 {
+			return nil, &DetailedError{Err: ErrConflict, Details: map[string]any{"conflicting_deployments": n, "deployments": bad},
+				Message: fmt.Sprintf("%d of the project's deployments have upstreams this policy does not allow; change or delete them first", n)}
+		}
+		col, err := jsonStrings(ch.policy.strings())
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE projects SET allowed_upstreams = ? WHERE id = ?`), col, projectID); err != nil {
+			return nil, err
+		}
+		r.policy = ch.policy
+	}
+	for _, name := range slices.Sorted(maps.Keys(ch.limits)) {
+		v := ch.limits[name]
+		var col any
+		if v != nil {
+			col = *v
+		}
+		if _, ok := limitRanges[name]; !ok {
+			return nil, fmt.Errorf("unknown quota %q", name)
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE projects SET `+name+` = ? WHERE id = ?`), col, projectID); err != nil {
+			return nil, err
+		}
+		val := 0
+		if v != nil {
+			val = *v
+		}
+		switch name {
+		case "max_keys":
+			r.set.MaxKeys = val
+		case "max_deployments":
+			r.set.MaxDeployments = val
+		case "max_links_per_key":
+			r.set.MaxLinksPerKey = val
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("committing: %w", err)
+	}
+	return r.view(), nil
+}
+
+// secretScope is how an edge names a project in its secrets: the
+// environment form EDGE_SECRET_<PROJECT>__<NAME> upper-cases it and writes
+// '.' and '-' as '_'; a --secrets-dir may sit on a case-insensitive file
+// system. Two projects with one scope would share their edge-local
+// secrets, so no two may have one.
+func secretScope(project string) string {
+	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(project))
+}
+
+// checkProjectScope refuses a new project name whose secret scope another
+// project has (inside the creating transaction).
+func (s *Store) checkProjectScope(ctx context.Context, tx *sql.Tx, name string) error {
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT name FROM projects`))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var other string
+		if err := rows.Scan(&other); err != nil {
+			return err
+		}
+		if other != name && secretScope(other) == secretScope(name) {
+			return &DetailedError{Err: ErrConflict, Details: map[string]any{"field": "name"},
+				Message: fmt.Sprintf("a project named like %q exists: names that differ only in case or in '.', '_' and '-' would share edge-local secrets", name)}
+		}
+	}
+	return rows.Err()
+}
