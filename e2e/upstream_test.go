@@ -34,11 +34,16 @@ func TestUpstreamCredentialShapes(t *testing.T) {
 	dir := t.TempDir()
 	const openai, anthropic, azure = "sk-upstream-openai-0001", "sk-ant-upstream-0002", "azure-upstream-0003"
 	s.upstreamSecrets = append(s.upstreamSecrets, openai, anthropic, azure)
-	t.Setenv("EDGE_SECRET_OPENAI_PROD", openai)
-	if err := os.WriteFile(filepath.Join(dir, "anthropic"), []byte(anthropic+"\n"), 0o600); err != nil {
+	// Secrets are the project's: EDGE_SECRET_<PROJECT>__<NAME>, or
+	// <secrets-dir>/<project>/<name>.
+	t.Setenv("EDGE_SECRET_DEFAULT__OPENAI_PROD", openai)
+	if err := os.Mkdir(filepath.Join(dir, project), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "azure"), []byte(azure), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, project, "anthropic"), []byte(anthropic+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, project, "azure"), []byte(azure), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	mk := func(name, host string, ua map[string]any) string {
