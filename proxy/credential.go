@@ -25,7 +25,9 @@ var (
 // value sent twice is one credential. (The OpenAI SDK pattern, a placeholder
 // bearer token beside the real X-API-Key, is one credential.)
 func credential(h *fasthttp.RequestHeader) (cred []byte, fromAuth, ok bool) {
+	// One pass over the fields (cheaper than a PeekAll per name).
 	var apiKey, auth []byte
+	seenAuth := false
 	for k, v := range h.All() {
 		switch {
 		case len(k) == len(headerAPIKey) && bytes.EqualFold(k, headerAPIKey):
@@ -38,10 +40,10 @@ func credential(h *fasthttp.RequestHeader) (cred []byte, fromAuth, ok bool) {
 			apiKey = v
 		case len(k) == len(headerAuth) && bytes.EqualFold(k, headerAuth):
 			v = bytes.TrimSpace(v)
-			if auth != nil && !bytes.Equal(auth, v) {
+			if seenAuth && !bytes.Equal(auth, v) {
 				return nil, false, false
 			}
-			auth = v
+			auth, seenAuth = v, true
 		}
 	}
 	var token []byte
@@ -86,15 +88,16 @@ func keyCharsFrom(b []byte, i int) int {
 // containsKeyLike reports whether b holds something that looks like a
 // keymesh key ("km_" and a long run of key characters, any letter case).
 func containsKeyLike(b []byte) bool {
-	for {
-		i := indexFold(b, apikey.Prefix)
+	for off := 0; ; {
+		i := bytes.IndexByte(b[off:], '_')
 		if i < 0 {
 			return false
 		}
-		if keyCharsFrom(b, i+len(apikey.Prefix)) >= keyLikeRun {
+		i += off
+		if i >= 2 && b[i-2]|0x20 == 'k' && b[i-1]|0x20 == 'm' && keyCharsFrom(b, i+1) >= keyLikeRun {
 			return true
 		}
-		b = b[i+1:]
+		off = i + 1
 	}
 }
 
@@ -115,17 +118,6 @@ func containsKeyLikeEscaped(q []byte) bool {
 		dec = append(dec, c)
 	}
 	return containsKeyLike(dec)
-}
-
-// indexFold is bytes.Index ignoring ASCII letter case, for a short lower-case
-// needle.
-func indexFold(b []byte, needle string) int {
-	for i := 0; i+len(needle) <= len(b); i++ {
-		if b[i]|0x20 == needle[0] && bytes.EqualFold(b[i:i+len(needle)], []byte(needle)) {
-			return i
-		}
-	}
-	return -1
 }
 
 // stripCredentials removes from a request about to be forwarded every value

@@ -603,9 +603,9 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	}
 	dep := rt.dep
 	out.dep = dep
-	if ctx.Request.Header.Len() != r.headers {
-		// Trailers arrived after the body and were merged into the header
-		// the decision was made on: refuse rather than forward them.
+	if ctx.Request.Header.ContentLength() == -1 && len(ctx.Request.Header.TrailerHeader()) > 2 {
+		// Trailers (a chunked body's) arrived after the decision was made
+		// on the header, and would be read as header fields: refuse.
 		r.refuse(errTrailers, refusedTrailers)
 		s.refuse(ctx, r)
 		return out

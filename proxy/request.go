@@ -38,12 +38,8 @@ type request struct {
 	// Authorization: Bearer.
 	cred     []byte
 	fromAuth bool
-	// headers is how many header fields the request had when its header was
-	// read: more once the body is read means trailers were merged in.
-	headers int
-
-	buf   [256]byte // backs host, path, query and cred for most requests
-	spill []byte    // backs them for the others; kept for the next request
+	buf      [256]byte // backs host, path, query and cred for most requests
+	spill    []byte    // backs them for the others; kept for the next request
 }
 
 // refusalReason names a refusal for keymesh_edge_requests_refused_total.
@@ -175,7 +171,6 @@ func (r *request) read(h *fasthttp.RequestHeader, rtr *router, maxBody int) {
 	}
 	buf = append(buf, cred...)
 	r.cred, r.fromAuth = buf[n:len(buf):len(buf)], fromAuth
-	r.headers = h.Len()
 
 	r.rt = rtr.match(r.host, r.path)
 	if r.rt != nil {

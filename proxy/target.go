@@ -176,6 +176,9 @@ func normalisePath(dst, raw []byte) ([]byte, error) {
 	if len(raw) == 0 || raw[0] != '/' {
 		return dst, errTargetForm
 	}
+	if cleanPath(raw) {
+		return append(dst, raw...), nil // the common case: nothing to decode or resolve
+	}
 	start := len(dst)
 	dst = append(dst, '/')
 	seg := len(dst) // dst[seg:] is the segment being read; dst[seg-1] is '/'
@@ -206,6 +209,29 @@ func normalisePath(dst, raw []byte) ([]byte, error) {
 	}
 	return dst, nil
 }
+
+// cleanPath reports whether raw is already normalised: no escape, no
+// refused byte, no empty or dot segment.
+func cleanPath(raw []byte) bool {
+	prev := byte(0)
+	for _, c := range raw {
+		if pathCare[c] || (prev == '/' && (c == '/' || c == '.')) {
+			return false
+		}
+		prev = c
+	}
+	return true
+}
+
+// pathCare are the bytes normalisePath must look at: escapes and refused
+// bytes.
+var pathCare = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	t[0x7f], t['%'], t[';'], t['\\'] = true, true, true, true
+	return t
+}()
 
 // endSegment finishes the segment dst[seg:] (dst[seg-1] is '/'): an empty or
 // "." segment is dropped, ".." drops the segment before it too (never going
