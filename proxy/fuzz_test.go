@@ -449,3 +449,65 @@ func encodeBody(body []byte, enc uint8) (wire []byte, coding string) {
 	}
 	return body, ""
 }
+
+// promptSlots are request bodies of every API shape the edge counts, each
+// with one place (%s, a JSON string) where a server reads prompt text: any
+// text put there counts, in full.
+var promptSlots = []string{
+	`{"model":"m","prompt":%s}`,
+	`{"model":"m","prompt":[%s,"b"]}`,
+	`{"model":"m","prompt":"p","suffix":%s}`,
+	`{"model":"m","messages":[{"role":"user","content":%s}]}`,
+	`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":%s}]}]}`,
+	`{"model":"m","messages":[{"role":"user","name":%s,"content":"x"}]}`,
+	`{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":%s}}]}]}`,
+	`{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","description":%s,"parameters":{"type":"object"}}}]}`,
+	`{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"string","description":%s}}}}}]}`,
+	`{"model":"m","messages":[],"functions":[{"name":%s}]}`,
+	`{"model":"m","input":%s}`,
+	`{"model":"m","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":%s}]}]}`,
+	`{"model":"m","input":[{"type":"function_call","call_id":"c","name":"f","arguments":%s}]}`,
+	`{"model":"m","input":[{"type":"function_call_output","call_id":"c","output":%s}]}`,
+	`{"model":"m","input":"hi","instructions":%s}`,
+	`{"inputs":%s,"parameters":{"max_new_tokens":4}}`,
+	`{"model":"m","system":%s,"messages":[]}`,
+	`{"model":"m","system":[{"type":"text","text":%s}],"messages":[]}`,
+	`{"model":"m","messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":%s}]}]}`,
+	`{"model":"m","messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"q":%s}}]}]}`,
+	`{"model":"m","messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":%s}}]}]}`,
+	`{"model":"m","tools":[{"name":"f","description":"d","input_schema":{"type":"object","properties":{"x":{"description":%s}}}}],"messages":[]}`,
+	`{"model":"m","query":%s,"documents":["d"]}`,
+	`{"model":"m","query":"q","documents":[{"text":%s}]}`,
+	`{"model":"m","text_1":"a","text_2":[%s]}`,
+	`{"contents":[{"role":"user","parts":[{"text":%s}]}]}`,
+	`{"model":"m","messages":[],"chat_template":%s}`,
+	`{"model":"m","messages":[],"chat_template_kwargs":{"system_prompt":%s}}`,
+}
+
+// FuzzPromptFields is the property of the prompt table: whatever text is
+// placed in any field a server turns into prompt tokens counts, every
+// character of it.
+func FuzzPromptFields(f *testing.F) {
+	for i := range promptSlots {
+		f.Add("a prompt with \"quotes\", \\ and é", uint8(i))
+	}
+	f.Add(strings.Repeat("x", 5000), uint8(0))
+	f.Fuzz(func(t *testing.T, text string, slot uint8) {
+		if !utf8.ValidString(text) {
+			return // a JSON string holds text; invalid bytes become U+FFFD
+		}
+		enc, err := json.Marshal(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := promptSlots[int(slot)%len(promptSlots)]
+		body := []byte(strings.Replace(tmpl, "%s", string(enc), 1))
+		n, _, err := parseBody(body)
+		if err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		if want := utf8.RuneCountInString(text); n < want {
+			t.Fatalf("%s: counted %d characters, the text alone has %d", tmpl, n, want)
+		}
+	})
+}

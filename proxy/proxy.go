@@ -582,12 +582,12 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	setRequestID(ctx)
 	r := s.takeRequest(ctx)
 	out.req = r
-	if r.refusal != nil {
-		s.refuse(ctx, r)
-		return out
-	}
 	if s.cors.apply(ctx) {
 		out.open = true // a preflight, answered
+		return out
+	}
+	if r.refusal != nil {
+		s.refuse(ctx, r)
 		return out
 	}
 	if r.open() {

@@ -27,9 +27,8 @@ type request struct {
 	host  []byte // routing form: lower case, no port, no trailing dot
 	path  []byte // decoded and normalised, starts with '/'
 	query []byte // as sent (checked to hold only visible ASCII)
-	// getOrHead and options: the method's kind, for permissions, the open
-	// routes and CORS preflights.
-	getOrHead, options bool
+	// getOrHead: the method's kind, for permissions and the open routes.
+	getOrHead bool
 
 	rt        *route // nil when no deployment matched
 	bodyLimit int    // the matched deployment's, 0 = the server's
@@ -55,11 +54,12 @@ const (
 	refusedTrailers
 	refusedBodyEncoding
 	refusedKeyInURL
+	refusedNoDeployment
 	numRefusals
 )
 
 var refusalNames = [numRefusals]string{"", "method", "target", "path", "host", "conflicting_credentials",
-	"trailers", "body_encoding", "key_in_url"}
+	"trailers", "body_encoding", "key_in_url", "no_deployment"}
 
 var (
 	errMethodRefused = apierror.New(http.StatusMethodNotAllowed, apierror.MethodNotAllowed,
@@ -127,7 +127,6 @@ func (r *request) read(h *fasthttp.RequestHeader, rtr *router, maxBody int) {
 		return
 	}
 	r.getOrHead = string(m) == fasthttp.MethodGet || string(m) == fasthttp.MethodHead
-	r.options = string(m) == fasthttp.MethodOptions
 
 	host, rawPath, query, absolute, err := splitTarget(h.RequestURI())
 	if err != nil {
@@ -173,10 +172,14 @@ func (r *request) read(h *fasthttp.RequestHeader, rtr *router, maxBody int) {
 	r.cred, r.fromAuth = buf[n:len(buf):len(buf)], fromAuth
 
 	r.rt = rtr.match(r.host, r.path)
-	if r.rt != nil {
+	switch {
+	case r.rt != nil:
 		if l := r.rt.dep.MaxBodyBytes; l > 0 && l < int64(maxBody) {
 			r.bodyLimit = int(l)
 		}
+	case !r.open() && string(m) != fasthttp.MethodOptions: // (OPTIONS: maybe a CORS preflight)
+		// No deployment: nothing of the body is needed to say so.
+		r.refuse(errNoDeployment, refusedNoDeployment)
 	}
 }
 

@@ -158,8 +158,8 @@ func TestRequestRead(t *testing.T) {
 		"POST /%6cim HTTP/1.1\r\nHost: x\r\n\r\n":                                       "lim",
 		"GET http://H.Example./lim/x HTTP/1.1\r\nHost: other\r\n\r\n":                   "host",
 		"GET /lim/x HTTP/1.1\r\nHost: h.example.\r\n\r\n":                               "host",
-		"GET http://other/lim HTTP/1.1\r\nHost: h.example\r\n\r\n":                      "lim", // absolute-form: the target's host
-		"GET /x HTTP/1.1\r\nHost: x\r\n\r\n":                                            "",
+		"GET http://other/lim HTTP/1.1\r\nHost: h.example\r\n\r\n":                      "lim",     // absolute-form: the target's host
+		"GET /x HTTP/1.1\r\nHost: x\r\n\r\n":                                            "refused", // no deployment: refused from the header
 		"POST /lim HTTP/1.1\r\nHost: x\r\nX-API-Key: a\r\nX-API-Key: b\r\n\r\n":         "refused",
 		"CONNECT h.example:443 HTTP/1.1\r\nHost: h.example\r\n\r\n":                     "refused",
 		"TRACE /lim HTTP/1.1\r\nHost: x\r\n\r\n":                                        "refused",

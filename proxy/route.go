@@ -125,26 +125,33 @@ func (rt *route) hostScore(host []byte) int {
 }
 
 // pick returns the next upstream in round-robin order that is not resting
-// after connection failures, skipping except; if every one is resting, the
-// next one regardless (better a try than a certain 502).
+// after connection failures, skipping except and those the upstream policy
+// refuses; if every one is resting, the next one regardless (better a try
+// than a certain 502); if every one is refused, a refused one (whose 502
+// says why).
 func (rt *route) pick(now time.Time, except *upstream) *upstream {
 	n := len(rt.upstreams)
 	if n == 0 {
 		return nil
 	}
 	start := int(rt.next.Add(1)-1) % n
-	var fallback *upstream
+	var resting, refused *upstream
 	for i := range n {
 		u := rt.upstreams[(start+i)%n]
-		if u == except {
-			continue
-		}
-		if u.health.usable(now) {
+		switch {
+		case u == except:
+		case u.denied != nil:
+			if refused == nil {
+				refused = u
+			}
+		case u.health.usable(now):
 			return u
-		}
-		if fallback == nil {
-			fallback = u
+		case resting == nil:
+			resting = u
 		}
 	}
-	return fallback
+	if resting != nil {
+		return resting
+	}
+	return refused
 }

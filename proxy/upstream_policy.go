@@ -116,6 +116,13 @@ type upstreamPolicy struct {
 	localAddr atomic.Pointer[[]netip.Addr]     // this host's interface addresses
 }
 
+// CheckUpstreamAllow reports whether patterns can be Config.UpstreamAllow:
+// nil, or the first bad pattern wrapped in ErrUpstreamPolicy.
+func CheckUpstreamAllow(patterns []string) error {
+	_, err := parseUpstreamPolicy(patterns)
+	return err
+}
+
 // parseUpstreamPolicy parses the --upstream-allow patterns.
 func parseUpstreamPolicy(patterns []string) (*upstreamPolicy, error) {
 	p := &upstreamPolicy{}
