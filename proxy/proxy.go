@@ -5,9 +5,13 @@
 //
 // Guarantees: a request is authorized against state at least as new as the
 // View's applied revision when the request started (see package cache); a
-// malformed key is refused without any lookup; the client's keymesh key is
-// never forwarded upstream and never logged; every refusal carries the
-// error body of the external API.
+// malformed key is refused without any lookup; each request is read once,
+// when its header arrives, and routing, the limits, the permission checks
+// and what is sent upstream all use that reading (request); the upstream is
+// one of the matched deployment's servers, at an address the upstream
+// policy allows, sent the normalised path and the body as inspected
+// (forward, body); no client credential is forwarded upstream, and none is
+// logged; every refusal carries the error body of the external API.
 package proxy
 
 import (
@@ -59,8 +63,9 @@ type Config struct {
 	// DataDir holds the persisted applied revision and deployments; empty
 	// means nothing persists and every start resynchronises from a snapshot.
 	DataDir string
-	// SecretsDir holds upstream credentials as files named after the secret;
-	// the environment variable EDGE_SECRET_<NAME> takes precedence.
+	// SecretsDir holds upstream credentials per project, as files
+	// <SecretsDir>/<project>/<secret>; the environment variable
+	// EDGE_SECRET_<PROJECT>__<SECRET> takes precedence (see secretStore).
 	SecretsDir string
 	// TLSCert and TLSKey serve HTTPS on Listen (TLS 1.2 or newer); ReloadTLS
 	// reads them again. TLSClientCA, if set, requires client certificates
