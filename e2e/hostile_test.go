@@ -61,6 +61,17 @@ func (r *recorder) got() []recorded {
 
 func (r *recorder) hostPort() string { u, _ := url.Parse(r.URL); return u.Host }
 
+// injectSecret gives this process's edges the upstream secret name of the
+// default project, as EDGE_SECRET_DEFAULT__<NAME> — and as the variable of
+// the layout before secrets were per project, so that a test run against
+// that code shows what it did with it — and remembers it as a secret that
+// may reach upstreams but no log.
+func (s *stack) injectSecret(t interface{ Setenv(k, v string) }, name, value string) {
+	s.upstreamSecrets = append(s.upstreamSecrets, value)
+	t.Setenv("EDGE_SECRET_DEFAULT__"+strings.ToUpper(name), value)
+	t.Setenv("EDGE_SECRET_"+strings.ToUpper(name), value)
+}
+
 // keyWith creates a key linked to deployments holding only perms.
 func (s *stack) keyWith(perms []string, deployments ...string) string {
 	s.t.Helper()
@@ -94,9 +105,7 @@ func TestTargetCannotChooseUpstream(t *testing.T) {
 	s := newStack(t)
 	upA, upOpen, canary := newRecorder(t), newRecorder(t), newRecorder(t)
 	const secret = "sk-provider-secret-for-a-0001"
-	s.upstreamSecrets = append(s.upstreamSecrets, secret)
-	t.Setenv("EDGE_SECRET_DEFAULT__PROV", secret)
-	t.Setenv("EDGE_SECRET_PROV", secret) // the layout before secrets were per project
+	s.injectSecret(t, "prov", secret)
 	a := s.deployment("a", map[string]any{"path_prefix": "/a", "upstreams": map[string][]string{"*": {upA.URL}},
 		"upstream_auth": map[string]any{"mode": "inject", "header": "Authorization", "prefix": "Bearer ", "secret": "prov"}})
 	s.deployment("open", map[string]any{"path_prefix": "/open", "auth_enabled": false,
@@ -372,9 +381,7 @@ func TestMalformedRequestsLogNothingSecret(t *testing.T) {
 func TestCredentialHeadersNeverForwarded(t *testing.T) {
 	s := newStack(t)
 	const injected = "sk-injected-upstream-0005"
-	s.upstreamSecrets = append(s.upstreamSecrets, injected)
-	t.Setenv("EDGE_SECRET_DEFAULT__UP", injected)
-	t.Setenv("EDGE_SECRET_UP", injected) // the layout before secrets were per project
+	s.injectSecret(t, "up", injected)
 	pass := s.deployment("pass", map[string]any{"hosts": []string{"pass.test"},
 		"upstream_auth": map[string]any{"mode": "passthrough", "header": "Authorization"}})
 	inj := s.deployment("inj", map[string]any{"hosts": []string{"inj.test"},

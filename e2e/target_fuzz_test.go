@@ -69,10 +69,7 @@ func refHost(target, hostHeader string) string {
 // never reached.
 func FuzzRequestTarget(f *testing.F) {
 	s := newStack(f)
-	const injected = "sk-fuzz-injected-0006"
-	s.upstreamSecrets = append(s.upstreamSecrets, injected)
-	f.Setenv("EDGE_SECRET_DEFAULT__FUZZ", injected)
-	f.Setenv("EDGE_SECRET_FUZZ", injected) // the layout before secrets were per project
+	s.injectSecret(f, "fuzz", "sk-fuzz-injected-0006")
 	deps := []*fuzzDeployment{
 		{name: "a", prefix: "/a", auth: true},
 		{name: "b", host: "b.test", prefix: "/", auth: true},

@@ -211,18 +211,13 @@ func TestPendingRequests(t *testing.T) {
 
 // Reading a request's header allocates nothing on the hot path.
 func TestRequestReadAllocatesNothing(t *testing.T) {
-	up := map[string][]string{"*": {"http://up:1"}}
-	rtr := newRouter(deps(event.Deployment{ID: "d", PathPrefix: "/", Upstreams: up}), "eu", &healthTable{}, newMetrics().upstream, nil)
-	var h fasthttp.RequestHeader
-	if err := h.Read(bufioReader("POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\nContent-Type: application/json\r\nX-API-Key: km_" + strings.Repeat("a", 59) + "\r\nContent-Length: 10\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
+	rtr, h := typicalRequest(t)
 	p := newPendingRequests()
 	n := testing.AllocsPerRun(200, func() {
 		r := acquireRequest()
-		r.read(&h, rtr, 64<<20)
-		p.put(&h, r)
-		releaseRequest(p.take(&h))
+		r.read(h, rtr, 64<<20)
+		p.put(h, r)
+		releaseRequest(p.take(h))
 	})
 	if n != 0 {
 		t.Fatalf("%v allocations per request", n)
@@ -230,12 +225,7 @@ func TestRequestReadAllocatesNothing(t *testing.T) {
 }
 
 func BenchmarkRequestRead(b *testing.B) {
-	up := map[string][]string{"*": {"http://up:1"}}
-	rtr := newRouter(deps(event.Deployment{ID: "d", PathPrefix: "/", Upstreams: up}), "eu", &healthTable{}, newMetrics().upstream, nil)
-	var h fasthttp.RequestHeader
-	if err := h.Read(bufioReader("POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\nContent-Type: application/json\r\nX-API-Key: km_" + strings.Repeat("a", 59) + "\r\nContent-Length: 10\r\n\r\n")); err != nil {
-		b.Fatal(err)
-	}
+	rtr, h := typicalRequest(b)
 	p := newPendingRequests()
 	b.ReportAllocs()
 	b.SetParallelism(1)
@@ -252,6 +242,18 @@ func BenchmarkRequestRead(b *testing.B) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// typicalRequest returns a router of one deployment and the header of a
+// chat completion to it.
+func typicalRequest(tb testing.TB) (*router, *fasthttp.RequestHeader) {
+	up := map[string][]string{"*": {"http://up:1"}}
+	rtr := newRouter(deps(event.Deployment{ID: "d", PathPrefix: "/", Upstreams: up}), "eu", &healthTable{}, newMetrics().upstream, nil)
+	var h fasthttp.RequestHeader
+	if err := h.Read(bufioReader("POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\nContent-Type: application/json\r\nX-API-Key: km_" + strings.Repeat("a", 59) + "\r\nContent-Length: 10\r\n\r\n")); err != nil {
+		tb.Fatal(err)
+	}
+	return rtr, &h
+}
 
 // FuzzNormalisePath: the normalised path starts with '/', holds no empty,
 // "." or ".." segment and no refused byte, is its own normal form, and goes
