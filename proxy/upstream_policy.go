@@ -309,7 +309,8 @@ func (hp hostPattern) matches(host string, port uint16) bool {
 // check decides a connection to ap made for the upstream named host: nil,
 // or why not.
 func (p *upstreamPolicy) check(host string, ap netip.AddrPort) *upstreamDeniedError {
-	a := ap.Addr().Unmap()
+	// Without its zone: a zoned address (fe80::1%eth0) matches no prefix.
+	a := ap.Addr().Unmap().WithZone("")
 	ap = netip.AddrPortFrom(a, ap.Port())
 	if p.isOwn(ap) {
 		return deniedOwnListener

@@ -38,6 +38,7 @@ func TestUpstreamPolicyCheck(t *testing.T) {
 		{"x", "[fd00:ec2::254]:80", deniedAddress},
 		{"x", "100.100.100.200:80", deniedAddress},
 		{"x", "[fe80::1]:80", deniedAddress},
+		{"x", "[fe80::1%eth0]:80", deniedAddress}, // a zone hides an address from netip.Prefix.Contains
 		{"x", "0.0.0.0:80", deniedAddress},
 		{"x", "127.0.0.1:9090", deniedOwnListener},
 		{"x", "127.0.0.2:9090", deniedOwnListener}, // any loopback reaches a loopback listener
