@@ -130,7 +130,10 @@ func referenceJSON(raw []byte) (upstreamReading, error) {
 	}
 	o, ok := v.(map[string]any)
 	if !ok {
-		return upstreamReading{}, nil
+		if v == nil {
+			return upstreamReading{}, nil
+		}
+		return upstreamReading{}, errBodyShape // a string, a list: no request an upstream serves
 	}
 	var r upstreamReading
 	for k, val := range o {
