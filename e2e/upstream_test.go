@@ -34,11 +34,16 @@ func TestUpstreamCredentialShapes(t *testing.T) {
 	dir := t.TempDir()
 	const openai, anthropic, azure = "sk-upstream-openai-0001", "sk-ant-upstream-0002", "azure-upstream-0003"
 	s.upstreamSecrets = append(s.upstreamSecrets, openai, anthropic, azure)
-	t.Setenv("EDGE_SECRET_OPENAI_PROD", openai)
-	if err := os.WriteFile(filepath.Join(dir, "anthropic"), []byte(anthropic+"\n"), 0o600); err != nil {
+	// Secrets are the project's: EDGE_SECRET_<PROJECT>__<NAME>, or
+	// <secrets-dir>/<project>/<name>.
+	t.Setenv("EDGE_SECRET_DEFAULT__OPENAI_PROD", openai)
+	if err := os.Mkdir(filepath.Join(dir, project), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "azure"), []byte(azure), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, project, "anthropic"), []byte(anthropic+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, project, "azure"), []byte(azure), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	mk := func(name, host string, ua map[string]any) string {
@@ -299,5 +304,61 @@ func TestUpstreamPoolBound(t *testing.T) {
 	e.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	if !strings.Contains(rec.Body.String(), "keymesh_edge_upstream_pool_full_total 1") {
 		t.Fatal("the refusal is not counted")
+	}
+}
+
+// Edge-local upstream secrets are their project's: a deployment resolves a
+// secret name only among its own project's secrets (by variable or by
+// file), so a tenant cannot name another project's provider key — with
+// records from every path the origin builds them on (create, update,
+// snapshot).
+func TestUpstreamSecretsArePerProject(t *testing.T) {
+	s := newStack(t)
+	const teamB = "sk-team-b-provider-0007"
+	s.upstreamSecrets = append(s.upstreamSecrets, teamB)
+	s.call(http.MethodPost, "/v1/projects", map[string]any{"name": "team-b"}, nil)
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "team-b"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "team-b", "file-prov"), []byte(teamB), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("EDGE_SECRET_TEAM_B__ENV_PROV", teamB)
+	// The flat layout of before: read by no project.
+	t.Setenv("EDGE_SECRET_ENV_PROV", teamB)
+	if err := os.WriteFile(filepath.Join(dir, "file-prov"), []byte(teamB), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inject := func(secret string) map[string]any {
+		return map[string]any{"mode": "inject", "header": "Authorization", "prefix": "Bearer ", "secret": secret}
+	}
+	mk := func(proj, name, host, secret string) string {
+		var d struct {
+			ID string `json:"id"`
+		}
+		s.call(http.MethodPost, "/v1/projects/"+proj+"/deployments", map[string]any{"name": name, "hosts": []string{host},
+			"auth_enabled": false, "upstream_auth": inject(secret), "upstreams": map[string][]string{"*": {s.upstream.URL()}}}, &d)
+		return d.ID
+	}
+	// Before the edge starts: these come in its snapshot.
+	mk(project, "steal-env", "steal-env.test", "env-prov")
+	mk(project, "steal-file", "steal-file.test", "file-prov")
+	ownEnv := mk("team-b", "own-env", "own-env.test", "env-prov")
+	e := s.startEdge(edgeOpts{secretsDir: dir})
+	// After: these come as events.
+	mk("team-b", "own-file", "own-file.test", "file-prov")
+	rev := s.call(http.MethodPatch, "/v1/projects/team-b/deployments/"+ownEnv, map[string]any{"max_prompt_chars": 5000}, nil)
+	waitApplied(t, rev, e)
+
+	for host, want := range map[string]int{"steal-env.test": 502, "steal-file.test": 502, "own-env.test": 200, "own-file.test": 200} {
+		st, body := send(t, e, http.MethodPost, "/v1/chat/completions", map[string]string{"Host": host}, chatBody)
+		if st != want {
+			t.Errorf("%s: %d %s, want %d", host, st, body, want)
+			continue
+		}
+		if want == 200 && s.lastSeen(t).Get("Authorization") != "Bearer "+teamB {
+			t.Errorf("%s: the upstream did not get team-b's own secret", host)
+		}
 	}
 }

@@ -96,11 +96,15 @@ const (
 
 // Deployment is an inference endpoint behind the edges.
 type Deployment struct {
-	ID         string   `json:"id"`
-	Project    string   `json:"project"`
-	Name       string   `json:"name"`
-	Hosts      []string `json:"hosts"`
-	PathPrefix string   `json:"path_prefix"`
+	ID      string `json:"id"`
+	Project string `json:"project"`
+	// ProjectName is the project's name, unique and never changed: edges
+	// scope their local upstream secrets by it (the operator knows names,
+	// not ids). Empty in records of origins older than the field.
+	ProjectName string   `json:"project_name,omitempty"`
+	Name        string   `json:"name"`
+	Hosts       []string `json:"hosts"`
+	PathPrefix  string   `json:"path_prefix"`
 	// Upstreams maps a site name, or "*" for any other site, to base URLs.
 	Upstreams        map[string][]string `json:"upstreams"`
 	AuthEnabled      bool                `json:"auth_enabled"`

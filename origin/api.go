@@ -838,7 +838,7 @@ func (s *Server) createDeployment(c *call) error {
 		return err
 	}
 	d := defaultDeployment()
-	d.ID, d.Project = newID("dep"), c.project.ID
+	d.ID, d.Project, d.ProjectName = newID("dep"), c.project.ID, c.project.Name
 	apply(d)
 	if err := validateDeployment(d); err != nil {
 		return err

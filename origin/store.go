@@ -904,12 +904,17 @@ func (s *Store) keyByHash(ctx context.Context, h apikey.Hash) (rev uint64, k *Ke
 
 const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision`
 
+// deploymentSelect reads a deployment's columns and its project's name,
+// which the records edges get carry (edges scope secrets by it).
+const deploymentSelect = deploymentColumns + `, (SELECT name FROM projects WHERE projects.id = deployments.project_id)`
+
 func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, error) {
 	var d event.Deployment
 	var hosts, ups string
 	var ua, rl sql.NullString
 	var auth int
-	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision); err != nil {
+	var projectName sql.NullString
+	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision, &projectName); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(hosts), &d.Hosts); err != nil {
@@ -919,6 +924,7 @@ func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, erro
 		return nil, fmt.Errorf("decoding upstreams: %w", err)
 	}
 	d.AuthEnabled = auth != 0
+	d.ProjectName = projectName.String
 	if ua.Valid {
 		d.UpstreamAuth = new(event.UpstreamAuth)
 		if err := json.Unmarshal([]byte(ua.String), d.UpstreamAuth); err != nil {
@@ -949,7 +955,7 @@ func (s *Store) loadDeployment(ctx context.Context, q querier, projectID, ref st
 	if err != nil {
 		return nil, err
 	}
-	return scanDeployment(q.QueryRowContext(ctx, s.q(`SELECT `+deploymentColumns+` FROM deployments WHERE id = ?`), id))
+	return scanDeployment(q.QueryRowContext(ctx, s.q(`SELECT `+deploymentSelect+` FROM deployments WHERE id = ?`), id))
 }
 
 func (s *Store) getDeployment(ctx context.Context, projectID, ref string) (*event.Deployment, error) {
@@ -957,9 +963,9 @@ func (s *Store) getDeployment(ctx context.Context, projectID, ref string) (*even
 }
 
 func (s *Store) listDeployments(ctx context.Context, q querier, projectID string) ([]event.Deployment, error) {
-	query, args := `SELECT `+deploymentColumns+` FROM deployments ORDER BY id`, []any{}
+	query, args := `SELECT `+deploymentSelect+` FROM deployments ORDER BY id`, []any{}
 	if projectID != "" {
-		query, args = `SELECT `+deploymentColumns+` FROM deployments WHERE project_id = ? ORDER BY id`, []any{projectID}
+		query, args = `SELECT `+deploymentSelect+` FROM deployments WHERE project_id = ? ORDER BY id`, []any{projectID}
 	}
 	rows, err := q.QueryContext(ctx, s.q(query), args...)
 	if err != nil {

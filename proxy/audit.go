@@ -156,7 +156,11 @@ func (a *auditor) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcome) []b
 	}
 	dst = appendJSONField(dst, "project", project)
 	dst = appendJSONField(dst, "method", clip(ctx.Method(), 16))
-	dst = appendJSONField(dst, "path", clip(ctx.Path(), auditMaxPath))
+	// The path the edge read (nothing for a request it could not read or
+	// refused from its line and headers: the raw bytes might hold a key).
+	if r := out.req; r != nil && (r.refusal == nil || r.refusal == errNoDeployment) {
+		dst = appendJSONField(dst, "path", clip(r.path, auditMaxPath))
+	}
 	dst = append(dst, `,"status":`...)
 	dst = strconv.AppendInt(dst, int64(ctx.Response.StatusCode()), 10)
 	dst = append(dst, `,"duration_ms":`...)

@@ -65,7 +65,7 @@ func TestAuditRecordAllocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := auditCtx(200)
-	out := &outcome{dep: &event.Deployment{ID: "dep_1", Name: "chat", Project: "prj_1"}, key: &cache.Key{ID: "key_1", Project: "prj_1"}}
+	out := &outcome{req: &request{path: []byte("/v1/chat/completions")}, dep: &event.Deployment{ID: "dep_1", Name: "chat", Project: "prj_1"}, key: &cache.Key{ID: "key_1", Project: "prj_1"}}
 	a.record(ctx, out) // the pending batch grows once
 	if n := testing.AllocsPerRun(200, func() { a.record(ctx, out) }); n != 0 {
 		t.Fatalf("record allocates %v times, want 0", n)
@@ -80,8 +80,10 @@ func TestAuditFileShippedOnShutdown(t *testing.T) {
 	}
 	a.start()
 	dep := &event.Deployment{ID: "dep_1", Name: "chat", Project: "prj_1"}
-	a.record(auditCtx(200), &outcome{dep: dep, key: &cache.Key{ID: "key_1", Project: "prj_1"}})
-	a.record(auditCtx(401), &outcome{dep: dep})
+	// The path recorded is the one the edge read (never the query).
+	read := &request{path: []byte("/v1/chat/completions")}
+	a.record(auditCtx(200), &outcome{req: read, dep: dep, key: &cache.Key{ID: "key_1", Project: "prj_1"}})
+	a.record(auditCtx(401), &outcome{req: read, dep: dep})
 	a.record(auditCtx(404), &outcome{})
 	// The flush interval is an hour: only shutdown writes these.
 	a.shutdown(true)

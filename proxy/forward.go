@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
 )
 
 // hopByHop are the headers that describe one connection, not the message;
@@ -80,7 +81,15 @@ func isHopByHop(k []byte) bool {
 // forward sends the request to one of the route's upstreams and relays the
 // answer; a streamed answer is relayed chunk by chunk as it arrives, and is
 // returned (nil otherwise) so that the request is finished once it is.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromAuth bool, lim limitResult) *upstreamBody {
+//
+// What goes upstream is built, not passed on: the upstream server's own
+// scheme, host and port, the request's normalised path and its query (the
+// ones routing and the permission checks used), the body as inspected, and
+// the client's headers less hop-by-hop ones, credentials and look-alikes,
+// with the edge's own headers set last so that nothing the client sends
+// (Connection naming them, say) removes them.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, lim limitResult) *upstreamBody {
+	rt := r.rt
 	now := time.Now()
 	up := rt.pick(now, nil)
 	if up == nil {
@@ -92,14 +101,21 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	// Header and body only: Request.CopyTo would carry the client side's TLS
 	// flag and make the upstream request HTTPS too.
 	ctx.Request.Header.CopyTo(&req.Header)
-	req.SetBodyRaw(ctx.Request.Body()) // ctx outlives the upstream call that reads it
+	req.SetBodyRaw(body.raw) // ctx outlives the upstream call that reads it
 	stripRequestHopByHop(&req.Header)
-	if !s.setUpstreamAuth(&req.Header, rt.dep, cred, fromAuth) {
-		fail(ctx, errUpstreamAuth, 0)
+	stripCredentials(&req.Header)
+	req.Header.Del(fasthttp.HeaderExpect) // the edge has read the body already
+	req.Header.DelBytes(headerRequestID)
+	if body.decoded {
+		req.Header.Del(fasthttp.HeaderContentEncoding) // body.raw is the decoded body
+	}
+	if refusal := s.setUpstreamAuth(&req.Header, &ctx.Request.Header, rt.dep, r); refusal != nil {
+		fail(ctx, refusal, 0)
 		return nil
 	}
+	req.Header.SetBytesKV(headerRequestID, ctx.Response.Header.PeekBytes(headerRequestID))
 	var xff [256]byte
-	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, appendForwardedFor(xff[:0], req.Header.Peek(fasthttp.HeaderXForwardedFor), ctx.RemoteAddr()))
+	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, appendForwardedFor(xff[:0], &ctx.Request.Header, ctx.RemoteAddr()))
 	if ctx.IsTLS() {
 		req.Header.Set(fasthttp.HeaderXForwardedProto, "https")
 	} else {
@@ -107,12 +123,12 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	}
 
 	resp := fasthttp.AcquireResponse()
-	err := s.send(ctx, req, resp, up)
+	err := s.send(req, resp, up, r)
 	if err != nil && isConnectError(err) {
 		// The request never left: another upstream may take it.
 		if alt := rt.pick(now, up); alt != nil && alt != up {
 			up = alt
-			err = s.send(ctx, req, resp, up)
+			err = s.send(req, resp, up, r)
 		}
 	}
 	if errors.Is(err, fasthttp.ErrNoFreeConns) {
@@ -124,6 +140,12 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 		fail(ctx, errUpstreamBusy, 0)
 		return nil
 	}
+	if denied := (*upstreamDeniedError)(nil); errors.As(err, &denied) {
+		fasthttp.ReleaseResponse(resp)
+		s.upstreamDenied(rt.dep, up, denied)
+		fail(ctx, errUpstreamNotAllowed, 0)
+		return nil
+	}
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		s.log.Warn("upstream request failed", "deployment", rt.dep.Name, "upstream", up.host, "err", err)
@@ -133,8 +155,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHopByHop(&ctx.Response.Header)
-	// serve put the request's id on the request too.
-	ctx.Response.Header.SetBytesKV(headerRequestID, ctx.Request.Header.PeekBytes(headerRequestID))
+	// serve put the request's id on the answer; the upstream's copy replaced it.
+	ctx.Response.Header.SetBytesKV(headerRequestID, req.Header.PeekBytes(headerRequestID))
 	lim.setHeaders(&ctx.Response.Header)
 	s.cors.apply(ctx) // the upstream's headers replaced ours
 	if body := resp.BodyStream(); body != nil {
@@ -150,11 +172,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt *route, cred []byte, fromA
 	return nil
 }
 
-// appendForwardedFor appends the X-Forwarded-For value: what the client
-// sent, if anything, then the client's own address.
-func appendForwardedFor(dst, prior []byte, client net.Addr) []byte {
-	if len(prior) > 0 {
-		dst = append(append(dst, prior...), ", "...)
+// appendForwardedFor appends the X-Forwarded-For value: every value the
+// client sent, if any, then the client's own address.
+func appendForwardedFor(dst []byte, h *fasthttp.RequestHeader, client net.Addr) []byte {
+	for _, prior := range h.PeekAll(fasthttp.HeaderXForwardedFor) {
+		if prior = bytes.TrimSpace(prior); len(prior) > 0 {
+			dst = append(append(dst, prior...), ", "...)
+		}
 	}
 	if ta, ok := client.(*net.TCPAddr); ok {
 		return ta.AddrPort().Addr().Unmap().AppendTo(dst)
@@ -162,10 +186,21 @@ func appendForwardedFor(dst, prior []byte, client net.Addr) []byte {
 	return append(dst, client.String()...)
 }
 
-// send forwards req to up and records the upstream's health.
-func (s *Server) send(ctx *fasthttp.RequestCtx, req *fasthttp.Request, resp *fasthttp.Response, up *upstream) error {
+// send forwards req to up and records the upstream's health. The request
+// URI is up's scheme, host and port and base path, then r's normalised path
+// (escaped so that the upstream, decoding it once, reads that very path) and
+// query: never the bytes of the client's request line.
+func (s *Server) send(req *fasthttp.Request, resp *fasthttp.Response, up *upstream, r *request) error {
+	if up.denied != nil {
+		return up.denied
+	}
 	var uri [512]byte
-	req.SetRequestURIBytes(append(append(uri[:0], up.base...), ctx.Request.RequestURI()...))
+	u := append(uri[:0], up.base...)
+	u = appendEscapedPath(u, r.path)
+	if len(r.query) > 0 {
+		u = append(append(u, '?'), r.query...)
+	}
+	req.SetRequestURIBytes(u)
 	req.Header.SetHost(up.host)
 	start := time.Now()
 	err := s.client.Do(req, resp)
@@ -205,39 +240,54 @@ func (b *upstreamBody) Close() error {
 	return err
 }
 
-// setUpstreamAuth removes the client's keymesh key and applies the
-// deployment's upstream_auth mode. It reports false when inject is asked for
-// and the edge has no such secret.
-func (s *Server) setUpstreamAuth(h *fasthttp.RequestHeader, dep *event.Deployment, cred []byte, fromAuth bool) bool {
-	h.DelBytes(headerAPIKey)
-	if fromAuth {
-		h.Del(fasthttp.HeaderAuthorization)
-	}
+// setUpstreamAuth applies the deployment's upstream_auth mode to h, the
+// request about to be forwarded, from which stripCredentials has removed
+// every client credential; client is the request as received. It returns
+// the refusal when the request cannot be forwarded.
+//
+//   - none: nothing is added.
+//   - inject: the header is set from the edge's secret for this deployment's
+//     project (see secretStore); without one, 502.
+//   - passthrough: the client's own value of the header goes through — the
+//     one value, never one that is or holds a keymesh key; two different
+//     values are refused (400) as two credentials.
+func (s *Server) setUpstreamAuth(h, client *fasthttp.RequestHeader, dep *event.Deployment, r *request) *apierror.Error {
 	ua := dep.UpstreamAuth
-	mode := event.UpstreamAuthNone
-	if ua != nil && ua.Mode != "" {
-		mode = ua.Mode
+	if ua == nil || ua.Mode == "" || ua.Mode == event.UpstreamAuthNone {
+		if ua != nil && ua.Header != "" {
+			h.Del(ua.Header)
+		}
+		return nil
 	}
 	header := fasthttp.HeaderAuthorization
-	if ua != nil && ua.Header != "" {
+	if ua.Header != "" {
 		header = ua.Header
 	}
-	switch mode {
+	h.Del(header)
+	switch ua.Mode {
 	case event.UpstreamAuthPassthrough:
-		// The client's own credential for the upstream goes through, unless
-		// it is the keymesh key under another name.
-		if len(cred) > 0 && bytes.Contains(h.Peek(header), cred) {
-			h.Del(header)
+		var value []byte
+		for _, v := range client.PeekAll(header) {
+			if v = bytes.TrimSpace(v); len(v) == 0 {
+				continue
+			}
+			if value != nil && !bytes.Equal(v, value) {
+				s.metrics.refused[refusedCredentials].Inc()
+				return errConflictingCredentials
+			}
+			value = v
+		}
+		if len(value) > 0 && !containsKeyLike(value) && (len(r.cred) == 0 || !bytes.Contains(value, r.cred)) {
+			h.SetBytesV(header, value)
 		}
 	case event.UpstreamAuthInject:
-		secret, ok := s.secrets.get(ua.Secret)
+		secret, ok := s.secrets.get(dep.ProjectName, ua.Secret)
 		if !ok {
-			return false
+			return errUpstreamAuth
 		}
 		h.Set(header, ua.Prefix+secret)
 	default:
-		h.Del(fasthttp.HeaderAuthorization)
-		h.Del(header)
+		// A mode this edge does not know: send no credential at all.
 	}
-	return true
+	return nil
 }

@@ -49,6 +49,9 @@ type metrics struct {
 	lookup    prometheus.Histogram
 	streams   prometheus.Gauge
 	poolFull  prometheus.Counter
+	refused   [numRefusals]prometheus.Counter
+	// upstreamDenied counts upstream connections the policy refused.
+	upstreamDenied *prometheus.CounterVec
 
 	reqMu    sync.RWMutex
 	reqCache map[reqLabel]prometheus.Counter
@@ -79,6 +82,20 @@ func newMetrics() *metrics {
 		Help: "Streamed responses in flight."})
 	m.poolFull = prometheus.NewCounter(prometheus.CounterOpts{Name: "keymesh_edge_upstream_pool_full_total",
 		Help: "Requests refused with 503 because every upstream connection stayed busy."})
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_requests_refused_total",
+		Help: "Requests refused for their request line or headers (a tunnelling method, a malformed target or path, two credentials, trailers) or an uninspectable body, by reason."}, []string{"reason"})
+	for i, name := range refusalNames {
+		if refusalReason(i) != refusedNone {
+			m.refused[i] = refused.WithLabelValues(name)
+		}
+	}
+	m.refused[refusedNone] = prometheus.NewCounter(prometheus.CounterOpts{Name: "unused"}) // never registered
+	m.upstreamDenied = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_upstream_denied_total",
+		Help: "Requests answered 502 because the upstream policy refused their upstream's address: not_allowed (outside --upstream-allow), denied_address (link-local, cloud metadata, unspecified, multicast) or own_listener (this edge's own listen, admin or gossip address)."}, []string{"reason"})
+	for _, r := range deniedReasons {
+		m.upstreamDenied.WithLabelValues(r.reason)
+	}
+	m.reg.MustRegister(refused, m.upstreamDenied)
 	m.reg.MustRegister(m.requests, auth, m.upstream, m.lookup, m.streams, m.poolFull,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

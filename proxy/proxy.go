@@ -5,13 +5,16 @@
 //
 // Guarantees: a request is authorized against state at least as new as the
 // View's applied revision when the request started (see package cache); a
-// malformed key is refused without any lookup; the client's keymesh key is
-// never forwarded upstream and never logged; every refusal carries the
-// error body of the external API.
+// malformed key is refused without any lookup; each request is read once,
+// when its header arrives, and routing, the limits, the permission checks
+// and what is sent upstream all use that reading (request); the upstream is
+// one of the matched deployment's servers, at an address the upstream
+// policy allows, sent the normalised path and the body as inspected
+// (forward, body); no client credential is forwarded upstream, and none is
+// logged; every refusal carries the error body of the external API.
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -20,12 +23,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,8 +63,9 @@ type Config struct {
 	// DataDir holds the persisted applied revision and deployments; empty
 	// means nothing persists and every start resynchronises from a snapshot.
 	DataDir string
-	// SecretsDir holds upstream credentials as files named after the secret;
-	// the environment variable EDGE_SECRET_<NAME> takes precedence.
+	// SecretsDir holds upstream credentials per project, as files
+	// <SecretsDir>/<project>/<secret>; the environment variable
+	// EDGE_SECRET_<PROJECT>__<SECRET> takes precedence (see secretStore).
 	SecretsDir string
 	// TLSCert and TLSKey serve HTTPS on Listen (TLS 1.2 or newer); ReloadTLS
 	// reads them again. TLSClientCA, if set, requires client certificates
@@ -102,6 +107,13 @@ type Config struct {
 	// MaxRequestBodyBytes caps any request body before a deployment's own
 	// limit applies. Default 64 MiB.
 	MaxRequestBodyBytes int
+	// UpstreamAllow restricts the upstreams the edge connects to: CIDRs or
+	// IP addresses (of the address connected to), or [http(s)://]host[:port]
+	// with host a name or "*.domain" (of the upstream URL). Empty allows any
+	// upstream. Whatever it says, the edge's own listeners are never an
+	// upstream, and link-local and cloud-metadata addresses only when a
+	// prefix inside them is listed (see upstreamPolicy).
+	UpstreamAllow []string
 	// Logger receives operational logs. Default slog.Default().
 	Logger *slog.Logger
 	// ID names this edge in heartbeats and audit records. Default: an id
@@ -152,12 +164,17 @@ type Server struct {
 	certs   *certStore
 	cors    *cors
 	limits  *limiter
+	// pending carries each request's reading from the header hook to its
+	// handler.
+	pending *pendingRequests
 
 	id    string
 	hb    *heartbeater
 	audit *auditor
 	// secrets holds upstream credentials for upstream_auth "inject".
 	secrets secretStore
+	// policy decides which addresses upstream connections may go to.
+	policy *upstreamPolicy
 
 	gossip     *cluster.Cluster // nil without gossip
 	gossipHook *gossipHook
@@ -217,6 +234,18 @@ func NewServer(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	policy, err := parseUpstreamPolicy(cfg.UpstreamAllow)
+	if err != nil {
+		return nil, err
+	}
+	gossipListen := ""
+	if cfg.Gossip.enabled() {
+		gossipListen = cfg.Gossip.Listen
+	}
+	if err := policy.checkOwnPatterns(map[string]string{"--listen": cfg.Listen, "--admin-listen": cfg.AdminListen,
+		"--gossip-listen": gossipListen}); err != nil {
+		return nil, err
+	}
 	ver, err := event.NewVerifier(cfg.OriginPublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("origin public key: %w", err)
@@ -268,11 +297,11 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m, id: id, audit: audit,
-		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs,
-		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders)}
+		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs, pending: newPendingRequests(),
+		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders), policy: policy}
 	s.secrets.dir = cfg.SecretsDir
+	s.secrets.warnUnscoped(cfg.Logger)
 	m.watchServer(s)
-	dialer := &fasthttp.TCPDialer{Concurrency: 1000}
 	s.client = &fasthttp.Client{
 		Name:                     "keymesh-edge",
 		NoDefaultUserAgentHeader: true,
@@ -284,13 +313,7 @@ func NewServer(cfg Config) (*Server, error) {
 		DisablePathNormalizing:   true,
 		// No ReadTimeout: it keeps running while a response streams and
 		// would cut a healthy long generation.
-		Dial: func(addr string) (net.Conn, error) {
-			c, err := dialer.DialTimeout(addr, cfg.UpstreamConnectTimeout)
-			if err != nil {
-				return nil, err
-			}
-			return &idleConn{Conn: c, idle: cfg.UpstreamIdleTimeout}, nil
-		},
+		Dial: policy.dialer(cfg.UpstreamConnectTimeout, cfg.UpstreamIdleTimeout),
 	}
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
@@ -302,6 +325,7 @@ func NewServer(cfg Config) (*Server, error) {
 		NoDefaultServerHeader:         true,
 		DisableHeaderNamesNormalizing: false,
 		Logger:                        fasthttpLogger{s.log},
+		SecureErrorLogMessage:         true, // and the Logger never prints its arguments anyway
 		HeaderReceived:                s.headerReceived,
 		ErrorHandler:                  s.serveError,
 	}
@@ -321,6 +345,11 @@ func NewServer(cfg Config) (*Server, error) {
 		view.Close()
 		nc.Close()
 		return nil, fmt.Errorf("starting gossip: %w", err)
+	}
+	if s.gossip != nil {
+		if a, err := net.ResolveTCPAddr("tcp", s.gossip.Addr()); err == nil {
+			policy.addOwn(a)
+		}
 	}
 	audit.start()
 	s.startHeartbeat()
@@ -345,6 +374,7 @@ func (s *Server) ListenAndServe() error {
 			ln.Close()
 			return fmt.Errorf("listening on %s: %w", s.cfg.AdminListen, err)
 		}
+		s.policy.addOwn(aln.Addr())
 		go func() {
 			if err := s.admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("admin listener failed", "err", err)
@@ -362,6 +392,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return ErrServerClosed
 	}
+	s.policy.addOwn(ln.Addr())
 	s.lingering = newLingerListener(ln)
 	ln = s.lingering
 	if s.tls != nil {
@@ -433,66 +464,89 @@ func (s *Server) currentRouter() *router {
 	deps := s.view.Deployments()
 	r := s.router.Load()
 	if r == nil || r.deps != deps {
-		r = newRouter(deps, s.cfg.Site, &s.health, s.metrics.upstream)
+		r = newRouter(deps, s.cfg.Site, &s.health, s.metrics.upstream, s.policy)
 		s.router.Store(r)
 	}
 	return r
 }
 
-// headerReceived applies the matching deployment's body limit before the
-// body is read, so an oversized upload is refused without being buffered.
+// headerReceived reads the request's header into its one reading (see
+// request) as soon as the header has arrived: a request refused from its
+// header is answered without its body being read, and the matching
+// deployment's body limit applies before the body is buffered.
 func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	path := h.RequestURI()
-	if i := bytes.IndexByte(path, '?'); i >= 0 {
-		path = path[:i]
+	r := acquireRequest()
+	r.read(h, s.currentRouter(), s.cfg.MaxRequestBodyBytes)
+	s.pending.put(h, r)
+	switch {
+	case r.refusal != nil:
+		// Nothing of the body is needed: a body of more than one byte ends
+		// the read at once, and serveError gives the refusal.
+		return fasthttp.RequestConfig{MaxRequestBodySize: 1}
+	case r.bodyLimit > 0:
+		return fasthttp.RequestConfig{MaxRequestBodySize: r.bodyLimit}
 	}
-	rt := s.currentRouter().match(hostOnly(h.Host()), path)
-	if rt == nil || rt.dep.MaxBodyBytes <= 0 || rt.dep.MaxBodyBytes >= int64(s.cfg.MaxRequestBodyBytes) {
-		return fasthttp.RequestConfig{}
+	return fasthttp.RequestConfig{}
+}
+
+// takeRequest returns the reading headerReceived made of ctx's request, or
+// (if it was dropped) a reading made now.
+func (s *Server) takeRequest(ctx *fasthttp.RequestCtx) *request {
+	if r := s.pending.take(&ctx.Request.Header); r != nil {
+		return r
 	}
-	return fasthttp.RequestConfig{MaxRequestBodySize: int(rt.dep.MaxBodyBytes)}
+	r := acquireRequest()
+	r.read(&ctx.Request.Header, s.currentRouter(), s.cfg.MaxRequestBodyBytes)
+	return r
 }
 
 // serveError answers requests fasthttp could not read, and finishes them
-// like any other: a request id, an audit record, a count.
+// like any other: a request id, an audit record, a count, and one log line
+// that names the remote address, the kind of error and the request id —
+// never the request's bytes, which fasthttp's own messages quote.
 func (s *Server) serveError(ctx *fasthttp.RequestCtx, err error) {
 	// The client may still be sending what was not read: let it read the
 	// answer instead of a reset.
 	lingerOnClose(ctx.Conn())
 	setRequestID(ctx)
-	var out outcome
+	out := outcome{}
+	class := errorClass(err)
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		// Only the body is read after the header hook ran, so the reading
+		// it left is this request's.
+		out.req = s.pending.take(&ctx.Request.Header)
+	}
+	switch r := out.req; {
+	case r != nil && r.refusal != nil:
+		s.refuse(ctx, r)
+		class = ""
+	case class == "body_too_large":
 		fail(ctx, errBodyTooLarge, 0)
-		if rt := s.currentRouter().match(hostOnly(ctx.Host()), ctx.Path()); rt != nil {
-			out.dep = rt.dep
+		if r != nil && r.rt != nil {
+			out.dep = r.rt.dep
 		}
-	} else {
+	default:
 		fail(ctx, errMalformedRequest, 0)
+	}
+	if class != "" {
+		s.log.Info("request not read", "remote", ctx.RemoteAddr().String(), "error", class,
+			"request_id", string(ctx.Response.Header.PeekBytes(headerRequestID)))
 	}
 	s.finish(ctx, &out)
 }
 
-var (
-	headerAPIKey    = []byte("X-API-Key")
-	headerRequestID = []byte("X-Request-Id")
-	bearer          = []byte("bearer ")
-)
-
-// credential returns the client's key: X-API-Key if present and non-empty,
-// else the token of Authorization: Bearer. fromAuth reports the latter.
-func credential(h *fasthttp.RequestHeader) (cred []byte, fromAuth bool) {
-	if k := h.PeekBytes(headerAPIKey); len(k) > 0 {
-		return bytes.TrimSpace(k), false
+// refuse answers a request refused from its header, and counts it.
+func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *request) {
+	if r.refusal == errMethodRefused {
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 	}
-	a := h.Peek(fasthttp.HeaderAuthorization)
-	if len(a) > len(bearer) && bytes.EqualFold(a[:len(bearer)], bearer) {
-		return bytes.TrimSpace(a[len(bearer):]), true
-	}
-	return nil, false
+	fail(ctx, r.refusal, 0)
+	s.metrics.refused[r.refused].Inc()
 }
 
 // outcome is what handling one request decided, for metrics and audit.
 type outcome struct {
+	req    *request          // the request's reading; nil if it was never read
 	dep    *event.Deployment // nil when no deployment matched
 	key    *cache.Key        // nil when no key was checked or it was refused
 	reason reason
@@ -505,6 +559,7 @@ type outcome struct {
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	out := s.serve(ctx)
 	if out.open {
+		releaseRequest(out.req)
 		return
 	}
 	if b := out.body; b != nil {
@@ -524,44 +579,57 @@ func (s *Server) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 		s.metrics.decide(out.reason)
 	}
 	s.metrics.count(name, ctx.Response.StatusCode())
+	releaseRequest(out.req)
+	out.req = nil
 }
 
 func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	setRequestID(ctx)
-
+	r := s.takeRequest(ctx)
+	out.req = r
 	if s.cors.apply(ctx) {
-		return outcome{open: true} // a preflight, answered
+		out.open = true // a preflight, answered
+		return out
 	}
-	path := ctx.Path()
-	if (ctx.IsGet() || ctx.IsHead()) && (string(path) == "/health" || string(path) == "/ping") {
+	if r.refusal != nil {
+		s.refuse(ctx, r)
+		return out
+	}
+	if r.open() {
 		ctx.Response.Header.SetContentType("application/json")
 		ctx.SetBodyString(`{"status":"ok"}`)
-		return outcome{open: true}
+		out.open = true
+		return out
 	}
-
-	rt := s.currentRouter().match(hostOnly(ctx.Host()), path)
+	rt := r.rt
 	if rt == nil {
 		fail(ctx, errNoDeployment, 0)
 		return out
 	}
 	dep := rt.dep
 	out.dep = dep
-	if dep.MaxBodyBytes > 0 && int64(len(ctx.Request.Body())) > dep.MaxBodyBytes {
-		fail(ctx, errBodyTooLarge, 0) // the deployment changed since the header was read
+	if ctx.Request.Header.ContentLength() == -1 && len(ctx.Request.Header.TrailerHeader()) > 2 {
+		// Trailers (a chunked body's) arrived after the decision was made
+		// on the header, and would be read as header fields: refuse.
+		r.refuse(errTrailers, refusedTrailers)
+		s.refuse(ctx, r)
 		return out
 	}
-	cred, fromAuth := credential(&ctx.Request.Header)
+	if dep.MaxBodyBytes > 0 && int64(len(ctx.Request.Body())) > dep.MaxBodyBytes {
+		fail(ctx, errBodyTooLarge, 0) // read under the server's limit: the reading was redone
+		return out
+	}
 	out.reason = reasonAuthOff
 	if dep.AuthEnabled {
-		if out.key, out.reason = s.authenticate(ctx, dep, cred); out.key == nil {
+		if out.key, out.reason = s.authenticate(ctx, dep, r.cred); out.key == nil {
 			return out
 		}
 	}
-	streams, ok := inspect(ctx, dep)
+	body, ok := s.inspect(ctx, dep, out.key)
 	if !ok {
 		return out
 	}
-	if out.key != nil && !permitted(ctx, out.key, path, streams) {
+	if out.key != nil && !permitted(ctx, out.key, r, body.stream) {
 		out.reason = reasonPermission
 		return out
 	}
@@ -572,15 +640,8 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonRateLimited
 		return out
 	}
-	out.body = s.forward(ctx, rt, cred, fromAuth, lim)
+	out.body = s.forward(ctx, r, body, lim)
 	return out
-}
-
-func hostOnly(host []byte) []byte {
-	if i := bytes.LastIndexByte(host, ':'); i >= 0 && !bytes.Contains(host[i:], []byte("]")) {
-		return host[:i]
-	}
-	return host
 }
 
 // Request ids the edge makes are unique without a random read per request:
@@ -596,16 +657,28 @@ var (
 
 const requestIDLen = 32
 
-// setRequestID keeps the client's X-Request-Id, or makes one, and puts it
-// on the request (for the upstream) and on the answer.
+// setRequestID keeps the client's X-Request-Id if it is a sensible one (1 to
+// 128 visible ASCII characters), or makes one, and puts it on the answer;
+// forward sends the same one upstream.
 func setRequestID(ctx *fasthttp.RequestCtx) {
 	id := ctx.Request.Header.PeekBytes(headerRequestID)
-	if len(id) == 0 {
+	if !validRequestID(id) {
 		var buf [requestIDLen]byte
 		id = appendRequestID(buf[:0])
-		ctx.Request.Header.SetBytesKV(headerRequestID, id)
 	}
 	ctx.Response.Header.SetBytesKV(headerRequestID, id)
+}
+
+func validRequestID(id []byte) bool {
+	if len(id) == 0 || len(id) > auditMaxRequestID {
+		return false
+	}
+	for _, c := range id {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func appendRequestID(dst []byte) []byte {
@@ -620,14 +693,71 @@ func appendRequestID(dst []byte) []byte {
 	return hex.AppendEncode(dst, b[:])
 }
 
-// fasthttpLogger passes fasthttp's own messages on. Some quote raw request
-// bytes (a header that failed to parse, say), so anything that looks like a
-// credential is cut out first.
+// fasthttpLogger takes fasthttp's own messages. Several quote the bytes of
+// the request that failed (a header line, a host, a whole buffer), and a
+// request's bytes can hold credentials, cookies and prompts: so no argument
+// is ever formatted. Each message becomes one line naming what happened, the
+// remote address where fasthttp gives one, and the class of the error.
 type fasthttpLogger struct{ log *slog.Logger }
 
-var credentialPattern = regexp.MustCompile(`(?i)(km_[a-z2-7]*|bearer\s+\S+|x-api-key:\s*\S+)`)
-
 func (l fasthttpLogger) Printf(format string, args ...any) {
-	msg := credentialPattern.ReplaceAllString(fmt.Sprintf(format, args...), "[redacted]")
-	l.log.Warn(msg, "component", "fasthttp")
+	attrs := []any{"component", "fasthttp"}
+	for _, a := range args {
+		switch v := a.(type) {
+		case net.Addr:
+			attrs = append(attrs, "addr", v.String())
+		case error:
+			attrs = append(attrs, "error", errorClass(v))
+		}
+	}
+	switch {
+	case strings.HasPrefix(format, "error when serving connection"):
+		// The request, if one was read, has had its own line (serveError).
+		l.log.Debug("connection ended with an error", attrs...)
+	case strings.Contains(format, "concurrent connections"), strings.Contains(format, "MaxConnsPerIP"):
+		l.log.Warn("connection refused at the concurrency limit", attrs...)
+	case strings.Contains(format, "accepting new connections"):
+		l.log.Warn("accepting connections failed", attrs...)
+	default:
+		// fasthttp's format strings are its own constants: no request bytes.
+		l.log.Warn("fasthttp: "+strings.TrimSpace(strings.SplitN(format, "%", 2)[0]), attrs...)
+	}
+}
+
+// errorClass names the kind of a read or connection error for logs,
+// without any of its text (which may quote the request).
+func errorClass(err error) string {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	var hostErr fasthttp.InvalidHostError
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		return "body_too_large"
+	case errors.Is(err, fasthttp.ErrSmallReadBuffer), errors.As(err, &small):
+		return "header_too_large"
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof"
+	case errors.As(err, &hostErr):
+		return "bad_host"
+	case errors.Is(err, fasthttp.ErrorInvalidURI):
+		return "bad_target"
+	case errors.Is(err, fasthttp.ErrBadTrailer):
+		return "bad_trailer"
+	}
+	msg := err.Error() // classified, never logged
+	switch {
+	case strings.Contains(msg, "trailer"):
+		return "bad_trailer"
+	case strings.Contains(msg, "request headers"), strings.Contains(msg, "request uri"), strings.Contains(msg, "method"):
+		return "malformed_header"
+	case strings.Contains(msg, "body"), strings.Contains(msg, "chunk"):
+		return "malformed_body"
+	case strings.Contains(msg, "reset by peer"), strings.Contains(msg, "broken pipe"):
+		return "connection_reset"
+	}
+	return "other"
 }

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bytes"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,7 +25,7 @@ func TestRouterMatch(t *testing.T) {
 		event.Deployment{ID: "v1chat", PathPrefix: "/v1/chat/", Upstreams: up},
 		event.Deployment{ID: "exact", Hosts: []string{"api.example.com"}, PathPrefix: "/", Upstreams: up},
 		event.Deployment{ID: "wild", Hosts: []string{"*.gpu.example.com"}, PathPrefix: "/", Upstreams: up},
-	), "eu", &healthTable{}, newMetrics().upstream)
+	), "eu", &healthTable{}, newMetrics().upstream, nil)
 	tests := []struct {
 		host, path, want string
 	}{
@@ -51,7 +49,7 @@ func TestRouterMatch(t *testing.T) {
 		}
 	}
 
-	none := newRouter(deps(event.Deployment{ID: "v1", PathPrefix: "/v1", Hosts: []string{"a"}}), "eu", &healthTable{}, newMetrics().upstream)
+	none := newRouter(deps(event.Deployment{ID: "v1", PathPrefix: "/v1", Hosts: []string{"a"}}), "eu", &healthTable{}, newMetrics().upstream, nil)
 	if none.match([]byte("b"), []byte("/v1")) != nil || none.match([]byte("a"), []byte("/v2")) != nil {
 		t.Fatal("matched a request no deployment serves")
 	}
@@ -60,13 +58,13 @@ func TestRouterMatch(t *testing.T) {
 func TestRouterUpstreamsPerSiteRoundRobin(t *testing.T) {
 	up := map[string][]string{"*": {"http://any:1"}, "eu": {"http://eu-a:1", "http://eu-b:1/base/"}}
 	d := deps(event.Deployment{ID: "d", Upstreams: up})
-	eu := newRouter(d, "eu", &healthTable{}, newMetrics().upstream).routes[0]
+	eu := newRouter(d, "eu", &healthTable{}, newMetrics().upstream, nil).routes[0]
 	now := time.Now()
 	got := []string{eu.pick(now, nil).base, eu.pick(now, nil).base, eu.pick(now, nil).base}
 	if got[0] != "http://eu-a:1" || got[1] != "http://eu-b:1/base" || got[2] != got[0] {
 		t.Fatalf("eu round robin: %v", got)
 	}
-	if us := newRouter(d, "us", &healthTable{}, newMetrics().upstream).routes[0]; us.pick(now, nil).base != "http://any:1" {
+	if us := newRouter(d, "us", &healthTable{}, newMetrics().upstream, nil).routes[0]; us.pick(now, nil).base != "http://any:1" {
 		t.Fatal("a site without its own list must use *")
 	}
 
@@ -96,28 +94,42 @@ func TestRouterUpstreamsPerSiteRoundRobin(t *testing.T) {
 }
 
 func TestCredential(t *testing.T) {
+	key := "km_" + strings.Repeat("a", 59)
+	other := "km_" + strings.Repeat("b", 59)
 	tests := []struct {
-		headers  map[string]string
+		headers  [][2]string
 		want     string
 		fromAuth bool
+		conflict bool
 	}{
-		{map[string]string{"X-API-Key": "k1"}, "k1", false},
-		{map[string]string{"x-api-key": " k1 "}, "k1", false},
-		{map[string]string{"Authorization": "Bearer k2"}, "k2", true},
-		{map[string]string{"Authorization": "BEARER k2"}, "k2", true},
-		{map[string]string{"Authorization": "Bearer unused", "X-API-Key": "k3"}, "k3", false},
-		{map[string]string{"Authorization": "Basic abc"}, "", false},
-		{map[string]string{"Authorization": "Bearer "}, "", false},
-		{map[string]string{}, "", false},
+		{[][2]string{{"X-API-Key", "k1"}}, "k1", false, false},
+		{[][2]string{{"x-api-key", " k1 "}}, "k1", false, false},
+		{[][2]string{{"Authorization", "Bearer k2"}}, "k2", true, false},
+		{[][2]string{{"Authorization", "BEARER k2"}}, "k2", true, false},
+		{[][2]string{{"Authorization", "Bearer unused"}, {"X-API-Key", "k3"}}, "k3", false, false},
+		{[][2]string{{"Authorization", "Basic abc"}}, "", false, false},
+		{[][2]string{{"Authorization", "Bearer "}}, "", false, false},
+		{[][2]string{}, "", false, false},
+		// Every value counts: the same one twice is one credential, two
+		// different ones are refused.
+		{[][2]string{{"X-API-Key", key}, {"X-API-Key", key}}, key, false, false},
+		{[][2]string{{"X-API-Key", key}, {"x-api-key", other}}, "", false, true},
+		{[][2]string{{"Authorization", "Bearer " + key}, {"Authorization", "Bearer " + other}}, "", false, true},
+		{[][2]string{{"Authorization", "Bearer " + key}, {"Authorization", "Basic eDp5"}}, "", false, true},
+		{[][2]string{{"X-API-Key", key}, {"Authorization", "Bearer " + other}}, "", false, true},
+		{[][2]string{{"X-API-Key", key}, {"Authorization", "Bearer " + key}}, key, false, false},
+		// Look-alikes are no credential here (and never forwarded).
+		{[][2]string{{"X_API_Key", key}}, "", false, false},
+		{[][2]string{{"X-API-Key", ""}, {"Authorization", "Bearer " + key}}, key, true, false},
 	}
 	for _, tt := range tests {
 		var h fasthttp.RequestHeader
-		for k, v := range tt.headers {
-			h.Set(k, v)
+		for _, kv := range tt.headers {
+			h.Add(kv[0], kv[1])
 		}
-		got, fromAuth := credential(&h)
-		if string(got) != tt.want || fromAuth != tt.fromAuth {
-			t.Errorf("%v: got %q %v, want %q %v", tt.headers, got, fromAuth, tt.want, tt.fromAuth)
+		got, fromAuth, ok := credential(&h)
+		if string(got) != tt.want || fromAuth != tt.fromAuth || ok == tt.conflict {
+			t.Errorf("%v: got %q %v ok=%v, want %q %v conflict=%v", tt.headers, got, fromAuth, ok, tt.want, tt.fromAuth, tt.conflict)
 		}
 	}
 }
@@ -133,13 +145,13 @@ func TestParseBody(t *testing.T) {
 		{`{"stream": false, "prompt": "héllo"}`, 5, false, false},
 		{`{"prompt": ["ab", "cd"]}`, 4, false, false},
 		{`{"input": "embed me"}`, 8, false, false},
-		{`{"input": [[1, 2, 3]]}`, 0, false, false},
+		{`{"input": [[1, 2, 3]]}`, 3, false, false}, // token ids: one each
 		{`{"messages": [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": null}]}`, 6, false, false},
 		{`{"messages": [{"role": "user", "content": [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}`, 3, false, false},
 		{`{"content": "\"stream\": true"}`, 0, false, false},
 		{`{"stream": "yes"}`, 0, false, true},
 		{`not json`, 0, false, true},
-		{`{"messages": "oops"}`, 0, false, true},
+		{`{"messages": "oops"}`, 4, false, false}, // a string where a list belongs still counts
 		// Every spelling an upstream might honour counts.
 		{`{"Stream": true}`, 0, true, false},
 		{`{"stream": false, "stream": true}`, 0, true, false},
@@ -162,7 +174,7 @@ func TestIsJSON(t *testing.T) {
 		"application/vnd.api+json": true, "APPLICATION/LD+JSON": true,
 		"text/plain": false, "multipart/form-data; boundary=x": false, "application/jsonp": false,
 	} {
-		if got := isJSON([]byte(ct)); got != want {
+		if got := isJSON(parseContentType([]byte(ct)).media); got != want {
 			t.Errorf("isJSON(%q) = %v", ct, got)
 		}
 	}
@@ -186,16 +198,6 @@ func TestHopByHopStripped(t *testing.T) {
 	}
 }
 
-func TestFasthttpLogRedactsCredentials(t *testing.T) {
-	var buf bytes.Buffer
-	l := fasthttpLogger{slog.New(slog.NewTextHandler(&buf, nil))}
-	key := "km_" + strings.Repeat("a", 59)
-	l.Printf("cannot parse %q", "X-API-Key: "+key+"\r\nAuthorization: Bearer sk-upstream-secret\r\n")
-	if strings.Contains(buf.String(), key[3:20]) || strings.Contains(buf.String(), "sk-upstream-secret") {
-		t.Fatalf("credential logged: %s", buf.String())
-	}
-}
-
 // However long an upstream stays dead, its rest is bounded and counting its
 // failures never overflows.
 func TestHealthRestBounded(t *testing.T) {
@@ -216,36 +218,82 @@ func TestHealthRestBounded(t *testing.T) {
 }
 
 // Upstream credentials are read once, not per request, and again after a
-// reload; the environment wins over the directory; names cannot escape it.
+// reload; the environment wins over the directory; each is its project's
+// alone: one project's name never resolves another's secret, by file or by
+// variable, and names cannot escape the directory.
 func TestSecretStore(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name, v string) {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o600); err != nil {
+	write := func(project, name, v string) {
+		if err := os.MkdirAll(filepath.Join(dir, project), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, project, name), []byte(v), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("openai", "sk-one\n")
+	write("default", "openai", "sk-one\n")
 	s := &secretStore{dir: dir}
-	if v, ok := s.get("openai"); !ok || v != "sk-one" {
+	if v, ok := s.get("default", "openai"); !ok || v != "sk-one" {
 		t.Fatalf("get: %q %v", v, ok)
 	}
-	write("openai", "sk-two")
-	if v, _ := s.get("openai"); v != "sk-one" {
+	write("default", "openai", "sk-two")
+	if v, _ := s.get("default", "openai"); v != "sk-one" {
 		t.Fatalf("re-read without a reload: %q", v)
 	}
 	s.reload()
-	if v, _ := s.get("openai"); v != "sk-two" {
+	if v, _ := s.get("default", "openai"); v != "sk-two" {
 		t.Fatalf("after reload: %q", v)
 	}
-	t.Setenv("EDGE_SECRET_AZURE_PROD", "from-env")
-	write("azure-prod", "from-file")
-	if v, _ := s.get("azure-prod"); v != "from-env" {
+	t.Setenv("EDGE_SECRET_TEAM_A__AZURE_PROD", "from-env")
+	write("team-a", "azure-prod", "from-file")
+	if v, _ := s.get("team-a", "azure-prod"); v != "from-env" {
 		t.Fatalf("env should win: %q", v)
 	}
-	write("empty", "  \n")
-	for _, name := range []string{"", "missing", "empty", "../" + filepath.Base(dir) + "/openai", "."} {
-		if v, ok := s.get(name); ok {
-			t.Errorf("%q resolved to %q", name, v)
+	// Another project's secrets are out of reach, whatever the names.
+	write("team-b", "key", "team-b-secret")
+	t.Setenv("EDGE_SECRET_TEAM_B__KEY", "team-b-env")
+	t.Setenv("EDGE_SECRET_KEY", "unscoped")
+	write("default", "empty", "  \n")
+	if err := os.WriteFile(filepath.Join(dir, "flat"), []byte("unscoped"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range [][2]string{{"default", ""}, {"default", "missing"}, {"default", "empty"},
+		{"team-a", "key"}, {"team_b", "key"}, {"TEAM-B", "key"}, {"team-b-x", "key"}, {"default", "../team-b/key"},
+		{"..", "team-b/key"}, {"", "key"}, {"default", "."}, {"", "flat"}, {".", "flat"}, {"default", "KEY"}} {
+		if v, ok := s.get(ref[0], ref[1]); ok {
+			t.Errorf("%q/%q resolved to %q", ref[0], ref[1], v)
+		}
+	}
+	if v, _ := s.get("team-b", "key"); v != "team-b-env" {
+		t.Fatalf("team-b's own secret: %q", v)
+	}
+}
+
+// The environment names of project secrets never collide across projects:
+// a project name maps to at most one variable prefix, and no two project
+// names to the same one.
+func TestSecretEnvNamesInjective(t *testing.T) {
+	projects := []string{"a", "a-b", "a_b", "A-B", "a.b", "a--b", "a-", "ab", "a-b-c", "a-bc", "ab-c", "default", "team-a", "team_a", "Team-A"}
+	names := []string{"key", "b-key", "b__key", "_key", "b", "x.y", "X-Y"}
+	seen := map[string][2]string{}
+	for _, p := range projects {
+		for _, n := range names {
+			env := secretEnv(p, n)
+			if env == "" {
+				continue
+			}
+			if prev, ok := seen[env]; ok && prev[0] != p {
+				t.Errorf("%s is the variable of %v and of %v", env, prev, [2]string{p, n})
+			}
+			seen[env] = [2]string{p, n}
+		}
+	}
+	if secretEnv("team-a", "openai-prod") != "EDGE_SECRET_TEAM_A__OPENAI_PROD" {
+		t.Fatalf("got %s", secretEnv("team-a", "openai-prod"))
+	}
+	for _, p := range []string{"a_b", "A-B", "a.b", "a--b", "a-"} {
+		if secretEnv(p, "k") != "" {
+			t.Errorf("project %q has an environment form", p)
 		}
 	}
 }

@@ -31,13 +31,17 @@ type route struct {
 }
 
 type upstream struct {
-	base    string // scheme://host[:port][/path] without a trailing slash
+	base    string // scheme://host[:port][/escaped path] without a trailing slash
 	host    string
 	health  *health // shared by every router that lists this base URL
 	latency prometheus.Observer
+	// denied, when set, is why the upstream policy refuses this URL
+	// whatever its name resolves to; deniedLogged, whether that was said.
+	denied       *upstreamDeniedError
+	deniedLogged atomic.Bool
 }
 
-func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *prometheus.HistogramVec) *router {
+func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *prometheus.HistogramVec, policy *upstreamPolicy) *router {
 	r := &router{deps: deps}
 	for _, d := range deps.List() {
 		rt := &route{dep: d, prefix: []byte(d.PathPrefix)}
@@ -58,12 +62,17 @@ func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *p
 		}
 		for _, raw := range list {
 			u, err := url.Parse(raw)
-			if err != nil || u.Host == "" {
+			if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 				continue // the origin validates upstreams; skip anything odd
 			}
-			base := strings.TrimSuffix(u.Scheme+"://"+u.Host+u.Path, "/")
-			rt.upstreams = append(rt.upstreams, &upstream{base: base, host: u.Host, health: hs.get(base),
-				latency: latency.WithLabelValues(d.Name)})
+			// User information is left out: the fasthttp client would turn
+			// it into an Authorization header.
+			base := strings.TrimSuffix(u.Scheme+"://"+u.Host+u.EscapedPath(), "/")
+			up := &upstream{base: base, host: u.Host, health: hs.get(base), latency: latency.WithLabelValues(d.Name)}
+			if policy != nil {
+				up.denied = policy.allowsURL(u)
+			}
+			rt.upstreams = append(rt.upstreams, up)
 		}
 		r.routes = append(r.routes, rt)
 	}
@@ -116,26 +125,33 @@ func (rt *route) hostScore(host []byte) int {
 }
 
 // pick returns the next upstream in round-robin order that is not resting
-// after connection failures, skipping except; if every one is resting, the
-// next one regardless (better a try than a certain 502).
+// after connection failures, skipping except and those the upstream policy
+// refuses; if every one is resting, the next one regardless (better a try
+// than a certain 502); if every one is refused, a refused one (whose 502
+// says why).
 func (rt *route) pick(now time.Time, except *upstream) *upstream {
 	n := len(rt.upstreams)
 	if n == 0 {
 		return nil
 	}
 	start := int(rt.next.Add(1)-1) % n
-	var fallback *upstream
+	var resting, refused *upstream
 	for i := range n {
 		u := rt.upstreams[(start+i)%n]
-		if u == except {
-			continue
-		}
-		if u.health.usable(now) {
+		switch {
+		case u == except:
+		case u.denied != nil:
+			if refused == nil {
+				refused = u
+			}
+		case u.health.usable(now):
 			return u
-		}
-		if fallback == nil {
-			fallback = u
+		case resting == nil:
+			resting = u
 		}
 	}
-	return fallback
+	if resting != nil {
+		return resting
+	}
+	return refused
 }

@@ -326,7 +326,7 @@ module "site" {
   nats_urls              = ["nats://127.0.0.1:$NATS_PORT"]
   origin_public_key      = file("$WORK/origin/signing.pub")
   gossip_keys            = $1
-  secrets                = { upstream_token = "$SECRET" }
+  secrets                = { "default/upstream_token" = "$SECRET" }
   extra_env              = { EDGE_DRAIN_TIMEOUT = "5s" }
   install_dir            = "$HOST/opt/keymesh"
   data_dir               = "$HOST/var/lib/keymesh"
@@ -351,7 +351,7 @@ TF
   kill -0 "$PID" 2>/dev/null || fail "site: supervisor pid $PID not running"
   [ -n "$(processes_in "$DIR/bin/edge")" ] || fail "site: no edge process runs from $DIR/bin/edge"
   [ "$(stat -c %a "$DIR/edge.env")" = 600 ] || fail "site: edge.env is not mode 0600"
-  grep -q "^EDGE_SECRET_UPSTREAM_TOKEN=" "$DIR/edge.env" || fail "site: the edge secret is not in edge.env"
+  grep -q "^EDGE_SECRET_DEFAULT__UPSTREAM_TOKEN=" "$DIR/edge.env" || fail "site: the edge secret is not in edge.env"
   [ "$(http GET "$EDGE/health" "$WORK/resp.json")" = 200 ] || fail "site: GET $EDGE/health"
   log "site: edge running (supervisor pid $PID) at $EDGE, GET /health -> 200"
 

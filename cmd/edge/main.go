@@ -36,7 +36,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.Site, "site", cfg.Site, "this edge's site (region / GPU cluster); selects each deployment's upstream list")
 	pub := fs.String("origin-public-key", "", "origin's Ed25519 public key, base64 or @file (required; origin writes it to <data-dir>/signing.pub)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "where the applied revision and deployments persist across restarts")
-	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials, one file per secret name (env EDGE_SECRET_<NAME> wins); SIGHUP re-reads them")
+	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials for upstream_auth inject, per project: <dir>/<project>/<secret> (env EDGE_SECRET_<PROJECT>__<SECRET> wins); SIGHUP re-reads them")
+	upstreamAllow := fs.String("upstream-allow", "", `comma-separated upstreams this edge may connect to: CIDRs or IPs (the address connected to), or [http(s)://]host[:port] with host a name or *.domain (the URL's host); empty allows any. Link-local and cloud-metadata addresses are denied unless a prefix inside them is listed; this edge's own listeners always`)
 	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", 2*time.Second, "how long a cache-miss lookup may take before the request gets 503")
 	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
 	fs.IntVar(&cfg.MaxLookups, "max-lookups", 256, "cache-miss lookups in flight at once; past it a miss gets 503 (a flood of new keys costs the origin a bounded load)")
@@ -70,6 +71,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	if cfg.MaxUpstreamConns <= 0 || cfg.MaxRequestBodyBytes <= 0 || cfg.MaxKeys <= 0 || cfg.MaxLookups <= 0 {
 		fmt.Fprintln(stderr, "edge: --max-upstream-conns, --max-request-body, --max-keys and --max-lookups must be positive")
+		return 2
+	}
+	cfg.UpstreamAllow = splitList(*upstreamAllow)
+	if err := proxy.CheckUpstreamAllow(cfg.UpstreamAllow); err != nil {
+		fmt.Fprintf(stderr, "edge: --upstream-allow: %v\n", err)
 		return 2
 	}
 	cfg.Gossip.Join = splitList(*join)

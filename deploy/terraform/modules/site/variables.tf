@@ -130,13 +130,13 @@ variable "gossip_join" {
 }
 
 variable "secrets" {
-  description = "Edge-local upstream credentials for deployments with upstream_auth mode \"inject\": name => value, exported as EDGE_SECRET_<NAME>. Never sent to the origin. Values must not contain single quotes or newlines."
+  description = "Edge-local upstream credentials for deployments with upstream_auth mode \"inject\", per project: \"<project>/<secret>\" => value, exported as EDGE_SECRET_<PROJECT>__<SECRET> (upper case, '-' and '.' as '_'); a deployment reads only its own project's. Never sent to the origin. Values must not contain single quotes or newlines."
   type        = map(string)
   default     = {}
   sensitive   = true
   validation {
-    condition     = alltrue([for k, v in var.secrets : can(regex("^[A-Za-z0-9_]+$", k)) && !can(regex("['\\n\\r]", v))])
-    error_message = "Secret names are letters, digits and '_'; values must not contain ' or newlines."
+    condition     = alltrue([for k, v in var.secrets : can(regex("^[a-z0-9]+(-[a-z0-9]+)*/[A-Za-z0-9][A-Za-z0-9_.-]*$", k)) && !can(regex("['\\n\\r]", v))])
+    error_message = "Secret keys are \"<project>/<secret>\": a project name of lower-case letters, digits and single inner '-' (others have no environment form: use the edge's --secrets-dir), a secret name of letters, digits, '_', '.' and '-'; values must not contain ' or newlines."
   }
 }
 
