@@ -68,6 +68,17 @@ func TestUpstreamPolicyRefusesOwnListenersAndMetadata(t *testing.T) {
 	_, port, _ := net.SplitHostPort(e.Addr())
 	_, adminPort, _ := net.SplitHostPort(admin)
 
+	// The origin refuses the unspecified and metadata addresses by default;
+	// an admin naming them in the project's policy lets them through, so
+	// that what is tested here is the edge's own refusal, the last line.
+	if _, err := s.api.Do(context.Background(), http.MethodPost, "/v1/projects/"+project+"/deployments",
+		map[string]any{"name": "meta", "hosts": []string{"meta.test"}, "upstreams": map[string][]string{"*": {"http://169.254.169.254"}}}, nil); err == nil ||
+		!strings.Contains(err.Error(), "PERMISSION_DENIED") {
+		t.Fatalf("origin accepted a metadata upstream by default: %v", err)
+	}
+	s.call(http.MethodPatch, "/v1/projects/"+project, map[string]any{"allowed_upstreams": []string{
+		"127.0.0.0/8", "http://localhost:*", "0.0.0.0/32", "169.254.169.254/32", "fd00:ec2::254/128"}}, nil)
+
 	var rev uint64
 	var keys []string
 	for i, up := range []string{
