@@ -137,6 +137,16 @@ func referenceJSON(raw []byte) (upstreamReading, error) {
 	}
 	var r upstreamReading
 	for k, val := range o {
+		if strings.EqualFold(k, "stream") {
+			switch val.(type) {
+			case bool, nil:
+			default:
+				// docs/api.md: a stream field (any letter case) that is
+				// not a boolean or null is refused, as pydantic's lax
+				// reading of "1" or "yes" cannot be matched exactly.
+				return upstreamReading{}, errBodyShape
+			}
+		}
 		if k == "stream" {
 			r.stream = laxTrue(val)
 			continue

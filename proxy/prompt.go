@@ -195,17 +195,32 @@ func has(m map[string]bool, key []byte) bool {
 
 // sourceChars counts an Anthropic-style content source: a text document
 // ({"type": "text", "data": ...}) or one of content blocks counts; base64,
-// URL and file sources are media.
+// URL and file sources are media. A source is media only when it is sure
+// to be read so: every key spelling "type" in any letter case (a repeated
+// key is read last-wins by some parsers, first-wins or case-blind by
+// others) holds exactly one of those values; otherwise it counts as text.
 func sourceChars(v *fastjson.Value) int {
 	if v.Type() != fastjson.TypeObject {
 		return textChars(v)
 	}
-	switch t := v.GetStringBytes("type"); {
-	case bytes.EqualFold(t, []byte("base64")), bytes.EqualFold(t, []byte("url")), bytes.EqualFold(t, []byte("file")):
+	o, _ := v.Object()
+	types, media := 0, 0
+	o.Visit(func(key []byte, v *fastjson.Value) {
+		if !bytes.EqualFold(key, keyType) {
+			return
+		}
+		types++
+		if t, err := v.StringBytes(); err == nil && (string(t) == "base64" || string(t) == "url" || string(t) == "file") {
+			media++
+		}
+	})
+	if types > 0 && media == types {
 		return 0
 	}
 	return textChars(v)
 }
+
+var keyType = []byte("type")
 
 // jsonChars is the length in characters of v written as compact JSON
 // (escapes aside): every key and string, and the punctuation around them.

@@ -156,6 +156,12 @@ func TestParseBody(t *testing.T) {
 		{`{"Stream": true}`, 0, true, false},
 		{`{"stream": false, "stream": true}`, 0, true, false},
 		{`{"prompt": "ab", "PROMPT": "cd", "pr\u006fmpt": "e"}`, 5, false, false},
+		// A media source is skipped only when every reading of its type
+		// says media: a second "type" (last wins in Python) or another
+		// letter case makes it a document whose data counts.
+		{`{"messages": [{"content": [{"source": {"type": "base64", "data": "AAAA"}}]}]}`, 0, false, false},
+		{`{"messages": [{"content": [{"source": {"type": "base64", "type": "text", "data": "abcd"}}]}]}`, 4, false, false},
+		{`{"messages": [{"content": [{"source": {"type": "BAse64", "data": "ab"}}]}]}`, 2, false, false},
 		{`{"stream": true, "x": NaN}`, 0, false, true},
 		{`[{"stream": true}]`, 0, false, true},
 		{`{"stream": true} trailing`, 0, false, true},
