@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/event"
@@ -83,7 +84,7 @@ func BenchmarkMemoryMillionKeys(b *testing.B) {
 			binary.LittleEndian.PutUint64(h[8:], uint64(i))
 			k := &event.Key{ID: fmt.Sprintf("key_%026d", i), Project: "prj_06h0bs4hthx9xp8kc2bs30fj5w",
 				Secrets: []event.Secret{{Hash: h}}, Permissions: event.DefaultPermissions, Deployments: deps}
-			for !v.keys.Set(slot(&h), v.compile(k, 1, h), 1) {
+			for !v.keys.Set(slot(&h), v.compile(k, 1, time.Now().UnixNano(), h), 1) {
 				v.keys.Wait() // the set buffer is full: let it drain rather than drop
 			}
 		}

@@ -90,13 +90,18 @@ type Config struct {
 	// load. Default 256.
 	MaxLookups int
 	// MaxStaleness is how long the View trusts its cache without proof that
-	// it is current: a signed origin heartbeat whose revision it has
-	// applied. Past it, cached keys older than MaxStaleness are re-validated
-	// by lookup before use. Default 10s; negative disables the guard.
+	// it is current: a signed origin heartbeat naming a committed head it
+	// has applied. Past it, a cached key vouched for (by the origin-signed
+	// time of the record it was read from) longer ago than MaxStaleness is
+	// re-validated by lookup before use, and Trusted reports false. State
+	// restored from disk is as old as the newest signed record in it.
+	// Default 10s; negative disables the guard.
 	MaxStaleness time.Duration
-	// FailOpen decides what a stale View does when re-validation fails: false
+	// FailOpen decides what a stale View does when it cannot re-validate: false
 	// (the default, "closed") answers ErrUnavailable for what it cannot
-	// prove; true ("open-cached") keeps serving the cached state.
+	// prove — a lookup that fails, or an answer (a gossip peer's) vouched
+	// for no more recently than MaxStaleness —; true ("open-cached") keeps
+	// serving the cached state, and takes such answers.
 	FailOpen bool
 	// ObserveLookup, if set, is told how long each miss-path lookup took.
 	ObserveLookup func(d time.Duration, err error)
@@ -118,10 +123,13 @@ type Key struct {
 	Revision    uint64
 	Deployments []string
 	RateLimit   *event.RateLimit
-	checkedAt   int64 // unix nanoseconds this state was read or received
-	expiresAt   int64 // unix nanoseconds, 0 = never
-	perms       perms
-	disabled    bool
+	// checkedAt is when the origin vouched for this state (unix nanos):
+	// the signed time of the lookup answer or event it was read from,
+	// never later than its arrival, never the local time it was fetched.
+	checkedAt int64
+	expiresAt int64 // unix nanoseconds, 0 = never
+	perms     perms
+	disabled  bool
 }
 
 // Linked reports whether the key is linked to the deployment with id.
@@ -198,9 +206,18 @@ type Stats struct {
 	OldHeartbeats uint64
 	// Evictions counts positive entries ristretto evicted for room.
 	Evictions uint64
-	// LatestRevision is the highest revision the origin has said, in a
-	// heartbeat, it has published; minus AppliedRevision it is the lag.
+	// LatestRevision is the highest committed head the origin has named
+	// in a heartbeat (or the applied revision, if higher); minus
+	// AppliedRevision it is the lag.
 	LatestRevision uint64
+	// StaleAnswers counts lookup answers (a gossip peer's) that were
+	// genuine but vouched for longer ago than MaxStaleness while the View
+	// was not current: refused when closed, served (and counted in
+	// StaleServed) when open-cached.
+	StaleAnswers uint64
+	// UntrustedRefusals counts requests refused because the View could
+	// not prove its deployments current (Trusted false; see proxy).
+	UntrustedRefusals uint64
 	// PeerHeartbeats counts origin heartbeats relayed by gossip peers that
 	// were genuine and new; PeerRecordsServed, sealed records handed to
 	// peers asking (SealedRecord).
@@ -246,9 +263,16 @@ type View struct {
 	pendingMu  sync.Mutex
 	pendingRev uint64
 	pendingAt  int64
+	// behindSince is when (unix nanos) a heartbeat first named a committed
+	// head above the applied revision, 0 while caught up (pendingMu).
+	behindSince int64
+	// restored is set while the View runs on state restored from disk with
+	// no proof of currency since.
+	restored atomic.Bool
 
 	hits, misses, lookups, lookupErrs, staleHits, resyncs, appliedN, rejected, negHits atomic.Uint64
 	revalidations, staleServed, peerHeartbeats, peerServed, oldBeats, lookupsShed      atomic.Uint64
+	staleAnswers, untrusted                                                            atomic.Uint64
 }
 
 // sealedRecord is a sealed key record kept for peers, with what is needed
@@ -367,6 +391,7 @@ func (v *View) Stats() Stats {
 		Revalidations: v.revalidations.Load(), StaleServed: v.staleServed.Load(), OldHeartbeats: v.oldBeats.Load(),
 		Evictions: v.keys.Metrics.KeysEvicted(), LatestRevision: max(v.latest.Load(), v.applied.Load()),
 		PeerHeartbeats: v.peerHeartbeats.Load(), PeerRecordsServed: v.peerServed.Load(),
+		StaleAnswers: v.staleAnswers.Load(), UntrustedRefusals: v.untrusted.Load(),
 	}
 }
 
@@ -388,12 +413,28 @@ func (v *View) Authorize(ctx context.Context, h apikey.Hash) (*Key, error) {
 		if e, err = v.miss(ctx, h); err != nil {
 			return nil, err
 		}
+		if v.stale(e, now) {
+			// Answered (by a peer) with a record vouched for too long ago,
+			// while the View cannot prove it is current either.
+			v.staleAnswers.Add(1)
+			if !v.cfg.FailOpen {
+				return nil, errStaleAnswer
+			}
+			v.staleServed.Add(1)
+		}
 	case v.stale(e, now):
 		v.revalidations.Add(1)
 		fresh, err := v.miss(ctx, h)
 		switch {
-		case err == nil:
+		case err == nil && !v.stale(fresh, now):
 			e = fresh
+		case err == nil:
+			v.staleAnswers.Add(1)
+			if !v.cfg.FailOpen {
+				return nil, errStaleAnswer
+			}
+			v.staleServed.Add(1)
+			e = fresh // as new as any change applied to the key
 		case errors.Is(err, ErrUnavailable) && v.cfg.FailOpen:
 			v.staleServed.Add(1)
 		default:
@@ -405,11 +446,26 @@ func (v *View) Authorize(ctx context.Context, h apikey.Hash) (*Key, error) {
 	return &e.key, v.check(e, now)
 }
 
+// errStaleAnswer is why a stale View in closed mode refused an answer that
+// no one could vouch for recently enough.
+var errStaleAnswer = fmt.Errorf("%w: the only answer was vouched for by the origin longer ago than the staleness bound", ErrUnavailable)
+
 // stale reports whether e must be proven again before use: the View has not
-// proven it is current for MaxStaleness, and e is older than that too.
+// proven it is current for MaxStaleness, and the origin vouched for e
+// longer ago than that too.
 func (v *View) stale(e *entry, now int64) bool {
 	bound := int64(v.cfg.MaxStaleness)
 	return bound > 0 && now-v.current.Load() > bound && now-e.key.checkedAt > bound
+}
+
+// vouchedAt is the time (unix nanos) a record signed at signed vouches for
+// its state: the signed time, never later than now (an origin clock ahead
+// proves nothing more); 0 for a record without one.
+func (v *View) vouchedAt(signed time.Time) int64 {
+	if signed.IsZero() {
+		return 0
+	}
+	return min(signed.UnixNano(), v.now().UnixNano())
 }
 
 // Current reports whether the View has proven it is current within
@@ -417,6 +473,83 @@ func (v *View) stale(e *entry, now int64) bool {
 func (v *View) Current() (bool, time.Time) {
 	at := v.current.Load()
 	return v.cfg.MaxStaleness <= 0 || v.now().UnixNano()-at <= int64(v.cfg.MaxStaleness), time.Unix(0, at)
+}
+
+// Trusted reports whether state the View holds may decide a request on its
+// own, without a lookup that proves it (a deployment without auth): when
+// the View is current, or in open-cached mode. A false answer is counted
+// by Untrusted, which the caller calls when it refuses for that reason.
+func (v *View) Trusted() bool {
+	if v.cfg.FailOpen {
+		return true
+	}
+	ok, _ := v.Current()
+	return ok
+}
+
+// Untrusted counts a request refused because Trusted was false.
+func (v *View) Untrusted() { v.untrusted.Add(1) }
+
+// Fresh reports whether a verified lookup answer would be taken as it is:
+// the View is current, or the origin vouched for the record within
+// MaxStaleness, or the View is open-cached. Gossip uses it to wait for a
+// fresher peer's answer rather than take a stale one.
+func (v *View) Fresh(rec *event.Record) bool {
+	bound := int64(v.cfg.MaxStaleness)
+	now := v.now().UnixNano()
+	return v.cfg.FailOpen || bound <= 0 || now-v.current.Load() <= bound || now-v.vouchedAt(rec.Time) <= bound
+}
+
+// Currency is what the View can say about being current, for /status.
+type Currency struct {
+	Current bool
+	// ProvenAt is when the View last proved it was current (a heartbeat
+	// naming a committed head it had applied, or for restored state the
+	// newest signed time in it); Staleness is how long ago that was.
+	ProvenAt     time.Time
+	Staleness    time.Duration
+	MaxStaleness time.Duration
+	// Head is the highest committed head an origin heartbeat named (0 when
+	// none was heard); Applied the View's applied revision.
+	Head, Applied uint64
+	// BehindFor is how long heartbeats have named a head above Applied
+	// (0 while caught up).
+	BehindFor time.Duration
+	// Restored is set while the View runs on state restored from disk with
+	// no proof of currency since.
+	Restored bool
+	// Reason says why the View is not current; "" when it is.
+	Reason string
+}
+
+// Currency reports the View's proof of currency and, when it has none
+// within MaxStaleness, why.
+func (v *View) Currency() Currency {
+	now := v.now()
+	ok, at := v.Current()
+	c := Currency{Current: ok, ProvenAt: at, Staleness: max(now.Sub(at), 0), MaxStaleness: v.cfg.MaxStaleness,
+		Head: v.latest.Load(), Applied: v.applied.Load(), Restored: v.restored.Load()}
+	v.pendingMu.Lock()
+	if v.behindSince != 0 && c.Head > c.Applied {
+		c.BehindFor = max(now.Sub(time.Unix(0, v.behindSince)), 0)
+	}
+	v.pendingMu.Unlock()
+	if ok {
+		return c
+	}
+	round := func(d time.Duration) time.Duration { return d.Round(100 * time.Millisecond) }
+	switch {
+	case c.Head > c.Applied:
+		c.Reason = fmt.Sprintf("behind committed head %d (applied %d) for %v; last proven current %v ago",
+			c.Head, c.Applied, round(c.BehindFor), round(c.Staleness))
+	case c.Restored:
+		c.Reason = fmt.Sprintf("running on state restored from disk (applied %d), vouched for by the origin %v ago; not caught up with a committed head the origin announced since",
+			c.Applied, round(c.Staleness))
+	default:
+		c.Reason = fmt.Sprintf("no origin heartbeat naming an applied committed head for %v (applied %d, committed head %d)",
+			round(c.Staleness), c.Applied, c.Head)
+	}
+	return c
 }
 
 // Heartbeat takes a sealed origin heartbeat that came from the origin
@@ -478,15 +611,21 @@ func (v *View) heartbeat(wire []byte, fromPeer bool) (fresh bool, err error) {
 	}
 	v.pendingMu.Lock()
 	defer v.pendingMu.Unlock()
-	if rec.Revision <= v.applied.Load() {
+	if applied := v.applied.Load(); rec.Revision <= applied {
 		v.proven(at)
 		if at >= v.pendingAt {
 			v.pendingRev = 0
+		}
+		if v.latest.Load() <= applied {
+			v.behindSince = 0
 		}
 		return fresh, nil
 	}
 	if v.pendingRev == 0 || at >= v.pendingAt {
 		v.pendingRev, v.pendingAt = rec.Revision, at
+	}
+	if v.behindSince == 0 {
+		v.behindSince = at
 	}
 	return fresh, nil
 }
@@ -494,6 +633,9 @@ func (v *View) heartbeat(wire []byte, fromPeer bool) (fresh bool, err error) {
 // proven moves the View's proof of currency forward to at (never back).
 func (v *View) proven(at int64) {
 	for cur := v.current.Load(); at > cur && !v.current.CompareAndSwap(cur, at); cur = v.current.Load() {
+	}
+	if at >= v.current.Load() {
+		v.restored.Store(false)
 	}
 }
 
@@ -505,6 +647,22 @@ func (v *View) caughtUp(rev uint64) {
 		v.proven(v.pendingAt)
 		v.pendingRev = 0
 	}
+	if rev >= v.latest.Load() {
+		v.behindSince = 0
+	}
+}
+
+// restoredFrom marks the View as running on state restored from disk,
+// vouched for by the origin no later than the newest signed time among
+// recs: until a heartbeat proves otherwise, the state is as stale as that
+// is old. depsMu is held (Restore).
+func (v *View) restoredFrom(recs ...*event.Record) {
+	var newest int64
+	for _, r := range recs {
+		newest = max(newest, v.vouchedAt(r.Time))
+	}
+	v.current.Store(newest)
+	v.restored.Store(true)
 }
 
 // cached returns a current entry for h, if the cache holds one.
@@ -545,8 +703,13 @@ func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
 			return nil, ErrUnknownKey
 		}
 	}
+	var err error
 	for range maxStaleRetries {
-		res, err, _ := v.fill.Do(string(h[:]), func() (any, error) { return v.fetch(ctx, h) })
+		var res any
+		res, err, _ = v.fill.Do(string(h[:]), func() (any, error) { return v.fetch(ctx, h) })
+		if errors.Is(err, errPredates) {
+			continue // read before a commit a heartbeat has named since: ask again
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -557,7 +720,7 @@ func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
 			}
 			return nil, ErrUnknownKey
 		}
-		e := v.compile(rec.Key, rec.Revision, h)
+		e := v.compile(rec.Key, rec.Revision, v.vouchedAt(rec.Time), h)
 		if e == nil {
 			return nil, ErrUnknownKey
 		}
@@ -570,6 +733,9 @@ func (v *View) miss(ctx context.Context, h apikey.Hash) (*entry, error) {
 		v.keys.Set(slot(&h), e, 1)
 		v.keepSealed(h, e.gen, rec.Revision, wire)
 		return e, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	return nil, ErrUnavailable
 }
@@ -605,7 +771,7 @@ func (v *View) fetch(ctx context.Context, h apikey.Hash) (fetched, error) {
 	rec, err := v.CheckLookupReply(h, wire)
 	if err != nil {
 		v.lookupErrs.Add(1)
-		return fetched{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fetched{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return fetched{rec, wire}, nil
 }
@@ -614,9 +780,10 @@ func (v *View) fetch(ctx context.Context, h apikey.Hash) (fetched, error) {
 // path does: signed by the origin, and a key holding h or a "no such key"
 // for h. A failure is counted as rejected. It changes nothing.
 //
-// A genuine answer is never older than the origin's last heartbeat (it is
-// read at the store's revision, which no published revision exceeds). An
-// older one is a replay — of an origin reply on NATS, or a peer's kept
+// A genuine answer is rarely older than the origin's last heartbeat (it is
+// read at the store's committed head, which the heartbeat names; only an
+// answer read just before a commit that a heartbeat then overtook is, and
+// the miss path asks again). An older one is otherwise a replay — of an origin reply on NATS, or a peer's kept
 // record — and may predate a change in the revisions the View knows exist
 // but has not applied, which no generation check can catch; it is refused.
 // Once the View has applied everything the origin announced, the
@@ -629,7 +796,7 @@ func (v *View) CheckLookupReply(h apikey.Hash, wire []byte) (*event.Record, erro
 	}
 	if latest := v.latest.Load(); rec.Revision < latest && v.applied.Load() < latest {
 		v.rejected.Add(1)
-		return nil, fmt.Errorf("lookup reply at revision %d predates revision %d the origin announced, not yet applied", rec.Revision, latest)
+		return nil, fmt.Errorf("%w: at revision %d, the origin announced %d, not yet applied", errPredates, rec.Revision, latest)
 	}
 	switch {
 	case rec.Kind == event.KindKeyNotFound && rec.Hash != nil && *rec.Hash == h:
@@ -640,6 +807,12 @@ func (v *View) CheckLookupReply(h apikey.Hash, wire []byte) (*event.Record, erro
 	v.rejected.Add(1)
 	return nil, errors.New("lookup reply is not about the asked key")
 }
+
+// errPredates refuses a lookup answer read before a committed head the
+// origin has announced (and the View not applied): a replay, or an answer
+// read just before a commit that a heartbeat overtook. The miss path asks
+// again.
+var errPredates = errors.New("lookup reply predates the announced committed head")
 
 // keepSealed keeps wire, the sealed record of the key (generation slot
 // gen) holding secret h at rev, to answer peers.
@@ -677,25 +850,27 @@ func holds(k *event.Key, h apikey.Hash) bool {
 	return false
 }
 
-// compile builds the cache entry for secret h of k read at rev, or nil if k
-// is deleted or h is not one of its secrets.
-func (v *View) compile(k *event.Key, rev uint64, h apikey.Hash) *entry {
+// compile builds the cache entry for secret h of k read at rev and vouched
+// for by the origin at vouched (unix nanos), or nil if k is deleted or h is
+// not one of its secrets.
+func (v *View) compile(k *event.Key, rev uint64, vouched int64, h apikey.Hash) *entry {
 	if k.Deleted {
 		return nil
 	}
 	g := v.gens.slot(k.ID)
 	for _, s := range k.Secrets {
 		if s.Hash == h {
-			return newEntry(k, rev, v.now(), g, s)
+			return newEntry(k, rev, vouched, g, s)
 		}
 	}
 	return nil
 }
 
-// newEntry compiles secret s of k, as read at rev, into a cache entry.
-func newEntry(k *event.Key, rev uint64, now time.Time, g uint32, s event.Secret) *entry {
+// newEntry compiles secret s of k, as read at rev and vouched for at
+// vouched, into a cache entry.
+func newEntry(k *event.Key, rev uint64, vouched int64, g uint32, s event.Secret) *entry {
 	e := &entry{hash: s.Hash, gen: g, key: Key{ID: k.ID, Project: k.Project, Revision: rev,
-		Deployments: k.Deployments, RateLimit: k.RateLimit, disabled: k.Disabled, checkedAt: now.UnixNano()}}
+		Deployments: k.Deployments, RateLimit: k.RateLimit, disabled: k.Disabled, checkedAt: vouched}}
 	for _, p := range k.Permissions {
 		e.key.perms |= permBit(p)
 	}
@@ -741,7 +916,7 @@ func (v *View) apply(wire []byte) (uint64, error) {
 			v.rejected.Add(1)
 			return 0, fmt.Errorf("%w: key record without key", event.ErrMalformed)
 		}
-		v.applyKey(rec.Key, rec.Revision, wire)
+		v.applyKey(rec.Key, rec.Revision, rec.Time, wire)
 	case event.KindDeployment:
 		if rec.Deployment == nil {
 			v.rejected.Add(1)
@@ -773,7 +948,7 @@ func (v *View) open(wire []byte) (*event.Record, error) {
 	return rec, nil
 }
 
-func (v *View) applyKey(k *event.Key, rev uint64, wire []byte) {
+func (v *View) applyKey(k *event.Key, rev uint64, signed time.Time, wire []byte) {
 	g := v.gens.slot(k.ID)
 	v.gens.raise(g, rev) // first: from here on every older entry of this key is stale
 	// Records kept for peers follow the change, so they learn of it too.
@@ -796,10 +971,11 @@ func (v *View) applyKey(k *event.Key, rev uint64, wire []byte) {
 	// Refresh the secrets this edge has cached, so their next request is a
 	// hit at the new revision instead of a lookup. Keys it has not seen stay
 	// out: every edge hears of every key, but caches only its own traffic.
-	now := v.now()
+	// The refreshed entry is vouched for as of the change's signed time.
+	vouched := v.vouchedAt(signed)
 	for _, s := range k.Secrets {
 		if e, ok := v.keys.Get(slot(&s.Hash)); ok && e.hash == s.Hash {
-			v.keys.Set(slot(&s.Hash), newEntry(k, rev, now, g, s), 1)
+			v.keys.Set(slot(&s.Hash), newEntry(k, rev, vouched, g, s), 1)
 		}
 	}
 }

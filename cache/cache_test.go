@@ -26,6 +26,16 @@ type origin struct {
 	beats  int64 // heartbeats sealed
 	// hook, if set, runs inside Lookup before the answer is sealed.
 	hook func()
+	// now stamps changes and answers, as the origin's clock; default
+	// time.Now.
+	now func() time.Time
+}
+
+func (o *origin) clock() time.Time {
+	if o.now != nil {
+		return o.now()
+	}
+	return time.Now()
 }
 
 func newOrigin(t testing.TB) *origin {
@@ -57,7 +67,7 @@ func (o *origin) change(k event.Key) []byte {
 		c := k
 		o.keys[s.Hash] = &c
 	}
-	return o.seal(&event.Record{Revision: o.rev, Kind: event.KindKey, Key: &k})
+	return o.seal(&event.Record{Revision: o.rev, Kind: event.KindKey, Time: o.clock(), Key: &k})
 }
 
 func (o *origin) lookup(ctx context.Context, h apikey.Hash) ([]byte, error) {
@@ -69,9 +79,9 @@ func (o *origin) lookup(ctx context.Context, h apikey.Hash) ([]byte, error) {
 		o.hook()
 	}
 	if k == nil {
-		return o.seal(&event.Record{Revision: rev, Kind: event.KindKeyNotFound, Hash: &h}), nil
+		return o.seal(&event.Record{Revision: rev, Kind: event.KindKeyNotFound, Time: o.clock(), Hash: &h}), nil
 	}
-	return o.seal(&event.Record{Revision: rev, Kind: event.KindKey, Key: k}), nil
+	return o.seal(&event.Record{Revision: rev, Kind: event.KindKey, Time: o.clock(), Key: k}), nil
 }
 
 func mustVerifier(t testing.TB, o *origin) *event.Verifier {
@@ -85,6 +95,9 @@ func mustVerifier(t testing.TB, o *origin) *event.Verifier {
 func newView(t *testing.T, o *origin, now func() time.Time) *View {
 	t.Helper()
 	ver := mustVerifier(t, o)
+	if now != nil {
+		o.now = now // the origin's clock agrees with the edge's
+	}
 	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 1000, Now: now})
 	if err != nil {
 		t.Fatal(err)
@@ -497,6 +510,7 @@ func TestStalenessGuard(t *testing.T) {
 			var now atomic.Int64
 			now.Store(time.Unix(1_000_000, 0).UnixNano())
 			clock := func() time.Time { return time.Unix(0, now.Load()) }
+			o.now = clock
 			v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
 				MaxStaleness: 10 * time.Second, FailOpen: failOpen, Now: clock})
 			if err != nil {

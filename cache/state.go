@@ -69,6 +69,7 @@ func (v *View) Restore(s State) error {
 	v.snapshot = s.Snapshot
 	v.depFloor = snap.Revision
 	v.applied.Store(s.Revision)
+	v.restoredFrom(append(recs, snap)...) // as stale as the newest signed record in it
 	return nil
 }
 

@@ -29,9 +29,11 @@ const (
 	KindKeyNotFound Kind = "key_not_found"
 	// KindSnapshot carries every live deployment at Revision.
 	KindSnapshot Kind = "snapshot"
-	// KindHeartbeat says the origin is alive and has published everything
-	// up to Revision; an edge that stops hearing it cannot prove it is
-	// current.
+	// KindHeartbeat says the origin is alive and, as of Time, has
+	// committed (acknowledged) every change up to Revision — its committed
+	// head, which may be ahead of what the event stream holds yet. An edge
+	// is current only once it has applied that revision; one that stops
+	// hearing heartbeats cannot prove it is current.
 	KindHeartbeat Kind = "heartbeat"
 )
 

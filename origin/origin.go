@@ -163,8 +163,9 @@ type Config struct {
 	// events besides being woken by each commit (default 1s).
 	PollInterval time.Duration
 	// HeartbeatInterval is how often the origin tells edges, signed, that
-	// it is alive and how far it has published (default 1s). Edges that
-	// stop hearing it re-validate what they cache.
+	// it is alive and its committed head: the store's latest committed
+	// revision (default 1s). Edges that stop hearing it, or that have not
+	// applied the head it names, re-validate what they cache.
 	HeartbeatInterval time.Duration
 	// Logger receives operational logs (default slog.Default()).
 	Logger *slog.Logger

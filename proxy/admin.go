@@ -14,10 +14,25 @@ type status struct {
 	NATSConnected   bool   `json:"nats_connected"`
 	Current         bool   `json:"current"`
 	LastProofAt     string `json:"last_current_at"`
-	Cache           any    `json:"cache"`
-	ID              string `json:"id"`
-	Audit           any    `json:"audit"`
-	Gossip          any    `json:"gossip,omitempty"`
+	// CommittedHead is the highest committed head the origin named in a
+	// heartbeat (0: none heard since start); Behind, how far the applied
+	// revision is below it.
+	CommittedHead uint64 `json:"committed_head"`
+	Behind        uint64 `json:"behind_committed_head"`
+	// StalenessSeconds is how long ago the edge last proved it was
+	// current; past MaxStalenessSeconds it is not, and StaleReason says
+	// why (omitted while current).
+	StalenessSeconds    float64 `json:"staleness_seconds"`
+	MaxStalenessSeconds float64 `json:"max_staleness_seconds"`
+	StaleReason         string  `json:"stale_reason,omitempty"`
+	// Restored is true while the edge runs on state restored from its data
+	// dir with no proof of currency since.
+	Restored bool   `json:"restored_state"`
+	FailMode string `json:"fail_mode"`
+	Cache    any    `json:"cache"`
+	ID       string `json:"id"`
+	Audit    any    `json:"audit"`
+	Gossip   any    `json:"gossip,omitempty"`
 }
 
 // gossipStatus is the cluster view on /status: each peer with its applied
@@ -60,18 +75,29 @@ func (s *Server) NATSConnected() bool { return s.nc.IsConnected() }
 
 // Status returns what /status reports.
 func (s *Server) Status() any {
-	current, at := s.view.Current()
+	c := s.view.Currency()
+	failMode := "closed"
+	if s.cfg.FailOpen {
+		failMode = "open-cached"
+	}
 	return status{
-		Current:         current,
-		LastProofAt:     at.UTC().Format(time.RFC3339Nano),
-		Site:            s.cfg.Site,
-		AppliedRevision: s.view.AppliedRevision(),
-		Deployments:     len(s.view.Deployments().List()),
-		NATSConnected:   s.nc.IsConnected(),
-		Cache:           s.view.Stats(),
-		ID:              s.id,
-		Audit:           s.auditStatus(),
-		Gossip:          s.gossipStatus(),
+		Current:             c.Current,
+		LastProofAt:         c.ProvenAt.UTC().Format(time.RFC3339Nano),
+		CommittedHead:       c.Head,
+		Behind:              c.Head - min(c.Head, c.Applied),
+		StalenessSeconds:    c.Staleness.Seconds(),
+		MaxStalenessSeconds: c.MaxStaleness.Seconds(),
+		StaleReason:         c.Reason,
+		Restored:            c.Restored,
+		FailMode:            failMode,
+		Site:                s.cfg.Site,
+		AppliedRevision:     s.view.AppliedRevision(),
+		Deployments:         len(s.view.Deployments().List()),
+		NATSConnected:       s.nc.IsConnected(),
+		Cache:               s.view.Stats(),
+		ID:                  s.id,
+		Audit:               s.auditStatus(),
+		Gossip:              s.gossipStatus(),
 	}
 }
 

@@ -19,6 +19,11 @@ var (
 		"no deployment serves this host and path")
 	errUnavailable = apierror.New(http.StatusServiceUnavailable, apierror.Unavailable,
 		"cannot verify the API key right now; retry shortly")
+	// errUnproven refuses a request that only the edge's deployments would
+	// decide (auth off) while the edge cannot prove they are current
+	// (--fail-mode closed past --max-staleness).
+	errUnproven = apierror.New(http.StatusServiceUnavailable, apierror.Unavailable,
+		"the edge cannot prove its configuration is current right now; retry shortly")
 	errUpstream = apierror.New(http.StatusBadGateway, apierror.UpstreamError,
 		"the inference server could not be reached")
 	errUpstreamBusy = apierror.New(http.StatusServiceUnavailable, apierror.Unavailable,
@@ -39,7 +44,7 @@ var rendered = map[*apierror.Error][]byte{}
 
 func init() {
 	for _, e := range []*apierror.Error{errNoCredential, errInvalidKey, errNoDeployment,
-		errUnavailable, errUpstream, errUpstreamBusy, errUpstreamAuth, errBodyTooLarge, errBadJSON, errMalformedRequest} {
+		errUnavailable, errUnproven, errUpstream, errUpstreamBusy, errUpstreamAuth, errBodyTooLarge, errBadJSON, errMalformedRequest} {
 		rendered[e] = e.Body()
 	}
 }

@@ -102,7 +102,8 @@ func (h *gossipHook) peerHeartbeat(wire []byte) {
 // answer with the sealed record they hold. A peer's answer is accepted only
 // if it verifies as an origin lookup reply for this key; the View then
 // applies the same revision checks as to any lookup, so no peer can undo a
-// revocation this edge has applied.
+// revocation this edge has applied, nor vouch for more than the origin
+// signed: two equally stale edges cannot keep each other current.
 func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
 	origin := cache.NATSLookup(nc)
 	return func(ctx context.Context, k apikey.Hash) ([]byte, error) {
@@ -125,9 +126,12 @@ func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
 			originErr = err
 		}
 		h.peerLookups.Add(1)
+		// A peer's record is only as fresh as the origin's signature on it:
+		// while this edge cannot prove it is current, an old one is passed
+		// over for a fresher peer's (closed mode; see cache.View.Fresh).
 		wire, err := c.Ask(ctx, k[:], func(w []byte) bool {
 			rec, err := v.CheckLookupReply(k, w)
-			return err == nil && rec.Kind == event.KindKey
+			return err == nil && rec.Kind == event.KindKey && v.Fresh(rec)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("origin: %v; gossip peers: %w", originErr, err)

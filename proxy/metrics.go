@@ -122,9 +122,14 @@ func (m *metrics) watch(v *cache.View) {
 	counter("keymesh_edge_revalidations_total", "Cached keys looked up again by the staleness guard.", func(s cache.Stats) uint64 { return s.Revalidations })
 	counter("keymesh_edge_stale_served_total", "Cached keys served unproven (fail mode open-cached).", func(s cache.Stats) uint64 { return s.StaleServed })
 	gauge("keymesh_edge_applied_revision", "Last revision the edge applied.", func() float64 { return float64(v.AppliedRevision()) })
-	gauge("keymesh_edge_revision_lag", "Revisions the origin has published that the edge has not applied.", func() float64 {
-		s := v.Stats()
-		return float64(s.LatestRevision - v.AppliedRevision())
+	counter("keymesh_edge_stale_answers_total", "Genuine lookup answers (a gossip peer's) the origin signed longer ago than --max-staleness, while the edge was not current.", func(s cache.Stats) uint64 { return s.StaleAnswers })
+	counter("keymesh_edge_unproven_refusals_total", "Requests to deployments without auth refused (503) because the edge could not prove it was current (fail mode closed).", func(s cache.Stats) uint64 { return s.UntrustedRefusals })
+	gauge("keymesh_edge_revision_lag", "Revisions the origin has committed (as its heartbeats name) that the edge has not applied.", func() float64 {
+		c := v.Currency()
+		return float64(c.Head - min(c.Head, c.Applied))
+	})
+	gauge("keymesh_edge_committed_head", "Highest committed head the origin named in a heartbeat.", func() float64 {
+		return float64(v.Currency().Head)
 	})
 	gauge("keymesh_edge_current", "1 when the edge has proven it is current within --max-staleness.", func() float64 {
 		if ok, _ := v.Current(); ok {

@@ -85,11 +85,16 @@ type Config struct {
 	MaxLookups int
 	// MaxKeys bounds the key cache. Default 1,000,000.
 	MaxKeys int64
-	// MaxStaleness: without a signed origin heartbeat for this long, cached
-	// keys are re-validated by lookup before use. Default 10s.
+	// MaxStaleness: without proof for this long that the edge is current —
+	// a signed origin heartbeat naming a committed head it has applied —
+	// cached keys are re-validated by lookup before use, and (closed) a
+	// deployment without auth is not served. State restored from DataDir
+	// is as stale as the newest origin-signed record in it. Default 10s.
 	MaxStaleness time.Duration
-	// FailOpen ("open-cached") keeps serving cached keys when a stale edge
-	// cannot re-validate them; the default ("closed") answers 503.
+	// FailOpen ("open-cached") keeps serving cached keys, and deployments
+	// without auth, when a stale edge cannot re-validate them; the default
+	// ("closed") answers 503 for them, and refuses a gossip peer's answer
+	// the origin signed longer ago than MaxStaleness.
 	FailOpen bool
 	// UpstreamIdleTimeout cuts an upstream that sends nothing for this long,
 	// before its headers or mid-stream; a generation that keeps producing
@@ -624,6 +629,15 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		if out.key, out.reason = s.authenticate(ctx, dep, r.cred); out.key == nil {
 			return out
 		}
+	} else if !s.view.Trusted() {
+		// Only the deployment, as this edge last knew it, lets the request
+		// through — and the edge cannot prove that is still so (auth may
+		// have been turned on meanwhile): closed mode refuses.
+		s.view.Untrusted()
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		fail(ctx, errUnproven, 0)
+		out.reason = reasonUnavailable
+		return out
 	}
 	body, ok := s.inspect(ctx, dep, out.key)
 	if !ok {
