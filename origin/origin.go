@@ -433,6 +433,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.edges = newEdgeRegistry(time.Now, cfg.EdgeLiveness, cfg.MaxEdges)
+	if err := s.restoreEdges(context.Background()); err != nil {
+		return nil, fmt.Errorf("restoring the edge registry: %w", err)
+	}
 	if err := s.startEdgeRegistry(); err != nil {
 		return nil, fmt.Errorf("subscribing to edge heartbeats: %w", err)
 	}
@@ -541,6 +544,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // closeResources closes NATS and the store (used by Shutdown and by a
 // failed New).
 func (s *Server) closeResources() {
+	s.edges.stopFlusher() // writes the registry's last changes
 	if s.httpLn != nil && s.httpSrv == nil {
 		_ = s.httpLn.Close()
 	}
