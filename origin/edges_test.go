@@ -289,3 +289,61 @@ func TestEdgeRegistryRelayedHeartbeats(t *testing.T) {
 		t.Fatalf("json: %s", b)
 	}
 }
+
+// Issue 12.2: the registry is stored (SQLite and PostgreSQL) and restored on
+// start. An edge that was live before the restart and has not reported
+// since counts as pending for ?wait until liveness passes from the restart;
+// one that reports is applied.
+func TestEdgeRegistrySurvivesRestart(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		cfg.EdgeLiveness = 3 * time.Second
+		s := startServer(t, cfg)
+		nc := connect(t, s)
+		for _, id := range []string{"edge-a", "edge-b"} {
+			if err := nc.Publish(event.EdgeHeartbeatSubject, hbJSON(id, s.Revision())); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nc.Flush()
+		waitFor(t, "edges registered", func() bool { return len(s.Edges()) == 2 })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+
+		restarted := time.Now()
+		s2 := startServer(t, cfg)
+		if got := s2.Edges(); len(got) != 2 || !got[0].Live || !got[1].Live || got[0].AppliedRevision != s.Revision() {
+			t.Fatalf("restored edges = %+v", got)
+		}
+		c := newClient(t, s2)
+		nc2 := connect(t, s2)
+		rev0 := s2.Revision()
+		res := make(chan *propagation, 1)
+		go func() {
+			var k struct{ Propagation *propagation }
+			c.must(201, "POST", "/v1/projects/default/keys?wait=30s", map[string]any{"name": "k"}, &k)
+			res <- k.Propagation
+		}()
+		waitFor(t, "key committed", func() bool { return s2.Revision() > rev0 })
+		if err := nc2.Publish(event.EdgeHeartbeatSubject, hbJSON("edge-a", s2.Revision())); err != nil {
+			t.Fatal(err)
+		}
+		nc2.Flush()
+		p := <-res
+		// edge-b never reports: pending until its warm-up (liveness from
+		// the restart) ends, then no longer live.
+		if fmt.Sprint(p.Applied, p.Pending) != "[edge-a] []" {
+			t.Fatalf("propagation %+v", p)
+		}
+		if time.Since(restarted) < cfg.EdgeLiveness {
+			t.Fatalf("answered %v after the restart, before edge-b's warm-up ended", time.Since(restarted))
+		}
+		for _, e := range s2.Edges() {
+			if e.ID == "edge-b" && e.Live {
+				t.Fatalf("edge-b still live after its warm-up: %+v", e)
+			}
+		}
+	})
+}
