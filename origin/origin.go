@@ -426,6 +426,9 @@ func New(cfg Config) (*Server, error) {
 	// Goroutines last.
 	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval, cfg.StreamReplicas)
 	s.pub.maxAge = cfg.StreamMaxAge
+	if s.ns != nil {
+		s.pub.heal = s.healJetStream
+	}
 	if !cfg.disablePublisher {
 		s.pub.start()
 	}
