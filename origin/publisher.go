@@ -237,13 +237,13 @@ func (p *publisher) ensureStream(ctx context.Context) error {
 		// The origin never deletes single messages; nobody else may. (Not
 		// DenyPurge: the origin purges to skip events its store pruned,
 		// and a stream cannot lose DenyPurge again.)
-		DenyDelete:  true,
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
-		MaxAge:      p.maxAge,
-		Duplicates:  streamDuplicates,
-		Replicas:    p.replicas,
+		DenyDelete: true,
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardOld,
+		MaxAge:     p.maxAge,
+		Duplicates: streamDuplicates,
+		Replicas:   p.replicas,
 	})
 	if err != nil {
 		return err
