@@ -257,6 +257,7 @@ func (p *publisher) drain(ctx context.Context) error {
 	if err := p.ensureStream(ctx); err != nil {
 		return err
 	}
+	republished := false
 	for {
 		evs, err := p.store.unpublished(ctx, 256)
 		if err != nil {
@@ -275,6 +276,11 @@ func (p *publisher) drain(ctx context.Context) error {
 			}
 		}
 		if perr != nil {
+			if errors.Is(perr, errRepublish) && !republished {
+				// A repair, not a failure: once per drain, at once.
+				republished = true
+				continue
+			}
 			return perr
 		}
 	}
@@ -377,8 +383,12 @@ func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 	if err := p.store.markUnpublishedAfter(ctx, last); err != nil {
 		return err
 	}
-	return errors.New("stream behind store, republishing from " + strconv.FormatUint(last+1, 10))
+	return fmt.Errorf("%w from %d", errRepublish, last+1)
 }
+
+// errRepublish: the stream lacks events the store had marked published;
+// they are unmarked, and the drain starts again from there.
+var errRepublish = errors.New("event stream behind the store, republishing")
 
 // sameAt returns nil if the stream holds e at sequence e.Revision (or no
 // longer holds that sequence: aged out by limits, so it was published), and
