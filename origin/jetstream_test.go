@@ -3,16 +3,23 @@ package origin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // getText GETs an open endpoint of s.
@@ -127,5 +134,96 @@ func TestForeignStreamMessageRaisesAlarm(t *testing.T) {
 	}
 	if v := metricValue(t, s, "keymesh_origin_stream_conflicts_total"); v != "1" {
 		t.Fatalf("conflicts_total %q", v)
+	}
+}
+
+// Issue 12.4: the embedded JetStream store on a full filesystem. The store
+// keeps committing; publishing fails while the disk is full, and once space
+// is back it catches up by itself (the publisher restarts the embedded
+// JetStream, whose streams otherwise keep their first write error for
+// good), with every event at its revision. A real tmpfs, filled for real.
+func TestPublishingRecoversFromAFullJetStreamDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs for the JetStream store (CI runs as root)")
+	}
+	logs := &syncBuffer{}
+	cfg := testConfig(t.TempDir())
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	natsDir := filepath.Join(cfg.DataDir, "nats")
+	if err := os.MkdirAll(natsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", natsDir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%v: %s)", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", natsDir).CombinedOutput(); err != nil {
+			t.Errorf("umount: %v %s", err, out)
+		}
+	})
+	s := startServer(t, cfg)
+	defer func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.Bytes())
+		}
+	}()
+	c := newClient(t, s)
+	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
+	waitFor(t, "first event published", func() bool { return s.PublishedRevision() == s.Revision() })
+	before := s.Revision()
+
+	// Fill the filesystem.
+	filler := filepath.Join(natsDir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+
+	// Changes keep committing; publishing them fails.
+	for i := range 20 {
+		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": fmt.Sprintf("k%d-%s", i, strings.Repeat("x", 150)), "deployments": []string{"chat"}}, nil)
+	}
+	testutil.CheckFor(t, 90*time.Second, 50*time.Millisecond, func() error {
+		var n int
+		fmt.Sscan(metricValue(t, s, "keymesh_origin_publish_errors_total"), &n)
+		if n < 3 {
+			return fmt.Errorf("%d publish errors on the full disk", n)
+		}
+		return nil
+	})
+	if s.PublishedRevision() == s.Revision() {
+		t.Fatalf("every event published on a full disk (revision %d)", s.Revision())
+	}
+	t.Logf("disk full: committed %d, published %d (before: %d)", s.Revision(), s.PublishedRevision(), before)
+
+	// Space is back: publishing catches up without a restart.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	freed := time.Now()
+	testutil.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		if p, r := s.PublishedRevision(), s.Revision(); p != r {
+			return fmt.Errorf("published %d of %d", p, r)
+		}
+		return nil
+	})
+	t.Logf("caught up %v after space was freed; jetstream restarts %s", time.Since(freed).Round(time.Millisecond),
+		metricValue(t, s, "keymesh_origin_jetstream_restarts_total"))
+	streamRecords(t, s, s.Revision())
+	// And keeps publishing.
+	c.must(200, "PATCH", "/v1/projects/default/deployments/chat", map[string]any{"max_prompt_chars": 5}, nil)
+	waitFor(t, "next event published", func() bool { return s.PublishedRevision() == s.Revision() })
+	if h := health(t, s); h.Status != "ok" {
+		t.Fatalf("health after recovery: %+v", h)
 	}
 }
