@@ -23,7 +23,7 @@ import (
 // cannot:
 //   - A publish that fails (NATS away, the stream gone, a JetStream store
 //     that hit a write error such as a full disk) is retried with backoff;
-//     after two failures in a row, heal (set when NATS is embedded) checks
+//     after a failure (at most every 5 s), heal (set when NATS is embedded) checks
 //     the embedded JetStream and restarts it if it is disabled or a stream
 //     reports a write error: nats-server keeps such an error until its
 //     stream is reopened, so without the restart publishing stays wedged
@@ -63,6 +63,9 @@ type publisher struct {
 	restarts  atomic.Uint64          // JetStream restarts by heal
 	conflicts atomic.Uint64          // conflicts detected (each episode once)
 }
+
+// errPublishTimeout: JetStream acknowledged none of the pending publishes in time.
+var errPublishTimeout = errors.New("JetStream did not acknowledge the published events in time")
 
 // errStreamConflict: the stream holds, at a revision of this store,
 // something this store did not publish there.
@@ -183,7 +186,7 @@ func (p *publisher) run() {
 				lastWarn = time.Now()
 				p.log.Warn("publishing events failed; retrying", "err", err, "retry_in", backoff, "failures", failures)
 			}
-			if p.heal != nil && failures >= 2 && time.Since(lastHeal) >= 5*time.Second {
+			if p.heal != nil && time.Since(lastHeal) >= 5*time.Second {
 				lastHeal = time.Now()
 				what, herr := p.heal()
 				switch {
@@ -317,7 +320,9 @@ acks:
 		case <-f.Err():
 			break acks
 		case <-timer.C:
-			break acks
+			// No answer at all (JetStream away or wedged): publishing the
+			// rest one by one would only wait as long again.
+			return n, errPublishTimeout
 		case <-ctx.Done():
 			return n, ctx.Err()
 		}
