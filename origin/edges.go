@@ -55,9 +55,10 @@ const maxHeartbeatBytes = 4 << 10
 // counted. Edges silent longer than liveness are not live; longer than
 // forget, they are dropped.
 //
-// It survives a restart: changes are handed to a flusher (takeDirty, at
-// most one row per edge per saveEvery of silence-free heartbeats) that
-// writes them to the store in one transaction per flush, and a starting
+// It survives a restart: changes are handed to a flusher (takeDirty: an
+// edge's row is rewritten when what it reports changes, or every saveEvery
+// while it reports the same) that writes them to the store in one
+// transaction per flush, and a starting
 // origin restores them (restore) before it listens to heartbeats. An edge
 // that was live before the restart is live, and pending for any new
 // revision, until it reports or liveness passes: ?wait right after a

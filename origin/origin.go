@@ -43,7 +43,8 @@
 // can grant access, since edges act only on records the origin signs, but
 // the operator's NATS accounts or user permissions must allow only edges to
 // publish there, and only origins to publish on event.StreamSubjects (a
-// foreign message in the stream stops the publisher) and to answer the
+// foreign message in the stream stops the publisher and raises the stream
+// conflict alarm, see publisher) and to answer the
 // lookup subjects.
 package origin
 
