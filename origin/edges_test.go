@@ -347,3 +347,73 @@ func TestEdgeRegistrySurvivesRestart(t *testing.T) {
 		}
 	})
 }
+
+// The registry's store writes are cheap: heartbeats that repeat what an edge
+// said are not written again until saveEvery passes; a change is. And
+// restore makes only edges live before the restart pending, for liveness
+// from the restart.
+func TestEdgeRegistryStoreWritesAndRestore(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	r := newEdgeRegistry(clk.now, 8*time.Second, 10)
+	r.heartbeat(hbJSON("a", 5))
+	if d := r.takeDirty(); len(d) != 1 || d[0].ID != "a" || d[0].AppliedRevision != 5 {
+		t.Fatalf("first flush %+v", d)
+	}
+	for range 50 {
+		clk.add(10 * time.Millisecond)
+		r.heartbeat(hbJSON("a", 5))
+	}
+	if d := r.takeDirty(); len(d) != 0 {
+		t.Fatalf("unchanged heartbeats written again: %+v", d)
+	}
+	r.heartbeat(hbJSON("a", 6))
+	if d := r.takeDirty(); len(d) != 1 || d[0].AppliedRevision != 6 {
+		t.Fatalf("a new revision not written: %+v", d)
+	}
+	clk.add(r.saveEvery())
+	r.heartbeat(hbJSON("a", 6))
+	if d := r.takeDirty(); len(d) != 1 {
+		t.Fatalf("last_seen not refreshed after saveEvery: %+v", d)
+	}
+
+	// Restore: "live" was seen with the newest, "old" a minute before
+	// (not live then), "known" is already in the new registry.
+	seen := clk.now()
+	r2 := newEdgeRegistry(clk.now, 8*time.Second, 10)
+	r2.heartbeat(hbJSON("known", 9))
+	clk.add(30 * time.Second) // the origin was down 30 s
+	warm := r2.restore([]Edge{
+		{ID: "live", AppliedRevision: 7, LastSeen: seen},
+		{ID: "known", AppliedRevision: 1, LastSeen: seen},
+		{ID: "old", AppliedRevision: 7, LastSeen: seen.Add(-time.Minute)},
+	})
+	if warm != 1 {
+		t.Fatalf("warming %d, want 1", warm)
+	}
+	applied, pending, _, _ := r2.check(8)
+	if fmt.Sprint(applied, pending) != "[] [live]" {
+		t.Fatalf("check after restore: applied %v pending %v", applied, pending)
+	}
+	if applied, _, _, _ := r2.check(7); fmt.Sprint(applied) != "[live]" {
+		t.Fatalf("a restored edge's revision not counted: %v", applied)
+	}
+	for _, e := range r2.list() {
+		if e.ID == "known" && e.AppliedRevision != 9 {
+			t.Fatalf("restore overwrote a fresher edge: %+v", e)
+		}
+		if e.ID == "old" && e.Live {
+			t.Fatalf("an edge dead before the restart is live: %+v", e)
+		}
+	}
+	clk.add(8*time.Second + time.Millisecond)
+	if _, pending, _, _ := r2.check(8); len(pending) != 0 {
+		t.Fatalf("still pending after the warm-up: %v", pending)
+	}
+	// Reporting ends the warm-up at once.
+	r3 := newEdgeRegistry(clk.now, 8*time.Second, 10)
+	r3.restore([]Edge{{ID: "live", AppliedRevision: 7, LastSeen: clk.now().Add(-time.Second)}})
+	r3.heartbeat(hbJSON("live", 8))
+	if applied, pending, _, _ := r3.check(8); fmt.Sprint(applied, pending) != "[live] []" {
+		t.Fatalf("after reporting: %v %v", applied, pending)
+	}
+}
