@@ -146,6 +146,11 @@ func (p *publisher) run() {
 	defer t.Stop()
 	failures := 0
 	var lastHeal, lastWarn time.Time
+	// healEvery spaces JetStream checks; it doubles (to a minute) after
+	// each restart that publishing did not follow, so a disk that stays
+	// full does not restart JetStream every few seconds.
+	healEvery := 5 * time.Second
+	restarted := false // JetStream restarted since publishing last worked
 	for {
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
@@ -186,14 +191,19 @@ func (p *publisher) run() {
 				lastWarn = time.Now()
 				p.log.Warn("publishing events failed; retrying", "err", err, "retry_in", backoff, "failures", failures)
 			}
-			if p.heal != nil && time.Since(lastHeal) >= 5*time.Second {
+			if p.heal != nil && time.Since(lastHeal) >= healEvery {
 				lastHeal = time.Now()
 				what, herr := p.heal()
 				switch {
 				case herr != nil:
 					p.log.Warn("restarting the embedded JetStream failed; retrying", "err", herr)
+					healEvery = min(2*healEvery, time.Minute)
 				case what != "":
 					p.restarts.Add(1)
+					if restarted {
+						healEvery = min(2*healEvery, time.Minute)
+					}
+					restarted = true
 					p.ready = false
 					p.log.Warn("restarted the embedded JetStream", "reason", what)
 					backoff = 100 * time.Millisecond
@@ -211,7 +221,7 @@ func (p *publisher) run() {
 			if p.conflict.Load() != nil {
 				p.log.Info("the event stream no longer conflicts with the store")
 			}
-			failures, lastWarn = 0, time.Time{}
+			failures, lastWarn, healEvery, restarted = 0, time.Time{}, 5*time.Second, false
 			p.conflict.Store(nil)
 			p.stalled.Store(nil)
 			p.since.Store(0)
