@@ -64,6 +64,10 @@ type publisher struct {
 	conflicts atomic.Uint64          // conflicts detected (each episode once)
 }
 
+// maxHealEvery bounds how long publishing can stay wedged after the disk
+// has room again: the next JetStream restart comes at most this late.
+const maxHealEvery = 20 * time.Second
+
 // errPublishTimeout: JetStream acknowledged none of the pending publishes in time.
 var errPublishTimeout = errors.New("JetStream did not acknowledge the published events in time")
 
@@ -146,7 +150,7 @@ func (p *publisher) run() {
 	defer t.Stop()
 	failures := 0
 	var lastHeal, lastWarn time.Time
-	// healEvery spaces JetStream checks; it doubles (to a minute) after
+	// healEvery spaces JetStream checks; it doubles (to maxHealEvery) after
 	// each restart that publishing did not follow, so a disk that stays
 	// full does not restart JetStream every few seconds.
 	healEvery := 5 * time.Second
@@ -197,11 +201,11 @@ func (p *publisher) run() {
 				switch {
 				case herr != nil:
 					p.log.Warn("restarting the embedded JetStream failed; retrying", "err", herr)
-					healEvery = min(2*healEvery, time.Minute)
+					healEvery = min(2*healEvery, maxHealEvery)
 				case what != "":
 					p.restarts.Add(1)
 					if restarted {
-						healEvery = min(2*healEvery, time.Minute)
+						healEvery = min(2*healEvery, maxHealEvery)
 					}
 					restarted = true
 					p.ready = false
