@@ -13,9 +13,9 @@ import (
 	"github.com/keymesh/keymesh/proxy"
 )
 
-// restartOrigin stops the stack's origin and starts a new one on the same
+// restartOriginInPlace stops the stack's origin and starts a new one on the same
 // data dir (store, keys, edge registry) and NATS.
-func (s *stack) restartOrigin() {
+func (s *stack) restartOriginInPlace() {
 	t := s.t
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -66,7 +66,7 @@ func TestWaitAfterOriginRestartWaitsForKnownEdges(t *testing.T) {
 		return fmt.Errorf("edge %s not registered: %+v", e.ID(), s.origin.Edges())
 	})
 
-	s.restartOrigin()
+	s.restartOriginInPlace()
 
 	var out struct {
 		Propagation struct {
