@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,6 +29,79 @@ func TestMain(m *testing.M) {
 		return
 	}
 	os.Exit(m.Run())
+}
+
+const processPassword = "fault-test-admin-password"
+
+type originProcess struct {
+	cmd     *exec.Cmd
+	base    string // http://listen
+	stderr  *lockedBuffer
+	exited  chan error
+	natsURL string
+}
+
+// startOriginProcess runs this package's main as a child process on dir,
+// with the embedded NATS on a random port, and waits until it serves. It
+// is stopped (SIGTERM) when t ends, unless kill was called.
+func startOriginProcess(t *testing.T, dir string) *originProcess {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &originProcess{base: "http://" + listen, stderr: &lockedBuffer{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(exe, "--data-dir", dir, "--listen", listen, "--nats-listen", "127.0.0.1:-1")
+	p.cmd.Env = append(os.Environ(), "ORIGIN_TEST_MAIN=1", "ORIGIN_ADMIN_PASSWORD="+processPassword)
+	p.cmd.Stderr, p.cmd.Stdout = p.stderr, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(20 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("origin output:\n%s", p.stderr.String())
+		}
+	})
+	testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		out := p.stderr.String()
+		i := strings.Index(out, "origin started")
+		if i < 0 {
+			return errors.New("origin not started")
+		}
+		m := natsURLRE.FindStringSubmatch(out[i:])
+		if m == nil {
+			return errors.New("no nats URL in the start line")
+		}
+		p.natsURL = m[1]
+		return nil
+	})
+	return p
+}
+
+var natsURLRE = regexp.MustCompile(`nats=(nats://\S+)`)
+
+// kill ends the process with SIGKILL: nothing is flushed.
+func (p *originProcess) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	p.exited <- errors.New("killed") // for the cleanup
 }
 
 // Issue 12.4 with a real origin process: its embedded JetStream store is a
@@ -49,48 +123,11 @@ func TestOriginProcessRecoversFromFullJetStreamDisk(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", natsDir).Run() })
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln.Addr().String()
-	ln.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "--data-dir", dir, "--listen", listen, "--nats-listen", "127.0.0.1:-1")
-	const password = "fault-test-admin-password"
-	cmd.Env = append(os.Environ(), "ORIGIN_TEST_MAIN=1", "ORIGIN_ADMIN_PASSWORD="+password)
-	stderr := &lockedBuffer{}
-	cmd.Stderr, cmd.Stdout = stderr, stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("origin output:\n%s", stderr.String())
-		}
-	})
-	testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		if !strings.Contains(stderr.String(), "origin started") {
-			return errors.New("origin not started")
-		}
-		return nil
-	})
-	base := "http://" + listen
+	proc := startOriginProcess(t, dir)
+	base := proc.base
 	api := &bench.OriginClient{BaseURL: base}
 	ctx := context.Background()
-	if err := api.Login(ctx, "admin", password); err != nil {
+	if err := api.Login(ctx, "admin", processPassword); err != nil {
 		t.Fatal(err)
 	}
 	type health struct {
@@ -176,7 +213,7 @@ func TestOriginProcessRecoversFromFullJetStreamDisk(t *testing.T) {
 	t.Logf("caught up %v after space was freed; jetstream restarts %s", time.Since(freed).Round(time.Millisecond),
 		metric("keymesh_origin_jetstream_restarts_total"))
 	select {
-	case err := <-exited:
+	case err := <-proc.exited:
 		t.Fatalf("origin exited: %v", err)
 	default:
 	}
