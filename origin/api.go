@@ -341,7 +341,7 @@ func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "# HELP keymesh_origin_published_revision Revision up to which every event is in JetStream.\n# TYPE keymesh_origin_published_revision gauge\nkeymesh_origin_published_revision %d\n", s.PublishedRevision())
 	fmt.Fprintf(w, "# HELP keymesh_origin_nats_connected 1 if the NATS client is connected.\n# TYPE keymesh_origin_nats_connected gauge\nkeymesh_origin_nats_connected %d\n", connected)
 	conflict := 0
-	if s.pub.conflict.Load() != nil {
+	if s.pub.conflict.Load() {
 		conflict = 1
 	}
 	fmt.Fprintf(w, "# HELP keymesh_origin_stream_conflict 1 while the event stream holds a message this origin did not publish (publishing is stopped).\n# TYPE keymesh_origin_stream_conflict gauge\nkeymesh_origin_stream_conflict %d\n", conflict)

@@ -56,9 +56,8 @@ type publisher struct {
 	// ("" when nothing needed repair).
 	heal func() (string, error)
 
-	conflict  atomic.Pointer[string] // why the stream conflicts with the store, while it does
-	stalled   atomic.Pointer[string] // the last error, while publishing fails
-	since     atomic.Int64           // when publishing started failing (Unix ns; 0: it works)
+	conflict  atomic.Bool  // the stream conflicts with the store
+	since     atomic.Int64 // when publishing started failing (Unix ns; 0: it works)
 	errors    atomic.Uint64          // failed drains
 	restarts  atomic.Uint64          // JetStream restarts by heal
 	conflicts atomic.Uint64          // conflicts detected (each episode once)
@@ -75,13 +74,15 @@ var errPublishTimeout = errors.New("JetStream did not acknowledge the published 
 // something this store did not publish there.
 var errStreamConflict = errors.New("the event stream holds a message this origin did not publish")
 
-// health reports why publishing is degraded ("" when it is not).
+// health reports why publishing is degraded ("" when it is not). /health
+// is open: the reason names the condition, the log has the details (paths,
+// subjects, errors).
 func (p *publisher) health() string {
-	if c := p.conflict.Load(); c != nil {
-		return *c
+	if p.conflict.Load() {
+		return "stream conflict: the event stream holds a message this origin did not publish; publishing is stopped (see the origin log)"
 	}
-	if e, since := p.stalled.Load(), p.since.Load(); e != nil && since != 0 && time.Since(time.Unix(0, since)) >= stalledAfter {
-		return "publishing events to JetStream has failed for " + time.Since(time.Unix(0, since)).Round(time.Second).String() + ": " + *e
+	if since := p.since.Load(); since != 0 && time.Since(time.Unix(0, since)) >= stalledAfter {
+		return "publishing events to JetStream has failed for " + time.Since(time.Unix(0, since)).Round(time.Second).String() + " (see the origin log)"
 	}
 	return ""
 }
@@ -179,17 +180,15 @@ func (p *publisher) run() {
 		if err != nil {
 			failures++
 			p.errors.Add(1)
-			msg := err.Error()
-			p.stalled.Store(&msg)
 			p.since.CompareAndSwap(0, time.Now().UnixNano())
 			if errors.Is(err, errStreamConflict) {
-				if p.conflict.Load() == nil {
+				if !p.conflict.Load() {
 					p.conflicts.Add(1)
 					p.log.Error("publishing stopped: the event stream holds a message this origin did not publish "+
 						"(another client publishes on the event subjects, or another origin shares the stream); "+
 						"retrying until the stream is repaired (see README, publisher alarms)", "err", err)
 				}
-				p.conflict.Store(&msg)
+				p.conflict.Store(true)
 			} else if time.Since(lastWarn) >= time.Minute {
 				// One line a minute while it fails, not one per retry.
 				lastWarn = time.Now()
@@ -222,12 +221,11 @@ func (p *publisher) run() {
 		}
 		if failures > 0 {
 			p.log.Info("publishing events works again", "after_failures", failures)
-			if p.conflict.Load() != nil {
+			if p.conflict.Load() {
 				p.log.Info("the event stream no longer conflicts with the store")
 			}
 			failures, lastWarn, healEvery, restarted = 0, time.Time{}, 5*time.Second, false
-			p.conflict.Store(nil)
-			p.stalled.Store(nil)
+			p.conflict.Store(false)
 			p.since.Store(0)
 		}
 		backoff = 100 * time.Millisecond
