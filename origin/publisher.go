@@ -56,11 +56,11 @@ type publisher struct {
 	// ("" when nothing needed repair).
 	heal func() (string, error)
 
-	conflict  atomic.Bool  // the stream conflicts with the store
-	since     atomic.Int64 // when publishing started failing (Unix ns; 0: it works)
-	errors    atomic.Uint64          // failed drains
-	restarts  atomic.Uint64          // JetStream restarts by heal
-	conflicts atomic.Uint64          // conflicts detected (each episode once)
+	conflict  atomic.Bool   // the stream conflicts with the store
+	since     atomic.Int64  // when publishing started failing (Unix ns; 0: it works)
+	errors    atomic.Uint64 // failed drains
+	restarts  atomic.Uint64 // JetStream restarts by heal
+	conflicts atomic.Uint64 // conflicts detected (each episode once)
 }
 
 // maxHealEvery bounds how long publishing can stay wedged after the disk
