@@ -3,6 +3,7 @@ package origin
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -27,6 +28,12 @@ type Edge struct {
 	// when this edge reaches NATS only through gossip peers ("" when it
 	// reported itself).
 	RelayedBy string `json:"relayed_by,omitempty"`
+
+	// warmUntil, for an edge restored from the store and not heard from
+	// since, is when it stops counting as live (see edgeRegistry.restore).
+	warmUntil time.Time
+	// savedSeen is the LastSeen last handed to the flusher.
+	savedSeen time.Time
 }
 
 // edgeHeartbeat is the JSON an edge publishes on event.EdgeHeartbeatSubject
@@ -47,6 +54,15 @@ const maxHeartbeatBytes = 4 << 10
 // It is bounded: over maxEdges, heartbeats of unknown edges are ignored and
 // counted. Edges silent longer than liveness are not live; longer than
 // forget, they are dropped.
+//
+// It survives a restart: changes are handed to a flusher (takeDirty: an
+// edge's row is rewritten when what it reports changes, or every saveEvery
+// while it reports the same) that writes them to the store in one
+// transaction per flush, and a starting
+// origin restores them (restore) before it listens to heartbeats. An edge
+// that was live before the restart is live, and pending for any new
+// revision, until it reports or liveness passes: ?wait right after a
+// restart waits for it instead of answering that no edge exists.
 type edgeRegistry struct {
 	now      func() time.Time
 	liveness time.Duration
@@ -56,6 +72,10 @@ type edgeRegistry struct {
 	mu      sync.Mutex
 	edges   map[string]*Edge
 	changed chan struct{} // closed and replaced on every heartbeat
+	dirty   map[string]struct{}
+
+	flushStop chan struct{} // closed by stopFlusher
+	flushDone chan struct{} // closed when the flusher has written its last batch
 
 	ignored  atomic.Uint64 // heartbeats from new edges over maxEdges
 	rejected atomic.Uint64 // heartbeats that could not be read
@@ -63,7 +83,78 @@ type edgeRegistry struct {
 
 func newEdgeRegistry(now func() time.Time, liveness time.Duration, maxEdges int) *edgeRegistry {
 	return &edgeRegistry{now: now, liveness: liveness, forget: 10 * liveness, maxEdges: maxEdges,
-		edges: map[string]*Edge{}, changed: make(chan struct{})}
+		edges: map[string]*Edge{}, changed: make(chan struct{}), dirty: map[string]struct{}{}}
+}
+
+// saveEvery is how stale a stored last_seen may get while an edge keeps
+// reporting the same thing: heartbeats in between are not written.
+func (r *edgeRegistry) saveEvery() time.Duration { return r.liveness / 4 }
+
+// expiresLocked is when e stops being live.
+func (r *edgeRegistry) expiresLocked(e *Edge) time.Time {
+	exp := e.LastSeen.Add(r.liveness)
+	if e.warmUntil.After(exp) {
+		exp = e.warmUntil
+	}
+	return exp
+}
+
+// restore adds edges read from the store (newest first, as loadEdges
+// returns them) that the registry does not know yet. Those last seen within
+// liveness (plus the store's lag, see saveEvery and edgeFlushInterval) of
+// the newest one were live when the registry was last written: they stay
+// live until liveness passes from now or they report, so a ?wait counts
+// them as pending meanwhile. It returns how many are warming up.
+func (r *edgeRegistry) restore(edges []Edge) int {
+	if len(edges) == 0 {
+		return 0
+	}
+	now := r.now()
+	newest := edges[0].LastSeen
+	for _, e := range edges {
+		if e.LastSeen.After(newest) {
+			newest = e.LastSeen
+		}
+	}
+	lag := r.liveness + r.saveEvery() + r.flushInterval()
+	warm := 0
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range edges {
+		if _, ok := r.edges[e.ID]; ok || len(r.edges) >= r.maxEdges || e.ID == "" {
+			continue
+		}
+		c := e
+		c.Live, c.savedSeen = false, e.LastSeen
+		if newest.Sub(e.LastSeen) <= lag {
+			c.warmUntil = now.Add(r.liveness)
+			warm++
+		}
+		r.edges[c.ID] = &c
+	}
+	close(r.changed)
+	r.changed = make(chan struct{})
+	return warm
+}
+
+// flushInterval is how often the flusher writes changed edges.
+func (r *edgeRegistry) flushInterval() time.Duration { return min(edgeFlushInterval, r.liveness/2) }
+
+const edgeFlushInterval = time.Second
+
+// takeDirty returns copies of the edges changed since the last call.
+func (r *edgeRegistry) takeDirty() []Edge {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Edge, 0, len(r.dirty))
+	for id := range r.dirty {
+		if e, ok := r.edges[id]; ok {
+			e.savedSeen = e.LastSeen
+			out = append(out, *e)
+		}
+		delete(r.dirty, id)
+	}
+	return out
 }
 
 // heartbeat records one edge heartbeat (raw JSON) and wakes waiters.
@@ -89,8 +180,9 @@ func (r *edgeRegistry) heartbeat(data []byte) {
 		e = &Edge{ID: hb.ID}
 		r.edges[hb.ID] = e
 	}
-	live := ok && now.Sub(e.LastSeen) <= r.liveness
-	e.Site, e.Address, e.LastSeen, e.RelayedBy = hb.Site, hb.Address, now, hb.RelayedBy
+	live := ok && !now.After(r.expiresLocked(e))
+	before := *e
+	e.Site, e.Address, e.LastSeen, e.RelayedBy, e.warmUntil = hb.Site, hb.Address, now, hb.RelayedBy, time.Time{}
 	switch {
 	case hb.RelayedBy == "" || !live:
 		// Heartbeats travel over core NATS and may arrive out of order; an
@@ -103,14 +195,19 @@ func (r *edgeRegistry) heartbeat(data []byte) {
 		// they only move it forward.
 		e.AppliedRevision = max(e.AppliedRevision, hb.AppliedRevision)
 	}
+	if !ok || e.Site != before.Site || e.Address != before.Address || e.RelayedBy != before.RelayedBy ||
+		e.AppliedRevision != before.AppliedRevision || now.Sub(e.savedSeen) >= r.saveEvery() {
+		r.dirty[e.ID] = struct{}{}
+	}
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
 
 func (r *edgeRegistry) pruneLocked(now time.Time) {
 	for id, e := range r.edges {
-		if now.Sub(e.LastSeen) > r.forget {
+		if now.Sub(e.LastSeen) > r.forget && !e.warmUntil.After(now) {
 			delete(r.edges, id)
+			delete(r.dirty, id)
 		}
 	}
 }
@@ -123,7 +220,7 @@ func (r *edgeRegistry) list() []Edge {
 	out := make([]Edge, 0, len(r.edges))
 	for _, e := range r.edges {
 		c := *e
-		c.Live = now.Sub(e.LastSeen) <= r.liveness
+		c.Live = !now.After(r.expiresLocked(e))
 		out = append(out, c)
 	}
 	r.mu.Unlock()
@@ -140,7 +237,7 @@ func (r *edgeRegistry) check(rev uint64) (applied, pending []string, changed <-c
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range r.edges {
-		expires := e.LastSeen.Add(r.liveness)
+		expires := r.expiresLocked(e)
 		if now.After(expires) {
 			continue
 		}
@@ -213,6 +310,81 @@ func (s *Server) startEdgeRegistry() error {
 	_ = sub.SetPendingLimits(65536, 16<<20)
 	s.subs = append(s.subs, sub)
 	return nil
+}
+
+// restoreEdges loads the registry the store holds (written by this origin
+// before a restart, or by other replicas) and starts the flusher that keeps
+// it there. Called before the heartbeat subscription.
+func (s *Server) restoreEdges(ctx context.Context) error {
+	r := s.edges
+	edges, err := s.store.loadEdges(ctx, r.now().Add(-r.forget), r.maxEdges)
+	if err != nil {
+		return err
+	}
+	if warm := r.restore(edges); warm > 0 {
+		s.log.Info("edge registry restored; edges live before the restart count as pending until they report",
+			"edges", len(edges), "warming", warm, "for", r.liveness)
+	}
+	r.flushStop, r.flushDone = make(chan struct{}), make(chan struct{})
+	go r.flusher(s.store, s.log)
+	return nil
+}
+
+// flusher writes changed edges every flushInterval, and the last ones when
+// stopped; every minute it deletes rows older than forget.
+func (r *edgeRegistry) flusher(st *Store, log *slog.Logger) {
+	defer close(r.flushDone)
+	t := time.NewTicker(r.flushInterval())
+	defer t.Stop()
+	failing := false
+	lastForget := time.Now()
+	flush := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		batch := r.takeDirty()
+		err := st.saveEdges(ctx, batch)
+		if err == nil && time.Since(lastForget) > time.Minute {
+			lastForget = time.Now()
+			err = st.forgetEdges(ctx, r.now().Add(-r.forget))
+		}
+		switch {
+		case err != nil:
+			// Put the batch back for the next flush (a newer heartbeat
+			// of the same edge is dirty anyway).
+			r.mu.Lock()
+			for _, e := range batch {
+				r.dirty[e.ID] = struct{}{}
+			}
+			r.mu.Unlock()
+			if !failing {
+				log.Warn("saving the edge registry failed; retrying (a restart meanwhile forgets recent edges)", "err", err)
+			}
+			failing = true
+		case failing:
+			log.Info("saving the edge registry works again")
+			failing = false
+		}
+	}
+	for {
+		select {
+		case <-t.C:
+			flush()
+		case <-r.flushStop:
+			flush()
+			return
+		}
+	}
+}
+
+// stopFlusher writes the last changes and stops the flusher (before the
+// store closes).
+func (r *edgeRegistry) stopFlusher() {
+	if r == nil || r.flushStop == nil {
+		return
+	}
+	close(r.flushStop)
+	<-r.flushDone
+	r.flushStop = nil
 }
 
 // Edges returns the edges this replica has heard from, sorted by id.

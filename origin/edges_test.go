@@ -289,3 +289,131 @@ func TestEdgeRegistryRelayedHeartbeats(t *testing.T) {
 		t.Fatalf("json: %s", b)
 	}
 }
+
+// Issue 12.2: the registry is stored (SQLite and PostgreSQL) and restored on
+// start. An edge that was live before the restart and has not reported
+// since counts as pending for ?wait until liveness passes from the restart;
+// one that reports is applied.
+func TestEdgeRegistrySurvivesRestart(t *testing.T) {
+	eachStore(t, func(t *testing.T, cfg Config) {
+		cfg.EdgeLiveness = 3 * time.Second
+		s := startServer(t, cfg)
+		nc := connect(t, s)
+		for _, id := range []string{"edge-a", "edge-b"} {
+			if err := nc.Publish(event.EdgeHeartbeatSubject, hbJSON(id, s.Revision())); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nc.Flush()
+		waitFor(t, "edges registered", func() bool { return len(s.Edges()) == 2 })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+
+		restarted := time.Now()
+		s2 := startServer(t, cfg)
+		if got := s2.Edges(); len(got) != 2 || !got[0].Live || !got[1].Live || got[0].AppliedRevision != s.Revision() {
+			t.Fatalf("restored edges = %+v", got)
+		}
+		c := newClient(t, s2)
+		nc2 := connect(t, s2)
+		rev0 := s2.Revision()
+		res := make(chan *propagation, 1)
+		go func() {
+			var k struct{ Propagation *propagation }
+			c.must(201, "POST", "/v1/projects/default/keys?wait=30s", map[string]any{"name": "k"}, &k)
+			res <- k.Propagation
+		}()
+		waitFor(t, "key committed", func() bool { return s2.Revision() > rev0 })
+		if err := nc2.Publish(event.EdgeHeartbeatSubject, hbJSON("edge-a", s2.Revision())); err != nil {
+			t.Fatal(err)
+		}
+		nc2.Flush()
+		p := <-res
+		// edge-b never reports: pending until its warm-up (liveness from
+		// the restart) ends, then no longer live.
+		if fmt.Sprint(p.Applied, p.Pending) != "[edge-a] []" {
+			t.Fatalf("propagation %+v", p)
+		}
+		if time.Since(restarted) < cfg.EdgeLiveness {
+			t.Fatalf("answered %v after the restart, before edge-b's warm-up ended", time.Since(restarted))
+		}
+		for _, e := range s2.Edges() {
+			if e.ID == "edge-b" && e.Live {
+				t.Fatalf("edge-b still live after its warm-up: %+v", e)
+			}
+		}
+	})
+}
+
+// The registry's store writes are cheap: heartbeats that repeat what an edge
+// said are not written again until saveEvery passes; a change is. And
+// restore makes only edges live before the restart pending, for liveness
+// from the restart.
+func TestEdgeRegistryStoreWritesAndRestore(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	r := newEdgeRegistry(clk.now, 8*time.Second, 10)
+	r.heartbeat(hbJSON("a", 5))
+	if d := r.takeDirty(); len(d) != 1 || d[0].ID != "a" || d[0].AppliedRevision != 5 {
+		t.Fatalf("first flush %+v", d)
+	}
+	for range 50 {
+		clk.add(10 * time.Millisecond)
+		r.heartbeat(hbJSON("a", 5))
+	}
+	if d := r.takeDirty(); len(d) != 0 {
+		t.Fatalf("unchanged heartbeats written again: %+v", d)
+	}
+	r.heartbeat(hbJSON("a", 6))
+	if d := r.takeDirty(); len(d) != 1 || d[0].AppliedRevision != 6 {
+		t.Fatalf("a new revision not written: %+v", d)
+	}
+	clk.add(r.saveEvery())
+	r.heartbeat(hbJSON("a", 6))
+	if d := r.takeDirty(); len(d) != 1 {
+		t.Fatalf("last_seen not refreshed after saveEvery: %+v", d)
+	}
+
+	// Restore: "live" was seen with the newest, "old" a minute before
+	// (not live then), "known" is already in the new registry.
+	seen := clk.now()
+	r2 := newEdgeRegistry(clk.now, 8*time.Second, 10)
+	r2.heartbeat(hbJSON("known", 9))
+	clk.add(30 * time.Second) // the origin was down 30 s
+	warm := r2.restore([]Edge{
+		{ID: "live", AppliedRevision: 7, LastSeen: seen},
+		{ID: "known", AppliedRevision: 1, LastSeen: seen},
+		{ID: "old", AppliedRevision: 7, LastSeen: seen.Add(-time.Minute)},
+	})
+	if warm != 1 {
+		t.Fatalf("warming %d, want 1", warm)
+	}
+	applied, pending, _, _ := r2.check(8)
+	if fmt.Sprint(applied, pending) != "[] [live]" {
+		t.Fatalf("check after restore: applied %v pending %v", applied, pending)
+	}
+	if applied, _, _, _ := r2.check(7); fmt.Sprint(applied) != "[live]" {
+		t.Fatalf("a restored edge's revision not counted: %v", applied)
+	}
+	for _, e := range r2.list() {
+		if e.ID == "known" && e.AppliedRevision != 9 {
+			t.Fatalf("restore overwrote a fresher edge: %+v", e)
+		}
+		if e.ID == "old" && e.Live {
+			t.Fatalf("an edge dead before the restart is live: %+v", e)
+		}
+	}
+	clk.add(8*time.Second + time.Millisecond)
+	if _, pending, _, _ := r2.check(8); len(pending) != 0 {
+		t.Fatalf("still pending after the warm-up: %v", pending)
+	}
+	// Reporting ends the warm-up at once.
+	r3 := newEdgeRegistry(clk.now, 8*time.Second, 10)
+	r3.restore([]Edge{{ID: "live", AppliedRevision: 7, LastSeen: clk.now().Add(-time.Second)}})
+	r3.heartbeat(hbJSON("live", 8))
+	if applied, pending, _, _ := r3.check(8); fmt.Sprint(applied, pending) != "[live] []" {
+		t.Fatalf("after reporting: %v %v", applied, pending)
+	}
+}

@@ -222,7 +222,8 @@ func apiSchemas() map[string]any {
 		"AuditRecord": map[string]any{"type": "object", "description": "one request handled by an edge, or one admin action of the origin; never holds a secret",
 			"additionalProperties": true},
 		"Health": map[string]any{"type": "object", "properties": map[string]any{
-			"status": str("ok, or what is wrong"), "revision": map[string]any{"type": "integer"},
+			"status": str("ok; degraded when changes do not reach the edges (see reason); store unavailable (503)"),
+			"reason": str("why the status is degraded, only then"), "revision": map[string]any{"type": "integer"},
 			"published_revision": map[string]any{"type": "integer"}, "nats_connected": map[string]any{"type": "boolean"}}},
 	}
 }

@@ -43,7 +43,8 @@
 // can grant access, since edges act only on records the origin signs, but
 // the operator's NATS accounts or user permissions must allow only edges to
 // publish there, and only origins to publish on event.StreamSubjects (a
-// foreign message in the stream stops the publisher) and to answer the
+// foreign message in the stream stops the publisher and raises the stream
+// conflict alarm, see publisher) and to answer the
 // lookup subjects.
 package origin
 
@@ -427,6 +428,9 @@ func New(cfg Config) (*Server, error) {
 	// Goroutines last.
 	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval, cfg.StreamReplicas)
 	s.pub.maxAge = cfg.StreamMaxAge
+	if s.ns != nil {
+		s.pub.heal = s.healJetStream
+	}
 	if !cfg.disablePublisher {
 		s.pub.start()
 	}
@@ -434,6 +438,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.edges = newEdgeRegistry(time.Now, cfg.EdgeLiveness, cfg.MaxEdges)
+	if err := s.restoreEdges(context.Background()); err != nil {
+		return nil, fmt.Errorf("restoring the edge registry: %w", err)
+	}
 	if err := s.startEdgeRegistry(); err != nil {
 		return nil, fmt.Errorf("subscribing to edge heartbeats: %w", err)
 	}
@@ -542,6 +549,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // closeResources closes NATS and the store (used by Shutdown and by a
 // failed New).
 func (s *Server) closeResources() {
+	s.edges.stopFlusher() // writes the registry's last changes
 	if s.httpLn != nil && s.httpSrv == nil {
 		_ = s.httpLn.Close()
 	}

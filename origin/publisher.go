@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -17,6 +18,22 @@ import (
 )
 
 // publisher drains the events table to JetStream in revision order.
+//
+// It recovers without an operator where it can and raises an alarm where it
+// cannot:
+//   - A publish that fails (NATS away, the stream gone, a JetStream store
+//     that hit a write error such as a full disk) is retried with backoff;
+//     after a failure (at most every 5 s), heal (set when NATS is embedded) checks
+//     the embedded JetStream and restarts it if it is disabled or a stream
+//     reports a write error: nats-server keeps such an error until its
+//     stream is reopened, so without the restart publishing stays wedged
+//     after the space is back (see jetstream.go).
+//   - The stream holding something other than this store's event at a
+//     revision (a message some other client published on an event subject,
+//     or another origin's) cannot be repaired here: the publisher keeps
+//     retrying, and reports the conflict once in the log, in the metric
+//     keymesh_origin_stream_conflict and in /health (status "degraded"),
+//     until a publish succeeds again.
 type publisher struct {
 	store *Store
 	nc    *nats.Conn
@@ -34,10 +51,67 @@ type publisher struct {
 	stream  jetstream.Stream
 	ready   bool          // stream created or updated
 	maxAge  time.Duration // the stream's MaxAge (Config.StreamMaxAge)
+
+	// heal, if set, repairs the JetStream server and reports what it did
+	// ("" when nothing needed repair).
+	heal func() (string, error)
+
+	conflict  atomic.Bool   // the stream conflicts with the store
+	since     atomic.Int64  // when publishing started failing (Unix ns; 0: it works)
+	errors    atomic.Uint64 // failed drains
+	restarts  atomic.Uint64 // JetStream restarts by heal
+	conflicts atomic.Uint64 // conflicts detected (each episode once)
 }
+
+// maxHealEvery bounds how long publishing can stay wedged after the disk
+// has room again: the next JetStream restart comes at most this late.
+const maxHealEvery = 20 * time.Second
+
+// errPublishTimeout: JetStream acknowledged none of the pending publishes in time.
+var errPublishTimeout = errors.New("JetStream did not acknowledge the published events in time")
+
+// errStreamConflict: the stream holds, at a revision of this store,
+// something this store did not publish there.
+var errStreamConflict = errors.New("the event stream holds a message this origin did not publish")
+
+// health reports why publishing is degraded ("" when it is not). /health
+// is open: the reason names the condition, the log has the details (paths,
+// subjects, errors).
+func (p *publisher) health() string {
+	if p.conflict.Load() {
+		return "stream conflict: the event stream holds a message this origin did not publish; publishing is stopped (see the origin log)"
+	}
+	if since := p.since.Load(); since != 0 && time.Since(time.Unix(0, since)) >= stalledAfter {
+		return "publishing events to JetStream has failed for " + time.Since(time.Unix(0, since)).Round(time.Second).String() + " (see the origin log)"
+	}
+	return ""
+}
+
+// stalledAfter is how long publishing must fail before /health says so (a
+// failure or two is a routine repair: NATS reconnecting, the stream being
+// recreated).
+const stalledAfter = 10 * time.Second
 
 // streamDuplicates is the stream's de-duplication window.
 const streamDuplicates = 2 * time.Minute
+
+// streamSubjects are the subjects of the events the origin publishes
+// (event.Subject of the kinds its store writes).
+var streamSubjects = []string{
+	event.SubjectPrefix + string(event.KindKey) + ".*",
+	event.SubjectPrefix + string(event.KindDeployment) + ".*",
+}
+
+// pubOpts are the options of the publish of e: its revision as message id
+// (a republish is a duplicate), the previous revision as the stream's last
+// sequence (it lands at its revision or not at all), and the stream.
+func pubOpts(e outboxEvent) []jetstream.PublishOpt {
+	return []jetstream.PublishOpt{
+		jetstream.WithMsgID(strconv.FormatUint(e.Revision, 10)),
+		jetstream.WithExpectLastSequence(e.Revision - 1),
+		jetstream.WithExpectStream(event.StreamName),
+	}
+}
 
 func newPublisher(st *Store, nc *nats.Conn, log *slog.Logger, poll time.Duration, replicas int) *publisher {
 	js, _ := jetstream.New(nc) // only fails on nil conn
@@ -75,6 +149,13 @@ func (p *publisher) run() {
 	const maxBackoff = 5 * time.Second
 	t := time.NewTicker(p.poll)
 	defer t.Stop()
+	failures := 0
+	var lastHeal, lastWarn time.Time
+	// healEvery spaces JetStream checks; it doubles (to maxHealEvery) after
+	// each restart that publishing did not follow, so a disk that stays
+	// full does not restart JetStream every few seconds.
+	healEvery := 5 * time.Second
+	restarted := false // JetStream restarted since publishing last worked
 	for {
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
@@ -97,13 +178,55 @@ func (p *publisher) run() {
 		default:
 		}
 		if err != nil {
-			p.log.Warn("publishing events failed; retrying", "err", err, "retry_in", backoff)
+			failures++
+			p.errors.Add(1)
+			p.since.CompareAndSwap(0, time.Now().UnixNano())
+			if errors.Is(err, errStreamConflict) {
+				if !p.conflict.Load() {
+					p.conflicts.Add(1)
+					p.log.Error("publishing stopped: the event stream holds a message this origin did not publish "+
+						"(another client publishes on the event subjects, or another origin shares the stream); "+
+						"retrying until the stream is repaired (see README, publisher alarms)", "err", err)
+				}
+				p.conflict.Store(true)
+			} else if time.Since(lastWarn) >= time.Minute {
+				// One line a minute while it fails, not one per retry.
+				lastWarn = time.Now()
+				p.log.Warn("publishing events failed; retrying", "err", err, "retry_in", backoff, "failures", failures)
+			}
+			if p.heal != nil && time.Since(lastHeal) >= healEvery {
+				lastHeal = time.Now()
+				what, herr := p.heal()
+				switch {
+				case herr != nil:
+					p.log.Warn("restarting the embedded JetStream failed; retrying", "err", herr)
+					healEvery = min(2*healEvery, maxHealEvery)
+				case what != "":
+					p.restarts.Add(1)
+					if restarted {
+						healEvery = min(2*healEvery, maxHealEvery)
+					}
+					restarted = true
+					p.ready = false
+					p.log.Warn("restarted the embedded JetStream", "reason", what)
+					backoff = 100 * time.Millisecond
+				}
+			}
 			select {
 			case <-time.After(backoff):
 			case <-p.quit:
 			}
 			backoff = min(backoff*2, maxBackoff)
 			continue
+		}
+		if failures > 0 {
+			p.log.Info("publishing events works again", "after_failures", failures)
+			if p.conflict.Load() {
+				p.log.Info("the event stream no longer conflicts with the store")
+			}
+			failures, lastWarn, healEvery, restarted = 0, time.Time{}, 5*time.Second, false
+			p.conflict.Store(false)
+			p.since.Store(0)
 		}
 		backoff = 100 * time.Millisecond
 		select {
@@ -123,13 +246,19 @@ func (p *publisher) ensureStream(ctx context.Context) error {
 	st, err := p.js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
 		Name:        event.StreamName,
 		Description: "keymesh change events; stream sequence = revision",
-		Subjects:    []string{event.StreamSubjects},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
-		MaxAge:      p.maxAge,
-		Duplicates:  streamDuplicates,
-		Replicas:    p.replicas,
+		// Only the subjects the origin publishes on: a message on any
+		// other event subject is not stored, so cannot take a revision.
+		Subjects: streamSubjects,
+		// The origin never deletes single messages; nobody else may. (Not
+		// DenyPurge: the origin purges to skip events its store pruned,
+		// and a stream cannot lose DenyPurge again.)
+		DenyDelete: true,
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardOld,
+		MaxAge:     p.maxAge,
+		Duplicates: streamDuplicates,
+		Replicas:   p.replicas,
 	})
 	if err != nil {
 		return err
@@ -143,6 +272,7 @@ func (p *publisher) drain(ctx context.Context) error {
 	if err := p.ensureStream(ctx); err != nil {
 		return err
 	}
+	republished := false
 	for {
 		evs, err := p.store.unpublished(ctx, 256)
 		if err != nil {
@@ -161,6 +291,11 @@ func (p *publisher) drain(ctx context.Context) error {
 			}
 		}
 		if perr != nil {
+			if errors.Is(perr, errRepublish) && !republished {
+				// A repair, not a failure: once per drain, at once.
+				republished = true
+				continue
+			}
 			return perr
 		}
 	}
@@ -176,9 +311,7 @@ func (p *publisher) drain(ctx context.Context) error {
 func (p *publisher) publishBatch(ctx context.Context, evs []outboxEvent) (int, error) {
 	futs := make([]jetstream.PubAckFuture, 0, len(evs))
 	for _, e := range evs {
-		f, err := p.js.PublishMsgAsync(&nats.Msg{Subject: e.Subject, Data: e.Payload},
-			jetstream.WithMsgID(strconv.FormatUint(e.Revision, 10)),
-			jetstream.WithExpectLastSequence(e.Revision-1))
+		f, err := p.js.PublishMsgAsync(&nats.Msg{Subject: e.Subject, Data: e.Payload}, pubOpts(e)...)
 		if err != nil {
 			break
 		}
@@ -191,14 +324,17 @@ acks:
 	for i, f := range futs {
 		select {
 		case ack := <-f.Ok():
-			if ack.Sequence != evs[i].Revision {
-				return n, errors.New("stream sequence differs from revision " + strconv.FormatUint(evs[i].Revision, 10) + " (got " + strconv.FormatUint(ack.Sequence, 10) + ")")
+			if ack.Sequence != evs[i].Revision || ack.Duplicate {
+				// Checked one by one below.
+				break acks
 			}
 			n++
 		case <-f.Err():
 			break acks
 		case <-timer.C:
-			break acks
+			// No answer at all (JetStream away or wedged): publishing the
+			// rest one by one would only wait as long again.
+			return n, errPublishTimeout
 		case <-ctx.Done():
 			return n, ctx.Err()
 		}
@@ -217,12 +353,15 @@ acks:
 func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	ack, err := p.js.PublishMsg(pctx, &nats.Msg{Subject: e.Subject, Data: e.Payload},
-		jetstream.WithMsgID(strconv.FormatUint(e.Revision, 10)),
-		jetstream.WithExpectLastSequence(e.Revision-1))
+	ack, err := p.js.PublishMsg(pctx, &nats.Msg{Subject: e.Subject, Data: e.Payload}, pubOpts(e)...)
 	if err == nil {
 		if ack.Sequence != e.Revision {
-			return errors.New("stream sequence differs from revision " + strconv.FormatUint(e.Revision, 10) + " (got " + strconv.FormatUint(ack.Sequence, 10) + ")")
+			return fmt.Errorf("%w: the stream stored revision %d at sequence %d", errStreamConflict, e.Revision, ack.Sequence)
+		}
+		if ack.Duplicate {
+			// A message with this revision's id was there already: ours
+			// (published, not marked) or someone else's.
+			return p.sameAt(pctx, e)
 		}
 		return nil
 	}
@@ -241,13 +380,7 @@ func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 	}
 	last := info.State.LastSeq
 	if last >= e.Revision {
-		msg, gerr := p.stream.GetMsg(pctx, e.Revision)
-		if gerr == nil && !bytes.Equal(msg.Data, e.Payload) {
-			p.log.Error("the event stream holds a different event at this revision; is it shared with another origin?", "revision", e.Revision)
-			return errors.New("stream content conflicts with the store")
-		}
-		// Same bytes, or already purged by limits: it was published.
-		return nil
+		return p.sameAt(pctx, e)
 	}
 	p.log.Warn("event stream is behind the store; republishing", "stream_last_seq", last, "revision", e.Revision)
 	first, err := p.store.firstEventRevision(ctx)
@@ -267,5 +400,30 @@ func (p *publisher) publish(ctx context.Context, e outboxEvent) error {
 	if err := p.store.markUnpublishedAfter(ctx, last); err != nil {
 		return err
 	}
-	return errors.New("stream behind store, republishing from " + strconv.FormatUint(last+1, 10))
+	return fmt.Errorf("%w from %d", errRepublish, last+1)
+}
+
+// errRepublish: the stream lacks events the store had marked published;
+// they are unmarked, and the drain starts again from there.
+var errRepublish = errors.New("event stream behind the store, republishing")
+
+// sameAt returns nil if the stream holds e at sequence e.Revision (or no
+// longer holds that sequence: aged out by limits, so it was published), and
+// errStreamConflict if it holds something else there.
+func (p *publisher) sameAt(ctx context.Context, e outboxEvent) error {
+	if p.stream == nil {
+		p.ready = false
+		return errors.New("event stream not open")
+	}
+	msg, err := p.stream.GetMsg(ctx, e.Revision)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if msg.Subject != e.Subject || !bytes.Equal(msg.Data, e.Payload) {
+		return fmt.Errorf("%w: at revision %d it holds a message on %q that differs from the store's event", errStreamConflict, e.Revision, msg.Subject)
+	}
+	return nil
 }

@@ -19,7 +19,7 @@ import (
 )
 
 // schemaVersion is the version this origin's queries need.
-const schemaVersion = 2
+const schemaVersion = 3
 
 type migration struct {
 	sqlite, postgres []string
@@ -67,6 +67,28 @@ var migrations = []migration{
 			`CREATE INDEX deployment_claims_host ON deployment_claims(host_key)`,
 		},
 		after: backfillV2,
+	},
+	{ // 3: the edge registry survives a restart (store_edges.go).
+		sqlite: []string{
+			`CREATE TABLE edges (
+				id               TEXT PRIMARY KEY,
+				site             TEXT NOT NULL,
+				address          TEXT NOT NULL,
+				applied_revision INTEGER NOT NULL,
+				relayed_by       TEXT NOT NULL,
+				last_seen_ms     INTEGER NOT NULL
+			)`,
+		},
+		postgres: []string{
+			`CREATE TABLE edges (
+				id               TEXT COLLATE "C" PRIMARY KEY,
+				site             TEXT NOT NULL,
+				address          TEXT NOT NULL,
+				applied_revision BIGINT NOT NULL,
+				relayed_by       TEXT NOT NULL,
+				last_seen_ms     BIGINT NOT NULL
+			)`,
+		},
 	},
 }
 

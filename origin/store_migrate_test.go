@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func TestMigratingAVersion1Store(t *testing.T) {
 				t.Fatalf("notes %q", st.notes)
 			}
 			var v string
-			if err := st.db.QueryRowContext(ctx, `SELECT value FROM metadata WHERE name = 'schema_version'`).Scan(&v); err != nil || v != "2" {
+			if err := st.db.QueryRowContext(ctx, `SELECT value FROM metadata WHERE name = 'schema_version'`).Scan(&v); err != nil || v != strconv.Itoa(schemaVersion) {
 				t.Fatalf("schema_version %q %v", v, err)
 			}
 			r, err := st.rules(ctx, "prj_a")

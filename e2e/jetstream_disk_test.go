@@ -1,0 +1,145 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/origin"
+)
+
+// Issue 12.4, end to end: an origin with its embedded NATS, whose JetStream
+// store is a small tmpfs, and an edge on that NATS. The disk fills up, a key
+// is disabled (committed, not published), space comes back: without any
+// restart the edge applies the change and refuses the key, and later
+// changes keep reaching it (its consumer survived the origin restarting
+// the embedded JetStream).
+func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs for the JetStream store (CI runs as root)")
+	}
+	dataDir := t.TempDir()
+	natsDir := filepath.Join(dataDir, "nats")
+	if err := os.MkdirAll(natsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", natsDir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%v: %s)", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", natsDir).Run() })
+
+	s := &stack{t: t, logs: &logSink{}}
+	cfg := origin.DefaultConfig()
+	cfg.DataDir = dataDir
+	s.dataDirs = append(s.dataDirs, dataDir)
+	cfg.Listen = "127.0.0.1:0"
+	cfg.NATSListen = "127.0.0.1:-1"
+	cfg.AdminPassword = adminPassword
+	cfg.PasswordCost = 4
+	cfg.HeartbeatInterval = 100 * time.Millisecond
+	cfg.Logger = s.logs.logger()
+	o, err := origin.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.origin = o
+	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	s.api = &bench.OriginClient{BaseURL: "http://" + o.Addr()}
+	if err := s.api.Login(context.Background(), "admin", adminPassword); err != nil {
+		t.Fatal(err)
+	}
+	s.secrets = append(s.secrets, adminPassword, s.api.Token)
+	up, err := bench.StartUpstream(bench.UpstreamConfig{Logger: s.logs.logger()}, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.upstream = up
+	t.Cleanup(func() { _ = up.Shutdown(context.Background()) })
+	t.Cleanup(s.checkNoSecretLogged)
+	defer func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", s.logs.String())
+		}
+	}()
+
+	d := s.deployment("demo", nil)
+	k := s.key(d.ID)
+	e := s.startEdge(edgeOpts{natsURL: o.NATSURL()})
+	expect(t, e, withKey(k), 200, "")
+
+	filler := filepath.Join(natsDir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+
+	keyPath := "/v1/projects/" + project + "/keys/" + k.ID
+	var rev uint64
+	for i := range 10 { // enough to hit the full disk, the last one disables the key
+		rev = s.call(http.MethodPatch, keyPath, map[string]any{"description": fmt.Sprintf("change %d", i), "disabled": i == 9}, nil)
+	}
+	checkFor(t, 90*time.Second, func() error {
+		if p := o.PublishedRevision(); p >= rev {
+			return fmt.Errorf("revision %d published on a full disk", p)
+		}
+		resp, err := http.Get("http://" + o.Addr() + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if strings.Contains(string(b), "keymesh_origin_publish_errors_total 0\n") {
+			return errors.New("publishing has not failed yet")
+		}
+		return nil
+	})
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	freed := time.Now()
+	checkFor(t, 90*time.Second, func() error {
+		if p := o.PublishedRevision(); p < rev {
+			return fmt.Errorf("origin published %d of %d", p, rev)
+		}
+		return nil
+	})
+	t.Logf("origin published revision %d %v after space was freed", rev, time.Since(freed).Round(time.Millisecond))
+	checkFor(t, 90*time.Second, func() error {
+		if got := e.View().AppliedRevision(); got < rev {
+			return fmt.Errorf("edge applied %d, want %d (origin published %d)", got, rev, o.PublishedRevision())
+		}
+		return nil
+	})
+	t.Logf("edge applied revision %d %v after space was freed", rev, time.Since(freed).Round(time.Millisecond))
+	expect(t, e, withKey(k), 401, "")
+
+	rev = s.call(http.MethodPatch, keyPath, map[string]any{"disabled": false}, nil)
+	checkFor(t, 30*time.Second, func() error {
+		if got := e.View().AppliedRevision(); got < rev {
+			return fmt.Errorf("edge applied %d, want %d", got, rev)
+		}
+		return nil
+	})
+	expect(t, e, withKey(k), 200, "")
+}
