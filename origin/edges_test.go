@@ -268,7 +268,7 @@ func TestEdgeRegistryRelayedHeartbeats(t *testing.T) {
 	clk.add(8 * time.Second) // its own heartbeats stopped
 	r.heartbeat("a", relayed("cut", 7, "a"))
 	r.heartbeat("b", relayed("cut", 6, "b")) // an older revision, by another relay
-	clk.add(8 * time.Second)            // 16s after its last own heartbeat
+	clk.add(8 * time.Second)                 // 16s after its last own heartbeat
 	l := r.list()
 	if len(l) != 1 || !l[0].Live || l[0].AppliedRevision != 7 || l[0].RelayedBy != "b" {
 		t.Fatalf("relayed edge: %+v", l)
