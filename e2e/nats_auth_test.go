@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/origin"
+	"github.com/keymesh/keymesh/proxy"
 )
 
 // These tests speak to NATS directly, as an attacker who reaches it would.
@@ -246,4 +249,73 @@ func writeFile(t *testing.T, path string, b []byte) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestNATSEmbeddedTLSAndEdgeIdentity: the embedded NATS can serve TLS; an
+// edge verifies it with --nats-tls-ca and takes its id from its credential,
+// refusing to start under another id.
+func TestNATSEmbeddedTLSAndEdgeIdentity(t *testing.T) {
+	ca := newCA(t)
+	dir := t.TempDir()
+	cert, key := ca.issue(t, dir, "nats", 2, x509.ExtKeyUsageServerAuth)
+	caPath := filepath.Join(dir, "ca.pem")
+	writeFile(t, caPath, ca.pem)
+
+	cfg := origin.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.NATSListen = "127.0.0.1:-1"
+	cfg.NATSTLSCert, cfg.NATSTLSKey = cert, key
+	cfg.AdminPassword = adminPassword
+	cfg.PasswordCost = 4
+	cfg.Logger = (&logSink{}).logger()
+	o, err := origin.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	if !strings.HasPrefix(o.NATSURL(), "tls://") {
+		t.Fatalf("NATS URL %s", o.NATSURL())
+	}
+	b, err := o.NATSCreds(natsauth.RoleEdge, "tls-edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := filepath.Join(dir, "edge.creds")
+	writeFile(t, creds, b)
+	if nc, err := nats.Connect(o.NATSURL(), nats.UserCredentials(creds)); err == nil {
+		nc.Close()
+		t.Fatal("a client that does not trust the CA connected")
+	}
+
+	ecfg := proxy.DefaultConfig()
+	ecfg.Listen, ecfg.AdminListen, ecfg.DataDir = "127.0.0.1:0", "", ""
+	ecfg.NATSURL, ecfg.NATSCreds, ecfg.NATSTLSCA = o.NATSURL(), creds, caPath
+	ecfg.OriginPublicKey = o.PublicKey()
+	ecfg.Logger = (&logSink{}).logger()
+	bad := ecfg
+	bad.ID = "someone-else"
+	if e, err := proxy.NewServer(bad); err == nil {
+		_ = e.Shutdown(context.Background())
+		t.Fatal("an edge started under another id than its credential's")
+	}
+	e, err := proxy.NewServer(ecfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
+	if e.ID() != "tls-edge" {
+		t.Fatalf("edge id %q, want the credential's", e.ID())
+	}
+	select {
+	case <-e.Synced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the edge did not synchronise over TLS")
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if edges := o.Edges(); len(edges) != 1 || edges[0].ID != "tls-edge" {
+			return errorf("edges %+v", edges)
+		}
+		return nil
+	})
 }

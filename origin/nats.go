@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -101,10 +100,7 @@ func (s *Server) startNATS() error {
 		if !ns.ReadyForConnections(10 * time.Second) {
 			return fmt.Errorf("embedded nats did not become ready on %s", s.cfg.NATSListen)
 		}
-		natsURL = ns.ClientURL()
-		if s.cfg.NATSTLSCert != "" {
-			natsURL = "tls://" + strings.TrimPrefix(natsURL, "nats://")
-		}
+		natsURL = ns.ClientURL() // tls:// when serving TLS
 	} else {
 		opts, err := natsauth.ClientOptions(s.cfg.NATSCreds, s.cfg.NATSTLSCA, s.cfg.NATSTLSCert, s.cfg.NATSTLSKey)
 		if err != nil {
