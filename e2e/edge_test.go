@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keymesh/keymesh/event"
@@ -370,7 +369,7 @@ func TestGapDropsCachedState(t *testing.T) {
 }
 
 func streamHas(s *stack, rev uint64) error {
-	nc, err := nats.Connect(s.nats.ClientURL())
+	nc, err := s.natsConn()
 	if err != nil {
 		return err
 	}
@@ -388,7 +387,7 @@ func streamHas(s *stack, rev uint64) error {
 
 func purgeStream(t *testing.T, s *stack) {
 	t.Helper()
-	nc, err := nats.Connect(s.nats.ClientURL())
+	nc, err := s.natsConn()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/netcut"
 	"github.com/keymesh/keymesh/proxy"
 )
@@ -479,6 +480,7 @@ func TestGossipWithoutKeyRefused(t *testing.T) {
 	cfg := proxy.DefaultConfig()
 	cfg.Listen, cfg.AdminListen, cfg.DataDir = "127.0.0.1:0", "", ""
 	cfg.NATSURL = s.nats.ClientURL()
+	cfg.NATSCreds = s.natsCreds(natsauth.RoleEdge, "gossip-edge")
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.Gossip = proxy.GossipConfig{Listen: "127.0.0.1:0", Join: []string{"127.0.0.1:1"}}
 	if _, err := proxy.NewServer(cfg); err == nil {

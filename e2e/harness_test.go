@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,8 +23,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/origin"
 	"github.com/keymesh/keymesh/proxy"
 )
@@ -70,12 +74,21 @@ type stack struct {
 	edges []*proxy.Server
 
 	dataDirs []string // every origin data dir, for its stored audit records
+
+	// natsKeys are the NATS trust roots the stack's server trusts; every
+	// component connects with a credential they issue (natsCreds).
+	natsKeys *natsauth.Keys
 }
 
 func newStack(t testing.TB) *stack {
 	t.Helper()
 	s := &stack{t: t, logs: &logSink{}}
-	s.nats = startNATS(t)
+	keys, err := natsauth.LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.natsKeys = keys
+	s.nats = startNATS(t, keys)
 	s.startOrigin()
 	up, err := bench.StartUpstream(bench.UpstreamConfig{
 		Logger: s.logs.logger(),
@@ -94,11 +107,17 @@ func newStack(t testing.TB) *stack {
 	return s
 }
 
-func startNATS(t testing.TB) *server.Server {
+// startNATS starts a NATS server that, like the origin's embedded one,
+// admits only credentials keys issued.
+func startNATS(t testing.TB, keys *natsauth.Keys) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
+	opts := &server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
+	}
+	if err := keys.ServerOptions(opts); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +129,52 @@ func startNATS(t testing.TB) *server.Server {
 	return ns
 }
 
+// natsCreds writes a .creds file for role (and edge id) and returns its
+// path.
+func (s *stack) natsCreds(role natsauth.Role, id string) string {
+	s.t.Helper()
+	b, err := s.natsKeys.Creds(role, id)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	path := filepath.Join(s.t.TempDir(), "nats.creds")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	return path
+}
+
+// natsConn connects to the stack's NATS with an origin credential.
+func (s *stack) natsConn() (*nats.Conn, error) {
+	return nats.Connect(s.nats.ClientURL(), nats.UserCredentials(s.natsCreds(natsauth.RoleOrigin, "test")))
+}
+
+// edgeCreds returns the credential of the edge cfg describes: for cfg.ID,
+// else the id kept in its data dir (created as the edge would), else a
+// random one.
+func (s *stack) edgeCreds(cfg *proxy.Config) string {
+	s.t.Helper()
+	id := cfg.ID
+	if id == "" && cfg.DataDir != "" {
+		path := filepath.Join(cfg.DataDir, "edge-id")
+		if b, err := os.ReadFile(path); err == nil {
+			id = strings.TrimSpace(string(b))
+		} else {
+			id = "e2e-edge-" + rand.Text()[:10]
+			if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+				s.t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+				s.t.Fatal(err)
+			}
+		}
+	}
+	if id == "" {
+		id = "e2e-edge-" + rand.Text()[:10]
+	}
+	return s.natsCreds(natsauth.RoleEdge, id)
+}
+
 const adminPassword = "e2e-admin-password-not-secret-elsewhere"
 
 func (s *stack) startOrigin() {
@@ -119,6 +184,7 @@ func (s *stack) startOrigin() {
 	s.dataDirs = append(s.dataDirs, cfg.DataDir)
 	cfg.Listen = "127.0.0.1:0"
 	cfg.NATSURL = s.nats.ClientURL()
+	cfg.NATSCreds = s.natsCreds(natsauth.RoleOrigin, "origin")
 	cfg.AdminPassword = adminPassword
 	cfg.PasswordCost = 4
 	cfg.HeartbeatInterval = 100 * time.Millisecond
@@ -169,6 +235,9 @@ func (s *stack) startEdge(o edgeOpts) *proxy.Server {
 	}
 	if o.site != "" {
 		cfg.Site = o.site
+	}
+	if cfg.NATSCreds == "" {
+		cfg.NATSCreds = s.edgeCreds(&cfg)
 	}
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.LookupTimeout = 500 * time.Millisecond

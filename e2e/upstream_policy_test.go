@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/proxy"
 )
 
@@ -43,6 +44,7 @@ func TestUpstreamPolicyRefusesOwnListenersAndMetadata(t *testing.T) {
 	cfg.Listen = "127.0.0.1:" + freePort(t)
 	cfg.AdminListen = admin
 	cfg.NATSURL = s.nats.ClientURL()
+	cfg.NATSCreds = s.natsCreds(natsauth.RoleEdge, "policy-edge")
 	cfg.DataDir = ""
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.Logger = s.logs.logger()
@@ -169,6 +171,7 @@ func TestUpstreamAllow(t *testing.T) {
 		cfg := proxy.DefaultConfig()
 		cfg.AdminListen = admin
 		cfg.NATSURL = s.nats.ClientURL()
+		cfg.NATSCreds = s.natsCreds(natsauth.RoleEdge, "policy-edge")
 		cfg.DataDir = ""
 		cfg.OriginPublicKey = s.origin.PublicKey()
 		cfg.UpstreamAllow = []string{allow}

@@ -1,6 +1,10 @@
 package event
 
-import "strconv"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // NATS names shared by origin and edges.
 const (
@@ -19,15 +23,25 @@ const (
 	// OriginHeartbeatSubject carries the origin's sealed KindHeartbeat
 	// records, published every heartbeat interval by every replica.
 	OriginHeartbeatSubject = "keymesh.origin.heartbeat"
-	// EdgeHeartbeatSubject carries every edge's unsigned JSON heartbeat
-	// (id, site, address, applied revision), published over core NATS every
-	// heartbeat interval and soon after the edge applies new revisions. Every
-	// origin replica subscribes (no queue group). Heartbeats are not signed:
-	// they can only delay a ?wait, never grant access.
+	// EdgeHeartbeatSubject is the base of the subjects carrying edges'
+	// unsigned JSON heartbeats (id, site, address, applied revision),
+	// published over core NATS every heartbeat interval and soon after the
+	// edge applies new revisions. Edge id E publishes on
+	// EdgeSubject(EdgeHeartbeatSubject, E); the NATS credentials the origin
+	// issues to E allow no other edge's subject, and the origin takes the
+	// edge's identity from the subject, never from the payload. Every origin
+	// replica subscribes (no queue group).
 	EdgeHeartbeatSubject = "keymesh.edge.heartbeat"
-	// EdgeAuditSubject carries edges' per-request audit records, a JSON
-	// array per message, over core NATS (at most once).
+	// EdgeAuditSubject is the base of the subjects carrying edges'
+	// per-request audit records, a JSON array per message, over core NATS
+	// (at most once); per edge like EdgeHeartbeatSubject.
 	EdgeAuditSubject = "keymesh.edge.audit"
+	// EdgeUsageSubject is the base of the per-edge subjects reserved for
+	// edges' usage reports (per edge like EdgeHeartbeatSubject).
+	EdgeUsageSubject = "keymesh.edge.usage"
+	// EdgeInboxPrefix starts the reply inbox of every edge:
+	// EdgeInbox(E) is edge E's, the only inbox its credentials may read.
+	EdgeInboxPrefix = "_INBOX.edge"
 	// AuditQueue is the queue group origin replicas store edge audit
 	// batches in, so each batch is stored once.
 	AuditQueue = "keymesh-origin-audit"
@@ -42,4 +56,65 @@ const (
 // published on.
 func Subject(k Kind, rev uint64) string {
 	return SubjectPrefix + string(k) + "." + strconv.FormatUint(rev, 10)
+}
+
+// EdgeSubject returns edge id's subject under base (EdgeHeartbeatSubject,
+// EdgeAuditSubject or EdgeUsageSubject): base + "." + EdgeToken(id).
+func EdgeSubject(base, id string) string { return base + "." + EdgeToken(id) }
+
+// EdgeInbox returns the inbox prefix of edge id (nats.CustomInboxPrefix).
+func EdgeInbox(id string) string { return EdgeInboxPrefix + "." + EdgeToken(id) }
+
+// EdgeFromSubject returns the edge id of a subject EdgeSubject(base, id)
+// built, and false for any other subject.
+func EdgeFromSubject(base, subject string) (string, bool) {
+	tok, ok := strings.CutPrefix(subject, base+".")
+	if !ok || tok == "" || strings.Contains(tok, ".") {
+		return "", false
+	}
+	id, err := ParseEdgeToken(tok)
+	return id, err == nil && id != ""
+}
+
+// EdgeToken encodes an edge id as one NATS subject token: letters, digits,
+// '-' and '_' stay, every other byte becomes %XX, so distinct ids give
+// distinct tokens and none holds '.', '*', '>' or white space.
+func EdgeToken(id string) string {
+	var b strings.Builder
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// ParseEdgeToken reverses EdgeToken; it refuses any token EdgeToken would
+// not produce.
+func ParseEdgeToken(tok string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		switch {
+		case c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_':
+			b.WriteByte(c)
+		case c == '%' && i+2 < len(tok):
+			v, err := strconv.ParseUint(tok[i+1:i+3], 16, 8)
+			if err != nil || tok[i+1:i+3] != fmt.Sprintf("%02X", v) || isTokenByte(byte(v)) {
+				return "", fmt.Errorf("edge token %q: bad escape", tok)
+			}
+			b.WriteByte(byte(v))
+			i += 2
+		default:
+			return "", fmt.Errorf("edge token %q: bad byte", tok)
+		}
+	}
+	return b.String(), nil
+}
+
+func isTokenByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
 }

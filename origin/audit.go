@@ -134,7 +134,7 @@ func (s *Server) ensureAuditSchema(ctx context.Context) error {
 func (s *Server) startAudit() error {
 	a := &auditLog{s: s, ch: make(chan AuditRecord, s.cfg.AuditBuffer), stop: make(chan struct{}), done: make(chan struct{})}
 	s.audit = a
-	sub, err := s.nc.QueueSubscribe(event.EdgeAuditSubject, event.AuditQueue, a.edgeBatch)
+	sub, err := s.nc.QueueSubscribe(event.EdgeAuditSubject+".*", event.AuditQueue, a.edgeBatch)
 	if err != nil {
 		return err
 	}
@@ -172,10 +172,14 @@ func (a *auditLog) add(r AuditRecord) {
 	}
 }
 
-// edgeBatch takes one edge message: a JSON array of records.
+// edgeBatch takes one edge message: a JSON array of records, on the
+// sending edge's own subject. The subject is the identity (NATS
+// credentials let an edge publish on its own only): a record naming
+// another edge is dropped.
 func (a *auditLog) edgeBatch(m *nats.Msg) {
 	var recs []edgeAuditRecord
-	if len(m.Data) > maxAuditMessage || json.Unmarshal(m.Data, &recs) != nil {
+	from, ok := event.EdgeFromSubject(event.EdgeAuditSubject, m.Subject)
+	if !ok || len(m.Data) > maxAuditMessage || json.Unmarshal(m.Data, &recs) != nil {
 		a.bad.Add(1)
 		return
 	}
@@ -185,6 +189,10 @@ func (a *auditLog) edgeBatch(m *nats.Msg) {
 	}
 	now := time.Now()
 	for _, e := range recs {
+		if e.Edge != from {
+			a.dropped.Add(1)
+			continue
+		}
 		t := e.Time
 		if t.IsZero() {
 			t = now

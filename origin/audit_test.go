@@ -48,10 +48,10 @@ func testAuditRecords(t *testing.T, cfg Config) {
 			"deployment": d.ID, "deployment_name": "chat", "method": "POST", "path": "/v1/chat/completions", "status": 401,
 			"duration_ms": 0.1, "request_id": "req-2"},
 	})
-	if err := nc.Publish(event.EdgeAuditSubject, batch); err != nil {
+	if err := nc.Publish(event.EdgeSubject(event.EdgeAuditSubject, "edge-1"), batch); err != nil {
 		t.Fatal(err)
 	}
-	if err := nc.Publish(event.EdgeAuditSubject, []byte("garbage")); err != nil {
+	if err := nc.Publish(event.EdgeSubject(event.EdgeAuditSubject, "edge-1"), []byte("garbage")); err != nil {
 		t.Fatal(err)
 	}
 

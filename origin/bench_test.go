@@ -190,7 +190,7 @@ func benchCommitToPublished(b *testing.B, s *Server) {
 		mu.Unlock()
 		orig(rev)
 	}
-	nc, err := nats.Connect(s.NATSURL())
+	nc, err := nats.Connect(s.NATSURL(), natsAuth(b, s)...)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -157,11 +157,16 @@ func (r *edgeRegistry) takeDirty() []Edge {
 	return out
 }
 
-// heartbeat records one edge heartbeat (raw JSON) and wakes waiters.
-func (r *edgeRegistry) heartbeat(data []byte) {
+// heartbeat records one edge heartbeat (raw JSON) that arrived on edge
+// from's own subject, and wakes waiters. The subject is the identity (NATS
+// credentials let an edge publish on its own only): a heartbeat naming
+// another edge is dropped, unless it relays (RelayedBy == from) for a peer
+// already registered, so a relay never creates an edge.
+func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	var hb edgeHeartbeat
 	if len(data) > maxHeartbeatBytes || json.Unmarshal(data, &hb) != nil || hb.ID == "" ||
-		len(hb.ID) > 256 || len(hb.Site) > 256 || len(hb.Address) > 256 || len(hb.RelayedBy) > 256 {
+		len(hb.ID) > 256 || len(hb.Site) > 256 || len(hb.Address) > 256 || len(hb.RelayedBy) > 256 ||
+		hb.ID == from && hb.RelayedBy != "" || hb.ID != from && hb.RelayedBy != from {
 		r.rejected.Add(1)
 		return
 	}
@@ -169,6 +174,10 @@ func (r *edgeRegistry) heartbeat(data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.edges[hb.ID]
+	if !ok && hb.RelayedBy != "" {
+		r.rejected.Add(1)
+		return
+	}
 	if !ok {
 		if len(r.edges) >= r.maxEdges {
 			r.pruneLocked(now)
@@ -303,7 +312,13 @@ func newPropagation(applied, pending []string) *propagation {
 // startEdgeRegistry subscribes this replica to every edge heartbeat (no
 // queue group: each replica needs the full view).
 func (s *Server) startEdgeRegistry() error {
-	sub, err := s.nc.Subscribe(event.EdgeHeartbeatSubject, func(m *nats.Msg) { s.edges.heartbeat(m.Data) })
+	sub, err := s.nc.Subscribe(event.EdgeHeartbeatSubject+".*", func(m *nats.Msg) {
+		if from, ok := event.EdgeFromSubject(event.EdgeHeartbeatSubject, m.Subject); ok {
+			s.edges.heartbeat(from, m.Data)
+		} else {
+			s.edges.rejected.Add(1)
+		}
+	})
 	if err != nil {
 		return err
 	}

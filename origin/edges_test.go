@@ -39,10 +39,10 @@ func hbJSON(id string, rev uint64) []byte {
 func TestEdgeRegistryLivenessAndCap(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	r := newEdgeRegistry(clk.now, 10*time.Second, 2)
-	r.heartbeat(hbJSON("b", 7))
-	r.heartbeat(hbJSON("a", 5))
-	r.heartbeat([]byte("not json"))
-	r.heartbeat([]byte(`{"applied_revision": 3}`)) // no id
+	r.heartbeat("b", hbJSON("b", 7))
+	r.heartbeat("a", hbJSON("a", 5))
+	r.heartbeat("a", []byte("not json"))
+	r.heartbeat("a", []byte(`{"applied_revision": 3}`)) // no id
 	if got := r.rejected.Load(); got != 2 {
 		t.Fatalf("rejected %d heartbeats, want 2", got)
 	}
@@ -53,8 +53,8 @@ func TestEdgeRegistryLivenessAndCap(t *testing.T) {
 	}
 
 	// Over the cap, a new edge is ignored and counted; known ones update.
-	r.heartbeat(hbJSON("c", 1))
-	r.heartbeat(hbJSON("a", 6))
+	r.heartbeat("c", hbJSON("c", 1))
+	r.heartbeat("a", hbJSON("a", 6))
 	if r.ignored.Load() != 1 {
 		t.Fatalf("ignored %d, want 1", r.ignored.Load())
 	}
@@ -64,7 +64,7 @@ func TestEdgeRegistryLivenessAndCap(t *testing.T) {
 
 	// Silence: not live after the liveness bound, still listed.
 	clk.add(5 * time.Second)
-	r.heartbeat(hbJSON("a", 6))
+	r.heartbeat("a", hbJSON("a", 6))
 	clk.add(6 * time.Second)
 	l = r.list()
 	if !l[0].Live || l[1].Live {
@@ -77,7 +77,7 @@ func TestEdgeRegistryLivenessAndCap(t *testing.T) {
 
 	// Dropped after 10x liveness, which frees room under the cap.
 	clk.add(95 * time.Second)
-	r.heartbeat(hbJSON("c", 1))
+	r.heartbeat("c", hbJSON("c", 1))
 	l = r.list()
 	if len(l) != 1 || l[0].ID != "c" {
 		t.Fatalf("after long silence: %+v", l)
@@ -86,8 +86,8 @@ func TestEdgeRegistryLivenessAndCap(t *testing.T) {
 
 func TestEdgeRegistryWaitWakesOnHeartbeat(t *testing.T) {
 	r := newEdgeRegistry(time.Now, 10*time.Second, 100)
-	r.heartbeat(hbJSON("a", 1))
-	r.heartbeat(hbJSON("b", 3))
+	r.heartbeat("a", hbJSON("a", 1))
+	r.heartbeat("b", hbJSON("b", 3))
 	done := make(chan *propagation, 1)
 	go func() { done <- r.wait(context.Background(), 3, 20*time.Second) }()
 	select {
@@ -95,8 +95,8 @@ func TestEdgeRegistryWaitWakesOnHeartbeat(t *testing.T) {
 		t.Fatalf("returned before edge a applied: %+v", p)
 	case <-time.After(50 * time.Millisecond):
 	}
-	r.heartbeat(hbJSON("a", 2)) // still behind
-	r.heartbeat(hbJSON("a", 3))
+	r.heartbeat("a", hbJSON("a", 2)) // still behind
+	r.heartbeat("a", hbJSON("a", 3))
 	select {
 	case p := <-done:
 		if fmt.Sprint(p.Applied, p.Pending) != "[a b] []" {
@@ -109,7 +109,7 @@ func TestEdgeRegistryWaitWakesOnHeartbeat(t *testing.T) {
 
 func TestEdgeRegistryWaitEndsWhenPendingEdgeDies(t *testing.T) {
 	r := newEdgeRegistry(time.Now, 300*time.Millisecond, 100)
-	r.heartbeat(hbJSON("silent", 1))
+	r.heartbeat("silent", hbJSON("silent", 1))
 	start := time.Now()
 	p := r.wait(context.Background(), 2, 20*time.Second)
 	if el := time.Since(start); el > 5*time.Second {
@@ -120,7 +120,7 @@ func TestEdgeRegistryWaitEndsWhenPendingEdgeDies(t *testing.T) {
 	}
 
 	// With a deadline shorter than liveness, a behind edge is pending.
-	r.heartbeat(hbJSON("behind", 1))
+	r.heartbeat("behind", hbJSON("behind", 1))
 	p = r.wait(context.Background(), 2, 50*time.Millisecond)
 	if fmt.Sprint(p.Applied, p.Pending) != "[] [behind]" {
 		t.Fatalf("propagation %+v", p)
@@ -136,7 +136,7 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 
 	publish := func(id string, rev uint64) {
 		t.Helper()
-		if err := nc.Publish(event.EdgeHeartbeatSubject, hbJSON(id, rev)); err != nil {
+		if err := nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, id), hbJSON(id, rev)); err != nil {
 			t.Fatal(err)
 		}
 		if err := nc.Flush(); err != nil {
@@ -264,11 +264,11 @@ func TestEdgeRegistryRelayedHeartbeats(t *testing.T) {
 			"applied_revision": rev, "relayed_by": by})
 		return b
 	}
-	r.heartbeat(hbJSON("cut", 5))
+	r.heartbeat("cut", hbJSON("cut", 5))
 	clk.add(8 * time.Second) // its own heartbeats stopped
-	r.heartbeat(relayed("cut", 7, "a"))
-	r.heartbeat(relayed("cut", 6, "b")) // an older revision, by another relay
-	clk.add(8 * time.Second)            // 16s after its last own heartbeat
+	r.heartbeat("a", relayed("cut", 7, "a"))
+	r.heartbeat("b", relayed("cut", 6, "b")) // an older revision, by another relay
+	clk.add(8 * time.Second)                 // 16s after its last own heartbeat
 	l := r.list()
 	if len(l) != 1 || !l[0].Live || l[0].AppliedRevision != 7 || l[0].RelayedBy != "b" {
 		t.Fatalf("relayed edge: %+v", l)
@@ -276,11 +276,11 @@ func TestEdgeRegistryRelayedHeartbeats(t *testing.T) {
 	if applied, pending, _, _ := r.check(7); fmt.Sprint(applied, pending) != "[cut] []" {
 		t.Fatalf("check(7) = %v %v", applied, pending)
 	}
-	r.heartbeat(hbJSON("cut", 3)) // back on NATS, restarted without state
+	r.heartbeat("cut", hbJSON("cut", 3)) // back on NATS, restarted without state
 	if l := r.list(); l[0].AppliedRevision != 3 || l[0].RelayedBy != "" {
 		t.Fatalf("after its own heartbeat: %+v", l)
 	}
-	if r.heartbeat(relayed("x", 1, strings.Repeat("r", 300))); r.rejected.Load() != 1 {
+	if r.heartbeat(strings.Repeat("r", 300), relayed("x", 1, strings.Repeat("r", 300))); r.rejected.Load() != 1 {
 		t.Fatal("an oversized relayed_by was accepted")
 	}
 	// Over HTTP the field is there.

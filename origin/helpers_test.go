@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"io"
 	"log/slog"
 	"net"
@@ -156,9 +157,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// connect connects to s's NATS: with an origin credential when s runs the
+// embedded server (which requires one), else without.
 func connect(t *testing.T, s *Server) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.NATSURL())
+	nc, err := nats.Connect(s.NATSURL(), natsAuth(t, s)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,4 +318,22 @@ func startReplica(t *testing.T, a *Server) *Server {
 	cfg.Store, cfg.NATSURL = a.cfg.Store, a.NATSURL()
 	copyIdentity(t, a.cfg.DataDir, cfg.DataDir)
 	return startServer(t, cfg)
+}
+
+// natsAuth are the options connecting to s's embedded NATS as an origin
+// (none when s uses an external server).
+func natsAuth(t testing.TB, s *Server) []nats.Option {
+	t.Helper()
+	if s.ns == nil {
+		return nil
+	}
+	keys, err := natsauth.Load(s.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, seed, err := keys.UserJWT(natsauth.RoleOrigin, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []nats.Option{nats.UserJWTAndSeed(tok, string(seed))}
 }

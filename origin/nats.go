@@ -1,6 +1,8 @@
 package origin
 
 import (
+	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/redact"
 )
 
@@ -39,11 +42,18 @@ func splitNATSListen(addr string) (string, int, error) {
 }
 
 // startNATS starts the embedded server (unless NATSURL is set) and connects
-// a client that reconnects forever.
+// a client that reconnects forever. The embedded server always requires
+// credentials (package natsauth): it trusts the operator under DataDir and
+// the origin connects with an origin credential it issues itself.
 func (s *Server) startNATS() error {
 	natsURL := s.cfg.NATSURL
+	var auth []nats.Option
 	if natsURL == "" {
 		host, port, err := splitNATSListen(s.cfg.NATSListen)
+		if err != nil {
+			return err
+		}
+		keys, err := natsauth.LoadOrCreate(s.cfg.DataDir)
 		if err != nil {
 			return err
 		}
@@ -57,6 +67,30 @@ func (s *Server) startNATS() error {
 			NoSigs:     true,
 			MaxPayload: 8 << 20,
 		}
+		if err := keys.ServerOptions(opts); err != nil {
+			return fmt.Errorf("embedded nats auth: %w", err)
+		}
+		if s.cfg.NATSTLSCert != "" {
+			tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: s.cfg.NATSTLSCert, KeyFile: s.cfg.NATSTLSKey})
+			if err != nil {
+				return fmt.Errorf("embedded nats tls: %w", err)
+			}
+			opts.TLS, opts.TLSConfig = true, tc
+			// The origin's own connection pins the served certificate.
+			leaf := tc.Certificates[0].Certificate[0]
+			auth = append(auth, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true, //nolint:gosec // pinned below
+				VerifyConnection: func(cs tls.ConnectionState) error {
+					if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, leaf) {
+						return errors.New("embedded nats presented another certificate")
+					}
+					return nil
+				}}))
+		}
+		tok, seed, err := keys.UserJWT(natsauth.RoleOrigin, "origin")
+		if err != nil {
+			return err
+		}
+		auth = append(auth, nats.UserJWTAndSeed(tok, string(seed)))
 		ns, err := server.NewServer(opts)
 		if err != nil {
 			return fmt.Errorf("starting embedded nats: %w", err)
@@ -66,11 +100,17 @@ func (s *Server) startNATS() error {
 		if !ns.ReadyForConnections(10 * time.Second) {
 			return fmt.Errorf("embedded nats did not become ready on %s", s.cfg.NATSListen)
 		}
-		natsURL = ns.ClientURL()
+		natsURL = ns.ClientURL() // tls:// when serving TLS
+	} else {
+		opts, err := natsauth.ClientOptions(s.cfg.NATSCreds, s.cfg.NATSTLSCA, s.cfg.NATSTLSCert, s.cfg.NATSTLSKey)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		auth = opts
 	}
 	s.natsURL = natsURL
 	log := s.log
-	nc, err := nats.Connect(natsURL,
+	nc, err := nats.Connect(natsURL, append(auth,
 		nats.Name("keymesh-origin"),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
@@ -81,7 +121,10 @@ func (s *Server) startNATS() error {
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
-	)
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("nats error", "err", err) // permission violations land here
+		}),
+	)...)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
@@ -92,4 +135,15 @@ func (s *Server) startNATS() error {
 	}
 	s.nc = nc
 	return nil
+}
+
+// NATSCreds issues a NATS .creds file for role (natsauth.RoleOrigin or
+// natsauth.RoleEdge with the edge's id) from the keys under DataDir. The
+// content is secret.
+func (s *Server) NATSCreds(role natsauth.Role, id string) ([]byte, error) {
+	keys, err := natsauth.Load(s.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	return keys.Creds(role, id)
 }

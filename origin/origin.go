@@ -140,6 +140,19 @@ type Config struct {
 	// NATSListen is where the embedded NATS server listens, host:port
 	// (default "127.0.0.1:4222"; port -1 picks a random free port).
 	NATSListen string
+	// NATSCreds is a NATS .creds file the origin connects to an external
+	// NATSURL with (see "origin nats-creds --role origin"); "" connects
+	// without credentials. The embedded server always requires credentials:
+	// it trusts the operator in <DataDir>/nats-*.nk (created on first start,
+	// 0600) and the origin connects with an origin credential it issues
+	// itself; NATSCreds must then be "".
+	NATSCreds string
+	// NATSTLSCA verifies the NATS server's certificate (PEM file); with
+	// NATSTLSCert and NATSTLSKey set as well, the origin presents that
+	// client certificate to an external NATS. Against the embedded server,
+	// NATSTLSCert and NATSTLSKey are the certificate it serves TLS with
+	// (clients then need tls:// and the CA).
+	NATSTLSCA, NATSTLSCert, NATSTLSKey string
 	// StreamReplicas is how many JetStream servers keep a copy of the event
 	// stream, 1 to 5 (default 1, all an embedded server can hold). Against
 	// an external cluster of three or more, 3 survives the loss of any one.
@@ -310,6 +323,12 @@ func (c *Config) fill() error {
 		if _, _, err := splitNATSListen(c.NATSListen); err != nil {
 			return err
 		}
+		if c.NATSCreds != "" {
+			return fmt.Errorf("%w: NATSCreds is for an external NATSURL; the embedded server issues the origin's own", ErrInvalidConfig)
+		}
+	}
+	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
+		return fmt.Errorf("%w: NATSTLSCert and NATSTLSKey go together", ErrInvalidConfig)
 	}
 	return nil
 }

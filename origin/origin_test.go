@@ -720,7 +720,7 @@ func TestOutboxPublishesAfterRestart(t *testing.T) {
 	// Simulate a crash after publishing revision 1 but before marking it,
 	// long enough ago that JetStream's duplicate window no longer knows its
 	// message id: put it on the stream by hand, without an id.
-	nc, err := nats.Connect(s1.NATSURL())
+	nc, err := nats.Connect(s1.NATSURL(), natsAuth(t, s1)...)
 	if err != nil {
 		t.Fatal(err)
 	}

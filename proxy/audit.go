@@ -57,6 +57,7 @@ type auditor struct {
 	mu      sync.Mutex
 	pending auditBatch
 	max     int
+	subject string        // this edge's own audit subject (event.EdgeSubject)
 	ready   chan struct{} // cap 1: a full batch is waiting
 
 	dropped  atomic.Uint64
@@ -84,7 +85,7 @@ func (b *auditBatch) reset() { b.buf, b.ends = b.buf[:0], b.ends[:0] }
 
 func newAuditor(nc *nats.Conn, edge, site string, buffer int, path string, interval time.Duration, log *slog.Logger) (*auditor, error) {
 	a := &auditor{max: max(buffer, 1), ready: make(chan struct{}, 1), nc: nc, interval: interval, log: log,
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), subject: event.EdgeSubject(event.EdgeAuditSubject, edge)}
 	a.edgeSite = append(a.edgeSite, `"edge":`...)
 	a.edgeSite = appendJSONString(a.edgeSite, edge)
 	a.edgeSite = append(a.edgeSite, `,"site":`...)
@@ -275,7 +276,7 @@ func (a *auditor) ship(b *auditBatch) {
 		msg = append(msg, ']')
 		var err error
 		if a.nc != nil { // nil in tests: the file is the only sink
-			err = a.nc.Publish(event.EdgeAuditSubject, msg)
+			err = a.nc.Publish(a.subject, msg)
 		}
 		if err != nil {
 			a.failed.Add(uint64(n))

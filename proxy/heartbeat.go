@@ -90,7 +90,7 @@ func (s *Server) publishHeartbeat() uint64 {
 	if err != nil {
 		return hb.AppliedRevision
 	}
-	if err := s.nc.Publish(event.EdgeHeartbeatSubject, b); err != nil {
+	if err := s.nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, s.id), b); err != nil {
 		s.log.Debug("edge heartbeat not sent", "err", err)
 	}
 	return hb.AppliedRevision
@@ -115,7 +115,9 @@ func (s *Server) publishRelayed(sent map[string]uint64) map[string]uint64 {
 		if err != nil {
 			continue
 		}
-		if err := s.nc.Publish(event.EdgeHeartbeatSubject, b); err != nil {
+		// On this edge's own subject: its credentials allow no other, and
+		// the origin accepts it only for a peer it already knows.
+		if err := s.nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, s.id), b); err != nil {
 			s.log.Debug("relayed edge heartbeat not sent", "peer", p.Name, "err", err)
 		}
 	}

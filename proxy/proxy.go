@@ -40,6 +40,7 @@ import (
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/natsauth"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -55,6 +56,14 @@ type Config struct {
 	// NATSURL is the NATS server(s) events and lookups come over. Default
 	// nats://127.0.0.1:4222.
 	NATSURL string
+	// NATSCreds is the NATS .creds file this edge connects with ("origin
+	// nats-creds --role edge --id ID"; required by the origin's embedded
+	// NATS). An edge credential names the edge: ID defaults to that name,
+	// and a different ID is refused at start. "" connects without.
+	NATSCreds string
+	// NATSTLSCA verifies the NATS server's certificate (PEM); NATSTLSCert
+	// and NATSTLSKey are a client certificate to present. Each "" for none.
+	NATSTLSCA, NATSTLSCert, NATSTLSKey string
 	// Site is this edge's site; it selects the deployment's upstream list.
 	// Default "default".
 	Site string
@@ -263,12 +272,38 @@ func NewServer(cfg Config) (*Server, error) {
 		statePath = filepath.Join(cfg.DataDir, "state.json")
 	}
 
-	nc, err := nats.Connect(cfg.NATSURL,
+	natsOpts, err := natsauth.ClientOptions(cfg.NATSCreds, cfg.NATSTLSCA, cfg.NATSTLSCert, cfg.NATSTLSKey)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.NATSCreds != "" {
+		b, err := os.ReadFile(cfg.NATSCreds)
+		if err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		credID, err := natsauth.EdgeIDFromCreds(b)
+		if err != nil {
+			return nil, fmt.Errorf("NATS credentials %s: %w", cfg.NATSCreds, err)
+		}
+		switch {
+		case credID == "":
+		case cfg.ID == "":
+			cfg.ID = credID
+		case cfg.ID != credID:
+			return nil, fmt.Errorf("edge id %q: the NATS credentials are for edge %q", cfg.ID, credID)
+		}
+	}
+	id, err := edgeID(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(cfg.NATSURL, append(natsOpts,
+		nats.CustomInboxPrefix(event.EdgeInbox(id)),
 		nats.Name("keymesh-edge "+cfg.Site),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250*time.Millisecond),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
 	}
@@ -289,12 +324,6 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	m.watch(view)
-	id, err := edgeID(&cfg)
-	if err != nil {
-		view.Close()
-		nc.Close()
-		return nil, err
-	}
 	audit, err := newAuditor(nc, id, cfg.Site, cfg.AuditBuffer, cfg.AuditFile, cfg.AuditFlushInterval, cfg.Logger)
 	if err != nil {
 		view.Close()

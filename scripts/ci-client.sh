@@ -80,6 +80,11 @@ KEYMESH_KEY=$(printf '%s' "$KEY_JSON" | node -e 'let s="";process.stdin.on("data
 edge_args=(--listen "$EDGE" --admin-listen "$EDGE_ADMIN" --nats-url "nats://$NATS"
   --origin-public-key "@$TMP/origin/signing.pub" --data-dir "$TMP/edge")
 edge_help=$("$BIN/edge" --help 2>&1 || true)
+# The origin's NATS requires credentials (origin nats-creds).
+if grep -q -- '--nats-creds' <<<"$edge_help"; then
+  "$BIN/origin" nats-creds --role edge --id ci-client-edge --data-dir "$TMP/origin" --out "$TMP/edge.creds" >/dev/null
+  edge_args+=(--nats-creds "$TMP/edge.creds")
+fi
 # Edges that gossip get their own port (gossip stays off without a key).
 if grep -q -- '--gossip-listen' <<<"$edge_help"; then edge_args+=(--gossip-listen "$GOSSIP"); fi
 "$BIN/edge" "${edge_args[@]}" >"$TMP/edge.log" 2>&1 &

@@ -138,7 +138,10 @@ export KM_KEY
 
 head -c 32 /dev/urandom | base64 >"$TMP/gossip.key"
 start_edge() { # start_edge NAME NS IP PEER_IP
+  # The origin's NATS requires credentials: one per edge, naming it.
+  "$BIN/origin" nats-creds --role edge --id "netns-edge-$1" --data-dir "$TMP/origin" --out "$TMP/edge-$1.creds" >/dev/null
   in_ns "$2" "$BIN/edge" --listen 0.0.0.0:8080 --admin-listen 127.0.0.1:9090 --nats-url "nats://$NATS" \
+    --nats-creds "$TMP/edge-$1.creds" \
     --origin-public-key "@$TMP/origin/signing.pub" --data-dir "$TMP/edge-$1" --site netns \
     --gossip-listen "$3:7946" --join "$4:7946" --gossip-key "@$TMP/gossip.key" --gossip-profile local \
     --node-name "edge-$1" >"$TMP/edge-$1.log" 2>&1 &

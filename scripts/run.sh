@@ -46,7 +46,14 @@ PASSWORD_FILE="$DATA/origin/admin-password"
 "$BIN/bench" demo --origin "http://$ORIGIN" --password-file "$PASSWORD_FILE" \
   --deployment demo --upstream "http://$UPSTREAM"
 
-"$BIN/edge" --listen "$EDGE" --admin-listen "$EDGE_ADMIN" --nats-url "nats://$NATS" \
+# The origin's NATS requires credentials: the edge gets its own, naming it
+# (kept across runs, like its data dir).
+EDGE_CREDS="$DATA/edge.creds"
+if [ ! -s "$EDGE_CREDS" ]; then
+  rm -f "$EDGE_CREDS"
+  "$BIN/origin" nats-creds --role edge --id local-edge --data-dir "$DATA/origin" --out "$EDGE_CREDS" >/dev/null
+fi
+"$BIN/edge" --listen "$EDGE" --admin-listen "$EDGE_ADMIN" --nats-url "nats://$NATS" --nats-creds "$EDGE_CREDS" \
   --origin-public-key "@$DATA/origin/signing.pub" --data-dir "$DATA/edge" >"$DATA/logs/edge.log" 2>&1 &
 pids+=($!)
 wait_http edge "http://$EDGE/health" "$DATA/logs/edge.log"

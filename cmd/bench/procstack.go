@@ -106,6 +106,11 @@ func (s *stack) startProcesses(ctx context.Context, o stackOpts, self string) er
 			"--gossip-listen", gossip, "--nats-url", "nats://" + natsAddr, "--site", "bench",
 			"--origin-public-key", "@" + filepath.Join(dataDir, "signing.pub"),
 			"--data-dir", filepath.Join(s.dir, fmt.Sprintf("edge-%d", i))}
+		creds, err := writeEdgeCreds(dataDir, s.dir, fmt.Sprintf("bench-edge-%02d", i))
+		if err != nil {
+			return err
+		}
+		args = append(args, "--nats-creds", creds)
 		if o.maxKeys > 0 {
 			args = append(args, "--max-keys", strconv.FormatInt(o.maxKeys, 10))
 		}

@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/netcut"
 	"github.com/keymesh/keymesh/origin"
 	"github.com/keymesh/keymesh/origin/apiclient"
@@ -196,6 +198,11 @@ func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, erro
 	cfg.AdminListen = ""
 	cfg.DataDir = ""
 	cfg.NATSURL = s.origin.NATSURL()
+	creds, err := writeEdgeCreds(filepath.Join(s.dir, "origin"), s.dir, fmt.Sprintf("bench-edge-%02d", i))
+	if err != nil {
+		return nil, err
+	}
+	cfg.NATSCreds = creds
 	cfg.Site = "bench"
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.MaxKeys = o.maxKeys
@@ -360,4 +367,19 @@ func startNATSRelay(natsURL string) (*netcut.Relay, error) {
 		return nil, fmt.Errorf("nats url %q: %w", natsURL, err)
 	}
 	return netcut.NewRelay(u.Host)
+}
+
+// writeEdgeCreds writes into dir the NATS credentials of edge id, issued
+// from the keys in the origin's data dir, and returns the file's path.
+func writeEdgeCreds(originDir, dir, id string) (string, error) {
+	keys, err := natsauth.Load(originDir)
+	if err != nil {
+		return "", err
+	}
+	b, err := keys.Creds(natsauth.RoleEdge, id)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, id+".creds")
+	return path, os.WriteFile(path, b, 0o600)
 }

@@ -28,6 +28,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	if len(args) > 0 && args[0] == "keygen" { // keys for replicas to share (keygen.go)
 		return runKeygen(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "nats-creds" { // NATS credentials (natscreds.go)
+		return runNATSCreds(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "nats-config" {
+		return runNATSConfig(args[1:], stdout, stderr)
+	}
 	if isCommand(args) { // origin keys ..., origin login, ...: the operator CLI (cli.go)
 		return runCLI(args, getenv, os.Stdin, stdout, stderr)
 	}
@@ -37,7 +43,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "SQLite store, embedded NATS store, signing key and bootstrap admin password")
 	fs.StringVar(&cfg.Store, "store", "", "store URL: sqlite://<path> or postgres://user:pass@host/db (default sqlite://<data-dir>/origin.db)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "URL(s) of an external NATS cluster with JetStream (default: start an embedded NATS server)")
-	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, "where the embedded NATS server listens")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, "where the embedded NATS server listens; it always requires credentials (origin nats-creds)")
+	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS .creds file to connect to --nats-url with (origin nats-creds --role origin); the embedded server needs none")
+	fs.StringVar(&cfg.NATSTLSCA, "nats-tls-ca", "", "PEM CA file verifying the external NATS server's certificate")
+	fs.StringVar(&cfg.NATSTLSCert, "nats-tls-cert", "", "PEM certificate: the client certificate for --nats-url, or the one the embedded NATS serves TLS with (with --nats-tls-key)")
+	fs.StringVar(&cfg.NATSTLSKey, "nats-tls-key", "", "PEM private key of --nats-tls-cert")
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream servers holding the event stream, 1-5 (3 on an external cluster of three or more)")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of admin login tokens")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", cfg.AuditRetention, "how long audit records (edge requests and admin actions) are kept")
@@ -50,6 +60,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			fmt.Fprintln(stdout, "\nThe admin password of the first start comes from ORIGIN_ADMIN_PASSWORD; if unset, a random one is written to <data-dir>/admin-password.")
 			fmt.Fprintln(stdout, "\nWith a command, origin is the operator CLI of a running origin: "+strings.Join(commandGroups, ", ")+" (see origin help).")
 			fmt.Fprintln(stdout, "origin keygen --out DIR writes the signing and token keys that replicas share.")
+			fmt.Fprintln(stdout, "origin nats-creds --role edge --id ID writes an edge's NATS credentials; origin nats-config prints what an external NATS cluster needs.")
 			return 0
 		}
 		fmt.Fprintf(stderr, "origin: %v\n", err)
