@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keymesh/keymesh/event"
@@ -42,11 +41,13 @@ func currencyOf(t testing.TB, e *proxy.Server) currencyStatus {
 // blockStream publishes a message no origin signed on a subject the event
 // stream holds: it takes the next stream sequence, the revision the
 // publisher expects to write next, so the publisher can publish nothing
-// more (a real fault: anyone with publish rights on keymesh.events.> can
-// cause it) while the store keeps committing.
+// more while the store keeps committing. With NATS authentication only an
+// origin credential may publish there, so this is what a second, misbehaving
+// writer holding one does (a real fault: a stale replica, an operator's
+// stray tool).
 func blockStream(t testing.TB, s *stack) {
 	t.Helper()
-	nc, err := nats.Connect(s.nats.ClientURL())
+	nc, err := s.natsConn()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -300,7 +300,7 @@ func TestEdgeRegistrySurvivesRestart(t *testing.T) {
 		s := startServer(t, cfg)
 		nc := connect(t, s)
 		for _, id := range []string{"edge-a", "edge-b"} {
-			if err := nc.Publish(event.EdgeHeartbeatSubject, hbJSON(id, s.Revision())); err != nil {
+			if err := nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, id), hbJSON(id, s.Revision())); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -327,7 +327,7 @@ func TestEdgeRegistrySurvivesRestart(t *testing.T) {
 			res <- k.Propagation
 		}()
 		waitFor(t, "key committed", func() bool { return s2.Revision() > rev0 })
-		if err := nc2.Publish(event.EdgeHeartbeatSubject, hbJSON("edge-a", s2.Revision())); err != nil {
+		if err := nc2.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, "edge-a"), hbJSON("edge-a", s2.Revision())); err != nil {
 			t.Fatal(err)
 		}
 		nc2.Flush()
@@ -355,23 +355,23 @@ func TestEdgeRegistrySurvivesRestart(t *testing.T) {
 func TestEdgeRegistryStoreWritesAndRestore(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	r := newEdgeRegistry(clk.now, 8*time.Second, 10)
-	r.heartbeat(hbJSON("a", 5))
+	r.heartbeat("a", hbJSON("a", 5))
 	if d := r.takeDirty(); len(d) != 1 || d[0].ID != "a" || d[0].AppliedRevision != 5 {
 		t.Fatalf("first flush %+v", d)
 	}
 	for range 50 {
 		clk.add(10 * time.Millisecond)
-		r.heartbeat(hbJSON("a", 5))
+		r.heartbeat("a", hbJSON("a", 5))
 	}
 	if d := r.takeDirty(); len(d) != 0 {
 		t.Fatalf("unchanged heartbeats written again: %+v", d)
 	}
-	r.heartbeat(hbJSON("a", 6))
+	r.heartbeat("a", hbJSON("a", 6))
 	if d := r.takeDirty(); len(d) != 1 || d[0].AppliedRevision != 6 {
 		t.Fatalf("a new revision not written: %+v", d)
 	}
 	clk.add(r.saveEvery())
-	r.heartbeat(hbJSON("a", 6))
+	r.heartbeat("a", hbJSON("a", 6))
 	if d := r.takeDirty(); len(d) != 1 {
 		t.Fatalf("last_seen not refreshed after saveEvery: %+v", d)
 	}
@@ -380,7 +380,7 @@ func TestEdgeRegistryStoreWritesAndRestore(t *testing.T) {
 	// (not live then), "known" is already in the new registry.
 	seen := clk.now()
 	r2 := newEdgeRegistry(clk.now, 8*time.Second, 10)
-	r2.heartbeat(hbJSON("known", 9))
+	r2.heartbeat("known", hbJSON("known", 9))
 	clk.add(30 * time.Second) // the origin was down 30 s
 	warm := r2.restore([]Edge{
 		{ID: "live", AppliedRevision: 7, LastSeen: seen},
@@ -412,7 +412,7 @@ func TestEdgeRegistryStoreWritesAndRestore(t *testing.T) {
 	// Reporting ends the warm-up at once.
 	r3 := newEdgeRegistry(clk.now, 8*time.Second, 10)
 	r3.restore([]Edge{{ID: "live", AppliedRevision: 7, LastSeen: clk.now().Add(-time.Second)}})
-	r3.heartbeat(hbJSON("live", 8))
+	r3.heartbeat("live", hbJSON("live", 8))
 	if applied, pending, _, _ := r3.check(8); fmt.Sprint(applied, pending) != "[live] []" {
 		t.Fatalf("after reporting: %v %v", applied, pending)
 	}

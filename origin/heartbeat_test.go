@@ -18,11 +18,7 @@ func TestHeartbeatNamesCommittedHead(t *testing.T) {
 	cfg.disablePublisher = true
 	cfg.HeartbeatInterval = 20 * time.Millisecond
 	s := startServer(t, cfg)
-	nc, err := nats.Connect(s.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := connect(t, s)
 	beats := make(chan *nats.Msg, 64)
 	sub, err := nc.ChanSubscribe(event.OriginHeartbeatSubject, beats)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keymesh/keymesh/bench"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/testutil"
 )
 
@@ -24,13 +25,21 @@ import (
 func TestKilledOriginProcessKeepsItsEdgeRegistry(t *testing.T) {
 	dir := t.TempDir()
 	p := startOriginProcess(t, dir)
-	nc, err := nats.Connect(p.natsURL)
+	keys, err := natsauth.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, seed, err := keys.UserJWT(natsauth.RoleEdge, "edge-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(p.natsURL, nats.UserJWTAndSeed(tok, string(seed)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
 	hb := []byte(`{"id":"edge-1","site":"eu","address":"127.0.0.1:8080","applied_revision":0}`)
-	if err := nc.Publish(event.EdgeHeartbeatSubject, hb); err != nil {
+	if err := nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, "edge-1"), hb); err != nil {
 		t.Fatal(err)
 	}
 	nc.Flush()
