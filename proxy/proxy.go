@@ -303,6 +303,10 @@ func NewServer(cfg Config) (*Server, error) {
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250*time.Millisecond),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			// A permissions violation: credentials for another edge or role.
+			cfg.Logger.Warn("nats error", "err", err)
+		}),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
