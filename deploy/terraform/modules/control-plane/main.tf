@@ -29,7 +29,11 @@ locals {
   from_dir    = var.origin_keys_dir != null
   signing_key = sensitive(local.from_dir ? file("${var.origin_keys_dir}/signing.key") : (var.origin_keys == null ? "" : var.origin_keys.signing_key))
   jwt_key     = sensitive(local.from_dir ? file("${var.origin_keys_dir}/jwt.key") : (var.origin_keys == null ? "" : var.origin_keys.jwt_key))
-  public_key  = trimspace(local.from_dir ? file("${var.origin_keys_dir}/signing.pub") : (var.origin_keys == null ? "" : nonsensitive(var.origin_keys.public_key)))
+  # The public key is not secret. A conditional on the sensitive
+  # var.origin_keys (even its null test) is sensitive on Terraform >= 1.10,
+  # so the key is taken out of a value that is sensitive on every version
+  # (coalesce() of the sensitive variable) and unmarked.
+  public_key = trimspace(local.from_dir ? file("${var.origin_keys_dir}/signing.pub") : nonsensitive(coalesce(var.origin_keys, { signing_key = "", jwt_key = "", public_key = "" }).public_key))
 
   url = {
     for k in ["nats", "origin"] : k => var.binary_url_template == null ? {} : {
