@@ -27,7 +27,8 @@ NATS_SERVER_PKG ?= github.com/nats-io/nats-server/v2
 # tf-check and tf-e2e run; a current release; OpenTofu when it builds.
 TF_VERSION    ?= 1.5.7
 TF_CURRENT_VERSION ?= 1.13.3
-TF_MATRIX     ?= terraform@$(TF_VERSION) terraform@$(TF_CURRENT_VERSION)
+TOFU_VERSION  ?= 1.10.6
+TF_MATRIX     ?= terraform@$(TF_VERSION) terraform@$(TF_CURRENT_VERSION) tofu@$(TOFU_VERSION)
 TF_BIN_DIR    ?= $(CURDIR)/bin/tools
 TERRAFORM     ?= $(TF_BIN_DIR)/terraform
 TF_DIR        ?= deploy/terraform
