@@ -7,12 +7,15 @@
 #   make tf-check   offline: terraform fmt -check, init -backend=false and
 #                   validate of every module and example, a plan of each
 #                   example, and the variables' validations (scripts/tf-check.sh)
+#   make tf-check-all  tf-check with every Terraform (and OpenTofu) of
+#                   TF_MATRIX: the oldest supported and a current release
 #   make tf-e2e     the modules applied over SSH to a throwaway sshd on
 #                   127.0.0.1, checked end to end, destroyed, checked gone
 #                   (scripts/tf-e2e.sh; installs openssh-server when root)
 #
-# Terraform $(TF_VERSION) is built by `go install` into $(TF_BIN_DIR) when
-# missing (make tf-tools; a few minutes the first time).
+# Terraform $(TF_VERSION) is built from source with the Go toolchain into
+# $(TF_BIN_DIR) when missing (make tf-tools; a few minutes the first time;
+# scripts/tf-install.sh). The versions checked are pinned here only.
 
 GO            ?= go
 BIN           ?= bin
@@ -20,13 +23,18 @@ DIST          ?= dist
 DIST_PLATFORMS ?= linux/amd64 linux/arm64
 DIST_CMDS     ?= origin edge
 NATS_SERVER_PKG ?= github.com/nats-io/nats-server/v2
+# The oldest Terraform the modules support (required_version) and what
+# tf-check and tf-e2e run; a current release; OpenTofu when it builds.
 TF_VERSION    ?= 1.5.7
+TF_CURRENT_VERSION ?= 1.13.3
+TOFU_VERSION  ?= 1.10.6
+TF_MATRIX     ?= terraform@$(TF_VERSION) terraform@$(TF_CURRENT_VERSION) tofu@$(TOFU_VERSION)
 TF_BIN_DIR    ?= $(CURDIR)/bin/tools
 TERRAFORM     ?= $(TF_BIN_DIR)/terraform
 TF_DIR        ?= deploy/terraform
 DIST_LDFLAGS  ?= -s -w
 
-.PHONY: dist dist-local tf-tools tf-check tf-e2e
+.PHONY: dist dist-local tf-tools tf-tools-all tf-check tf-check-all tf-e2e
 
 ## dist: CGO_ENABLED=0 builds, one directory per platform.
 dist:
@@ -52,6 +60,20 @@ tf-tools:
 
 tf-check: tf-tools
 	TERRAFORM=$(TERRAFORM) ./scripts/tf-check.sh $(TF_DIR)
+
+# tf_bin IMPL VERSION: where tf-tools-all puts it ($(TERRAFORM) for the
+# pinned terraform, so that it is built once).
+tf_bin = $(if $(filter terraform@$(TF_VERSION),$(1)@$(2)),$(TERRAFORM),$(TF_BIN_DIR)/$(1)-$(2))
+
+## tf-tools-all: every tool of TF_MATRIX, built when missing.
+tf-tools-all:
+	@set -e; $(foreach t,$(TF_MATRIX),TF_IMPL=$(word 1,$(subst @, ,$(t))) TF_VERSION=$(word 2,$(subst @, ,$(t))) \
+	  TERRAFORM=$(call tf_bin,$(word 1,$(subst @, ,$(t))),$(word 2,$(subst @, ,$(t)))) GO=$(GO) ./scripts/tf-install.sh;)
+
+## tf-check-all: tf-check with each tool of TF_MATRIX.
+tf-check-all: tf-tools-all
+	@set -e; $(foreach t,$(TF_MATRIX),echo "== tf-check with $(t)"; \
+	  TERRAFORM=$(call tf_bin,$(word 1,$(subst @, ,$(t))),$(word 2,$(subst @, ,$(t)))) ./scripts/tf-check.sh $(TF_DIR);)
 
 tf-e2e: tf-tools dist-local
 	$(GO) build -o $(BIN)/ ./cmd/origin ./cmd/bench

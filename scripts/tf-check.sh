@@ -71,9 +71,17 @@ head -c 64 /dev/urandom | base64 -w0 >"$work/keys/signing.key"; echo >>"$work/ke
 head -c 32 /dev/urandom | base64 -w0 >"$work/keys/jwt.key"; echo >>"$work/keys/jwt.key"
 head -c 32 /dev/urandom | base64 -w0 >"$work/keys/signing.pub"; echo >>"$work/keys/signing.pub"
 PUB=$(cat "$work/keys/signing.pub")
+# ... and the NATS files of `origin nats-config` and `origin nats-creds`.
+printf 'operator: eyJmake.up.jwt\nresolver: MEMORY\nresolver_preload: {}\n' >"$work/keys/nats-config.conf"
+creds() { printf -- '-----BEGIN NATS USER JWT-----\neyJmade.up\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n' "SU$(head -c 40 /dev/urandom | base32 -w0 | tr -d =)"; }
+creds >"$work/keys/origin.creds"
+mkdir -p "$work/keys/nats-creds" "$work/empty" "$work/keys-no-nats"
+cp "$work/keys"/signing.* "$work/keys/jwt.key" "$work/keys-no-nats/"
+for e in eu-edge-0 eu-edge-1 us-edge-0 us-edge-1 ap-edge-0; do creds >"$work/keys/nats-creds/$e.creds"; done
 secret() { echo "$1-$(head -c 18 /dev/urandom | base64 -w0 | tr -d '/+=')"; }
 PG_SECRET=$(secret pg); ADMIN_PW=$(secret admin); GOSSIP=$(head -c 32 /dev/urandom | base64 -w0)
-SECRETS=("$PG_SECRET" "$ADMIN_PW" "$GOSSIP" "$(head -c 40 "$work/keys/signing.key")" "$(head -c 40 "$work/keys/jwt.key")")
+SECRETS=("$PG_SECRET" "$ADMIN_PW" "$GOSSIP" "$(head -c 40 "$work/keys/signing.key")" "$(head -c 40 "$work/keys/jwt.key")"
+  "$(sed -n 5p "$work/keys/origin.creds")" "$(sed -n 5p "$work/keys/nats-creds/eu-edge-0.creds")")
 
 # ---- 3. plan every example ------------------------------------------------------------
 for dir in "$TF_DIR"/examples/*/; do
@@ -108,6 +116,7 @@ declare -A SITE=(
   [upstream_urls]='["http://10.0.1.1:8000"]'
   [gossip_keys]="[\"$GOSSIP\"]"
   [dist_dir]="\"$work/dist\""
+  [nats_creds_dir]="\"$work/keys/nats-creds\""
 )
 declare -A CP=(
   [regions]='{ eu = { nats = [{ host = "10.0.0.1" }, { host = "10.0.0.2" }, { host = "10.0.0.3" }], origins = [{ host = "10.0.0.4" }] } }'
@@ -148,7 +157,11 @@ case_ site-nats site "nats_urls needs at least one nats:// or tls:// URL" nats_u
 case_ site-pubkey site "origin_public_key must be a base64 Ed25519 public key" origin_public_key='"not-a-key"'
 case_ site-gossip site "Every gossip key must be base64 of 16, 24 or 32 random bytes" gossip_keys='["c2hvcnQ="]'
 case_ site-pm site 'process_manager must be "systemd" or "none".' process_manager='"supervisord"'
+case_ site-nats-creds site "nats_creds_dir lacks <edge name>.creds for an edge" nats_creds_dir="\"$work/empty\""
+case_ site-nats-tls site "nats_tls.ca_file must be a readable local file" nats_tls="{ ca_file = \"$work/none.pem\" }"
 case_ cp-ok control-plane ""
+case_ cp-nats-auth control-plane "nats_auth needs origin_keys_dir with nats-config.conf and origin.creds" origin_keys_dir="\"$work/keys-no-nats\""
+case_ cp-no-nats-auth control-plane "" origin_keys_dir="\"$work/keys-no-nats\"" nats_auth=false
 case_ cp-two-nats control-plane "Every region runs a NATS cluster of 3 (or 5) servers" \
   regions='{ eu = { nats = [{ host = "10.0.0.1" }, { host = "10.0.0.2" }], origins = [{ host = "10.0.0.4" }] } }'
 case_ cp-no-origin control-plane "At least one region needs an origin replica." \

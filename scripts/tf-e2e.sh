@@ -16,6 +16,12 @@
 #                  key created in eu is answered by the us edge across the
 #                  gateway; destroy leaves nothing.
 #
+# NATS authentication (when $BIN/origin has `nats-creds`): each edge gets
+# only its own credential from `origin nats-creds`, the control plane's NATS
+# trusts `origin nats-config`; an attacker probe (deploy/terraform/test/
+# natsprobe) checks that NATS refuses a client without credentials and an
+# edge's credential publishing on keymesh.events.>.
+#
 # In both, no secret given to terraform (gossip keys, edge secret, admin
 # password, PostgreSQL URL, origin keys) may appear in terraform's output or
 # its state. TF_E2E_PHASES picks phases (default "site control-plane").
@@ -46,6 +52,9 @@ for f in "$TERRAFORM" "$BIN/origin" "$BIN/bench" "$DIST/linux_$ARCH/edge" "$DIST
   [ -x "$f" ] || fail "$f missing (make tf-tools dist-local; go build -o bin/ ./cmd/origin ./cmd/bench)"
 done
 command -v node >/dev/null || fail "node is needed (HTTP requests and JSON)"
+# NATS auth is tested when the origin issues credentials (origin nats-creds).
+NATS_AUTH=false
+if "$BIN/origin" nats-creds --help >/dev/null 2>&1; then NATS_AUTH=true; fi
 
 # ---- openssh-server: Debian's, installed without starting a system sshd ------
 SSHD=/usr/sbin/sshd
@@ -118,6 +127,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- helpers ------------------------------------------------------------------
+"$GO" build -o "$WORK/natsprobe" ./deploy/terraform/test/natsprobe || fail "go build natsprobe"
+
+# nats_attacks NAME URL CREDS: NATS at URL refuses a client without
+# credentials, and CREDS (an edge's) publishing a forged event.
+nats_attacks() {
+  timeout 30 "$WORK/natsprobe" no-creds "$2" >"$WORK/logs/$1-probe.log" 2>&1 || { cat "$WORK/logs/$1-probe.log" >&2; fail "$1: NATS at $2 let a client in without credentials"; }
+  timeout 30 "$WORK/natsprobe" publish "$2" "$3" keymesh.events.forged >>"$WORK/logs/$1-probe.log" 2>&1 || { cat "$WORK/logs/$1-probe.log" >&2; fail "$1: an edge's credential published on keymesh.events.forged"; }
+  log "$1: NATS refused a client without credentials and an edge's credential publishing on keymesh.events.>"
+}
+# creds_seed FILE: the secret line of a .creds file, to search for.
+creds_seed() { grep -A1 -- '-----BEGIN USER NKEY SEED-----' "$1" | sed -n 2p; }
+
 mapfile -t PORTS < <("$BIN/bench" freeport -n 40)
 [ "${#PORTS[@]}" = 40 ] || fail "bench freeport gave ${#PORTS[@]} ports"
 next_port() { NEXT_PORT=${PORTS[0]}; PORTS=("${PORTS[@]:1}"); }
@@ -315,6 +336,14 @@ phase_site() {
   wait_http 30 "http://127.0.0.1:$UP_PORT/health"
   log "site: origin on $ORIGIN (embedded NATS on $NATS_PORT), mock upstream on $UP_PORT"
 
+  local CREDS_HCL="" SEEDS=()
+  if [ "$NATS_AUTH" = true ]; then
+    mkdir -p "$WORK/site-creds"
+    origin_cli nats-creds --data-dir "$WORK/origin" --role edge --id e2e-edge-0 --out "$WORK/site-creds/e2e-edge-0.creds" >/dev/null || fail "site: origin nats-creds"
+    CREDS_HCL="nats_creds_dir = \"$WORK/site-creds\""
+    SEEDS=("$(creds_seed "$WORK/site-creds/e2e-edge-0.creds")")
+  fi
+
   site_tf() { # site_tf GOSSIP_KEYS_HCL
     cat >"$R/main.tf" <<TF
 module "site" {
@@ -331,6 +360,7 @@ module "site" {
   install_dir            = "$HOST/opt/keymesh"
   data_dir               = "$HOST/var/lib/keymesh"
   health_timeout_seconds = 30
+  $CREDS_HCL
   $SSH_HCL
 }
 
@@ -352,6 +382,11 @@ TF
   [ -n "$(processes_in "$DIR/bin/edge")" ] || fail "site: no edge process runs from $DIR/bin/edge"
   [ "$(stat -c %a "$DIR/edge.env")" = 600 ] || fail "site: edge.env is not mode 0600"
   grep -q "^EDGE_SECRET_DEFAULT__UPSTREAM_TOKEN=" "$DIR/edge.env" || fail "site: the edge secret is not in edge.env"
+  if [ "$NATS_AUTH" = true ]; then
+    [ "$(stat -c %a "$DIR/nats.creds")" = 600 ] || fail "site: nats.creds is not mode 0600"
+    cmp -s "$DIR/nats.creds" "$WORK/site-creds/e2e-edge-0.creds" || fail "site: the installed nats.creds is not the edge's"
+    grep -qF "EDGE_NATS_CREDS='$DIR/nats.creds'" "$DIR/edge.env" || fail "site: edge.env does not point --nats-creds at nats.creds"
+  fi
   [ "$(http GET "$EDGE/health" "$WORK/resp.json")" = 200 ] || fail "site: GET $EDGE/health"
   log "site: edge running (supervisor pid $PID) at $EDGE, GET /health -> 200"
 
@@ -369,6 +404,7 @@ TF
   [ "$(http POST "$EDGE/v1/chat/completions" "$WORK/resp.json" "$body")" = 401 ] || fail "site: no key did not get 401"
   [ "$(http POST "$EDGE/v1/chat/completions" "$WORK/resp.json" "$body" "X-API-Key:${KEY}x")" = 401 ] || fail "site: a wrong key did not get 401"
   log "site: keyed POST /v1/chat/completions -> 200 (${UPFLAGS[*]}); no key -> 401, wrong key -> 401"
+  if [ "$NATS_AUTH" = true ]; then nats_attacks site "nats://127.0.0.1:$NATS_PORT" "$DIR/nats.creds"; else log "site: origin has no nats-creds: NATS auth not tested"; fi
 
   # cloud-init writes what the SSH install wrote (the env file; the scripts
   # differ, cloud-init's are systemd's). Asked of terraform console: a root
@@ -397,14 +433,14 @@ TF
   keyed_ok "$EDGE" "$KEY"
   log "site: a second gossip key applied in $((SECONDS - t0))s: edge restarted (supervisor $PID -> $PID2), keyed request -> 200"
 
-  no_secrets site "$R" "$GK1" "$GK2" "$SECRET" "$ADMIN_PW"
+  no_secrets site "$R" "$GK1" "$GK2" "$SECRET" "$ADMIN_PW" ${SEEDS[@]+"${SEEDS[@]}"}
 
   tf_down "$R" site
   ! kill -0 "$PID2" 2>/dev/null || fail "site: supervisor $PID2 still running after destroy"
   port_closed "$EDGE_PORT" || fail "site: edge port $EDGE_PORT still open after destroy"
   port_closed "$ADMIN_PORT" || fail "site: edge admin port $ADMIN_PORT still open after destroy"
   gone site "$HOST/opt/keymesh/e2e-edge-0" "$HOST/var/lib/keymesh/e2e-edge-0"
-  no_secrets site "$R" "$GK1" "$GK2" "$SECRET" "$ADMIN_PW"
+  no_secrets site "$R" "$GK1" "$GK2" "$SECRET" "$ADMIN_PW" ${SEEDS[@]+"${SEEDS[@]}"}
   log "site: destroyed: no edge process, ports closed, install and data directories removed"
 }
 
@@ -437,6 +473,14 @@ phase_control_plane() {
   ADMIN_PW=pw-$(rand_b64 18 | tr -d '/+=')
   GK=$(rand_b64 32)
   origin_cli keygen --out "$WORK/keys" >"$WORK/logs/keygen.log" || fail "origin keygen"
+  local SEEDS=()
+  if [ "$NATS_AUTH" = true ]; then
+    origin_cli nats-config --data-dir "$WORK/keys" >"$WORK/keys/nats-config.conf" || fail "origin nats-config"
+    origin_cli nats-creds --data-dir "$WORK/keys" --role origin --out "$WORK/keys/origin.creds" >/dev/null || fail "origin nats-creds --role origin"
+    mkdir -p "$WORK/keys/nats-creds"
+    origin_cli nats-creds --data-dir "$WORK/keys" --role edge --id us-edge-0 --out "$WORK/keys/nats-creds/us-edge-0.creds" >/dev/null || fail "origin nats-creds --role edge"
+    SEEDS=("$(creds_seed "$WORK/keys/origin.creds")" "$(creds_seed "$WORK/keys/nats-creds/us-edge-0.creds")")
+  fi
   log "control-plane: PostgreSQL on 127.0.0.1:$PG_PORT, keys from origin keygen"
 
   # Two regions of three NATS servers (4 ports each), two origins in eu,
@@ -496,6 +540,7 @@ $nats_hcl  }
   install_dir            = "$HOST/opt/keymesh"
   data_dir               = "$HOST/var/lib/keymesh"
   health_timeout_seconds = 60
+  nats_auth              = $NATS_AUTH
   $SSH_HCL
 }
 
@@ -507,6 +552,7 @@ module "site_us" {
   upstream_urls          = ["http://127.0.0.1:$UP_PORT"]
   nats_urls              = module.control_plane.nats_client_urls["us"]
   origin_public_key      = module.control_plane.origin_public_key
+  nats_creds_dir         = module.control_plane.edge_nats_creds_dir
   gossip_keys            = [var.gossip_key]
   install_dir            = "$HOST/opt/keymesh"
   data_dir               = "$HOST/var/lib/keymesh"
@@ -553,6 +599,13 @@ TF
   EDGE=$(json "$WORK/endpoints.json" 'j[0]')
   keyed_ok "$EDGE" "$KEY"
   log "control-plane: keyed request through the us edge -> 200 (key from origins in eu, across the gateway)"
+  if [ "$NATS_AUTH" = true ]; then
+    local US_NATS
+    US_NATS=$(tf "$R" output -json nats_client_urls | json_raw /dev/stdin 'j.us[0]')
+    nats_attacks control-plane "$US_NATS" "$HOST/opt/keymesh/us-edge-0/nats.creds"
+  else
+    log "control-plane: origin has no nats-creds: NATS auth not tested"
+  fi
 
   local found=0 replicas=""
   for m in $mon_eu $mon_us; do
@@ -565,7 +618,7 @@ TF
   log "control-plane: the event stream has 3 replicas"
 
   tf_plan_empty "$R" control-plane
-  no_secrets control-plane "$R" "$PG_SECRET" "$ADMIN_PW" "$GK" "$(head -c 40 "$WORK/keys/signing.key")" "$(head -c 40 "$WORK/keys/jwt.key")"
+  no_secrets control-plane "$R" "$PG_SECRET" "$ADMIN_PW" "$GK" "$(head -c 40 "$WORK/keys/signing.key")" "$(head -c 40 "$WORK/keys/jwt.key")" ${SEEDS[@]+"${SEEDS[@]}"}
 
   tf_down "$R" control-plane
   local left

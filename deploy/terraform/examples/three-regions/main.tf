@@ -28,6 +28,7 @@ module "site" {
   upstream_urls        = each.value.upstreams
   nats_urls            = module.control_plane.nats_client_urls[each.key]
   origin_public_key    = module.control_plane.origin_public_key
+  nats_creds_dir       = module.control_plane.edge_nats_creds_dir
   gossip_keys          = var.gossip_keys
   dist_dir             = var.dist_dir
   ssh_private_key_file = var.ssh_private_key_file

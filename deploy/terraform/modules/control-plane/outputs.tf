@@ -11,6 +11,10 @@ output "nats_client_urls" {
     error_message = "The origin keys are not what `origin keygen` writes (signing.pub: 44 base64 characters, signing.key: 88)."
   }
   precondition {
+    condition     = local.nats_auth_ok
+    error_message = "nats_auth needs origin_keys_dir with nats-config.conf and origin.creds: run `origin nats-config --data-dir DIR > DIR/nats-config.conf` and `origin nats-creds --data-dir DIR --role origin --out DIR/origin.creds` (or set nats_auth = false on a private network)."
+  }
+  precondition {
     condition     = var.stream_replicas <= min([for r in values(var.regions) : length(r.nats)]...)
     error_message = "stream_replicas is larger than a region's NATS cluster: JetStream could not place the stream there."
   }
@@ -19,6 +23,11 @@ output "nats_client_urls" {
 output "origin_public_key" {
   description = "The origin's Ed25519 public key (signing.pub): every site's origin_public_key."
   value       = local.public_key
+}
+
+output "edge_nats_creds_dir" {
+  description = "Where a site's nats_creds_dir should point: <origin_keys_dir>/nats-creds, for the files of `origin nats-creds --data-dir <origin_keys_dir> --role edge --id <edge name> --out <this>/<edge name>.creds`. null without nats_auth or origin_keys_dir."
+  value       = var.nats_auth && local.from_dir ? "${var.origin_keys_dir}/nats-creds" : null
 }
 
 output "origin_endpoints" {

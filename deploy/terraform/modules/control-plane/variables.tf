@@ -158,6 +158,27 @@ variable "stream_replicas" {
   }
 }
 
+variable "nats_auth" {
+  description = "NATS requires credentials (decentralised JWT auth, package natsauth of the origin). Needs origin_keys_dir holding, besides `origin keygen`'s files, nats-config.conf (`origin nats-config --data-dir DIR > DIR/nats-config.conf`: operator and account JWTs, public) and origin.creds (`origin nats-creds --data-dir DIR --role origin --out DIR/origin.creds`, secret: copied 0600 to every origin, --nats-creds). Edges get their own credential through the site module's nats_creds_dir (output edge_nats_creds_dir). false = NATS accepts any client: only on a private network."
+  type        = bool
+  default     = true
+}
+
+variable "nats_tls" {
+  description = "TLS on the NATS client port: local paths of the servers' PEM certificate and key (one certificate naming every server's address) and of the CA bundle clients verify it with; verify_clients also requires client certificates from that CA. Origins get the CA as --nats-tls-ca and the client URLs become tls://. Files copied over SSH; contents never in the state. null = plain TCP."
+  type = object({
+    ca_file        = string
+    cert_file      = string
+    key_file       = string
+    verify_clients = optional(bool, false)
+  })
+  default = null
+  validation {
+    condition     = var.nats_tls == null ? true : fileexists(var.nats_tls.ca_file) && fileexists(var.nats_tls.cert_file) && fileexists(var.nats_tls.key_file)
+    error_message = "nats_tls.ca_file, cert_file and key_file must be readable local files."
+  }
+}
+
 variable "nats_extra_config" {
   description = "Appended to every NATS server's config, e.g. TLS for clients, routes and gateways, or an authorization block (then put the credentials into nats_client_urls' consumers, e.g. nats://user:pass@host:4222). Sensitive, as it may hold passwords."
   type        = string

@@ -16,6 +16,16 @@ locals {
     gossip_host = contains(["", "0.0.0.0", "[::]"], regex("^(.*):[0-9]+$", e.gossip_listen)[0]) ? e.host : regex("^(.*):[0-9]+$", e.gossip_listen)[0]
   })]
 
+  # Each edge's own NATS credential (origin nats-creds --role edge --id NAME).
+  nats_creds = { for e in local.edge_list : e.name => var.nats_creds_dir == null ? null : "${var.nats_creds_dir}/${e.name}.creds" }
+  nats_tls_files = var.nats_tls == null ? {} : merge(
+    { "tls/nats-ca.pem" = { content = file(var.nats_tls.ca_file), mode = "0644" } },
+    try(var.nats_tls.cert_file, null) == null ? {} : {
+      "tls/nats-cert.pem" = { content = file(var.nats_tls.cert_file), mode = "0644" }
+      "tls/nats-key.pem"  = { content = sensitive(file(var.nats_tls.key_file)), mode = "0600" }
+    },
+  )
+
   edges = { for e in local.edge_list : e.name => merge(e, {
     dir      = "${var.install_dir}/${e.name}"
     data_dir = "${var.data_dir}/${e.name}"
@@ -66,10 +76,16 @@ module "edges" {
     gossip_join       = e.gossip_join
     tls               = var.tls != null
     tls_client_ca     = try(var.tls.client_ca_file, null) != null
+    nats_creds        = local.nats_creds[n] != null
+    nats_tls_ca       = var.nats_tls != null
+    nats_tls_cert     = try(var.nats_tls.cert_file, null) != null
     secrets           = var.secrets
     extra_env         = var.extra_env
   }) }
-  files = { for n, e in local.edges : n => { for p, f in local.tls_files : "${e.dir}/${p}" => f } }
+  files = { for n, e in local.edges : n => merge(
+    { for p, f in merge(local.tls_files, local.nats_tls_files) : "${e.dir}/${p}" => f },
+    local.nats_creds[n] == null ? {} : { "${e.dir}/nats.creds" = { content = sensitive(fileexists(local.nats_creds[n]) ? file(local.nats_creds[n]) : ""), mode = "0600" } },
+  ) }
 
   process_manager        = var.process_manager
   service_user           = var.service_user

@@ -6,6 +6,10 @@ output "site_name" {
 output "edge_endpoints" {
   description = "Inference endpoint of each edge, in the order of var.edges: the URLs clients (or a load balancer) send OpenAI-compatible requests to."
   value       = [for e in local.edge_list : "${local.scheme}://${e.public_host}:${e.listen_port}"]
+  precondition {
+    condition     = alltrue([for n, f in local.nats_creds : f == null ? true : fileexists(f)])
+    error_message = "nats_creds_dir lacks <edge name>.creds for an edge: write each with `origin nats-creds --data-dir KEYS --role edge --id <edge name> --out <nats_creds_dir>/<edge name>.creds`."
+  }
 }
 
 output "edges" {

@@ -94,6 +94,26 @@ variable "origin_public_key" {
   }
 }
 
+variable "nats_creds_dir" {
+  description = "Local directory holding <edge name>.creds for every edge of this site, written on the machine that holds the origin keys by `origin nats-creds --data-dir KEYS --role edge --id <edge name> --out DIR/<edge name>.creds` (the control plane's edge_nats_creds_dir output names the directory). Each file is copied to its edge only, as <dir>/nats.creds (mode 0600, --nats-creds); it may publish only that edge's own subjects. Its contents never enter the state. null = edges connect without credentials (a NATS that requires them refuses them)."
+  type        = string
+  default     = null
+}
+
+variable "nats_tls" {
+  description = "TLS to NATS (tls:// URLs): local paths of the CA bundle the NATS servers' certificates chain to (--nats-tls-ca), and optionally a client certificate and key (--nats-tls-cert, --nats-tls-key) when the servers verify clients. Copied over SSH; contents never in the state. null = no TLS settings."
+  type = object({
+    ca_file   = string
+    cert_file = optional(string)
+    key_file  = optional(string)
+  })
+  default = null
+  validation {
+    condition     = var.nats_tls == null ? true : fileexists(var.nats_tls.ca_file) && ((try(var.nats_tls.cert_file, null) == null) == (try(var.nats_tls.key_file, null) == null)) && (try(var.nats_tls.cert_file, null) == null ? true : fileexists(var.nats_tls.cert_file) && fileexists(var.nats_tls.key_file))
+    error_message = "nats_tls.ca_file must be a readable local file; cert_file and key_file go together and must be readable."
+  }
+}
+
 variable "tls" {
   description = "HTTPS on the proxy listener: local paths of a PEM certificate and key, and optionally a CA bundle that clients' certificates must chain to (mutual TLS). The files are copied over SSH; their contents never enter the state. null = plain HTTP."
   type = object({
