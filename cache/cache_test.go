@@ -657,3 +657,48 @@ func TestLookupsBounded(t *testing.T) {
 		t.Fatalf("unavailable %d, unknown %d, most in flight %d", unavailable, unknown, most.Load())
 	}
 }
+
+// An edge restored from its state knows no key generations, so its floor is
+// the restored revision: a lookup answer recorded before a deletion the
+// edge had applied, replayed first after the restart, is refused every
+// time and never cached (issue 12.6).
+func TestRestoredFloorRefusesOlderReplay(t *testing.T) {
+	o := newOrigin(t)
+	h := newSecret(t)
+	v := newView(t, o, nil)
+	if _, err := v.Resync(o.seal(&event.Record{Kind: event.KindSnapshot}), 0); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, v, o.change(linked(h, "d1")))
+	old, _ := o.lookup(context.Background(), h) // the key, at revision 1
+	gone := linked(h, "d1")
+	gone.Deleted = true
+	mustApply(t, v, o.change(gone))
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := SaveState(path, v.State()); err != nil {
+		t.Fatal(err)
+	}
+
+	s, ok, err := LoadState(path)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	w, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
+		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return old, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if k, err := w.Authorize(context.Background(), h); err == nil {
+			t.Fatalf("request %d: deleted key admitted from a replayed answer at revision 1: %+v", i+1, k)
+		}
+	}
+	w.keys.Wait()
+	if _, ok := w.cached(&h); ok {
+		t.Fatal("the replayed answer was cached")
+	}
+}

@@ -68,6 +68,13 @@ func (v *View) Restore(s State) error {
 	v.deps.Store(deps)
 	v.snapshot = s.Snapshot
 	v.depFloor = snap.Revision
+	// The View restarts knowing nothing about which keys changed before
+	// s.Revision (generations are not persisted), so every answer read
+	// before it may predate a change already applied, a deletion say: a
+	// replayed lookup reply recorded then would bring the key back. The
+	// restored revision is the floor, as after a snapshot.
+	v.floor.Store(max(v.floor.Load(), s.Revision))
+	v.negFloor.Store(max(v.negFloor.Load(), s.Revision))
 	v.applied.Store(s.Revision)
 	return nil
 }
