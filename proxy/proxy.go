@@ -40,6 +40,7 @@ import (
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/dirlock"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -150,6 +151,7 @@ func DefaultConfig() Config {
 // Server is one edge. Its methods are safe for concurrent use.
 type Server struct {
 	cfg     Config
+	dirLock *dirlock.Lock // keeps a second edge off DataDir; released last
 	log     *slog.Logger
 	nc      *nats.Conn
 	view    *cache.View
@@ -257,6 +259,19 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 		statePath = filepath.Join(cfg.DataDir, "state.json")
 	}
+	// Two edges on one data dir would overwrite each other's state.
+	var lock *dirlock.Lock
+	if cfg.DataDir != "" {
+		if lock, err = dirlock.Acquire(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	started := false
+	defer func() {
+		if !started {
+			lock.Release()
+		}
+	}()
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("keymesh-edge "+cfg.Site),
@@ -353,6 +368,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	audit.start()
 	s.startHeartbeat()
+	s.dirLock, started = lock, true
 	return s, nil
 }
 
@@ -455,6 +471,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.nc.Close()
 	s.view.Close()
+	s.dirLock.Release()
 	return errors.Join(errs...)
 }
 
