@@ -81,8 +81,10 @@ func replyData(msg *nats.Msg) ([]byte, error) {
 	return msg.Data, nil
 }
 
-// NewFeed validates cfg and restores persisted state into v. Start begins
-// consuming.
+// NewFeed validates cfg and restores persisted state into v. State signed
+// by a key other than the View's origin key is discarded with one warning
+// (the View then synchronises from a snapshot); any other unusable state is
+// an error. Start begins consuming.
 func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 	if cfg.Conn == nil {
 		return nil, errors.New("cache: FeedConfig.Conn is required")
@@ -111,11 +113,21 @@ func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 			return nil, err
 		}
 		if ok {
-			if err := v.Restore(s); err != nil {
+			switch err := v.Restore(s); {
+			case errors.Is(err, event.ErrBadSignature):
+				// Signed by another key: the origin's was rotated, or the edge
+				// now follows another origin. Nothing in it can be trusted,
+				// and nothing is lost by dropping it: the origin is the
+				// authority and a snapshot brings everything back. Restore
+				// changed nothing, so the View starts empty and syncs.
+				f.log.Warn("persisted edge state is not signed by the origin public key; discarding it and resynchronising from the origin",
+					"path", cfg.StatePath, "revision", s.Revision)
+			case err != nil:
 				return nil, fmt.Errorf("state in %s: %w", cfg.StatePath, err)
+			default:
+				f.saved = s.Revision
+				f.log.Info("resuming from persisted state", "revision", s.Revision)
 			}
-			f.saved = s.Revision
-			f.log.Info("resuming from persisted state", "revision", s.Revision)
 		}
 	}
 	return f, nil
