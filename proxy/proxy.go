@@ -614,7 +614,13 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	}
 	if r.open() {
 		ctx.Response.Header.SetContentType("application/json")
-		ctx.SetBodyString(`{"status":"ok"}`)
+		if string(r.path) == "/health" && !s.view.HasSnapshot() {
+			// Not ready: without deployments every request would be a 404.
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.SetBodyString(`{"status":"syncing"}`)
+		} else {
+			ctx.SetBodyString(`{"status":"ok"}`)
+		}
 		out.open = true
 		return out
 	}
