@@ -702,3 +702,67 @@ func TestRestoredFloorRefusesOlderReplay(t *testing.T) {
 		t.Fatal("the replayed answer was cached")
 	}
 }
+
+// chunkSet seals deps as n chunks of one answer id at rev.
+func (o *origin) chunkSet(id string, rev uint64, n int, deps ...event.Deployment) [][]byte {
+	var out [][]byte
+	for i := range n {
+		var part []event.Deployment
+		for j := i; j < len(deps); j += n {
+			part = append(part, deps[j])
+		}
+		out = append(out, o.seal(&event.Record{Revision: rev, Kind: event.KindSnapshotChunk, Deployments: part,
+			Chunk: &event.Chunk{ID: id, Index: i, Count: n}}))
+	}
+	return out
+}
+
+// A chunked snapshot applies only whole: missing, reordered, duplicated,
+// forged chunks, or chunks of two answers or two revisions, are refused
+// and change nothing; a complete set applies at once and round-trips
+// through the persisted state (issue 11.4).
+func TestSnapshotChunksAllOrNothing(t *testing.T) {
+	o := newOrigin(t)
+	rogue := newOrigin(t)
+	var deps []event.Deployment
+	for i := range 7 {
+		deps = append(deps, event.Deployment{ID: fmt.Sprintf("d%d", i), Name: fmt.Sprintf("n%d", i)})
+	}
+	a := o.chunkSet("a", 5, 3, deps...)
+	b := o.chunkSet("b", 5, 3, deps...)
+	c := o.chunkSet("c", 6, 3, deps...)
+	forged := rogue.chunkSet("a", 5, 3, deps...)
+	for name, set := range map[string][][]byte{
+		"missing last":    a[:2],
+		"missing first":   a[1:],
+		"reordered":       {a[1], a[0], a[2]},
+		"duplicated":      {a[0], a[0], a[2]},
+		"two answers":     {a[0], b[1], a[2]},
+		"two revisions":   {a[0], a[1], c[2]},
+		"forged chunk":    {a[0], forged[1], a[2]},
+		"none":            {},
+		"extra":           append(append([][]byte{}, a...), a[0]),
+		"chunk as single": {a[0]},
+	} {
+		v := newView(t, o, nil)
+		if _, err := v.ResyncChunks(set, 0); err == nil {
+			t.Errorf("%s: applied", name)
+		}
+		if v.HasSnapshot() || len(v.Deployments().List()) != 0 || v.AppliedRevision() != 0 {
+			t.Errorf("%s: refused set changed the view", name)
+		}
+	}
+	v := newView(t, o, nil)
+	if rev, err := v.ResyncChunks(a, 0); err != nil || rev != 5 || len(v.Deployments().List()) != len(deps) {
+		t.Fatalf("complete set: %d %v, %d deployments", rev, err, len(v.Deployments().List()))
+	}
+	w := newView(t, o, nil)
+	if err := w.Restore(v.State()); err != nil || len(w.Deployments().List()) != len(deps) || w.AppliedRevision() != 5 {
+		t.Fatalf("restored chunked state: %v, %d deployments at %d", err, len(w.Deployments().List()), w.AppliedRevision())
+	}
+	// State written before chunks (one KindSnapshot in "snapshot") restores.
+	old := State{Revision: 5, Snapshot: o.seal(&event.Record{Revision: 5, Kind: event.KindSnapshot, Deployments: deps})}
+	if err := newView(t, o, nil).Restore(old); err != nil {
+		t.Fatalf("pre-chunk state: %v", err)
+	}
+}
