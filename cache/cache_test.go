@@ -766,3 +766,35 @@ func TestSnapshotChunksAllOrNothing(t *testing.T) {
 		t.Fatalf("pre-chunk state: %v", err)
 	}
 }
+
+// Restore keeps each deployment's sealed record under its own id whatever
+// order the state lists them in, so a change applied after the restart
+// replaces that deployment's record only, and a second restart still has
+// every deployment.
+func TestRestoreKeepsRecordsWithTheirDeployments(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	if _, err := v.Resync(o.seal(&event.Record{Revision: 1, Kind: event.KindSnapshot}), 0); err != nil {
+		t.Fatal(err)
+	}
+	a, b := event.Deployment{ID: "a", Name: "a"}, event.Deployment{ID: "b", Name: "b"}
+	mustApply(t, v, o.seal(&event.Record{Revision: 2, Kind: event.KindDeployment, Deployment: &a}))
+	mustApply(t, v, o.seal(&event.Record{Revision: 3, Kind: event.KindDeployment, Deployment: &b}))
+	s := v.State()
+	for _, order := range [][][]byte{s.Deployments, {s.Deployments[1], s.Deployments[0]}} {
+		w := newView(t, o, nil)
+		if err := w.Restore(State{Revision: 3, SnapshotChunks: s.SnapshotChunks, Deployments: order}); err != nil {
+			t.Fatal(err)
+		}
+		a2 := event.Deployment{ID: "a", Name: "a2"}
+		mustApply(t, w, o.seal(&event.Record{Revision: 4, Kind: event.KindDeployment, Deployment: &a2}))
+		x := newView(t, o, nil)
+		if err := x.Restore(w.State()); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := x.Deployments().Get("a")
+		if _, ok := x.Deployments().Get("b"); !ok || got == nil || got.Name != "a2" {
+			t.Fatalf("after two restarts: a=%+v, b present %v", got, ok)
+		}
+	}
+}

@@ -52,7 +52,11 @@ func (v *View) Restore(s State) error {
 	if snapRev > s.Revision {
 		return fmt.Errorf("restoring snapshot: %w", event.ErrMalformed)
 	}
-	recs := make([]*event.Record, 0, len(s.Deployments))
+	type restored struct {
+		*event.Record
+		wire []byte
+	}
+	recs := make([]restored, 0, len(s.Deployments))
 	for _, w := range s.Deployments {
 		rec, err := v.open(w)
 		if err != nil {
@@ -61,17 +65,17 @@ func (v *View) Restore(s State) error {
 		if rec.Kind != event.KindDeployment || rec.Deployment == nil || rec.Revision > s.Revision {
 			return fmt.Errorf("restoring deployment: %w", event.ErrMalformed)
 		}
-		recs = append(recs, rec)
+		recs = append(recs, restored{rec, w}) // the wire travels with its record through the sort
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Revision < recs[j].Revision })
 
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
 	deps := NewDeployments(snapDeps, snapRev)
-	for i, rec := range recs {
+	for _, rec := range recs {
 		if rec.Revision > snapRev {
 			deps = deps.with(rec.Deployment, rec.Revision)
-			v.depWires[rec.Deployment.ID] = s.Deployments[i]
+			v.depWires[rec.Deployment.ID] = rec.wire
 		}
 	}
 	v.deps.Store(deps)
