@@ -247,7 +247,7 @@ type View struct {
 
 	depsMu   sync.Mutex        // serialises Apply, Resync, State and Restore
 	depFloor uint64            // deployment records at or below are in the snapshot
-	snapshot []byte            // the last sealed snapshot applied
+	snapshot [][]byte          // the last sealed snapshot applied (its chunks)
 	depWires map[string][]byte // the last sealed record per deployment since
 
 	// sealed holds, per secret hash, the last sealed key record read or
@@ -656,10 +656,10 @@ func (v *View) caughtUp(rev uint64) {
 // vouched for by the origin no later than the newest signed time among
 // recs: until a heartbeat proves otherwise, the state is as stale as that
 // is old. depsMu is held (Restore).
-func (v *View) restoredFrom(recs ...*event.Record) {
+func (v *View) restoredFrom(times ...time.Time) {
 	var newest int64
-	for _, r := range recs {
-		newest = max(newest, v.vouchedAt(r.Time))
+	for _, t := range times {
+		newest = max(newest, v.vouchedAt(t))
 	}
 	v.current.Store(newest)
 	v.restored.Store(true)
@@ -980,35 +980,82 @@ func (v *View) applyKey(k *event.Key, rev uint64, signed time.Time, wire []byte)
 	}
 }
 
+// ErrIncompleteSnapshot is returned by ResyncChunks and Restore for a set
+// of snapshot chunks that is not exactly one answer's, complete and in
+// order; nothing is applied.
+var ErrIncompleteSnapshot = errors.New("cache: incomplete or mixed snapshot chunks")
+
 // Resync replaces the deployments with a sealed snapshot and continues the
 // event stream after resume (0: after the snapshot's own revision): used on
 // first start, and when a gap in the stream means changes were lost. Every
 // cached key entry read before the snapshot becomes stale, so keys are
 // fetched again on demand. It returns the revision Apply expects next - 1.
 func (v *View) Resync(snapshot []byte, resume uint64) (uint64, error) {
-	rec, err := v.open(snapshot)
+	return v.ResyncChunks([][]byte{snapshot}, resume)
+}
+
+// ResyncChunks is Resync for a snapshot given as one KindSnapshot record or
+// as every KindSnapshotChunk record of one answer, in order. All are
+// verified before anything changes, and the deployments of all are applied
+// at once: a set that is incomplete, out of order, of two answers or of two
+// revisions is refused whole.
+func (v *View) ResyncChunks(chunks [][]byte, resume uint64) (uint64, error) {
+	rev, deps, _, err := v.openSnapshot(chunks)
 	if err != nil {
 		return 0, err
 	}
-	if rec.Kind != event.KindSnapshot {
-		v.rejected.Add(1)
-		return 0, fmt.Errorf("%w: want a snapshot, got %q", event.ErrMalformed, rec.Kind)
-	}
 	if resume == 0 {
-		resume = rec.Revision
+		resume = rev
 	}
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
 	v.resyncs.Add(1)
-	v.floor.Store(max(v.floor.Load(), rec.Revision))
-	v.negFloor.Store(max(v.negFloor.Load(), rec.Revision))
-	v.depFloor = rec.Revision
-	v.deps.Store(NewDeployments(rec.Deployments, rec.Revision))
-	v.snapshot = snapshot
+	v.floor.Store(max(v.floor.Load(), rev))
+	v.negFloor.Store(max(v.negFloor.Load(), rev))
+	v.depFloor = rev
+	v.deps.Store(NewDeployments(deps, rev))
+	v.snapshot = chunks
 	clear(v.depWires)
 	v.applied.Store(resume)
 	v.caughtUp(resume)
 	return resume, nil
+}
+
+// openSnapshot verifies a snapshot (see ResyncChunks) and returns its
+// revision and deployments. A refusal is counted as rejected.
+func (v *View) openSnapshot(chunks [][]byte) (rev uint64, deps []event.Deployment, signed time.Time, err error) {
+	if len(chunks) == 0 || len(chunks) > event.MaxSnapshotChunks {
+		v.rejected.Add(1)
+		return 0, nil, time.Time{}, fmt.Errorf("%w: %d chunks", ErrIncompleteSnapshot, len(chunks))
+	}
+	var id string
+	for i, w := range chunks {
+		rec, err := v.open(w)
+		if err != nil {
+			return 0, nil, time.Time{}, err
+		}
+		if len(chunks) == 1 && rec.Kind == event.KindSnapshot {
+			return rec.Revision, rec.Deployments, rec.Time, nil
+		}
+		if rec.Kind != event.KindSnapshotChunk || rec.Chunk == nil {
+			v.rejected.Add(1)
+			return 0, nil, time.Time{}, fmt.Errorf("%w: want a snapshot, got %q", event.ErrMalformed, rec.Kind)
+		}
+		c := rec.Chunk
+		if i == 0 {
+			rev, id, signed = rec.Revision, c.ID, rec.Time
+		}
+		if c.Count != len(chunks) || c.Index != i || c.ID != id || rec.Revision != rev {
+			v.rejected.Add(1)
+			return 0, nil, time.Time{}, fmt.Errorf("%w: chunk %d/%d of %q at revision %d where chunk %d/%d of %q at revision %d belongs",
+				ErrIncompleteSnapshot, c.Index, c.Count, c.ID, rec.Revision, i, len(chunks), id, rev)
+		}
+		if rec.Time.Before(signed) {
+			signed = rec.Time // the set vouches no later than its oldest chunk
+		}
+		deps = append(deps, rec.Deployments...)
+	}
+	return rev, deps, signed, nil
 }
 
 // HasSnapshot reports whether the View has deployments from a snapshot.

@@ -671,3 +671,144 @@ func TestLookupsBounded(t *testing.T) {
 		t.Fatalf("unavailable %d, unknown %d, most in flight %d", unavailable, unknown, most.Load())
 	}
 }
+
+// An edge restored from its state knows no key generations, so its floor is
+// the restored revision: a lookup answer recorded before a deletion the
+// edge had applied, replayed first after the restart, is refused every
+// time and never cached (issue 12.6).
+func TestRestoredFloorRefusesOlderReplay(t *testing.T) {
+	o := newOrigin(t)
+	h := newSecret(t)
+	v := newView(t, o, nil)
+	if _, err := v.Resync(o.seal(&event.Record{Kind: event.KindSnapshot}), 0); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, v, o.change(linked(h, "d1")))
+	old, _ := o.lookup(context.Background(), h) // the key, at revision 1
+	gone := linked(h, "d1")
+	gone.Deleted = true
+	mustApply(t, v, o.change(gone))
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := SaveState(path, v.State()); err != nil {
+		t.Fatal(err)
+	}
+
+	s, ok, err := LoadState(path)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	w, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
+		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return old, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if k, err := w.Authorize(context.Background(), h); err == nil {
+			t.Fatalf("request %d: deleted key admitted from a replayed answer at revision 1: %+v", i+1, k)
+		}
+	}
+	w.keys.Wait()
+	if _, ok := w.cached(&h); ok {
+		t.Fatal("the replayed answer was cached")
+	}
+}
+
+// chunkSet seals deps as n chunks of one answer id at rev.
+func (o *origin) chunkSet(id string, rev uint64, n int, deps ...event.Deployment) [][]byte {
+	var out [][]byte
+	for i := range n {
+		var part []event.Deployment
+		for j := i; j < len(deps); j += n {
+			part = append(part, deps[j])
+		}
+		out = append(out, o.seal(&event.Record{Revision: rev, Kind: event.KindSnapshotChunk, Deployments: part,
+			Chunk: &event.Chunk{ID: id, Index: i, Count: n}}))
+	}
+	return out
+}
+
+// A chunked snapshot applies only whole: missing, reordered, duplicated,
+// forged chunks, or chunks of two answers or two revisions, are refused
+// and change nothing; a complete set applies at once and round-trips
+// through the persisted state (issue 11.4).
+func TestSnapshotChunksAllOrNothing(t *testing.T) {
+	o := newOrigin(t)
+	rogue := newOrigin(t)
+	var deps []event.Deployment
+	for i := range 7 {
+		deps = append(deps, event.Deployment{ID: fmt.Sprintf("d%d", i), Name: fmt.Sprintf("n%d", i)})
+	}
+	a := o.chunkSet("a", 5, 3, deps...)
+	b := o.chunkSet("b", 5, 3, deps...)
+	c := o.chunkSet("c", 6, 3, deps...)
+	forged := rogue.chunkSet("a", 5, 3, deps...)
+	for name, set := range map[string][][]byte{
+		"missing last":    a[:2],
+		"missing first":   a[1:],
+		"reordered":       {a[1], a[0], a[2]},
+		"duplicated":      {a[0], a[0], a[2]},
+		"two answers":     {a[0], b[1], a[2]},
+		"two revisions":   {a[0], a[1], c[2]},
+		"forged chunk":    {a[0], forged[1], a[2]},
+		"none":            {},
+		"extra":           append(append([][]byte{}, a...), a[0]),
+		"chunk as single": {a[0]},
+	} {
+		v := newView(t, o, nil)
+		if _, err := v.ResyncChunks(set, 0); err == nil {
+			t.Errorf("%s: applied", name)
+		}
+		if v.HasSnapshot() || len(v.Deployments().List()) != 0 || v.AppliedRevision() != 0 {
+			t.Errorf("%s: refused set changed the view", name)
+		}
+	}
+	v := newView(t, o, nil)
+	if rev, err := v.ResyncChunks(a, 0); err != nil || rev != 5 || len(v.Deployments().List()) != len(deps) {
+		t.Fatalf("complete set: %d %v, %d deployments", rev, err, len(v.Deployments().List()))
+	}
+	w := newView(t, o, nil)
+	if err := w.Restore(v.State()); err != nil || len(w.Deployments().List()) != len(deps) || w.AppliedRevision() != 5 {
+		t.Fatalf("restored chunked state: %v, %d deployments at %d", err, len(w.Deployments().List()), w.AppliedRevision())
+	}
+	// State written before chunks (one KindSnapshot in "snapshot") restores.
+	old := State{Revision: 5, Snapshot: o.seal(&event.Record{Revision: 5, Kind: event.KindSnapshot, Deployments: deps})}
+	if err := newView(t, o, nil).Restore(old); err != nil {
+		t.Fatalf("pre-chunk state: %v", err)
+	}
+}
+
+// Restore keeps each deployment's sealed record under its own id whatever
+// order the state lists them in, so a change applied after the restart
+// replaces that deployment's record only, and a second restart still has
+// every deployment.
+func TestRestoreKeepsRecordsWithTheirDeployments(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	if _, err := v.Resync(o.seal(&event.Record{Revision: 1, Kind: event.KindSnapshot}), 0); err != nil {
+		t.Fatal(err)
+	}
+	a, b := event.Deployment{ID: "a", Name: "a"}, event.Deployment{ID: "b", Name: "b"}
+	mustApply(t, v, o.seal(&event.Record{Revision: 2, Kind: event.KindDeployment, Deployment: &a}))
+	mustApply(t, v, o.seal(&event.Record{Revision: 3, Kind: event.KindDeployment, Deployment: &b}))
+	s := v.State()
+	for _, order := range [][][]byte{s.Deployments, {s.Deployments[1], s.Deployments[0]}} {
+		w := newView(t, o, nil)
+		if err := w.Restore(State{Revision: 3, SnapshotChunks: s.SnapshotChunks, Deployments: order}); err != nil {
+			t.Fatal(err)
+		}
+		a2 := event.Deployment{ID: "a", Name: "a2"}
+		mustApply(t, w, o.seal(&event.Record{Revision: 4, Kind: event.KindDeployment, Deployment: &a2}))
+		x := newView(t, o, nil)
+		if err := x.Restore(w.State()); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := x.Deployments().Get("a")
+		if _, ok := x.Deployments().Get("b"); !ok || got == nil || got.Name != "a2" {
+			t.Fatalf("after two restarts: a=%+v, b present %v", got, ok)
+		}
+	}
+}

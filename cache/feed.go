@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,8 +83,10 @@ func replyData(msg *nats.Msg) ([]byte, error) {
 	return msg.Data, nil
 }
 
-// NewFeed validates cfg and restores persisted state into v. Start begins
-// consuming.
+// NewFeed validates cfg and restores persisted state into v. State signed
+// by a key other than the View's origin key is discarded with one warning
+// (the View then synchronises from a snapshot); any other unusable state is
+// an error. Start begins consuming.
 func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 	if cfg.Conn == nil {
 		return nil, errors.New("cache: FeedConfig.Conn is required")
@@ -111,11 +115,21 @@ func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 			return nil, err
 		}
 		if ok {
-			if err := v.Restore(s); err != nil {
+			switch err := v.Restore(s); {
+			case errors.Is(err, event.ErrBadSignature):
+				// Signed by another key: the origin's was rotated, or the edge
+				// now follows another origin. Nothing in it can be trusted,
+				// and nothing is lost by dropping it: the origin is the
+				// authority and a snapshot brings everything back. Restore
+				// changed nothing, so the View starts empty and syncs.
+				f.log.Warn("persisted edge state is not signed by the origin public key; discarding it and resynchronising from the origin",
+					"path", cfg.StatePath, "revision", s.Revision)
+			case err != nil:
 				return nil, fmt.Errorf("state in %s: %w", cfg.StatePath, err)
+			default:
+				f.saved = s.Revision
+				f.log.Info("resuming from persisted state", "revision", s.Revision)
 			}
-			f.saved = s.Revision
-			f.log.Info("resuming from persisted state", "revision", s.Revision)
 		}
 	}
 	return f, nil
@@ -359,20 +373,79 @@ func (f *Feed) lockedResync(ctx context.Context, resume uint64) error {
 func (f *Feed) resync(ctx context.Context, resume uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.RequestTimeout)
 	defer cancel()
-	msg, err := f.cfg.Conn.RequestWithContext(ctx, event.SnapshotSubject, nil)
+	start := time.Now()
+	chunks, size, err := requestSnapshot(ctx, f.cfg.Conn)
 	if err != nil {
 		return fmt.Errorf("requesting snapshot: %w", err)
 	}
-	wire, err := replyData(msg)
-	if err != nil {
-		return fmt.Errorf("requesting snapshot: %w", err)
-	}
-	rev, err := f.v.Resync(wire, resume)
+	rev, err := f.v.ResyncChunks(chunks, resume)
 	if err != nil {
 		return fmt.Errorf("applying snapshot: %w", err)
 	}
-	f.log.Info("synchronised from snapshot", "revision", rev, "deployments", len(f.v.Deployments().List()))
+	f.log.Info("synchronised from snapshot", "revision", rev, "deployments", len(f.v.Deployments().List()),
+		"chunks", len(chunks), "bytes", size, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// requestSnapshot asks for a chunked snapshot and collects the answer's
+// messages on a private inbox until the first chunk's count has arrived
+// (or ctx ends: an incomplete set is an error). It only collects; the View
+// verifies the set (ResyncChunks). A one-message KindSnapshot answer (an
+// older origin) is one chunk too.
+func requestSnapshot(ctx context.Context, nc *nats.Conn) (chunks [][]byte, size int, err error) {
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(event.MaxSnapshotChunks+1, 256<<20)
+	req := nats.NewMsg(event.SnapshotSubject)
+	req.Reply = inbox
+	req.Header.Set(event.SnapshotChunksHeader, "1")
+	if err := nc.PublishMsg(req); err != nil {
+		return nil, 0, err
+	}
+	want := 1
+	for len(chunks) < want {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if len(chunks) > 0 {
+				return nil, 0, fmt.Errorf("%d of %d chunks arrived: %w", len(chunks), want, err)
+			}
+			return nil, 0, err
+		}
+		if msg.Header.Get("Status") == "503" && len(msg.Data) == 0 {
+			return nil, 0, nats.ErrNoResponders
+		}
+		data, err := replyData(msg)
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(chunks) == 0 {
+			if n := chunkCount(data); n > 1 && n <= event.MaxSnapshotChunks {
+				want = n
+			}
+		}
+		chunks = append(chunks, data)
+		size += len(data)
+	}
+	return chunks, size, nil
+}
+
+// chunkCount reads the chunk count a sealed record claims, unverified: it
+// only says how many messages to wait for; the View verifies every one.
+func chunkCount(wire []byte) int {
+	if len(wire) <= ed25519.SignatureSize {
+		return 1
+	}
+	var r struct {
+		Chunk *event.Chunk `json:"chunk"`
+	}
+	if json.Unmarshal(wire[ed25519.SignatureSize:], &r) != nil || r.Chunk == nil {
+		return 1
+	}
+	return r.Chunk.Count
 }
 
 func (f *Feed) saveLoop(ctx context.Context) {

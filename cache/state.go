@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/keymesh/keymesh/event"
 )
@@ -17,9 +18,14 @@ import (
 // records only, and Restore verifies them again: the file is not trusted
 // more than the network.
 type State struct {
-	Revision    uint64   `json:"revision"`
-	Snapshot    []byte   `json:"snapshot"`
-	Deployments [][]byte `json:"deployments,omitempty"`
+	Revision uint64 `json:"revision"`
+	// Snapshot is a single KindSnapshot record: state written before
+	// chunked snapshots. State writes SnapshotChunks.
+	Snapshot []byte `json:"snapshot,omitempty"`
+	// SnapshotChunks is the snapshot as applied: one KindSnapshot record
+	// or every KindSnapshotChunk record of one answer, in order.
+	SnapshotChunks [][]byte `json:"snapshot_chunks,omitempty"`
+	Deployments    [][]byte `json:"deployments,omitempty"`
 }
 
 // State returns the View's persistable state. Revision never runs ahead of
@@ -27,7 +33,7 @@ type State struct {
 func (v *View) State() State {
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
-	s := State{Revision: v.applied.Load(), Snapshot: v.snapshot}
+	s := State{Revision: v.applied.Load(), SnapshotChunks: v.snapshot}
 	for _, w := range v.depWires {
 		s.Deployments = append(s.Deployments, w)
 	}
@@ -36,14 +42,22 @@ func (v *View) State() State {
 
 // Restore loads persisted state into an empty View.
 func (v *View) Restore(s State) error {
-	snap, err := v.open(s.Snapshot)
+	chunks := s.SnapshotChunks
+	if len(chunks) == 0 && s.Snapshot != nil {
+		chunks = [][]byte{s.Snapshot}
+	}
+	snapRev, snapDeps, snapTime, err := v.openSnapshot(chunks)
 	if err != nil {
 		return fmt.Errorf("restoring snapshot: %w", err)
 	}
-	if snap.Kind != event.KindSnapshot || snap.Revision > s.Revision {
+	if snapRev > s.Revision {
 		return fmt.Errorf("restoring snapshot: %w", event.ErrMalformed)
 	}
-	recs := make([]*event.Record, 0, len(s.Deployments))
+	type restored struct {
+		*event.Record
+		wire []byte
+	}
+	recs := make([]restored, 0, len(s.Deployments))
 	for _, w := range s.Deployments {
 		rec, err := v.open(w)
 		if err != nil {
@@ -52,24 +66,35 @@ func (v *View) Restore(s State) error {
 		if rec.Kind != event.KindDeployment || rec.Deployment == nil || rec.Revision > s.Revision {
 			return fmt.Errorf("restoring deployment: %w", event.ErrMalformed)
 		}
-		recs = append(recs, rec)
+		recs = append(recs, restored{rec, w}) // the wire travels with its record through the sort
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Revision < recs[j].Revision })
 
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
-	deps := NewDeployments(snap.Deployments, snap.Revision)
-	for i, rec := range recs {
-		if rec.Revision > snap.Revision {
+	deps := NewDeployments(snapDeps, snapRev)
+	for _, rec := range recs {
+		if rec.Revision > snapRev {
 			deps = deps.with(rec.Deployment, rec.Revision)
-			v.depWires[rec.Deployment.ID] = s.Deployments[i]
+			v.depWires[rec.Deployment.ID] = rec.wire
 		}
 	}
 	v.deps.Store(deps)
-	v.snapshot = s.Snapshot
-	v.depFloor = snap.Revision
+	v.snapshot = chunks
+	v.depFloor = snapRev
+	// The View restarts knowing nothing about which keys changed before
+	// s.Revision (generations are not persisted), so every answer read
+	// before it may predate a change already applied, a deletion say: a
+	// replayed lookup reply recorded then would bring the key back. The
+	// restored revision is the floor, as after a snapshot.
+	v.floor.Store(max(v.floor.Load(), s.Revision))
+	v.negFloor.Store(max(v.negFloor.Load(), s.Revision))
 	v.applied.Store(s.Revision)
-	v.restoredFrom(append(recs, snap)...) // as stale as the newest signed record in it
+	times := []time.Time{snapTime}
+	for _, r := range recs {
+		times = append(times, r.Time)
+	}
+	v.restoredFrom(times...) // as stale as the newest signed record in it
 	return nil
 }
 

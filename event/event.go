@@ -29,6 +29,10 @@ const (
 	KindKeyNotFound Kind = "key_not_found"
 	// KindSnapshot carries every live deployment at Revision.
 	KindSnapshot Kind = "snapshot"
+	// KindSnapshotChunk carries part of the live deployments at Revision;
+	// Chunk says which part. The chunks of one answer share Revision and
+	// Chunk.ID, and only all Chunk.Count of them together are a snapshot.
+	KindSnapshotChunk Kind = "snapshot_chunk"
 	// KindHeartbeat says the origin is alive and, as of Time, has
 	// committed (acknowledged) every change up to Revision — its committed
 	// head, which may be ahead of what the event stream holds yet. An edge
@@ -50,7 +54,20 @@ type Record struct {
 	Deployment  *Deployment  `json:"deployment,omitempty"`
 	Deployments []Deployment `json:"deployments,omitempty"`
 	Hash        *apikey.Hash `json:"hash,omitempty"`
+	Chunk       *Chunk       `json:"chunk,omitempty"`
 }
+
+// Chunk places a KindSnapshotChunk record in its snapshot: part Index
+// (from 0) of Count, of the answer ID (random, one per answer, so chunks
+// of two answers, even at one revision, are never taken for one set).
+type Chunk struct {
+	ID    string `json:"id"`
+	Index int    `json:"index"`
+	Count int    `json:"count"`
+}
+
+// MaxSnapshotChunks bounds the chunks an edge accepts for one snapshot.
+const MaxSnapshotChunks = 4096
 
 // Key is what an edge needs to authorize a request with a key. It never holds
 // the secret, only hashes of it.

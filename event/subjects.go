@@ -18,8 +18,14 @@ const (
 	// LookupKeySubject answers a request carrying a key hash (32 raw bytes)
 	// with a sealed KindKey or KindKeyNotFound record.
 	LookupKeySubject = "keymesh.lookup.key"
-	// SnapshotSubject answers an empty request with a sealed KindSnapshot.
+	// SnapshotSubject answers an empty request with a sealed KindSnapshot,
+	// one message. A request with header SnapshotChunksHeader is answered
+	// with Count sealed KindSnapshotChunk records, each its own message to
+	// the reply subject, in order, each well under NATS max_payload: a
+	// project's deployments may not fit in one message.
 	SnapshotSubject = "keymesh.lookup.snapshot"
+	// SnapshotChunksHeader on a snapshot request asks for chunks.
+	SnapshotChunksHeader = "Keymesh-Snapshot-Chunks"
 	// OriginHeartbeatSubject carries the origin's sealed KindHeartbeat
 	// records, published every heartbeat interval by every replica.
 	OriginHeartbeatSubject = "keymesh.origin.heartbeat"

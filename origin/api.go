@@ -259,7 +259,7 @@ func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	if waiting {
 		// The change is committed: hold the answer until the edges have it.
 		got := s.awaitPropagation(c, rev, p.wait)
-		p.Applied, p.Pending = got.Applied, got.Pending
+		p.Applied, p.Pending, p.LiveEdges = got.Applied, got.Pending, got.LiveEdges
 		if body == nil {
 			body = &deleted{Revision: rev, Propagation: p}
 		}
@@ -283,6 +283,9 @@ type deleted struct {
 type propagation struct {
 	Applied []string `json:"applied"`
 	Pending []string `json:"pending"`
+	// LiveEdges counts the live edges the wait knew of (applied +
+	// pending): 0 means it proved nothing reached any edge.
+	LiveEdges int `json:"live_edges"`
 	// wait is the asked-for ?wait duration.
 	wait time.Duration
 }

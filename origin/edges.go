@@ -306,7 +306,7 @@ func (r *edgeRegistry) wait(ctx context.Context, rev uint64, d time.Duration) *p
 func newPropagation(applied, pending []string) *propagation {
 	slices.Sort(applied)
 	slices.Sort(pending)
-	return &propagation{Applied: applied, Pending: pending}
+	return &propagation{Applied: applied, Pending: pending, LiveEdges: len(applied) + len(pending)}
 }
 
 // startEdgeRegistry subscribes this replica to every edge heartbeat (no

@@ -175,7 +175,7 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 		Propagation *propagation
 	}
 	c.must(201, "POST", "/v1/projects/default/keys?wait=5s", map[string]any{"name": "k"}, &k)
-	if k.Propagation == nil || fmt.Sprint(k.Propagation.Applied, k.Propagation.Pending) != "[edge-ahead] []" {
+	if k.Propagation == nil || fmt.Sprint(k.Propagation.Applied, k.Propagation.Pending) != "[edge-ahead] []" || k.Propagation.LiveEdges != 1 {
 		t.Fatalf("propagation %+v", k.Propagation)
 	}
 
@@ -215,7 +215,7 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 		t.Fatalf("PATCH: %d after %v: %s", st, time.Since(start), b)
 	}
 	mustJSON(t, b, &pk)
-	if !strings.Contains(fmt.Sprint(pk.Propagation.Pending), "edge-stuck") {
+	if !strings.Contains(fmt.Sprint(pk.Propagation.Pending), "edge-stuck") || pk.Propagation.LiveEdges != 3 {
 		t.Fatalf("propagation %+v", pk.Propagation)
 	}
 

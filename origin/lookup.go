@@ -16,8 +16,8 @@ const lookupTimeout = 5 * time.Second
 // startResponders subscribes the key-lookup and snapshot responders in the
 // queue group event.LookupQueue.
 func (s *Server) startResponders() error {
-	for subj, h := range map[string]func(context.Context, *nats.Msg) ([]byte, error){
-		event.LookupKeySubject: s.answerKey,
+	for subj, h := range map[string]func(context.Context, *nats.Msg) ([][]byte, error){
+		event.LookupKeySubject: one(s.answerKey),
 		event.SnapshotSubject:  s.answerSnapshot,
 	} {
 		sub, err := s.nc.QueueSubscribe(subj, event.LookupQueue, s.responder(subj, h))
@@ -37,9 +37,21 @@ func (s *Server) startResponders() error {
 	return nil
 }
 
+// one adapts a handler answering with one message.
+func one(h func(context.Context, *nats.Msg) ([]byte, error)) func(context.Context, *nats.Msg) ([][]byte, error) {
+	return func(ctx context.Context, m *nats.Msg) ([][]byte, error) {
+		b, err := h(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		return [][]byte{b}, nil
+	}
+}
+
 // responder runs h for each request on a bounded number of goroutines and
-// replies with its sealed record, or an empty body with event.ErrorHeader.
-func (s *Server) responder(subj string, h func(context.Context, *nats.Msg) ([]byte, error)) nats.MsgHandler {
+// replies with its sealed records, one message each, in order, or an empty
+// body with event.ErrorHeader.
+func (s *Server) responder(subj string, h func(context.Context, *nats.Msg) ([][]byte, error)) nats.MsgHandler {
 	return func(m *nats.Msg) {
 		if m.Reply == "" {
 			return
@@ -57,14 +69,17 @@ func (s *Server) responder(subj string, h func(context.Context, *nats.Msg) ([]by
 			defer func() { <-s.lookupSem; s.lookupWG.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
 			defer cancel()
-			body, err := h(ctx, m)
+			bodies, err := h(ctx, m)
 			if err != nil {
 				s.log.Warn("lookup failed", "subject", subj, "err", err)
 				s.replyError(m, reasonFor(err))
 				return
 			}
-			if err := m.Respond(body); err != nil {
-				s.log.Debug("lookup reply not sent", "subject", subj, "err", err)
+			for _, body := range bodies {
+				if err := m.Respond(body); err != nil {
+					s.log.Debug("lookup reply not sent", "subject", subj, "err", err)
+					return
+				}
 			}
 		}()
 	}
@@ -110,10 +125,66 @@ func (s *Server) answerKey(ctx context.Context, m *nats.Msg) ([]byte, error) {
 	return s.signer.Seal(rec)
 }
 
-func (s *Server) answerSnapshot(ctx context.Context, _ *nats.Msg) ([]byte, error) {
+// answerSnapshot answers a snapshot request from one read of the store: a
+// single KindSnapshot record (edges older than chunked snapshots), or,
+// when the request has event.SnapshotChunksHeader, the deployments split
+// into KindSnapshotChunk records of at most snapshotChunkBytes each.
+func (s *Server) answerSnapshot(ctx context.Context, m *nats.Msg) ([][]byte, error) {
 	rev, deps, err := s.store.snapshot(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return s.signer.Seal(&event.Record{Revision: rev, Kind: event.KindSnapshot, Time: time.Now().UTC(), Deployments: deps})
+	now := time.Now().UTC()
+	if m.Header.Get(event.SnapshotChunksHeader) == "" {
+		b, err := s.signer.Seal(&event.Record{Revision: rev, Kind: event.KindSnapshot, Time: now, Deployments: deps})
+		if err != nil {
+			return nil, err
+		}
+		return [][]byte{b}, nil
+	}
+	budget := snapshotChunkBytes
+	if mp := int(s.nc.MaxPayload()); mp > 0 {
+		budget = min(budget, mp/2)
+	}
+	return sealChunks(s.signer, rev, now, deps, budget)
+}
+
+// snapshotChunkBytes bounds a snapshot chunk's deployments (their JSON);
+// the record around them adds well under 1 KiB. It is far below NATS's
+// default max_payload (1 MiB), and below half of whatever the server says.
+const snapshotChunkBytes = 256 << 10
+
+// sealChunks splits deps into consecutive chunks whose deployments' JSON
+// stays within budget (a deployment larger than budget, which the API's
+// field bounds rule out, gets a chunk of its own) and seals each as part
+// of one answer at rev. An empty project is one empty chunk.
+func sealChunks(signer *event.Signer, rev uint64, now time.Time, deps []event.Deployment, budget int) ([][]byte, error) {
+	var groups [][]event.Deployment
+	start, size := 0, 0
+	for i := range deps {
+		b, err := event.Marshal(&deps[i])
+		if err != nil {
+			return nil, fmt.Errorf("encoding deployment: %w", err)
+		}
+		if i > start && size+len(b)+1 > budget {
+			groups = append(groups, deps[start:i])
+			start, size = i, 0
+		}
+		size += len(b) + 1
+	}
+	groups = append(groups, deps[start:])
+	if len(groups) > event.MaxSnapshotChunks {
+		return nil, fmt.Errorf("snapshot of %d deployments needs %d chunks, over the %d an edge takes", len(deps), len(groups), event.MaxSnapshotChunks)
+	}
+	id := randomToken(12)
+	out := make([][]byte, len(groups))
+	for i, g := range groups {
+		b, err := signer.Seal(&event.Record{Revision: rev, Kind: event.KindSnapshotChunk, Time: now, Deployments: g,
+			Chunk: &event.Chunk{ID: id, Index: i, Count: len(groups)}})
+		if err != nil {
+			return nil, err
+		}
+		out[i] = b
+	}
+	return out, nil
 }

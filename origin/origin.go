@@ -71,6 +71,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/dirlock"
 	"github.com/keymesh/keymesh/internal/redact"
 )
 
@@ -336,6 +337,8 @@ func (c *Config) fill() error {
 // Server is a running origin.
 type Server struct {
 	cfg Config
+	// dirLock keeps a second origin off DataDir (released last).
+	dirLock *dirlock.Lock
 	// patterns lists every registered route (see routes).
 	patterns []string
 	logins   *loginGuard
@@ -397,6 +400,13 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
+	// Two origins on one data dir would share one SQLite file and one
+	// embedded NATS store: refuse the second, naming the first.
+	lock, err := dirlock.Acquire(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s.dirLock = lock
 	priv, err := loadSigningKey(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -585,6 +595,7 @@ func (s *Server) closeResources() {
 	if s.store != nil {
 		_ = s.store.Close()
 	}
+	s.dirLock.Release()
 }
 
 // bootstrap creates the admin user and the default project on first start.

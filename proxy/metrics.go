@@ -184,6 +184,11 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /status", s.serveStatus)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		if !s.view.HasSnapshot() { // not ready until it holds the deployments
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"status":"syncing"}` + "\n"))
+			return
+		}
 		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

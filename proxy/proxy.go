@@ -40,6 +40,7 @@ import (
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/dirlock"
 	"github.com/keymesh/keymesh/internal/natsauth"
 )
 
@@ -164,6 +165,7 @@ func DefaultConfig() Config {
 // Server is one edge. Its methods are safe for concurrent use.
 type Server struct {
 	cfg     Config
+	dirLock *dirlock.Lock // keeps a second edge off DataDir; released last
 	log     *slog.Logger
 	nc      *nats.Conn
 	view    *cache.View
@@ -271,6 +273,19 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 		statePath = filepath.Join(cfg.DataDir, "state.json")
 	}
+	// Two edges on one data dir would overwrite each other's state.
+	var lock *dirlock.Lock
+	if cfg.DataDir != "" {
+		if lock, err = dirlock.Acquire(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	started := false
+	defer func() {
+		if !started {
+			lock.Release()
+		}
+	}()
 
 	natsOpts, err := natsauth.ClientOptions(cfg.NATSCreds, cfg.NATSTLSCA, cfg.NATSTLSCert, cfg.NATSTLSKey)
 	if err != nil {
@@ -391,6 +406,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	audit.start()
 	s.startHeartbeat()
+	s.dirLock, started = lock, true
 	return s, nil
 }
 
@@ -493,6 +509,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.nc.Close()
 	s.view.Close()
+	s.dirLock.Release()
 	return errors.Join(errs...)
 }
 
@@ -635,7 +652,13 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	}
 	if r.open() {
 		ctx.Response.Header.SetContentType("application/json")
-		ctx.SetBodyString(`{"status":"ok"}`)
+		if string(r.path) == "/health" && !s.view.HasSnapshot() {
+			// Not ready: without deployments every request would be a 404.
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.SetBodyString(`{"status":"syncing"}`)
+		} else {
+			ctx.SetBodyString(`{"status":"ok"}`)
+		}
 		out.open = true
 		return out
 	}

@@ -46,6 +46,7 @@ type cliEnv struct {
 	getenv    func(string) string
 	stdin     io.Reader
 	stdout    io.Writer
+	stderr    io.Writer // warnings only; errors are returned
 	server    string
 	project   string
 	tokenFile string
@@ -117,7 +118,7 @@ func runCLI(args []string, getenv func(string) string, stdin io.Reader, stdout, 
 		fmt.Fprintf(stderr, "origin: unknown command %q (see origin help)\n", strings.Join(args[:min(2, len(args))], " "))
 		return 2
 	}
-	err := cmd.run(rest, getenv, stdin, stdout)
+	err := cmd.run(rest, getenv, stdin, stdout, stderr)
 	var ue *usageError
 	var ae *apiclient.APIError
 	switch {
@@ -162,10 +163,10 @@ func listCommands(cmds []*command, group string, out io.Writer) {
 }
 
 // run parses the command's flags and runs it.
-func (c *command) run(args []string, getenv func(string) string, stdin io.Reader, stdout io.Writer) error {
+func (c *command) run(args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("origin "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	e := &cliEnv{getenv: getenv, stdin: stdin, stdout: stdout}
+	e := &cliEnv{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	fs.StringVar(&e.server, "server", envOr(getenv, "ORIGIN_SERVER", defaultServer), "origin API address [env ORIGIN_SERVER]")
 	if !c.noAuth {
 		fs.StringVar(&e.project, "project", envOr(getenv, "ORIGIN_PROJECT", "default"), "project id or name [env ORIGIN_PROJECT]")
@@ -388,6 +389,15 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// warnNoEdges says on stderr, once per mutation, that a ?wait answer knew
+// no live edge: "0 applied, 0 pending" reads like success but proves
+// nothing reached an edge.
+func (e *cliEnv) warnNoEdges(p *apiclient.Propagation) {
+	if p != nil && p.LiveEdges == 0 && e.stderr != nil {
+		fmt.Fprintln(e.stderr, "origin: warning: no live edges: the origin has heard from no edge, so --wait proved nothing reached one")
+	}
 }
 
 func fmtPropagation(p *apiclient.Propagation) string {

@@ -151,6 +151,7 @@ func fmtUpstreamAuth(ua *apiclient.UpstreamAuth) string {
 }
 
 func (e *cliEnv) showDeployment(d *apiclient.Deployment) error {
+	e.warnNoEdges(d.Propagation)
 	if e.json {
 		return e.printJSON(d.JSON)
 	}
@@ -284,6 +285,7 @@ func depDeleteCmd() *command {
 				if err != nil {
 					return err
 				}
+				e.warnNoEdges(del.Propagation)
 				if e.json {
 					out := map[string]any{"id": args[0], "deleted": true, "revision": del.Revision}
 					if del.Propagation != nil {

@@ -166,6 +166,7 @@ func keyStatus(k *apiclient.Key) string {
 // showKey prints one key: its JSON, or a detail view. It never prints the
 // secret; printSecret does, for create and rotate.
 func (e *cliEnv) showKey(k *apiclient.Key) error {
+	e.warnNoEdges(k.Propagation)
 	if e.json {
 		return e.printJSON(k.JSON)
 	}
@@ -359,6 +360,7 @@ func keysDeleteCmd() *command {
 				if err != nil {
 					return err
 				}
+				e.warnNoEdges(del.Propagation)
 				if e.json {
 					out := map[string]any{"id": args[0], "deleted": true, "revision": del.Revision}
 					if del.Propagation != nil {
@@ -429,6 +431,7 @@ func linkCmd(on bool) *command {
 				if err != nil {
 					return err
 				}
+				e.warnNoEdges(k.Propagation)
 				if e.json {
 					return e.printJSON(k.JSON)
 				}

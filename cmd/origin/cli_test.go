@@ -67,6 +67,21 @@ func (r *cliRunner) ok(args ...string) string {
 	return res.stdout
 }
 
+// okNoEdges runs a mutation with --wait while no edge is live: it succeeds,
+// and stderr is the one warning that the wait proved nothing (issue 12.7).
+func (r *cliRunner) okNoEdges(args ...string) string {
+	r.t.Helper()
+	res := r.run("", args...)
+	if res.code != 0 {
+		r.t.Fatalf("origin %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
+	}
+	if lines := strings.Split(strings.TrimRight(res.stderr, "\n"), "\n"); len(lines) != 1 ||
+		!strings.HasPrefix(lines[0], "origin: warning: no live edges") {
+		r.t.Errorf("origin %s: stderr %q, want the no-live-edges warning", strings.Join(args, " "), res.stderr)
+	}
+	return res.stdout
+}
+
 // fails runs and checks the exit code and a one-line stderr.
 func (r *cliRunner) fails(code int, want string, args ...string) string {
 	r.t.Helper()
@@ -138,8 +153,9 @@ func TestCLIWorkflow(t *testing.T) {
 	}
 
 	// Deployments.
-	out := r.ok("deployments", "create", "chat", "--upstream", "http://127.0.0.1:9", "--upstream", "eu=http://10.0.0.1:8000",
+	out := r.okNoEdges("deployments", "create", "chat", "--upstream", "http://127.0.0.1:9", "--upstream", "eu=http://10.0.0.1:8000",
 		"--hosts", "chat.example.com", "--rate-limit", "600", "--wait", "1s")
+	// No edge runs: every --wait below is warned about on stderr.
 	for _, want := range []string{"Created deployment dep_", "chat.example.com", "*=http://127.0.0.1:9 eu=http://10.0.0.1:8000", "600/min", "Propagation:"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("deployments create lacks %q:\n%s", want, out)
@@ -207,7 +223,7 @@ func TestCLIWorkflow(t *testing.T) {
 	if len(page.Items) != 0 {
 		t.Fatalf("still linked after unlink: %+v", page)
 	}
-	r.ok("link", "chat", keyID, "--wait", "1s")
+	r.okNoEdges("link", "chat", keyID, "--wait", "1s")
 	r.json(&page, "deployments", "keys", "chat")
 	if len(page.Items) != 1 || page.Items[0]["id"] != keyID {
 		t.Fatalf("not linked after link: %+v", page)
@@ -246,7 +262,7 @@ func TestCLIWorkflow(t *testing.T) {
 		t.Fatalf("keys delete: %s", out)
 	}
 	r.fails(1, "origin: NOT_FOUND: ", "keys", "get", keyID)
-	if out := r.ok("deployments", "delete", "chat", "--wait", "100ms"); !strings.Contains(out, "Deleted deployment chat") ||
+	if out := r.okNoEdges("deployments", "delete", "chat", "--wait", "100ms"); !strings.Contains(out, "Deleted deployment chat") ||
 		!strings.Contains(out, "Propagation:") {
 		t.Fatalf("deployments delete --wait: %s", out)
 	}

@@ -205,6 +205,9 @@ type UpstreamAuth struct {
 type Propagation struct {
 	Applied []string `json:"applied"`
 	Pending []string `json:"pending"`
+	// LiveEdges is how many edges were live (applied + pending); 0 means
+	// the wait proved nothing.
+	LiveEdges int `json:"live_edges"`
 }
 
 // Key is an API key as the origin shows it.
