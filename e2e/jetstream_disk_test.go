@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/origin"
 )
 
@@ -54,6 +55,11 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 	}
 	s.origin = o
 	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	// The embedded NATS trusts the operator the origin created in its data
+	// dir: the edge's credential comes from there.
+	if s.natsKeys, err = natsauth.Load(dataDir); err != nil {
+		t.Fatal(err)
+	}
 	s.api = &bench.OriginClient{BaseURL: "http://" + o.Addr()}
 	if err := s.api.Login(context.Background(), "admin", adminPassword); err != nil {
 		t.Fatal(err)
