@@ -28,7 +28,9 @@ func TestSecondEdgeOnOneDataDirRefused(t *testing.T) {
 	signer, _ := event.NewSigner(priv)
 	dir := filepath.Join(t.TempDir(), "edge")
 	nats := "nats://" + freeAddr(t)
-	edge := func() (*exec.Cmd, *testutil.Buffer) {
+	// edge starts one; wait says whether cleanup waits for it (else the
+	// test does).
+	edge := func(wait bool) (*exec.Cmd, *testutil.Buffer) {
 		cmd := exec.Command(exe, "--listen", freeAddr(t), "--admin-listen", "", "--nats-url", nats,
 			"--data-dir", dir, "--origin-public-key", event.EncodePublicKey(signer.Public()))
 		cmd.Env = append(os.Environ(), "EDGE_TEST_MAIN=1")
@@ -37,7 +39,12 @@ func TestSecondEdgeOnOneDataDirRefused(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			if wait {
+				_ = cmd.Wait()
+			}
+		})
 		return cmd, errb
 	}
 	started := func(errb *testutil.Buffer) {
@@ -48,15 +55,19 @@ func TestSecondEdgeOnOneDataDirRefused(t *testing.T) {
 			return nil
 		})
 	}
-	first, ferr := edge()
+	first, ferr := edge(false)
 	started(ferr)
 
-	second, serr := edge()
+	second, serr := edge(false)
 	done := make(chan error, 1)
 	go func() { done <- second.Wait() }()
 	select {
 	case err = <-done:
 	case <-time.After(30 * time.Second):
+		_ = second.Process.Kill()
+		<-done
+		_ = first.Process.Kill()
+		_ = first.Wait()
 		t.Fatalf("second edge still running: %s", serr.String())
 	}
 	var exit *exec.ExitError
@@ -70,6 +81,6 @@ func TestSecondEdgeOnOneDataDirRefused(t *testing.T) {
 
 	_ = first.Process.Kill()
 	_ = first.Wait()
-	_, terr := edge()
+	_, terr := edge(true)
 	started(terr)
 }

@@ -66,6 +66,7 @@ func TestSecondOriginOnOneDataDirRefused(t *testing.T) {
 	case err = <-done:
 	case <-time.After(60 * time.Second):
 		_ = second.Process.Kill()
+		<-done
 		t.Fatalf("second origin still running: %s", errb.String())
 	}
 	var exit *exec.ExitError
