@@ -36,7 +36,7 @@ const processPassword = "fault-test-admin-password"
 type originProcess struct {
 	cmd     *exec.Cmd
 	base    string // http://listen
-	stderr  *lockedBuffer
+	stderr  *testutil.Buffer
 	exited  chan error
 	natsURL string
 }
@@ -56,7 +56,7 @@ func startOriginProcess(t *testing.T, dir string) *originProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &originProcess{base: "http://" + listen, stderr: &lockedBuffer{}, exited: make(chan error, 1)}
+	p := &originProcess{base: "http://" + listen, stderr: &testutil.Buffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(exe, "--data-dir", dir, "--listen", listen, "--nats-listen", "127.0.0.1:-1")
 	p.cmd.Env = append(os.Environ(), "ORIGIN_TEST_MAIN=1", "ORIGIN_ADMIN_PASSWORD="+processPassword)
 	p.cmd.Stderr, p.cmd.Stdout = p.stderr, p.stderr

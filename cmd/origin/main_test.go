@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 func noenv(string) string { return "" }
@@ -104,7 +106,7 @@ func TestSignalShutsDownCleanly(t *testing.T) {
 		return ""
 	}
 	var out bytes.Buffer
-	errb := &lockedBuffer{}
+	errb := &testutil.Buffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(nil, env, &out, errb) }()
 	deadline := time.Now().Add(20 * time.Second)
