@@ -6,16 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
 	"github.com/keymesh/keymesh/internal/natsauth"
+	"github.com/keymesh/keymesh/internal/testutil"
 	"github.com/keymesh/keymesh/origin"
 )
 
@@ -26,18 +24,9 @@ import (
 // changes keep reaching it (its consumer survived the origin restarting
 // the embedded JetStream).
 func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs for the JetStream store (CI runs as root)")
-	}
 	dataDir := t.TempDir()
 	natsDir := filepath.Join(dataDir, "nats")
-	if err := os.MkdirAll(natsDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", natsDir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v: %s)", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", natsDir).Run() })
+	testutil.SmallDisk(t, natsDir, "4m")
 
 	s := &stack{t: t, logs: &logSink{}}
 	cfg := origin.DefaultConfig()
@@ -83,21 +72,7 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 	e := s.startEdge(edgeOpts{natsURL: o.NATSURL()})
 	expect(t, e, withKey(k), 200, "")
 
-	filler := filepath.Join(natsDir, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
+	freeDisk := testutil.FillDisk(t, natsDir)
 
 	keyPath := "/v1/projects/" + project + "/keys/" + k.ID
 	var rev uint64
@@ -120,9 +95,7 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 		return nil
 	})
 
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
+	freeDisk()
 	freed := time.Now()
 	checkFor(t, 90*time.Second, func() error {
 		if p := o.PublishedRevision(); p < rev {

@@ -3,16 +3,12 @@ package origin
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -143,24 +139,11 @@ func TestForeignStreamMessageRaisesAlarm(t *testing.T) {
 // JetStream, whose streams otherwise keep their first write error for
 // good), with every event at its revision. A real tmpfs, filled for real.
 func TestPublishingRecoversFromAFullJetStreamDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs for the JetStream store (CI runs as root)")
-	}
 	logs := &syncBuffer{}
 	cfg := testConfig(t.TempDir())
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	natsDir := filepath.Join(cfg.DataDir, "nats")
-	if err := os.MkdirAll(natsDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", natsDir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v: %s)", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", natsDir).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v %s", err, out)
-		}
-	})
+	testutil.SmallDisk(t, natsDir, "4m")
 	s := startServer(t, cfg)
 	defer func() {
 		if t.Failed() {
@@ -173,21 +156,7 @@ func TestPublishingRecoversFromAFullJetStreamDisk(t *testing.T) {
 	before := s.Revision()
 
 	// Fill the filesystem.
-	filler := filepath.Join(natsDir, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
+	freeDisk := testutil.FillDisk(t, natsDir)
 
 	// Changes keep committing; publishing them fails.
 	for i := range 20 {
@@ -207,9 +176,7 @@ func TestPublishingRecoversFromAFullJetStreamDisk(t *testing.T) {
 	t.Logf("disk full: committed %d, published %d (before: %d)", s.Revision(), s.PublishedRevision(), before)
 
 	// Space is back: publishing catches up without a restart.
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
+	freeDisk()
 	freed := time.Now()
 	testutil.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
 		if p, r := s.PublishedRevision(), s.Revision(); p != r {

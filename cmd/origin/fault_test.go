@@ -110,18 +110,9 @@ func (p *originProcess) kill(t *testing.T) {
 // a restart (it restarts its embedded JetStream, whose stream otherwise
 // keeps its write error for good).
 func TestOriginProcessRecoversFromFullJetStreamDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs for the JetStream store (CI runs as root)")
-	}
 	dir := t.TempDir()
 	natsDir := filepath.Join(dir, "nats")
-	if err := os.MkdirAll(natsDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", natsDir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v: %s)", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", natsDir).Run() })
+	testutil.SmallDisk(t, natsDir, "4m")
 
 	proc := startOriginProcess(t, dir)
 	base := proc.base
@@ -164,21 +155,7 @@ func TestOriginProcessRecoversFromFullJetStreamDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	filler := filepath.Join(natsDir, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
+	freeDisk := testutil.FillDisk(t, natsDir)
 	for i := range 20 {
 		if _, err := api.CreateKey(ctx, "default", fmt.Sprintf("k%d-%s", i, strings.Repeat("x", 150)), d.ID); err != nil {
 			t.Fatalf("key %d not committed on a full JetStream disk: %v", i, err)
@@ -196,9 +173,7 @@ func TestOriginProcessRecoversFromFullJetStreamDisk(t *testing.T) {
 	}
 	t.Logf("disk full: committed %d, published %d", h.Revision, h.PublishedRevision)
 
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
+	freeDisk()
 	freed := time.Now()
 	testutil.CheckFor(t, 90*time.Second, 50*time.Millisecond, func() error {
 		h, err := getHealth()
