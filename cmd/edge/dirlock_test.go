@@ -3,37 +3,25 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // A second edge on a data dir in use exits non-zero with one line naming
 // the first's pid (issue 12.7); after the first is killed the dir is free.
 func TestSecondEdgeOnOneDataDirRefused(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, err := event.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, _ := event.NewSigner(priv)
 	dir := filepath.Join(t.TempDir(), "edge")
 	nats := "nats://" + freeAddr(t)
 	// edge starts one; wait says whether cleanup waits for it (else the
 	// test does).
 	edge := func(wait bool) (*exec.Cmd, *testutil.Buffer) {
-		cmd := exec.Command(exe, "--listen", freeAddr(t), "--admin-listen", "", "--nats-url", nats,
-			"--data-dir", dir, "--origin-public-key", event.EncodePublicKey(signer.Public()))
-		cmd.Env = append(os.Environ(), "EDGE_TEST_MAIN=1")
+		cmd := edgeCommand(t, "--listen", freeAddr(t), "--admin-listen", "", "--nats-url", nats,
+			"--data-dir", dir)
 		errb := &testutil.Buffer{}
 		cmd.Stderr = errb
 		if err := cmd.Start(); err != nil {
@@ -60,6 +48,7 @@ func TestSecondEdgeOnOneDataDirRefused(t *testing.T) {
 
 	second, serr := edge(false)
 	done := make(chan error, 1)
+	var err error
 	go func() { done <- second.Wait() }()
 	select {
 	case err = <-done:

@@ -4,14 +4,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/testutil"
 )
 
@@ -19,19 +16,9 @@ import (
 // persisted) is up but not ready: /health, on the proxy listener and on the
 // admin one, answers 503 "syncing"; /ping still answers (issue 11.4).
 func TestHealthNotReadyBeforeSnapshot(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, err := event.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, _ := event.NewSigner(priv)
 	listen, admin := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(exe, "--listen", listen, "--admin-listen", admin, "--nats-url", "nats://"+freeAddr(t),
-		"--data-dir", filepath.Join(t.TempDir(), "edge"), "--origin-public-key", event.EncodePublicKey(signer.Public()))
-	cmd.Env = append(os.Environ(), "EDGE_TEST_MAIN=1")
+	cmd := edgeCommand(t, "--listen", listen, "--admin-listen", admin, "--nats-url", "nats://"+freeAddr(t),
+		"--data-dir", filepath.Join(t.TempDir(), "edge"))
 	errb := &testutil.Buffer{}
 	cmd.Stderr = errb
 	if err := cmd.Start(); err != nil {

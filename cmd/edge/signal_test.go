@@ -1,18 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // TestMain lets a test run this binary's main by re-executing the test
@@ -25,23 +24,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // freeAddr returns a loopback address nobody listens on.
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -52,9 +34,11 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// SIGTERM (and SIGINT) drain and exit 0; the edge starts even before NATS
-// is reachable, as it must when a site comes up before its control link.
-func TestSignalsExitZero(t *testing.T) {
+// edgeCommand is this package's main, re-executed as a child process with
+// args, trusting a fresh origin key nothing signs with (these tests need no
+// origin: the edge must start and behave without one).
+func edgeCommand(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -64,13 +48,20 @@ func TestSignalsExitZero(t *testing.T) {
 		t.Fatal(err)
 	}
 	signer, _ := event.NewSigner(priv)
+	cmd := exec.Command(exe, append(args, "--origin-public-key", event.EncodePublicKey(signer.Public()))...)
+	cmd.Env = append(os.Environ(), "EDGE_TEST_MAIN=1")
+	return cmd
+}
+
+// SIGTERM (and SIGINT) drain and exit 0; the edge starts even before NATS
+// is reachable, as it must when a site comes up before its control link.
+func TestSignalsExitZero(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			listen := freeAddr(t)
-			cmd := exec.Command(exe, "--listen", listen, "--admin-listen", "", "--nats-url", "nats://"+freeAddr(t),
-				"--data-dir", filepath.Join(t.TempDir(), "edge"), "--origin-public-key", event.EncodePublicKey(signer.Public()))
-			cmd.Env = append(os.Environ(), "EDGE_TEST_MAIN=1")
-			var stderr lockedBuffer
+			cmd := edgeCommand(t, "--listen", listen, "--admin-listen", "", "--nats-url", "nats://"+freeAddr(t),
+				"--data-dir", filepath.Join(t.TempDir(), "edge"))
+			var stderr testutil.Buffer
 			cmd.Stderr = &stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
