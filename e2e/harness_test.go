@@ -178,10 +178,17 @@ func (s *stack) edgeCreds(cfg *proxy.Config) string {
 const adminPassword = "e2e-admin-password-not-secret-elsewhere"
 
 func (s *stack) startOrigin() {
+	dir := s.t.TempDir()
+	s.dataDirs = append(s.dataDirs, dir)
+	s.startOriginOn(dir)
+}
+
+// startOriginOn starts an origin on data dir dir and the stack's NATS, and
+// logs the stack's client in to it.
+func (s *stack) startOriginOn(dir string) {
 	t := s.t
 	cfg := origin.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	s.dataDirs = append(s.dataDirs, cfg.DataDir)
+	cfg.DataDir = dir
 	cfg.Listen = "127.0.0.1:0"
 	cfg.NATSURL = s.nats.ClientURL()
 	cfg.NATSCreds = s.natsCreds(natsauth.RoleOrigin, "origin")

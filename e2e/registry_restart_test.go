@@ -8,13 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/bench"
 	"github.com/keymesh/keymesh/origin"
 	"github.com/keymesh/keymesh/proxy"
 )
 
 // restartOriginInPlace stops the stack's origin and starts a new one on the same
-// data dir (store, keys, edge registry) and NATS.
+// data dir (store, keys, edge registry) and NATS, with the same credential.
 func (s *stack) restartOriginInPlace() {
 	t := s.t
 	t.Helper()
@@ -23,25 +22,7 @@ func (s *stack) restartOriginInPlace() {
 	if err := s.origin.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	cfg := origin.DefaultConfig()
-	cfg.DataDir = s.dataDirs[len(s.dataDirs)-1]
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NATSURL = s.nats.ClientURL()
-	cfg.AdminPassword = adminPassword
-	cfg.PasswordCost = 4
-	cfg.HeartbeatInterval = 100 * time.Millisecond
-	cfg.Logger = s.logs.logger()
-	o, err := origin.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.origin = o
-	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
-	s.api = &bench.OriginClient{BaseURL: "http://" + o.Addr()}
-	if err := s.api.Login(context.Background(), "admin", adminPassword); err != nil {
-		t.Fatal(err)
-	}
-	s.secrets = append(s.secrets, s.api.Token)
+	s.startOriginOn(s.dataDirs[len(s.dataDirs)-1])
 }
 
 // Issue 12.2: right after an origin restart its edge registry is the one it
