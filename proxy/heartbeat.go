@@ -99,7 +99,7 @@ func (s *Server) startHeartbeat() {
 // publishHeartbeat sends one heartbeat and returns the revision it carried.
 func (s *Server) publishHeartbeat() uint64 {
 	hb := edgeHeartbeat{ID: s.id, Site: s.cfg.Site, Address: s.Addr(),
-		AppliedRevision: s.view.AppliedRevision(), Time: time.Now().UTC(), NKey: s.presence.pub}
+		AppliedRevision: s.view.AppliedRevision(), Time: time.Now().UTC(), NKey: s.pres.pub}
 	if hb.Address == "" {
 		hb.Address = s.cfg.Listen
 	}

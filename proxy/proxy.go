@@ -165,8 +165,8 @@ func DefaultConfig() Config {
 
 // Server is one edge. Its methods are safe for concurrent use.
 type Server struct {
-	cfg      Config
-	presence *presence // signs what peers relay for this edge (heartbeat.go)
+	cfg     Config
+	pres    *presence     // signs what peers relay for this edge (heartbeat.go)
 	dirLock *dirlock.Lock // keeps a second edge off DataDir; released last
 	log     *slog.Logger
 	nc      *nats.Conn
@@ -362,7 +362,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m, id: id, audit: audit,
 		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs, pending: newPendingRequests(),
 		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders), policy: policy,
-		presence: pres}
+		pres: pres}
 	s.secrets.dir = cfg.SecretsDir
 	s.secrets.warnUnscoped(cfg.Logger)
 	m.watchServer(s)
