@@ -96,6 +96,14 @@ type Config struct {
 	// Info reports what peers learn about this node besides its revision
 	// (node metadata, read every SyncInterval). Nil: nothing.
 	Info func() Info
+	// Sign, if set, signs this node's presence at applied revision rev (the
+	// value Applied just returned): it returns the time signed (unix ms)
+	// and the signature, which travel with Info in the node metadata
+	// (Info.SignedAt, Info.Signature) when Info's strings fit. It is called
+	// every SyncInterval: it should return the same signature until rev
+	// changes or the signature needs refreshing, or the metadata changes
+	// every time. Nil: presences are not signed.
+	Sign func(rev uint64) (unixMS int64, sig []byte)
 	// Fetch, if set, is this node's own source of missed events (the edge:
 	// JetStream). When the node is behind a peer it calls Fetch(from, to)
 	// first and asks peers only if that fails or does not help.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -268,7 +269,7 @@ func TestInfoTravelsInMeta(t *testing.T) {
 	b := start(t, "b", testKey, a.c.Addr())
 	want := Info{ID: "edge-a", Site: "eu", Address: "10.0.0.1:8080", NATS: true}
 	checkFor(t, 10*time.Second, func() error {
-		if p := b.c.Peers(); len(p) != 1 || p[0].Info != want {
+		if p := b.c.Peers(); len(p) != 1 || !reflect.DeepEqual(p[0].Info, want) {
 			return fmt.Errorf("b sees %+v", p)
 		}
 		return nil
@@ -276,20 +277,68 @@ func TestInfoTravelsInMeta(t *testing.T) {
 	nats.Store(false)
 	want.NATS = false
 	checkFor(t, 10*time.Second, func() error {
-		if p := b.c.Peers(); len(p) != 1 || p[0].Info != want {
+		if p := b.c.Peers(); len(p) != 1 || !reflect.DeepEqual(p[0].Info, want) {
 			return fmt.Errorf("b sees %+v", p)
 		}
 		return nil
 	})
 	// Over the metadata limit, the strings are left out rather than cut.
 	rev, in := decodeMeta(encodeMeta(7, Info{ID: string(bytes.Repeat([]byte("x"), 300)), NATS: true}))
-	if rev != 7 || in != (Info{NATS: true}) {
+	if rev != 7 || !reflect.DeepEqual(in, Info{NATS: true}) {
 		t.Fatalf("oversized info: %d %+v", rev, in)
 	}
-	if m := encodeMeta(1<<60, Info{ID: string(bytes.Repeat([]byte("i"), maxInfoID)),
-		Site: string(bytes.Repeat([]byte("s"), maxInfoText)), Address: string(bytes.Repeat([]byte("a"), maxInfoText))}); len(m) > memberlist.MetaMaxSize {
+	full := Info{ID: string(bytes.Repeat([]byte("i"), maxInfoID)),
+		Site: string(bytes.Repeat([]byte("s"), maxInfoSite)), Address: string(bytes.Repeat([]byte("a"), maxInfoAddr)),
+		SignedAt: 1 << 50, Signature: bytes.Repeat([]byte{9}, metaSigSize)}
+	if m := encodeMeta(1<<60, full); len(m) > memberlist.MetaMaxSize {
 		t.Fatalf("metadata of %d bytes", len(m))
 	}
+}
+
+// A signed presence travels whole in node metadata, with the strings it
+// covers; without them (over their limits) it is not sent either, and
+// version 1 metadata still reads, unsigned.
+func TestMetaSignedPresence(t *testing.T) {
+	sig := bytes.Repeat([]byte{7}, metaSigSize)
+	in := Info{ID: "edge-a", Site: "eu", Address: "10.0.0.1:8080", NATS: false, SignedAt: 1700000000123, Signature: sig}
+	rev, got := decodeMeta(encodeMeta(42, in))
+	if rev != 42 || !reflect.DeepEqual(got, in) {
+		t.Fatalf("signed presence: %d %+v", rev, got)
+	}
+	long := in
+	long.Site = string(bytes.Repeat([]byte("s"), maxInfoSite+1))
+	if _, got := decodeMeta(encodeMeta(42, long)); !reflect.DeepEqual(got, Info{}) {
+		t.Fatalf("oversized info kept %+v", got)
+	}
+	// Truncated signature: the strings read, the presence does not.
+	m := encodeMeta(42, in)
+	if _, got := decodeMeta(m[:len(m)-1]); got.Signature != nil || got.SignedAt != 0 || got.ID != "edge-a" {
+		t.Fatalf("truncated presence read as %+v", got)
+	}
+	// What version 1 sent.
+	v1 := []byte{0, 0, 0, 0, 0, 0, 0, 5, 1, metaFlagNATS, 1, 'x', 0, 0}
+	if rev, got := decodeMeta(v1); rev != 5 || !reflect.DeepEqual(got, Info{ID: "x", NATS: true}) {
+		t.Fatalf("version 1 metadata: %d %+v", rev, got)
+	}
+	// A node with Sign set advertises its presence for the revision it
+	// advertises.
+	var applied atomic.Uint64
+	applied.Store(3)
+	a := startWith(t, "a", [][]byte{testKey}, nil, func(c *Config) {
+		c.Applied = applied.Load
+		c.Info = func() Info { return Info{ID: "edge-a"} }
+		c.Sign = func(rev uint64) (int64, []byte) {
+			return int64(rev) * 1000, bytes.Repeat([]byte{byte(rev)}, metaSigSize)
+		}
+	})
+	b := start(t, "b", testKey, a.c.Addr())
+	checkFor(t, 10*time.Second, func() error {
+		p := b.c.Peers()
+		if len(p) != 1 || p[0].Revision != 3 || p[0].SignedAt != 3000 || !bytes.Equal(p[0].Signature, bytes.Repeat([]byte{3}, metaSigSize)) {
+			return fmt.Errorf("b sees %+v", p)
+		}
+		return nil
+	})
 }
 
 // Heartbeats travel as far as consumers pass them on.

@@ -168,7 +168,7 @@ func Create(cfg Config) (*Cluster, error) {
 		c.log.Warn("gossip: edge id, site or address too long for node metadata; peers will not relay this edge's heartbeats",
 			"id_bytes", len(in.ID), "site_bytes", len(in.Site), "address_bytes", len(in.Address))
 	}
-	meta := encodeMeta(cfg.Applied(), cfg.Info())
+	meta := c.currentMeta()
 	c.meta.Store(&meta)
 	mlc.Delegate = &delegate{c}
 	mlc.Events = &events{c}
@@ -490,7 +490,7 @@ func (c *Cluster) syncLoop() {
 		case <-t.C:
 		case <-c.kick:
 		}
-		meta := encodeMeta(c.cfg.Applied(), c.cfg.Info())
+		meta := c.currentMeta()
 		if bytes.Equal(meta, *c.meta.Load()) || c.gone.Load() {
 			continue
 		}
@@ -499,6 +499,17 @@ func (c *Cluster) syncLoop() {
 			c.log.Debug("gossip: advertising revision", "err", err)
 		}
 	}
+}
+
+// currentMeta encodes this node's metadata now: revision, Info and, when
+// Config.Sign is set and Info fits, the presence signed for that revision.
+func (c *Cluster) currentMeta() []byte {
+	rev, in := c.cfg.Applied(), c.cfg.Info()
+	in.SignedAt, in.Signature = 0, nil
+	if c.cfg.Sign != nil && infoFits(in) {
+		in.SignedAt, in.Signature = c.cfg.Sign(rev)
+	}
+	return encodeMeta(rev, in)
 }
 
 // advertiseSoon wakes syncLoop without blocking.

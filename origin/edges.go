@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/natsauth"
 )
 
 // Edge is one edge as the registry last heard of it.
@@ -34,19 +36,39 @@ type Edge struct {
 	warmUntil time.Time
 	// savedSeen is the LastSeen last handed to the flusher.
 	savedSeen time.Time
+	// nkey is the public key the edge's own heartbeats last gave for its
+	// signed presences ("" until it reports directly: relays for it are
+	// dropped); presenceMS is the time of the last relayed presence
+	// accepted, or of its last own heartbeat (older ones are replays). In
+	// memory only.
+	nkey       string
+	presenceMS int64
 }
 
 // edgeHeartbeat is the JSON an edge publishes on event.EdgeHeartbeatSubject
-// (see proxy/heartbeat.go). Unsigned: it can only delay a ?wait.
+// (see proxy/heartbeat.go). An edge's own heartbeat is vouched for by the
+// subject; a relayed one by the edge's signed presence.
 type edgeHeartbeat struct {
 	ID              string `json:"id"`
 	Site            string `json:"site"`
 	Address         string `json:"address"`
 	AppliedRevision uint64 `json:"applied_revision"`
+	// NKey, on an edge's own heartbeat, is the public key it signs its
+	// presences with.
+	NKey string `json:"nkey,omitempty"`
 	// RelayedBy is set when a gossip peer publishes the heartbeat on behalf
-	// of an edge cut off from NATS (from what that edge gossips).
+	// of an edge cut off from NATS (from what that edge gossips); Presence
+	// is then that edge's signature over (ID, AppliedRevision, time).
 	RelayedBy string `json:"relayed_by,omitempty"`
+	Presence  *struct {
+		TimeMS int64  `json:"time_ms"`
+		Sig    []byte `json:"sig"`
+	} `json:"presence,omitempty"`
 }
+
+// presenceFuture is how far ahead of this origin's clock a relayed
+// presence may be signed (clock skew).
+const presenceFuture = 5 * time.Second
 
 const maxHeartbeatBytes = 4 << 10
 
@@ -161,7 +183,11 @@ func (r *edgeRegistry) takeDirty() []Edge {
 // from's own subject, and wakes waiters. The subject is the identity (NATS
 // credentials let an edge publish on its own only): a heartbeat naming
 // another edge is dropped, unless it relays (RelayedBy == from) for a peer
-// already registered, so a relay never creates an edge.
+// already registered, so a relay never creates an edge. A relay speaks for
+// the peer only through the peer's signed presence: it must verify with the
+// key the peer's own heartbeats gave, over exactly (id, applied revision,
+// time), be signed within liveness (and at most presenceFuture ahead), and
+// be no older than the last one accepted; else it is dropped (rejected).
 func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	var hb edgeHeartbeat
 	if len(data) > maxHeartbeatBytes || json.Unmarshal(data, &hb) != nil || hb.ID == "" ||
@@ -174,7 +200,7 @@ func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.edges[hb.ID]
-	if !ok && hb.RelayedBy != "" {
+	if hb.RelayedBy != "" && (!ok || !r.presenceOKLocked(e, &hb, now)) {
 		r.rejected.Add(1)
 		return
 	}
@@ -192,6 +218,23 @@ func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	live := ok && !now.After(r.expiresLocked(e))
 	before := *e
 	e.Site, e.Address, e.LastSeen, e.RelayedBy, e.warmUntil = hb.Site, hb.Address, now, hb.RelayedBy, time.Time{}
+	if hb.RelayedBy == "" {
+		// Presences signed before the edge's own latest heartbeat are
+		// older than what it said there: replays.
+		e.nkey, e.presenceMS = "", now.UnixMilli()
+		if nkeys.IsValidPublicUserKey(hb.NKey) {
+			e.nkey = hb.NKey
+		}
+	} else {
+		e.presenceMS = hb.Presence.TimeMS
+		// Live from when it signed, not from when a relay passed it on.
+		if at := time.UnixMilli(hb.Presence.TimeMS); at.Before(now) {
+			e.LastSeen = at
+			if before.LastSeen.After(at) {
+				e.LastSeen = before.LastSeen
+			}
+		}
+	}
 	switch {
 	case hb.RelayedBy == "" || !live:
 		// Heartbeats travel over core NATS and may arrive out of order; an
@@ -210,6 +253,20 @@ func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	}
 	close(r.changed)
 	r.changed = make(chan struct{})
+}
+
+// presenceOKLocked reports whether relayed heartbeat hb carries e's own
+// signed presence for the revision it claims, fresh and not a replay.
+func (r *edgeRegistry) presenceOKLocked(e *Edge, hb *edgeHeartbeat, now time.Time) bool {
+	p := hb.Presence
+	if e.nkey == "" || p == nil || p.TimeMS < e.presenceMS {
+		return false
+	}
+	at := time.UnixMilli(p.TimeMS)
+	if now.Sub(at) > r.liveness || at.Sub(now) > presenceFuture {
+		return false
+	}
+	return natsauth.VerifyPresence(e.nkey, hb.ID, hb.AppliedRevision, p.TimeMS, p.Sig)
 }
 
 func (r *edgeRegistry) pruneLocked(now time.Time) {

@@ -180,6 +180,7 @@ func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
 	cfg.DeliverHeartbeat = s.gossipHook.peerHeartbeat
 	cfg.Applied = view.AppliedRevision
 	cfg.Info = s.gossipInfo
+	cfg.Sign = func(rev uint64) (int64, []byte) { return s.pres.sign(rev, s.nc.IsConnected()) }
 	cfg.Fetch = feed.Fetch
 	cfg.Answer = view.SealedRecord
 	cfg.Logger = s.log

@@ -10,26 +10,43 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nkeys"
+
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/natsauth"
 )
 
 // heartbeatCoalesce is how soon after applying new revisions an edge tells
 // the origins; revisions applied within it share one heartbeat.
 const heartbeatCoalesce = 20 * time.Millisecond
 
-// edgeHeartbeat is what an edge publishes on event.EdgeHeartbeatSubject. It
-// is not signed: it can only delay an origin's ?wait, never grant access.
+// edgeHeartbeat is what an edge publishes on event.EdgeHeartbeatSubject.
+// Its own heartbeats are vouched for by the subject (its NATS credential
+// publishes on no other); a relayed one by the peer's signed presence.
 type edgeHeartbeat struct {
 	ID              string    `json:"id"`
 	Site            string    `json:"site"`
 	Address         string    `json:"address"`
 	AppliedRevision uint64    `json:"applied_revision"`
 	Time            time.Time `json:"time"`
+	// NKey, on the edge's own heartbeats, is the public key its presences
+	// are signed with.
+	NKey string `json:"nkey,omitempty"`
 	// RelayedBy is set on a heartbeat this edge publishes for a gossip peer
-	// whose NATS link is down, from what that peer gossips about itself.
-	RelayedBy string `json:"relayed_by,omitempty"`
+	// whose NATS link is down, from what that peer gossips about itself;
+	// Presence is then the peer's signature over (ID, AppliedRevision,
+	// Presence.TimeMS).
+	RelayedBy string          `json:"relayed_by,omitempty"`
+	Presence  *signedPresence `json:"presence,omitempty"`
+}
+
+// signedPresence is a peer's signed presence as a relayed heartbeat carries it.
+type signedPresence struct {
+	TimeMS int64  `json:"time_ms"`
+	Sig    []byte `json:"sig"`
 }
 
 // heartbeater publishes the edge's heartbeats until stopped.
@@ -82,7 +99,7 @@ func (s *Server) startHeartbeat() {
 // publishHeartbeat sends one heartbeat and returns the revision it carried.
 func (s *Server) publishHeartbeat() uint64 {
 	hb := edgeHeartbeat{ID: s.id, Site: s.cfg.Site, Address: s.Addr(),
-		AppliedRevision: s.view.AppliedRevision(), Time: time.Now().UTC()}
+		AppliedRevision: s.view.AppliedRevision(), Time: time.Now().UTC(), NKey: s.pres.pub}
 	if hb.Address == "" {
 		hb.Address = s.cfg.Listen
 	}
@@ -106,12 +123,16 @@ func (s *Server) publishRelayed(sent map[string]uint64) map[string]uint64 {
 	}
 	now := map[string]uint64{}
 	for _, p := range peers {
+		if len(p.Signature) == 0 { // the origin would drop it
+			continue
+		}
 		now[p.Name] = p.Revision
 		if prev, ok := sent[p.Name]; sent != nil && ok && prev == p.Revision {
 			continue
 		}
 		b, err := json.Marshal(edgeHeartbeat{ID: p.ID, Site: p.Site, Address: p.Address,
-			AppliedRevision: p.Revision, Time: time.Now().UTC(), RelayedBy: s.id})
+			AppliedRevision: p.Revision, Time: time.Now().UTC(), RelayedBy: s.id,
+			Presence: &signedPresence{TimeMS: p.SignedAt, Sig: p.Signature}})
 		if err != nil {
 			continue
 		}
@@ -172,4 +193,54 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// presence signs this edge's presence (id, applied revision, time) for the
+// gossip peers to relay while its NATS link is down (cluster.Config.Sign;
+// natsauth.SignPresence), with the nkey of its NATS credential, or a key
+// made at start without one. The origin learns the public key from the
+// edge's own heartbeats and checks relayed presences against it.
+type presence struct {
+	kp    nkeys.KeyPair
+	pub   string
+	id    string
+	every time.Duration // how old a signature may get before it is renewed
+
+	mu  sync.Mutex
+	rev uint64
+	at  int64 // unix ms signed; 0 before the first signature
+	sig []byte
+}
+
+func newPresence(kp nkeys.KeyPair, id string, heartbeat time.Duration) (*presence, error) {
+	if kp == nil {
+		var err error
+		if kp, err = nkeys.CreateUser(); err != nil {
+			return nil, fmt.Errorf("presence key: %w", err)
+		}
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("presence key: %w", err)
+	}
+	return &presence{kp: kp, pub: pub, id: id, every: 2 * heartbeat}, nil
+}
+
+// sign returns the presence signed for rev: the last one while rev is the
+// same and, when the edge has no NATS (connected false: peers relay it
+// then), the signature is younger than every; else a new one. Reusing it
+// keeps the node metadata, and so gossip, quiet.
+func (p *presence) sign(rev uint64, connected bool) (int64, []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now().UnixMilli()
+	if p.at != 0 && p.rev == rev && (connected || now-p.at < p.every.Milliseconds()) {
+		return p.at, p.sig
+	}
+	sig, err := natsauth.SignPresence(p.kp, p.id, rev, now)
+	if err != nil {
+		return 0, nil
+	}
+	p.rev, p.at, p.sig = rev, now, sig
+	return now, sig
 }

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"github.com/valyala/fasthttp"
 
 	"github.com/keymesh/keymesh/cache"
@@ -165,6 +166,7 @@ func DefaultConfig() Config {
 // Server is one edge. Its methods are safe for concurrent use.
 type Server struct {
 	cfg     Config
+	pres    *presence     // signs what peers relay for this edge (heartbeat.go)
 	dirLock *dirlock.Lock // keeps a second edge off DataDir; released last
 	log     *slog.Logger
 	nc      *nats.Conn
@@ -291,10 +293,14 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var presenceKey nkeys.KeyPair
 	if cfg.NATSCreds != "" {
 		b, err := os.ReadFile(cfg.NATSCreds)
 		if err != nil {
 			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		if presenceKey, err = natsauth.PresenceKey(b); err != nil {
+			return nil, fmt.Errorf("NATS credentials %s: %w", cfg.NATSCreds, err)
 		}
 		credID, err := natsauth.EdgeIDFromCreds(b)
 		if err != nil {
@@ -309,6 +315,10 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 	}
 	id, err := edgeID(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	pres, err := newPresence(presenceKey, id, cfg.HeartbeatInterval)
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +361,8 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m, id: id, audit: audit,
 		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs, pending: newPendingRequests(),
-		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders), policy: policy}
+		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders), policy: policy,
+		pres: pres}
 	s.secrets.dir = cfg.SecretsDir
 	s.secrets.warnUnscoped(cfg.Logger)
 	m.watchServer(s)
