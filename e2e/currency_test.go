@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -158,37 +156,6 @@ func TestStalePeersCannotVouchForEachOther(t *testing.T) {
 	}
 }
 
-// startEdgeUnsynced starts an edge like startEdge, without waiting for it
-// to synchronise (its NATS may be down).
-func (s *stack) startEdgeUnsynced(o edgeOpts) *proxy.Server {
-	t := s.t
-	t.Helper()
-	cfg := proxy.DefaultConfig()
-	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", ""
-	cfg.NATSURL, cfg.DataDir = o.natsURL, o.dataDir
-	cfg.MaxStaleness, cfg.FailOpen = o.staleness, o.failOpen
-	cfg.OriginPublicKey = s.origin.PublicKey()
-	cfg.LookupTimeout = 500 * time.Millisecond
-	cfg.Logger = s.logs.logger()
-	e, err := proxy.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = e.Serve(ln) }()
-	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
-	checkFor(t, 5*time.Second, func() error {
-		if e.Addr() == "" {
-			return errors.New("edge not listening")
-		}
-		return nil
-	})
-	return e
-}
-
 // Issue 12, item 5: an edge restarted from its data dir while the origin
 // and NATS are unreachable has only its saved deployments, which say auth
 // is off — but auth was turned on while it was down. The saved state is as
@@ -218,7 +185,7 @@ func TestRestartedEdgeDistrustsSavedDeployments(t *testing.T) {
 			url := s.nats.ClientURL()
 			s.nats.Shutdown()
 
-			e2 := s.startEdgeUnsynced(edgeOpts{natsURL: url, dataDir: dir, staleness: staleness, failOpen: failOpen})
+			e2 := s.startEdge(edgeOpts{natsURL: url, dataDir: dir, staleness: staleness, failOpen: failOpen, unsynced: true})
 			if !failOpen {
 				// Refused once the saved state is older than the bound (the
 				// origin signed its newest record before the edge stopped).
