@@ -477,18 +477,18 @@ func (v *View) Current() (bool, time.Time) {
 
 // Trusted reports whether state the View holds may decide a request on its
 // own, without a lookup that proves it (a deployment without auth): when
-// the View is current, or in open-cached mode. A false answer is counted
-// by Untrusted, which the caller calls when it refuses for that reason.
+// the View is current, or in open-cached mode. A false answer is a refusal
+// and is counted (Stats.UntrustedRefusals).
 func (v *View) Trusted() bool {
 	if v.cfg.FailOpen {
 		return true
 	}
 	ok, _ := v.Current()
+	if !ok {
+		v.untrusted.Add(1)
+	}
 	return ok
 }
-
-// Untrusted counts a request refused because Trusted was false.
-func (v *View) Untrusted() { v.untrusted.Add(1) }
 
 // Fresh reports whether a verified lookup answer would be taken as it is:
 // the View is current, or the origin vouched for the record within

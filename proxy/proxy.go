@@ -700,7 +700,6 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		// Only the deployment, as this edge last knew it, lets the request
 		// through — and the edge cannot prove that is still so (auth may
 		// have been turned on meanwhile): closed mode refuses.
-		s.view.Untrusted()
 		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		fail(ctx, errUnproven, 0)
 		out.reason = reasonUnavailable
