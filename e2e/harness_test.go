@@ -209,6 +209,29 @@ func (s *stack) startOriginOn(dir string) {
 	s.secrets = append(s.secrets, adminPassword, s.api.Token)
 }
 
+// embeddedOrigin starts an origin that runs its own NATS (credentials
+// required, keys in dir), as `origin` does by default, and stops it when t
+// ends. configure, if set, adjusts the Config last.
+func embeddedOrigin(t testing.TB, dir string, logs *logSink, configure func(*origin.Config)) *origin.Server {
+	t.Helper()
+	cfg := origin.DefaultConfig()
+	cfg.DataDir = dir
+	cfg.Listen = "127.0.0.1:0"
+	cfg.NATSListen = "127.0.0.1:-1"
+	cfg.AdminPassword = adminPassword
+	cfg.PasswordCost = 4
+	cfg.Logger = logs.logger()
+	if configure != nil {
+		configure(&cfg)
+	}
+	o, err := origin.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	return o
+}
+
 // edgeOpts change how an edge is started.
 type edgeOpts struct {
 	natsURL    string // default: the stack's NATS

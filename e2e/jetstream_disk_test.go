@@ -29,21 +29,10 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 	testutil.SmallDisk(t, natsDir, "4m")
 
 	s := &stack{t: t, logs: &logSink{}}
-	cfg := origin.DefaultConfig()
-	cfg.DataDir = dataDir
 	s.dataDirs = append(s.dataDirs, dataDir)
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NATSListen = "127.0.0.1:-1"
-	cfg.AdminPassword = adminPassword
-	cfg.PasswordCost = 4
-	cfg.HeartbeatInterval = 100 * time.Millisecond
-	cfg.Logger = s.logs.logger()
-	o, err := origin.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := embeddedOrigin(t, dataDir, s.logs, func(c *origin.Config) { c.HeartbeatInterval = 100 * time.Millisecond })
 	s.origin = o
-	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	var err error
 	// The embedded NATS trusts the operator the origin created in its data
 	// dir: the edge's credential comes from there.
 	if s.natsKeys, err = natsauth.Load(dataDir); err != nil {

@@ -25,18 +25,7 @@ import (
 // issued, so nobody can read the events or publish a phantom edge's
 // heartbeat; an edge credential the origin issued connects.
 func TestNATSEmbeddedRequiresCredentials(t *testing.T) {
-	cfg := origin.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NATSListen = "127.0.0.1:-1"
-	cfg.AdminPassword = adminPassword
-	cfg.PasswordCost = 4
-	cfg.Logger = (&logSink{}).logger()
-	o, err := origin.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	o := embeddedOrigin(t, t.TempDir(), &logSink{}, nil)
 
 	if nc, err := nats.Connect(o.NATSURL()); err == nil {
 		_ = nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, "phantom"), hb("phantom", 1<<40, ""))
@@ -261,19 +250,7 @@ func TestNATSEmbeddedTLSAndEdgeIdentity(t *testing.T) {
 	caPath := filepath.Join(dir, "ca.pem")
 	writeFile(t, caPath, ca.pem)
 
-	cfg := origin.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NATSListen = "127.0.0.1:-1"
-	cfg.NATSTLSCert, cfg.NATSTLSKey = cert, key
-	cfg.AdminPassword = adminPassword
-	cfg.PasswordCost = 4
-	cfg.Logger = (&logSink{}).logger()
-	o, err := origin.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	o := embeddedOrigin(t, t.TempDir(), &logSink{}, func(c *origin.Config) { c.NATSTLSCert, c.NATSTLSKey = cert, key })
 	if !strings.HasPrefix(o.NATSURL(), "tls://") {
 		t.Fatalf("NATS URL %s", o.NATSURL())
 	}
