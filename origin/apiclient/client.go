@@ -251,11 +251,11 @@ func nullable[T any](v *T, null bool) api.Nullable[T] {
 
 // KeyPage is one page of a key listing.
 type KeyPage struct {
-	Items []*Key
+	Items []*Key `json:"items"`
 	// NextCursor continues the listing; empty at the end.
-	NextCursor string
+	NextCursor string `json:"next_cursor"`
 	// JSON is the answer this value was decoded from.
-	JSON json.RawMessage
+	JSON json.RawMessage `json:"-"`
 }
 
 // Deployment is a deployment as the origin shows it, with the answer it
@@ -294,10 +294,10 @@ func (d DeploymentInput) MarshalJSON() ([]byte, error) {
 
 // DeploymentPage is a deployment listing.
 type DeploymentPage struct {
-	Items      []*Deployment
-	NextCursor string
+	Items      []*Deployment `json:"items"`
+	NextCursor string        `json:"next_cursor"`
 	// JSON is the answer this value was decoded from.
-	JSON json.RawMessage
+	JSON json.RawMessage `json:"-"`
 }
 
 // page decodes an api.Page whose items keep their own raw JSON.
