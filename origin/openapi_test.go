@@ -3,11 +3,16 @@ package origin
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/api"
 )
 
 func fetchOpenAPI(t *testing.T, s *Server) map[string]any {
@@ -176,6 +181,287 @@ func TestOpenAPIIsConsistent(t *testing.T) {
 		want := slices.DeleteFunc(props(schema), func(s string) bool { return s == "propagation" })
 		if sort.Strings(got); !slices.Equal(got, want) {
 			t.Errorf("%s documents %v; the handler answers %v", schema, want, got)
+		}
+	}
+}
+
+// wireSchemas names the Go type of package api each component schema of
+// the document describes. A schema missing here, or named here but not in
+// the document, fails TestOpenAPIMatchesWireTypes.
+var wireSchemas = map[string]struct {
+	typ     any
+	request bool     // a request body: required-ness and null are not compared
+	omit    []string // JSON fields of the type this schema leaves out
+	require []string // fields the schema requires although the type omits them when empty
+}{
+	"Error":            {typ: api.ErrorBody{}},
+	"RateLimit":        {typ: api.RateLimit{}},
+	"Deleted":          {typ: api.Deleted{}},
+	"Propagation":      {typ: api.Propagation{}},
+	"UpstreamAuth":     {typ: api.UpstreamAuth{}},
+	"LoginRequest":     {typ: api.LoginRequest{}, request: true},
+	"LoginResponse":    {typ: api.LoginResponse{}},
+	"SigningKey":       {typ: api.SigningKey{}},
+	"ProjectCreate":    {typ: api.ProjectCreate{}, request: true},
+	"Project":          {typ: api.Project{}},
+	"ProjectCreated":   {typ: api.ProjectCreated{}},
+	"ProjectPage":      {typ: api.ProjectPage{}},
+	"Limits":           {typ: api.Limits{}},
+	"ProjectDetail":    {typ: api.ProjectDetail{}},
+	"ProjectUpdate":    {typ: api.ProjectPatch{}, request: true},
+	"User":             {typ: api.User{}},
+	"UserPage":         {typ: api.UserPage{}},
+	"UserCreate":       {typ: api.UserCreate{}, request: true},
+	"PasswordChange":   {typ: api.PasswordChange{}, request: true},
+	"Key":              {typ: api.Key{}, omit: []string{"key"}},
+	"KeyWithSecret":    {typ: api.Key{}, require: []string{"key"}},
+	"KeyCreate":        {typ: api.KeyCreate{}, request: true},
+	"KeyUpdate":        {typ: api.KeyPatch{}, request: true},
+	"KeyRotate":        {typ: api.KeyRotate{}, request: true},
+	"KeyPage":          {typ: api.KeyPage{}},
+	"Deployment":       {typ: api.Deployment{}},
+	"DeploymentCreate": {typ: api.DeploymentInput{}, request: true},
+	"DeploymentUpdate": {typ: api.DeploymentInput{}, request: true},
+	"DeploymentPage":   {typ: api.DeploymentPage{}},
+	"Edge":             {typ: api.Edge{}},
+	"AuditRecord":      {typ: api.AuditRecord{}},
+	"Health":           {typ: api.Health{}},
+}
+
+// notWire are component schemas that are no body of their own.
+var notWire = []string{"Permission"} // a string enum, the items of permissions
+
+// jsonField is one JSON member of a struct, as encoding/json sees it.
+type jsonField struct {
+	typ      reflect.Type
+	optional bool // omitempty or omitzero
+}
+
+// jsonFields lists t's JSON members (exported, not "-", embedded structs
+// flattened).
+func jsonFields(t reflect.Type) map[string]jsonField {
+	out := map[string]jsonField{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("json")
+		if !f.IsExported() || tag == "-" {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		if f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct {
+			for k, v := range jsonFields(f.Type) {
+				out[k] = v
+			}
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = jsonField{typ: f.Type, optional: strings.Contains(","+opts+",", ",omitempty,") || strings.Contains(","+opts+",", ",omitzero,")}
+	}
+	return out
+}
+
+var timeType = reflect.TypeFor[time.Time]()
+
+// wireType is the JSON type a Go type encodes as, whether it can be null,
+// and for a Nullable its value's type.
+func wireType(t reflect.Type) (jsonType string, null bool, inner reflect.Type) {
+	if t.Kind() == reflect.Struct && strings.HasPrefix(t.Name(), "Nullable[") {
+		v, _ := t.FieldByName("Value")
+		j, _, in := wireType(v.Type.Elem())
+		return j, true, in
+	}
+	switch t.Kind() {
+	case reflect.Pointer:
+		j, _, in := wireType(t.Elem())
+		return j, true, in
+	case reflect.String:
+		return "string", false, t
+	case reflect.Bool:
+		return "boolean", false, t
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint64, reflect.Uint32:
+		return "integer", false, t
+	case reflect.Float64, reflect.Float32:
+		return "number", false, t
+	case reflect.Slice:
+		return "array", true, t
+	case reflect.Map:
+		return "object", true, t
+	case reflect.Interface:
+		return "", true, t
+	case reflect.Struct:
+		if t == timeType {
+			return "string", false, t
+		}
+		return "object", false, t
+	}
+	return "?" + t.Kind().String(), false, t
+}
+
+// schemaTypes is the set of JSON types a schema admits, and the schema
+// names it refers to ($ref, directly or in a oneOf).
+func schemaTypes(s map[string]any) (types map[string]bool, refs []string) {
+	types = map[string]bool{}
+	switch v := s["type"].(type) {
+	case string:
+		types[v] = true
+	case []any:
+		for _, x := range v {
+			types[x.(string)] = true
+		}
+	}
+	if r, ok := s["$ref"].(string); ok {
+		refs = append(refs, strings.TrimPrefix(r, "#/components/schemas/"))
+		types["object"] = true
+	}
+	for _, alt := range asSlice(s["oneOf"]) {
+		t, r := schemaTypes(alt.(map[string]any))
+		for k := range t {
+			types[k] = true
+		}
+		refs = append(refs, r...)
+	}
+	return types, refs
+}
+
+// compareSchema holds schema (an object schema) to t: the same member
+// names both ways, each member's JSON type one the schema admits, a $ref
+// naming the schema of the member's Go type; for responses, required
+// exactly when the type always sends the member, and null admitted only
+// when the type can send it. It recurses into inline object schemas.
+func compareSchema(t *testing.T, where string, schema map[string]any, typ reflect.Type, request bool, omit, require []string) {
+	t.Helper()
+	props, _ := schema["properties"].(map[string]any)
+	if props == nil {
+		t.Errorf("%s: the schema lists no properties; %s has %d", where, typ, len(jsonFields(typ)))
+		return
+	}
+	required := map[string]bool{}
+	for _, r := range asSlice(schema["required"]) {
+		required[r.(string)] = true
+	}
+	fields := jsonFields(typ)
+	for _, name := range omit {
+		delete(fields, name)
+	}
+	for name := range props {
+		if _, ok := fields[name]; !ok {
+			t.Errorf("%s documents %q, which %s does not have", where, name, typ)
+		}
+	}
+	for name, f := range fields {
+		p, ok := props[name].(map[string]any)
+		if !ok {
+			t.Errorf("%s: %s has %q, which the document does not", where, typ, name)
+			continue
+		}
+		jt, null, inner := wireType(f.typ)
+		types, refs := schemaTypes(p)
+		if jt != "" && len(types) > 0 && !types[jt] {
+			t.Errorf("%s.%s: the document says %v; %s encodes %s", where, name, keys(types), f.typ, jt)
+		}
+		if !request && types["null"] && !null {
+			t.Errorf("%s.%s: the document admits null; %s never sends it", where, name, f.typ)
+		}
+		elem := inner
+		for elem.Kind() == reflect.Slice || elem.Kind() == reflect.Map || elem.Kind() == reflect.Pointer {
+			elem = elem.Elem()
+		}
+		if items, ok := p["items"].(map[string]any); ok {
+			_, r := schemaTypes(items)
+			refs = append(refs, r...)
+		}
+		for _, r := range refs {
+			if w, ok := wireSchemas[r]; ok && reflect.TypeOf(w.typ) != elem {
+				t.Errorf("%s.%s refers to %s (%T); the field holds %s", where, name, r, w.typ, elem)
+			}
+		}
+		if _, inline := p["properties"]; inline && elem.Kind() == reflect.Struct {
+			compareSchema(t, where+"."+name, p, elem, request, nil, nil)
+		}
+		if request {
+			continue
+		}
+		if want := !f.optional || slices.Contains(require, name); required[name] != want {
+			t.Errorf("%s.%s: required in the document = %v; %s always sends it = %v", where, name, required[name], typ, !f.optional)
+		}
+	}
+}
+
+func asSlice(v any) []any {
+	s, _ := v.([]any)
+	return s
+}
+
+func keys(m map[string]bool) []string {
+	out := slices.Collect(maps.Keys(m))
+	sort.Strings(out)
+	return out
+}
+
+// The document and package api describe one wire contract: every object
+// schema is a type of package api, field for field, both ways.
+func TestOpenAPIMatchesWireTypes(t *testing.T) {
+	b, err := openAPIJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	schemas := doc["components"].(map[string]any)["schemas"].(map[string]any)
+	for name, raw := range schemas {
+		w, ok := wireSchemas[name]
+		if !ok {
+			if !slices.Contains(notWire, name) {
+				t.Errorf("schema %s has no type in package api (add it to wireSchemas)", name)
+			}
+			continue
+		}
+		compareSchema(t, name, raw.(map[string]any), reflect.TypeOf(w.typ), w.request, w.omit, w.require)
+	}
+	for name := range wireSchemas {
+		if schemas[name] == nil {
+			t.Errorf("wireSchemas names %s, which the document does not define", name)
+		}
+	}
+}
+
+// The handlers' own view types answer what package api says, until they
+// answer package api's types themselves: same members, same omitempty.
+func TestOpenAPIWireTypesMatchHandlerViews(t *testing.T) {
+	for _, c := range []struct{ view, wire any }{
+		{keyView{}, api.Key{}},
+		{deploymentView{}, api.Deployment{}},
+		{projectView{}, api.ProjectDetail{}},
+		{projectUsage{}, api.ProjectUsage{}},
+		{Limits{}, api.Limits{}},
+		{Project{}, api.Project{}},
+		{User{}, api.User{}},
+		{Edge{}, api.Edge{}},
+		{AuditRecord{}, api.AuditRecord{}},
+		{deleted{}, api.Deleted{}},
+		{propagation{}, api.Propagation{}},
+	} {
+		view, wire := jsonFields(reflect.TypeOf(c.view)), jsonFields(reflect.TypeOf(c.wire))
+		for name, f := range view {
+			w, ok := wire[name]
+			if !ok {
+				t.Errorf("%T answers %q; %T has no such member", c.view, name, c.wire)
+				continue
+			}
+			vt, vnull, _ := wireType(f.typ)
+			wt, wnull, _ := wireType(w.typ)
+			if f.optional != w.optional || vt != wt || vnull != wnull {
+				t.Errorf("%T.%s is %s (omitted when empty: %v); %T has %s (%v)", c.view, name, f.typ, f.optional, c.wire, w.typ, w.optional)
+			}
+		}
+		for name := range wire {
+			if _, ok := view[name]; !ok {
+				t.Errorf("%T has %q, which %T never answers", c.wire, name, c.view)
+			}
 		}
 	}
 }

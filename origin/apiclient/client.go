@@ -1,5 +1,8 @@
 // Package apiclient is a Go client of the origin's REST admin API (see
-// /v1/openapi.json on a running origin).
+// /v1/openapi.json on a running origin). The bodies it sends and decodes
+// are package api's types, the wire contract the origin shares; the
+// convenience types here (Key with its raw JSON, the partial updates with
+// their "send null" switches) wrap or build them.
 //
 // A Client authenticates with an admin JWT (Token, from Login) or a project
 // API key (APIKey, sent as X-API-Key). Every non-2xx answer is returned as
@@ -24,6 +27,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keymesh/keymesh/api"
 )
 
 // maxResponse caps how much of an answer is read.
@@ -128,16 +133,9 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) (uint
 }
 
 func decodeError(status int, b []byte) error {
-	var e struct {
-		Error *struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-			Type    string `json:"type"`
-			Details any    `json:"details"`
-		} `json:"error"`
-	}
+	var e api.ErrorBody
 	ae := &APIError{Status: status}
-	if json.Unmarshal(b, &e) == nil && e.Error != nil {
+	if json.Unmarshal(b, &e) == nil {
 		ae.Code, ae.Message, ae.Type, ae.Details = e.Error.Code, e.Error.Message, e.Error.Type, e.Error.Details
 	}
 	if ae.Code == "" {
@@ -187,62 +185,33 @@ func projectPath(project string) string { return "/v1/projects/" + esc(project) 
 
 // ---- types ----
 
-// RateLimit is a per-minute request limit.
-type RateLimit struct {
-	RequestsPerMinute int `json:"requests_per_minute"`
-}
+// The wire types are package api's; these names stay for the callers.
+type (
+	RateLimit    = api.RateLimit
+	UpstreamAuth = api.UpstreamAuth
+	Propagation  = api.Propagation
+	// Deleted is the answer to a delete: the change's revision and, when
+	// the delete was given Wait, the propagation report (nil otherwise).
+	Deleted = api.Deleted
+	// KeyCreate is the body of a key creation; zero fields are left out.
+	KeyCreate = api.KeyCreate
+	// Project is a project; Revision is set by CreateProject only.
+	Project = api.ProjectCreated
+	Edge    = api.Edge
+	// AuditRecord is one audit record, as the origin sends it.
+	AuditRecord = api.AuditRecord
+	// Session is a login's answer.
+	Session = api.LoginResponse
+	User    = api.User
+	Limits  = api.Limits
+)
 
-// UpstreamAuth says which credential an edge sends to the upstream.
-type UpstreamAuth struct {
-	Mode   string `json:"mode"` // "none", "inject" or "passthrough"
-	Header string `json:"header,omitempty"`
-	Prefix string `json:"prefix,omitempty"`
-	Secret string `json:"secret,omitempty"` // the name of an edge-local secret, never its value
-}
-
-// Propagation is the ?wait= report: which live edges have applied a
-// mutation's revision.
-type Propagation struct {
-	Applied []string `json:"applied"`
-	Pending []string `json:"pending"`
-	// LiveEdges is how many edges were live (applied + pending); 0 means
-	// the wait proved nothing.
-	LiveEdges int `json:"live_edges"`
-}
-
-// Key is an API key as the origin shows it.
+// Key is an API key as the origin shows it, with the answer it was decoded
+// from. Secret is set only by create and rotate.
 type Key struct {
-	ID          string       `json:"id"`
-	Project     string       `json:"project"`
-	Name        string       `json:"name"`
-	Description string       `json:"description"`
-	Prefix      string       `json:"prefix"`
-	Permissions []string     `json:"permissions"`
-	Deployments []string     `json:"deployments"`
-	ExpiresAt   *time.Time   `json:"expires_at"`
-	RateLimit   *RateLimit   `json:"rate_limit"`
-	Disabled    bool         `json:"disabled"`
-	CreatedAt   time.Time    `json:"created_at"`
-	UpdatedAt   time.Time    `json:"updated_at"`
-	Revision    uint64       `json:"revision"`
-	Secret      string       `json:"key,omitempty"` // only from create and rotate
-	Propagation *Propagation `json:"propagation,omitempty"`
+	api.Key
 	// JSON is the answer this value was decoded from.
 	JSON json.RawMessage `json:"-"`
-}
-
-// KeyCreate is the body of a key creation. Zero fields are left out, so
-// the origin's defaults apply (permissions: run_inference, read_models,
-// use_streaming; never expires; no rate limit).
-type KeyCreate struct {
-	Name          string     `json:"name,omitempty"`
-	Description   string     `json:"description,omitempty"`
-	Permissions   []string   `json:"permissions,omitempty"`
-	Deployments   []string   `json:"deployments,omitempty"` // ids or names
-	ExpiresAt     string     `json:"expires_at,omitempty"`  // RFC 3339 or YYYY-MM-DD
-	ExpiresInDays int        `json:"expires_in_days,omitempty"`
-	RateLimit     *RateLimit `json:"rate_limit,omitempty"`
-	Disabled      bool       `json:"disabled,omitempty"`
 }
 
 // KeyUpdate is a partial update: nil fields are left unchanged.
@@ -260,24 +229,24 @@ type KeyUpdate struct {
 	Disabled    *bool
 }
 
-// MarshalJSON sends only the fields that are set.
+// MarshalJSON sends only the fields that are set, as an api.KeyPatch.
 func (u KeyUpdate) MarshalJSON() ([]byte, error) {
-	m := map[string]any{}
-	set := func(name string, v any, ok bool) {
-		if ok {
-			m[name] = v
-		}
+	return json.Marshal(api.KeyPatch{
+		Name: u.Name, Description: u.Description, Permissions: u.Permissions, Deployments: u.Deployments,
+		ExpiresAt: nullable(u.ExpiresAt, u.NeverExpires), RateLimit: nullable(u.RateLimit, u.NoRateLimit),
+		Disabled: u.Disabled,
+	})
+}
+
+// nullable is v when set, else null when null is asked for, else absent.
+func nullable[T any](v *T, null bool) api.Nullable[T] {
+	switch {
+	case v != nil:
+		return api.Value(*v)
+	case null:
+		return api.Null[T]()
 	}
-	set("name", u.Name, u.Name != nil)
-	set("description", u.Description, u.Description != nil)
-	set("permissions", u.Permissions, u.Permissions != nil)
-	set("deployments", u.Deployments, u.Deployments != nil)
-	set("expires_at", u.ExpiresAt, u.ExpiresAt != nil)
-	set("expires_at", nil, u.NeverExpires && u.ExpiresAt == nil)
-	set("rate_limit", u.RateLimit, u.RateLimit != nil)
-	set("rate_limit", nil, u.NoRateLimit && u.RateLimit == nil)
-	set("disabled", u.Disabled, u.Disabled != nil)
-	return json.Marshal(m)
+	return api.Nullable[T]{}
 }
 
 // KeyPage is one page of a key listing.
@@ -289,22 +258,10 @@ type KeyPage struct {
 	JSON json.RawMessage `json:"-"`
 }
 
-// Deployment is a deployment as the origin shows it.
+// Deployment is a deployment as the origin shows it, with the answer it
+// was decoded from.
 type Deployment struct {
-	ID               string              `json:"id"`
-	Project          string              `json:"project"`
-	Name             string              `json:"name"`
-	Hosts            []string            `json:"hosts"`
-	PathPrefix       string              `json:"path_prefix"`
-	Upstreams        map[string][]string `json:"upstreams"`
-	AuthEnabled      bool                `json:"auth_enabled"`
-	InvalidKeyStatus int                 `json:"invalid_key_status"`
-	UpstreamAuth     *UpstreamAuth       `json:"upstream_auth"`
-	RateLimit        *RateLimit          `json:"rate_limit"`
-	MaxBodyBytes     int64               `json:"max_body_bytes"`
-	MaxPromptChars   int                 `json:"max_prompt_chars"`
-	Revision         uint64              `json:"revision"`
-	Propagation      *Propagation        `json:"propagation,omitempty"`
+	api.Deployment
 	// JSON is the answer this value was decoded from.
 	JSON json.RawMessage `json:"-"`
 }
@@ -326,26 +283,13 @@ type DeploymentInput struct {
 	MaxPromptChars *int
 }
 
-// MarshalJSON sends only the fields that are set.
+// MarshalJSON sends only the fields that are set, as an api.DeploymentInput.
 func (d DeploymentInput) MarshalJSON() ([]byte, error) {
-	m := map[string]any{}
-	set := func(name string, v any, ok bool) {
-		if ok {
-			m[name] = v
-		}
-	}
-	set("name", d.Name, d.Name != nil)
-	set("hosts", d.Hosts, d.Hosts != nil)
-	set("path_prefix", d.PathPrefix, d.PathPrefix != nil)
-	set("upstreams", d.Upstreams, d.Upstreams != nil)
-	set("auth_enabled", d.AuthEnabled, d.AuthEnabled != nil)
-	set("invalid_key_status", d.InvalidKeyStatus, d.InvalidKeyStatus != nil)
-	set("upstream_auth", d.UpstreamAuth, d.UpstreamAuth != nil)
-	set("rate_limit", d.RateLimit, d.RateLimit != nil)
-	set("rate_limit", nil, d.NoRateLimit && d.RateLimit == nil)
-	set("max_body_bytes", d.MaxBodyBytes, d.MaxBodyBytes != nil)
-	set("max_prompt_chars", d.MaxPromptChars, d.MaxPromptChars != nil)
-	return json.Marshal(m)
+	return json.Marshal(api.DeploymentInput{
+		Name: d.Name, Hosts: nullable(d.Hosts, false), PathPrefix: nullable(d.PathPrefix, false), Upstreams: d.Upstreams,
+		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: nullable(d.UpstreamAuth, false),
+		RateLimit: nullable(d.RateLimit, d.NoRateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
+	})
 }
 
 // DeploymentPage is a deployment listing.
@@ -356,26 +300,36 @@ type DeploymentPage struct {
 	JSON json.RawMessage `json:"-"`
 }
 
-// Project is a tenant grouping keys and deployments.
-type Project struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
-	Revision  uint64    `json:"revision,omitempty"`
+// page decodes an api.Page whose items keep their own raw JSON.
+func page[T any](raw json.RawMessage, item func(json.RawMessage) (*T, error)) ([]*T, string, error) {
+	var p api.Page[json.RawMessage]
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, "", err
+	}
+	items := make([]*T, 0, len(p.Items))
+	for _, r := range p.Items {
+		v, err := item(r)
+		if err != nil {
+			return nil, "", err
+		}
+		items = append(items, v)
+	}
+	next := ""
+	if p.NextCursor != nil {
+		next = *p.NextCursor
+	}
+	return items, next, nil
 }
 
-// Edge is an edge known to the origin.
-type Edge struct {
-	ID              string    `json:"id"`
-	Site            string    `json:"site"`
-	Address         string    `json:"address"`
-	AppliedRevision uint64    `json:"applied_revision"`
-	LastSeen        time.Time `json:"last_seen"`
-	Live            *bool     `json:"live,omitempty"`
+func decodeKey(raw json.RawMessage) (*Key, error) {
+	k := &Key{JSON: raw}
+	return k, json.Unmarshal(raw, &k.Key)
 }
 
-// AuditRecord is one audit record, as the origin sends it.
-type AuditRecord map[string]any
+func decodeDeployment(raw json.RawMessage) (*Deployment, error) {
+	d := &Deployment{JSON: raw}
+	return d, json.Unmarshal(raw, &d.Deployment)
+}
 
 // AuditQuery filters GET /v1/audit; zero fields are not sent.
 type AuditQuery struct {
@@ -386,20 +340,13 @@ type AuditQuery struct {
 	Limit      int
 }
 
-// Session is a login's answer.
-type Session struct {
-	Token     string    `json:"token"`
-	ExpiresAt time.Time `json:"expires_at"`
-	TokenType string    `json:"token_type"`
-}
-
 // ---- calls ----
 
 // Login exchanges a user's credentials for a JWT, keeps it in c.Token and
 // returns it with its expiry.
 func (c *Client) Login(ctx context.Context, username, password string) (*Session, error) {
 	var s Session
-	if _, err := c.Do(ctx, http.MethodPost, "/v1/auth/login", map[string]string{"username": username, "password": password}, &s); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, "/v1/auth/login", api.LoginRequest{Username: username, Password: password}, &s); err != nil {
 		return nil, err
 	}
 	if s.Token == "" {
@@ -411,9 +358,7 @@ func (c *Client) Login(ctx context.Context, username, password string) (*Session
 
 // SigningKey returns the origin's Ed25519 public key, base64.
 func (c *Client) SigningKey(ctx context.Context) (string, error) {
-	var out struct {
-		PublicKey string `json:"public_key"`
-	}
+	var out api.SigningKey
 	_, err := c.Do(ctx, http.MethodGet, "/v1/signing-key", nil, &out)
 	return out.PublicKey, err
 }
@@ -421,7 +366,7 @@ func (c *Client) SigningKey(ctx context.Context) (string, error) {
 // CreateProject creates a project.
 func (c *Client) CreateProject(ctx context.Context, name string) (*Project, error) {
 	var p Project
-	rev, err := c.call(ctx, http.MethodPost, "/v1/projects", nil, map[string]string{"name": name}, &p, nil)
+	rev, err := c.call(ctx, http.MethodPost, "/v1/projects", nil, api.ProjectCreate{Name: name}, &p, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -433,9 +378,7 @@ func (c *Client) CreateProject(ctx context.Context, name string) (*Project, erro
 
 // Projects lists the projects the caller may see.
 func (c *Client) Projects(ctx context.Context) ([]*Project, error) {
-	var out struct {
-		Items []*Project `json:"items"`
-	}
+	var out api.Page[*Project]
 	_, err := c.Do(ctx, http.MethodGet, "/v1/projects", nil, &out)
 	return out.Items, err
 }
@@ -444,7 +387,7 @@ func (c *Client) Projects(ctx context.Context) ([]*Project, error) {
 // body had none.
 func (c *Client) keyCall(ctx context.Context, method, path string, opts []CallOption, in any) (*Key, error) {
 	var k Key
-	rev, err := c.call(ctx, method, path, opts, in, &k, &k.JSON)
+	rev, err := c.call(ctx, method, path, opts, in, &k.Key, &k.JSON)
 	if err != nil {
 		return nil, err
 	}
@@ -474,9 +417,18 @@ func (c *Client) ListKeys(ctx context.Context, project string, limit int, cursor
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var p KeyPage
-	if _, err := c.call(ctx, http.MethodGet, path, nil, nil, &p, &p.JSON); err != nil {
+	return c.keyPage(ctx, path)
+}
+
+// keyPage gets a key listing.
+func (c *Client) keyPage(ctx context.Context, path string) (*KeyPage, error) {
+	p := KeyPage{}
+	if _, err := c.call(ctx, http.MethodGet, path, nil, nil, nil, &p.JSON); err != nil {
 		return nil, err
+	}
+	var err error
+	if p.Items, p.NextCursor, err = page(p.JSON, decodeKey); err != nil {
+		return nil, fmt.Errorf("decoding key listing: %w", err)
 	}
 	return &p, nil
 }
@@ -508,13 +460,6 @@ func (c *Client) UpdateKey(ctx context.Context, project, id string, in KeyUpdate
 	return c.keyCall(ctx, http.MethodPatch, projectPath(project)+"/keys/"+esc(id), opts, in)
 }
 
-// Deleted is the answer to a delete: the change's revision and, when the
-// delete was given Wait, the propagation report (nil otherwise).
-type Deleted struct {
-	Revision    uint64       `json:"revision"`
-	Propagation *Propagation `json:"propagation,omitempty"`
-}
-
 // deleteCall sends a delete: the origin answers 204 with X-Revision, or
 // with Wait 200 and a Deleted body.
 func (c *Client) deleteCall(ctx context.Context, path string, opts []CallOption) (*Deleted, error) {
@@ -537,13 +482,13 @@ func (c *Client) DeleteKey(ctx context.Context, project, id string, opts ...Call
 // RotateKey gives a key a new secret (in the answer's Secret); the old one
 // keeps working for grace.
 func (c *Client) RotateKey(ctx context.Context, project, id string, grace time.Duration, opts ...CallOption) (*Key, error) {
-	in := map[string]int64{"grace_seconds": int64(grace / time.Second)}
+	in := api.KeyRotate{GraceSeconds: int64(grace / time.Second)}
 	return c.keyCall(ctx, http.MethodPost, projectPath(project)+"/keys/"+esc(id)+"/rotate", opts, in)
 }
 
 func (c *Client) deploymentCall(ctx context.Context, method, path string, opts []CallOption, in any) (*Deployment, error) {
 	var d Deployment
-	rev, err := c.call(ctx, method, path, opts, in, &d, &d.JSON)
+	rev, err := c.call(ctx, method, path, opts, in, &d.Deployment, &d.JSON)
 	if err != nil {
 		return nil, err
 	}
@@ -560,9 +505,13 @@ func (c *Client) CreateDeployment(ctx context.Context, project string, in Deploy
 
 // ListDeployments lists project's deployments.
 func (c *Client) ListDeployments(ctx context.Context, project string) (*DeploymentPage, error) {
-	var p DeploymentPage
-	if _, err := c.call(ctx, http.MethodGet, projectPath(project)+"/deployments", nil, nil, &p, &p.JSON); err != nil {
+	p := DeploymentPage{}
+	if _, err := c.call(ctx, http.MethodGet, projectPath(project)+"/deployments", nil, nil, nil, &p.JSON); err != nil {
 		return nil, err
+	}
+	var err error
+	if p.Items, p.NextCursor, err = page(p.JSON, decodeDeployment); err != nil {
+		return nil, fmt.Errorf("decoding deployment listing: %w", err)
 	}
 	return &p, nil
 }
@@ -584,11 +533,7 @@ func (c *Client) DeleteDeployment(ctx context.Context, project, id string, opts 
 
 // DeploymentKeys lists the keys linked to a deployment.
 func (c *Client) DeploymentKeys(ctx context.Context, project, id string) (*KeyPage, error) {
-	var p KeyPage
-	if _, err := c.call(ctx, http.MethodGet, projectPath(project)+"/deployments/"+esc(id)+"/keys", nil, nil, &p, &p.JSON); err != nil {
-		return nil, err
-	}
-	return &p, nil
+	return c.keyPage(ctx, projectPath(project)+"/deployments/"+esc(id)+"/keys")
 }
 
 // Link links a key to a deployment and returns the key as it now is.
@@ -660,13 +605,6 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
 
 // ---- admin users and project rules ----
 
-// User is an admin user.
-type User struct {
-	ID        string    `json:"id"`
-	Username  string    `json:"username"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
 // Logout ends every session of the calling user (all their tokens, on
 // every replica) and forgets c.Token.
 func (c *Client) Logout(ctx context.Context) error {
@@ -679,9 +617,7 @@ func (c *Client) Logout(ctx context.Context) error {
 
 // Users lists the admin users.
 func (c *Client) Users(ctx context.Context) ([]*User, error) {
-	var out struct {
-		Items []*User `json:"items"`
-	}
+	var out api.Page[*User]
 	_, err := c.Do(ctx, http.MethodGet, "/v1/users", nil, &out)
 	return out.Items, err
 }
@@ -689,7 +625,7 @@ func (c *Client) Users(ctx context.Context) ([]*User, error) {
 // CreateUser creates an admin user.
 func (c *Client) CreateUser(ctx context.Context, username, password string) (*User, error) {
 	var u User
-	if _, err := c.Do(ctx, http.MethodPost, "/v1/users", map[string]string{"username": username, "password": password}, &u); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, "/v1/users", api.UserCreate{Username: username, Password: password}, &u); err != nil {
 		return nil, err
 	}
 	return &u, nil
@@ -705,33 +641,15 @@ func (c *Client) DeleteUser(ctx context.Context, user string) error {
 // ChangePassword sets a user's password and ends their sessions; changing
 // one's own needs oldPassword (else give "").
 func (c *Client) ChangePassword(ctx context.Context, user, password, oldPassword string) error {
-	in := map[string]string{"password": password}
-	if oldPassword != "" {
-		in["old_password"] = oldPassword
-	}
+	in := api.PasswordChange{Password: password, OldPassword: oldPassword}
 	_, err := c.Do(ctx, http.MethodPut, "/v1/users/"+esc(user)+"/password", in, nil)
 	return err
 }
 
-// Limits are a project's quotas.
-type Limits struct {
-	MaxKeys        int `json:"max_keys"`
-	MaxDeployments int `json:"max_deployments"`
-	MaxLinksPerKey int `json:"max_links_per_key"`
-}
-
-// ProjectDetail is a project with its upstream policy, quotas and usage.
+// ProjectDetail is a project with its upstream policy (AllowedUpstreams
+// nil: the default), quotas and usage, with the answer it was decoded from.
 type ProjectDetail struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
-	// AllowedUpstreams is nil for the default policy.
-	AllowedUpstreams []string `json:"allowed_upstreams"`
-	Limits           Limits   `json:"limits"`
-	Usage            struct {
-		Keys        int `json:"keys"`
-		Deployments int `json:"deployments"`
-	} `json:"usage"`
+	api.ProjectDetail
 	// JSON is the answer this value was decoded from.
 	JSON json.RawMessage `json:"-"`
 }
@@ -748,30 +666,24 @@ type ProjectUpdate struct {
 	MaxKeys, MaxDeployments, MaxLinksPerKey *int
 }
 
-// MarshalJSON sends only the fields that are set.
+// MarshalJSON sends only the fields that are set, as an api.ProjectPatch.
 func (u ProjectUpdate) MarshalJSON() ([]byte, error) {
-	m := map[string]any{}
-	if u.AllowedUpstreams != nil {
-		m["allowed_upstreams"] = *u.AllowedUpstreams
-	} else if u.DefaultUpstreams {
-		m["allowed_upstreams"] = nil
-	}
-	for name, v := range map[string]*int{"max_keys": u.MaxKeys, "max_deployments": u.MaxDeployments, "max_links_per_key": u.MaxLinksPerKey} {
-		switch {
-		case v == nil:
-		case *v == 0:
-			m[name] = nil
-		default:
-			m[name] = *v
+	quota := func(v *int) api.Nullable[int] {
+		if v != nil && *v == 0 {
+			return api.Null[int]()
 		}
+		return nullable(v, false)
 	}
-	return json.Marshal(m)
+	return json.Marshal(api.ProjectPatch{
+		AllowedUpstreams: nullable(u.AllowedUpstreams, u.DefaultUpstreams),
+		MaxKeys:          quota(u.MaxKeys), MaxDeployments: quota(u.MaxDeployments), MaxLinksPerKey: quota(u.MaxLinksPerKey),
+	})
 }
 
 // GetProject returns a project with its rules.
 func (c *Client) GetProject(ctx context.Context, project string) (*ProjectDetail, error) {
 	var p ProjectDetail
-	if _, err := c.call(ctx, http.MethodGet, projectPath(project), nil, nil, &p, &p.JSON); err != nil {
+	if _, err := c.call(ctx, http.MethodGet, projectPath(project), nil, nil, &p.ProjectDetail, &p.JSON); err != nil {
 		return nil, err
 	}
 	return &p, nil
@@ -780,7 +692,7 @@ func (c *Client) GetProject(ctx context.Context, project string) (*ProjectDetail
 // UpdateProject changes a project's upstream policy or quotas.
 func (c *Client) UpdateProject(ctx context.Context, project string, in ProjectUpdate) (*ProjectDetail, error) {
 	var p ProjectDetail
-	if _, err := c.call(ctx, http.MethodPatch, projectPath(project), nil, in, &p, &p.JSON); err != nil {
+	if _, err := c.call(ctx, http.MethodPatch, projectPath(project), nil, in, &p.ProjectDetail, &p.JSON); err != nil {
 		return nil, err
 	}
 	return &p, nil

@@ -1,0 +1,370 @@
+// Package api is the wire contract of the origin's REST admin API: one Go
+// type per request and response body docs/api.md documents, shared by the
+// server (origin) and its client (origin/apiclient) so the two cannot
+// drift apart.
+//
+// It guarantees:
+//   - JSON names, omitempty and null-ness exactly as the origin answers
+//     today; a field without omitempty is always present in an answer (null
+//     when its pointer, slice or map is nil), one with omitempty only when
+//     set.
+//   - Times are time.Time, so RFC 3339 with nanoseconds, as the origin
+//     writes them.
+//   - The OpenAPI document served at /v1/openapi.json describes exactly these
+//     types (origin/openapi_test.go holds the two together by reflection).
+//
+// It holds no behaviour beyond encoding: no validation, no defaults, no
+// I/O. Validation is the origin's; the wire shapes of the signed events
+// edges receive (package event) are a separate contract and stay separate.
+//
+// Listings of keys, deployments, projects and users answer a Page; the
+// edge and audit listings answer a bare JSON array ([]Edge, []AuditRecord).
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+)
+
+// Nullable is a request member that can be absent, null or a value, for
+// the members a patch may reset: the zero Nullable is absent (left out of
+// the body, with the omitzero tag), Null() sends null, Value(v) sends v.
+// Decoding sets Set for any present member, null included.
+type Nullable[T any] struct {
+	Set   bool
+	Value *T // nil with Set: null
+}
+
+// Null returns a Nullable that encodes as null.
+func Null[T any]() Nullable[T] { return Nullable[T]{Set: true} }
+
+// Value returns a Nullable that encodes as v.
+func Value[T any](v T) Nullable[T] { return Nullable[T]{Set: true, Value: &v} }
+
+// IsZero reports an absent member, for omitzero.
+func (n Nullable[T]) IsZero() bool { return !n.Set }
+
+// MarshalJSON encodes the value, or null.
+func (n Nullable[T]) MarshalJSON() ([]byte, error) { return json.Marshal(n.Value) }
+
+// UnmarshalJSON records that the member was present, and its value unless
+// it is null.
+func (n *Nullable[T]) UnmarshalJSON(b []byte) error {
+	n.Set, n.Value = true, nil
+	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+		return nil
+	}
+	var v T
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	n.Value = &v
+	return nil
+}
+
+// ---- shared members ----
+
+// RateLimit is a per-minute request limit.
+type RateLimit struct {
+	RequestsPerMinute int `json:"requests_per_minute"`
+}
+
+// UpstreamAuth says which credential an edge sends to the upstream.
+type UpstreamAuth struct {
+	Mode   string `json:"mode"` // "none", "inject" or "passthrough"
+	Header string `json:"header,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
+	Secret string `json:"secret,omitempty"` // the name of an edge-local secret, never its value
+}
+
+// Propagation is the ?wait= report: the live edges that had applied the
+// mutation's revision when the answer was sent, and those that had not.
+type Propagation struct {
+	Applied []string `json:"applied"`
+	Pending []string `json:"pending"`
+	// LiveEdges counts the live edges the wait knew of (applied +
+	// pending): 0 means it proved nothing reached any edge.
+	LiveEdges int `json:"live_edges"`
+}
+
+// Deleted is the answer to a delete given ?wait (without it a delete
+// answers 204 and no body).
+type Deleted struct {
+	Revision    uint64       `json:"revision"`
+	Propagation *Propagation `json:"propagation"`
+}
+
+// Page is one page of a listing. NextCursor is null at the end; listings
+// that are never paged (deployments, projects, users, a deployment's keys)
+// always answer null.
+type Page[T any] struct {
+	Items      []T     `json:"items"`
+	NextCursor *string `json:"next_cursor"`
+}
+
+// The pages the API answers.
+type (
+	KeyPage        = Page[Key]
+	DeploymentPage = Page[Deployment]
+	ProjectPage    = Page[Project]
+	UserPage       = Page[User]
+)
+
+// ErrorBody is every error answer: {"error": {...}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the error member of an ErrorBody.
+type ErrorDetail struct {
+	Code    string `json:"code"` // e.g. NOT_FOUND, VALIDATION_ERROR
+	Message string `json:"message"`
+	Type    string `json:"type"` // OpenAI-style, e.g. invalid_request_error
+	// Details is null, or more about the error: a validation error names
+	// {"field", "reason"}.
+	Details any `json:"details"`
+}
+
+// ---- open endpoints ----
+
+// Health is the answer of GET /health.
+type Health struct {
+	Status            string `json:"status"`           // ok, degraded, store unavailable
+	Reason            string `json:"reason,omitempty"` // only when degraded
+	Revision          uint64 `json:"revision"`
+	PublishedRevision uint64 `json:"published_revision"`
+	NATSConnected     bool   `json:"nats_connected"`
+}
+
+// LoginRequest is the body of POST /v1/auth/login.
+type LoginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// LoginResponse is the answer of POST /v1/auth/login.
+type LoginResponse struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	TokenType string    `json:"token_type"` // Bearer
+}
+
+// SigningKey is the answer of GET /v1/signing-key.
+type SigningKey struct {
+	PublicKey string `json:"public_key"` // base64 Ed25519
+}
+
+// ---- users ----
+
+// User is an admin user.
+type User struct {
+	ID        string    `json:"id"`
+	Username  string    `json:"username"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// UserCreate is the body of POST /v1/users.
+type UserCreate struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// PasswordChange is the body of PUT /v1/users/{u}/password; OldPassword is
+// required to change one's own.
+type PasswordChange struct {
+	Password    string `json:"password"`
+	OldPassword string `json:"old_password,omitempty"`
+}
+
+// ---- projects ----
+
+// Project is a project as listed.
+type Project struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ProjectCreate is the body of POST /v1/projects.
+type ProjectCreate struct {
+	Name string `json:"name"`
+}
+
+// ProjectCreated is the answer of POST /v1/projects. A project is no event
+// (edges never see projects): Revision is the store's when it was created.
+type ProjectCreated struct {
+	ID          string       `json:"id"`
+	Name        string       `json:"name"`
+	CreatedAt   time.Time    `json:"created_at"`
+	Revision    uint64       `json:"revision"`
+	Propagation *Propagation `json:"propagation,omitempty"`
+}
+
+// Limits are a project's quotas, defaults filled in.
+type Limits struct {
+	MaxKeys        int `json:"max_keys"`
+	MaxDeployments int `json:"max_deployments"`
+	MaxLinksPerKey int `json:"max_links_per_key"`
+}
+
+// ProjectUsage is what a project holds against its Limits.
+type ProjectUsage struct {
+	Keys        int `json:"keys"`
+	Deployments int `json:"deployments"`
+}
+
+// ProjectDetail is a project with its upstream policy, quotas and usage
+// (GET and PATCH /v1/projects/{p}).
+type ProjectDetail struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	// AllowedUpstreams is null for the default policy.
+	AllowedUpstreams []string     `json:"allowed_upstreams"`
+	Limits           Limits       `json:"limits"`
+	Usage            ProjectUsage `json:"usage"`
+}
+
+// ProjectPatch is the body of PATCH /v1/projects/{p}; absent members are
+// left as they are, null ones go back to the default.
+type ProjectPatch struct {
+	AllowedUpstreams Nullable[[]string] `json:"allowed_upstreams,omitzero"`
+	MaxKeys          Nullable[int]      `json:"max_keys,omitzero"`
+	MaxDeployments   Nullable[int]      `json:"max_deployments,omitzero"`
+	MaxLinksPerKey   Nullable[int]      `json:"max_links_per_key,omitzero"`
+}
+
+// ---- keys ----
+
+// Key is an API key as the origin shows it. Secret is only in the answers
+// of create and rotate, the only times it is ever returned; Propagation
+// only in a mutation's answer given ?wait.
+type Key struct {
+	ID          string       `json:"id"`
+	Project     string       `json:"project"`
+	Name        string       `json:"name"`
+	Description string       `json:"description"`
+	Prefix      string       `json:"prefix"`
+	Permissions []string     `json:"permissions"`
+	Deployments []string     `json:"deployments"` // ids of the linked deployments
+	ExpiresAt   *time.Time   `json:"expires_at"`
+	RateLimit   *RateLimit   `json:"rate_limit"`
+	Disabled    bool         `json:"disabled"`
+	CreatedAt   time.Time    `json:"created_at"`
+	UpdatedAt   time.Time    `json:"updated_at"`
+	Revision    uint64       `json:"revision"`
+	Secret      string       `json:"key,omitempty"`
+	Propagation *Propagation `json:"propagation,omitempty"`
+}
+
+// KeyCreate is the body of POST /v1/projects/{p}/keys. Zero members are
+// left out, so the origin's defaults apply (permissions run_inference,
+// read_models, use_streaming; never expires; no rate limit).
+type KeyCreate struct {
+	Name          string     `json:"name,omitempty"`
+	Description   string     `json:"description,omitempty"`
+	Permissions   []string   `json:"permissions,omitempty"`
+	Deployments   []string   `json:"deployments,omitempty"` // ids or names
+	ExpiresAt     string     `json:"expires_at,omitempty"`  // RFC 3339 or YYYY-MM-DD
+	ExpiresInDays int        `json:"expires_in_days,omitempty"`
+	RateLimit     *RateLimit `json:"rate_limit,omitempty"`
+	Disabled      bool       `json:"disabled,omitempty"`
+}
+
+// KeyPatch is the body of PATCH /v1/projects/{p}/keys/{id}: absent members
+// are left as they are; expires_at and rate_limit may be null (never
+// expires; no limit).
+type KeyPatch struct {
+	Name        *string             `json:"name,omitempty"`
+	Description *string             `json:"description,omitempty"`
+	Permissions *[]string           `json:"permissions,omitempty"`
+	Deployments *[]string           `json:"deployments,omitempty"` // replaces the links (ids or names)
+	ExpiresAt   Nullable[string]    `json:"expires_at,omitzero"`   // RFC 3339 or YYYY-MM-DD
+	RateLimit   Nullable[RateLimit] `json:"rate_limit,omitzero"`
+	Disabled    *bool               `json:"disabled,omitempty"`
+}
+
+// KeyRotate is the body of POST /v1/projects/{p}/keys/{id}/rotate: how
+// long the old secret keeps working (default 0).
+type KeyRotate struct {
+	GraceSeconds int64 `json:"grace_seconds,omitempty"`
+}
+
+// ---- deployments ----
+
+// Deployment is a deployment as the origin shows it. Propagation is only
+// in a mutation's answer given ?wait.
+type Deployment struct {
+	ID               string              `json:"id"`
+	Project          string              `json:"project"`
+	Name             string              `json:"name"`
+	Hosts            []string            `json:"hosts"`
+	PathPrefix       string              `json:"path_prefix"`
+	Upstreams        map[string][]string `json:"upstreams"`
+	AuthEnabled      bool                `json:"auth_enabled"`
+	InvalidKeyStatus int                 `json:"invalid_key_status"`
+	UpstreamAuth     *UpstreamAuth       `json:"upstream_auth"`
+	RateLimit        *RateLimit          `json:"rate_limit"`
+	MaxBodyBytes     int64               `json:"max_body_bytes"`
+	MaxPromptChars   int                 `json:"max_prompt_chars"`
+	Revision         uint64              `json:"revision"`
+	Propagation      *Propagation        `json:"propagation,omitempty"`
+}
+
+// DeploymentInput is the body of a deployment's creation (name and
+// upstreams required; absent members take the defaults) or of its patch
+// (absent members are left as they are). Null resets hosts, path_prefix,
+// upstream_auth and rate_limit to their defaults.
+type DeploymentInput struct {
+	Name             *string                `json:"name,omitempty"`
+	Hosts            Nullable[[]string]     `json:"hosts,omitzero"`
+	PathPrefix       Nullable[string]       `json:"path_prefix,omitzero"`
+	Upstreams        map[string][]string    `json:"upstreams,omitempty"` // site (or "*") to base URLs
+	AuthEnabled      *bool                  `json:"auth_enabled,omitempty"`
+	InvalidKeyStatus *int                   `json:"invalid_key_status,omitempty"`
+	UpstreamAuth     Nullable[UpstreamAuth] `json:"upstream_auth,omitzero"`
+	RateLimit        Nullable[RateLimit]    `json:"rate_limit,omitzero"`
+	MaxBodyBytes     *int64                 `json:"max_body_bytes,omitempty"`
+	MaxPromptChars   *int                   `json:"max_prompt_chars,omitempty"`
+}
+
+// ---- edges and audit ----
+
+// Edge is one edge as the origin's registry last heard of it (GET
+// /v1/edges answers []Edge).
+type Edge struct {
+	ID              string    `json:"id"`
+	Site            string    `json:"site"`
+	Address         string    `json:"address"`
+	AppliedRevision uint64    `json:"applied_revision"`
+	LastSeen        time.Time `json:"last_seen"`
+	Live            bool      `json:"live"`
+	// RelayedBy names the edge whose heartbeat last carried this one's,
+	// for an edge reachable only through gossip.
+	RelayedBy string `json:"relayed_by,omitempty"`
+}
+
+// AuditRecord is one audit record: a request an edge handled (source
+// "edge") or an admin action of the origin (source "admin"). It never
+// holds a secret. GET /v1/audit answers []AuditRecord, newest first.
+type AuditRecord struct {
+	ID             string    `json:"id"`
+	Time           time.Time `json:"time"`
+	Source         string    `json:"source"`
+	Edge           string    `json:"edge,omitempty"`
+	Site           string    `json:"site,omitempty"`
+	ClientIP       string    `json:"client_ip"`
+	Actor          string    `json:"actor,omitempty"`
+	KeyID          string    `json:"key_id,omitempty"`
+	Project        string    `json:"project,omitempty"`
+	Deployment     string    `json:"deployment,omitempty"`
+	DeploymentName string    `json:"deployment_name,omitempty"`
+	Method         string    `json:"method"`
+	Path           string    `json:"path"`
+	Action         string    `json:"action,omitempty"`
+	Target         string    `json:"target,omitempty"`
+	Status         int       `json:"status"`
+	DurationMS     float64   `json:"duration_ms"`
+	RequestID      string    `json:"request_id,omitempty"`
+}
