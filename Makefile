@@ -12,14 +12,16 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 ## test: vet, then every test under the race detector. The PostgreSQL store
-## tests use $KEYMESH_TEST_POSTGRES_URL or start their own throwaway cluster
-## (test-deps installs the Debian postgresql package when root and missing).
+## tests use $KEYMESH_TEST_POSTGRES_URL or start their own throwaway cluster,
+## the nginx bench test its own nginx (test-deps installs the Debian
+## postgresql and nginx packages when root and missing).
 test: vet test-deps
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 ## test-deps: what the tests need besides Go (quiet when already there).
 test-deps:
 	@./scripts/pgtest.sh
+	@./scripts/nginxtest.sh
 
 ## fuzz: every fuzz target briefly (FUZZTIME each), seeds from testdata.
 FUZZTIME ?= 10s

@@ -245,6 +245,10 @@ func TestNoResurrectionUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d requests, %d allowed, over %d unlink/relink cycles", requests.Load(), n, cycles)
+	// Without both allowed and refused requests, nothing raced an unlink.
+	if n == 0 || requests.Load() == int64(n) {
+		t.Fatalf("%d requests, %d of them allowed: the load never met both link states", requests.Load(), n)
+	}
 	if violations > 0 {
 		t.Fatalf("%d requests were let through with state older than the edge's applied unlink", violations)
 	}

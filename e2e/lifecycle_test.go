@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -28,19 +27,42 @@ func TestRotationGracePeriod(t *testing.T) {
 		return &fresh
 	}
 
-	fresh := rotate(1)
+	// The origin sets the old secret's end at its own now+grace, some time
+	// between start and the rotate call's return. So every answer received
+	// before start+grace must accept the old secret, and some answer after
+	// returned+grace (plus the poll's slack) must refuse it.
+	const grace = 5 * time.Second
+	start := time.Now()
+	fresh := rotate(int(grace / time.Second))
+	returned := time.Now()
 	expect(t, e, withKey(fresh), 200, "")
-	if st, _ := chat(t, e, withKey(k)); st != 200 {
-		// The grace period is one second; on a very slow machine it may be
-		// over already, which is not a failure of the edge.
-		t.Logf("old secret already refused (%d): grace ended before the first check", st)
-	}
-	checkFor(t, 10*time.Second, func() error {
-		if st, _ := chat(t, e, withKey(k)); st != http.StatusUnauthorized {
-			return fmt.Errorf("old secret still answered %d after its grace period", st)
+	accepted, refusedAt := 0, time.Time{}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := returned.Add(grace + 10*time.Second); refusedAt.IsZero(); <-tick.C {
+		st, body := chat(t, e, withKey(k))
+		received := time.Now()
+		switch {
+		case st == http.StatusOK:
+			accepted++
+		case received.Before(start.Add(grace)):
+			t.Fatalf("old secret refused %v after the rotation, within its %v grace period: %d %s", received.Sub(start), grace, st, body)
+		case st == http.StatusUnauthorized:
+			refusedAt = received
+		default:
+			t.Fatalf("old secret after its grace period: %d %s, want 401", st, body)
 		}
-		return nil
-	})
+		if refusedAt.IsZero() && received.After(deadline) {
+			t.Fatalf("old secret still accepted %v after the rotation (grace %v)", received.Sub(start), grace)
+		}
+	}
+	if accepted == 0 {
+		// Only possible when the rotation took longer than the grace period
+		// to reach the edge: then nothing here checked the grace half.
+		t.Fatalf("old secret never checked within its %v grace period (the rotation took %v)", grace, returned.Sub(start))
+	}
+	t.Logf("old secret accepted %d times, refused %v after the rotation", accepted, refusedAt.Sub(start))
+	expect(t, e, withKey(k), 401, "AUTHENTICATION_FAILED")
 	expect(t, e, withKey(fresh), 200, "")
 
 	newer := rotate(0)

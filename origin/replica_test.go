@@ -53,14 +53,22 @@ func TestReplicasShareRevisionsAndLookups(t *testing.T) {
 	}
 	ca, cb := newClient(t, a), newClient(t, b)
 
+	const writers, perWriter = 4, 50
+	const total = writers * perWriter
+
 	// A watcher checks that the committed events are always exactly the
 	// revisions 1..max: no later revision is visible before an earlier one.
+	// The writers start after its first check, and it must see some
+	// snapshots strictly between none and all written, or it checked
+	// nothing that could break the rule.
 	stopWatch := make(chan struct{})
 	var watchErr atomic.Value
-	var watched atomic.Int64
-	watchDone := make(chan struct{})
+	var watched, midWrite atomic.Int64
+	watchDone, watching := make(chan struct{}), make(chan struct{})
+	var watchOnce sync.Once
 	go func() {
 		defer close(watchDone)
+		defer watchOnce.Do(func() { close(watching) })
 		for {
 			select {
 			case <-stopWatch:
@@ -77,11 +85,14 @@ func TestReplicasShareRevisionsAndLookups(t *testing.T) {
 				return
 			}
 			watched.Add(1)
+			if max > 0 && max < total {
+				midWrite.Add(1)
+			}
+			watchOnce.Do(func() { close(watching) })
 		}
 	}()
+	<-watching
 
-	const writers, perWriter = 4, 50
-	const total = writers * perWriter
 	type created struct {
 		id  string
 		rev uint64
@@ -119,7 +130,10 @@ func TestReplicasShareRevisionsAndLookups(t *testing.T) {
 	if err, _ := watchErr.Load().(error); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("watcher checked %d snapshots while writing", watched.Load())
+	t.Logf("watcher checked %d snapshots, %d of them mid-write", watched.Load(), midWrite.Load())
+	if midWrite.Load() == 0 {
+		t.Fatalf("watcher checked %d snapshots but none while the %d writes were under way: the ordering rule went unchecked", watched.Load(), total)
+	}
 
 	byRev := map[uint64]created{}
 	for r := range results {
@@ -152,11 +166,13 @@ func TestReplicasShareRevisionsAndLookups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const lookups = 60
 	n := 0
 	for _, c := range byRev {
-		if n++; n > 60 {
+		if n == lookups {
 			break
 		}
+		n++
 		h, err := apikey.ParseString(c.key)
 		if err != nil {
 			t.Fatal(err)
@@ -172,6 +188,9 @@ func TestReplicasShareRevisionsAndLookups(t *testing.T) {
 		if r.Kind != event.KindKey || r.Key.ID != c.id || r.Revision != total {
 			t.Fatalf("lookup of %s: %+v", c.id, r)
 		}
+	}
+	if n != lookups {
+		t.Fatalf("looked up %d keys, want %d", n, lookups)
 	}
 	for name, s := range map[string]*Server{"a": a, "b": b} {
 		if d := lookupDelivered(s); d == 0 {

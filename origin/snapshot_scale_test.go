@@ -128,6 +128,9 @@ func TestSnapshotOfTenThousandDeployments(t *testing.T) {
 		}
 		total += len(c)
 	}
+	if len(chunks) < 2 {
+		t.Fatalf("%d deployments sealed into %d chunks: the bound went unchecked", len(list), len(chunks))
+	}
 	t.Logf("snapshot: %d deployments, %d chunks, %d bytes", len(list), len(chunks), total)
 
 	ver, err := event.NewVerifier(s.PublicKey())
