@@ -445,10 +445,18 @@ func TestEdgeRegistrySurvivesRestart(t *testing.T) {
 		if time.Since(restarted) < cfg.EdgeLiveness {
 			t.Fatalf("answered %v after the restart, before edge-b's warm-up ended", time.Since(restarted))
 		}
+		seen := false
 		for _, e := range s2.Edges() {
-			if e.ID == "edge-b" && e.Live {
+			if e.ID != "edge-b" {
+				continue
+			}
+			seen = true
+			if e.Live {
 				t.Fatalf("edge-b still live after its warm-up: %+v", e)
 			}
+		}
+		if !seen {
+			t.Fatal("edge-b missing from the registry: it was restored and must stay listed, no longer live")
 		}
 	})
 }
