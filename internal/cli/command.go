@@ -71,8 +71,8 @@ func (c *Command) execute(ctx context.Context, parents []*Command, args []string
 		case len(parents) == 0:
 			c.list(io.Stderr, path)
 		default:
-			fmt.Fprintf(io.Stderr, "%s: %s needs a subcommand: %s (see %s --help)\n",
-				path[0].Name, words(path[1:]), strings.Join(c.names(), ", "), words(path))
+			fmt.Fprintf(io.Stderr, "%s: %s needs a subcommand: %s (see %s)\n",
+				path[0].Name, words(path[1:]), strings.Join(c.names(), ", "), seeHelp(path))
 		}
 		return 2
 	}
@@ -114,11 +114,20 @@ func (c *Command) help(ctx context.Context, path []*Command, names []string, io 
 func unknown(path []*Command, word string, stderr io.Writer) int {
 	what := strings.TrimSpace(words(path[1:]) + " " + word)
 	if strings.HasPrefix(word, "-") {
-		fmt.Fprintf(stderr, "%s: expected a command before flag %q (see %s --help)\n", path[0].Name, word, words(path))
+		fmt.Fprintf(stderr, "%s: expected a command before flag %q (see %s)\n", path[0].Name, word, seeHelp(path))
 	} else {
-		fmt.Fprintf(stderr, "%s: unknown command %q (see %s --help)\n", path[0].Name, what, words(path))
+		fmt.Fprintf(stderr, "%s: unknown command %q (see %s)\n", path[0].Name, what, seeHelp(path))
 	}
 	return 2
+}
+
+// seeHelp is how to get the listing of the command at the end of path:
+// --help, unless its Run explains its own flags with that.
+func seeHelp(path []*Command) string {
+	if path[len(path)-1].Run != nil {
+		return words(path) + " help"
+	}
+	return words(path) + " --help"
 }
 
 // list prints the command's usage and every command under it, nested ones

@@ -110,6 +110,11 @@ func TestExecuteListsAndRefuses(t *testing.T) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %q", tc.args, code, out, errb, tc.want)
 		}
 	}
+	// A root that runs on its own explains its flags with --help: the
+	// listing is help.
+	if code, _, errb := execute(tree(func([]string) int { return 0 }), "help", "nope"); code != 2 || errb != "prog: unknown command \"nope\" (see prog help)\n" {
+		t.Errorf("help nope with a root Run: exit %d, stderr %q", code, errb)
+	}
 	// Nothing at all at the root: the listing, on stderr.
 	if code, out, errb := execute(c); code != 2 || out != "" || !strings.HasPrefix(errb, "Usage: prog <command>") {
 		t.Errorf("no arguments: exit %d, stdout %q, stderr %q", code, out, errb)
