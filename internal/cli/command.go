@@ -190,11 +190,16 @@ func words(path []*Command) string {
 
 func isHelpFlag(a string) bool { return a == "--help" || a == "-h" || a == "-help" }
 
-// IsVersion reports whether args ask a binary without subcommands for its
-// version: --version (or -version) as the first argument. It is checked
-// before the flags are parsed, so no environment variable can set it.
-func IsVersion(args []string) bool {
-	return len(args) > 0 && (args[0] == "--version" || args[0] == "-version")
+// PrintVersion is --version for a binary without subcommands: if args ask
+// for the version (--version or -version as the first argument), it prints
+// binary's version line to w and reports true. Called before the flags are
+// parsed, so no environment variable can set it.
+func PrintVersion(args []string, binary string, w io.Writer) bool {
+	if len(args) == 0 || (args[0] != "--version" && args[0] != "-version") {
+		return false
+	}
+	fmt.Fprintln(w, buildinfo.Line(binary))
+	return true
 }
 
 // VersionCommand is the version subcommand of binary, which the root's

@@ -137,7 +137,14 @@ func TestVersion(t *testing.T) {
 	if code, out, _ := execute(tree(nil), "version", "--help"); code != 0 || !strings.Contains(out, "Usage: prog version") {
 		t.Errorf("version --help: exit %d, %q", code, out)
 	}
-	if !IsVersion([]string{"--version"}) || !IsVersion([]string{"-version", "x"}) || IsVersion(nil) || IsVersion([]string{"--listen", "--version"}) {
-		t.Error("IsVersion")
+	edge := regexp.MustCompile(`^edge \S+ \(commit ([0-9a-f]{7}|unknown)(, dirty)?\) go\S+\n$`)
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{{[]string{"--version"}, true}, {[]string{"-version", "x"}, true}, {nil, false}, {[]string{"--listen", "--version"}, false}} {
+		var out bytes.Buffer
+		if got := PrintVersion(tc.args, "edge", &out); got != tc.want || (got && !edge.MatchString(out.String())) || (!got && out.Len() != 0) {
+			t.Errorf("PrintVersion(%q) = %v, printed %q", tc.args, got, out.String())
+		}
 	}
 }
