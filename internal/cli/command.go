@@ -39,7 +39,8 @@ type Command struct {
 	// the exit code: 0 done, 1 failed while running, 2 bad usage (after one
 	// line on stderr). On a command with Subcommands, Run gets the
 	// arguments that name none, --help included (origin [flags] runs the
-	// server); without Run such a command needs a subcommand.
+	// server); without Run such a command needs a subcommand. A command
+	// without Subcommands must have a Run.
 	Run func(ctx context.Context, args []string, io *IO) int
 	// Subcommands are selected by the first argument, and listed in this
 	// order.
@@ -53,8 +54,9 @@ type Command struct {
 //	--help, -h, -help   its listing, unless it has a Run (which explains its flags)
 //	--version, -version at the root, the version subcommand if there is one
 //
-// A word that names no subcommand is one line on stderr and exit 2, as is
-// a missing subcommand (at the root: the listing, on stderr).
+// A word that names no subcommand, where no Run takes it, is one line on
+// stderr and exit 2, as is a missing subcommand (at the root: the listing,
+// on stderr).
 func Execute(ctx context.Context, root *Command, args []string, io *IO) int {
 	return root.execute(ctx, nil, args, io)
 }
@@ -130,8 +132,8 @@ func seeHelp(path []*Command) string {
 	return words(path) + " --help"
 }
 
-// list prints the command's usage and every command under it, nested ones
-// by their full name ("keys create <name>").
+// list prints the command's usage and every command under it by its full
+// name, as typed after the binary's ("keys create [name]").
 func (c *Command) list(w io.Writer, path []*Command) {
 	usage := c.Usage
 	if usage == "" {
@@ -149,7 +151,7 @@ func (c *Command) list(w io.Writer, path []*Command) {
 			walk(name, s.Subcommands)
 		}
 	}
-	walk("", c.Subcommands)
+	walk(words(path[1:]), c.Subcommands)
 	width := 0
 	for _, e := range entries {
 		width = max(width, len(e.name))

@@ -84,7 +84,7 @@ func TestExecuteListsAndRefuses(t *testing.T) {
 	}
 	for _, args := range [][]string{{"keys", "--help"}, {"keys", "help"}, {"help", "keys"}} {
 		code, out, _ := execute(c, args...)
-		if code != 0 || !strings.HasPrefix(out, "Usage: prog keys <command>") || !strings.Contains(out, "  create [name]") ||
+		if code != 0 || !strings.HasPrefix(out, "Usage: prog keys <command>") || !strings.Contains(out, "  keys create [name]") ||
 			strings.Contains(out, "login") || !strings.Contains(out, "Keys need a project.") {
 			t.Errorf("%v: exit %d\n%s", args, code, out)
 		}
