@@ -1,8 +1,9 @@
 // Package opcli is the origin binary's commands other than the server: the
 // operator CLI of a running origin (origin login, keys, deployments, link,
 // unlink, projects, users, edges, logout), and keygen, nats-creds and
-// nats-config, which need no server. Root assembles them, with version,
-// into the tree cmd/origin executes.
+// nats-config, which need no server (they write key files, with
+// origin.GenerateKeys and internal/natsauth). Root assembles them, with
+// version, into the tree cmd/origin executes.
 //
 // It guarantees: the commands that talk to an origin do so only through
 // origin/apiclient, over its REST API; exit codes are 0 done, 1 the API (or
