@@ -4,12 +4,26 @@ GO      ?= go
 BIN     := bin
 DATA    ?= ./data
 
+# What --version prints (internal/buildinfo): git describe of the checkout,
+# its commit and whether it had uncommitted changes. Without git (or outside
+# a checkout) they are empty, no -X is passed, and the binaries fall back to
+# what the go command recorded. `make build VERSION=v1.2.3` overrides.
+BUILDINFO := github.com/keymesh/keymesh/internal/buildinfo
+ifndef VERSION
+VERSION := $(shell git describe --always --dirty 2>/dev/null)
+endif
+ifndef COMMIT
+COMMIT  := $(shell git rev-parse --short=7 HEAD 2>/dev/null)
+endif
+LDFLAGS ?= $(strip $(if $(VERSION),-X $(BUILDINFO).Version=$(VERSION)) $(if $(COMMIT),-X $(BUILDINFO).Commit=$(COMMIT)) \
+	$(if $(findstring -dirty,$(VERSION)),-X $(BUILDINFO).Modified=true))
+
 .PHONY: default build test test-deps fuzz race vet fmt tidy run clean
 
 default: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 ## test: vet, then every test under the race detector. The PostgreSQL store
 ## tests use $KEYMESH_TEST_POSTGRES_URL or start their own throwaway cluster,

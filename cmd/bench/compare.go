@@ -10,7 +10,7 @@ import (
 )
 
 func init() {
-	commands["compare"] = command{"the same load against the upstream directly, a keymesh edge, and nginx with a static key map", runCompare}
+	register("compare", "the same load against the upstream directly, a keymesh edge, and nginx with a static key map", runCompare)
 }
 
 type compareOpts struct {

@@ -14,8 +14,8 @@ import (
 )
 
 func init() {
-	commands["probe"] = command{"exit 0 when a URL answers 2xx, or a given status (checks without curl)", runProbe}
-	commands["demo"] = command{"log in to an origin and make sure a demo deployment exists", runDemo}
+	register("probe", "exit 0 when a URL answers 2xx, or a given status (checks without curl)", runProbe)
+	register("demo", "log in to an origin and make sure a demo deployment exists", runDemo)
 }
 
 func runProbe(e *env, args []string) int {

@@ -10,7 +10,7 @@ import (
 )
 
 func init() {
-	commands["flood"] = command{"malformed and unknown keys at full speed: refusals/s and origin lookups caused", runFlood}
+	register("flood", "malformed and unknown keys at full speed: refusals/s and origin lookups caused", runFlood)
 }
 
 type floodOpts struct {

@@ -6,7 +6,7 @@ import (
 )
 
 func init() {
-	commands["freeport"] = command{"print N free loopback TCP ports (for scripts that start a stack)", runFreePort}
+	register("freeport", "print N free loopback TCP ports (for scripts that start a stack)", runFreePort)
 }
 
 func runFreePort(e *env, args []string) int {

@@ -14,7 +14,7 @@ import (
 )
 
 func init() {
-	commands["load"] = command{"open- or closed-loop load against an edge (or an in-process stack)", runLoad}
+	register("load", "open- or closed-loop load against an edge (or an in-process stack)", runLoad)
 }
 
 // defaultOut is where a command writes its report unless --out says.

@@ -11,7 +11,7 @@ import (
 )
 
 func init() {
-	commands["propagation"] = command{"unlink/relink a key repeatedly and time until every edge refuses/accepts", runPropagation}
+	register("propagation", "unlink/relink a key repeatedly and time until every edge refuses/accepts", runPropagation)
 }
 
 type propOpts struct {

@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	commands["suite"] = command{"the short standard suite behind `make bench`: load, flood, compare, propagation", runSuite}
+	register("suite", "the short standard suite behind `make bench`: load, flood, compare, propagation", runSuite)
 }
 
 // suiteResult is the JSON of a suite run.

@@ -67,6 +67,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.AuditFile, "audit-file", "", "also append audit records to this JSON-lines file")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
+	if cli.PrintVersion(args, "edge", stdout) {
+		return 0
+	}
 	if err := cli.Parse(fs, "EDGE", args, getenv, stdout); err != nil {
 		if errors.Is(err, cli.ErrHelp) {
 			return 0

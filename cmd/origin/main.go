@@ -1,6 +1,6 @@
 // Command origin is keymesh's control plane: the REST admin API, the key and
 // deployment store, and the signed event stream edges follow. See package
-// origin.
+// origin. With a command, it is the operator CLI instead (package opcli).
 package main
 
 import (
@@ -12,11 +12,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/keymesh/keymesh/internal/cli"
+	"github.com/keymesh/keymesh/internal/opcli"
 	"github.com/keymesh/keymesh/origin"
 )
 
@@ -25,18 +25,12 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "keygen" { // keys for replicas to share (keygen.go)
-		return runKeygen(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "nats-creds" { // NATS credentials (natscreds.go)
-		return runNATSCreds(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "nats-config" {
-		return runNATSConfig(args[1:], stdout, stderr)
-	}
-	if isCommand(args) { // origin keys ..., origin login, ...: the operator CLI (cli.go)
-		return runCLI(args, getenv, os.Stdin, stdout, stderr)
-	}
+	return cli.Execute(context.Background(), opcli.Root(serve), args, &cli.IO{Stdin: os.Stdin, Stdout: stdout, Stderr: stderr, Getenv: getenv})
+}
+
+// serve is origin [flags]: the server, until SIGINT or SIGTERM.
+func serve(ctx context.Context, args []string, std *cli.IO) int {
+	stdout, stderr, getenv := std.Stdout, std.Stderr, std.Getenv
 	cfg := origin.DefaultConfig()
 	fs := flag.NewFlagSet("origin", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "REST admin API, /health and /metrics address")
@@ -58,9 +52,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	if err := cli.Parse(fs, "ORIGIN", args, getenv, stdout); err != nil {
 		if errors.Is(err, cli.ErrHelp) {
 			fmt.Fprintln(stdout, "\nThe admin password of the first start comes from ORIGIN_ADMIN_PASSWORD; if unset, a random one is written to <data-dir>/admin-password.")
-			fmt.Fprintln(stdout, "\nWith a command, origin is the operator CLI of a running origin: "+strings.Join(commandGroups, ", ")+" (see origin help).")
-			fmt.Fprintln(stdout, "origin keygen --out DIR writes the signing and token keys that replicas share.")
-			fmt.Fprintln(stdout, "origin nats-creds --role edge --id ID writes an edge's NATS credentials; origin nats-config prints what an external NATS cluster needs.")
+			fmt.Fprint(stdout, "\n"+opcli.ServerHelp())
 			return 0
 		}
 		fmt.Fprintf(stderr, "origin: %v\n", err)
@@ -72,7 +64,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 
 	// Signals are caught from before startup, so an early SIGTERM is a clean
 	// stop rather than a kill.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	srv, err := origin.New(cfg)
 	if err != nil {

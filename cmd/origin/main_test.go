@@ -52,6 +52,29 @@ func TestHelpListsFlags(t *testing.T) {
 	}
 }
 
+// origin --help is the server's flags, then what the commands are; the
+// commands are reachable through the binary's run.
+func TestServerHelpNamesCommands(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--help"}, noenv, &out, &errb); code != 0 || !strings.Contains(out.String(), "--listen") ||
+		!strings.Contains(out.String(), "operator CLI of a running origin: login, keys") || !strings.Contains(out.String(), "origin keygen --out DIR") {
+		t.Fatalf("server --help: %d %s", code, out.String())
+	}
+	out.Reset()
+	if code := run([]string{"help"}, noenv, &out, &errb); code != 0 || !strings.Contains(out.String(), "  keys create [name]") ||
+		!strings.Contains(out.String(), "  keygen --out DIR") || !strings.Contains(out.String(), "  nats-creds ") {
+		t.Fatalf("help: %d %s", code, out.String())
+	}
+	out.Reset()
+	if code := run([]string{"keys", "create", "--help"}, noenv, &out, &errb); code != 0 || !strings.Contains(out.String(), "Usage: origin keys create") {
+		t.Fatalf("keys create --help: %d %s", code, out.String())
+	}
+	errb.Reset()
+	if code := run([]string{"keys", "frobnicate"}, noenv, &out, &errb); code != 2 || !strings.HasPrefix(errb.String(), `origin: unknown command "keys frobnicate"`) {
+		t.Fatalf("keys frobnicate: %d %q", code, errb.String())
+	}
+}
+
 // The audit and stream bounds come from flags or the environment; a value
 // the origin cannot use stops it with one line.
 func TestRetentionFlags(t *testing.T) {

@@ -1,5 +1,7 @@
-// Package cli holds what the keymesh binaries share at their edges: flags
-// that also read from the environment, one-line errors and signal handling.
+// Package cli holds what the keymesh binaries share at their edges: the
+// subcommand tree (Command, Execute: dispatch by name, help listings, one
+// line for what names no command), flags that also read from the
+// environment, one-line errors, --version and signal handling.
 package cli
 
 import (

@@ -1,6 +1,7 @@
-package main
+package opcli
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,15 +9,16 @@ import (
 	"path/filepath"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/cli"
 	"github.com/keymesh/keymesh/origin"
 )
 
 const keygenSummary = "Write new signing.key, jwt.key and signing.pub for origin replicas to share; needs no server, never replaces a file"
 
-// runKeygen is `origin keygen --out DIR`, the one operator command that
-// needs no running origin. Exit codes as the CLI's: 0 written, 1 refused or
-// failed, 2 bad input.
-func runKeygen(args []string, stdout, stderr io.Writer) int {
+// runKeygen is `origin keygen --out DIR`: it needs no running origin. Exit
+// codes as the CLI's: 0 written, 1 refused or failed, 2 bad input.
+func runKeygen(_ context.Context, args []string, std *cli.IO) int {
+	stdout, stderr := std.Stdout, std.Stderr
 	flags := flag.NewFlagSet("origin keygen", flag.ContinueOnError)
 	flags.SetOutput(io.Discard)
 	out := flags.String("out", "", "directory to write the keys into (created 0700 if missing); copy its files into every replica's --data-dir")

@@ -1,12 +1,14 @@
-package main
+package opcli
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 
+	"github.com/keymesh/keymesh/internal/cli"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/origin"
 )
@@ -20,7 +22,8 @@ const (
 // [--out FILE]`. It reads (creating on first use, as the origin's first
 // start does) the NATS operator and account keys under the data dir. Exit
 // codes: 0 written, 1 failed, 2 bad input.
-func runNATSCreds(args []string, stdout, stderr io.Writer) int {
+func runNATSCreds(_ context.Context, args []string, std *cli.IO) int {
+	stdout, stderr := std.Stdout, std.Stderr
 	flags := flag.NewFlagSet("origin nats-creds", flag.ContinueOnError)
 	flags.SetOutput(io.Discard)
 	role := flags.String("role", "edge", "edge: may publish only its own heartbeat, audit and usage subjects and read events; origin: everything")
@@ -75,7 +78,8 @@ func runNATSCreds(args []string, stdout, stderr io.Writer) int {
 }
 
 // runNATSConfig is `origin nats-config [--data-dir DIR]`.
-func runNATSConfig(args []string, stdout, stderr io.Writer) int {
+func runNATSConfig(_ context.Context, args []string, std *cli.IO) int {
+	stdout, stderr := std.Stdout, std.Stderr
 	flags := flag.NewFlagSet("origin nats-config", flag.ContinueOnError)
 	flags.SetOutput(io.Discard)
 	dataDir := flags.String("data-dir", origin.DefaultConfig().DataDir, "the origin's data dir, holding the NATS operator and account keys (created 0600 if missing)")

@@ -1,4 +1,17 @@
-package main
+// Package opcli is the origin binary's commands other than the server: the
+// operator CLI of a running origin (origin login, keys, deployments, link,
+// unlink, projects, users, edges, logout), and keygen, nats-creds and
+// nats-config, which need no server (they write key files, with
+// origin.GenerateKeys and internal/natsauth). Root assembles them, with
+// version, into the tree cmd/origin executes.
+//
+// It guarantees: the commands that talk to an origin do so only through
+// origin/apiclient, over its REST API; exit codes are 0 done, 1 the API (or
+// the network, or the file system) refused, 2 bad input; errors are one
+// line on stderr; no token, password or key secret is ever written to
+// stderr (a created or rotated secret goes to stdout, once), and passwords
+// come from a file, the environment or piped stdin, never an argument.
+package opcli
 
 import (
 	"bytes"
@@ -11,25 +24,61 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/keymesh/keymesh/internal/cli"
 	"github.com/keymesh/keymesh/origin/apiclient"
 )
-
-// The operator CLI: `origin <command> ...` talks to a running origin's REST
-// API. Exit codes: 0 done, 1 the API (or the network) refused, 2 bad input.
-// Errors are one line on stderr; no token, password or key secret is ever
-// written to stderr (a created or rotated secret goes to stdout, once).
 
 const (
 	defaultServer = "http://127.0.0.1:7000"
 	cliTimeout    = 30 * time.Second
 )
 
-// command is one CLI command.
+// commonHelp follows every listing of the operator commands.
+const commonHelp = "Every command takes --server (env ORIGIN_SERVER, default " + defaultServer + "), --project (env ORIGIN_PROJECT, default \"default\") and --json;\n" +
+	"see origin <command> --help. Credentials: env ORIGIN_TOKEN (a JWT), else env ORIGIN_API_KEY (a project key\n" +
+	"holding write_config), else the token file written by origin login (--token-file, env ORIGIN_TOKEN_FILE,\n" +
+	"default ~/.config/keymesh/token)."
+
+// Root is the origin binary's command tree. serve runs the server: origin
+// with no command, or with flags (and --help) that name none; nil leaves
+// the tree without it (the tests of the commands).
+func Root(serve func(ctx context.Context, args []string, io *cli.IO) int) *cli.Command {
+	subs := apiCommands()
+	subs = append(subs,
+		&cli.Command{Name: "keygen", Args: "--out DIR", Summary: keygenSummary, Run: runKeygen},
+		&cli.Command{Name: "nats-creds", Args: "--role edge --id ID", Summary: natsCredsSummary, Run: runNATSCreds},
+		&cli.Command{Name: "nats-config", Args: "[--data-dir DIR]", Summary: natsConfigSummary, Run: runNATSConfig},
+		cli.VersionCommand("origin"),
+	)
+	return &cli.Command{
+		Name:        "origin",
+		Usage:       "origin <command> [arguments] [flags]   (origin [flags] with no command runs the server)",
+		Help:        commonHelp,
+		Run:         serve,
+		Subcommands: subs,
+	}
+}
+
+// ServerHelp is what origin --help prints after the server's flags: what
+// else the binary does.
+func ServerHelp() string {
+	var names []string
+	for _, c := range apiCommands() {
+		names = append(names, c.Name)
+	}
+	return "With a command, origin is the operator CLI of a running origin: " + strings.Join(names, ", ") + " (see origin help).\n" +
+		"origin keygen --out DIR writes the signing and token keys that replicas share.\n" +
+		"origin nats-creds --role edge --id ID writes an edge's NATS credentials; origin nats-config prints what an external NATS cluster needs.\n" +
+		"origin --version prints the version.\n"
+}
+
+// command is one operator command that talks to a running origin: the
+// flags every such command takes (--server, --project, --token-file,
+// --json), its own, and the credentials it runs with.
 type command struct {
 	name    string // "keys create"
 	args    string // positional arguments, for the usage line
@@ -61,14 +110,6 @@ func (e *usageError) Error() string { return e.msg }
 
 func badInput(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
 
-var commandGroups = []string{"login", "logout", "keys", "deployments", "link", "unlink", "projects", "users", "edges"}
-
-// isCommand reports whether args start with a CLI command rather than the
-// server's flags.
-func isCommand(args []string) bool {
-	return len(args) > 0 && (slices.Contains(commandGroups, args[0]) || args[0] == "help")
-}
-
 func commands() []*command {
 	return []*command{
 		loginCmd(),
@@ -80,45 +121,33 @@ func commands() []*command {
 	}
 }
 
-// runCLI runs one CLI command; args[0] is its first word.
-func runCLI(args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
-	cmds := commands()
-	grouped := func(g string) bool { return g == "keys" || g == "deployments" || g == "projects" || g == "users" }
-	switch {
-	case args[0] == "help":
-		group := ""
-		if len(args) > 1 {
-			group = args[1]
-		}
-		listCommands(cmds, group, stdout)
-		return 0
-	case grouped(args[0]) && len(args) == 1:
-		var subs []string
-		for _, c := range cmds {
-			if w := strings.Fields(c.name); w[0] == args[0] {
-				subs = append(subs, w[1])
-			}
-		}
-		fmt.Fprintf(stderr, "origin: %s needs a subcommand: %s (see origin %s --help)\n", args[0], strings.Join(subs, ", "), args[0])
-		return 2
-	case grouped(args[0]) && (args[1] == "--help" || args[1] == "-h" || args[1] == "help"):
-		listCommands(cmds, args[0], stdout)
-		return 0
-	}
-	var cmd *command
-	var rest []string
-	for _, c := range cmds {
+// apiCommands is commands as a tree: "keys create" is create under keys,
+// groups in the order of their first command.
+func apiCommands() []*cli.Command {
+	var top []*cli.Command
+	groups := map[string]*cli.Command{}
+	for _, c := range commands() {
 		words := strings.Fields(c.name)
-		if len(args) >= len(words) && slices.Equal(args[:len(words)], words) {
-			cmd, rest = c, args[len(words):]
-			break
+		leaf := &cli.Command{Name: words[len(words)-1], Args: c.args, Summary: c.summary, Run: c.execute}
+		if len(words) == 1 {
+			top = append(top, leaf)
+			continue
 		}
+		g := groups[words[0]]
+		if g == nil {
+			g = &cli.Command{Name: words[0], Help: commonHelp}
+			groups[words[0]] = g
+			top = append(top, g)
+		}
+		g.Subcommands = append(g.Subcommands, leaf)
 	}
-	if cmd == nil {
-		fmt.Fprintf(stderr, "origin: unknown command %q (see origin help)\n", strings.Join(args[:min(2, len(args))], " "))
-		return 2
-	}
-	err := cmd.run(rest, getenv, stdin, stdout, stderr)
+	return top
+}
+
+// execute runs the command and maps its error to one line and an exit
+// code.
+func (c *command) execute(ctx context.Context, args []string, std *cli.IO) int {
+	err := c.run(ctx, args, std)
 	var ue *usageError
 	var ae *apiclient.APIError
 	switch {
@@ -127,46 +156,29 @@ func runCLI(args []string, getenv func(string) string, stdin io.Reader, stdout, 
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "origin: %s: %s\n", cmd.name, oneLine(ue.msg))
+		fmt.Fprintf(std.Stderr, "origin: %s: %s\n", c.name, oneLine(ue.msg))
 		return 2
 	case errors.As(err, &ae):
 		msg := ae.Message
-		if ae.Status == http.StatusUnauthorized && !cmd.noAuth {
+		if ae.Status == http.StatusUnauthorized && !c.noAuth {
 			msg += " (run origin login, or set ORIGIN_TOKEN)"
 		}
-		fmt.Fprintf(stderr, "origin: %s: %s\n", ae.Code, oneLine(msg))
+		fmt.Fprintf(std.Stderr, "origin: %s: %s\n", ae.Code, oneLine(msg))
 		return 1
 	default:
-		fmt.Fprintf(stderr, "origin: %s\n", oneLine(err.Error()))
+		fmt.Fprintf(std.Stderr, "origin: %s\n", oneLine(err.Error()))
 		return 1
 	}
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-func listCommands(cmds []*command, group string, out io.Writer) {
-	fmt.Fprintln(out, "Usage: origin <command> [arguments] [flags]   (origin [flags] with no command runs the server)")
-	fmt.Fprintln(out, "\nCommands:")
-	for _, c := range cmds {
-		if group != "" && strings.Fields(c.name)[0] != group {
-			continue
-		}
-		fmt.Fprintf(out, "  %-42s %s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
-	}
-	if group == "" {
-		fmt.Fprintf(out, "  %-42s %s\n", "keygen --out DIR", keygenSummary)
-	}
-	fmt.Fprintln(out, "\nEvery command takes --server (env ORIGIN_SERVER, default "+defaultServer+"), --project (env ORIGIN_PROJECT, default \"default\") and --json;")
-	fmt.Fprintln(out, "see origin <command> --help. Credentials: env ORIGIN_TOKEN (a JWT), else env ORIGIN_API_KEY (a project key")
-	fmt.Fprintln(out, "holding write_config), else the token file written by origin login (--token-file, env ORIGIN_TOKEN_FILE,")
-	fmt.Fprintln(out, "default ~/.config/keymesh/token).")
-}
-
 // run parses the command's flags and runs it.
-func (c *command) run(args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+func (c *command) run(ctx context.Context, args []string, std *cli.IO) error {
+	getenv := std.Getenv
 	fs := flag.NewFlagSet("origin "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	e := &cliEnv{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
+	e := &cliEnv{getenv: getenv, stdin: std.Stdin, stdout: std.Stdout, stderr: std.Stderr}
 	fs.StringVar(&e.server, "server", envOr(getenv, "ORIGIN_SERVER", defaultServer), "origin API address [env ORIGIN_SERVER]")
 	if !c.noAuth {
 		fs.StringVar(&e.project, "project", envOr(getenv, "ORIGIN_PROJECT", "default"), "project id or name [env ORIGIN_PROJECT]")
@@ -176,7 +188,7 @@ func (c *command) run(args []string, getenv func(string) string, stdin io.Reader
 	runFn := c.setup(fs)
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
-		c.usage(fs, stdout)
+		c.usage(fs, std.Stdout)
 		return flag.ErrHelp
 	}
 	if err != nil {
@@ -211,7 +223,7 @@ func (c *command) run(args []string, getenv func(string) string, stdin io.Reader
 			return err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout+wait)
+	ctx, cancel := context.WithTimeout(ctx, cliTimeout+wait)
 	defer cancel()
 	e.ctx = ctx
 	return runFn(e, pos)
