@@ -43,7 +43,7 @@ dist:
 	  mkdir -p $$out; \
 	  for c in $(DIST_CMDS); do \
 	    echo "dist: $$out/$$c"; \
-	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(DIST_LDFLAGS)' -o $$out/$$c ./cmd/$$c; \
+	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(DIST_LDFLAGS) $(LDFLAGS)' -o $$out/$$c ./cmd/$$c; \
 	  done; \
 	  echo "dist: $$out/nats-server"; \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(DIST_LDFLAGS)' -o $$out/nats-server $(NATS_SERVER_PKG); \
