@@ -557,10 +557,11 @@ func (v *View) Currency() Currency {
 // proven current as of the heartbeat's arrival. Only a heartbeat newer (by
 // the origin's clock) than every one taken before counts: an old one
 // replayed, or a copy arriving twice by another path, proves nothing and is
-// ignored (counted in Stats.OldHeartbeats).
-func (v *View) Heartbeat(wire []byte) error {
-	_, err := v.heartbeat(wire, false)
-	return err
+// ignored (counted in Stats.OldHeartbeats). fresh reports a genuine
+// heartbeat newer than any the View had seen: the one worth passing on to
+// gossip peers.
+func (v *View) Heartbeat(wire []byte) (fresh bool, err error) {
+	return v.heartbeat(wire, false)
 }
 
 // PeerHeartbeat takes a sealed origin heartbeat a gossip peer relayed. It
@@ -884,16 +885,12 @@ func newEntry(k *event.Key, rev uint64, vouched int64, g uint32, s event.Secret)
 }
 
 // Apply verifies a sealed change from the event stream and makes it
-// visible. Records must come in revision order: one at or below the applied
-// revision is ignored, one beyond the next returns ErrGap and changes
-// nothing. Anything not signed by the origin is refused and counted.
-func (v *View) Apply(wire []byte) error {
-	_, err := v.apply(wire)
-	return err
-}
-
-// apply is Apply, also returning the record's revision once verified.
-func (v *View) apply(wire []byte) (uint64, error) {
+// visible, and returns its revision once verified. Records must come in
+// revision order: one at or below the applied revision is ignored, one
+// beyond the next returns ErrGap (a *GapError saying which revisions are
+// missing) and changes nothing. Anything not signed by the origin is
+// refused and counted.
+func (v *View) Apply(wire []byte) (uint64, error) {
 	rec, err := v.open(wire)
 	if err != nil {
 		return 0, err

@@ -125,7 +125,7 @@ func linked(h apikey.Hash, deps ...string) event.Key {
 
 func mustApply(t *testing.T, v *View, wire []byte) {
 	t.Helper()
-	if err := v.Apply(wire); err != nil {
+	if _, err := v.Apply(wire); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -214,7 +214,7 @@ func TestGapDropsCachedKeys(t *testing.T) {
 	}
 
 	o.change(linked(h)) // revision 2 is lost on the way
-	err := v.Apply(o.change(event.Key{ID: "other", Secrets: []event.Secret{{Hash: newSecret(t)}}}))
+	_, err := v.Apply(o.change(event.Key{ID: "other", Secrets: []event.Secret{{Hash: newSecret(t)}}}))
 	var gap *GapError
 	if !errors.As(err, &gap) || !errors.Is(err, ErrGap) || gap.Have != 1 || gap.Got != 3 {
 		t.Fatalf("want a gap 1→3, got %v", err)
@@ -286,7 +286,7 @@ func TestUnsignedStateRefused(t *testing.T) {
 	rogue := newOrigin(t)
 	v := newView(t, o, nil)
 	h := newSecret(t)
-	if err := v.Apply(rogue.change(linked(h, "d1"))); !errors.Is(err, event.ErrBadSignature) {
+	if _, err := v.Apply(rogue.change(linked(h, "d1"))); !errors.Is(err, event.ErrBadSignature) {
 		t.Fatalf("forged event: %v", err)
 	}
 	if v.AppliedRevision() != 0 || v.Stats().Rejected != 1 {
@@ -528,7 +528,7 @@ func TestStalenessGuard(t *testing.T) {
 			// Heartbeats keep the View current: hits, no lookups.
 			for range 3 {
 				advance(5 * time.Second)
-				if err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
+				if _, err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
 					t.Fatal(err)
 				}
 				if _, err := v.Authorize(context.Background(), h); err != nil {
@@ -543,7 +543,7 @@ func TestStalenessGuard(t *testing.T) {
 				o.change(event.Key{ID: "unrelated", Project: "p"}) // revisions the View does not apply
 			}
 			advance(5 * time.Second)
-			if err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
+			if _, err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
 				t.Fatal(err)
 			}
 			advance(6 * time.Second)
@@ -566,11 +566,11 @@ func TestStalenessGuard(t *testing.T) {
 			}
 			// An old heartbeat replayed proves nothing either.
 			old := o.heartbeat(v.AppliedRevision())
-			if err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
+			if _, err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
 				t.Fatal(err)
 			}
 			advance(11 * time.Second)
-			if err := v.Heartbeat(old); err != nil {
+			if _, err := v.Heartbeat(old); err != nil {
 				t.Fatal(err)
 			}
 			if ok, _ := v.Current(); ok || v.Stats().OldHeartbeats != 1 {
@@ -578,7 +578,7 @@ func TestStalenessGuard(t *testing.T) {
 			}
 			// Forged heartbeats prove nothing.
 			rogue := newOrigin(t)
-			if err := v.Heartbeat(rogue.heartbeat(v.AppliedRevision())); !errors.Is(err, event.ErrBadSignature) {
+			if _, err := v.Heartbeat(rogue.heartbeat(v.AppliedRevision())); !errors.Is(err, event.ErrBadSignature) {
 				t.Fatalf("forged heartbeat: %v", err)
 			}
 			if ok, _ := v.Current(); ok {
@@ -607,7 +607,7 @@ func TestReplayedLookupReplyRefused(t *testing.T) {
 	for range 3 {
 		o.change(event.Key{ID: "other", Project: "p"})
 	}
-	if err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
+	if _, err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
 		t.Fatal(err)
 	}
 	reply = old

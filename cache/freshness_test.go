@@ -54,7 +54,7 @@ func TestPeerAnswerFreshnessIsItsSignedTime(t *testing.T) {
 			k := linked(cached, "d1")
 			k.Secrets = append(k.Secrets, event.Secret{Hash: other})
 			mustApply(t, v, o.change(k))
-			if err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
+			if _, err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := v.Authorize(context.Background(), cached); err != nil {
@@ -105,7 +105,7 @@ func TestPeerAnswerFreshnessIsItsSignedTime(t *testing.T) {
 				t.Fatalf("a record signed 1 s ago: %v", err)
 			}
 			// A View proven current takes an old record: its generation checks suffice.
-			if err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
+			if _, err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
 				t.Fatal(err)
 			}
 			answer = func(apikey.Hash) ([]byte, error) { return peerOther, nil }
@@ -199,7 +199,7 @@ func TestRestoredStateIsAsOldAsItsRecords(t *testing.T) {
 			}
 			// The origin announces a head the View has not applied: behind.
 			clock.advance(time.Second)
-			if err := v.Heartbeat(o.beatAt(3, clock.now())); err != nil {
+			if _, err := v.Heartbeat(o.beatAt(3, clock.now())); err != nil {
 				t.Fatal(err)
 			}
 			clock.advance(1500 * time.Millisecond)

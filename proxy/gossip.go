@@ -14,6 +14,7 @@ import (
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/cluster"
+	"github.com/keymesh/keymesh/edge/feed"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -105,7 +106,7 @@ func (h *gossipHook) peerHeartbeat(wire []byte) {
 // revocation this edge has applied, nor vouch for more than the origin
 // signed: two equally stale edges cannot keep each other current.
 func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
-	origin := cache.NATSLookup(nc)
+	origin := feed.NATSLookup(nc)
 	return func(ctx context.Context, k apikey.Hash) ([]byte, error) {
 		c, v := h.c.Load(), h.v.Load()
 		if c == nil || v == nil {
@@ -144,7 +145,7 @@ func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
 // startGossip joins the cluster: records and heartbeats from peers go to
 // the feed and the View, which verify them; what they verify goes back to
 // the peers.
-func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
+func (s *Server) startGossip(feed *feed.Feed, view *cache.View) error {
 	g := s.cfg.Gossip
 	if !g.enabled() {
 		if len(g.Join) > 0 {

@@ -40,6 +40,7 @@ import (
 
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/cluster"
+	"github.com/keymesh/keymesh/edge/feed"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/dirlock"
 	"github.com/keymesh/keymesh/internal/natsauth"
@@ -171,7 +172,7 @@ type Server struct {
 	log     *slog.Logger
 	nc      *nats.Conn
 	view    *cache.View
-	feed    *cache.Feed
+	feed    *feed.Feed
 	client  *fasthttp.Client
 	srv     *fasthttp.Server
 	admin   *http.Server
@@ -345,7 +346,7 @@ func NewServer(cfg Config) (*Server, error) {
 		nc.Close()
 		return nil, err
 	}
-	feed, err := cache.NewFeed(view, cache.FeedConfig{Conn: nc, StatePath: statePath, Logger: cfg.Logger,
+	feed, err := feed.New(view, feed.Config{Conn: nc, StatePath: statePath, Logger: cfg.Logger,
 		OnVerified: hook.record, OnHeartbeat: hook.heartbeat})
 	if err != nil {
 		view.Close()
