@@ -867,6 +867,15 @@ func (v *View) compile(k *event.Key, rev uint64, vouched int64, h apikey.Hash) *
 	return nil
 }
 
+// NewKey compiles k as read at revision rev, as a View would, vouched for
+// by the origin now: for a State of the data plane other than a View (the
+// proxy's tests). Whether a secret is k's, expired or rotated out is the
+// View's to decide; a Key is what is left once it has.
+func NewKey(k *event.Key, rev uint64) *Key {
+	key := newEntry(k, rev, time.Now().UnixNano(), 0, event.Secret{}).key
+	return &key
+}
+
 // newEntry compiles secret s of k, as read at rev and vouched for at
 // vouched, into a cache entry.
 func newEntry(k *event.Key, rev uint64, vouched int64, g uint32, s event.Secret) *entry {

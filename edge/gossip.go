@@ -48,11 +48,11 @@ var errNATSDown = errors.New("not connected to NATS")
 // feed verifies go to the peers, and the View's misses may be answered by
 // them. The View is built first and set in v before anything can ask it
 // (its lookup runs for requests, served only after New returns). The
-// cluster needs the View and the Feed to be built, and the Feed starts
-// before it (so that peers meet an edge that follows the stream): until
-// the cluster exists, c is nil and nothing is passed on. c is atomic
-// because the cluster's own goroutines (a peer's record, offered to the
-// Feed, is passed on) may run before Create has returned it.
+// cluster is created from the View and the Feed, once the Feed has
+// started: until it exists, c is nil and nothing is passed on. c stays
+// atomic because the Feed's goroutines, and the cluster's own (a peer's
+// record, offered to the Feed, is passed on), may run before Create has
+// returned it.
 type gossipHook struct {
 	c atomic.Pointer[cluster.Cluster]
 	v *cache.View

@@ -1,17 +1,23 @@
 // Package proxy is the edge's data plane: a fasthttp reverse proxy that
-// routes each request to a deployment, authorizes its API key against the
-// edge's cache.View, and forwards it — streaming responses included — to
-// the deployment's upstream inference servers.
+// routes each request to a deployment, authorizes its API key against a
+// State (the edge's cache.View), and forwards it — streaming responses
+// included — to the deployment's upstream inference servers. It knows
+// nothing of NATS, gossip or the origin: package edge assembles the node
+// around it.
 //
-// Guarantees: a request is authorized against state at least as new as the
-// View's applied revision when the request started (see package cache); a
-// malformed key is refused without any lookup; each request is read once,
-// when its header arrives, and routing, the limits, the permission checks
-// and what is sent upstream all use that reading (request); the upstream is
-// one of the matched deployment's servers, at an address the upstream
-// policy allows, sent the normalised path and the body as inspected
+// Guarantees: a request is decided by the State alone — with a cache.View,
+// against state at least as new as its applied revision when the request
+// started (see package cache) — and a deployment without auth is served
+// only while the State is trusted; a malformed key is refused without any
+// lookup; each request is read once, when its header arrives, and routing,
+// the limits, the permission checks and what is sent upstream all use that
+// reading (request); the upstream is one of the matched deployment's
+// servers, at an address the upstream policy allows and never one of the
+// node's own listeners, sent the normalised path and the body as inspected
 // (forward, body); no client credential is forwarded upstream, and none is
-// logged; every refusal carries the error body of the external API.
+// logged or put in an audit record; every answered request gives the
+// AuditSink one record, and every refusal carries the error body of the
+// external API.
 package proxy
 
 import (
