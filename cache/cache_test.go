@@ -98,12 +98,26 @@ func newView(t *testing.T, o *origin, now func() time.Time) *View {
 	if now != nil {
 		o.now = now // the origin's clock agrees with the edge's
 	}
-	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 1000, Now: now})
+	v, err := New(bounds(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 1000, Now: now}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.Close)
 	return v
+}
+
+// bounds fills in the bounds a View needs and a test does not set.
+func bounds(c Config) Config {
+	if c.LookupTimeout == 0 {
+		c.LookupTimeout = 2 * time.Second
+	}
+	if c.MaxLookups == 0 {
+		c.MaxLookups = 256
+	}
+	if c.MaxStaleness == 0 {
+		c.MaxStaleness = 10 * time.Second
+	}
+	return c
 }
 
 func newSecret(t testing.TB) apikey.Hash {
@@ -454,7 +468,7 @@ func TestUnknownKeysRememberedUntilAKeyChanges(t *testing.T) {
 func TestUnknownKeyFloodKeepsValidKeysCached(t *testing.T) {
 	o := newOrigin(t)
 	ver := mustVerifier(t, o)
-	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 64, NegativeKeys: 256})
+	v, err := New(bounds(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 64, NegativeKeys: 256}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,8 +525,8 @@ func TestStalenessGuard(t *testing.T) {
 			now.Store(time.Unix(1_000_000, 0).UnixNano())
 			clock := func() time.Time { return time.Unix(0, now.Load()) }
 			o.now = clock
-			v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
-				MaxStaleness: 10 * time.Second, FailOpen: failOpen, Now: clock})
+			v, err := New(bounds(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
+				MaxStaleness: 10 * time.Second, FailOpen: failOpen, Now: clock}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -594,8 +608,8 @@ func TestReplayedLookupReplyRefused(t *testing.T) {
 	o := newOrigin(t)
 	h := newSecret(t)
 	var reply []byte
-	v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
-		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return reply, nil }})
+	v, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
+		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return reply, nil }}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -626,7 +640,7 @@ func TestLookupsBounded(t *testing.T) {
 	o := newOrigin(t)
 	release := make(chan struct{})
 	var inFlight, most atomic.Int64
-	v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxLookups: 2,
+	v, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxLookups: 2,
 		Lookup: func(ctx context.Context, h apikey.Hash) ([]byte, error) {
 			n := inFlight.Add(1)
 			defer inFlight.Add(-1)
@@ -634,7 +648,7 @@ func TestLookupsBounded(t *testing.T) {
 			}
 			<-release
 			return o.lookup(ctx, h)
-		}})
+		}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -697,8 +711,8 @@ func TestRestoredFloorRefusesOlderReplay(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	w, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
-		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return old, nil }})
+	w, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
+		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return old, nil }}))
 	if err != nil {
 		t.Fatal(err)
 	}

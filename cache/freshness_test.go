@@ -42,9 +42,9 @@ func TestPeerAnswerFreshnessIsItsSignedTime(t *testing.T) {
 			clock := newFakeClock()
 			o.now = clock.now
 			var answer func(apikey.Hash) ([]byte, error) // the origin, then "a peer"
-			v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxStaleness: 3 * time.Second,
+			v, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxStaleness: 3 * time.Second,
 				FailOpen: failOpen, Now: clock.now,
-				Lookup: func(_ context.Context, h apikey.Hash) ([]byte, error) { return answer(h) }})
+				Lookup: func(_ context.Context, h apikey.Hash) ([]byte, error) { return answer(h) }}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -134,7 +134,7 @@ func TestAppliedChangeVouchesAsOfItsSignedTime(t *testing.T) {
 	o := newOrigin(t)
 	clock := newFakeClock()
 	o.now = clock.now
-	v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100, MaxStaleness: 3 * time.Second, Now: clock.now})
+	v, err := New(bounds(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100, MaxStaleness: 3 * time.Second, Now: clock.now}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,8 +177,8 @@ func TestRestoredStateIsAsOldAsItsRecords(t *testing.T) {
 			signed := clock.now()
 			clock.advance(20 * time.Second) // the edge was down
 			o.rev = 2
-			v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
-				MaxStaleness: 5 * time.Second, FailOpen: failOpen, Now: clock.now})
+			v, err := New(bounds(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
+				MaxStaleness: 5 * time.Second, FailOpen: failOpen, Now: clock.now}))
 			if err != nil {
 				t.Fatal(err)
 			}

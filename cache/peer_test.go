@@ -20,7 +20,7 @@ func TestPeerHeartbeat(t *testing.T) {
 	start := time.Unix(1_000_000, 0)
 	now.Store(start.UnixNano())
 	clock := func() time.Time { return time.Unix(0, now.Load()) }
-	v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100, MaxStaleness: 10 * time.Second, Now: clock})
+	v, err := New(bounds(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100, MaxStaleness: 10 * time.Second, Now: clock}))
 	if err != nil {
 		t.Fatal(err)
 	}

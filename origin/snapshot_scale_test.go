@@ -135,7 +135,8 @@ func TestSnapshotOfTenThousandDeployments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := cache.New(cache.Config{Verifier: ver, Lookup: feed.NATSLookup(nc), MaxKeys: 1000})
+	v, err := cache.New(cache.Config{Verifier: ver, Lookup: feed.NATSLookup(nc), MaxKeys: 1000,
+		LookupTimeout: 2 * time.Second, MaxLookups: 16, MaxStaleness: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

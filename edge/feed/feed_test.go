@@ -69,7 +69,8 @@ func newView(t *testing.T, o *origin) *cache.View {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := cache.New(cache.Config{Verifier: ver, MaxKeys: 1000, Lookup: o.lookup})
+	v, err := cache.New(cache.Config{Verifier: ver, MaxKeys: 1000, Lookup: o.lookup,
+		LookupTimeout: time.Second, MaxLookups: 16, MaxStaleness: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
