@@ -18,7 +18,7 @@ import (
 // BenchmarkBaselineSHA256Map from the same run.
 func BenchmarkHitPath(b *testing.B) {
 	o := newOrigin(b)
-	v, err := New(Config{Verifier: mustVerifier(b, o), Lookup: o.lookup, MaxKeys: 1000})
+	v, err := New(bounds(Config{Verifier: mustVerifier(b, o), Lookup: o.lookup, MaxKeys: 1000}))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func BenchmarkMemoryMillionKeys(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		v, err := New(Config{Verifier: mustVerifier(b, o), Lookup: o.lookup, MaxKeys: n})
+		v, err := New(bounds(Config{Verifier: mustVerifier(b, o), Lookup: o.lookup, MaxKeys: n}))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -67,13 +67,16 @@ func (e *GapError) Is(target error) bool { return target == ErrGap }
 // verifies what it returns.
 type Lookup func(ctx context.Context, h apikey.Hash) ([]byte, error)
 
-// Config configures a View. Zero fields take the documented defaults.
+// Config configures a View. Zero fields take the documented defaults; the
+// bounds an edge operator sets (MaxKeys, LookupTimeout, MaxLookups,
+// MaxStaleness) have none here and are required: the edge's defaults live
+// in package edge (edge.DefaultConfig), written once.
 type Config struct {
 	// Verifier checks the origin's signature on every record. Required.
 	Verifier *event.Verifier
 	// Lookup answers cache misses. Required.
 	Lookup Lookup
-	// MaxKeys bounds the number of cached key secrets. Default 1,000,000.
+	// MaxKeys bounds the number of cached key secrets. Required.
 	MaxKeys int64
 	// NegativeKeys bounds the cache of well-formed keys the origin does not
 	// know, kept apart from the positive cache so that a flood of them
@@ -81,13 +84,13 @@ type Config struct {
 	NegativeKeys int64
 	// NegativeTTL is how long an unknown key is remembered. Default 1m.
 	NegativeTTL time.Duration
-	// LookupTimeout bounds one miss-path lookup. Default 2s.
+	// LookupTimeout bounds one miss-path lookup. Required.
 	LookupTimeout time.Duration
 	// MaxLookups bounds the miss-path lookups in flight at once (distinct
 	// keys; one key's concurrent misses share one). Past it a miss fails
 	// at once with ErrUnavailable and is counted in Stats.LookupsShed, so
 	// that a flood of fresh well-formed keys costs the origin a bounded
-	// load. Default 256.
+	// load. Required.
 	MaxLookups int
 	// MaxStaleness is how long the View trusts its cache without proof that
 	// it is current: a signed origin heartbeat naming a committed head it
@@ -95,7 +98,7 @@ type Config struct {
 	// time of the record it was read from) longer ago than MaxStaleness is
 	// re-validated by lookup before use, and Trusted reports false. State
 	// restored from disk is as old as the newest signed record in it.
-	// Default 10s; negative disables the guard.
+	// Required; negative disables the guard.
 	MaxStaleness time.Duration
 	// FailOpen decides what a stale View does when it cannot re-validate: false
 	// (the default, "closed") answers ErrUnavailable for what it cannot
@@ -292,17 +295,8 @@ func New(cfg Config) (*View, error) {
 	if cfg.Lookup == nil {
 		return nil, errors.New("cache: Config.Lookup is required")
 	}
-	if cfg.MaxKeys <= 0 {
-		cfg.MaxKeys = 1_000_000
-	}
-	if cfg.MaxLookups <= 0 {
-		cfg.MaxLookups = 256
-	}
-	if cfg.LookupTimeout <= 0 {
-		cfg.LookupTimeout = 2 * time.Second
-	}
-	if cfg.MaxStaleness == 0 {
-		cfg.MaxStaleness = 10 * time.Second
+	if cfg.MaxKeys <= 0 || cfg.MaxLookups <= 0 || cfg.LookupTimeout <= 0 || cfg.MaxStaleness == 0 {
+		return nil, errors.New("cache: Config.MaxKeys, MaxLookups and LookupTimeout must be positive, and MaxStaleness set (negative disables it)")
 	}
 	if cfg.NegativeKeys == 0 {
 		cfg.NegativeKeys = 100_000
@@ -557,10 +551,11 @@ func (v *View) Currency() Currency {
 // proven current as of the heartbeat's arrival. Only a heartbeat newer (by
 // the origin's clock) than every one taken before counts: an old one
 // replayed, or a copy arriving twice by another path, proves nothing and is
-// ignored (counted in Stats.OldHeartbeats).
-func (v *View) Heartbeat(wire []byte) error {
-	_, err := v.heartbeat(wire, false)
-	return err
+// ignored (counted in Stats.OldHeartbeats). fresh reports a genuine
+// heartbeat newer than any the View had seen: the one worth passing on to
+// gossip peers.
+func (v *View) Heartbeat(wire []byte) (fresh bool, err error) {
+	return v.heartbeat(wire, false)
 }
 
 // PeerHeartbeat takes a sealed origin heartbeat a gossip peer relayed. It
@@ -866,6 +861,15 @@ func (v *View) compile(k *event.Key, rev uint64, vouched int64, h apikey.Hash) *
 	return nil
 }
 
+// NewKey compiles k as read at revision rev, as a View would, vouched for
+// by the origin now: for a State of the data plane other than a View (the
+// proxy's tests). Whether a secret is k's, expired or rotated out is the
+// View's to decide; a Key is what is left once it has.
+func NewKey(k *event.Key, rev uint64) *Key {
+	key := newEntry(k, rev, time.Now().UnixNano(), 0, event.Secret{}).key
+	return &key
+}
+
 // newEntry compiles secret s of k, as read at rev and vouched for at
 // vouched, into a cache entry.
 func newEntry(k *event.Key, rev uint64, vouched int64, g uint32, s event.Secret) *entry {
@@ -884,16 +888,12 @@ func newEntry(k *event.Key, rev uint64, vouched int64, g uint32, s event.Secret)
 }
 
 // Apply verifies a sealed change from the event stream and makes it
-// visible. Records must come in revision order: one at or below the applied
-// revision is ignored, one beyond the next returns ErrGap and changes
-// nothing. Anything not signed by the origin is refused and counted.
-func (v *View) Apply(wire []byte) error {
-	_, err := v.apply(wire)
-	return err
-}
-
-// apply is Apply, also returning the record's revision once verified.
-func (v *View) apply(wire []byte) (uint64, error) {
+// visible, and returns its revision once verified. Records must come in
+// revision order: one at or below the applied revision is ignored, one
+// beyond the next returns ErrGap (a *GapError saying which revisions are
+// missing) and changes nothing. Anything not signed by the origin is
+// refused and counted.
+func (v *View) Apply(wire []byte) (uint64, error) {
 	rec, err := v.open(wire)
 	if err != nil {
 		return 0, err

@@ -98,12 +98,26 @@ func newView(t *testing.T, o *origin, now func() time.Time) *View {
 	if now != nil {
 		o.now = now // the origin's clock agrees with the edge's
 	}
-	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 1000, Now: now})
+	v, err := New(bounds(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 1000, Now: now}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.Close)
 	return v
+}
+
+// bounds fills in the bounds a View needs and a test does not set.
+func bounds(c Config) Config {
+	if c.LookupTimeout == 0 {
+		c.LookupTimeout = 2 * time.Second
+	}
+	if c.MaxLookups == 0 {
+		c.MaxLookups = 256
+	}
+	if c.MaxStaleness == 0 {
+		c.MaxStaleness = 10 * time.Second
+	}
+	return c
 }
 
 func newSecret(t testing.TB) apikey.Hash {
@@ -125,7 +139,7 @@ func linked(h apikey.Hash, deps ...string) event.Key {
 
 func mustApply(t *testing.T, v *View, wire []byte) {
 	t.Helper()
-	if err := v.Apply(wire); err != nil {
+	if _, err := v.Apply(wire); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -214,7 +228,7 @@ func TestGapDropsCachedKeys(t *testing.T) {
 	}
 
 	o.change(linked(h)) // revision 2 is lost on the way
-	err := v.Apply(o.change(event.Key{ID: "other", Secrets: []event.Secret{{Hash: newSecret(t)}}}))
+	_, err := v.Apply(o.change(event.Key{ID: "other", Secrets: []event.Secret{{Hash: newSecret(t)}}}))
 	var gap *GapError
 	if !errors.As(err, &gap) || !errors.Is(err, ErrGap) || gap.Have != 1 || gap.Got != 3 {
 		t.Fatalf("want a gap 1→3, got %v", err)
@@ -286,7 +300,7 @@ func TestUnsignedStateRefused(t *testing.T) {
 	rogue := newOrigin(t)
 	v := newView(t, o, nil)
 	h := newSecret(t)
-	if err := v.Apply(rogue.change(linked(h, "d1"))); !errors.Is(err, event.ErrBadSignature) {
+	if _, err := v.Apply(rogue.change(linked(h, "d1"))); !errors.Is(err, event.ErrBadSignature) {
 		t.Fatalf("forged event: %v", err)
 	}
 	if v.AppliedRevision() != 0 || v.Stats().Rejected != 1 {
@@ -454,7 +468,7 @@ func TestUnknownKeysRememberedUntilAKeyChanges(t *testing.T) {
 func TestUnknownKeyFloodKeepsValidKeysCached(t *testing.T) {
 	o := newOrigin(t)
 	ver := mustVerifier(t, o)
-	v, err := New(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 64, NegativeKeys: 256})
+	v, err := New(bounds(Config{Verifier: ver, Lookup: o.lookup, MaxKeys: 64, NegativeKeys: 256}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,8 +525,8 @@ func TestStalenessGuard(t *testing.T) {
 			now.Store(time.Unix(1_000_000, 0).UnixNano())
 			clock := func() time.Time { return time.Unix(0, now.Load()) }
 			o.now = clock
-			v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
-				MaxStaleness: 10 * time.Second, FailOpen: failOpen, Now: clock})
+			v, err := New(bounds(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
+				MaxStaleness: 10 * time.Second, FailOpen: failOpen, Now: clock}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -528,7 +542,7 @@ func TestStalenessGuard(t *testing.T) {
 			// Heartbeats keep the View current: hits, no lookups.
 			for range 3 {
 				advance(5 * time.Second)
-				if err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
+				if _, err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
 					t.Fatal(err)
 				}
 				if _, err := v.Authorize(context.Background(), h); err != nil {
@@ -543,7 +557,7 @@ func TestStalenessGuard(t *testing.T) {
 				o.change(event.Key{ID: "unrelated", Project: "p"}) // revisions the View does not apply
 			}
 			advance(5 * time.Second)
-			if err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
+			if _, err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
 				t.Fatal(err)
 			}
 			advance(6 * time.Second)
@@ -566,11 +580,11 @@ func TestStalenessGuard(t *testing.T) {
 			}
 			// An old heartbeat replayed proves nothing either.
 			old := o.heartbeat(v.AppliedRevision())
-			if err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
+			if _, err := v.Heartbeat(o.heartbeat(v.AppliedRevision())); err != nil {
 				t.Fatal(err)
 			}
 			advance(11 * time.Second)
-			if err := v.Heartbeat(old); err != nil {
+			if _, err := v.Heartbeat(old); err != nil {
 				t.Fatal(err)
 			}
 			if ok, _ := v.Current(); ok || v.Stats().OldHeartbeats != 1 {
@@ -578,7 +592,7 @@ func TestStalenessGuard(t *testing.T) {
 			}
 			// Forged heartbeats prove nothing.
 			rogue := newOrigin(t)
-			if err := v.Heartbeat(rogue.heartbeat(v.AppliedRevision())); !errors.Is(err, event.ErrBadSignature) {
+			if _, err := v.Heartbeat(rogue.heartbeat(v.AppliedRevision())); !errors.Is(err, event.ErrBadSignature) {
 				t.Fatalf("forged heartbeat: %v", err)
 			}
 			if ok, _ := v.Current(); ok {
@@ -594,8 +608,8 @@ func TestReplayedLookupReplyRefused(t *testing.T) {
 	o := newOrigin(t)
 	h := newSecret(t)
 	var reply []byte
-	v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
-		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return reply, nil }})
+	v, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
+		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return reply, nil }}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -607,7 +621,7 @@ func TestReplayedLookupReplyRefused(t *testing.T) {
 	for range 3 {
 		o.change(event.Key{ID: "other", Project: "p"})
 	}
-	if err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
+	if _, err := v.Heartbeat(o.heartbeat(o.rev)); err != nil {
 		t.Fatal(err)
 	}
 	reply = old
@@ -626,7 +640,7 @@ func TestLookupsBounded(t *testing.T) {
 	o := newOrigin(t)
 	release := make(chan struct{})
 	var inFlight, most atomic.Int64
-	v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxLookups: 2,
+	v, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxLookups: 2,
 		Lookup: func(ctx context.Context, h apikey.Hash) ([]byte, error) {
 			n := inFlight.Add(1)
 			defer inFlight.Add(-1)
@@ -634,7 +648,7 @@ func TestLookupsBounded(t *testing.T) {
 			}
 			<-release
 			return o.lookup(ctx, h)
-		}})
+		}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -697,8 +711,8 @@ func TestRestoredFloorRefusesOlderReplay(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	w, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
-		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return old, nil }})
+	w, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100,
+		Lookup: func(context.Context, apikey.Hash) ([]byte, error) { return old, nil }}))
 	if err != nil {
 		t.Fatal(err)
 	}

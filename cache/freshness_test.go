@@ -42,9 +42,9 @@ func TestPeerAnswerFreshnessIsItsSignedTime(t *testing.T) {
 			clock := newFakeClock()
 			o.now = clock.now
 			var answer func(apikey.Hash) ([]byte, error) // the origin, then "a peer"
-			v, err := New(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxStaleness: 3 * time.Second,
+			v, err := New(bounds(Config{Verifier: mustVerifier(t, o), MaxKeys: 100, MaxStaleness: 3 * time.Second,
 				FailOpen: failOpen, Now: clock.now,
-				Lookup: func(_ context.Context, h apikey.Hash) ([]byte, error) { return answer(h) }})
+				Lookup: func(_ context.Context, h apikey.Hash) ([]byte, error) { return answer(h) }}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -54,7 +54,7 @@ func TestPeerAnswerFreshnessIsItsSignedTime(t *testing.T) {
 			k := linked(cached, "d1")
 			k.Secrets = append(k.Secrets, event.Secret{Hash: other})
 			mustApply(t, v, o.change(k))
-			if err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
+			if _, err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := v.Authorize(context.Background(), cached); err != nil {
@@ -105,7 +105,7 @@ func TestPeerAnswerFreshnessIsItsSignedTime(t *testing.T) {
 				t.Fatalf("a record signed 1 s ago: %v", err)
 			}
 			// A View proven current takes an old record: its generation checks suffice.
-			if err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
+			if _, err := v.Heartbeat(o.beatAt(v.AppliedRevision(), clock.now())); err != nil {
 				t.Fatal(err)
 			}
 			answer = func(apikey.Hash) ([]byte, error) { return peerOther, nil }
@@ -134,7 +134,7 @@ func TestAppliedChangeVouchesAsOfItsSignedTime(t *testing.T) {
 	o := newOrigin(t)
 	clock := newFakeClock()
 	o.now = clock.now
-	v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100, MaxStaleness: 3 * time.Second, Now: clock.now})
+	v, err := New(bounds(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100, MaxStaleness: 3 * time.Second, Now: clock.now}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,8 +177,8 @@ func TestRestoredStateIsAsOldAsItsRecords(t *testing.T) {
 			signed := clock.now()
 			clock.advance(20 * time.Second) // the edge was down
 			o.rev = 2
-			v, err := New(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
-				MaxStaleness: 5 * time.Second, FailOpen: failOpen, Now: clock.now})
+			v, err := New(bounds(Config{Verifier: mustVerifier(t, o), Lookup: o.lookup, MaxKeys: 100,
+				MaxStaleness: 5 * time.Second, FailOpen: failOpen, Now: clock.now}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -199,7 +199,7 @@ func TestRestoredStateIsAsOldAsItsRecords(t *testing.T) {
 			}
 			// The origin announces a head the View has not applied: behind.
 			clock.advance(time.Second)
-			if err := v.Heartbeat(o.beatAt(3, clock.now())); err != nil {
+			if _, err := v.Heartbeat(o.beatAt(3, clock.now())); err != nil {
 				t.Fatal(err)
 			}
 			clock.advance(1500 * time.Millisecond)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/proxy"
+	"github.com/keymesh/keymesh/edge"
 )
 
 // TestAuditThroughEdge: requests through an edge, allowed and refused, end up
@@ -20,7 +20,7 @@ func TestAuditThroughEdge(t *testing.T) {
 	k := s.key(d.ID)
 	other := s.key() // valid, but not linked to d
 	file := filepath.Join(t.TempDir(), "audit.jsonl")
-	e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) {
+	e := s.startEdge(edgeOpts{configure: func(c *edge.Config) {
 		c.AuditFile = file
 		c.AuditFlushInterval = 20 * time.Millisecond
 	}})

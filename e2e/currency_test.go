@@ -10,8 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 // currencyStatus is the part of an edge's /status that says whether, and
@@ -27,7 +27,7 @@ type currencyStatus struct {
 	FailMode      string  `json:"fail_mode"`
 }
 
-func currencyOf(t testing.TB, e *proxy.Server) currencyStatus {
+func currencyOf(t testing.TB, e *edge.Node) currencyStatus {
 	t.Helper()
 	var st currencyStatus
 	if err := json.Unmarshal([]byte(scrape(t, e, "/status")), &st); err != nil {

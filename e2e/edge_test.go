@@ -13,8 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 // errorCode returns error.code of an API error body.
@@ -32,7 +32,7 @@ func errorCode(t *testing.T, body string) string {
 	return b.Error.Code
 }
 
-func expect(t *testing.T, e *proxy.Server, headers map[string]string, status int, code string) {
+func expect(t *testing.T, e *edge.Node, headers map[string]string, status int, code string) {
 	t.Helper()
 	got, body := chat(t, e, headers)
 	if got != status {

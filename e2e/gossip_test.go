@@ -14,10 +14,10 @@ import (
 
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cluster"
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/netcut"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 var gossipKey = bytes.Repeat([]byte{42}, 32)
@@ -26,23 +26,23 @@ var gossipKey = bytes.Repeat([]byte{42}, 32)
 type gossipOpts struct {
 	staleness time.Duration // default one minute: out of the way
 	// configure, if set, adjusts edge i's Config last.
-	configure func(i int, c *proxy.Config)
+	configure func(i int, c *edge.Config)
 }
 
 // gossipEdges starts n edges, each behind its own NATS relay, all joined
 // into one gossip ring.
-func (s *stack) gossipEdges(n int) ([]*proxy.Server, []*relay) {
+func (s *stack) gossipEdges(n int) ([]*edge.Node, []*relay) {
 	return s.gossipEdgesWith(n, gossipOpts{})
 }
 
-func (s *stack) gossipEdgesWith(n int, o gossipOpts) ([]*proxy.Server, []*relay) {
+func (s *stack) gossipEdgesWith(n int, o gossipOpts) ([]*edge.Node, []*relay) {
 	t := s.t
 	if o.staleness == 0 {
 		o.staleness = time.Minute
 	}
 	// The gossip key is a secret like any other: in no log, metric or record.
 	s.secrets = append(s.secrets, string(gossipKey), base64.StdEncoding.EncodeToString(gossipKey))
-	var edges []*proxy.Server
+	var edges []*edge.Node
 	var links []*relay
 	seed := ""
 	for i := range n {
@@ -51,8 +51,8 @@ func (s *stack) gossipEdgesWith(n int, o gossipOpts) ([]*proxy.Server, []*relay)
 		if seed != "" {
 			join = []string{seed}
 		}
-		e := s.startEdge(edgeOpts{natsURL: link.URL(), staleness: o.staleness, configure: func(c *proxy.Config) {
-			c.Gossip = proxy.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{gossipKey}, Local: true,
+		e := s.startEdge(edgeOpts{natsURL: link.URL(), staleness: o.staleness, configure: func(c *edge.Config) {
+			c.Gossip = edge.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{gossipKey}, Local: true,
 				Name: fmt.Sprintf("edge-%02d", i), Join: join}
 			c.MaxKeys = leanMaxKeys
 			if o.configure != nil {
@@ -70,7 +70,7 @@ func (s *stack) gossipEdgesWith(n int, o gossipOpts) ([]*proxy.Server, []*relay)
 }
 
 // waitPeers waits until each edge sees want peers.
-func waitPeers(t testing.TB, d time.Duration, want int, edges ...*proxy.Server) {
+func waitPeers(t testing.TB, d time.Duration, want int, edges ...*edge.Node) {
 	t.Helper()
 	checkFor(t, d, func() error {
 		for _, e := range edges {
@@ -84,7 +84,7 @@ func waitPeers(t testing.TB, d time.Duration, want int, edges ...*proxy.Server) 
 
 // everyEdge polls until every edge answers the key with status, and
 // returns how long after start the slowest did.
-func everyEdge(t testing.TB, edges []*proxy.Server, key string, status int, start time.Time) time.Duration {
+func everyEdge(t testing.TB, edges []*edge.Node, key string, status int, start time.Time) time.Duration {
 	t.Helper()
 	var mu sync.Mutex
 	done := make([]bool, len(edges))
@@ -327,7 +327,7 @@ func TestPartitionedEdgeRejoins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	edges, links := s.gossipEdgesWith(3, gossipOpts{configure: func(i int, c *proxy.Config) {
+	edges, links := s.gossipEdgesWith(3, gossipOpts{configure: func(i int, c *edge.Config) {
 		if i == 2 {
 			c.Gossip.Configure = func(cc *cluster.Config) { cc.Transport, cc.BindAddr = tr, tr.Addr() }
 		}
@@ -414,7 +414,7 @@ type edgeStatus struct {
 	} `json:"gossip"`
 }
 
-func scrape(t testing.TB, e *proxy.Server, path string) string {
+func scrape(t testing.TB, e *edge.Node, path string) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	e.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
@@ -424,7 +424,7 @@ func scrape(t testing.TB, e *proxy.Server, path string) string {
 	return rec.Body.String()
 }
 
-func statusOf(t testing.TB, e *proxy.Server) edgeStatus {
+func statusOf(t testing.TB, e *edge.Node) edgeStatus {
 	t.Helper()
 	var st edgeStatus
 	if err := json.Unmarshal([]byte(scrape(t, e, "/status")), &st); err != nil {
@@ -477,13 +477,13 @@ func TestForgedGossipIsDropped(t *testing.T) {
 
 func TestGossipWithoutKeyRefused(t *testing.T) {
 	s := newStack(t)
-	cfg := proxy.DefaultConfig()
+	cfg := edge.DefaultConfig()
 	cfg.Listen, cfg.AdminListen, cfg.DataDir = "127.0.0.1:0", "", ""
 	cfg.NATSURL = s.nats.ClientURL()
 	cfg.NATSCreds = s.natsCreds(natsauth.RoleEdge, "gossip-edge")
 	cfg.OriginPublicKey = s.origin.PublicKey()
-	cfg.Gossip = proxy.GossipConfig{Listen: "127.0.0.1:0", Join: []string{"127.0.0.1:1"}}
-	if _, err := proxy.NewServer(cfg); err == nil {
+	cfg.Gossip = edge.GossipConfig{Listen: "127.0.0.1:0", Join: []string{"127.0.0.1:1"}}
+	if _, err := edge.New(cfg); err == nil {
 		t.Fatal("an edge joined gossip in plaintext without --gossip-insecure")
 	}
 }

@@ -26,9 +26,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/origin"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 const project = "default"
@@ -71,7 +71,7 @@ type stack struct {
 
 	mu    sync.Mutex
 	seen  []http.Header // headers the upstream received
-	edges []*proxy.Server
+	edges []*edge.Node
 
 	dataDirs []string // every origin data dir, for its stored audit records
 
@@ -152,7 +152,7 @@ func (s *stack) natsConn() (*nats.Conn, error) {
 // edgeCreds returns the credential of the edge cfg describes: for cfg.ID,
 // else the id kept in its data dir (created as the edge would), else a
 // random one.
-func (s *stack) edgeCreds(cfg *proxy.Config) string {
+func (s *stack) edgeCreds(cfg *edge.Config) string {
 	s.t.Helper()
 	id := cfg.ID
 	if id == "" && cfg.DataDir != "" {
@@ -245,13 +245,13 @@ type edgeOpts struct {
 	// synchronise (its NATS may be down).
 	unsynced bool
 	// configure, if set, adjusts the edge's Config last.
-	configure func(*proxy.Config)
+	configure func(*edge.Config)
 }
 
-func (s *stack) startEdge(o edgeOpts) *proxy.Server {
+func (s *stack) startEdge(o edgeOpts) *edge.Node {
 	t := s.t
 	t.Helper()
-	cfg := proxy.DefaultConfig()
+	cfg := edge.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = ""
 	cfg.NATSURL = o.natsURL
@@ -275,7 +275,7 @@ func (s *stack) startEdge(o edgeOpts) *proxy.Server {
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.LookupTimeout = 500 * time.Millisecond
 	cfg.Logger = s.logs.logger()
-	e, err := proxy.NewServer(cfg)
+	e, err := edge.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +338,7 @@ func (s *stack) call(method, path string, in, out any) uint64 {
 }
 
 // waitApplied waits until every edge has applied rev.
-func waitApplied(t testing.TB, rev uint64, edges ...*proxy.Server) {
+func waitApplied(t testing.TB, rev uint64, edges ...*edge.Node) {
 	t.Helper()
 	checkFor(t, 10*time.Second, func() error {
 		for i, e := range edges {
@@ -369,7 +369,7 @@ func checkFor(t testing.TB, total time.Duration, f func() error) {
 var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 
 // send makes one request through an edge and returns status and body.
-func send(t testing.TB, e *proxy.Server, method, path string, headers map[string]string, body string) (int, string) {
+func send(t testing.TB, e *edge.Node, method, path string, headers map[string]string, body string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, "http://"+e.Addr()+path, strings.NewReader(body))
 	if err != nil {
@@ -399,7 +399,7 @@ func send(t testing.TB, e *proxy.Server, method, path string, headers map[string
 
 const chatBody = `{"model": "mock-model", "messages": [{"role": "user", "content": "Hello!"}]}`
 
-func chat(t testing.TB, e *proxy.Server, headers map[string]string) (int, string) {
+func chat(t testing.TB, e *edge.Node, headers map[string]string) (int, string) {
 	t.Helper()
 	return send(t, e, http.MethodPost, "/v1/chat/completions", headers, chatBody)
 }

@@ -21,8 +21,8 @@ import (
 	"time"
 	"unicode/utf16"
 
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/internal/testutil"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 // recorder is an upstream that records every request it gets and answers
@@ -86,7 +86,7 @@ func (s *stack) keyWith(perms []string, deployments ...string) string {
 
 // raw sends req to e byte for byte and returns the status (0 when the edge
 // closed the connection without an answer) and body.
-func raw(t testing.TB, e *proxy.Server, req string) (int, string) {
+func raw(t testing.TB, e *edge.Node, req string) (int, string) {
 	t.Helper()
 	resp, err := testutil.RawRequest(e.Addr(), []byte(req), 5*time.Second)
 	if resp == nil || resp.Status == 0 {

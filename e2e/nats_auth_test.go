@@ -12,10 +12,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/origin"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 // These tests speak to NATS directly, as an attacker who reaches it would.
@@ -265,18 +265,18 @@ func TestNATSEmbeddedTLSAndEdgeIdentity(t *testing.T) {
 		t.Fatal("a client that does not trust the CA connected")
 	}
 
-	ecfg := proxy.DefaultConfig()
+	ecfg := edge.DefaultConfig()
 	ecfg.Listen, ecfg.AdminListen, ecfg.DataDir = "127.0.0.1:0", "", ""
 	ecfg.NATSURL, ecfg.NATSCreds, ecfg.NATSTLSCA = o.NATSURL(), creds, caPath
 	ecfg.OriginPublicKey = o.PublicKey()
 	ecfg.Logger = (&logSink{}).logger()
 	bad := ecfg
 	bad.ID = "someone-else"
-	if e, err := proxy.NewServer(bad); err == nil {
+	if e, err := edge.New(bad); err == nil {
 		_ = e.Shutdown(context.Background())
 		t.Fatal("an edge started under another id than its credential's")
 	}
-	e, err := proxy.NewServer(ecfg)
+	e, err := edge.New(ecfg)
 	if err != nil {
 		t.Fatal(err)
 	}

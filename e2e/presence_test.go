@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/cluster"
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/netcut"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 // Issue 11: one edge cannot speak for another. An edge that reaches NATS
@@ -26,7 +26,7 @@ func TestRelayForgedRevisionNotCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	edges, links := s.gossipEdgesWith(2, gossipOpts{configure: func(i int, c *proxy.Config) {
+	edges, links := s.gossipEdgesWith(2, gossipOpts{configure: func(i int, c *edge.Config) {
 		if i == 1 {
 			c.Gossip.Configure = func(cc *cluster.Config) { cc.Transport, cc.BindAddr = tr, tr.Addr() }
 		}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
-	"github.com/keymesh/keymesh/proxy"
+	"github.com/keymesh/keymesh/edge"
 )
 
 // leanMaxKeys keeps the many edges of one process small: the default
@@ -32,11 +32,11 @@ func benchPropagation(b *testing.B, cut int) {
 	s := newStack(b)
 	d := s.deployment("demo", nil)
 	k := s.key(d.ID)
-	var edges []*proxy.Server
+	var edges []*edge.Node
 	var links []*relay
 	if cut == 0 {
 		for range n {
-			edges = append(edges, s.startEdge(edgeOpts{configure: func(c *proxy.Config) { c.MaxKeys = leanMaxKeys }}))
+			edges = append(edges, s.startEdge(edgeOpts{configure: func(c *edge.Config) { c.MaxKeys = leanMaxKeys }}))
 		}
 	} else {
 		edges, links = s.gossipEdges(n)

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/proxy"
+	"github.com/keymesh/keymesh/edge"
 )
 
-func fastHeartbeat(c *proxy.Config) { c.HeartbeatInterval = 100 * time.Millisecond }
+func fastHeartbeat(c *edge.Config) { c.HeartbeatInterval = 100 * time.Millisecond }
 
 // TestPropagationWait: ?wait holds a mutation's answer until every live
 // edge has applied it, and names an edge cut off from NATS as pending.
@@ -28,7 +28,7 @@ func TestPropagationWait(t *testing.T) {
 	rev := s.origin.Revision()
 	checkFor(t, 10*time.Second, func() error {
 		reg := s.edgeRegistry()
-		for _, e := range []*proxy.Server{a, b} {
+		for _, e := range []*edge.Node{a, b} {
 			got, ok := reg[e.ID()]
 			if !ok || !got.Live || got.AppliedRevision < rev || got.Address != e.Addr() {
 				return errorf("edge %s registered as %+v", e.ID(), got)
@@ -55,7 +55,7 @@ func TestPropagationWait(t *testing.T) {
 	if !slices.Equal(rep.Propagation.Applied, want) || len(rep.Propagation.Pending) != 0 {
 		t.Fatalf("after %v: propagation %+v, want applied %v", time.Since(start), rep.Propagation, want)
 	}
-	for _, e := range []*proxy.Server{a, b} {
+	for _, e := range []*edge.Node{a, b} {
 		if got := e.View().AppliedRevision(); got < rep.Revision {
 			t.Fatalf("edge %s reported applied but is at %d < %d", e.ID(), got, rep.Revision)
 		}

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/origin"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 // restartOriginInPlace stops the stack's origin and starts a new one on the same
@@ -36,7 +36,7 @@ func TestWaitAfterOriginRestartWaitsForKnownEdges(t *testing.T) {
 	k := s.key(d.ID)
 	// Heartbeats every 30 s: only the one after applying a change reaches
 	// the new origin within the test, so the registry it has is the stored one.
-	e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) { c.HeartbeatInterval = 30 * time.Second }})
+	e := s.startEdge(edgeOpts{configure: func(c *edge.Config) { c.HeartbeatInterval = 30 * time.Second }})
 	expect(t, e, withKey(k), 200, "")
 	checkFor(t, 10*time.Second, func() error {
 		for _, ed := range s.origin.Edges() {

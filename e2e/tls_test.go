@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/proxy"
+	"github.com/keymesh/keymesh/edge"
 )
 
 // testCA signs certificates for the TLS tests.
@@ -99,7 +99,7 @@ func TestTLSMutualAndReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) {
+	e := s.startEdge(edgeOpts{configure: func(c *edge.Config) {
 		c.TLSCert, c.TLSKey, c.TLSClientCA = certPath, keyPath, caPath
 	}})
 
@@ -145,7 +145,7 @@ func TestCORS(t *testing.T) {
 	s := newStack(t)
 	d := s.deployment("demo", nil)
 	k := s.key(d.ID)
-	e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) {
+	e := s.startEdge(edgeOpts{configure: func(c *edge.Config) {
 		c.CORSAllowedOrigins = []string{"https://app.example.com"}
 	}})
 	pre := func(origin string) *http.Response {

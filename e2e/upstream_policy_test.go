@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/proxy"
 )
 
 // metricsText returns e's /metrics.
-func metricsText(e *proxy.Server) string {
+func metricsText(e *edge.Node) string {
 	rec := httptest.NewRecorder()
 	e.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	return rec.Body.String()
@@ -40,7 +41,7 @@ func freePort(t *testing.T) string {
 func TestUpstreamPolicyRefusesOwnListenersAndMetadata(t *testing.T) {
 	s := newStack(t)
 	admin := "127.0.0.1:" + freePort(t)
-	cfg := proxy.DefaultConfig()
+	cfg := edge.DefaultConfig()
 	cfg.Listen = "127.0.0.1:" + freePort(t)
 	cfg.AdminListen = admin
 	cfg.NATSURL = s.nats.ClientURL()
@@ -49,7 +50,7 @@ func TestUpstreamPolicyRefusesOwnListenersAndMetadata(t *testing.T) {
 	cfg.OriginPublicKey = s.origin.PublicKey()
 	cfg.Logger = s.logs.logger()
 	cfg.UpstreamConnectTimeout = time.Second
-	e, err := proxy.NewServer(cfg)
+	e, err := edge.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func TestUpstreamAllow(t *testing.T) {
 	byName := s.deployment("by-name", map[string]any{"hosts": []string{"name.test"},
 		"upstreams": map[string][]string{"*": {"http://localhost:" + upPort}}})
 	k := s.key(byIP.ID, byName.ID)
-	ask := func(e *proxy.Server, host string) int {
+	ask := func(e *edge.Node, host string) int {
 		st, _ := send(t, e, http.MethodGet, "/v1/models", map[string]string{"Host": host, "X-API-Key": k.Secret}, "")
 		return st
 	}
@@ -146,7 +147,7 @@ func TestUpstreamAllow(t *testing.T) {
 		{[]string{"https://localhost"}, 502, 502, `reason="not_allowed"} 2`}, // wrong scheme and port
 		{[]string{"*.example.com", "127.0.0.0/8"}, 200, 200, ""},
 	} {
-		e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) { c.UpstreamAllow = tt.allow }})
+		e := s.startEdge(edgeOpts{configure: func(c *edge.Config) { c.UpstreamAllow = tt.allow }})
 		if ip, name := ask(e, "ip.test"), ask(e, "name.test"); ip != tt.ip || name != tt.name {
 			t.Errorf("--upstream-allow %v: by IP %d (want %d), by name %d (want %d)", tt.allow, ip, tt.ip, name, tt.name)
 		}
@@ -156,7 +157,7 @@ func TestUpstreamAllow(t *testing.T) {
 	}
 
 	// A name the policy allows that resolves to the edge's own listener.
-	e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) { c.UpstreamAllow = []string{"localhost"} }})
+	e := s.startEdge(edgeOpts{configure: func(c *edge.Config) { c.UpstreamAllow = []string{"localhost"} }})
 	_, port, _ := net.SplitHostPort(e.Addr())
 	rev := s.call(http.MethodPost, "/v1/projects/"+project+"/deployments", map[string]any{"name": "self",
 		"hosts": []string{"self.test"}, "upstreams": map[string][]string{"*": {"http://localhost:" + port}}, "auth_enabled": false}, nil)
@@ -168,14 +169,14 @@ func TestUpstreamAllow(t *testing.T) {
 	// Naming an own listener in --upstream-allow is a mistake: refused at start.
 	admin := "127.0.0.1:" + freePort(t)
 	for _, allow := range []string{admin, "localhost:" + admin[len("127.0.0.1:"):]} {
-		cfg := proxy.DefaultConfig()
+		cfg := edge.DefaultConfig()
 		cfg.AdminListen = admin
 		cfg.NATSURL = s.nats.ClientURL()
 		cfg.NATSCreds = s.natsCreds(natsauth.RoleEdge, "policy-edge")
 		cfg.DataDir = ""
 		cfg.OriginPublicKey = s.origin.PublicKey()
 		cfg.UpstreamAllow = []string{allow}
-		if e, err := proxy.NewServer(cfg); !errors.Is(err, proxy.ErrUpstreamPolicy) {
+		if e, err := edge.New(cfg); !errors.Is(err, proxy.ErrUpstreamPolicy) {
 			if e != nil {
 				_ = e.Shutdown(context.Background())
 			}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/proxy"
+	"github.com/keymesh/keymesh/edge"
 )
 
 // lastSeen returns the headers of the last request the upstream received.
@@ -282,7 +282,7 @@ func TestUpstreamPoolBound(t *testing.T) {
 	s := newStack(t)
 	d := s.deployment("demo", nil)
 	k := s.key(d.ID)
-	e := s.startEdge(edgeOpts{configure: func(c *proxy.Config) {
+	e := s.startEdge(edgeOpts{configure: func(c *edge.Config) {
 		c.MaxUpstreamConns = 1
 		c.UpstreamPoolWait = 100 * time.Millisecond
 	}})

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/edge/feed"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/testutil"
 )
@@ -137,13 +138,14 @@ func TestSnapshotOfTenThousandDeployments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := cache.New(cache.Config{Verifier: ver, Lookup: cache.NATSLookup(nc), MaxKeys: 1000})
+	v, err := cache.New(cache.Config{Verifier: ver, Lookup: feed.NATSLookup(nc), MaxKeys: 1000,
+		LookupTimeout: 2 * time.Second, MaxLookups: 16, MaxStaleness: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.Close()
 	logs := &testutil.Buffer{}
-	f, err := cache.NewFeed(v, cache.FeedConfig{Conn: nc, RequestTimeout: 60 * time.Second,
+	f, err := feed.New(v, feed.Config{Conn: nc, RequestTimeout: 60 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)

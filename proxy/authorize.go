@@ -17,7 +17,7 @@ import (
 // authenticate returns the key the credential belongs to if it is current
 // and linked to dep; otherwise it answers the request with the refusal and
 // returns nil and why. A malformed credential is refused without any lookup.
-func (s *Server) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, cred []byte) (*cache.Key, reason) {
+func (s *Proxy) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, cred []byte) (*cache.Key, reason) {
 	invalid := dep.InvalidKeyStatus
 	if len(cred) == 0 {
 		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, "Bearer")
@@ -29,7 +29,7 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, c
 		fail(ctx, errInvalidKey, invalid)
 		return nil, reasonMalformed
 	}
-	key, err := s.view.Authorize(context.Background(), h)
+	key, err := s.state.Authorize(context.Background(), h)
 	if err == nil && key.Linked(dep.ID) {
 		return key, reasonAllowed
 	}

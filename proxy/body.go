@@ -54,7 +54,7 @@ func init() {
 
 // inspect reads the request body for the decisions that depend on it; a
 // body it refuses is answered, and ok is false.
-func (s *Server) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key) (body inspected, ok bool) {
+func (s *Proxy) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key) (body inspected, ok bool) {
 	limit := s.cfg.MaxRequestBodyBytes
 	if dep.MaxBodyBytes > 0 && dep.MaxBodyBytes < int64(limit) {
 		limit = int(dep.MaxBodyBytes)

@@ -88,7 +88,7 @@ func isHopByHop(k []byte) bool {
 // the client's headers less hop-by-hop ones, credentials and look-alikes,
 // with the edge's own headers set last so that nothing the client sends
 // (Connection naming them, say) removes them.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, lim limitResult) *upstreamBody {
+func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, lim limitResult) *upstreamBody {
 	rt := r.rt
 	now := time.Now()
 	up := rt.pick(now, nil)
@@ -190,7 +190,7 @@ func appendForwardedFor(dst []byte, h *fasthttp.RequestHeader, client net.Addr) 
 // URI is up's scheme, host and port and base path, then r's normalised path
 // (escaped so that the upstream, decoding it once, reads that very path) and
 // query: never the bytes of the client's request line.
-func (s *Server) send(req *fasthttp.Request, resp *fasthttp.Response, up *upstream, r *request) error {
+func (s *Proxy) send(req *fasthttp.Request, resp *fasthttp.Response, up *upstream, r *request) error {
 	if up.denied != nil {
 		return up.denied
 	}
@@ -223,7 +223,7 @@ type upstreamBody struct {
 	streams prometheus.Gauge
 
 	// Set by handle: the request to finish on Close.
-	s   *Server
+	s   *Proxy
 	ctx *fasthttp.RequestCtx
 	out outcome
 }
@@ -251,7 +251,7 @@ func (b *upstreamBody) Close() error {
 //   - passthrough: the client's own value of the header goes through — the
 //     one value, never one that is or holds a keymesh key; two different
 //     values are refused (400) as two credentials.
-func (s *Server) setUpstreamAuth(h, client *fasthttp.RequestHeader, dep *event.Deployment, r *request) *apierror.Error {
+func (s *Proxy) setUpstreamAuth(h, client *fasthttp.RequestHeader, dep *event.Deployment, r *request) *apierror.Error {
 	ua := dep.UpstreamAuth
 	if ua == nil || ua.Mode == "" || ua.Mode == event.UpstreamAuthNone {
 		if ua != nil && ua.Header != "" {

@@ -1,17 +1,11 @@
 package proxy
 
 import (
-	"net/http"
-	"net/http/pprof"
+	"fmt"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/keymesh/keymesh/cache"
 )
 
 // reason is why a request was let through or refused; each has a counter.
@@ -38,15 +32,14 @@ const (
 var reasonNames = [numReasons]string{"", "allowed", "auth_off", "no_credential", "malformed", "unknown",
 	"expired", "disabled", "unlinked", "permission_denied", "rate_limited", "unavailable"}
 
-// metrics are the edge's Prometheus metrics, in a registry of its own so
-// that several edges can live in one process. Labels never carry secrets:
-// deployment names, status codes and fixed reasons only.
+// metrics are the data plane's Prometheus metrics, registered where
+// Config.Metrics says (the edge's own registry, so that several edges can
+// live in one process). Labels never carry secrets: deployment names,
+// status codes and fixed reasons only.
 type metrics struct {
-	reg       *prometheus.Registry
 	requests  *prometheus.CounterVec
 	decisions [numReasons]prometheus.Counter
 	upstream  *prometheus.HistogramVec
-	lookup    prometheus.Histogram
 	streams   prometheus.Gauge
 	poolFull  prometheus.Counter
 	refused   [numRefusals]prometheus.Counter
@@ -62,8 +55,10 @@ type reqLabel struct {
 	code       int
 }
 
-func newMetrics() *metrics {
-	m := &metrics{reg: prometheus.NewRegistry(), reqCache: map[reqLabel]prometheus.Counter{}}
+// newMetrics registers the request path's metrics on reg, and the rate
+// limiter's bound: what happens at it is counted (DESIGN invariant 5).
+func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
+	m := &metrics{reqCache: map[reqLabel]prometheus.Counter{}}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_requests_total",
 		Help: "Requests answered, by deployment (\"\" when none matched) and status code."}, []string{"deployment", "code"})
 	auth := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_auth_decisions_total",
@@ -76,8 +71,6 @@ func newMetrics() *metrics {
 	m.upstream = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keymesh_edge_upstream_seconds",
 		Help:    "Time from sending a request upstream to its response headers, by deployment.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"deployment"})
-	m.lookup = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keymesh_edge_lookup_seconds",
-		Help: "Cache-miss lookups at the origin.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)})
 	m.streams = prometheus.NewGauge(prometheus.GaugeOpts{Name: "keymesh_edge_streams",
 		Help: "Streamed responses in flight."})
 	m.poolFull = prometheus.NewCounter(prometheus.CounterOpts{Name: "keymesh_edge_upstream_pool_full_total",
@@ -95,62 +88,15 @@ func newMetrics() *metrics {
 	for _, r := range deniedReasons {
 		m.upstreamDenied.WithLabelValues(r.reason)
 	}
-	m.reg.MustRegister(refused, m.upstreamDenied)
-	m.reg.MustRegister(m.requests, auth, m.upstream, m.lookup, m.streams, m.poolFull,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return m
-}
-
-// watch exports the view's counters, read at scrape time.
-func (m *metrics) watch(v *cache.View) {
-	counter := func(name, help string, f func(cache.Stats) uint64) {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
-			func() float64 { return float64(f(v.Stats())) }))
-	}
-	gauge := func(name, help string, f func() float64) {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
-	}
-	counter("keymesh_edge_cache_hits_total", "Key checks answered from the cache.", func(s cache.Stats) uint64 { return s.Hits })
-	counter("keymesh_edge_cache_misses_total", "Key checks that needed a lookup.", func(s cache.Stats) uint64 { return s.Misses })
-	counter("keymesh_edge_cache_evictions_total", "Cached keys evicted for room.", func(s cache.Stats) uint64 { return s.Evictions })
-	counter("keymesh_edge_cache_negative_hits_total", "Unknown keys refused from the negative cache.", func(s cache.Stats) uint64 { return s.NegativeHits })
-	counter("keymesh_edge_lookups_total", "Lookups sent to the origin.", func(s cache.Stats) uint64 { return s.Lookups })
-	counter("keymesh_edge_lookup_errors_total", "Lookups that failed.", func(s cache.Stats) uint64 { return s.LookupErrors })
-	counter("keymesh_edge_lookups_shed_total", "Cache misses refused (503) because --max-lookups lookups were in flight.", func(s cache.Stats) uint64 { return s.LookupsShed })
-	counter("keymesh_edge_records_rejected_total", "Records dropped for a bad signature or shape.", func(s cache.Stats) uint64 { return s.Rejected })
-	counter("keymesh_edge_resyncs_total", "Snapshots taken: first start or a gap in the event stream.", func(s cache.Stats) uint64 { return s.Resyncs })
-	counter("keymesh_edge_revalidations_total", "Cached keys looked up again by the staleness guard.", func(s cache.Stats) uint64 { return s.Revalidations })
-	counter("keymesh_edge_stale_served_total", "Cached keys served unproven (fail mode open-cached).", func(s cache.Stats) uint64 { return s.StaleServed })
-	gauge("keymesh_edge_applied_revision", "Last revision the edge applied.", func() float64 { return float64(v.AppliedRevision()) })
-	counter("keymesh_edge_stale_answers_total", "Genuine lookup answers (a gossip peer's) the origin signed longer ago than --max-staleness, while the edge was not current.", func(s cache.Stats) uint64 { return s.StaleAnswers })
-	counter("keymesh_edge_unproven_refusals_total", "Requests to deployments without auth refused (503) because the edge could not prove it was current (fail mode closed).", func(s cache.Stats) uint64 { return s.UntrustedRefusals })
-	gauge("keymesh_edge_revision_lag", "Revisions the origin has committed (as its heartbeats name) that the edge has not applied.", func() float64 {
-		c := v.Currency()
-		return float64(c.Head - min(c.Head, c.Applied))
-	})
-	gauge("keymesh_edge_committed_head", "Highest committed head the origin named in a heartbeat.", func() float64 {
-		return float64(v.Currency().Head)
-	})
-	gauge("keymesh_edge_current", "1 when the edge has proven it is current within --max-staleness.", func() float64 {
-		if ok, _ := v.Current(); ok {
-			return 1
+	untracked := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymesh_edge_ratelimit_untracked_total",
+		Help: "Requests admitted without a rate-limit bucket because the bucket table was full."},
+		func() float64 { return float64(limits.untracked.Load()) })
+	for _, c := range []prometheus.Collector{refused, m.upstreamDenied, m.requests, auth, m.upstream, m.streams, m.poolFull, untracked} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering metrics: %w", err)
 		}
-		return 0
-	})
-}
-
-// watchServer exports the edge's own bounded buffers, read at scrape time:
-// what happened at each bound is counted (DESIGN invariant 5).
-func (m *metrics) watchServer(s *Server) {
-	counter := func(name, help string, f func() uint64) {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
-			func() float64 { return float64(f()) }))
 	}
-	counter("keymesh_edge_audit_shipped_total", "Audit records published to the origin.", func() uint64 { shipped, _, _ := s.AuditStats(); return shipped })
-	counter("keymesh_edge_audit_dropped_total", "Audit records dropped because the audit buffer was full.", func() uint64 { _, dropped, _ := s.AuditStats(); return dropped })
-	counter("keymesh_edge_audit_failed_total", "Audit records lost to NATS publish errors.", func() uint64 { _, _, failed := s.AuditStats(); return failed })
-	counter("keymesh_edge_ratelimit_untracked_total", "Requests admitted without a rate-limit bucket because the bucket table was full.", s.limits.untracked.Load)
-	counter("keymesh_edge_heartbeats_ignored_total", "Origin heartbeats ignored for being no newer than one already taken.", func() uint64 { return s.view.Stats().OldHeartbeats })
+	return m, nil
 }
 
 func (m *metrics) decide(r reason) {
@@ -158,9 +104,6 @@ func (m *metrics) decide(r reason) {
 		m.decisions[r].Inc()
 	}
 }
-
-// observeLookup is the cache's lookup callback.
-func (m *metrics) observeLookup(d time.Duration, _ error) { m.lookup.Observe(d.Seconds()) }
 
 // count records one answered request.
 func (m *metrics) count(deployment string, code int) {
@@ -176,114 +119,3 @@ func (m *metrics) count(deployment string, code int) {
 	}
 	c.Inc()
 }
-
-// adminHandler serves /metrics, /status, /health and pprof.
-func (s *Server) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /status", s.serveStatus)
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		if !s.view.HasSnapshot() { // not ready until it holds the deployments
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"status":"syncing"}` + "\n"))
-			return
-		}
-		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
-	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
-}
-
-// AdminHandler returns the admin listener's handler (for tests and for
-// embedding the edge).
-func (s *Server) AdminHandler() http.Handler { return s.adminHandler() }
-
-// gossipCollector exports the cluster view at scrape time: members, how
-// far this edge is behind its most advanced peer and each peer behind this
-// edge, what peers sent that was refused, what bounded queues dropped,
-// catch-ups and lookups answered by peers.
-type gossipCollector struct {
-	s *Server
-
-	members, behind, peerLag, rejected, dropped, catchUps, peerLookups, heartbeats,
-	received, rejoins, conflicts, relaying *prometheus.Desc
-}
-
-var _ prometheus.Collector = (*gossipCollector)(nil)
-
-func newGossipCollector(s *Server) *gossipCollector {
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc("keymesh_edge_gossip_"+name, help, labels, nil)
-	}
-	return &gossipCollector{s: s,
-		members:     d("members", "Live members of the gossip ring, this edge included."),
-		behind:      d("behind_revisions", "Revisions the most advanced gossip peer has applied that this edge has not."),
-		peerLag:     d("peer_lag_revisions", "Revisions each gossip peer is behind this edge (negative: ahead).", "peer"),
-		rejected:    d("rejected_total", "Records, heartbeats and lookup answers from peers refused (bad signature or shape).", "kind"),
-		dropped:     d("dropped_total", "Gossip messages dropped at a bounded queue.", "queue"),
-		catchUps:    d("catch_ups_total", "Anti-entropy: fetches from JetStream, requests to peers and their failures, peers' requests answered.", "result"),
-		peerLookups: d("peer_lookups_total", "Cache misses the origin could not answer, sent to peers, and those a peer answered.", "result"),
-		heartbeats:  d("heartbeats_total", "Origin heartbeats gossiped: sent to peers, received, new ones that proved this edge current.", "dir"),
-		received:    d("events_received_total", "Events delivered by peers (each revision once)."),
-		rejoins:     d("rejoins_total", "Joins made because a known peer had failed (partitions healed)."),
-		conflicts:   d("name_conflicts_total", "Two nodes seen claiming one name."),
-		relaying:    d("relayed_edges", "Peers without NATS whose heartbeats this edge publishes."),
-	}
-}
-
-func (g *gossipCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{g.members, g.behind, g.peerLag, g.rejected, g.dropped, g.catchUps,
-		g.peerLookups, g.heartbeats, g.received, g.rejoins, g.conflicts, g.relaying} {
-		ch <- d
-	}
-}
-
-func (g *gossipCollector) Collect(ch chan<- prometheus.Metric) {
-	s := g.s
-	st := s.gossip.Stats()
-	applied := s.view.AppliedRevision()
-	var behind uint64
-	for _, p := range s.gossip.Peers() {
-		if p.Revision > applied {
-			behind = max(behind, p.Revision-applied)
-		}
-		ch <- prometheus.MustNewConstMetric(g.peerLag, prometheus.GaugeValue, float64(int64(applied)-int64(p.Revision)), p.Name)
-	}
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
-	gauge(g.members, float64(st.Members))
-	gauge(g.behind, float64(behind))
-	gauge(g.relaying, float64(len(s.relayed())))
-	recRejected, held := s.feed.GossipStats()
-	counter(g.rejected, recRejected, "record")
-	counter(g.rejected, s.gossipHook.hbRejected.Load(), "heartbeat")
-	counter(g.rejected, st.AnswersRefused, "lookup_answer")
-	counter(g.dropped, st.DroppedInbox, "inbox")
-	counter(g.dropped, st.DroppedQueue, "broadcast")
-	counter(g.dropped, st.DroppedSends, "tcp_send")
-	counter(g.dropped, held, "held")
-	counter(g.catchUps, st.Fetches, "fetched")
-	counter(g.catchUps, st.CatchUpsAsked, "asked")
-	counter(g.catchUps, st.CatchUpFailures, "failed")
-	counter(g.catchUps, st.CatchUpsAnswered, "answered")
-	counter(g.peerLookups, s.gossipHook.peerLookups.Load(), "asked")
-	counter(g.peerLookups, s.gossipHook.peerAnswers.Load(), "answered")
-	counter(g.heartbeats, st.HeartbeatsSent, "sent")
-	counter(g.heartbeats, st.HeartbeatsReceived, "received")
-	counter(g.heartbeats, s.view.Stats().PeerHeartbeats, "new")
-	counter(g.received, st.Received)
-	counter(g.rejoins, st.Rejoins)
-	counter(g.conflicts, st.Conflicts)
-}
-
-// watchGossip exports the cluster's metrics once gossip runs.
-func (m *metrics) watchGossip(s *Server) { m.reg.MustRegister(newGossipCollector(s)) }

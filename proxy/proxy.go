@@ -1,22 +1,27 @@
 // Package proxy is the edge's data plane: a fasthttp reverse proxy that
-// routes each request to a deployment, authorizes its API key against the
-// edge's cache.View, and forwards it — streaming responses included — to
-// the deployment's upstream inference servers.
+// routes each request to a deployment, authorizes its API key against a
+// State (the edge's cache.View), and forwards it — streaming responses
+// included — to the deployment's upstream inference servers. It knows
+// nothing of NATS, gossip or the origin: package edge assembles the node
+// around it.
 //
-// Guarantees: a request is authorized against state at least as new as the
-// View's applied revision when the request started (see package cache); a
-// malformed key is refused without any lookup; each request is read once,
-// when its header arrives, and routing, the limits, the permission checks
-// and what is sent upstream all use that reading (request); the upstream is
-// one of the matched deployment's servers, at an address the upstream
-// policy allows, sent the normalised path and the body as inspected
+// Guarantees: a request is decided by the State alone — with a cache.View,
+// against state at least as new as its applied revision when the request
+// started (see package cache) — and a deployment without auth is served
+// only while the State is trusted; a malformed key is refused without any
+// lookup; each request is read once, when its header arrives, and routing,
+// the limits, the permission checks and what is sent upstream all use that
+// reading (request); the upstream is one of the matched deployment's
+// servers, at an address the upstream policy allows and never one of the
+// node's own listeners, sent the normalised path and the body as inspected
 // (forward, body); no client credential is forwarded upstream, and none is
-// logged; every refusal carries the error body of the external API.
+// logged or put in an audit record; every answered request gives the
+// AuditSink one record, and every refusal carries the error body of the
+// external API.
 package proxy
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
@@ -26,102 +31,96 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
+	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cache"
-	"github.com/keymesh/keymesh/cluster"
 	"github.com/keymesh/keymesh/event"
-	"github.com/keymesh/keymesh/internal/dirlock"
-	"github.com/keymesh/keymesh/internal/natsauth"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("proxy: server closed")
 
-// Config configures an edge. Zero fields take the documented defaults.
+// ErrConfig is returned by New for a Config it cannot run with.
+var ErrConfig = errors.New("proxy: bad config")
+
+// State is what the data plane reads of the edge's keys and deployments.
+// *cache.View implements it; see package cache for what its answers
+// guarantee.
+type State interface {
+	// Authorize returns the key whose secret hashes to h, or why not:
+	// cache.ErrUnavailable (answered 503) when nothing could be proven,
+	// any other error a refusal of the key.
+	Authorize(ctx context.Context, h apikey.Hash) (*cache.Key, error)
+	// Deployments returns the current deployments: the same value until
+	// they change (the router is rebuilt when it is another).
+	Deployments() *cache.Deployments
+	// Trusted reports whether a deployment without auth may be served on
+	// the state alone; false is a refusal (503).
+	Trusted() bool
+	// HasSnapshot reports whether the state holds the deployments: /health
+	// answers 503 "syncing" until it does.
+	HasSnapshot() bool
+}
+
+var _ State = (*cache.View)(nil)
+
+// AuditSink takes the audit record of every answered request: one JSON
+// object (see auditWire) holding no client credential. Record is called on
+// the request path, so it must not block; rec is only valid during the
+// call.
+type AuditSink interface {
+	Record(rec []byte)
+}
+
+// Config configures the data plane. Its limits have no defaults here:
+// the edge's live in package edge (edge.DefaultConfig), and New refuses a
+// zero limit rather than guess one.
 type Config struct {
-	// Listen is the inference-facing address. Default 127.0.0.1:8080.
-	Listen string
-	// AdminListen serves /status; empty disables it. Default (from
-	// DefaultConfig) 127.0.0.1:9090.
-	AdminListen string
-	// NATSURL is the NATS server(s) events and lookups come over. Default
-	// nats://127.0.0.1:4222.
-	NATSURL string
-	// NATSCreds is the NATS .creds file this edge connects with ("origin
-	// nats-creds --role edge --id ID"; required by the origin's embedded
-	// NATS). An edge credential names the edge: ID defaults to that name,
-	// and a different ID is refused at start. "" connects without.
-	NATSCreds string
-	// NATSTLSCA verifies the NATS server's certificate (PEM); NATSTLSCert
-	// and NATSTLSKey are a client certificate to present. Each "" for none.
-	NATSTLSCA, NATSTLSCert, NATSTLSKey string
-	// Site is this edge's site; it selects the deployment's upstream list.
-	// Default "default".
-	Site string
-	// OriginPublicKey verifies everything the edge acts on. Required.
-	OriginPublicKey ed25519.PublicKey
-	// DataDir holds the persisted applied revision and deployments; empty
-	// means nothing persists and every start resynchronises from a snapshot.
-	DataDir string
+	// State decides every request. Required.
+	State State
+	// Audit receives an audit record per answered request; nil keeps none.
+	Audit AuditSink
+	// Metrics registers the data plane's metrics (keymesh_edge_requests_total
+	// and the others of the request path); nil registers them nowhere.
+	Metrics prometheus.Registerer
+	// Logger receives operational logs. Required.
+	Logger *slog.Logger
+	// EdgeID and Site name this edge in audit records; Site also selects
+	// each deployment's upstream list. Site is required.
+	EdgeID, Site string
 	// SecretsDir holds upstream credentials per project, as files
 	// <SecretsDir>/<project>/<secret>; the environment variable
 	// EDGE_SECRET_<PROJECT>__<SECRET> takes precedence (see secretStore).
 	SecretsDir string
-	// TLSCert and TLSKey serve HTTPS on Listen (TLS 1.2 or newer); ReloadTLS
-	// reads them again. TLSClientCA, if set, requires client certificates
-	// signed by it (mutual TLS).
+	// TLSCert and TLSKey serve HTTPS (TLS 1.2 or newer); ReloadTLS reads
+	// them again. TLSClientCA, if set, requires client certificates signed
+	// by it (mutual TLS).
 	TLSCert, TLSKey, TLSClientCA string
 	// CORSAllowedOrigins enables CORS for these origins ("*" for any);
-	// empty disables it. CORSAllowedMethods and CORSAllowedHeaders default to
-	// GET, POST, OPTIONS and the headers inference clients send.
+	// empty disables it. CORSAllowedMethods and CORSAllowedHeaders are what
+	// preflights are answered with.
 	CORSAllowedOrigins, CORSAllowedMethods, CORSAllowedHeaders []string
-	// Gossip joins the edge to its peers so that changes arrive even when
-	// this edge's NATS link is down. Off unless keys (or Insecure) are set.
-	Gossip GossipConfig
-	// LookupTimeout bounds a cache-miss lookup. Default 2s.
-	LookupTimeout time.Duration
-	// MaxLookups bounds the cache-miss lookups in flight; past it a miss
-	// gets 503 at once (cache.Config.MaxLookups). Default 256.
-	MaxLookups int
-	// MaxKeys bounds the key cache. Default 1,000,000.
-	MaxKeys int64
-	// MaxStaleness: without proof for this long that the edge is current —
-	// a signed origin heartbeat naming a committed head it has applied —
-	// cached keys are re-validated by lookup before use, and (closed) a
-	// deployment without auth is not served. State restored from DataDir
-	// is as stale as the newest origin-signed record in it. Default 10s.
-	MaxStaleness time.Duration
-	// FailOpen ("open-cached") keeps serving cached keys, and deployments
-	// without auth, when a stale edge cannot re-validate them; the default
-	// ("closed") answers 503 for them, and refuses a gossip peer's answer
-	// the origin signed longer ago than MaxStaleness.
-	FailOpen bool
 	// UpstreamIdleTimeout cuts an upstream that sends nothing for this long,
 	// before its headers or mid-stream; a generation that keeps producing
-	// tokens is never cut, however long it runs. Default 2m.
+	// tokens is never cut, however long it runs. Required.
 	UpstreamIdleTimeout time.Duration
-	// UpstreamConnectTimeout bounds connecting to an upstream. Default 5s.
+	// UpstreamConnectTimeout bounds connecting to an upstream. Required.
 	UpstreamConnectTimeout time.Duration
 	// MaxUpstreamConns bounds the connections (so the requests and streams
 	// in flight) to each upstream server. A request that finds them all
 	// busy waits up to UpstreamPoolWait for one, then gets 503 + Retry-After
-	// and is counted in keymesh_edge_upstream_pool_full_total. Defaults
-	// 1024 and 2s.
+	// and is counted in keymesh_edge_upstream_pool_full_total. Required.
 	MaxUpstreamConns int
 	UpstreamPoolWait time.Duration
 	// MaxRequestBodyBytes caps any request body before a deployment's own
-	// limit applies. Default 64 MiB.
+	// limit applies. Required.
 	MaxRequestBodyBytes int
 	// UpstreamAllow restricts the upstreams the edge connects to: CIDRs or
 	// IP addresses (of the address connected to), or [http(s)://]host[:port]
@@ -130,51 +129,21 @@ type Config struct {
 	// upstream, and link-local and cloud-metadata addresses only when a
 	// prefix inside them is listed (see upstreamPolicy).
 	UpstreamAllow []string
-	// Logger receives operational logs. Default slog.Default().
-	Logger *slog.Logger
-	// ID names this edge in heartbeats and audit records. Default: an id
-	// kept in <DataDir>/edge-id (random on first start); without DataDir,
-	// hostname/Listen when the port is fixed, else hostname plus a random
-	// suffix.
-	ID string
-	// HeartbeatInterval is how often the edge tells the origins, over core
-	// NATS, its applied revision (also within ~20 ms of applying new
-	// revisions). Default 1s.
-	HeartbeatInterval time.Duration
-	// AuditBuffer bounds the queue of audit records waiting to be shipped;
-	// when it is full, records are dropped and counted. Default 10,000.
-	AuditBuffer int
-	// AuditFile, if set, receives every audit record as a JSON line too
-	// (appended, mode 0600).
-	AuditFile string
-	// AuditFlushInterval is how long an audit record may wait for its batch
-	// to be shipped. Default 200ms.
-	AuditFlushInterval time.Duration
+	// OwnListeners are the node's listen addresses as configured, by flag
+	// name ("--admin-listen": "127.0.0.1:9090"): an UpstreamAllow pattern
+	// naming one is refused. The addresses actually bound are added with
+	// AddOwnListener (Serve adds its own).
+	OwnListeners map[string]string
 }
 
-// DefaultConfig returns the defaults of the external API.
-func DefaultConfig() Config {
-	return Config{
-		Listen:      "127.0.0.1:8080",
-		AdminListen: "127.0.0.1:9090",
-		NATSURL:     nats.DefaultURL,
-		Site:        "default",
-		DataDir:     "./data/edge",
-	}
-}
-
-// Server is one edge. Its methods are safe for concurrent use.
-type Server struct {
+// Proxy is the data plane: it answers inference requests, forwarding them
+// upstream. Its methods are safe for concurrent use.
+type Proxy struct {
 	cfg     Config
-	pres    *presence     // signs what peers relay for this edge (heartbeat.go)
-	dirLock *dirlock.Lock // keeps a second edge off DataDir; released last
 	log     *slog.Logger
-	nc      *nats.Conn
-	view    *cache.View
-	feed    *cache.Feed
+	state   State
 	client  *fasthttp.Client
 	srv     *fasthttp.Server
-	admin   *http.Server
 	router  atomic.Pointer[router]
 	health  healthTable
 	metrics *metrics
@@ -185,17 +154,11 @@ type Server struct {
 	// pending carries each request's reading from the header hook to its
 	// handler.
 	pending *pendingRequests
-
-	id    string
-	hb    *heartbeater
-	audit *auditor
+	audit   auditRecorder
 	// secrets holds upstream credentials for upstream_auth "inject".
 	secrets secretStore
 	// policy decides which addresses upstream connections may go to.
 	policy *upstreamPolicy
-
-	gossip     *cluster.Cluster // nil without gossip
-	gossipHook *gossipHook
 
 	mu sync.Mutex
 	ln net.Listener
@@ -204,45 +167,19 @@ type Server struct {
 	shutdown  bool
 }
 
-// NewServer validates cfg, connects to NATS and starts following the event
-// stream. Serve or ListenAndServe then accepts requests.
-func NewServer(cfg Config) (*Server, error) {
-	def := DefaultConfig()
-	if cfg.Listen == "" {
-		cfg.Listen = def.Listen
-	}
-	if cfg.NATSURL == "" {
-		cfg.NATSURL = def.NATSURL
-	}
-	if cfg.Site == "" {
-		cfg.Site = def.Site
-	}
-	if cfg.MaxRequestBodyBytes <= 0 {
-		cfg.MaxRequestBodyBytes = 64 << 20
-	}
-	if cfg.UpstreamIdleTimeout <= 0 {
-		cfg.UpstreamIdleTimeout = 2 * time.Minute
-	}
-	if cfg.UpstreamConnectTimeout <= 0 {
-		cfg.UpstreamConnectTimeout = 5 * time.Second
-	}
-	if cfg.MaxUpstreamConns <= 0 {
-		cfg.MaxUpstreamConns = 1024
-	}
-	if cfg.UpstreamPoolWait <= 0 {
-		cfg.UpstreamPoolWait = 2 * time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.HeartbeatInterval <= 0 {
-		cfg.HeartbeatInterval = time.Second
-	}
-	if cfg.AuditBuffer <= 0 {
-		cfg.AuditBuffer = 10_000
-	}
-	if cfg.AuditFlushInterval <= 0 {
-		cfg.AuditFlushInterval = 200 * time.Millisecond
+// New validates cfg and builds the data plane; Serve then accepts
+// requests.
+func New(cfg Config) (*Proxy, error) {
+	switch {
+	case cfg.State == nil:
+		return nil, fmt.Errorf("%w: State is required", ErrConfig)
+	case cfg.Logger == nil:
+		return nil, fmt.Errorf("%w: Logger is required", ErrConfig)
+	case cfg.Site == "":
+		return nil, fmt.Errorf("%w: Site is required", ErrConfig)
+	case cfg.MaxRequestBodyBytes <= 0, cfg.MaxUpstreamConns <= 0, cfg.UpstreamIdleTimeout <= 0,
+		cfg.UpstreamConnectTimeout <= 0, cfg.UpstreamPoolWait <= 0:
+		return nil, fmt.Errorf("%w: MaxRequestBodyBytes, MaxUpstreamConns, UpstreamIdleTimeout, UpstreamConnectTimeout and UpstreamPoolWait must be positive", ErrConfig)
 	}
 	var tlsConf *tls.Config
 	var certs *certStore
@@ -256,116 +193,22 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	gossipListen := ""
-	if cfg.Gossip.enabled() {
-		gossipListen = cfg.Gossip.Listen
-	}
-	if err := policy.checkOwnPatterns(map[string]string{"--listen": cfg.Listen, "--admin-listen": cfg.AdminListen,
-		"--gossip-listen": gossipListen}); err != nil {
+	if err := policy.checkOwnPatterns(cfg.OwnListeners); err != nil {
 		return nil, err
 	}
-	ver, err := event.NewVerifier(cfg.OriginPublicKey)
-	if err != nil {
-		return nil, fmt.Errorf("origin public key: %w", err)
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = prometheus.NewRegistry() // registered nowhere anyone scrapes
 	}
-	statePath := ""
-	if cfg.DataDir != "" {
-		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("creating data dir: %w", err)
-		}
-		statePath = filepath.Join(cfg.DataDir, "state.json")
-	}
-	// Two edges on one data dir would overwrite each other's state.
-	var lock *dirlock.Lock
-	if cfg.DataDir != "" {
-		if lock, err = dirlock.Acquire(cfg.DataDir); err != nil {
-			return nil, err
-		}
-	}
-	started := false
-	defer func() {
-		if !started {
-			lock.Release()
-		}
-	}()
-
-	natsOpts, err := natsauth.ClientOptions(cfg.NATSCreds, cfg.NATSTLSCA, cfg.NATSTLSCert, cfg.NATSTLSKey)
-	if err != nil {
+	s := &Proxy{cfg: cfg, log: cfg.Logger, state: cfg.State, limits: newLimiter(time.Now, 1_000_000),
+		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy,
+		cors:  newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
+		audit: newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
+	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
 		return nil, err
 	}
-	var presenceKey nkeys.KeyPair
-	if cfg.NATSCreds != "" {
-		b, err := os.ReadFile(cfg.NATSCreds)
-		if err != nil {
-			return nil, fmt.Errorf("NATS credentials: %w", err)
-		}
-		if presenceKey, err = natsauth.PresenceKey(b); err != nil {
-			return nil, fmt.Errorf("NATS credentials %s: %w", cfg.NATSCreds, err)
-		}
-		credID, err := natsauth.EdgeIDFromCreds(b)
-		if err != nil {
-			return nil, fmt.Errorf("NATS credentials %s: %w", cfg.NATSCreds, err)
-		}
-		switch {
-		case credID == "":
-		case cfg.ID == "":
-			cfg.ID = credID
-		case cfg.ID != credID:
-			return nil, fmt.Errorf("edge id %q: the NATS credentials are for edge %q", cfg.ID, credID)
-		}
-	}
-	id, err := edgeID(&cfg)
-	if err != nil {
-		return nil, err
-	}
-	pres, err := newPresence(presenceKey, id, cfg.HeartbeatInterval)
-	if err != nil {
-		return nil, err
-	}
-	nc, err := nats.Connect(cfg.NATSURL, append(natsOpts,
-		nats.CustomInboxPrefix(event.EdgeInbox(id)),
-		nats.Name("keymesh-edge "+cfg.Site),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			// A permissions violation: credentials for another edge or role.
-			cfg.Logger.Warn("nats error", "err", err)
-		}),
-	)...)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS: %w", err)
-	}
-	m := newMetrics()
-	hook := &gossipHook{} // misses may be answered by gossip peers (gossip.go)
-	view, err := cache.New(cache.Config{Verifier: ver, Lookup: hook.lookup(nc), ObserveLookup: m.observeLookup,
-		MaxKeys: cfg.MaxKeys, LookupTimeout: cfg.LookupTimeout, MaxLookups: cfg.MaxLookups, Logger: cfg.Logger,
-		MaxStaleness: cfg.MaxStaleness, FailOpen: cfg.FailOpen})
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	feed, err := cache.NewFeed(view, cache.FeedConfig{Conn: nc, StatePath: statePath, Logger: cfg.Logger,
-		OnVerified: hook.record, OnHeartbeat: hook.heartbeat})
-	if err != nil {
-		view.Close()
-		nc.Close()
-		return nil, err
-	}
-	m.watch(view)
-	audit, err := newAuditor(nc, id, cfg.Site, cfg.AuditBuffer, cfg.AuditFile, cfg.AuditFlushInterval, cfg.Logger)
-	if err != nil {
-		view.Close()
-		nc.Close()
-		return nil, err
-	}
-	s := &Server{cfg: cfg, log: cfg.Logger, nc: nc, view: view, feed: feed, metrics: m, id: id, audit: audit,
-		limits: newLimiter(time.Now, 1_000_000), tls: tlsConf, certs: certs, pending: newPendingRequests(),
-		cors: newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders), policy: policy,
-		pres: pres}
 	s.secrets.dir = cfg.SecretsDir
 	s.secrets.warnUnscoped(cfg.Logger)
-	m.watchServer(s)
 	s.client = &fasthttp.Client{
 		Name:                     "keymesh-edge",
 		NoDefaultUserAgentHeader: true,
@@ -393,64 +236,16 @@ func NewServer(cfg Config) (*Server, error) {
 		HeaderReceived:                s.headerReceived,
 		ErrorHandler:                  s.serveError,
 	}
-	if cfg.AdminListen != "" {
-		s.admin = &http.Server{Addr: cfg.AdminListen, Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
-	}
-	if err := feed.Start(); err != nil {
-		audit.shutdown(false)
-		view.Close()
-		nc.Close()
-		return nil, err
-	}
-	s.gossipHook = hook
-	if err := s.startGossip(feed, view); err != nil {
-		_ = feed.Shutdown(context.Background())
-		audit.shutdown(false)
-		view.Close()
-		nc.Close()
-		return nil, fmt.Errorf("starting gossip: %w", err)
-	}
-	if s.gossip != nil {
-		if a, err := net.ResolveTCPAddr("tcp", s.gossip.Addr()); err == nil {
-			policy.addOwn(a)
-		}
-	}
-	audit.start()
-	s.startHeartbeat()
-	s.dirLock, started = lock, true
 	return s, nil
 }
 
-// View returns the edge's key and deployment view.
-func (s *Server) View() *cache.View { return s.view }
-
-// Synced is closed once the edge holds deployments and follows the stream.
-func (s *Server) Synced() <-chan struct{} { return s.feed.Synced() }
-
-// ListenAndServe listens on Config.Listen (and AdminListen) and serves.
-func (s *Server) ListenAndServe() error {
-	ln, err := net.Listen("tcp", s.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
-	}
-	if s.admin != nil {
-		aln, err := net.Listen("tcp", s.cfg.AdminListen)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("listening on %s: %w", s.cfg.AdminListen, err)
-		}
-		s.policy.addOwn(aln.Addr())
-		go func() {
-			if err := s.admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				s.log.Error("admin listener failed", "err", err)
-			}
-		}()
-	}
-	return s.Serve(ln)
-}
+// AddOwnListener records an address the node listens on (admin, gossip):
+// never an upstream, whatever UpstreamAllow says.
+func (s *Proxy) AddOwnListener(addr net.Addr) { s.policy.addOwn(addr) }
 
 // Serve accepts requests on ln until Shutdown, then returns ErrServerClosed.
-func (s *Server) Serve(ln net.Listener) error {
+// With TLSCert set it serves HTTPS.
+func (s *Proxy) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
@@ -475,7 +270,7 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Addr returns the address Serve is listening on, once it is.
-func (s *Server) Addr() string {
+func (s *Proxy) Addr() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ln == nil {
@@ -484,10 +279,10 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Shutdown stops accepting requests, waits for in-flight ones (streams
-// included) until ctx ends, then persists state and disconnects. It is safe
-// to call twice.
-func (s *Server) Shutdown(ctx context.Context) error {
+// Shutdown stops accepting requests and waits for in-flight ones (streams
+// included) until ctx ends, then for refused uploads still draining (each
+// bounded). It is safe to call twice.
+func (s *Proxy) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	already := s.shutdown
 	s.shutdown = true
@@ -495,9 +290,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if already {
 		return nil
 	}
-	var errs []error
-	if err := s.srv.ShutdownWithContext(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("draining requests: %w", err))
+	var err error
+	if e := s.srv.ShutdownWithContext(ctx); e != nil {
+		err = fmt.Errorf("draining requests: %w", e)
 	}
 	s.mu.Lock()
 	lingering := s.lingering
@@ -505,29 +300,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if lingering != nil {
 		lingering.wait() // refused uploads still draining, each bounded
 	}
-	if s.admin != nil {
-		if err := s.admin.Shutdown(ctx); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	s.stopHeartbeat()
-	if err := s.stopGossip(); err != nil {
-		errs = append(errs, fmt.Errorf("leaving gossip: %w", err))
-	}
-	s.audit.shutdown(true)
-	if err := s.feed.Shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("stopping event feed: %w", err))
-	}
-	s.nc.Close()
-	s.view.Close()
-	s.dirLock.Release()
-	return errors.Join(errs...)
+	return err
 }
 
 // currentRouter returns the router for the View's current deployments,
 // rebuilding it when they changed.
-func (s *Server) currentRouter() *router {
-	deps := s.view.Deployments()
+func (s *Proxy) currentRouter() *router {
+	deps := s.state.Deployments()
 	r := s.router.Load()
 	if r == nil || r.deps != deps {
 		r = newRouter(deps, s.cfg.Site, &s.health, s.metrics.upstream, s.policy)
@@ -540,7 +319,7 @@ func (s *Server) currentRouter() *router {
 // request) as soon as the header has arrived: a request refused from its
 // header is answered without its body being read, and the matching
 // deployment's body limit applies before the body is buffered.
-func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+func (s *Proxy) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	r := acquireRequest()
 	r.read(h, s.currentRouter(), s.cfg.MaxRequestBodyBytes)
 	s.pending.put(h, r)
@@ -557,7 +336,7 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 
 // takeRequest returns the reading headerReceived made of ctx's request, or
 // (if it was dropped) a reading made now.
-func (s *Server) takeRequest(ctx *fasthttp.RequestCtx) *request {
+func (s *Proxy) takeRequest(ctx *fasthttp.RequestCtx) *request {
 	if r := s.pending.take(&ctx.Request.Header); r != nil {
 		return r
 	}
@@ -570,7 +349,7 @@ func (s *Server) takeRequest(ctx *fasthttp.RequestCtx) *request {
 // like any other: a request id, an audit record, a count, and one log line
 // that names the remote address, the kind of error and the request id —
 // never the request's bytes, which fasthttp's own messages quote.
-func (s *Server) serveError(ctx *fasthttp.RequestCtx, err error) {
+func (s *Proxy) serveError(ctx *fasthttp.RequestCtx, err error) {
 	// The client may still be sending what was not read: let it read the
 	// answer instead of a reset.
 	lingerOnClose(ctx.Conn())
@@ -602,7 +381,7 @@ func (s *Server) serveError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // refuse answers a request refused from its header, and counts it.
-func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *request) {
+func (s *Proxy) refuse(ctx *fasthttp.RequestCtx, r *request) {
 	if r.refusal == errMethodRefused {
 		ctx.Response.Header.Set(fasthttp.HeaderAllow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 	}
@@ -622,7 +401,7 @@ type outcome struct {
 	body *upstreamBody
 }
 
-func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	out := s.serve(ctx)
 	if out.open {
 		releaseRequest(out.req)
@@ -637,7 +416,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 }
 
 // finish records an answered request: its audit record and metrics.
-func (s *Server) finish(ctx *fasthttp.RequestCtx, out *outcome) {
+func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 	s.audit.record(ctx, out)
 	name := ""
 	if out.dep != nil {
@@ -649,7 +428,7 @@ func (s *Server) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 	out.req = nil
 }
 
-func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
+func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	setRequestID(ctx)
 	r := s.takeRequest(ctx)
 	out.req = r
@@ -663,7 +442,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	}
 	if r.open() {
 		ctx.Response.Header.SetContentType("application/json")
-		if string(r.path) == "/health" && !s.view.HasSnapshot() {
+		if string(r.path) == "/health" && !s.state.HasSnapshot() {
 			// Not ready: without deployments every request would be a 404.
 			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 			ctx.SetBodyString(`{"status":"syncing"}`)
@@ -696,7 +475,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		if out.key, out.reason = s.authenticate(ctx, dep, r.cred); out.key == nil {
 			return out
 		}
-	} else if !s.view.Trusted() {
+	} else if !s.state.Trusted() {
 		// Only the deployment, as this edge last knew it, lets the request
 		// through — and the edge cannot prove that is still so (auth may
 		// have been turned on meanwhile): closed mode refuses.

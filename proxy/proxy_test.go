@@ -25,7 +25,7 @@ func TestRouterMatch(t *testing.T) {
 		event.Deployment{ID: "v1chat", PathPrefix: "/v1/chat/", Upstreams: up},
 		event.Deployment{ID: "exact", Hosts: []string{"api.example.com"}, PathPrefix: "/", Upstreams: up},
 		event.Deployment{ID: "wild", Hosts: []string{"*.gpu.example.com"}, PathPrefix: "/", Upstreams: up},
-	), "eu", &healthTable{}, newMetrics().upstream, nil)
+	), "eu", &healthTable{}, testMetrics(t).upstream, nil)
 	tests := []struct {
 		host, path, want string
 	}{
@@ -49,7 +49,7 @@ func TestRouterMatch(t *testing.T) {
 		}
 	}
 
-	none := newRouter(deps(event.Deployment{ID: "v1", PathPrefix: "/v1", Hosts: []string{"a"}}), "eu", &healthTable{}, newMetrics().upstream, nil)
+	none := newRouter(deps(event.Deployment{ID: "v1", PathPrefix: "/v1", Hosts: []string{"a"}}), "eu", &healthTable{}, testMetrics(t).upstream, nil)
 	if none.match([]byte("b"), []byte("/v1")) != nil || none.match([]byte("a"), []byte("/v2")) != nil {
 		t.Fatal("matched a request no deployment serves")
 	}
@@ -58,13 +58,13 @@ func TestRouterMatch(t *testing.T) {
 func TestRouterUpstreamsPerSiteRoundRobin(t *testing.T) {
 	up := map[string][]string{"*": {"http://any:1"}, "eu": {"http://eu-a:1", "http://eu-b:1/base/"}}
 	d := deps(event.Deployment{ID: "d", Upstreams: up})
-	eu := newRouter(d, "eu", &healthTable{}, newMetrics().upstream, nil).routes[0]
+	eu := newRouter(d, "eu", &healthTable{}, testMetrics(t).upstream, nil).routes[0]
 	now := time.Now()
 	got := []string{eu.pick(now, nil).base, eu.pick(now, nil).base, eu.pick(now, nil).base}
 	if got[0] != "http://eu-a:1" || got[1] != "http://eu-b:1/base" || got[2] != got[0] {
 		t.Fatalf("eu round robin: %v", got)
 	}
-	if us := newRouter(d, "us", &healthTable{}, newMetrics().upstream, nil).routes[0]; us.pick(now, nil).base != "http://any:1" {
+	if us := newRouter(d, "us", &healthTable{}, testMetrics(t).upstream, nil).routes[0]; us.pick(now, nil).base != "http://any:1" {
 		t.Fatal("a site without its own list must use *")
 	}
 

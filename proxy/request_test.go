@@ -141,7 +141,7 @@ func TestRequestRead(t *testing.T) {
 	rtr := newRouter(deps(
 		event.Deployment{ID: "lim", PathPrefix: "/lim", Upstreams: up, MaxBodyBytes: 1024},
 		event.Deployment{ID: "host", Hosts: []string{"h.example"}, PathPrefix: "/", Upstreams: up},
-	), "eu", &healthTable{}, newMetrics().upstream, nil)
+	), "eu", &healthTable{}, testMetrics(t).upstream, nil)
 	read := func(raw string) *request {
 		var h fasthttp.RequestHeader
 		if err := h.Read(bufioReader(raw)); err != nil {
@@ -247,7 +247,7 @@ func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewRea
 // chat completion to it.
 func typicalRequest(tb testing.TB) (*router, *fasthttp.RequestHeader) {
 	up := map[string][]string{"*": {"http://up:1"}}
-	rtr := newRouter(deps(event.Deployment{ID: "d", PathPrefix: "/", Upstreams: up}), "eu", &healthTable{}, newMetrics().upstream, nil)
+	rtr := newRouter(deps(event.Deployment{ID: "d", PathPrefix: "/", Upstreams: up}), "eu", &healthTable{}, testMetrics(tb).upstream, nil)
 	var h fasthttp.RequestHeader
 	if err := h.Read(bufioReader("POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\nContent-Type: application/json\r\nX-API-Key: km_" + strings.Repeat("a", 59) + "\r\nContent-Length: 10\r\n\r\n")); err != nil {
 		tb.Fatal(err)

@@ -139,4 +139,4 @@ func (s *secretStore) warnUnscoped(log *slog.Logger) {
 
 // ReloadSecrets makes the next request read the upstream credentials again
 // (env and --secrets-dir), as after a rotation of the files.
-func (s *Server) ReloadSecrets() { s.secrets.reload() }
+func (s *Proxy) ReloadSecrets() { s.secrets.reload() }

@@ -55,7 +55,7 @@ func newTLSConfig(certFile, keyFile, clientCA string) (*tls.Config, *certStore, 
 
 // ReloadTLS reads the certificate and key files again; on error the
 // current certificate stays in use. It does nothing without TLS.
-func (s *Server) ReloadTLS() error {
+func (s *Proxy) ReloadTLS() error {
 	if s.certs == nil {
 		return nil
 	}

@@ -66,7 +66,7 @@ var defaultDenied = func() []netip.Prefix {
 // the IPv4 address in its last 32 bits, which is checked too.
 var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
-// ErrUpstreamPolicy is returned by NewServer for an --upstream-allow pattern
+// ErrUpstreamPolicy is returned by New for an --upstream-allow pattern
 // that cannot be used.
 var ErrUpstreamPolicy = errors.New("upstream policy")
 
@@ -470,7 +470,7 @@ func (p *upstreamPolicy) isOwnPort(port uint16) bool {
 // upstreamDenied counts a refused upstream and says so once per upstream
 // (per deployment set): which deployment, which upstream host, and why —
 // configuration, never a secret.
-func (s *Server) upstreamDenied(dep *event.Deployment, up *upstream, why *upstreamDeniedError) {
+func (s *Proxy) upstreamDenied(dep *event.Deployment, up *upstream, why *upstreamDeniedError) {
 	s.metrics.upstreamDenied.WithLabelValues(why.reason).Inc()
 	if up.deniedLogged.CompareAndSwap(false, true) {
 		s.log.Warn("upstream refused by the upstream policy (--upstream-allow)", "deployment", dep.Name,

@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/netcut"
 	"github.com/keymesh/keymesh/origin"
 	"github.com/keymesh/keymesh/origin/apiclient"
-	"github.com/keymesh/keymesh/proxy"
 )
 
 // The in-process stack a bench command starts when it is not pointed at a
@@ -52,9 +52,9 @@ type stackOpts struct {
 }
 
 type edgeNode struct {
-	srv      *proxy.Server // nil when the edge is a process
-	url      string        // proxy
-	adminURL string        // /metrics, /status
+	srv      *edge.Node // nil when the edge is a process
+	url      string     // proxy
+	adminURL string     // /metrics, /status
 	admin    *http.Server
 	link     *netcut.Relay // nil without gossip
 }
@@ -193,7 +193,7 @@ func (s *stack) cutNATS(ctx context.Context, k int) ([]int, error) {
 }
 
 func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, error) {
-	cfg := proxy.DefaultConfig()
+	cfg := edge.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = ""
 	cfg.DataDir = ""
@@ -214,13 +214,13 @@ func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, erro
 			return nil, err
 		}
 		cfg.NATSURL = "nats://" + link.Addr()
-		cfg.Gossip = proxy.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{s.gossipKey}, Local: true,
+		cfg.Gossip = edge.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{s.gossipKey}, Local: true,
 			Name: fmt.Sprintf("bench-edge-%02d", i)}
 		if i > 0 {
 			cfg.Gossip.Join = []string{s.edges[0].srv.GossipAddr()}
 		}
 	}
-	srv, err := proxy.NewServer(cfg)
+	srv, err := edge.New(cfg)
 	if err != nil {
 		if link != nil {
 			link.Close()

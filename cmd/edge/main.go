@@ -1,6 +1,7 @@
 // Command edge is keymesh's data plane: a reverse proxy in front of GPU
 // inference servers that checks API keys against a cache kept current by
-// the origin's signed events. See package proxy.
+// the origin's signed events. See packages edge (the node) and proxy (its
+// request path).
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/cluster"
+	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/cli"
 	"github.com/keymesh/keymesh/internal/redact"
@@ -28,43 +30,43 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	cfg := proxy.DefaultConfig()
+	cfg := edge.DefaultConfig()
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "the inference-facing proxy address")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "/metrics (Prometheus), /status, /health and pprof for operators; never expose publicly (empty disables)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma-separated, for events and cache-miss lookups")
-	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS .creds file from origin nats-creds --role edge --id ID (the origin's NATS requires one); it names this edge: --id defaults to it, another --id is refused")
-	fs.StringVar(&cfg.ID, "id", "", "this edge's id in heartbeats and audit records (default: the one --nats-creds names, else one kept in --data-dir)")
-	fs.StringVar(&cfg.NATSTLSCA, "nats-tls-ca", "", "PEM CA file verifying the NATS server's certificate (use a tls:// --nats-url)")
-	fs.StringVar(&cfg.NATSTLSCert, "nats-tls-cert", "", "PEM client certificate presented to NATS (with --nats-tls-key)")
-	fs.StringVar(&cfg.NATSTLSKey, "nats-tls-key", "", "PEM private key of --nats-tls-cert")
+	fs.StringVar(&cfg.NATSCreds, "nats-creds", cfg.NATSCreds, "NATS .creds file from origin nats-creds --role edge --id ID (the origin's NATS requires one); it names this edge: --id defaults to it, another --id is refused")
+	fs.StringVar(&cfg.ID, "id", cfg.ID, "this edge's id in heartbeats and audit records (default: the one --nats-creds names, else one kept in --data-dir)")
+	fs.StringVar(&cfg.NATSTLSCA, "nats-tls-ca", cfg.NATSTLSCA, "PEM CA file verifying the NATS server's certificate (use a tls:// --nats-url)")
+	fs.StringVar(&cfg.NATSTLSCert, "nats-tls-cert", cfg.NATSTLSCert, "PEM client certificate presented to NATS (with --nats-tls-key)")
+	fs.StringVar(&cfg.NATSTLSKey, "nats-tls-key", cfg.NATSTLSKey, "PEM private key of --nats-tls-cert")
 	fs.StringVar(&cfg.Site, "site", cfg.Site, "this edge's site (region / GPU cluster); selects each deployment's upstream list")
 	pub := fs.String("origin-public-key", "", "origin's Ed25519 public key, base64 or @file (required; origin writes it to <data-dir>/signing.pub)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "where the applied revision and deployments persist across restarts")
-	fs.StringVar(&cfg.SecretsDir, "secrets-dir", "", "directory of upstream credentials for upstream_auth inject, per project: <dir>/<project>/<secret> (env EDGE_SECRET_<PROJECT>__<SECRET> wins); SIGHUP re-reads them")
-	upstreamAllow := fs.String("upstream-allow", "", `comma-separated upstreams this edge may connect to: CIDRs or IPs (the address connected to), or [http(s)://]host[:port] with host a name or *.domain (the URL's host); empty allows any. Link-local and cloud-metadata addresses are denied unless a prefix inside them is listed; this edge's own listeners always`)
-	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", 2*time.Second, "how long a cache-miss lookup may take before the request gets 503")
-	fs.Int64Var(&cfg.MaxKeys, "max-keys", 1_000_000, "most key secrets held in the cache")
-	fs.IntVar(&cfg.MaxLookups, "max-lookups", 256, "cache-miss lookups in flight at once; past it a miss gets 503 (a flood of new keys costs the origin a bounded load)")
-	fs.DurationVar(&cfg.UpstreamIdleTimeout, "upstream-idle-timeout", 2*time.Minute, "cut an upstream that sends nothing for this long (a generation that keeps streaming is never cut)")
-	fs.DurationVar(&cfg.UpstreamConnectTimeout, "upstream-connect-timeout", 5*time.Second, "how long connecting to an upstream may take before the next one is tried")
-	fs.IntVar(&cfg.MaxUpstreamConns, "max-upstream-conns", 1024, "connections (requests and streams in flight) per upstream server; past it a request waits 2s, then gets 503")
-	fs.IntVar(&cfg.MaxRequestBodyBytes, "max-request-body", 64<<20, "largest request body in bytes the edge reads, whatever a deployment's max_body_bytes allows (413 beyond)")
-	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 10*time.Second, "the edge is current while a signed origin heartbeat no older than this names a committed head it has applied; past it, re-validate cached keys before use (restored --data-dir state is as old as its newest signed record)")
-	failMode := fs.String("fail-mode", "closed", `what a stale edge cannot prove: "closed" answers 503 (a failed re-validation, a peer answer older than --max-staleness, a deployment with auth off), "open-cached" serves what it has`)
-	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate for HTTPS on --listen (TLS 1.2+); SIGHUP reloads it")
-	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
-	fs.StringVar(&cfg.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
-	corsOrigins := fs.String("cors-origins", "", `comma-separated origins browsers may call from ("*" for any); empty disables CORS`)
-	corsMethods := fs.String("cors-methods", "GET,POST,OPTIONS", "comma-separated methods allowed in CORS preflights")
-	corsHeaders := fs.String("cors-headers", "Authorization,Content-Type,X-API-Key,X-Request-Id", "comma-separated request headers allowed in CORS preflights")
-	fs.StringVar(&cfg.Gossip.Listen, "gossip-listen", "127.0.0.1:7946", "memberlist bind address for gossip between edges")
-	join := fs.String("join", "", "comma-separated gossip peers (host:port; DNS names allowed); retried until one answers")
+	fs.StringVar(&cfg.SecretsDir, "secrets-dir", cfg.SecretsDir, "directory of upstream credentials for upstream_auth inject, per project: <dir>/<project>/<secret> (env EDGE_SECRET_<PROJECT>__<SECRET> wins); SIGHUP re-reads them")
+	upstreamAllow := fs.String("upstream-allow", strings.Join(cfg.UpstreamAllow, ","), `comma-separated upstreams this edge may connect to: CIDRs or IPs (the address connected to), or [http(s)://]host[:port] with host a name or *.domain (the URL's host); empty allows any. Link-local and cloud-metadata addresses are denied unless a prefix inside them is listed; this edge's own listeners always`)
+	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", cfg.LookupTimeout, "how long a cache-miss lookup may take before the request gets 503")
+	fs.Int64Var(&cfg.MaxKeys, "max-keys", cfg.MaxKeys, "most key secrets held in the cache")
+	fs.IntVar(&cfg.MaxLookups, "max-lookups", cfg.MaxLookups, "cache-miss lookups in flight at once; past it a miss gets 503 (a flood of new keys costs the origin a bounded load)")
+	fs.DurationVar(&cfg.UpstreamIdleTimeout, "upstream-idle-timeout", cfg.UpstreamIdleTimeout, "cut an upstream that sends nothing for this long (a generation that keeps streaming is never cut)")
+	fs.DurationVar(&cfg.UpstreamConnectTimeout, "upstream-connect-timeout", cfg.UpstreamConnectTimeout, "how long connecting to an upstream may take before the next one is tried")
+	fs.IntVar(&cfg.MaxUpstreamConns, "max-upstream-conns", cfg.MaxUpstreamConns, fmt.Sprintf("connections (requests and streams in flight) per upstream server; past it a request waits %s, then gets 503", cfg.UpstreamPoolWait))
+	fs.IntVar(&cfg.MaxRequestBodyBytes, "max-request-body", cfg.MaxRequestBodyBytes, "largest request body in bytes the edge reads, whatever a deployment's max_body_bytes allows (413 beyond)")
+	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", cfg.MaxStaleness, "the edge is current while a signed origin heartbeat no older than this names a committed head it has applied; past it, re-validate cached keys before use (restored --data-dir state is as old as its newest signed record)")
+	failMode := fs.String("fail-mode", failModeName(cfg.FailOpen), `what a stale edge cannot prove: "closed" answers 503 (a failed re-validation, a peer answer older than --max-staleness, a deployment with auth off), "open-cached" serves what it has`)
+	fs.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "PEM certificate for HTTPS on --listen (TLS 1.2+); SIGHUP reloads it")
+	fs.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "PEM private key for --tls-cert")
+	fs.StringVar(&cfg.TLSClientCA, "tls-client-ca", cfg.TLSClientCA, "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+	corsOrigins := fs.String("cors-origins", strings.Join(cfg.CORSAllowedOrigins, ","), `comma-separated origins browsers may call from ("*" for any); empty disables CORS`)
+	corsMethods := fs.String("cors-methods", strings.Join(cfg.CORSAllowedMethods, ","), "comma-separated methods allowed in CORS preflights")
+	corsHeaders := fs.String("cors-headers", strings.Join(cfg.CORSAllowedHeaders, ","), "comma-separated request headers allowed in CORS preflights")
+	fs.StringVar(&cfg.Gossip.Listen, "gossip-listen", cfg.Gossip.Listen, "memberlist bind address for gossip between edges")
+	join := fs.String("join", strings.Join(cfg.Gossip.Join, ","), "comma-separated gossip peers (host:port; DNS names allowed); retried until one answers")
 	gossipKeys := fs.String("gossip-key", "", "base64 AES key (16/24/32 bytes) or @file encrypting gossip; several comma-separated for rotation, the first encrypts")
-	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", false, "allow plaintext gossip (labs only)")
-	fs.StringVar(&cfg.Gossip.Name, "node-name", "", "unique gossip node name (default hostname-listen)")
-	profile := fs.String("gossip-profile", "wan", `gossip timings: "wan" (sites across regions), "lan" (one site), "local" (one machine: tests, labs)`)
-	fs.StringVar(&cfg.AuditFile, "audit-file", "", "also append audit records to this JSON-lines file")
+	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", cfg.Gossip.Insecure, "allow plaintext gossip (labs only)")
+	fs.StringVar(&cfg.Gossip.Name, "node-name", cfg.Gossip.Name, "unique gossip node name (default hostname-listen)")
+	profile := fs.String("gossip-profile", profileName(cfg.Gossip), `gossip timings: "wan" (sites across regions), "lan" (one site), "local" (one machine: tests, labs)`)
+	fs.StringVar(&cfg.AuditFile, "audit-file", cfg.AuditFile, "also append audit records to this JSON-lines file")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
 	if cli.PrintVersion(args, "edge", stdout) {
@@ -87,6 +89,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	cfg.Gossip.Join = splitList(*join)
+	cfg.Gossip.Keys = nil
 	for _, k := range splitList(*gossipKeys) {
 		key, err := cluster.ParseKey(k)
 		if err != nil {
@@ -97,10 +100,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	switch *profile {
 	case "wan":
+		cfg.Gossip.LAN, cfg.Gossip.Local = false, false
 	case "lan":
-		cfg.Gossip.LAN = true
+		cfg.Gossip.LAN, cfg.Gossip.Local = true, false
 	case "local":
-		cfg.Gossip.Local = true
+		cfg.Gossip.LAN, cfg.Gossip.Local = false, true
 	default:
 		fmt.Fprintf(stderr, "edge: --gossip-profile must be wan, lan or local, not %q\n", *profile)
 		return 2
@@ -110,6 +114,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	cfg.CORSAllowedHeaders = splitList(*corsHeaders)
 	switch *failMode {
 	case "closed":
+		cfg.FailOpen = false
 	case "open-cached":
 		cfg.FailOpen = true
 	default:
@@ -129,7 +134,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	cfg.Logger = log
 
-	srv, err := proxy.NewServer(cfg)
+	srv, err := edge.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "edge: %v\n", err)
 		return 1
@@ -161,6 +166,25 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	case <-ctx.Done():
 	}
 	return cli.Drain(log, *drain, srv.Shutdown)
+}
+
+// failModeName is --fail-mode's value for FailOpen.
+func failModeName(open bool) string {
+	if open {
+		return "open-cached"
+	}
+	return "closed"
+}
+
+// profileName is --gossip-profile's value for g's timings.
+func profileName(g edge.GossipConfig) string {
+	switch {
+	case g.Local:
+		return "local"
+	case g.LAN:
+		return "lan"
+	}
+	return "wan"
 }
 
 func splitList(s string) []string {

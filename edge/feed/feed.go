@@ -1,4 +1,12 @@
-package cache
+// Package feed keeps an edge's cache.View current from the origin over
+// NATS: the JetStream event stream (resumed after the persisted revision,
+// resynchronised from a snapshot when events were lost), the origin's
+// heartbeats, and records offered by gossip peers, each verified by the
+// View before it is applied and applied in revision order, once. It also
+// persists the View's state and answers cache misses over NATS
+// request/reply (NATSLookup). It is the edge's only link to the event
+// stream; package cache itself knows nothing of NATS.
+package feed
 
 import (
 	"context"
@@ -15,11 +23,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
 )
 
-// FeedConfig configures a Feed. Zero fields take the documented defaults.
-type FeedConfig struct {
+// Config configures a Feed. Zero fields take the documented defaults.
+type Config struct {
 	// Conn is the NATS connection events and snapshots come over. Required.
 	Conn *nats.Conn
 	// StatePath is where the applied revision and deployments are persisted;
@@ -47,8 +56,8 @@ type FeedConfig struct {
 // silently starts at the stream's first message when the asked-for one is
 // gone) and then resynchronises from a snapshot, dropping cached keys.
 type Feed struct {
-	v      *View
-	cfg    FeedConfig
+	v      *cache.View
+	cfg    Config
 	log    *slog.Logger
 	js     jetstream.JetStream
 	synced chan struct{}
@@ -66,7 +75,7 @@ type Feed struct {
 
 // NATSLookup returns a Lookup that asks the origin's lookup responders over
 // NATS request/reply.
-func NATSLookup(nc *nats.Conn) Lookup {
+func NATSLookup(nc *nats.Conn) cache.Lookup {
 	return func(ctx context.Context, h apikey.Hash) ([]byte, error) {
 		msg, err := nc.RequestWithContext(ctx, event.LookupKeySubject, h[:])
 		if err != nil {
@@ -83,13 +92,13 @@ func replyData(msg *nats.Msg) ([]byte, error) {
 	return msg.Data, nil
 }
 
-// NewFeed validates cfg and restores persisted state into v. State signed
+// New validates cfg and restores persisted state into v. State signed
 // by a key other than the View's origin key is discarded with one warning
 // (the View then synchronises from a snapshot); any other unusable state is
 // an error. Start begins consuming.
-func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
+func New(v *cache.View, cfg Config) (*Feed, error) {
 	if cfg.Conn == nil {
-		return nil, errors.New("cache: FeedConfig.Conn is required")
+		return nil, errors.New("feed: Config.Conn is required")
 	}
 	if cfg.SaveInterval <= 0 {
 		cfg.SaveInterval = 200 * time.Millisecond
@@ -110,7 +119,7 @@ func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 	f := &Feed{v: v, cfg: cfg, log: cfg.Logger, js: js, synced: make(chan struct{}), done: make(chan struct{}),
 		pending: map[uint64][]byte{}}
 	if cfg.StatePath != "" {
-		s, ok, err := LoadState(cfg.StatePath)
+		s, ok, err := cache.LoadState(cfg.StatePath)
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +148,7 @@ func NewFeed(v *View, cfg FeedConfig) (*Feed, error) {
 // Shutdown.
 func (f *Feed) Start() error {
 	sub, err := f.cfg.Conn.Subscribe(event.OriginHeartbeatSubject, func(m *nats.Msg) {
-		fresh, err := f.v.heartbeat(m.Data, false)
+		fresh, err := f.v.Heartbeat(m.Data)
 		if err != nil {
 			f.log.Warn("dropping origin heartbeat", "err", err)
 			return
@@ -249,14 +258,14 @@ func (f *Feed) consume(ctx context.Context) error {
 func (f *Feed) fromStream(ctx context.Context, wire []byte) error {
 	f.applyMu.Lock()
 	defer f.applyMu.Unlock()
-	rev, err := f.v.apply(wire)
-	var gap *GapError
+	rev, err := f.v.Apply(wire)
+	var gap *cache.GapError
 	if errors.As(err, &gap) {
 		f.log.Warn("revision gap in the event stream; dropping cached state", "applied", gap.Have, "next", gap.Got)
 		if err := f.resync(ctx, gap.Got-1); err != nil {
 			return err
 		}
-		rev, err = f.v.apply(wire)
+		rev, err = f.v.Apply(wire)
 	}
 	if err != nil {
 		f.log.Warn("dropping event", "err", err)
@@ -282,7 +291,7 @@ func (f *Feed) Offer(rev uint64, wire []byte) {
 	case rev <= applied:
 		return
 	case rev == applied+1:
-		if _, err := f.v.apply(wire); err != nil {
+		if _, err := f.v.Apply(wire); err != nil {
 			f.log.Warn("dropping gossiped event", "revision", rev, "err", err)
 			return
 		}
@@ -306,7 +315,7 @@ const maxPending = 4096
 const maxFetch = 1024
 
 // ErrNotConnected is returned by Fetch when NATS is not connected.
-var ErrNotConnected = errors.New("cache: not connected to NATS")
+var ErrNotConnected = errors.New("feed: not connected to NATS")
 
 // Fetch reads the events from revision from to to (at most maxFetch) from
 // the JetStream stream, whose sequence is the revision, and offers them in
@@ -346,7 +355,7 @@ func (f *Feed) applied(rev uint64, wire []byte) {
 			break
 		}
 		delete(f.pending, next)
-		if _, err := f.v.apply(w); err != nil {
+		if _, err := f.v.Apply(w); err != nil {
 			f.log.Warn("dropping held event", "revision", next, "err", err)
 			break
 		}
@@ -473,7 +482,7 @@ func (f *Feed) save() error {
 		return nil
 	}
 	s := f.v.State()
-	if err := SaveState(f.cfg.StatePath, s); err != nil {
+	if err := cache.SaveState(f.cfg.StatePath, s); err != nil {
 		return err
 	}
 	f.saved = s.Revision

@@ -1,4 +1,4 @@
-package proxy
+package edge
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/cluster"
+	"github.com/keymesh/keymesh/edge/feed"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -43,12 +44,18 @@ func (g GossipConfig) enabled() bool { return len(g.Keys) > 0 || g.Insecure }
 // errNATSDown is why a miss went to the peers without asking the origin.
 var errNATSDown = errors.New("not connected to NATS")
 
-// gossipHook connects the cache to the cluster, which is created after the
-// View and the Feed it feeds: records and heartbeats the feed verifies go
-// to the peers, and the View's misses may be answered by them.
+// gossipHook connects the cache to the cluster: records and heartbeats the
+// feed verifies go to the peers, and the View's misses may be answered by
+// them. The View is built first and set in v before anything can ask it
+// (its lookup runs for requests, served only after New returns). The
+// cluster is created from the View and the Feed, once the Feed has
+// started: until it exists, c is nil and nothing is passed on. c stays
+// atomic because the Feed's goroutines, and the cluster's own (a peer's
+// record, offered to the Feed, is passed on), may run before Create has
+// returned it.
 type gossipHook struct {
 	c atomic.Pointer[cluster.Cluster]
-	v atomic.Pointer[cache.View]
+	v *cache.View
 
 	// hbEvery is the least time between two heartbeats passed on to peers
 	// (a quarter of --max-staleness: a heartbeat every interval is more
@@ -83,11 +90,11 @@ func (h *gossipHook) due() bool {
 // peerHeartbeat takes an origin heartbeat a peer relayed: verified by the
 // View, and passed on only if it was new.
 func (h *gossipHook) peerHeartbeat(wire []byte) {
-	v, c := h.v.Load(), h.c.Load()
-	if v == nil || c == nil {
+	c := h.c.Load()
+	if c == nil {
 		return
 	}
-	fresh, err := v.PeerHeartbeat(wire)
+	fresh, err := h.v.PeerHeartbeat(wire)
 	if err != nil {
 		h.hbRejected.Add(1)
 		return
@@ -105,10 +112,10 @@ func (h *gossipHook) peerHeartbeat(wire []byte) {
 // revocation this edge has applied, nor vouch for more than the origin
 // signed: two equally stale edges cannot keep each other current.
 func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
-	origin := cache.NATSLookup(nc)
+	origin := feed.NATSLookup(nc)
 	return func(ctx context.Context, k apikey.Hash) ([]byte, error) {
-		c, v := h.c.Load(), h.v.Load()
-		if c == nil || v == nil {
+		c, v := h.c.Load(), h.v
+		if c == nil {
 			return origin(ctx, k)
 		}
 		originErr := errNATSDown
@@ -144,12 +151,9 @@ func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
 // startGossip joins the cluster: records and heartbeats from peers go to
 // the feed and the View, which verify them; what they verify goes back to
 // the peers.
-func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
-	g := s.cfg.Gossip
+func (n *Node) startGossip() error {
+	g := n.cfg.Gossip
 	if !g.enabled() {
-		if len(g.Join) > 0 {
-			return fmt.Errorf("gossip: --join needs --gossip-key (or --gossip-insecure)")
-		}
 		return nil
 	}
 	cfg := cluster.DefaultConfig()
@@ -162,28 +166,19 @@ func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
 	cfg.Name = g.Name
 	if cfg.Name == "" {
 		host, _ := os.Hostname()
-		cfg.Name = host + "-" + s.cfg.Listen
+		cfg.Name = host + "-" + n.cfg.Listen
 	}
 	cfg.BindAddr = g.Listen
-	if cfg.BindAddr == "" {
-		cfg.BindAddr = "127.0.0.1:7946"
-	}
 	cfg.Join, cfg.Keys, cfg.Insecure = g.Join, g.Keys, g.Insecure
-	s.gossipHook.v.Store(view)
-	switch st := s.cfg.MaxStaleness; {
-	case st == 0:
-		s.gossipHook.hbEvery = 10 * time.Second / 4 // the View's default bound
-	case st > 0:
-		s.gossipHook.hbEvery = st / 4
-	}
+	view, feed := n.view, n.feed
 	cfg.Deliver = feed.Offer
-	cfg.DeliverHeartbeat = s.gossipHook.peerHeartbeat
+	cfg.DeliverHeartbeat = n.gossipHook.peerHeartbeat
 	cfg.Applied = view.AppliedRevision
-	cfg.Info = s.gossipInfo
-	cfg.Sign = func(rev uint64) (int64, []byte) { return s.pres.sign(rev, s.nc.IsConnected()) }
+	cfg.Info = n.gossipInfo
+	cfg.Sign = func(rev uint64) (int64, []byte) { return n.pres.sign(rev, n.nc.IsConnected()) }
 	cfg.Fetch = feed.Fetch
 	cfg.Answer = view.SealedRecord
-	cfg.Logger = s.log
+	cfg.Logger = n.log
 	if g.Configure != nil {
 		g.Configure(&cfg)
 	}
@@ -191,73 +186,73 @@ func (s *Server) startGossip(feed *cache.Feed, view *cache.View) error {
 	if err != nil {
 		return err
 	}
-	s.gossip = c
-	s.gossipHook.c.Store(c)
-	s.metrics.watchGossip(s)
+	n.gossip = c
+	n.gossipHook.c.Store(c)
+	n.watchGossip()
 	return nil
 }
 
 // gossipInfo is what peers learn about this edge: enough to publish its
 // heartbeat for it when its NATS link is down.
-func (s *Server) gossipInfo() cluster.Info {
-	addr := s.Addr()
+func (n *Node) gossipInfo() cluster.Info {
+	addr := n.Addr()
 	if addr == "" {
-		addr = s.cfg.Listen
+		addr = n.cfg.Listen
 	}
-	return cluster.Info{ID: s.id, Site: s.cfg.Site, Address: addr, NATS: s.nc.IsConnected()}
+	return cluster.Info{ID: n.id, Site: n.cfg.Site, Address: addr, NATS: n.nc.IsConnected()}
 }
 
-func (s *Server) stopGossip() error {
-	if s.gossip == nil {
+func (n *Node) stopGossip() error {
+	if n.gossip == nil {
 		return nil
 	}
-	return s.gossip.Leave(2 * time.Second)
+	return n.gossip.Leave(2 * time.Second)
 }
 
 // Peers lists the gossip peers with their applied revisions (none without
 // gossip).
-func (s *Server) Peers() []cluster.Peer {
-	if s.gossip == nil {
+func (n *Node) Peers() []cluster.Peer {
+	if n.gossip == nil {
 		return nil
 	}
-	return s.gossip.Peers()
+	return n.gossip.Peers()
 }
 
 // GossipAddr is the address this edge gossips on ("" without gossip).
-func (s *Server) GossipAddr() string {
-	if s.gossip == nil {
+func (n *Node) GossipAddr() string {
+	if n.gossip == nil {
 		return ""
 	}
-	return s.gossip.Addr()
+	return n.gossip.Addr()
 }
 
 // GossipStats reports records and heartbeats peers offered that failed
 // verification, and verified records dropped while waiting for an earlier
 // revision.
-func (s *Server) GossipStats() (rejected, dropped uint64) {
-	rejected, dropped = s.feed.GossipStats()
-	return rejected + s.gossipHook.hbRejected.Load(), dropped
+func (n *Node) GossipStats() (rejected, dropped uint64) {
+	rejected, dropped = n.feed.GossipStats()
+	return rejected + n.gossipHook.hbRejected.Load(), dropped
 }
 
 // peersVersion changes whenever what the gossip peers advertise does (0
 // without gossip).
-func (s *Server) peersVersion() uint64 {
-	if s.gossip == nil {
+func (n *Node) peersVersion() uint64 {
+	if n.gossip == nil {
 		return 0
 	}
-	return s.gossip.PeersVersion()
+	return n.gossip.PeersVersion()
 }
 
 // relayed returns the peers whose heartbeats this edge publishes: peers
 // without NATS for which it is the chosen relay among the members that
 // have NATS (rendezvous hashing: one relay per cut-off edge, spread out).
 // None while this edge has no NATS itself.
-func (s *Server) relayed() []cluster.Peer {
-	if s.gossip == nil || !s.nc.IsConnected() {
+func (n *Node) relayed() []cluster.Peer {
+	if n.gossip == nil || !n.nc.IsConnected() {
 		return nil
 	}
-	peers := s.gossip.Peers()
-	self := s.gossip.Name()
+	peers := n.gossip.Peers()
+	self := n.gossip.Name()
 	relays := []string{self}
 	for _, p := range peers {
 		if p.NATS {

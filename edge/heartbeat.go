@@ -1,4 +1,4 @@
-package proxy
+package edge
 
 import (
 	"crypto/rand"
@@ -56,40 +56,40 @@ type heartbeater struct {
 }
 
 // ID returns the id this edge reports in heartbeats and audit records.
-func (s *Server) ID() string { return s.id }
+func (n *Node) ID() string { return n.id }
 
 // startHeartbeat publishes a heartbeat now, every HeartbeatInterval, and
 // within heartbeatCoalesce of the applied revision changing; and the same
 // for each gossip peer it relays for (see relayed), within
 // heartbeatCoalesce of that peer's gossiped revision changing.
-func (s *Server) startHeartbeat() {
+func (n *Node) startHeartbeat() {
 	hb := &heartbeater{stop: make(chan struct{}), done: make(chan struct{})}
-	s.hb = hb
+	n.hb = hb
 	go func() {
 		defer close(hb.done)
-		every := time.NewTicker(s.cfg.HeartbeatInterval)
+		every := time.NewTicker(n.cfg.HeartbeatInterval)
 		defer every.Stop()
 		// Checking an atomic every 20 ms is what coalescing costs; the View
 		// offers no notification of applied revisions.
 		check := time.NewTicker(heartbeatCoalesce)
 		defer check.Stop()
-		sent := s.publishHeartbeat()
-		relayed := s.publishRelayed(nil)
+		sent := n.publishHeartbeat()
+		relayed := n.publishRelayed(nil)
 		var peersV uint64
 		for {
 			select {
 			case <-hb.stop:
 				return
 			case <-every.C:
-				sent = s.publishHeartbeat()
-				relayed = s.publishRelayed(nil)
+				sent = n.publishHeartbeat()
+				relayed = n.publishRelayed(nil)
 			case <-check.C:
-				if s.view.AppliedRevision() != sent {
-					sent = s.publishHeartbeat()
+				if n.view.AppliedRevision() != sent {
+					sent = n.publishHeartbeat()
 				}
-				if v := s.peersVersion(); v != peersV { // what peers advertise changed
+				if v := n.peersVersion(); v != peersV { // what peers advertise changed
 					peersV = v
-					relayed = s.publishRelayed(relayed)
+					relayed = n.publishRelayed(relayed)
 				}
 			}
 		}
@@ -97,18 +97,18 @@ func (s *Server) startHeartbeat() {
 }
 
 // publishHeartbeat sends one heartbeat and returns the revision it carried.
-func (s *Server) publishHeartbeat() uint64 {
-	hb := edgeHeartbeat{ID: s.id, Site: s.cfg.Site, Address: s.Addr(),
-		AppliedRevision: s.view.AppliedRevision(), Time: time.Now().UTC(), NKey: s.pres.pub}
+func (n *Node) publishHeartbeat() uint64 {
+	hb := edgeHeartbeat{ID: n.id, Site: n.cfg.Site, Address: n.Addr(),
+		AppliedRevision: n.view.AppliedRevision(), Time: time.Now().UTC(), NKey: n.pres.pub}
 	if hb.Address == "" {
-		hb.Address = s.cfg.Listen
+		hb.Address = n.cfg.Listen
 	}
 	b, err := json.Marshal(hb)
 	if err != nil {
 		return hb.AppliedRevision
 	}
-	if err := s.nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, s.id), b); err != nil {
-		s.log.Debug("edge heartbeat not sent", "err", err)
+	if err := n.nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, n.id), b); err != nil {
+		n.log.Debug("edge heartbeat not sent", "err", err)
 	}
 	return hb.AppliedRevision
 }
@@ -116,8 +116,8 @@ func (s *Server) publishHeartbeat() uint64 {
 // publishRelayed publishes the heartbeats of the peers this edge relays
 // for — all of them when sent is nil, else those whose revision differs
 // from sent — and returns what it relays now.
-func (s *Server) publishRelayed(sent map[string]uint64) map[string]uint64 {
-	peers := s.relayed()
+func (n *Node) publishRelayed(sent map[string]uint64) map[string]uint64 {
+	peers := n.relayed()
 	if len(peers) == 0 {
 		return nil
 	}
@@ -131,26 +131,26 @@ func (s *Server) publishRelayed(sent map[string]uint64) map[string]uint64 {
 			continue
 		}
 		b, err := json.Marshal(edgeHeartbeat{ID: p.ID, Site: p.Site, Address: p.Address,
-			AppliedRevision: p.Revision, Time: time.Now().UTC(), RelayedBy: s.id,
+			AppliedRevision: p.Revision, Time: time.Now().UTC(), RelayedBy: n.id,
 			Presence: &signedPresence{TimeMS: p.SignedAt, Sig: p.Signature}})
 		if err != nil {
 			continue
 		}
 		// On this edge's own subject: its credentials allow no other, and
 		// the origin accepts it only for a peer it already knows.
-		if err := s.nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, s.id), b); err != nil {
-			s.log.Debug("relayed edge heartbeat not sent", "peer", p.Name, "err", err)
+		if err := n.nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, n.id), b); err != nil {
+			n.log.Debug("relayed edge heartbeat not sent", "peer", p.Name, "err", err)
 		}
 	}
 	return now
 }
 
-func (s *Server) stopHeartbeat() {
-	if s.hb == nil {
+func (n *Node) stopHeartbeat() {
+	if n.hb == nil {
 		return
 	}
-	close(s.hb.stop)
-	<-s.hb.done
+	close(n.hb.stop)
+	<-n.hb.done
 }
 
 // edgeID returns cfg.ID; else an id persisted in <DataDir>/edge-id (created

@@ -1,4 +1,4 @@
-package proxy
+package edge
 
 import (
 	"encoding/json"
@@ -71,13 +71,13 @@ type peerStatus struct {
 }
 
 // NATSConnected reports whether the edge's NATS connection is up.
-func (s *Server) NATSConnected() bool { return s.nc.IsConnected() }
+func (n *Node) NATSConnected() bool { return n.nc.IsConnected() }
 
 // Status returns what /status reports.
-func (s *Server) Status() any {
-	c := s.view.Currency()
+func (n *Node) Status() any {
+	c := n.view.Currency()
 	failMode := "closed"
-	if s.cfg.FailOpen {
+	if n.cfg.FailOpen {
 		failMode = "open-cached"
 	}
 	return status{
@@ -90,32 +90,32 @@ func (s *Server) Status() any {
 		StaleReason:         c.Reason,
 		Restored:            c.Restored,
 		FailMode:            failMode,
-		Site:                s.cfg.Site,
-		AppliedRevision:     s.view.AppliedRevision(),
-		Deployments:         len(s.view.Deployments().List()),
-		NATSConnected:       s.nc.IsConnected(),
-		Cache:               s.view.Stats(),
-		ID:                  s.id,
-		Audit:               s.auditStatus(),
-		Gossip:              s.gossipStatus(),
+		Site:                n.cfg.Site,
+		AppliedRevision:     n.view.AppliedRevision(),
+		Deployments:         len(n.view.Deployments().List()),
+		NATSConnected:       n.nc.IsConnected(),
+		Cache:               n.view.Stats(),
+		ID:                  n.id,
+		Audit:               n.auditStatus(),
+		Gossip:              n.gossipStatus(),
 	}
 }
 
-func (s *Server) auditStatus() map[string]uint64 {
-	shipped, dropped, failed := s.AuditStats()
+func (n *Node) auditStatus() map[string]uint64 {
+	shipped, dropped, failed := n.AuditStats()
 	return map[string]uint64{"shipped": shipped, "dropped": dropped, "failed": failed}
 }
 
-func (s *Server) gossipStatus() *gossipStatus {
-	if s.gossip == nil {
+func (n *Node) gossipStatus() *gossipStatus {
+	if n.gossip == nil {
 		return nil
 	}
-	applied := s.view.AppliedRevision()
-	st := s.gossip.Stats()
-	g := &gossipStatus{Name: s.gossip.Name(), Addr: s.gossip.Addr(), Members: st.Members, Peers: []peerStatus{},
-		Relaying: []string{}, Stats: st, PeerLookups: s.gossipHook.peerLookups.Load(), PeerAnswers: s.gossipHook.peerAnswers.Load()}
-	g.Rejected, g.Dropped = s.GossipStats()
-	for _, p := range s.gossip.Peers() {
+	applied := n.view.AppliedRevision()
+	st := n.gossip.Stats()
+	g := &gossipStatus{Name: n.gossip.Name(), Addr: n.gossip.Addr(), Members: st.Members, Peers: []peerStatus{},
+		Relaying: []string{}, Stats: st, PeerLookups: n.gossipHook.peerLookups.Load(), PeerAnswers: n.gossipHook.peerAnswers.Load()}
+	g.Rejected, g.Dropped = n.GossipStats()
+	for _, p := range n.gossip.Peers() {
 		lag := int64(applied) - int64(p.Revision)
 		g.Peers = append(g.Peers, peerStatus{Name: p.Name, Addr: p.Addr, AppliedRevision: p.Revision, Lag: lag,
 			ID: p.ID, Site: p.Site, Address: p.Address, NATSConnected: p.NATS})
@@ -124,16 +124,16 @@ func (s *Server) gossipStatus() *gossipStatus {
 			g.Behind = max(g.Behind, uint64(-lag))
 		}
 	}
-	for _, p := range s.relayed() {
+	for _, p := range n.relayed() {
 		g.Relaying = append(g.Relaying, p.Name)
 	}
-	if err := s.gossip.Err(); err != nil {
+	if err := n.gossip.Err(); err != nil {
 		g.Error = err.Error()
 	}
 	return g
 }
 
-func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
+func (n *Node) serveStatus(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(s.Status())
+	_ = json.NewEncoder(w).Encode(n.Status())
 }
