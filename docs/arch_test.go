@@ -31,8 +31,7 @@ var (
 	edgeLibs = []string{"github.com/hashicorp/memberlist/...", "github.com/dgraph-io/ristretto/...", "github.com/valyala/fasthttp/..."}
 )
 
-// importRules is the dependency direction docs/architecture.md draws, as
-// far as it holds in today's tree.
+// importRules is the dependency direction docs/architecture.md draws.
 var importRules = []importRule{
 	{from: []string{"apikey"}, forbid: append(append([]string{module + "/..."}, natsLibs...), edgeLibs...),
 		why: "the key format is a leaf: every side parses keys, none of them should pull in the rest"},
@@ -41,13 +40,17 @@ var importRules = []importRule{
 	{from: []string{"cluster"}, forbid: append([]string{module + "/...", "github.com/dgraph-io/ristretto/...", "github.com/valyala/fasthttp/..."}, natsLibs...),
 		allow: []string{"internal/..."},
 		why:   "gossip carries sealed bytes it never opens; the edge wires it to NATS and the cache"},
-	{from: []string{"origin/..."}, forbid: append([]string{"proxy/...", "cache/...", "cluster/...", "bench/..."}, edgeLibs...),
+	{from: []string{"origin/..."}, forbid: append([]string{"proxy/...", "edge/...", "cache/...", "cluster/...", "bench/..."}, edgeLibs...),
 		why: "the control plane knows nothing of edges' internals: they meet only in event and NATS subjects"},
-	{from: []string{"origin/apiclient"}, forbid: append([]string{"origin"}, natsLibs...),
-		why: "a REST client must not link the server it talks to (nor NATS)"},
-	{from: []string{"cache/..."}, forbid: []string{"proxy/...", "cluster/...", "origin/...", "github.com/valyala/fasthttp/...", "github.com/hashicorp/memberlist/..."},
-		why: "the View is below the data plane and the gossip, not beside them"},
-	{from: []string{"proxy/..."}, forbid: []string{"origin/...", "bench/..."},
+	{from: []string{"origin/apiclient"}, forbid: append([]string{module + "/..."}, natsLibs...), allow: []string{"api"},
+		why: "a REST client speaks the wire types only: it must not link the server it talks to (nor NATS)"},
+	{from: []string{"api"}, forbid: append(append([]string{module + "/..."}, natsLibs...), edgeLibs...),
+		why: "the REST wire types are a leaf both origin and its clients import"},
+	{from: []string{"cache/..."}, forbid: append([]string{"proxy/...", "edge/...", "cluster/...", "origin/...", "github.com/valyala/fasthttp/...", "github.com/hashicorp/memberlist/..."}, natsLibs...),
+		why: "the View is below the data plane and the gossip, and is filled by whoever feeds it (edge/feed): it does not speak NATS"},
+	{from: []string{"proxy/..."}, forbid: append([]string{"edge/...", "cluster/...", "origin/...", "bench/...", "internal/natsauth", "internal/dirlock"}, natsLibs...),
+		why: "the data plane serves requests against a View; NATS, gossip and the data dir are the edge node's (package edge)"},
+	{from: []string{"edge/..."}, forbid: []string{"origin/...", "bench/..."},
 		why: "an edge depends on the origin's events, never on its code"},
 	{from: []string{"internal/..."}, except: []string{"internal/opcli/..."},
 		forbid: []string{module + "/..."}, allow: []string{"internal/...", "apikey", "event"},
@@ -60,22 +63,6 @@ var importRules = []importRule{
 		why: "cutting links on purpose is for tests and bench runs only"},
 	{from: []string{module + "/..."}, except: []string{"cmd/bench", "bench"}, forbid: []string{"bench"},
 		why: "the harness is driven by cmd/bench and tests, never by the products"},
-
-	// ==== Rules that hold once the restructuring of issue 13 is in ====
-	// (package edge assembles the node, feed moves to edge/feed, REST types
-	// in package api). Enable them as each lands:
-	//
-	// {from: []string{"proxy/..."}, forbid: append([]string{"cluster/...", "origin/...", "internal/natsauth", "internal/dirlock"}, natsLibs...),
-	// 	why: "the data plane serves requests against a View; NATS, gossip and the data dir are the edge node's (package edge)"},
-	// {from: []string{"cache/..."}, forbid: natsLibs,
-	// 	why: "the View is filled by whoever feeds it (edge/feed); it does not speak NATS"},
-	// {from: []string{"edge/..."}, forbid: []string{"origin/...", "bench/..."},
-	// 	why: "an edge depends on the origin's events, never on its code"},
-	// {from: []string{"api"}, forbid: append(append([]string{module + "/..."}, natsLibs...), edgeLibs...),
-	// 	why: "the REST wire types are a leaf both origin and its clients import"},
-	// {from: []string{"origin/apiclient"}, forbid: []string{module + "/..."}, allow: []string{"api"},
-	// 	why: "the client speaks the wire types only"},
-	// ==== end of the rules for after the restructuring ====
 }
 
 // match reports whether pkg (a full import path) matches pattern, which is

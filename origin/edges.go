@@ -46,7 +46,7 @@ type Edge struct {
 }
 
 // edgeHeartbeat is the JSON an edge publishes on event.EdgeHeartbeatSubject
-// (see proxy/heartbeat.go). An edge's own heartbeat is vouched for by the
+// (see edge/heartbeat.go). An edge's own heartbeat is vouched for by the
 // subject; a relayed one by the edge's signed presence.
 type edgeHeartbeat struct {
 	ID              string `json:"id"`
