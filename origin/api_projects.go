@@ -3,6 +3,7 @@ package origin
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/keymesh/keymesh/internal/apierror"
@@ -100,5 +101,59 @@ func (s *Server) patchProject(c *call) error {
 	}
 	s.auditAdmin(c, http.StatusOK, map[string]any{"id": c.project.ID})
 	writeJSON(c.w, http.StatusOK, viewProject(c.project, r))
+	return nil
+}
+
+func (s *Server) createProject(c *call) error {
+	if c.who.KeyID != "" {
+		// A project key manages its own project only; a new project is
+		// outside it whatever the key holds.
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a project key cannot create projects; log in as a user")
+	}
+	o, err := readObject(c.r, false, "name")
+	if err != nil {
+		return err
+	}
+	var name string
+	if present, _, err := o.get("name", &name, false, "a string"); err != nil {
+		return err
+	} else if !present {
+		return validation("name", "is required")
+	}
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	if !secretNameRE.MatchString(name) {
+		// Edges scope secrets by project name: EDGE_SECRET_<PROJECT>__<NAME>
+		// must split one way only.
+		return validation("name", "a project name is runs of letters and digits joined by single '.', '_' or '-'")
+	}
+	prop, err := s.waitFor(c)
+	if err != nil {
+		return err
+	}
+	// The revision is the store's at the project's creation (read in its
+	// transaction, so right on every replica): edges never see projects, and
+	// ?wait waits until they have applied every change made before it.
+	p, rev, err := s.store.createProject(c.ctx(), name)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev}
+	if prop != nil {
+		body["propagation"] = prop
+	}
+	return s.mutated(c, http.StatusCreated, rev, body)
+}
+
+func (s *Server) listProjects(c *call) error {
+	ps, err := s.store.listProjects(c.ctx())
+	if err != nil {
+		return err
+	}
+	if c.who.ProjectID != "" {
+		ps = slices.DeleteFunc(ps, func(p Project) bool { return p.ID != c.who.ProjectID })
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"items": ps, "next_cursor": nil})
 	return nil
 }
