@@ -178,6 +178,19 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	return in, nil
 }
 
+// decodeRotate reads and checks a rotate body: the grace the old secret
+// keeps working for (0 when absent).
+func decodeRotate(o object) (time.Duration, error) {
+	var grace int64
+	if _, _, err := o.get("grace_seconds", &grace, true, "a whole number of seconds"); err != nil {
+		return 0, err
+	}
+	if grace < 0 || grace > maxGraceSeconds {
+		return 0, validation("grace_seconds", "must be between 0 and 2592000 (30 days)")
+	}
+	return time.Duration(grace) * time.Second, nil
+}
+
 // mayGrant refuses a project key giving a key a permission the caller does
 // not hold itself (users may grant anything).
 func (c *call) mayGrant(perms []string) error {
@@ -350,12 +363,9 @@ func (s *Server) rotateKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	var grace int64
-	if _, _, err := o.get("grace_seconds", &grace, true, "a whole number of seconds"); err != nil {
+	grace, err := decodeRotate(o)
+	if err != nil {
 		return err
-	}
-	if grace < 0 || grace > maxGraceSeconds {
-		return validation("grace_seconds", "must be between 0 and 2592000 (30 days)")
 	}
 	prop, err := s.waitFor(c)
 	if err != nil {
@@ -369,7 +379,7 @@ func (s *Server) rotateKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), time.Duration(grace)*time.Second, c.mayActOn)
+	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), grace, c.mayActOn)
 	if err != nil {
 		return err
 	}

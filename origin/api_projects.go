@@ -104,6 +104,25 @@ func (s *Server) patchProject(c *call) error {
 	return nil
 }
 
+// decodeProjectName reads and checks a project create body's name.
+func decodeProjectName(o object) (string, error) {
+	var name string
+	if present, _, err := o.get("name", &name, false, "a string"); err != nil {
+		return "", err
+	} else if !present {
+		return "", validation("name", "is required")
+	}
+	if err := validName("name", name); err != nil {
+		return "", err
+	}
+	if !secretNameRE.MatchString(name) {
+		// Edges scope secrets by project name: EDGE_SECRET_<PROJECT>__<NAME>
+		// must split one way only.
+		return "", validation("name", "a project name is runs of letters and digits joined by single '.', '_' or '-'")
+	}
+	return name, nil
+}
+
 func (s *Server) createProject(c *call) error {
 	if c.who.KeyID != "" {
 		// A project key manages its own project only; a new project is
@@ -114,19 +133,9 @@ func (s *Server) createProject(c *call) error {
 	if err != nil {
 		return err
 	}
-	var name string
-	if present, _, err := o.get("name", &name, false, "a string"); err != nil {
+	name, err := decodeProjectName(o)
+	if err != nil {
 		return err
-	} else if !present {
-		return validation("name", "is required")
-	}
-	if err := validName("name", name); err != nil {
-		return err
-	}
-	if !secretNameRE.MatchString(name) {
-		// Edges scope secrets by project name: EDGE_SECRET_<PROJECT>__<NAME>
-		// must split one way only.
-		return validation("name", "a project name is runs of letters and digits joined by single '.', '_' or '-'")
 	}
 	prop, err := s.waitFor(c)
 	if err != nil {
