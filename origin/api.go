@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
@@ -23,6 +24,9 @@ type call struct {
 	r       *http.Request
 	who     *principal
 	project *Project // set on /projects/{p}/... routes
+	// waiting says the mutation was given ?wait, for wait (see readWait).
+	waiting bool
+	wait    time.Duration
 }
 
 func (c *call) ctx() context.Context { return c.r.Context() }

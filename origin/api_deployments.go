@@ -31,6 +31,13 @@ type deploymentView struct {
 	Propagation      *propagation        `json:"propagation,omitempty"`
 }
 
+func (v *deploymentView) report(p *propagation) { v.Propagation = p }
+
+// deploymentTarget is the audit target of a change to d.
+func deploymentTarget(d *event.Deployment) auditTarget {
+	return auditTarget{Target: d.ID, Deployment: d.ID, Project: d.Project}
+}
+
 func viewDeployment(d *event.Deployment) *deploymentView {
 	v := &deploymentView{
 		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, Upstreams: d.Upstreams,
@@ -58,8 +65,7 @@ func (s *Server) createDeployment(c *call) error {
 	if _, ok := o["upstreams"]; !ok {
 		return validation("upstreams", "is required")
 	}
-	prop, err := s.waitFor(c)
-	if err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	d := defaultDeployment()
@@ -71,9 +77,7 @@ func (s *Server) createDeployment(c *call) error {
 	if d, err = s.store.createDeployment(c.ctx(), d); err != nil {
 		return err
 	}
-	v := viewDeployment(d)
-	v.Propagation = prop
-	return s.mutated(c, http.StatusCreated, d.Revision, v)
+	return s.mutated(c, http.StatusCreated, d.Revision, viewDeployment(d), deploymentTarget(d))
 }
 
 func (s *Server) listDeployments(c *call) error {
@@ -107,8 +111,7 @@ func (s *Server) patchDeployment(c *call) error {
 	if err != nil {
 		return err
 	}
-	prop, err := s.waitFor(c)
-	if err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	d, err := s.store.updateDeployment(c.ctx(), c.project.ID, c.r.PathValue("id"), func(d *event.Deployment) error {
@@ -118,20 +121,19 @@ func (s *Server) patchDeployment(c *call) error {
 	if err != nil {
 		return err
 	}
-	v := viewDeployment(d)
-	v.Propagation = prop
-	return s.mutated(c, http.StatusOK, d.Revision, v)
+	return s.mutated(c, http.StatusOK, d.Revision, viewDeployment(d), deploymentTarget(d))
 }
 
 func (s *Server) deleteDeployment(c *call) error {
-	if _, err := s.waitFor(c); err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	rev, err := s.store.deleteDeployment(c.ctx(), c.project.ID, c.r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	return s.mutated(c, http.StatusNoContent, rev, nil)
+	ref := c.r.PathValue("id")
+	return s.mutated(c, http.StatusNoContent, rev, nil, auditTarget{Target: ref, Deployment: ref})
 }
 
 func (s *Server) deploymentKeys(c *call) error {
@@ -152,17 +154,18 @@ func (s *Server) linkKey(on bool) handlerFunc {
 		if _, err := readObject(c.r, true); err != nil {
 			return err
 		}
-		prop, err := s.waitFor(c)
-		if err != nil {
+		if err := c.readWait(); err != nil {
 			return err
 		}
 		k, err := s.store.link(c.ctx(), c.project.ID, c.r.PathValue("id"), c.r.PathValue("key_id"), on, c.mayActOn)
 		if err != nil {
 			return err
 		}
-		v := viewKey(k)
-		v.Propagation = prop
-		return s.mutated(c, http.StatusOK, k.Revision, v)
+		// The link is named as the request gave it: the key and the
+		// deployment reference of the path.
+		ref := c.r.PathValue("key_id")
+		t := auditTarget{Target: ref, KeyID: ref, Deployment: c.r.PathValue("id"), Project: k.ProjectID}
+		return s.mutated(c, http.StatusOK, k.Revision, viewKey(k), t)
 	}
 }
 

@@ -34,6 +34,13 @@ type keyView struct {
 	Propagation *propagation     `json:"propagation,omitempty"`
 }
 
+func (v *keyView) report(p *propagation) { v.Propagation = p }
+
+// keyTarget is the audit target of a change to k.
+func keyTarget(k *Key) auditTarget {
+	return auditTarget{Target: k.ID, KeyID: k.ID, Project: k.ProjectID}
+}
+
 func viewKey(k *Key) *keyView {
 	v := &keyView{
 		ID: k.ID, Project: k.ProjectID, Name: k.Name, Description: k.Description, Prefix: k.Prefix,
@@ -244,8 +251,7 @@ func (s *Server) createKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	prop, err := s.waitFor(c)
-	if err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	secret, err := apikey.Generate()
@@ -269,8 +275,8 @@ func (s *Server) createKey(c *call) error {
 		return err
 	}
 	v := viewKey(k)
-	v.Key, v.Propagation = secret, prop
-	return s.mutated(c, http.StatusCreated, k.Revision, v)
+	v.Key = secret
+	return s.mutated(c, http.StatusCreated, k.Revision, v, keyTarget(k))
 }
 
 func (s *Server) listKeys(c *call) error {
@@ -328,8 +334,7 @@ func (s *Server) patchKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	prop, err := s.waitFor(c)
-	if err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	k, err := s.store.updateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), func(k *Key) error {
@@ -342,20 +347,19 @@ func (s *Server) patchKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	v := viewKey(k)
-	v.Propagation = prop
-	return s.mutated(c, http.StatusOK, k.Revision, v)
+	return s.mutated(c, http.StatusOK, k.Revision, viewKey(k), keyTarget(k))
 }
 
 func (s *Server) deleteKey(c *call) error {
-	if _, err := s.waitFor(c); err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	rev, err := s.store.deleteKey(c.ctx(), c.project.ID, c.r.PathValue("id"), c.mayActOn)
 	if err != nil {
 		return err
 	}
-	return s.mutated(c, http.StatusNoContent, rev, nil)
+	ref := c.r.PathValue("id")
+	return s.mutated(c, http.StatusNoContent, rev, nil, auditTarget{Target: ref, KeyID: ref})
 }
 
 func (s *Server) rotateKey(c *call) error {
@@ -367,8 +371,7 @@ func (s *Server) rotateKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	prop, err := s.waitFor(c)
-	if err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	secret, err := apikey.Generate()
@@ -384,8 +387,8 @@ func (s *Server) rotateKey(c *call) error {
 		return err
 	}
 	v := viewKey(k)
-	v.Key, v.Propagation = secret, prop
-	return s.mutated(c, http.StatusOK, k.Revision, v)
+	v.Key = secret
+	return s.mutated(c, http.StatusOK, k.Revision, v, keyTarget(k))
 }
 
 // parseExpiry accepts RFC 3339 or YYYY-MM-DD (00:00 UTC that day).

@@ -99,10 +99,15 @@ func (s *Server) patchProject(c *call) error {
 	if err != nil {
 		return err
 	}
-	s.auditAdmin(c, http.StatusOK, map[string]any{"id": c.project.ID})
+	s.auditAdmin(c, http.StatusOK, auditTarget{Target: c.project.ID})
 	writeJSON(c.w, http.StatusOK, viewProject(c.project, r))
 	return nil
 }
+
+// projectCreated is the answer to a project's creation.
+type projectCreated map[string]any
+
+func (b projectCreated) report(p *propagation) { b["propagation"] = p }
 
 // decodeProjectName reads and checks a project create body's name.
 func decodeProjectName(o object) (string, error) {
@@ -137,8 +142,7 @@ func (s *Server) createProject(c *call) error {
 	if err != nil {
 		return err
 	}
-	prop, err := s.waitFor(c)
-	if err != nil {
+	if err := c.readWait(); err != nil {
 		return err
 	}
 	// The revision is the store's at the project's creation (read in its
@@ -148,11 +152,8 @@ func (s *Server) createProject(c *call) error {
 	if err != nil {
 		return err
 	}
-	body := map[string]any{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev}
-	if prop != nil {
-		body["propagation"] = prop
-	}
-	return s.mutated(c, http.StatusCreated, rev, body)
+	body := projectCreated{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev}
+	return s.mutated(c, http.StatusCreated, rev, body, auditTarget{Target: p.ID, Project: p.ID})
 }
 
 func (s *Server) listProjects(c *call) error {

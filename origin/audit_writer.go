@@ -238,14 +238,23 @@ func (a *auditLog) insertTx(rows []AuditRecord) {
 	a.stored.Add(uint64(len(rows)))
 }
 
+// auditTarget is what an admin mutation acted on, as its audit record names
+// it; the handler, which knows, says. Project, when set, is the project the
+// target is in (a created project: itself); when empty the record carries
+// the call's project, if any.
+type auditTarget struct {
+	Target, KeyID, Deployment, Project string
+}
+
 // auditAdmin records a successful admin mutation: who (username or key id),
-// what (the route pattern and the target id), when, and from where.
-func (s *Server) auditAdmin(c *call, status int, body any) {
+// what (the route pattern and the target), when, and from where.
+func (s *Server) auditAdmin(c *call, status int, t auditTarget) {
 	if s.audit == nil {
 		return
 	}
 	r := AuditRecord{Time: time.Now(), Source: auditSourceAdmin, ClientIP: clientAddr(c.r), Method: c.r.Method,
-		Path: cut(c.r.URL.Path), Action: c.r.Pattern, Status: status, RequestID: cut(c.r.Header.Get("X-Request-Id"))}
+		Path: cut(c.r.URL.Path), Action: c.r.Pattern, Status: status, RequestID: cut(c.r.Header.Get("X-Request-Id")),
+		Target: t.Target, KeyID: t.KeyID, Deployment: t.Deployment}
 	if c.who != nil {
 		switch {
 		case c.who.User != "":
@@ -257,30 +266,8 @@ func (s *Server) auditAdmin(c *call, status int, body any) {
 	if c.project != nil {
 		r.Project = c.project.ID
 	}
-	switch v := body.(type) {
-	case *keyView:
-		r.KeyID, r.Target, r.Project = v.ID, v.ID, v.Project
-	case *deploymentView:
-		r.Deployment, r.Target, r.Project = v.ID, v.ID, v.Project
-	case map[string]any:
-		if id, ok := v["id"].(string); ok {
-			r.Target = id
-			if c.project == nil && strings.HasPrefix(id, "prj_") {
-				r.Project = id // a project created
-			}
-		}
-	}
-	pattern := c.r.Pattern
-	switch {
-	case strings.Contains(pattern, "/keys/{key_id}"):
-		r.KeyID, r.Target = c.r.PathValue("key_id"), c.r.PathValue("key_id")
-		if r.Deployment == "" {
-			r.Deployment = c.r.PathValue("id")
-		}
-	case body == nil && strings.Contains(pattern, "/deployments/{id}"):
-		r.Deployment, r.Target = c.r.PathValue("id"), c.r.PathValue("id")
-	case body == nil && strings.Contains(pattern, "/keys/{id}"):
-		r.KeyID, r.Target = c.r.PathValue("id"), c.r.PathValue("id")
+	if t.Project != "" {
+		r.Project = t.Project
 	}
 	s.audit.add(r)
 }

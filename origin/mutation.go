@@ -4,30 +4,30 @@ package origin
 // the wait for the edges to apply it.
 
 import (
-	"context"
 	"net/http"
 	"strconv"
 	"time"
 )
 
-// mutated answers a mutation: X-Revision, and body (a map or struct with
-// "revision"), or no body (nil; a delete) with status 204. With ?wait the
-// answer waits for the edges and reports propagation; a delete then answers
-// 200 with {"revision", "propagation"}, since a 204 has no body to carry it.
-func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
+// mutated answers a mutation: X-Revision, and body (a struct or map with
+// "revision"), or no body (nil; a delete) with status 204, and records it in
+// the audit log as acting on target. With ?wait (c.waiting) the answer waits
+// for the edges and reports propagation in body; a delete then answers 200
+// with {"revision", "propagation"}, since a 204 has no body to carry it.
+func (s *Server) mutated(c *call, status int, rev uint64, body reporter, target auditTarget) error {
 	c.w.Header().Set("X-Revision", strconv.FormatUint(rev, 10))
-	p, waiting := c.r.Context().Value(waitKey{}).(*propagation)
-	if waiting && body == nil {
+	if c.waiting && body == nil {
 		status = http.StatusOK
 	}
-	s.auditAdmin(c, status, body)
-	if waiting {
+	s.auditAdmin(c, status, target)
+	if c.waiting {
 		// The change is committed: hold the answer until the edges have it.
-		got := s.awaitPropagation(c, rev, p.wait)
-		p.Applied, p.Pending, p.LiveEdges = got.Applied, got.Pending, got.LiveEdges
+		p := s.awaitPropagation(c, rev, c.wait)
 		if body == nil {
-			body = &deleted{Revision: rev, Propagation: p}
+			writeJSON(c.w, status, &deleted{Revision: rev, Propagation: p})
+			return nil
 		}
+		body.report(p)
 	}
 	if body == nil {
 		c.w.WriteHeader(status)
@@ -35,6 +35,12 @@ func (s *Server) mutated(c *call, status int, rev uint64, body any) error {
 	}
 	writeJSON(c.w, status, body)
 	return nil
+}
+
+// reporter is a mutation's answer body: it carries the ?wait report when
+// one is asked for.
+type reporter interface {
+	report(*propagation)
 }
 
 // deleted is the answer to a delete given ?wait.
@@ -51,25 +57,18 @@ type propagation struct {
 	// LiveEdges counts the live edges the wait knew of (applied +
 	// pending): 0 means it proved nothing reached any edge.
 	LiveEdges int `json:"live_edges"`
-	// wait is the asked-for ?wait duration.
-	wait time.Duration
 }
 
-// waitKey keys the request's *propagation in its context.
-type waitKey struct{}
-
-// waitFor validates ?wait before the mutation runs and, when it is given,
-// returns the propagation report the handler puts in its answer. The wait
-// itself happens in mutated, after the change has committed and before the
-// answer is written; it fills the report in place.
-func (s *Server) waitFor(c *call) (*propagation, error) {
+// readWait validates ?wait before the mutation runs and records it in c
+// (c.waiting, c.wait). The wait itself happens in mutated, after the change
+// has committed and before the answer is written.
+func (c *call) readWait() error {
 	d, err := waitParam(c.r)
 	if err != nil || c.r.URL.Query().Get("wait") == "" {
-		return nil, err
+		return err
 	}
-	p := &propagation{Applied: []string{}, Pending: []string{}, wait: d}
-	c.r = c.r.WithContext(context.WithValue(c.r.Context(), waitKey{}, p))
-	return p, nil
+	c.waiting, c.wait = true, d
+	return nil
 }
 
 // waitParam parses ?wait=<duration> (0 when absent).
