@@ -243,6 +243,9 @@ func TestRandomAdminPasswordNeverLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "admin-password"))
 	if err != nil {
 		t.Fatal(err)

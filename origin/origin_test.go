@@ -711,6 +711,9 @@ func TestOutboxPublishesAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s1.Start(); err != nil {
+		t.Fatal(err)
+	}
 	c := newClient(t, s1)
 	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
 	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"deployments": []string{"chat"}}, nil)
@@ -779,6 +782,9 @@ func TestRestartKeepsStateAndKey(t *testing.T) {
 	dir := t.TempDir()
 	s1, err := New(testConfig(dir))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Start(); err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(t, s1)

@@ -79,6 +79,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "origin: %v\n", err)
 		return 1
 	}
+	if err := srv.Start(); err != nil {
+		fmt.Fprintf(stderr, "origin: %v\n", err)
+		return 1
+	}
 	select {
 	case err := <-srv.Err():
 		fmt.Fprintf(stderr, "origin: %v\n", err)
