@@ -334,7 +334,7 @@ func (c *Config) fill() error {
 	return nil
 }
 
-// Server is a running origin.
+// Server is an origin: built by New, served by Start, stopped by Shutdown.
 type Server struct {
 	cfg Config
 	// dirLock keeps a second origin off DataDir (released last).
@@ -374,17 +374,24 @@ type Server struct {
 	lookupWG   sync.WaitGroup
 	lookupSem  chan struct{}
 
-	rev          atomic.Uint64
-	closed       atomic.Bool
+	rev    atomic.Uint64
+	closed atomic.Bool
+	// lifeMu orders Start and Shutdown: started, stopped and serving (the
+	// HTTP server owns the listener) change under it.
+	lifeMu       sync.Mutex
+	started      bool
+	stopped      bool
+	serving      bool
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
 
-// New validates cfg and starts an origin: opens the store (creating the
-// admin user and project "default" on first start), loads or creates the
-// signing key, starts or connects to NATS, binds the HTTP listener, and
-// then starts the publisher, the lookup responders and the HTTP server.
-// When New returns, the API is served at Addr() and NATS at NATSURL().
+// New validates cfg and builds an origin without serving: opens the store
+// (creating the admin user and project "default" on first start), loads or
+// creates the signing key, starts or connects to NATS and binds the HTTP
+// listener, so that every error of configuration or state is New's. When New
+// returns, Addr() and NATSURL() are known; Start serves. A built origin that
+// is never started is released by Shutdown.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
@@ -454,30 +461,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
 
-	// Goroutines last.
 	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval, cfg.StreamReplicas)
 	s.pub.maxAge = cfg.StreamMaxAge
 	if s.ns != nil {
 		s.pub.heal = s.healJetStream
 	}
-	if !cfg.disablePublisher {
-		s.pub.start()
-	}
-	if err := s.startResponders(); err != nil {
-		return nil, err
-	}
 	s.edges = newEdgeRegistry(time.Now, cfg.EdgeLiveness, cfg.MaxEdges)
-	if err := s.restoreEdges(context.Background()); err != nil {
-		return nil, fmt.Errorf("restoring the edge registry: %w", err)
-	}
-	if err := s.startEdgeRegistry(); err != nil {
-		return nil, fmt.Errorf("subscribing to edge heartbeats: %w", err)
-	}
-	if err := s.startAudit(); err != nil {
-		return nil, fmt.Errorf("subscribing to edge audit records: %w", err)
-	}
-	s.startHeartbeat()
-	s.startOutboxPruner()
 	s.httpSrv = &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -486,6 +475,60 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	ok = true
+	return s, nil
+}
+
+// Start serves what New built: the publisher, the lookup responders, the
+// edge registry (restored from the store) and its heartbeat subscription,
+// the audit subscriber and writer, the origin's own heartbeat, the outbox
+// pruner, and last the HTTP API at Addr(). A Start that fails shuts the
+// origin down (Shutdown then returns at once). Start may be called once, and
+// not after Shutdown (ErrClosed).
+func (s *Server) Start() error {
+	s.lifeMu.Lock()
+	if s.stopped || s.started {
+		s.lifeMu.Unlock()
+		if s.stopped {
+			return ErrClosed
+		}
+		return errAlreadyStarted
+	}
+	s.started = true
+	err := s.serve()
+	s.lifeMu.Unlock()
+	if err != nil {
+		_ = s.Shutdown(context.Background())
+		return err
+	}
+	s.log.Info("origin started", "listen", s.Addr(), "nats", redact.URLs(s.natsURL), "data_dir", s.cfg.DataDir, "revision", s.Revision(),
+		"signing_pub", filepath.Join(s.cfg.DataDir, "signing.pub"))
+	return nil
+}
+
+// errAlreadyStarted: Start was called twice.
+var errAlreadyStarted = errors.New("origin already started")
+
+// serve starts Start's goroutines, the HTTP server last.
+func (s *Server) serve() error {
+	if !s.cfg.disablePublisher {
+		s.pub.start()
+	}
+	if err := s.startResponders(); err != nil {
+		return err
+	}
+	if err := s.restoreEdges(context.Background()); err != nil {
+		return fmt.Errorf("restoring the edge registry: %w", err)
+	}
+	if err := s.startEdgeRegistry(); err != nil {
+		return fmt.Errorf("subscribing to edge heartbeats: %w", err)
+	}
+	if err := s.startAudit(); err != nil {
+		return fmt.Errorf("subscribing to edge audit records: %w", err)
+	}
+	s.startHeartbeat()
+	s.startOutboxPruner()
+	s.serving = true
 	go func() {
 		err := s.httpSrv.Serve(s.httpLn)
 		if errors.Is(err, http.ErrServerClosed) {
@@ -493,15 +536,8 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.httpErr <- err
 	}()
-	ok = true
-	s.log.Info("origin started", "listen", s.Addr(), "nats", redact.URLs(s.natsURL), "data_dir", cfg.DataDir, "revision", rev,
-		"signing_pub", filepath.Join(cfg.DataDir, "signing.pub"))
-	return s, nil
+	return nil
 }
-
-// Start is kept for callers that expect a separate start step: New already
-// serves, so it does nothing.
-func (s *Server) Start() error { return nil }
 
 // Err returns a channel that yields the HTTP server's error if serving stops
 // before Shutdown (nil after a clean Shutdown).
@@ -544,10 +580,15 @@ func (s *Server) committed(rev uint64) {
 
 // Shutdown stops the HTTP server (draining requests until ctx ends), the
 // lookup responders, the publisher (after a final attempt to publish what
-// is committed), NATS, and closes the store. It is safe to call more than
-// once; later calls return the first call's result.
+// is committed), NATS, and closes the store; of an origin never started it
+// releases what New built. It is safe to call more than once; later calls
+// return the first call's result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
+		// Waits for a Start under way, so that what it started is stopped.
+		s.lifeMu.Lock()
+		s.stopped = true
+		s.lifeMu.Unlock()
 		s.lookupMu.Lock()
 		s.closed.Store(true)
 		s.lookupMu.Unlock()
@@ -579,7 +620,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // failed New).
 func (s *Server) closeResources() {
 	s.edges.stopFlusher() // writes the registry's last changes
-	if s.httpLn != nil && s.httpSrv == nil {
+	if s.httpLn != nil && !s.serving {
 		_ = s.httpLn.Close()
 	}
 	if s.nc != nil {
