@@ -1,5 +1,8 @@
 package origin
 
+// The deployment endpoints: a deployment body's decoding (decodeDeployment)
+// and validation (validateDeployment) next to the handlers that use them.
+
 import (
 	"fmt"
 	"maps"
@@ -10,9 +13,6 @@ import (
 
 	"github.com/keymesh/keymesh/event"
 )
-
-// The deployment endpoints: a deployment body's decoding (decodeDeployment)
-// and validation (validateDeployment) next to the handlers that use them.
 
 type deploymentView struct {
 	ID               string              `json:"id"`

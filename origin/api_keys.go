@@ -1,5 +1,8 @@
 package origin
 
+// The key endpoints: a key body's decoding and validation (decodeKeyInput,
+// decodeRotate) next to the handlers that use them.
+
 import (
 	"encoding/base64"
 	"fmt"
@@ -12,9 +15,6 @@ import (
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
-
-// The key endpoints: a key body's decoding and validation (decodeKeyInput,
-// decodeRotate) next to the handlers that use them.
 
 type keyView struct {
 	ID          string           `json:"id"`

@@ -1,5 +1,8 @@
 package origin
 
+// GET /v1/audit: stored records by project, key, deployment, source and
+// time, newest first.
+
 import (
 	"errors"
 	"net/http"
@@ -9,9 +12,6 @@ import (
 
 	"github.com/keymesh/keymesh/internal/apierror"
 )
-
-// GET /v1/audit: stored records by project, key, deployment, source and
-// time, newest first.
 
 // listAudit serves GET /v1/audit?project=&key_id=&deployment=&since=&limit=
 // (and source=edge|admin): matching records, newest first.
