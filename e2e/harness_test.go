@@ -200,6 +200,9 @@ func (s *stack) startOriginOn(dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := o.Start(); err != nil {
+		t.Fatal(err)
+	}
 	s.origin = o
 	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
 	s.api = &bench.OriginClient{BaseURL: "http://" + o.Addr()}
@@ -226,6 +229,9 @@ func embeddedOrigin(t testing.TB, dir string, logs *logSink, configure func(*ori
 	}
 	o, err := origin.New(cfg)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })

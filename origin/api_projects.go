@@ -3,6 +3,7 @@ package origin
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/keymesh/keymesh/internal/apierror"
@@ -98,7 +99,71 @@ func (s *Server) patchProject(c *call) error {
 	if err != nil {
 		return err
 	}
-	s.auditAdmin(c, http.StatusOK, map[string]any{"id": c.project.ID})
+	s.auditAdmin(c, http.StatusOK, auditTarget{Target: c.project.ID})
 	writeJSON(c.w, http.StatusOK, viewProject(c.project, r))
+	return nil
+}
+
+// projectCreated is the answer to a project's creation.
+type projectCreated map[string]any
+
+func (b projectCreated) report(p *propagation) { b["propagation"] = p }
+
+// decodeProjectName reads and checks a project create body's name.
+func decodeProjectName(o object) (string, error) {
+	var name string
+	if present, _, err := o.get("name", &name, false, "a string"); err != nil {
+		return "", err
+	} else if !present {
+		return "", validation("name", "is required")
+	}
+	if err := validName("name", name); err != nil {
+		return "", err
+	}
+	if !secretNameRE.MatchString(name) {
+		// Edges scope secrets by project name: EDGE_SECRET_<PROJECT>__<NAME>
+		// must split one way only.
+		return "", validation("name", "a project name is runs of letters and digits joined by single '.', '_' or '-'")
+	}
+	return name, nil
+}
+
+func (s *Server) createProject(c *call) error {
+	if c.who.KeyID != "" {
+		// A project key manages its own project only; a new project is
+		// outside it whatever the key holds.
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a project key cannot create projects; log in as a user")
+	}
+	o, err := readObject(c.r, false, "name")
+	if err != nil {
+		return err
+	}
+	name, err := decodeProjectName(o)
+	if err != nil {
+		return err
+	}
+	if err := c.readWait(); err != nil {
+		return err
+	}
+	// The revision is the store's at the project's creation (read in its
+	// transaction, so right on every replica): edges never see projects, and
+	// ?wait waits until they have applied every change made before it.
+	p, rev, err := s.store.createProject(c.ctx(), name)
+	if err != nil {
+		return err
+	}
+	body := projectCreated{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev}
+	return s.mutated(c, http.StatusCreated, rev, body, auditTarget{Target: p.ID, Project: p.ID})
+}
+
+func (s *Server) listProjects(c *call) error {
+	ps, err := s.store.listProjects(c.ctx())
+	if err != nil {
+		return err
+	}
+	if c.who.ProjectID != "" {
+		ps = slices.DeleteFunc(ps, func(p Project) bool { return p.ID != c.who.ProjectID })
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"items": ps, "next_cursor": nil})
 	return nil
 }

@@ -71,7 +71,7 @@ func (s *Server) handleLogout(c *call) error {
 		return err
 	}
 	s.revoked(c, c.who.UserID, time.Now())
-	s.auditAdmin(c, http.StatusNoContent, map[string]any{"id": c.who.UserID})
+	s.auditAdmin(c, http.StatusNoContent, auditTarget{Target: c.who.UserID})
 	c.w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -121,7 +121,7 @@ func (s *Server) createUser(c *call) error {
 	if err != nil {
 		return err
 	}
-	s.auditAdmin(c, http.StatusCreated, map[string]any{"id": u.ID})
+	s.auditAdmin(c, http.StatusCreated, auditTarget{Target: u.ID})
 	writeJSON(c.w, http.StatusCreated, u)
 	return nil
 }
@@ -135,7 +135,7 @@ func (s *Server) deleteUser(c *call) error {
 		return err
 	}
 	s.revoked(c, u.ID, time.Now())
-	s.auditAdmin(c, http.StatusNoContent, map[string]any{"id": u.ID})
+	s.auditAdmin(c, http.StatusNoContent, auditTarget{Target: u.ID})
 	c.w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -197,7 +197,7 @@ func (s *Server) changePassword(c *call) error {
 		return err
 	}
 	s.revoked(c, u.ID, time.Now())
-	s.auditAdmin(c, http.StatusNoContent, map[string]any{"id": u.ID})
+	s.auditAdmin(c, http.StatusNoContent, auditTarget{Target: u.ID})
 	c.w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -275,3 +275,67 @@ func TestAuditPrunesInChunks(t *testing.T) {
 		}
 	})
 }
+
+// Every admin mutation's record names what it acted on as the handler knew
+// it: the key or deployment (by the reference the path gave, for deletes and
+// links), the project, or the user; a delete answered under ?wait records
+// the 200 it answered.
+func TestAdminAuditTargets(t *testing.T) {
+	s := startServer(t, testConfig(t.TempDir()))
+	c := newClient(t, s)
+	var def struct{ ID string }
+	c.must(200, "GET", "/v1/projects/default", nil, &def)
+	var d depResp
+	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, &d)
+	c.must(200, "PATCH", "/v1/projects/default/deployments/"+d.ID, map[string]any{"path_prefix": "/v1"}, nil)
+	var k keyResp
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "a"}, &k)
+	c.must(200, "PATCH", "/v1/projects/default/keys/"+k.ID, map[string]any{"name": "b"}, nil)
+	c.must(200, "POST", "/v1/projects/default/keys/"+k.ID+"/rotate", map[string]any{}, nil)
+	c.must(200, "PUT", "/v1/projects/default/deployments/chat/keys/"+k.ID, nil, nil)
+	c.must(200, "DELETE", "/v1/projects/default/deployments/chat/keys/"+k.ID, nil, nil)
+	c.must(200, "DELETE", "/v1/projects/default/keys/"+k.ID+"?wait=1ms", nil, nil)
+	c.must(204, "DELETE", "/v1/projects/default/deployments/chat", nil, nil)
+	var p struct{ ID string }
+	c.must(201, "POST", "/v1/projects", map[string]any{"name": "other"}, &p)
+	c.must(200, "PATCH", "/v1/projects/default", map[string]any{"max_keys": 10}, nil)
+	var u struct{ ID string }
+	c.must(201, "POST", "/v1/users", map[string]any{"username": "ops", "password": "ops password 1"}, &u)
+	c.must(204, "PUT", "/v1/users/ops/password", map[string]any{"password": "ops password 2"}, nil)
+	c.must(204, "DELETE", "/v1/users/ops", nil, nil)
+
+	type want struct {
+		action, target, key, dep, project string
+		status                            int
+	}
+	const pk, pd = "/v1/projects/{p}/keys", "/v1/projects/{p}/deployments"
+	wants := []want{
+		{"POST " + pd, d.ID, "", d.ID, def.ID, 201},
+		{"PATCH " + pd + "/{id}", d.ID, "", d.ID, def.ID, 200},
+		{"POST " + pk, k.ID, k.ID, "", def.ID, 201},
+		{"PATCH " + pk + "/{id}", k.ID, k.ID, "", def.ID, 200},
+		{"POST " + pk + "/{id}/rotate", k.ID, k.ID, "", def.ID, 200},
+		{"PUT " + pd + "/{id}/keys/{key_id}", k.ID, k.ID, "chat", def.ID, 200},
+		{"DELETE " + pd + "/{id}/keys/{key_id}", k.ID, k.ID, "chat", def.ID, 200},
+		{"DELETE " + pk + "/{id}", k.ID, k.ID, "", def.ID, 200},
+		{"DELETE " + pd + "/{id}", "chat", "", "chat", def.ID, 204},
+		{"POST /v1/projects", p.ID, "", "", p.ID, 201},
+		{"PATCH /v1/projects/{p}", def.ID, "", "", def.ID, 200},
+		{"POST /v1/users", u.ID, "", "", "", 201},
+		{"PUT /v1/users/{u}/password", u.ID, "", "", "", 204},
+		{"DELETE /v1/users/{u}", u.ID, "", "", "", 204},
+	}
+	var recs []AuditRecord
+	waitFor(t, "every admin action recorded", func() bool {
+		recs = nil // decoding into old records would keep their fields
+		c.must(200, "GET", "/v1/audit?source=admin&limit=1000", nil, &recs)
+		return len(recs) == len(wants)
+	})
+	for i, w := range wants {
+		r := recs[len(recs)-1-i] // newest first
+		got := want{r.Action, r.Target, r.KeyID, r.Deployment, r.Project, r.Status}
+		if got != w || r.Actor != "user:admin" {
+			t.Errorf("record %d: %+v (actor %q), want %+v", i, got, r.Actor, w)
+		}
+	}
+}

@@ -86,6 +86,9 @@ func startBenchServer(b *testing.B, store func(dir string) string) *Server {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if err := s.Start(); err != nil {
+		b.Fatal(err)
+	}
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

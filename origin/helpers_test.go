@@ -44,6 +44,9 @@ func startServer(t *testing.T, cfg Config) *Server {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -2,6 +2,8 @@ package origin
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -243,6 +245,9 @@ func TestRandomAdminPasswordNeverLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "admin-password"))
 	if err != nil {
 		t.Fatal(err)
@@ -261,5 +266,58 @@ func TestRandomAdminPasswordNeverLogged(t *testing.T) {
 	}
 	if len(pw) < 16 || bytes.Contains(logs.Bytes(), []byte(pw)) {
 		t.Fatalf("the log contains the admin password:\n%s", logs.Bytes())
+	}
+}
+
+// New builds without serving: the listener is bound (Addr is known) but no
+// request is answered until Start, which serves once. An origin never
+// started is released by Shutdown (its data dir takes another origin), and
+// Start after Shutdown is refused.
+func TestNewBuildsStartServes(t *testing.T) {
+	dir := t.TempDir()
+	s, err := New(testConfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	quick := &http.Client{Timeout: 300 * time.Millisecond}
+	if resp, err := quick.Get("http://" + s.Addr() + "/health"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("answered before Start: %s", resp.Status)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + s.Addr() + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("health after Start: %s", resp.Status)
+	}
+	if err := s.Start(); err == nil {
+		t.Fatal("second Start accepted")
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	built, err := New(testConfig(dir))
+	if err != nil {
+		t.Fatalf("New after Shutdown: %v", err)
+	}
+	if err := built.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown of an origin never started: %v", err)
+	}
+	if err := built.Start(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Start after Shutdown: %v, want ErrClosed", err)
+	}
+	again, err := New(testConfig(dir))
+	if err != nil {
+		t.Fatalf("New after an origin never started: %v", err)
+	}
+	if err := again.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

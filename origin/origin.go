@@ -51,10 +51,6 @@ package origin
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base32"
-	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -62,279 +58,18 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/dirlock"
 	"github.com/keymesh/keymesh/internal/redact"
 )
 
-// Sentinel errors; returned errors wrap them (test with errors.Is).
-var (
-	// ErrNotFound: the named project, key or deployment does not exist.
-	ErrNotFound = errors.New("not found")
-	// ErrConflict: a project or deployment with that name exists.
-	ErrConflict = errors.New("conflict")
-	// ErrInvalid: a request value is not acceptable (see FieldError).
-	ErrInvalid = errors.New("invalid value")
-	// ErrInvalidConfig: Config cannot be used.
-	ErrInvalidConfig = errors.New("invalid origin config")
-	// ErrUnauthenticated: missing or bad credentials.
-	ErrUnauthenticated = errors.New("authentication failed")
-	// ErrClosed: the server has been shut down.
-	ErrClosed = errors.New("origin is shut down")
-	// ErrKeyMismatch: this origin's signing.key or jwt.key differs from the
-	// one the store was first used with (see checkIdentity).
-	ErrKeyMismatch = errors.New("origin key differs from the store's")
-	// ErrForbidden: the project's policy does not allow the change (an
-	// upstream outside allowed_upstreams), or the caller may not make it.
-	ErrForbidden = errors.New("not allowed")
-	// ErrTooLarge: the change's event would exceed MaxEventBytes.
-	ErrTooLarge = errors.New("change too large")
-)
-
-// DetailedError is an error about a request that carries details for the
-// API's error body; Err is the sentinel it wraps (ErrConflict, ErrForbidden,
-// ErrTooLarge, ...), which picks the status. Message and Details never hold
-// a secret, nor anything of another project.
-type DetailedError struct {
-	Err     error
-	Message string
-	Details map[string]any
-}
-
-func (e *DetailedError) Error() string { return e.Message }
-func (e *DetailedError) Unwrap() error { return e.Err }
-
-// FieldError is a validation error about one request field. It wraps
-// ErrInvalid.
-type FieldError struct {
-	Field   string
-	Message string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
-func (e *FieldError) Unwrap() error { return ErrInvalid }
-
-// Config configures an origin. The zero value of each field means its
-// documented default; DefaultConfig returns them filled in.
-type Config struct {
-	// Listen is the REST API address (default "127.0.0.1:7000"; ":0" style
-	// addresses pick a free port, see Server.Addr).
-	Listen string
-	// DataDir holds the SQLite store, the embedded NATS store, signing.key,
-	// signing.pub, jwt.key and the bootstrap admin-password file (default
-	// "./data/origin"). Created with mode 0700 if missing.
-	DataDir string
-	// Store is "" (SQLite at <DataDir>/origin.db), "sqlite://<path>", or
-	// "postgres://..." (PostgreSQL; several origins may share one database).
-	Store string
-	// NATSURL is the URL(s) of an external NATS cluster with JetStream; ""
-	// starts an embedded NATS server with JetStream.
-	NATSURL string
-	// NATSListen is where the embedded NATS server listens, host:port
-	// (default "127.0.0.1:4222"; port -1 picks a random free port).
-	NATSListen string
-	// NATSCreds is a NATS .creds file the origin connects to an external
-	// NATSURL with (see "origin nats-creds --role origin"); "" connects
-	// without credentials. The embedded server always requires credentials:
-	// it trusts the operator in <DataDir>/nats-*.nk (created on first start,
-	// 0600) and the origin connects with an origin credential it issues
-	// itself; NATSCreds must then be "".
-	NATSCreds string
-	// NATSTLSCA verifies the NATS server's certificate (PEM file); with
-	// NATSTLSCert and NATSTLSKey set as well, the origin presents that
-	// client certificate to an external NATS. Against the embedded server,
-	// NATSTLSCert and NATSTLSKey are the certificate it serves TLS with
-	// (clients then need tls:// and the CA).
-	NATSTLSCA, NATSTLSCert, NATSTLSKey string
-	// StreamReplicas is how many JetStream servers keep a copy of the event
-	// stream, 1 to 5 (default 1, all an embedded server can hold). Against
-	// an external cluster of three or more, 3 survives the loss of any one.
-	// A stream created with another value is updated to this one.
-	StreamReplicas int
-	// AdminPassword is the password of user "admin", created on first start.
-	// If empty, a random one is written to <DataDir>/admin-password (0600).
-	AdminPassword string
-	// PasswordCost is the bcrypt cost of stored passwords (default
-	// bcrypt.DefaultCost).
-	PasswordCost int
-	// TokenTTL is the lifetime of admin JWTs (default 12h).
-	TokenTTL time.Duration
-	// UserCacheTTL is how long a replica trusts what it read of a user
-	// (their token version) before reading it again (default 1s; negative:
-	// read on every request). Logout, a password change and a user's
-	// deletion answer only once it has passed since they committed, so that
-	// when they answer, no replica sharing the store accepts the tokens
-	// they revoked.
-	UserCacheTTL time.Duration
-	// PollInterval is how often the outbox publisher looks for unpublished
-	// events besides being woken by each commit (default 1s).
-	PollInterval time.Duration
-	// HeartbeatInterval is how often the origin tells edges, signed, that
-	// it is alive and its committed head: the store's latest committed
-	// revision (default 1s). Edges that stop hearing it, or that have not
-	// applied the head it names, re-validate what they cache.
-	HeartbeatInterval time.Duration
-	// Logger receives operational logs (default slog.Default()).
-	Logger *slog.Logger
-	// EdgeLiveness: an edge whose last heartbeat is older than this is not
-	// live, and ?wait does not wait for it (default 10s). It is dropped from
-	// the registry after 10x this.
-	EdgeLiveness time.Duration
-	// MaxEdges bounds the edge registry; heartbeats of new edges over it are
-	// ignored and counted (default 10,000).
-	MaxEdges int
-	// AuditRetention is how long audit records are kept (default 30 days).
-	AuditRetention time.Duration
-	// AuditMaxRows bounds the audit table; the oldest records beyond it are
-	// pruned (default 1,000,000).
-	AuditMaxRows int
-	// AuditPruneInterval is how often retention is applied (default 1m).
-	AuditPruneInterval time.Duration
-	// AuditBuffer bounds the audit records waiting to be stored; over it
-	// they are dropped and counted (default 10,000).
-	AuditBuffer int
-	// StreamMaxAge bounds the event stream and the outbox (default 30
-	// days, at least 2 minutes, the stream's duplicate window): JetStream
-	// drops events older than this, and published events older than this
-	// are deleted from the store (unpublished ones never are). An edge
-	// further behind sees a gap and drops its cache.
-	StreamMaxAge time.Duration
-
-	// disablePublisher is for tests: commit events without publishing.
-	disablePublisher bool
-	// now is for tests: the clock of token and key expiry and the login
-	// limiter (default time.Now).
-	now func() time.Time
-	// hasher is for tests: password hashing (default bcrypt).
-	hasher passwordHasher
-}
-
-// DefaultConfig returns the documented defaults.
-func DefaultConfig() Config {
-	return Config{
-		Listen:       "127.0.0.1:7000",
-		DataDir:      "./data/origin",
-		NATSListen:   "127.0.0.1:4222",
-		PasswordCost: bcrypt.DefaultCost,
-		TokenTTL:     12 * time.Hour,
-		UserCacheTTL: time.Second,
-		PollInterval: time.Second,
-		Logger:       slog.Default(),
-
-		HeartbeatInterval: time.Second,
-		AuditRetention:    30 * 24 * time.Hour,
-		AuditMaxRows:      1_000_000,
-		StreamMaxAge:      30 * 24 * time.Hour,
-		StreamReplicas:    1,
-	}
-}
-
-func (c *Config) fill() error {
-	d := DefaultConfig()
-	if c.Listen == "" {
-		c.Listen = d.Listen
-	}
-	if c.DataDir == "" {
-		c.DataDir = d.DataDir
-	}
-	if c.NATSListen == "" {
-		c.NATSListen = d.NATSListen
-	}
-	if c.StreamReplicas == 0 {
-		c.StreamReplicas = d.StreamReplicas
-	}
-	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
-		return fmt.Errorf("%w: StreamReplicas must be between 1 and 5", ErrInvalidConfig)
-	}
-	if c.PasswordCost == 0 {
-		c.PasswordCost = d.PasswordCost
-	}
-	if c.PasswordCost < bcrypt.MinCost || c.PasswordCost > bcrypt.MaxCost {
-		return fmt.Errorf("%w: PasswordCost must be between %d and %d", ErrInvalidConfig, bcrypt.MinCost, bcrypt.MaxCost)
-	}
-	if c.TokenTTL == 0 {
-		c.TokenTTL = d.TokenTTL
-	}
-	if c.TokenTTL < 0 {
-		return fmt.Errorf("%w: TokenTTL must be positive", ErrInvalidConfig)
-	}
-	if c.UserCacheTTL == 0 {
-		c.UserCacheTTL = d.UserCacheTTL
-	}
-	if c.UserCacheTTL > time.Minute {
-		return fmt.Errorf("%w: UserCacheTTL must be at most 1m (revocations wait for it)", ErrInvalidConfig)
-	}
-	if c.hasher == nil {
-		c.hasher = bcryptHasher{}
-	}
-	if c.PollInterval <= 0 {
-		c.PollInterval = d.PollInterval
-	}
-	if c.HeartbeatInterval <= 0 {
-		c.HeartbeatInterval = d.HeartbeatInterval
-	}
-	if c.Logger == nil {
-		c.Logger = d.Logger
-	}
-	if c.now == nil {
-		c.now = time.Now
-	}
-	if c.EdgeLiveness <= 0 {
-		c.EdgeLiveness = 10 * time.Second
-	}
-	if c.MaxEdges <= 0 {
-		c.MaxEdges = 10_000
-	}
-	if c.AuditRetention < 0 || c.AuditMaxRows < 0 {
-		return fmt.Errorf("%w: audit retention and row limit must not be negative", ErrInvalidConfig)
-	}
-	if c.AuditRetention == 0 {
-		c.AuditRetention = d.AuditRetention
-	}
-	if c.AuditMaxRows == 0 {
-		c.AuditMaxRows = d.AuditMaxRows
-	}
-	if c.AuditPruneInterval <= 0 {
-		c.AuditPruneInterval = time.Minute
-	}
-	if c.AuditBuffer <= 0 {
-		c.AuditBuffer = 10_000
-	}
-	if c.StreamMaxAge == 0 {
-		c.StreamMaxAge = d.StreamMaxAge
-	}
-	if c.StreamMaxAge < streamDuplicates {
-		return fmt.Errorf("%w: StreamMaxAge must be at least %v (the stream's duplicate window)", ErrInvalidConfig, streamDuplicates)
-	}
-	if err := checkStoreDSN(c.Store); err != nil {
-		return err
-	}
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("%w: Listen %q: want host:port", ErrInvalidConfig, c.Listen)
-	}
-	if c.NATSURL == "" {
-		if _, _, err := splitNATSListen(c.NATSListen); err != nil {
-			return err
-		}
-		if c.NATSCreds != "" {
-			return fmt.Errorf("%w: NATSCreds is for an external NATSURL; the embedded server issues the origin's own", ErrInvalidConfig)
-		}
-	}
-	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
-		return fmt.Errorf("%w: NATSTLSCert and NATSTLSKey go together", ErrInvalidConfig)
-	}
-	return nil
-}
-
-// Server is a running origin.
+// Server is an origin: built by New, served by Start, stopped by Shutdown.
 type Server struct {
 	cfg Config
 	// dirLock keeps a second origin off DataDir (released last).
@@ -374,17 +109,24 @@ type Server struct {
 	lookupWG   sync.WaitGroup
 	lookupSem  chan struct{}
 
-	rev          atomic.Uint64
-	closed       atomic.Bool
+	rev    atomic.Uint64
+	closed atomic.Bool
+	// lifeMu orders Start and Shutdown: started, stopped and serving (the
+	// HTTP server owns the listener) change under it.
+	lifeMu       sync.Mutex
+	started      bool
+	stopped      bool
+	serving      bool
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
 
-// New validates cfg and starts an origin: opens the store (creating the
-// admin user and project "default" on first start), loads or creates the
-// signing key, starts or connects to NATS, binds the HTTP listener, and
-// then starts the publisher, the lookup responders and the HTTP server.
-// When New returns, the API is served at Addr() and NATS at NATSURL().
+// New validates cfg and builds an origin without serving: opens the store
+// (creating the admin user and project "default" on first start), loads or
+// creates the signing key, starts or connects to NATS and binds the HTTP
+// listener, so that every error of configuration or state is New's. When New
+// returns, Addr() and NATSURL() are known; Start serves. A built origin that
+// is never started is released by Shutdown.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
@@ -454,30 +196,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
 
-	// Goroutines last.
 	s.pub = newPublisher(s.store, s.nc, s.log, cfg.PollInterval, cfg.StreamReplicas)
 	s.pub.maxAge = cfg.StreamMaxAge
 	if s.ns != nil {
 		s.pub.heal = s.healJetStream
 	}
-	if !cfg.disablePublisher {
-		s.pub.start()
-	}
-	if err := s.startResponders(); err != nil {
-		return nil, err
-	}
 	s.edges = newEdgeRegistry(time.Now, cfg.EdgeLiveness, cfg.MaxEdges)
-	if err := s.restoreEdges(context.Background()); err != nil {
-		return nil, fmt.Errorf("restoring the edge registry: %w", err)
-	}
-	if err := s.startEdgeRegistry(); err != nil {
-		return nil, fmt.Errorf("subscribing to edge heartbeats: %w", err)
-	}
-	if err := s.startAudit(); err != nil {
-		return nil, fmt.Errorf("subscribing to edge audit records: %w", err)
-	}
-	s.startHeartbeat()
-	s.startOutboxPruner()
 	s.httpSrv = &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -486,6 +210,60 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	ok = true
+	return s, nil
+}
+
+// Start serves what New built: the publisher, the lookup responders, the
+// edge registry (restored from the store) and its heartbeat subscription,
+// the audit subscriber and writer, the origin's own heartbeat, the outbox
+// pruner, and last the HTTP API at Addr(). A Start that fails shuts the
+// origin down (Shutdown then returns at once). Start may be called once, and
+// not after Shutdown (ErrClosed).
+func (s *Server) Start() error {
+	s.lifeMu.Lock()
+	if s.stopped || s.started {
+		s.lifeMu.Unlock()
+		if s.stopped {
+			return ErrClosed
+		}
+		return errAlreadyStarted
+	}
+	s.started = true
+	err := s.serve()
+	s.lifeMu.Unlock()
+	if err != nil {
+		_ = s.Shutdown(context.Background())
+		return err
+	}
+	s.log.Info("origin started", "listen", s.Addr(), "nats", redact.URLs(s.natsURL), "data_dir", s.cfg.DataDir, "revision", s.Revision(),
+		"signing_pub", filepath.Join(s.cfg.DataDir, "signing.pub"))
+	return nil
+}
+
+// errAlreadyStarted: Start was called twice.
+var errAlreadyStarted = errors.New("origin already started")
+
+// serve starts Start's goroutines, the HTTP server last.
+func (s *Server) serve() error {
+	if !s.cfg.disablePublisher {
+		s.pub.start()
+	}
+	if err := s.startResponders(); err != nil {
+		return err
+	}
+	if err := s.restoreEdges(context.Background()); err != nil {
+		return fmt.Errorf("restoring the edge registry: %w", err)
+	}
+	if err := s.startEdgeRegistry(); err != nil {
+		return fmt.Errorf("subscribing to edge heartbeats: %w", err)
+	}
+	if err := s.startAudit(); err != nil {
+		return fmt.Errorf("subscribing to edge audit records: %w", err)
+	}
+	s.startHeartbeat()
+	s.startOutboxPruner()
+	s.serving = true
 	go func() {
 		err := s.httpSrv.Serve(s.httpLn)
 		if errors.Is(err, http.ErrServerClosed) {
@@ -493,15 +271,8 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.httpErr <- err
 	}()
-	ok = true
-	s.log.Info("origin started", "listen", s.Addr(), "nats", redact.URLs(s.natsURL), "data_dir", cfg.DataDir, "revision", rev,
-		"signing_pub", filepath.Join(cfg.DataDir, "signing.pub"))
-	return s, nil
+	return nil
 }
-
-// Start is kept for callers that expect a separate start step: New already
-// serves, so it does nothing.
-func (s *Server) Start() error { return nil }
 
 // Err returns a channel that yields the HTTP server's error if serving stops
 // before Shutdown (nil after a clean Shutdown).
@@ -544,10 +315,15 @@ func (s *Server) committed(rev uint64) {
 
 // Shutdown stops the HTTP server (draining requests until ctx ends), the
 // lookup responders, the publisher (after a final attempt to publish what
-// is committed), NATS, and closes the store. It is safe to call more than
-// once; later calls return the first call's result.
+// is committed), NATS, and closes the store; of an origin never started it
+// releases what New built. It is safe to call more than once; later calls
+// return the first call's result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
+		// Waits for a Start under way, so that what it started is stopped.
+		s.lifeMu.Lock()
+		s.stopped = true
+		s.lifeMu.Unlock()
 		s.lookupMu.Lock()
 		s.closed.Store(true)
 		s.lookupMu.Unlock()
@@ -579,7 +355,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // failed New).
 func (s *Server) closeResources() {
 	s.edges.stopFlusher() // writes the registry's last changes
-	if s.httpLn != nil && s.httpSrv == nil {
+	if s.httpLn != nil && !s.serving {
 		_ = s.httpLn.Close()
 	}
 	if s.nc != nil {
@@ -647,118 +423,4 @@ func (s *Server) bootstrap() error {
 		s.log.Info("created admin user from the configured password")
 	}
 	return nil
-}
-
-// ---- files and ids ----
-
-// loadSigningKey reads <dir>/signing.key (base64 Ed25519 private key) or
-// creates it, and (re)writes <dir>/signing.pub.
-func loadSigningKey(dir string) (ed25519.PrivateKey, error) {
-	path := filepath.Join(dir, "signing.key")
-	var priv ed25519.PrivateKey
-	b, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		raw, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-		if derr != nil || len(raw) != ed25519.PrivateKeySize {
-			return nil, fmt.Errorf("%s: not a base64 Ed25519 private key", path)
-		}
-		priv = ed25519.PrivateKey(raw)
-	case errors.Is(err, os.ErrNotExist):
-		if priv, err = event.GenerateKey(); err != nil {
-			return nil, err
-		}
-		if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(priv)+"\n"), 0o600); err != nil {
-			return nil, fmt.Errorf("writing signing key: %w", err)
-		}
-	default:
-		return nil, fmt.Errorf("reading signing key: %w", err)
-	}
-	pub := event.EncodePublicKey(priv.Public().(ed25519.PublicKey))
-	pubPath := filepath.Join(dir, "signing.pub")
-	if cur, err := os.ReadFile(pubPath); err != nil || strings.TrimSpace(string(cur)) != pub {
-		if err := writeFileAtomic(pubPath, []byte(pub+"\n"), 0o644); err != nil {
-			return nil, fmt.Errorf("writing signing.pub: %w", err)
-		}
-	}
-	return priv, nil
-}
-
-// loadSecretFile reads a base64 secret from path, creating n random bytes
-// there (0600) if missing.
-func loadSecretFile(path string, n int) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		raw, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-		if derr != nil || len(raw) < 16 {
-			return nil, fmt.Errorf("%s: not a base64 secret of at least 16 bytes", path)
-		}
-		return raw, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("reading %s: %w", filepath.Base(path), err)
-	}
-	raw := make([]byte, n)
-	if _, err := rand.Read(raw); err != nil {
-		return nil, err
-	}
-	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(raw)+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("writing %s: %w", filepath.Base(path), err)
-	}
-	return raw, nil
-}
-
-// writeFileAtomic replaces path with data, complete or not at all.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return writeFileVia(path, data, mode, os.Rename)
-}
-
-// writeFileVia writes data to a temporary file beside path, syncs it, and
-// puts it in place with place(tmp, path): os.Rename replaces, os.Link
-// fails if path exists.
-func writeFileVia(path string, data []byte, mode os.FileMode, place func(oldpath, newpath string) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return place(tmp.Name(), path)
-}
-
-// idEncoding is Crockford's base32 alphabet in ASCII order, so that ids
-// sort like their bytes.
-var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
-
-// newID returns prefix_ followed by 48 bits of milliseconds and 80 random
-// bits: ids sort roughly by creation time.
-func newID(prefix string) string {
-	var b [16]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(time.Now().UnixMilli())<<16)
-	if _, err := rand.Read(b[6:]); err != nil {
-		panic(err)
-	}
-	return prefix + "_" + idEncoding.EncodeToString(b[:])
-}
-
-func randomToken(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return base64.RawURLEncoding.EncodeToString(b)
 }

@@ -3,25 +3,18 @@ package origin
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -137,119 +130,6 @@ func TestRandomAdminPassword(t *testing.T) {
 	}
 	c := &client{t: t, base: "http://" + s.Addr()}
 	c.must(200, "POST", "/v1/auth/login", map[string]string{"username": "admin", "password": strings.TrimSpace(string(b))}, nil)
-}
-
-func TestMutationsPublishGapFreeSignedEvents(t *testing.T) {
-	s := startServer(t, testConfig(t.TempDir()))
-	c := newClient(t, s)
-
-	var dep, dep2 depResp
-	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, &dep) // rev 1
-	if dep.Revision != 1 || !dep.AuthEnabled || dep.InvalidKeyStatus != 401 || dep.UpstreamAuth.Mode != "none" ||
-		dep.PathPrefix != "/" || dep.MaxBodyBytes != 10<<20 || dep.MaxPromptChars != 10000 {
-		t.Fatalf("deployment defaults: %+v", dep)
-	}
-	c.must(201, "POST", "/v1/projects/default/deployments", map[string]any{ // rev 2
-		"name": "embed", "path_prefix": "/v1/embeddings", "invalid_key_status": 403,
-		"upstreams": map[string][]string{"eu": {"https://gpu-eu:8000"}, "*": {"http://gpu:8000"}},
-	}, &dep2)
-
-	var k keyResp
-	st, body, hdr := c.doH("POST", "/v1/projects/default/keys", map[string]any{"name": "ci", "deployments": []string{"chat"}}, nil) // rev 3
-	if st != 201 {
-		t.Fatalf("create key: %d %s", st, body)
-	}
-	mustJSON(t, body, &k)
-	if hdr.Get("X-Revision") != "3" || k.Revision != 3 {
-		t.Fatalf("create key revision: header %q body %d", hdr.Get("X-Revision"), k.Revision)
-	}
-	if k.Key == nil || !slices.Equal(k.Deployments, []string{dep.ID}) || !slices.Equal(k.Permissions, event.DefaultPermissions) {
-		t.Fatalf("created key %+v", k)
-	}
-	hash, err := apikey.ParseString(*k.Key)
-	if err != nil || k.Prefix != apikey.Display(*k.Key) {
-		t.Fatalf("secret %v, prefix %q", err, k.Prefix)
-	}
-	var got keyResp
-	c.must(200, "GET", "/v1/projects/default/keys/"+k.ID, nil, &got)
-	if got.Key != nil {
-		t.Fatal("GET returned the secret")
-	}
-	if st, b := c.do("GET", "/v1/projects/default/keys/"+k.ID, nil); bytes.Contains(b, []byte(*k.Key)) || st != 200 {
-		t.Fatal("GET body contains the secret")
-	}
-
-	var linked keyResp
-	c.must(200, "PUT", "/v1/projects/default/deployments/embed/keys/"+k.ID, nil, &linked) // rev 4
-	if linked.Revision != 4 || len(linked.Deployments) != 2 {
-		t.Fatalf("link: %+v", linked)
-	}
-	c.must(200, "DELETE", "/v1/projects/default/deployments/"+dep.ID+"/keys/"+k.ID, nil, &linked) // rev 5
-	if !slices.Equal(linked.Deployments, []string{dep2.ID}) {
-		t.Fatalf("unlink: %+v", linked)
-	}
-	var patched keyResp
-	c.must(200, "PATCH", "/v1/projects/default/keys/"+k.ID, map[string]any{"disabled": true, "expires_at": "2099-01-02", "rate_limit": map[string]int{"requests_per_minute": 60}}, &patched) // rev 6
-	if !patched.Disabled || patched.ExpiresAt == nil || !patched.ExpiresAt.Equal(time.Date(2099, 1, 2, 0, 0, 0, 0, time.UTC)) || patched.RateLimit.RequestsPerMinute != 60 {
-		t.Fatalf("patch: %+v", patched)
-	}
-	var dk struct{ Items []keyResp }
-	c.must(200, "GET", "/v1/projects/default/deployments/embed/keys", nil, &dk)
-	if len(dk.Items) != 1 || dk.Items[0].ID != k.ID {
-		t.Fatalf("deployment keys: %+v", dk)
-	}
-	c.must(200, "PATCH", "/v1/projects/default/deployments/embed", map[string]any{"auth_enabled": false}, nil) // rev 7
-	st, _, hdr = c.doH("DELETE", "/v1/projects/default/deployments/embed", nil, nil)                           // rev 8
-	if st != 204 || hdr.Get("X-Revision") != "8" {
-		t.Fatalf("delete deployment: %d %q", st, hdr.Get("X-Revision"))
-	}
-	c.must(200, "GET", "/v1/projects/default/keys/"+k.ID, nil, &got)
-	if len(got.Deployments) != 0 {
-		t.Fatalf("links survive deployment deletion: %+v", got)
-	}
-	if st, _ := c.do("DELETE", "/v1/projects/default/keys/"+k.ID, nil); st != 204 { // rev 9
-		t.Fatalf("delete key: %d", st)
-	}
-	if st, _ := c.do("GET", "/v1/projects/default/keys/"+k.ID, nil); st != 404 {
-		t.Fatalf("deleted key: %d", st)
-	}
-	if s.Revision() != 9 {
-		t.Fatalf("Revision() = %d", s.Revision())
-	}
-
-	recs := streamRecords(t, s, 9)
-	kinds := ""
-	for _, r := range recs {
-		kinds += string(r.Kind)[:1]
-	}
-	if kinds != "ddkkkkddk" {
-		t.Fatalf("event kinds %q", kinds)
-	}
-	if d := recs[0].Deployment; d.ID != dep.ID || d.Revision != 1 || d.Upstreams["*"][0] != "http://127.0.0.1:9000" {
-		t.Errorf("deployment event %+v", d)
-	}
-	if k3 := recs[2].Key; k3.ID != k.ID || len(k3.Secrets) != 1 || !k3.Secrets[0].Hash.Equal(hash) || !slices.Equal(k3.Deployments, []string{dep.ID}) {
-		t.Errorf("create event %+v", k3)
-	}
-	if k4 := recs[3].Key; !slices.Contains(k4.Deployments, dep2.ID) || !slices.Contains(k4.Deployments, dep.ID) {
-		t.Errorf("link event %+v", k4)
-	}
-	if k5 := recs[4].Key; slices.Contains(k5.Deployments, dep.ID) {
-		t.Errorf("unlink event still links: %+v", k5)
-	}
-	if k6 := recs[5].Key; !k6.Disabled || k6.RateLimit == nil || k6.ExpiresAt == nil {
-		t.Errorf("patch event %+v", k6)
-	}
-	if d := recs[6].Deployment; d.AuthEnabled || d.InvalidKeyStatus != 403 {
-		t.Errorf("deployment patch event %+v", d)
-	}
-	if d := recs[7].Deployment; !d.Deleted || d.ID != dep2.ID {
-		t.Errorf("deployment delete event %+v", d)
-	}
-	if k9 := recs[8].Key; !k9.Deleted || k9.ID != k.ID || !k9.Secrets[0].Hash.Equal(hash) {
-		t.Errorf("key delete event %+v", k9)
-	}
-	waitFor(t, "outbox to be marked published", func() bool { return s.PublishedRevision() == 9 })
 }
 
 func TestSecretNeverStoredOrLogged(t *testing.T) {
@@ -464,196 +344,6 @@ func TestListPagination(t *testing.T) {
 	}
 }
 
-func request(t *testing.T, nc *nats.Conn, subj string, data []byte) *event.Record {
-	t.Helper()
-	return requestV(t, nc, subj, data, nil)
-}
-
-func requestV(t *testing.T, nc *nats.Conn, subj string, data []byte, s *Server) *event.Record {
-	t.Helper()
-	m, err := nc.Request(subj, data, 5*time.Second)
-	if err != nil {
-		t.Fatalf("request %s: %v", subj, err)
-	}
-	if reason := m.Header.Get(event.ErrorHeader); reason != "" {
-		t.Fatalf("lookup error: %s", reason)
-	}
-	v, _ := event.NewVerifier(s.PublicKey())
-	r, err := v.Open(m.Data)
-	if err != nil {
-		t.Fatalf("reply does not verify: %v", err)
-	}
-	return r
-}
-
-func TestLookupResponders(t *testing.T) {
-	s := startServer(t, testConfig(t.TempDir()))
-	c := newClient(t, s)
-	var dep depResp
-	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, &dep)
-	var k keyResp
-	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"deployments": []string{dep.ID}, "permissions": []string{"run_inference"}}, &k)
-	nc := connect(t, s)
-	h, _ := apikey.ParseString(*k.Key)
-
-	r := requestV(t, nc, event.LookupKeySubject, h[:], s)
-	if r.Kind != event.KindKey || r.Revision != 2 || r.Key.ID != k.ID || !slices.Equal(r.Key.Deployments, []string{dep.ID}) ||
-		!slices.Equal(r.Key.Permissions, []string{"run_inference"}) || !r.Key.Secrets[0].Hash.Equal(h) {
-		t.Fatalf("lookup: %+v %+v", r, r.Key)
-	}
-	// The reply's revision is the current one, not the key's.
-	c.must(201, "POST", "/v1/projects/default/deployments", map[string]any{"name": "other", "upstreams": map[string][]string{"*": {"http://x:1"}}}, nil)
-	if r := requestV(t, nc, event.LookupKeySubject, h[:], s); r.Revision != 3 {
-		t.Fatalf("lookup revision %d, want 3", r.Revision)
-	}
-
-	unknown := sha256.Sum256([]byte("nope"))
-	r = requestV(t, nc, event.LookupKeySubject, unknown[:], s)
-	if r.Kind != event.KindKeyNotFound || r.Hash == nil || *r.Hash != apikey.Hash(unknown) || r.Revision != 3 {
-		t.Fatalf("unknown hash: %+v", r)
-	}
-
-	r = requestV(t, nc, event.SnapshotSubject, nil, s)
-	if r.Kind != event.KindSnapshot || r.Revision != 3 || len(r.Deployments) != 2 {
-		t.Fatalf("snapshot: %+v", r)
-	}
-
-	m, err := nc.Request(event.LookupKeySubject, []byte("short"), 5*time.Second)
-	if err != nil || len(m.Data) != 0 || m.Header.Get(event.ErrorHeader) == "" {
-		t.Fatalf("bad request: %v %q %v", err, m.Data, m.Header)
-	}
-
-	// Rotation: with a grace period the old secret still resolves; with none
-	// it is answered as not found.
-	var rot keyResp
-	c.must(200, "POST", "/v1/projects/default/keys/"+k.ID+"/rotate", map[string]any{"grace_seconds": 3600}, &rot)
-	h2, _ := apikey.ParseString(*rot.Key)
-	if r := requestV(t, nc, event.LookupKeySubject, h[:], s); r.Kind != event.KindKey || len(r.Key.Secrets) != 2 {
-		t.Fatalf("old secret in grace: %+v", r.Key)
-	}
-	c.must(200, "POST", "/v1/projects/default/keys/"+k.ID+"/rotate", nil, &rot)
-	h3, _ := apikey.ParseString(*rot.Key)
-	if r := requestV(t, nc, event.LookupKeySubject, h2[:], s); r.Kind != event.KindKeyNotFound {
-		t.Fatalf("rotated secret without grace: %+v", r)
-	}
-	if r := requestV(t, nc, event.LookupKeySubject, h3[:], s); r.Kind != event.KindKey || r.Key.ID != k.ID {
-		t.Fatalf("new secret: %+v", r)
-	}
-	recs := streamRecords(t, s, s.Revision())
-	last := recs[len(recs)-1].Key
-	for _, sec := range last.Secrets {
-		if !sec.Hash.Equal(h3) && (sec.NotAfter == nil || sec.NotAfter.After(time.Now())) {
-			t.Fatalf("rotation event keeps an old secret alive: %+v", last.Secrets)
-		}
-	}
-}
-
-func TestAPIKeyAuth(t *testing.T) {
-	s := startServer(t, testConfig(t.TempDir()))
-	c := newClient(t, s)
-	c.must(201, "POST", "/v1/projects", map[string]string{"name": "other"}, nil)
-	var admin, plain keyResp
-	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"permissions": []string{"write_config", "run_inference"}}, &admin)
-	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, &plain)
-
-	kc := &client{t: t, base: c.base}
-	st, _, _ := kc.doH("GET", "/v1/projects/default/keys", nil, map[string]string{"X-API-Key": *admin.Key})
-	if st != 200 {
-		t.Fatalf("X-API-Key with write_config: %d", st)
-	}
-	kc.token = *admin.Key
-	if st, _ := kc.do("GET", "/v1/projects/default/keys", nil); st != 200 {
-		t.Fatalf("Bearer key: %d", st)
-	}
-	if st, _ := kc.do("GET", "/v1/projects/other/keys", nil); st != 403 {
-		t.Fatalf("other project: %d", st)
-	}
-	if st, _ := kc.do("POST", "/v1/projects/default/keys", map[string]any{"permissions": []string{"manage_users"}}); st != 403 {
-		t.Fatalf("escalation: %d", st)
-	}
-	if st, _ := kc.do("POST", "/v1/projects", map[string]string{"name": "x"}); st != 403 {
-		t.Fatalf("manage_users needed: %d", st)
-	}
-	kc.token = *plain.Key
-	if st, _ := kc.do("GET", "/v1/projects/default/keys", nil); st != 403 {
-		t.Fatalf("key without write_config: %d", st)
-	}
-	c.must(200, "PATCH", "/v1/projects/default/keys/"+admin.ID, map[string]any{"disabled": true}, nil)
-	kc.token = *admin.Key
-	if st, _ := kc.do("GET", "/v1/projects/default/keys", nil); st != 401 {
-		t.Fatalf("disabled key: %d", st)
-	}
-}
-
-// A project key holding write_config may manage only keys whose every
-// permission it holds itself: rotating a greater key would hand it that
-// key's secret, and changing, relinking or deleting one would let it tamper
-// with a key it could not have created. Refusals take no revision.
-func TestAPIKeyCannotManageMorePrivilegedKeys(t *testing.T) {
-	eachStore(t, func(t *testing.T, cfg Config) {
-		s := startServer(t, cfg)
-		c := newClient(t, s)
-		c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
-		var wc, big, small keyResp
-		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "wc", "permissions": []string{"write_config"}}, &wc)
-		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "big",
-			"permissions": []string{"write_config", "run_inference", "manage_users"}}, &big)
-		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "small", "permissions": []string{}}, &small)
-		kc := keyClient(t, s, *wc.Key)
-		keys := "/v1/projects/default/keys/"
-		rev := s.Revision()
-		for _, tc := range []struct {
-			what, method, path string
-			body               any
-		}{
-			{"rotate", "POST", keys + big.ID + "/rotate", map[string]any{"grace_seconds": 60}},
-			{"patch", "PATCH", keys + big.ID, map[string]any{"disabled": true}},
-			{"patch permissions down", "PATCH", keys + big.ID, map[string]any{"permissions": []string{"write_config"}}},
-			{"delete", "DELETE", keys + big.ID, nil},
-			{"delete with wait", "DELETE", keys + big.ID + "?wait=1s", nil},
-			{"link", "PUT", "/v1/projects/default/deployments/chat/keys/" + big.ID, nil},
-			{"unlink", "DELETE", "/v1/projects/default/deployments/chat/keys/" + big.ID, nil},
-			{"create with the defaults", "POST", "/v1/projects/default/keys", map[string]any{"name": "d"}},
-			{"create with null permissions", "POST", "/v1/projects/default/keys", map[string]any{"permissions": nil}},
-			{"create project", "POST", "/v1/projects", map[string]any{"name": "mine"}},
-		} {
-			st, b := kc.do(tc.method, tc.path, tc.body)
-			wantError(t, tc.what, st, b, http.StatusForbidden, "PERMISSION_DENIED")
-			if bytes.Contains(b, []byte(`"key"`)) || bytes.Contains(b, []byte(apikey.Prefix)) {
-				t.Fatalf("%s: refusal carries a secret: %s", tc.what, b)
-			}
-		}
-		if s.Revision() != rev {
-			t.Fatalf("refused requests moved the revision from %d to %d", rev, s.Revision())
-		}
-		// The greater key is untouched: its secret still works, it is enabled.
-		var got keyResp
-		keyClient(t, s, *big.Key).must(200, "GET", keys+big.ID, nil, &got)
-		if got.Disabled || len(got.Permissions) != 3 || got.Prefix != big.Prefix {
-			t.Fatalf("greater key changed: %+v", got)
-		}
-		// Not even a key holding manage_users creates projects.
-		st, b := keyClient(t, s, *big.Key).do("POST", "/v1/projects", map[string]any{"name": "mine"})
-		wantError(t, "manage_users key creating a project", st, b, http.StatusForbidden, "PERMISSION_DENIED")
-
-		// Keys within its own permissions, itself included, it manages.
-		kc.must(201, "POST", "/v1/projects/default/keys", map[string]any{"permissions": []string{"write_config"}}, nil)
-		kc.must(200, "PATCH", keys+small.ID, map[string]any{"name": "smaller"}, nil)
-		kc.must(200, "PUT", "/v1/projects/default/deployments/chat/keys/"+small.ID, nil, nil)
-		var rot keyResp
-		kc.must(200, "POST", keys+small.ID+"/rotate", nil, &rot)
-		if rot.Key == nil {
-			t.Fatal("rotate answered no secret")
-		}
-		kc.must(200, "POST", keys+wc.ID+"/rotate", map[string]any{"grace_seconds": 60}, nil)
-		if st, _ := kc.do("DELETE", keys+small.ID, nil); st != http.StatusNoContent {
-			t.Fatalf("delete of a lesser key: %d", st)
-		}
-		// A user manages every key.
-		c.must(200, "POST", keys+big.ID+"/rotate", nil, nil)
-	})
-}
-
 // POST /projects answers the store's revision (on a replica too, where the
 // local one lags) and validates ?wait like every mutation.
 func TestCreateProjectRevisionAndWait(t *testing.T) {
@@ -703,82 +393,13 @@ func TestCreateProjectRevisionAndWait(t *testing.T) {
 	})
 }
 
-func TestOutboxPublishesAfterRestart(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(dir)
-	cfg.disablePublisher = true
-	s1, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := newClient(t, s1)
-	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
-	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"deployments": []string{"chat"}}, nil)
-	if s1.PublishedRevision() != 0 {
-		t.Fatalf("published %d with the publisher off", s1.PublishedRevision())
-	}
-	// Simulate a crash after publishing revision 1 but before marking it,
-	// long enough ago that JetStream's duplicate window no longer knows its
-	// message id: put it on the stream by hand, without an id.
-	nc, err := nats.Connect(s1.NATSURL(), natsAuth(t, s1)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: event.StreamName, Subjects: []string{event.StreamSubjects}, Storage: jetstream.FileStorage}); err != nil {
-		t.Fatal(err)
-	}
-	evs, err := s1.store.unpublished(ctx, 10)
-	if err != nil || len(evs) != 2 {
-		t.Fatalf("unpublished: %v %d", err, len(evs))
-	}
-	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: evs[0].Subject, Data: evs[0].Payload}); err != nil {
-		t.Fatal(err)
-	}
-	nc.Close()
-	if err := s1.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	s2 := startServer(t, testConfig(dir))
-	recs := streamRecords(t, s2, 2) // exactly once each: Msgs == LastSeq == 2
-	if recs[1].Kind != event.KindKey {
-		t.Fatalf("revision 2 is %s", recs[1].Kind)
-	}
-	waitFor(t, "both events marked published", func() bool { return s2.PublishedRevision() == 2 })
-	c2 := newClient(t, s2)
-	c2.must(200, "PATCH", "/v1/projects/default/deployments/chat", map[string]any{"max_prompt_chars": 5}, nil)
-	streamRecords(t, s2, 3)
-}
-
-func TestOutboxSurvivesNATSOutage(t *testing.T) {
-	// An external NATS server the origin connects to by URL.
-	nsDir := t.TempDir()
-	ns1 := startExternalNATS(t, nsDir, -1)
-	port := ns1.port
-	cfg := testConfig(t.TempDir())
-	cfg.NATSURL = ns1.url
-	s := startServer(t, cfg)
-	c := newClient(t, s)
-	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
-	streamRecords(t, s, 1)
-
-	ns1.stop()
-	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"deployments": []string{"chat"}}, nil)
-	c.must(200, "PATCH", "/v1/projects/default/deployments/chat", map[string]any{"auth_enabled": false}, nil)
-	if s.PublishedRevision() != 1 {
-		t.Fatalf("published %d while NATS is down", s.PublishedRevision())
-	}
-	startExternalNATS(t, nsDir, port)
-	waitFor(t, "publisher to catch up", func() bool { return s.PublishedRevision() == 3 })
-	streamRecords(t, s, 3)
-}
-
 func TestRestartKeepsStateAndKey(t *testing.T) {
 	dir := t.TempDir()
 	s1, err := New(testConfig(dir))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Start(); err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(t, s1)
@@ -804,36 +425,6 @@ func TestRestartKeepsStateAndKey(t *testing.T) {
 	c.must(200, "GET", "/v1/projects/default/deployments/two", nil, nil) // token from before the restart
 }
 
-func TestConcurrentMutationsGapFree(t *testing.T) {
-	s := startServer(t, testConfig(t.TempDir()))
-	c := newClient(t, s)
-	const n = 20
-	errs := make(chan error, n)
-	for i := 0; i < n; i++ {
-		go func(i int) {
-			st, b := c.do("POST", "/v1/projects/default/keys", map[string]any{"name": strconv.Itoa(i)})
-			if st != 201 {
-				errs <- fmt.Errorf("%d: %s", st, b)
-				return
-			}
-			errs <- nil
-		}(i)
-	}
-	for i := 0; i < n; i++ {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
-	recs := streamRecords(t, s, n)
-	ids := map[string]bool{}
-	for _, r := range recs {
-		ids[r.Key.ID] = true
-	}
-	if len(ids) != n {
-		t.Fatalf("%d distinct keys in %d events", len(ids), n)
-	}
-}
-
 func TestMetricsAndHealth(t *testing.T) {
 	s := startServer(t, testConfig(t.TempDir()))
 	c := &client{t: t, base: "http://" + s.Addr()}
@@ -848,89 +439,6 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	var x json.RawMessage
 	_ = x
-}
-
-func TestOutboxRepublishesToARecreatedStream(t *testing.T) {
-	s := startServer(t, testConfig(t.TempDir()))
-	c := newClient(t, s)
-	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
-	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
-	streamRecords(t, s, 2)
-	nc := connect(t, s)
-	js, _ := jetstream.New(nc)
-	if err := js.DeleteStream(context.Background(), event.StreamName); err != nil {
-		t.Fatal(err)
-	}
-	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
-	recs := streamRecords(t, s, 3)
-	if recs[0].Kind != event.KindDeployment {
-		t.Fatalf("revision 1 is %s", recs[0].Kind)
-	}
-	waitFor(t, "all marked published", func() bool { return s.PublishedRevision() == 3 })
-}
-
-// The stream and the outbox are bounded by StreamMaxAge: the stream has
-// that MaxAge, published events older than it leave the store, unpublished
-// ones stay, and a stream that lost events the store no longer holds skips
-// past them rather than wait for them forever.
-func TestStreamAndOutboxBoundedByAge(t *testing.T) {
-	eachStore(t, func(t *testing.T, cfg Config) {
-		cfg.StreamMaxAge = 48 * time.Hour
-		s := startServer(t, cfg)
-		c := newClient(t, s)
-		c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
-		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
-		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil)
-		streamRecords(t, s, 3)
-		waitFor(t, "all published", func() bool { return s.PublishedRevision() == 3 })
-		nc := connect(t, s)
-		js, _ := jetstream.New(nc)
-		ctx := context.Background()
-		st, err := js.Stream(ctx, event.StreamName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info, err := st.Info(ctx); err != nil || info.Config.MaxAge != 48*time.Hour {
-			t.Fatalf("stream MaxAge %v (%v), want 48h", info.Config.MaxAge, err)
-		}
-
-		if n, err := s.pruneOutbox(time.Now()); err != nil || n != 0 {
-			t.Fatalf("pruned %d fresh events (%v)", n, err)
-		}
-		// 48 hours after revision 3 was committed, 1 and 2 are past the
-		// age and go; 3 is not, and stays. (Unpublished events never go:
-		// see the store suite.)
-		var created3 string
-		if err := s.store.db.QueryRow(`SELECT created_at FROM events WHERE revision = 3`).Scan(&created3); err != nil {
-			t.Fatal(err)
-		}
-		t3, err := parseTS(created3)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n, err := s.pruneOutbox(t3.Add(48 * time.Hour)); err != nil || n != 2 {
-			t.Fatalf("pruned %d (%v), want 2", n, err)
-		}
-		if first, _ := s.store.firstEventRevision(ctx); first != 3 {
-			t.Fatalf("oldest event left %d, want 3", first)
-		}
-
-		// The stream is lost (e.g. a new NATS cluster): revisions 1 and 2 are
-		// gone from the store, so the new stream starts at 3.
-		if err := js.DeleteStream(ctx, event.StreamName); err != nil {
-			t.Fatal(err)
-		}
-		c.must(201, "POST", "/v1/projects/default/keys", map[string]any{}, nil) // revision 4
-		waitFor(t, "publisher to catch up", func() bool { return s.PublishedRevision() == 4 })
-		st, err = js.Stream(ctx, event.StreamName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := st.Info(ctx)
-		if err != nil || info.State.FirstSeq != 3 || info.State.LastSeq != 4 || info.State.Msgs != 2 {
-			t.Fatalf("recreated stream %+v (%v), want revisions 3 and 4", info.State, err)
-		}
-	})
 }
 
 func TestListProjectsAndDeployments(t *testing.T) {

@@ -347,6 +347,9 @@ func TestReplicasStartingAtOnceOnAFreshStore(t *testing.T) {
 					defer wg.Done()
 					<-start
 					servers[i], errs[i] = New(cfgs[i])
+					if errs[i] == nil {
+						errs[i] = servers[i].Start()
+					}
 				}()
 			}
 			close(start)

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/keymesh/keymesh/event"
 )
@@ -308,4 +309,94 @@ func (s *Store) checkProjectScope(ctx context.Context, tx *sql.Tx, name string) 
 		}
 	}
 	return rows.Err()
+}
+
+// Project is a tenant grouping keys and deployments.
+type Project struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func (s *Store) ensureProject(ctx context.Context, name string) error {
+	unlock := s.lockWrites()
+	defer unlock()
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`),
+		newID("prj"), name, ts(time.Now()))
+	return err
+}
+
+// createProject stores a new project and returns it with the revision of
+// the store when it was created. A project is no event (edges know keys and
+// deployments only), so it takes no revision of its own.
+func (s *Store) createProject(ctx context.Context, name string) (*Project, uint64, error) {
+	unlock := s.lockWrites()
+	defer unlock()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer tx.Rollback()
+	// Ordered with every other writer (see lockedTx), so that the scope
+	// check below holds against replicas creating projects at once.
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE counters SET value = value WHERE name = 'revision'`)); err != nil {
+		return nil, 0, err
+	}
+	if err := s.checkProjectScope(ctx, tx, name); err != nil {
+		return nil, 0, err
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM projects WHERE name = ?`), name).Scan(&n); err != nil {
+		return nil, 0, err
+	}
+	if n > 0 {
+		return nil, 0, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+	}
+	p := &Project{ID: newID("prj"), Name: name, CreatedAt: time.Now().UTC()}
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)`), p.ID, p.Name, ts(p.CreatedAt)); err != nil {
+		if isUniqueViolation(err) { // created meanwhile by another origin
+			return nil, 0, fmt.Errorf("%w: a project named %q exists", ErrConflict, name)
+		}
+		return nil, 0, err
+	}
+	rev, err := s.revision(ctx, tx)
+	if err != nil {
+		return nil, 0, err
+	}
+	return p, rev, tx.Commit()
+}
+
+func (s *Store) listProjects(ctx context.Context) ([]Project, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, name, created_at FROM projects ORDER BY name`))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []Project{}
+	for rows.Next() {
+		var p Project
+		var c string
+		if err := rows.Scan(&p.ID, &p.Name, &c); err != nil {
+			return nil, err
+		}
+		p.CreatedAt, _ = parseTS(c)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// project resolves a project by id or name.
+func (s *Store) project(ctx context.Context, ref string) (*Project, error) {
+	var p Project
+	var c string
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT id, name, created_at FROM projects WHERE id = ? OR name = ? ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 1`),
+		ref, ref, ref).Scan(&p.ID, &p.Name, &c)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: no project %q", ErrNotFound, ref)
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.CreatedAt, _ = parseTS(c)
+	return &p, nil
 }

@@ -183,3 +183,27 @@ func (s *Store) updateUser(ctx context.Context, id, query string, args ...any) e
 	}
 	return tx.Commit()
 }
+
+func (s *Store) userCount(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM users`)).Scan(&n)
+	return n, err
+}
+
+// createUser stores a user unless one of that name exists, and reports
+// whether it did: replicas starting at once on one store may all try to
+// create the first admin, and exactly one does.
+func (s *Store) createUser(ctx context.Context, username, passwordHash string) (created bool, err error) {
+	unlock := s.lockWrites()
+	defer unlock()
+	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (username) DO NOTHING`),
+		newID("usr"), username, passwordHash, ts(time.Now()))
+	if err != nil {
+		return false, fmt.Errorf("creating user: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("creating user: %w", err)
+	}
+	return n == 1, nil
+}

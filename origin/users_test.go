@@ -306,6 +306,9 @@ func benchLogin(b *testing.B, user string) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if err := s.Start(); err != nil {
+		b.Fatal(err)
+	}
 	defer s.Shutdown(b.Context())
 	b.ResetTimer()
 	for b.Loop() {

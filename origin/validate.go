@@ -1,12 +1,11 @@
 package origin
 
+// Checks shared by the resources' validators (each resource's own are next
+// to its handlers, in api_*.go).
+
 import (
 	"fmt"
-	"maps"
 	"regexp"
-	"slices"
-	"sort"
-	"strings"
 	"unicode"
 
 	"github.com/keymesh/keymesh/event"
@@ -23,13 +22,6 @@ var (
 	// under the deployment's own project (<secrets-dir>/<project>/<name>).
 	secretNameRE = regexp.MustCompile(`^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$`)
 	headerRE     = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-)
-
-// DefaultMaxBodyBytes and DefaultMaxPromptChars are a new deployment's
-// limits.
-const (
-	DefaultMaxBodyBytes   = 10 << 20
-	DefaultMaxPromptChars = 10000
 )
 
 func validName(field, s string) error {
@@ -51,238 +43,6 @@ func validText(field, s string, max int) error {
 	return nil
 }
 
-var deploymentFields = []string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
-	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars"}
-
-func defaultDeployment() *event.Deployment {
-	return &event.Deployment{
-		Hosts:            []string{},
-		PathPrefix:       "/",
-		AuthEnabled:      true,
-		InvalidKeyStatus: 401,
-		UpstreamAuth:     &event.UpstreamAuth{Mode: event.UpstreamAuthNone},
-		MaxBodyBytes:     DefaultMaxBodyBytes,
-		MaxPromptChars:   DefaultMaxPromptChars,
-	}
-}
-
-// decodeDeployment type-checks the body and returns a function applying the
-// present members to a deployment (validated afterwards as a whole).
-func decodeDeployment(o object) (func(*event.Deployment), error) {
-	var fns []func(*event.Deployment)
-	var name string
-	if present, _, err := o.get("name", &name, false, "a string"); err != nil {
-		return nil, err
-	} else if present {
-		fns = append(fns, func(d *event.Deployment) { d.Name = name })
-	}
-	var hosts []string
-	if present, null, err := o.get("hosts", &hosts, true, "a list of host names"); err != nil {
-		return nil, err
-	} else if present {
-		if null || hosts == nil {
-			hosts = []string{}
-		}
-		fns = append(fns, func(d *event.Deployment) { d.Hosts = hosts })
-	}
-	var prefix string
-	if present, null, err := o.get("path_prefix", &prefix, true, "a string starting with /"); err != nil {
-		return nil, err
-	} else if present {
-		if null || prefix == "" {
-			prefix = "/"
-		}
-		fns = append(fns, func(d *event.Deployment) { d.PathPrefix = prefix })
-	}
-	var ups map[string][]string
-	if present, _, err := o.get("upstreams", &ups, false, `an object mapping a site (or "*") to a list of URLs`); err != nil {
-		return nil, err
-	} else if present {
-		fns = append(fns, func(d *event.Deployment) { d.Upstreams = ups })
-	}
-	var auth bool
-	if present, _, err := o.get("auth_enabled", &auth, false, "true or false"); err != nil {
-		return nil, err
-	} else if present {
-		fns = append(fns, func(d *event.Deployment) { d.AuthEnabled = auth })
-	}
-	var status int
-	if present, _, err := o.get("invalid_key_status", &status, false, "401 or 403"); err != nil {
-		return nil, err
-	} else if present {
-		fns = append(fns, func(d *event.Deployment) { d.InvalidKeyStatus = status })
-	}
-	var ua event.UpstreamAuth
-	if present, null, err := o.get("upstream_auth", &ua, true, `{"mode": "none"|"inject"|"passthrough", ...}`); err != nil {
-		return nil, err
-	} else if present {
-		if null {
-			ua = event.UpstreamAuth{Mode: event.UpstreamAuthNone}
-		}
-		fns = append(fns, func(d *event.Deployment) { c := ua; d.UpstreamAuth = &c })
-	}
-	var rl event.RateLimit
-	if present, null, err := o.get("rate_limit", &rl, true, `{"requests_per_minute": N} or null`); err != nil {
-		return nil, err
-	} else if present {
-		if null {
-			fns = append(fns, func(d *event.Deployment) { d.RateLimit = nil })
-		} else {
-			if err := validRateLimit(&rl); err != nil {
-				return nil, err
-			}
-			fns = append(fns, func(d *event.Deployment) { c := rl; d.RateLimit = &c })
-		}
-	}
-	var mbb int64
-	if present, _, err := o.get("max_body_bytes", &mbb, false, "a positive number of bytes"); err != nil {
-		return nil, err
-	} else if present {
-		fns = append(fns, func(d *event.Deployment) { d.MaxBodyBytes = mbb })
-	}
-	var mpc int
-	if present, _, err := o.get("max_prompt_chars", &mpc, false, "a positive number"); err != nil {
-		return nil, err
-	} else if present {
-		fns = append(fns, func(d *event.Deployment) { d.MaxPromptChars = mpc })
-	}
-	return func(d *event.Deployment) {
-		for _, f := range fns {
-			f(d)
-		}
-	}, nil
-}
-
-// validateDeployment checks a whole deployment and normalises it (host
-// case, upstream_auth defaults).
-func validateDeployment(d *event.Deployment) error {
-	if err := validName("name", d.Name); err != nil {
-		return err
-	}
-	if len(d.Hosts) > maxHosts {
-		return validation("hosts", fmt.Sprintf("at most %d hosts", maxHosts))
-	}
-	seen := map[string]bool{}
-	hosts := []string{}
-	for _, h := range d.Hosts {
-		if len(h) > maxHostLen {
-			return validation("hosts", fmt.Sprintf("a host name is at most %d bytes", maxHostLen))
-		}
-		h = strings.ToLower(strings.TrimSpace(h))
-		if !hostRE.MatchString(h) || len(h) > maxHostLen {
-			return validation("hosts", fmt.Sprintf("%q is not a host name or *.suffix", h))
-		}
-		if !seen[h] {
-			seen[h] = true
-			hosts = append(hosts, h)
-		}
-	}
-	sort.Strings(hosts)
-	d.Hosts = hosts
-	if err := validPathPrefix(d.PathPrefix); err != nil {
-		return err
-	}
-	if len(d.Upstreams) == 0 {
-		return validation("upstreams", `must map at least one site (or "*") to a list of URLs`)
-	}
-	if len(d.Upstreams) > maxSites {
-		return validation("upstreams", fmt.Sprintf("at most %d sites", maxSites))
-	}
-	total := 0
-	for _, site := range slices.Sorted(maps.Keys(d.Upstreams)) {
-		urls := d.Upstreams[site]
-		if !siteRE.MatchString(site) {
-			return validation("upstreams", fmt.Sprintf("%q is not a site name or *", truncate(site, 80)))
-		}
-		if len(urls) == 0 {
-			return validation("upstreams", fmt.Sprintf("site %q has no URLs", site))
-		}
-		if len(urls) > maxURLsPerSite {
-			return validation("upstreams", fmt.Sprintf("site %q: at most %d URLs a site", site, maxURLsPerSite))
-		}
-		if total += len(urls); total > maxUpstreamURLs {
-			return validation("upstreams", fmt.Sprintf("at most %d URLs in all", maxUpstreamURLs))
-		}
-		for _, raw := range urls {
-			if _, _, err := parseUpstreamURL(raw); err != nil {
-				return validation("upstreams", fmt.Sprintf("site %q: %v", site, err))
-			}
-		}
-	}
-	if d.InvalidKeyStatus != 401 && d.InvalidKeyStatus != 403 {
-		return validation("invalid_key_status", "must be 401 or 403")
-	}
-	if d.UpstreamAuth == nil {
-		d.UpstreamAuth = &event.UpstreamAuth{Mode: event.UpstreamAuthNone}
-	}
-	ua := d.UpstreamAuth
-	switch ua.Mode {
-	case event.UpstreamAuthNone:
-		ua.Header, ua.Prefix, ua.Secret = "", "", ""
-	case event.UpstreamAuthInject:
-		if !secretNameRE.MatchString(ua.Secret) || len(ua.Secret) > maxSecretNameLen {
-			return validation("upstream_auth", fmt.Sprintf("inject needs \"secret\": the name of one of this project's edge-local secrets, "+
-				"at most %d letters and digits, which single '.', '_' or '-' may join (no '/', no \"__\")", maxSecretNameLen))
-		}
-		if ua.Header == "" {
-			ua.Header = "Authorization"
-			if ua.Prefix == "" {
-				ua.Prefix = "Bearer "
-			}
-		}
-	case event.UpstreamAuthPassthrough:
-		if ua.Header == "" {
-			ua.Header = "Authorization"
-		}
-		ua.Secret = ""
-	default:
-		return validation("upstream_auth", `mode must be "none", "inject" or "passthrough"`)
-	}
-	if ua.Header != "" && (!headerRE.MatchString(ua.Header) || len(ua.Header) > maxHeaderNameLen) {
-		return validation("upstream_auth", fmt.Sprintf("header is not a valid header name of at most %d bytes", maxHeaderNameLen))
-	}
-	if len(ua.Prefix) > maxAuthPrefixLen {
-		return validation("upstream_auth", fmt.Sprintf("prefix must be at most %d bytes", maxAuthPrefixLen))
-	}
-	for i := 0; i < len(ua.Prefix); i++ {
-		if ua.Prefix[i] < ' ' || ua.Prefix[i] > '~' {
-			return validation("upstream_auth", "prefix must be printable ASCII")
-		}
-	}
-	if err := validRateLimit(d.RateLimit); err != nil {
-		return err
-	}
-	if d.MaxBodyBytes < 1 || d.MaxBodyBytes > 1<<30 {
-		return validation("max_body_bytes", "must be between 1 and 1073741824")
-	}
-	if d.MaxPromptChars < 1 || d.MaxPromptChars > 100_000_000 {
-		return validation("max_prompt_chars", "must be between 1 and 100000000")
-	}
-	return nil
-}
-
-// validPathPrefix checks a deployment's path_prefix: what an edge routes
-// on, compared bytewise with the request's normalised path.
-func validPathPrefix(p string) error {
-	if !strings.HasPrefix(p, "/") || len(p) > maxPathPrefixLen {
-		return validation("path_prefix", fmt.Sprintf("must start with / and be at most %d bytes", maxPathPrefixLen))
-	}
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; c <= ' ' || c >= 0x7f || c == '?' || c == '#' || c == '%' {
-			return validation("path_prefix", "must be visible ASCII without spaces, ?, # or %-escapes")
-		}
-	}
-	for _, seg := range strings.Split(p, "/") {
-		if seg == "." || seg == ".." {
-			return validation("path_prefix", "must not have . or .. segments")
-		}
-	}
-	if strings.Contains(p, "//") {
-		return validation("path_prefix", "must not have empty segments (//)")
-	}
-	return nil
-}
-
 // validRateLimit checks a key's or deployment's rate_limit (nil: none).
 func validRateLimit(rl *event.RateLimit) error {
 	if rl != nil && (rl.RequestsPerMinute < 1 || rl.RequestsPerMinute > maxRequestsPerMin) {
@@ -290,3 +50,6 @@ func validRateLimit(rl *event.RateLimit) error {
 	}
 	return nil
 }
+
+// validation is the error of one field's value (a 400 naming the field).
+func validation(field, msg string) error { return &FieldError{Field: field, Message: msg} }

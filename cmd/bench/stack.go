@@ -110,6 +110,9 @@ func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
 	if s.origin, err = origin.New(cfg); err != nil {
 		return nil, fmt.Errorf("starting origin: %w", err)
 	}
+	if err = s.origin.Start(); err != nil {
+		return nil, fmt.Errorf("starting origin: %w", err)
+	}
 	s.api = &bench.OriginClient{BaseURL: "http://" + s.origin.Addr()}
 	if err = s.api.Login(ctx, "admin", benchPassword); err != nil {
 		return nil, err

@@ -71,6 +71,10 @@ func serve(ctx context.Context, args []string, std *cli.IO) int {
 		fmt.Fprintf(stderr, "origin: %v\n", err)
 		return 1
 	}
+	if err := srv.Start(); err != nil {
+		fmt.Fprintf(stderr, "origin: %v\n", err)
+		return 1
+	}
 	select {
 	case err := <-srv.Err():
 		fmt.Fprintf(stderr, "origin: %v\n", err)

@@ -50,6 +50,9 @@ func TestKeygenFilesAreWhatOriginUses(t *testing.T) {
 		if err != nil {
 			t.Fatalf("replica %d: %v", i, err)
 		}
+		if err := s.Start(); err != nil {
+			t.Fatalf("replica %d: %v", i, err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err = s.Shutdown(ctx)
 		cancel()

@@ -48,6 +48,9 @@ func TestNATSCredsBeforeFirstStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := o.Start(); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
 	nc, err := nats.Connect(o.NATSURL(), nats.UserCredentials(out))
 	if err != nil {
@@ -105,6 +108,9 @@ func TestNATSConfigForExternalCluster(t *testing.T) {
 	cfg.Logger = discardLogger()
 	o, err := origin.New(cfg) // creates the event stream: JetStream works for the account
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Start(); err != nil {
 		t.Fatal(err)
 	}
 	_ = o.Shutdown(context.Background())

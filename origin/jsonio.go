@@ -1,5 +1,9 @@
 package origin
 
+// JSON in and out of the admin API: request bodies read as objects whose
+// members are typed one by one (so that an error names its field), and
+// answers written as JSON.
+
 import (
 	"bytes"
 	"encoding/json"
@@ -7,9 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/keymesh/keymesh/internal/apierror"
 )
@@ -27,8 +29,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
 }
-
-func validation(field, msg string) error { return &FieldError{Field: field, Message: msg} }
 
 // object is a decoded JSON request body: its members, not yet decoded.
 type object map[string]json.RawMessage
@@ -101,33 +101,4 @@ func (o object) get(name string, dst any, nullable bool, want string) (present, 
 		return true, false, validation(name, msg)
 	}
 	return true, false, nil
-}
-
-// parseExpiry accepts RFC 3339 or YYYY-MM-DD (00:00 UTC that day).
-func parseExpiry(s string) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t.UTC(), nil
-	}
-	if t, err := time.Parse(time.DateOnly, s); err == nil {
-		return t.UTC(), nil
-	}
-	return time.Time{}, validation("expires_at", "must be an RFC 3339 time, a YYYY-MM-DD date, or null")
-}
-
-// waitParam parses ?wait=<duration> (0 when absent).
-func waitParam(r *http.Request) (time.Duration, error) {
-	v := r.URL.Query().Get("wait")
-	if v == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		if n, err2 := strconv.Atoi(v); err2 == nil {
-			d, err = time.Duration(n)*time.Second, nil
-		}
-	}
-	if err != nil || d < 0 || d > 5*time.Minute {
-		return 0, validation("wait", "must be a duration such as 2s, at most 5m")
-	}
-	return d, nil
 }

@@ -1,0 +1,403 @@
+package origin
+
+// The key endpoints: a key body's decoding and validation (decodeKeyInput,
+// decodeRotate) next to the handlers that use them.
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+type keyView struct {
+	ID          string           `json:"id"`
+	Project     string           `json:"project"`
+	Name        string           `json:"name"`
+	Description string           `json:"description"`
+	Prefix      string           `json:"prefix"`
+	Permissions []string         `json:"permissions"`
+	Deployments []string         `json:"deployments"`
+	ExpiresAt   *time.Time       `json:"expires_at"`
+	RateLimit   *event.RateLimit `json:"rate_limit"`
+	Disabled    bool             `json:"disabled"`
+	CreatedAt   time.Time        `json:"created_at"`
+	UpdatedAt   time.Time        `json:"updated_at"`
+	Revision    uint64           `json:"revision"`
+	Key         string           `json:"key,omitempty"`
+	Propagation *propagation     `json:"propagation,omitempty"`
+}
+
+func (v *keyView) report(p *propagation) { v.Propagation = p }
+
+// keyTarget is the audit target of a change to k.
+func keyTarget(k *Key) auditTarget {
+	return auditTarget{Target: k.ID, KeyID: k.ID, Project: k.ProjectID}
+}
+
+func viewKey(k *Key) *keyView {
+	v := &keyView{
+		ID: k.ID, Project: k.ProjectID, Name: k.Name, Description: k.Description, Prefix: k.Prefix,
+		Permissions: k.Permissions, Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: k.RateLimit,
+		Disabled: k.Disabled, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, Revision: k.Revision,
+	}
+	if v.Permissions == nil {
+		v.Permissions = []string{}
+	}
+	if v.Deployments == nil {
+		v.Deployments = []string{}
+	}
+	return v
+}
+
+var keyFields = []string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "disabled"}
+
+// keyInput is a decoded key create/patch body; nil pointers are absent.
+type keyInput struct {
+	name, description *string
+	permissions       *[]string
+	deployments       *[]string
+	expiresSet        bool
+	expiresAt         *time.Time
+	rateLimitSet      bool
+	rateLimit         *event.RateLimit
+	disabled          *bool
+}
+
+func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, error) {
+	in := &keyInput{}
+	var str string
+	if present, _, err := o.get("name", &str, false, "a string"); err != nil {
+		return nil, err
+	} else if present {
+		if err := validText("name", str, maxKeyNameLen); err != nil {
+			return nil, err
+		}
+		in.name = &str
+	}
+	var desc string
+	if present, _, err := o.get("description", &desc, false, "a string"); err != nil {
+		return nil, err
+	} else if present {
+		if err := validText("description", desc, maxDescriptionLen); err != nil {
+			return nil, err
+		}
+		in.description = &desc
+	}
+	var perms []string
+	if present, null, err := o.get("permissions", &perms, create, "a list of permission names"); err != nil {
+		return nil, err
+	} else if present && !null {
+		if len(perms) > 4*len(event.Permissions) {
+			return nil, validation("permissions", fmt.Sprintf("at most %d entries", 4*len(event.Permissions)))
+		}
+		seen := map[string]bool{}
+		out := []string{}
+		for _, p := range perms {
+			if !event.ValidPermission(p) {
+				return nil, validation("permissions", fmt.Sprintf("unknown permission %q", p))
+			}
+			if !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+		}
+		if err := c.mayGrant(out); err != nil {
+			return nil, err
+		}
+		in.permissions = &out
+	}
+	var deps []string
+	if present, _, err := o.get("deployments", &deps, false, "a list of deployment ids or names"); err != nil {
+		return nil, err
+	} else if present {
+		if deps == nil {
+			deps = []string{}
+		}
+		if len(deps) > maxDeploymentLinks {
+			return nil, validation("deployments", fmt.Sprintf("at most %d entries", maxDeploymentLinks))
+		}
+		for _, d := range deps {
+			if d == "" || len(d) > maxRefLen {
+				return nil, validation("deployments", fmt.Sprintf("an entry is a deployment id or name of 1-%d bytes", maxRefLen))
+			}
+		}
+		in.deployments = &deps
+	}
+	var exp string
+	if present, null, err := o.get("expires_at", &exp, true, "an RFC 3339 time, a YYYY-MM-DD date, or null"); err != nil {
+		return nil, err
+	} else if present {
+		in.expiresSet = true
+		if len(exp) > maxExpiryLen {
+			return nil, validation("expires_at", fmt.Sprintf("must be at most %d bytes", maxExpiryLen))
+		}
+		if !null {
+			t, err := parseExpiry(exp)
+			if err != nil {
+				return nil, err
+			}
+			in.expiresAt = &t
+		}
+	}
+	if create {
+		var days int
+		if present, null, err := o.get("expires_in_days", &days, true, "a whole number of days"); err != nil {
+			return nil, err
+		} else if present && !null {
+			if in.expiresSet && in.expiresAt != nil {
+				return nil, validation("expires_in_days", "give expires_at or expires_in_days, not both")
+			}
+			if days < 1 || days > maxExpiresInDays {
+				return nil, validation("expires_in_days", fmt.Sprintf("must be between 1 and %d", maxExpiresInDays))
+			}
+			t := time.Now().UTC().Add(time.Duration(days) * 24 * time.Hour).Truncate(time.Second)
+			in.expiresSet, in.expiresAt = true, &t
+		}
+		if in.expiresAt != nil && !in.expiresAt.After(time.Now()) {
+			return nil, validation("expires_at", "must be in the future")
+		}
+	}
+	var rl event.RateLimit
+	if present, null, err := o.get("rate_limit", &rl, true, `{"requests_per_minute": N} or null`); err != nil {
+		return nil, err
+	} else if present {
+		in.rateLimitSet = true
+		if !null {
+			if err := validRateLimit(&rl); err != nil {
+				return nil, err
+			}
+			in.rateLimit = &rl
+		}
+	}
+	var dis bool
+	if present, _, err := o.get("disabled", &dis, false, "true or false"); err != nil {
+		return nil, err
+	} else if present {
+		in.disabled = &dis
+	}
+	return in, nil
+}
+
+// decodeRotate reads and checks a rotate body: the grace the old secret
+// keeps working for (0 when absent).
+func decodeRotate(o object) (time.Duration, error) {
+	var grace int64
+	if _, _, err := o.get("grace_seconds", &grace, true, "a whole number of seconds"); err != nil {
+		return 0, err
+	}
+	if grace < 0 || grace > maxGraceSeconds {
+		return 0, validation("grace_seconds", "must be between 0 and 2592000 (30 days)")
+	}
+	return time.Duration(grace) * time.Second, nil
+}
+
+// mayGrant refuses a project key giving a key a permission the caller does
+// not hold itself (users may grant anything).
+func (c *call) mayGrant(perms []string) error {
+	if missing := c.who.lacking(perms); len(missing) > 0 {
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key cannot grant a permission it does not hold").
+			WithDetails(map[string]any{"missing_permissions": missing})
+	}
+	return nil
+}
+
+// mayActOn refuses a project key rotating, changing, linking, unlinking or
+// deleting a key that holds a permission the caller lacks: rotating would
+// hand the caller that key's secret, and the rest would let a lesser key
+// tamper with a greater one. It runs inside the mutation's transaction, on
+// the key as stored. Users may act on any key.
+func (c *call) mayActOn(k *Key) error {
+	if missing := c.who.lacking(k.Permissions); len(missing) > 0 {
+		return apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a key may only manage keys whose permissions it holds itself").
+			WithDetails(map[string]any{"missing_permissions": missing})
+	}
+	return nil
+}
+
+func (in *keyInput) apply(k *Key) {
+	if in.name != nil {
+		k.Name = *in.name
+	}
+	if in.description != nil {
+		k.Description = *in.description
+	}
+	if in.permissions != nil {
+		k.Permissions = *in.permissions
+	}
+	if in.expiresSet {
+		k.ExpiresAt = in.expiresAt
+	}
+	if in.rateLimitSet {
+		k.RateLimit = in.rateLimit
+	}
+	if in.disabled != nil {
+		k.Disabled = *in.disabled
+	}
+}
+
+func (s *Server) createKey(c *call) error {
+	o, err := readObject(c.r, true, append(keyFields, "expires_in_days")...)
+	if err != nil {
+		return err
+	}
+	in, err := s.decodeKeyInput(c, o, true)
+	if err != nil {
+		return err
+	}
+	if err := c.readWait(); err != nil {
+		return err
+	}
+	secret, err := apikey.Generate()
+	if err != nil {
+		return err
+	}
+	h, err := apikey.ParseString(secret)
+	if err != nil {
+		return err
+	}
+	k := &Key{ID: newID("key"), ProjectID: c.project.ID, Prefix: apikey.Display(secret), Permissions: slices.Clone(event.DefaultPermissions)}
+	in.apply(k)
+	if err := c.mayGrant(k.Permissions); err != nil { // the defaults, when none were given
+		return err
+	}
+	var deps []string
+	if in.deployments != nil {
+		deps = *in.deployments
+	}
+	if k, err = s.store.createKey(c.ctx(), k, h, deps); err != nil {
+		return err
+	}
+	v := viewKey(k)
+	v.Key = secret
+	return s.mutated(c, http.StatusCreated, k.Revision, v, keyTarget(k))
+}
+
+func (s *Server) listKeys(c *call) error {
+	q := c.r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return validation("limit", "must be a number between 1 and 1000")
+		}
+		limit = n
+	}
+	after := ""
+	if v := q.Get("cursor"); v != "" {
+		if len(v) > maxCursorLen {
+			return validation("cursor", "is not a cursor returned by this API")
+		}
+		b, err := base64.RawURLEncoding.DecodeString(v)
+		if err != nil {
+			return validation("cursor", "is not a cursor returned by this API")
+		}
+		after = string(b)
+	}
+	keys, more, err := s.store.listKeys(c.ctx(), c.project.ID, after, limit)
+	if err != nil {
+		return err
+	}
+	items := make([]*keyView, 0, len(keys))
+	for _, k := range keys {
+		items = append(items, viewKey(k))
+	}
+	var next any
+	if more && len(keys) > 0 {
+		next = base64.RawURLEncoding.EncodeToString([]byte(keys[len(keys)-1].ID))
+	}
+	writeJSON(c.w, http.StatusOK, map[string]any{"items": items, "next_cursor": next})
+	return nil
+}
+
+func (s *Server) getKey(c *call) error {
+	k, err := s.store.getKey(c.ctx(), c.project.ID, c.r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(c.w, http.StatusOK, viewKey(k))
+	return nil
+}
+
+func (s *Server) patchKey(c *call) error {
+	o, err := readObject(c.r, false, keyFields...)
+	if err != nil {
+		return err
+	}
+	in, err := s.decodeKeyInput(c, o, false)
+	if err != nil {
+		return err
+	}
+	if err := c.readWait(); err != nil {
+		return err
+	}
+	k, err := s.store.updateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), func(k *Key) error {
+		if err := c.mayActOn(k); err != nil {
+			return err
+		}
+		in.apply(k)
+		return nil
+	}, in.deployments)
+	if err != nil {
+		return err
+	}
+	return s.mutated(c, http.StatusOK, k.Revision, viewKey(k), keyTarget(k))
+}
+
+func (s *Server) deleteKey(c *call) error {
+	if err := c.readWait(); err != nil {
+		return err
+	}
+	rev, err := s.store.deleteKey(c.ctx(), c.project.ID, c.r.PathValue("id"), c.mayActOn)
+	if err != nil {
+		return err
+	}
+	ref := c.r.PathValue("id")
+	return s.mutated(c, http.StatusNoContent, rev, nil, auditTarget{Target: ref, KeyID: ref})
+}
+
+func (s *Server) rotateKey(c *call) error {
+	o, err := readObject(c.r, true, "grace_seconds")
+	if err != nil {
+		return err
+	}
+	grace, err := decodeRotate(o)
+	if err != nil {
+		return err
+	}
+	if err := c.readWait(); err != nil {
+		return err
+	}
+	secret, err := apikey.Generate()
+	if err != nil {
+		return err
+	}
+	h, err := apikey.ParseString(secret)
+	if err != nil {
+		return err
+	}
+	k, err := s.store.rotateKey(c.ctx(), c.project.ID, c.r.PathValue("id"), h, apikey.Display(secret), grace, c.mayActOn)
+	if err != nil {
+		return err
+	}
+	v := viewKey(k)
+	v.Key = secret
+	return s.mutated(c, http.StatusOK, k.Revision, v, keyTarget(k))
+}
+
+// parseExpiry accepts RFC 3339 or YYYY-MM-DD (00:00 UTC that day).
+func parseExpiry(s string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t.UTC(), nil
+	}
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t.UTC(), nil
+	}
+	return time.Time{}, validation("expires_at", "must be an RFC 3339 time, a YYYY-MM-DD date, or null")
+}
