@@ -459,17 +459,22 @@ func (e *Edge) stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Shutdown drains every edge (all at once: a gossiping edge's leave takes
-// a moment), then the origin, and removes the directory Start made. It is
+// Shutdown drains every edge, then the origin, and removes the directory Start made. It is
 // safe to call twice.
 func (s *Stack) Shutdown(ctx context.Context) error {
+	// All edges but the first at once, then the first: a gossiping edge's
+	// leave takes a moment, and is announced only while a peer is up to
+	// hear it (the first edge, the ring's seed), so that no leave times out.
+	edges := s.Edges()
+	errs := make([]error, len(edges))
 	var wg sync.WaitGroup
-	edgeErrs := make([]error, len(s.Edges()))
-	for i, e := range s.Edges() {
-		wg.Go(func() { edgeErrs[i] = e.stop(ctx) })
+	for i := 1; i < len(edges); i++ {
+		wg.Go(func() { errs[i] = edges[i].stop(ctx) })
 	}
 	wg.Wait()
-	errs := edgeErrs
+	if len(edges) > 0 {
+		errs[0] = edges[0].stop(ctx)
+	}
 	if s.Origin != nil {
 		errs = append(errs, s.Origin.Shutdown(ctx))
 	}
