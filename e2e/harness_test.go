@@ -79,6 +79,9 @@ func newStack(t testing.TB) *stack {
 func newStackWith(t testing.TB, cfg kmstack.Config) *stack {
 	t.Helper()
 	s := &stack{t: t, logs: &logSink{}}
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir() // before the cleanups below: removed after they ran
+	}
 	up, err := bench.StartUpstream(bench.UpstreamConfig{
 		Logger: s.logs.logger(),
 		OnRequest: func(r *http.Request, _ []byte) {
@@ -94,9 +97,6 @@ func newStackWith(t testing.TB, cfg kmstack.Config) *stack {
 	t.Cleanup(func() { _ = up.Shutdown(context.Background()) })
 	t.Cleanup(s.checkNoSecretLogged) // after the stack is down (cleanups run last first)
 	cfg.Name, cfg.AdminPassword, cfg.Logger, cfg.SyncTimeout = "e2e", adminPassword, s.logs.logger(), 10*time.Second
-	if cfg.Dir == "" {
-		cfg.Dir = t.TempDir()
-	}
 	configure := cfg.Origin
 	cfg.Origin = func(c *origin.Config) {
 		c.HeartbeatInterval = 100 * time.Millisecond
