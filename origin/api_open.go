@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
@@ -27,16 +28,8 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	if err := s.store.db.PingContext(ctx); err != nil {
 		status, code = "store unavailable", http.StatusServiceUnavailable
 	}
-	body := map[string]any{
-		"status":             status,
-		"revision":           s.Revision(),
-		"published_revision": s.PublishedRevision(),
-		"nats_connected":     s.nc.IsConnected(),
-	}
-	if reason != "" {
-		body["reason"] = reason
-	}
-	writeJSON(w, code, body)
+	writeJSON(w, code, api.Health{Status: status, Reason: reason, Revision: s.Revision(),
+		PublishedRevision: s.PublishedRevision(), NATSConnected: s.nc.IsConnected()})
 }
 
 func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
@@ -84,11 +77,11 @@ func (s *Server) handleLogin(c *call) error {
 		return err
 	}
 	s.logins.succeeded(user, addr)
-	writeJSON(c.w, http.StatusOK, map[string]any{"token": tok, "expires_at": exp, "token_type": "Bearer"})
+	writeJSON(c.w, http.StatusOK, api.LoginResponse{Token: tok, ExpiresAt: exp, TokenType: "Bearer"})
 	return nil
 }
 
 func (s *Server) handleSigningKey(c *call) error {
-	writeJSON(c.w, http.StatusOK, map[string]string{"public_key": event.EncodePublicKey(s.PublicKey())})
+	writeJSON(c.w, http.StatusOK, api.SigningKey{PublicKey: event.EncodePublicKey(s.PublicKey())})
 	return nil
 }
