@@ -6,7 +6,6 @@ package origin
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -32,25 +31,6 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		PublishedRevision: s.PublishedRevision(), NATSConnected: s.nc.IsConnected()})
 }
 
-func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	connected := 0
-	if s.nc.IsConnected() {
-		connected = 1
-	}
-	fmt.Fprintf(w, "# HELP keymesh_origin_revision Last committed revision.\n# TYPE keymesh_origin_revision gauge\nkeymesh_origin_revision %d\n", s.Revision())
-	fmt.Fprintf(w, "# HELP keymesh_origin_published_revision Revision up to which every event is in JetStream.\n# TYPE keymesh_origin_published_revision gauge\nkeymesh_origin_published_revision %d\n", s.PublishedRevision())
-	fmt.Fprintf(w, "# HELP keymesh_origin_nats_connected 1 if the NATS client is connected.\n# TYPE keymesh_origin_nats_connected gauge\nkeymesh_origin_nats_connected %d\n", connected)
-	conflict := 0
-	if s.pub.conflict.Load() {
-		conflict = 1
-	}
-	fmt.Fprintf(w, "# HELP keymesh_origin_stream_conflict 1 while the event stream holds a message this origin did not publish (publishing is stopped).\n# TYPE keymesh_origin_stream_conflict gauge\nkeymesh_origin_stream_conflict %d\n", conflict)
-	fmt.Fprintf(w, "# HELP keymesh_origin_stream_conflicts_total Times the event stream was found holding a message this origin did not publish.\n# TYPE keymesh_origin_stream_conflicts_total counter\nkeymesh_origin_stream_conflicts_total %d\n", s.pub.conflicts.Load())
-	fmt.Fprintf(w, "# HELP keymesh_origin_publish_errors_total Failed attempts to publish events to JetStream.\n# TYPE keymesh_origin_publish_errors_total counter\nkeymesh_origin_publish_errors_total %d\n", s.pub.errors.Load())
-	fmt.Fprintf(w, "# HELP keymesh_origin_jetstream_restarts_total Restarts of the embedded JetStream after write errors or its disabling.\n# TYPE keymesh_origin_jetstream_restarts_total counter\nkeymesh_origin_jetstream_restarts_total %d\n", s.pub.restarts.Load())
-}
-
 func (s *Server) handleLogin(c *call) error {
 	o, err := readObject(c.r, false, "username", "password")
 	if err != nil {
@@ -66,16 +46,19 @@ func (s *Server) handleLogin(c *call) error {
 	addr := clientAddr(c.r)
 	if ok, wait, why := s.logins.allow(user, addr); !ok {
 		c.w.Header().Set("Retry-After", retryAfter(wait))
+		s.met.login(loginThrottled)
 		return apierror.New(http.StatusTooManyRequests, apierror.RateLimited, why+"; retry later")
 	}
 	tok, exp, err := s.login(c.ctx(), user, pw)
 	if errors.Is(err, ErrUnauthenticated) {
 		s.logins.failed(user, addr)
+		s.met.login(loginFailed)
 		s.log.Warn("failed admin login", "from", addr)
 	}
 	if err != nil {
 		return err
 	}
+	s.met.login(loginOK)
 	s.logins.succeeded(user, addr)
 	writeJSON(c.w, http.StatusOK, api.LoginResponse{Token: tok, ExpiresAt: exp, TokenType: "Bearer"})
 	return nil

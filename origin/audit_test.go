@@ -187,8 +187,8 @@ func testAuditRetention(t *testing.T, cfg Config) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("add blocked on a full queue")
 	}
-	if a.dropped.Load() != 8 {
-		t.Fatalf("dropped %d, want 8", a.dropped.Load())
+	if a.dropped[auditQueueFull].Load() != 8 {
+		t.Fatalf("dropped %d, want 8", a.dropped[auditQueueFull].Load())
 	}
 }
 
