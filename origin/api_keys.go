@@ -255,11 +255,7 @@ func (s *Server) createKey(c *call) error {
 	if err := c.readWait(); err != nil {
 		return err
 	}
-	secret, err := apikey.Generate()
-	if err != nil {
-		return err
-	}
-	h, err := apikey.ParseString(secret)
+	secret, h, err := newSecret()
 	if err != nil {
 		return err
 	}
@@ -373,11 +369,7 @@ func (s *Server) rotateKey(c *call) error {
 	if err := c.readWait(); err != nil {
 		return err
 	}
-	secret, err := apikey.Generate()
-	if err != nil {
-		return err
-	}
-	h, err := apikey.ParseString(secret)
+	secret, h, err := newSecret()
 	if err != nil {
 		return err
 	}
@@ -399,4 +391,14 @@ func parseExpiry(s string) (time.Time, error) {
 		return t.UTC(), nil
 	}
 	return time.Time{}, validation("expires_at", "must be an RFC 3339 time, a YYYY-MM-DD date, or null")
+}
+
+// newSecret makes a key's secret and the hash the store keeps of it.
+func newSecret() (string, apikey.Hash, error) {
+	secret, err := apikey.Generate()
+	if err != nil {
+		return "", apikey.Hash{}, err
+	}
+	h, err := apikey.ParseString(secret)
+	return secret, h, err
 }
