@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/internal/testutil"
-	"github.com/keymesh/keymesh/origin"
 )
 
 // restartOriginInPlace stops the stack's origin and starts a new one on the same
@@ -64,7 +64,7 @@ func TestWaitAfterOriginRestartWaitsForKnownEdges(t *testing.T) {
 	if st, body := chat(t, e, withKey(k)); st == http.StatusOK {
 		t.Fatalf("edge still accepts the disabled key after ?wait: %d %s", st, body)
 	}
-	var listed []origin.Edge
+	var listed []api.Edge
 	s.call(http.MethodGet, "/v1/edges", nil, &listed)
 	if len(listed) != 1 || listed[0].ID != e.ID() || !listed[0].Live {
 		t.Fatalf("GET /v1/edges after restart = %+v", listed)

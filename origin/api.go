@@ -85,7 +85,29 @@ func (s *Server) routes() http.Handler {
 		}
 		apierror.New(http.StatusNotFound, apierror.NotFound, "no such endpoint").Write(w)
 	})
-	return mux
+	return s.instrument(mux, s.patterns)
+}
+
+// instrument counts every request mux answers, and times it, by the route
+// pattern that matched: only a registered pattern is a label value, so
+// that the paths' ids never are (ServeMux names a redirect by its raw
+// path; the catch-all's 404 and 405 are "/"): everything else is
+// routeUnmatched.
+func (s *Server) instrument(mux *http.ServeMux, patterns []string) http.Handler {
+	known := make(map[string]bool, len(patterns))
+	for _, p := range patterns {
+		known[p] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		mux.ServeHTTP(sw, r) // sets r.Pattern
+		route := r.Pattern
+		if !known[route] {
+			route = routeUnmatched
+		}
+		s.met.served(route, sw.code(), time.Since(start))
+	})
 }
 
 // methodNotAllowed returns a mux matching the paths of patterns ("METHOD

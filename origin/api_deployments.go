@@ -11,43 +11,35 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 )
-
-type deploymentView struct {
-	ID               string              `json:"id"`
-	Project          string              `json:"project"`
-	Name             string              `json:"name"`
-	Hosts            []string            `json:"hosts"`
-	PathPrefix       string              `json:"path_prefix"`
-	Upstreams        map[string][]string `json:"upstreams"`
-	AuthEnabled      bool                `json:"auth_enabled"`
-	InvalidKeyStatus int                 `json:"invalid_key_status"`
-	UpstreamAuth     *event.UpstreamAuth `json:"upstream_auth"`
-	RateLimit        *event.RateLimit    `json:"rate_limit"`
-	MaxBodyBytes     int64               `json:"max_body_bytes"`
-	MaxPromptChars   int                 `json:"max_prompt_chars"`
-	Revision         uint64              `json:"revision"`
-	Propagation      *propagation        `json:"propagation,omitempty"`
-}
-
-func (v *deploymentView) report(p *propagation) { v.Propagation = p }
 
 // deploymentTarget is the audit target of a change to d.
 func deploymentTarget(d *event.Deployment) auditTarget {
 	return auditTarget{Target: d.ID, Deployment: d.ID, Project: d.Project}
 }
 
-func viewDeployment(d *event.Deployment) *deploymentView {
-	v := &deploymentView{
+// deploymentAnswer is d as the API shows it, without propagation (mutated
+// sets it under ?wait).
+func deploymentAnswer(d *event.Deployment) api.Deployment {
+	v := api.Deployment{
 		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, Upstreams: d.Upstreams,
-		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: d.UpstreamAuth, RateLimit: d.RateLimit,
-		MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars, Revision: d.Revision,
+		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: upstreamAuthAnswer(d.UpstreamAuth),
+		RateLimit: rateLimitAnswer(d.RateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars, Revision: d.Revision,
 	}
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}
 	return v
+}
+
+// upstreamAuthAnswer is ua as the API shows it.
+func upstreamAuthAnswer(ua *event.UpstreamAuth) *api.UpstreamAuth {
+	if ua == nil {
+		return nil
+	}
+	return &api.UpstreamAuth{Mode: ua.Mode, Header: ua.Header, Prefix: ua.Prefix, Secret: ua.Secret}
 }
 
 func (s *Server) createDeployment(c *call) error {
@@ -77,7 +69,8 @@ func (s *Server) createDeployment(c *call) error {
 	if d, err = s.store.createDeployment(c.ctx(), d); err != nil {
 		return err
 	}
-	return s.mutated(c, http.StatusCreated, d.Revision, viewDeployment(d), deploymentTarget(d))
+	v := deploymentAnswer(d)
+	return s.mutated(c, http.StatusCreated, d.Revision, &v, &v.Propagation, deploymentTarget(d))
 }
 
 func (s *Server) listDeployments(c *call) error {
@@ -85,11 +78,11 @@ func (s *Server) listDeployments(c *call) error {
 	if err != nil {
 		return err
 	}
-	items := make([]*deploymentView, 0, len(ds))
+	items := make([]api.Deployment, 0, len(ds))
 	for i := range ds {
-		items = append(items, viewDeployment(&ds[i]))
+		items = append(items, deploymentAnswer(&ds[i]))
 	}
-	writeJSON(c.w, http.StatusOK, map[string]any{"items": items, "next_cursor": nil})
+	writeJSON(c.w, http.StatusOK, api.DeploymentPage{Items: items})
 	return nil
 }
 
@@ -98,7 +91,7 @@ func (s *Server) getDeployment(c *call) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.w, http.StatusOK, viewDeployment(d))
+	writeJSON(c.w, http.StatusOK, deploymentAnswer(d))
 	return nil
 }
 
@@ -121,7 +114,8 @@ func (s *Server) patchDeployment(c *call) error {
 	if err != nil {
 		return err
 	}
-	return s.mutated(c, http.StatusOK, d.Revision, viewDeployment(d), deploymentTarget(d))
+	v := deploymentAnswer(d)
+	return s.mutated(c, http.StatusOK, d.Revision, &v, &v.Propagation, deploymentTarget(d))
 }
 
 func (s *Server) deleteDeployment(c *call) error {
@@ -133,7 +127,7 @@ func (s *Server) deleteDeployment(c *call) error {
 		return err
 	}
 	ref := c.r.PathValue("id")
-	return s.mutated(c, http.StatusNoContent, rev, nil, auditTarget{Target: ref, Deployment: ref})
+	return s.mutated(c, http.StatusNoContent, rev, nil, nil, auditTarget{Target: ref, Deployment: ref})
 }
 
 func (s *Server) deploymentKeys(c *call) error {
@@ -141,11 +135,7 @@ func (s *Server) deploymentKeys(c *call) error {
 	if err != nil {
 		return err
 	}
-	items := make([]*keyView, 0, len(keys))
-	for _, k := range keys {
-		items = append(items, viewKey(k))
-	}
-	writeJSON(c.w, http.StatusOK, map[string]any{"items": items, "next_cursor": nil})
+	writeJSON(c.w, http.StatusOK, keyPage(keys, nil))
 	return nil
 }
 
@@ -165,7 +155,8 @@ func (s *Server) linkKey(on bool) handlerFunc {
 		// deployment reference of the path.
 		ref := c.r.PathValue("key_id")
 		t := auditTarget{Target: ref, KeyID: ref, Deployment: c.r.PathValue("id"), Project: k.ProjectID}
-		return s.mutated(c, http.StatusOK, k.Revision, viewKey(k), t)
+		v := keyAnswer(k)
+		return s.mutated(c, http.StatusOK, k.Revision, &v, &v.Propagation, t)
 	}
 }
 

@@ -11,40 +11,23 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
-
-type keyView struct {
-	ID          string           `json:"id"`
-	Project     string           `json:"project"`
-	Name        string           `json:"name"`
-	Description string           `json:"description"`
-	Prefix      string           `json:"prefix"`
-	Permissions []string         `json:"permissions"`
-	Deployments []string         `json:"deployments"`
-	ExpiresAt   *time.Time       `json:"expires_at"`
-	RateLimit   *event.RateLimit `json:"rate_limit"`
-	Disabled    bool             `json:"disabled"`
-	CreatedAt   time.Time        `json:"created_at"`
-	UpdatedAt   time.Time        `json:"updated_at"`
-	Revision    uint64           `json:"revision"`
-	Key         string           `json:"key,omitempty"`
-	Propagation *propagation     `json:"propagation,omitempty"`
-}
-
-func (v *keyView) report(p *propagation) { v.Propagation = p }
 
 // keyTarget is the audit target of a change to k.
 func keyTarget(k *Key) auditTarget {
 	return auditTarget{Target: k.ID, KeyID: k.ID, Project: k.ProjectID}
 }
 
-func viewKey(k *Key) *keyView {
-	v := &keyView{
+// keyAnswer is k as the API shows it, without its secret (only create and
+// rotate set Secret) and propagation (mutated sets it under ?wait).
+func keyAnswer(k *Key) api.Key {
+	v := api.Key{
 		ID: k.ID, Project: k.ProjectID, Name: k.Name, Description: k.Description, Prefix: k.Prefix,
-		Permissions: k.Permissions, Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: k.RateLimit,
+		Permissions: k.Permissions, Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: rateLimitAnswer(k.RateLimit),
 		Disabled: k.Disabled, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, Revision: k.Revision,
 	}
 	if v.Permissions == nil {
@@ -54,6 +37,24 @@ func viewKey(k *Key) *keyView {
 		v.Deployments = []string{}
 	}
 	return v
+}
+
+// keyPage is keys as one page of a listing; next is the cursor of the page
+// after it (nil at the end).
+func keyPage(keys []*Key, next *string) api.KeyPage {
+	items := make([]api.Key, 0, len(keys))
+	for _, k := range keys {
+		items = append(items, keyAnswer(k))
+	}
+	return api.KeyPage{Items: items, NextCursor: next}
+}
+
+// rateLimitAnswer is rl as the API shows it (nil: no limit).
+func rateLimitAnswer(rl *event.RateLimit) *api.RateLimit {
+	if rl == nil {
+		return nil
+	}
+	return &api.RateLimit{RequestsPerMinute: rl.RequestsPerMinute}
 }
 
 var keyFields = []string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "disabled"}
@@ -254,11 +255,7 @@ func (s *Server) createKey(c *call) error {
 	if err := c.readWait(); err != nil {
 		return err
 	}
-	secret, err := apikey.Generate()
-	if err != nil {
-		return err
-	}
-	h, err := apikey.ParseString(secret)
+	secret, h, err := newSecret()
 	if err != nil {
 		return err
 	}
@@ -274,9 +271,9 @@ func (s *Server) createKey(c *call) error {
 	if k, err = s.store.createKey(c.ctx(), k, h, deps); err != nil {
 		return err
 	}
-	v := viewKey(k)
-	v.Key = secret
-	return s.mutated(c, http.StatusCreated, k.Revision, v, keyTarget(k))
+	v := keyAnswer(k)
+	v.Secret = secret
+	return s.mutated(c, http.StatusCreated, k.Revision, &v, &v.Propagation, keyTarget(k))
 }
 
 func (s *Server) listKeys(c *call) error {
@@ -304,15 +301,12 @@ func (s *Server) listKeys(c *call) error {
 	if err != nil {
 		return err
 	}
-	items := make([]*keyView, 0, len(keys))
-	for _, k := range keys {
-		items = append(items, viewKey(k))
-	}
-	var next any
+	var next *string
 	if more && len(keys) > 0 {
-		next = base64.RawURLEncoding.EncodeToString([]byte(keys[len(keys)-1].ID))
+		cur := base64.RawURLEncoding.EncodeToString([]byte(keys[len(keys)-1].ID))
+		next = &cur
 	}
-	writeJSON(c.w, http.StatusOK, map[string]any{"items": items, "next_cursor": next})
+	writeJSON(c.w, http.StatusOK, keyPage(keys, next))
 	return nil
 }
 
@@ -321,7 +315,7 @@ func (s *Server) getKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.w, http.StatusOK, viewKey(k))
+	writeJSON(c.w, http.StatusOK, keyAnswer(k))
 	return nil
 }
 
@@ -347,7 +341,8 @@ func (s *Server) patchKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	return s.mutated(c, http.StatusOK, k.Revision, viewKey(k), keyTarget(k))
+	v := keyAnswer(k)
+	return s.mutated(c, http.StatusOK, k.Revision, &v, &v.Propagation, keyTarget(k))
 }
 
 func (s *Server) deleteKey(c *call) error {
@@ -359,7 +354,7 @@ func (s *Server) deleteKey(c *call) error {
 		return err
 	}
 	ref := c.r.PathValue("id")
-	return s.mutated(c, http.StatusNoContent, rev, nil, auditTarget{Target: ref, KeyID: ref})
+	return s.mutated(c, http.StatusNoContent, rev, nil, nil, auditTarget{Target: ref, KeyID: ref})
 }
 
 func (s *Server) rotateKey(c *call) error {
@@ -374,11 +369,7 @@ func (s *Server) rotateKey(c *call) error {
 	if err := c.readWait(); err != nil {
 		return err
 	}
-	secret, err := apikey.Generate()
-	if err != nil {
-		return err
-	}
-	h, err := apikey.ParseString(secret)
+	secret, h, err := newSecret()
 	if err != nil {
 		return err
 	}
@@ -386,9 +377,9 @@ func (s *Server) rotateKey(c *call) error {
 	if err != nil {
 		return err
 	}
-	v := viewKey(k)
-	v.Key = secret
-	return s.mutated(c, http.StatusOK, k.Revision, v, keyTarget(k))
+	v := keyAnswer(k)
+	v.Secret = secret
+	return s.mutated(c, http.StatusOK, k.Revision, &v, &v.Propagation, keyTarget(k))
 }
 
 // parseExpiry accepts RFC 3339 or YYYY-MM-DD (00:00 UTC that day).
@@ -400,4 +391,14 @@ func parseExpiry(s string) (time.Time, error) {
 		return t.UTC(), nil
 	}
 	return time.Time{}, validation("expires_at", "must be an RFC 3339 time, a YYYY-MM-DD date, or null")
+}
+
+// newSecret makes a key's secret and the hash the store keeps of it.
+func newSecret() (string, apikey.Hash, error) {
+	secret, err := apikey.Generate()
+	if err != nil {
+		return "", apikey.Hash{}, err
+	}
+	h, err := apikey.ParseString(secret)
+	return secret, h, err
 }

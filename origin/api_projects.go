@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
 
@@ -14,24 +14,16 @@ import (
 // A project key never can, whatever it holds: the rules are the operator's
 // bounds on what the tenant's keys may do.
 
-// projectView is a project with its rules.
-type projectView struct {
-	ID               string       `json:"id"`
-	Name             string       `json:"name"`
-	CreatedAt        time.Time    `json:"created_at"`
-	AllowedUpstreams []string     `json:"allowed_upstreams"`
-	Limits           Limits       `json:"limits"`
-	Usage            projectUsage `json:"usage"`
+// projectAnswer is p as listed.
+func projectAnswer(p *Project) api.Project {
+	return api.Project{ID: p.ID, Name: p.Name, CreatedAt: p.CreatedAt}
 }
 
-type projectUsage struct {
-	Keys        int `json:"keys"`
-	Deployments int `json:"deployments"`
-}
-
-func viewProject(p *Project, r *ProjectRules) *projectView {
-	return &projectView{ID: p.ID, Name: p.Name, CreatedAt: p.CreatedAt, AllowedUpstreams: r.AllowedUpstreams,
-		Limits: r.Limits, Usage: projectUsage{Keys: r.Keys, Deployments: r.Deployments}}
+// projectDetail is p with its rules r, as GET and PATCH show it.
+func projectDetail(p *Project, r *ProjectRules) api.ProjectDetail {
+	return api.ProjectDetail{ID: p.ID, Name: p.Name, CreatedAt: p.CreatedAt, AllowedUpstreams: r.AllowedUpstreams,
+		Limits: api.Limits{MaxKeys: r.Limits.MaxKeys, MaxDeployments: r.Limits.MaxDeployments, MaxLinksPerKey: r.Limits.MaxLinksPerKey},
+		Usage:  api.ProjectUsage{Keys: r.Keys, Deployments: r.Deployments}}
 }
 
 var projectFields = []string{"allowed_upstreams", "max_keys", "max_deployments", "max_links_per_key"}
@@ -47,7 +39,7 @@ func (s *Server) getProject(c *call) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.w, http.StatusOK, viewProject(c.project, r))
+	writeJSON(c.w, http.StatusOK, projectDetail(c.project, r))
 	return nil
 }
 
@@ -100,14 +92,9 @@ func (s *Server) patchProject(c *call) error {
 		return err
 	}
 	s.auditAdmin(c, http.StatusOK, auditTarget{Target: c.project.ID})
-	writeJSON(c.w, http.StatusOK, viewProject(c.project, r))
+	writeJSON(c.w, http.StatusOK, projectDetail(c.project, r))
 	return nil
 }
-
-// projectCreated is the answer to a project's creation.
-type projectCreated map[string]any
-
-func (b projectCreated) report(p *propagation) { b["propagation"] = p }
 
 // decodeProjectName reads and checks a project create body's name.
 func decodeProjectName(o object) (string, error) {
@@ -152,8 +139,8 @@ func (s *Server) createProject(c *call) error {
 	if err != nil {
 		return err
 	}
-	body := projectCreated{"id": p.ID, "name": p.Name, "created_at": p.CreatedAt, "revision": rev}
-	return s.mutated(c, http.StatusCreated, rev, body, auditTarget{Target: p.ID, Project: p.ID})
+	v := api.ProjectCreated{ID: p.ID, Name: p.Name, CreatedAt: p.CreatedAt, Revision: rev}
+	return s.mutated(c, http.StatusCreated, rev, &v, &v.Propagation, auditTarget{Target: p.ID, Project: p.ID})
 }
 
 func (s *Server) listProjects(c *call) error {
@@ -164,6 +151,10 @@ func (s *Server) listProjects(c *call) error {
 	if c.who.ProjectID != "" {
 		ps = slices.DeleteFunc(ps, func(p Project) bool { return p.ID != c.who.ProjectID })
 	}
-	writeJSON(c.w, http.StatusOK, map[string]any{"items": ps, "next_cursor": nil})
+	items := make([]api.Project, 0, len(ps))
+	for i := range ps {
+		items = append(items, projectAnswer(&ps[i]))
+	}
+	writeJSON(c.w, http.StatusOK, api.ProjectPage{Items: items})
 	return nil
 }

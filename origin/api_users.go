@@ -7,6 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
 
@@ -38,6 +39,11 @@ func (s *Server) revoked(c *call, userID string, committed time.Time) {
 	case <-t.C:
 	case <-c.ctx().Done():
 	}
+}
+
+// userAnswer is u as the API shows it.
+func userAnswer(u *User) api.User {
+	return api.User{ID: u.ID, Username: u.Username, CreatedAt: u.CreatedAt}
 }
 
 func (s *Server) requireUser(c *call, what string) error {
@@ -84,7 +90,11 @@ func (s *Server) listUsers(c *call) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.w, http.StatusOK, map[string]any{"items": us, "next_cursor": nil})
+	items := make([]api.User, 0, len(us))
+	for _, u := range us {
+		items = append(items, userAnswer(u))
+	}
+	writeJSON(c.w, http.StatusOK, api.UserPage{Items: items})
 	return nil
 }
 
@@ -122,7 +132,7 @@ func (s *Server) createUser(c *call) error {
 		return err
 	}
 	s.auditAdmin(c, http.StatusCreated, auditTarget{Target: u.ID})
-	writeJSON(c.w, http.StatusCreated, u)
+	writeJSON(c.w, http.StatusCreated, userAnswer(u))
 	return nil
 }
 

@@ -61,26 +61,27 @@ var auditSchema = []string{
 }
 
 // AuditRecord is one stored audit record: an edge's request (source
-// "edge") or an admin action of the origin (source "admin").
+// "edge") or an admin action of the origin (source "admin"). GET /v1/audit
+// answers it as an api.AuditRecord (auditAnswer).
 type AuditRecord struct {
-	ID             string    `json:"id"`
-	Time           time.Time `json:"time"`
-	Source         string    `json:"source"`
-	Edge           string    `json:"edge,omitempty"`
-	Site           string    `json:"site,omitempty"`
-	ClientIP       string    `json:"client_ip"`
-	Actor          string    `json:"actor,omitempty"`
-	KeyID          string    `json:"key_id,omitempty"`
-	Project        string    `json:"project,omitempty"`
-	Deployment     string    `json:"deployment,omitempty"`
-	DeploymentName string    `json:"deployment_name,omitempty"`
-	Method         string    `json:"method"`
-	Path           string    `json:"path"`
-	Action         string    `json:"action,omitempty"`
-	Target         string    `json:"target,omitempty"`
-	Status         int       `json:"status"`
-	DurationMS     float64   `json:"duration_ms"`
-	RequestID      string    `json:"request_id,omitempty"`
+	ID             string
+	Time           time.Time
+	Source         string
+	Edge           string
+	Site           string
+	ClientIP       string
+	Actor          string
+	KeyID          string
+	Project        string
+	Deployment     string
+	DeploymentName string
+	Method         string
+	Path           string
+	Action         string
+	Target         string
+	Status         int
+	DurationMS     float64
+	RequestID      string
 }
 
 // ensureAuditSchema creates the audit table and its indexes if missing.

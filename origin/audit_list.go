@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
 
@@ -73,7 +74,7 @@ func (s *Server) listAudit(c *call) error {
 		return err
 	}
 	defer rows.Close()
-	out := []AuditRecord{}
+	out := []api.AuditRecord{}
 	for rows.Next() {
 		var r AuditRecord
 		var ts, dur int64
@@ -83,13 +84,21 @@ func (s *Server) listAudit(c *call) error {
 		}
 		r.Time = time.UnixMicro(ts).UTC()
 		r.DurationMS = float64(dur) / 1000
-		out = append(out, r)
+		out = append(out, auditAnswer(&r))
 	}
 	if err := rows.Err(); err != nil {
 		return err
 	}
 	writeJSON(c.w, http.StatusOK, out)
 	return nil
+}
+
+// auditAnswer is r as GET /v1/audit shows it.
+func auditAnswer(r *AuditRecord) api.AuditRecord {
+	return api.AuditRecord{ID: r.ID, Time: r.Time, Source: r.Source, Edge: r.Edge, Site: r.Site, ClientIP: r.ClientIP,
+		Actor: r.Actor, KeyID: r.KeyID, Project: r.Project, Deployment: r.Deployment, DeploymentName: r.DeploymentName,
+		Method: r.Method, Path: r.Path, Action: r.Action, Target: r.Target, Status: r.Status, DurationMS: r.DurationMS,
+		RequestID: r.RequestID}
 }
 
 // parseSince reads since= as an RFC 3339 time, a YYYY-MM-DD date (00:00

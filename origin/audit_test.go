@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -55,7 +56,7 @@ func testAuditRecords(t *testing.T, cfg Config) {
 		t.Fatal(err)
 	}
 
-	var recs []AuditRecord
+	var recs []api.AuditRecord
 	waitFor(t, "edge record stored", func() bool {
 		c.must(200, "GET", "/v1/audit?key_id="+k.ID+"&source=edge", nil, &recs)
 		return len(recs) == 1
@@ -137,7 +138,7 @@ func testAuditRecords(t *testing.T, cfg Config) {
 	}
 }
 
-func sortedNewestFirst(recs []AuditRecord) bool {
+func sortedNewestFirst(recs []api.AuditRecord) bool {
 	for i := 1; i < len(recs); i++ {
 		if recs[i].Time.After(recs[i-1].Time) {
 			return false
@@ -186,8 +187,8 @@ func testAuditRetention(t *testing.T, cfg Config) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("add blocked on a full queue")
 	}
-	if a.dropped.Load() != 8 {
-		t.Fatalf("dropped %d, want 8", a.dropped.Load())
+	if a.dropped[auditQueueFull].Load() != 8 {
+		t.Fatalf("dropped %d, want 8", a.dropped[auditQueueFull].Load())
 	}
 }
 
@@ -325,7 +326,7 @@ func TestAdminAuditTargets(t *testing.T) {
 		{"PUT /v1/users/{u}/password", u.ID, "", "", "", 204},
 		{"DELETE /v1/users/{u}", u.ID, "", "", "", 204},
 	}
-	var recs []AuditRecord
+	var recs []api.AuditRecord
 	waitFor(t, "every admin action recorded", func() bool {
 		recs = nil // decoding into old records would keep their fields
 		c.must(200, "GET", "/v1/audit?source=admin&limit=1000", nil, &recs)

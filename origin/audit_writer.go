@@ -40,8 +40,8 @@ type edgeAuditRecord struct {
 type auditLog struct {
 	s       *Server
 	ch      chan AuditRecord
-	dropped atomic.Uint64 // records lost to a full queue
-	bad     atomic.Uint64 // edge batches that could not be read
+	dropped [numAuditDrops]atomic.Uint64 // records not stored, by why
+	bad     atomic.Uint64                // edge batches that could not be read
 	stored  atomic.Uint64
 	stop    chan struct{}
 	done    chan struct{}
@@ -80,14 +80,17 @@ func (s *Server) AuditStats() (stored, dropped, badBatches uint64) {
 	if s.audit == nil {
 		return 0, 0, 0
 	}
-	return s.audit.stored.Load(), s.audit.dropped.Load(), s.audit.bad.Load()
+	for i := range s.audit.dropped {
+		dropped += s.audit.dropped[i].Load()
+	}
+	return s.audit.stored.Load(), dropped, s.audit.bad.Load()
 }
 
 func (a *auditLog) add(r AuditRecord) {
 	select {
 	case a.ch <- r:
 	default:
-		a.dropped.Add(1)
+		a.dropped[auditQueueFull].Add(1)
 	}
 }
 
@@ -103,13 +106,13 @@ func (a *auditLog) edgeBatch(m *nats.Msg) {
 		return
 	}
 	if len(recs) > maxAuditPerBatch {
-		a.dropped.Add(uint64(len(recs) - maxAuditPerBatch))
+		a.dropped[auditBatchTooLarge].Add(uint64(len(recs) - maxAuditPerBatch))
 		recs = recs[:maxAuditPerBatch]
 	}
 	now := time.Now()
 	for _, e := range recs {
 		if e.Edge != from {
-			a.dropped.Add(1)
+			a.dropped[auditWrongEdge].Add(1)
 			continue
 		}
 		t := e.Time
@@ -231,7 +234,7 @@ func (a *auditLog) insertTx(rows []AuditRecord) {
 		return tx.Commit()
 	}()
 	if err != nil {
-		a.dropped.Add(uint64(len(rows)))
+		a.dropped[auditStoreError].Add(uint64(len(rows)))
 		a.s.log.Error("storing audit records", "records", len(rows), "err", err)
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -152,9 +153,9 @@ func TestProjectQuotas(t *testing.T) {
 		proj := "/v1/projects/" + tn.aName
 		st, b := tn.a.do("PATCH", proj, map[string]any{"max_keys": 1000})
 		wantError(t, "a key raising its quota", st, b, http.StatusForbidden, "PERMISSION_DENIED")
-		var pv projectView
+		var pv api.ProjectDetail
 		tn.admin.must(200, "PATCH", proj, map[string]any{"max_keys": 3, "max_deployments": 2, "max_links_per_key": 1}, &pv)
-		if pv.Limits != (Limits{MaxKeys: 3, MaxDeployments: 2, MaxLinksPerKey: 1}) || pv.Usage.Keys != 1 {
+		if pv.Limits != (api.Limits{MaxKeys: 3, MaxDeployments: 2, MaxLinksPerKey: 1}) || pv.Usage.Keys != 1 {
 			t.Fatalf("project %+v", pv)
 		}
 		wantQuota := func(what string, st int, b []byte, quota string) {
@@ -192,11 +193,11 @@ func TestProjectQuotas(t *testing.T) {
 
 		// Other projects keep the defaults; null goes back to them.
 		tn.b.must(200, "GET", "/v1/projects/"+tn.bName, nil, &pv)
-		if pv.Limits != DefaultLimits {
+		if pv.Limits != api.Limits(DefaultLimits) {
 			t.Fatalf("project b %+v", pv)
 		}
 		tn.admin.must(200, "PATCH", proj, map[string]any{"max_keys": nil, "max_deployments": nil, "max_links_per_key": nil}, &pv)
-		if pv.Limits != DefaultLimits || pv.Usage.Keys != 3 || pv.Usage.Deployments != 2 {
+		if pv.Limits != api.Limits(DefaultLimits) || pv.Usage.Keys != 3 || pv.Usage.Deployments != 2 {
 			t.Fatalf("reset %+v", pv)
 		}
 		for _, bad := range []map[string]any{{"max_keys": 0}, {"max_links_per_key": maxDeploymentLinks + 1}, {"max_deployments": "many"}, {"quota": 1}} {

@@ -14,22 +14,24 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
 )
 
-// Edge is one edge as the registry last heard of it.
+// Edge is one edge as the registry last heard of it. GET /v1/edges answers
+// it as an api.Edge (edgeAnswer), without the registry's own state.
 type Edge struct {
-	ID              string    `json:"id"`
-	Site            string    `json:"site"`
-	Address         string    `json:"address"`
-	AppliedRevision uint64    `json:"applied_revision"`
-	LastSeen        time.Time `json:"last_seen"`
-	Live            bool      `json:"live"`
+	ID              string
+	Site            string
+	Address         string
+	AppliedRevision uint64
+	LastSeen        time.Time
+	Live            bool
 	// RelayedBy names the edge whose heartbeat last brought this one's,
 	// when this edge reaches NATS only through gossip peers ("" when it
 	// reported itself).
-	RelayedBy string `json:"relayed_by,omitempty"`
+	RelayedBy string
 
 	// warmUntil, for an edge restored from the store and not heard from
 	// since, is when it stops counting as live (see edgeRegistry.restore).
@@ -322,7 +324,7 @@ func (r *edgeRegistry) check(rev uint64) (applied, pending []string, changed <-c
 // wait blocks until every live edge has applied rev, d passes or ctx ends,
 // and reports the edges that had and had not. It is woken by heartbeats and
 // by a pending edge ceasing to be live; it never polls.
-func (r *edgeRegistry) wait(ctx context.Context, rev uint64, d time.Duration) *propagation {
+func (r *edgeRegistry) wait(ctx context.Context, rev uint64, d time.Duration) *api.Propagation {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	var expiry *time.Timer
@@ -360,10 +362,10 @@ func (r *edgeRegistry) wait(ctx context.Context, rev uint64, d time.Duration) *p
 	}
 }
 
-func newPropagation(applied, pending []string) *propagation {
+func newPropagation(applied, pending []string) *api.Propagation {
 	slices.Sort(applied)
 	slices.Sort(pending)
-	return &propagation{Applied: applied, Pending: pending, LiveEdges: len(applied) + len(pending)}
+	return &api.Propagation{Applied: applied, Pending: pending, LiveEdges: len(applied) + len(pending)}
 }
 
 // startEdgeRegistry subscribes this replica to every edge heartbeat (no
@@ -462,9 +464,24 @@ func (r *edgeRegistry) stopFlusher() {
 // Edges returns the edges this replica has heard from, sorted by id.
 func (s *Server) Edges() []Edge { return s.edges.list() }
 
+// edgeAnswer is e as GET /v1/edges shows it.
+func edgeAnswer(e *Edge) api.Edge {
+	return api.Edge{ID: e.ID, Site: e.Site, Address: e.Address, AppliedRevision: e.AppliedRevision,
+		LastSeen: e.LastSeen, Live: e.Live, RelayedBy: e.RelayedBy}
+}
+
+// edgeAnswers is the answer of GET /v1/edges: every edge in es, [] for none.
+func edgeAnswers(es []Edge) []api.Edge {
+	out := make([]api.Edge, 0, len(es))
+	for i := range es {
+		out = append(out, edgeAnswer(&es[i]))
+	}
+	return out
+}
+
 // listEdges serves GET /v1/edges.
 func (s *Server) listEdges(c *call) error {
-	writeJSON(c.w, http.StatusOK, s.edges.list())
+	writeJSON(c.w, http.StatusOK, edgeAnswers(s.edges.list()))
 	return nil
 }
 
@@ -474,7 +491,7 @@ const maxPropagationWait = 5 * time.Minute
 
 // awaitPropagation holds a mutation's response until every live edge has
 // applied rev or d passes (at most maxPropagationWait).
-func (s *Server) awaitPropagation(c *call, rev uint64, d time.Duration) *propagation {
+func (s *Server) awaitPropagation(c *call, rev uint64, d time.Duration) *api.Propagation {
 	if d > maxPropagationWait {
 		d = maxPropagationWait
 	}

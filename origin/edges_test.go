@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -88,7 +89,7 @@ func TestEdgeRegistryWaitWakesOnHeartbeat(t *testing.T) {
 	r := newEdgeRegistry(time.Now, 10*time.Second, 100)
 	r.heartbeat("a", hbJSON("a", 1))
 	r.heartbeat("b", hbJSON("b", 3))
-	done := make(chan *propagation, 1)
+	done := make(chan *api.Propagation, 1)
 	go func() { done <- r.wait(context.Background(), 3, 20*time.Second) }()
 	select {
 	case p := <-done:
@@ -172,7 +173,7 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 	var k struct {
 		ID          string
 		Revision    uint64
-		Propagation *propagation
+		Propagation *api.Propagation
 	}
 	c.must(201, "POST", "/v1/projects/default/keys?wait=5s", map[string]any{"name": "k"}, &k)
 	if k.Propagation == nil || fmt.Sprint(k.Propagation.Applied, k.Propagation.Pending) != "[edge-ahead] []" || k.Propagation.LiveEdges != 1 {
@@ -200,7 +201,7 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 	if r.st != 200 || r.took > 10*time.Second {
 		t.Fatalf("PATCH ?wait: %d after %v: %s", r.st, r.took, r.body)
 	}
-	var pk struct{ Propagation *propagation }
+	var pk struct{ Propagation *api.Propagation }
 	mustJSON(t, r.body, &pk)
 	if fmt.Sprint(pk.Propagation.Applied, pk.Propagation.Pending) != "[edge-ahead edge-behind] []" {
 		t.Fatalf("propagation %+v", pk.Propagation)
@@ -223,7 +224,7 @@ func TestEdgesEndpointAndWait(t *testing.T) {
 	// with the revision and the report; without, 204 and X-Revision.
 	type deletedResp struct {
 		Revision    *uint64
-		Propagation *propagation
+		Propagation *api.Propagation
 	}
 	for _, path := range []string{"/v1/projects/default/keys/" + k.ID, "/v1/projects/default/deployments/d1"} {
 		st, b, h := c.doH("DELETE", path+"?wait=100ms", nil, nil)
@@ -284,9 +285,9 @@ func TestEdgeRegistrySurvivesRestart(t *testing.T) {
 		c := newClient(t, s2)
 		nc2 := connect(t, s2)
 		rev0 := s2.Revision()
-		res := make(chan *propagation, 1)
+		res := make(chan *api.Propagation, 1)
 		go func() {
-			var k struct{ Propagation *propagation }
+			var k struct{ Propagation *api.Propagation }
 			c.must(201, "POST", "/v1/projects/default/keys?wait=30s", map[string]any{"name": "k"}, &k)
 			res <- k.Propagation
 		}()

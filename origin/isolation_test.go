@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -235,7 +236,7 @@ func TestUpstreamPolicyIsTheOperatorsAlone(t *testing.T) {
 			t.Fatalf("conflict details %v", e.Error.Details)
 		}
 		tn.a.must(200, "PATCH", mine+"/local", map[string]any{"upstreams": map[string][]string{"*": {"http://10.1.2.3:8000"}}}, nil)
-		var pv projectView
+		var pv api.ProjectDetail
 		tn.admin.must(200, "PATCH", "/v1/projects/"+tn.aName, policy, &pv)
 		if len(pv.AllowedUpstreams) != 3 {
 			t.Fatalf("policy answer %+v", pv)

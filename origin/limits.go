@@ -47,9 +47,9 @@ const (
 // DefaultLimits); the store keeps NULL for them, so that a project that
 // never had a quota set follows the default of the running version.
 type Limits struct {
-	MaxKeys        int `json:"max_keys"`
-	MaxDeployments int `json:"max_deployments"`
-	MaxLinksPerKey int `json:"max_links_per_key"`
+	MaxKeys        int
+	MaxDeployments int
+	MaxLinksPerKey int
 }
 
 // DefaultLimits are the quotas of a project no admin has set any for.

@@ -2,6 +2,7 @@ package origin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -59,6 +60,7 @@ func (s *Server) responder(subj string, h func(context.Context, *nats.Msg) ([][]
 		s.lookupMu.Lock()
 		if s.closed.Load() {
 			s.lookupMu.Unlock()
+			s.countRefused(subj)
 			s.replyError(m, "origin shutting down")
 			return
 		}
@@ -85,6 +87,16 @@ func (s *Server) responder(subj string, h func(context.Context, *nats.Msg) ([][]
 	}
 }
 
+// countRefused counts a request refused because the origin is stopping.
+func (s *Server) countRefused(subj string) {
+	switch subj {
+	case event.LookupKeySubject:
+		s.met.lookup(lookupShuttingDown)
+	case event.SnapshotSubject:
+		s.met.snapshot(snapshotShuttingDown)
+	}
+}
+
 func reasonFor(err error) string {
 	if fe, ok := err.(*FieldError); ok {
 		return fe.Message
@@ -98,7 +110,22 @@ func (s *Server) replyError(m *nats.Msg, reason string) {
 	_ = m.RespondMsg(r)
 }
 
-func (s *Server) answerKey(ctx context.Context, m *nats.Msg) ([]byte, error) {
+// answerKey answers a key lookup, counting how (lookupResult).
+func (s *Server) answerKey(ctx context.Context, m *nats.Msg) (_ []byte, err error) {
+	found := false
+	defer func() {
+		var fe *FieldError
+		switch {
+		case errors.As(err, &fe):
+			s.met.lookup(lookupInvalid)
+		case err != nil:
+			s.met.lookup(lookupError)
+		case found:
+			s.met.lookup(lookupFound)
+		default:
+			s.met.lookup(lookupNotFound)
+		}
+	}()
 	if len(m.Data) != len(apikey.Hash{}) {
 		return nil, &FieldError{Field: "hash", Message: "request must be the 32-byte key hash"}
 	}
@@ -120,6 +147,7 @@ func (s *Server) answerKey(ctx context.Context, m *nats.Msg) ([]byte, error) {
 		}
 	}
 	k.Secrets = live
+	found = true
 	rec := k.record(false)
 	rec.Revision, rec.Time = rev, now
 	return s.signer.Seal(rec)
@@ -129,7 +157,14 @@ func (s *Server) answerKey(ctx context.Context, m *nats.Msg) ([]byte, error) {
 // single KindSnapshot record (edges older than chunked snapshots), or,
 // when the request has event.SnapshotChunksHeader, the deployments split
 // into KindSnapshotChunk records of at most snapshotChunkBytes each.
-func (s *Server) answerSnapshot(ctx context.Context, m *nats.Msg) ([][]byte, error) {
+func (s *Server) answerSnapshot(ctx context.Context, m *nats.Msg) (_ [][]byte, err error) {
+	defer func() {
+		if err != nil {
+			s.met.snapshot(snapshotError)
+		} else {
+			s.met.snapshot(snapshotOK)
+		}
+	}()
 	rev, deps, err := s.store.snapshot(ctx)
 	if err != nil {
 		return nil, err

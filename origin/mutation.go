@@ -7,14 +7,17 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/keymesh/keymesh/api"
 )
 
-// mutated answers a mutation: X-Revision, and body (a struct or map with
-// "revision"), or no body (nil; a delete) with status 204, and records it in
-// the audit log as acting on target. With ?wait (c.waiting) the answer waits
-// for the edges and reports propagation in body; a delete then answers 200
-// with {"revision", "propagation"}, since a 204 has no body to carry it.
-func (s *Server) mutated(c *call, status int, rev uint64, body reporter, target auditTarget) error {
+// mutated answers a mutation: X-Revision, and body (an api type with a
+// Propagation member, which report points at), or no body (nil; a delete)
+// with status 204, and records it in the audit log as acting on target.
+// With ?wait (c.waiting) the answer waits for the edges and reports
+// propagation in *report; a delete then answers 200 with api.Deleted, since
+// a 204 has no body to carry it.
+func (s *Server) mutated(c *call, status int, rev uint64, body any, report **api.Propagation, target auditTarget) error {
 	c.w.Header().Set("X-Revision", strconv.FormatUint(rev, 10))
 	if c.waiting && body == nil {
 		status = http.StatusOK
@@ -24,10 +27,10 @@ func (s *Server) mutated(c *call, status int, rev uint64, body reporter, target 
 		// The change is committed: hold the answer until the edges have it.
 		p := s.awaitPropagation(c, rev, c.wait)
 		if body == nil {
-			writeJSON(c.w, status, &deleted{Revision: rev, Propagation: p})
+			writeJSON(c.w, status, &api.Deleted{Revision: rev, Propagation: p})
 			return nil
 		}
-		body.report(p)
+		*report = p
 	}
 	if body == nil {
 		c.w.WriteHeader(status)
@@ -35,28 +38,6 @@ func (s *Server) mutated(c *call, status int, rev uint64, body reporter, target 
 	}
 	writeJSON(c.w, status, body)
 	return nil
-}
-
-// reporter is a mutation's answer body: it carries the ?wait report when
-// one is asked for.
-type reporter interface {
-	report(*propagation)
-}
-
-// deleted is the answer to a delete given ?wait.
-type deleted struct {
-	Revision    uint64       `json:"revision"`
-	Propagation *propagation `json:"propagation"`
-}
-
-// propagation is the ?wait= report: the live edges that had applied the
-// mutation's revision when the answer was sent, and those that had not.
-type propagation struct {
-	Applied []string `json:"applied"`
-	Pending []string `json:"pending"`
-	// LiveEdges counts the live edges the wait knew of (applied +
-	// pending): 0 means it proved nothing reached any edge.
-	LiveEdges int `json:"live_edges"`
 }
 
 // readWait validates ?wait before the mutation runs and records it in c

@@ -99,6 +99,7 @@ type Server struct {
 	httpErr chan error
 
 	pub   *publisher
+	met   *originMetrics
 	edges *edgeRegistry
 	audit *auditLog
 	// auditStore holds the audit log: the store itself on PostgreSQL, a
@@ -202,6 +203,7 @@ func New(cfg Config) (*Server, error) {
 		s.pub.heal = s.healJetStream
 	}
 	s.edges = newEdgeRegistry(time.Now, cfg.EdgeLiveness, cfg.MaxEdges)
+	s.met = newMetrics(s)
 	s.httpSrv = &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,

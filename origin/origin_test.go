@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/testutil"
 )
@@ -356,7 +357,7 @@ func TestCreateProjectRevisionAndWait(t *testing.T) {
 		var p struct {
 			ID          string
 			Revision    uint64
-			Propagation *propagation
+			Propagation *api.Propagation
 		}
 		if st != 201 {
 			t.Fatalf("create project: %d %s", st, body)
@@ -372,7 +373,7 @@ func TestCreateProjectRevisionAndWait(t *testing.T) {
 		if e.Error.Details["field"] != "wait" {
 			t.Fatalf("details %v", e.Error.Details)
 		}
-		var ps struct{ Items []Project }
+		var ps struct{ Items []api.Project }
 		cb.must(200, "GET", "/v1/projects", nil, &ps)
 		if len(ps.Items) != 2 {
 			t.Fatalf("a refused create stored a project: %+v", ps.Items)
@@ -446,7 +447,7 @@ func TestListProjectsAndDeployments(t *testing.T) {
 	s := startServer(t, testConfig(t.TempDir()))
 	c := newClient(t, s)
 	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
-	var ps struct{ Items []Project }
+	var ps struct{ Items []api.Project }
 	c.must(200, "GET", "/v1/projects", nil, &ps)
 	if len(ps.Items) != 1 || ps.Items[0].Name != "default" {
 		t.Fatalf("projects %+v", ps)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/event"
 )
@@ -376,7 +377,7 @@ func TestReplicasStartingAtOnceOnAFreshStore(t *testing.T) {
 			for i, s := range servers {
 				c := &client{t: t, base: "http://" + s.Addr()}
 				c.must(200, "POST", "/v1/auth/login", map[string]string{"username": "admin", "password": password}, nil)
-				var ps struct{ Items []Project }
+				var ps struct{ Items []api.Project }
 				c.token = newClientWith(t, s, password).token
 				c.must(200, "GET", "/v1/projects", nil, &ps)
 				if len(ps.Items) != 1 || ps.Items[0].Name != "default" {

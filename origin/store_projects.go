@@ -313,9 +313,9 @@ func (s *Store) checkProjectScope(ctx context.Context, tx *sql.Tx, name string) 
 
 // Project is a tenant grouping keys and deployments.
 type Project struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string
+	Name      string
+	CreatedAt time.Time
 }
 
 func (s *Store) ensureProject(ctx context.Context, name string) error {

@@ -17,12 +17,13 @@ import (
 	"time"
 )
 
-// User is an admin user (never their password hash).
+// User is an admin user (never their password hash). The API shows it as
+// an api.User (userAnswer), without TokenVersion.
 type User struct {
-	ID           string    `json:"id"`
-	Username     string    `json:"username"`
-	CreatedAt    time.Time `json:"created_at"`
-	TokenVersion int64     `json:"-"`
+	ID           string
+	Username     string
+	CreatedAt    time.Time
+	TokenVersion int64
 }
 
 const userColumns = `id, username, created_at, token_version`

@@ -11,6 +11,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 )
 
@@ -211,7 +212,7 @@ func TestRevocationIsImmediateOnEveryReplica(t *testing.T) {
 func TestUserManagement(t *testing.T) {
 	s := startServer(t, testConfig(t.TempDir()))
 	admin := newClient(t, s)
-	var u User
+	var u api.User
 	admin.must(201, "POST", "/v1/users", map[string]any{"username": "ops", "password": "a good long one"}, &u)
 	if u.ID == "" || u.Username != "ops" {
 		t.Fatalf("created %+v", u)
@@ -229,7 +230,7 @@ func TestUserManagement(t *testing.T) {
 		st, b := admin.do("POST", "/v1/users", body)
 		wantError(t, what, st, b, http.StatusBadRequest, "VALIDATION_ERROR")
 	}
-	var page struct{ Items []User }
+	var page struct{ Items []api.User }
 	admin.must(200, "GET", "/v1/users", nil, &page)
 	if len(page.Items) != 2 || page.Items[0].Username != "admin" || page.Items[1].Username != "ops" {
 		t.Fatalf("users %+v", page.Items)
