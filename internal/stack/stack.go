@@ -75,8 +75,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Origin, if set, adjusts the origin's Config last.
 	Origin func(*origin.Config)
-	// Edges is how many edges Start starts, each with the options Edge.
-	// Default 0: more can be added with AddEdge.
+	// Edges is how many edges Start starts, each with the options Edge
+	// (a DataDir there suits one edge only). Default 0; AddEdge adds more.
 	Edges int
 	Edge  EdgeOptions
 	// SyncTimeout bounds how long an edge may take to synchronise. Default

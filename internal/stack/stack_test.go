@@ -25,6 +25,9 @@ func TestStartAndShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if s.AdminPassword() != DefaultAdminPassword || s.Token() == "" {
+		t.Errorf("a zero Config's origin: password %q, token %q", s.AdminPassword(), s.Token())
+	}
 	edges := s.Edges()
 	if len(edges) != 2 {
 		t.Fatalf("%d edges", len(edges))
