@@ -13,23 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// checkFor calls f every step until it returns nil or total passes.
-func checkFor(t *testing.T, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", total, err)
-		}
-		time.Sleep(step)
-	}
-}
+	"github.com/keymesh/keymesh/internal/testutil"
+)
 
 func startUpstream(t *testing.T, cfg UpstreamConfig) *Upstream {
 	t.Helper()
@@ -434,7 +420,7 @@ func TestStreamChatArrivesChunkByChunk(t *testing.T) {
 	if span := evs[n-1].at.Sub(evs[0].at); span < time.Duration(n-1)*interval/2 {
 		t.Fatalf("chunks arrived within %v; want at least %v", span, time.Duration(n-1)*interval/2)
 	}
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if s := u.Stats(); s.StreamsCompleted != 1 || s.InFlight != 0 {
 			return errors.New("stream not counted as completed")
 		}
@@ -521,7 +507,7 @@ func TestStreamStopsWhenClientGoesAway(t *testing.T) {
 		t.Fatalf("stats while streaming: %+v", s)
 	}
 	cancel()
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if s := u.Stats(); s.InFlight != 0 || s.StreamsAborted != 1 || s.StreamsCompleted != 0 {
 			return errors.New("handler still running: " + jsonString(s))
 		}
@@ -595,7 +581,7 @@ func TestShutdownDeadlineCutsStreams(t *testing.T) {
 	if _, done := readSSE(t, br); done {
 		t.Fatal("stream finished despite the shutdown deadline")
 	}
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if s := u.Stats(); s.InFlight != 0 || s.StreamsAborted != 1 {
 			return errors.New("stream handler still running: " + jsonString(s))
 		}

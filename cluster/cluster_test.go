@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // node is a test node whose consumer "verifies" by accepting everything and
@@ -87,21 +89,6 @@ func tryStart(t *testing.T, name string, keys [][]byte, join []string, configure
 	return n, nil
 }
 
-func checkFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // origin stands in for events arriving at one node from NATS.
 func (n *node) fromStream(rev uint64, wire []byte) {
 	n.deliver(rev, wire)
@@ -113,7 +100,7 @@ func TestEventsReachEveryNodeOnce(t *testing.T) {
 	for i := 1; i < 8; i++ {
 		nodes = append(nodes, start(t, fmt.Sprintf("n%d", i), testKey, first.c.Addr()))
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		for _, n := range nodes {
 			if m := n.c.Stats().Members; m != len(nodes) {
 				return fmt.Errorf("%s sees %d members", n.c.Name(), m)
@@ -129,7 +116,7 @@ func TestEventsReachEveryNodeOnce(t *testing.T) {
 		}
 		nodes[rev%3].fromStream(rev, wire) // enters at different nodes
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		for _, n := range nodes {
 			if a := n.appliedRev(); a != 20 {
 				return fmt.Errorf("%s applied %d of 20", n.c.Name(), a)
@@ -154,13 +141,13 @@ func TestCatchUpFromPeer(t *testing.T) {
 	}
 	a.c.queue.Reset() // as if those broadcasts went out while "late" was away
 	late := start(t, "late", testKey, a.c.Addr())
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if got := late.appliedRev(); got != 50 {
 			return fmt.Errorf("late node applied %d of 50", got)
 		}
 		return nil
 	})
-	checkFor(t, 10*time.Second, func() error { // counted once the answer is sent
+	testutil.CheckFor(t, 10*time.Second, 0, func() error { // counted once the answer is sent
 		if a.c.Stats().CatchUpsAnswered == 0 {
 			return errors.New("caught up without asking a peer")
 		}
@@ -169,7 +156,7 @@ func TestCatchUpFromPeer(t *testing.T) {
 	if p := late.c.Peers(); len(p) != 1 || p[0].Name != "a" {
 		t.Fatalf("peers: %+v", p)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if p := late.c.Peers(); p[0].Revision != 50 {
 			return fmt.Errorf("peer revision %d", p[0].Revision)
 		}
@@ -181,7 +168,7 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 	a := start(t, "a", testKey)
 	other := bytes.Repeat([]byte{9}, 32)
 	b := start(t, "b", other, a.c.Addr())
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if b.c.joinAttempts.Load() < 2 {
 			return errors.New("join not tried twice yet")
 		}

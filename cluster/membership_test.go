@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/keymesh/keymesh/internal/netcut"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // startCuttable starts a node on a cuttable transport.
@@ -39,7 +40,7 @@ func peerNames(n *node) []string {
 
 func waitPeers(t *testing.T, d time.Duration, want int, nodes ...*node) {
 	t.Helper()
-	checkFor(t, d, func() error {
+	testutil.CheckFor(t, d, 0, func() error {
 		for _, n := range nodes {
 			if got := len(n.c.Peers()); got != want {
 				return fmt.Errorf("%s sees peers %v, want %d", n.c.Name(), peerNames(n), want)
@@ -60,7 +61,7 @@ func TestPartitionRejoinConverges(t *testing.T) {
 	for rev := uint64(1); rev <= 5; rev++ {
 		a.fromStream(rev, []byte(fmt.Sprintf("e%d", rev)))
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if got := c.appliedRev(); got != 5 {
 			return fmt.Errorf("c applied %d of 5", got)
 		}
@@ -75,7 +76,7 @@ func TestPartitionRejoinConverges(t *testing.T) {
 	}
 	// Past memberlist's own gossip-to-the-dead window, only a rejoin heals.
 	deadline := time.Now().Add(a.c.cfg.Memberlist.GossipToTheDeadTime)
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		if time.Now().Before(deadline) {
 			return errors.New("partition not old enough yet")
 		}
@@ -87,7 +88,7 @@ func TestPartitionRejoinConverges(t *testing.T) {
 
 	cut.Heal()
 	waitPeers(t, 20*time.Second, 2, a, b, c)
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		if got := c.appliedRev(); got != 30 {
 			return fmt.Errorf("c applied %d of 30 after rejoining", got)
 		}
@@ -121,13 +122,13 @@ func TestCatchUpRotatesPastSilentPeer(t *testing.T) {
 		c.Deliver = nil
 	})
 	late := startWith(t, "late", [][]byte{testKey}, []string{a.c.Addr()}, func(c *Config) { c.CatchUpPeers = 1 })
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		if got := late.appliedRev(); got != 40 {
 			return fmt.Errorf("late applied %d of 40 (stats %+v)", got, late.c.Stats())
 		}
 		return nil
 	})
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		if st := late.c.Stats(); st.CatchUpFailures == 0 {
 			return fmt.Errorf("the silent peer was never held to account: %+v", st)
 		}
@@ -148,7 +149,7 @@ func TestKeyringRotation(t *testing.T) {
 	a2 := startWith(t, "a2", [][]byte{k2, k1}, []string{b.c.Addr()}, nil)
 	waitPeers(t, 10*time.Second, 1, a2, b)
 	a2.fromStream(1, []byte("e1"))
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if b.appliedRev() != 1 {
 			return errors.New("b did not get a2's event")
 		}
@@ -160,7 +161,7 @@ func TestKeyringRotation(t *testing.T) {
 	b2 := startWith(t, "b2", [][]byte{k2}, []string{a2.c.Addr()}, nil)
 	waitPeers(t, 10*time.Second, 1, a2, b2)
 	a2.fromStream(2, []byte("e2"))
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if b2.appliedRev() != 2 {
 			return fmt.Errorf("b2 applied %d of 2", b2.appliedRev())
 		}
@@ -169,7 +170,7 @@ func TestKeyringRotation(t *testing.T) {
 
 	// Now that nobody sends with k1, a node holding only k1 hears nobody.
 	old := startWith(t, "old", [][]byte{k1}, []string{a2.c.Addr()}, func(c *Config) { c.StartJoinTimeout = -1 })
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if old.c.joinAttempts.Load() < 2 {
 			return errors.New("not tried twice yet")
 		}
@@ -197,7 +198,7 @@ func TestJoinRetriesUntilTargetStarts(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	b := startWith(t, "b", [][]byte{testKey}, []string{addr}, nil)
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if b.c.joinAttempts.Load() < 3 {
 			return errors.New("not retried yet")
 		}
@@ -245,7 +246,7 @@ func TestDuplicateNameRefused(t *testing.T) {
 	if !errors.Is(err, ErrNameConflict) {
 		t.Fatalf("a second node named dup started: %v", err)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if a.c.Stats().Conflicts == 0 {
 			return errors.New("conflict not counted")
 		}
@@ -268,7 +269,7 @@ func TestInfoTravelsInMeta(t *testing.T) {
 	})
 	b := start(t, "b", testKey, a.c.Addr())
 	want := Info{ID: "edge-a", Site: "eu", Address: "10.0.0.1:8080", NATS: true}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if p := b.c.Peers(); len(p) != 1 || !reflect.DeepEqual(p[0].Info, want) {
 			return fmt.Errorf("b sees %+v", p)
 		}
@@ -276,7 +277,7 @@ func TestInfoTravelsInMeta(t *testing.T) {
 	})
 	nats.Store(false)
 	want.NATS = false
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if p := b.c.Peers(); len(p) != 1 || !reflect.DeepEqual(p[0].Info, want) {
 			return fmt.Errorf("b sees %+v", p)
 		}
@@ -332,7 +333,7 @@ func TestMetaSignedPresence(t *testing.T) {
 		}
 	})
 	b := start(t, "b", testKey, a.c.Addr())
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		p := b.c.Peers()
 		if len(p) != 1 || p[0].Revision != 3 || p[0].SignedAt != 3000 || !bytes.Equal(p[0].Signature, bytes.Repeat([]byte{3}, metaSigSize)) {
 			return fmt.Errorf("b sees %+v", p)
@@ -425,7 +426,7 @@ func TestCatchUpFetchesFirst(t *testing.T) {
 				return nil
 			}
 		})
-		checkFor(t, 10*time.Second, func() error {
+		testutil.CheckFor(t, 10*time.Second, 0, func() error {
 			if got := n.appliedRev(); got != 10 {
 				return fmt.Errorf("%s applied %d of 10", name, got)
 			}

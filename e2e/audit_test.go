@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/edge"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // TestAuditThroughEdge: requests through an edge, allowed and refused, end up
@@ -30,7 +31,7 @@ func TestAuditThroughEdge(t *testing.T) {
 	expect(t, e, map[string]string{"Authorization": "Bearer " + k.Secret + "x"}, http.StatusUnauthorized, "AUTHENTICATION_FAILED")
 
 	var rec map[string]any
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		recs, _ := s.auditRecords("key_id=" + k.ID + "&source=edge")
 		if len(recs) != 1 {
 			return errorf("%d edge records for the key", len(recs))
@@ -53,7 +54,7 @@ func TestAuditThroughEdge(t *testing.T) {
 	}
 
 	// All three requests are on record by deployment, newest first.
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		recs, _ := s.auditRecords("deployment=" + d.ID + "&source=edge")
 		if len(recs) != 3 {
 			return errorf("%d edge records for the deployment", len(recs))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // currencyStatus is the part of an edge's /status that says whether, and
@@ -71,7 +72,7 @@ func TestStuckPublisherMakesEdgesStale(t *testing.T) {
 	e := s.startEdge(edgeOpts{staleness: staleness})
 	expect(t, e, withKey(k), 200, "") // cached
 	waitApplied(t, s.origin.Revision(), e)
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if st := currencyOf(t, e); !st.Current || st.CommittedHead != st.AppliedRev || st.StaleReason != "" {
 			return errorf("not current at the committed head yet: %+v", st)
 		}
@@ -84,7 +85,7 @@ func TestStuckPublisherMakesEdgesStale(t *testing.T) {
 		t.Fatalf("the disable was published (%d >= %d): the stream is not blocked", pub, rev)
 	}
 	disabledAt := time.Now()
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		if st, body := chat(t, e, withKey(k)); st != 401 && st != 503 {
 			return errorf("%v after the disable, the edge answered %d: %s", time.Since(disabledAt), st, body)
 		}
@@ -129,7 +130,7 @@ func TestStalePeersCannotVouchForEachOther(t *testing.T) {
 		t.Fatal(err)
 	}
 	down := time.Now()
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		for i, e := range edges {
 			if ok, _ := e.View().Current(); ok {
 				return errorf("edge %d still current %v after the origin went down", i, time.Since(down))
@@ -189,14 +190,14 @@ func TestRestartedEdgeDistrustsSavedDeployments(t *testing.T) {
 			if !failOpen {
 				// Refused once the saved state is older than the bound (the
 				// origin signed its newest record before the edge stopped).
-				checkFor(t, 10*time.Second, func() error {
+				testutil.CheckFor(t, 10*time.Second, 0, func() error {
 					if code, body := chat(t, e2, nil); code != http.StatusServiceUnavailable {
 						return errorf("keyless request to the restored edge: %d %s", code, body)
 					}
 					return nil
 				})
 			}
-			checkFor(t, 10*time.Second, func() error {
+			testutil.CheckFor(t, 10*time.Second, 0, func() error {
 				if st := currencyOf(t, e2); st.Current || !st.Restored || !strings.Contains(st.StaleReason, "restored") {
 					return errorf("/status of the restored edge: %+v", st)
 				}

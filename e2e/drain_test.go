@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // Shutdown stops accepting, lets an open stream finish, then returns.
@@ -27,7 +29,7 @@ func TestShutdownDrainsOpenStreams(t *testing.T) {
 		r.n, r.done = streamLines(t, "http://"+addr, k.Secret, "100ms", 0)
 	}()
 	// Wait until the stream is under way at the upstream.
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if s.upstream.Stats().InFlight == 0 || s.upstream.Stats().Requests == before {
 			return errorString("stream not started")
 		}
@@ -39,7 +41,7 @@ func TestShutdownDrainsOpenStreams(t *testing.T) {
 	go func() { shut <- e.Shutdown(ctx) }()
 
 	// New connections are refused while the stream drains.
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if _, err := (&http.Client{Timeout: time.Second}).Get("http://" + addr + "/health"); err == nil {
 			return errorString("still accepting")
 		}

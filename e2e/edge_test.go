@@ -15,6 +15,7 @@ import (
 
 	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // errorCode returns error.code of an API error body.
@@ -359,10 +360,10 @@ func TestGapDropsCachedState(t *testing.T) {
 
 	link.Cut()
 	rev := s.call(http.MethodDelete, "/v1/projects/"+project+"/deployments/"+d.ID+"/keys/"+k.ID, nil, nil)
-	checkFor(t, 10*time.Second, func() error { return streamHas(s, rev) })
+	testutil.CheckFor(t, 10*time.Second, 0, func() error { return streamHas(s, rev) })
 	purgeStream(t, s)
 	rev = s.call(http.MethodPatch, "/v1/projects/"+project+"/keys/"+s.key().ID, map[string]any{"name": "later"}, nil)
-	checkFor(t, 10*time.Second, func() error { return streamHas(s, rev) })
+	testutil.CheckFor(t, 10*time.Second, 0, func() error { return streamHas(s, rev) })
 
 	link.Heal()
 	waitApplied(t, rev, e)

@@ -18,6 +18,7 @@ import (
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/netcut"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 var gossipKey = bytes.Repeat([]byte{42}, 32)
@@ -72,7 +73,7 @@ func (s *stack) gossipEdgesWith(n int, o gossipOpts) ([]*edge.Node, []*relay) {
 // waitPeers waits until each edge sees want peers.
 func waitPeers(t testing.TB, d time.Duration, want int, edges ...*edge.Node) {
 	t.Helper()
-	checkFor(t, d, func() error {
+	testutil.CheckFor(t, d, 0, func() error {
 		for _, e := range edges {
 			if p := len(e.Peers()); p != want {
 				return fmt.Errorf("edge %s sees %d peers, want %d", e.ID(), p, want)
@@ -89,7 +90,7 @@ func everyEdge(t testing.TB, edges []*edge.Node, key string, status int, start t
 	var mu sync.Mutex
 	done := make([]bool, len(edges))
 	var slowest time.Duration
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		var wg sync.WaitGroup
 		for i, e := range edges {
 			mu.Lock()
@@ -138,7 +139,7 @@ func TestGossipCarriesChangesPastCutNATSLinks(t *testing.T) {
 	for _, l := range links[4:] {
 		l.Cut()
 	}
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		reg := s.edgeRegistry()
 		for _, e := range edges[4:] {
 			if r := reg[e.ID()]; r.RelayedBy == "" || !r.Live {
@@ -172,7 +173,7 @@ func TestGossipCarriesChangesPastCutNATSLinks(t *testing.T) {
 	for _, l := range links[4:] {
 		l.Heal()
 	}
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		for _, e := range edges {
 			if !statusOf(t, e).NATSConnected {
 				return errorf("edge %s not back on NATS", e.ID())
@@ -213,7 +214,7 @@ func TestGossipOnlyEdge(t *testing.T) {
 	expect(t, edges[0], withKey(elsewhere), 200, "")
 	cut := edges[2]
 	links[2].Cut()
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if statusOf(t, cut).NATSConnected {
 			return errorf("still connected")
 		}
@@ -222,7 +223,7 @@ func TestGossipOnlyEdge(t *testing.T) {
 
 	before := cut.View().Stats().Revalidations
 	since := time.Now()
-	checkFor(t, 30*time.Second, func() error {
+	testutil.CheckFor(t, 30*time.Second, 0, func() error {
 		if ok, at := cut.View().Current(); !ok {
 			t.Fatalf("the cut edge went stale %v after the cut (last proof %v ago)", time.Since(since), time.Since(at))
 		}
@@ -278,7 +279,7 @@ func TestGossipOnlyEdge(t *testing.T) {
 	if len(relaying) != 1 || relaying[0] != "edge-02" {
 		t.Errorf("relays: %v, want edge-02 relayed once", relaying)
 	}
-	checkFor(t, 10*time.Second, func() error { // peers advertise within a SyncInterval
+	testutil.CheckFor(t, 10*time.Second, 0, func() error { // peers advertise within a SyncInterval
 		cs := statusOf(t, cut)
 		if cs.Gossip.Members != 4 || len(cs.Gossip.Peers) != 3 {
 			return errorf("cut edge's cluster view: %+v", cs.Gossip)
@@ -343,7 +344,7 @@ func TestPartitionedEdgeRejoins(t *testing.T) {
 	// Memberlist gossips to dead nodes for a while, which would heal a
 	// short partition by itself: outlast that.
 	deadline := time.Now().Add(cluster.LocalConfig().Memberlist.GossipToTheDeadTime)
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		if time.Now().Before(deadline) {
 			return errorf("partition not old enough yet")
 		}
@@ -355,7 +356,7 @@ func TestPartitionedEdgeRejoins(t *testing.T) {
 
 	tr.Heal()
 	waitPeers(t, 20*time.Second, 2, edges...)
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		if got, want := away.View().AppliedRevision(), s.origin.Revision(); got != want {
 			return errorf("rejoined edge at %d, origin at %d", got, want)
 		}
@@ -453,7 +454,7 @@ func TestForgedGossipIsDropped(t *testing.T) {
 	rogue.Record(next, forgedKeyRecord(t, h, k.ID, d.ID, next))
 	// The rogue's few transmissions reach some edges; edges pass on only
 	// what they have verified, so the forgery travels no further.
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		var seen uint64
 		for _, e := range edges {
 			rejected, _ := e.GossipStats()

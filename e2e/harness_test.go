@@ -4,18 +4,13 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,6 +23,8 @@ import (
 	"github.com/keymesh/keymesh/bench"
 	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/internal/natsauth"
+	kmstack "github.com/keymesh/keymesh/internal/stack"
+	"github.com/keymesh/keymesh/internal/testutil"
 	"github.com/keymesh/keymesh/origin"
 )
 
@@ -35,33 +32,20 @@ const project = "default"
 
 // logSink collects every log line a test's components write, so the test
 // can prove no secret reached any of them.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
+type logSink struct{ testutil.Buffer }
 
 func (s *logSink) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(s, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// stack is one test's deployment of keymesh.
+// stack is one test's deployment of keymesh: a kmstack.Stack (origin and
+// edges) with the mock upstream, and what the test checks at its end.
 type stack struct {
 	t        testing.TB
 	logs     *logSink
-	nats     *server.Server
-	origin   *origin.Server
+	nats     *server.Server // nil when the origin runs its embedded NATS
+	st       *kmstack.Stack
+	origin   *origin.Server // st.Origin
 	api      *bench.OriginClient
 	upstream *bench.Upstream
 	secrets  []string // every secret the test saw: must appear in no log
@@ -69,27 +53,35 @@ type stack struct {
 	// reach the upstream, and appear in no log.
 	upstreamSecrets []string
 
-	mu    sync.Mutex
-	seen  []http.Header // headers the upstream received
-	edges []*edge.Node
+	mu   sync.Mutex
+	seen []http.Header // headers the upstream received
 
 	dataDirs []string // every origin data dir, for its stored audit records
-
-	// natsKeys are the NATS trust roots the stack's server trusts; every
-	// component connects with a credential they issue (natsCreds).
-	natsKeys *natsauth.Keys
 }
 
+// newStack starts a stack whose origin uses a NATS server of the test's
+// own (s.nats, which a test may stop), with credentials required as the
+// origin's embedded one requires them.
 func newStack(t testing.TB) *stack {
 	t.Helper()
-	s := &stack{t: t, logs: &logSink{}}
 	keys, err := natsauth.LoadOrCreate(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.natsKeys = keys
-	s.nats = startNATS(t, keys)
-	s.startOrigin()
+	ns := startNATS(t, keys)
+	s := newStackWith(t, kmstack.Config{NATSURL: ns.ClientURL(), NATSKeys: keys})
+	s.nats = ns
+	return s
+}
+
+// newStackWith starts a stack of cfg (default: the origin's embedded NATS)
+// with the harness's password, logs and heartbeats, and the mock upstream.
+func newStackWith(t testing.TB, cfg kmstack.Config) *stack {
+	t.Helper()
+	s := &stack{t: t, logs: &logSink{}}
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir() // before the cleanups below: removed after they ran
+	}
 	up, err := bench.StartUpstream(bench.UpstreamConfig{
 		Logger: s.logs.logger(),
 		OnRequest: func(r *http.Request, _ []byte) {
@@ -103,8 +95,33 @@ func newStack(t testing.TB) *stack {
 	}
 	s.upstream = up
 	t.Cleanup(func() { _ = up.Shutdown(context.Background()) })
-	t.Cleanup(s.checkNoSecretLogged)
+	t.Cleanup(s.checkNoSecretLogged) // after the stack is down (cleanups run last first)
+	cfg.Name, cfg.AdminPassword, cfg.Logger, cfg.SyncTimeout = "e2e", adminPassword, s.logs.logger(), 10*time.Second
+	configure := cfg.Origin
+	cfg.Origin = func(c *origin.Config) {
+		c.HeartbeatInterval = 100 * time.Millisecond
+		if configure != nil {
+			configure(c)
+		}
+	}
+	if s.st, err = kmstack.Start(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = s.st.Shutdown(ctx)
+	})
+	s.dataDirs = append(s.dataDirs, s.st.OriginDir())
+	s.adoptOrigin()
 	return s
+}
+
+// adoptOrigin points the stack's client at the stack's (new) origin.
+func (s *stack) adoptOrigin() {
+	s.origin = s.st.Origin
+	s.api = &bench.OriginClient{BaseURL: s.st.OriginURL, Token: s.st.Token()}
+	s.secrets = append(s.secrets, adminPassword, s.api.Token)
 }
 
 // startNATS starts a NATS server that, like the origin's embedded one,
@@ -133,12 +150,8 @@ func startNATS(t testing.TB, keys *natsauth.Keys) *server.Server {
 // path.
 func (s *stack) natsCreds(role natsauth.Role, id string) string {
 	s.t.Helper()
-	b, err := s.natsKeys.Creds(role, id)
+	path, err := s.st.Creds(role, id)
 	if err != nil {
-		s.t.Fatal(err)
-	}
-	path := filepath.Join(s.t.TempDir(), "nats.creds")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
 		s.t.Fatal(err)
 	}
 	return path
@@ -146,96 +159,23 @@ func (s *stack) natsCreds(role natsauth.Role, id string) string {
 
 // natsConn connects to the stack's NATS with an origin credential.
 func (s *stack) natsConn() (*nats.Conn, error) {
-	return nats.Connect(s.nats.ClientURL(), nats.UserCredentials(s.natsCreds(natsauth.RoleOrigin, "test")))
-}
-
-// edgeCreds returns the credential of the edge cfg describes: for cfg.ID,
-// else the id kept in its data dir (created as the edge would), else a
-// random one.
-func (s *stack) edgeCreds(cfg *edge.Config) string {
-	s.t.Helper()
-	id := cfg.ID
-	if id == "" && cfg.DataDir != "" {
-		path := filepath.Join(cfg.DataDir, "edge-id")
-		if b, err := os.ReadFile(path); err == nil {
-			id = strings.TrimSpace(string(b))
-		} else {
-			id = "e2e-edge-" + rand.Text()[:10]
-			if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-				s.t.Fatal(err)
-			}
-			if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
-				s.t.Fatal(err)
-			}
-		}
-	}
-	if id == "" {
-		id = "e2e-edge-" + rand.Text()[:10]
-	}
-	return s.natsCreds(natsauth.RoleEdge, id)
+	return nats.Connect(s.st.NATSURL(), nats.UserCredentials(s.natsCreds(natsauth.RoleOrigin, "test")))
 }
 
 const adminPassword = "e2e-admin-password-not-secret-elsewhere"
-
-func (s *stack) startOrigin() {
-	dir := s.t.TempDir()
-	s.dataDirs = append(s.dataDirs, dir)
-	s.startOriginOn(dir)
-}
-
-// startOriginOn starts an origin on data dir dir and the stack's NATS, and
-// logs the stack's client in to it.
-func (s *stack) startOriginOn(dir string) {
-	t := s.t
-	cfg := origin.DefaultConfig()
-	cfg.DataDir = dir
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NATSURL = s.nats.ClientURL()
-	cfg.NATSCreds = s.natsCreds(natsauth.RoleOrigin, "origin")
-	cfg.AdminPassword = adminPassword
-	cfg.PasswordCost = 4
-	cfg.HeartbeatInterval = 100 * time.Millisecond
-	cfg.Logger = s.logs.logger()
-	o, err := origin.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := o.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s.origin = o
-	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
-	s.api = &bench.OriginClient{BaseURL: "http://" + o.Addr()}
-	if err := s.api.Login(context.Background(), "admin", adminPassword); err != nil {
-		t.Fatal(err)
-	}
-	s.secrets = append(s.secrets, adminPassword, s.api.Token)
-}
 
 // embeddedOrigin starts an origin that runs its own NATS (credentials
 // required, keys in dir), as `origin` does by default, and stops it when t
 // ends. configure, if set, adjusts the Config last.
 func embeddedOrigin(t testing.TB, dir string, logs *logSink, configure func(*origin.Config)) *origin.Server {
 	t.Helper()
-	cfg := origin.DefaultConfig()
-	cfg.DataDir = dir
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NATSListen = "127.0.0.1:-1"
-	cfg.AdminPassword = adminPassword
-	cfg.PasswordCost = 4
-	cfg.Logger = logs.logger()
-	if configure != nil {
-		configure(&cfg)
-	}
-	o, err := origin.New(cfg)
+	st, err := kmstack.Start(context.Background(), kmstack.Config{Dir: t.TempDir(), OriginDir: dir,
+		AdminPassword: adminPassword, Logger: logs.logger(), Origin: configure})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := o.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
-	return o
+	t.Cleanup(func() { _ = st.Shutdown(context.Background()) })
+	return st.Origin
 }
 
 // edgeOpts change how an edge is started.
@@ -255,59 +195,24 @@ type edgeOpts struct {
 }
 
 func (s *stack) startEdge(o edgeOpts) *edge.Node {
-	t := s.t
-	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.AdminListen = ""
-	cfg.NATSURL = o.natsURL
-	if cfg.NATSURL == "" {
-		cfg.NATSURL = s.nats.ClientURL()
-	}
-	cfg.DataDir = o.dataDir
-	cfg.SecretsDir = o.secretsDir
-	cfg.UpstreamIdleTimeout = o.idle
-	cfg.MaxStaleness = o.staleness
-	cfg.FailOpen = o.failOpen
-	if o.configure != nil {
-		o.configure(&cfg)
-	}
-	if o.site != "" {
-		cfg.Site = o.site
-	}
-	if cfg.NATSCreds == "" {
-		cfg.NATSCreds = s.edgeCreds(&cfg)
-	}
-	cfg.OriginPublicKey = s.origin.PublicKey()
-	cfg.LookupTimeout = 500 * time.Millisecond
-	cfg.Logger = s.logs.logger()
-	e, err := edge.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = e.Serve(ln) }()
-	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
-	s.mu.Lock()
-	s.edges = append(s.edges, e)
-	s.mu.Unlock()
-	if !o.unsynced {
-		select {
-		case <-e.Synced():
-		case <-time.After(10 * time.Second):
-			t.Fatal("edge did not synchronise")
-		}
-	}
-	checkFor(t, 5*time.Second, func() error {
-		if e.Addr() == "" {
-			return errors.New("edge not listening")
-		}
-		return nil
+	s.t.Helper()
+	e, err := s.st.AddEdge(context.Background(), kmstack.EdgeOptions{
+		Site: o.site, DataDir: o.dataDir, NATSURL: o.natsURL, Unsynced: o.unsynced,
+		Configure: func(c *edge.Config) {
+			c.SecretsDir = o.secretsDir
+			c.UpstreamIdleTimeout = o.idle
+			c.MaxStaleness = o.staleness
+			c.FailOpen = o.failOpen
+			if o.configure != nil {
+				o.configure(c)
+			}
+			c.LookupTimeout = 500 * time.Millisecond
+		},
 	})
-	return e
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return e.Node
 }
 
 // deployment creates a deployment pointing at the mock upstream.
@@ -346,7 +251,7 @@ func (s *stack) call(method, path string, in, out any) uint64 {
 // waitApplied waits until every edge has applied rev.
 func waitApplied(t testing.TB, rev uint64, edges ...*edge.Node) {
 	t.Helper()
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		for i, e := range edges {
 			if got := e.View().AppliedRevision(); got < rev {
 				return fmt.Errorf("edge %d applied %d, want %d", i, got, rev)
@@ -354,22 +259,6 @@ func waitApplied(t testing.TB, rev uint64, edges ...*edge.Node) {
 		}
 		return nil
 	})
-}
-
-// checkFor polls f until it returns nil or total passes.
-func checkFor(t testing.TB, total time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing after %v: %v", total, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -449,15 +338,13 @@ func storedAudit(t testing.TB, path string) string {
 // the upstream got.
 func (s *stack) checkNoSecretLogged() {
 	logs := s.logs.String()
-	s.mu.Lock()
-	for _, e := range s.edges {
+	for _, e := range s.st.Edges() {
 		for _, path := range []string{"/metrics", "/status"} {
 			rec := httptest.NewRecorder()
 			e.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 			logs += rec.Body.String()
 		}
 	}
-	s.mu.Unlock()
 	// and every audit record each origin stored, read from its database
 	// (the origin may be down by now).
 	for _, dir := range s.dataDirs {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymesh/keymesh/bench"
-	"github.com/keymesh/keymesh/internal/natsauth"
+	kmstack "github.com/keymesh/keymesh/internal/stack"
 	"github.com/keymesh/keymesh/internal/testutil"
-	"github.com/keymesh/keymesh/origin"
 )
 
 // Issue 12.4, end to end: an origin with its embedded NATS, whose JetStream
@@ -28,28 +25,10 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 	natsDir := filepath.Join(dataDir, "nats")
 	testutil.SmallDisk(t, natsDir, "4m")
 
-	s := &stack{t: t, logs: &logSink{}}
-	s.dataDirs = append(s.dataDirs, dataDir)
-	o := embeddedOrigin(t, dataDir, s.logs, func(c *origin.Config) { c.HeartbeatInterval = 100 * time.Millisecond })
-	s.origin = o
-	var err error
 	// The embedded NATS trusts the operator the origin created in its data
 	// dir: the edge's credential comes from there.
-	if s.natsKeys, err = natsauth.Load(dataDir); err != nil {
-		t.Fatal(err)
-	}
-	s.api = &bench.OriginClient{BaseURL: "http://" + o.Addr()}
-	if err := s.api.Login(context.Background(), "admin", adminPassword); err != nil {
-		t.Fatal(err)
-	}
-	s.secrets = append(s.secrets, adminPassword, s.api.Token)
-	up, err := bench.StartUpstream(bench.UpstreamConfig{Logger: s.logs.logger()}, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.upstream = up
-	t.Cleanup(func() { _ = up.Shutdown(context.Background()) })
-	t.Cleanup(s.checkNoSecretLogged)
+	s := newStackWith(t, kmstack.Config{OriginDir: dataDir})
+	o := s.origin
 	defer func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", s.logs.String())
@@ -58,7 +37,7 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 
 	d := s.deployment("demo", nil)
 	k := s.key(d.ID)
-	e := s.startEdge(edgeOpts{natsURL: o.NATSURL()})
+	e := s.startEdge(edgeOpts{})
 	expect(t, e, withKey(k), 200, "")
 
 	freeDisk := testutil.FillDisk(t, natsDir)
@@ -68,7 +47,7 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 	for i := range 10 { // enough to hit the full disk, the last one disables the key
 		rev = s.call(http.MethodPatch, keyPath, map[string]any{"description": fmt.Sprintf("change %d", i), "disabled": i == 9}, nil)
 	}
-	checkFor(t, 90*time.Second, func() error {
+	testutil.CheckFor(t, 90*time.Second, 0, func() error {
 		if p := o.PublishedRevision(); p >= rev {
 			return fmt.Errorf("revision %d published on a full disk", p)
 		}
@@ -86,14 +65,14 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 
 	freeDisk()
 	freed := time.Now()
-	checkFor(t, 90*time.Second, func() error {
+	testutil.CheckFor(t, 90*time.Second, 0, func() error {
 		if p := o.PublishedRevision(); p < rev {
 			return fmt.Errorf("origin published %d of %d", p, rev)
 		}
 		return nil
 	})
 	t.Logf("origin published revision %d %v after space was freed", rev, time.Since(freed).Round(time.Millisecond))
-	checkFor(t, 90*time.Second, func() error {
+	testutil.CheckFor(t, 90*time.Second, 0, func() error {
 		if got := e.View().AppliedRevision(); got < rev {
 			return fmt.Errorf("edge applied %d, want %d (origin published %d)", got, rev, o.PublishedRevision())
 		}
@@ -103,7 +82,7 @@ func TestEdgeCatchesUpAfterJetStreamDiskWasFull(t *testing.T) {
 	expect(t, e, withKey(k), 401, "")
 
 	rev = s.call(http.MethodPatch, keyPath, map[string]any{"disabled": false}, nil)
-	checkFor(t, 30*time.Second, func() error {
+	testutil.CheckFor(t, 30*time.Second, 0, func() error {
 		if got := e.View().AppliedRevision(); got < rev {
 			return fmt.Errorf("edge applied %d, want %d", got, rev)
 		}

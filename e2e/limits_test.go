@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 func TestBodyAndPromptLimits(t *testing.T) {
@@ -83,7 +85,7 @@ func TestOversizedBodyRefusedBeforeReading(t *testing.T) {
 	if !strings.Contains(rec.Body.String(), `keymesh_edge_requests_total{code="413",deployment="small"} 1`) {
 		t.Errorf("the 413 is not counted:\n%s", rec.Body.String())
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		recs, _ := s.auditRecords("deployment=" + d.ID + "&source=edge")
 		if len(recs) != 1 || recs[0]["status"] != float64(413) || recs[0]["request_id"] != resp.Header.Get("X-Request-Id") {
 			return errorf("audit records %v", recs)

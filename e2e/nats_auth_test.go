@@ -15,6 +15,7 @@ import (
 	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
+	"github.com/keymesh/keymesh/internal/testutil"
 	"github.com/keymesh/keymesh/origin"
 )
 
@@ -57,7 +58,7 @@ func TestNATSEmbeddedRequiresCredentials(t *testing.T) {
 	if err := nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, "real-edge"), hb("real-edge", 1, "")); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if edges := o.Edges(); len(edges) != 1 || edges[0].ID != "real-edge" {
 			return errorf("edges %+v, want real-edge only (no phantom)", edges)
 		}
@@ -151,7 +152,7 @@ func TestNATSForgedAuditAndHeartbeatsDropped(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		recs, _ := s.auditRecords("key_id=" + k.ID + "&source=edge")
 		if len(recs) == 0 {
 			return errorf("the marker record is not stored yet")
@@ -161,7 +162,7 @@ func TestNATSForgedAuditAndHeartbeatsDropped(t *testing.T) {
 		}
 		return nil
 	})
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		reg := s.edgeRegistry()
 		if _, ok := reg["edge-a"]; !ok {
 			return errorf("edge-a not registered yet")
@@ -289,7 +290,7 @@ func TestNATSEmbeddedTLSAndEdgeIdentity(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the edge did not synchronise over TLS")
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if edges := o.Edges(); len(edges) != 1 || edges[0].ID != "tls-edge" {
 			return errorf("edges %+v", edges)
 		}

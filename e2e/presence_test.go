@@ -11,6 +11,7 @@ import (
 	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/netcut"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // Issue 11: one edge cannot speak for another. An edge that reaches NATS
@@ -35,7 +36,7 @@ func TestRelayForgedRevisionNotCounted(t *testing.T) {
 	relay, cut := edges[0], edges[1]
 	links[1].Cut()
 	// The genuine relay is accepted: the cut edge stays live, relayed.
-	checkFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, 0, func() error {
 		e, ok := s.edgeRegistry()[cut.ID()]
 		if !ok || !e.Live || e.RelayedBy != relay.ID() {
 			return errorf("cut edge in the registry: %+v", e)
@@ -75,7 +76,7 @@ func TestRelayForgedRevisionNotCounted(t *testing.T) {
 	// subject; this marker (the relay's own heartbeat) says they are in.
 	marker, _ := json.Marshal(map[string]any{"id": relay.ID(), "site": "forger", "address": "203.0.113.9:443",
 		"applied_revision": relay.View().AppliedRevision()})
-	checkFor(t, 10*time.Second, func() error { // again: the relay's own heartbeats overwrite it
+	testutil.CheckFor(t, 10*time.Second, 0, func() error { // again: the relay's own heartbeats overwrite it
 		if err := nc.Publish(event.EdgeSubject(event.EdgeHeartbeatSubject, relay.ID()), marker); err != nil {
 			t.Fatal(err)
 		}

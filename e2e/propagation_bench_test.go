@@ -8,6 +8,7 @@ import (
 
 	"github.com/keymesh/keymesh/bench"
 	"github.com/keymesh/keymesh/edge"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // leanMaxKeys keeps the many edges of one process small: the default
@@ -47,7 +48,7 @@ func benchPropagation(b *testing.B, cut int) {
 		links[i].Cut()
 		gossipOnly = append(gossipOnly, i)
 	}
-	checkFor(b, 20*time.Second, func() error {
+	testutil.CheckFor(b, 20*time.Second, 0, func() error {
 		for _, i := range gossipOnly {
 			if statusOf(b, edges[i]).NATSConnected {
 				return fmt.Errorf("edge %d still on NATS", i)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/edge"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 func fastHeartbeat(c *edge.Config) { c.HeartbeatInterval = 100 * time.Millisecond }
@@ -26,7 +27,7 @@ func TestPropagationWait(t *testing.T) {
 
 	// Both edges register with their site, address and applied revision.
 	rev := s.origin.Revision()
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		reg := s.edgeRegistry()
 		for _, e := range []*edge.Node{a, b} {
 			got, ok := reg[e.ID()]

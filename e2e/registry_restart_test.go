@@ -10,19 +10,19 @@ import (
 
 	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/edge"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // restartOriginInPlace stops the stack's origin and starts a new one on the same
 // data dir (store, keys, edge registry) and NATS, with the same credential.
 func (s *stack) restartOriginInPlace() {
-	t := s.t
-	t.Helper()
+	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := s.origin.Shutdown(ctx); err != nil {
-		t.Fatal(err)
+	if err := s.st.RestartOrigin(ctx); err != nil {
+		s.t.Fatal(err)
 	}
-	s.startOriginOn(s.dataDirs[len(s.dataDirs)-1])
+	s.adoptOrigin()
 }
 
 // Issue 12.2: right after an origin restart its edge registry is the one it
@@ -38,7 +38,7 @@ func TestWaitAfterOriginRestartWaitsForKnownEdges(t *testing.T) {
 	// the new origin within the test, so the registry it has is the stored one.
 	e := s.startEdge(edgeOpts{configure: func(c *edge.Config) { c.HeartbeatInterval = 30 * time.Second }})
 	expect(t, e, withKey(k), 200, "")
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		for _, ed := range s.origin.Edges() {
 			if ed.ID == e.ID() && ed.Live {
 				return nil

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // With the origin gone (no heartbeats, no lookups), a cached key is served
@@ -20,7 +22,7 @@ func TestStalenessGuardFailModes(t *testing.T) {
 			expect(t, e, withKey(k), 200, "")
 
 			// While heartbeats arrive, the edge stays current past the bound.
-			checkFor(t, 10*time.Second, func() error {
+			testutil.CheckFor(t, 10*time.Second, 0, func() error {
 				if st := e.View().Stats(); st.Revalidations > 0 {
 					return fmt.Errorf("re-validated while the origin was up")
 				}
@@ -37,7 +39,7 @@ func TestStalenessGuardFailModes(t *testing.T) {
 			if failOpen {
 				want = http.StatusOK
 			}
-			checkFor(t, 10*time.Second, func() error {
+			testutil.CheckFor(t, 10*time.Second, 0, func() error {
 				if ok, _ := e.View().Current(); ok {
 					return fmt.Errorf("still current")
 				}

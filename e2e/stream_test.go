@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // Streamed answers pass through chunk by chunk as the upstream produces
@@ -57,7 +59,7 @@ func TestStreamingPassesThroughAsProduced(t *testing.T) {
 	// The request's audit record spans the whole stream, not only the
 	// time to its first byte.
 	span := arrivals[len(arrivals)-1].Sub(arrivals[0])
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		recs, _ := s.auditRecords("key_id=" + k.ID + "&source=edge")
 		if len(recs) != 1 {
 			return errorf("%d edge records", len(recs))

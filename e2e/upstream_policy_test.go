@@ -14,6 +14,7 @@ import (
 
 	"github.com/keymesh/keymesh/edge"
 	"github.com/keymesh/keymesh/internal/natsauth"
+	"github.com/keymesh/keymesh/internal/testutil"
 	"github.com/keymesh/keymesh/proxy"
 )
 
@@ -57,7 +58,7 @@ func TestUpstreamPolicyRefusesOwnListenersAndMetadata(t *testing.T) {
 	go func() { _ = e.ListenAndServe() }()
 	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
 	<-e.Synced()
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, 0, func() error {
 		if e.Addr() == "" {
 			return errors.New("not listening")
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/edge"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // lastSeen returns the headers of the last request the upstream received.
@@ -200,7 +201,7 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	if _, done := streamLines(t, "http://"+e.Addr(), k.Secret, "200ms", 2); done {
 		t.Fatal("stream finished before the client left")
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		if got := s.upstream.Stats().StreamsAborted; got == before {
 			return fmt.Errorf("upstream still streaming to a client that left")
 		}

@@ -82,19 +82,7 @@ func startBenchServer(b *testing.B, store func(dir string) string) *Server {
 	if store != nil {
 		cfg.Store = store(dir)
 	}
-	s, err := New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
-	return s
+	return startServer(b, cfg)
 }
 
 // benchKeyCreation creates b.N keys through the HTTP API from 8 concurrent

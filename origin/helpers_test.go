@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/internal/natsauth"
+	"github.com/keymesh/keymesh/internal/testutil"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -38,7 +40,10 @@ func testConfig(dir string) Config {
 	}
 }
 
-func startServer(t *testing.T, cfg Config) *Server {
+// startServer is the package's one origin starter: New(cfg), Start, and a
+// Shutdown when t ends (a test may shut it down earlier: Shutdown is
+// idempotent).
+func startServer(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	s, err := New(cfg)
 	if err != nil {
@@ -149,16 +154,15 @@ type apiErr struct {
 	} `json:"error"`
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor polls cond until it holds, for at most 10s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return errors.New("waiting for " + what)
+	})
 }
 
 // connect connects to s's NATS: with an origin credential when s runs the
@@ -249,25 +253,6 @@ func startExternalNATS(t *testing.T, dir string, port int) *extNATS {
 	t.Cleanup(stop)
 	return &extNATS{url: ns.ClientURL(), port: ns.Addr().(*net.TCPAddr).Port, stop: stop}
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
-}
-
-func (s *syncBuffer) Len() int { return len(s.Bytes()) }
 
 // eachStore runs f as one subtest per store: SQLite in the data dir, and a
 // fresh PostgreSQL database (see postgresDSN).

@@ -63,7 +63,7 @@ func health(t *testing.T, s *Server) healthBody {
 // retries. Repairing the stream (here: deleting it) clears the alarm and the
 // publisher republishes everything.
 func TestForeignStreamMessageRaisesAlarm(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	cfg := testConfig(t.TempDir())
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	s := startServer(t, cfg)
@@ -139,7 +139,7 @@ func TestForeignStreamMessageRaisesAlarm(t *testing.T) {
 // JetStream, whose streams otherwise keep their first write error for
 // good), with every event at its revision. A real tmpfs, filled for real.
 func TestPublishingRecoversFromAFullJetStreamDisk(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	cfg := testConfig(t.TempDir())
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	natsDir := filepath.Join(cfg.DataDir, "nats")

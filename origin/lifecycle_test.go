@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // Cursor pagination stays correct while keys are added and deleted between
@@ -237,17 +239,11 @@ func TestExpiryOffsetAndDescription(t *testing.T) {
 // file, never the password, on the first start and after.
 func TestRandomAdminPasswordNeverLogged(t *testing.T) {
 	dir := t.TempDir()
-	var logs syncBuffer
+	var logs testutil.Buffer
 	cfg := testConfig(dir)
 	cfg.AdminPassword = ""
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s := startServer(t, cfg)
 	b, err := os.ReadFile(filepath.Join(dir, "admin-password"))
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 type keyResp struct {
@@ -135,7 +136,7 @@ func TestRandomAdminPassword(t *testing.T) {
 
 func TestSecretNeverStoredOrLogged(t *testing.T) {
 	dir := t.TempDir()
-	var logs syncBuffer
+	var logs testutil.Buffer
 	cfg := testConfig(dir)
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := startServer(t, cfg)
@@ -187,7 +188,7 @@ func TestSecretNeverStoredOrLogged(t *testing.T) {
 func TestNATSCredentialsNeverLogged(t *testing.T) {
 	ns := startExternalNATS(t, t.TempDir(), -1) // no auth: it ignores what clients send
 	hostPort := strings.TrimPrefix(ns.url, "nats://")
-	var logs syncBuffer
+	var logs testutil.Buffer
 	cfg := testConfig(t.TempDir())
 	cfg.NATSURL = "nats://keymesh:s3cr3t-nats-pw@" + hostPort + ",nats://t0ken-nats-secret@" + hostPort
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

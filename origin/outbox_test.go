@@ -133,13 +133,7 @@ func TestOutboxPublishesAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(dir)
 	cfg.disablePublisher = true
-	s1, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s1.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s1 := startServer(t, cfg)
 	c := newClient(t, s1)
 	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)
 	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"deployments": []string{"chat"}}, nil)

@@ -303,14 +303,7 @@ func BenchmarkLoginWrongPassword(b *testing.B) { benchLogin(b, "admin") }
 func benchLogin(b *testing.B, user string) {
 	cfg := testConfig(b.TempDir())
 	cfg.PasswordCost = bcrypt.DefaultCost
-	s, err := New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer s.Shutdown(b.Context())
+	s := startServer(b, cfg)
 	b.ResetTimer()
 	for b.Loop() {
 		if _, _, err := s.login(b.Context(), user, "wrong"); err == nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -10,10 +9,11 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // TestMain lets a test run this binary's main by re-executing the test
@@ -26,26 +26,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// syncBuffer is a bytes.Buffer safe to write and read concurrently.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func testEnv(ctx context.Context, vars map[string]string) (*env, *syncBuffer, *syncBuffer) {
-	var stdout, stderr syncBuffer
+func testEnv(ctx context.Context, vars map[string]string) (*env, *testutil.Buffer, *testutil.Buffer) {
+	var stdout, stderr testutil.Buffer
 	return &env{ctx: ctx, stdout: &stdout, stderr: &stderr, getenv: func(k string) string { return vars[k] }}, &stdout, &stderr
 }
 
@@ -189,7 +171,7 @@ func TestSignalsStopGracefully(t *testing.T) {
 		t.Run(sig.String(), func(t *testing.T) {
 			cmd := exec.Command(exe, "upstream", "--listen", "127.0.0.1:0", "--chunk-interval", "30ms", "--stream-chunks", "4")
 			cmd.Env = append(os.Environ(), "BENCH_TEST_MAIN=1")
-			var stderr syncBuffer
+			var stderr testutil.Buffer
 			cmd.Stderr = &stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
+	"github.com/keymesh/keymesh/internal/natsauth"
 )
 
 // The stack as separate processes, the way operators run it: the origin
@@ -292,4 +293,19 @@ func freePorts(n int) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// writeEdgeCreds writes into dir the NATS credentials of edge id, issued
+// from the keys in the origin's data dir, and returns the file's path.
+func writeEdgeCreds(originDir, dir, id string) (string, error) {
+	keys, err := natsauth.Load(originDir)
+	if err != nil {
+		return "", err
+	}
+	b, err := keys.Creds(natsauth.RoleEdge, id)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, id+".creds")
+	return path, os.WriteFile(path, b, 0o600)
 }

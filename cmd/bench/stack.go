@@ -2,23 +2,17 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/keymesh/keymesh/bench"
 	"github.com/keymesh/keymesh/edge"
-	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/netcut"
-	"github.com/keymesh/keymesh/origin"
+	kmstack "github.com/keymesh/keymesh/internal/stack"
 	"github.com/keymesh/keymesh/origin/apiclient"
 )
 
@@ -52,16 +46,15 @@ type stackOpts struct {
 }
 
 type edgeNode struct {
-	srv      *edge.Node // nil when the edge is a process
-	url      string     // proxy
-	adminURL string     // /metrics, /status
-	admin    *http.Server
+	srv      *edge.Node    // nil when the edge is a process
+	url      string        // proxy
+	adminURL string        // /metrics, /status
 	link     *netcut.Relay // nil without gossip
 }
 
 type stack struct {
 	dir      string
-	origin   *origin.Server
+	inproc   *kmstack.Stack // origin and edges of an in-process stack
 	api      *bench.OriginClient
 	upstream *bench.Upstream
 	edges    []*edgeNode
@@ -71,8 +64,6 @@ type stack struct {
 	procs  []*process // a process stack's children
 	upURL  string     // a process stack's upstream
 	onStop []func(context.Context)
-	// gossipKey encrypts the edges' gossip (random per stack).
-	gossipKey []byte
 }
 
 func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
@@ -100,41 +91,25 @@ func startStack(ctx context.Context, o stackOpts) (_ *stack, err error) {
 		}
 		return s, s.startProcesses(ctx, o, self)
 	}
-	cfg := origin.DefaultConfig()
-	cfg.DataDir = dir + "/origin"
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NATSListen = "127.0.0.1:-1"
-	cfg.AdminPassword = benchPassword
-	cfg.PasswordCost = 4
-	cfg.Logger = log
-	if s.origin, err = origin.New(cfg); err != nil {
-		return nil, fmt.Errorf("starting origin: %w", err)
-	}
-	if err = s.origin.Start(); err != nil {
-		return nil, fmt.Errorf("starting origin: %w", err)
-	}
-	s.api = &bench.OriginClient{BaseURL: "http://" + s.origin.Addr()}
-	if err = s.api.Login(ctx, "admin", benchPassword); err != nil {
+	// The origin's data dir is <dir>/origin, as in a process stack.
+	if s.inproc, err = kmstack.Start(ctx, kmstack.Config{Name: "bench", Dir: dir, AdminPassword: benchPassword, Logger: log}); err != nil {
 		return nil, err
 	}
+	s.api = &bench.OriginClient{BaseURL: s.inproc.OriginURL, Token: s.inproc.Token()}
 	if s.upstream, err = bench.StartUpstream(bench.UpstreamConfig{Logger: log}, "127.0.0.1:0"); err != nil {
 		return nil, err
 	}
 	if s.dep, err = s.api.EnsureDeployment(ctx, benchProject, benchDeployment, []string{s.upstream.URL()}); err != nil {
 		return nil, err
 	}
-	if o.gossip {
-		s.gossipKey = make([]byte, 32)
-		if _, err = rand.Read(s.gossipKey); err != nil {
-			return nil, err
-		}
-	}
 	for i := range o.edges {
-		e, err := s.startEdge(i, o, log)
+		// With gossip, each edge reaches NATS through a relay cutNATS can sever.
+		e, err := s.inproc.AddEdge(ctx, kmstack.EdgeOptions{Site: "bench", Admin: true, Gossip: o.gossip, CuttableNATS: o.gossip,
+			Configure: func(c *edge.Config) { c.MaxKeys = o.maxKeys }})
 		if err != nil {
 			return nil, fmt.Errorf("starting edge %d: %w", i, err)
 		}
-		s.edges = append(s.edges, e)
+		s.edges = append(s.edges, &edgeNode{srv: e.Node, url: e.URL, adminURL: e.AdminURL, link: e.Link})
 	}
 	if err = s.waitApplied(ctx, s.dep.Revision); err != nil {
 		return nil, err
@@ -193,79 +168,6 @@ func (s *stack) cutNATS(ctx context.Context, k int) ([]int, error) {
 		}
 	}
 	return cut, nil
-}
-
-func (s *stack) startEdge(i int, o stackOpts, log *slog.Logger) (*edgeNode, error) {
-	cfg := edge.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.AdminListen = ""
-	cfg.DataDir = ""
-	cfg.NATSURL = s.origin.NATSURL()
-	creds, err := writeEdgeCreds(filepath.Join(s.dir, "origin"), s.dir, fmt.Sprintf("bench-edge-%02d", i))
-	if err != nil {
-		return nil, err
-	}
-	cfg.NATSCreds = creds
-	cfg.Site = "bench"
-	cfg.OriginPublicKey = s.origin.PublicKey()
-	cfg.MaxKeys = o.maxKeys
-	cfg.Logger = log.With("edge", i)
-	var link *netcut.Relay
-	if o.gossip {
-		var err error
-		if link, err = startNATSRelay(s.origin.NATSURL()); err != nil {
-			return nil, err
-		}
-		cfg.NATSURL = "nats://" + link.Addr()
-		cfg.Gossip = edge.GossipConfig{Listen: "127.0.0.1:0", Keys: [][]byte{s.gossipKey}, Local: true,
-			Name: fmt.Sprintf("bench-edge-%02d", i)}
-		if i > 0 {
-			cfg.Gossip.Join = []string{s.edges[0].srv.GossipAddr()}
-		}
-	}
-	srv, err := edge.New(cfg)
-	if err != nil {
-		if link != nil {
-			link.Close()
-		}
-		return nil, err
-	}
-	e := &edgeNode{srv: srv, link: link}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		_ = srv.Shutdown(context.Background())
-		return nil, err
-	}
-	go func() { _ = srv.Serve(ln) }()
-	e.url = "http://" + ln.Addr().String()
-	aln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		_ = srv.Shutdown(context.Background())
-		return nil, err
-	}
-	e.admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = e.admin.Serve(aln) }()
-	e.adminURL = "http://" + aln.Addr().String()
-	select {
-	case <-srv.Synced():
-	case <-time.After(15 * time.Second):
-		e.stop()
-		return nil, errors.New("edge did not synchronise within 15s")
-	}
-	return e, nil
-}
-
-func (e *edgeNode) stop() {
-	if e.srv == nil {
-		return // a process: stopProcesses ends it
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = e.admin.Shutdown(ctx)
-	_ = e.srv.Shutdown(ctx)
-	if e.link != nil {
-		e.link.Close()
-	}
 }
 
 // waitApplied waits (at most 10s) until every edge has applied rev.
@@ -341,11 +243,9 @@ func (s *stack) close() { s.closed.Do(s.stop) }
 func (s *stack) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup // a gossiping edge's leave takes a moment: all at once
-	for _, e := range s.edges {
-		wg.Go(e.stop)
+	if s.inproc != nil {
+		_ = s.inproc.Shutdown(ctx) // the edges, then the origin
 	}
-	wg.Wait()
 	for _, f := range s.onStop {
 		f(ctx)
 	}
@@ -353,36 +253,7 @@ func (s *stack) stop() {
 	if s.upstream != nil {
 		_ = s.upstream.Shutdown(ctx)
 	}
-	if s.origin != nil {
-		_ = s.origin.Shutdown(ctx)
-	}
 	if s.dir != "" {
 		_ = os.RemoveAll(s.dir)
 	}
-}
-
-// startNATSRelay starts a netcut.Relay between one edge and the NATS at
-// natsURL, so that the edge's NATS link can be cut while everything else
-// runs on.
-func startNATSRelay(natsURL string) (*netcut.Relay, error) {
-	u, err := url.Parse(natsURL)
-	if err != nil {
-		return nil, fmt.Errorf("nats url %q: %w", natsURL, err)
-	}
-	return netcut.NewRelay(u.Host)
-}
-
-// writeEdgeCreds writes into dir the NATS credentials of edge id, issued
-// from the keys in the origin's data dir, and returns the file's path.
-func writeEdgeCreds(originDir, dir, id string) (string, error) {
-	keys, err := natsauth.Load(originDir)
-	if err != nil {
-		return "", err
-	}
-	b, err := keys.Creds(natsauth.RoleEdge, id)
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, id+".creds")
-	return path, os.WriteFile(path, b, 0o600)
 }

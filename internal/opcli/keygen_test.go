@@ -3,7 +3,6 @@ package opcli
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +10,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/event"
-	"github.com/keymesh/keymesh/origin"
+	"github.com/keymesh/keymesh/internal/stack"
 )
 
 // Two replicas started on copies of one keygen output sign with the key
@@ -45,16 +44,13 @@ func TestKeygenFilesAreWhatOriginUses(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		s, err := origin.New(origin.Config{Listen: "127.0.0.1:0", DataDir: dir, NATSListen: "127.0.0.1:-1",
-			AdminPassword: cliPassword, PasswordCost: 4, Logger: slog.New(slog.DiscardHandler)})
+		st, err := stack.Start(context.Background(), stack.Config{Dir: t.TempDir(), OriginDir: dir, AdminPassword: cliPassword})
 		if err != nil {
 			t.Fatalf("replica %d: %v", i, err)
 		}
-		if err := s.Start(); err != nil {
-			t.Fatalf("replica %d: %v", i, err)
-		}
+		s := st.Origin
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = s.Shutdown(ctx)
+		err = st.Shutdown(ctx)
 		cancel()
 		if !s.PublicKey().Equal(want) {
 			t.Fatalf("replica %d signs with another key", i)

@@ -3,7 +3,6 @@ package opcli
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/keymesh/keymesh/internal/stack"
 	"github.com/keymesh/keymesh/origin"
 )
 
@@ -40,18 +40,7 @@ func TestNATSCredsBeforeFirstStart(t *testing.T) {
 		}
 	}
 
-	cfg := origin.DefaultConfig()
-	cfg.DataDir, cfg.Listen, cfg.NATSListen = dataDir, "127.0.0.1:0", "127.0.0.1:-1"
-	cfg.AdminPassword, cfg.PasswordCost = "nats-creds-test-password", 4
-	cfg.Logger = discardLogger()
-	o, err := origin.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := o.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = o.Shutdown(context.Background()) })
+	o := stack.ForTest(t, stack.Config{Dir: t.TempDir(), OriginDir: dataDir, AdminPassword: "nats-creds-test-password"}).Origin
 	nc, err := nats.Connect(o.NATSURL(), nats.UserCredentials(out))
 	if err != nil {
 		t.Fatalf("the origin's NATS refused the credential issued before its first start: %v", err)
@@ -102,22 +91,17 @@ func TestNATSConfigForExternalCluster(t *testing.T) {
 	if code := run([]string{"nats-creds", "--role", "origin", "--data-dir", dataDir, "--out", creds}, noenv, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
-	cfg := origin.DefaultConfig()
-	cfg.DataDir, cfg.Listen, cfg.NATSURL, cfg.NATSCreds = t.TempDir(), "127.0.0.1:0", ns.ClientURL(), creds
-	cfg.AdminPassword, cfg.PasswordCost = "nats-config-test-password", 4
-	cfg.Logger = discardLogger()
-	o, err := origin.New(cfg) // creates the event stream: JetStream works for the account
+	// The origin connects with the credential nats-creds wrote (not one the
+	// stack would issue), and creates the event stream: JetStream works for
+	// the account.
+	st, err := stack.Start(context.Background(), stack.Config{Dir: t.TempDir(), NATSURL: ns.ClientURL(),
+		AdminPassword: "nats-config-test-password", Origin: func(c *origin.Config) { c.NATSCreds = creds }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := o.Start(); err != nil {
-		t.Fatal(err)
-	}
-	_ = o.Shutdown(context.Background())
+	_ = st.Shutdown(context.Background())
 	if nc, err := nats.Connect(ns.ClientURL()); err == nil {
 		nc.Close()
 		t.Fatal("the configured server admitted a client without credentials")
 	}
 }
-
-func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

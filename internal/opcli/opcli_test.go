@@ -5,40 +5,24 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/keymesh/keymesh/internal/cli"
+	"github.com/keymesh/keymesh/internal/stack"
 	"github.com/keymesh/keymesh/origin"
 )
 
 const cliPassword = "cli test password"
 
+// startOrigin starts an origin (embedded NATS) with cliPassword, stopped
+// when t ends.
 func startOrigin(t *testing.T) *origin.Server {
 	t.Helper()
-	s, err := origin.New(origin.Config{
-		Listen: "127.0.0.1:0", DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1",
-		AdminPassword: cliPassword, PasswordCost: 4, Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	})
-	return s
+	return stack.ForTest(t, stack.Config{Dir: t.TempDir(), AdminPassword: cliPassword}).Origin
 }
 
 // cliRunner runs the CLI in-process with a fixed environment.
