@@ -12,6 +12,7 @@ import (
 
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // origin is a stand-in for the origin's signed answers: the tests drive the
@@ -405,13 +406,12 @@ func TestConcurrentMissesShareOneLookup(t *testing.T) {
 // checkFor polls cond until it holds, failing the test after 10s.
 func checkFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
+	testutil.CheckFor(t, 10*time.Second, time.Millisecond, func() error {
+		if !cond() {
+			return errors.New("condition not met")
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Invariant 1, ristretto's side: a Set queued before a revocation and landing
