@@ -267,3 +267,30 @@ func TestAskUsage(t *testing.T) {
 		t.Fatalf("model %q state %d", model, state)
 	}
 }
+
+// Streamed completions and TGI's /generate_stream are read too.
+func TestMeterOtherStreams(t *testing.T) {
+	completions := `data: {"id":"x","object":"text_completion","choices":[{"index":0,"text":"Hello","finish_reason":null}]}` + "\n\n" +
+		`data: {"id":"x","object":"text_completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}` + "\n\n" + sseDoneLine
+	m := sseMeter(true)
+	got := runStrip(m, []byte(completions))
+	if want := completions[:strings.Index(completions, "data: {\"id\":\"x\",\"object\":\"text_completion\",\"choices\":[]")] + sseDoneLine; string(got) != want {
+		t.Fatalf("client got %q", got)
+	}
+	if p, c, _, est := m.result(200); p != 3 || c != 1 || est {
+		t.Fatalf("completions: %d/%d est %v", p, c, est)
+	}
+	tgi := `data:{"index":1,"token":{"id":1,"text":"Hel","logprob":-0.1,"special":false},"generated_text":null,"details":null}` + "\n\n" +
+		`data:{"index":2,"token":{"id":2,"text":"lo","logprob":-0.1,"special":false},"generated_text":"Hello","details":{"finish_reason":"length","generated_tokens":2,"seed":null,"input_length":6}}` + "\n\n"
+	m = sseMeter(false)
+	m.feed([]byte(tgi))
+	if p, c, _, est := m.result(200); p != 6 || c != 2 || est {
+		t.Fatalf("tgi: %d/%d est %v", p, c, est)
+	}
+	// Cut before its details: the tokens' text is the estimate.
+	m = sseMeter(false)
+	m.feed([]byte(tgi[:strings.Index(tgi, "\n\n")+2]))
+	if p, c, _, est := m.result(200); p != 10 || c != 1 || !est {
+		t.Fatalf("tgi cut: %d/%d est %v", p, c, est)
+	}
+}
