@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/bench"
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/testutil"
@@ -363,4 +365,44 @@ func TestMeterHandlerUpstreamCut(t *testing.T) {
 		t.Fatalf("client got %q", got)
 	}
 	wantUsage(t, ms.usage.wait(t, 1)[0], 1, 2, 0, true)
+}
+
+// In front of the mock upstream of bench (what e2e and make test-client
+// use): the usage it reports reaches the sink, and its usage chunk reaches
+// the client only when the client asked for it.
+func TestMeterHandlerMockUpstream(t *testing.T) {
+	mock, err := bench.StartUpstream(bench.UpstreamConfig{ChunkInterval: time.Millisecond}, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mock.Shutdown(context.Background()) })
+	secret, hash, key := testKey(t, "key_1", "dep_1")
+	st := &fakeState{deps: cache.NewDeployments([]event.Deployment{deployment("dep_1", mock.URL(), true)}, 1),
+		keys: map[apikey.Hash]*cache.Key{hash: key}}
+	usage := &memoryUsage{}
+	p := startProxyConfig(t, st, func(c *Config) { c.Usage = usage })
+	hdr := map[string]string{"X-API-Key": secret, "Content-Type": "application/json"}
+	const messages = `"messages":[{"role":"user","content":"one two three"}]`
+	for i, tt := range []struct {
+		body      string
+		usageSeen bool
+	}{
+		{`{"model":"m","stream":true,` + messages + `}`, false},
+		{`{"model":"m","stream":true,"stream_options":{"include_usage":true},` + messages + `}`, true},
+		{`{"model":"m",` + messages + `}`, true},
+	} {
+		resp, got := do(t, client(t), "POST", p.url+"/v1/chat/completions", tt.body, hdr)
+		if resp.StatusCode != 200 || strings.Contains(got, `"usage"`) != tt.usageSeen {
+			t.Fatalf("%s: status %d, client got %s", tt.body, resp.StatusCode, got)
+		}
+		if strings.Contains(tt.body, `"stream":true`) && !strings.HasSuffix(got, "data: [DONE]\n\n") {
+			t.Fatalf("%s: stream ends %q", tt.body, got[max(0, len(got)-40):])
+		}
+		u := usage.wait(t, i+1)[i]
+		// The mock counts words of the raw messages: 3.
+		wantUsage(t, u, 3, 8, 0, false)
+		if u.Model != "m" {
+			t.Fatalf("model %q", u.Model)
+		}
+	}
 }
