@@ -334,7 +334,9 @@ type genRequest struct {
 }
 
 // includeUsage reports whether a streamed request asked for its usage.
-func (r *genRequest) includeUsage() bool { return r.StreamOptions != nil && r.StreamOptions.IncludeUsage }
+func (r *genRequest) includeUsage() bool {
+	return r.StreamOptions != nil && r.StreamOptions.IncludeUsage
+}
 
 // usageChunk is the last chunk of a stream that asked for usage: no
 // choices, the whole answer's usage.
