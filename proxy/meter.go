@@ -31,6 +31,12 @@ type UsageSink interface {
 	Usage(u *event.Usage)
 }
 
+// UsageFunc adapts a function to a UsageSink.
+type UsageFunc func(u *event.Usage)
+
+// Usage calls f(u).
+func (f UsageFunc) Usage(u *event.Usage) { f(u) }
+
 const (
 	// maxMeterLine bounds the part of one event-stream line carried over
 	// between reads; a longer line is relayed unread.
