@@ -258,6 +258,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	if !m.strip {
 		n, err := b.r.Read(p)
 		m.feed(p[:n])
+		if err != nil {
+			m.end(false)
+		}
 		return n, err
 	}
 	// Strip mode: the upstream's bytes go through m.pend, less the
@@ -270,7 +273,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		n, err := b.r.Read(p)
 		m.scan(p[:n], true)
 		if err != nil {
-			m.flush() // a stream cut mid-line: the client gets that line as it came
+			m.end(true) // a stream cut mid-line: the client gets that line as it came
 			b.err = err
 		}
 		if len(m.pend) == 0 {

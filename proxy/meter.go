@@ -216,9 +216,15 @@ func (m *meter) scan(b []byte, emit bool) {
 	}
 }
 
-// flush relays a line the stream ended in the middle of, as it came.
-func (m *meter) flush() {
-	m.pend = append(m.pend, m.carry...)
+// end reads the line a stream ended in the middle of (no line ending:
+// an SSE client drops it, but the upstream did send it) and, with emit,
+// relays it as it came unless it is a usage-only chunk the edge asked for.
+func (m *meter) end(emit bool) {
+	if len(m.carry) > 0 && m.mode == meterSSE {
+		if keep := m.line(m.carry); emit && keep {
+			m.pend = append(m.pend, m.carry...)
+		}
+	}
 	m.carry = m.carry[:0]
 }
 

@@ -37,7 +37,7 @@ func runStrip(m *meter, pieces ...[]byte) []byte {
 		out = append(out, m.pend...)
 		m.pend = m.pend[:0]
 	}
-	m.flush()
+	m.end(true)
 	return append(out, m.pend...)
 }
 
@@ -149,6 +149,18 @@ func TestMeterHostileUpstream(t *testing.T) {
 		// relayed whole, never cut.
 		if string(got) != bad+"\n\n"+sseDoneLine && string(got) != sseDoneLine {
 			t.Errorf("%s relayed as %q", bad, got)
+		}
+	}
+	// A last line without its line ending is read too, and relayed whole.
+	for _, strip := range []bool{false, true} {
+		m := sseMeter(strip)
+		in := chatChunk1 + strings.TrimSuffix(chatUsage, "\n\n")
+		got := runStrip(m, []byte(in))
+		if p, c, _, est := m.result(200); p != 11 || c != 3 || est {
+			t.Fatalf("unterminated usage line: %d/%d est %v", p, c, est)
+		}
+		if strip && string(got) != chatChunk1 {
+			t.Fatalf("relayed %q", got)
 		}
 	}
 	// Cached tokens never exceed the prompt's.

@@ -17,7 +17,10 @@
 // (forward, body); no client credential is forwarded upstream, and none is
 // logged or put in an audit record; every answered request gives the
 // AuditSink one record, and every refusal carries the error body of the
-// external API.
+// external API. With a UsageSink, every POST forwarded and answered gives
+// it one usage record, read from the answer as it is relayed (meter): the
+// client receives the upstream's answer byte for byte, but for the
+// usage-only chunk of a stream that the edge itself asked for.
 package proxy
 
 import (
