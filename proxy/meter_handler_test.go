@@ -216,6 +216,9 @@ func TestMeterHandlerStreamAskedUsage(t *testing.T) {
 	if up := ms.up.requests()[0].body; up != body {
 		t.Fatalf("upstream got %s", up)
 	}
+	if ae := ms.up.requests()[0].header.Get("Accept-Encoding"); ae != "gzip" { // Go's client asks for gzip
+		t.Fatalf("Accept-Encoding %q upstream", ae)
+	}
 	wantUsage(t, ms.usage.wait(t, 1)[0], 11, 3, 4, false)
 }
 
@@ -235,6 +238,10 @@ func TestMeterHandlerStreamAddedUsage(t *testing.T) {
 		}
 		if up := ms.up.requests()[i].body; up != tt.upstream {
 			t.Fatalf("upstream got %s, want %s", up, tt.upstream)
+		}
+		// The edge reads the stream it strips: it comes unencoded.
+		if ae := ms.up.requests()[i].header.Get("Accept-Encoding"); ae != "" {
+			t.Fatalf("Accept-Encoding %q forwarded", ae)
 		}
 		wantUsage(t, ms.usage.wait(t, i+1)[i], 11, 3, 4, false)
 	}
