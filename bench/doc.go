@@ -9,8 +9,10 @@
 // completion request with "stream": true is answered as text/event-stream:
 // [UpstreamConfig.StreamChunks] chunks, each written and flushed
 // [UpstreamConfig.ChunkInterval] after the one before (a request may
-// override the pace with the X-Mock-Chunk-Interval header), then
-// "data: [DONE]". A stream stops as soon as the client goes away. Every
+// override the pace with the X-Mock-Chunk-Interval header), then — only
+// when the request asked with "stream_options": {"include_usage": true},
+// as vLLM and OpenAI do — a usage-only chunk ("choices": [] and "usage"),
+// then "data: [DONE]". Every non-streamed answer reports its usage. A stream stops as soon as the client goes away. Every
 // request is shown to [UpstreamConfig.OnRequest] before it is answered, so a
 // test can assert exactly what a proxy forwarded, and [Upstream.Stats]
 // counts requests in flight and streams finished or abandoned, so a test can

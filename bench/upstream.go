@@ -326,6 +326,25 @@ type genRequest struct {
 	Stream   bool            `json:"stream"`
 	Messages json.RawMessage `json:"messages"`
 	Prompt   json.RawMessage `json:"prompt"`
+	// StreamOptions.IncludeUsage asks a stream for a last, usage-only
+	// chunk ("choices": [] and "usage"), as vLLM and OpenAI send it.
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// includeUsage reports whether a streamed request asked for its usage.
+func (r *genRequest) includeUsage() bool {
+	return r.StreamOptions != nil && r.StreamOptions.IncludeUsage
+}
+
+// usageChunk is the last chunk of a stream that asked for usage: no
+// choices, the whole answer's usage.
+func usageChunk(usage map[string]int, obj, id, model string, created int64) func() any {
+	return func() any {
+		return map[string]any{"id": id, "object": obj, "created": created, "model": model,
+			"choices": []any{}, "usage": usage}
+	}
 }
 
 // decodeObject decodes a JSON object body into v, answering 400 and
@@ -372,7 +391,11 @@ func (u *Upstream) chat(w http.ResponseWriter, r *http.Request, body []byte) {
 	model := u.model(req.Model)
 	created := time.Now().Unix()
 	if req.Stream {
-		u.stream(w, r, func(i, n int, content string) any {
+		var final func() any
+		if req.includeUsage() {
+			final = usageChunk(u.usage(promptTokens(req.Messages)), "chat.completion.chunk", id, model, created)
+		}
+		u.stream(w, r, final, func(i, n int, content string) any {
 			delta := map[string]any{"content": content}
 			if i == 0 {
 				delta["role"] = "assistant"
@@ -409,7 +432,11 @@ func (u *Upstream) completions(w http.ResponseWriter, r *http.Request, body []by
 	model := u.model(req.Model)
 	created := time.Now().Unix()
 	if req.Stream {
-		u.stream(w, r, func(i, n int, content string) any {
+		var final func() any
+		if req.includeUsage() {
+			final = usageChunk(u.usage(promptTokens(req.Prompt)), "text_completion", id, model, created)
+		}
+		u.stream(w, r, final, func(i, n int, content string) any {
 			var finish any
 			if i == n-1 {
 				finish = "stop"
@@ -429,9 +456,10 @@ func (u *Upstream) completions(w http.ResponseWriter, r *http.Request, body []by
 }
 
 // stream answers text/event-stream: n chunks built by chunk, each flushed
-// one interval after the previous, then [DONE]. It stops when the client's
-// context ends or a write fails.
-func (u *Upstream) stream(w http.ResponseWriter, r *http.Request, chunk func(i, n int, content string) any) {
+// one interval after the previous, then (final set: the request asked for
+// usage) final's chunk, then [DONE]. It stops when the client's context
+// ends or a write fails.
+func (u *Upstream) stream(w http.ResponseWriter, r *http.Request, final func() any, chunk func(i, n int, content string) any) {
 	interval := u.cfg.ChunkInterval
 	if h := r.Header.Get(HeaderMockChunkInterval); h != "" {
 		d, err := time.ParseDuration(h)
@@ -480,6 +508,13 @@ func (u *Upstream) stream(w http.ResponseWriter, r *http.Request, chunk func(i, 
 		// Spread the answer's tokens over the n chunks.
 		content := strings.Join(mockTokens[i*len(mockTokens)/n:(i+1)*len(mockTokens)/n], "")
 		b, err := json.Marshal(chunk(i, n, content))
+		if err != nil || !send(b) {
+			u.aborted.Add(1)
+			return
+		}
+	}
+	if final != nil {
+		b, err := json.Marshal(final())
 		if err != nil || !send(b) {
 			u.aborted.Add(1)
 			return

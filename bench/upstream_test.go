@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -607,5 +608,51 @@ func TestHandlerWithoutListener(t *testing.T) {
 	}
 	if get(t, body, "data", 0, "id") != "h" || u.Stats().Requests != 1 {
 		t.Fatalf("%v %+v", body, u.Stats())
+	}
+}
+
+// A stream reports its usage in a last, usage-only chunk only when asked
+// (stream_options.include_usage), as vLLM and OpenAI do; the counts are
+// the non-streamed answer's.
+func TestStreamUsageOnlyWhenAsked(t *testing.T) {
+	u := startUpstream(t, UpstreamConfig{StreamChunks: 2})
+	for _, path := range []string{"/v1/chat/completions", "/v1/completions"} {
+		for _, asked := range []bool{false, true} {
+			body := `{"stream": true, "messages": "one two three", "prompt": "one two three"}`
+			if asked {
+				body = `{"stream": true, "stream_options": {"include_usage": true}, "messages": "one two three", "prompt": "one two three"}`
+			}
+			resp := streamRequest(t, context.Background(), u, path, body, "0s")
+			evs, done := readSSE(t, resp.Body)
+			resp.Body.Close()
+			want := 2
+			if asked {
+				want = 3
+			}
+			if !done || len(evs) != want {
+				t.Fatalf("%s asked=%v: %d chunks, done=%v", path, asked, len(evs), done)
+			}
+			for i, ev := range evs {
+				var c map[string]any
+				if err := json.Unmarshal([]byte(ev.data), &c); err != nil {
+					t.Fatal(err)
+				}
+				usage, has := c["usage"]
+				if last := asked && i == len(evs)-1; last != has {
+					t.Fatalf("%s asked=%v chunk %d: usage %v", path, asked, i, usage)
+				}
+				if !has {
+					continue
+				}
+				if ch, _ := c["choices"].([]any); ch == nil || len(ch) != 0 {
+					t.Fatalf("%s: usage chunk has choices %v", path, c["choices"])
+				}
+				want := map[string]any{"prompt_tokens": float64(3), "completion_tokens": float64(len(mockTokens)),
+					"total_tokens": float64(3 + len(mockTokens))}
+				if fmt.Sprint(usage) != fmt.Sprint(want) {
+					t.Fatalf("%s: usage %v, want %v", path, usage, want)
+				}
+			}
+		}
 	}
 }

@@ -33,6 +33,11 @@ type auditWire struct {
 	Status         int       `json:"status"`
 	DurationMS     float64   `json:"duration_ms"`
 	RequestID      string    `json:"request_id,omitempty"`
+	// Tokens of a metered request (see UsageSink); Estimated when counted
+	// from what was relayed rather than reported by the upstream.
+	PromptTokens     *int64 `json:"prompt_tokens,omitempty"`
+	CompletionTokens *int64 `json:"completion_tokens,omitempty"`
+	Estimated        bool   `json:"estimated,omitempty"`
 }
 
 // auditRecorder encodes each answered request's record straight into a
@@ -111,6 +116,15 @@ func (a *auditRecorder) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcom
 	dst = append(dst, `,"duration_ms":`...)
 	dst = strconv.AppendFloat(dst, float64(time.Since(start).Microseconds())/1000, 'f', -1, 64)
 	dst = appendJSONField(dst, "request_id", clip(ctx.Response.Header.PeekBytes(headerRequestID), auditMaxRequestID))
+	if u := out.usage; u.ok {
+		dst = append(dst, `,"prompt_tokens":`...)
+		dst = strconv.AppendInt(dst, u.prompt, 10)
+		dst = append(dst, `,"completion_tokens":`...)
+		dst = strconv.AppendInt(dst, u.completion, 10)
+		if u.estimated {
+			dst = append(dst, `,"estimated":true`...)
+		}
+	}
 	return append(dst, '}')
 }
 

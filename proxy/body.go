@@ -33,6 +33,9 @@ type inspected struct {
 	decoded bool
 	stream  bool
 	chars   int
+	// json: raw was read as one JSON value (not a form, not unread), so
+	// metering may rewrite it exactly (meterRequest).
+	json bool
 }
 
 var (
@@ -161,6 +164,7 @@ func readBody(h *fasthttp.RequestHeader, raw []byte, limit int, matters bool) (i
 	if out.chars, out.stream, err = parseBody(out.raw); err != nil {
 		return out, errBadJSON
 	}
+	out.json = true
 	return out, nil
 }
 

@@ -88,7 +88,9 @@ func isHopByHop(k []byte) bool {
 // the client's headers less hop-by-hop ones, credentials and look-alikes,
 // with the edge's own headers set last so that nothing the client sends
 // (Connection naming them, say) removes them.
-func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, lim limitResult) *upstreamBody {
+//
+// m, when the request is metered, is fed the answer as it is relayed.
+func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, lim limitResult, m *meter) *upstreamBody {
 	rt := r.rt
 	now := time.Now()
 	up := rt.pick(now, nil)
@@ -108,6 +110,12 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	req.Header.DelBytes(headerRequestID)
 	if body.decoded {
 		req.Header.Del(fasthttp.HeaderContentEncoding) // body.raw is the decoded body
+	}
+	if m != nil && m.strip {
+		// The edge asked for usage and removes the chunk that carries it:
+		// it must be able to read the stream, so the stream comes
+		// unencoded (the client still gets it as the upstream sends it).
+		req.Header.Del(fasthttp.HeaderAcceptEncoding)
 	}
 	if refusal := s.setUpstreamAuth(&req.Header, &ctx.Request.Header, rt.dep, r); refusal != nil {
 		fail(ctx, refusal, 0)
@@ -159,13 +167,23 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	ctx.Response.Header.SetBytesKV(headerRequestID, req.Header.PeekBytes(headerRequestID))
 	lim.setHeaders(&ctx.Response.Header)
 	s.cors.apply(ctx) // the upstream's headers replaced ours
+	if m != nil {
+		m.start(&resp.Header)
+	}
 	if body := resp.BodyStream(); body != nil {
 		// The server closes the stream when it is done writing or the
 		// client went away; closing it ends the upstream request.
 		s.metrics.streams.Inc()
-		b := &upstreamBody{resp: resp, r: body, streams: s.metrics.streams}
-		ctx.Response.SetBodyStream(b, resp.Header.ContentLength())
+		b := &upstreamBody{resp: resp, r: body, streams: s.metrics.streams, m: m}
+		size := resp.Header.ContentLength()
+		if m != nil && m.strip {
+			size = -1 // what the client gets is shorter than what the upstream sent
+		}
+		ctx.Response.SetBodyStream(b, size)
 		return b
+	}
+	if m != nil {
+		m.feed(resp.Body())
 	}
 	ctx.Response.SetBody(resp.Body())
 	fasthttp.ReleaseResponse(resp)
@@ -221,6 +239,10 @@ type upstreamBody struct {
 	resp    *fasthttp.Response
 	r       io.Reader
 	streams prometheus.Gauge
+	// m, when the request is metered, reads what is relayed; in strip
+	// mode it also decides what is (see meter.scan).
+	m   *meter
+	err error // the upstream's error, in strip mode once read
 
 	// Set by handle: the request to finish on Close.
 	s   *Proxy
@@ -228,7 +250,40 @@ type upstreamBody struct {
 	out outcome
 }
 
-func (b *upstreamBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+func (b *upstreamBody) Read(p []byte) (int, error) {
+	m := b.m
+	if m == nil {
+		return b.r.Read(p)
+	}
+	if !m.strip {
+		n, err := b.r.Read(p)
+		m.feed(p[:n])
+		if err != nil {
+			m.end(false)
+		}
+		return n, err
+	}
+	// Strip mode: the upstream's bytes go through m.pend, less the
+	// usage-only chunks; a line not yet ended waits in m.carry.
+	if m.pendOff == len(m.pend) {
+		m.pend, m.pendOff = m.pend[:0], 0
+		if b.err != nil {
+			return 0, b.err
+		}
+		n, err := b.r.Read(p)
+		m.scan(p[:n], true)
+		if err != nil {
+			m.end(true) // a stream cut mid-line: the client gets that line as it came
+			b.err = err
+		}
+		if len(m.pend) == 0 {
+			return 0, b.err
+		}
+	}
+	n := copy(p, m.pend[m.pendOff:])
+	m.pendOff += n
+	return n, nil
+}
 
 func (b *upstreamBody) Close() error {
 	b.streams.Dec()

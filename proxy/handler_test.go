@@ -7,6 +7,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -76,6 +77,7 @@ func newUpstream(t *testing.T, h http.HandlerFunc) *testUpstream {
 	u := &testUpstream{}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(b)) // for h to read again
 		u.mu.Lock()
 		u.got = append(u.got, seen{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Clone(), string(b)})
 		u.mu.Unlock()
@@ -122,10 +124,20 @@ type testProxy struct {
 // startProxy serves a Proxy of st on 127.0.0.1 until the test ends.
 func startProxy(t *testing.T, st State) *testProxy {
 	t.Helper()
+	return startProxyConfig(t, st, nil)
+}
+
+// startProxyConfig is startProxy with the config changed by mutate first.
+func startProxyConfig(t *testing.T, st State, mutate func(*Config)) *testProxy {
+	t.Helper()
 	tp := &testProxy{audit: &memorySink{}, reg: prometheus.NewRegistry()}
-	p, err := New(Config{State: st, Audit: tp.audit, Metrics: tp.reg, Logger: slog.New(slog.DiscardHandler),
+	cfg := Config{State: st, Audit: tp.audit, Metrics: tp.reg, Logger: slog.New(slog.DiscardHandler),
 		EdgeID: "edge-1", Site: "eu", MaxRequestBodyBytes: 1 << 20, MaxUpstreamConns: 16,
-		UpstreamIdleTimeout: 5 * time.Second, UpstreamConnectTimeout: time.Second, UpstreamPoolWait: time.Second})
+		UpstreamIdleTimeout: 5 * time.Second, UpstreamConnectTimeout: time.Second, UpstreamPoolWait: time.Second}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,12 @@ type metrics struct {
 
 	reqMu    sync.RWMutex
 	reqCache map[reqLabel]prometheus.Counter
+
+	// tokenCounts counts metered tokens by deployment name and kind
+	// (prompt, completion, cached); tokenCache holds each deployment's three.
+	tokenCounts *prometheus.CounterVec
+	tokMu       sync.RWMutex
+	tokenCache  map[string]*[3]prometheus.Counter
 }
 
 type reqLabel struct {
@@ -58,7 +64,10 @@ type reqLabel struct {
 // newMetrics registers the request path's metrics on reg, and the rate
 // limiter's bound: what happens at it is counted (DESIGN invariant 5).
 func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
-	m := &metrics{reqCache: map[reqLabel]prometheus.Counter{}}
+	m := &metrics{reqCache: map[reqLabel]prometheus.Counter{}, tokenCache: map[string]*[3]prometheus.Counter{}}
+	m.tokenCounts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_tokens_total",
+		Help: "Tokens of metered requests, by deployment and kind (prompt, completion, cached), as the upstream reported them or as estimated."},
+		[]string{"deployment", "kind"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_requests_total",
 		Help: "Requests answered, by deployment (\"\" when none matched) and status code."}, []string{"deployment", "code"})
 	auth := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_auth_decisions_total",
@@ -91,7 +100,7 @@ func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
 	untracked := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymesh_edge_ratelimit_untracked_total",
 		Help: "Requests admitted without a rate-limit bucket because the bucket table was full."},
 		func() float64 { return float64(limits.untracked.Load()) })
-	for _, c := range []prometheus.Collector{refused, m.upstreamDenied, m.requests, auth, m.upstream, m.streams, m.poolFull, untracked} {
+	for _, c := range []prometheus.Collector{refused, m.upstreamDenied, m.requests, m.tokenCounts, auth, m.upstream, m.streams, m.poolFull, untracked} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}
@@ -118,4 +127,21 @@ func (m *metrics) count(deployment string, code int) {
 		m.reqMu.Unlock()
 	}
 	c.Inc()
+}
+
+// tokens counts one metered request's tokens.
+func (m *metrics) tokens(deployment string, prompt, completion, cached int64) {
+	m.tokMu.RLock()
+	c, ok := m.tokenCache[deployment]
+	m.tokMu.RUnlock()
+	if !ok {
+		c = &[3]prometheus.Counter{m.tokenCounts.WithLabelValues(deployment, "prompt"),
+			m.tokenCounts.WithLabelValues(deployment, "completion"), m.tokenCounts.WithLabelValues(deployment, "cached")}
+		m.tokMu.Lock()
+		m.tokenCache[deployment] = c
+		m.tokMu.Unlock()
+	}
+	c[0].Add(float64(prompt))
+	c[1].Add(float64(completion))
+	c[2].Add(float64(cached))
 }

@@ -17,7 +17,10 @@
 // (forward, body); no client credential is forwarded upstream, and none is
 // logged or put in an audit record; every answered request gives the
 // AuditSink one record, and every refusal carries the error body of the
-// external API.
+// external API. With a UsageSink, every POST forwarded and answered gives
+// it one usage record, read from the answer as it is relayed (meter): the
+// client receives the upstream's answer byte for byte, but for the
+// usage-only chunk of a stream that the edge itself asked for.
 package proxy
 
 import (
@@ -87,6 +90,10 @@ type Config struct {
 	State State
 	// Audit receives an audit record per answered request; nil keeps none.
 	Audit AuditSink
+	// Usage receives the usage record of every metered request (a POST
+	// forwarded and answered: see UsageSink and docs/api.md, "Metering");
+	// nil meters nothing, and then no request body is rewritten either.
+	Usage UsageSink
 	// Metrics registers the data plane's metrics (keymesh_edge_requests_total
 	// and the others of the request path); nil registers them nowhere.
 	Metrics prometheus.Registerer
@@ -399,6 +406,10 @@ type outcome struct {
 	// body is the upstream answer being relayed, if any: the request is
 	// finished (audited, counted) when it is closed.
 	body *upstreamBody
+	// meter meters the request, when it is metered; usage is what it
+	// found, once the request is finished.
+	meter *meter
+	usage usageCounts
 }
 
 func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
@@ -417,6 +428,13 @@ func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
 
 // finish records an answered request: its audit record and metrics.
 func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
+	if out.meter != nil {
+		if out.meter.answered && out.dep != nil {
+			s.meterUsage(ctx, out)
+		}
+		releaseMeter(out.meter)
+		out.meter = nil
+	}
 	s.audit.record(ctx, out)
 	name := ""
 	if out.dep != nil {
@@ -499,7 +517,8 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonRateLimited
 		return out
 	}
-	out.body = s.forward(ctx, r, body, lim)
+	out.meter = s.meterRequest(ctx.Method(), r, &body)
+	out.body = s.forward(ctx, r, body, lim, out.meter)
 	return out
 }
 
