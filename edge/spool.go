@@ -175,6 +175,7 @@ type diskSpool struct {
 	records int64      // waiting
 	bytes   int64      // of the records waiting
 	dirty   bool       // written since the last fsync
+	broken  bool       // a failed write could not be undone: append to a new segment
 	ackSeg  uint64     // the position last saved to the "acked" file
 	ackOff  int64
 }
@@ -417,17 +418,21 @@ func (s *diskSpool) append(recs []spooled) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	if seg := s.last(); seg.size > 0 && seg.size+int64(len(buf)) > s.segMax {
+	if seg := s.last(); s.broken || (seg.size > 0 && seg.size+int64(len(buf)) > s.segMax) {
 		if err := s.rotate(); err != nil {
 			return 0, err
 		}
+		s.broken = false
 	}
 	seg := s.last()
 	if _, err := s.w.Write(buf); err != nil {
-		// What may have reached the file past seg.size is never read (the
-		// valid size is ours); later records go to a new segment, and a
-		// restart cuts the garbage as a torn tail.
-		_ = s.rotate()
+		// A partial write (a full disk) is undone, so that the next append
+		// lands where the segment's valid size says; if it cannot be, the
+		// next append goes to a new segment, and a restart cuts the
+		// garbage as a torn tail.
+		if terr := s.w.Truncate(seg.size); terr != nil {
+			s.broken = true
+		}
 		return 0, fmt.Errorf("usage spool: %w", err)
 	}
 	seg.size += int64(len(buf))

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -259,14 +260,23 @@ func (u *usageSink) flushQueue(batch []spooled) {
 	u.sync()
 }
 
+// usageMaxString bounds each string of a record: a client's model name,
+// however long, cannot make a record too large to spool or publish (so
+// that it would go unbilled); cut ones stay valid UTF-8.
+const usageMaxString = 512
+
 // take encodes r for the spool: an id if it has none (the deduplication
-// key must exist), this edge's name if it names none.
+// key must exist), this edge's name if it names none, strings cut to
+// usageMaxString.
 func (u *usageSink) take(batch []spooled, r event.Usage) []spooled {
 	if r.ID == "" {
 		r.ID = rand.Text()
 	}
 	if r.Edge == "" {
 		r.Edge = u.edge
+	}
+	for _, s := range []*string{&r.ID, &r.Edge, &r.KeyID, &r.Project, &r.Deployment, &r.Model} {
+		*s = cutString(*s, usageMaxString)
 	}
 	data, err := json.Marshal(&r)
 	if err != nil { // a time out of JSON's range; nothing else fails
@@ -307,6 +317,17 @@ func (u *usageSink) store(batch []spooled) {
 		default:
 		}
 	}
+}
+
+// cutString returns s cut to at most n bytes at a rune boundary.
+func cutString(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 func (u *usageSink) sync() {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -888,5 +889,34 @@ func TestUsageShutdownSpoolsQueue(t *testing.T) {
 	}
 	if !strings.Contains(s.log.String(), "wait in the spool for the next start") {
 		t.Fatalf("log:\n%s", s.log.String())
+	}
+}
+
+// A client-chosen string (the model name), however long, cannot make its
+// record too large to spool: it is cut, at a rune boundary, and the
+// record kept.
+func TestUsageLongStringsCut(t *testing.T) {
+	dataDir := t.TempDir()
+	s := newTestSink(t, deadURL(t), dataDir, 1<<20, 1024, false)
+	r := usageRec(0)
+	r.Model = strings.Repeat("é", 100_000)
+	s.Usage(r)
+	s.Usage(usageRec(1))
+	s.shutdown(context.Background())
+	sp, corrupt, err := openDiskSpool(filepath.Join(dataDir, "usage"), 1<<20, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.close()
+	recs, _, _ := sp.peek(10)
+	if len(recs) != 2 || corrupt != 0 {
+		t.Fatalf("%d records spooled, %d corrupt", len(recs), corrupt)
+	}
+	var got event.Usage
+	if err := json.Unmarshal(recs[0].data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != r.ID || len(got.Model) == 0 || len(got.Model) > usageMaxString || !utf8.ValidString(got.Model) {
+		t.Fatalf("model of %d bytes (valid UTF-8 %v), id %q", len(got.Model), utf8.ValidString(got.Model), got.ID)
 	}
 }
