@@ -210,7 +210,10 @@ func (u *usageSink) writeLoop() {
 	t := time.NewTicker(usageSyncInterval)
 	defer t.Stop()
 	batch := make([]spooled, 0, usageBatch)
-	var reported uint64 // queue_full drops already logged
+	// A queue-full episode lasts while a sync interval saw new drops; it
+	// is logged when it begins and when it ends.
+	var seen, from uint64
+	inEpisode := false
 	for {
 		select {
 		case r := <-u.q:
@@ -227,10 +230,16 @@ func (u *usageSink) writeLoop() {
 			u.store(batch)
 		case <-t.C:
 			u.sync()
-			if d := u.queueFull.Load(); d != reported {
-				u.log.Warn("usage queue full: records dropped", "dropped_total", d)
-				reported = d
+			d := u.queueFull.Load()
+			switch {
+			case d != seen && !inEpisode:
+				u.log.Warn("usage queue full: new usage records are dropped", "queue", cap(u.q))
+				inEpisode, from = true, seen
+			case d == seen && inEpisode:
+				u.log.Info("usage queue has room again", "dropped", d-from)
+				inEpisode = false
 			}
+			seen = d
 		case <-u.stopW:
 			u.flushQueue(batch)
 			return
@@ -279,7 +288,7 @@ func (u *usageSink) take(batch []spooled, r event.Usage) []spooled {
 		*s = cutString(*s, usageMaxString)
 	}
 	data, err := json.Marshal(&r)
-	if err != nil { // a time out of JSON's range; nothing else fails
+	if err != nil || len(data) > maxUsageFrame { // a time out of JSON's range; nothing else fails
 		u.spErr.Add(1)
 		return batch
 	}

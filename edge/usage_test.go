@@ -625,8 +625,8 @@ func TestUsageQueueFullCounted(t *testing.T) {
 	}
 	s.start()
 	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if !strings.Contains(s.log.String(), "usage queue full") {
-			return errors.New("no log line for the drops")
+		if !strings.Contains(s.log.String(), "usage queue has room again") {
+			return errors.New("no log line for the episode's end")
 		}
 		if n := s.stats().SpooledRecords; n != 4 {
 			return fmt.Errorf("%d spooled", n)
@@ -635,6 +635,9 @@ func TestUsageQueueFullCounted(t *testing.T) {
 	})
 	if ids := peekIDs(t, s.sp); !slices.Equal(ids, wantIDs(0, 4)) {
 		t.Fatalf("spooled %v", ids)
+	}
+	if log := s.log.String(); strings.Count(log, "usage queue full") != 1 || !strings.Contains(log, "dropped=6") {
+		t.Fatalf("one episode, logged:\n%s", log)
 	}
 }
 
