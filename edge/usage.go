@@ -67,19 +67,28 @@ var errUsageStopping = errors.New("usage publisher stopping")
 // usageSink is the data plane's usage sink: Usage never blocks and keeps
 // no pointer (proxy.UsageSink).
 type usageSink struct {
-	q       chan event.Usage
-	edge    string
-	subject string // this edge's usage subject (event.EdgeSubject)
-	sp      spool
-	bound   int64
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	log     *slog.Logger
+	// qmu guards pending, the queue: copies of the records Usage took,
+	// at most maxQueue. It grows only as far as it is used (no memory
+	// held, nor scanned by the collector, for an idle edge) and the
+	// writer swaps it out whole.
+	qmu      sync.Mutex
+	pending  []event.Usage
+	maxQueue int
+	ready    chan struct{} // cap 1: pending has records
+	edge     string
+	subject  string // this edge's usage subject (event.EdgeSubject)
+	sp       spool
+	bound    int64
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	log      *slog.Logger
 
 	published, publishErrors             atomic.Uint64
 	queueFull, spoolFull, corrupt, spErr atomic.Uint64
 
 	wake chan struct{} // cap 1: the writer appended records
+
+	spare []event.Usage // the queue's other buffer (writer goroutine only)
 
 	// full is true during a spool-full episode, which began when
 	// spoolFull was fullFrom (writer goroutine only).
@@ -118,7 +127,7 @@ type UsageStats struct {
 // newUsageSink opens the spool (under dataDir/usage, or in memory when
 // dataDir is "") and prepares the publisher on nc; start runs them.
 func newUsageSink(nc *nats.Conn, edgeID, dataDir string, bound int64, queue int, log *slog.Logger) (*usageSink, error) {
-	u := &usageSink{q: make(chan event.Usage, max(queue, 1)), edge: edgeID, bound: bound,
+	u := &usageSink{maxQueue: max(queue, 1), ready: make(chan struct{}, 1), edge: edgeID, bound: bound,
 		subject: event.EdgeSubject(event.EdgeUsageSubject, edgeID), nc: nc, log: log,
 		wake: make(chan struct{}, 1), stopW: make(chan struct{}), wDone: make(chan struct{}),
 		drain: make(chan struct{}), abort: make(chan struct{}), pDone: make(chan struct{})}
@@ -150,11 +159,33 @@ func (u *usageSink) Usage(r *event.Usage) {
 	if r == nil {
 		return
 	}
-	select {
-	case u.q <- *r:
-	default:
+	u.qmu.Lock()
+	if len(u.pending) >= u.maxQueue {
+		u.qmu.Unlock()
 		u.queueFull.Add(1)
+		return
 	}
+	u.pending = append(u.pending, *r)
+	u.qmu.Unlock()
+	// The writer coalesces wake-ups: while it works, these cost nothing.
+	select {
+	case u.ready <- struct{}{}:
+	default:
+	}
+}
+
+// swapQueue takes what is queued, leaving spare (emptied) in its place.
+func (u *usageSink) swapQueue(spare []event.Usage) []event.Usage {
+	clear(spare) // no strings kept alive by records already spooled
+	spare = spare[:0]
+	if cap(spare) > 4*usageBatch { // a burst's memory is not kept for ever
+		spare = nil
+	}
+	u.qmu.Lock()
+	got := u.pending
+	u.pending = spare
+	u.qmu.Unlock()
+	return got
 }
 
 func (u *usageSink) start() {
@@ -189,7 +220,8 @@ func (u *usageSink) shutdown(ctx context.Context) {
 			close(u.abort)
 			<-u.pDone
 		} else {
-			u.flushQueue(nil)
+			u.flushQueue()
+			u.sync()
 		}
 		if n, _ := u.sp.depth(); n > 0 {
 			if u.sp.persistent() {
@@ -209,31 +241,20 @@ func (u *usageSink) writeLoop() {
 	defer close(u.wDone)
 	t := time.NewTicker(usageSyncInterval)
 	defer t.Stop()
-	batch := make([]spooled, 0, usageBatch)
 	// A queue-full episode lasts while a sync interval saw new drops; it
 	// is logged when it begins and when it ends.
 	var seen, from uint64
 	inEpisode := false
 	for {
 		select {
-		case r := <-u.q:
-			batch = u.take(batch[:0], r)
-		take:
-			for len(batch) < usageBatch {
-				select {
-				case r := <-u.q:
-					batch = u.take(batch, r)
-				default:
-					break take
-				}
-			}
-			u.store(batch)
+		case <-u.ready:
+			u.flushQueue()
 		case <-t.C:
 			u.sync()
 			d := u.queueFull.Load()
 			switch {
 			case d != seen && !inEpisode:
-				u.log.Warn("usage queue full: new usage records are dropped", "queue", cap(u.q))
+				u.log.Warn("usage queue full: new usage records are dropped", "queue", u.maxQueue)
 				inEpisode, from = true, seen
 			case d == seen && inEpisode:
 				u.log.Info("usage queue has room again", "dropped", d-from)
@@ -241,32 +262,29 @@ func (u *usageSink) writeLoop() {
 			}
 			seen = d
 		case <-u.stopW:
-			u.flushQueue(batch)
+			u.flushQueue()
+			u.sync()
 			return
 		}
 	}
 }
 
-// flushQueue moves everything queued to the spool and syncs it (the
+// flushQueue moves everything queued to the spool, in batches (the
 // writer's goroutine, or shutdown when there is none).
-func (u *usageSink) flushQueue(batch []spooled) {
-	for {
+func (u *usageSink) flushQueue() {
+	got := u.swapQueue(u.spare)
+	recs := got
+	batch := make([]spooled, 0, min(len(recs), usageBatch))
+	for len(recs) > 0 {
+		n := min(len(recs), usageBatch)
 		batch = batch[:0]
-	rest:
-		for len(batch) < usageBatch {
-			select {
-			case r := <-u.q:
-				batch = u.take(batch, r)
-			default:
-				break rest
-			}
-		}
-		if len(batch) == 0 {
-			break
+		for _, r := range recs[:n] {
+			batch = u.take(batch, r)
 		}
 		u.store(batch)
+		recs = recs[n:]
 	}
-	u.sync()
+	u.spare = got
 }
 
 // usageMaxString bounds each string of a record: a client's model name,
@@ -472,10 +490,16 @@ func (u *usageSink) publish(recs []spooled) (int, error) {
 	return len(futs), perr
 }
 
+func (u *usageSink) queued() int {
+	u.qmu.Lock()
+	defer u.qmu.Unlock()
+	return len(u.pending)
+}
+
 // stats reports the pipeline.
 func (u *usageSink) stats() UsageStats {
 	records, bytes := u.sp.depth()
-	return UsageStats{Persistent: u.sp.persistent(), Queued: len(u.q), SpooledRecords: records, SpoolBytes: bytes,
+	return UsageStats{Persistent: u.sp.persistent(), Queued: u.queued(), SpooledRecords: records, SpoolBytes: bytes,
 		SpoolLimitBytes: u.bound, Published: u.published.Load(), PublishErrors: u.publishErrors.Load(),
 		Dropped: map[string]uint64{"queue_full": u.queueFull.Load(), "spool_full": u.spoolFull.Load(),
 			"corrupt": u.corrupt.Load(), "spool_error": u.spErr.Load()}}

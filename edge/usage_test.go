@@ -923,3 +923,14 @@ func TestUsageLongStringsCut(t *testing.T) {
 		t.Fatalf("model of %d bytes (valid UTF-8 %v), id %q", len(got.Model), utf8.ValidString(got.Model), got.ID)
 	}
 }
+
+// Usage copies the record into the queue without allocating (once the
+// queue has grown): the request path pays a copy and a lock.
+func TestUsageQueueCopiesWithoutAllocating(t *testing.T) {
+	s := newTestSink(t, deadURL(t), "", 1<<20, 100_000, false)
+	s.pending = make([]event.Usage, 0, 1000)
+	r := usageRec(1)
+	if n := testing.AllocsPerRun(200, func() { s.Usage(r) }); n != 0 {
+		t.Fatalf("Usage allocates %v times, want 0", n)
+	}
+}
