@@ -32,7 +32,10 @@ type status struct {
 	Cache    any    `json:"cache"`
 	ID       string `json:"id"`
 	Audit    any    `json:"audit"`
-	Gossip   any    `json:"gossip,omitempty"`
+	// Usage is the usage pipeline: the spool's depth, what was published
+	// and dropped.
+	Usage  UsageStats `json:"usage"`
+	Gossip any        `json:"gossip,omitempty"`
 }
 
 // gossipStatus is the cluster view on /status: each peer with its applied
@@ -97,6 +100,7 @@ func (n *Node) Status() any {
 		Cache:               n.view.Stats(),
 		ID:                  n.id,
 		Audit:               n.auditStatus(),
+		Usage:               n.UsageStats(),
 		Gossip:              n.gossipStatus(),
 	}
 }

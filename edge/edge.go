@@ -1,8 +1,8 @@
 // Package edge assembles an edge node: the data plane (package proxy) in
 // front of a cache.View that package feed keeps current from the origin
 // over NATS, with gossip between edges (package cluster), heartbeats to the
-// origins, audit shipping and an admin listener (/metrics, /status,
-// /health, pprof).
+// origins, audit shipping, usage records to JetStream through a spool
+// (usage.go) and an admin listener (/metrics, /status, /health, pprof).
 //
 // Guarantees: a Node serves nothing until New has verified its
 // configuration, taken the data dir (one edge per dir, held until Shutdown
@@ -13,9 +13,14 @@
 // HeartbeatInterval and within ~20 ms of applying new revisions, and
 // publishes for gossip peers cut off from NATS only what they signed; its
 // audit buffer and every other queue are bounded, and what is dropped at a
-// bound is counted; Shutdown stops accepting requests, lets in-flight ones
-// (streams included) finish until its context ends, ships the queued audit
-// records and persists the applied state before it disconnects.
+// bound is counted; a usage record the data plane reported is forgotten
+// only after JetStream acknowledged it, waits meanwhile in a bounded spool
+// under DataDir that survives restarts and crashes (all but the last
+// ~100 ms before a machine crash), and is never half-written; Shutdown
+// stops accepting requests, lets in-flight ones (streams included) finish
+// until its context ends, ships the queued audit records, spools the
+// queued usage records and persists the applied state before it
+// disconnects.
 package edge
 
 import (
@@ -151,6 +156,11 @@ type Config struct {
 	// AuditFlushInterval is how long an audit record may wait for its batch
 	// to be shipped. Default 200ms.
 	AuditFlushInterval time.Duration
+	// UsageSpoolBytes bounds the usage records waiting for JetStream's
+	// acknowledgement, in <DataDir>/usage (in memory, lost with the
+	// process, without DataDir); when it is full, new records are dropped
+	// and counted. Default 256 MiB.
+	UsageSpoolBytes int64
 }
 
 // DefaultConfig returns the edge's defaults, every one filled in: those of
@@ -179,6 +189,7 @@ func DefaultConfig() Config {
 		HeartbeatInterval:      time.Second,
 		AuditBuffer:            10_000,
 		AuditFlushInterval:     200 * time.Millisecond,
+		UsageSpoolBytes:        256 << 20,
 	}
 }
 
@@ -231,6 +242,9 @@ func withDefaults(cfg Config) Config {
 	if cfg.AuditBuffer <= 0 {
 		cfg.AuditBuffer = def.AuditBuffer
 	}
+	if cfg.UsageSpoolBytes <= 0 {
+		cfg.UsageSpoolBytes = def.UsageSpoolBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
@@ -254,6 +268,7 @@ type Node struct {
 	id    string
 	hb    *heartbeater
 	audit *auditor
+	usage *usageSink
 
 	gossip     *cluster.Cluster // nil without gossip
 	gossipHook *gossipHook
@@ -377,6 +392,11 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	undo = append(undo, func() { n.audit.shutdown(false) })
+	n.usage, err = newUsageSink(nc, id, cfg.DataDir, cfg.UsageSpoolBytes, usageQueueRecords, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { n.usage.shutdown(context.Background()) })
 	gossipListen := ""
 	if cfg.Gossip.enabled() {
 		gossipListen = cfg.Gossip.Listen
@@ -416,10 +436,20 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.audit.start()
+	n.usage.start()
 	n.startHeartbeat()
 	n.dirLock, started = lock, true
 	return n, nil
 }
+
+// UsageSink is where the data plane reports each metered request
+// (proxy.Config.Usage): Usage never blocks and keeps no pointer; the
+// record reaches the origins through the spool and JetStream (usage.go).
+func (n *Node) UsageSink() interface{ Usage(*event.Usage) } { return n.usage }
+
+// UsageStats reports the usage pipeline: queued, spooled, published,
+// dropped.
+func (n *Node) UsageStats() UsageStats { return n.usage.stats() }
 
 // observeLookup is the View's lookup callback.
 func (n *Node) observeLookup(d time.Duration, _ error) { n.lookups.Observe(d.Seconds()) }
@@ -468,7 +498,9 @@ func (n *Node) ReloadTLS() error { return n.proxy.ReloadTLS() }
 
 // Shutdown stops accepting requests, waits for in-flight ones (streams
 // included) until ctx ends, then stops heartbeats and gossip, ships the
-// queued audit records, persists state and disconnects. It is safe to call
+// queued audit records, moves the queued usage records to the spool (and
+// publishes what it can, within ctx and a few seconds), persists state and
+// disconnects. It is safe to call
 // twice.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.mu.Lock()
@@ -492,6 +524,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("leaving gossip: %w", err))
 	}
 	n.audit.shutdown(true)
+	// Requests have ended: what they metered goes to the spool (and to
+	// JetStream while it answers) before NATS is closed.
+	n.usage.shutdown(ctx)
 	if err := n.feed.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stopping event feed: %w", err))
 	}

@@ -3,6 +3,7 @@ package edge
 import (
 	"net/http"
 	"net/http/pprof"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -61,6 +62,34 @@ func (n *Node) watchNode() {
 	counter("keymesh_edge_audit_dropped_total", "Audit records dropped because the audit buffer was full.", func() uint64 { _, dropped, _ := n.AuditStats(); return dropped })
 	counter("keymesh_edge_audit_failed_total", "Audit records lost to NATS publish errors.", func() uint64 { _, _, failed := n.AuditStats(); return failed })
 	counter("keymesh_edge_heartbeats_ignored_total", "Origin heartbeats ignored for being no newer than one already taken.", func() uint64 { return n.view.Stats().OldHeartbeats })
+	n.watchUsage()
+}
+
+// watchUsage exports the usage pipeline (usage.go): what JetStream
+// acknowledged, what waits in the spool, what was dropped at which bound.
+func (n *Node) watchUsage() {
+	u := n.usage
+	counter := func(name, help string, labels prometheus.Labels, f func() uint64) {
+		n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(f()) }))
+	}
+	gauge := func(name, help string, f func() float64) {
+		n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	counter("keymesh_edge_usage_published_total", "Usage records JetStream acknowledged.", nil, u.published.Load)
+	counter("keymesh_edge_usage_publish_errors_total", "Failed attempts to publish usage records (the records wait in the spool).", nil, u.publishErrors.Load)
+	const dropped = "Usage records lost: queue_full (the queue to the spool), spool_full (--usage-spool-bytes), corrupt (torn or damaged in the spool), spool_error (the spool could not be written)."
+	for reason, c := range map[string]*atomic.Uint64{"queue_full": &u.queueFull, "spool_full": &u.spoolFull, "corrupt": &u.corrupt, "spool_error": &u.spErr} {
+		counter("keymesh_edge_usage_dropped_total", dropped, prometheus.Labels{"reason": reason}, c.Load)
+	}
+	gauge("keymesh_edge_usage_spooled_records", "Usage records waiting in the spool for JetStream's acknowledgement.", func() float64 {
+		records, _ := u.sp.depth()
+		return float64(records)
+	})
+	gauge("keymesh_edge_usage_spool_bytes", "Bytes the usage records waiting in the spool take (bounded by --usage-spool-bytes).", func() float64 {
+		_, bytes := u.sp.depth()
+		return float64(bytes)
+	})
 }
 
 // adminHandler serves /metrics, /status, /health and pprof.

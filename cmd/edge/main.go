@@ -67,6 +67,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.StringVar(&cfg.Gossip.Name, "node-name", cfg.Gossip.Name, "unique gossip node name (default hostname-listen)")
 	profile := fs.String("gossip-profile", profileName(cfg.Gossip), `gossip timings: "wan" (sites across regions), "lan" (one site), "local" (one machine: tests, labs)`)
 	fs.StringVar(&cfg.AuditFile, "audit-file", cfg.AuditFile, "also append audit records to this JSON-lines file")
+	fs.Int64Var(&cfg.UsageSpoolBytes, "usage-spool-bytes", cfg.UsageSpoolBytes, "bound in bytes of the usage records waiting for JetStream, spooled in <data-dir>/usage (without --data-dir: in memory, lost with the process); when full, new records are dropped and counted")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
 	if cli.PrintVersion(args, "edge", stdout) {
@@ -79,8 +80,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "edge: %v\n", err)
 		return 2
 	}
-	if cfg.MaxUpstreamConns <= 0 || cfg.MaxRequestBodyBytes <= 0 || cfg.MaxKeys <= 0 || cfg.MaxLookups <= 0 {
-		fmt.Fprintln(stderr, "edge: --max-upstream-conns, --max-request-body, --max-keys and --max-lookups must be positive")
+	if cfg.MaxUpstreamConns <= 0 || cfg.MaxRequestBodyBytes <= 0 || cfg.MaxKeys <= 0 || cfg.MaxLookups <= 0 || cfg.UsageSpoolBytes <= 0 {
+		fmt.Fprintln(stderr, "edge: --max-upstream-conns, --max-request-body, --max-keys, --max-lookups and --usage-spool-bytes must be positive")
 		return 2
 	}
 	cfg.UpstreamAllow = splitList(*upstreamAllow)

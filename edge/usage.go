@@ -1,0 +1,506 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keymesh/keymesh/event"
+)
+
+// Usage records move from the data plane to the origins' ledger in three
+// steps, none of which a request waits for:
+//
+//  1. Usage (the proxy's sink) copies the record into a bounded queue;
+//     when the queue is full the record is dropped and counted
+//     (queue_full).
+//  2. The writer goroutine appends what the queue holds to the spool (on
+//     disk under <DataDir>/usage, else in memory), and fsyncs it at most
+//     usageSyncInterval later; when the spool is full the record is
+//     dropped and counted (spool_full), and the episode logged.
+//  3. The publisher goroutine publishes the spool's records in order to
+//     JetStream (stream event.UsageStreamName, Nats-Msg-Id = the record's
+//     id) and forgets each only once its PubAck arrived. NATS down, the
+//     stream missing or full, a timeout: the records wait in the spool and
+//     are published when publishing works again, across restarts too.
+//
+// So a record Usage took is lost only if: the queue or the spool was full
+// (counted); the process died with it still in the queue (the writer
+// empties it continuously); the machine died within usageSyncInterval of
+// the record being written, before its fsync; or the edge has no data dir
+// and stopped (or died) before the record was acknowledged. A record may
+// be published twice (an ack lost, a crash before the acknowledgement
+// position was saved): the stream and the origin deduplicate by id.
+const (
+	// usageQueueRecords bounds the queue between requests and the writer.
+	usageQueueRecords = 16 << 10
+	// usageBatch bounds the records per spool write and per publish window.
+	usageBatch = 256
+	// usageSyncInterval bounds how long a written record waits for its
+	// fsync: what a machine crash can lose.
+	usageSyncInterval = 100 * time.Millisecond
+	// usagePublishTimeout bounds the wait for a window's PubAcks.
+	usagePublishTimeout = 5 * time.Second
+	// usageRetryMin and usageRetryMax bound the wait between failed
+	// publishing attempts (doubling); NATS down is checked at the minimum.
+	usageRetryMin = 250 * time.Millisecond
+	usageRetryMax = 5 * time.Second
+	// usageShutdownPublish bounds how long Shutdown goes on publishing what
+	// waits (within its context); the rest stays spooled.
+	usageShutdownPublish = 5 * time.Second
+)
+
+// errUsageStopping ends a publish window at Shutdown.
+var errUsageStopping = errors.New("usage publisher stopping")
+
+// usageSink is the data plane's usage sink: Usage never blocks and keeps
+// no pointer (proxy.UsageSink).
+type usageSink struct {
+	// qmu guards pending, the queue: copies of the records Usage took,
+	// at most maxQueue. It grows only as far as it is used (no memory
+	// held, nor scanned by the collector, for an idle edge) and the
+	// writer swaps it out whole.
+	qmu      sync.Mutex
+	pending  []event.Usage
+	maxQueue int
+	ready    chan struct{} // cap 1: pending has records
+	edge     string
+	subject  string // this edge's usage subject (event.EdgeSubject)
+	sp       spool
+	bound    int64
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	log      *slog.Logger
+
+	published, publishErrors             atomic.Uint64
+	queueFull, spoolFull, corrupt, spErr atomic.Uint64
+
+	wake chan struct{} // cap 1: the writer appended records
+
+	spare []event.Usage // the queue's other buffer (writer goroutine only)
+
+	// full is true during a spool-full episode, which began when
+	// spoolFull was fullFrom (writer goroutine only).
+	full     bool
+	fullFrom uint64
+
+	startOnce sync.Once
+	started   atomic.Bool
+	stopOnce  sync.Once
+	stopW     chan struct{} // the writer: take what is queued, sync, return
+	wDone     chan struct{}
+	drain     chan struct{} // the publisher: publish what waits, then return
+	abort     chan struct{} // the publisher: return now
+	pDone     chan struct{}
+}
+
+// UsageStats reports the edge's usage pipeline (Node.UsageStats, /status).
+type UsageStats struct {
+	// Persistent is true when the spool is on disk (the edge has a data
+	// dir); false: in memory, lost with the process.
+	Persistent bool `json:"persistent"`
+	// Queued records wait for the writer; SpooledRecords and SpoolBytes
+	// wait in the spool for their PubAck; SpoolLimitBytes bounds those.
+	Queued          int    `json:"queued"`
+	SpooledRecords  int64  `json:"spooled_records"`
+	SpoolBytes      int64  `json:"spool_bytes"`
+	SpoolLimitBytes int64  `json:"spool_limit_bytes"`
+	Published       uint64 `json:"published"`
+	PublishErrors   uint64 `json:"publish_errors"`
+	// Dropped counts records lost, by reason: queue_full, spool_full,
+	// corrupt (torn or damaged in the spool), spool_error (the spool could
+	// not be written).
+	Dropped map[string]uint64 `json:"dropped"`
+}
+
+// newUsageSink opens the spool (under dataDir/usage, or in memory when
+// dataDir is "") and prepares the publisher on nc; start runs them.
+func newUsageSink(nc *nats.Conn, edgeID, dataDir string, bound int64, queue int, log *slog.Logger) (*usageSink, error) {
+	u := &usageSink{maxQueue: max(queue, 1), ready: make(chan struct{}, 1), edge: edgeID, bound: bound,
+		subject: event.EdgeSubject(event.EdgeUsageSubject, edgeID), nc: nc, log: log,
+		wake: make(chan struct{}, 1), stopW: make(chan struct{}), wDone: make(chan struct{}),
+		drain: make(chan struct{}), abort: make(chan struct{}), pDone: make(chan struct{})}
+	if dataDir == "" {
+		u.sp = newMemSpool(bound)
+	} else {
+		sp, corrupt, err := openDiskSpool(filepath.Join(dataDir, "usage"), bound, log)
+		if err != nil {
+			return nil, err
+		}
+		u.sp = sp
+		u.corrupt.Add(uint64(corrupt))
+	}
+	if nc != nil {
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*usageBatch),
+			jetstream.WithPublishAsyncTimeout(usagePublishTimeout))
+		if err != nil {
+			_ = u.sp.close()
+			return nil, fmt.Errorf("usage publisher: %w", err)
+		}
+		u.js = js
+	}
+	return u, nil
+}
+
+// Usage queues a copy of r (proxy.UsageSink): it never blocks, and keeps
+// nothing r points to beyond the strings (immutable) it copies.
+func (u *usageSink) Usage(r *event.Usage) {
+	if r == nil {
+		return
+	}
+	u.qmu.Lock()
+	if len(u.pending) >= u.maxQueue {
+		u.qmu.Unlock()
+		u.queueFull.Add(1)
+		return
+	}
+	u.pending = append(u.pending, *r)
+	u.qmu.Unlock()
+	// The writer coalesces wake-ups: while it works, these cost nothing.
+	select {
+	case u.ready <- struct{}{}:
+	default:
+	}
+}
+
+// swapQueue takes what is queued, leaving spare (emptied) in its place.
+func (u *usageSink) swapQueue(spare []event.Usage) []event.Usage {
+	clear(spare) // no strings kept alive by records already spooled
+	spare = spare[:0]
+	if cap(spare) > 4*usageBatch { // a burst's memory is not kept for ever
+		spare = nil
+	}
+	u.qmu.Lock()
+	got := u.pending
+	u.pending = spare
+	u.qmu.Unlock()
+	return got
+}
+
+func (u *usageSink) start() {
+	u.startOnce.Do(func() {
+		u.started.Store(true)
+		go u.writeLoop()
+		go u.publishLoop()
+	})
+}
+
+// shutdown takes what is queued into the spool, goes on publishing what
+// waits while publishing works, ctx allows and at most
+// usageShutdownPublish, and closes the spool. What is left waits on disk
+// for the next start (without a data dir it is lost, and logged).
+func (u *usageSink) shutdown(ctx context.Context) {
+	if u == nil {
+		return
+	}
+	u.stopOnce.Do(func() {
+		u.startOnce.Do(func() {}) // a sink never started is not started now
+		if u.started.Load() {
+			close(u.stopW)
+			<-u.wDone
+			close(u.drain)
+			t := time.NewTimer(usageShutdownPublish)
+			select {
+			case <-u.pDone:
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
+			close(u.abort)
+			<-u.pDone
+		} else {
+			u.flushQueue()
+			u.sync()
+		}
+		if n, _ := u.sp.depth(); n > 0 {
+			if u.sp.persistent() {
+				u.log.Info("usage records wait in the spool for the next start", "records", n)
+			} else {
+				u.log.Warn("usage records lost at shutdown: not published and no data dir to keep them", "records", n)
+			}
+		}
+		if err := u.sp.close(); err != nil {
+			u.log.Warn("closing the usage spool", "err", err)
+		}
+	})
+}
+
+// writeLoop moves records from the queue to the spool and syncs it.
+func (u *usageSink) writeLoop() {
+	defer close(u.wDone)
+	t := time.NewTicker(usageSyncInterval)
+	defer t.Stop()
+	// A queue-full episode lasts while a sync interval saw new drops; it
+	// is logged when it begins and when it ends.
+	var seen, from uint64
+	inEpisode := false
+	for {
+		select {
+		case <-u.ready:
+			u.flushQueue()
+		case <-t.C:
+			u.sync()
+			d := u.queueFull.Load()
+			switch {
+			case d != seen && !inEpisode:
+				u.log.Warn("usage queue full: new usage records are dropped", "queue", u.maxQueue)
+				inEpisode, from = true, seen
+			case d == seen && inEpisode:
+				u.log.Info("usage queue has room again", "dropped", d-from)
+				inEpisode = false
+			}
+			seen = d
+		case <-u.stopW:
+			u.flushQueue()
+			u.sync()
+			return
+		}
+	}
+}
+
+// flushQueue moves everything queued to the spool, in batches (the
+// writer's goroutine, or shutdown when there is none).
+func (u *usageSink) flushQueue() {
+	got := u.swapQueue(u.spare)
+	recs := got
+	batch := make([]spooled, 0, min(len(recs), usageBatch))
+	for len(recs) > 0 {
+		n := min(len(recs), usageBatch)
+		batch = batch[:0]
+		for _, r := range recs[:n] {
+			batch = u.take(batch, r)
+		}
+		u.store(batch)
+		recs = recs[n:]
+	}
+	u.spare = got
+}
+
+// usageMaxString bounds each string of a record: a client's model name,
+// however long, cannot make a record too large to spool or publish (so
+// that it would go unbilled); cut ones stay valid UTF-8.
+const usageMaxString = 512
+
+// take encodes r for the spool: an id if it has none (the deduplication
+// key must exist), this edge's name if it names none, strings cut to
+// usageMaxString.
+func (u *usageSink) take(batch []spooled, r event.Usage) []spooled {
+	if r.ID == "" {
+		r.ID = rand.Text()
+	}
+	if r.Edge == "" {
+		r.Edge = u.edge
+	}
+	for _, s := range []*string{&r.ID, &r.Edge, &r.KeyID, &r.Project, &r.Deployment, &r.Model} {
+		*s = cutString(*s, usageMaxString)
+	}
+	data, err := json.Marshal(&r)
+	if err != nil || len(data) > maxUsageFrame { // a time out of JSON's range; nothing else fails
+		u.spErr.Add(1)
+		return batch
+	}
+	return append(batch, spooled{id: r.ID, data: data})
+}
+
+// store appends a batch to the spool, counting what did not fit, and
+// wakes the publisher.
+func (u *usageSink) store(batch []spooled) {
+	if len(batch) == 0 {
+		return
+	}
+	n, err := u.sp.append(batch)
+	if lost := uint64(len(batch) - n); lost > 0 {
+		if err != nil {
+			u.spErr.Add(lost)
+			u.log.Error("usage spool write failed: records dropped", "records", lost, "err", err)
+		} else {
+			if !u.full {
+				u.full = true
+				u.fullFrom = u.spoolFull.Load()
+				records, bytes := u.sp.depth()
+				u.log.Warn("usage spool full: new usage records are dropped until it drains",
+					"limit_bytes", u.bound, "spooled_records", records, "spool_bytes", bytes)
+			}
+			u.spoolFull.Add(lost)
+		}
+	} else if u.full {
+		u.full = false
+		u.log.Info("usage spool has room again", "dropped", u.spoolFull.Load()-u.fullFrom)
+	}
+	if n > 0 {
+		select {
+		case u.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// cutString returns s cut to at most n bytes at a rune boundary.
+func cutString(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+func (u *usageSink) sync() {
+	if err := u.sp.sync(); err != nil {
+		u.log.Warn("usage spool sync failed", "err", err)
+	}
+}
+
+// publishLoop publishes the spool's records in order, forgetting each
+// after its PubAck, until shutdown.
+func (u *usageSink) publishLoop() {
+	defer close(u.pDone)
+	retry := usageRetryMin
+	failing := 0 // failed attempts in the current episode
+	// wait returns false when the publisher is to return.
+	wait := func(d time.Duration, wake bool) bool {
+		var wakeC <-chan struct{}
+		if wake {
+			wakeC = u.wake
+		}
+		var tc <-chan time.Time
+		if d > 0 {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			tc = t.C
+		}
+		select {
+		case <-wakeC:
+			return true
+		case <-tc:
+			return true
+		case <-u.drain:
+			return false
+		case <-u.abort:
+			return false
+		}
+	}
+	draining := func() bool {
+		select {
+		case <-u.drain:
+			return true
+		default:
+			return false
+		}
+	}
+	for {
+		recs, corrupt, err := u.sp.peek(usageBatch)
+		if corrupt > 0 {
+			u.corrupt.Add(uint64(corrupt))
+			continue
+		}
+		if err != nil {
+			u.log.Warn("reading the usage spool", "err", err)
+			if !wait(usageRetryMax, false) {
+				return
+			}
+			continue
+		}
+		if len(recs) == 0 {
+			if draining() || !wait(0, true) {
+				return
+			}
+			continue
+		}
+		if u.js == nil || !u.nc.IsConnected() {
+			// The records wait; no attempt counts while NATS is down.
+			if draining() || !wait(usageRetryMin, false) {
+				return
+			}
+			continue
+		}
+		k, err := u.publish(recs)
+		if k > 0 {
+			if aerr := u.sp.ack(recs[:k]); aerr != nil {
+				u.log.Warn("usage spool", "err", aerr)
+			}
+			u.published.Add(uint64(k))
+		}
+		if err == nil {
+			if failing > 0 {
+				u.log.Info("usage records published again", "failed_attempts", failing)
+			}
+			failing, retry = 0, usageRetryMin
+			continue
+		}
+		if errors.Is(err, errUsageStopping) {
+			return
+		}
+		u.publishErrors.Add(1)
+		if failing == 0 {
+			records, _ := u.sp.depth()
+			u.log.Warn("usage records not published; they wait in the spool", "spooled_records", records, "err", err)
+		}
+		failing++
+		if draining() || !wait(retry, false) {
+			return
+		}
+		retry = min(2*retry, usageRetryMax)
+	}
+}
+
+// publish sends recs as one window of asynchronous publishes and returns
+// how many of them, from the first, JetStream acknowledged; err says why
+// the rest were not. Those published after a failed one are sent again
+// with the rest: the stream keeps the first copy (Nats-Msg-Id).
+func (u *usageSink) publish(recs []spooled) (int, error) {
+	futs := make([]jetstream.PubAckFuture, 0, len(recs))
+	var perr error
+	for _, r := range recs {
+		m := &nats.Msg{Subject: u.subject, Data: r.data, Header: nats.Header{}}
+		f, err := u.js.PublishMsgAsync(m, jetstream.WithMsgID(r.id),
+			jetstream.WithExpectStream(event.UsageStreamName), jetstream.WithRetryAttempts(0))
+		if err != nil {
+			perr = err
+			break
+		}
+		futs = append(futs, f)
+	}
+	t := time.NewTimer(usagePublishTimeout)
+	defer t.Stop()
+	for i, f := range futs {
+		select {
+		case <-f.Ok():
+			continue
+		case err := <-f.Err():
+			return i, err
+		case <-t.C:
+			return i, fmt.Errorf("no PubAck within %v: %w", usagePublishTimeout, context.DeadlineExceeded)
+		case <-u.abort:
+			return i, errUsageStopping
+		}
+	}
+	return len(futs), perr
+}
+
+func (u *usageSink) queued() int {
+	u.qmu.Lock()
+	defer u.qmu.Unlock()
+	return len(u.pending)
+}
+
+// stats reports the pipeline.
+func (u *usageSink) stats() UsageStats {
+	records, bytes := u.sp.depth()
+	return UsageStats{Persistent: u.sp.persistent(), Queued: u.queued(), SpooledRecords: records, SpoolBytes: bytes,
+		SpoolLimitBytes: u.bound, Published: u.published.Load(), PublishErrors: u.publishErrors.Load(),
+		Dropped: map[string]uint64{"queue_full": u.queueFull.Load(), "spool_full": u.spoolFull.Load(),
+			"corrupt": u.corrupt.Load(), "spool_error": u.spErr.Load()}}
+}
