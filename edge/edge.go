@@ -401,7 +401,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Gossip.enabled() {
 		gossipListen = cfg.Gossip.Listen
 	}
-	n.proxy, err = proxy.New(proxy.Config{State: n.view, Audit: n.audit, Metrics: n.reg, Logger: cfg.Logger,
+	n.proxy, err = proxy.New(proxy.Config{State: n.view, Audit: n.audit, Usage: n.usage, Metrics: n.reg, Logger: cfg.Logger,
 		EdgeID: id, Site: cfg.Site, SecretsDir: cfg.SecretsDir,
 		TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, TLSClientCA: cfg.TLSClientCA,
 		CORSAllowedOrigins: cfg.CORSAllowedOrigins, CORSAllowedMethods: cfg.CORSAllowedMethods,
