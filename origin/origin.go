@@ -102,6 +102,7 @@ type Server struct {
 	met   *originMetrics
 	edges *edgeRegistry
 	audit *auditLog
+	usage *usageLedger // usage.go
 	// auditStore holds the audit log: the store itself on PostgreSQL, a
 	// database of its own next to it on SQLite.
 	auditStore *Store
@@ -263,6 +264,7 @@ func (s *Server) serve() error {
 	if err := s.startAudit(); err != nil {
 		return fmt.Errorf("subscribing to edge audit records: %w", err)
 	}
+	s.startUsage()
 	s.startHeartbeat()
 	s.startOutboxPruner()
 	s.serving = true
@@ -341,6 +343,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.lookupWG.Wait()
 		s.stopAudit()
+		s.stopUsage()
 		s.stopOutboxPruner()
 		s.stopHeartbeat()
 		if s.pub != nil {
