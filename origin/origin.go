@@ -30,6 +30,9 @@
 //   - Admin tokens name a user and their token version; logout, a password
 //     change or deletion ends every token of that user on every replica
 //     by the time it answers (usercache.go).
+//   - Edges' usage records (stream event.UsageStreamName) are stored
+//     exactly once by record id, and never evicted from the stream unread
+//     (see usage.go).
 //   - Replicas sharing a store sign with one key: the store records the
 //     signing public key at its first start, and an origin with another
 //     refuses to start (ErrKeyMismatch).
