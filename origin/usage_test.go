@@ -16,6 +16,7 @@ import (
 	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // usageClock is the fixed clock of the usage tests: mid-month, mid-day,
@@ -87,17 +88,12 @@ func (p *edgePublisher) must(u event.Usage, msgID string) *jetstream.PubAck {
 
 func waitUsageStats(t *testing.T, s *Server, stored, dup, malformed uint64) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		st, d, m := s.UsageStats()
-		if st == stored && d == dup && m == malformed {
-			return
+	testutil.CheckFor(t, 15*time.Second, 10*time.Millisecond, func() error {
+		if st, d, m := s.UsageStats(); st != stored || d != dup || m != malformed {
+			return fmt.Errorf("usage stats stored %d duplicate %d malformed %d, want %d %d %d", st, d, m, stored, dup, malformed)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("usage stats stored %d duplicate %d malformed %d, want %d %d %d", st, d, m, stored, dup, malformed)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func counts(req, prompt, completion, cached, est int64) api.UsageCounts {

@@ -3,6 +3,7 @@ package opcli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/natsauth"
+	"github.com/keymesh/keymesh/internal/testutil"
 	"github.com/keymesh/keymesh/origin/apiclient"
 )
 
@@ -61,28 +63,18 @@ func TestCLIUsage(t *testing.T) {
 	} {
 		u.Edge, u.Project, u.Deployment, u.Time = "edge-1", k.Project, d.ID, now
 		raw, _ := json.Marshal(u)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		// Until the origin has created the stream, publishing fails.
+		testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 			_, err := js.Publish(ctx, event.EdgeSubject(event.EdgeUsageSubject, "edge-1"), raw, jetstream.WithMsgID(u.ID))
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("publishing a usage record: %v", err)
-			}
-			time.Sleep(20 * time.Millisecond) // the origin is creating the stream
-		}
+			return err
+		})
 	}
-	waitStored := time.Now().Add(10 * time.Second)
-	for {
-		if stored, _, _ := s.UsageStats(); stored == 3 {
-			break
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if stored, _, _ := s.UsageStats(); stored != 3 {
+			return fmt.Errorf("%d of 3 records stored", stored)
 		}
-		if time.Now().After(waitStored) {
-			t.Fatal("the records were not stored")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 
 	out := r.ok("usage", "--group-by", "key,model")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
