@@ -368,3 +368,72 @@ type AuditRecord struct {
 	DurationMS     float64   `json:"duration_ms"`
 	RequestID      string    `json:"request_id,omitempty"`
 }
+
+// ---- usage ----
+
+// UsageCounts are the sums of metered requests: how many, their tokens as
+// the upstreams reported them, and how many of them were estimated (the
+// edge counted what it relayed: a cut stream, an upstream without usage).
+type UsageCounts struct {
+	Requests          int64 `json:"requests"`
+	PromptTokens      int64 `json:"prompt_tokens"`
+	CompletionTokens  int64 `json:"completion_tokens"`
+	CachedTokens      int64 `json:"cached_tokens"`
+	EstimatedRequests int64 `json:"estimated_requests"`
+}
+
+// UsageRow is one row of a UsageReport: the sums of one group. Only the
+// members group_by names are present; key_id is "" for the requests of
+// deployments without auth.
+type UsageRow struct {
+	Project    *string    `json:"project,omitempty"` // project id
+	KeyID      *string    `json:"key_id,omitempty"`
+	Deployment *string    `json:"deployment,omitempty"` // deployment id
+	Model      *string    `json:"model,omitempty"`
+	Hour       *time.Time `json:"hour,omitempty"` // the UTC hour's start
+	Day        *time.Time `json:"day,omitempty"`  // the UTC day's start
+	UsageCounts
+}
+
+// UsageReport is the answer of GET /v1/usage: the rows of [since, until),
+// ordered by time, then project, key, deployment and model. Truncated says
+// the rows were cut at the row limit.
+type UsageReport struct {
+	Items     []UsageRow `json:"items"`
+	Since     time.Time  `json:"since"`
+	Until     time.Time  `json:"until"`
+	GroupBy   []string   `json:"group_by"`
+	Truncated bool       `json:"truncated"`
+}
+
+// UsagePeriod is a key's usage since a time (GET /v1/key).
+type UsagePeriod struct {
+	Since time.Time `json:"since"`
+	UsageCounts
+}
+
+// KeyUsage is a key's usage today and this month (UTC).
+type KeyUsage struct {
+	Today UsagePeriod `json:"today"`
+	Month UsagePeriod `json:"month"`
+}
+
+// KeyDeployment is a deployment a key is linked to.
+type KeyDeployment struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+// KeySelf is the answer of GET /v1/key: the calling API key as it may see
+// itself. It never holds the secret or its hash.
+type KeySelf struct {
+	ID          string          `json:"id"`
+	Name        string          `json:"name"`
+	Project     string          `json:"project"` // project id
+	ProjectName string          `json:"project_name"`
+	Permissions []string        `json:"permissions"`
+	Deployments []KeyDeployment `json:"deployments"`
+	ExpiresAt   *time.Time      `json:"expires_at"`
+	RateLimit   *RateLimit      `json:"rate_limit"`
+	Usage       KeyUsage        `json:"usage"`
+}

@@ -94,6 +94,27 @@ type Config struct {
 	// are deleted from the store (unpublished ones never are). An edge
 	// further behind sees a gap and drops its cache.
 	StreamMaxAge time.Duration
+	// UsageStreamMaxBytes bounds the usage stream (event.UsageStreamName,
+	// see usage.go), which holds only the records no origin has stored
+	// yet: once full it refuses publishes (edges keep their records in
+	// their spool and retry), it never evicts an unread one to make room
+	// (default 1 GiB).
+	UsageStreamMaxBytes int64
+	// UsageStreamMaxAge is how long an unread usage record waits in the
+	// stream for an origin before JetStream drops it (default 7 days, at
+	// least the stream's 10-minute duplicate window). Only records no
+	// origin read for this long are lost.
+	UsageStreamMaxAge time.Duration
+	// UsageDedupRetention is how long a stored usage record's id is kept
+	// to recognise it again (default 30 days; more than
+	// UsageStreamMaxAge). A record whose time is older than this is
+	// refused as malformed, so a record is counted at most once however
+	// late its copy comes: it is either found or refused. It must exceed
+	// how long an edge may hold a record in its spool.
+	UsageDedupRetention time.Duration
+	// UsagePruneInterval is how often usage ids past UsageDedupRetention
+	// are deleted (default 1h).
+	UsagePruneInterval time.Duration
 
 	// disablePublisher is for tests: commit events without publishing.
 	disablePublisher bool
@@ -121,6 +142,11 @@ func DefaultConfig() Config {
 		AuditMaxRows:      1_000_000,
 		StreamMaxAge:      30 * 24 * time.Hour,
 		StreamReplicas:    1,
+
+		UsageStreamMaxBytes: 1 << 30,
+		UsageStreamMaxAge:   7 * 24 * time.Hour,
+		UsageDedupRetention: 30 * 24 * time.Hour,
+		UsagePruneInterval:  time.Hour,
 	}
 }
 
@@ -201,6 +227,9 @@ func (c *Config) fill() error {
 	if c.StreamMaxAge < streamDuplicates {
 		return fmt.Errorf("%w: StreamMaxAge must be at least %v (the stream's duplicate window)", ErrInvalidConfig, streamDuplicates)
 	}
+	if err := c.fillUsage(d); err != nil {
+		return err
+	}
 	if err := checkStoreDSN(c.Store); err != nil {
 		return err
 	}
@@ -217,6 +246,31 @@ func (c *Config) fill() error {
 	}
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return fmt.Errorf("%w: NATSTLSCert and NATSTLSKey go together", ErrInvalidConfig)
+	}
+	return nil
+}
+
+func (c *Config) fillUsage(d Config) error {
+	if c.UsageStreamMaxBytes < 0 || c.UsageStreamMaxAge < 0 || c.UsageDedupRetention < 0 {
+		return fmt.Errorf("%w: usage stream bounds and retention must not be negative", ErrInvalidConfig)
+	}
+	if c.UsageStreamMaxBytes == 0 {
+		c.UsageStreamMaxBytes = d.UsageStreamMaxBytes
+	}
+	if c.UsageStreamMaxAge == 0 {
+		c.UsageStreamMaxAge = d.UsageStreamMaxAge
+	}
+	if c.UsageDedupRetention == 0 {
+		c.UsageDedupRetention = d.UsageDedupRetention
+	}
+	if c.UsagePruneInterval <= 0 {
+		c.UsagePruneInterval = d.UsagePruneInterval
+	}
+	if c.UsageStreamMaxAge < usageStreamDuplicates {
+		return fmt.Errorf("%w: UsageStreamMaxAge must be at least %v (the usage stream's duplicate window)", ErrInvalidConfig, usageStreamDuplicates)
+	}
+	if c.UsageDedupRetention <= c.UsageStreamMaxAge {
+		return fmt.Errorf("%w: UsageDedupRetention must exceed UsageStreamMaxAge (a record still in the stream must be recognised)", ErrInvalidConfig)
 	}
 	return nil
 }

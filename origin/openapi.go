@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
@@ -246,7 +247,59 @@ func apiSchemas() map[string]any {
 			"status": str("ok; degraded when changes do not reach the edges (see reason); store unavailable (503)"),
 			"reason": str("why the status is degraded, only then"), "revision": map[string]any{"type": "integer"},
 			"published_revision": map[string]any{"type": "integer"}, "nats_connected": map[string]any{"type": "boolean"}}},
+		"UsageRow":      usageRowSchema(ts),
+		"UsageReport":   usageReportSchema(ts),
+		"UsagePeriod":   usagePeriodSchema(ts),
+		"KeyDeployment": obj([]string{"id", "name"}, map[string]any{"id": str("deployment id"), "name": str("")}),
+		"KeySelf": obj([]string{"id", "name", "project", "project_name", "permissions", "deployments", "expires_at", "rate_limit", "usage"}, map[string]any{
+			"id": str("key id"), "name": str(""), "project": str("project id"), "project_name": str(""),
+			"permissions": map[string]any{"type": "array", "items": perm},
+			"deployments": map[string]any{"type": "array", "items": ref("KeyDeployment"), "description": "the linked deployments"},
+			"expires_at":  nullable(ts),
+			"rate_limit":  nullable(ref("RateLimit")),
+			"usage":       obj([]string{"today", "month"}, map[string]any{"today": ref("UsagePeriod"), "month": ref("UsagePeriod")}),
+		}),
 	}
+}
+
+// usageCountProps are the sums of every usage answer.
+func usageCountProps(props map[string]any) map[string]any {
+	n := func(desc string) map[string]any {
+		return map[string]any{"type": "integer", "minimum": 0, "description": desc}
+	}
+	props["requests"] = n("metered requests")
+	props["prompt_tokens"] = n("")
+	props["completion_tokens"] = n("")
+	props["cached_tokens"] = n("prompt tokens the upstream served from its cache")
+	props["estimated_requests"] = n("requests whose tokens the edge counted from what it relayed (a cut stream, an upstream that reported none)")
+	return props
+}
+
+var usageCountNames = []string{"requests", "prompt_tokens", "completion_tokens", "cached_tokens", "estimated_requests"}
+
+func usageRowSchema(ts map[string]any) map[string]any {
+	return obj(usageCountNames, usageCountProps(map[string]any{
+		"project":    str("project id (group_by project)"),
+		"key_id":     str(`key id (group_by key); "" for deployments without auth`),
+		"deployment": str("deployment id (group_by deployment)"),
+		"model":      str("model as the request named it (group_by model)"),
+		"hour":       map[string]any{"type": "string", "format": "date-time", "description": "the UTC hour's start (group_by hour)"},
+		"day":        map[string]any{"type": "string", "format": "date-time", "description": "the UTC day's start (group_by day)"},
+	}))
+}
+
+func usageReportSchema(ts map[string]any) map[string]any {
+	return obj([]string{"items", "since", "until", "group_by", "truncated"}, map[string]any{
+		"items":     map[string]any{"type": "array", "items": ref("UsageRow"), "description": "ordered by time, project, key, deployment, model"},
+		"since":     ts,
+		"until":     ts,
+		"group_by":  map[string]any{"type": "array", "items": map[string]any{"type": "string", "enum": usageGroups}},
+		"truncated": map[string]any{"type": "boolean", "description": "the rows were cut at limit"},
+	})
+}
+
+func usagePeriodSchema(ts map[string]any) map[string]any {
+	return obj(append([]string{"since"}, usageCountNames...), usageCountProps(map[string]any{"since": ts}))
 }
 
 // apiOps lists every operation; the order is the document's.
@@ -312,8 +365,25 @@ func apiOps() []apiOp {
 				queryParam("limit", "", map[string]any{"type": "integer", "minimum": 1}),
 			},
 			resp: map[string]any{"type": "array", "items": ref("AuditRecord")}},
+		{method: "GET", path: "/v1/usage", id: "getUsage", tag: "usage", summary: "Usage the edges metered, summed per group over [since, until) (a project key sees its own project's only)", perm: event.PermReadMetrics, status: 200,
+			params: []any{
+				queryParam("project", "project id or name (a project key: its own, the default)", map[string]any{"type": "string"}),
+				queryParam("key_id", `key id; given empty, the requests of deployments without auth`, map[string]any{"type": "string"}),
+				queryParam("deployment", "deployment id, or name within the project", map[string]any{"type": "string"}),
+				queryParam("model", "", map[string]any{"type": "string"}),
+				queryParam("since", "RFC 3339 time, YYYY-MM-DD or a duration back from now; rounded down to the hour; default until - 24h", map[string]any{"type": "string"}),
+				queryParam("until", fmt.Sprintf("the same forms, rounded up to the hour; default now; until - since at most %d days", maxUsageSpan/(24*time.Hour)), map[string]any{"type": "string"}),
+				queryParam("group_by", "comma-separated: "+strings.Join(usageGroups, ", ")+" (hour and day exclude each other); none: one total row", map[string]any{"type": "string"}),
+				queryParam("limit", fmt.Sprintf("rows, 1-%d (default %d); truncated says rows were cut", maxUsageRows, defaultUsageRows), map[string]any{"type": "integer", "minimum": 1, "maximum": maxUsageRows}),
+			},
+			resp: ref("UsageReport")},
+		{method: "GET", path: "/v1/key", id: "getOwnKey", tag: "keys", summary: "The calling API key: id, name, project, expiry, permissions, rate limit, linked deployments and usage today and this month (never the secret)", perm: permKeySelf, status: 200, resp: ref("KeySelf")},
 	}
 }
+
+// permKeySelf marks an operation any enabled, unexpired API key may call
+// about itself, whatever it holds (an admin token may not).
+const permKeySelf = "key"
 
 var pathParams = map[string]map[string]any{
 	"p":      {"name": "p", "in": "path", "required": true, "description": "project id or name", "schema": map[string]any{"type": "string"}},
@@ -370,6 +440,10 @@ func openAPIDocument() map[string]any {
 		if o.perm != "" {
 			responses["401"] = errResp("missing or invalid credentials")
 			responses["403"] = errResp("the key lacks " + o.perm + ", belongs to another project, or would grant or act on a permission it does not hold")
+			if o.perm == permKeySelf {
+				responses["401"] = errResp("no key, or an unknown, disabled or expired one, or an admin token instead of a key")
+				delete(responses, "403")
+			}
 			if o.usersOnly {
 				responses["403"] = errResp("a project key, whatever it holds: only admin users may")
 			}
@@ -401,6 +475,8 @@ func openAPIDocument() map[string]any {
 		switch {
 		case o.perm == "":
 			op["security"] = []any{}
+		case o.perm == permKeySelf:
+			op["description"] = "Needs an API key (X-API-Key or Authorization: Bearer), any permissions; answers about that key only. An admin token is refused."
 		case o.perm == permUser:
 			op["description"] = "Needs an admin user's token; a project key is refused."
 		case o.usersOnly:
@@ -434,7 +510,7 @@ func openAPIDocument() map[string]any {
 		},
 		"tags": []any{
 			map[string]any{"name": "auth"}, map[string]any{"name": "users"}, map[string]any{"name": "projects"}, map[string]any{"name": "keys"},
-			map[string]any{"name": "deployments"}, map[string]any{"name": "edges"}, map[string]any{"name": "audit"},
+			map[string]any{"name": "deployments"}, map[string]any{"name": "edges"}, map[string]any{"name": "audit"}, map[string]any{"name": "usage"},
 			map[string]any{"name": "operations"},
 		},
 		"paths": paths,

@@ -213,6 +213,11 @@ var wireSchemas = map[string]struct {
 	"Edge":             {typ: api.Edge{}},
 	"AuditRecord":      {typ: api.AuditRecord{}},
 	"Health":           {typ: api.Health{}},
+	"UsageRow":         {typ: api.UsageRow{}},
+	"UsageReport":      {typ: api.UsageReport{}},
+	"UsagePeriod":      {typ: api.UsagePeriod{}},
+	"KeyDeployment":    {typ: api.KeyDeployment{}},
+	"KeySelf":          {typ: api.KeySelf{}},
 }
 
 // notWire are component schemas that are no body of their own.

@@ -30,6 +30,9 @@
 //   - Admin tokens name a user and their token version; logout, a password
 //     change or deletion ends every token of that user on every replica
 //     by the time it answers (usercache.go).
+//   - Edges' usage records (stream event.UsageStreamName) are stored
+//     exactly once by record id, and never evicted from the stream unread
+//     (see usage.go).
 //   - Replicas sharing a store sign with one key: the store records the
 //     signing public key at its first start, and an origin with another
 //     refuses to start (ErrKeyMismatch).
@@ -102,6 +105,7 @@ type Server struct {
 	met   *originMetrics
 	edges *edgeRegistry
 	audit *auditLog
+	usage *usageLedger // usage.go
 	// auditStore holds the audit log: the store itself on PostgreSQL, a
 	// database of its own next to it on SQLite.
 	auditStore *Store
@@ -263,6 +267,7 @@ func (s *Server) serve() error {
 	if err := s.startAudit(); err != nil {
 		return fmt.Errorf("subscribing to edge audit records: %w", err)
 	}
+	s.startUsage()
 	s.startHeartbeat()
 	s.startOutboxPruner()
 	s.serving = true
@@ -341,6 +346,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.lookupWG.Wait()
 		s.stopAudit()
+		s.stopUsage()
 		s.stopOutboxPruner()
 		s.stopHeartbeat()
 		if s.pub != nil {

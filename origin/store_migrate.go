@@ -19,7 +19,7 @@ import (
 )
 
 // schemaVersion is the version this origin's queries need.
-const schemaVersion = 3
+const schemaVersion = 4
 
 type migration struct {
 	sqlite, postgres []string
@@ -89,6 +89,10 @@ var migrations = []migration{
 				last_seen_ms     BIGINT NOT NULL
 			)`,
 		},
+	},
+	{ // 4: the usage ledger (usage_store.go).
+		sqlite:   usageSchema(""),
+		postgres: usageSchema(` COLLATE "C"`),
 	},
 }
 

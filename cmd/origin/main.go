@@ -47,6 +47,9 @@ func serve(ctx context.Context, args []string, std *cli.IO) int {
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", cfg.AuditRetention, "how long audit records (edge requests and admin actions) are kept")
 	fs.IntVar(&cfg.AuditMaxRows, "audit-max-rows", cfg.AuditMaxRows, "most audit records kept; the oldest beyond are pruned")
 	fs.DurationVar(&cfg.StreamMaxAge, "stream-max-age", cfg.StreamMaxAge, "how long events stay in the JetStream stream and published ones in the store's outbox; an edge further behind drops its cache")
+	fs.Int64Var(&cfg.UsageStreamMaxBytes, "usage-stream-max-bytes", cfg.UsageStreamMaxBytes, "bytes of usage records the JetStream usage stream holds unread; full, it refuses edges' publishes (they retry)")
+	fs.DurationVar(&cfg.UsageStreamMaxAge, "usage-stream-max-age", cfg.UsageStreamMaxAge, "how long a usage record waits unread in the usage stream")
+	fs.DurationVar(&cfg.UsageDedupRetention, "usage-dedup-retention", cfg.UsageDedupRetention, "how long a stored usage record's id is kept; older records are refused (more than --usage-stream-max-age)")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 
 	if err := cli.Parse(fs, "ORIGIN", args, getenv, stdout); err != nil {

@@ -45,7 +45,10 @@ func TestHelpListsFlags(t *testing.T) {
 	}
 	for _, f := range []string{"--listen", "--data-dir", "--store", "--nats-url", "--nats-listen", "--stream-replicas", "ORIGIN_NATS_URL", "ORIGIN_STREAM_REPLICAS",
 		`--audit-retention  [ORIGIN_AUDIT_RETENTION] (default "720h0m0s")`, `--audit-max-rows  [ORIGIN_AUDIT_MAX_ROWS] (default "1000000")`,
-		`--stream-max-age  [ORIGIN_STREAM_MAX_AGE] (default "720h0m0s")`} {
+		`--stream-max-age  [ORIGIN_STREAM_MAX_AGE] (default "720h0m0s")`,
+		`--usage-stream-max-bytes  [ORIGIN_USAGE_STREAM_MAX_BYTES] (default "1073741824")`,
+		`--usage-stream-max-age  [ORIGIN_USAGE_STREAM_MAX_AGE] (default "168h0m0s")`,
+		`--usage-dedup-retention  [ORIGIN_USAGE_DEDUP_RETENTION] (default "720h0m0s")`} {
 		if !strings.Contains(out.String(), f) {
 			t.Errorf("--help lacks %s:\n%s", f, out.String())
 		}
@@ -88,6 +91,8 @@ func TestRetentionFlags(t *testing.T) {
 		{[]string{"--audit-max-rows", "-1"}, nil, "audit retention and row limit must not be negative"},
 		{nil, map[string]string{"ORIGIN_AUDIT_RETENTION": "-1h"}, "audit retention and row limit must not be negative"},
 		{[]string{"--stream-max-age", "1m"}, nil, "StreamMaxAge must be at least 2m0s"},
+		{[]string{"--usage-stream-max-age", "800h"}, nil, "UsageDedupRetention must exceed UsageStreamMaxAge"},
+		{nil, map[string]string{"ORIGIN_USAGE_STREAM_MAX_BYTES": "-5"}, "must not be negative"},
 	} {
 		var out, errb bytes.Buffer
 		args := append([]string{"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1"}, tc.args...)

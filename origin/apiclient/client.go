@@ -340,6 +340,32 @@ type AuditQuery struct {
 	Limit      int
 }
 
+// UsageQuery filters and groups GET /v1/usage; zero fields are not sent.
+// Since and Until are passed as given: an RFC 3339 time, a YYYY-MM-DD date
+// or a duration back from now (the origin defaults until to now and since
+// to a day before).
+type UsageQuery struct {
+	Project    string
+	KeyID      string
+	NoKey      bool // sends key_id= (empty): the requests of deployments without auth
+	Deployment string
+	Model      string
+	Since      string
+	Until      string
+	GroupBy    []string // of project, key, deployment, model, hour, day
+	Limit      int
+}
+
+// UsageReport is the answer of GET /v1/usage, with its raw JSON.
+type UsageReport struct {
+	api.UsageReport
+	// JSON is the answer this value was decoded from.
+	JSON json.RawMessage `json:"-"`
+}
+
+// KeySelf is the answer of GET /v1/key.
+type KeySelf = api.KeySelf
+
 // ---- calls ----
 
 // Login exchanges a user's credentials for a JWT, keeps it in c.Token and
@@ -601,6 +627,43 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
 		return nil, err
 	}
 	return list[AuditRecord](raw)
+}
+
+// Usage returns the usage sums q selects (a project key: of its own project
+// only).
+func (c *Client) Usage(ctx context.Context, q UsageQuery) (*UsageReport, error) {
+	v := url.Values{}
+	for name, val := range map[string]string{"project": q.Project, "key_id": q.KeyID, "deployment": q.Deployment,
+		"model": q.Model, "since": q.Since, "until": q.Until, "group_by": strings.Join(q.GroupBy, ",")} {
+		if val != "" {
+			v.Set(name, val)
+		}
+	}
+	if q.NoKey && q.KeyID == "" {
+		v.Set("key_id", "")
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	path := "/v1/usage"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out UsageReport
+	if _, err := c.call(ctx, http.MethodGet, path, nil, nil, &out.UsageReport, &out.JSON); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Self returns the API key c authenticates with (c.APIKey), as GET /v1/key
+// shows it: never its secret. An admin token is refused.
+func (c *Client) Self(ctx context.Context) (*KeySelf, error) {
+	var out KeySelf
+	if _, err := c.Do(ctx, http.MethodGet, "/v1/key", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // ---- admin users and project rules ----
