@@ -159,6 +159,8 @@ type Proxy struct {
 	secrets secretStore
 	// policy decides which addresses upstream connections may go to.
 	policy *upstreamPolicy
+	// inflight counts requests in flight per key and deployment.
+	inflight *inflight
 
 	mu sync.Mutex
 	ln net.Listener
@@ -201,7 +203,7 @@ func New(cfg Config) (*Proxy, error) {
 		reg = prometheus.NewRegistry() // registered nowhere anyone scrapes
 	}
 	s := &Proxy{cfg: cfg, log: cfg.Logger, state: cfg.State, limits: newLimiter(time.Now, 1_000_000),
-		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy,
+		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy, inflight: newInflight(),
 		cors:  newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
 		audit: newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
 	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
@@ -399,6 +401,9 @@ type outcome struct {
 	// body is the upstream answer being relayed, if any: the request is
 	// finished (audited, counted) when it is closed.
 	body *upstreamBody
+	// adm is the request's concurrency slots, given back when it is
+	// finished.
+	adm admission
 }
 
 func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
@@ -417,6 +422,7 @@ func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
 
 // finish records an answered request: its audit record and metrics.
 func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
+	s.release(&out.adm)
 	s.audit.record(ctx, out)
 	name := ""
 	if out.dep != nil {
@@ -450,6 +456,10 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 			ctx.SetBodyString(`{"status":"ok"}`)
 		}
 		out.open = true
+		return out
+	}
+	if r.keyInfo() {
+		out.key, out.reason = s.serveKeyInfo(ctx, r)
 		return out
 	}
 	rt := r.rt
@@ -490,6 +500,14 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	}
 	if out.key != nil && !permitted(ctx, out.key, r, body.stream) {
 		out.reason = reasonPermission
+		return out
+	}
+	if !s.checkModels(ctx, r, out.key, &body) {
+		out.reason = reasonPermission
+		return out
+	}
+	if out.adm, ok = s.admit(ctx, dep, out.key); !ok {
+		out.reason = reasonRateLimited
 		return out
 	}
 	lim := s.limits.check(dep, out.key)
