@@ -33,9 +33,9 @@ type Key struct {
 	MaxConcurrency int
 	Disabled       bool
 	CreatedAt      time.Time
-	UpdatedAt   time.Time
-	Revision    uint64
-	Secrets     []event.Secret
+	UpdatedAt      time.Time
+	Revision       uint64
+	Secrets        []event.Secret
 }
 
 func (k *Key) record(deleted bool) *event.Record {
