@@ -15,9 +15,12 @@
 // servers, at an address the upstream policy allows and never one of the
 // node's own listeners, sent the normalised path and the body as inspected
 // (forward, body); no client credential is forwarded upstream, and none is
-// logged or put in an audit record; every answered request gives the
-// AuditSink one record, and every refusal carries the error body of the
-// external API.
+// logged or put in an audit record; a model allow-list (models.go) is
+// decided on the body as forwarded, every occurrence of a model counting;
+// every admitted request holds its concurrency slots (concurrency.go) until
+// it is finished, and gives them back exactly once; every answered request
+// gives the AuditSink one record, and every refusal carries the error body
+// of the external API.
 package proxy
 
 import (
