@@ -241,21 +241,26 @@ type ProjectPatch struct {
 // of create and rotate, the only times it is ever returned; Propagation
 // only in a mutation's answer given ?wait.
 type Key struct {
-	ID          string       `json:"id"`
-	Project     string       `json:"project"`
-	Name        string       `json:"name"`
-	Description string       `json:"description"`
-	Prefix      string       `json:"prefix"`
-	Permissions []string     `json:"permissions"`
-	Deployments []string     `json:"deployments"` // ids of the linked deployments
-	ExpiresAt   *time.Time   `json:"expires_at"`
-	RateLimit   *RateLimit   `json:"rate_limit"`
-	Disabled    bool         `json:"disabled"`
-	CreatedAt   time.Time    `json:"created_at"`
-	UpdatedAt   time.Time    `json:"updated_at"`
-	Revision    uint64       `json:"revision"`
-	Secret      string       `json:"key,omitempty"`
-	Propagation *Propagation `json:"propagation,omitempty"`
+	ID          string     `json:"id"`
+	Project     string     `json:"project"`
+	Name        string     `json:"name"`
+	Description string     `json:"description"`
+	Prefix      string     `json:"prefix"`
+	Permissions []string   `json:"permissions"`
+	Deployments []string   `json:"deployments"` // ids of the linked deployments
+	ExpiresAt   *time.Time `json:"expires_at"`
+	RateLimit   *RateLimit `json:"rate_limit"`
+	// Models is the model allow-list ([] allows any model the linked
+	// deployments allow); MaxConcurrency the cap on requests in flight at
+	// one edge (null: none).
+	Models         []string     `json:"models"`
+	MaxConcurrency *int         `json:"max_concurrency"`
+	Disabled       bool         `json:"disabled"`
+	CreatedAt      time.Time    `json:"created_at"`
+	UpdatedAt      time.Time    `json:"updated_at"`
+	Revision       uint64       `json:"revision"`
+	Secret         string       `json:"key,omitempty"`
+	Propagation    *Propagation `json:"propagation,omitempty"`
 }
 
 // KeyCreate is the body of POST /v1/projects/{p}/keys. Zero members are
@@ -269,7 +274,10 @@ type KeyCreate struct {
 	ExpiresAt     string     `json:"expires_at,omitempty"`  // RFC 3339 or YYYY-MM-DD
 	ExpiresInDays int        `json:"expires_in_days,omitempty"`
 	RateLimit     *RateLimit `json:"rate_limit,omitempty"`
-	Disabled      bool       `json:"disabled,omitempty"`
+	// Models are model name patterns ("*" within a name); none: any model.
+	Models         []string `json:"models,omitempty"`
+	MaxConcurrency int      `json:"max_concurrency,omitempty"`
+	Disabled       bool     `json:"disabled,omitempty"`
 }
 
 // KeyPatch is the body of PATCH /v1/projects/{p}/keys/{id}: absent members
@@ -282,7 +290,11 @@ type KeyPatch struct {
 	Deployments *[]string           `json:"deployments,omitempty"` // replaces the links (ids or names)
 	ExpiresAt   Nullable[string]    `json:"expires_at,omitzero"`   // RFC 3339 or YYYY-MM-DD
 	RateLimit   Nullable[RateLimit] `json:"rate_limit,omitzero"`
-	Disabled    *bool               `json:"disabled,omitempty"`
+	// Models replaces the model allow-list; [] or null: any model.
+	Models Nullable[[]string] `json:"models,omitzero"`
+	// MaxConcurrency: null removes the cap.
+	MaxConcurrency Nullable[int] `json:"max_concurrency,omitzero"`
+	Disabled       *bool         `json:"disabled,omitempty"`
 }
 
 // KeyRotate is the body of POST /v1/projects/{p}/keys/{id}/rotate: how
@@ -308,8 +320,12 @@ type Deployment struct {
 	RateLimit        *RateLimit          `json:"rate_limit"`
 	MaxBodyBytes     int64               `json:"max_body_bytes"`
 	MaxPromptChars   int                 `json:"max_prompt_chars"`
-	Revision         uint64              `json:"revision"`
-	Propagation      *Propagation        `json:"propagation,omitempty"`
+	// Models bounds the models of every key on the deployment ([]: any);
+	// MaxConcurrency its requests in flight at one edge (null: no cap).
+	Models         []string     `json:"models"`
+	MaxConcurrency *int         `json:"max_concurrency"`
+	Revision       uint64       `json:"revision"`
+	Propagation    *Propagation `json:"propagation,omitempty"`
 }
 
 // DeploymentInput is the body of a deployment's creation (name and
@@ -327,6 +343,10 @@ type DeploymentInput struct {
 	RateLimit        Nullable[RateLimit]    `json:"rate_limit,omitzero"`
 	MaxBodyBytes     *int64                 `json:"max_body_bytes,omitempty"`
 	MaxPromptChars   *int                   `json:"max_prompt_chars,omitempty"`
+	// Models: [] or null allows any model; MaxConcurrency: null removes
+	// the cap.
+	Models         Nullable[[]string] `json:"models,omitzero"`
+	MaxConcurrency Nullable[int]      `json:"max_concurrency,omitzero"`
 }
 
 // ---- edges and audit ----

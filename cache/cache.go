@@ -39,6 +39,7 @@ import (
 
 	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/modelglob"
 )
 
 // Errors returned by Authorize. All but ErrUnavailable mean the key must be
@@ -123,9 +124,17 @@ type Config struct {
 type Key struct {
 	ID          string
 	Project     string
+	Name        string
 	Revision    uint64
 	Deployments []string
 	RateLimit   *event.RateLimit
+	// Models is the key's model allow-list as the origin sent it (for
+	// GET /v1/key); AllowedModels is it compiled, for the request path.
+	Models        []string
+	AllowedModels modelglob.List
+	// MaxConcurrency bounds the key's requests in flight at this edge (0:
+	// none).
+	MaxConcurrency int
 	// checkedAt is when the origin vouched for this state (unix nanos):
 	// the signed time of the lookup answer or event it was read from,
 	// never later than its arrival, never the local time it was fetched.
@@ -148,9 +157,30 @@ func (k *Key) Linked(id string) bool {
 // Has reports whether the key holds permission p.
 func (k *Key) Has(p string) bool { return k.perms&permBit(p) != 0 }
 
+// Permissions lists the permissions the key holds, in event.Permissions
+// order.
+func (k *Key) Permissions() []string {
+	out := []string{}
+	for _, p := range event.Permissions {
+		if k.Has(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ExpiresAt is when the key expires; ok is false for a key that never does.
+func (k *Key) ExpiresAt() (t time.Time, ok bool) {
+	if k.expiresAt == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, k.expiresAt).UTC(), true
+}
+
 // entry is what ristretto holds for one secret hash. The key is held by
-// value: one allocation per cached secret (144 bytes), which is most of what
-// a million cached keys cost. Entries are never modified once built.
+// value: one allocation per cached secret (240 bytes, plus a key's model
+// patterns when it has any), which is most of what a million cached keys
+// cost. Entries are never modified once built.
 type entry struct {
 	hash     apikey.Hash
 	notAfter int64  // unix nanoseconds this secret stops working, 0 = never
@@ -873,8 +903,9 @@ func NewKey(k *event.Key, rev uint64) *Key {
 // newEntry compiles secret s of k, as read at rev and vouched for at
 // vouched, into a cache entry.
 func newEntry(k *event.Key, rev uint64, vouched int64, g uint32, s event.Secret) *entry {
-	e := &entry{hash: s.Hash, gen: g, key: Key{ID: k.ID, Project: k.Project, Revision: rev,
-		Deployments: k.Deployments, RateLimit: k.RateLimit, disabled: k.Disabled, checkedAt: vouched}}
+	e := &entry{hash: s.Hash, gen: g, key: Key{ID: k.ID, Project: k.Project, Name: k.Name, Revision: rev,
+		Deployments: k.Deployments, RateLimit: k.RateLimit, Models: k.Models, AllowedModels: modelglob.Compile(k.Models),
+		MaxConcurrency: k.MaxConcurrency, disabled: k.Disabled, checkedAt: vouched}}
 	for _, p := range k.Permissions {
 		e.key.perms |= permBit(p)
 	}

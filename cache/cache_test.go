@@ -826,3 +826,26 @@ func TestRestoreKeepsRecordsWithTheirDeployments(t *testing.T) {
 		}
 	}
 }
+
+// A key's name, model allow-list (compiled) and concurrency cap reach the
+// compiled Key the data plane reads, as do its permissions and expiry.
+func TestNewKeyCarriesModelsAndConcurrency(t *testing.T) {
+	exp := time.Date(2031, 2, 3, 4, 5, 6, 0, time.UTC)
+	k := NewKey(&event.Key{ID: "k1", Name: "ci", Permissions: []string{event.PermReadModels, event.PermRunInference},
+		Models: []string{"meta-llama/*"}, MaxConcurrency: 3, ExpiresAt: &exp}, 9)
+	if k.Name != "ci" || k.MaxConcurrency != 3 || len(k.Models) != 1 {
+		t.Fatalf("key %+v", k)
+	}
+	if !k.AllowedModels.Allows([]byte("meta-llama/x")) || k.AllowedModels.Allows([]byte("gpt-4")) {
+		t.Fatal("the compiled model list does not match as its patterns say")
+	}
+	if got, ok := k.ExpiresAt(); !ok || !got.Equal(exp) {
+		t.Fatalf("ExpiresAt = %v, %v", got, ok)
+	}
+	if p := k.Permissions(); len(p) != 2 || p[0] != event.PermReadModels || p[1] != event.PermRunInference {
+		t.Fatalf("Permissions = %v", p)
+	}
+	if _, ok := NewKey(&event.Key{ID: "k2"}, 1).ExpiresAt(); ok {
+		t.Fatal("a key without expiry has one")
+	}
+}

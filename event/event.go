@@ -74,6 +74,9 @@ const MaxSnapshotChunks = 4096
 type Key struct {
 	ID      string `json:"id"`
 	Project string `json:"project"`
+	// Name is the key's name, for the edge's GET /v1/key. Empty in records
+	// of origins older than the field.
+	Name string `json:"name,omitempty"`
 	// Secrets lists the hashes that authenticate as this key: the current one
 	// and, after a rotation with a grace period, the previous one with its
 	// NotAfter.
@@ -82,8 +85,14 @@ type Key struct {
 	Deployments []string   `json:"deployments"`
 	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
 	RateLimit   *RateLimit `json:"rate_limit,omitempty"`
-	Disabled    bool       `json:"disabled,omitempty"`
-	Deleted     bool       `json:"deleted,omitempty"`
+	// Models is the key's model allow-list (see package modelglob); empty
+	// allows every model the linked deployments allow.
+	Models []string `json:"models,omitempty"`
+	// MaxConcurrency bounds the key's requests in flight at one edge; 0
+	// is no bound.
+	MaxConcurrency int  `json:"max_concurrency,omitempty"`
+	Disabled       bool `json:"disabled,omitempty"`
+	Deleted        bool `json:"deleted,omitempty"`
 }
 
 // Secret is one accepted hash of a key. A zero NotAfter means no end other
@@ -132,8 +141,14 @@ type Deployment struct {
 	RateLimit        *RateLimit          `json:"rate_limit,omitempty"`
 	MaxBodyBytes     int64               `json:"max_body_bytes"`
 	MaxPromptChars   int                 `json:"max_prompt_chars"`
-	Revision         uint64              `json:"revision"`
-	Deleted          bool                `json:"deleted,omitempty"`
+	// Models bounds the models of every key on the deployment (see package
+	// modelglob); empty allows every model.
+	Models []string `json:"models,omitempty"`
+	// MaxConcurrency bounds the deployment's requests in flight at one
+	// edge (a site's slots); 0 is no bound.
+	MaxConcurrency int    `json:"max_concurrency,omitempty"`
+	Revision       uint64 `json:"revision"`
+	Deleted        bool   `json:"deleted,omitempty"`
 }
 
 // Permission names, as in the external API.

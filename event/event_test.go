@@ -129,3 +129,40 @@ func TestSealDoesNotEscapeHTML(t *testing.T) {
 		t.Fatalf("Marshal: %s %v", b, err)
 	}
 }
+
+// A key's and a deployment's model allow-lists and concurrency caps, and
+// the key's name, survive sealing: what the origin signs is what an edge
+// enforces.
+func TestSealOpenModelsAndConcurrency(t *testing.T) {
+	s, v := newPair(t)
+	in := &Record{Revision: 3, Kind: KindKey, Key: &Key{ID: "k1", Project: "p", Name: "ci", Deployments: []string{},
+		Models: []string{"meta-llama/*", "mock-model"}, MaxConcurrency: 4}}
+	wire, err := s.Seal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := v.Open(wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := out.Key; k.Name != "ci" || strings.Join(k.Models, ",") != "meta-llama/*,mock-model" || k.MaxConcurrency != 4 {
+		t.Fatalf("key round trip: %+v", k)
+	}
+	dep := &Record{Revision: 4, Kind: KindDeployment, Deployment: &Deployment{ID: "d1", Models: []string{"m"}, MaxConcurrency: 2}}
+	if wire, err = s.Seal(dep); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = v.Open(wire); err != nil {
+		t.Fatal(err)
+	}
+	if d := out.Deployment; len(d.Models) != 1 || d.Models[0] != "m" || d.MaxConcurrency != 2 {
+		t.Fatalf("deployment round trip: %+v", d)
+	}
+	// Without them, a record is as it was before the fields existed.
+	if wire, err = s.Seal(&Record{Revision: 5, Kind: KindKey, Key: &Key{ID: "k2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(wire, []byte("models")) || bytes.Contains(wire, []byte("max_concurrency")) {
+		t.Fatalf("unset fields are on the wire: %s", wire[64:])
+	}
+}

@@ -26,7 +26,8 @@ func deploymentAnswer(d *event.Deployment) api.Deployment {
 	v := api.Deployment{
 		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, Upstreams: d.Upstreams,
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: upstreamAuthAnswer(d.UpstreamAuth),
-		RateLimit: rateLimitAnswer(d.RateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars, Revision: d.Revision,
+		RateLimit: rateLimitAnswer(d.RateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
+		Models: modelsAnswer(d.Models), MaxConcurrency: concurrencyAnswer(d.MaxConcurrency), Revision: d.Revision,
 	}
 	if v.Hosts == nil {
 		v.Hosts = []string{}
@@ -168,7 +169,7 @@ const (
 )
 
 var deploymentFields = []string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
-	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars"}
+	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency"}
 
 func defaultDeployment() *event.Deployment {
 	return &event.Deployment{
@@ -261,6 +262,16 @@ func decodeDeployment(o object) (func(*event.Deployment), error) {
 		return nil, err
 	} else if present {
 		fns = append(fns, func(d *event.Deployment) { d.MaxPromptChars = mpc })
+	}
+	if present, models, err := decodeModels(o); err != nil {
+		return nil, err
+	} else if present {
+		fns = append(fns, func(d *event.Deployment) { d.Models = models })
+	}
+	if present, n, err := decodeConcurrency(o); err != nil {
+		return nil, err
+	} else if present {
+		fns = append(fns, func(d *event.Deployment) { d.MaxConcurrency = n })
 	}
 	return func(d *event.Deployment) {
 		for _, f := range fns {

@@ -28,6 +28,7 @@ func keyAnswer(k *Key) api.Key {
 	v := api.Key{
 		ID: k.ID, Project: k.ProjectID, Name: k.Name, Description: k.Description, Prefix: k.Prefix,
 		Permissions: k.Permissions, Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: rateLimitAnswer(k.RateLimit),
+		Models: modelsAnswer(k.Models), MaxConcurrency: concurrencyAnswer(k.MaxConcurrency),
 		Disabled: k.Disabled, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, Revision: k.Revision,
 	}
 	if v.Permissions == nil {
@@ -57,7 +58,7 @@ func rateLimitAnswer(rl *event.RateLimit) *api.RateLimit {
 	return &api.RateLimit{RequestsPerMinute: rl.RequestsPerMinute}
 }
 
-var keyFields = []string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "disabled"}
+var keyFields = []string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "models", "max_concurrency", "disabled"}
 
 // keyInput is a decoded key create/patch body; nil pointers are absent.
 type keyInput struct {
@@ -68,11 +69,16 @@ type keyInput struct {
 	expiresAt         *time.Time
 	rateLimitSet      bool
 	rateLimit         *event.RateLimit
+	modelsSet         bool
+	models            []string // nil: any
+	concurrencySet    bool
+	maxConcurrency    int // 0: none
 	disabled          *bool
 }
 
 func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, error) {
 	in := &keyInput{}
+	var err error
 	var str string
 	if present, _, err := o.get("name", &str, false, "a string"); err != nil {
 		return nil, err
@@ -177,6 +183,12 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 			in.rateLimit = &rl
 		}
 	}
+	if in.modelsSet, in.models, err = decodeModels(o); err != nil {
+		return nil, err
+	}
+	if in.concurrencySet, in.maxConcurrency, err = decodeConcurrency(o); err != nil {
+		return nil, err
+	}
 	var dis bool
 	if present, _, err := o.get("disabled", &dis, false, "true or false"); err != nil {
 		return nil, err
@@ -237,6 +249,12 @@ func (in *keyInput) apply(k *Key) {
 	}
 	if in.rateLimitSet {
 		k.RateLimit = in.rateLimit
+	}
+	if in.modelsSet {
+		k.Models = in.models
+	}
+	if in.concurrencySet {
+		k.MaxConcurrency = in.maxConcurrency
 	}
 	if in.disabled != nil {
 		k.Disabled = *in.disabled

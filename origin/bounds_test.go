@@ -10,6 +10,7 @@ import (
 
 	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/modelglob"
 )
 
 // Every field a tenant sends is bounded: the attack of the issue (an
@@ -92,8 +93,14 @@ func TestEveryInputFieldIsBounded(t *testing.T) {
 		"upstreams": map[string][]string{"*": many(maxURLsPerSite, func(i int) string {
 			return fmt.Sprintf("http://u%02d.example/%s", i, strings.Repeat("<", maxUpstreamURLLen-22))
 		})},
-		"upstream_auth": map[string]any{"mode": "inject", "secret": strings.Repeat("s", maxSecretNameLen), "header": strings.Repeat("h", maxHeaderNameLen), "prefix": strings.Repeat("<", maxAuthPrefixLen)}}
+		"upstream_auth":   map[string]any{"mode": "inject", "secret": strings.Repeat("s", maxSecretNameLen), "header": strings.Repeat("h", maxHeaderNameLen), "prefix": strings.Repeat("<", maxAuthPrefixLen)},
+		"models":          many(modelglob.MaxPatterns, func(i int) string { return fmt.Sprintf("%02d%s", i, strings.Repeat("<", modelglob.MaxPatternLen-2)) }),
+		"max_concurrency": maxConcurrency}
 	tn.a.must(201, "POST", deps, big, nil)
+	// And so does a key's, its models at their bound.
+	tn.a.must(201, "POST", keys, map[string]any{"name": strings.Repeat("n", maxKeyNameLen),
+		"models":          many(modelglob.MaxPatterns, func(i int) string { return fmt.Sprintf("%02d%s", i, strings.Repeat("<", modelglob.MaxPatternLen-2)) }),
+		"max_concurrency": maxConcurrency}, nil)
 }
 
 // A change whose sealed event would exceed MaxEventBytes is refused inside

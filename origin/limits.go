@@ -40,7 +40,8 @@ const (
 	maxQueryParamLen   = 256 // any other query parameter, bytes
 	maxGraceSeconds    = 30 * 24 * 3600
 	maxExpiresInDays   = 36500
-	maxDeploymentLinks = 1000 // the most max_links_per_key may be set to: a key's event lists its links
+	maxDeploymentLinks = 1000    // the most max_links_per_key may be set to: a key's event lists its links
+	maxConcurrency     = 100_000 // a key's or deployment's max_concurrency
 )
 
 // Limits are a project's quotas. Zero fields mean the default (see

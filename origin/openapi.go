@@ -12,6 +12,7 @@ import (
 
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
+	"github.com/keymesh/keymesh/internal/modelglob"
 )
 
 // The OpenAPI 3.1 document served at GET /v1/openapi.json, built from Go
@@ -77,24 +78,33 @@ func apiSchemas() map[string]any {
 	ts := map[string]any{"type": "string", "format": "date-time"}
 	expiry := map[string]any{"type": []string{"string", "null"},
 		"description": "an RFC 3339 time, a YYYY-MM-DD date meaning 00:00 UTC that day, or null for never"}
+	modelsView := map[string]any{"type": "array", "items": map[string]any{"type": "string"},
+		"description": `model name patterns a request's "model" must match ('*' matches any run of characters but '/'); [] allows any model`}
+	modelsInput := map[string]any{"type": []string{"array", "null"}, "maxItems": modelglob.MaxPatterns,
+		"items":       map[string]any{"type": "string", "minLength": 1, "maxLength": modelglob.MaxPatternLen},
+		"description": `model name patterns ('*' matches any run of characters but '/'; '?', '[', ']' and '' are refused); [] or null allows any model`}
+	maxConc := map[string]any{"type": "integer", "minimum": 1, "maximum": maxConcurrency,
+		"description": "requests in flight at once at one edge; null for no cap"}
 	keyProps := map[string]any{
-		"id":          str("key id"),
-		"project":     str("project id"),
-		"name":        str(""),
-		"description": str(""),
-		"prefix":      str("the first characters of the secret, to recognise it in a list"),
-		"permissions": map[string]any{"type": "array", "items": perm},
-		"deployments": strs("ids of the linked deployments"),
-		"expires_at":  nullable(ts),
-		"rate_limit":  nullable(ref("RateLimit")),
-		"disabled":    map[string]any{"type": "boolean"},
-		"created_at":  ts,
-		"updated_at":  ts,
-		"revision":    map[string]any{"type": "integer", "minimum": 0, "description": "revision of the key's last change"},
-		"propagation": ref("Propagation"),
+		"id":              str("key id"),
+		"project":         str("project id"),
+		"name":            str(""),
+		"description":     str(""),
+		"prefix":          str("the first characters of the secret, to recognise it in a list"),
+		"permissions":     map[string]any{"type": "array", "items": perm},
+		"deployments":     strs("ids of the linked deployments"),
+		"expires_at":      nullable(ts),
+		"rate_limit":      nullable(ref("RateLimit")),
+		"models":          modelsView,
+		"max_concurrency": nullable(maxConc),
+		"disabled":        map[string]any{"type": "boolean"},
+		"created_at":      ts,
+		"updated_at":      ts,
+		"revision":        map[string]any{"type": "integer", "minimum": 0, "description": "revision of the key's last change"},
+		"propagation":     ref("Propagation"),
 	}
 	keyRequired := []string{"id", "project", "name", "description", "prefix", "permissions", "deployments",
-		"expires_at", "rate_limit", "disabled", "created_at", "updated_at", "revision"}
+		"expires_at", "rate_limit", "models", "max_concurrency", "disabled", "created_at", "updated_at", "revision"}
 	withSecret := map[string]any{}
 	for k, v := range keyProps {
 		withSecret[k] = v
@@ -109,9 +119,11 @@ func apiSchemas() map[string]any {
 				"description": "default on create: run_inference, read_models, use_streaming"},
 			"deployments": map[string]any{"type": "array", "items": map[string]any{"type": "string", "maxLength": maxRefLen}, "maxItems": maxDeploymentLinks,
 				"description": "ids or names of deployments to link; replaces the links on update; at most the project's max_links_per_key"},
-			"expires_at": expiry,
-			"rate_limit": nullable(ref("RateLimit")),
-			"disabled":   map[string]any{"type": "boolean"},
+			"expires_at":      expiry,
+			"rate_limit":      nullable(ref("RateLimit")),
+			"models":          modelsInput,
+			"max_concurrency": nullable(maxConc),
+			"disabled":        map[string]any{"type": "boolean"},
 		}
 		if create {
 			p["permissions"] = nullable(p["permissions"].(map[string]any))
@@ -137,11 +149,14 @@ func apiSchemas() map[string]any {
 			"rate_limit":         nullable(ref("RateLimit")),
 			"max_body_bytes":     map[string]any{"type": "integer", "minimum": 1, "maximum": 1 << 30, "description": "default 10 MiB"},
 			"max_prompt_chars":   map[string]any{"type": "integer", "minimum": 1, "maximum": 100_000_000, "description": "default 10000"},
+			"models":             modelsInput,
+			"max_concurrency":    nullable(maxConc),
 		}
 		if view {
 			p["id"], p["project"] = str("deployment id"), str("project id")
 			p["upstream_auth"] = ref("UpstreamAuth")
 			p["revision"] = map[string]any{"type": "integer", "minimum": 0}
+			p["models"] = modelsView
 			p["propagation"] = ref("Propagation")
 		} else {
 			p["hosts"] = map[string]any{"type": []string{"array", "null"}, "items": map[string]any{"type": "string"}}
@@ -150,9 +165,9 @@ func apiSchemas() map[string]any {
 		return p
 	}
 	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
-		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "revision"}, depProps(true))
+		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "revision"}, depProps(true))
 
-	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ValidationError,
+	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ConcurrencyLimit, apierror.ValidationError,
 		apierror.NotFound, apierror.MethodNotAllowed, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
 	return map[string]any{
 		"Error": map[string]any{"type": "object", "required": []string{"error"}, "properties": map[string]any{

@@ -14,6 +14,7 @@ package origin
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -210,6 +211,36 @@ func nullJSON(v any, isNil bool) (any, error) {
 		return nil, nil
 	}
 	return jsonText(v)
+}
+
+// modelColumns encodes a model allow-list and a concurrency cap as their
+// columns: NULL for none (any model; no cap).
+func modelColumns(models []string, maxConc int) (any, any, error) {
+	var m, c any
+	if len(models) > 0 {
+		t, err := jsonText(models)
+		if err != nil {
+			return nil, nil, err
+		}
+		m = t
+	}
+	if maxConc > 0 {
+		c = int64(maxConc)
+	}
+	return m, c, nil
+}
+
+// scanModels decodes the columns modelColumns wrote.
+func scanModels(models sql.NullString, maxConc sql.NullInt64, list *[]string, conc *int) error {
+	if models.Valid {
+		if err := json.Unmarshal([]byte(models.String), list); err != nil {
+			return fmt.Errorf("decoding models: %w", err)
+		}
+	}
+	if maxConc.Valid {
+		*conc = int(maxConc.Int64)
+	}
+	return nil
 }
 
 func boolInt(b bool) int {

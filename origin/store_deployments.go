@@ -14,7 +14,7 @@ import (
 	"github.com/keymesh/keymesh/event"
 )
 
-const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision`
+const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision, models, max_concurrency`
 
 // deploymentSelect reads a deployment's columns and its project's name,
 // which the records edges get carry (edges scope secrets by it).
@@ -25,8 +25,13 @@ func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, erro
 	var hosts, ups string
 	var ua, rl sql.NullString
 	var auth int
-	var projectName sql.NullString
-	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision, &projectName); err != nil {
+	var projectName, models sql.NullString
+	var maxConc sql.NullInt64
+	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision,
+		&models, &maxConc, &projectName); err != nil {
+		return nil, err
+	}
+	if err := scanModels(models, maxConc, &d.Models, &d.MaxConcurrency); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(hosts), &d.Hosts); err != nil {
@@ -119,12 +124,17 @@ func (s *Store) writeDeployment(ctx context.Context, tx *sql.Tx, d *event.Deploy
 	if err != nil {
 		return err
 	}
+	models, maxConc, err := modelColumns(d.Models, d.MaxConcurrency)
+	if err != nil {
+		return err
+	}
 	if insert {
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-			d.ID, d.Project, d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, ts(now), ts(now))
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			d.ID, d.Project, d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision,
+			models, maxConc, ts(now), ts(now))
 	} else {
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, updated_at = ? WHERE id = ?`),
-			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, ts(now), d.ID)
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, models = ?, max_concurrency = ?, updated_at = ? WHERE id = ?`),
+			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, models, maxConc, ts(now), d.ID)
 	}
 	if isUniqueViolation(err) {
 		return fmt.Errorf("%w: a deployment named %q exists in this project", ErrConflict, d.Name)

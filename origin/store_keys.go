@@ -27,18 +27,22 @@ type Key struct {
 	Deployments []string
 	ExpiresAt   *time.Time
 	RateLimit   *event.RateLimit
-	Disabled    bool
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
-	Revision    uint64
-	Secrets     []event.Secret
+	// Models is the model allow-list (nil: any model); MaxConcurrency the
+	// cap on requests in flight at one edge (0: none).
+	Models         []string
+	MaxConcurrency int
+	Disabled       bool
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	Revision       uint64
+	Secrets        []event.Secret
 }
 
 func (k *Key) record(deleted bool) *event.Record {
 	ek := &event.Key{
-		ID: k.ID, Project: k.ProjectID, Secrets: k.Secrets, Permissions: k.Permissions,
+		ID: k.ID, Project: k.ProjectID, Name: k.Name, Secrets: k.Secrets, Permissions: k.Permissions,
 		Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: k.RateLimit,
-		Disabled: k.Disabled, Deleted: deleted,
+		Models: k.Models, MaxConcurrency: k.MaxConcurrency, Disabled: k.Disabled, Deleted: deleted,
 	}
 	if ek.Secrets == nil {
 		ek.Secrets = []event.Secret{}
@@ -49,14 +53,19 @@ func (k *Key) record(deleted bool) *event.Record {
 	return &event.Record{Kind: event.KindKey, Key: ek}
 }
 
-const keyColumns = `id, project_id, name, description, prefix, permissions, expires_at, rate_limit, disabled, created_at, updated_at, revision`
+const keyColumns = `id, project_id, name, description, prefix, permissions, expires_at, rate_limit, disabled, created_at, updated_at, revision, models, max_concurrency`
 
 func scanKey(sc interface{ Scan(...any) error }) (*Key, error) {
 	var k Key
 	var perms, created, updated string
-	var expires, rl sql.NullString
+	var expires, rl, models sql.NullString
 	var disabled int
-	if err := sc.Scan(&k.ID, &k.ProjectID, &k.Name, &k.Description, &k.Prefix, &perms, &expires, &rl, &disabled, &created, &updated, &k.Revision); err != nil {
+	var maxConc sql.NullInt64
+	if err := sc.Scan(&k.ID, &k.ProjectID, &k.Name, &k.Description, &k.Prefix, &perms, &expires, &rl, &disabled, &created, &updated, &k.Revision,
+		&models, &maxConc); err != nil {
+		return nil, err
+	}
+	if err := scanModels(models, maxConc, &k.Models, &k.MaxConcurrency); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(perms), &k.Permissions); err != nil {
@@ -206,12 +215,17 @@ func (s *Store) writeKey(ctx context.Context, tx *sql.Tx, k *Key, insert bool) e
 	if err != nil {
 		return err
 	}
+	models, maxConc, err := modelColumns(k.Models, k.MaxConcurrency)
+	if err != nil {
+		return err
+	}
 	if insert {
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-			k.ID, k.ProjectID, k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.CreatedAt), ts(k.UpdatedAt), k.Revision)
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			k.ID, k.ProjectID, k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.CreatedAt), ts(k.UpdatedAt), k.Revision,
+			models, maxConc)
 	} else {
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE keys SET name = ?, description = ?, prefix = ?, permissions = ?, expires_at = ?, rate_limit = ?, disabled = ?, updated_at = ?, revision = ? WHERE id = ?`),
-			k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.UpdatedAt), k.Revision, k.ID)
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE keys SET name = ?, description = ?, prefix = ?, permissions = ?, expires_at = ?, rate_limit = ?, disabled = ?, updated_at = ?, revision = ?, models = ?, max_concurrency = ? WHERE id = ?`),
+			k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.UpdatedAt), k.Revision, models, maxConc, k.ID)
 	}
 	if err != nil {
 		return fmt.Errorf("writing key: %w", err)

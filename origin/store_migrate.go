@@ -16,10 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/keymesh/keymesh/event"
 )
 
 // schemaVersion is the version this origin's queries need.
-const schemaVersion = 4
+const schemaVersion = 5
 
 type migration struct {
 	sqlite, postgres []string
@@ -94,6 +96,22 @@ var migrations = []migration{
 		sqlite:   usageSchema(""),
 		postgres: usageSchema(` COLLATE "C"`),
 	},
+	{ // 5: model allow-lists and concurrency caps of keys and deployments
+		// (issue 14). NULL: any model, no cap — what every key and
+		// deployment before them had.
+		sqlite: []string{
+			`ALTER TABLE keys ADD COLUMN models TEXT`,
+			`ALTER TABLE keys ADD COLUMN max_concurrency INTEGER`,
+			`ALTER TABLE deployments ADD COLUMN models TEXT`,
+			`ALTER TABLE deployments ADD COLUMN max_concurrency INTEGER`,
+		},
+		postgres: []string{
+			`ALTER TABLE keys ADD COLUMN models TEXT`,
+			`ALTER TABLE keys ADD COLUMN max_concurrency BIGINT`,
+			`ALTER TABLE deployments ADD COLUMN models TEXT`,
+			`ALTER TABLE deployments ADD COLUMN max_concurrency BIGINT`,
+		},
+	},
 }
 
 // backfillV2 counts each project's keys and deployments and records the
@@ -107,7 +125,7 @@ func backfillV2(ctx context.Context, s *Store, tx *sql.Tx) error {
 		deployment_count = (SELECT COUNT(*) FROM deployments WHERE deployments.project_id = projects.id)`); err != nil {
 		return err
 	}
-	deps, err := s.listDeployments(ctx, tx, "")
+	deps, err := claimsV2(ctx, s, tx)
 	if err != nil {
 		return err
 	}
@@ -126,6 +144,30 @@ func backfillV2(ctx context.Context, s *Store, tx *sql.Tx) error {
 			"a change to one is refused until it no longer overlaps", overlaps))
 	}
 	return nil
+}
+
+// claimsV2 reads what backfillV2 needs of every deployment (id, project,
+// hosts, path prefix) from the columns a version-1 store has: the columns
+// later migrations add do not exist yet when it runs.
+func claimsV2(ctx context.Context, s *Store, tx *sql.Tx) ([]event.Deployment, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT id, project_id, hosts, path_prefix FROM deployments ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []event.Deployment
+	for rows.Next() {
+		var d event.Deployment
+		var hosts string
+		if err := rows.Scan(&d.ID, &d.Project, &hosts, &d.PathPrefix); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(hosts), &d.Hosts); err != nil {
+			return nil, fmt.Errorf("decoding hosts: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
 }
 
 // migrate brings the store to schemaVersion.

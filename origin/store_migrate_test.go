@@ -76,6 +76,13 @@ func TestMigratingAVersion1Store(t *testing.T) {
 			if err != nil || r.Keys != 2 || r.Deployments != 1 || r.AllowedUpstreams != nil || r.Limits != DefaultLimits {
 				t.Fatalf("rules %+v %v", r, err)
 			}
+			// Keys and deployments from before model lists allow any model, uncapped.
+			if k, err := st.getKey(ctx, "prj_a", "key_1"); err != nil || k.Models != nil || k.MaxConcurrency != 0 {
+				t.Fatalf("old key %+v %v", k, err)
+			}
+			if d, err := st.getDeployment(ctx, "prj_a", "dep_a"); err != nil || d.Models != nil || d.MaxConcurrency != 0 {
+				t.Fatalf("old deployment %+v %v", d, err)
+			}
 			u, err := st.userByID(ctx, "usr_1")
 			if err != nil || u.TokenVersion != 0 || u.Username != "admin" {
 				t.Fatalf("user %+v %v", u, err)

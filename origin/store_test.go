@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -337,6 +338,59 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		}
 		if len(blob) != 32 {
 			t.Fatalf("stored hash is %d bytes", len(blob))
+		}
+	})
+
+	t.Run("model allow-lists and concurrency caps persist and reach the events", func(t *testing.T) {
+		st, p := setup(t)
+		d := newDep(p, "chat")
+		d.Models, d.MaxConcurrency = []string{"meta-llama/*"}, 8
+		if _, err := st.createDeployment(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		k, h := newKey(p)
+		k.Name, k.Models, k.MaxConcurrency = "ci", []string{"meta-llama/*", "mock-model"}, 2
+		if _, err := st.createKey(ctx, k, h, []string{"chat"}); err != nil {
+			t.Fatal(err)
+		}
+		gotD, err := st.getDeployment(ctx, p.ID, "chat")
+		if err != nil || strings.Join(gotD.Models, ",") != "meta-llama/*" || gotD.MaxConcurrency != 8 {
+			t.Fatalf("deployment read back %+v %v", gotD, err)
+		}
+		gotK, err := st.getKey(ctx, p.ID, k.ID)
+		if err != nil || strings.Join(gotK.Models, ",") != "meta-llama/*,mock-model" || gotK.MaxConcurrency != 2 {
+			t.Fatalf("key read back %+v %v", gotK, err)
+		}
+		if _, byHash, _, err := st.keyByHash(ctx, h); err != nil || byHash.MaxConcurrency != 2 || len(byHash.Models) != 2 {
+			t.Fatalf("key by hash %+v %v", byHash, err)
+		}
+		// Cleared: any model, no cap, stored as NULL.
+		if _, err := st.updateKey(ctx, p.ID, k.ID, func(k *Key) error { k.Models, k.MaxConcurrency = nil, 0; return nil }, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.updateDeployment(ctx, p.ID, "chat", func(d *event.Deployment) error { d.Models, d.MaxConcurrency = nil, 0; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		var models sql.NullString
+		var conc sql.NullInt64
+		if err := st.db.QueryRowContext(ctx, st.q(`SELECT models, max_concurrency FROM keys WHERE id = ?`), k.ID).Scan(&models, &conc); err != nil || models.Valid || conc.Valid {
+			t.Fatalf("cleared key columns %v %v %v", models, conc, err)
+		}
+		recs := events(t, st)
+		if len(recs) != 4 {
+			t.Fatalf("%d events", len(recs))
+		}
+		if dd := recs[0].Deployment; strings.Join(dd.Models, ",") != "meta-llama/*" || dd.MaxConcurrency != 8 {
+			t.Fatalf("deployment event %+v", dd)
+		}
+		if ek := recs[1].Key; ek.Name != "ci" || len(ek.Models) != 2 || ek.MaxConcurrency != 2 {
+			t.Fatalf("key event %+v", ek)
+		}
+		if ek := recs[2].Key; ek.Models != nil || ek.MaxConcurrency != 0 {
+			t.Fatalf("cleared key event %+v", ek)
+		}
+		if dd := recs[3].Deployment; dd.Models != nil || dd.MaxConcurrency != 0 {
+			t.Fatalf("cleared deployment event %+v", dd)
 		}
 	})
 }

@@ -6,9 +6,11 @@ package origin
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"unicode"
 
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/modelglob"
 )
 
 var (
@@ -49,6 +51,62 @@ func validRateLimit(rl *event.RateLimit) error {
 		return validation("rate_limit", fmt.Sprintf("requests_per_minute must be between 1 and %d", maxRequestsPerMin))
 	}
 	return nil
+}
+
+// decodeModels reads and checks a key's or deployment's "models": a list
+// of at most modelglob.MaxPatterns patterns (modelglob.Valid), duplicates
+// dropped, in the order given; [] and null mean any model (nil).
+func decodeModels(o object) (present bool, models []string, err error) {
+	var list []string
+	present, null, err := o.get("models", &list, true, `a list of model name patterns, or null`)
+	if err != nil || !present || null {
+		return present, nil, err
+	}
+	if len(list) > modelglob.MaxPatterns {
+		return true, nil, validation("models", fmt.Sprintf("at most %d patterns", modelglob.MaxPatterns))
+	}
+	seen := map[string]bool{}
+	for _, p := range list {
+		if err := modelglob.Valid(p); err != nil {
+			return true, nil, validation("models", fmt.Sprintf("%q: %s (a pattern is 1-%d bytes without spaces or control characters; '*' is the only wildcard)",
+				truncate(p, 80), strings.TrimPrefix(err.Error(), modelglob.ErrPattern.Error()+": "), modelglob.MaxPatternLen))
+		}
+		if !seen[p] {
+			seen[p] = true
+			models = append(models, p)
+		}
+	}
+	return true, models, nil
+}
+
+// decodeConcurrency reads and checks "max_concurrency": 1 to
+// maxConcurrency, or null for no cap (0).
+func decodeConcurrency(o object) (present bool, n int, err error) {
+	present, null, err := o.get("max_concurrency", &n, true, "a whole number of requests, or null")
+	if err != nil || !present || null {
+		return present, 0, err
+	}
+	if n < 1 || n > maxConcurrency {
+		return true, 0, validation("max_concurrency", fmt.Sprintf("must be between 1 and %d, or null for no cap", maxConcurrency))
+	}
+	return true, n, nil
+}
+
+// modelsAnswer is a model list as the API shows it: [] for any model.
+func modelsAnswer(m []string) []string {
+	if m == nil {
+		return []string{}
+	}
+	return m
+}
+
+// concurrencyAnswer is a concurrency cap as the API shows it: null for
+// none.
+func concurrencyAnswer(n int) *int {
+	if n <= 0 {
+		return nil
+	}
+	return &n
 }
 
 // validation is the error of one field's value (a 400 naming the field).

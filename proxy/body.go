@@ -62,9 +62,10 @@ func (s *Proxy) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *ca
 	if dep.MaxBodyBytes > 0 && dep.MaxBodyBytes < int64(limit) {
 		limit = int(dep.MaxBodyBytes)
 	}
-	// The reading matters if a prompt limit applies or the key may not
-	// stream; otherwise a body the edge cannot read may pass as it is.
-	matters := dep.MaxPromptChars > 0 || (key != nil && !key.Has(event.PermUseStreaming))
+	// The reading matters if a prompt limit applies, the key may not
+	// stream or a model allow-list applies (models.go); otherwise a body
+	// the edge cannot read may pass as it is.
+	matters := dep.MaxPromptChars > 0 || (key != nil && !key.Has(event.PermUseStreaming)) || hasModelList(dep, key)
 	body, refusal := readBody(&ctx.Request.Header, ctx.Request.Body(), limit, matters)
 	if refusal != nil {
 		if refusal == errUninspectable {

@@ -160,6 +160,13 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 		fail(ctx, errUpstream, 0)
 		return nil
 	}
+	if r.models.filterList { // GET /v1/models under a model allow-list (models.go)
+		if refusal := filterModelList(resp, &r.models); refusal != nil {
+			fasthttp.ReleaseResponse(resp)
+			fail(ctx, refusal, 0)
+			return nil
+		}
+	}
 
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHopByHop(&ctx.Response.Header)

@@ -35,7 +35,6 @@ var (
 	streamOptionsAdded = []byte(`"stream_options":{"include_usage":true}`)
 	keyStreamOptions   = []byte("stream_options")
 	keyIncludeUsage    = []byte("include_usage")
-	keyModel           = []byte("model")
 )
 
 // meterRequest makes the meter of a request about to be forwarded, or nil

@@ -15,11 +15,14 @@
 // servers, at an address the upstream policy allows and never one of the
 // node's own listeners, sent the normalised path and the body as inspected
 // (forward, body); no client credential is forwarded upstream, and none is
-// logged or put in an audit record; every answered request gives the
-// AuditSink one record, and every refusal carries the error body of the
-// external API. With a UsageSink, every POST forwarded and answered gives
-// it one usage record, read from the answer as it is relayed (meter): the
-// client receives the upstream's answer byte for byte, but for the
+// logged or put in an audit record; a model allow-list (models.go) is
+// decided on the body as forwarded, every occurrence of a model counting;
+// every admitted request holds its concurrency slots (concurrency.go) until
+// it is finished, and gives them back exactly once; every answered request
+// gives the AuditSink one record, and every refusal carries the error body
+// of the external API. With a UsageSink, every POST forwarded and answered
+// gives it one usage record, read from the answer as it is relayed (meter):
+// the client receives the upstream's answer byte for byte, but for the
 // usage-only chunk of a stream that the edge itself asked for.
 package proxy
 
@@ -166,6 +169,8 @@ type Proxy struct {
 	secrets secretStore
 	// policy decides which addresses upstream connections may go to.
 	policy *upstreamPolicy
+	// inflight counts requests in flight per key and deployment.
+	inflight *inflight
 
 	mu sync.Mutex
 	ln net.Listener
@@ -208,7 +213,7 @@ func New(cfg Config) (*Proxy, error) {
 		reg = prometheus.NewRegistry() // registered nowhere anyone scrapes
 	}
 	s := &Proxy{cfg: cfg, log: cfg.Logger, state: cfg.State, limits: newLimiter(time.Now, 1_000_000),
-		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy,
+		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy, inflight: newInflight(),
 		cors:  newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
 		audit: newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
 	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
@@ -410,6 +415,9 @@ type outcome struct {
 	// found, once the request is finished.
 	meter *meter
 	usage usageCounts
+	// adm is the request's concurrency slots, given back when it is
+	// finished.
+	adm admission
 }
 
 func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
@@ -428,6 +436,7 @@ func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
 
 // finish records an answered request: its audit record and metrics.
 func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
+	s.release(&out.adm)
 	if out.meter != nil {
 		if out.meter.answered && out.dep != nil {
 			s.meterUsage(ctx, out)
@@ -470,6 +479,10 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.open = true
 		return out
 	}
+	if r.keyInfo() {
+		out.key, out.reason = s.serveKeyInfo(ctx, r)
+		return out
+	}
 	rt := r.rt
 	if rt == nil {
 		fail(ctx, errNoDeployment, 0)
@@ -508,6 +521,14 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	}
 	if out.key != nil && !permitted(ctx, out.key, r, body.stream) {
 		out.reason = reasonPermission
+		return out
+	}
+	if !s.checkModels(ctx, r, out.key, &body) {
+		out.reason = reasonPermission
+		return out
+	}
+	if out.adm, ok = s.admit(ctx, dep, out.key); !ok {
+		out.reason = reasonRateLimited
 		return out
 	}
 	lim := s.limits.check(dep, out.key)

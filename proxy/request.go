@@ -32,6 +32,9 @@ type request struct {
 
 	rt        *route // nil when no deployment matched
 	bodyLimit int    // the matched deployment's, 0 = the server's
+	// models is the model allow-lists that apply (models.go), once the
+	// key is known.
+	models modelRule
 
 	// cred is the keymesh credential (a copy); fromAuth says it came from
 	// Authorization: Bearer.
@@ -177,7 +180,7 @@ func (r *request) read(h *fasthttp.RequestHeader, rtr *router, maxBody int) {
 		if l := r.rt.dep.MaxBodyBytes; l > 0 && l < int64(maxBody) {
 			r.bodyLimit = int(l)
 		}
-	case !r.open() && string(m) != fasthttp.MethodOptions: // (OPTIONS: maybe a CORS preflight)
+	case !r.open() && !r.keyInfo() && string(m) != fasthttp.MethodOptions: // (OPTIONS: maybe a CORS preflight)
 		// No deployment: nothing of the body is needed to say so.
 		r.refuse(errNoDeployment, refusedNoDeployment)
 	}

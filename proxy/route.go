@@ -12,6 +12,7 @@ import (
 
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/modelglob"
 )
 
 // router matches requests to deployments. It is built from one immutable
@@ -28,6 +29,7 @@ type route struct {
 	prefix    []byte
 	upstreams []*upstream // for this edge's site, else "*"
 	next      atomic.Uint32
+	models    modelglob.List // the deployment's model allow-list, compiled
 }
 
 type upstream struct {
@@ -44,7 +46,7 @@ type upstream struct {
 func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *prometheus.HistogramVec, policy *upstreamPolicy) *router {
 	r := &router{deps: deps}
 	for _, d := range deps.List() {
-		rt := &route{dep: d, prefix: []byte(d.PathPrefix)}
+		rt := &route{dep: d, prefix: []byte(d.PathPrefix), models: modelglob.Compile(d.Models)}
 		if len(rt.prefix) == 0 {
 			rt.prefix = []byte("/")
 		}

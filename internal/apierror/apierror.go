@@ -16,13 +16,17 @@ const (
 	AuthenticationFailed = "AUTHENTICATION_FAILED"
 	PermissionDenied     = "PERMISSION_DENIED"
 	RateLimited          = "RATE_LIMITED"
-	ValidationError      = "VALIDATION_ERROR"
-	NotFound             = "NOT_FOUND"
-	MethodNotAllowed     = "METHOD_NOT_ALLOWED"
-	Conflict             = "CONFLICT"
-	Unavailable          = "UNAVAILABLE"
-	UpstreamError        = "UPSTREAM_ERROR"
-	InternalError        = "INTERNAL_ERROR"
+	// ConcurrencyLimit: too many requests of a key or deployment in flight
+	// at one edge (429, like RateLimited, but no budget refills: one
+	// finishing frees a slot).
+	ConcurrencyLimit = "CONCURRENCY_LIMIT"
+	ValidationError  = "VALIDATION_ERROR"
+	NotFound         = "NOT_FOUND"
+	MethodNotAllowed = "METHOD_NOT_ALLOWED"
+	Conflict         = "CONFLICT"
+	Unavailable      = "UNAVAILABLE"
+	UpstreamError    = "UPSTREAM_ERROR"
+	InternalError    = "INTERNAL_ERROR"
 )
 
 // openAIType maps a code to the OpenAI-style "type" clients of inference
@@ -33,7 +37,7 @@ func openAIType(code string) string {
 		return "authentication_error"
 	case PermissionDenied:
 		return "permission_error"
-	case RateLimited:
+	case RateLimited, ConcurrencyLimit:
 		return "rate_limit_error"
 	case ValidationError, MethodNotAllowed:
 		return "invalid_request_error"

@@ -16,11 +16,12 @@ import (
 type depFlags struct {
 	fs                                   *flag.FlagSet
 	name, pathPrefix                     *string
-	hosts, upstreams                     listFlag
+	hosts, upstreams, models             listFlag
 	auth                                 *bool
 	invalidKeyStatus                     *int
 	uaMode, uaHeader, uaPrefix, uaSecret *string
 	rateLimit, maxPromptChars            *int
+	maxConcurrency                       *int
 	maxBodyBytes                         *int64
 	wait                                 *time.Duration
 }
@@ -40,6 +41,9 @@ func defineDepFlags(fs *flag.FlagSet, create bool) *depFlags {
 	d.rateLimit = fs.Int("rate-limit", 0, "requests per minute for the whole deployment"+map[bool]string{true: " (default: no limit)", false: " (0 removes the limit)"}[create])
 	d.maxBodyBytes = fs.Int64("max-body-bytes", 0, "largest request body (default 10 MiB)")
 	d.maxPromptChars = fs.Int("max-prompt-chars", 0, "longest prompt (default 10000)")
+	fs.Var(&d.models, "models", `comma-separated model name patterns every key on the deployment is bounded by ('*' matches within a name)`+
+		map[bool]string{true: " (default: any model)", false: `; replaces the list ("" allows any model)`}[create])
+	d.maxConcurrency = fs.Int("max-concurrency", 0, "requests in flight at once at each edge, over all keys"+map[bool]string{true: " (default: no cap)", false: " (0 removes the cap)"}[create])
 	d.wait = waitFlag(fs)
 	return d
 }
@@ -97,6 +101,17 @@ func (d *depFlags) input(create bool, name string) (apiclient.DeploymentInput, e
 			in.MaxBodyBytes = d.maxBodyBytes
 		case "max-prompt-chars":
 			in.MaxPromptChars = d.maxPromptChars
+		case "models":
+			in.Models = &d.models.vals
+		case "max-concurrency":
+			switch {
+			case *d.maxConcurrency > 0:
+				in.MaxConcurrency = d.maxConcurrency
+			case *d.maxConcurrency == 0 && !create:
+				in.NoMaxConcurrency = true
+			case *d.maxConcurrency < 0:
+				err = badInput("--max-concurrency must be positive")
+			}
 		default:
 			n--
 		}
@@ -168,6 +183,8 @@ func (e *cliEnv) showDeployment(d *apiclient.Deployment) error {
 	line("Rate limit", fmtRate(d.RateLimit))
 	line("Max body bytes", strconv.FormatInt(d.MaxBodyBytes, 10))
 	line("Max prompt chars", strconv.Itoa(d.MaxPromptChars))
+	line("Models", fmtModels(d.Models))
+	line("Max concurrency", fmtConcurrency(d.MaxConcurrency))
 	line("Revision", strconv.FormatUint(d.Revision, 10))
 	if d.Propagation != nil {
 		line("Propagation", fmtPropagation(d.Propagation))

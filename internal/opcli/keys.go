@@ -38,9 +38,11 @@ type keyFlags struct {
 	fs                       *flag.FlagSet
 	name, description        *string
 	permissions, deployments listFlag
+	models                   listFlag
 	expires                  *string
 	expiresInDays            *int
 	rateLimit                *int
+	maxConcurrency           *int
 	disabled                 *bool
 	wait                     *time.Duration
 }
@@ -56,6 +58,9 @@ func defineKeyFlags(fs *flag.FlagSet, create bool) *keyFlags {
 		k.expiresInDays = fs.Int("expires-in-days", 0, "expire this many days from now (instead of --expires)")
 	}
 	k.rateLimit = fs.Int("rate-limit", 0, "requests per minute"+map[bool]string{true: " (default: no limit)", false: " (0 removes the limit)"}[create])
+	fs.Var(&k.models, "models", `comma-separated model name patterns the key may use ('*' matches within a name: meta-llama/*)`+
+		map[bool]string{true: " (default: any model)", false: `; replaces the list ("" allows any model)`}[create])
+	k.maxConcurrency = fs.Int("max-concurrency", 0, "requests in flight at once at each edge"+map[bool]string{true: " (default: no cap)", false: " (0 removes the cap)"}[create])
 	k.disabled = fs.Bool("disabled", false, "disable the key (--disabled=false enables it)")
 	k.wait = waitFlag(fs)
 	return k
@@ -86,6 +91,11 @@ func (k *keyFlags) create(name string) (apiclient.KeyCreate, error) {
 	if *k.rateLimit > 0 {
 		in.RateLimit = &apiclient.RateLimit{RequestsPerMinute: *k.rateLimit}
 	}
+	in.Models = k.models.vals
+	if *k.maxConcurrency < 0 {
+		return in, badInput("--max-concurrency must be positive")
+	}
+	in.MaxConcurrency = *k.maxConcurrency
 	return in, nil
 }
 
@@ -114,6 +124,14 @@ func (k *keyFlags) update() (apiclient.KeyUpdate, error) {
 			} else {
 				in.NoRateLimit = true
 			}
+		case "models":
+			in.Models = &k.models.vals
+		case "max-concurrency":
+			if *k.maxConcurrency > 0 {
+				in.MaxConcurrency = k.maxConcurrency
+			} else {
+				in.NoMaxConcurrency = true
+			}
 		case "disabled":
 			in.Disabled = k.disabled
 		default:
@@ -122,12 +140,31 @@ func (k *keyFlags) update() (apiclient.KeyUpdate, error) {
 		n++
 	})
 	if n == 0 {
-		return in, badInput("nothing to change: give at least one of --name, --description, --permissions, --deployments, --expires, --rate-limit, --disabled")
+		return in, badInput("nothing to change: give at least one of --name, --description, --permissions, --deployments, --expires, --rate-limit, --models, --max-concurrency, --disabled")
 	}
 	if *k.rateLimit < 0 {
 		return in, badInput("--rate-limit must be positive")
 	}
+	if *k.maxConcurrency < 0 {
+		return in, badInput("--max-concurrency must be positive")
+	}
 	return in, nil
+}
+
+// fmtModels shows a model allow-list; none allows any model.
+func fmtModels(m []string) string {
+	if len(m) == 0 {
+		return "any"
+	}
+	return strings.Join(m, ", ")
+}
+
+// fmtConcurrency shows a concurrency cap (per edge).
+func fmtConcurrency(n *int) string {
+	if n == nil {
+		return "no cap"
+	}
+	return strconv.Itoa(*n) + " per edge"
 }
 
 // depNames maps deployment ids to names for display; best effort.
@@ -192,6 +229,8 @@ func (e *cliEnv) showKey(k *apiclient.Key) error {
 	line("Deployments", strings.Join(deps, ", "))
 	line("Expires", fmtTime(k.ExpiresAt, "never"))
 	line("Rate limit", fmtRate(k.RateLimit))
+	line("Models", fmtModels(k.Models))
+	line("Max concurrency", fmtConcurrency(k.MaxConcurrency))
 	line("Created", fmtTime(&k.CreatedAt, "-"))
 	line("Updated", fmtTime(&k.UpdatedAt, "-"))
 	line("Revision", strconv.FormatUint(k.Revision, 10))

@@ -244,6 +244,35 @@ func TestCLIWorkflow(t *testing.T) {
 	r.fails(1, "origin: VALIDATION_ERROR: ", "keys", "update", keyID, "--expires", "next week")
 	r.fails(1, "origin: VALIDATION_ERROR: ", "keys", "update", keyID, "--permissions", "fly")
 
+	// Model allow-lists and concurrency caps: set, shown, cleared.
+	out = r.ok("keys", "update", keyID, "--models", "meta-llama/*,mock-model", "--max-concurrency", "4")
+	for _, want := range []string{"meta-llama/*, mock-model", "4 per edge"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("keys update --models --max-concurrency lacks %q:\n%s", want, out)
+		}
+	}
+	var withModels struct {
+		Models         []string `json:"models"`
+		MaxConcurrency *int     `json:"max_concurrency"`
+	}
+	r.json(&withModels, "keys", "get", keyID)
+	if len(withModels.Models) != 2 || withModels.MaxConcurrency == nil || *withModels.MaxConcurrency != 4 {
+		t.Fatalf("keys get --json after --models: %+v", withModels)
+	}
+	out = r.ok("keys", "update", keyID, "--models", "", "--max-concurrency", "0")
+	if !strings.Contains(out, "any") || !strings.Contains(out, "no cap") {
+		t.Errorf("keys update clearing --models and --max-concurrency:\n%s", out)
+	}
+	r.fails(1, "origin: VALIDATION_ERROR: ", "keys", "update", keyID, "--models", "llama-?b")
+	var capped struct {
+		Models         []string `json:"models"`
+		MaxConcurrency *int     `json:"max_concurrency"`
+	}
+	r.json(&capped, "keys", "create", "capped", "--models", "mock-model", "--max-concurrency", "2")
+	if len(capped.Models) != 1 || capped.MaxConcurrency == nil || *capped.MaxConcurrency != 2 {
+		t.Fatalf("keys create --models --max-concurrency: %+v", capped)
+	}
+
 	// More keys, read a page at a time.
 	var created struct {
 		ID  string `json:"id"`

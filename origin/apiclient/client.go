@@ -226,7 +226,13 @@ type KeyUpdate struct {
 	RateLimit    *RateLimit
 	// NoRateLimit sends rate_limit: null (RateLimit must be nil).
 	NoRateLimit bool
-	Disabled    *bool
+	// Models replaces the model allow-list (an empty list: any model).
+	Models         *[]string
+	MaxConcurrency *int
+	// NoMaxConcurrency sends max_concurrency: null (MaxConcurrency must be
+	// nil).
+	NoMaxConcurrency bool
+	Disabled         *bool
 }
 
 // MarshalJSON sends only the fields that are set, as an api.KeyPatch.
@@ -234,6 +240,7 @@ func (u KeyUpdate) MarshalJSON() ([]byte, error) {
 	return json.Marshal(api.KeyPatch{
 		Name: u.Name, Description: u.Description, Permissions: u.Permissions, Deployments: u.Deployments,
 		ExpiresAt: nullable(u.ExpiresAt, u.NeverExpires), RateLimit: nullable(u.RateLimit, u.NoRateLimit),
+		Models: nullable(u.Models, false), MaxConcurrency: nullable(u.MaxConcurrency, u.NoMaxConcurrency),
 		Disabled: u.Disabled,
 	})
 }
@@ -281,6 +288,12 @@ type DeploymentInput struct {
 	NoRateLimit    bool
 	MaxBodyBytes   *int64
 	MaxPromptChars *int
+	// Models replaces the model allow-list (an empty list: any model).
+	Models         *[]string
+	MaxConcurrency *int
+	// NoMaxConcurrency sends max_concurrency: null (MaxConcurrency must be
+	// nil).
+	NoMaxConcurrency bool
 }
 
 // MarshalJSON sends only the fields that are set, as an api.DeploymentInput.
@@ -289,6 +302,7 @@ func (d DeploymentInput) MarshalJSON() ([]byte, error) {
 		Name: d.Name, Hosts: nullable(d.Hosts, false), PathPrefix: nullable(d.PathPrefix, false), Upstreams: d.Upstreams,
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: nullable(d.UpstreamAuth, false),
 		RateLimit: nullable(d.RateLimit, d.NoRateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
+		Models: nullable(d.Models, false), MaxConcurrency: nullable(d.MaxConcurrency, d.NoMaxConcurrency),
 	})
 }
 

@@ -1,0 +1,101 @@
+package proxy
+
+// GET /v1/key (issue 14): a key's own view of itself at this edge,
+// authenticated by the key (X-API-Key or Authorization: Bearer) and
+// answered from the State alone — never the upstream. It is served on any
+// host and under any deployment's path prefix (it shadows a deployment's
+// own /v1/key for GET and HEAD), for any valid key, whatever its
+// permissions or links: a key learns nothing it could not be told by the
+// one who holds it. A refused key gets the same answer as elsewhere (401
+// AUTHENTICATION_FAILED, 503 when the key cannot be proven). It never holds
+// the secret or a hash of it.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/event"
+)
+
+// keyInfoPath is the route GET /v1/key answers on.
+const keyInfoPath = "/v1/key"
+
+// keyInfo reports whether r is GET or HEAD /v1/key.
+func (r *request) keyInfo() bool { return r.getOrHead && string(r.path) == keyInfoPath }
+
+// keyInfoAnswer is the body of GET /v1/key.
+type keyInfoAnswer struct {
+	ID          string           `json:"id"`
+	Name        string           `json:"name"`
+	Project     string           `json:"project"`
+	Revision    uint64           `json:"revision"`
+	ExpiresAt   *time.Time       `json:"expires_at"`
+	Permissions []string         `json:"permissions"`
+	RateLimit   *event.RateLimit `json:"rate_limit"`
+	Models      []string         `json:"models"`
+	// MaxConcurrency is null for a key without a cap.
+	MaxConcurrency *int `json:"max_concurrency"`
+	// Deployments are the ids of the linked deployments.
+	Deployments []string `json:"deployments"`
+	// InFlight is the key's requests in flight at this edge, this one not
+	// counted.
+	InFlight int    `json:"in_flight"`
+	Edge     string `json:"edge"`
+	Site     string `json:"site"`
+}
+
+// serveKeyInfo answers GET /v1/key and returns the key it answered for (nil
+// when it refused it) and why.
+func (s *Proxy) serveKeyInfo(ctx *fasthttp.RequestCtx, r *request) (*cache.Key, reason) {
+	if len(r.cred) == 0 {
+		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, "Bearer")
+		fail(ctx, errNoCredential, 0)
+		return nil, reasonNoCredential
+	}
+	h, err := apikey.Parse(r.cred)
+	if err != nil {
+		fail(ctx, errInvalidKey, 0)
+		return nil, reasonMalformed
+	}
+	key, err := s.state.Authorize(context.Background(), h)
+	switch {
+	case errors.Is(err, cache.ErrUnavailable):
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		fail(ctx, errUnavailable, 0)
+		return nil, reasonUnavailable
+	case err != nil:
+		fail(ctx, errInvalidKey, 0)
+		return nil, reasonUnknown
+	}
+	a := keyInfoAnswer{ID: key.ID, Name: key.Name, Project: key.Project, Revision: key.Revision,
+		Permissions: key.Permissions(), RateLimit: key.RateLimit, Models: key.Models, Deployments: key.Deployments,
+		InFlight: s.inflight.keys.get(key.ID), Edge: s.cfg.EdgeID, Site: s.cfg.Site}
+	if t, ok := key.ExpiresAt(); ok {
+		a.ExpiresAt = &t
+	}
+	if key.MaxConcurrency > 0 {
+		n := key.MaxConcurrency
+		a.MaxConcurrency = &n
+	}
+	if a.Models == nil {
+		a.Models = []string{}
+	}
+	if a.Deployments == nil {
+		a.Deployments = []string{}
+	}
+	body, err := json.Marshal(a)
+	if err != nil { // cannot happen: every member encodes
+		fail(ctx, errUpstream, 0)
+		return key, reasonAllowed
+	}
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.Response.Header.Set(fasthttp.HeaderCacheControl, "no-store")
+	ctx.SetBody(body)
+	return key, reasonAllowed
+}
