@@ -384,28 +384,40 @@ func falseValue(v []byte) bool {
 // readMultipart. Parsers split pairs on '&' and some on ';' too: both
 // readings are taken, the larger count and either stream.
 func readURLEncoded(body []byte) (chars int, stream bool) {
-	for _, seps := range []string{"&", "&;"} {
+	for _, seps := range formSeparators {
 		n := 0
-		for rest := body; len(rest) > 0; {
-			var pair []byte
-			if i := bytes.IndexAny(rest, seps); i >= 0 {
-				pair, rest = rest[:i], rest[i+1:]
-			} else {
-				pair, rest = rest, nil
-			}
-			k, v, _ := bytes.Cut(pair, []byte("="))
-			k = bytes.TrimSpace(formDecode(k))
+		formPairs(body, seps, func(k, v []byte) bool {
 			if bytes.EqualFold(k, keyStream) {
 				stream = stream || !falseValue(formDecode(v))
-				continue
-			}
-			if kind, _ := lookupFold(promptFields, k); kind != notPrompt {
+			} else if kind, _ := lookupFold(promptFields, k); kind != notPrompt {
 				n += utf8.RuneCount(formDecode(v))
 			}
-		}
+			return true
+		})
 		chars = max(chars, n)
 	}
 	return chars, stream
+}
+
+// formSeparators are the two readings of a urlencoded form: pairs split on
+// '&' only, and on ';' as well (parsers differ).
+var formSeparators = [...]string{"&", "&;"}
+
+// formPairs calls fn with each pair of form split on seps: its key
+// decoded and trimmed, its value as sent. fn returns false to stop.
+func formPairs(form []byte, seps string, fn func(k, v []byte) bool) {
+	for rest := form; len(rest) > 0; {
+		var pair []byte
+		if i := bytes.IndexAny(rest, seps); i >= 0 {
+			pair, rest = rest[:i], rest[i+1:]
+		} else {
+			pair, rest = rest, nil
+		}
+		k, v, _ := bytes.Cut(pair, []byte("="))
+		if !fn(bytes.TrimSpace(formDecode(k)), v) {
+			return
+		}
+	}
 }
 
 // formDecode decodes '+' and percent-escapes (a malformed one is kept).

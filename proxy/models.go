@@ -185,21 +185,16 @@ func formModels(form []byte, check func([]byte) *apierror.Error) *apierror.Error
 	if len(form) == 0 {
 		return nil
 	}
-	for _, seps := range []string{"&", "&;"} {
-		for rest := form; len(rest) > 0; {
-			var pair []byte
-			if i := bytes.IndexAny(rest, seps); i >= 0 {
-				pair, rest = rest[:i], rest[i+1:]
-			} else {
-				pair, rest = rest, nil
+	var refusal *apierror.Error
+	for _, seps := range formSeparators {
+		formPairs(form, seps, func(k, v []byte) bool {
+			if bytes.EqualFold(k, keyModel) {
+				refusal = check(formDecode(v))
 			}
-			k, v, _ := bytes.Cut(pair, []byte("="))
-			if !bytes.EqualFold(bytes.TrimSpace(formDecode(k)), keyModel) {
-				continue
-			}
-			if e := check(formDecode(v)); e != nil {
-				return e
-			}
+			return refusal == nil
+		})
+		if refusal != nil {
+			return refusal
 		}
 	}
 	return nil
