@@ -135,6 +135,8 @@ type Key struct {
 	// MaxConcurrency bounds the key's requests in flight at this edge (0:
 	// none).
 	MaxConcurrency int
+	// Tokens bounds the key's tokens and credits (nil: none).
+	Tokens *event.TokenLimits
 	// checkedAt is when the origin vouched for this state (unix nanos):
 	// the signed time of the lookup answer or event it was read from,
 	// never later than its arrival, never the local time it was fetched.
@@ -905,7 +907,7 @@ func NewKey(k *event.Key, rev uint64) *Key {
 func newEntry(k *event.Key, rev uint64, vouched int64, g uint32, s event.Secret) *entry {
 	e := &entry{hash: s.Hash, gen: g, key: Key{ID: k.ID, Project: k.Project, Name: k.Name, Revision: rev,
 		Deployments: k.Deployments, RateLimit: k.RateLimit, Models: k.Models, AllowedModels: modelglob.Compile(k.Models),
-		MaxConcurrency: k.MaxConcurrency, disabled: k.Disabled, checkedAt: vouched}}
+		MaxConcurrency: k.MaxConcurrency, Tokens: k.Tokens, disabled: k.Disabled, checkedAt: vouched}}
 	for _, p := range k.Permissions {
 		e.key.perms |= permBit(p)
 	}

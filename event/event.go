@@ -90,9 +90,11 @@ type Key struct {
 	Models []string `json:"models,omitempty"`
 	// MaxConcurrency bounds the key's requests in flight at one edge; 0
 	// is no bound.
-	MaxConcurrency int  `json:"max_concurrency,omitempty"`
-	Disabled       bool `json:"disabled,omitempty"`
-	Deleted        bool `json:"deleted,omitempty"`
+	MaxConcurrency int `json:"max_concurrency,omitempty"`
+	// Tokens bounds the key's tokens and credits; nil is no bound.
+	Tokens   *TokenLimits `json:"tokens,omitempty"`
+	Disabled bool         `json:"disabled,omitempty"`
+	Deleted  bool         `json:"deleted,omitempty"`
 }
 
 // Secret is one accepted hash of a key. A zero NotAfter means no end other
@@ -105,6 +107,38 @@ type Secret struct {
 // RateLimit is a request budget.
 type RateLimit struct {
 	RequestsPerMinute int `json:"requests_per_minute"`
+}
+
+// TokenLimits bound the tokens (prompt plus completion, as metered) and the
+// credits of a key, a deployment or a project. Zero fields are no bound.
+type TokenLimits struct {
+	// TokensPerMinute and TokensPerDay are rolling budgets (token buckets
+	// refilled evenly over a minute and a day).
+	TokensPerMinute int64 `json:"tokens_per_minute,omitempty"`
+	TokensPerDay    int64 `json:"tokens_per_day,omitempty"`
+	// Quota is an allowance of credits that refills on a calendar schedule,
+	// or never.
+	Quota *Quota `json:"quota,omitempty"`
+}
+
+// Quota is an allowance of tokens or of requests (exactly one is set),
+// refilled to its full amount at each start of a UTC day or month, or
+// never.
+type Quota struct {
+	Tokens   int64  `json:"tokens,omitempty"`
+	Requests int64  `json:"requests,omitempty"`
+	Refill   string `json:"refill,omitempty"` // QuotaRefillDaily, QuotaRefillMonthly or "" (never)
+}
+
+// Quota refill schedules.
+const (
+	QuotaRefillDaily   = "daily"
+	QuotaRefillMonthly = "monthly"
+)
+
+// Empty reports whether t bounds nothing.
+func (t *TokenLimits) Empty() bool {
+	return t == nil || t.TokensPerMinute == 0 && t.TokensPerDay == 0 && t.Quota == nil
 }
 
 // UpstreamAuth says which credential the edge sends to the upstream.
@@ -146,9 +180,20 @@ type Deployment struct {
 	Models []string `json:"models,omitempty"`
 	// MaxConcurrency bounds the deployment's requests in flight at one
 	// edge (a site's slots); 0 is no bound.
-	MaxConcurrency int    `json:"max_concurrency,omitempty"`
-	Revision       uint64 `json:"revision"`
-	Deleted        bool   `json:"deleted,omitempty"`
+	MaxConcurrency int `json:"max_concurrency,omitempty"`
+	// Tokens bounds the deployment's tokens and credits over all its keys;
+	// ProjectTokens the project's over all its deployments (a project is no
+	// record of its own: its bounds travel with each of its deployments,
+	// and every deployment of the project is re-sent when they change).
+	// Nil is no bound.
+	Tokens        *TokenLimits `json:"tokens,omitempty"`
+	ProjectTokens *TokenLimits `json:"project_tokens,omitempty"`
+	// DefaultMaxTokens is the completion tokens a request that names no
+	// max_tokens reserves against token bounds; 0 reserves none (such a
+	// request is admitted while any budget is left).
+	DefaultMaxTokens int64  `json:"default_max_tokens,omitempty"`
+	Revision         uint64 `json:"revision"`
+	Deleted          bool   `json:"deleted,omitempty"`
 }
 
 // Permission names, as in the external API.
