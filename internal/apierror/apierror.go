@@ -20,13 +20,20 @@ const (
 	// at one edge (429, like RateLimited, but no budget refills: one
 	// finishing frees a slot).
 	ConcurrencyLimit = "CONCURRENCY_LIMIT"
-	ValidationError  = "VALIDATION_ERROR"
-	NotFound         = "NOT_FOUND"
-	MethodNotAllowed = "METHOD_NOT_ALLOWED"
-	Conflict         = "CONFLICT"
-	Unavailable      = "UNAVAILABLE"
-	UpstreamError    = "UPSTREAM_ERROR"
-	InternalError    = "INTERNAL_ERROR"
+	// QuotaExceeded: a tokens_per_minute or tokens_per_day budget has too
+	// few tokens left for the request's reservation (429; it refills).
+	QuotaExceeded = "QUOTA_EXCEEDED"
+	// InsufficientQuota: a quota of tokens or requests is used up until
+	// its next refill, if any (429; the code OpenAI clients know, and its
+	// type is OpenAI's "insufficient_quota").
+	InsufficientQuota = "INSUFFICIENT_QUOTA"
+	ValidationError   = "VALIDATION_ERROR"
+	NotFound          = "NOT_FOUND"
+	MethodNotAllowed  = "METHOD_NOT_ALLOWED"
+	Conflict          = "CONFLICT"
+	Unavailable       = "UNAVAILABLE"
+	UpstreamError     = "UPSTREAM_ERROR"
+	InternalError     = "INTERNAL_ERROR"
 )
 
 // openAIType maps a code to the OpenAI-style "type" clients of inference
@@ -37,8 +44,10 @@ func openAIType(code string) string {
 		return "authentication_error"
 	case PermissionDenied:
 		return "permission_error"
-	case RateLimited, ConcurrencyLimit:
+	case RateLimited, ConcurrencyLimit, QuotaExceeded:
 		return "rate_limit_error"
+	case InsufficientQuota:
+		return "insufficient_quota"
 	case ValidationError, MethodNotAllowed:
 		return "invalid_request_error"
 	case NotFound:
