@@ -75,6 +75,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	if err := cli.Parse(fs, "EDGE", args, getenv, stdout); err != nil {
 		if errors.Is(err, cli.ErrHelp) {
+			fmt.Fprintln(stdout, "\nedge --version prints the version, the commit and the Go version it was built with.")
 			return 0
 		}
 		fmt.Fprintf(stderr, "edge: %v\n", err)

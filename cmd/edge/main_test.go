@@ -51,7 +51,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 	if code := run([]string{"--help"}, func(string) string { return "" }, &stdout, &stderr); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
-	for _, f := range []string{"--listen", "--admin-listen", "--nats-url", "--site", "--origin-public-key", "--upstream-allow", "EDGE_NATS_URL"} {
+	for _, f := range []string{"--listen", "--admin-listen", "--nats-url", "--site", "--origin-public-key", "--upstream-allow", "EDGE_NATS_URL", "--version"} {
 		if !strings.Contains(stdout.String(), f) {
 			t.Errorf("--help does not mention %s", f)
 		}

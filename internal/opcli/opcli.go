@@ -38,7 +38,7 @@ const (
 )
 
 // commonHelp follows every listing of the operator commands.
-const commonHelp = "Every command takes --server (env ORIGIN_SERVER, default " + defaultServer + "), --project (env ORIGIN_PROJECT, default \"default\") and --json;\n" +
+const commonHelp = "Every command that calls the API (all but keygen, nats-creds, nats-config and version) takes --server (env ORIGIN_SERVER, default " + defaultServer + "), --project (env ORIGIN_PROJECT, default \"default\") and --json;\n" +
 	"see origin <command> --help. Credentials: env ORIGIN_TOKEN (a JWT), else env ORIGIN_API_KEY (a project key\n" +
 	"holding write_config), else the token file written by origin login (--token-file, env ORIGIN_TOKEN_FILE,\n" +
 	"default ~/.config/keymesh/token)."
