@@ -427,8 +427,10 @@ async function tokenKey(t, fields) {
 function tokenHeaders(h) {
   const limit = intHeader(h, "x-ratelimit-limit-tokens");
   const remaining = intHeader(h, "x-ratelimit-remaining-tokens");
+  // The time until the budget is full again, written as OpenAI writes it
+  // (a Go-style duration: "6m0s", "18s", "250ms").
   const reset = h.get("x-ratelimit-reset-tokens");
-  assert.ok(reset, "header x-ratelimit-reset-tokens is present");
+  assert.match(reset ?? "", /^(\d+h)?(\d+m)?\d+(\.\d+)?(ms|s)$/, `header x-ratelimit-reset-tokens: ${reset}`);
   return { limit, remaining, reset };
 }
 
@@ -472,6 +474,9 @@ test("RateLimitError: tokens_per_minute 100 answers the token headers and refuse
   // The request needs its max_tokens (30) and its prompt (a few tokens):
   // refused, it cannot have had that much left.
   assert.ok(h.remaining < 30 + 10, `refused with ${h.remaining} tokens left`);
+  // Retry-After: when the bucket holds enough again, at most a minute.
+  const retry = intHeader(err.headers, "retry-after");
+  assert.ok(retry >= 1 && retry <= 60, `retry-after ${retry}`);
 });
 
 test("RateLimitError: a quota of 25 tokens refuses with INSUFFICIENT_QUOTA, type insufficient_quota", async (t) => {
@@ -497,6 +502,8 @@ test("RateLimitError: a quota of 25 tokens refuses with INSUFFICIENT_QUOTA, type
     code: "INSUFFICIENT_QUOTA",
     type: "insufficient_quota",
   });
+  // A quota that never refills has no time to come back at.
+  assert.equal(err.headers.get("retry-after"), null, "no Retry-After on a quota that never refills");
   // Still refused: a quota without refill does not come back.
   await refused(chat(client, { max_tokens: 5 }), OpenAI.RateLimitError, {
     status: 429,
