@@ -3,8 +3,10 @@
 # real keymesh edge. Builds bin/, starts an origin (embedded NATS, temporary
 # data dir), the mock upstream and one edge on free loopback ports, creates a
 # deployment and a key with the origin CLI, installs test/client's locked
-# dependencies with `npm ci`, and runs `node --test` there. Every process it
-# starts is stopped on exit; every wait is bounded.
+# dependencies with `npm ci`, and runs `node --test` there. The test gets the
+# origin's URL and the admin token too: its refusal cases create keys of
+# their own (allow-lists, rate limits, caps) over the REST API. Every process
+# it starts is stopped on exit; every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -95,4 +97,7 @@ echo "ci-client: installing test/client dependencies (npm ci)"
 (cd test/client && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
 
 echo "ci-client: node --test against the edge at http://$EDGE"
-(cd test/client && KEYMESH_EDGE_URL="http://$EDGE" KEYMESH_KEY="$KEYMESH_KEY" timeout 120 node --test)
+ORIGIN_JWT=$(cat "$ORIGIN_TOKEN_FILE")
+(cd test/client && KEYMESH_EDGE_URL="http://$EDGE" KEYMESH_KEY="$KEYMESH_KEY" \
+  KEYMESH_ORIGIN_URL="http://$ORIGIN" KEYMESH_ORIGIN_TOKEN="$ORIGIN_JWT" KEYMESH_DEPLOYMENT=client \
+  timeout 120 node --test)
