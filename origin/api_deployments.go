@@ -170,8 +170,8 @@ const (
 	DefaultMaxPromptChars = 10000
 )
 
-var deploymentFields = append([]string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
-	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "default_max_tokens"}, tokensFields...)
+var deploymentFields = slices.Concat([]string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
+	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "default_max_tokens"}, tokensFields)
 
 func defaultDeployment() *event.Deployment {
 	return &event.Deployment{

@@ -59,8 +59,11 @@ func rateLimitAnswer(rl *event.RateLimit) *api.RateLimit {
 	return &api.RateLimit{RequestsPerMinute: rl.RequestsPerMinute}
 }
 
-var keyFields = append([]string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "models", "max_concurrency", "disabled"},
-	tokensFields...)
+// keyFields are the members of a key patch (a create takes
+// expires_in_days too). Built with slices.Concat and never appended to in
+// place: handlers run at once.
+var keyFields = slices.Concat([]string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "models", "max_concurrency", "disabled"},
+	tokensFields)
 
 // keyInput is a decoded key create/patch body; nil pointers are absent.
 type keyInput struct {
@@ -269,7 +272,7 @@ func (in *keyInput) apply(k *Key) {
 }
 
 func (s *Server) createKey(c *call) error {
-	o, err := readObject(c.r, true, append(keyFields, "expires_in_days")...)
+	o, err := readObject(c.r, true, slices.Concat(keyFields, []string{"expires_in_days"})...)
 	if err != nil {
 		return err
 	}

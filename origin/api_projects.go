@@ -31,7 +31,7 @@ func projectDetail(p *Project, r *ProjectRules) api.ProjectDetail {
 // projectLimitFields are the quotas of a project's PATCH body.
 var projectLimitFields = []string{"max_keys", "max_deployments", "max_links_per_key"}
 
-var projectFields = append(append([]string{"allowed_upstreams"}, projectLimitFields...), tokensFields...)
+var projectFields = slices.Concat([]string{"allowed_upstreams"}, projectLimitFields, tokensFields)
 
 // errUsersOnly refuses a project key what only admin users may do.
 func errUsersOnly(what string) error {
