@@ -445,6 +445,32 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 		if ek := recs[3].Key; ek.Tokens != nil {
 			t.Fatalf("cleared key event %+v", ek.Tokens)
 		}
+
+		// A deployment stored before events were bounded, too large for an
+		// event: the project's bounds cannot be re-sent with it, so the
+		// change is refused whole — no revision, no bound, no event.
+		big := newDep(p, "big")
+		if _, err := st.createDeployment(ctx, big); err != nil {
+			t.Fatal(err)
+		}
+		ups := fmt.Sprintf(`{"*":["http://x:1/%s"]}`, strings.Repeat("p", MaxEventBytes))
+		if _, err := st.db.ExecContext(ctx, st.q(`UPDATE deployments SET upstreams = ? WHERE id = ?`), ups, big.ID); err != nil {
+			t.Fatal(err)
+		}
+		revBefore, _ := st.revision(ctx, st.db)
+		ch.perMinute = 8
+		if _, _, err := st.setRules(ctx, p.ID, rulesChange{tokens: ch}); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("re-sending an oversized deployment: %v", err)
+		}
+		if rev, _ := st.revision(ctx, st.db); rev != revBefore {
+			t.Fatalf("a refused change took revisions: %d → %d", revBefore, rev)
+		}
+		if r, err := st.rules(ctx, p.ID); err != nil || r.Tokens == nil || r.Tokens.TokensPerMinute != 7 {
+			t.Fatalf("a refused change was stored: %+v %v", r, err)
+		}
+		if n := len(events(t, st)); n != 5 {
+			t.Fatalf("%d events after the refused change, want 5", n)
+		}
 	})
 }
 
