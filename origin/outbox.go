@@ -2,7 +2,9 @@ package origin
 
 // The revision counter and the transactional outbox: every mutation takes
 // the next revision and stores its sealed event in the same transaction
-// (mutate); the publisher (publisher.go) reads the unpublished events back
+// (mutate; a change of a project's token bounds takes one revision and
+// event for each of its deployments, setRules); the publisher
+// (publisher.go) reads the unpublished events back
 // in order and marks them published once NATS has them.
 
 import (
