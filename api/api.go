@@ -70,6 +70,16 @@ type RateLimit struct {
 	RequestsPerMinute int `json:"requests_per_minute"`
 }
 
+// Quota is an allowance of tokens (prompt plus completion, as metered) or
+// of requests: exactly one of Tokens and Requests is set. Refill is
+// "daily" or "monthly" (back to the full amount at 00:00 UTC each day, or
+// on the 1st of each month), or null: never refilled.
+type Quota struct {
+	Tokens   *int64  `json:"tokens,omitempty"`
+	Requests *int64  `json:"requests,omitempty"`
+	Refill   *string `json:"refill"`
+}
+
 // UpstreamAuth says which credential an edge sends to the upstream.
 type UpstreamAuth struct {
 	Mode   string `json:"mode"` // "none", "inject" or "passthrough"
@@ -224,6 +234,14 @@ type ProjectDetail struct {
 	AllowedUpstreams []string     `json:"allowed_upstreams"`
 	Limits           Limits       `json:"limits"`
 	Usage            ProjectUsage `json:"usage"`
+	// TokensPerMinute, TokensPerDay and Quota bound the tokens of all the
+	// project's deployments together (null: no bound).
+	TokensPerMinute *int64 `json:"tokens_per_minute"`
+	TokensPerDay    *int64 `json:"tokens_per_day"`
+	Quota           *Quota `json:"quota"`
+	// Propagation is only in a PATCH's answer given ?wait: a change of the
+	// token bounds re-sends every deployment of the project.
+	Propagation *Propagation `json:"propagation,omitempty"`
 }
 
 // ProjectPatch is the body of PATCH /v1/projects/{p}; absent members are
@@ -233,6 +251,10 @@ type ProjectPatch struct {
 	MaxKeys          Nullable[int]      `json:"max_keys,omitzero"`
 	MaxDeployments   Nullable[int]      `json:"max_deployments,omitzero"`
 	MaxLinksPerKey   Nullable[int]      `json:"max_links_per_key,omitzero"`
+	// Token bounds: null removes one.
+	TokensPerMinute Nullable[int64] `json:"tokens_per_minute,omitzero"`
+	TokensPerDay    Nullable[int64] `json:"tokens_per_day,omitzero"`
+	Quota           Nullable[Quota] `json:"quota,omitzero"`
 }
 
 // ---- keys ----
@@ -253,14 +275,19 @@ type Key struct {
 	// Models is the model allow-list ([] allows any model the linked
 	// deployments allow); MaxConcurrency the cap on requests in flight at
 	// one edge (null: none).
-	Models         []string     `json:"models"`
-	MaxConcurrency *int         `json:"max_concurrency"`
-	Disabled       bool         `json:"disabled"`
-	CreatedAt      time.Time    `json:"created_at"`
-	UpdatedAt      time.Time    `json:"updated_at"`
-	Revision       uint64       `json:"revision"`
-	Secret         string       `json:"key,omitempty"`
-	Propagation    *Propagation `json:"propagation,omitempty"`
+	Models         []string `json:"models"`
+	MaxConcurrency *int     `json:"max_concurrency"`
+	// TokensPerMinute, TokensPerDay and Quota bound the key's tokens (null:
+	// no bound).
+	TokensPerMinute *int64       `json:"tokens_per_minute"`
+	TokensPerDay    *int64       `json:"tokens_per_day"`
+	Quota           *Quota       `json:"quota"`
+	Disabled        bool         `json:"disabled"`
+	CreatedAt       time.Time    `json:"created_at"`
+	UpdatedAt       time.Time    `json:"updated_at"`
+	Revision        uint64       `json:"revision"`
+	Secret          string       `json:"key,omitempty"`
+	Propagation     *Propagation `json:"propagation,omitempty"`
 }
 
 // KeyCreate is the body of POST /v1/projects/{p}/keys. Zero members are
@@ -275,9 +302,12 @@ type KeyCreate struct {
 	ExpiresInDays int        `json:"expires_in_days,omitempty"`
 	RateLimit     *RateLimit `json:"rate_limit,omitempty"`
 	// Models are model name patterns ("*" within a name); none: any model.
-	Models         []string `json:"models,omitempty"`
-	MaxConcurrency int      `json:"max_concurrency,omitempty"`
-	Disabled       bool     `json:"disabled,omitempty"`
+	Models          []string `json:"models,omitempty"`
+	MaxConcurrency  int      `json:"max_concurrency,omitempty"`
+	TokensPerMinute int64    `json:"tokens_per_minute,omitempty"`
+	TokensPerDay    int64    `json:"tokens_per_day,omitempty"`
+	Quota           *Quota   `json:"quota,omitempty"`
+	Disabled        bool     `json:"disabled,omitempty"`
 }
 
 // KeyPatch is the body of PATCH /v1/projects/{p}/keys/{id}: absent members
@@ -294,7 +324,11 @@ type KeyPatch struct {
 	Models Nullable[[]string] `json:"models,omitzero"`
 	// MaxConcurrency: null removes the cap.
 	MaxConcurrency Nullable[int] `json:"max_concurrency,omitzero"`
-	Disabled       *bool         `json:"disabled,omitempty"`
+	// Token bounds: null removes one.
+	TokensPerMinute Nullable[int64] `json:"tokens_per_minute,omitzero"`
+	TokensPerDay    Nullable[int64] `json:"tokens_per_day,omitzero"`
+	Quota           Nullable[Quota] `json:"quota,omitzero"`
+	Disabled        *bool           `json:"disabled,omitempty"`
 }
 
 // KeyRotate is the body of POST /v1/projects/{p}/keys/{id}/rotate: how
@@ -322,10 +356,17 @@ type Deployment struct {
 	MaxPromptChars   int                 `json:"max_prompt_chars"`
 	// Models bounds the models of every key on the deployment ([]: any);
 	// MaxConcurrency its requests in flight at one edge (null: no cap).
-	Models         []string     `json:"models"`
-	MaxConcurrency *int         `json:"max_concurrency"`
-	Revision       uint64       `json:"revision"`
-	Propagation    *Propagation `json:"propagation,omitempty"`
+	Models         []string `json:"models"`
+	MaxConcurrency *int     `json:"max_concurrency"`
+	// TokensPerMinute, TokensPerDay and Quota bound the tokens of all the
+	// deployment's keys together (null: no bound); DefaultMaxTokens is
+	// what a request naming no max_tokens reserves (null: none).
+	TokensPerMinute  *int64       `json:"tokens_per_minute"`
+	TokensPerDay     *int64       `json:"tokens_per_day"`
+	Quota            *Quota       `json:"quota"`
+	DefaultMaxTokens *int64       `json:"default_max_tokens"`
+	Revision         uint64       `json:"revision"`
+	Propagation      *Propagation `json:"propagation,omitempty"`
 }
 
 // DeploymentInput is the body of a deployment's creation (name and
@@ -347,6 +388,11 @@ type DeploymentInput struct {
 	// the cap.
 	Models         Nullable[[]string] `json:"models,omitzero"`
 	MaxConcurrency Nullable[int]      `json:"max_concurrency,omitzero"`
+	// Token bounds and the default reservation: null removes one.
+	TokensPerMinute  Nullable[int64] `json:"tokens_per_minute,omitzero"`
+	TokensPerDay     Nullable[int64] `json:"tokens_per_day,omitzero"`
+	Quota            Nullable[Quota] `json:"quota,omitzero"`
+	DefaultMaxTokens Nullable[int64] `json:"default_max_tokens,omitzero"`
 }
 
 // ---- edges and audit ----
@@ -455,5 +501,15 @@ type KeySelf struct {
 	Deployments []KeyDeployment `json:"deployments"`
 	ExpiresAt   *time.Time      `json:"expires_at"`
 	RateLimit   *RateLimit      `json:"rate_limit"`
-	Usage       KeyUsage        `json:"usage"`
+	// The key's own token bounds (null: none; its deployments' and
+	// project's apply too).
+	TokensPerMinute *int64 `json:"tokens_per_minute"`
+	TokensPerDay    *int64 `json:"tokens_per_day"`
+	Quota           *Quota `json:"quota"`
+	// QuotaUsed is what the usage ledger holds against the quota in its
+	// current period (today, this month, or ever for a quota that never
+	// refills): tokens or requests as the quota counts; null without a
+	// quota. Edges enforce their own counters (see docs/api.md).
+	QuotaUsed *int64   `json:"quota_used"`
+	Usage     KeyUsage `json:"usage"`
 }

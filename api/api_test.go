@@ -52,3 +52,23 @@ func TestPageEndIsNull(t *testing.T) {
 		t.Errorf("empty page = %s", b)
 	}
 }
+
+// A quota is sent whole: its amount and refill, null for never; a null
+// quota removes it.
+func TestQuotaEncodes(t *testing.T) {
+	n := int64(5)
+	daily := "daily"
+	for _, c := range []struct {
+		in   KeyPatch
+		want string
+	}{
+		{KeyPatch{Quota: Value(Quota{Tokens: &n})}, `{"quota":{"tokens":5,"refill":null}}`},
+		{KeyPatch{Quota: Value(Quota{Requests: &n, Refill: &daily}), TokensPerMinute: Value(int64(9))}, `{"tokens_per_minute":9,"quota":{"requests":5,"refill":"daily"}}`},
+		{KeyPatch{Quota: Null[Quota](), TokensPerDay: Null[int64]()}, `{"tokens_per_day":null,"quota":null}`},
+	} {
+		b, err := json.Marshal(c.in)
+		if err != nil || string(b) != c.want {
+			t.Errorf("Marshal = %s, %v; want %s", b, err, c.want)
+		}
+	}
+}

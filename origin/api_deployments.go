@@ -27,8 +27,10 @@ func deploymentAnswer(d *event.Deployment) api.Deployment {
 		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, Upstreams: d.Upstreams,
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: upstreamAuthAnswer(d.UpstreamAuth),
 		RateLimit: rateLimitAnswer(d.RateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
-		Models: modelsAnswer(d.Models), MaxConcurrency: concurrencyAnswer(d.MaxConcurrency), Revision: d.Revision,
+		Models: modelsAnswer(d.Models), MaxConcurrency: concurrencyAnswer(d.MaxConcurrency), DefaultMaxTokens: int64Answer(d.DefaultMaxTokens),
+		Revision: d.Revision,
 	}
+	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(d.Tokens)
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}
@@ -168,8 +170,8 @@ const (
 	DefaultMaxPromptChars = 10000
 )
 
-var deploymentFields = []string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
-	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency"}
+var deploymentFields = slices.Concat([]string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
+	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "default_max_tokens"}, tokensFields)
 
 func defaultDeployment() *event.Deployment {
 	return &event.Deployment{
@@ -272,6 +274,16 @@ func decodeDeployment(o object) (func(*event.Deployment), error) {
 		return nil, err
 	} else if present {
 		fns = append(fns, func(d *event.Deployment) { d.MaxConcurrency = n })
+	}
+	if present, n, err := decodeDefaultMaxTokens(o); err != nil {
+		return nil, err
+	} else if present {
+		fns = append(fns, func(d *event.Deployment) { d.DefaultMaxTokens = n })
+	}
+	if tokens, err := decodeTokens(o); err != nil {
+		return nil, err
+	} else if tokens.touches() {
+		fns = append(fns, func(d *event.Deployment) { d.Tokens = tokens.apply(d.Tokens) })
 	}
 	return func(d *event.Deployment) {
 		for _, f := range fns {

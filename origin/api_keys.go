@@ -31,6 +31,7 @@ func keyAnswer(k *Key) api.Key {
 		Models: modelsAnswer(k.Models), MaxConcurrency: concurrencyAnswer(k.MaxConcurrency),
 		Disabled: k.Disabled, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, Revision: k.Revision,
 	}
+	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(k.Tokens)
 	if v.Permissions == nil {
 		v.Permissions = []string{}
 	}
@@ -58,7 +59,11 @@ func rateLimitAnswer(rl *event.RateLimit) *api.RateLimit {
 	return &api.RateLimit{RequestsPerMinute: rl.RequestsPerMinute}
 }
 
-var keyFields = []string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "models", "max_concurrency", "disabled"}
+// keyFields are the members of a key patch (a create takes
+// expires_in_days too). Built with slices.Concat and never appended to in
+// place: handlers run at once.
+var keyFields = slices.Concat([]string{"name", "description", "permissions", "deployments", "expires_at", "rate_limit", "models", "max_concurrency", "disabled"},
+	tokensFields)
 
 // keyInput is a decoded key create/patch body; nil pointers are absent.
 type keyInput struct {
@@ -73,6 +78,7 @@ type keyInput struct {
 	models            []string // nil: any
 	concurrencySet    bool
 	maxConcurrency    int // 0: none
+	tokens            tokensChange
 	disabled          *bool
 }
 
@@ -189,6 +195,9 @@ func (s *Server) decodeKeyInput(c *call, o object, create bool) (*keyInput, erro
 	if in.concurrencySet, in.maxConcurrency, err = decodeConcurrency(o); err != nil {
 		return nil, err
 	}
+	if in.tokens, err = decodeTokens(o); err != nil {
+		return nil, err
+	}
 	var dis bool
 	if present, _, err := o.get("disabled", &dis, false, "true or false"); err != nil {
 		return nil, err
@@ -256,13 +265,14 @@ func (in *keyInput) apply(k *Key) {
 	if in.concurrencySet {
 		k.MaxConcurrency = in.maxConcurrency
 	}
+	k.Tokens = in.tokens.apply(k.Tokens)
 	if in.disabled != nil {
 		k.Disabled = *in.disabled
 	}
 }
 
 func (s *Server) createKey(c *call) error {
-	o, err := readObject(c.r, true, append(keyFields, "expires_in_days")...)
+	o, err := readObject(c.r, true, slices.Concat(keyFields, []string{"expires_in_days"})...)
 	if err != nil {
 		return err
 	}

@@ -21,12 +21,17 @@ func projectAnswer(p *Project) api.Project {
 
 // projectDetail is p with its rules r, as GET and PATCH show it.
 func projectDetail(p *Project, r *ProjectRules) api.ProjectDetail {
-	return api.ProjectDetail{ID: p.ID, Name: p.Name, CreatedAt: p.CreatedAt, AllowedUpstreams: r.AllowedUpstreams,
+	v := api.ProjectDetail{ID: p.ID, Name: p.Name, CreatedAt: p.CreatedAt, AllowedUpstreams: r.AllowedUpstreams,
 		Limits: api.Limits{MaxKeys: r.Limits.MaxKeys, MaxDeployments: r.Limits.MaxDeployments, MaxLinksPerKey: r.Limits.MaxLinksPerKey},
 		Usage:  api.ProjectUsage{Keys: r.Keys, Deployments: r.Deployments}}
+	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(r.Tokens)
+	return v
 }
 
-var projectFields = []string{"allowed_upstreams", "max_keys", "max_deployments", "max_links_per_key"}
+// projectLimitFields are the quotas of a project's PATCH body.
+var projectLimitFields = []string{"max_keys", "max_deployments", "max_links_per_key"}
+
+var projectFields = slices.Concat([]string{"allowed_upstreams"}, projectLimitFields, tokensFields)
 
 // errUsersOnly refuses a project key what only admin users may do.
 func errUsersOnly(what string) error {
@@ -45,7 +50,7 @@ func (s *Server) getProject(c *call) error {
 
 func (s *Server) patchProject(c *call) error {
 	if c.who.User == "" {
-		return errUsersOnly("change a project's upstream policy or quotas")
+		return errUsersOnly("change a project's upstream policy, quotas or token bounds")
 	}
 	o, err := readObject(c.r, false, projectFields...)
 	if err != nil {
@@ -66,7 +71,7 @@ func (s *Server) patchProject(c *call) error {
 			}
 		}
 	}
-	for _, name := range projectFields[1:] {
+	for _, name := range projectLimitFields {
 		var n int
 		present, null, err := o.get(name, &n, true, "a whole number, or null for the default")
 		if err != nil {
@@ -87,13 +92,21 @@ func (s *Server) patchProject(c *call) error {
 		}
 		ch.limits[name] = &n
 	}
-	r, err := s.store.setRules(c.ctx(), c.project.ID, ch)
+	if ch.tokens, err = decodeTokens(o); err != nil {
+		return err
+	}
+	if err := c.readWait(); err != nil {
+		return err
+	}
+	r, rev, err := s.store.setRules(c.ctx(), c.project.ID, ch)
 	if err != nil {
 		return err
 	}
-	s.auditAdmin(c, http.StatusOK, auditTarget{Target: c.project.ID})
-	writeJSON(c.w, http.StatusOK, projectDetail(c.project, r))
-	return nil
+	// A change of the token bounds is events (every deployment re-sent);
+	// rev is the last, which ?wait waits for. Any other change is none,
+	// and rev the store's revision after it, as for a project's creation.
+	v := projectDetail(c.project, r)
+	return s.mutated(c, http.StatusOK, rev, &v, &v.Propagation, auditTarget{Target: c.project.ID})
 }
 
 // decodeProjectName reads and checks a project create body's name.

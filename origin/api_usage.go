@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/api"
+	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
 
@@ -233,6 +234,7 @@ func (s *Server) getOwnKey(c *call) error {
 	for _, id := range k.Deployments {
 		out.Deployments = append(out.Deployments, api.KeyDeployment{ID: id, Name: names[id]})
 	}
+	out.TokensPerMinute, out.TokensPerDay, out.Quota = tokensAnswer(k.Tokens)
 	now := s.cfg.now().UTC()
 	today := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
 	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
@@ -240,16 +242,41 @@ func (s *Server) getOwnKey(c *call) error {
 		since time.Time
 		into  *api.UsagePeriod
 	}{{today, &out.Usage.Today}, {month, &out.Usage.Month}} {
-		rows, err := s.store.queryUsage(c.ctx(), usageFilter{Project: k.ProjectID, KeyID: k.ID, KeySet: true,
-			Since: period.since, Until: today.AddDate(0, 0, 1)}, usageGroup{}, 1)
+		counts, err := s.keyUsageSince(c, k, period.since, today.AddDate(0, 0, 1))
 		if err != nil {
 			return err
 		}
-		*period.into = api.UsagePeriod{Since: period.since}
-		if len(rows) == 1 {
-			period.into.UsageCounts = countsAnswer(rows[0].Counts)
+		*period.into = api.UsagePeriod{Since: period.since, UsageCounts: countsAnswer(counts)}
+	}
+	if q := k.Tokens; q != nil && q.Quota != nil {
+		// The quota's current period: today, this month, or ever.
+		used := out.Usage.Today.UsageCounts
+		switch q.Quota.Refill {
+		case event.QuotaRefillMonthly:
+			used = out.Usage.Month.UsageCounts
+		case "":
+			counts, err := s.keyUsageSince(c, k, time.Unix(0, 0).UTC(), today.AddDate(0, 0, 1))
+			if err != nil {
+				return err
+			}
+			used = countsAnswer(counts)
 		}
+		n := used.PromptTokens + used.CompletionTokens
+		if q.Quota.Requests > 0 {
+			n = used.Requests
+		}
+		out.QuotaUsed = &n
 	}
 	writeJSON(c.w, http.StatusOK, out)
 	return nil
+}
+
+// keyUsageSince sums the ledger's rows of k in [since, until).
+func (s *Server) keyUsageSince(c *call, k *Key, since, until time.Time) (usageCounts, error) {
+	rows, err := s.store.queryUsage(c.ctx(), usageFilter{Project: k.ProjectID, KeyID: k.ID, KeySet: true,
+		Since: since, Until: until}, usageGroup{}, 1)
+	if err != nil || len(rows) == 0 {
+		return usageCounts{}, err
+	}
+	return rows[0].Counts, nil
 }

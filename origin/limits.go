@@ -40,8 +40,11 @@ const (
 	maxQueryParamLen   = 256 // any other query parameter, bytes
 	maxGraceSeconds    = 30 * 24 * 3600
 	maxExpiresInDays   = 36500
-	maxDeploymentLinks = 1000    // the most max_links_per_key may be set to: a key's event lists its links
-	maxConcurrency     = 100_000 // a key's or deployment's max_concurrency
+	maxDeploymentLinks = 1000                  // the most max_links_per_key may be set to: a key's event lists its links
+	maxConcurrency     = 100_000               // a key's or deployment's max_concurrency
+	maxTokensPerPeriod = 1_000_000_000_000     // tokens_per_minute and tokens_per_day
+	maxQuotaAmount     = 1_000_000_000_000_000 // a quota's tokens or requests
+	maxDefaultMaxToks  = 10_000_000            // a deployment's default_max_tokens
 )
 
 // Limits are a project's quotas. Zero fields mean the default (see

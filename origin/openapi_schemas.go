@@ -24,6 +24,34 @@ func apiSchemas() map[string]any {
 		"description": `model name patterns ('*' matches any run of characters but '/'; '?', '[', ']' and '' are refused); [] or null allows any model`}
 	maxConc := map[string]any{"type": "integer", "minimum": 1, "maximum": maxConcurrency,
 		"description": "requests in flight at once at one edge; null for no cap"}
+	perPeriod := func(what string) map[string]any {
+		return map[string]any{"type": []string{"integer", "null"}, "minimum": 1, "maximum": int64(maxTokensPerPeriod),
+			"description": fmt.Sprintf("tokens (prompt plus completion, as metered) %s may use per %s, counted per edge in this release; null: no bound", "%s", what)}
+	}
+	tokenProps := func(p map[string]any, of string, view bool) {
+		pm, pd := perPeriod("minute"), perPeriod("day")
+		pm["description"] = fmt.Sprintf(pm["description"].(string), of)
+		pd["description"] = fmt.Sprintf(pd["description"].(string), of)
+		p["tokens_per_minute"], p["tokens_per_day"] = pm, pd
+		if view {
+			p["quota"] = nullable(ref("Quota"))
+		} else {
+			p["quota"] = nullable(ref("QuotaInput"))
+		}
+	}
+	quotaProps := func() map[string]any {
+		amount := func(what string) map[string]any {
+			return map[string]any{"type": "integer", "minimum": 1, "maximum": int64(maxQuotaAmount), "description": what + "; exactly one of tokens and requests"}
+		}
+		return map[string]any{
+			"tokens":   amount("tokens (prompt plus completion, as metered) the quota allows"),
+			"requests": amount("requests the quota allows"),
+			"refill": map[string]any{"type": []string{"string", "null"}, "enum": []any{event.QuotaRefillDaily, event.QuotaRefillMonthly, nil},
+				"description": "daily: full again at 00:00 UTC; monthly: on the 1st at 00:00 UTC; null: never refilled"},
+		}
+	}
+	defMaxTokens := map[string]any{"type": []string{"integer", "null"}, "minimum": 1, "maximum": maxDefaultMaxToks,
+		"description": "completion tokens a request naming no max_tokens (max_completion_tokens, max_output_tokens) reserves against token bounds; null: none (admitted while any budget is left)"}
 	keyProps := map[string]any{
 		"id":              str("key id"),
 		"project":         str("project id"),
@@ -42,8 +70,10 @@ func apiSchemas() map[string]any {
 		"revision":        map[string]any{"type": "integer", "minimum": 0, "description": "revision of the key's last change"},
 		"propagation":     ref("Propagation"),
 	}
+	tokenProps(keyProps, "the key", true)
 	keyRequired := []string{"id", "project", "name", "description", "prefix", "permissions", "deployments",
-		"expires_at", "rate_limit", "models", "max_concurrency", "disabled", "created_at", "updated_at", "revision"}
+		"expires_at", "rate_limit", "models", "max_concurrency", "tokens_per_minute", "tokens_per_day", "quota",
+		"disabled", "created_at", "updated_at", "revision"}
 	withSecret := map[string]any{}
 	for k, v := range keyProps {
 		withSecret[k] = v
@@ -64,6 +94,7 @@ func apiSchemas() map[string]any {
 			"max_concurrency": nullable(maxConc),
 			"disabled":        map[string]any{"type": "boolean"},
 		}
+		tokenProps(p, "the key", false)
 		if create {
 			p["permissions"] = nullable(p["permissions"].(map[string]any))
 			p["expires_in_days"] = map[string]any{"type": []string{"integer", "null"}, "minimum": 1, "maximum": 36500,
@@ -90,7 +121,9 @@ func apiSchemas() map[string]any {
 			"max_prompt_chars":   map[string]any{"type": "integer", "minimum": 1, "maximum": 100_000_000, "description": "default 10000"},
 			"models":             modelsInput,
 			"max_concurrency":    nullable(maxConc),
+			"default_max_tokens": defMaxTokens,
 		}
+		tokenProps(p, "all the deployment's keys together", view)
 		if view {
 			p["id"], p["project"] = str("deployment id"), str("project id")
 			p["upstream_auth"] = ref("UpstreamAuth")
@@ -104,9 +137,10 @@ func apiSchemas() map[string]any {
 		return p
 	}
 	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
-		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "revision"}, depProps(true))
+		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency",
+		"tokens_per_minute", "tokens_per_day", "quota", "default_max_tokens", "revision"}, depProps(true))
 
-	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ConcurrencyLimit, apierror.ValidationError,
+	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ConcurrencyLimit, apierror.QuotaExceeded, apierror.InsufficientQuota, apierror.ValidationError,
 		apierror.NotFound, apierror.MethodNotAllowed, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
 	return map[string]any{
 		"Error": map[string]any{"type": "object", "required": []string{"error"}, "properties": map[string]any{
@@ -141,19 +175,22 @@ func apiSchemas() map[string]any {
 			"max_keys":          map[string]any{"type": "integer", "minimum": 1},
 			"max_deployments":   map[string]any{"type": "integer", "minimum": 1},
 			"max_links_per_key": map[string]any{"type": "integer", "minimum": 1}}),
-		"ProjectDetail": obj([]string{"id", "name", "created_at", "allowed_upstreams", "limits", "usage"}, map[string]any{
+		"ProjectDetail": obj([]string{"id", "name", "created_at", "allowed_upstreams", "limits", "usage", "tokens_per_minute", "tokens_per_day", "quota"}, withTokens(map[string]any{
 			"id": str(""), "name": str(""), "created_at": ts,
 			"allowed_upstreams": map[string]any{"type": []string{"array", "null"}, "items": map[string]any{"type": "string"},
 				"description": "null: the default policy (any http(s) upstream but link-local, metadata and other reserved addresses)"},
-			"limits": ref("Limits"),
-			"usage":  obj([]string{"keys", "deployments"}, map[string]any{"keys": map[string]any{"type": "integer"}, "deployments": map[string]any{"type": "integer"}})}),
-		"ProjectUpdate": obj(nil, map[string]any{
+			"limits":      ref("Limits"),
+			"usage":       obj([]string{"keys", "deployments"}, map[string]any{"keys": map[string]any{"type": "integer"}, "deployments": map[string]any{"type": "integer"}}),
+			"propagation": ref("Propagation")}, tokenProps, "all the project's deployments together", true)),
+		"Quota":      obj([]string{"refill"}, quotaProps()),
+		"QuotaInput": obj(nil, quotaProps()),
+		"ProjectUpdate": withTokens(obj(nil, map[string]any{
 			"allowed_upstreams": map[string]any{"type": []string{"array", "null"}, "maxItems": maxPolicyEntries,
 				"items":       map[string]any{"type": "string", "maxLength": maxPolicyEntryLen},
 				"description": `URL patterns (http(s)://host[:port][/path], host may be "*" or "*.suffix", port "*") and IP addresses or CIDRs; null: back to the default`},
 			"max_keys":          map[string]any{"type": []string{"integer", "null"}, "minimum": limitRanges["max_keys"][0], "maximum": limitRanges["max_keys"][1], "description": fmt.Sprintf("null: the default (%d)", DefaultLimits.MaxKeys)},
 			"max_deployments":   map[string]any{"type": []string{"integer", "null"}, "minimum": limitRanges["max_deployments"][0], "maximum": limitRanges["max_deployments"][1], "description": fmt.Sprintf("null: the default (%d)", DefaultLimits.MaxDeployments)},
-			"max_links_per_key": map[string]any{"type": []string{"integer", "null"}, "minimum": limitRanges["max_links_per_key"][0], "maximum": limitRanges["max_links_per_key"][1], "description": fmt.Sprintf("null: the default (%d)", DefaultLimits.MaxLinksPerKey)}}),
+			"max_links_per_key": map[string]any{"type": []string{"integer", "null"}, "minimum": limitRanges["max_links_per_key"][0], "maximum": limitRanges["max_links_per_key"][1], "description": fmt.Sprintf("null: the default (%d)", DefaultLimits.MaxLinksPerKey)}}), tokenProps, "all the project's deployments together", false),
 		"User":     obj([]string{"id", "username", "created_at"}, map[string]any{"id": str(""), "username": str(""), "created_at": ts}),
 		"UserPage": page("User"),
 		"UserCreate": obj([]string{"username", "password"}, map[string]any{
@@ -205,15 +242,29 @@ func apiSchemas() map[string]any {
 		"UsageReport":   usageReportSchema(ts),
 		"UsagePeriod":   usagePeriodSchema(ts),
 		"KeyDeployment": obj([]string{"id", "name"}, map[string]any{"id": str("deployment id"), "name": str("")}),
-		"KeySelf": obj([]string{"id", "name", "project", "project_name", "permissions", "deployments", "expires_at", "rate_limit", "usage"}, map[string]any{
+		"KeySelf": obj([]string{"id", "name", "project", "project_name", "permissions", "deployments", "expires_at", "rate_limit",
+			"tokens_per_minute", "tokens_per_day", "quota", "quota_used", "usage"}, withTokens(map[string]any{
 			"id": str("key id"), "name": str(""), "project": str("project id"), "project_name": str(""),
 			"permissions": map[string]any{"type": "array", "items": perm},
 			"deployments": map[string]any{"type": "array", "items": ref("KeyDeployment"), "description": "the linked deployments"},
 			"expires_at":  nullable(ts),
 			"rate_limit":  nullable(ref("RateLimit")),
 			"usage":       obj([]string{"today", "month"}, map[string]any{"today": ref("UsagePeriod"), "month": ref("UsagePeriod")}),
-		}),
+			"quota_used": map[string]any{"type": []string{"integer", "null"}, "minimum": 0,
+				"description": "what the usage ledger holds against the quota in its current period (today, this month, or ever without refill), in the quota's unit; null without a quota. Edges count their own (per edge in this release)"},
+		}, tokenProps, "the key", true)),
 	}
+}
+
+// withTokens adds the token bound members to a schema's properties (p
+// itself, or an object schema's "properties") with add, and returns it.
+func withTokens(p map[string]any, add func(map[string]any, string, bool), of string, view bool) map[string]any {
+	props := p
+	if inner, ok := p["properties"].(map[string]any); ok && p["type"] == "object" {
+		props = inner
+	}
+	add(props, of, view)
+	return p
 }
 
 // usageCountProps are the sums of every usage answer.

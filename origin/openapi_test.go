@@ -217,6 +217,8 @@ var wireSchemas = map[string]struct {
 	"UsagePeriod":      {typ: api.UsagePeriod{}},
 	"KeyDeployment":    {typ: api.KeyDeployment{}},
 	"KeySelf":          {typ: api.KeySelf{}},
+	"Quota":            {typ: api.Quota{}},
+	"QuotaInput":       {typ: api.Quota{}, request: true},
 }
 
 // notWire are component schemas that are no body of their own.

@@ -2,7 +2,9 @@ package origin
 
 // The revision counter and the transactional outbox: every mutation takes
 // the next revision and stores its sealed event in the same transaction
-// (mutate); the publisher (publisher.go) reads the unpublished events back
+// (mutate; a change of a project's token bounds takes one revision and
+// event for each of its deployments, setRules); the publisher
+// (publisher.go) reads the unpublished events back
 // in order and marks them published once NATS has them.
 
 import (
@@ -34,26 +36,46 @@ func (s *Store) mutate(ctx context.Context, fn func(tx *sql.Tx, rev uint64, now 
 	if err != nil {
 		return 0, err
 	}
-	rec.Revision, rec.Time = rev, now
-	payload, err := s.seal(rec)
-	if err != nil {
+	if err := s.storeEvent(ctx, tx, rec, rev, now); err != nil {
 		return 0, err
-	}
-	if len(payload) > MaxEventBytes {
-		// Refused before commit: NATS would refuse it (or an edge choke on
-		// it), and every later change of every project would queue behind.
-		return 0, &DetailedError{Err: ErrTooLarge, Details: map[string]any{"event_bytes": len(payload), "max_event_bytes": MaxEventBytes},
-			Message: fmt.Sprintf("the change's event would be %d bytes, over the limit of %d; make the deployment or key smaller", len(payload), MaxEventBytes)}
-	}
-	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO events (revision, subject, payload, created_at, published) VALUES (?, ?, ?, ?, 0)`),
-		rev, event.Subject(rec.Kind, rev), payload, ts(now)); err != nil {
-		return 0, fmt.Errorf("writing event: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("committing: %w", err)
 	}
 	if s.onCommit != nil {
 		s.onCommit(rev)
+	}
+	return rev, nil
+}
+
+// storeEvent seals rec as the event of revision rev (filling in its
+// Revision and Time) and stores it in the outbox, in tx. A sealed event
+// over MaxEventBytes is refused, and so is the whole transaction's change.
+func (s *Store) storeEvent(ctx context.Context, tx *sql.Tx, rec *event.Record, rev uint64, now time.Time) error {
+	rec.Revision, rec.Time = rev, now
+	payload, err := s.seal(rec)
+	if err != nil {
+		return err
+	}
+	if len(payload) > MaxEventBytes {
+		// Refused before commit: NATS would refuse it (or an edge choke on
+		// it), and every later change of every project would queue behind.
+		return &DetailedError{Err: ErrTooLarge, Details: map[string]any{"event_bytes": len(payload), "max_event_bytes": MaxEventBytes},
+			Message: fmt.Sprintf("the change's event would be %d bytes, over the limit of %d; make the deployment or key smaller", len(payload), MaxEventBytes)}
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO events (revision, subject, payload, created_at, published) VALUES (?, ?, ?, ?, 0)`),
+		rev, event.Subject(rec.Kind, rev), payload, ts(now)); err != nil {
+		return fmt.Errorf("writing event: %w", err)
+	}
+	return nil
+}
+
+// nextRevision takes the next revision in tx (which then holds the
+// counter's row lock until it ends).
+func (s *Store) nextRevision(ctx context.Context, tx *sql.Tx) (uint64, error) {
+	var rev uint64
+	if err := tx.QueryRowContext(ctx, s.q(`UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value`)).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("taking revision: %w", err)
 	}
 	return rev, nil
 }

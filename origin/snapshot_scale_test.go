@@ -37,7 +37,7 @@ func seedProject(t *testing.T, s *Server, deps, keys int) {
 	}
 	defer tx.Rollback()
 	now := ts(time.Now())
-	insDep, err := tx.PrepareContext(ctx, s.store.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
+	insDep, err := tx.PrepareContext(ctx, s.store.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func seedProject(t *testing.T, s *Server, deps, keys int) {
 		ups := fmt.Sprintf(`{"*":["http://10.0.%d.%d:8000","http://10.1.%d.%d:8000"],"eu":["http://10.2.%d.%d:8000"]}`,
 			i/256, i%256, i/256, i%256, i/256, i%256)
 		if _, err := insDep.ExecContext(ctx, fmt.Sprintf("dep_seed%06d", i), p.ID, fmt.Sprintf("model-%05d", i), hosts, "/v1",
-			ups, 1, 401, nil, `{"requests_per_minute":600}`, 1<<20, 100000, 1, nil, nil, now, now); err != nil {
+			ups, 1, 401, nil, `{"requests_per_minute":600}`, 1<<20, 100000, 1, nil, nil, nil, nil, now, now); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -54,7 +54,7 @@ func seedProject(t *testing.T, s *Server, deps, keys int) {
 	// round trips through the driver take minutes under -race).
 	for _, q := range []string{
 		`INSERT INTO keys (` + keyColumns + `) SELECT printf('key_seed%07d', x), ?, printf('key_seed%07d', x), '', 'km_seed',
-			'["run_inference"]', NULL, NULL, 0, ?, ?, 1, NULL, NULL FROM seq`,
+			'["run_inference"]', NULL, NULL, 0, ?, ?, 1, NULL, NULL, NULL FROM seq`,
 		`INSERT INTO key_secrets (hash, key_id, not_after) SELECT randomblob(32), printf('key_seed%07d', x), NULL FROM seq`,
 		`INSERT INTO links (key_id, deployment_id) SELECT printf('key_seed%07d', x), printf('dep_seed%06d', x % ?) FROM seq`,
 	} {

@@ -243,6 +243,30 @@ func scanModels(models sql.NullString, maxConc sql.NullInt64, list *[]string, co
 	return nil
 }
 
+// tokensColumn encodes token bounds as their column: JSON, or NULL for
+// none.
+func tokensColumn(t *event.TokenLimits) (any, error) {
+	if t.Empty() {
+		return nil, nil
+	}
+	return jsonText(t)
+}
+
+// scanTokens decodes the column tokensColumn wrote (nil: no bounds).
+func scanTokens(col sql.NullString) (*event.TokenLimits, error) {
+	if !col.Valid {
+		return nil, nil
+	}
+	var t event.TokenLimits
+	if err := json.Unmarshal([]byte(col.String), &t); err != nil {
+		return nil, fmt.Errorf("decoding token limits: %w", err)
+	}
+	if t.Empty() {
+		return nil, nil
+	}
+	return &t, nil
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1

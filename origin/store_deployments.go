@@ -14,23 +14,33 @@ import (
 	"github.com/keymesh/keymesh/event"
 )
 
-const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision, models, max_concurrency`
+const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision, models, max_concurrency, tokens, default_max_tokens`
 
-// deploymentSelect reads a deployment's columns and its project's name,
-// which the records edges get carry (edges scope secrets by it).
-const deploymentSelect = deploymentColumns + `, (SELECT name FROM projects WHERE projects.id = deployments.project_id)`
+// deploymentSelect reads a deployment's columns and its project's name and
+// token bounds, which the records edges get carry (edges scope secrets by
+// the name, and hold the project's tokens to its bounds).
+const deploymentSelect = deploymentColumns + `, (SELECT name FROM projects WHERE projects.id = deployments.project_id)` +
+	`, (SELECT tokens FROM projects WHERE projects.id = deployments.project_id)`
 
 func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, error) {
 	var d event.Deployment
 	var hosts, ups string
 	var ua, rl sql.NullString
 	var auth int
-	var projectName, models sql.NullString
-	var maxConc sql.NullInt64
+	var projectName, models, tokens, projectTokens sql.NullString
+	var maxConc, defMax sql.NullInt64
 	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision,
-		&models, &maxConc, &projectName); err != nil {
+		&models, &maxConc, &tokens, &defMax, &projectName, &projectTokens); err != nil {
 		return nil, err
 	}
+	var err error
+	if d.Tokens, err = scanTokens(tokens); err != nil {
+		return nil, err
+	}
+	if d.ProjectTokens, err = scanTokens(projectTokens); err != nil {
+		return nil, err
+	}
+	d.DefaultMaxTokens = defMax.Int64
 	if err := scanModels(models, maxConc, &d.Models, &d.MaxConcurrency); err != nil {
 		return nil, err
 	}
@@ -128,13 +138,21 @@ func (s *Store) writeDeployment(ctx context.Context, tx *sql.Tx, d *event.Deploy
 	if err != nil {
 		return err
 	}
+	tokens, err := tokensColumn(d.Tokens)
+	if err != nil {
+		return err
+	}
+	var defMax any
+	if d.DefaultMaxTokens > 0 {
+		defMax = d.DefaultMaxTokens
+	}
 	if insert {
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 			d.ID, d.Project, d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision,
-			models, maxConc, ts(now), ts(now))
+			models, maxConc, tokens, defMax, ts(now), ts(now))
 	} else {
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, models = ?, max_concurrency = ?, updated_at = ? WHERE id = ?`),
-			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, models, maxConc, ts(now), d.ID)
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, models = ?, max_concurrency = ?, tokens = ?, default_max_tokens = ?, updated_at = ? WHERE id = ?`),
+			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, models, maxConc, tokens, defMax, ts(now), d.ID)
 	}
 	if isUniqueViolation(err) {
 		return fmt.Errorf("%w: a deployment named %q exists in this project", ErrConflict, d.Name)

@@ -31,18 +31,20 @@ type Key struct {
 	// cap on requests in flight at one edge (0: none).
 	Models         []string
 	MaxConcurrency int
-	Disabled       bool
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
-	Revision       uint64
-	Secrets        []event.Secret
+	// Tokens are the key's token bounds (nil: none).
+	Tokens    *event.TokenLimits
+	Disabled  bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	Revision  uint64
+	Secrets   []event.Secret
 }
 
 func (k *Key) record(deleted bool) *event.Record {
 	ek := &event.Key{
 		ID: k.ID, Project: k.ProjectID, Name: k.Name, Secrets: k.Secrets, Permissions: k.Permissions,
 		Deployments: k.Deployments, ExpiresAt: k.ExpiresAt, RateLimit: k.RateLimit,
-		Models: k.Models, MaxConcurrency: k.MaxConcurrency, Disabled: k.Disabled, Deleted: deleted,
+		Models: k.Models, MaxConcurrency: k.MaxConcurrency, Tokens: k.Tokens, Disabled: k.Disabled, Deleted: deleted,
 	}
 	if ek.Secrets == nil {
 		ek.Secrets = []event.Secret{}
@@ -53,16 +55,20 @@ func (k *Key) record(deleted bool) *event.Record {
 	return &event.Record{Kind: event.KindKey, Key: ek}
 }
 
-const keyColumns = `id, project_id, name, description, prefix, permissions, expires_at, rate_limit, disabled, created_at, updated_at, revision, models, max_concurrency`
+const keyColumns = `id, project_id, name, description, prefix, permissions, expires_at, rate_limit, disabled, created_at, updated_at, revision, models, max_concurrency, tokens`
 
 func scanKey(sc interface{ Scan(...any) error }) (*Key, error) {
 	var k Key
 	var perms, created, updated string
-	var expires, rl, models sql.NullString
+	var expires, rl, models, tokens sql.NullString
 	var disabled int
 	var maxConc sql.NullInt64
 	if err := sc.Scan(&k.ID, &k.ProjectID, &k.Name, &k.Description, &k.Prefix, &perms, &expires, &rl, &disabled, &created, &updated, &k.Revision,
-		&models, &maxConc); err != nil {
+		&models, &maxConc, &tokens); err != nil {
+		return nil, err
+	}
+	var err error
+	if k.Tokens, err = scanTokens(tokens); err != nil {
 		return nil, err
 	}
 	if err := scanModels(models, maxConc, &k.Models, &k.MaxConcurrency); err != nil {
@@ -71,7 +77,6 @@ func scanKey(sc interface{ Scan(...any) error }) (*Key, error) {
 	if err := json.Unmarshal([]byte(perms), &k.Permissions); err != nil {
 		return nil, fmt.Errorf("decoding permissions: %w", err)
 	}
-	var err error
 	if k.ExpiresAt, err = parseNullTS(expires); err != nil {
 		return nil, err
 	}
@@ -219,13 +224,17 @@ func (s *Store) writeKey(ctx context.Context, tx *sql.Tx, k *Key, insert bool) e
 	if err != nil {
 		return err
 	}
+	tokens, err := tokensColumn(k.Tokens)
+	if err != nil {
+		return err
+	}
 	if insert {
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 			k.ID, k.ProjectID, k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.CreatedAt), ts(k.UpdatedAt), k.Revision,
-			models, maxConc)
+			models, maxConc, tokens)
 	} else {
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE keys SET name = ?, description = ?, prefix = ?, permissions = ?, expires_at = ?, rate_limit = ?, disabled = ?, updated_at = ?, revision = ?, models = ?, max_concurrency = ? WHERE id = ?`),
-			k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.UpdatedAt), k.Revision, models, maxConc, k.ID)
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE keys SET name = ?, description = ?, prefix = ?, permissions = ?, expires_at = ?, rate_limit = ?, disabled = ?, updated_at = ?, revision = ?, models = ?, max_concurrency = ?, tokens = ? WHERE id = ?`),
+			k.Name, k.Description, k.Prefix, perms, nullTS(k.ExpiresAt), rl, boolInt(k.Disabled), ts(k.UpdatedAt), k.Revision, models, maxConc, tokens, k.ID)
 	}
 	if err != nil {
 		return fmt.Errorf("writing key: %w", err)

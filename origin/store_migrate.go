@@ -21,7 +21,7 @@ import (
 )
 
 // schemaVersion is the version this origin's queries need.
-const schemaVersion = 5
+const schemaVersion = 6
 
 type migration struct {
 	sqlite, postgres []string
@@ -110,6 +110,23 @@ var migrations = []migration{
 			`ALTER TABLE keys ADD COLUMN max_concurrency BIGINT`,
 			`ALTER TABLE deployments ADD COLUMN models TEXT`,
 			`ALTER TABLE deployments ADD COLUMN max_concurrency BIGINT`,
+		},
+	},
+	{ // 6: token limits and quotas of keys, deployments and projects, and
+		// a deployment's default reservation (issue 14). tokens is the
+		// JSON of event.TokenLimits; NULL: no bound, what everything
+		// before them had.
+		sqlite: []string{
+			`ALTER TABLE keys ADD COLUMN tokens TEXT`,
+			`ALTER TABLE deployments ADD COLUMN tokens TEXT`,
+			`ALTER TABLE deployments ADD COLUMN default_max_tokens INTEGER`,
+			`ALTER TABLE projects ADD COLUMN tokens TEXT`,
+		},
+		postgres: []string{
+			`ALTER TABLE keys ADD COLUMN tokens TEXT`,
+			`ALTER TABLE deployments ADD COLUMN tokens TEXT`,
+			`ALTER TABLE deployments ADD COLUMN default_max_tokens BIGINT`,
+			`ALTER TABLE projects ADD COLUMN tokens TEXT`,
 		},
 	},
 }

@@ -83,6 +83,16 @@ func TestMigratingAVersion1Store(t *testing.T) {
 			if d, err := st.getDeployment(ctx, "prj_a", "dep_a"); err != nil || d.Models != nil || d.MaxConcurrency != 0 {
 				t.Fatalf("old deployment %+v %v", d, err)
 			}
+			// And from before token limits, bound no tokens (version 6).
+			if k, err := st.getKey(ctx, "prj_a", "key_1"); err != nil || k.Tokens != nil {
+				t.Fatalf("old key's tokens %+v %v", k.Tokens, err)
+			}
+			if d, err := st.getDeployment(ctx, "prj_a", "dep_a"); err != nil || d.Tokens != nil || d.ProjectTokens != nil || d.DefaultMaxTokens != 0 {
+				t.Fatalf("old deployment's tokens %+v %+v %d %v", d.Tokens, d.ProjectTokens, d.DefaultMaxTokens, err)
+			}
+			if r, err := st.rules(ctx, "prj_a"); err != nil || r.Tokens != nil {
+				t.Fatalf("old project's tokens %+v %v", r, err)
+			}
 			u, err := st.userByID(ctx, "usr_1")
 			if err != nil || u.TokenVersion != 0 || u.Username != "admin" {
 				t.Fatalf("user %+v %v", u, err)

@@ -19,10 +19,11 @@ import (
 
 // projectRules is what a project's changes are held to.
 type projectRules struct {
-	policy *upstreamPolicy // nil: the default policy
-	set    Limits          // as an admin set them; zero fields follow the default
-	keys   int             // keys the project holds
-	deps   int             // deployments the project holds
+	policy *upstreamPolicy    // nil: the default policy
+	set    Limits             // as an admin set them; zero fields follow the default
+	keys   int                // keys the project holds
+	deps   int                // deployments the project holds
+	tokens *event.TokenLimits // the project's token bounds (nil: none)
 }
 
 func (r *projectRules) limits() Limits { return r.set.withDefaults() }
@@ -30,11 +31,11 @@ func (r *projectRules) limits() Limits { return r.set.withDefaults() }
 // loadRules reads a project's rules in q (a write transaction, for the
 // checks: the rules then cannot change before it commits).
 func (s *Store) loadRules(ctx context.Context, q querier, projectID string) (*projectRules, error) {
-	var policy sql.NullString
+	var policy, tokens sql.NullString
 	var maxKeys, maxDeps, maxLinks sql.NullInt64
 	r := &projectRules{}
-	err := q.QueryRowContext(ctx, s.q(`SELECT allowed_upstreams, max_keys, max_deployments, max_links_per_key, key_count, deployment_count FROM projects WHERE id = ?`),
-		projectID).Scan(&policy, &maxKeys, &maxDeps, &maxLinks, &r.keys, &r.deps)
+	err := q.QueryRowContext(ctx, s.q(`SELECT allowed_upstreams, max_keys, max_deployments, max_links_per_key, key_count, deployment_count, tokens FROM projects WHERE id = ?`),
+		projectID).Scan(&policy, &maxKeys, &maxDeps, &maxLinks, &r.keys, &r.deps, &tokens)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: no project %q", ErrNotFound, projectID)
 	}
@@ -47,6 +48,9 @@ func (s *Store) loadRules(ctx context.Context, q querier, projectID string) (*pr
 		}
 	}
 	r.set = Limits{MaxKeys: int(maxKeys.Int64), MaxDeployments: int(maxDeps.Int64), MaxLinksPerKey: int(maxLinks.Int64)}
+	if r.tokens, err = scanTokens(tokens); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -79,12 +83,15 @@ func checkUpstreams(p *upstreamPolicy, d *event.Deployment) error {
 
 // beforeDeploymentWrite checks d (validated) against its project's rules
 // and the other projects' claims, inside the mutation's transaction; create
-// says whether d is new. It then records d's claims and counts it.
+// says whether d is new. It then records d's claims and counts it, and
+// sets d's ProjectTokens to the project's bounds as they are in tx (what
+// its event carries).
 func (s *Store) beforeDeploymentWrite(ctx context.Context, tx *sql.Tx, d *event.Deployment, create bool) error {
 	r, err := s.loadRules(ctx, tx, d.Project)
 	if err != nil {
 		return err
 	}
+	d.ProjectTokens = r.tokens
 	if lim := r.limits().MaxDeployments; create && r.deps >= lim {
 		return quotaError("max_deployments", lim, "deployments")
 	}
@@ -183,10 +190,12 @@ type ProjectRules struct {
 	Limits Limits
 	// Keys and Deployments are what the project holds.
 	Keys, Deployments int
+	// Tokens are the project's token bounds (nil: none).
+	Tokens *event.TokenLimits
 }
 
 func (r *projectRules) view() *ProjectRules {
-	return &ProjectRules{AllowedUpstreams: r.policy.strings(), Limits: r.limits(), Keys: r.keys, Deployments: r.deps}
+	return &ProjectRules{AllowedUpstreams: r.policy.strings(), Limits: r.limits(), Keys: r.keys, Deployments: r.deps, Tokens: r.tokens}
 }
 
 // rules returns a project's rules.
@@ -203,22 +212,50 @@ type rulesChange struct {
 	setPolicy bool
 	policy    *upstreamPolicy // with setPolicy: nil = back to the default
 	limits    map[string]*int // quota name → value (nil: back to the default)
+	tokens    tokensChange    // the token bounds
 }
 
 // maxConflictIDs bounds the deployment ids a refused policy change lists.
 const maxConflictIDs = 20
 
-// setRules applies ch to a project. A policy that some of the project's
+// setRules applies ch to a project and returns its rules and the store's
+// revision after the change. A policy that some of the project's
 // deployments would break is refused (409, naming how many and the first
 // of them): the admin changes or deletes those first. Quotas may be set
 // below what the project holds; further creations are then refused.
-func (s *Store) setRules(ctx context.Context, projectID string, ch rulesChange) (*ProjectRules, error) {
+//
+// A change of the token bounds re-sends every deployment of the project,
+// each as an event of its own revision in the same transaction, since the
+// project's bounds travel with its deployments (event.Deployment's
+// ProjectTokens): edges apply them in order, so the revision returned (the
+// last one) is the one to wait for. The change is refused whole if one of
+// those events would be over MaxEventBytes.
+func (s *Store) setRules(ctx context.Context, projectID string, ch rulesChange) (*ProjectRules, uint64, error) {
 	tx, unlock, err := s.lockedTx(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer unlock()
 	defer tx.Rollback()
+	r, err := s.setRulesTx(ctx, tx, projectID, ch)
+	if err != nil {
+		return nil, 0, err
+	}
+	rev, err := s.revision(ctx, tx)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, 0, fmt.Errorf("committing: %w", err)
+	}
+	if s.onCommit != nil {
+		s.onCommit(rev)
+	}
+	return r.view(), rev, nil
+}
+
+// setRulesTx is setRules inside tx.
+func (s *Store) setRulesTx(ctx context.Context, tx *sql.Tx, projectID string, ch rulesChange) (*projectRules, error) {
 	r, err := s.loadRules(ctx, tx, projectID)
 	if err != nil {
 		return nil, err
@@ -275,10 +312,61 @@ func (s *Store) setRules(ctx context.Context, projectID string, ch rulesChange) 
 			r.set.MaxLinksPerKey = val
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("committing: %w", err)
+	if ch.tokens.touches() {
+		tokens := ch.tokens.apply(r.tokens)
+		if tokensEqual(tokens, r.tokens) {
+			return r, nil // nothing the edges do not have already
+		}
+		col, err := tokensColumn(tokens)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE projects SET tokens = ? WHERE id = ?`), col, projectID); err != nil {
+			return nil, err
+		}
+		r.tokens = tokens
+		if err := s.resendDeployments(ctx, tx, projectID); err != nil {
+			return nil, err
+		}
 	}
-	return r.view(), nil
+	return r, nil
+}
+
+// resendDeployments gives every deployment of a project a revision of its
+// own and stores its event (carrying the project's bounds as they are in
+// tx), in tx.
+func (s *Store) resendDeployments(ctx context.Context, tx *sql.Tx, projectID string) error {
+	deps, err := s.listDeployments(ctx, tx, projectID)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	for i := range deps {
+		d := &deps[i]
+		rev, err := s.nextRevision(ctx, tx)
+		if err != nil {
+			return err
+		}
+		d.Revision = rev
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE deployments SET revision = ?, updated_at = ? WHERE id = ?`), rev, ts(now), d.ID); err != nil {
+			return fmt.Errorf("re-sending deployment: %w", err)
+		}
+		if err := s.storeEvent(ctx, tx, &event.Record{Kind: event.KindDeployment, Deployment: d}, rev, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tokensEqual reports whether a and b are the same bounds.
+func tokensEqual(a, b *event.TokenLimits) bool {
+	if a.Empty() || b.Empty() {
+		return a.Empty() == b.Empty()
+	}
+	if a.TokensPerMinute != b.TokensPerMinute || a.TokensPerDay != b.TokensPerDay || (a.Quota == nil) != (b.Quota == nil) {
+		return false
+	}
+	return a.Quota == nil || *a.Quota == *b.Quota
 }
 
 // secretScope is how an edge names a project in its secrets: the

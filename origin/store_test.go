@@ -393,6 +393,85 @@ func runStoreSuite(t *testing.T, open storeOpener) {
 			t.Fatalf("cleared deployment event %+v", dd)
 		}
 	})
+
+	t.Run("token limits persist and reach the events; a project's re-send its deployments", func(t *testing.T) {
+		st, p := setup(t)
+		d := newDep(p, "chat")
+		d.Tokens = &event.TokenLimits{TokensPerMinute: 100, Quota: &event.Quota{Tokens: 5000, Refill: event.QuotaRefillDaily}}
+		d.DefaultMaxTokens = 256
+		if _, err := st.createDeployment(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		k, h := newKey(p)
+		k.Tokens = &event.TokenLimits{TokensPerDay: 9, Quota: &event.Quota{Requests: 3}}
+		if _, err := st.createKey(ctx, k, h, []string{"chat"}); err != nil {
+			t.Fatal(err)
+		}
+		gotD, err := st.getDeployment(ctx, p.ID, "chat")
+		if err != nil || !tokensEqual(gotD.Tokens, d.Tokens) || gotD.DefaultMaxTokens != 256 || gotD.ProjectTokens != nil {
+			t.Fatalf("deployment read back %+v %v", gotD, err)
+		}
+		if _, byHash, _, err := st.keyByHash(ctx, h); err != nil || !tokensEqual(byHash.Tokens, k.Tokens) {
+			t.Fatalf("key by hash %+v %v", byHash, err)
+		}
+		var ch tokensChange
+		ch.perMinuteSet, ch.perMinute = true, 7
+		r, rev, err := st.setRules(ctx, p.ID, rulesChange{tokens: ch})
+		if err != nil || r.Tokens == nil || r.Tokens.TokensPerMinute != 7 || rev != 3 {
+			t.Fatalf("setRules: %+v rev %d %v", r, rev, err)
+		}
+		// Cleared: stored as NULL.
+		if _, err := st.updateKey(ctx, p.ID, k.ID, func(k *Key) error { k.Tokens = nil; return nil }, nil); err != nil {
+			t.Fatal(err)
+		}
+		var col sql.NullString
+		if err := st.db.QueryRowContext(ctx, st.q(`SELECT tokens FROM keys WHERE id = ?`), k.ID).Scan(&col); err != nil || col.Valid {
+			t.Fatalf("cleared key column %v %v", col, err)
+		}
+		recs := events(t, st)
+		if len(recs) != 4 {
+			t.Fatalf("%d events", len(recs))
+		}
+		if dd := recs[0].Deployment; !tokensEqual(dd.Tokens, d.Tokens) || dd.DefaultMaxTokens != 256 || dd.ProjectTokens != nil {
+			t.Fatalf("deployment event %+v", dd)
+		}
+		if ek := recs[1].Key; !tokensEqual(ek.Tokens, k.Tokens) {
+			t.Fatalf("key event %+v", ek.Tokens)
+		}
+		if dd := recs[2].Deployment; dd == nil || dd.ID != d.ID || dd.Revision != 3 || !tokensEqual(dd.Tokens, d.Tokens) ||
+			!tokensEqual(dd.ProjectTokens, &event.TokenLimits{TokensPerMinute: 7}) {
+			t.Fatalf("re-sent deployment event %+v", dd)
+		}
+		if ek := recs[3].Key; ek.Tokens != nil {
+			t.Fatalf("cleared key event %+v", ek.Tokens)
+		}
+
+		// A deployment stored before events were bounded, too large for an
+		// event: the project's bounds cannot be re-sent with it, so the
+		// change is refused whole — no revision, no bound, no event.
+		big := newDep(p, "big")
+		if _, err := st.createDeployment(ctx, big); err != nil {
+			t.Fatal(err)
+		}
+		ups := fmt.Sprintf(`{"*":["http://x:1/%s"]}`, strings.Repeat("p", MaxEventBytes))
+		if _, err := st.db.ExecContext(ctx, st.q(`UPDATE deployments SET upstreams = ? WHERE id = ?`), ups, big.ID); err != nil {
+			t.Fatal(err)
+		}
+		revBefore, _ := st.revision(ctx, st.db)
+		ch.perMinute = 8
+		if _, _, err := st.setRules(ctx, p.ID, rulesChange{tokens: ch}); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("re-sending an oversized deployment: %v", err)
+		}
+		if rev, _ := st.revision(ctx, st.db); rev != revBefore {
+			t.Fatalf("a refused change took revisions: %d → %d", revBefore, rev)
+		}
+		if r, err := st.rules(ctx, p.ID); err != nil || r.Tokens == nil || r.Tokens.TokensPerMinute != 7 {
+			t.Fatalf("a refused change was stored: %+v %v", r, err)
+		}
+		if n := len(events(t, st)); n != 5 {
+			t.Fatalf("%d events after the refused change, want 5", n)
+		}
+	})
 }
 
 // watchRevisionPrefix checks, until stop closes, that the committed events

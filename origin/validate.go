@@ -9,6 +9,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/modelglob"
 )
@@ -90,6 +91,156 @@ func decodeConcurrency(o object) (present bool, n int, err error) {
 		return true, 0, validation("max_concurrency", fmt.Sprintf("must be between 1 and %d, or null for no cap", maxConcurrency))
 	}
 	return true, n, nil
+}
+
+// tokensFields are the members of a key, deployment or project body that
+// set its token bounds.
+var tokensFields = []string{"tokens_per_minute", "tokens_per_day", "quota"}
+
+// tokensChange is a decoded change of token bounds; a member not set is
+// left as it is, a set one with a zero value (null) removes the bound.
+type tokensChange struct {
+	perMinuteSet, perDaySet, quotaSet bool
+	perMinute, perDay                 int64
+	quota                             *event.Quota
+}
+
+// touches reports whether the change touches any bound.
+func (ch *tokensChange) touches() bool { return ch.perMinuteSet || ch.perDaySet || ch.quotaSet }
+
+// apply returns t with the change made, nil when it bounds nothing (so
+// that a record without bounds carries none). t is not modified.
+func (ch *tokensChange) apply(t *event.TokenLimits) *event.TokenLimits {
+	var out event.TokenLimits
+	if t != nil {
+		out = *t
+	}
+	if ch.perMinuteSet {
+		out.TokensPerMinute = ch.perMinute
+	}
+	if ch.perDaySet {
+		out.TokensPerDay = ch.perDay
+	}
+	if ch.quotaSet {
+		out.Quota = ch.quota
+	}
+	if out.Empty() {
+		return nil
+	}
+	return &out
+}
+
+// decodeTokens reads and checks tokens_per_minute, tokens_per_day (1 to
+// maxTokensPerPeriod, or null) and quota ({"tokens": N} or {"requests": N},
+// 1 to maxQuotaAmount, with "refill" "daily", "monthly" or null; or null).
+func decodeTokens(o object) (tokensChange, error) {
+	var ch tokensChange
+	for _, f := range []struct {
+		name string
+		set  *bool
+		n    *int64
+	}{{"tokens_per_minute", &ch.perMinuteSet, &ch.perMinute}, {"tokens_per_day", &ch.perDaySet, &ch.perDay}} {
+		present, null, err := o.get(f.name, f.n, true, "a whole number of tokens, or null for no bound")
+		if err != nil {
+			return ch, err
+		}
+		*f.set = present
+		if present && !null && (*f.n < 1 || *f.n > maxTokensPerPeriod) {
+			return ch, validation(f.name, fmt.Sprintf("must be between 1 and %d, or null for no bound", int64(maxTokensPerPeriod)))
+		}
+	}
+	var q struct {
+		Tokens   *int64  `json:"tokens"`
+		Requests *int64  `json:"requests"`
+		Refill   *string `json:"refill"`
+	}
+	present, null, err := o.get("quota", &q, true, `{"tokens": N} or {"requests": N} with an optional "refill", or null`)
+	if err != nil || !present {
+		return ch, err
+	}
+	ch.quotaSet = true
+	if null {
+		return ch, nil
+	}
+	if (q.Tokens == nil) == (q.Requests == nil) {
+		return ch, validation("quota", `must give exactly one of "tokens" and "requests"`)
+	}
+	eq := &event.Quota{}
+	amount, unit := q.Tokens, "tokens"
+	if q.Requests != nil {
+		amount, unit = q.Requests, "requests"
+	}
+	if *amount < 1 || *amount > maxQuotaAmount {
+		return ch, validation("quota", fmt.Sprintf("%s must be between 1 and %d", unit, int64(maxQuotaAmount)))
+	}
+	if q.Tokens != nil {
+		eq.Tokens = *q.Tokens
+	} else {
+		eq.Requests = *q.Requests
+	}
+	if q.Refill != nil {
+		if *q.Refill != event.QuotaRefillDaily && *q.Refill != event.QuotaRefillMonthly {
+			return ch, validation("quota", `refill must be "daily", "monthly" or null (never refilled)`)
+		}
+		eq.Refill = *q.Refill
+	}
+	ch.quota = eq
+	return ch, nil
+}
+
+// decodeDefaultMaxTokens reads and checks a deployment's
+// "default_max_tokens": 1 to maxDefaultMaxToks, or null for none (0).
+func decodeDefaultMaxTokens(o object) (present bool, n int64, err error) {
+	present, null, err := o.get("default_max_tokens", &n, true, "a whole number of tokens, or null")
+	if err != nil || !present || null {
+		return present, 0, err
+	}
+	if n < 1 || n > maxDefaultMaxToks {
+		return true, 0, validation("default_max_tokens", fmt.Sprintf("must be between 1 and %d, or null for none", maxDefaultMaxToks))
+	}
+	return true, n, nil
+}
+
+// tokensAnswer is t as the API shows it: null for each bound not set.
+func tokensAnswer(t *event.TokenLimits) (perMinute, perDay *int64, quota *api.Quota) {
+	if t == nil {
+		return nil, nil, nil
+	}
+	if t.TokensPerMinute > 0 {
+		perMinute = &t.TokensPerMinute
+	}
+	if t.TokensPerDay > 0 {
+		perDay = &t.TokensPerDay
+	}
+	return perMinute, perDay, quotaAnswer(t.Quota)
+}
+
+// quotaAnswer is q as the API shows it (nil: no quota).
+func quotaAnswer(q *event.Quota) *api.Quota {
+	if q == nil {
+		return nil
+	}
+	out := &api.Quota{}
+	if q.Requests > 0 {
+		n := q.Requests
+		out.Requests = &n
+	} else {
+		n := q.Tokens
+		out.Tokens = &n
+	}
+	if q.Refill != "" {
+		r := q.Refill
+		out.Refill = &r
+	}
+	return out
+}
+
+// int64Answer is n as the API shows it: null for 0 (none).
+func int64Answer(n int64) *int64 {
+	if n <= 0 {
+		return nil
+	}
+	return &n
 }
 
 // modelsAnswer is a model list as the API shows it: [] for any model.

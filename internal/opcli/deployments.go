@@ -22,6 +22,7 @@ type depFlags struct {
 	uaMode, uaHeader, uaPrefix, uaSecret *string
 	rateLimit, maxPromptChars            *int
 	maxConcurrency                       *int
+	tokens                               *tokenFlags
 	maxBodyBytes                         *int64
 	wait                                 *time.Duration
 }
@@ -44,6 +45,7 @@ func defineDepFlags(fs *flag.FlagSet, create bool) *depFlags {
 	fs.Var(&d.models, "models", `comma-separated model name patterns every key on the deployment is bounded by ('*' matches within a name)`+
 		map[bool]string{true: " (default: any model)", false: `; replaces the list ("" allows any model)`}[create])
 	d.maxConcurrency = fs.Int("max-concurrency", 0, "requests in flight at once at each edge, over all keys"+map[bool]string{true: " (default: no cap)", false: " (0 removes the cap)"}[create])
+	d.tokens = defineTokenFlags(fs, create, true, "all the deployment's keys together")
 	d.wait = waitFlag(fs)
 	return d
 }
@@ -119,6 +121,15 @@ func (d *depFlags) input(create bool, name string) (apiclient.DeploymentInput, e
 	if err != nil {
 		return in, err
 	}
+	if d.tokens.changes() {
+		n++
+		if in.Tokens, err = d.tokens.limits(); err != nil {
+			return in, err
+		}
+		if in.DefaultMaxTokens, err = d.tokens.defaultMax(); err != nil {
+			return in, err
+		}
+	}
 	if ua {
 		if *d.uaMode == "" {
 			return in, badInput("--upstream-auth-header, -prefix and -secret need --upstream-auth (none, inject or passthrough)")
@@ -185,6 +196,14 @@ func (e *cliEnv) showDeployment(d *apiclient.Deployment) error {
 	line("Max prompt chars", strconv.Itoa(d.MaxPromptChars))
 	line("Models", fmtModels(d.Models))
 	line("Max concurrency", fmtConcurrency(d.MaxConcurrency))
+	line("Tokens per minute", fmtTokens(d.TokensPerMinute, "minute"))
+	line("Tokens per day", fmtTokens(d.TokensPerDay, "day"))
+	line("Quota", fmtQuota(d.Quota))
+	dm := "none"
+	if d.DefaultMaxTokens != nil {
+		dm = strconv.FormatInt(*d.DefaultMaxTokens, 10)
+	}
+	line("Default max tokens", dm)
 	line("Revision", strconv.FormatUint(d.Revision, 10))
 	if d.Propagation != nil {
 		line("Propagation", fmtPropagation(d.Propagation))
@@ -235,10 +254,11 @@ func depListCmd() *command {
 				if e.json {
 					return e.printJSON(p.JSON)
 				}
-				t := newTable(e.stdout, "ID", "NAME", "HOSTS", "PATH", "UPSTREAMS", "AUTH", "RATE LIMIT", "REVISION")
+				t := newTable(e.stdout, "ID", "NAME", "HOSTS", "PATH", "UPSTREAMS", "AUTH", "RATE LIMIT", "TOKEN LIMITS", "REVISION")
 				for _, d := range p.Items {
 					t.row(d.ID, d.Name, strings.Join(d.Hosts, ","), d.PathPrefix, fmtUpstreams(d.Upstreams),
-						map[bool]string{true: "on", false: "off"}[d.AuthEnabled], fmtRate(d.RateLimit), strconv.FormatUint(d.Revision, 10))
+						map[bool]string{true: "on", false: "off"}[d.AuthEnabled], fmtRate(d.RateLimit),
+						fmtTokenLimits(d.TokensPerMinute, d.TokensPerDay, d.Quota), strconv.FormatUint(d.Revision, 10))
 				}
 				return t.flush()
 			}

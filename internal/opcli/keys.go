@@ -43,6 +43,7 @@ type keyFlags struct {
 	expiresInDays            *int
 	rateLimit                *int
 	maxConcurrency           *int
+	tokens                   *tokenFlags
 	disabled                 *bool
 	wait                     *time.Duration
 }
@@ -61,6 +62,7 @@ func defineKeyFlags(fs *flag.FlagSet, create bool) *keyFlags {
 	fs.Var(&k.models, "models", `comma-separated model name patterns the key may use ('*' matches within a name: meta-llama/*)`+
 		map[bool]string{true: " (default: any model)", false: `; replaces the list ("" allows any model)`}[create])
 	k.maxConcurrency = fs.Int("max-concurrency", 0, "requests in flight at once at each edge"+map[bool]string{true: " (default: no cap)", false: " (0 removes the cap)"}[create])
+	k.tokens = defineTokenFlags(fs, create, false, "the key")
 	k.disabled = fs.Bool("disabled", false, "disable the key (--disabled=false enables it)")
 	k.wait = waitFlag(fs)
 	return k
@@ -96,6 +98,17 @@ func (k *keyFlags) create(name string) (apiclient.KeyCreate, error) {
 		return in, badInput("--max-concurrency must be positive")
 	}
 	in.MaxConcurrency = *k.maxConcurrency
+	t, err := k.tokens.limits()
+	if err != nil {
+		return in, err
+	}
+	if t.TokensPerMinute != nil {
+		in.TokensPerMinute = *t.TokensPerMinute
+	}
+	if t.TokensPerDay != nil {
+		in.TokensPerDay = *t.TokensPerDay
+	}
+	in.Quota = t.Quota
 	return in, nil
 }
 
@@ -139,8 +152,16 @@ func (k *keyFlags) update() (apiclient.KeyUpdate, error) {
 		}
 		n++
 	})
+	if k.tokens.changes() {
+		n++
+		var err error
+		if in.Tokens, err = k.tokens.limits(); err != nil {
+			return in, err
+		}
+	}
 	if n == 0 {
-		return in, badInput("nothing to change: give at least one of --name, --description, --permissions, --deployments, --expires, --rate-limit, --models, --max-concurrency, --disabled")
+		return in, badInput("nothing to change: give at least one of --name, --description, --permissions, --deployments, --expires, --rate-limit, --models, --max-concurrency, " +
+			"--tokens-per-minute, --tokens-per-day, --quota-tokens, --quota-requests, --disabled")
 	}
 	if *k.rateLimit < 0 {
 		return in, badInput("--rate-limit must be positive")
@@ -231,6 +252,9 @@ func (e *cliEnv) showKey(k *apiclient.Key) error {
 	line("Rate limit", fmtRate(k.RateLimit))
 	line("Models", fmtModels(k.Models))
 	line("Max concurrency", fmtConcurrency(k.MaxConcurrency))
+	line("Tokens per minute", fmtTokens(k.TokensPerMinute, "minute"))
+	line("Tokens per day", fmtTokens(k.TokensPerDay, "day"))
+	line("Quota", fmtQuota(k.Quota))
 	line("Created", fmtTime(&k.CreatedAt, "-"))
 	line("Updated", fmtTime(&k.UpdatedAt, "-"))
 	line("Revision", strconv.FormatUint(k.Revision, 10))
@@ -335,10 +359,10 @@ func (e *cliEnv) keyTable(keys []*apiclient.Key) {
 	if len(keys) > 0 {
 		names = e.depNames()
 	}
-	t := newTable(e.stdout, "ID", "NAME", "PREFIX", "STATUS", "PERMISSIONS", "DEPLOYMENTS", "EXPIRES", "RATE LIMIT")
+	t := newTable(e.stdout, "ID", "NAME", "PREFIX", "STATUS", "PERMISSIONS", "DEPLOYMENTS", "EXPIRES", "RATE LIMIT", "TOKEN LIMITS")
 	for _, k := range keys {
 		t.row(k.ID, k.Name, k.Prefix, keyStatus(k), strings.Join(k.Permissions, ","), namesOf(k.Deployments, names),
-			fmtTime(k.ExpiresAt, "never"), fmtRate(k.RateLimit))
+			fmtTime(k.ExpiresAt, "never"), fmtRate(k.RateLimit), fmtTokenLimits(k.TokensPerMinute, k.TokensPerDay, k.Quota))
 	}
 	_ = t.flush()
 }

@@ -184,6 +184,8 @@ func projectsUpdateCmd() *command {
 			maxKeys := fs.Int("max-keys", -1, "most keys the project may hold (0: the default)")
 			maxDeps := fs.Int("max-deployments", -1, "most deployments the project may hold (0: the default)")
 			maxLinks := fs.Int("max-links-per-key", -1, "most deployments one key may be linked to (0: the default)")
+			tf := defineTokenFlags(fs, false, false, "all the project's deployments together")
+			wait := waitFlag(fs)
 			return func(e *cliEnv, args []string) error {
 				var in apiclient.ProjectUpdate
 				if allowed.set && *def {
@@ -205,13 +207,24 @@ func projectsUpdateCmd() *command {
 						*q.dst = ptr(*q.v)
 					}
 				}
-				if !allowed.set && !*def && in.MaxKeys == nil && in.MaxDeployments == nil && in.MaxLinksPerKey == nil {
+				if tf.changes() {
+					var err error
+					if in.Tokens, err = tf.limits(); err != nil {
+						return err
+					}
+				}
+				if !allowed.set && !*def && in.MaxKeys == nil && in.MaxDeployments == nil && in.MaxLinksPerKey == nil && !tf.changes() {
 					return badInput("nothing to change (see origin projects update --help)")
 				}
-				p, err := e.api.UpdateProject(e.ctx, args[0], in)
+				opts, err := waitOpts(*wait)
 				if err != nil {
 					return err
 				}
+				p, err := e.api.UpdateProject(e.ctx, args[0], in, opts...)
+				if err != nil {
+					return err
+				}
+				e.warnNoEdges(p.Propagation)
 				return e.printProject(p)
 			}
 		},
@@ -231,5 +244,10 @@ func (e *cliEnv) printProject(p *apiclient.ProjectDetail) error {
 	}
 	fmt.Fprintf(e.stdout, "Project %s (%s)\n  allowed upstreams: %s\n  keys: %d of %d\n  deployments: %d of %d\n  links per key: at most %d\n",
 		p.Name, p.ID, policy, p.Usage.Keys, p.Limits.MaxKeys, p.Usage.Deployments, p.Limits.MaxDeployments, p.Limits.MaxLinksPerKey)
+	fmt.Fprintf(e.stdout, "  tokens per minute: %s\n  tokens per day: %s\n  quota: %s\n",
+		fmtTokens(p.TokensPerMinute, "minute"), fmtTokens(p.TokensPerDay, "day"), fmtQuota(p.Quota))
+	if p.Propagation != nil {
+		fmt.Fprintf(e.stdout, "  propagation: %s\n", fmtPropagation(p.Propagation))
+	}
 	return nil
 }

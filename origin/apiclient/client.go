@@ -204,7 +204,33 @@ type (
 	Session = api.LoginResponse
 	User    = api.User
 	Limits  = api.Limits
+	// Quota is a token or request allowance (exactly one of Tokens and
+	// Requests), refilled daily, monthly or (Refill nil) never.
+	Quota = api.Quota
 )
+
+// TokenLimits are the token bounds of a key, deployment or project update:
+// nil fields are left as they are; a set one with 0 (or, for Quota, the
+// No* flag) sends null, which removes the bound.
+type TokenLimits struct {
+	TokensPerMinute, TokensPerDay *int64
+	Quota                         *Quota
+	// NoQuota sends quota: null (Quota must be nil).
+	NoQuota bool
+}
+
+// patch is the three members as an api patch sends them.
+func (t TokenLimits) patch() (perMinute, perDay api.Nullable[int64], quota api.Nullable[Quota]) {
+	return zeroNull(t.TokensPerMinute), zeroNull(t.TokensPerDay), nullable(t.Quota, t.NoQuota)
+}
+
+// zeroNull is v when set and not 0, null when 0, else absent.
+func zeroNull(v *int64) api.Nullable[int64] {
+	if v != nil && *v == 0 {
+		return api.Null[int64]()
+	}
+	return nullable(v, false)
+}
 
 // Key is an API key as the origin shows it, with the answer it was decoded
 // from. Secret is set only by create and rotate.
@@ -232,17 +258,21 @@ type KeyUpdate struct {
 	// NoMaxConcurrency sends max_concurrency: null (MaxConcurrency must be
 	// nil).
 	NoMaxConcurrency bool
-	Disabled         *bool
+	// Tokens changes the token bounds.
+	Tokens   TokenLimits
+	Disabled *bool
 }
 
 // MarshalJSON sends only the fields that are set, as an api.KeyPatch.
 func (u KeyUpdate) MarshalJSON() ([]byte, error) {
-	return json.Marshal(api.KeyPatch{
+	p := api.KeyPatch{
 		Name: u.Name, Description: u.Description, Permissions: u.Permissions, Deployments: u.Deployments,
 		ExpiresAt: nullable(u.ExpiresAt, u.NeverExpires), RateLimit: nullable(u.RateLimit, u.NoRateLimit),
 		Models: nullable(u.Models, false), MaxConcurrency: nullable(u.MaxConcurrency, u.NoMaxConcurrency),
 		Disabled: u.Disabled,
-	})
+	}
+	p.TokensPerMinute, p.TokensPerDay, p.Quota = u.Tokens.patch()
+	return json.Marshal(p)
 }
 
 // nullable is v when set, else null when null is asked for, else absent.
@@ -294,16 +324,23 @@ type DeploymentInput struct {
 	// NoMaxConcurrency sends max_concurrency: null (MaxConcurrency must be
 	// nil).
 	NoMaxConcurrency bool
+	// Tokens changes the token bounds; DefaultMaxTokens the reservation of
+	// a request naming no max_tokens (0 sends null: none).
+	Tokens           TokenLimits
+	DefaultMaxTokens *int64
 }
 
 // MarshalJSON sends only the fields that are set, as an api.DeploymentInput.
 func (d DeploymentInput) MarshalJSON() ([]byte, error) {
-	return json.Marshal(api.DeploymentInput{
+	in := api.DeploymentInput{
 		Name: d.Name, Hosts: nullable(d.Hosts, false), PathPrefix: nullable(d.PathPrefix, false), Upstreams: d.Upstreams,
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: nullable(d.UpstreamAuth, false),
 		RateLimit: nullable(d.RateLimit, d.NoRateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
 		Models: nullable(d.Models, false), MaxConcurrency: nullable(d.MaxConcurrency, d.NoMaxConcurrency),
-	})
+		DefaultMaxTokens: zeroNull(d.DefaultMaxTokens),
+	}
+	in.TokensPerMinute, in.TokensPerDay, in.Quota = d.Tokens.patch()
+	return json.Marshal(in)
 }
 
 // DeploymentPage is a deployment listing.
@@ -741,6 +778,9 @@ type ProjectUpdate struct {
 	DefaultUpstreams bool
 	// Quotas: a value sets it, 0 in a set pointer sends null (the default).
 	MaxKeys, MaxDeployments, MaxLinksPerKey *int
+	// Tokens changes the token bounds of all the project's deployments
+	// together (which re-sends each of them to the edges).
+	Tokens TokenLimits
 }
 
 // MarshalJSON sends only the fields that are set, as an api.ProjectPatch.
@@ -751,10 +791,12 @@ func (u ProjectUpdate) MarshalJSON() ([]byte, error) {
 		}
 		return nullable(v, false)
 	}
-	return json.Marshal(api.ProjectPatch{
+	p := api.ProjectPatch{
 		AllowedUpstreams: nullable(u.AllowedUpstreams, u.DefaultUpstreams),
 		MaxKeys:          quota(u.MaxKeys), MaxDeployments: quota(u.MaxDeployments), MaxLinksPerKey: quota(u.MaxLinksPerKey),
-	})
+	}
+	p.TokensPerMinute, p.TokensPerDay, p.Quota = u.Tokens.patch()
+	return json.Marshal(p)
 }
 
 // GetProject returns a project with its rules.
@@ -766,10 +808,12 @@ func (c *Client) GetProject(ctx context.Context, project string) (*ProjectDetail
 	return &p, nil
 }
 
-// UpdateProject changes a project's upstream policy or quotas.
-func (c *Client) UpdateProject(ctx context.Context, project string, in ProjectUpdate) (*ProjectDetail, error) {
+// UpdateProject changes a project's upstream policy, quotas or token
+// bounds (with Wait, the answer waits for the re-sent deployments to reach
+// the edges).
+func (c *Client) UpdateProject(ctx context.Context, project string, in ProjectUpdate, opts ...CallOption) (*ProjectDetail, error) {
 	var p ProjectDetail
-	if _, err := c.call(ctx, http.MethodPatch, projectPath(project), nil, in, &p.ProjectDetail, &p.JSON); err != nil {
+	if _, err := c.call(ctx, http.MethodPatch, projectPath(project), opts, in, &p.ProjectDetail, &p.JSON); err != nil {
 		return nil, err
 	}
 	return &p, nil
