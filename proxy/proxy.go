@@ -171,6 +171,8 @@ type Proxy struct {
 	policy *upstreamPolicy
 	// inflight counts requests in flight per key and deployment.
 	inflight *inflight
+	// tokens holds the token limits' and quotas' counters (tokens.go).
+	tokens *tokenTable
 
 	mu sync.Mutex
 	ln net.Listener
@@ -214,10 +216,16 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	s := &Proxy{cfg: cfg, log: cfg.Logger, state: cfg.State, limits: newLimiter(time.Now, 1_000_000),
 		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy, inflight: newInflight(),
+		tokens: newTokenTable(time.Now, 1_000_000),
 		cors:  newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
 		audit: newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
 	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
 		return nil, err
+	}
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymesh_edge_token_untracked_total",
+		Help: "Token-limit and quota checks made against a counter not kept because the token table was full."},
+		func() float64 { return float64(s.tokens.untracked.Load()) })); err != nil {
+		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
 	s.secrets.dir = cfg.SecretsDir
 	s.secrets.warnUnscoped(cfg.Logger)
@@ -418,6 +426,9 @@ type outcome struct {
 	// adm is the request's concurrency slots, given back when it is
 	// finished.
 	adm admission
+	// tok is the request's token reservation (nil: no token bound
+	// applies), settled with the metered tokens when it is finished.
+	tok *tokenHold
 }
 
 func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
@@ -443,6 +454,15 @@ func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 		}
 		releaseMeter(out.meter)
 		out.meter = nil
+	}
+	if out.tok != nil {
+		// What the upstream never answered used nothing.
+		var used int64
+		if out.usage.ok {
+			used = out.usage.prompt + out.usage.completion
+		}
+		s.tokens.settle(out.tok, used)
+		out.tok = nil
 	}
 	s.audit.record(ctx, out)
 	name := ""
@@ -527,18 +547,41 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonPermission
 		return out
 	}
+	bounded := tokenBounded(dep, out.key)
+	var res int64
+	if bounded {
+		if res, ok = reservation(ctx, dep, &body); !ok {
+			return out
+		}
+	}
 	if out.adm, ok = s.admit(ctx, dep, out.key); !ok {
 		out.reason = reasonRateLimited
 		return out
 	}
+	var tokHeaders tokenHeaders
+	if bounded {
+		// After the slots (finish gives those back), before the request
+		// rate limit (which gives the reservation back when it refuses).
+		var tr tokenResult
+		if out.tok, tr, ok = s.admitTokens(ctx, dep, out.key, res); !ok {
+			out.reason = tr.reason
+			return out
+		}
+		tokHeaders = tr.tokenHeaders
+	}
 	lim := s.limits.check(dep, out.key)
+	lim.tokens = tokHeaders
 	lim.setHeaders(&ctx.Response.Header)
 	if lim.retry > 0 {
+		if out.tok != nil {
+			s.tokens.cancel(out.tok)
+			out.tok = nil
+		}
 		fail(ctx, errRateLimited, 0)
 		out.reason = reasonRateLimited
 		return out
 	}
-	out.meter = s.meterRequest(ctx.Method(), r, &body)
+	out.meter = s.meterRequest(ctx.Method(), r, &body, out.tok != nil)
 	out.body = s.forward(ctx, r, body, lim, out.meter)
 	return out
 }
