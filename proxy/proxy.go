@@ -217,8 +217,8 @@ func New(cfg Config) (*Proxy, error) {
 	s := &Proxy{cfg: cfg, log: cfg.Logger, state: cfg.State, limits: newLimiter(time.Now, 1_000_000),
 		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy, inflight: newInflight(),
 		tokens: newTokenTable(time.Now, 1_000_000),
-		cors:  newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
-		audit: newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
+		cors:   newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
+		audit:  newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
 	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
 		return nil, err
 	}

@@ -222,8 +222,8 @@ func TestTokenBoundsRefuseAtBound(t *testing.T) {
 				if kind.code == apierror.InsufficientQuota && resp.Header.Get("Retry-After") != "" {
 					t.Fatalf("Retry-After %q on a quota that never refills", resp.Header.Get("Retry-After"))
 				}
-				ts.ok(t, key(1), path(1), 40, 40) // exactly what is left
-				resp, body = ts.post(t, key(0), path(0), -1, 0)  // reserves 0, needs 1
+				ts.ok(t, key(1), path(1), 40, 40)               // exactly what is left
+				resp, body = ts.post(t, key(0), path(0), -1, 0) // reserves 0, needs 1
 				wantError(t, resp, body, 429, kind.code)
 				if scope == "key" { // the other key has a bound of its own
 					ts.ok(t, 1, "/v1/completions", 10, 10)
