@@ -18,7 +18,10 @@
 // logged or put in an audit record; a model allow-list (models.go) is
 // decided on the body as forwarded, every occurrence of a model counting;
 // every admitted request holds its concurrency slots (concurrency.go) until
-// it is finished, and gives them back exactly once; every answered request
+// it is finished, and gives them back exactly once; a request under a token
+// bound or quota (tokens.go) reserves its maximum tokens at admission and
+// settles them with its metered usage exactly once, when it is finished, a
+// refused one holding nothing; every answered request
 // gives the AuditSink one record, and every refusal carries the error body
 // of the external API. With a UsageSink, every POST forwarded and answered
 // gives it one usage record, read from the answer as it is relayed (meter):
@@ -95,7 +98,9 @@ type Config struct {
 	Audit AuditSink
 	// Usage receives the usage record of every metered request (a POST
 	// forwarded and answered: see UsageSink and docs/api.md, "Metering");
-	// nil meters nothing, and then no request body is rewritten either.
+	// nil meters nothing, and then no request body is rewritten either —
+	// but for a request under a token bound, metered to settle its
+	// reservation (tokens.go).
 	Usage UsageSink
 	// Metrics registers the data plane's metrics (keymesh_edge_requests_total
 	// and the others of the request path); nil registers them nowhere.

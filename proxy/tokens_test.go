@@ -235,6 +235,7 @@ func TestTokenBoundsRefuseAtBound(t *testing.T) {
 					t.Fatalf("refusals counted %v, want 2", n)
 				}
 				ts.heldIs(t, 0)
+				inFlightIs(t, ts.testProxy, 0) // a refusal holds no concurrency slot
 				if n := len(ts.up.requests()); n != 2+map[bool]int{true: 1, false: 0}[scope != "project"] {
 					t.Fatalf("the upstream saw %d requests", n)
 				}
@@ -547,6 +548,9 @@ func TestTokenSettlementAbortAndUpstreamError(t *testing.T) {
 	}
 	if n := dp.tokens.heldTotal(); n != 0 {
 		t.Fatalf("%d held after 502s", n)
+	}
+	if n := dp.tokens.remaining(tokenID{"key_dead", scopeKey, tokMinute}, 100, ""); n != 100 {
+		t.Fatalf("after requests the upstream never answered %d left, want 100", n)
 	}
 
 	// Clients that read a little of a stream and hang up: each settles
