@@ -431,9 +431,6 @@ type outcome struct {
 	// adm is the request's concurrency slots, given back when it is
 	// finished.
 	adm admission
-	// tok is the request's token reservation (nil: no token bound
-	// applies), settled with the metered tokens when it is finished.
-	tok *tokenHold
 }
 
 func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
@@ -460,14 +457,14 @@ func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 		releaseMeter(out.meter)
 		out.meter = nil
 	}
-	if out.tok != nil {
+	if r := out.req; r != nil && r.tok != nil {
 		// What the upstream never answered used nothing.
 		var used int64
 		if out.usage.ok {
 			used = out.usage.prompt + out.usage.completion
 		}
-		s.tokens.settle(out.tok, used)
-		out.tok = nil
+		s.tokens.settle(r.tok, used)
+		r.tok = nil
 	}
 	s.audit.record(ctx, out)
 	name := ""
@@ -568,7 +565,7 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		// After the slots (finish gives those back), before the request
 		// rate limit (which gives the reservation back when it refuses).
 		var tr tokenResult
-		if out.tok, tr, ok = s.admitTokens(ctx, dep, out.key, res); !ok {
+		if r.tok, tr, ok = s.admitTokens(ctx, dep, out.key, res); !ok {
 			out.reason = tr.reason
 			return out
 		}
@@ -578,15 +575,15 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	lim.tokens = tokHeaders
 	lim.setHeaders(&ctx.Response.Header)
 	if lim.retry > 0 {
-		if out.tok != nil {
-			s.tokens.cancel(out.tok)
-			out.tok = nil
+		if r.tok != nil {
+			s.tokens.cancel(r.tok)
+			r.tok = nil
 		}
 		fail(ctx, errRateLimited, 0)
 		out.reason = reasonRateLimited
 		return out
 	}
-	out.meter = s.meterRequest(ctx.Method(), r, &body, out.tok != nil)
+	out.meter = s.meterRequest(ctx.Method(), r, &body, r.tok != nil)
 	out.body = s.forward(ctx, r, body, lim, out.meter)
 	return out
 }

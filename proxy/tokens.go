@@ -634,18 +634,26 @@ func (r *tokenHeaders) setHeaders(h *fasthttp.ResponseHeader) {
 	var buf [32]byte
 	h.SetBytesV("X-RateLimit-Limit-Tokens", strconv.AppendInt(buf[:0], r.limit, 10))
 	h.SetBytesV("X-RateLimit-Remaining-Tokens", strconv.AppendInt(buf[:0], r.remaining, 10))
-	h.Set("X-RateLimit-Reset-Tokens", resetString(r.reset))
+	h.SetBytesV("X-RateLimit-Reset-Tokens", appendReset(buf[:0], r.reset))
 }
 
-// resetString writes a duration as OpenAI's x-ratelimit-reset-* headers
-// do: "20ms" under a second, else whole seconds ("1s", "6m0s"), rounded
-// up so that a client waiting that long finds the bucket full.
-func resetString(d time.Duration) string {
+// appendReset appends a duration as OpenAI's x-ratelimit-reset-* headers
+// write it (and time.Duration.String, without allocating): "20ms" under a
+// second, else whole seconds ("1s", "6m0s", "1h0m0s"), rounded up so that
+// a client waiting that long finds the bucket full.
+func appendReset(dst []byte, d time.Duration) []byte {
 	switch {
 	case d <= 0:
-		return "0s"
+		return append(dst, "0s"...)
 	case d < time.Second:
-		return ((d + time.Millisecond - 1) / time.Millisecond * time.Millisecond).String()
+		return append(strconv.AppendInt(dst, int64((d+time.Millisecond-1)/time.Millisecond), 10), "ms"...)
 	}
-	return ((d + time.Second - 1) / time.Second * time.Second).String()
+	secs := int64((d + time.Second - 1) / time.Second)
+	if h := secs / 3600; h > 0 {
+		dst = append(strconv.AppendInt(dst, h, 10), 'h')
+	}
+	if secs >= 60 {
+		dst = append(strconv.AppendInt(dst, secs/60%60, 10), 'm')
+	}
+	return append(strconv.AppendInt(dst, secs%60, 10), 's')
 }

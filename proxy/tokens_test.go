@@ -709,11 +709,16 @@ func TestTokenTableBounded(t *testing.T) {
 	}
 }
 
-func TestResetString(t *testing.T) {
-	for d, want := range map[time.Duration]string{0: "0s", 20 * time.Millisecond: "20ms", 19*time.Millisecond + 1: "20ms",
-		time.Second: "1s", 1500 * time.Millisecond: "2s", 6 * time.Minute: "6m0s", 25 * time.Hour: "25h0m0s"} {
-		if got := resetString(d); got != want {
-			t.Errorf("resetString(%v) = %q, want %q", d, got, want)
+func TestAppendReset(t *testing.T) {
+	for d, want := range map[time.Duration]string{0: "0s", -time.Second: "0s", 20 * time.Millisecond: "20ms",
+		19*time.Millisecond + 1: "20ms", 999 * time.Millisecond: "999ms", time.Second: "1s", 1500 * time.Millisecond: "2s",
+		59 * time.Second: "59s", time.Minute: "1m0s", 6 * time.Minute: "6m0s", 61 * time.Minute: "1h1m0s",
+		25 * time.Hour: "25h0m0s"} {
+		if got := string(appendReset(nil, d)); got != want {
+			t.Errorf("appendReset(%v) = %q, want %q", d, got, want)
+		}
+		if d >= time.Second && d%time.Second == 0 && d.String() != want {
+			t.Errorf("%v: %q is not how Go writes it", d, want)
 		}
 	}
 }
