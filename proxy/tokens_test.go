@@ -722,3 +722,42 @@ func TestAppendReset(t *testing.T) {
 		}
 	}
 }
+
+// FuzzMaxTokens checks the reading of a body's maximum against
+// encoding/json's: when the edge finds it unambiguous, every member a
+// server could take for one (any letter case) is null or an integer the
+// edge read, and the reservation is the largest of them.
+func FuzzMaxTokens(f *testing.F) {
+	for _, s := range []string{`{"max_tokens":5}`, `{"max_tokens":5,"MAX_TOKENS":6}`, `{"max_completion_tokens":null,"max_output_tokens":3}`,
+		`{"max_tokens":1e2}`, `{"max_tokens":"7"}`, `{"max_tok\u0065ns":9}`, `{"max_tokens":-0}`, `[1]`, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var mt maxTokens
+		if _, _, err := parseBodyTokens(body, &mt); err != nil || mt.bad {
+			return
+		}
+		var members map[string]json.RawMessage
+		if err := json.Unmarshal(body, &members); err != nil {
+			return // fastjson and encoding/json differ on some inputs; prompt_test covers those
+		}
+		var want int64
+		named := false
+		for k, v := range members {
+			if maxTokensField([]byte(k)) < 0 {
+				continue
+			}
+			if string(v) == "null" {
+				continue
+			}
+			n, err := strconv.ParseInt(string(v), 10, 64)
+			if err != nil || n < 0 || n > maxReservation {
+				t.Fatalf("%s: %s=%s read as unambiguous", body, k, v)
+			}
+			want, named = max(want, n), true
+		}
+		if named != mt.named || want != mt.n {
+			t.Fatalf("%s: reservation %d (named %v), want %d (%v)", body, mt.n, mt.named, want, named)
+		}
+	})
+}
