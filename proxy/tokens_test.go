@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -760,4 +762,56 @@ func FuzzMaxTokens(f *testing.F) {
 			t.Fatalf("%s: reservation %d (named %v), want %d (%v)", body, mt.n, mt.named, want, named)
 		}
 	})
+}
+
+// A bound that refuses gives back what the bounds checked before it took:
+// the key's bucket, then the deployment's refusing, leaves the key's full.
+func TestTokenRefusalGivesBackEarlierBounds(t *testing.T) {
+	ts := startTokens(t, tokenBoundsSpec{key: &event.TokenLimits{TokensPerMinute: 1000, Quota: &event.Quota{Requests: 10}},
+		dep: &event.TokenLimits{TokensPerMinute: 100}}, nil)
+	for range 3 {
+		resp, body := ts.post(t, 0, "/v1/completions", 200, 0)
+		wantError(t, resp, body, 429, apierror.QuotaExceeded)
+	}
+	ts.heldIs(t, 0)
+	if n := ts.tokens.remaining(tokenID{"key_1", scopeKey, tokMinute}, 1000, ""); n != 1000 {
+		t.Fatalf("the key's bucket has %d left after refusals by the deployment's, want 1000", n)
+	}
+	if n := ts.tokens.remaining(tokenID{"key_1", scopeKey, tokRequests}, 10, ""); n != 10 {
+		t.Fatalf("the key's request quota has %d left, want 10", n)
+	}
+	// And a quota refusing after a bucket took.
+	q := startTokens(t, tokenBoundsSpec{key: &event.TokenLimits{TokensPerMinute: 1000},
+		dep: &event.TokenLimits{Quota: &event.Quota{Requests: 1}}}, nil)
+	q.ok(t, 0, "/v1/completions", 100, 0)
+	resp, body := q.post(t, 0, "/v1/completions", 300, 0)
+	wantError(t, resp, body, 429, apierror.InsufficientQuota)
+	q.heldIs(t, 0)
+	if n := q.tokens.remaining(tokenID{"key_1", scopeKey, tokMinute}, 1000, ""); n != 1000 {
+		t.Fatalf("the key's bucket has %d left after a refusal by the deployment's quota, want 1000", n)
+	}
+}
+
+// Under a token bound the body must be read as the upstream reads it: an
+// encoded body is decoded for its max_tokens, and one the edge cannot read
+// is refused rather than forwarded with a guess.
+func TestTokenBodyMustBeRead(t *testing.T) {
+	ts := startTokens(t, tokenBoundsSpec{key: &event.TokenLimits{TokensPerMinute: 1000}}, nil)
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte(`{"model":"m","max_tokens":400}`))
+	_ = zw.Close()
+	resp, body := ts.postBody(t, 0, "/v1/completions", gz.String(), map[string]string{"Content-Encoding": "gzip"})
+	wantOK(t, resp, body)
+	if got := resp.Header.Get("X-RateLimit-Remaining-Tokens"); got != "600" {
+		t.Fatalf("a gzipped body's max_tokens: remaining %q, want 600", got)
+	}
+	resp, body = ts.postBody(t, 0, "/v1/completions", `{"model":"m","max_tokens":400}`,
+		map[string]string{"Content-Type": "application/json; charset=utf-16"})
+	wantError(t, resp, body, 415, apierror.ValidationError)
+	// Without a bound the same body passes unread.
+	plain := startTokens(t, tokenBoundsSpec{}, nil)
+	resp, body = plain.postBody(t, 0, "/v1/completions", `{"model":"m","max_tokens":400}`,
+		map[string]string{"Content-Type": "application/json; charset=utf-16"})
+	wantOK(t, resp, body)
 }
