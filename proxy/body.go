@@ -36,6 +36,9 @@ type inspected struct {
 	// json: raw was read as one JSON value (not a form, not unread), so
 	// metering may rewrite it exactly (meterRequest).
 	json bool
+	// maxTok is the JSON body's maximum tokens, read when a token bound
+	// applies (tokens.go); forms are read for it there.
+	maxTok maxTokens
 }
 
 var (
@@ -65,8 +68,11 @@ func (s *Proxy) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *ca
 	// The reading matters if a prompt limit applies, the key may not
 	// stream or a model allow-list applies (models.go); otherwise a body
 	// the edge cannot read may pass as it is.
-	matters := dep.MaxPromptChars > 0 || (key != nil && !key.Has(event.PermUseStreaming)) || hasModelList(dep, key)
-	body, refusal := readBody(&ctx.Request.Header, ctx.Request.Body(), limit, matters)
+	// A token bound needs the request's max_tokens (tokens.go): the edge
+	// must read what the upstream will.
+	tokens := tokenBounded(dep, key)
+	matters := dep.MaxPromptChars > 0 || (key != nil && !key.Has(event.PermUseStreaming)) || hasModelList(dep, key) || tokens
+	body, refusal := readBodyTokens(&ctx.Request.Header, ctx.Request.Body(), limit, matters, tokens)
 	if refusal != nil {
 		if refusal == errUninspectable {
 			s.metrics.refused[refusedBodyEncoding].Inc()
@@ -86,6 +92,12 @@ func (s *Proxy) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *ca
 // bounds a decompressed body; matters says whether an unreadable body must
 // be refused rather than passed on unread.
 func readBody(h *fasthttp.RequestHeader, raw []byte, limit int, matters bool) (inspected, *apierror.Error) {
+	return readBodyTokens(h, raw, limit, matters, false)
+}
+
+// readBodyTokens is readBody reading, with tokens, a JSON body's maximum
+// tokens in the same pass.
+func readBodyTokens(h *fasthttp.RequestHeader, raw []byte, limit int, matters, tokens bool) (inspected, *apierror.Error) {
 	out := inspected{raw: raw}
 	if len(raw) == 0 {
 		return out, nil
@@ -161,8 +173,12 @@ func readBody(h *fasthttp.RequestHeader, raw []byte, limit int, matters bool) (i
 		}
 		return out, nil
 	}
+	var mt *maxTokens
+	if tokens {
+		mt = &out.maxTok
+	}
 	var err error
-	if out.chars, out.stream, err = parseBody(out.raw); err != nil {
+	if out.chars, out.stream, err = parseBodyTokens(out.raw, mt); err != nil {
 		return out, errBadJSON
 	}
 	out.json = true

@@ -130,6 +130,13 @@ func startProxy(t *testing.T, st State) *testProxy {
 // startProxyConfig is startProxy with the config changed by mutate first.
 func startProxyConfig(t *testing.T, st State, mutate func(*Config)) *testProxy {
 	t.Helper()
+	return startProxyPrepared(t, st, mutate, nil)
+}
+
+// startProxyPrepared is startProxyConfig with prepare run on the Proxy
+// before it serves (to inject a clock, say).
+func startProxyPrepared(t *testing.T, st State, mutate func(*Config), prepare func(*Proxy)) *testProxy {
+	t.Helper()
 	tp := &testProxy{audit: &memorySink{}, reg: prometheus.NewRegistry()}
 	cfg := Config{State: st, Audit: tp.audit, Metrics: tp.reg, Logger: slog.New(slog.DiscardHandler),
 		EdgeID: "edge-1", Site: "eu", MaxRequestBodyBytes: 1 << 20, MaxUpstreamConns: 16,
@@ -140,6 +147,9 @@ func startProxyConfig(t *testing.T, st State, mutate func(*Config)) *testProxy {
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prepare != nil {
+		prepare(p)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -43,11 +43,52 @@ type keyInfoAnswer struct {
 	MaxConcurrency *int `json:"max_concurrency"`
 	// Deployments are the ids of the linked deployments.
 	Deployments []string `json:"deployments"`
+	// TokensPerMinute, TokensPerDay and Quota are the key's token bounds
+	// (null: none); Remaining what is left of each at this edge.
+	TokensPerMinute *int64       `json:"tokens_per_minute"`
+	TokensPerDay    *int64       `json:"tokens_per_day"`
+	Quota           *event.Quota `json:"quota"`
+	Remaining       keyRemaining `json:"remaining"`
 	// InFlight is the key's requests in flight at this edge, this one not
 	// counted.
 	InFlight int    `json:"in_flight"`
 	Edge     string `json:"edge"`
 	Site     string `json:"site"`
+}
+
+// keyRemaining is what is left of each of a key's token bounds at this
+// edge: a member only for a bound the key has; never negative.
+type keyRemaining struct {
+	TokensPerMinute *int64 `json:"tokens_per_minute,omitempty"`
+	TokensPerDay    *int64 `json:"tokens_per_day,omitempty"`
+	Quota           *int64 `json:"quota,omitempty"`
+}
+
+// tokenInfo fills a's token bounds of key and what is left of them.
+func (s *Proxy) tokenInfo(a *keyInfoAnswer, key *cache.Key) {
+	t := key.Tokens
+	if t.Empty() {
+		return
+	}
+	left := func(kind uint8, limit int64, refill string) *int64 {
+		n := s.tokens.remaining(tokenID{key.ID, scopeKey, kind}, limit, refill)
+		return &n
+	}
+	if n := t.TokensPerMinute; n > 0 {
+		a.TokensPerMinute, a.Remaining.TokensPerMinute = &n, left(tokMinute, n, "")
+	}
+	if n := t.TokensPerDay; n > 0 {
+		a.TokensPerDay, a.Remaining.TokensPerDay = &n, left(tokDay, n, "")
+	}
+	if q := t.Quota; q != nil {
+		a.Quota = q
+		switch {
+		case q.Tokens > 0:
+			a.Remaining.Quota = left(tokQuota, q.Tokens, q.Refill)
+		case q.Requests > 0:
+			a.Remaining.Quota = left(tokRequests, q.Requests, q.Refill)
+		}
+	}
 }
 
 // serveKeyInfo answers GET /v1/key and returns the key it answered for (nil
@@ -83,6 +124,7 @@ func (s *Proxy) serveKeyInfo(ctx *fasthttp.RequestCtx, r *request) (*cache.Key, 
 		n := key.MaxConcurrency
 		a.MaxConcurrency = &n
 	}
+	s.tokenInfo(&a, key)
 	if a.Models == nil {
 		a.Models = []string{}
 	}

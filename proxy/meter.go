@@ -495,6 +495,9 @@ func (s *Proxy) meterUsage(ctx *fasthttp.RequestCtx, out *outcome) {
 	prompt, compl, cached, est := m.result(status)
 	out.usage = usageCounts{prompt: prompt, completion: compl, cached: cached, estimated: est, ok: true}
 	s.metrics.tokens(out.dep.Name, prompt, compl, cached)
+	if s.cfg.Usage == nil {
+		return // metered only to settle a token reservation
+	}
 	start := ctx.Time()
 	var idBuf [requestIDLen]byte
 	u := event.Usage{

@@ -38,10 +38,11 @@ var (
 )
 
 // meterRequest makes the meter of a request about to be forwarded, or nil
-// when no UsageSink takes usage or the request is no inference call (only
-// POSTs are). It may replace body.raw with the rewritten body.
-func (s *Proxy) meterRequest(method []byte, r *request, body *inspected) *meter {
-	if s.cfg.Usage == nil || string(method) != "POST" {
+// when neither a UsageSink takes usage nor a token reservation (settle)
+// needs it, or the request is no inference call (only POSTs are). It may
+// replace body.raw with the rewritten body.
+func (s *Proxy) meterRequest(method []byte, r *request, body *inspected, settle bool) *meter {
+	if (s.cfg.Usage == nil && !settle) || string(method) != "POST" {
 		return nil
 	}
 	m := acquireMeter()

@@ -26,11 +26,14 @@ const (
 	reasonPermission
 	reasonRateLimited
 	reasonUnavailable
+	reasonTokenLimit // tokens_per_minute or tokens_per_day (tokens.go)
+	reasonQuota      // a quota of tokens or requests
 	numReasons
 )
 
 var reasonNames = [numReasons]string{"", "allowed", "auth_off", "no_credential", "malformed", "unknown",
-	"expired", "disabled", "unlinked", "permission_denied", "rate_limited", "unavailable"}
+	"expired", "disabled", "unlinked", "permission_denied", "rate_limited", "unavailable",
+	"token_limit", "quota"}
 
 // metrics are the data plane's Prometheus metrics, registered where
 // Config.Metrics says (the edge's own registry, so that several edges can

@@ -108,6 +108,12 @@ var bodyParsers fastjson.ParserPool
 // counts its prompt characters and reports whether it asks to stream. The
 // body must be an object (or null); "stream" must be a boolean or null.
 func parseBody(raw []byte) (chars int, stream bool, err error) {
+	return parseBodyTokens(raw, nil)
+}
+
+// parseBodyTokens is parseBody reading, if mt is not nil, the body's
+// maximum tokens too (tokens.go) in the same pass.
+func parseBodyTokens(raw []byte, mt *maxTokens) (chars int, stream bool, err error) {
 	if err := fastjson.ValidateBytes(raw); err != nil {
 		return 0, false, errBodyNotJSON
 	}
@@ -138,6 +144,12 @@ func parseBody(raw []byte) (chars int, stream bool, err error) {
 				err = errBodyShape
 			}
 			return
+		}
+		if mt != nil {
+			if f := maxTokensField(key); f >= 0 {
+				mt.json(f, v)
+				return
+			}
 		}
 		switch kind, _ := lookupFold(promptFields, key); kind {
 		case textField:

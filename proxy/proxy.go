@@ -18,7 +18,10 @@
 // logged or put in an audit record; a model allow-list (models.go) is
 // decided on the body as forwarded, every occurrence of a model counting;
 // every admitted request holds its concurrency slots (concurrency.go) until
-// it is finished, and gives them back exactly once; every answered request
+// it is finished, and gives them back exactly once; a request under a token
+// bound or quota (tokens.go) reserves its maximum tokens at admission and
+// settles them with its metered usage exactly once, when it is finished, a
+// refused one holding nothing; every answered request
 // gives the AuditSink one record, and every refusal carries the error body
 // of the external API. With a UsageSink, every POST forwarded and answered
 // gives it one usage record, read from the answer as it is relayed (meter):
@@ -95,7 +98,9 @@ type Config struct {
 	Audit AuditSink
 	// Usage receives the usage record of every metered request (a POST
 	// forwarded and answered: see UsageSink and docs/api.md, "Metering");
-	// nil meters nothing, and then no request body is rewritten either.
+	// nil meters nothing, and then no request body is rewritten either —
+	// but for a request under a token bound, metered to settle its
+	// reservation (tokens.go).
 	Usage UsageSink
 	// Metrics registers the data plane's metrics (keymesh_edge_requests_total
 	// and the others of the request path); nil registers them nowhere.
@@ -171,6 +176,8 @@ type Proxy struct {
 	policy *upstreamPolicy
 	// inflight counts requests in flight per key and deployment.
 	inflight *inflight
+	// tokens holds the token limits' and quotas' counters (tokens.go).
+	tokens *tokenTable
 
 	mu sync.Mutex
 	ln net.Listener
@@ -214,10 +221,16 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	s := &Proxy{cfg: cfg, log: cfg.Logger, state: cfg.State, limits: newLimiter(time.Now, 1_000_000),
 		tls: tlsConf, certs: certs, pending: newPendingRequests(), policy: policy, inflight: newInflight(),
-		cors:  newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
-		audit: newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
+		tokens: newTokenTable(time.Now, 1_000_000),
+		cors:   newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
+		audit:  newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
 	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
 		return nil, err
+	}
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymesh_edge_token_untracked_total",
+		Help: "Token-limit and quota checks made against a counter not kept because the token table was full."},
+		func() float64 { return float64(s.tokens.untracked.Load()) })); err != nil {
+		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
 	s.secrets.dir = cfg.SecretsDir
 	s.secrets.warnUnscoped(cfg.Logger)
@@ -444,6 +457,15 @@ func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 		releaseMeter(out.meter)
 		out.meter = nil
 	}
+	if r := out.req; r != nil && r.tok != nil {
+		// What the upstream never answered used nothing.
+		var used int64
+		if out.usage.ok {
+			used = out.usage.prompt + out.usage.completion
+		}
+		s.tokens.settle(r.tok, used)
+		r.tok = nil
+	}
 	s.audit.record(ctx, out)
 	name := ""
 	if out.dep != nil {
@@ -527,18 +549,41 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonPermission
 		return out
 	}
+	bounded := tokenBounded(dep, out.key)
+	var res int64
+	if bounded {
+		if res, ok = reservation(ctx, dep, &body); !ok {
+			return out
+		}
+	}
 	if out.adm, ok = s.admit(ctx, dep, out.key); !ok {
 		out.reason = reasonRateLimited
 		return out
 	}
+	var tokHeaders tokenHeaders
+	if bounded {
+		// After the slots (finish gives those back), before the request
+		// rate limit (which gives the reservation back when it refuses).
+		var tr tokenResult
+		if r.tok, tr, ok = s.admitTokens(ctx, dep, out.key, res); !ok {
+			out.reason = tr.reason
+			return out
+		}
+		tokHeaders = tr.tokenHeaders
+	}
 	lim := s.limits.check(dep, out.key)
+	lim.tokens = tokHeaders
 	lim.setHeaders(&ctx.Response.Header)
 	if lim.retry > 0 {
+		if r.tok != nil {
+			s.tokens.cancel(r.tok)
+			r.tok = nil
+		}
 		fail(ctx, errRateLimited, 0)
 		out.reason = reasonRateLimited
 		return out
 	}
-	out.meter = s.meterRequest(ctx.Method(), r, &body)
+	out.meter = s.meterRequest(ctx.Method(), r, &body, r.tok != nil)
 	out.body = s.forward(ctx, r, body, lim, out.meter)
 	return out
 }

@@ -49,6 +49,8 @@ type limitResult struct {
 	remaining int
 	reset     int64         // unix seconds when the tightest bucket is full again
 	retry     time.Duration // > 0 when refused
+	// tokens are the token bounds' headers (tokens.go), set with these.
+	tokens tokenHeaders
 }
 
 func newLimiter(now func() time.Time, maxBuckets int) *limiter {
@@ -157,6 +159,7 @@ func init() { rendered[errRateLimited] = errRateLimited.Body() }
 
 // setHeaders writes the X-RateLimit-* headers (and Retry-After on refusal).
 func (r limitResult) setHeaders(h *fasthttp.ResponseHeader) {
+	r.tokens.setHeaders(h)
 	if !r.applies {
 		return
 	}

@@ -35,6 +35,9 @@ type request struct {
 	// models is the model allow-lists that apply (models.go), once the
 	// key is known.
 	models modelRule
+	// tok is the request's token reservation (tokens.go; nil: no token
+	// bound applies), settled by finish before the reading is released.
+	tok *tokenHold
 
 	// cred is the keymesh credential (a copy); fromAuth says it came from
 	// Authorization: Bearer.
