@@ -15,17 +15,6 @@ import { test, before } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 
-// TOKEN_LIMITS_OPTIONAL is the switch for the token-limit and quota cases
-// (issue 14 item 6: the key fields tokens_per_minute and quota). While it is
-// true, those cases are skipped — loudly — when the origin refuses the
-// field as unknown (400 VALIDATION_ERROR, details.reason "unknown field"),
-// i.e. on an origin that does not have token limits yet; any other answer
-// runs them. Set it to false once token limits are merged: then an origin
-// without them fails the cases. KEYMESH_TOKEN_LIMITS=required in the
-// environment does the same without editing this file.
-const TOKEN_LIMITS_OPTIONAL = true;
-const tokenLimitsRequired = !TOKEN_LIMITS_OPTIONAL || process.env.KEYMESH_TOKEN_LIMITS === "required";
-
 const edge = process.env.KEYMESH_EDGE_URL;
 const key = process.env.KEYMESH_KEY;
 const originURL = process.env.KEYMESH_ORIGIN_URL;
@@ -92,20 +81,11 @@ async function originCall(method, path, body) {
   return { status: res.status, json, text };
 }
 
-// UnknownField is the origin's refusal of a key field it does not know.
-class UnknownField extends Error {
-  constructor(field, text) {
-    super(`the origin refused the key field ${field} as unknown: ${text}`);
-    this.field = field;
-  }
-}
-
 let keySeq = 0;
 
 // createKey creates a key linked to the deployment (unless fields say
 // otherwise), waits until the edge holds it, and returns {id, secret,
-// record}. It throws UnknownField when the origin refuses a field as
-// unknown.
+// record}.
 async function createKey(fields = {}) {
   const name = `client-case-${process.pid}-${++keySeq}`;
   const res = await originCall("POST", `/projects/${project}/keys?wait=5s`, {
@@ -113,10 +93,6 @@ async function createKey(fields = {}) {
     deployments: [deployment],
     ...fields,
   });
-  const d = res.json?.error?.details;
-  if (res.status === 400 && res.json?.error?.code === "VALIDATION_ERROR" && d?.reason === "unknown field") {
-    throw new UnknownField(d.field, res.text);
-  }
   assert.equal(res.status, 201, `creating key ${JSON.stringify(fields)}: ${res.status} ${res.text}`);
   assert.ok(res.json.key, "the create answer holds the secret");
   await edgeHolds(res.json.key, res.json.revision);
@@ -404,24 +380,7 @@ test("RateLimitError: max_concurrency 1 gets its slot back when the client abort
   assert.equal(response.status, 200);
 });
 
-// ---- token limits and quotas (issue 14 item 6), behind TOKEN_LIMITS_OPTIONAL ----
-
-// tokenKey creates a key with token fields, or skips t loudly when the
-// origin does not know them and TOKEN_LIMITS_OPTIONAL allows it.
-async function tokenKey(t, fields) {
-  try {
-    return await createKey(fields);
-  } catch (err) {
-    if (!(err instanceof UnknownField) || tokenLimitsRequired) throw err;
-    const msg =
-      `TOKEN LIMITS NOT TESTED: the origin does not know the key field ${err.field}` +
-      " (switch: TOKEN_LIMITS_OPTIONAL in test/client/client.test.mjs)";
-    const bar = "!".repeat(msg.length);
-    console.error(`\n${bar}\n${msg}\n${bar}\n`);
-    t.skip(msg);
-    return null;
-  }
-}
+// ---- token limits and quotas (issue 14 item 6) ----
 
 // The token headers the edge sends, under the names OpenAI's own API uses.
 function tokenHeaders(h) {
@@ -434,12 +393,11 @@ function tokenHeaders(h) {
   return { limit, remaining, reset };
 }
 
-test("RateLimitError: tokens_per_minute 100 answers the token headers and refuses with QUOTA_EXCEEDED", async (t) => {
-  const k = await tokenKey(t, { tokens_per_minute: 100 });
-  if (!k) return;
+test("RateLimitError: tokens_per_minute 100 answers the token headers and refuses with QUOTA_EXCEEDED", async () => {
+  const k = await createKey({ tokens_per_minute: 100 });
   assert.equal(k.record.tokens_per_minute, 100);
   const { client, sent } = countedClient(k.secret);
-  // Each request reserves its max_tokens (30) plus its prompt and settles
+  // Each request reserves its max_tokens (30) and settles
   // at the mock's usage (10): a few are admitted, then one is refused. The
   // bucket refills 100/60 tokens a second, far slower than these requests.
   const admitted = [];
@@ -479,9 +437,8 @@ test("RateLimitError: tokens_per_minute 100 answers the token headers and refuse
   assert.ok(retry >= 1 && retry <= 60, `retry-after ${retry}`);
 });
 
-test("RateLimitError: a quota of 25 tokens refuses with INSUFFICIENT_QUOTA, type insufficient_quota", async (t) => {
-  const k = await tokenKey(t, { quota: { tokens: 25 } });
-  if (!k) return;
+test("RateLimitError: a quota of 25 tokens refuses with INSUFFICIENT_QUOTA, type insufficient_quota", async () => {
+  const k = await createKey({ quota: { tokens: 25 } });
   assert.equal(k.record.quota?.tokens, 25);
   const client = clientWith(k.secret);
   // 10 tokens a request: the quota, which never refills, is gone after 3.
