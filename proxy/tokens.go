@@ -65,12 +65,16 @@ var (
 		"token rate limit exceeded (tokens_per_minute or tokens_per_day of this API key, deployment or project) for this request's max_tokens; retry after the time in Retry-After")
 	errQuota = apierror.New(http.StatusTooManyRequests, apierror.InsufficientQuota,
 		"quota used up for this API key, deployment or project; it refills at the time in Retry-After, if any")
+	// errTokensTooLarge refuses a reservation no bucket could ever hold:
+	// retrying it is pointless, and the answer says so (X-Should-Retry).
+	errTokensTooLarge = apierror.New(http.StatusTooManyRequests, apierror.QuotaExceeded,
+		"this request's max_tokens is more than a tokens_per_minute, tokens_per_day or token quota of this API key, deployment or project allows at all; lower max_tokens")
 	errMaxTokens = apierror.New(http.StatusBadRequest, apierror.ValidationError,
 		`max_tokens, max_completion_tokens and max_output_tokens must each appear at most once (any letter case), as a non-negative integer of at most 1073741824 or null`)
 )
 
 func init() {
-	for _, e := range []*apierror.Error{errTokenLimit, errQuota, errMaxTokens} {
+	for _, e := range []*apierror.Error{errTokenLimit, errQuota, errTokensTooLarge, errMaxTokens} {
 		rendered[e] = e.Body()
 	}
 }
@@ -391,6 +395,10 @@ type tokenResult struct {
 	refusal *apierror.Error
 	reason  reason
 	retry   time.Duration // Retry-After; 0 with a refusal: none
+	// never: no wait makes this request admissible (a reservation over a
+	// bound, a quota that never refills), sent as X-Should-Retry: false,
+	// which the OpenAI clients obey instead of retrying a 429.
+	never bool
 }
 
 // tokenHeaders are the X-RateLimit-*-Tokens of the tightest bucket.
@@ -492,6 +500,11 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 	switch id.kind {
 	case tokMinute, tokDay:
 		c.refillBucket(id.kind, limit, now)
+		if need > limit {
+			out.observe(c, id.kind)
+			out.refusal, out.reason, out.retry, out.never = errTokensTooLarge, reasonTokenLimit, 0, true
+			return false
+		}
 		if c.level < float64(need) {
 			out.observe(c, id.kind)
 			out.refusal, out.reason = errTokenLimit, reasonTokenLimit
@@ -502,10 +515,16 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 		out.observe(c, id.kind)
 	default:
 		c.refillQuota(limit, refill, now)
+		if need > limit {
+			out.refusal, out.reason, out.retry, out.never = errTokensTooLarge, reasonQuota, 0, true
+			return false
+		}
 		if limit-c.used < need {
 			out.refusal, out.reason, out.retry = errQuota, reasonQuota, 0
 			if _, next := quotaPeriod(refill, now); !next.IsZero() {
 				out.retry = next.Sub(now)
+			} else {
+				out.never = true
 			}
 			return false
 		}
@@ -618,6 +637,9 @@ func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key
 		tr.setHeaders(&ctx.Response.Header)
 		if tr.retry > 0 {
 			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, strconv.FormatInt(int64((tr.retry+time.Second-1)/time.Second), 10))
+		}
+		if tr.never {
+			ctx.Response.Header.Set("X-Should-Retry", "false")
 		}
 		fail(ctx, tr.refusal, 0)
 		return nil, tr, false

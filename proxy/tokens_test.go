@@ -815,3 +815,39 @@ func TestTokenBodyMustBeRead(t *testing.T) {
 		map[string]string{"Content-Type": "application/json; charset=utf-16"})
 	wantOK(t, resp, body)
 }
+
+// A reservation larger than a bound could ever hold, and a quota that
+// never refills, are refused without Retry-After and with
+// X-Should-Retry: false: no wait helps, and the OpenAI clients would
+// otherwise retry the 429.
+func TestTokenRefusalsThatNoWaitFixes(t *testing.T) {
+	ts := startTokens(t, tokenBoundsSpec{key: &event.TokenLimits{TokensPerMinute: 100}}, nil)
+	resp, body := ts.post(t, 0, "/v1/completions", 101, 0)
+	wantError(t, resp, body, 429, apierror.QuotaExceeded)
+	if resp.Header.Get("Retry-After") != "" || resp.Header.Get("X-Should-Retry") != "false" ||
+		!strings.Contains(string(body), "lower max_tokens") {
+		t.Fatalf("max_tokens over tokens_per_minute: Retry-After %q, X-Should-Retry %q, body %s",
+			resp.Header.Get("Retry-After"), resp.Header.Get("X-Should-Retry"), body)
+	}
+	// At the bound itself it is admitted, and a refusal for want of
+	// tokens is one a wait fixes.
+	ts.ok(t, 0, "/v1/completions", 100, 100)
+	resp, body = ts.post(t, 0, "/v1/completions", 100, 0)
+	wantError(t, resp, body, 429, apierror.QuotaExceeded)
+	if resp.Header.Get("Retry-After") == "" || resp.Header.Get("X-Should-Retry") != "" {
+		t.Fatalf("a refilling bucket: Retry-After %q, X-Should-Retry %q", resp.Header.Get("Retry-After"), resp.Header.Get("X-Should-Retry"))
+	}
+
+	q := startTokens(t, tokenBoundsSpec{key: &event.TokenLimits{Quota: &event.Quota{Tokens: 50}}}, nil)
+	resp, body = q.post(t, 0, "/v1/completions", 51, 0)
+	wantError(t, resp, body, 429, apierror.QuotaExceeded)
+	if resp.Header.Get("X-Should-Retry") != "false" {
+		t.Fatalf("max_tokens over the quota: X-Should-Retry %q", resp.Header.Get("X-Should-Retry"))
+	}
+	q.ok(t, 0, "/v1/completions", 50, 50)
+	resp, body = q.post(t, 0, "/v1/completions", 1, 0)
+	wantError(t, resp, body, 429, apierror.InsufficientQuota)
+	if resp.Header.Get("Retry-After") != "" || resp.Header.Get("X-Should-Retry") != "false" {
+		t.Fatalf("spent quota that never refills: Retry-After %q, X-Should-Retry %q", resp.Header.Get("Retry-After"), resp.Header.Get("X-Should-Retry"))
+	}
+}
