@@ -240,7 +240,10 @@ func (h *outageHarness) run(t *testing.T, first, n int, spread time.Duration) {
 
 var outageClient = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
 
-// request sends request i (its shape is i%4) and checks the answer.
+// request sends request i and checks the answer. Its shape is i%4: a chat
+// completion; a streamed one (the edge asks the upstream for usage and
+// removes the chunk); a streamed one asking for usage itself (relayed as
+// it is); a streamed completion.
 func (h *outageHarness) request(i int) error {
 	path, body := "/v1/chat/completions", `{"model": "mock-model", "messages": `+outageChatMessages
 	if i%4 == 3 {
