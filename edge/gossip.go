@@ -116,6 +116,12 @@ func (h *gossipHook) lookup(nc *nats.Conn) cache.Lookup {
 	return func(ctx context.Context, k apikey.Hash) ([]byte, error) {
 		c, v := h.c.Load(), h.v
 		if c == nil {
+			// No peers to ask: while NATS is down, a lookup could only
+			// wait out its timeout (the request sits in the reconnect
+			// buffer), which every request for a stale key would pay.
+			if !nc.IsConnected() {
+				return nil, errNATSDown
+			}
 			return origin(ctx, k)
 		}
 		originErr := errNATSDown
