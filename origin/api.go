@@ -79,6 +79,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/audit", s.admin(event.PermViewAuditLogs, false, s.listAudit))
 	handle("GET /v1/usage", s.admin(event.PermReadMetrics, false, s.getUsage))
 	handle("GET /v1/key", s.admin("", false, s.getOwnKey)) // any key, about itself
+	s.consoleRoutes(mux) // the operator console: "/", /console/ (console_session.go)
 	wrongMethod := methodNotAllowed(s.patterns)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if h, pattern := wrongMethod.Handler(r); pattern != "" {
@@ -87,7 +88,7 @@ func (s *Server) routes() http.Handler {
 		}
 		apierror.New(http.StatusNotFound, apierror.NotFound, "no such endpoint").Write(w)
 	})
-	return s.instrument(mux, s.patterns)
+	return s.instrument(mux, append(slices.Clone(s.patterns), consolePatterns...))
 }
 
 // instrument counts every request mux answers, and times it, by the route

@@ -32,22 +32,33 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleLogin(c *call) error {
-	o, err := readObject(c.r, false, "username", "password")
+	tok, exp, err := s.loginRequest(c)
 	if err != nil {
 		return err
 	}
+	writeJSON(c.w, http.StatusOK, api.LoginResponse{Token: tok, ExpiresAt: exp, TokenType: "Bearer"})
+	return nil
+}
+
+// loginRequest reads {username, password} and logs in, throttled and
+// counted: POST /v1/auth/login and the console's login.
+func (s *Server) loginRequest(c *call) (string, time.Time, error) {
+	o, err := readObject(c.r, false, "username", "password")
+	if err != nil {
+		return "", time.Time{}, err
+	}
 	var user, pw string
 	if _, _, err := o.get("username", &user, false, "a string"); err != nil {
-		return err
+		return "", time.Time{}, err
 	}
 	if _, _, err := o.get("password", &pw, false, "a string"); err != nil {
-		return err
+		return "", time.Time{}, err
 	}
 	addr := clientAddr(c.r)
 	if ok, wait, why := s.logins.allow(user, addr); !ok {
 		c.w.Header().Set("Retry-After", retryAfter(wait))
 		s.met.login(loginThrottled)
-		return apierror.New(http.StatusTooManyRequests, apierror.RateLimited, why+"; retry later")
+		return "", time.Time{}, apierror.New(http.StatusTooManyRequests, apierror.RateLimited, why+"; retry later")
 	}
 	tok, exp, err := s.login(c.ctx(), user, pw)
 	if errors.Is(err, ErrUnauthenticated) {
@@ -56,12 +67,11 @@ func (s *Server) handleLogin(c *call) error {
 		s.log.Warn("failed admin login", "from", addr)
 	}
 	if err != nil {
-		return err
+		return "", time.Time{}, err
 	}
 	s.met.login(loginOK)
 	s.logins.succeeded(user, addr)
-	writeJSON(c.w, http.StatusOK, api.LoginResponse{Token: tok, ExpiresAt: exp, TokenType: "Bearer"})
-	return nil
+	return tok, exp, nil
 }
 
 func (s *Server) handleSigningKey(c *call) error {

@@ -127,11 +127,17 @@ func (s *Server) issueToken(u *User) (string, time.Time, error) {
 }
 
 // authenticate reads X-API-Key or Authorization: Bearer (a JWT, or an API
-// key recognised by its prefix).
+// key recognised by its prefix), else the console's session cookie (with
+// its CSRF rule, console_session.go).
 func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	cred := strings.TrimSpace(r.Header.Get("X-API-Key"))
 	if cred == "" {
 		h := r.Header.Get("Authorization")
+		if h == "" {
+			if ck, err := r.Cookie(consoleCookie); err == nil && ck.Value != "" {
+				return s.authConsole(r, ck.Value)
+			}
+		}
 		scheme, tok, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 			return nil, errAuth
