@@ -79,7 +79,8 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/audit", s.admin(event.PermViewAuditLogs, false, s.listAudit))
 	handle("GET /v1/usage", s.admin(event.PermReadMetrics, false, s.getUsage))
 	handle("GET /v1/key", s.admin("", false, s.getOwnKey)) // any key, about itself
-	s.consoleRoutes(mux)                                   // the operator console: "/", /console/ (console_session.go)
+	// The operator console: "/", /console/ (console_session.go).
+	s.consoleRoutes(mux)
 	wrongMethod := methodNotAllowed(s.patterns)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if h, pattern := wrongMethod.Handler(r); pattern != "" {
