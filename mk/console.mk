@@ -7,3 +7,10 @@
 
 test-console:
 	./scripts/ci-console.sh
+
+## console-screenshots: the browser test, then the two screenshots the
+## README shows copied to docs/console/.
+.PHONY: console-screenshots
+console-screenshots: test-console
+	mkdir -p docs/console
+	cp test/console/screenshots/keys.png test/console/screenshots/deployment-auth.png docs/console/

@@ -51,7 +51,12 @@ after(async () => {
   if (userDir) rmSync(userDir, { recursive: true, force: true });
 });
 
-async function shot(name) { if (SHOTS) await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true }); }
+// shot saves a screenshot of the page (without passing notifications).
+async function shot(name) {
+  if (!SHOTS) return;
+  await page.evaluate(() => document.getElementById('toast').replaceChildren());
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
 
 async function admin(method, path, body) {
   const r = await fetch(`${ORIGIN}${path}`, { method, headers: { Authorization: `Bearer ${jwt}` }, body: body && JSON.stringify(body) });

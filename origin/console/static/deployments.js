@@ -177,6 +177,15 @@ function authTab(d, keys, linked, reload) {
     h('div', { class: 'actions' }, save), status);
 }
 
+// warnings shows what the API says is misconfigured (e.g. a site without
+// an upstream), when it says so.
+function warnings(d) {
+  const list = Array.isArray(d.warnings) ? d.warnings : [];
+  if (!list.length) return null;
+  return h('div', { class: 'notice warn', id: 'warnings', role: 'alert' }, h('strong', { text: 'Warnings' }),
+    h('ul', {}, list.map((w) => h('li', { text: typeof w === 'string' ? w : w.message || JSON.stringify(w) }))));
+}
+
 export async function deploymentPage(id, tab = 'general') {
   if (id === 'new') {
     mount(h('p', {}, h('a', { href: '#/deployments', text: '← Deployments' })), h('h1', { text: 'Create deployment' }),
@@ -200,6 +209,7 @@ export async function deploymentPage(id, tab = 'general') {
     h('div', { class: 'toolbar' }, h('h1', { class: 'grow' }, h('span', { text: d.name }), ' ', d.auth_enabled ? badge('API keys', 'ok') : badge('open', 'warn')),
       h('button', { type: 'button', class: 'danger', id: 'delete-deployment', onclick: remove, text: 'Delete' })),
     notice,
+    warnings(d),
     tabs([
       { id: 'general', label: 'General', render: () => deploymentForm(d, async (r) => {
         await again('general');

@@ -13,7 +13,11 @@ function tokens(r) { return (r.prompt_tokens || 0) + (r.completion_tokens || 0);
 // chart draws series {label, points: Map(time ms -> value)} over times.
 export function chart(times, series, title) {
   const W = 760, H = 240, L = 56, R = 12, T = 24, B = 28;
-  const max = Math.max(1, ...series.flatMap((x) => [...x.points.values()]));
+  // The axis goes up to a round number, in four equal whole steps.
+  const top = Math.max(1, ...series.flatMap((x) => [...x.points.values()]));
+  const mag = 10 ** Math.floor(Math.log10(top / 4 || 1));
+  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * mag).find((st) => st * 4 >= top) || 10 * mag);
+  const max = step * 4;
   const t0 = times[0] ?? 0, t1 = times[times.length - 1] ?? 1;
   const x = (t) => L + (t1 === t0 ? (W - L - R) / 2 : ((t - t0) / (t1 - t0)) * (W - L - R));
   const y = (v) => T + (1 - v / max) * (H - T - B);
@@ -82,7 +86,7 @@ export function usageView(filter, dims = ['key', 'deployment', 'model']) {
       const list = [...groups.entries()].sort((a, b) => b[1].total.requests - a[1].total.requests).slice(0, 8);
       const tokSeries = list.map(([g, e]) => ({ label: label(g), points: e.tokens }));
       const reqSeries = list.map(([g, e]) => ({ label: label(g), points: e.requests }));
-      out.replaceChildren(
+      out.replaceChildren(...[
         rows.length ? null : h('p', { class: 'muted', text: 'No usage in this period.' }),
         r.truncated ? h('p', { class: 'notice warn', text: 'More rows matched than were read: the charts are partial.' }) : null,
         chart(times, tokSeries, 'Tokens (prompt + completion)'), legend(tokSeries),
@@ -90,7 +94,7 @@ export function usageView(filter, dims = ['key', 'deployment', 'model']) {
         h('table', {}, h('thead', {}, h('tr', {}, [dim, 'Requests', 'Prompt tokens', 'Completion tokens'].map((t) => h('th', { text: t })))),
           h('tbody', {}, [...groups.entries()].map(([g, e]) => h('tr', {}, h('td', { text: label(g) }),
             h('td', { class: 'num', text: e.total.requests }), h('td', { class: 'num', text: e.total.prompt }),
-            h('td', { class: 'num', text: e.total.completion }))))));
+            h('td', { class: 'num', text: e.total.completion })))))].filter(Boolean));
     } catch (e) {
       if (e.status !== 401) out.replaceChildren(errorBox(e));
     }
