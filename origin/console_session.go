@@ -17,6 +17,7 @@ import (
 	"encoding/base64"
 	"mime"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -54,7 +55,7 @@ type consoleSession struct {
 
 var (
 	errCSRF      = apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a console session must send its X-CSRF-Token with every change")
-	errCrossSite = apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a console session cannot be used from another site")
+	errCrossSite = apierror.New(http.StatusForbidden, apierror.PermissionDenied, "a console session can only be used by the console's own pages")
 )
 
 // consoleRoutes registers the console's page, files and session endpoints.
@@ -86,8 +87,17 @@ func safeMethod(m string) bool {
 	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
 }
 
-// crossSite reports a request a browser says another site made.
-func crossSite(r *http.Request) bool { return r.Header.Get("Sec-Fetch-Site") == "cross-site" }
+// crossSite reports a request a browser says another origin made: another
+// site, or another port or scheme of this one ("same-site": an edge, or an
+// upstream's page, on this host). The console's own requests are
+// same-origin; a client that is no browser sends no Sec-Fetch-Site.
+func crossSite(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+		return false
+	}
+	return true
+}
 
 // authConsole authenticates a request by its console cookie (tok): the
 // JWT must be valid, the request not another site's, and a state change
@@ -109,10 +119,14 @@ func (s *Server) authConsole(r *http.Request, tok string) (*principal, error) {
 	return who, nil
 }
 
-// setSessionCookie sets (maxAge > 0) or clears (maxAge < 0) the cookie.
+// setSessionCookie sets (maxAge > 0) or clears (maxAge < 0) the cookie,
+// Secure when the browser reached the origin over TLS: the origin's own
+// (r.TLS), or a proxy's in front of it that says so. Believing a client's
+// X-Forwarded-Proto can only make the cookie stricter.
 func setSessionCookie(w http.ResponseWriter, r *http.Request, value string, maxAge int) {
+	secure := r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 	http.SetCookie(w, &http.Cookie{Name: consoleCookie, Value: value, Path: "/", MaxAge: maxAge,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+		HttpOnly: true, Secure: secure, SameSite: http.SameSiteStrictMode})
 }
 
 // consoleLogin serves POST /console/session: {username, password}, as

@@ -142,6 +142,7 @@ func TestConsoleSessionCSRF(t *testing.T) {
 		"another's token":           {"Content-Type": "application/json", csrfHeader: s.csrfToken("another session")},
 		"a cross-site form":         {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "cross-site"},
 		"cross-site with the token": {"Content-Type": "application/json", csrfHeader: csrf, "Sec-Fetch-Site": "cross-site"},
+		"same-site with the token":  {"Content-Type": "application/json", csrfHeader: csrf, "Sec-Fetch-Site": "same-site"},
 	} {
 		resp, body := consoleDo(t, s, "POST", keys, `{"name":"csrf"}`, ck, hdr)
 		wantError(t, "POST keys with the cookie and "+name, resp.StatusCode, []byte(body), 403, "PERMISSION_DENIED")
@@ -202,6 +203,7 @@ func TestConsoleLoginRefusals(t *testing.T) {
 		"a form":           {good, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, 415},
 		"text/plain":       {good, map[string]string{"Content-Type": "text/plain"}, 415},
 		"cross-site":       {good, map[string]string{"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, 403},
+		"same-site":        {good, map[string]string{"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"}, 403},
 		"a wrong password": {`{"username":"admin","password":"wrong password!"}`, map[string]string{"Content-Type": "application/json"}, 401},
 	} {
 		resp, body := consoleDo(t, s, "POST", "/console/session", c.body, nil, c.hdr)
@@ -211,5 +213,15 @@ func TestConsoleLoginRefusals(t *testing.T) {
 	}
 	if resp, body := consoleDo(t, s, "GET", "/console/session", "", nil, nil); resp.StatusCode != 401 {
 		t.Errorf("GET /console/session without a cookie: %d %s", resp.StatusCode, body)
+	}
+}
+
+// Behind a TLS-terminating proxy the cookie is Secure.
+func TestConsoleCookieSecureBehindTLS(t *testing.T) {
+	s := startServer(t, testConfig(t.TempDir()))
+	resp, body := consoleDo(t, s, "POST", "/console/session", `{"username":"admin","password":"`+testPassword+`"}`, nil,
+		map[string]string{"Content-Type": "application/json", "X-Forwarded-Proto": "https"})
+	if resp.StatusCode != 200 || len(resp.Cookies()) != 1 || !resp.Cookies()[0].Secure {
+		t.Fatalf("login behind TLS: %d %s, cookies %v: want one Secure cookie", resp.StatusCode, body, resp.Header.Values("Set-Cookie"))
 	}
 }
