@@ -166,6 +166,22 @@ func TestConsoleSessionCSRF(t *testing.T) {
 		t.Fatalf("POST keys with the cookie and the token: %d %s", resp.StatusCode, body)
 	}
 	// The admin record names the user as for a Bearer token.
+	var created struct{ ID string }
+	mustJSON(t, []byte(body), &created)
+	for _, m := range []struct{ method, path, body string }{
+		{"PATCH", keys + "/" + created.ID, `{"disabled":true}`},
+		{"DELETE", keys + "/" + created.ID, ""},
+		{"POST", keys + "/" + created.ID + "/rotate", `{}`},
+		{"POST", "/v1/auth/logout", ""},
+	} {
+		resp, body := consoleDo(t, s, m.method, m.path, m.body, ck, json)
+		wantError(t, m.method+" "+m.path+" with the cookie and no CSRF token", resp.StatusCode, []byte(body), 403, "PERMISSION_DENIED")
+	}
+	var k struct{ Disabled bool }
+	admin.must(200, "GET", keys+"/"+created.ID, nil, &k)
+	if k.Disabled {
+		t.Error("a refused PATCH disabled the key")
+	}
 	waitFor(t, "the audit record of the console's create", func() bool {
 		var recs []struct{ Actor, Action string }
 		admin.must(200, "GET", "/v1/audit?source=admin", nil, &recs)

@@ -37,7 +37,7 @@ before(async () => {
   });
   await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: ORIGIN });
   page = ctx.pages()[0] || await ctx.newPage();
-  page.setDefaultTimeout(10000);
+  page.setDefaultTimeout(20000); // a mutation waits up to 10 s for the edges (?wait=10s)
   page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
   page.on('pageerror', (e) => consoleErrors.push(String(e)));
   if (SHOTS) mkdirSync(SHOTS, { recursive: true });
