@@ -52,10 +52,11 @@ after(async () => {
 });
 
 // shot saves a screenshot of the page (without passing notifications).
+// A secret on screen is masked.
 async function shot(name) {
   if (!SHOTS) return;
   await page.evaluate(() => document.getElementById('toast').replaceChildren());
-  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true, mask: [page.locator('#secret')] });
 }
 
 async function admin(method, path, body) {
@@ -194,6 +195,29 @@ test('the console, end to end', async (t) => {
     }
     await page.locator('#usage svg.chart').first().waitFor();
     await shot('key-usage');
+  });
+
+  await t.test('rotate with a grace period; disable and enable', async () => {
+    await page.locator('#rotate').click();
+    await page.locator('dialog [name=grace_seconds]').fill('600');
+    await page.locator('#rotate-submit').click();
+    const code = page.locator('dialog #secret');
+    await code.waitFor();
+    const rotated = await code.textContent();
+    assert.notEqual(rotated, secret);
+    await page.locator('#copied').click();
+    await page.locator('dialog').waitFor({ state: 'detached' });
+    assert.ok(!(await page.content()).includes(rotated), 'the new secret is in the DOM after the dialog closed');
+    assert.equal(await chat(rotated), 200);
+    assert.equal(await chat(secret), 200, 'the old secret stopped within its grace period');
+    await page.locator('#toggle-disabled').click();
+    await page.getByText(/Saved \(revision \d+\)\. Applied at 1 of 1 edge/).waitFor();
+    assert.match(await page.locator('#key-title').textContent(), /disabled/);
+    assert.equal(await chat(rotated), 401);
+    await page.locator('#toggle-disabled').click();
+    await page.getByText(/Saved \(revision \d+\)\. Applied at 1 of 1 edge/).waitFor();
+    assert.equal(await chat(rotated), 200);
+    secret = rotated;
   });
 
   await t.test('unlinking on the API Keys authentication tab reaches the edge', async () => {
