@@ -266,6 +266,17 @@ test('the console, end to end', async (t) => {
     assert.equal(await chat(''), 200);
   });
 
+  await t.test("edit a deployment's limits", async () => {
+    await page.locator('#tab-general').click();
+    await page.locator('#deployment-form [name=max_prompt_chars]').fill('20000');
+    await page.locator('#deployment-save').click();
+    await page.getByText(/Saved \(revision \d+\)\. Applied at 1 of 1 edge/).waitFor();
+    const d = await admin('GET', `/v1/projects/default/deployments/${encodeURIComponent(depId)}`);
+    assert.equal(d.body.max_prompt_chars, 20000);
+    assert.equal(d.body.auth_enabled, false, 'saving the general tab changed authentication');
+    assert.deepEqual(d.body.upstreams, { '*': [UPSTREAM] });
+  });
+
   await t.test('edges and usage pages', async () => {
     await page.locator('#nav a[data-section=edges]').click();
     await page.locator('#edges tr[data-edge="console-edge"]').waitFor();
@@ -273,7 +284,20 @@ test('the console, end to end', async (t) => {
     await shot('edges');
     await page.locator('#nav a[data-section=usage]').click();
     await page.locator('#usage svg.chart').first().waitFor();
+    // Usage records reach the origin through their stream: reload until
+    // the key's is in.
+    await until('the key in the usage chart', async () => {
+      if (await page.locator('#usage .legend', { hasText: 'console-key' }).count()) return true;
+      await page.locator('#usage-by').selectOption('deployment');
+      await page.locator('#usage-by').selectOption('key');
+      await page.waitForTimeout(300);
+      return false;
+    }, 15000);
     await shot('usage');
+    await page.locator('#usage-by').selectOption('model');
+    await page.locator('#usage .legend', { hasText: 'mock-model' }).first().waitFor();
+    await page.locator('#usage-since').selectOption('168h');
+    await page.locator('#usage svg.chart').first().waitFor();
   });
 
   await t.test('delete the key, with confirmation', async () => {
