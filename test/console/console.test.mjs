@@ -218,6 +218,17 @@ test('the console, end to end', async (t) => {
     await page.getByText(/Saved \(revision \d+\)\. Applied at 1 of 1 edge/).waitFor();
     assert.equal(await chat(rotated), 200);
     secret = rotated;
+    // Token limits on the Permissions & limits tab.
+    await page.getByRole('tab', { name: 'Permissions & limits', exact: true }).click();
+    await page.locator('[name=tokens_per_day]').fill('50000');
+    await page.locator('[name=quota_amount]').fill('100');
+    await page.locator('[name=quota_unit]').selectOption('requests');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.getByText(/Saved \(revision \d+\)\. Applied at 1 of 1 edge/).waitFor();
+    const k = (await admin('GET', `/v1/projects/default/keys/${encodeURIComponent(keyId)}`)).body;
+    assert.equal(k.tokens_per_day, 50000);
+    assert.deepEqual(k.quota, { requests: 100, refill: 'monthly' });
+    assert.equal(await chat(secret), 200);
   });
 
   await t.test('unlinking on the API Keys authentication tab reaches the edge', async () => {
@@ -269,10 +280,17 @@ test('the console, end to end', async (t) => {
   await t.test("edit a deployment's limits", async () => {
     await page.locator('#tab-general').click();
     await page.locator('#deployment-form [name=max_prompt_chars]').fill('20000');
+    await page.locator('#deployment-form [name=tokens_per_minute]').fill('100000');
+    await page.locator('#deployment-form [name=quota_amount]').fill('1000000');
+    await page.locator('#deployment-form [name=quota_refill]').selectOption('daily');
     await page.locator('#deployment-save').click();
     await page.getByText(/Saved \(revision \d+\)\. Applied at 1 of 1 edge/).waitFor();
     const d = await admin('GET', `/v1/projects/default/deployments/${encodeURIComponent(depId)}`);
     assert.equal(d.body.max_prompt_chars, 20000);
+    assert.equal(d.body.tokens_per_minute, 100000);
+    assert.deepEqual(d.body.quota, { tokens: 1000000, refill: 'daily' });
+    assert.equal(d.body.tokens_per_day, null);
+    assert.equal(await chat(''), 200);
     assert.equal(d.body.auth_enabled, false, 'saving the general tab changed authentication');
     assert.deepEqual(d.body.upstreams, { '*': [UPSTREAM] });
   });

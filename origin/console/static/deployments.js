@@ -5,6 +5,7 @@
 import { h, mount, errorBox, badge, field, tabs, splitList, confirmDialog, toast } from './dom.js';
 import { api, query, enc, WAIT, propagationText } from './api.js';
 import { go, pp } from './state.js';
+import { tokenInputs, setOnly } from './limits.js';
 
 export async function deploymentsPage() {
   const page = await api('GET', `${pp()}/deployments`);
@@ -71,6 +72,7 @@ function deploymentForm(d, onSaved) {
   const prompt = h('input', { type: 'number', min: 1, name: 'max_prompt_chars', value: d.max_prompt_chars ?? '', placeholder: '10000' });
   const models = h('input', { name: 'models', value: (d.models || []).join(', '), placeholder: 'any model' });
   const conc = h('input', { type: 'number', min: 1, name: 'max_concurrency', value: d.max_concurrency ?? '', placeholder: 'none' });
+  const tok = tokenInputs(d, true);
   const err = h('div');
   return h('form', { id: 'deployment-form', onsubmit: async (e) => {
     e.preventDefault();
@@ -83,6 +85,10 @@ function deploymentForm(d, onSaved) {
       models: splitList(models.value), max_concurrency: num(conc.value) };
     if (body.value) input.max_body_bytes = Number(body.value);
     if (prompt.value) input.max_prompt_chars = Number(prompt.value);
+    // A new deployment sends only the bounds set; an edit sends them all
+    // (null removes one), on an origin that has them.
+    if (isNew) Object.assign(input, setOnly(tok.values()));
+    else if ('tokens_per_minute' in d) Object.assign(input, tok.values());
     try {
       const r = isNew ? await api('POST', `${pp()}/deployments${query({ wait: WAIT })}`, input)
         : await api('PATCH', `${pp()}/deployments/${enc(d.id)}${query({ wait: WAIT })}`, input);
@@ -101,6 +107,7 @@ function deploymentForm(d, onSaved) {
   h('h3', { text: 'Limits' }),
   field('Rate limit (requests per minute)', rpm), field('Max body bytes', body), field('Max prompt characters', prompt),
   field('Models', models, 'Comma-separated patterns. Empty: any model.'), field('Max concurrency (per edge)', conc),
+  h('h3', { text: 'Token limits' }), tok.nodes,
   err, h('button', { type: 'submit', id: 'deployment-save', text: isNew ? 'Create deployment' : 'Save changes' }));
 }
 

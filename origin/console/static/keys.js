@@ -6,6 +6,7 @@ import { h, mount, dialog, confirmDialog, errorBox, fmtTime, badge, field, tabs,
 import { api, query, enc, WAIT, propagationText } from './api.js';
 import { state, go, pp } from './state.js';
 import { usageView } from './usage.js';
+import { tokenInputs, setOnly } from './limits.js';
 
 export const PERMISSIONS = ['run_inference', 'read_models', 'use_streaming', 'write_models', 'delete_models', 'manage_cache',
   'read_metrics', 'write_config', 'manage_users', 'view_audit_logs', 'manage_queue'];
@@ -179,6 +180,7 @@ function createKeyDialog(deps, done) {
   const exp = expirationInput(null);
   const perms = checkList('permissions', PERMISSIONS, DEFAULT_PERMISSIONS);
   const lim = limitsInputs({});
+  const tok = tokenInputs({});
   const err = h('div');
   const submit = h('button', { type: 'submit', id: 'create-key-submit', text: 'Create' });
   const form = h('form', { method: 'dialog', onsubmit: async (e) => {
@@ -190,6 +192,7 @@ function createKeyDialog(deps, done) {
     if (exp.value()) body.expires_at = exp.value();
     if (lim.rateLimit()) body.rate_limit = lim.rateLimit();
     if (lim.maxConcurrency()) body.max_concurrency = lim.maxConcurrency();
+    Object.assign(body, setOnly(tok.values()));
     try {
       const k = await api('POST', `${pp()}/keys${query({ wait: WAIT })}`, body);
       d.close();
@@ -205,6 +208,7 @@ function createKeyDialog(deps, done) {
   h('h3', { text: 'Expiration' }), exp.node,
   h('h3', { text: 'Permissions' }), perms.node,
   h('h3', { text: 'Limits' }), lim.nodes,
+  h('h3', { text: 'Token limits' }), tok.nodes,
   err,
   h('div', { class: 'actions' }, h('button', { type: 'button', class: 'secondary', onclick: () => d.close(), text: 'Cancel' }), submit));
   const d = dialog('Create API key', form);
@@ -259,9 +263,13 @@ export async function keyPage(id, tab = 'general') {
     { id: 'limits', label: 'Permissions & limits', render: () => {
       const perms = checkList('permissions', PERMISSIONS, k.permissions || []);
       const lim = limitsInputs(k);
+      // Token bounds are sent only by an origin that has them.
+      const tok = 'tokens_per_minute' in k ? tokenInputs(k) : null;
       return h('form', { onsubmit: (e) => { e.preventDefault();
-        save({ permissions: perms.value(), rate_limit: lim.rateLimit(), models: lim.models(), max_concurrency: lim.maxConcurrency() }, 'limits'); } },
-      h('h3', { text: 'Permissions' }), perms.node, h('h3', { text: 'Limits' }), lim.nodes, h('button', { type: 'submit', text: 'Save changes' }));
+        save({ permissions: perms.value(), rate_limit: lim.rateLimit(), models: lim.models(), max_concurrency: lim.maxConcurrency(),
+          ...(tok ? tok.values() : {}) }, 'limits'); } },
+      h('h3', { text: 'Permissions' }), perms.node, h('h3', { text: 'Limits' }), lim.nodes,
+      tok ? [h('h3', { text: 'Token limits' }), tok.nodes] : null, h('button', { type: 'submit', text: 'Save changes' }));
     } },
     { id: 'usage', label: 'Usage', render: () => usageView({ key_id: k.id }, ['model']) },
   ];
