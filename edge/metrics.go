@@ -61,6 +61,14 @@ func (n *Node) watchNode() {
 	counter("keymesh_edge_audit_shipped_total", "Audit records published to the origin.", func() uint64 { shipped, _, _ := n.AuditStats(); return shipped })
 	counter("keymesh_edge_audit_dropped_total", "Audit records dropped because the audit buffer was full.", func() uint64 { _, dropped, _ := n.AuditStats(); return dropped })
 	counter("keymesh_edge_audit_failed_total", "Audit records lost to NATS publish errors.", func() uint64 { _, _, failed := n.AuditStats(); return failed })
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keymesh_edge_nats_connected",
+		Help: "1 while the edge's NATS connection is up (events, lookups, audit and usage go over it)."},
+		func() float64 {
+			if n.nc.IsConnected() {
+				return 1
+			}
+			return 0
+		}))
 	counter("keymesh_edge_heartbeats_ignored_total", "Origin heartbeats ignored for being no newer than one already taken.", func() uint64 { return n.view.Stats().OldHeartbeats })
 	n.watchUsage()
 }

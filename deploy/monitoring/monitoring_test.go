@@ -278,7 +278,7 @@ func TestAlertsCarryRunbooks(t *testing.T) {
 		"keymesh_edge_lookups_shed_total", "keymesh_edge_audit_dropped_total", "keymesh_origin_audit_dropped_total",
 		`keymesh_edge_usage_dropped_total{reason="spool_full"}`, "keymesh_origin_stream_conflict",
 		`keymesh_edge_requests_total{code="502"}`, `keymesh_edge_requests_total{code=~"5.."}`,
-		`keymesh_origin_http_requests_total{code=~"5.."}`, "keymesh_origin_nats_connected"} {
+		`keymesh_origin_http_requests_total{code=~"5.."}`, "keymesh_origin_nats_connected", "keymesh_edge_nats_connected"} {
 		found := false
 		for _, e := range exprs {
 			found = found || strings.Contains(e, want)
