@@ -33,6 +33,9 @@ type auditWire struct {
 	Status         int       `json:"status"`
 	DurationMS     float64   `json:"duration_ms"`
 	RequestID      string    `json:"request_id,omitempty"`
+	// Reason is why the request was refused (auditReasons); none for one
+	// let through.
+	Reason string `json:"reason,omitempty"`
 	// Tokens of a metered request (see UsageSink); Estimated when counted
 	// from what was relayed rather than reported by the upstream.
 	PromptTokens     *int64 `json:"prompt_tokens,omitempty"`
@@ -116,6 +119,11 @@ func (a *auditRecorder) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcom
 	dst = append(dst, `,"duration_ms":`...)
 	dst = strconv.AppendFloat(dst, float64(time.Since(start).Microseconds())/1000, 'f', -1, 64)
 	dst = appendJSONField(dst, "request_id", clip(ctx.Response.Header.PeekBytes(headerRequestID), auditMaxRequestID))
+	why := out.reason
+	if out.refused != reasonNone {
+		why = out.refused
+	}
+	dst = appendJSONField(dst, "reason", auditReasons[why])
 	if u := out.usage; u.ok {
 		dst = append(dst, `,"prompt_tokens":`...)
 		dst = strconv.AppendInt(dst, u.prompt, 10)

@@ -14,9 +14,11 @@ import (
 	"github.com/keymesh/keymesh/internal/apierror"
 )
 
-// authenticate returns the key the credential belongs to if it is current
-// and linked to dep; otherwise it answers the request with the refusal and
-// returns nil and why. A malformed credential is refused without any lookup.
+// authenticate returns the key the credential belongs to and reasonAllowed
+// if it is current and linked to dep; otherwise it answers the request with
+// the refusal and returns why, with the key when it is known (unlinked,
+// disabled, expired: for the audit record). A malformed credential is
+// refused without any lookup.
 func (s *Proxy) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, cred []byte) (*cache.Key, reason) {
 	invalid := dep.InvalidKeyStatus
 	if len(cred) == 0 {
@@ -44,10 +46,10 @@ func (s *Proxy) authenticate(ctx *fasthttp.RequestCtx, dep *event.Deployment, cr
 	case errors.Is(err, cache.ErrDisabled):
 		r = reasonDisabled
 	case err != nil:
-		r = reasonUnknown
+		r, key = reasonUnknown, nil
 	}
 	fail(ctx, errInvalidKey, invalid)
-	return nil, r
+	return key, r
 }
 
 // permitted answers with 403 and returns false unless key holds what the

@@ -59,8 +59,8 @@ func init() {
 }
 
 // inspect reads the request body for the decisions that depend on it; a
-// body it refuses is answered, and ok is false.
-func (s *Proxy) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key) (body inspected, ok bool) {
+// body it refuses is answered, and why is its reason (reasonNone otherwise).
+func (s *Proxy) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key) (body inspected, why reason) {
 	limit := s.cfg.MaxRequestBodyBytes
 	if dep.MaxBodyBytes > 0 && dep.MaxBodyBytes < int64(limit) {
 		limit = int(dep.MaxBodyBytes)
@@ -78,13 +78,16 @@ func (s *Proxy) inspect(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *ca
 			s.metrics.refused[refusedBodyEncoding].Inc()
 		}
 		fail(ctx, refusal, 0)
-		return body, false
+		if refusal == errBodyTooLarge {
+			return body, reasonTooLarge
+		}
+		return body, reasonBadBody
 	}
 	if dep.MaxPromptChars > 0 && body.chars > dep.MaxPromptChars {
 		fail(ctx, errPromptTooLong.WithDetails(map[string]int{"max_prompt_chars": dep.MaxPromptChars, "prompt_chars": body.chars}), 0)
-		return body, false
+		return body, reasonPromptLong
 	}
-	return body, true
+	return body, reasonNone
 }
 
 // readBody is inspect's reading of raw under header h: the body to forward,

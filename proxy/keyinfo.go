@@ -91,8 +91,8 @@ func (s *Proxy) tokenInfo(a *keyInfoAnswer, key *cache.Key) {
 	}
 }
 
-// serveKeyInfo answers GET /v1/key and returns the key it answered for (nil
-// when it refused it) and why.
+// serveKeyInfo answers GET /v1/key and returns the key it answered for (or
+// refused, when known: disabled, expired) and why.
 func (s *Proxy) serveKeyInfo(ctx *fasthttp.RequestCtx, r *request) (*cache.Key, reason) {
 	if len(r.cred) == 0 {
 		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, "Bearer")
@@ -110,6 +110,12 @@ func (s *Proxy) serveKeyInfo(ctx *fasthttp.RequestCtx, r *request) (*cache.Key, 
 		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		fail(ctx, errUnavailable, 0)
 		return nil, reasonUnavailable
+	case errors.Is(err, cache.ErrExpired):
+		fail(ctx, errInvalidKey, 0)
+		return key, reasonExpired
+	case errors.Is(err, cache.ErrDisabled):
+		fail(ctx, errInvalidKey, 0)
+		return key, reasonDisabled
 	case err != nil:
 		fail(ctx, errInvalidKey, 0)
 		return nil, reasonUnknown

@@ -28,12 +28,30 @@ const (
 	reasonUnavailable
 	reasonTokenLimit // tokens_per_minute or tokens_per_day (tokens.go)
 	reasonQuota      // a quota of tokens or requests
+	// The reasons below refine a decision above for the audit record
+	// (counted under the label reasonNames gives), or name a refusal that
+	// is no decision (outcome.refused; not counted here).
+	reasonModel       // a model the allow-lists do not allow (counted as permission_denied)
+	reasonConcurrency // max_concurrency (counted as rate_limited)
+	reasonTooLarge    // a body over the limit
+	reasonPromptLong  // a prompt over max_prompt_chars
+	reasonBadBody     // a body the edge cannot read, or an ambiguous max_tokens
+	reasonBadRequest  // refused for its request line or headers
+	reasonNoRoute     // no deployment matched
 	numReasons
 )
 
+// reasonNames are the label values of keymesh_edge_auth_decisions_total.
 var reasonNames = [numReasons]string{"", "allowed", "auth_off", "no_credential", "malformed", "unknown",
 	"expired", "disabled", "unlinked", "permission_denied", "rate_limited", "unavailable",
-	"token_limit", "quota"}
+	"token_limit", "quota", "permission_denied", "rate_limited"}
+
+// auditReasons are the reasons audit records carry (docs/api.md, "Audit
+// log"): "" for a request let through.
+var auditReasons = [numReasons]string{"", "", "", "no_credential", "malformed", "unknown",
+	"expired", "disabled", "unlinked", "permission", "rate_limited", "unavailable",
+	"token_limit", "quota", "model_not_allowed", "concurrency", "too_large", "prompt_too_long",
+	"bad_body", "bad_request", "no_deployment"}
 
 // metrics are the data plane's Prometheus metrics, registered where
 // Config.Metrics says (the edge's own registry, so that several edges can
@@ -76,7 +94,7 @@ func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
 	auth := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_auth_decisions_total",
 		Help: "Authorization decisions by reason."}, []string{"reason"})
 	for i, name := range reasonNames {
-		if reason(i) != reasonNone {
+		if name != "" {
 			m.decisions[i] = auth.WithLabelValues(name)
 		}
 	}
@@ -112,8 +130,8 @@ func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
 }
 
 func (m *metrics) decide(r reason) {
-	if r != reasonNone {
-		m.decisions[r].Inc()
+	if c := m.decisions[r]; c != nil {
+		c.Inc()
 	}
 }
 

@@ -388,15 +388,17 @@ func (s *Proxy) serveError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	switch r := out.req; {
 	case r != nil && r.refusal != nil:
-		s.refuse(ctx, r)
+		out.refused = s.refuse(ctx, r)
 		class = ""
 	case class == "body_too_large":
 		fail(ctx, errBodyTooLarge, 0)
+		out.refused = reasonTooLarge
 		if r != nil && r.rt != nil {
 			out.dep = r.rt.dep
 		}
 	default:
 		fail(ctx, errMalformedRequest, 0)
+		out.refused = reasonBadRequest
 	}
 	if class != "" {
 		s.log.Info("request not read", "remote", ctx.RemoteAddr().String(), "error", class,
@@ -405,22 +407,30 @@ func (s *Proxy) serveError(ctx *fasthttp.RequestCtx, err error) {
 	s.finish(ctx, &out)
 }
 
-// refuse answers a request refused from its header, and counts it.
-func (s *Proxy) refuse(ctx *fasthttp.RequestCtx, r *request) {
+// refuse answers a request refused from its header, counts it and returns
+// its audit reason.
+func (s *Proxy) refuse(ctx *fasthttp.RequestCtx, r *request) reason {
 	if r.refusal == errMethodRefused {
 		ctx.Response.Header.Set(fasthttp.HeaderAllow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 	}
 	fail(ctx, r.refusal, 0)
 	s.metrics.refused[r.refused].Inc()
+	if r.refused == refusedNoDeployment {
+		return reasonNoRoute
+	}
+	return reasonBadRequest
 }
 
 // outcome is what handling one request decided, for metrics and audit.
 type outcome struct {
 	req    *request          // the request's reading; nil if it was never read
 	dep    *event.Deployment // nil when no deployment matched
-	key    *cache.Key        // nil when no key was checked or it was refused
-	reason reason
-	open   bool // /health, /ping or a CORS preflight: not counted
+	key    *cache.Key        // nil when no key was checked, or a refused one is unknown
+	reason reason            // the authorization decision, counted
+	// refused is why the request was refused other than by a decision (its
+	// body, its header, no deployment); audited in preference to reason.
+	refused reason
+	open    bool // /health, /ping or a CORS preflight: not counted
 	// body is the upstream answer being relayed, if any: the request is
 	// finished (audited, counted) when it is closed.
 	body *upstreamBody
@@ -486,7 +496,7 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		return out
 	}
 	if r.refusal != nil {
-		s.refuse(ctx, r)
+		out.refused = s.refuse(ctx, r)
 		return out
 	}
 	if r.open() {
@@ -508,6 +518,7 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 	rt := r.rt
 	if rt == nil {
 		fail(ctx, errNoDeployment, 0)
+		out.refused = reasonNoRoute
 		return out
 	}
 	dep := rt.dep
@@ -516,16 +527,17 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		// Trailers (a chunked body's) arrived after the decision was made
 		// on the header, and would be read as header fields: refuse.
 		r.refuse(errTrailers, refusedTrailers)
-		s.refuse(ctx, r)
+		out.refused = s.refuse(ctx, r)
 		return out
 	}
 	if dep.MaxBodyBytes > 0 && int64(len(ctx.Request.Body())) > dep.MaxBodyBytes {
 		fail(ctx, errBodyTooLarge, 0) // read under the server's limit: the reading was redone
+		out.refused = reasonTooLarge
 		return out
 	}
 	out.reason = reasonAuthOff
 	if dep.AuthEnabled {
-		if out.key, out.reason = s.authenticate(ctx, dep, r.cred); out.key == nil {
+		if out.key, out.reason = s.authenticate(ctx, dep, r.cred); out.reason != reasonAllowed {
 			return out
 		}
 	} else if !s.state.Trusted() {
@@ -537,8 +549,9 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonUnavailable
 		return out
 	}
-	body, ok := s.inspect(ctx, dep, out.key)
-	if !ok {
+	body, why := s.inspect(ctx, dep, out.key)
+	if why != reasonNone {
+		out.refused = why
 		return out
 	}
 	if out.key != nil && !permitted(ctx, out.key, r, body.stream) {
@@ -546,18 +559,20 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		return out
 	}
 	if !s.checkModels(ctx, r, out.key, &body) {
-		out.reason = reasonPermission
+		out.reason = reasonModel
 		return out
 	}
 	bounded := tokenBounded(dep, out.key)
 	var res int64
+	ok := true
 	if bounded {
 		if res, ok = reservation(ctx, dep, &body); !ok {
+			out.refused = reasonBadBody
 			return out
 		}
 	}
 	if out.adm, ok = s.admit(ctx, dep, out.key); !ok {
-		out.reason = reasonRateLimited
+		out.reason = reasonConcurrency
 		return out
 	}
 	var tokHeaders tokenHeaders
