@@ -17,8 +17,8 @@
 // I/O. Validation is the origin's; the wire shapes of the signed events
 // edges receive (package event) are a separate contract and stay separate.
 //
-// Listings of keys, deployments, projects and users answer a Page; the
-// edge and audit listings answer a bare JSON array ([]Edge, []AuditRecord).
+// Listings of keys, deployments, projects, users and audit records answer
+// a Page; the edge listing answers a bare JSON array ([]Edge).
 package api
 
 import (
@@ -119,6 +119,7 @@ type (
 	DeploymentPage = Page[Deployment]
 	ProjectPage    = Page[Project]
 	UserPage       = Page[User]
+	AuditPage      = Page[AuditRecord]
 )
 
 // ErrorBody is every error answer: {"error": {...}}.
@@ -413,7 +414,7 @@ type Edge struct {
 
 // AuditRecord is one audit record: a request an edge handled (source
 // "edge") or an admin action of the origin (source "admin"). It never
-// holds a secret. GET /v1/audit answers []AuditRecord, newest first.
+// holds a secret. GET /v1/audit answers an AuditPage, newest first.
 type AuditRecord struct {
 	ID             string    `json:"id"`
 	Time           time.Time `json:"time"`
@@ -433,6 +434,11 @@ type AuditRecord struct {
 	Status         int       `json:"status"`
 	DurationMS     float64   `json:"duration_ms"`
 	RequestID      string    `json:"request_id,omitempty"`
+	// Reason is why an edge refused the request (docs/api.md, "Audit
+	// log"); absent for a request let through and for admin records.
+	Reason string `json:"reason,omitempty"`
+	// Changed names the fields an admin change set, never their values.
+	Changed []string `json:"changed,omitempty"`
 }
 
 // ---- usage ----

@@ -38,11 +38,13 @@ func (s *stack) auditRecords(query string) ([]map[string]any, string) {
 	if _, err := s.api.Do(context.Background(), http.MethodGet, "/v1/audit?"+query, nil, &raw); err != nil {
 		s.t.Fatalf("GET /v1/audit?%s: %v", query, err)
 	}
-	var recs []map[string]any
-	if err := json.Unmarshal(raw, &recs); err != nil {
+	var page struct {
+		Items []map[string]any `json:"items"`
+	}
+	if err := json.Unmarshal(raw, &page); err != nil {
 		s.t.Fatalf("audit body %s: %v", raw, err)
 	}
-	return recs, string(raw)
+	return page.Items, string(raw)
 }
 
 // propagationReport is the ?wait= part of a mutation's answer.

@@ -118,7 +118,9 @@ func (s *Server) patchDeployment(c *call) error {
 		return err
 	}
 	v := deploymentAnswer(d)
-	return s.mutated(c, http.StatusOK, d.Revision, &v, &v.Propagation, deploymentTarget(d))
+	t := deploymentTarget(d)
+	t.Changed = o.members()
+	return s.mutated(c, http.StatusOK, d.Revision, &v, &v.Propagation, t)
 }
 
 func (s *Server) deleteDeployment(c *call) error {
@@ -157,7 +159,8 @@ func (s *Server) linkKey(on bool) handlerFunc {
 		// The link is named as the request gave it: the key and the
 		// deployment reference of the path.
 		ref := c.r.PathValue("key_id")
-		t := auditTarget{Target: ref, KeyID: ref, Deployment: c.r.PathValue("id"), Project: k.ProjectID}
+		t := auditTarget{Target: ref, KeyID: ref, Deployment: c.r.PathValue("id"), Project: k.ProjectID,
+			Changed: []string{"deployments"}}
 		v := keyAnswer(k)
 		return s.mutated(c, http.StatusOK, k.Revision, &v, &v.Propagation, t)
 	}

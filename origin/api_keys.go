@@ -370,7 +370,9 @@ func (s *Server) patchKey(c *call) error {
 		return err
 	}
 	v := keyAnswer(k)
-	return s.mutated(c, http.StatusOK, k.Revision, &v, &v.Propagation, keyTarget(k))
+	t := keyTarget(k)
+	t.Changed = o.members()
+	return s.mutated(c, http.StatusOK, k.Revision, &v, &v.Propagation, t)
 }
 
 func (s *Server) deleteKey(c *call) error {

@@ -106,7 +106,7 @@ func (s *Server) patchProject(c *call) error {
 	// rev is the last, which ?wait waits for. Any other change is none,
 	// and rev the store's revision after it, as for a project's creation.
 	v := projectDetail(c.project, r)
-	return s.mutated(c, http.StatusOK, rev, &v, &v.Propagation, auditTarget{Target: c.project.ID})
+	return s.mutated(c, http.StatusOK, rev, &v, &v.Propagation, auditTarget{Target: c.project.ID, Changed: o.members()})
 }
 
 // decodeProjectName reads and checks a project create body's name.

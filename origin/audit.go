@@ -17,6 +17,7 @@ package origin
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -52,13 +53,24 @@ var auditSchema = []string{
 		target TEXT NOT NULL DEFAULT '',
 		status INTEGER NOT NULL DEFAULT 0,
 		duration_us BIGINT NOT NULL DEFAULT 0,
-		request_id TEXT NOT NULL DEFAULT ''
+		request_id TEXT NOT NULL DEFAULT '',
+		reason TEXT NOT NULL DEFAULT '',
+		changed TEXT NOT NULL DEFAULT ''
 	)`,
 	`CREATE INDEX IF NOT EXISTS audit_log_ts ON audit_log (ts)`,
 	`CREATE INDEX IF NOT EXISTS audit_log_key ON audit_log (key_id, ts)`,
 	`CREATE INDEX IF NOT EXISTS audit_log_deployment ON audit_log (deployment, ts)`,
 	`CREATE INDEX IF NOT EXISTS audit_log_project ON audit_log (project, ts)`,
 }
+
+// auditAdded are the columns added to audit_log after its first schema
+// (issue 16): an older table gets them, empty, before the indexes on them
+// are made. reason is an edge record's refusal reason; changed is an admin
+// record's changed fields, comma-separated.
+var (
+	auditAdded = []string{"reason", "changed"}
+	auditLater = []string{`CREATE INDEX IF NOT EXISTS audit_log_reason ON audit_log (reason, ts)`}
+)
 
 // AuditRecord is one stored audit record: an edge's request (source
 // "edge") or an admin action of the origin (source "admin"). GET /v1/audit
@@ -82,11 +94,33 @@ type AuditRecord struct {
 	Status         int
 	DurationMS     float64
 	RequestID      string
+	Reason         string   // an edge record's refusal reason (docs/api.md); "" when let through
+	Changed        []string // an admin record's changed fields, names only
 }
 
-// ensureAuditSchema creates the audit table and its indexes if missing.
+// ensureAuditSchema creates the audit table and its indexes if missing,
+// and adds the columns an older table lacks. The audit table is not under
+// the store's schema version: on SQLite it is a database of its own.
 func (s *Server) ensureAuditSchema(ctx context.Context) error {
-	return s.auditStore.execSchema(ctx, auditSchema)
+	st := s.auditStore
+	if err := st.execSchema(ctx, auditSchema); err != nil {
+		return err
+	}
+	var add []string
+	for _, col := range auditAdded {
+		if st.dialect == dialectPostgres {
+			add = append(add, `ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS `+col+` TEXT NOT NULL DEFAULT ''`)
+			continue
+		}
+		var n int
+		if err := st.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('audit_log') WHERE name = ?`, col).Scan(&n); err != nil {
+			return fmt.Errorf("reading the audit schema: %w", err)
+		}
+		if n == 0 {
+			add = append(add, `ALTER TABLE audit_log ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`)
+		}
+	}
+	return st.execSchema(ctx, append(add, auditLater...))
 }
 
-const auditColumns = `id, ts, source, edge, site, client_ip, actor, key_id, project, deployment, deployment_name, method, path, action, target, status, duration_us, request_id`
+const auditColumns = `id, ts, source, edge, site, client_ip, actor, key_id, project, deployment, deployment_name, method, path, action, target, status, duration_us, request_id, reason, changed`

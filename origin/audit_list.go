@@ -1,11 +1,13 @@
 package origin
 
-// GET /v1/audit: stored records by project, key, deployment, source and
-// time, newest first.
+// GET /v1/audit: stored records by project, key, deployment, source,
+// status, reason and time, newest first, in pages.
 
 import (
+	"encoding/base64"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,8 +16,15 @@ import (
 	"github.com/keymesh/keymesh/internal/apierror"
 )
 
-// listAudit serves GET /v1/audit?project=&key_id=&deployment=&since=&limit=
-// (and source=edge|admin): matching records, newest first.
+// auditReasonNames are the reasons an edge's audit record may carry (the
+// edge's auditReasons, proxy/metrics.go; docs/api.md, "Audit log").
+var auditReasonNames = []string{"no_credential", "malformed", "unknown", "unlinked", "disabled", "expired",
+	"permission", "model_not_allowed", "rate_limited", "concurrency", "token_limit", "quota", "too_large",
+	"prompt_too_long", "bad_body", "bad_request", "no_deployment", "unavailable"}
+
+// listAudit serves GET /v1/audit?project=&key_id=&deployment=&source=
+// &status=&reason=&since=&until=&limit=&cursor=: matching records, newest
+// first, one page of them.
 func (s *Server) listAudit(c *call) error {
 	q := c.r.URL.Query()
 	where := []string{"1 = 1"}
@@ -51,12 +60,40 @@ func (s *Server) listAudit(c *call) error {
 		}
 		where, args = append(where, "source = ?"), append(args, v)
 	}
+	if v := q.Get("status"); v != "" {
+		lo, hi, err := parseStatus(v)
+		if err != nil {
+			return err
+		}
+		where, args = append(where, "status >= ? AND status <= ?"), append(args, lo, hi)
+	}
+	if v := q.Get("reason"); v != "" {
+		if !slices.Contains(auditReasonNames, v) {
+			return validation("reason", "must be a refusal reason: "+strings.Join(auditReasonNames, ", "))
+		}
+		where, args = append(where, "reason = ?"), append(args, v)
+	}
+	now := time.Now()
 	if v := q.Get("since"); v != "" {
-		t, err := parseSince(v, time.Now())
+		t, err := parseSince(v, now)
 		if err != nil {
 			return err
 		}
 		where, args = append(where, "ts >= ?"), append(args, t.UnixMicro())
+	}
+	if v := q.Get("until"); v != "" {
+		t, err := parseSince(v, now)
+		if err != nil {
+			return validation("until", "must be an RFC 3339 time, a YYYY-MM-DD date or a duration such as 1h")
+		}
+		where, args = append(where, "ts < ?"), append(args, t.UnixMicro())
+	}
+	if v := q.Get("cursor"); v != "" {
+		ts, id, ok := decodeAuditCursor(v)
+		if !ok {
+			return validation("cursor", "is not a cursor returned by this API")
+		}
+		where, args = append(where, "(ts < ? OR (ts = ? AND id < ?))"), append(args, ts, ts, id)
 	}
 	limit := 100
 	if v := q.Get("limit"); v != "" {
@@ -66,31 +103,79 @@ func (s *Server) listAudit(c *call) error {
 		}
 		limit = n
 	}
-	args = append(args, limit)
+	args = append(args, limit+1) // one more: is there a next page?
 	rows, err := s.auditStore.db.QueryContext(c.ctx(), s.auditStore.q(`SELECT id, ts, source, edge, site, client_ip, actor, key_id,
-		project, deployment, deployment_name, method, path, action, target, status, duration_us, request_id
+		project, deployment, deployment_name, method, path, action, target, status, duration_us, request_id, reason, changed
 		FROM audit_log WHERE `+strings.Join(where, " AND ")+` ORDER BY ts DESC, id DESC LIMIT ?`), args...)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
 	out := []api.AuditRecord{}
+	var next *string
 	for rows.Next() {
 		var r AuditRecord
 		var ts, dur int64
+		var changed string
 		if err := rows.Scan(&r.ID, &ts, &r.Source, &r.Edge, &r.Site, &r.ClientIP, &r.Actor, &r.KeyID, &r.Project,
-			&r.Deployment, &r.DeploymentName, &r.Method, &r.Path, &r.Action, &r.Target, &r.Status, &dur, &r.RequestID); err != nil {
+			&r.Deployment, &r.DeploymentName, &r.Method, &r.Path, &r.Action, &r.Target, &r.Status, &dur, &r.RequestID,
+			&r.Reason, &changed); err != nil {
 			return err
+		}
+		if len(out) == limit {
+			last := out[len(out)-1]
+			cur := encodeAuditCursor(last.Time.UnixMicro(), last.ID)
+			next = &cur
+			break
 		}
 		r.Time = time.UnixMicro(ts).UTC()
 		r.DurationMS = float64(dur) / 1000
+		if changed != "" {
+			r.Changed = strings.Split(changed, ",")
+		}
 		out = append(out, auditAnswer(&r))
 	}
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	writeJSON(c.w, http.StatusOK, out)
+	writeJSON(c.w, http.StatusOK, api.AuditPage{Items: out, NextCursor: next})
 	return nil
+}
+
+// An audit cursor is the (time, id) of a page's last record: the next page
+// is what sorts after it, newest first, whatever is stored meanwhile.
+func encodeAuditCursor(ts int64, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(ts, 10) + ":" + id))
+}
+
+func decodeAuditCursor(v string) (int64, string, bool) {
+	if len(v) > maxCursorLen {
+		return 0, "", false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(v)
+	if err != nil {
+		return 0, "", false
+	}
+	tsText, id, ok := strings.Cut(string(b), ":")
+	if !ok || id == "" {
+		return 0, "", false
+	}
+	ts, err := strconv.ParseInt(tsText, 10, 64)
+	return ts, id, err == nil
+}
+
+// parseStatus reads status= as one status code (404) or a class (4xx):
+// the inclusive range it matches.
+func parseStatus(v string) (lo, hi int, err error) {
+	if len(v) == 3 && v[0] >= '1' && v[0] <= '5' && strings.EqualFold(v[1:], "xx") {
+		lo = int(v[0]-'0') * 100
+		return lo, lo + 99, nil
+	}
+	n, e := strconv.Atoi(v)
+	if e != nil || n < 100 || n > 599 {
+		return 0, 0, validation("status", "must be a status code such as 401 or a class such as 4xx")
+	}
+	return n, n, nil
 }
 
 // auditAnswer is r as GET /v1/audit shows it.
@@ -98,7 +183,7 @@ func auditAnswer(r *AuditRecord) api.AuditRecord {
 	return api.AuditRecord{ID: r.ID, Time: r.Time, Source: r.Source, Edge: r.Edge, Site: r.Site, ClientIP: r.ClientIP,
 		Actor: r.Actor, KeyID: r.KeyID, Project: r.Project, Deployment: r.Deployment, DeploymentName: r.DeploymentName,
 		Method: r.Method, Path: r.Path, Action: r.Action, Target: r.Target, Status: r.Status, DurationMS: r.DurationMS,
-		RequestID: r.RequestID}
+		RequestID: r.RequestID, Reason: r.Reason, Changed: r.Changed}
 }
 
 // parseSince reads since= as an RFC 3339 time, a YYYY-MM-DD date (00:00

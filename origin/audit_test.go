@@ -12,6 +12,14 @@ import (
 	"github.com/keymesh/keymesh/event"
 )
 
+// auditItems is GET path's page of audit records.
+func auditItems(c *client, path string) []api.AuditRecord {
+	c.t.Helper()
+	var pg api.AuditPage
+	c.must(200, "GET", path, nil, &pg)
+	return pg.Items
+}
+
 func TestAuditStoresEdgeAndAdminRecords(t *testing.T) {
 	testAuditRecords(t, testConfig(t.TempDir()))
 }
@@ -58,7 +66,7 @@ func testAuditRecords(t *testing.T, cfg Config) {
 
 	var recs []api.AuditRecord
 	waitFor(t, "edge record stored", func() bool {
-		c.must(200, "GET", "/v1/audit?key_id="+k.ID+"&source=edge", nil, &recs)
+		recs = auditItems(c, "/v1/audit?key_id="+k.ID+"&source=edge")
 		return len(recs) == 1
 	})
 	r := recs[0]
@@ -67,7 +75,7 @@ func testAuditRecords(t *testing.T, cfg Config) {
 		t.Fatalf("edge record %+v", r)
 	}
 	// By deployment name, newest first, both edge records.
-	c.must(200, "GET", "/v1/audit?deployment=chat&source=edge&project=default", nil, &recs)
+	recs = auditItems(c, "/v1/audit?deployment=chat&source=edge&project=default")
 	if len(recs) != 2 {
 		t.Fatalf("by deployment: %+v", recs)
 	}
@@ -75,7 +83,7 @@ func testAuditRecords(t *testing.T, cfg Config) {
 
 	// Admin actions: key creation, with who, what, when, from where.
 	waitFor(t, "admin record stored", func() bool {
-		c.must(200, "GET", "/v1/audit?key_id="+k.ID+"&source=admin", nil, &recs)
+		recs = auditItems(c, "/v1/audit?key_id="+k.ID+"&source=admin")
 		return len(recs) == 1
 	})
 	r = recs[0]
@@ -83,11 +91,11 @@ func testAuditRecords(t *testing.T, cfg Config) {
 		r.Status != 201 || time.Since(r.Time) > time.Minute || r.Project != k.Project {
 		t.Fatalf("admin record %+v", r)
 	}
-	c.must(200, "GET", "/v1/audit?since="+url.QueryEscape(time.Now().Add(-time.Hour).Format(time.RFC3339))+"&limit=1000", nil, &recs)
+	recs = auditItems(c, "/v1/audit?since="+url.QueryEscape(time.Now().Add(-time.Hour).Format(time.RFC3339))+"&limit=1000")
 	if len(recs) < 4 || !sortedNewestFirst(recs) {
 		t.Fatalf("since an hour ago: %d records", len(recs))
 	}
-	c.must(200, "GET", "/v1/audit?limit=1", nil, &recs)
+	recs = auditItems(c, "/v1/audit?limit=1")
 	if len(recs) != 1 {
 		t.Fatalf("limit=1: %d records", len(recs))
 	}
@@ -103,14 +111,16 @@ func testAuditRecords(t *testing.T, cfg Config) {
 		t.Fatalf("project key reading another project: %d %s", st, b)
 	}
 	waitFor(t, "project creation recorded", func() bool {
-		c.must(200, "GET", "/v1/audit?project=other", nil, &recs)
+		recs = auditItems(c, "/v1/audit?project=other")
 		return len(recs) == 1 && recs[0].Action == "POST /v1/projects" && recs[0].Project == p2.ID
 	})
 	st, b, _ = kc.doH("GET", "/v1/audit?limit=1000", nil, map[string]string{"X-API-Key": ak.Key})
 	if st != 200 {
 		t.Fatalf("project key reading its project: %d %s", st, b)
 	}
-	mustJSON(t, b, &recs)
+	var pg api.AuditPage
+	mustJSON(t, b, &pg)
+	recs = pg.Items
 	if len(recs) == 0 {
 		t.Fatal("project key sees no records")
 	}
@@ -288,10 +298,11 @@ func TestAdminAuditTargets(t *testing.T) {
 	c.must(200, "GET", "/v1/projects/default", nil, &def)
 	var d depResp
 	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, &d)
-	c.must(200, "PATCH", "/v1/projects/default/deployments/"+d.ID, map[string]any{"path_prefix": "/v1"}, nil)
+	c.must(200, "PATCH", "/v1/projects/default/deployments/"+d.ID, map[string]any{"path_prefix": "/v1", "auth_enabled": true,
+		"upstream_auth": map[string]any{"mode": "none"}}, nil)
 	var k keyResp
 	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "a"}, &k)
-	c.must(200, "PATCH", "/v1/projects/default/keys/"+k.ID, map[string]any{"name": "b"}, nil)
+	c.must(200, "PATCH", "/v1/projects/default/keys/"+k.ID, map[string]any{"name": "b", "expires_at": nil, "deployments": []string{}}, nil)
 	c.must(200, "POST", "/v1/projects/default/keys/"+k.ID+"/rotate", map[string]any{}, nil)
 	c.must(200, "PUT", "/v1/projects/default/deployments/chat/keys/"+k.ID, nil, nil)
 	c.must(200, "DELETE", "/v1/projects/default/deployments/chat/keys/"+k.ID, nil, nil)
@@ -299,7 +310,7 @@ func TestAdminAuditTargets(t *testing.T) {
 	c.must(204, "DELETE", "/v1/projects/default/deployments/chat", nil, nil)
 	var p struct{ ID string }
 	c.must(201, "POST", "/v1/projects", map[string]any{"name": "other"}, &p)
-	c.must(200, "PATCH", "/v1/projects/default", map[string]any{"max_keys": 10}, nil)
+	c.must(200, "PATCH", "/v1/projects/default", map[string]any{"max_keys": 10, "max_deployments": 20}, nil)
 	var u struct{ ID string }
 	c.must(201, "POST", "/v1/users", map[string]any{"username": "ops", "password": "ops password 1"}, &u)
 	c.must(204, "PUT", "/v1/users/ops/password", map[string]any{"password": "ops password 2"}, nil)
@@ -308,33 +319,34 @@ func TestAdminAuditTargets(t *testing.T) {
 	type want struct {
 		action, target, key, dep, project string
 		status                            int
+		changed                           string // the fields it set, names only
 	}
 	const pk, pd = "/v1/projects/{p}/keys", "/v1/projects/{p}/deployments"
 	wants := []want{
-		{"POST " + pd, d.ID, "", d.ID, def.ID, 201},
-		{"PATCH " + pd + "/{id}", d.ID, "", d.ID, def.ID, 200},
-		{"POST " + pk, k.ID, k.ID, "", def.ID, 201},
-		{"PATCH " + pk + "/{id}", k.ID, k.ID, "", def.ID, 200},
-		{"POST " + pk + "/{id}/rotate", k.ID, k.ID, "", def.ID, 200},
-		{"PUT " + pd + "/{id}/keys/{key_id}", k.ID, k.ID, "chat", def.ID, 200},
-		{"DELETE " + pd + "/{id}/keys/{key_id}", k.ID, k.ID, "chat", def.ID, 200},
-		{"DELETE " + pk + "/{id}", k.ID, k.ID, "", def.ID, 200},
-		{"DELETE " + pd + "/{id}", "chat", "", "chat", def.ID, 204},
-		{"POST /v1/projects", p.ID, "", "", p.ID, 201},
-		{"PATCH /v1/projects/{p}", def.ID, "", "", def.ID, 200},
-		{"POST /v1/users", u.ID, "", "", "", 201},
-		{"PUT /v1/users/{u}/password", u.ID, "", "", "", 204},
-		{"DELETE /v1/users/{u}", u.ID, "", "", "", 204},
+		{"POST " + pd, d.ID, "", d.ID, def.ID, 201, ""},
+		{"PATCH " + pd + "/{id}", d.ID, "", d.ID, def.ID, 200, "auth_enabled,path_prefix,upstream_auth"},
+		{"POST " + pk, k.ID, k.ID, "", def.ID, 201, ""},
+		{"PATCH " + pk + "/{id}", k.ID, k.ID, "", def.ID, 200, "deployments,expires_at,name"},
+		{"POST " + pk + "/{id}/rotate", k.ID, k.ID, "", def.ID, 200, ""},
+		{"PUT " + pd + "/{id}/keys/{key_id}", k.ID, k.ID, "chat", def.ID, 200, "deployments"},
+		{"DELETE " + pd + "/{id}/keys/{key_id}", k.ID, k.ID, "chat", def.ID, 200, "deployments"},
+		{"DELETE " + pk + "/{id}", k.ID, k.ID, "", def.ID, 200, ""},
+		{"DELETE " + pd + "/{id}", "chat", "", "chat", def.ID, 204, ""},
+		{"POST /v1/projects", p.ID, "", "", p.ID, 201, ""},
+		{"PATCH /v1/projects/{p}", def.ID, "", "", def.ID, 200, "max_deployments,max_keys"},
+		{"POST /v1/users", u.ID, "", "", "", 201, ""},
+		{"PUT /v1/users/{u}/password", u.ID, "", "", "", 204, ""},
+		{"DELETE /v1/users/{u}", u.ID, "", "", "", 204, ""},
 	}
 	var recs []api.AuditRecord
 	waitFor(t, "every admin action recorded", func() bool {
 		recs = nil // decoding into old records would keep their fields
-		c.must(200, "GET", "/v1/audit?source=admin&limit=1000", nil, &recs)
+		recs = auditItems(c, "/v1/audit?source=admin&limit=1000")
 		return len(recs) == len(wants)
 	})
 	for i, w := range wants {
 		r := recs[len(recs)-1-i] // newest first
-		got := want{r.Action, r.Target, r.KeyID, r.Deployment, r.Project, r.Status}
+		got := want{r.Action, r.Target, r.KeyID, r.Deployment, r.Project, r.Status, strings.Join(r.Changed, ",")}
 		if got != w || r.Actor != "user:admin" {
 			t.Errorf("record %d: %+v (actor %q), want %+v", i, got, r.Actor, w)
 		}

@@ -34,6 +34,7 @@ type edgeAuditRecord struct {
 	Status         int       `json:"status"`
 	DurationMS     float64   `json:"duration_ms"`
 	RequestID      string    `json:"request_id"`
+	Reason         string    `json:"reason"`
 }
 
 // auditLog queues records for one writer goroutine and prunes the table.
@@ -122,7 +123,7 @@ func (a *auditLog) edgeBatch(m *nats.Msg) {
 		a.add(AuditRecord{Time: t, Source: auditSourceEdge, Edge: cut(e.Edge), Site: cut(e.Site),
 			ClientIP: cut(e.ClientIP), KeyID: cut(e.KeyID), Project: cut(e.Project), Deployment: cut(e.Deployment),
 			DeploymentName: cut(e.DeploymentName), Method: cut(e.Method), Path: cut(e.Path), Status: e.Status,
-			DurationMS: e.DurationMS, RequestID: cut(e.RequestID)})
+			DurationMS: e.DurationMS, RequestID: cut(e.RequestID), Reason: cut(e.Reason)})
 	}
 }
 
@@ -203,8 +204,8 @@ func (a *auditLog) insert(batch []AuditRecord) {
 	}
 }
 
-// auditRow is the VALUES group of one record (18 columns).
-const auditRow = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+// auditRow is the VALUES group of one record (20 columns).
+const auditRow = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func (a *auditLog) insertTx(rows []AuditRecord) {
 	st := a.s.auditStore
@@ -219,12 +220,12 @@ func (a *auditLog) insertTx(rows []AuditRecord) {
 		}
 		defer tx.Rollback()
 		for chunk := range slices.Chunk(rows, auditStmtRows) {
-			args := make([]any, 0, 18*len(chunk))
+			args := make([]any, 0, 20*len(chunk))
 			for i := range chunk {
 				r := &chunk[i]
 				args = append(args, newID("aud"), r.Time.UnixMicro(), r.Source, r.Edge, r.Site, r.ClientIP, r.Actor,
 					r.KeyID, r.Project, r.Deployment, r.DeploymentName, r.Method, r.Path, r.Action, r.Target, r.Status,
-					int64(r.DurationMS*1000), r.RequestID)
+					int64(r.DurationMS*1000), r.RequestID, r.Reason, strings.Join(r.Changed, ","))
 			}
 			values := strings.TrimSuffix(strings.Repeat(auditRow+",", len(chunk)), ",")
 			if _, err := tx.ExecContext(ctx, st.q(`INSERT INTO audit_log (`+auditColumns+`) VALUES `+values), args...); err != nil {
@@ -247,6 +248,8 @@ func (a *auditLog) insertTx(rows []AuditRecord) {
 // the call's project, if any.
 type auditTarget struct {
 	Target, KeyID, Deployment, Project string
+	// Changed names the fields a change set (names only, never values).
+	Changed []string
 }
 
 // auditAdmin records a successful admin mutation: who (username or key id),
@@ -257,7 +260,7 @@ func (s *Server) auditAdmin(c *call, status int, t auditTarget) {
 	}
 	r := AuditRecord{Time: time.Now(), Source: auditSourceAdmin, ClientIP: clientAddr(c.r), Method: c.r.Method,
 		Path: cut(c.r.URL.Path), Action: c.r.Pattern, Status: status, RequestID: cut(c.r.Header.Get("X-Request-Id")),
-		Target: t.Target, KeyID: t.KeyID, Deployment: t.Deployment}
+		Target: t.Target, KeyID: t.KeyID, Deployment: t.Deployment, Changed: t.Changed}
 	if c.who != nil {
 		switch {
 		case c.who.User != "":

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/keymesh/keymesh/internal/apierror"
@@ -32,6 +33,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // object is a decoded JSON request body: its members, not yet decoded.
 type object map[string]json.RawMessage
+
+// members returns the names of o's members, sorted: what a change set,
+// for its audit record (names only, never values).
+func (o object) members() []string {
+	names := make([]string, 0, len(o))
+	for name := range o {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
 
 // readObject reads the request body as one JSON object whose members are
 // all in allowed. An empty body is an empty object when emptyOK.

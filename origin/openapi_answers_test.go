@@ -163,10 +163,10 @@ func TestHandlersAnswerWireTypes(t *testing.T) {
 	}
 	waitFor(t, "the last admin action in the audit log", func() bool {
 		_, b := c.do("GET", "/v1/audit?source=admin&limit=1", nil)
-		var recs []struct{ Action string }
-		return json.Unmarshal(b, &recs) == nil && len(recs) == 1 && recs[0].Action == "DELETE /v1/projects/{p}/deployments/{id}"
+		var pg struct{ Items []struct{ Action string } }
+		return json.Unmarshal(b, &pg) == nil && len(pg.Items) == 1 && pg.Items[0].Action == "DELETE /v1/projects/{p}/deployments/{id}"
 	})
-	recs := checkAnswer[[]api.AuditRecord](t, "list audit", do(200, "GET", "/v1/audit?source=admin&limit=1000", nil))
+	recs := checkAnswer[api.AuditPage](t, "list audit", do(200, "GET", "/v1/audit?source=admin&limit=1000", nil)).Items
 	if recs[0].Action == "" || recs[0].Actor == "" {
 		t.Fatalf("newest audit record %+v", recs[0])
 	}

@@ -233,7 +233,10 @@ func apiSchemas() map[string]any {
 				"status":      map[string]any{"type": "integer"},
 				"duration_ms": map[string]any{"type": "number"},
 				"request_id":  str("the request's X-Request-Id"),
+				"reason":      map[string]any{"type": "string", "enum": auditReasonNames, "description": "why the edge refused the request (edge records); absent for one let through"},
+				"changed":     map[string]any{"type": "array", "items": str(""), "description": "the fields an admin change set, names only, never values (admin records)"},
 			}},
+		"AuditPage": page("AuditRecord"),
 		"Health": map[string]any{"type": "object", "required": []string{"status", "revision", "published_revision", "nats_connected"}, "properties": map[string]any{
 			"status": str("ok; degraded when changes do not reach the edges (see reason); store unavailable (503)"),
 			"reason": str("why the status is degraded, only then"), "revision": map[string]any{"type": "integer"},

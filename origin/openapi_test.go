@@ -211,6 +211,7 @@ var wireSchemas = map[string]struct {
 	"DeploymentPage":   {typ: api.DeploymentPage{}},
 	"Edge":             {typ: api.Edge{}},
 	"AuditRecord":      {typ: api.AuditRecord{}},
+	"AuditPage":        {typ: api.AuditPage{}},
 	"Health":           {typ: api.Health{}},
 	"UsageRow":         {typ: api.UsageRow{}},
 	"UsageReport":      {typ: api.UsageReport{}},

@@ -200,6 +200,8 @@ type (
 	Edge    = api.Edge
 	// AuditRecord is one audit record, as the origin sends it.
 	AuditRecord = api.AuditRecord
+	// AuditPage is one page of audit records.
+	AuditPage = api.AuditPage
 	// Session is a login's answer.
 	Session = api.LoginResponse
 	User    = api.User
@@ -382,13 +384,20 @@ func decodeDeployment(raw json.RawMessage) (*Deployment, error) {
 	return d, json.Unmarshal(raw, &d.Deployment)
 }
 
-// AuditQuery filters GET /v1/audit; zero fields are not sent.
+// AuditQuery filters GET /v1/audit; zero fields are not sent. Status is a
+// code ("401") or a class ("4xx"); Reason a refusal reason ("unlinked");
+// Cursor the NextCursor of the page before.
 type AuditQuery struct {
 	Project    string
 	KeyID      string
 	Deployment string
+	Source     string
+	Status     string
+	Reason     string
 	Since      time.Time
+	Until      time.Time
 	Limit      int
+	Cursor     string
 }
 
 // UsageQuery filters and groups GET /v1/usage; zero fields are not sent.
@@ -651,20 +660,20 @@ func (c *Client) Edges(ctx context.Context) ([]Edge, error) {
 	return list[Edge](raw)
 }
 
-// Audit returns audit records matching q.
-func (c *Client) Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error) {
+// Audit returns one page of the audit records matching q, newest first.
+func (c *Client) Audit(ctx context.Context, q AuditQuery) (*AuditPage, error) {
 	v := url.Values{}
-	if q.Project != "" {
-		v.Set("project", q.Project)
-	}
-	if q.KeyID != "" {
-		v.Set("key_id", q.KeyID)
-	}
-	if q.Deployment != "" {
-		v.Set("deployment", q.Deployment)
+	for name, val := range map[string]string{"project": q.Project, "key_id": q.KeyID, "deployment": q.Deployment,
+		"source": q.Source, "status": q.Status, "reason": q.Reason, "cursor": q.Cursor} {
+		if val != "" {
+			v.Set(name, val)
+		}
 	}
 	if !q.Since.IsZero() {
 		v.Set("since", q.Since.UTC().Format(time.RFC3339Nano))
+	}
+	if !q.Until.IsZero() {
+		v.Set("until", q.Until.UTC().Format(time.RFC3339Nano))
 	}
 	if q.Limit > 0 {
 		v.Set("limit", strconv.Itoa(q.Limit))
@@ -673,11 +682,14 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
 	if len(v) > 0 {
 		path += "?" + v.Encode()
 	}
-	var raw json.RawMessage
-	if _, err := c.Do(ctx, http.MethodGet, path, nil, &raw); err != nil {
+	var page AuditPage
+	if _, err := c.Do(ctx, http.MethodGet, path, nil, &page); err != nil {
 		return nil, err
 	}
-	return list[AuditRecord](raw)
+	if page.Items == nil {
+		page.Items = []AuditRecord{}
+	}
+	return &page, nil
 }
 
 // Usage returns the usage sums q selects (a project key: of its own project

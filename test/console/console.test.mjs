@@ -247,22 +247,22 @@ test('the console, end to end', async (t) => {
 
   await t.test('the audit log shows the refusal', async () => {
     await page.locator('#nav a[data-section=audit]').click();
-    // By deployment: records of refusals carry the key's id only with
-    // issue 16's item 2.
+    // By deployment and reason: the refusal after unlinking says why.
     await page.locator('#audit-deployment').fill('console-dep');
     await page.locator('#audit-status').selectOption('401');
+    await page.locator('#audit-reason').selectOption('unlinked');
     await until('the refusal in the audit log', async () => {
       await page.locator('#audit-apply').click();
       await page.waitForTimeout(200);
       return (await page.locator('#audit tbody tr', { hasText: '401' }).count()) > 0;
     });
     const r = await admin('GET', `/v1/audit?deployment=${encodeURIComponent(depId)}&limit=10`);
-    const recs = Array.isArray(r.body) ? r.body : r.body.items;
-    const refused = recs.find((x) => x.status === 401);
-    if (refused && 'reason' in refused) { // refusal reasons (issue 16, item 2)
-      assert.equal(refused.reason, 'unlinked');
-      assert.match(await page.locator('#audit tbody tr', { hasText: '401' }).first().textContent(), /unlinked/);
-    }
+    assert.ok(Array.isArray(r.body.items), 'GET /v1/audit answers {items, next_cursor}');
+    const refused = r.body.items.find((x) => x.status === 401);
+    assert.ok(refused, 'the refusal is in the audit log');
+    assert.equal(refused.reason, 'unlinked');
+    assert.equal(refused.key_id, keyId);
+    assert.match(await page.locator('#audit tbody tr', { hasText: '401' }).first().textContent(), /unlinked/);
     await shot('audit');
   });
 
