@@ -185,7 +185,9 @@ func TestConsoleSessionCSRF(t *testing.T) {
 		t.Error("a refused PATCH disabled the key")
 	}
 	waitFor(t, "the audit record of the console's create", func() bool {
-		var pg struct{ Items []struct{ Actor, Action string } }
+		var pg struct {
+			Items []struct{ Actor, Action string }
+		}
 		admin.must(200, "GET", "/v1/audit?source=admin", nil, &pg)
 		return len(pg.Items) > 0 && pg.Items[0].Actor == "user:admin"
 	})
