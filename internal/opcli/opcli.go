@@ -1,6 +1,6 @@
 // Package opcli is the origin binary's commands other than the server: the
 // operator CLI of a running origin (origin login, keys, deployments, link,
-// unlink, projects, users, edges, usage, logout), and keygen, nats-creds and
+// unlink, projects, users, edges, usage, audit, logout), and keygen, nats-creds and
 // nats-config, which need no server (they write key files, with
 // origin.GenerateKeys and internal/natsauth). Root assembles them, with
 // version, into the tree cmd/origin executes.
@@ -116,7 +116,7 @@ func commands() []*command {
 		keysCreateCmd(), keysListCmd(), keysGetCmd(), keysUpdateCmd(), keysDeleteCmd(), keysRotateCmd(),
 		depCreateCmd(), depListCmd(), depGetCmd(), depUpdateCmd(), depDeleteCmd(), depKeysCmd(),
 		linkCmd(true), linkCmd(false),
-		projectsListCmd(), projectsCreateCmd(), projectsGetCmd(), projectsUpdateCmd(), edgesCmd(), usageCmd(),
+		projectsListCmd(), projectsCreateCmd(), projectsGetCmd(), projectsUpdateCmd(), edgesCmd(), usageCmd(), auditCmd(),
 		logoutCmd(), usersListCmd(), usersCreateCmd(), usersDeleteCmd(), usersPasswordCmd(),
 	}
 }
