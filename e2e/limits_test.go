@@ -87,7 +87,8 @@ func TestOversizedBodyRefusedBeforeReading(t *testing.T) {
 	}
 	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		recs, _ := s.auditRecords("deployment=" + d.ID + "&source=edge")
-		if len(recs) != 1 || recs[0]["status"] != float64(413) || recs[0]["request_id"] != resp.Header.Get("X-Request-Id") {
+		if len(recs) != 1 || recs[0]["status"] != float64(413) || recs[0]["request_id"] != resp.Header.Get("X-Request-Id") ||
+			recs[0]["reason"] != "too_large" {
 			return errorf("audit records %v", recs)
 		}
 		return nil
