@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"net/http"
 	"net/url"
 	"sort"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
 	"github.com/keymesh/keymesh/internal/modelglob"
 )
 
@@ -30,6 +32,10 @@ type route struct {
 	upstreams []*upstream // for this edge's site, else "*"
 	next      atomic.Uint32
 	models    modelglob.List // the deployment's model allow-list, compiled
+	// noUpstream, when the deployment lists no upstream for this edge's
+	// site and no "*" entry, is the 502 body every request gets: a
+	// misconfiguration, told apart from an upstream that cannot be reached.
+	noUpstream []byte
 }
 
 type upstream struct {
@@ -61,6 +67,10 @@ func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *p
 		list, ok := d.Upstreams[site]
 		if !ok {
 			list = d.Upstreams["*"]
+		}
+		if len(list) == 0 {
+			rt.noUpstream = apierror.New(http.StatusBadGateway, apierror.UpstreamError,
+				"no upstream configured for site "+site).Body()
 		}
 		for _, raw := range list {
 			u, err := url.Parse(raw)
