@@ -361,12 +361,29 @@ type Deployment struct {
 	// TokensPerMinute, TokensPerDay and Quota bound the tokens of all the
 	// deployment's keys together (null: no bound); DefaultMaxTokens is
 	// what a request naming no max_tokens reserves (null: none).
-	TokensPerMinute  *int64       `json:"tokens_per_minute"`
-	TokensPerDay     *int64       `json:"tokens_per_day"`
-	Quota            *Quota       `json:"quota"`
-	DefaultMaxTokens *int64       `json:"default_max_tokens"`
-	Revision         uint64       `json:"revision"`
-	Propagation      *Propagation `json:"propagation,omitempty"`
+	TokensPerMinute  *int64 `json:"tokens_per_minute"`
+	TokensPerDay     *int64 `json:"tokens_per_day"`
+	Quota            *Quota `json:"quota"`
+	DefaultMaxTokens *int64 `json:"default_max_tokens"`
+	Revision         uint64 `json:"revision"`
+	// Warnings is what the origin accepted but will not work as probably
+	// meant ([] when nothing): see Warning.
+	Warnings    []Warning    `json:"warnings"`
+	Propagation *Propagation `json:"propagation,omitempty"`
+}
+
+// WarningNoUpstreamForSite: the deployment lists no upstream for Site, the
+// site of an edge the origin knows, and no "*" entry, so that site's edges
+// answer its requests 502 "no upstream configured for site Site".
+const WarningNoUpstreamForSite = "no_upstream_for_site"
+
+// Warning is a misconfiguration the origin accepted (it is not an error:
+// an edge of the site may come later, or the gap may be meant) but reports
+// on every answer that shows the deployment.
+type Warning struct {
+	Code    string `json:"code"`           // WarningNoUpstreamForSite
+	Site    string `json:"site,omitempty"` // the site it concerns
+	Message string `json:"message"`        // for people
 }
 
 // DeploymentInput is the body of a deployment's creation (name and

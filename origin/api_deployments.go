@@ -28,13 +28,43 @@ func deploymentAnswer(d *event.Deployment) api.Deployment {
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: upstreamAuthAnswer(d.UpstreamAuth),
 		RateLimit: rateLimitAnswer(d.RateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
 		Models: modelsAnswer(d.Models), MaxConcurrency: concurrencyAnswer(d.MaxConcurrency), DefaultMaxTokens: int64Answer(d.DefaultMaxTokens),
-		Revision: d.Revision,
+		Revision: d.Revision, Warnings: []api.Warning{},
 	}
 	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(d.Tokens)
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}
 	return v
+}
+
+// edgeSites returns the sites of the edges this replica's registry knows,
+// live or not, sorted.
+func (s *Server) edgeSites() []string {
+	var sites []string
+	for _, e := range s.edges.list() {
+		if e.Site != "" && !slices.Contains(sites, e.Site) {
+			sites = append(sites, e.Site)
+		}
+	}
+	slices.Sort(sites)
+	return sites
+}
+
+// deploymentWarnings is what is wrong with d that the origin accepts: a site
+// of a known edge (sites, from edgeSites) that d has no upstream for, with
+// no "*" entry either — its edges answer 502 (proxy: route.noUpstream).
+func deploymentWarnings(d *event.Deployment, sites []string) []api.Warning {
+	out := []api.Warning{}
+	if len(d.Upstreams["*"]) > 0 {
+		return out
+	}
+	for _, site := range sites {
+		if len(d.Upstreams[site]) == 0 {
+			out = append(out, api.Warning{Code: api.WarningNoUpstreamForSite, Site: site,
+				Message: fmt.Sprintf(`no upstream for site %q and no "*" entry: its edges answer this deployment's requests 502 "no upstream configured for site %s"`, site, site)})
+		}
+	}
+	return out
 }
 
 // upstreamAuthAnswer is ua as the API shows it.
@@ -73,6 +103,7 @@ func (s *Server) createDeployment(c *call) error {
 		return err
 	}
 	v := deploymentAnswer(d)
+	v.Warnings = deploymentWarnings(d, s.edgeSites())
 	return s.mutated(c, http.StatusCreated, d.Revision, &v, &v.Propagation, deploymentTarget(d))
 }
 
@@ -82,8 +113,11 @@ func (s *Server) listDeployments(c *call) error {
 		return err
 	}
 	items := make([]api.Deployment, 0, len(ds))
+	sites := s.edgeSites()
 	for i := range ds {
-		items = append(items, deploymentAnswer(&ds[i]))
+		v := deploymentAnswer(&ds[i])
+		v.Warnings = deploymentWarnings(&ds[i], sites)
+		items = append(items, v)
 	}
 	writeJSON(c.w, http.StatusOK, api.DeploymentPage{Items: items})
 	return nil
@@ -94,7 +128,9 @@ func (s *Server) getDeployment(c *call) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.w, http.StatusOK, deploymentAnswer(d))
+	v := deploymentAnswer(d)
+	v.Warnings = deploymentWarnings(d, s.edgeSites())
+	writeJSON(c.w, http.StatusOK, v)
 	return nil
 }
 
@@ -118,6 +154,7 @@ func (s *Server) patchDeployment(c *call) error {
 		return err
 	}
 	v := deploymentAnswer(d)
+	v.Warnings = deploymentWarnings(d, s.edgeSites())
 	return s.mutated(c, http.StatusOK, d.Revision, &v, &v.Propagation, deploymentTarget(d))
 }
 
