@@ -1,0 +1,51 @@
+package opcli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/internal/stack"
+	"github.com/keymesh/keymesh/internal/testutil"
+)
+
+// origin edges shows each edge's state: live while it reports, stale once
+// it has shut down (it says it leaves, so at once).
+func TestCLIEdgesLiveStale(t *testing.T) {
+	st := stack.ForTest(t, stack.Config{Dir: t.TempDir(), AdminPassword: cliPassword})
+	e, err := st.AddEdge(context.Background(), stack.EdgeOptions{Site: "eu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newRunner(t, st.Origin)
+	if res := r.run(cliPassword+"\n", "login"); res.code != 0 {
+		t.Fatalf("login: %+v", res)
+	}
+	row := func() []string {
+		for _, line := range strings.Split(r.ok("edges"), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == e.ID() {
+				return f
+			}
+		}
+		return nil
+	}
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
+		if f := row(); len(f) == 0 || f[len(f)-1] != "live" {
+			return fmt.Errorf("edge row %q, want it live", f)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 2*time.Second, 0, func() error {
+		if f := row(); len(f) == 0 || f[len(f)-1] != "stale" {
+			return fmt.Errorf("edge row %q after its shutdown, want it stale", f)
+		}
+		return nil
+	})
+}
