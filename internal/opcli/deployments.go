@@ -205,6 +205,9 @@ func (e *cliEnv) showDeployment(d *apiclient.Deployment) error {
 	}
 	line("Default max tokens", dm)
 	line("Revision", strconv.FormatUint(d.Revision, 10))
+	for _, w := range d.Warnings {
+		line("Warning", w.Message)
+	}
 	if d.Propagation != nil {
 		line("Propagation", fmtPropagation(d.Propagation))
 	}

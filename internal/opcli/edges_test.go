@@ -12,7 +12,8 @@ import (
 )
 
 // origin edges shows each edge's state: live while it reports, stale once
-// it has shut down (it says it leaves, so at once).
+// it has shut down (it says it leaves, so at once); a deployment's view
+// shows its warnings.
 func TestCLIEdgesLiveStale(t *testing.T) {
 	st := stack.ForTest(t, stack.Config{Dir: t.TempDir(), AdminPassword: cliPassword})
 	e, err := st.AddEdge(context.Background(), stack.EdgeOptions{Site: "eu"})
@@ -37,6 +38,12 @@ func TestCLIEdgesLiveStale(t *testing.T) {
 		}
 		return nil
 	})
+	// A deployment with no upstream for the edge's site says so.
+	out := r.ok("deployments", "create", "only-us", "--upstream", "us=http://127.0.0.1:1")
+	if !strings.Contains(out, `Warning:`) || !strings.Contains(out, `no upstream for site "eu"`) {
+		t.Fatalf("deployments create without an upstream for site eu:\n%s", out)
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := e.Shutdown(ctx); err != nil {
