@@ -342,11 +342,14 @@ type KeyRotate struct {
 // Deployment is a deployment as the origin shows it. Propagation is only
 // in a mutation's answer given ?wait.
 type Deployment struct {
-	ID               string              `json:"id"`
-	Project          string              `json:"project"`
-	Name             string              `json:"name"`
-	Hosts            []string            `json:"hosts"`
-	PathPrefix       string              `json:"path_prefix"`
+	ID         string   `json:"id"`
+	Project    string   `json:"project"`
+	Name       string   `json:"name"`
+	Hosts      []string `json:"hosts"`
+	PathPrefix string   `json:"path_prefix"`
+	// StripPrefix: the edge removes PathPrefix from the path it forwards
+	// (false: the upstream sees the path as the client sent it).
+	StripPrefix      bool                `json:"strip_prefix"`
 	Upstreams        map[string][]string `json:"upstreams"`
 	AuthEnabled      bool                `json:"auth_enabled"`
 	InvalidKeyStatus int                 `json:"invalid_key_status"`
@@ -394,6 +397,7 @@ type DeploymentInput struct {
 	Name             *string                `json:"name,omitempty"`
 	Hosts            Nullable[[]string]     `json:"hosts,omitzero"`
 	PathPrefix       Nullable[string]       `json:"path_prefix,omitzero"`
+	StripPrefix      *bool                  `json:"strip_prefix,omitempty"`
 	Upstreams        map[string][]string    `json:"upstreams,omitempty"` // site (or "*") to base URLs
 	AuthEnabled      *bool                  `json:"auth_enabled,omitempty"`
 	InvalidKeyStatus *int                   `json:"invalid_key_status,omitempty"`

@@ -24,7 +24,7 @@ func deploymentTarget(d *event.Deployment) auditTarget {
 // sets it under ?wait).
 func deploymentAnswer(d *event.Deployment) api.Deployment {
 	v := api.Deployment{
-		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, Upstreams: d.Upstreams,
+		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, StripPrefix: d.StripPrefix, Upstreams: d.Upstreams,
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: upstreamAuthAnswer(d.UpstreamAuth),
 		RateLimit: rateLimitAnswer(d.RateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
 		Models: modelsAnswer(d.Models), MaxConcurrency: concurrencyAnswer(d.MaxConcurrency), DefaultMaxTokens: int64Answer(d.DefaultMaxTokens),
@@ -207,7 +207,7 @@ const (
 	DefaultMaxPromptChars = 10000
 )
 
-var deploymentFields = slices.Concat([]string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
+var deploymentFields = slices.Concat([]string{"name", "hosts", "path_prefix", "strip_prefix", "upstreams", "auth_enabled", "invalid_key_status",
 	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "default_max_tokens"}, tokensFields)
 
 func defaultDeployment() *event.Deployment {
@@ -249,6 +249,12 @@ func decodeDeployment(o object) (func(*event.Deployment), error) {
 			prefix = "/"
 		}
 		fns = append(fns, func(d *event.Deployment) { d.PathPrefix = prefix })
+	}
+	var strip bool
+	if present, _, err := o.get("strip_prefix", &strip, false, "true or false"); err != nil {
+		return nil, err
+	} else if present {
+		fns = append(fns, func(d *event.Deployment) { d.StripPrefix = strip })
 	}
 	var ups map[string][]string
 	if present, _, err := o.get("upstreams", &ups, false, `an object mapping a site (or "*") to a list of URLs`); err != nil {

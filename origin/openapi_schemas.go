@@ -110,6 +110,8 @@ func apiSchemas() map[string]any {
 			"hosts": map[string]any{"type": "array", "maxItems": maxHosts, "items": map[string]any{"type": "string", "maxLength": maxHostLen},
 				"description": "Host header values matched exactly, or *.suffix; none matches every host. Hosts and paths belong to one project: they may not overlap another project's deployments"},
 			"path_prefix": map[string]any{"type": "string", "maxLength": maxPathPrefixLen, "description": "longest matching prefix wins; default /"},
+			"strip_prefix": map[string]any{"type": "boolean",
+				"description": "default false: the upstream sees the path as sent; true: the edge forwards it without path_prefix (the prefix itself as /), and its permission, model and metering checks read the path so rewritten"},
 			"upstreams": map[string]any{"type": "object", "maxProperties": maxSites,
 				"description": fmt.Sprintf(`site (or "*") to upstream base URLs, at most %d in all; each must be allowed by the project's allowed_upstreams`, maxUpstreamURLs),
 				"additionalProperties": map[string]any{"type": "array", "minItems": 1, "maxItems": maxURLsPerSite,
@@ -139,7 +141,7 @@ func apiSchemas() map[string]any {
 		}
 		return p
 	}
-	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
+	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "strip_prefix", "upstreams", "auth_enabled", "invalid_key_status",
 		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency",
 		"tokens_per_minute", "tokens_per_day", "quota", "default_max_tokens", "revision", "warnings"}, depProps(true))
 

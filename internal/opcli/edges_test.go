@@ -13,7 +13,7 @@ import (
 
 // origin edges shows each edge's state: live while it reports, stale once
 // it has shut down (it says it leaves, so at once); a deployment's view
-// shows its warnings.
+// shows its warnings and --strip-prefix.
 func TestCLIEdgesLiveStale(t *testing.T) {
 	st := stack.ForTest(t, stack.Config{Dir: t.TempDir(), AdminPassword: cliPassword})
 	e, err := st.AddEdge(context.Background(), stack.EdgeOptions{Site: "eu"})
@@ -42,6 +42,15 @@ func TestCLIEdgesLiveStale(t *testing.T) {
 	out := r.ok("deployments", "create", "only-us", "--upstream", "us=http://127.0.0.1:1")
 	if !strings.Contains(out, `Warning:`) || !strings.Contains(out, `no upstream for site "eu"`) {
 		t.Fatalf("deployments create without an upstream for site eu:\n%s", out)
+	}
+	// --strip-prefix sets strip_prefix, and the view says so.
+	out = r.ok("deployments", "update", "only-us", "--path-prefix", "/us", "--strip-prefix")
+	if !strings.Contains(out, "Strip prefix:") || !strings.Contains(out, "yes (") {
+		t.Fatalf("deployments update --strip-prefix:\n%s", out)
+	}
+	out = r.ok("deployments", "update", "only-us", "--strip-prefix=false")
+	if !strings.Contains(out, "no (") {
+		t.Fatalf("deployments update --strip-prefix=false:\n%s", out)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
