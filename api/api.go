@@ -343,11 +343,14 @@ type KeyRotate struct {
 // Deployment is a deployment as the origin shows it. Propagation is only
 // in a mutation's answer given ?wait.
 type Deployment struct {
-	ID               string              `json:"id"`
-	Project          string              `json:"project"`
-	Name             string              `json:"name"`
-	Hosts            []string            `json:"hosts"`
-	PathPrefix       string              `json:"path_prefix"`
+	ID         string   `json:"id"`
+	Project    string   `json:"project"`
+	Name       string   `json:"name"`
+	Hosts      []string `json:"hosts"`
+	PathPrefix string   `json:"path_prefix"`
+	// StripPrefix: the edge removes PathPrefix from the path it forwards
+	// (false: the upstream sees the path as the client sent it).
+	StripPrefix      bool                `json:"strip_prefix"`
 	Upstreams        map[string][]string `json:"upstreams"`
 	AuthEnabled      bool                `json:"auth_enabled"`
 	InvalidKeyStatus int                 `json:"invalid_key_status"`
@@ -362,12 +365,29 @@ type Deployment struct {
 	// TokensPerMinute, TokensPerDay and Quota bound the tokens of all the
 	// deployment's keys together (null: no bound); DefaultMaxTokens is
 	// what a request naming no max_tokens reserves (null: none).
-	TokensPerMinute  *int64       `json:"tokens_per_minute"`
-	TokensPerDay     *int64       `json:"tokens_per_day"`
-	Quota            *Quota       `json:"quota"`
-	DefaultMaxTokens *int64       `json:"default_max_tokens"`
-	Revision         uint64       `json:"revision"`
-	Propagation      *Propagation `json:"propagation,omitempty"`
+	TokensPerMinute  *int64 `json:"tokens_per_minute"`
+	TokensPerDay     *int64 `json:"tokens_per_day"`
+	Quota            *Quota `json:"quota"`
+	DefaultMaxTokens *int64 `json:"default_max_tokens"`
+	Revision         uint64 `json:"revision"`
+	// Warnings is what the origin accepted but will not work as probably
+	// meant ([] when nothing): see Warning.
+	Warnings    []Warning    `json:"warnings"`
+	Propagation *Propagation `json:"propagation,omitempty"`
+}
+
+// WarningNoUpstreamForSite: the deployment lists no upstream for Site, the
+// site of an edge the origin knows, and no "*" entry, so that site's edges
+// answer its requests 502 "no upstream configured for site Site".
+const WarningNoUpstreamForSite = "no_upstream_for_site"
+
+// Warning is a misconfiguration the origin accepted (it is not an error:
+// an edge of the site may come later, or the gap may be meant) but reports
+// on every answer that shows the deployment.
+type Warning struct {
+	Code    string `json:"code"`           // WarningNoUpstreamForSite
+	Site    string `json:"site,omitempty"` // the site it concerns
+	Message string `json:"message"`        // for people
 }
 
 // DeploymentInput is the body of a deployment's creation (name and
@@ -378,6 +398,7 @@ type DeploymentInput struct {
 	Name             *string                `json:"name,omitempty"`
 	Hosts            Nullable[[]string]     `json:"hosts,omitzero"`
 	PathPrefix       Nullable[string]       `json:"path_prefix,omitzero"`
+	StripPrefix      *bool                  `json:"strip_prefix,omitempty"`
 	Upstreams        map[string][]string    `json:"upstreams,omitempty"` // site (or "*") to base URLs
 	AuthEnabled      *bool                  `json:"auth_enabled,omitempty"`
 	InvalidKeyStatus *int                   `json:"invalid_key_status,omitempty"`

@@ -511,6 +511,11 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	var errs []error
+	// Heartbeats stop and the edge says it leaves before draining: the
+	// origins stop counting it as live (a ?wait no longer waits for an
+	// edge that will apply nothing more) while its last requests finish.
+	n.stopHeartbeat()
+	n.announceLeaving()
 	if err := n.proxy.Shutdown(ctx); err != nil {
 		errs = append(errs, err)
 	}
@@ -519,7 +524,6 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	n.stopHeartbeat()
 	if err := n.stopGossip(); err != nil {
 		errs = append(errs, fmt.Errorf("leaving gossip: %w", err))
 	}

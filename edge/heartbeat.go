@@ -41,6 +41,10 @@ type edgeHeartbeat struct {
 	// Presence.TimeMS).
 	RelayedBy string          `json:"relayed_by,omitempty"`
 	Presence  *signedPresence `json:"presence,omitempty"`
+	// Leaving, on the edge's own last heartbeat (Shutdown), says it is
+	// going away: the origins drop it from the live set at once, so a
+	// ?wait does not wait for it until its liveness runs out.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // signedPresence is a peer's signed presence as a relayed heartbeat carries it.
@@ -97,9 +101,29 @@ func (n *Node) startHeartbeat() {
 }
 
 // publishHeartbeat sends one heartbeat and returns the revision it carried.
-func (n *Node) publishHeartbeat() uint64 {
+func (n *Node) publishHeartbeat() uint64 { return n.sendHeartbeat(false) }
+
+// leaveTimeout bounds how long Shutdown waits for the leaving heartbeat to
+// reach the NATS server.
+const leaveTimeout = 2 * time.Second
+
+// announceLeaving tells the origins, once heartbeats have stopped, that
+// this edge is leaving, and flushes it out before the connection closes.
+// Best effort: without it the edge leaves the live set when its liveness
+// runs out.
+func (n *Node) announceLeaving() {
+	if n.hb == nil {
+		return
+	}
+	n.sendHeartbeat(true)
+	if err := n.nc.FlushTimeout(leaveTimeout); err != nil {
+		n.log.Debug("leaving heartbeat not flushed", "err", err)
+	}
+}
+
+func (n *Node) sendHeartbeat(leaving bool) uint64 {
 	hb := edgeHeartbeat{ID: n.id, Site: n.cfg.Site, Address: n.Addr(),
-		AppliedRevision: n.view.AppliedRevision(), Time: time.Now().UTC(), NKey: n.pres.pub}
+		AppliedRevision: n.view.AppliedRevision(), Time: time.Now().UTC(), NKey: n.pres.pub, Leaving: leaving}
 	if hb.Address == "" {
 		hb.Address = n.cfg.Listen
 	}

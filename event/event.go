@@ -167,6 +167,10 @@ type Deployment struct {
 	Name        string   `json:"name"`
 	Hosts       []string `json:"hosts"`
 	PathPrefix  string   `json:"path_prefix"`
+	// StripPrefix: edges forward the path without PathPrefix (a path
+	// equal to it as "/"); the edge's own checks of the path (permissions,
+	// model routes, metering) read the path as forwarded.
+	StripPrefix bool `json:"strip_prefix,omitempty"`
 	// Upstreams maps a site name, or "*" for any other site, to base URLs.
 	Upstreams        map[string][]string `json:"upstreams"`
 	AuthEnabled      bool                `json:"auth_enabled"`

@@ -24,17 +24,47 @@ func deploymentTarget(d *event.Deployment) auditTarget {
 // sets it under ?wait).
 func deploymentAnswer(d *event.Deployment) api.Deployment {
 	v := api.Deployment{
-		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, Upstreams: d.Upstreams,
+		ID: d.ID, Project: d.Project, Name: d.Name, Hosts: d.Hosts, PathPrefix: d.PathPrefix, StripPrefix: d.StripPrefix, Upstreams: d.Upstreams,
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: upstreamAuthAnswer(d.UpstreamAuth),
 		RateLimit: rateLimitAnswer(d.RateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
 		Models: modelsAnswer(d.Models), MaxConcurrency: concurrencyAnswer(d.MaxConcurrency), DefaultMaxTokens: int64Answer(d.DefaultMaxTokens),
-		Revision: d.Revision,
+		Revision: d.Revision, Warnings: []api.Warning{},
 	}
 	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(d.Tokens)
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}
 	return v
+}
+
+// edgeSites returns the sites of the edges this replica's registry knows,
+// live or not, sorted.
+func (s *Server) edgeSites() []string {
+	var sites []string
+	for _, e := range s.edges.list() {
+		if e.Site != "" && !slices.Contains(sites, e.Site) {
+			sites = append(sites, e.Site)
+		}
+	}
+	slices.Sort(sites)
+	return sites
+}
+
+// deploymentWarnings is what is wrong with d that the origin accepts: a site
+// of a known edge (sites, from edgeSites) that d has no upstream for, with
+// no "*" entry either — its edges answer 502 (proxy: route.noUpstream).
+func deploymentWarnings(d *event.Deployment, sites []string) []api.Warning {
+	out := []api.Warning{}
+	if len(d.Upstreams["*"]) > 0 {
+		return out
+	}
+	for _, site := range sites {
+		if len(d.Upstreams[site]) == 0 {
+			out = append(out, api.Warning{Code: api.WarningNoUpstreamForSite, Site: site,
+				Message: fmt.Sprintf(`no upstream for site %q and no "*" entry: its edges answer this deployment's requests 502 "no upstream configured for site %s"`, site, site)})
+		}
+	}
+	return out
 }
 
 // upstreamAuthAnswer is ua as the API shows it.
@@ -73,6 +103,7 @@ func (s *Server) createDeployment(c *call) error {
 		return err
 	}
 	v := deploymentAnswer(d)
+	v.Warnings = deploymentWarnings(d, s.edgeSites())
 	return s.mutated(c, http.StatusCreated, d.Revision, &v, &v.Propagation, deploymentTarget(d))
 }
 
@@ -82,8 +113,11 @@ func (s *Server) listDeployments(c *call) error {
 		return err
 	}
 	items := make([]api.Deployment, 0, len(ds))
+	sites := s.edgeSites()
 	for i := range ds {
-		items = append(items, deploymentAnswer(&ds[i]))
+		v := deploymentAnswer(&ds[i])
+		v.Warnings = deploymentWarnings(&ds[i], sites)
+		items = append(items, v)
 	}
 	writeJSON(c.w, http.StatusOK, api.DeploymentPage{Items: items})
 	return nil
@@ -94,7 +128,9 @@ func (s *Server) getDeployment(c *call) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.w, http.StatusOK, deploymentAnswer(d))
+	v := deploymentAnswer(d)
+	v.Warnings = deploymentWarnings(d, s.edgeSites())
+	writeJSON(c.w, http.StatusOK, v)
 	return nil
 }
 
@@ -118,6 +154,7 @@ func (s *Server) patchDeployment(c *call) error {
 		return err
 	}
 	v := deploymentAnswer(d)
+	v.Warnings = deploymentWarnings(d, s.edgeSites())
 	t := deploymentTarget(d)
 	t.Changed = o.members()
 	return s.mutated(c, http.StatusOK, d.Revision, &v, &v.Propagation, t)
@@ -173,7 +210,7 @@ const (
 	DefaultMaxPromptChars = 10000
 )
 
-var deploymentFields = slices.Concat([]string{"name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
+var deploymentFields = slices.Concat([]string{"name", "hosts", "path_prefix", "strip_prefix", "upstreams", "auth_enabled", "invalid_key_status",
 	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "default_max_tokens"}, tokensFields)
 
 func defaultDeployment() *event.Deployment {
@@ -215,6 +252,12 @@ func decodeDeployment(o object) (func(*event.Deployment), error) {
 			prefix = "/"
 		}
 		fns = append(fns, func(d *event.Deployment) { d.PathPrefix = prefix })
+	}
+	var strip bool
+	if present, _, err := o.get("strip_prefix", &strip, false, "true or false"); err != nil {
+		return nil, err
+	} else if present {
+		fns = append(fns, func(d *event.Deployment) { d.StripPrefix = strip })
 	}
 	var ups map[string][]string
 	if present, _, err := o.get("upstreams", &ups, false, `an object mapping a site (or "*") to a list of URLs`); err != nil {

@@ -45,6 +45,10 @@ type Edge struct {
 	// memory only.
 	nkey       string
 	presenceMS int64
+	// left is set by the edge's own leaving heartbeat (a graceful
+	// shutdown): it is not live until it reports again itself. In memory
+	// only.
+	left bool
 }
 
 // edgeHeartbeat is the JSON an edge publishes on event.EdgeHeartbeatSubject
@@ -66,6 +70,8 @@ type edgeHeartbeat struct {
 		TimeMS int64  `json:"time_ms"`
 		Sig    []byte `json:"sig"`
 	} `json:"presence,omitempty"`
+	// Leaving, on an edge's own heartbeat, says it is shutting down.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // presenceFuture is how far ahead of this origin's clock a relayed
@@ -114,8 +120,12 @@ func newEdgeRegistry(now func() time.Time, liveness time.Duration, maxEdges int)
 // reporting the same thing: heartbeats in between are not written.
 func (r *edgeRegistry) saveEvery() time.Duration { return r.liveness / 4 }
 
-// expiresLocked is when e stops being live.
+// expiresLocked is when e stops being live; the zero time for an edge that
+// left.
 func (r *edgeRegistry) expiresLocked(e *Edge) time.Time {
+	if e.left {
+		return time.Time{}
+	}
 	exp := e.LastSeen.Add(r.liveness)
 	if e.warmUntil.After(exp) {
 		exp = e.warmUntil
@@ -190,11 +200,16 @@ func (r *edgeRegistry) takeDirty() []Edge {
 // key the peer's own heartbeats gave, over exactly (id, applied revision,
 // time), be signed within liveness (and at most presenceFuture ahead), and
 // be no older than the last one accepted; else it is dropped (rejected).
+//
+// An edge's own heartbeat marked leaving (its Shutdown) takes it out of the
+// live set at once and wakes waiters, so a ?wait stops waiting for it; only
+// its own next heartbeat brings it back, never a relay.
 func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	var hb edgeHeartbeat
 	if len(data) > maxHeartbeatBytes || json.Unmarshal(data, &hb) != nil || hb.ID == "" ||
 		len(hb.ID) > 256 || len(hb.Site) > 256 || len(hb.Address) > 256 || len(hb.RelayedBy) > 256 ||
-		hb.ID == from && hb.RelayedBy != "" || hb.ID != from && hb.RelayedBy != from {
+		hb.ID == from && hb.RelayedBy != "" || hb.ID != from && hb.RelayedBy != from ||
+		hb.Leaving && hb.RelayedBy != "" {
 		r.rejected.Add(1)
 		return
 	}
@@ -202,8 +217,18 @@ func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.edges[hb.ID]
-	if hb.RelayedBy != "" && (!ok || !r.presenceOKLocked(e, &hb, now)) {
+	if hb.RelayedBy != "" && (!ok || e.left || !r.presenceOKLocked(e, &hb, now)) {
 		r.rejected.Add(1)
+		return
+	}
+	if hb.Leaving {
+		if ok && !e.left {
+			// Relayed presences signed before now are older than the
+			// leaving: replays.
+			e.left, e.warmUntil, e.presenceMS = true, time.Time{}, now.UnixMilli()
+			close(r.changed)
+			r.changed = make(chan struct{})
+		}
 		return
 	}
 	if !ok {
@@ -219,7 +244,7 @@ func (r *edgeRegistry) heartbeat(from string, data []byte) {
 	}
 	live := ok && !now.After(r.expiresLocked(e))
 	before := *e
-	e.Site, e.Address, e.LastSeen, e.RelayedBy, e.warmUntil = hb.Site, hb.Address, now, hb.RelayedBy, time.Time{}
+	e.Site, e.Address, e.LastSeen, e.RelayedBy, e.warmUntil, e.left = hb.Site, hb.Address, now, hb.RelayedBy, time.Time{}, false
 	if hb.RelayedBy == "" {
 		// Presences signed before the edge's own latest heartbeat are
 		// older than what it said there: replays.

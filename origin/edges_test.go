@@ -390,3 +390,39 @@ func TestEdgeRegistryStoreWritesAndRestore(t *testing.T) {
 		t.Fatalf("after reporting: %v %v", applied, pending)
 	}
 }
+
+// An edge's own leaving heartbeat takes it out of the live set at once and
+// wakes a ?wait pending on it; its own next heartbeat brings it back;
+// another edge cannot make it leave.
+func TestEdgeRegistryLeaving(t *testing.T) {
+	r := newEdgeRegistry(time.Now, time.Hour, 100)
+	leave := func(id string) []byte {
+		b, _ := json.Marshal(map[string]any{"id": id, "site": "eu", "applied_revision": 1, "leaving": true})
+		return b
+	}
+	r.heartbeat("a", hbJSON("a", 1))
+	r.heartbeat("b", hbJSON("b", 2))
+	done := make(chan *api.Propagation, 1)
+	go func() { done <- r.wait(context.Background(), 2, time.Minute) }()
+
+	r.heartbeat("b", leave("a")) // b cannot speak for a
+	if l := r.list(); !l[0].Live {
+		t.Fatal("another edge's leaving heartbeat removed a")
+	}
+	r.heartbeat("a", leave("a"))
+	select {
+	case p := <-done:
+		if fmt.Sprint(p.Applied, p.Pending) != "[b] []" {
+			t.Fatalf("propagation %+v", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait still waits for an edge that left")
+	}
+	if l := r.list(); len(l) != 2 || l[0].ID != "a" || l[0].Live || !l[1].Live {
+		t.Fatalf("list after a left: %+v", l)
+	}
+	r.heartbeat("a", hbJSON("a", 3))
+	if l := r.list(); !l[0].Live {
+		t.Fatal("a reported again but is not live")
+	}
+}

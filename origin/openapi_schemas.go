@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
 	"github.com/keymesh/keymesh/internal/modelglob"
@@ -109,6 +110,8 @@ func apiSchemas() map[string]any {
 			"hosts": map[string]any{"type": "array", "maxItems": maxHosts, "items": map[string]any{"type": "string", "maxLength": maxHostLen},
 				"description": "Host header values matched exactly, or *.suffix; none matches every host. Hosts and paths belong to one project: they may not overlap another project's deployments"},
 			"path_prefix": map[string]any{"type": "string", "maxLength": maxPathPrefixLen, "description": "longest matching prefix wins; default /"},
+			"strip_prefix": map[string]any{"type": "boolean",
+				"description": "default false: the upstream sees the path as sent; true: the edge forwards it without path_prefix (the prefix itself as /), and its permission, model and metering checks read the path so rewritten"},
 			"upstreams": map[string]any{"type": "object", "maxProperties": maxSites,
 				"description": fmt.Sprintf(`site (or "*") to upstream base URLs, at most %d in all; each must be allowed by the project's allowed_upstreams`, maxUpstreamURLs),
 				"additionalProperties": map[string]any{"type": "array", "minItems": 1, "maxItems": maxURLsPerSite,
@@ -130,15 +133,17 @@ func apiSchemas() map[string]any {
 			p["revision"] = map[string]any{"type": "integer", "minimum": 0}
 			p["models"] = modelsView
 			p["propagation"] = ref("Propagation")
+			p["warnings"] = map[string]any{"type": "array", "items": ref("Warning"),
+				"description": "misconfigurations the origin accepted; [] when none"}
 		} else {
 			p["hosts"] = map[string]any{"type": []string{"array", "null"}, "items": map[string]any{"type": "string"}}
 			p["path_prefix"] = map[string]any{"type": []string{"string", "null"}}
 		}
 		return p
 	}
-	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "upstreams", "auth_enabled", "invalid_key_status",
+	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "strip_prefix", "upstreams", "auth_enabled", "invalid_key_status",
 		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency",
-		"tokens_per_minute", "tokens_per_day", "quota", "default_max_tokens", "revision"}, depProps(true))
+		"tokens_per_minute", "tokens_per_day", "quota", "default_max_tokens", "revision", "warnings"}, depProps(true))
 
 	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ConcurrencyLimit, apierror.QuotaExceeded, apierror.InsufficientQuota, apierror.ValidationError,
 		apierror.NotFound, apierror.MethodNotAllowed, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
@@ -209,6 +214,11 @@ func apiSchemas() map[string]any {
 		"DeploymentCreate": obj([]string{"name", "upstreams"}, depProps(false)),
 		"DeploymentUpdate": obj(nil, depProps(false)),
 		"DeploymentPage":   page("Deployment"),
+		"Warning": obj([]string{"code", "message"}, map[string]any{
+			"code": map[string]any{"type": "string", "enum": []string{api.WarningNoUpstreamForSite},
+				"description": `no_upstream_for_site: no upstream for the site of an edge the origin knows, and no "*" entry; that site's edges answer 502`},
+			"site":    str("the site the warning concerns"),
+			"message": str("for people")}),
 		"Edge": map[string]any{"type": "object", "required": []string{"id", "site", "address", "applied_revision", "last_seen", "live"}, "properties": map[string]any{
 			"id": str(""), "site": str(""), "address": str(""), "applied_revision": map[string]any{"type": "integer", "minimum": 0}, "last_seen": ts,
 			"live":       map[string]any{"type": "boolean", "description": "heard from within the edge liveness (or restored from the store and not yet expired); ?wait counts live edges only"},

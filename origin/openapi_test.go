@@ -184,6 +184,7 @@ var wireSchemas = map[string]struct {
 	"RateLimit":        {typ: api.RateLimit{}},
 	"Deleted":          {typ: api.Deleted{}},
 	"Propagation":      {typ: api.Propagation{}},
+	"Warning":          {typ: api.Warning{}},
 	"UpstreamAuth":     {typ: api.UpstreamAuth{}},
 	"LoginRequest":     {typ: api.LoginRequest{}, request: true},
 	"LoginResponse":    {typ: api.LoginResponse{}},

@@ -14,7 +14,7 @@ import (
 	"github.com/keymesh/keymesh/event"
 )
 
-const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision, models, max_concurrency, tokens, default_max_tokens`
+const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision, models, max_concurrency, tokens, default_max_tokens, strip_prefix`
 
 // deploymentSelect reads a deployment's columns and its project's name and
 // token bounds, which the records edges get carry (edges scope secrets by
@@ -26,11 +26,11 @@ func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, erro
 	var d event.Deployment
 	var hosts, ups string
 	var ua, rl sql.NullString
-	var auth int
+	var auth, strip int
 	var projectName, models, tokens, projectTokens sql.NullString
 	var maxConc, defMax sql.NullInt64
 	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision,
-		&models, &maxConc, &tokens, &defMax, &projectName, &projectTokens); err != nil {
+		&models, &maxConc, &tokens, &defMax, &strip, &projectName, &projectTokens); err != nil {
 		return nil, err
 	}
 	var err error
@@ -41,6 +41,7 @@ func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, erro
 		return nil, err
 	}
 	d.DefaultMaxTokens = defMax.Int64
+	d.StripPrefix = strip != 0
 	if err := scanModels(models, maxConc, &d.Models, &d.MaxConcurrency); err != nil {
 		return nil, err
 	}
@@ -147,12 +148,12 @@ func (s *Store) writeDeployment(ctx context.Context, tx *sql.Tx, d *event.Deploy
 		defMax = d.DefaultMaxTokens
 	}
 	if insert {
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 			d.ID, d.Project, d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision,
-			models, maxConc, tokens, defMax, ts(now), ts(now))
+			models, maxConc, tokens, defMax, boolInt(d.StripPrefix), ts(now), ts(now))
 	} else {
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, models = ?, max_concurrency = ?, tokens = ?, default_max_tokens = ?, updated_at = ? WHERE id = ?`),
-			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, models, maxConc, tokens, defMax, ts(now), d.ID)
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, models = ?, max_concurrency = ?, tokens = ?, default_max_tokens = ?, strip_prefix = ?, updated_at = ? WHERE id = ?`),
+			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, models, maxConc, tokens, defMax, boolInt(d.StripPrefix), ts(now), d.ID)
 	}
 	if isUniqueViolation(err) {
 		return fmt.Errorf("%w: a deployment named %q exists in this project", ErrConflict, d.Name)

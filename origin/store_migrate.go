@@ -21,7 +21,7 @@ import (
 )
 
 // schemaVersion is the version this origin's queries need.
-const schemaVersion = 6
+const schemaVersion = 7
 
 type migration struct {
 	sqlite, postgres []string
@@ -128,6 +128,11 @@ var migrations = []migration{
 			`ALTER TABLE deployments ADD COLUMN default_max_tokens BIGINT`,
 			`ALTER TABLE projects ADD COLUMN tokens TEXT`,
 		},
+	},
+	{ // 7: a deployment's strip_prefix (issue 16). 0: the path is
+		// forwarded as sent, what every deployment before it did.
+		sqlite:   []string{`ALTER TABLE deployments ADD COLUMN strip_prefix INTEGER NOT NULL DEFAULT 0`},
+		postgres: []string{`ALTER TABLE deployments ADD COLUMN strip_prefix INTEGER NOT NULL DEFAULT 0`},
 	},
 }
 

@@ -112,7 +112,11 @@ func (a *auditRecorder) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcom
 	// The path the edge read (nothing for a request it could not read or
 	// refused from its line and headers: the raw bytes might hold a key).
 	if r := out.req; r != nil && (r.refusal == nil || r.refusal == errNoDeployment) {
-		dst = appendJSONField(dst, "path", clip(r.path, auditMaxPath))
+		path := r.path
+		if r.clientPath != nil {
+			path = r.clientPath // what the client asked for, not the rewrite
+		}
+		dst = appendJSONField(dst, "path", clip(path, auditMaxPath))
 	}
 	dst = append(dst, `,"status":`...)
 	dst = strconv.AppendInt(dst, int64(ctx.Response.StatusCode()), 10)

@@ -94,6 +94,10 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	rt := r.rt
 	now := time.Now()
 	up := rt.pick(now, nil)
+	if up == nil && rt.noUpstream != nil {
+		s.noUpstream(ctx, rt)
+		return nil
+	}
 	if up == nil {
 		fail(ctx, errUpstream, 0)
 		return nil
@@ -195,6 +199,21 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	ctx.Response.SetBody(resp.Body())
 	fasthttp.ReleaseResponse(resp)
 	return nil
+}
+
+// noUpstream answers a request to a deployment that lists no upstream for
+// this edge's site (and no "*"): 502 "no upstream configured for site X",
+// counted by deployment, and logged once per deployment revision — a
+// misconfiguration is worth one line, not one per request.
+func (s *Proxy) noUpstream(ctx *fasthttp.RequestCtx, rt *route) {
+	s.metrics.noUpstream.WithLabelValues(rt.dep.Name).Inc()
+	if prev, loaded := s.noUpstreamLogged.Swap(rt.dep.ID, rt.dep.Revision); !loaded || prev != rt.dep.Revision {
+		s.log.Warn("deployment has no upstream for this edge's site and no \"*\" entry; its requests are answered 502",
+			"deployment", rt.dep.Name, "site", s.cfg.Site)
+	}
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(fasthttp.StatusBadGateway)
+	ctx.SetBody(rt.noUpstream)
 }
 
 // appendForwardedFor appends the X-Forwarded-For value: every value the

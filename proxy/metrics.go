@@ -66,6 +66,9 @@ type metrics struct {
 	refused   [numRefusals]prometheus.Counter
 	// upstreamDenied counts upstream connections the policy refused.
 	upstreamDenied *prometheus.CounterVec
+	// noUpstream counts requests answered 502 because their deployment
+	// lists no upstream for this edge's site, by deployment name.
+	noUpstream *prometheus.CounterVec
 
 	reqMu    sync.RWMutex
 	reqCache map[reqLabel]prometheus.Counter
@@ -118,10 +121,12 @@ func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
 	for _, r := range deniedReasons {
 		m.upstreamDenied.WithLabelValues(r.reason)
 	}
+	m.noUpstream = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_no_upstream_total",
+		Help: "Requests answered 502 because their deployment lists no upstream for this edge's site and no \"*\" entry (a misconfiguration, not an unreachable upstream), by deployment."}, []string{"deployment"})
 	untracked := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymesh_edge_ratelimit_untracked_total",
 		Help: "Requests admitted without a rate-limit bucket because the bucket table was full."},
 		func() float64 { return float64(limits.untracked.Load()) })
-	for _, c := range []prometheus.Collector{refused, m.upstreamDenied, m.requests, m.tokenCounts, auth, m.upstream, m.streams, m.poolFull, untracked} {
+	for _, c := range []prometheus.Collector{refused, m.upstreamDenied, m.noUpstream, m.requests, m.tokenCounts, auth, m.upstream, m.streams, m.poolFull, untracked} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}

@@ -178,6 +178,9 @@ type Proxy struct {
 	inflight *inflight
 	// tokens holds the token limits' and quotas' counters (tokens.go).
 	tokens *tokenTable
+	// noUpstreamLogged maps a deployment id to the revision whose missing
+	// upstream was logged (forward.go: noUpstream).
+	noUpstreamLogged sync.Map
 
 	mu sync.Mutex
 	ln net.Listener

@@ -24,9 +24,14 @@ type request struct {
 	refusal *apierror.Error
 	refused refusalReason
 
-	host  []byte // routing form: lower case, no port, no trailing dot
-	path  []byte // decoded and normalised, starts with '/'
-	query []byte // as sent (checked to hold only visible ASCII)
+	host []byte // routing form: lower case, no port, no trailing dot
+	// path is decoded and normalised and starts with '/': the path routed
+	// on, and — without the prefix under strip_prefix — the one every check
+	// after routing reads and the upstream gets. clientPath, set only when
+	// the prefix was stripped, is the path as routed (for the audit record).
+	path       []byte
+	clientPath []byte
+	query      []byte // as sent (checked to hold only visible ASCII)
 	// getOrHead: the method's kind, for permissions and the open routes.
 	getOrHead bool
 
@@ -180,6 +185,9 @@ func (r *request) read(h *fasthttp.RequestHeader, rtr *router, maxBody int) {
 	r.rt = rtr.match(r.host, r.path)
 	switch {
 	case r.rt != nil:
+		if r.rt.strip {
+			r.clientPath, r.path = r.path, r.rt.stripPrefix(r.path)
+		}
 		if l := r.rt.dep.MaxBodyBytes; l > 0 && l < int64(maxBody) {
 			r.bodyLimit = int(l)
 		}

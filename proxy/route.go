@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"net/http"
 	"net/url"
 	"sort"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
 	"github.com/keymesh/keymesh/internal/modelglob"
 )
 
@@ -30,6 +32,12 @@ type route struct {
 	upstreams []*upstream // for this edge's site, else "*"
 	next      atomic.Uint32
 	models    modelglob.List // the deployment's model allow-list, compiled
+	// noUpstream, when the deployment lists no upstream for this edge's
+	// site and no "*" entry, is the 502 body every request gets: a
+	// misconfiguration, told apart from an upstream that cannot be reached.
+	noUpstream []byte
+	// strip: the deployment's strip_prefix, with a prefix other than "/".
+	strip bool
 }
 
 type upstream struct {
@@ -50,6 +58,7 @@ func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *p
 		if len(rt.prefix) == 0 {
 			rt.prefix = []byte("/")
 		}
+		rt.strip = d.StripPrefix && len(rt.prefix) > 1
 		for _, h := range d.Hosts {
 			h = strings.ToLower(h)
 			if s, ok := strings.CutPrefix(h, "*"); ok {
@@ -61,6 +70,10 @@ func newRouter(deps *cache.Deployments, site string, hs *healthTable, latency *p
 		list, ok := d.Upstreams[site]
 		if !ok {
 			list = d.Upstreams["*"]
+		}
+		if len(list) == 0 {
+			rt.noUpstream = apierror.New(http.StatusBadGateway, apierror.UpstreamError,
+				"no upstream configured for site "+site).Body()
 		}
 		for _, raw := range list {
 			u, err := url.Parse(raw)
@@ -99,6 +112,22 @@ func (r *router) match(host, path []byte) *route {
 		}
 	}
 	return best
+}
+
+// stripPrefix returns path, which rt matched, without rt's prefix: always
+// starting with '/' ("/v1" and "/v1/" both take "/v1/x" to "/x", and "/v1"
+// to "/"). path is normalised (no dot segments, encoded slashes read as
+// separators), so what remains is a path under the prefix and nothing
+// else. It allocates nothing: the result is path's tail or "/".
+func (rt *route) stripPrefix(path []byte) []byte {
+	n := len(rt.prefix)
+	if rt.prefix[n-1] == '/' {
+		n-- // keep the separator the prefix ends with
+	}
+	if len(path) <= n {
+		return slash
+	}
+	return path[n:]
 }
 
 func prefixMatch(path, prefix []byte) bool {

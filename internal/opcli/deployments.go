@@ -16,6 +16,7 @@ import (
 type depFlags struct {
 	fs                                   *flag.FlagSet
 	name, pathPrefix                     *string
+	stripPrefix                          *bool
 	hosts, upstreams, models             listFlag
 	auth                                 *bool
 	invalidKeyStatus                     *int
@@ -32,6 +33,7 @@ func defineDepFlags(fs *flag.FlagSet, create bool) *depFlags {
 	d.name = fs.String("name", "", "the deployment's name (letters, digits, '.', '_', '-')")
 	fs.Var(&d.hosts, "hosts", "comma-separated Host values to match (exact, or *.suffix); repeatable"+map[bool]string{true: "", false: `; replaces the list ("" clears it)`}[create])
 	d.pathPrefix = fs.String("path-prefix", "", "path prefix to match (default /)")
+	d.stripPrefix = fs.Bool("strip-prefix", false, "forward the path without the path prefix (default: as sent)")
 	fs.Var(&d.upstreams, "upstream", `upstream base URL, or site=URL for one site's list; repeatable (a bare URL is for every site, "*")`+map[bool]string{true: "; required", false: "; replaces all upstreams"}[create])
 	d.auth = fs.Bool("auth", true, "require a key (--auth=false forwards every request without one)")
 	d.invalidKeyStatus = fs.Int("invalid-key-status", 0, "status for an unknown, expired, disabled or unlinked key: 401 or 403 (default 401)")
@@ -81,6 +83,8 @@ func (d *depFlags) input(create bool, name string) (apiclient.DeploymentInput, e
 			in.Hosts = &d.hosts.vals
 		case "path-prefix":
 			in.PathPrefix = d.pathPrefix
+		case "strip-prefix":
+			in.StripPrefix = d.stripPrefix
 		case "upstream":
 			if in.Upstreams, err = parseUpstreams(d.upstreams.vals); err == nil && len(in.Upstreams) == 0 {
 				err = badInput("--upstream is empty")
@@ -187,6 +191,7 @@ func (e *cliEnv) showDeployment(d *apiclient.Deployment) error {
 	line("Name", d.Name)
 	line("Hosts", strings.Join(d.Hosts, ", "))
 	line("Path prefix", d.PathPrefix)
+	line("Strip prefix", map[bool]string{true: "yes (the upstream gets the path without it)", false: "no (the upstream gets the path as sent)"}[d.StripPrefix])
 	line("Upstreams", fmtUpstreams(d.Upstreams))
 	line("Auth", map[bool]string{true: "required", false: "off (requests need no key)"}[d.AuthEnabled])
 	line("Invalid key status", strconv.Itoa(d.InvalidKeyStatus))
@@ -205,6 +210,9 @@ func (e *cliEnv) showDeployment(d *apiclient.Deployment) error {
 	}
 	line("Default max tokens", dm)
 	line("Revision", strconv.FormatUint(d.Revision, 10))
+	for _, w := range d.Warnings {
+		line("Warning", w.Message)
+	}
 	if d.Propagation != nil {
 		line("Propagation", fmtPropagation(d.Propagation))
 	}

@@ -585,9 +585,15 @@ func edgesCmd() *command {
 					return err
 				}
 				sort.Slice(edges, func(i, j int) bool { return edges[i].ID < edges[j].ID })
-				t := newTable(e.stdout, "ID", "SITE", "ADDRESS", "APPLIED", "LAST SEEN")
+				t := newTable(e.stdout, "ID", "SITE", "ADDRESS", "APPLIED", "LAST SEEN", "STATE")
 				for _, ed := range edges {
-					t.row(ed.ID, ed.Site, orDash(ed.Address), fmt.Sprint(ed.AppliedRevision), fmtTime(&ed.LastSeen, "-"))
+					// stale: not heard from within the liveness, or left on
+					// shutdown; ?wait does not wait for it.
+					state := "stale"
+					if ed.Live {
+						state = "live"
+					}
+					t.row(ed.ID, ed.Site, orDash(ed.Address), fmt.Sprint(ed.AppliedRevision), fmtTime(&ed.LastSeen, "-"), state)
 				}
 				return t.flush()
 			}

@@ -311,6 +311,7 @@ type DeploymentInput struct {
 	Name             *string
 	Hosts            *[]string
 	PathPrefix       *string
+	StripPrefix      *bool
 	Upstreams        map[string][]string // nil: left out
 	AuthEnabled      *bool
 	InvalidKeyStatus *int
@@ -335,7 +336,7 @@ type DeploymentInput struct {
 // MarshalJSON sends only the fields that are set, as an api.DeploymentInput.
 func (d DeploymentInput) MarshalJSON() ([]byte, error) {
 	in := api.DeploymentInput{
-		Name: d.Name, Hosts: nullable(d.Hosts, false), PathPrefix: nullable(d.PathPrefix, false), Upstreams: d.Upstreams,
+		Name: d.Name, Hosts: nullable(d.Hosts, false), PathPrefix: nullable(d.PathPrefix, false), StripPrefix: d.StripPrefix, Upstreams: d.Upstreams,
 		AuthEnabled: d.AuthEnabled, InvalidKeyStatus: d.InvalidKeyStatus, UpstreamAuth: nullable(d.UpstreamAuth, false),
 		RateLimit: nullable(d.RateLimit, d.NoRateLimit), MaxBodyBytes: d.MaxBodyBytes, MaxPromptChars: d.MaxPromptChars,
 		Models: nullable(d.Models, false), MaxConcurrency: nullable(d.MaxConcurrency, d.NoMaxConcurrency),

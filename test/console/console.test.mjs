@@ -318,6 +318,30 @@ test('the console, end to end', async (t) => {
     await page.locator('#usage svg.chart').first().waitFor();
   });
 
+  await t.test('a deployment without an upstream for the edge\'s site shows a warning; strip_prefix is a field', async () => {
+    const edges = (await admin('GET', '/v1/edges')).body;
+    const site = edges.find((e) => e.id === 'console-edge').site;
+    const c = await admin('POST', '/v1/projects/default/deployments?wait=5s', { name: 'misconfigured', path_prefix: '/misconf',
+      auth_enabled: false, upstreams: { [`not-${site}`]: [UPSTREAM] } });
+    assert.equal(c.status, 201);
+    assert.deepEqual(c.body.warnings.map((w) => [w.code, w.site]), [['no_upstream_for_site', site]]);
+    await page.goto(`${ORIGIN}/#/deployments/${encodeURIComponent(c.body.id)}`);
+    await page.locator('#warnings').waitFor();
+    assert.match(await page.locator('#warnings').textContent(), new RegExp(`no upstream for site "${site}"`));
+    await shot('deployment-warnings');
+    // The edge's 502 says what is missing.
+    const r = await fetch(`${EDGE}/misconf/v1/models`);
+    assert.equal(r.status, 502);
+    assert.equal((await r.json()).error.message, `no upstream configured for site ${site}`);
+    // strip_prefix from the General tab.
+    await page.locator('#strip-prefix').check();
+    await page.locator('#deployment-save').click();
+    await page.getByText(/Saved \(revision \d+\)/).waitFor();
+    const d = await admin('GET', `/v1/projects/default/deployments/${encodeURIComponent(c.body.id)}`);
+    assert.equal(d.body.strip_prefix, true);
+    assert.equal((await admin('DELETE', `/v1/projects/default/deployments/${encodeURIComponent(c.body.id)}`)).status, 204);
+  });
+
   await t.test('delete the key, with confirmation', async () => {
     await page.goto(`${ORIGIN}/#/keys/${encodeURIComponent(keyId)}`);
     await page.locator('#delete-key').click();

@@ -60,6 +60,7 @@ function deploymentForm(d, onSaved) {
   const name = h('input', { name: 'name', id: 'deployment-name', value: d.name || '', required: true, maxlength: 63 });
   const hosts = h('input', { name: 'hosts', value: (d.hosts || []).join(', '), placeholder: 'any host' });
   const prefix = h('input', { name: 'path_prefix', value: d.path_prefix || '', placeholder: '/' });
+  const strip = h('input', { type: 'checkbox', name: 'strip_prefix', id: 'strip-prefix', checked: !!d.strip_prefix });
   const ups = upstreamRows(d.upstreams);
   const auth = h('input', { type: 'checkbox', name: 'auth_enabled', checked: d.auth_enabled });
   const invalid = h('select', { name: 'invalid_key_status' }, [401, 403].map((v) => h('option', { value: v, text: v, selected: d.invalid_key_status === v })));
@@ -78,6 +79,7 @@ function deploymentForm(d, onSaved) {
     e.preventDefault();
     err.replaceChildren();
     const input = { name: name.value.trim(), hosts: splitList(hosts.value), path_prefix: prefix.value.trim() || null, upstreams: ups.value(),
+      strip_prefix: strip.checked,
       auth_enabled: auth.checked, invalid_key_status: Number(invalid.value),
       upstream_auth: mode.value === 'none' ? null : { mode: mode.value, header: header.value.trim() || undefined,
         prefix: uprefix.value || undefined, secret: secret.value.trim() || undefined },
@@ -97,6 +99,7 @@ function deploymentForm(d, onSaved) {
   } },
   field('Name', name), field('Hosts', hosts, 'Comma-separated; exact names or *.suffix. Empty: every host.'),
   field('Path prefix', prefix, 'Requests under this path match (the longest prefix wins).'),
+  h('label', { class: 'switch' }, strip, 'Strip the prefix: the upstream gets the path without it (off: the path as sent)'),
   h('h3', { text: 'Upstreams per site' }), h('p', { class: 'hint', text: 'An edge uses its own site\'s list, else "*".' }), ups.node,
   h('h3', { text: 'Authentication' }),
   h('label', { class: 'switch' }, auth, 'Require an API key'),

@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/event"
+)
+
+// countingHandler counts the log records whose message holds a substring.
+type countingHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgs = append(h.msgs, r.Message)
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+func (h *countingHandler) count(sub string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range h.msgs {
+		if strings.Contains(m, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// A deployment with no upstream for the edge's site and no "*" is a
+// misconfiguration: 502 "no upstream configured for site eu" — not the
+// unreachable upstream's message — counted per request in
+// keymesh_edge_no_upstream_total and logged once, not per request.
+func TestHandlerNoUpstreamForSite(t *testing.T) {
+	up := newUpstream(t, nil)
+	d := deployment("dep_1", up.URL, false)
+	d.Upstreams = map[string][]string{"us": {up.URL}}
+	down := deployment("dep_2", "http://127.0.0.1:1", false) // nothing listens on port 1
+	down.PathPrefix = "/down"
+	st := &fakeState{deps: cache.NewDeployments([]event.Deployment{d, down}, 1)}
+	logs := &countingHandler{}
+	p := startProxyConfig(t, st, func(c *Config) { c.Logger = slog.New(logs) })
+	c := client(t)
+	for range 3 {
+		resp, body := do(t, c, "POST", p.url+"/v1/chat/completions", `{}`, nil)
+		wantError(t, resp, body, 502, "UPSTREAM_ERROR")
+		var e struct{ Error struct{ Message string } }
+		_ = json.Unmarshal([]byte(body), &e)
+		if e.Error.Message != "no upstream configured for site eu" {
+			t.Fatalf("message %q", e.Error.Message)
+		}
+	}
+	if n := len(up.requests()); n != 0 {
+		t.Fatalf("the upstream of another site got %d requests", n)
+	}
+	if n := p.counter(t, "keymesh_edge_no_upstream_total", "deployment", "dep_1"); n != 3 {
+		t.Fatalf("keymesh_edge_no_upstream_total = %v, want 3", n)
+	}
+	if n := logs.count("no upstream for this edge's site"); n != 1 {
+		t.Fatalf("logged %d times, want once", n)
+	}
+
+	// An unreachable upstream keeps its own 502, and is not counted as
+	// missing.
+	resp, body := do(t, c, "POST", p.url+"/down/x", `{}`, nil)
+	wantError(t, resp, body, 502, "UPSTREAM_ERROR")
+	if strings.Contains(body, "no upstream configured") {
+		t.Fatalf("an unreachable upstream answered as a missing one: %s", body)
+	}
+	if n := p.counter(t, "keymesh_edge_no_upstream_total", "deployment", "dep_2"); n != 0 {
+		t.Fatalf("unreachable upstream counted as missing: %v", n)
+	}
+	for _, r := range p.audit.records(t) {
+		if r.Status != 502 {
+			t.Fatalf("audit record %+v", r)
+		}
+	}
+}
