@@ -20,7 +20,7 @@ import (
 // edge's auditReasons, proxy/metrics.go; docs/api.md, "Audit log").
 var auditReasonNames = []string{"no_credential", "malformed", "unknown", "unlinked", "disabled", "expired",
 	"permission", "model_not_allowed", "rate_limited", "concurrency", "token_limit", "quota", "too_large",
-	"prompt_too_long", "bad_body", "bad_request", "no_deployment", "unavailable"}
+	"prompt_too_long", "bad_body", "bad_request", "no_deployment", "no_upstream", "unavailable"}
 
 // listAudit serves GET /v1/audit?project=&key_id=&deployment=&source=
 // &status=&reason=&since=&until=&limit=&cursor=: matching records, newest

@@ -94,10 +94,6 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	rt := r.rt
 	now := time.Now()
 	up := rt.pick(now, nil)
-	if up == nil && rt.noUpstream != nil {
-		s.noUpstream(ctx, rt)
-		return nil
-	}
 	if up == nil {
 		fail(ctx, errUpstream, 0)
 		return nil

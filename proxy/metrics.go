@@ -38,6 +38,7 @@ const (
 	reasonBadBody     // a body the edge cannot read, or an ambiguous max_tokens
 	reasonBadRequest  // refused for its request line or headers
 	reasonNoRoute     // no deployment matched
+	reasonNoUpstream  // the deployment lists no upstream for this edge's site
 	numReasons
 )
 
@@ -51,7 +52,7 @@ var reasonNames = [numReasons]string{"", "allowed", "auth_off", "no_credential",
 var auditReasons = [numReasons]string{"", "", "", "no_credential", "malformed", "unknown",
 	"expired", "disabled", "unlinked", "permission", "rate_limited", "unavailable",
 	"token_limit", "quota", "model_not_allowed", "concurrency", "too_large", "prompt_too_long",
-	"bad_body", "bad_request", "no_deployment"}
+	"bad_body", "bad_request", "no_deployment", "no_upstream"}
 
 // metrics are the data plane's Prometheus metrics, registered where
 // Config.Metrics says (the edge's own registry, so that several edges can

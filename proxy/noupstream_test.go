@@ -83,9 +83,19 @@ func TestHandlerNoUpstreamForSite(t *testing.T) {
 	if n := p.counter(t, "keymesh_edge_no_upstream_total", "deployment", "dep_2"); n != 0 {
 		t.Fatalf("unreachable upstream counted as missing: %v", n)
 	}
-	for _, r := range p.audit.records(t) {
-		if r.Status != 502 {
-			t.Fatalf("audit record %+v", r)
+	recs := p.audit.records(t)
+	if len(recs) != 4 {
+		t.Fatalf("%d audit records, want 4", len(recs))
+	}
+	for i, r := range recs {
+		// The misconfiguration says so in the audit log too; an
+		// unreachable upstream is no refusal.
+		want := "no_upstream"
+		if i == 3 {
+			want = ""
+		}
+		if r.Status != 502 || r.Reason != want {
+			t.Fatalf("audit record %d: %+v, want 502 and reason %q", i, r, want)
 		}
 	}
 }

@@ -601,6 +601,11 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonRateLimited
 		return out
 	}
+	if r.rt.noUpstream != nil { // a misconfiguration, not an outage (forward.go)
+		s.noUpstream(ctx, r.rt)
+		out.refused = reasonNoUpstream
+		return out
+	}
 	out.meter = s.meterRequest(ctx.Method(), r, &body, r.tok != nil)
 	out.body = s.forward(ctx, r, body, lim, out.meter)
 	return out
