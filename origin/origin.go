@@ -267,6 +267,16 @@ func (s *Server) serve() error {
 	if err := s.startAudit(); err != nil {
 		return fmt.Errorf("subscribing to edge audit records: %w", err)
 	}
+	// Once Start returns, a heartbeat or audit batch published anywhere is
+	// delivered: the server has the subscriptions (a PING round trip after
+	// the SUBs). Without it an edge's first heartbeat could be missed, and
+	// a ?wait right after start not count that edge. With NATS away the
+	// subscriptions go out on reconnect.
+	if s.nc.IsConnected() {
+		if err := s.nc.FlushTimeout(5 * time.Second); err != nil {
+			s.log.Warn("nats flush after subscribing failed", "err", err)
+		}
+	}
 	s.startUsage()
 	s.startHeartbeat()
 	s.startOutboxPruner()
