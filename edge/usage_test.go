@@ -28,14 +28,14 @@ import (
 // jsServer is an embedded NATS server with JetStream, restartable on its
 // port with its store.
 type jsServer struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	port int
 	mu   sync.Mutex
 	ns   *server.Server
 }
 
-func startJS(t *testing.T) *jsServer {
+func startJS(t testing.TB) *jsServer {
 	t.Helper()
 	s := &jsServer{t: t, dir: t.TempDir(), port: -1}
 	s.start()
@@ -89,7 +89,7 @@ func (s *jsServer) client() jetstream.JetStream {
 
 // usageStream creates KEYMESH_USAGE as the origin does: every edge's
 // usage subject, deduplicated by Nats-Msg-Id.
-func usageStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
+func usageStream(t testing.TB, js jetstream.JetStream) jetstream.Stream {
 	t.Helper()
 	st, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: event.UsageStreamName,
 		Subjects: []string{event.UsageStreamSubjects}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute})
@@ -147,7 +147,7 @@ func msgIDs(t *testing.T, msgs []*jetstream.RawStreamMsg) []string {
 }
 
 // deadURL is a NATS URL nothing listens on.
-func deadURL(t *testing.T) string {
+func deadURL(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -166,7 +166,7 @@ type testSink struct {
 
 // newTestSink connects as an edge does (reconnecting for ever) and starts
 // a sink for edge "e1".
-func newTestSink(t *testing.T, url, dataDir string, bound int64, queue int, start bool) *testSink {
+func newTestSink(t testing.TB, url, dataDir string, bound int64, queue int, start bool) *testSink {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
