@@ -1,12 +1,14 @@
 package edge
 
 import (
+	"encoding/json"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keymesh/keymesh/event"
 )
@@ -59,6 +61,7 @@ func waitUntil(b *testing.B, ok func() bool) {
 //   - paced: one record at a time (each published before the next), as
 //     at moderate load where the writer and the publisher see records
 //     alone; this is the edge's steady state.
+//   - bare: paced's floor without a sink (see there).
 //   - burst: records as fast as Usage takes them (batches of up to 256).
 //   - disconnected: NATS down, records only spooled.
 //
@@ -94,6 +97,51 @@ func BenchmarkUsageSink(b *testing.B) {
 			<-got // (a lost record hangs here until the test's -timeout)
 		}
 		waitUntil(b, func() bool { return s.published.Load() == uint64(b.N) })
+	})
+	// bare is paced's floor, without a sink: each record's JSON published
+	// as the sink publishes it, awaited the same way, and its PubAck
+	// awaited before the next. paced minus bare is what the sink adds
+	// (queue, encoding, spool, its goroutines); the server's part of
+	// both is the same.
+	b.Run("bare", func(b *testing.B) {
+		ns := startJS(b)
+		usageStream(b, ns.client())
+		nc, err := nats.Connect(ns.url())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got := make(chan *nats.Msg, 16)
+		if _, err := nc.ChanSubscribe(event.UsageStreamSubjects, got); err != nil {
+			b.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		subject := event.EdgeSubject(event.EdgeUsageSubject, "e1")
+		data := make([][]byte, b.N) // encoded beforehand: not measured
+		for i := range data {
+			data[i], _ = json.Marshal(benchRec(i))
+		}
+		defer measureCPU(b)()
+		for i := range b.N {
+			r := benchRec(i)
+			m := &nats.Msg{Subject: subject, Data: data[i], Header: nats.Header{}}
+			f, err := js.PublishMsgAsync(m, jetstream.WithMsgID(r.ID), jetstream.WithExpectStream(event.UsageStreamName))
+			if err != nil {
+				b.Fatal(err)
+			}
+			<-got
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				b.Fatal(err)
+			}
+		}
 	})
 	b.Run("burst", func(b *testing.B) {
 		ns := startJS(b)

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -932,5 +933,91 @@ func TestUsageQueueCopiesWithoutAllocating(t *testing.T) {
 	r := usageRec(1)
 	if n := testing.AllocsPerRun(200, func() { s.Usage(r) }); n != 0 {
 		t.Fatalf("Usage allocates %v times, want 0", n)
+	}
+}
+
+// What this process just wrote is published from memory, not read back:
+// damage on disk after the write does not reach the publisher (whose
+// copy is what was written), and the memory goes once acknowledged.
+func TestUsageSpoolPeeksWrittenRecordsFromMemory(t *testing.T) {
+	dir := t.TempDir()
+	sp, _, err := openDiskSpool(dir, 1<<20, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.close()
+	if n, err := sp.append(spoolRecs(0, 20)); n != 20 || err != nil {
+		t.Fatalf("append: %d %v", n, err)
+	}
+	b, err := os.ReadFile(onlySegment(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := usageFrameHeader; i < len(b); i++ {
+		b[i] = 'X'
+	}
+	if err := os.WriteFile(onlySegment(t, dir), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recs, corrupt, err := sp.peek(1000)
+	if err != nil || corrupt != 0 || len(recs) != 20 {
+		t.Fatalf("peek: %d records, %d corrupt, %v", len(recs), corrupt, err)
+	}
+	want := spoolRecs(0, 20)
+	for i, r := range recs {
+		if r.id != want[i].id || !bytes.Equal(r.data, want[i].data) {
+			t.Fatalf("record %d: %s %s", i, r.id, r.data)
+		}
+	}
+	if err := sp.ack(recs); err != nil {
+		t.Fatal(err)
+	}
+	if r, by := sp.depth(); r != 0 || by != 0 || sp.tailBytes != 0 || sp.head != len(sp.tail) {
+		t.Fatalf("depth %d %d, tail %d bytes, %d of %d", r, by, sp.tailBytes, sp.head, len(sp.tail))
+	}
+}
+
+// The memory kept is bounded: beyond it, records are read back from
+// disk, and whichever way each comes, all are published in order, each
+// once, across segments; the memory goes as they are acknowledged.
+func TestUsageSpoolTailBounded(t *testing.T) {
+	dir := t.TempDir()
+	sp, _, err := openDiskSpool(dir, 1<<20, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.close()
+	frame := frameSize(spoolRecs(0, 1)[0].data)
+	sp.tailMax = 7 * frame
+	sp.segMax = 10 * frame
+	var got []string
+	next := 0
+	for round := 0; next < 200 || len(got) < 200; round++ {
+		if next < 200 {
+			k := min(1+round%23, 200-next) // batches bigger and smaller than the tail
+			if n, err := sp.append(spoolRecs(next, next+k)); n != k || err != nil {
+				t.Fatalf("append: %d %v", n, err)
+			}
+			next += k
+		}
+		if sp.tailBytes > sp.tailMax {
+			t.Fatalf("tail %d bytes, bound %d", sp.tailBytes, sp.tailMax)
+		}
+		recs, corrupt, err := sp.peek(1 + round%5)
+		if err != nil || corrupt != 0 {
+			t.Fatalf("peek: %d corrupt, %v", corrupt, err)
+		}
+		for _, r := range recs {
+			got = append(got, r.id)
+		}
+		if err := sp.ack(recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(got, wantIDs(0, 200)) {
+		t.Fatalf("published %v", got)
+	}
+	if r, _ := sp.depth(); r != 0 || sp.tailBytes != 0 {
+		t.Fatalf("depth %d, tail %d bytes", r, sp.tailBytes)
 	}
 }
