@@ -70,7 +70,12 @@ func waitUntil(b *testing.B, ok func() bool) {
 // the sink. For figures that a shared machine does not blur, count
 // instructions: run the test binary under valgrind --tool=callgrind
 // (GODEBUG=asyncpreemptoff=1) with -test.benchtime=Nx for two N and take
-// the difference per op.
+// the difference per op. With the server in the process even those
+// drift with the wall time an op takes (its timers); the sink's own
+// instructions are steadier collected only inside the calls that do its
+// work and never park: --toggle-collect= for '*edge.(?usageSink).Usage',
+// '*edge.(?usageSink).flushQueue', '*edge.(?diskSpool).peek',
+// '*edge.(?diskSpool).ack' and '*jetstream.(?jetStream).PublishMsgAsync'.
 func BenchmarkUsageSink(b *testing.B) {
 	b.Run("paced", func(b *testing.B) {
 		ns := startJS(b)
