@@ -253,11 +253,14 @@ func (m *meter) line(raw []byte) bool {
 	if len(payload) == 0 || payload[0] != '{' || bytes.Equal(payload, sseDone) {
 		return true
 	}
-	v, err := m.parser.ParseBytes(payload)
-	if err != nil {
-		return true
+	usageOnly, ok := m.fastChunk(payload)
+	if !ok {
+		v, err := m.parser.ParseBytes(payload)
+		if err != nil {
+			return true
+		}
+		usageOnly = m.chunk(v)
 	}
-	usageOnly := m.chunk(v)
 	if usageOnly && m.strip {
 		m.dropBlank = true
 		return false
@@ -396,6 +399,15 @@ func (m *meter) finishDoc() {
 		}
 		return
 	}
+	if m.fastDoc() {
+		return
+	}
+	m.finishDocFull()
+}
+
+// finishDocFull is finishDoc's reading of a whole document: parsed, then
+// looked up.
+func (m *meter) finishDocFull() {
 	v, err := m.parser.ParseBytes(m.doc)
 	if err != nil {
 		return

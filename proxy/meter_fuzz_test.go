@@ -85,3 +85,71 @@ func FuzzMeterScan(f *testing.F) {
 		}
 	})
 }
+
+// FuzzMeterFast: whatever the bytes, the fast reading of a chunk or of a
+// whole answer (meter_fast.go) either gives up or finds exactly what the
+// full reading finds, and it never reads what fastjson refuses.
+func FuzzMeterFast(f *testing.F) {
+	f.Add([]byte(benchAnswer))
+	for _, c := range benchChunks {
+		f.Add(bytes.TrimSpace(bytes.TrimPrefix(c, []byte("data: "))))
+	}
+	f.Add(bytes.TrimSpace(bytes.TrimPrefix([]byte(benchUsageChunk), []byte("data: "))))
+	for _, s := range []string{`{"choices":[{"text":"a\nb\"c","delta":{"content":"é\t","reasoning_content":"x"}}],"usage":{"prompt_tokens":1}}`,
+		`{"choices":[{"message":{"content":"\u00e9"}}]}`, `{"choices":[1,[],{"text":"ab","text":"abc"}],"choices":[]}`,
+		`{"usage":null,"usage":{"prompt_tokens":2,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":9}}}`,
+		`{"choices":[],"usage":{"prompt_tokens":-1}}`, `{"us\u0061ge":{"prompt_tokens":1}}`, ` {"choices" : [ ] } `,
+		`{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}`, `{"a":[1e5,-0.5,true,false,null]}`,
+		`{"a":01}`, `{"a":1,}`, `{"choices":[{"message":"x","message":{"content":"y"}}]}`, `[]`, `{"a":"\x01"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var p fastjson.Parser
+		_, perr := p.ParseBytes(b)
+		for _, msg := range []string{"delta", "message"} {
+			if _, ok := fastRead(b, msg); ok && perr != nil {
+				t.Fatalf("%q: read fast, but fastjson refuses it: %v", b, perr)
+			}
+		}
+		var fast, full meter
+		if usageOnly, ok := fast.fastChunk(b); ok {
+			v, _ := full.parser.ParseBytes(b)
+			if want := full.chunk(v); usageOnly != want {
+				t.Fatalf("%q: usage-only %v, the full reading says %v", b, usageOnly, want)
+			}
+			if got, want := meterCounts(&fast), meterCounts(&full); got != want {
+				t.Fatalf("%q as a chunk: fast %+v, full %+v", b, got, want)
+			}
+		}
+		fast, full = meter{mode: meterJSON, doc: b}, meter{mode: meterJSON, doc: b}
+		if fast.fastDoc() {
+			full.finishDocFull()
+			if got, want := meterCounts(&fast), meterCounts(&full); got != want {
+				t.Fatalf("%q as an answer: fast %+v, full %+v", b, got, want)
+			}
+		}
+	})
+}
+
+// The fast reading reads what bench upstream answers: no fallback there.
+func TestMeterFastReadsOpenAIShapes(t *testing.T) {
+	if _, ok := fastRead([]byte(benchAnswer), "message"); !ok {
+		t.Error("answer not read fast")
+	}
+	for _, c := range append(benchChunks, []byte(benchUsageChunk)) {
+		if _, ok := fastRead(bytes.TrimSpace(bytes.TrimPrefix(c, []byte("data: "))), "delta"); !ok {
+			t.Errorf("%s not read fast", c)
+		}
+	}
+}
+
+type counts struct {
+	prompt, completion, cached int64
+	promptExact, complExact    bool
+	invalid                    bool
+	relayedChars               int
+}
+
+func meterCounts(m *meter) counts {
+	return counts{m.prompt, m.completion, m.cached, m.promptExact, m.complExact, m.invalid, m.relayedChars}
+}

@@ -1,0 +1,489 @@
+package proxy
+
+import (
+	"bytes"
+	"unicode/utf8"
+)
+
+// The meter's fast reading. Almost every answer the edge meters is an
+// OpenAI-shaped chat or completions answer, or one chunk of its stream:
+// an object whose "choices" hold the generated text and whose "usage",
+// if any, holds the counts. Parsing each whole, into a tree, then looking
+// members up one by one, was most of what metering cost a request. The
+// fast reading walks the bytes once instead: it checks the grammar as it
+// goes, counts the text of the choices in passing, and hands only the
+// usage object to fastjson.
+//
+// It reads the same as the full reading (chunk, finishDoc) or not at all:
+// it gives up — and the full reading is made — on anything it does not
+// read exactly as fastjson would (a key holding an escape, which fastjson
+// looks up decoded; a \u escape in counted text; nesting deep enough for
+// fastjson's depth bound; a number, literal or layout outside strict
+// JSON), and on every shape the full reading handles beyond chat and
+// completions (the Responses API's "type", TGI's "token", "details",
+// "generated_text", a top-level array, "output", tool calls). So it never
+// accepts what fastjson refuses, and what it accepts it counts alike:
+// FuzzMeterFast checks that on arbitrary input.
+
+// fastMaxDepth bounds the nesting the fast reading follows: well under
+// fastjson's MaxDepth (300), past which the full reading refuses a value.
+const fastMaxDepth = 200
+
+// fastReading is what the fast reading found in one object.
+type fastReading struct {
+	usage        []byte // the first "usage" member's value, when an object
+	choicesEmpty bool   // the first "choices" is an empty array
+	chars        int    // characters of generated text under "choices"
+}
+
+// fastRead reads b, one JSON value, as an answer (msg "message") or a
+// streamed chunk (msg "delta"). ok is false when the full reading must be
+// made instead.
+func fastRead(b []byte, msg string) (r fastReading, ok bool) {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return r, false
+	}
+	seenUsage, seenChoices := false, false
+	it := objIter{b: b, i: i + 1}
+	for {
+		key, vs, more := it.next()
+		if !more {
+			break
+		}
+		if it.esc {
+			return r, false
+		}
+		ve := -1
+		switch string(key) {
+		case "usage":
+			ve = skipValue(b, vs, 2)
+			if !seenUsage && ve > 0 && b[vs] == '{' {
+				r.usage = b[vs:ve]
+			}
+			seenUsage = true
+		case "choices":
+			if seenChoices {
+				ve = skipValue(b, vs, 2)
+				break
+			}
+			seenChoices = true
+			if b[vs] != '[' {
+				ve = skipValue(b, vs, 2)
+				break
+			}
+			var n int
+			var empty bool
+			if ve, n, empty = readChoices(b, vs, msg); ve > 0 {
+				r.chars, r.choicesEmpty = n, empty
+			}
+		case "type", "token", "details", "response", "generated_text", "output":
+			return r, false // read by the full reading only
+		default:
+			ve = skipValue(b, vs, 2)
+		}
+		if ve < 0 || !it.after(ve) {
+			return r, false
+		}
+	}
+	if it.bad || skipWS(b, it.i) != len(b) {
+		return r, false
+	}
+	return r, true
+}
+
+// readChoices reads the array at b[i:] as choicesChars does: under each
+// choice object its first "text" and, in its first msg object, the first
+// "content" and "reasoning_content" strings. It returns the array's end
+// (-1: give up), the characters counted and whether the array is empty.
+func readChoices(b []byte, i int, msg string) (end, chars int, empty bool) {
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return i + 1, 0, true
+	}
+	for i < len(b) {
+		var ve int
+		if b[i] == '{' {
+			var n int
+			if ve, n = readChoice(b, i, msg); ve < 0 {
+				return -1, 0, false
+			}
+			chars += n
+		} else if ve = skipValue(b, i, 3); ve < 0 {
+			return -1, 0, false
+		}
+		i = skipWS(b, ve)
+		if i >= len(b) {
+			return -1, 0, false
+		}
+		switch b[i] {
+		case ']':
+			return i + 1, chars, false
+		case ',':
+			i = skipWS(b, i+1)
+		default:
+			return -1, 0, false
+		}
+	}
+	return -1, 0, false
+}
+
+// readChoice reads one choice object at b[i:].
+func readChoice(b []byte, i int, msg string) (end, chars int) {
+	seenText, seenMsg := false, false
+	it := objIter{b: b, i: i + 1}
+	for {
+		key, vs, more := it.next()
+		if !more {
+			break
+		}
+		if it.esc {
+			return -1, 0
+		}
+		var ve int
+		switch {
+		case string(key) == "text" && !seenText:
+			seenText = true
+			if ve = skipValue(b, vs, 4); ve > 0 && b[vs] == '"' {
+				n, ok := stringRunes(b[vs:ve])
+				if !ok {
+					return -1, 0
+				}
+				chars += n
+			}
+		case string(key) == msg && !seenMsg:
+			seenMsg = true
+			if b[vs] != '{' {
+				ve = skipValue(b, vs, 4)
+				break
+			}
+			var n int
+			if ve, n = readMessage(b, vs); ve > 0 {
+				chars += n
+			}
+		default:
+			ve = skipValue(b, vs, 4)
+		}
+		if ve < 0 || !it.after(ve) {
+			return -1, 0
+		}
+	}
+	if it.bad {
+		return -1, 0
+	}
+	return it.i, chars
+}
+
+// readMessage reads a choice's message (or delta) object at b[i:].
+func readMessage(b []byte, i int) (end, chars int) {
+	seenContent, seenReasoning := false, false
+	it := objIter{b: b, i: i + 1}
+	for {
+		key, vs, more := it.next()
+		if !more {
+			break
+		}
+		if it.esc {
+			return -1, 0
+		}
+		counted := false
+		switch string(key) {
+		case "content":
+			counted, seenContent = !seenContent, true
+		case "reasoning_content":
+			counted, seenReasoning = !seenReasoning, true
+		case "tool_calls":
+			return -1, 0 // read by the full reading only
+		}
+		ve := skipValue(b, vs, 5)
+		if counted && ve > 0 && b[vs] == '"' {
+			n, ok := stringRunes(b[vs:ve])
+			if !ok {
+				return -1, 0
+			}
+			chars += n
+		}
+		if ve < 0 || !it.after(ve) {
+			return -1, 0
+		}
+	}
+	if it.bad {
+		return -1, 0
+	}
+	return it.i, chars
+}
+
+// objIter walks the members of an object whose '{' is just before b[i]:
+// next returns each key (as written, between its quotes) and where its
+// value starts; the caller skips or reads the value and calls after with
+// its end. Once next reports no more, bad tells whether the object was
+// not well formed, and otherwise i is just past its '}'.
+type objIter struct {
+	b          []byte
+	i          int
+	bad        bool
+	begun, end bool
+	esc        bool // the key next returned holds a backslash
+}
+
+func (it *objIter) next() (key []byte, vs int, ok bool) {
+	if it.end || it.bad {
+		return nil, 0, false
+	}
+	it.esc = false
+	b := it.b
+	i := skipWS(b, it.i)
+	if !it.begun {
+		it.begun = true
+		if i < len(b) && b[i] == '}' {
+			it.i, it.end = i+1, true
+			return nil, 0, false
+		}
+	}
+	if i >= len(b) || b[i] != '"' {
+		it.bad = true
+		return nil, 0, false
+	}
+	end, esc := scanString(b, i)
+	if end < 0 {
+		it.bad = true
+		return nil, 0, false
+	}
+	key, it.esc = b[i+1:end-1], esc
+	i = skipWS(b, end)
+	if i >= len(b) || b[i] != ':' {
+		it.bad = true
+		return nil, 0, false
+	}
+	vs = skipWS(b, i+1)
+	if vs >= len(b) {
+		it.bad = true
+		return nil, 0, false
+	}
+	return key, vs, true
+}
+
+// after moves past a member's value ending at ve (-1: none): to the next
+// member, or past the object's '}'. It reports false when what follows
+// is neither.
+func (it *objIter) after(ve int) bool {
+	b := it.b
+	if ve < 0 {
+		it.bad = true
+		return false
+	}
+	i := skipWS(b, ve)
+	if i >= len(b) {
+		it.bad = true
+		return false
+	}
+	switch b[i] {
+	case ',':
+		it.i = i + 1
+		return true
+	case '}':
+		it.i, it.end = i+1, true
+		return true
+	}
+	it.bad = true
+	return false
+}
+
+// skipValue returns the end of the strict JSON value starting at b[i] at
+// nesting depth (the value itself is at depth), or -1 if there is none
+// the fast reading accepts.
+func skipValue(b []byte, i, depth int) int {
+	if i >= len(b) || depth > fastMaxDepth {
+		return -1
+	}
+	switch c := b[i]; {
+	case c == '"':
+		end, _ := scanString(b, i)
+		return end
+	case c == '{':
+		it := objIter{b: b, i: i + 1}
+		for {
+			_, vs, more := it.next()
+			if !more {
+				break
+			}
+			if !it.after(skipValue(b, vs, depth+1)) {
+				return -1
+			}
+		}
+		if it.bad {
+			return -1
+		}
+		return it.i
+	case c == '[':
+		i = skipWS(b, i+1)
+		if i < len(b) && b[i] == ']' {
+			return i + 1
+		}
+		for {
+			ve := skipValue(b, i, depth+1)
+			if ve < 0 {
+				return -1
+			}
+			i = skipWS(b, ve)
+			if i >= len(b) {
+				return -1
+			}
+			switch b[i] {
+			case ']':
+				return i + 1
+			case ',':
+				i = skipWS(b, i+1)
+			default:
+				return -1
+			}
+		}
+	case c == 't':
+		return literal(b, i, "true")
+	case c == 'f':
+		return literal(b, i, "false")
+	case c == 'n':
+		return literal(b, i, "null")
+	case c == '-' || ('0' <= c && c <= '9'):
+		return number(b, i)
+	}
+	return -1
+}
+
+func literal(b []byte, i int, lit string) int {
+	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
+		return -1
+	}
+	return i + len(lit)
+}
+
+// number returns the end of the strict JSON number at b[i], or -1.
+func number(b []byte, i int) int {
+	if b[i] == '-' {
+		i++
+	}
+	digits := func() bool {
+		s := i
+		for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+			i++
+		}
+		return i > s
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case !digits():
+		return -1
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if !digits() {
+			return -1
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return -1
+		}
+	}
+	return i
+}
+
+// stringRunes counts the characters of the JSON string s (quotes
+// included) as decoded: false for a \u escape or one no decoder agrees on,
+// which the full reading decodes instead.
+func stringRunes(s []byte) (int, bool) {
+	s = s[1 : len(s)-1]
+	if bytes.IndexByte(s, '\\') < 0 {
+		return utf8.RuneCount(s), true
+	}
+	escapes := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			continue
+		}
+		if i+1 >= len(s) {
+			return 0, false
+		}
+		switch s[i+1] {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		default:
+			return 0, false
+		}
+		escapes++ // two bytes, one character (ASCII either way)
+		i++
+	}
+	return utf8.RuneCount(s) - escapes, true
+}
+
+// fastChunk is line's fast reading of a streamed chunk's payload: what
+// chunk would have found, or ok false (nothing read) for the full reading.
+func (m *meter) fastChunk(payload []byte) (usageOnly, ok bool) {
+	r, ok := fastRead(payload, "delta")
+	if !ok {
+		return false, false
+	}
+	if r.usage != nil {
+		u, err := m.parser.ParseBytes(r.usage)
+		if err != nil {
+			return false, false
+		}
+		m.usage(u)
+		usageOnly = r.choicesEmpty
+	}
+	m.relayedChars += r.chars
+	return usageOnly, true
+}
+
+// fastDoc is finishDoc's fast reading of a whole answer: false (nothing
+// read) for the full reading.
+func (m *meter) fastDoc() bool {
+	r, ok := fastRead(m.doc, "message")
+	if !ok {
+		return false
+	}
+	var one meter
+	if r.usage != nil {
+		u, err := m.parser.ParseBytes(r.usage)
+		if err != nil {
+			return false
+		}
+		one.usage(u)
+	}
+	// As finishDocFull for a document that is one object without details.
+	m.invalid = m.invalid || one.invalid
+	m.cached = one.cached
+	m.relayedChars += r.chars
+	if one.promptExact || one.complExact {
+		m.prompt, m.completion = one.prompt, one.completion
+		m.promptExact, m.complExact = one.promptExact, one.complExact
+	}
+	return true
+}
+
+// scanString returns the end of the JSON string at b[i] (its closing
+// quote's index + 1, or -1 if it has none) and whether it holds a
+// backslash.
+func scanString(b []byte, i int) (end int, esc bool) {
+	s := b[i+1:]
+	q := bytes.IndexByte(s, '"')
+	if q < 0 {
+		return -1, false
+	}
+	if bytes.IndexByte(s[:q], '\\') < 0 {
+		return i + 2 + q, false
+	}
+	for j := 0; j < len(s); j++ {
+		switch s[j] {
+		case '\\':
+			j++
+		case '"':
+			return i + 2 + j, true
+		}
+	}
+	return -1, true
+}
