@@ -327,26 +327,43 @@ func runes(b []byte) int { return utf8.RuneCount(b) }
 // with continuous usage reports running totals); one with a count that is
 // not a sane token count is ignored.
 func (m *meter) usage(u *fastjson.Value) {
-	prompt, okP, badP := tokens(u, "prompt_tokens")
-	if !okP {
-		prompt, okP, badP = tokens(u, "input_tokens")
+	var f usageFields
+	for i, path := range usagePaths {
+		f[i].n, f[i].ok, f[i].bad = tokens(u, path...)
 	}
-	compl, okC, badC := tokens(u, "completion_tokens")
-	if !okC {
-		compl, okC, badC = tokens(u, "output_tokens")
+	m.takeUsage(&f)
+}
+
+// usageFields are the counts a usage object may hold, in usagePaths'
+// order: each as tokens reads it.
+type usageFields [6]struct {
+	n       int64
+	ok, bad bool
+}
+
+var usagePaths = [...][]string{{"prompt_tokens"}, {"input_tokens"}, {"completion_tokens"}, {"output_tokens"},
+	{"prompt_tokens_details", "cached_tokens"}, {"input_tokens_details", "cached_tokens"}}
+
+// takeUsage is usage's rule on the fields read.
+func (m *meter) takeUsage(f *usageFields) {
+	p, c, k := f[0], f[2], f[4]
+	if !p.ok {
+		p = f[1]
 	}
-	cached, okK, badK := tokens(u, "prompt_tokens_details", "cached_tokens")
-	if !okK {
-		cached, _, badK = tokens(u, "input_tokens_details", "cached_tokens")
+	if !c.ok {
+		c = f[3]
 	}
-	if badP || badC || badK {
+	if !k.ok {
+		k = f[5]
+	}
+	if p.bad || c.bad || k.bad {
 		m.invalid = true
 		return
 	}
-	if !okP && !okC {
+	if !p.ok && !c.ok {
 		return // not a usage this edge can read
 	}
-	m.prompt, m.completion, m.cached = prompt, compl, min(cached, prompt)
+	m.prompt, m.completion, m.cached = p.n, c.n, min(k.n, p.n)
 	m.promptExact, m.complExact = true, true
 }
 

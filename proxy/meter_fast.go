@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math/bits"
 	"unicode/utf8"
 )
 
@@ -428,11 +430,13 @@ func (m *meter) fastChunk(payload []byte) (usageOnly, ok bool) {
 		return false, false
 	}
 	if r.usage != nil {
-		u, err := m.parser.ParseBytes(r.usage)
-		if err != nil {
+		if f, ok := usageFast(r.usage); ok {
+			m.takeUsage(&f)
+		} else if u, err := m.parser.ParseBytes(r.usage); err == nil {
+			m.usage(u)
+		} else {
 			return false, false
 		}
-		m.usage(u)
 		usageOnly = r.choicesEmpty
 	}
 	m.relayedChars += r.chars
@@ -448,11 +452,13 @@ func (m *meter) fastDoc() bool {
 	}
 	var one meter
 	if r.usage != nil {
-		u, err := m.parser.ParseBytes(r.usage)
-		if err != nil {
+		if f, ok := usageFast(r.usage); ok {
+			one.takeUsage(&f)
+		} else if u, err := m.parser.ParseBytes(r.usage); err == nil {
+			one.usage(u)
+		} else {
 			return false
 		}
-		one.usage(u)
 	}
 	// As finishDocFull for a document that is one object without details.
 	m.invalid = m.invalid || one.invalid
@@ -469,21 +475,127 @@ func (m *meter) fastDoc() bool {
 // quote's index + 1, or -1 if it has none) and whether it holds a
 // backslash.
 func scanString(b []byte, i int) (end int, esc bool) {
-	s := b[i+1:]
-	q := bytes.IndexByte(s, '"')
-	if q < 0 {
-		return -1, false
-	}
-	if bytes.IndexByte(s[:q], '\\') < 0 {
-		return i + 2 + q, false
-	}
-	for j := 0; j < len(s); j++ {
-		switch s[j] {
-		case '\\':
+	j := i + 1
+	for {
+		// Eight bytes at a time to the next quote or backslash: x has a
+		// zero byte where a byte of the word equals c, and the lowest bit
+		// the trick sets marks the first of them exactly.
+		for j+8 <= len(b) {
+			w := binary.LittleEndian.Uint64(b[j:])
+			q, bs := w^(swarOnes*'"'), w^(swarOnes*'\\')
+			if m := ((q - swarOnes) &^ q & swarHigh) | ((bs - swarOnes) &^ bs & swarHigh); m != 0 {
+				j += bits.TrailingZeros64(m) / 8
+				break
+			}
+			j += 8
+		}
+		for j < len(b) && b[j] != '"' && b[j] != '\\' {
 			j++
-		case '"':
-			return i + 2 + j, true
+		}
+		if j >= len(b) {
+			return -1, esc
+		}
+		if b[j] == '"' {
+			return j + 1, esc
+		}
+		esc = true
+		j += 2
+	}
+}
+
+const (
+	swarOnes = 0x0101010101010101
+	swarHigh = 0x8080808080808080
+)
+
+// usageFast reads a usage object (one fastRead found well formed) as
+// usage does, when each count it holds is null or a plain integer of at
+// most ten digits and no key holds an escape; ok false otherwise.
+func usageFast(b []byte) (f usageFields, ok bool) {
+	var seen [len(usagePaths)]bool
+	it := objIter{b: b, i: 1}
+	for {
+		key, vs, more := it.next()
+		if !more {
+			break
+		}
+		if it.esc {
+			return f, false
+		}
+		ve := skipValue(b, vs, 2)
+		if ve < 0 {
+			return f, false
+		}
+		for i, path := range usagePaths {
+			if seen[i] || string(key) != path[0] {
+				continue
+			}
+			seen[i] = true
+			v := b[vs:ve]
+			if len(path) == 2 {
+				if v[0] != '{' {
+					break // not an object: no count under it
+				}
+				if v, ok = firstMember(v, path[1]); !ok {
+					return f, false
+				}
+				if v == nil {
+					break
+				}
+			}
+			if f[i].n, f[i].ok, f[i].bad, ok = plainCount(v); !ok {
+				return f, false
+			}
+		}
+		if !it.after(ve) {
+			return f, false
 		}
 	}
-	return -1, true
+	return f, !it.bad
+}
+
+// firstMember returns the value of obj's first member named key (nil:
+// none); ok false for a key holding an escape.
+func firstMember(obj []byte, key string) (v []byte, ok bool) {
+	it := objIter{b: obj, i: 1}
+	for {
+		k, vs, more := it.next()
+		if !more {
+			return nil, !it.bad
+		}
+		if it.esc {
+			return nil, false
+		}
+		ve := skipValue(obj, vs, 2)
+		if ve < 0 {
+			return nil, false
+		}
+		if string(k) == key {
+			return obj[vs:ve], true
+		}
+		if !it.after(ve) {
+			return nil, false
+		}
+	}
+}
+
+// plainCount reads a count as tokens does: null is none, digits a count
+// (bad past maxReportedTokens); ok false for anything else.
+func plainCount(v []byte) (n int64, present, bad, ok bool) {
+	if string(v) == "null" {
+		return 0, false, false, true
+	}
+	if len(v) == 0 || len(v) > 10 {
+		return 0, false, false, false
+	}
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false, false, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if n > maxReportedTokens {
+		return 0, true, true, true
+	}
+	return n, true, false, true
 }

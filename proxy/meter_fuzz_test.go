@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/valyala/fastjson"
@@ -17,12 +18,22 @@ func FuzzAskUsage(f *testing.F) {
 	for _, s := range []string{`{"stream":true}`, `{"stream":true,"stream_options":{"x":1}}`,
 		`{"stream":true,"stream_options":{"include_usage":false}}`, `{"stream":true,"stream_options":null}`,
 		`{"stream":true,"stream_options":{"include_usage":true}}`, `{"stream":true,"stream_options":{},"stream_options":{}}`,
-		` { "stream" : true , "model" : "m" } `, `{}`, `[]`, `{"stream":true,"a":"\"}"}`} {
+		` { "stream" : true , "model" : "m" } `, `{}`, `[]`, `{"stream":true,"a":"\"}"}`,
+		`{"model":"a","model":"b","Model":"c","m":{"model":"d"}}`, `{"model":1,"model":"x"}`, `{"model":"x","model":null}`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
 		if fastjson.Validate(body) != nil {
 			return // askUsage is only given bodies parseBody accepted
+		}
+		if !strings.Contains(body, `\`) { // the model parseBody reads, as askUsage reads it
+			var got, want []byte
+			if _, _, err := parseBodyModel([]byte(body), nil, &got); err == nil {
+				askUsage([]byte(body), false, &want)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("%s: model %q read with the body, %q by askUsage", body, got, want)
+				}
+			}
 		}
 		var model []byte
 		out, state := askUsage([]byte(body), true, &model)
@@ -100,7 +111,9 @@ func FuzzMeterFast(f *testing.F) {
 		`{"usage":null,"usage":{"prompt_tokens":2,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":9}}}`,
 		`{"choices":[],"usage":{"prompt_tokens":-1}}`, `{"us\u0061ge":{"prompt_tokens":1}}`, ` {"choices" : [ ] } `,
 		`{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}`, `{"a":[1e5,-0.5,true,false,null]}`,
-		`{"a":01}`, `{"a":1,}`, `{"choices":[{"message":"x","message":{"content":"y"}}]}`, `[]`, `{"a":"\x01"}`} {
+		`{"a":01}`, `{"a":1,}`, `{"usage":{"prompt_tokens":1.0,"completion_tokens":3,"input_tokens_details":{"cached_tokens":1}}}`,
+		`{"usage":{"input_tokens":5,"output_tokens":null,"prompt_tokens_details":[1],"prompt_tokens_details":{"cached_tokens":2}}}`,
+		`{"usage":{"prompt_tokens":2000000000,"completion_tokens":"3"}}`, `{"choices":[{"message":"x","message":{"content":"y"}}]}`, `[]`, `{"a":"\x01"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -50,7 +50,12 @@ func (s *Proxy) meterRequest(method []byte, r *request, body *inspected, settle 
 	if !body.json {
 		return m
 	}
-	raw, state := askUsage(body.raw, body.stream && usagePath(r.path), &m.model)
+	rewrite := body.stream && usagePath(r.path)
+	if !rewrite && body.modelRead {
+		m.model = append(m.model[:0], body.model...) // what askUsage would read
+		return m
+	}
+	raw, state := askUsage(body.raw, rewrite, &m.model)
 	if state == usageAdded {
 		body.raw, m.strip = raw, true
 	}
