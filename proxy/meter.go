@@ -95,6 +95,11 @@ type meter struct {
 	doc  []byte
 	tail bool
 
+	// The last chunk read fast, and in it the last string counted and the
+	// characters of the others (sameShape).
+	shape                            []byte
+	shapeStart, shapeEnd, shapeChars int
+
 	parser fastjson.Parser
 }
 
@@ -106,7 +111,7 @@ func releaseMeter(m *meter) {
 	if m == nil {
 		return
 	}
-	carry, pend, doc, model := m.carry[:0], m.pend[:0], m.doc[:0], m.model[:0]
+	carry, pend, doc, model, shape := m.carry[:0], m.pend[:0], m.doc[:0], m.model[:0], m.shape[:0]
 	if cap(doc) > maxMeterTail*2 {
 		doc = nil // a large answer's copy is not kept for the next one
 	}
@@ -114,7 +119,7 @@ func releaseMeter(m *meter) {
 		pend = nil
 	}
 	p := m.parser
-	*m = meter{carry: carry, pend: pend, doc: doc, model: model, parser: p}
+	*m = meter{carry: carry, pend: pend, doc: doc, model: model, shape: shape, parser: p}
 	meterPool.Put(m)
 }
 

@@ -36,6 +36,9 @@ type fastReading struct {
 	usage        []byte // the first "usage" member's value, when an object
 	choicesEmpty bool   // the first "choices" is an empty array
 	chars        int    // characters of generated text under "choices"
+	// The last string counted: where it starts and ends, and its
+	// characters (end 0: none).
+	lastStart, lastEnd, lastChars int
 }
 
 // fastRead reads b, one JSON value, as an answer (msg "message") or a
@@ -46,173 +49,192 @@ func fastRead(b []byte, msg string) (r fastReading, ok bool) {
 	if i >= len(b) || b[i] != '{' {
 		return r, false
 	}
-	seenUsage, seenChoices := false, false
-	it := objIter{b: b, i: i + 1}
-	for {
-		key, vs, more := it.next()
-		if !more {
-			break
-		}
-		if it.esc {
-			return r, false
-		}
-		ve := -1
-		switch string(key) {
-		case "usage":
-			ve = skipValue(b, vs, 2)
-			if !seenUsage && ve > 0 && b[vs] == '{' {
-				r.usage = b[vs:ve]
-			}
-			seenUsage = true
-		case "choices":
-			if seenChoices {
-				ve = skipValue(b, vs, 2)
-				break
-			}
-			seenChoices = true
-			if b[vs] != '[' {
-				ve = skipValue(b, vs, 2)
-				break
-			}
-			var n int
-			var empty bool
-			if ve, n, empty = readChoices(b, vs, msg); ve > 0 {
-				r.chars, r.choicesEmpty = n, empty
-			}
-		case "type", "token", "details", "response", "generated_text", "output":
-			return r, false // read by the full reading only
-		default:
-			ve = skipValue(b, vs, 2)
-		}
-		if ve < 0 || !it.after(ve) {
-			return r, false
-		}
-	}
-	if it.bad || skipWS(b, it.i) != len(b) {
+	w := walker{b: b, msg: msg}
+	end := w.object(i, 1, ctxTop)
+	if end < 0 || skipWS(b, end) != len(b) {
 		return r, false
 	}
-	return r, true
+	return w.r, true
 }
 
-// readChoices reads the array at b[i:] as choicesChars does: under each
-// choice object its first "text" and, in its first msg object, the first
-// "content" and "reasoning_content" strings. It returns the array's end
-// (-1: give up), the characters counted and whether the array is empty.
-func readChoices(b []byte, i int, msg string) (end, chars int, empty bool) {
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return i + 1, 0, true
+// What an object or array being walked is to the reading.
+const (
+	ctxOther   = iota // nothing read in it: only checked
+	ctxTop            // the answer or chunk
+	ctxChoices        // its first "choices", an array
+	ctxChoice         // an object in that array
+	ctxMsg            // a choice's first msg member, an object
+)
+
+// walker is one fast reading: a strict recursive descent that reads, on
+// the way, what choicesChars and the usage lookup would.
+type walker struct {
+	b   []byte
+	msg string
+	r   fastReading
+}
+
+// value walks the value at b[i] (no white space before it) at nesting
+// depth, and returns its end, or -1 to give up.
+func (w *walker) value(i, depth int, ctx uint8) int {
+	b := w.b
+	if i >= len(b) {
+		return -1
 	}
-	for i < len(b) {
-		var ve int
-		if b[i] == '{' {
-			var n int
-			if ve, n = readChoice(b, i, msg); ve < 0 {
-				return -1, 0, false
+	switch c := b[i]; {
+	case c == '"':
+		end, _ := scanString(b, i)
+		return end
+	case c == '{':
+		return w.object(i, depth, ctx)
+	case c == '[':
+		return w.array(i, depth, ctx)
+	case c == 't':
+		return literal(b, i, "true")
+	case c == 'f':
+		return literal(b, i, "false")
+	case c == 'n':
+		return literal(b, i, "null")
+	case c == '-' || ('0' <= c && c <= '9'):
+		return number(b, i)
+	}
+	return -1
+}
+
+func (w *walker) object(i, depth int, ctx uint8) int {
+	if depth > fastMaxDepth {
+		return -1
+	}
+	b := w.b
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1
+	}
+	// The first of each member read (fastjson's lookups take the first).
+	var seenA, seenB bool
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return -1
+		}
+		ke, esc := scanString(b, i)
+		if ke < 0 || (esc && ctx != ctxOther) {
+			return -1 // a key read decoded: the full reading decodes it
+		}
+		key := b[i+1 : ke-1]
+		i = skipWS(b, ke)
+		if i >= len(b) || b[i] != ':' {
+			return -1
+		}
+		vs := skipWS(b, i+1)
+		sub, count := uint8(ctxOther), false
+		switch ctx {
+		case ctxTop:
+			switch string(key) {
+			case "usage":
+				if !seenA {
+					seenA = true
+					if vs < len(b) && b[vs] == '{' {
+						w.r.usage = b[vs:vs] // its end is set below
+						count = true
+					}
+				}
+			case "choices":
+				if !seenB {
+					seenB = true
+					if vs < len(b) && b[vs] == '[' {
+						sub = ctxChoices
+					}
+				}
+			case "type", "token", "details", "response", "generated_text", "output":
+				return -1 // read by the full reading only
 			}
-			chars += n
-		} else if ve = skipValue(b, i, 3); ve < 0 {
-			return -1, 0, false
+		case ctxChoice:
+			switch {
+			case string(key) == "text":
+				count, seenA = !seenA, true
+			case string(key) == w.msg:
+				if !seenB {
+					seenB = true
+					if vs < len(b) && b[vs] == '{' {
+						sub = ctxMsg
+					}
+				}
+			}
+		case ctxMsg:
+			switch string(key) {
+			case "content":
+				count, seenA = !seenA, true
+			case "reasoning_content":
+				count, seenB = !seenB, true
+			case "tool_calls":
+				return -1 // read by the full reading only
+			}
+		}
+		ve := w.value(vs, depth+1, sub)
+		if ve < 0 {
+			return -1
+		}
+		switch {
+		case !count:
+		case ctx == ctxTop: // the usage object
+			w.r.usage = b[vs:ve]
+		case b[vs] == '"':
+			n, ok := stringRunes(b[vs:ve])
+			if !ok {
+				return -1
+			}
+			w.r.chars += n
+			w.r.lastStart, w.r.lastEnd, w.r.lastChars = vs, ve, n
+		}
+		if sub == ctxChoices {
+			w.r.choicesEmpty = skipWS(b, vs+1) == ve-1
 		}
 		i = skipWS(b, ve)
 		if i >= len(b) {
-			return -1, 0, false
+			return -1
 		}
 		switch b[i] {
-		case ']':
-			return i + 1, chars, false
 		case ',':
 			i = skipWS(b, i+1)
+		case '}':
+			return i + 1
 		default:
-			return -1, 0, false
+			return -1
 		}
 	}
-	return -1, 0, false
 }
 
-// readChoice reads one choice object at b[i:].
-func readChoice(b []byte, i int, msg string) (end, chars int) {
-	seenText, seenMsg := false, false
-	it := objIter{b: b, i: i + 1}
+func (w *walker) array(i, depth int, ctx uint8) int {
+	if depth > fastMaxDepth {
+		return -1
+	}
+	b := w.b
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return i + 1
+	}
 	for {
-		key, vs, more := it.next()
-		if !more {
-			break
+		sub := uint8(ctxOther)
+		if ctx == ctxChoices && i < len(b) && b[i] == '{' {
+			sub = ctxChoice
 		}
-		if it.esc {
-			return -1, 0
+		ve := w.value(i, depth+1, sub)
+		if ve < 0 {
+			return -1
 		}
-		var ve int
-		switch {
-		case string(key) == "text" && !seenText:
-			seenText = true
-			if ve = skipValue(b, vs, 4); ve > 0 && b[vs] == '"' {
-				n, ok := stringRunes(b[vs:ve])
-				if !ok {
-					return -1, 0
-				}
-				chars += n
-			}
-		case string(key) == msg && !seenMsg:
-			seenMsg = true
-			if b[vs] != '{' {
-				ve = skipValue(b, vs, 4)
-				break
-			}
-			var n int
-			if ve, n = readMessage(b, vs); ve > 0 {
-				chars += n
-			}
+		i = skipWS(b, ve)
+		if i >= len(b) {
+			return -1
+		}
+		switch b[i] {
+		case ',':
+			i = skipWS(b, i+1)
+		case ']':
+			return i + 1
 		default:
-			ve = skipValue(b, vs, 4)
-		}
-		if ve < 0 || !it.after(ve) {
-			return -1, 0
+			return -1
 		}
 	}
-	if it.bad {
-		return -1, 0
-	}
-	return it.i, chars
-}
-
-// readMessage reads a choice's message (or delta) object at b[i:].
-func readMessage(b []byte, i int) (end, chars int) {
-	seenContent, seenReasoning := false, false
-	it := objIter{b: b, i: i + 1}
-	for {
-		key, vs, more := it.next()
-		if !more {
-			break
-		}
-		if it.esc {
-			return -1, 0
-		}
-		counted := false
-		switch string(key) {
-		case "content":
-			counted, seenContent = !seenContent, true
-		case "reasoning_content":
-			counted, seenReasoning = !seenReasoning, true
-		case "tool_calls":
-			return -1, 0 // read by the full reading only
-		}
-		ve := skipValue(b, vs, 5)
-		if counted && ve > 0 && b[vs] == '"' {
-			n, ok := stringRunes(b[vs:ve])
-			if !ok {
-				return -1, 0
-			}
-			chars += n
-		}
-		if ve < 0 || !it.after(ve) {
-			return -1, 0
-		}
-	}
-	if it.bad {
-		return -1, 0
-	}
-	return it.i, chars
 }
 
 // objIter walks the members of an object whose '{' is just before b[i]:
@@ -425,9 +447,18 @@ func stringRunes(s []byte) (int, bool) {
 // fastChunk is line's fast reading of a streamed chunk's payload: what
 // chunk would have found, or ok false (nothing read) for the full reading.
 func (m *meter) fastChunk(payload []byte) (usageOnly, ok bool) {
+	if n, ok := m.sameShape(payload); ok {
+		m.relayedChars += n
+		return false, true
+	}
 	r, ok := fastRead(payload, "delta")
+	m.shape = m.shape[:0]
 	if !ok {
 		return false, false
+	}
+	if r.usage == nil && r.lastEnd > 0 && len(payload) <= maxShape {
+		m.shape = append(m.shape, payload...)
+		m.shapeStart, m.shapeEnd, m.shapeChars = r.lastStart, r.lastEnd, r.chars-r.lastChars
 	}
 	if r.usage != nil {
 		if f, ok := usageFast(r.usage); ok {
@@ -598,4 +629,36 @@ func plainCount(v []byte) (n int64, present, bad, ok bool) {
 		return 0, true, true, true
 	}
 	return n, true, false, true
+}
+
+// maxShape bounds the chunk kept as the stream's shape.
+const maxShape = 4 << 10
+
+// sameShape reads a chunk that is the last one read fast (m.shape) with
+// only its last counted string changed — as a stream's chunks are, one
+// token's text after another: the bytes before and after that string the
+// same, and between them exactly one string. The walk would then go the
+// same way through the same bytes and read the same, but for that
+// string's characters: it is not made. (No chunk with a usage is kept.)
+func (m *meter) sameShape(p []byte) (chars int, ok bool) {
+	t := m.shape
+	if len(t) == 0 {
+		return 0, false
+	}
+	pre, suf := t[:m.shapeStart], t[m.shapeEnd:]
+	if len(p) < len(pre)+len(suf)+2 || !bytes.Equal(p[:len(pre)], pre) || !bytes.Equal(p[len(p)-len(suf):], suf) {
+		return 0, false
+	}
+	str := p[len(pre) : len(p)-len(suf)]
+	if str[0] != '"' {
+		return 0, false
+	}
+	if end, _ := scanString(str, 0); end != len(str) {
+		return 0, false
+	}
+	n, ok := stringRunes(str)
+	if !ok {
+		return 0, false
+	}
+	return m.shapeChars + n, true
 }

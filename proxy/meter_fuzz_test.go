@@ -166,3 +166,36 @@ type counts struct {
 func meterCounts(m *meter) counts {
 	return counts{m.prompt, m.completion, m.cached, m.promptExact, m.complExact, m.invalid, m.relayedChars}
 }
+
+// FuzzMeterShape: a chunk read as the last one's shape with another
+// string (sameShape) reads as the full reading reads it.
+func FuzzMeterShape(f *testing.F) {
+	chunk := func(c []byte) []byte { return bytes.TrimSpace(bytes.TrimPrefix(c, []byte("data: "))) }
+	f.Add(chunk(benchChunks[1]), chunk(benchChunks[2]))
+	f.Add(chunk(benchChunks[6]), chunk(benchChunks[7]))
+	f.Add([]byte(`{"choices":[{"text":"ab","delta":{"content":"x"}}]}`), []byte(`{"choices":[{"text":"ab","delta":{"content":"y\n\"z"}}]}`))
+	f.Add([]byte(`{"choices":[{"delta":{"content":"x"}}]}`), []byte(`{"choices":[{"delta":{"content":"x","content":"y"}}]}`))
+	f.Add([]byte(`{"choices":[{"delta":{"content":"x"}}]}`), []byte(`{"choices":[{"delta":{"content":"\u00e9"}}]}`))
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		var fast, full meter
+		for _, c := range [][]byte{a, b} {
+			gotOnly, ok := fast.fastChunk(c)
+			if !ok {
+				// Read in full, as line does: both meters the same way.
+				if v, err := fast.parser.ParseBytes(c); err == nil {
+					gotOnly = fast.chunk(v)
+				}
+			}
+			var wantOnly bool
+			if v, err := full.parser.ParseBytes(c); err == nil {
+				wantOnly = full.chunk(v)
+			}
+			if gotOnly != wantOnly {
+				t.Fatalf("%q after %q: usage-only %v, the full reading says %v", c, a, gotOnly, wantOnly)
+			}
+			if got, want := meterCounts(&fast), meterCounts(&full); got != want {
+				t.Fatalf("%q after %q: fast %+v, full %+v", c, a, got, want)
+			}
+		}
+	})
+}
