@@ -534,14 +534,16 @@ func (s *Proxy) meterUsage(ctx *fasthttp.RequestCtx, out *outcome) {
 	}
 	start := ctx.Time()
 	var idBuf [requestIDLen]byte
-	u := event.Usage{
+	u := usageRecords.Get().(*event.Usage)
+	defer func() { *u = event.Usage{}; usageRecords.Put(u) }() // the sink keeps no pointer (UsageSink)
+	*u = event.Usage{
 		// The edge's own id, never the client's X-Request-Id: a client
 		// repeating one must not have its records deduplicated away.
 		ID:         s.cfg.EdgeID + "-" + string(appendRequestID(idBuf[:0])),
 		Edge:       s.cfg.EdgeID,
 		Project:    out.dep.Project,
 		Deployment: out.dep.ID,
-		Model:      string(m.model),
+		Model:      s.modelName(m.model),
 
 		PromptTokens: prompt, CompletionTokens: compl, CachedTokens: cached, Estimated: est,
 		Status: status, DurationMS: time.Since(start).Milliseconds(), Time: start.UTC(),
@@ -549,7 +551,25 @@ func (s *Proxy) meterUsage(ctx *fasthttp.RequestCtx, out *outcome) {
 	if out.key != nil {
 		u.KeyID, u.Project = out.key.ID, out.key.Project
 	}
-	s.cfg.Usage.Usage(&u)
+	s.cfg.Usage.Usage(u)
+}
+
+// usageRecords are the records handed to the UsageSink, which keeps none.
+var usageRecords = sync.Pool{New: func() any { return new(event.Usage) }}
+
+// modelName returns model as a string, the last one made if it is the
+// same (most requests on an edge name one of a few models): a string is
+// immutable, so records may share it.
+func (s *Proxy) modelName(model []byte) string {
+	if len(model) == 0 {
+		return ""
+	}
+	if last := s.lastModel.Load(); last != nil && *last == string(model) {
+		return *last
+	}
+	name := string(model)
+	s.lastModel.Store(&name)
+	return name
 }
 
 // usageCounts is what metering found, for the audit record.

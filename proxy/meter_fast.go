@@ -544,45 +544,73 @@ const (
 // most ten digits and no key holds an escape; ok false otherwise.
 func usageFast(b []byte) (f usageFields, ok bool) {
 	var seen [len(usagePaths)]bool
-	it := objIter{b: b, i: 1}
+	w := walker{b: b}
+	i := skipWS(b, 1)
+	if i < len(b) && b[i] == '}' {
+		return f, true
+	}
 	for {
-		key, vs, more := it.next()
-		if !more {
-			break
-		}
-		if it.esc {
+		if i >= len(b) || b[i] != '"' {
 			return f, false
 		}
-		ve := skipValue(b, vs, 2)
+		ke, esc := scanString(b, i)
+		if ke < 0 || esc {
+			return f, false
+		}
+		key := b[i+1 : ke-1]
+		i = skipWS(b, ke)
+		if i >= len(b) || b[i] != ':' {
+			return f, false
+		}
+		vs := skipWS(b, i+1)
+		ve := w.value(vs, 2, ctxOther)
 		if ve < 0 {
 			return f, false
 		}
-		for i, path := range usagePaths {
-			if seen[i] || string(key) != path[0] {
-				continue
-			}
-			seen[i] = true
+		k := -1
+		switch string(key) {
+		case "prompt_tokens":
+			k = 0
+		case "input_tokens":
+			k = 1
+		case "completion_tokens":
+			k = 2
+		case "output_tokens":
+			k = 3
+		case "prompt_tokens_details":
+			k = 4
+		case "input_tokens_details":
+			k = 5
+		}
+		if k >= 0 && !seen[k] {
+			seen[k] = true
 			v := b[vs:ve]
-			if len(path) == 2 {
+			if k >= 4 { // {"cached_tokens": n}; not an object: none
 				if v[0] != '{' {
-					break // not an object: no count under it
-				}
-				if v, ok = firstMember(v, path[1]); !ok {
+					v = nil
+				} else if v, ok = firstMember(v, "cached_tokens"); !ok {
 					return f, false
 				}
-				if v == nil {
-					break
+			}
+			if v != nil {
+				if f[k].n, f[k].ok, f[k].bad, ok = plainCount(v); !ok {
+					return f, false
 				}
 			}
-			if f[i].n, f[i].ok, f[i].bad, ok = plainCount(v); !ok {
-				return f, false
-			}
 		}
-		if !it.after(ve) {
+		i = skipWS(b, ve)
+		if i >= len(b) {
+			return f, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipWS(b, i+1)
+		case '}':
+			return f, true
+		default:
 			return f, false
 		}
 	}
-	return f, !it.bad
 }
 
 // firstMember returns the value of obj's first member named key (nil:

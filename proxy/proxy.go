@@ -178,6 +178,8 @@ type Proxy struct {
 	inflight *inflight
 	// tokens holds the token limits' and quotas' counters (tokens.go).
 	tokens *tokenTable
+	// lastModel is the model name of the last usage record (modelName).
+	lastModel atomic.Pointer[string]
 
 	mu sync.Mutex
 	ln net.Listener
