@@ -100,6 +100,9 @@ type meter struct {
 	shape                            []byte
 	shapeStart, shapeEnd, shapeChars int
 
+	// reqBody holds the request body as rewritten (meterRequest).
+	reqBody []byte
+
 	parser fastjson.Parser
 }
 
@@ -111,7 +114,10 @@ func releaseMeter(m *meter) {
 	if m == nil {
 		return
 	}
-	carry, pend, doc, model, shape := m.carry[:0], m.pend[:0], m.doc[:0], m.model[:0], m.shape[:0]
+	carry, pend, doc, model, shape, reqBody := m.carry[:0], m.pend[:0], m.doc[:0], m.model[:0], m.shape[:0], m.reqBody[:0]
+	if cap(reqBody) > 64<<10 {
+		reqBody = nil // a large body's copy is not kept for the next one
+	}
 	if cap(doc) > maxMeterTail*2 {
 		doc = nil // a large answer's copy is not kept for the next one
 	}
@@ -119,7 +125,7 @@ func releaseMeter(m *meter) {
 		pend = nil
 	}
 	p := m.parser
-	*m = meter{carry: carry, pend: pend, doc: doc, model: model, shape: shape, parser: p}
+	*m = meter{carry: carry, pend: pend, doc: doc, model: model, shape: shape, reqBody: reqBody, parser: p}
 	meterPool.Put(m)
 }
 
