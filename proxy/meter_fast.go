@@ -13,8 +13,11 @@ import (
 // if any, holds the counts. Parsing each whole, into a tree, then looking
 // members up one by one, was most of what metering cost a request. The
 // fast reading walks the bytes once instead: it checks the grammar as it
-// goes, counts the text of the choices in passing, and hands only the
-// usage object to fastjson.
+// goes, counts the text of the choices in passing, and reads the usage
+// object's counts itself when they are plain integers (usageFast; fastjson
+// reads any other usage object). A stream's chunks mostly differ from the
+// one before only in their text: such a chunk is read by comparing its
+// bytes with that one's (sameShape).
 //
 // It reads the same as the full reading (chunk, finishDoc) or not at all:
 // it gives up — and the full reading is made — on anything it does not
@@ -25,7 +28,7 @@ import (
 // completions (the Responses API's "type", TGI's "token", "details",
 // "generated_text", a top-level array, "output", tool calls). So it never
 // accepts what fastjson refuses, and what it accepts it counts alike:
-// FuzzMeterFast checks that on arbitrary input.
+// FuzzMeterFast and FuzzMeterShape check that on arbitrary input.
 
 // fastMaxDepth bounds the nesting the fast reading follows: well under
 // fastjson's MaxDepth (300), past which the full reading refuses a value.
