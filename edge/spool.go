@@ -12,9 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // The usage spool holds every usage record from the moment the edge takes
@@ -35,6 +37,14 @@ import (
 // records written later. That position is saved at every sync without
 // fsync: losing it re-publishes records, which the stream (Nats-Msg-Id)
 // and the origin (the record id) deduplicate.
+//
+// The disk is read back only for what the publisher fell behind on: the
+// records this process appended last (up to usageTailBytes) are kept in
+// memory as they were written, and peek hands those out instead of
+// reading and decoding their frames again. So with NATS up a record costs
+// one write (shared by its batch) and no read; what was spooled while
+// NATS was down, beyond that tail, or by an earlier run, is read from
+// disk, checksums checked.
 
 const (
 	usageFrameHeader = 8
@@ -45,6 +55,9 @@ const (
 	usageAckFile  = "acked"
 	// usagePeekBytes bounds what one peek opens and reads past its records.
 	usagePeekBytes = 1 << 20
+	// usageTailBytes bounds the records kept in memory after they were
+	// written (diskSpool.tail), at most the spool's bound.
+	usageTailBytes = 4 << 20
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -84,8 +97,24 @@ type spool interface {
 // bound), on disk or in memory.
 func frameSize(data []byte) int64 { return usageFrameHeader + int64(len(data)) }
 
-// recordID reads a record's id from its JSON.
+// recordID reads a record's id from its JSON: the writer puts it first,
+// so usually without a JSON decoder.
 func recordID(data []byte) (string, bool) {
+	const head = `{"id":"`
+	if len(data) > len(head) && string(data[:len(head)]) == head {
+		rest := data[len(head):]
+		for i, c := range rest {
+			if c == '"' {
+				if i == 0 {
+					return "", false
+				}
+				return string(rest[:i]), true
+			}
+			if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+				break // escaped or not plain ASCII: ask the decoder
+			}
+		}
+	}
 	var r struct {
 		ID string `json:"id"`
 	}
@@ -125,7 +154,10 @@ func (m *memSpool) sync() error { return nil }
 func (m *memSpool) peek(max int) ([]spooled, int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return slices.Clone(m.recs[:min(max, len(m.recs))]), 0, nil
+	// The records are never changed once appended (append writes past
+	// them, ack reslices), so they are shared, not copied.
+	n := min(max, len(m.recs))
+	return m.recs[:n:n], 0, nil
 }
 
 func (m *memSpool) ack(recs []spooled) error {
@@ -178,6 +210,20 @@ type diskSpool struct {
 	broken  bool       // a failed write could not be undone: append to a new segment
 	ackSeg  uint64     // the position last saved to the "acked" file
 	ackOff  int64
+	wbuf    []byte // append's frames, reused
+
+	// tail holds the records appended last, from tail[head] on, in order,
+	// with their positions, at most tailMax bytes of them (frameSize), so
+	// that peek need not read them back; ack drops those acknowledged.
+	tail      []spooled
+	head      int
+	tailBytes int64
+	tailMax   int64
+
+	// The publisher's (peek's) buffers, reused: what peek returns is
+	// valid until the next peek.
+	out []spooled
+	br  *bufio.Reader
 }
 
 // openDiskSpool opens (creating) the spool in dir and reads what a previous
@@ -187,7 +233,8 @@ func openDiskSpool(dir string, bound int64, log *slog.Logger) (_ *diskSpool, cor
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, 0, fmt.Errorf("usage spool: %w", err)
 	}
-	s := &diskSpool{dir: dir, bound: bound, log: log, segMax: min(max(bound/16, 4<<10), 16<<20)}
+	s := &diskSpool{dir: dir, bound: bound, log: log, segMax: min(max(bound/16, 4<<10), 16<<20),
+		tailMax: min(bound, usageTailBytes)}
 	seqs, err := s.listSegments()
 	if err != nil {
 		return nil, 0, err
@@ -403,7 +450,7 @@ func (s *diskSpool) append(recs []spooled) (int, error) {
 	if s.w == nil {
 		return 0, errors.New("usage spool closed")
 	}
-	var buf []byte
+	buf := s.wbuf[:0]
 	n := 0
 	for _, r := range recs {
 		sz := frameSize(r.data)
@@ -414,6 +461,9 @@ func (s *diskSpool) append(recs []spooled) (int, error) {
 		buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(r.data, castagnoli))
 		buf = append(buf, r.data...)
 		n++
+	}
+	if cap(buf) <= 4*usagePeekBytes { // a huge batch's buffer is not kept
+		s.wbuf = buf[:0]
 	}
 	if n == 0 {
 		return 0, nil
@@ -435,12 +485,84 @@ func (s *diskSpool) append(recs []spooled) (int, error) {
 		}
 		return 0, fmt.Errorf("usage spool: %w", err)
 	}
+	end := seg.size
+	for _, r := range recs[:n] {
+		end += frameSize(r.data)
+		s.pushTail(spooled{id: r.id, data: r.data, seg: seg.seq, end: end})
+	}
 	seg.size += int64(len(buf))
 	seg.records += int64(n)
 	s.records += int64(n)
 	s.bytes += int64(len(buf))
 	s.dirty = true
 	return n, nil
+}
+
+// pushTail keeps r (just written) in memory for peek, the oldest kept
+// ones giving way beyond tailMax (they are read from disk). With mu held.
+func (s *diskSpool) pushTail(r spooled) {
+	if s.head > 0 && s.head >= len(s.tail)/2 && len(s.tail) == cap(s.tail) {
+		// Room from the dropped head before append grows the array.
+		n := copy(s.tail, s.tail[s.head:])
+		clear(s.tail[n:])
+		s.tail, s.head = s.tail[:n], 0
+	}
+	s.tail = append(s.tail, r)
+	s.tailBytes += frameSize(r.data)
+	for s.tailBytes > s.tailMax && s.head < len(s.tail) {
+		s.popTail()
+	}
+}
+
+// popTail forgets the oldest record of the tail. With mu held.
+func (s *diskSpool) popTail() {
+	s.tailBytes -= frameSize(s.tail[s.head].data)
+	s.tail[s.head] = spooled{} // its JSON is not kept alive
+	s.head++
+	if s.head == len(s.tail) {
+		s.tail, s.head = s.tail[:0], 0
+	}
+}
+
+// trimTail forgets the tail's records before the read position (all
+// acknowledged, or dropped as corrupt). With mu held.
+func (s *diskSpool) trimTail() {
+	for s.head < len(s.tail) {
+		t := &s.tail[s.head]
+		if len(s.segs) > 0 && (t.seg > s.segs[0].seq || (t.seg == s.segs[0].seq && t.end > s.rd)) {
+			return
+		}
+		s.popTail()
+	}
+}
+
+// fromTail returns up to maxRecs records of the tail from the read
+// position on, if the tail holds the record there. With mu held.
+func (s *diskSpool) fromTail(maxRecs int) ([]spooled, bool) {
+	// The read position: the first record not yet read back.
+	from := s.rd
+	var seq uint64
+	found := false
+	for _, seg := range s.segs {
+		if from < seg.size {
+			seq, found = seg.seq, true
+			break
+		}
+		from = 0
+	}
+	if !found {
+		return nil, false
+	}
+	live := s.tail[s.head:]
+	i := sort.Search(len(live), func(i int) bool {
+		return live[i].seg > seq || (live[i].seg == seq && live[i].end > from)
+	})
+	if i == len(live) || live[i].seg != seq || live[i].end-frameSize(live[i].data) != from {
+		return nil, false
+	}
+	n := min(maxRecs, len(live)-i)
+	s.out = append(s.out[:0], live[i:i+n]...)
+	return s.out, true
 }
 
 // rotate closes the current segment for appending and begins the next.
@@ -498,6 +620,12 @@ func (s *diskSpool) sync() error {
 
 func (s *diskSpool) peek(maxRecs int) ([]spooled, int, error) {
 	s.mu.Lock()
+	clear(s.out) // the last peek's records are the caller's no more
+	s.out = s.out[:0]
+	if out, ok := s.fromTail(maxRecs); ok {
+		s.mu.Unlock()
+		return out, 0, nil
+	}
 	type part struct {
 		seg      *segment
 		r        *os.File
@@ -527,9 +655,14 @@ func (s *diskSpool) peek(maxRecs int) ([]spooled, int, error) {
 	// The bytes read were written before the sizes were taken and are
 	// never changed; only ack and peek (the caller's own goroutine) delete
 	// files.
-	var out []spooled
+	out := s.out[:0]
+	defer func() { s.out = out }()
+	if s.br == nil {
+		s.br = bufio.NewReaderSize(nil, 64<<10)
+	}
 	for _, p := range parts {
-		br := bufio.NewReaderSize(io.NewSectionReader(p.r, p.from, p.to-p.from), 64<<10)
+		br := s.br
+		br.Reset(io.NewSectionReader(p.r, p.from, p.to-p.from))
 		pos := p.from
 		for pos < p.to && len(out) < maxRecs {
 			payload, id, ok, _ := readFrame(br, nil)
@@ -586,6 +719,7 @@ func (s *diskSpool) ack(recs []spooled) error {
 		s.rd = r.end
 	}
 	s.dropAcked()
+	s.trimTail()
 	return nil
 }
 

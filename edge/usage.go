@@ -3,11 +3,11 @@ package edge
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +89,11 @@ type usageSink struct {
 	wake chan struct{} // cap 1: the writer appended records
 
 	spare []event.Usage // the queue's other buffer (writer goroutine only)
+	batch []spooled     // the writer's batch, reused (writer goroutine only)
+
+	futs     []jetstream.PubAckFuture // a window's futures, reused (publisher only)
+	pubOpts  []jetstream.PublishOpt
+	pubTimer *time.Timer // bounds a window's wait for its PubAcks (publisher only)
 
 	// full is true during a spool-full episode, which began when
 	// spoolFull was fullFrom (writer goroutine only).
@@ -149,6 +154,7 @@ func newUsageSink(nc *nats.Conn, edgeID, dataDir string, bound int64, queue int,
 			return nil, fmt.Errorf("usage publisher: %w", err)
 		}
 		u.js = js
+		u.pubOpts = []jetstream.PublishOpt{jetstream.WithRetryAttempts(0)}
 	}
 	return u, nil
 }
@@ -274,17 +280,42 @@ func (u *usageSink) writeLoop() {
 func (u *usageSink) flushQueue() {
 	got := u.swapQueue(u.spare)
 	recs := got
-	batch := make([]spooled, 0, min(len(recs), usageBatch))
+	batch := u.batch
 	for len(recs) > 0 {
 		n := min(len(recs), usageBatch)
 		batch = batch[:0]
-		for _, r := range recs[:n] {
-			batch = u.take(batch, r)
+		// One buffer holds the batch's JSON: the spool keeps (in memory)
+		// and the publisher sends these bytes, so it is never reused.
+		arena := make([]byte, 0, n*usageRecordBytes)
+		for i := range recs[:n] {
+			batch, arena = u.take(batch, arena, &recs[i])
 		}
 		u.store(batch)
 		recs = recs[n:]
 	}
+	clear(batch) // the spool has its own copies; no arena kept alive here
+	u.batch = batch[:0]
 	u.spare = got
+}
+
+// usageRecordBytes is about what a record's JSON takes (a guess for the
+// batch's buffer; more only costs a reallocation).
+const usageRecordBytes = 320
+
+// A record given without an id gets usageIDPrefix + a counter: globally
+// unique without a random draw per record. The prefix is 80 random bits
+// drawn at each start, so a restarted edge (its counter at 0 again) never
+// makes an id an earlier run made: a collision needs two starts drawing
+// the same prefix (2^-80 per pair). The "~" keeps these apart from the
+// proxy's ids (edge id + "-" + request id).
+var (
+	usageIDPrefix  = rand.Text()[:16] + "~"
+	usageIDCounter atomic.Uint64
+)
+
+func newRecordID() string {
+	var b [32]byte
+	return string(strconv.AppendUint(append(b[:0], usageIDPrefix...), usageIDCounter.Add(1), 36))
 }
 
 // usageMaxString bounds each string of a record: a client's model name,
@@ -292,25 +323,148 @@ func (u *usageSink) flushQueue() {
 // that it would go unbilled); cut ones stay valid UTF-8.
 const usageMaxString = 512
 
-// take encodes r for the spool: an id if it has none (the deduplication
-// key must exist), this edge's name if it names none, strings cut to
-// usageMaxString.
-func (u *usageSink) take(batch []spooled, r event.Usage) []spooled {
+// take encodes r for the spool into arena: an id if it has none (the
+// deduplication key must exist), this edge's name if it names none,
+// strings cut to usageMaxString. r is the queue's copy, changed in place.
+func (u *usageSink) take(batch []spooled, arena []byte, r *event.Usage) ([]spooled, []byte) {
 	if r.ID == "" {
-		r.ID = rand.Text()
+		r.ID = newRecordID()
 	}
 	if r.Edge == "" {
 		r.Edge = u.edge
 	}
-	for _, s := range []*string{&r.ID, &r.Edge, &r.KeyID, &r.Project, &r.Deployment, &r.Model} {
-		*s = cutString(*s, usageMaxString)
-	}
-	data, err := json.Marshal(&r)
-	if err != nil || len(data) > maxUsageFrame { // a time out of JSON's range; nothing else fails
+	r.ID = cutString(r.ID, usageMaxString)
+	r.Edge = cutString(r.Edge, usageMaxString)
+	r.KeyID = cutString(r.KeyID, usageMaxString)
+	r.Project = cutString(r.Project, usageMaxString)
+	r.Deployment = cutString(r.Deployment, usageMaxString)
+	r.Model = cutString(r.Model, usageMaxString)
+	start := len(arena)
+	arena, ok := appendUsageJSON(arena, r)
+	if !ok || len(arena)-start > maxUsageFrame { // a time out of JSON's range; nothing else fails
 		u.spErr.Add(1)
-		return batch
+		return batch, arena[:start]
 	}
-	return append(batch, spooled{id: r.ID, data: data})
+	return append(batch, spooled{id: r.ID, data: arena[start:len(arena):len(arena)]}), arena
+}
+
+// appendUsageJSON appends r encoded exactly as json.Marshal encodes it
+// (the same bytes: TestUsageJSONMatchesMarshal, FuzzUsageJSON), without
+// reflection or allocation; the origin decodes it with encoding/json. ok
+// is false for a time json.Marshal refuses (a year beyond 9999, a zone
+// offset of 24 h or more), and then nothing is to be kept of b.
+func appendUsageJSON(b []byte, r *event.Usage) (_ []byte, ok bool) {
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, r.ID)
+	b = append(b, `,"edge":`...)
+	b = appendJSONString(b, r.Edge)
+	if r.KeyID != "" {
+		b = append(b, `,"key_id":`...)
+		b = appendJSONString(b, r.KeyID)
+	}
+	b = append(b, `,"project":`...)
+	b = appendJSONString(b, r.Project)
+	b = append(b, `,"deployment":`...)
+	b = appendJSONString(b, r.Deployment)
+	if r.Model != "" {
+		b = append(b, `,"model":`...)
+		b = appendJSONString(b, r.Model)
+	}
+	b = append(b, `,"prompt_tokens":`...)
+	b = strconv.AppendInt(b, r.PromptTokens, 10)
+	b = append(b, `,"completion_tokens":`...)
+	b = strconv.AppendInt(b, r.CompletionTokens, 10)
+	if r.CachedTokens != 0 {
+		b = append(b, `,"cached_tokens":`...)
+		b = strconv.AppendInt(b, r.CachedTokens, 10)
+	}
+	if r.Estimated {
+		b = append(b, `,"estimated":true`...)
+	}
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(r.Status), 10)
+	b = append(b, `,"duration_ms":`...)
+	b = strconv.AppendInt(b, r.DurationMS, 10)
+	b = append(b, `,"time":"`...)
+	// time.Time.MarshalJSON: RFC 3339 with nanoseconds, refusing what RFC
+	// 3339 cannot say (the same checks).
+	t0 := len(b)
+	b = r.Time.AppendFormat(b, time.RFC3339Nano)
+	if len(b)-t0 < len("2006-01-02T15:04:05Z") || b[t0+4] != '-' {
+		return b, false // the year is not four digits
+	}
+	if b[len(b)-1] != 'Z' {
+		c := b[len(b)-len("Z07:00")]
+		if ('0' <= c && c <= '9') || 10*(b[len(b)-5]-'0')+(b[len(b)-4]-'0') >= 24 {
+			return b, false
+		}
+	}
+	return append(b, `"}`...), true
+}
+
+// jsonSafe[c] is true for the ASCII bytes encoding/json copies as they
+// are (it escapes the control characters, '"', '\\', and, HTML-safe,
+// '<', '>', '&'); bytes from 0x80 on need a look at their rune.
+var jsonSafe = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
+const jsonHex = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string, byte for byte as
+// encoding/json does (HTML-safe; invalid UTF-8 as U+FFFD; U+2028 and
+// U+2029 escaped).
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if jsonSafe[c] {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '\\', '"':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', jsonHex[c>>4], jsonHex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', jsonHex[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 // store appends a batch to the spool, counting what did not fit, and
@@ -456,24 +610,38 @@ func (u *usageSink) publishLoop() {
 	}
 }
 
+// usageExpectStream is the Nats-Expected-Stream header's value (shared,
+// never changed).
+var usageExpectStream = []string{event.UsageStreamName}
+
 // publish sends recs as one window of asynchronous publishes and returns
 // how many of them, from the first, JetStream acknowledged; err says why
 // the rest were not. Those published after a failed one are sent again
 // with the rest: the stream keeps the first copy (Nats-Msg-Id).
 func (u *usageSink) publish(recs []spooled) (int, error) {
-	futs := make([]jetstream.PubAckFuture, 0, len(recs))
+	futs := u.futs[:0]
+	defer func() { clear(futs); u.futs = futs[:0] }()
 	var perr error
 	for _, r := range recs {
-		m := &nats.Msg{Subject: u.subject, Data: r.data, Header: nats.Header{}}
-		f, err := u.js.PublishMsgAsync(m, jetstream.WithMsgID(r.id),
-			jetstream.WithExpectStream(event.UsageStreamName), jetstream.WithRetryAttempts(0))
+		// The headers WithMsgID and WithExpectStream would set, without
+		// the options' allocations.
+		m := &nats.Msg{Subject: u.subject, Data: r.data, Header: nats.Header{
+			jetstream.MsgIDHeader: {r.id}, jetstream.ExpectedStreamHeader: usageExpectStream}}
+		f, err := u.js.PublishMsgAsync(m, u.pubOpts...)
 		if err != nil {
 			perr = err
 			break
 		}
 		futs = append(futs, f)
 	}
-	t := time.NewTimer(usagePublishTimeout)
+	// One timer for every window (since Go 1.23 a Reset timer never
+	// delivers a stale expiry).
+	if u.pubTimer == nil {
+		u.pubTimer = time.NewTimer(usagePublishTimeout)
+	} else {
+		u.pubTimer.Reset(usagePublishTimeout)
+	}
+	t := u.pubTimer
 	defer t.Stop()
 	for i, f := range futs {
 		select {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -28,14 +29,14 @@ import (
 // jsServer is an embedded NATS server with JetStream, restartable on its
 // port with its store.
 type jsServer struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	port int
 	mu   sync.Mutex
 	ns   *server.Server
 }
 
-func startJS(t *testing.T) *jsServer {
+func startJS(t testing.TB) *jsServer {
 	t.Helper()
 	s := &jsServer{t: t, dir: t.TempDir(), port: -1}
 	s.start()
@@ -89,7 +90,7 @@ func (s *jsServer) client() jetstream.JetStream {
 
 // usageStream creates KEYMESH_USAGE as the origin does: every edge's
 // usage subject, deduplicated by Nats-Msg-Id.
-func usageStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
+func usageStream(t testing.TB, js jetstream.JetStream) jetstream.Stream {
 	t.Helper()
 	st, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: event.UsageStreamName,
 		Subjects: []string{event.UsageStreamSubjects}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute})
@@ -147,7 +148,7 @@ func msgIDs(t *testing.T, msgs []*jetstream.RawStreamMsg) []string {
 }
 
 // deadURL is a NATS URL nothing listens on.
-func deadURL(t *testing.T) string {
+func deadURL(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -166,7 +167,7 @@ type testSink struct {
 
 // newTestSink connects as an edge does (reconnecting for ever) and starts
 // a sink for edge "e1".
-func newTestSink(t *testing.T, url, dataDir string, bound int64, queue int, start bool) *testSink {
+func newTestSink(t testing.TB, url, dataDir string, bound int64, queue int, start bool) *testSink {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
@@ -932,5 +933,91 @@ func TestUsageQueueCopiesWithoutAllocating(t *testing.T) {
 	r := usageRec(1)
 	if n := testing.AllocsPerRun(200, func() { s.Usage(r) }); n != 0 {
 		t.Fatalf("Usage allocates %v times, want 0", n)
+	}
+}
+
+// What this process just wrote is published from memory, not read back:
+// damage on disk after the write does not reach the publisher (whose
+// copy is what was written), and the memory goes once acknowledged.
+func TestUsageSpoolPeeksWrittenRecordsFromMemory(t *testing.T) {
+	dir := t.TempDir()
+	sp, _, err := openDiskSpool(dir, 1<<20, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.close()
+	if n, err := sp.append(spoolRecs(0, 20)); n != 20 || err != nil {
+		t.Fatalf("append: %d %v", n, err)
+	}
+	b, err := os.ReadFile(onlySegment(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := usageFrameHeader; i < len(b); i++ {
+		b[i] = 'X'
+	}
+	if err := os.WriteFile(onlySegment(t, dir), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recs, corrupt, err := sp.peek(1000)
+	if err != nil || corrupt != 0 || len(recs) != 20 {
+		t.Fatalf("peek: %d records, %d corrupt, %v", len(recs), corrupt, err)
+	}
+	want := spoolRecs(0, 20)
+	for i, r := range recs {
+		if r.id != want[i].id || !bytes.Equal(r.data, want[i].data) {
+			t.Fatalf("record %d: %s %s", i, r.id, r.data)
+		}
+	}
+	if err := sp.ack(recs); err != nil {
+		t.Fatal(err)
+	}
+	if r, by := sp.depth(); r != 0 || by != 0 || sp.tailBytes != 0 || sp.head != len(sp.tail) {
+		t.Fatalf("depth %d %d, tail %d bytes, %d of %d", r, by, sp.tailBytes, sp.head, len(sp.tail))
+	}
+}
+
+// The memory kept is bounded: beyond it, records are read back from
+// disk, and whichever way each comes, all are published in order, each
+// once, across segments; the memory goes as they are acknowledged.
+func TestUsageSpoolTailBounded(t *testing.T) {
+	dir := t.TempDir()
+	sp, _, err := openDiskSpool(dir, 1<<20, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.close()
+	frame := frameSize(spoolRecs(0, 1)[0].data)
+	sp.tailMax = 7 * frame
+	sp.segMax = 10 * frame
+	var got []string
+	next := 0
+	for round := 0; next < 200 || len(got) < 200; round++ {
+		if next < 200 {
+			k := min(1+round%23, 200-next) // batches bigger and smaller than the tail
+			if n, err := sp.append(spoolRecs(next, next+k)); n != k || err != nil {
+				t.Fatalf("append: %d %v", n, err)
+			}
+			next += k
+		}
+		if sp.tailBytes > sp.tailMax {
+			t.Fatalf("tail %d bytes, bound %d", sp.tailBytes, sp.tailMax)
+		}
+		recs, corrupt, err := sp.peek(1 + round%5)
+		if err != nil || corrupt != 0 {
+			t.Fatalf("peek: %d corrupt, %v", corrupt, err)
+		}
+		for _, r := range recs {
+			got = append(got, r.id)
+		}
+		if err := sp.ack(recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(got, wantIDs(0, 200)) {
+		t.Fatalf("published %v", got)
+	}
+	if r, _ := sp.depth(); r != 0 || sp.tailBytes != 0 {
+		t.Fatalf("depth %d, tail %d bytes", r, sp.tailBytes)
 	}
 }

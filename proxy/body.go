@@ -39,6 +39,11 @@ type inspected struct {
 	// maxTok is the JSON body's maximum tokens, read when a token bound
 	// applies (tokens.go); forms are read for it there.
 	maxTok maxTokens
+	// model is the JSON body's model as metering records it, when
+	// modelRead: read in the same pass, for a body without a backslash
+	// (else meterRequest reads it).
+	model     []byte
+	modelRead bool
 }
 
 var (
@@ -180,8 +185,12 @@ func readBodyTokens(h *fasthttp.RequestHeader, raw []byte, limit int, matters, t
 	if tokens {
 		mt = &out.maxTok
 	}
+	var model *[]byte
+	if bytes.IndexByte(out.raw, '\\') < 0 {
+		model, out.modelRead = &out.model, true
+	}
 	var err error
-	if out.chars, out.stream, err = parseBodyTokens(out.raw, mt); err != nil {
+	if out.chars, out.stream, err = parseBodyModel(out.raw, mt, model); err != nil {
 		return out, errBadJSON
 	}
 	out.json = true

@@ -95,6 +95,14 @@ type meter struct {
 	doc  []byte
 	tail bool
 
+	// The last chunk read fast, and in it the last string counted and the
+	// characters of the others (sameShape).
+	shape                            []byte
+	shapeStart, shapeEnd, shapeChars int
+
+	// reqBody holds the request body as rewritten (meterRequest).
+	reqBody []byte
+
 	parser fastjson.Parser
 }
 
@@ -106,7 +114,10 @@ func releaseMeter(m *meter) {
 	if m == nil {
 		return
 	}
-	carry, pend, doc, model := m.carry[:0], m.pend[:0], m.doc[:0], m.model[:0]
+	carry, pend, doc, model, shape, reqBody := m.carry[:0], m.pend[:0], m.doc[:0], m.model[:0], m.shape[:0], m.reqBody[:0]
+	if cap(reqBody) > 64<<10 {
+		reqBody = nil // a large body's copy is not kept for the next one
+	}
 	if cap(doc) > maxMeterTail*2 {
 		doc = nil // a large answer's copy is not kept for the next one
 	}
@@ -114,7 +125,7 @@ func releaseMeter(m *meter) {
 		pend = nil
 	}
 	p := m.parser
-	*m = meter{carry: carry, pend: pend, doc: doc, model: model, parser: p}
+	*m = meter{carry: carry, pend: pend, doc: doc, model: model, shape: shape, reqBody: reqBody, parser: p}
 	meterPool.Put(m)
 }
 
@@ -253,11 +264,14 @@ func (m *meter) line(raw []byte) bool {
 	if len(payload) == 0 || payload[0] != '{' || bytes.Equal(payload, sseDone) {
 		return true
 	}
-	v, err := m.parser.ParseBytes(payload)
-	if err != nil {
-		return true
+	usageOnly, ok := m.fastChunk(payload)
+	if !ok {
+		v, err := m.parser.ParseBytes(payload)
+		if err != nil {
+			return true
+		}
+		usageOnly = m.chunk(v)
 	}
-	usageOnly := m.chunk(v)
 	if usageOnly && m.strip {
 		m.dropBlank = true
 		return false
@@ -324,26 +338,43 @@ func runes(b []byte) int { return utf8.RuneCount(b) }
 // with continuous usage reports running totals); one with a count that is
 // not a sane token count is ignored.
 func (m *meter) usage(u *fastjson.Value) {
-	prompt, okP, badP := tokens(u, "prompt_tokens")
-	if !okP {
-		prompt, okP, badP = tokens(u, "input_tokens")
+	var f usageFields
+	for i, path := range usagePaths {
+		f[i].n, f[i].ok, f[i].bad = tokens(u, path...)
 	}
-	compl, okC, badC := tokens(u, "completion_tokens")
-	if !okC {
-		compl, okC, badC = tokens(u, "output_tokens")
+	m.takeUsage(&f)
+}
+
+// usageFields are the counts a usage object may hold, in usagePaths'
+// order: each as tokens reads it.
+type usageFields [6]struct {
+	n       int64
+	ok, bad bool
+}
+
+var usagePaths = [...][]string{{"prompt_tokens"}, {"input_tokens"}, {"completion_tokens"}, {"output_tokens"},
+	{"prompt_tokens_details", "cached_tokens"}, {"input_tokens_details", "cached_tokens"}}
+
+// takeUsage is usage's rule on the fields read.
+func (m *meter) takeUsage(f *usageFields) {
+	p, c, k := f[0], f[2], f[4]
+	if !p.ok {
+		p = f[1]
 	}
-	cached, okK, badK := tokens(u, "prompt_tokens_details", "cached_tokens")
-	if !okK {
-		cached, _, badK = tokens(u, "input_tokens_details", "cached_tokens")
+	if !c.ok {
+		c = f[3]
 	}
-	if badP || badC || badK {
+	if !k.ok {
+		k = f[5]
+	}
+	if p.bad || c.bad || k.bad {
 		m.invalid = true
 		return
 	}
-	if !okP && !okC {
+	if !p.ok && !c.ok {
 		return // not a usage this edge can read
 	}
-	m.prompt, m.completion, m.cached = prompt, compl, min(cached, prompt)
+	m.prompt, m.completion, m.cached = p.n, c.n, min(k.n, p.n)
 	m.promptExact, m.complExact = true, true
 }
 
@@ -396,6 +427,15 @@ func (m *meter) finishDoc() {
 		}
 		return
 	}
+	if m.fastDoc() {
+		return
+	}
+	m.finishDocFull()
+}
+
+// finishDocFull is finishDoc's reading of a whole document: parsed, then
+// looked up.
+func (m *meter) finishDocFull() {
 	v, err := m.parser.ParseBytes(m.doc)
 	if err != nil {
 		return
@@ -500,14 +540,16 @@ func (s *Proxy) meterUsage(ctx *fasthttp.RequestCtx, out *outcome) {
 	}
 	start := ctx.Time()
 	var idBuf [requestIDLen]byte
-	u := event.Usage{
+	u := usageRecords.Get().(*event.Usage)
+	defer func() { *u = event.Usage{}; usageRecords.Put(u) }() // the sink keeps no pointer (UsageSink)
+	*u = event.Usage{
 		// The edge's own id, never the client's X-Request-Id: a client
 		// repeating one must not have its records deduplicated away.
 		ID:         s.cfg.EdgeID + "-" + string(appendRequestID(idBuf[:0])),
 		Edge:       s.cfg.EdgeID,
 		Project:    out.dep.Project,
 		Deployment: out.dep.ID,
-		Model:      string(m.model),
+		Model:      s.modelName(m.model),
 
 		PromptTokens: prompt, CompletionTokens: compl, CachedTokens: cached, Estimated: est,
 		Status: status, DurationMS: time.Since(start).Milliseconds(), Time: start.UTC(),
@@ -515,7 +557,25 @@ func (s *Proxy) meterUsage(ctx *fasthttp.RequestCtx, out *outcome) {
 	if out.key != nil {
 		u.KeyID, u.Project = out.key.ID, out.key.Project
 	}
-	s.cfg.Usage.Usage(&u)
+	s.cfg.Usage.Usage(u)
+}
+
+// usageRecords are the records handed to the UsageSink, which keeps none.
+var usageRecords = sync.Pool{New: func() any { return new(event.Usage) }}
+
+// modelName returns model as a string, the last one made if it is the
+// same (most requests on an edge name one of a few models): a string is
+// immutable, so records may share it.
+func (s *Proxy) modelName(model []byte) string {
+	if len(model) == 0 {
+		return ""
+	}
+	if last := s.lastModel.Load(); last != nil && *last == string(model) {
+		return *last
+	}
+	name := string(model)
+	s.lastModel.Store(&name)
+	return name
 }
 
 // usageCounts is what metering found, for the audit record.

@@ -50,9 +50,16 @@ func (s *Proxy) meterRequest(method []byte, r *request, body *inspected, settle 
 	if !body.json {
 		return m
 	}
-	raw, state := askUsage(body.raw, body.stream && usagePath(r.path), &m.model)
+	rewrite := body.stream && usagePath(r.path)
+	if !rewrite && body.modelRead {
+		m.model = append(m.model[:0], body.model...) // what askUsage would read
+		return m
+	}
+	raw, state := askUsageInto(m.reqBody[:0], body.raw, rewrite, &m.model)
 	if state == usageAdded {
-		body.raw, m.strip = raw, true
+		// m.reqBody is reused: the meter outlives forward, which sends
+		// the body before it returns.
+		body.raw, m.strip, m.reqBody = raw, true, raw
 	}
 	return m
 }
@@ -66,6 +73,11 @@ func usagePath(path []byte) bool {
 // askUsage reads a JSON body (validated already) for its model and, if
 // rewrite, returns it asking for usage where that is exact (see above).
 func askUsage(raw []byte, rewrite bool, model *[]byte) ([]byte, int) {
+	return askUsageInto(nil, raw, rewrite, model)
+}
+
+// askUsageInto is askUsage building a rewritten body in dst's memory.
+func askUsageInto(dst, raw []byte, rewrite bool, model *[]byte) ([]byte, int) {
 	obj := bytes.TrimLeft(raw, " \t\r\n")
 	off := len(raw) - len(obj)
 	if len(obj) == 0 || obj[0] != '{' {
@@ -101,8 +113,7 @@ func askUsage(raw []byte, rewrite bool, model *[]byte) ([]byte, int) {
 	var out []byte
 	if soCount == 0 {
 		// {"stream_options":{"include_usage":true}, ...the client's members}
-		out = make([]byte, 0, len(raw)+len(streamOptionsAdded)+1)
-		out = append(out, raw[:off+1]...)
+		out = append(dst[:0], raw[:off+1]...)
 		out = append(out, streamOptionsAdded...)
 		if members > 0 {
 			out = append(out, ',')
@@ -112,7 +123,7 @@ func askUsage(raw []byte, rewrite bool, model *[]byte) ([]byte, int) {
 	so := obj[soStart:soEnd]
 	switch {
 	case string(so) == "null":
-		return splice(raw, off+soStart, off+soEnd, []byte(`{"include_usage":true}`)), usageAdded
+		return splice(dst, raw, off+soStart, off+soEnd, []byte(`{"include_usage":true}`)), usageAdded
 	case so[0] != '{':
 		return raw, usageUnread
 	}
@@ -140,21 +151,21 @@ func askUsage(raw []byte, rewrite bool, model *[]byte) ([]byte, int) {
 		if inner > 0 {
 			ins = append(append([]byte(nil), ins...), ',')
 		}
-		return splice(raw, base+1, base+1, ins), usageAdded
+		return splice(dst, raw, base+1, base+1, ins), usageAdded
 	}
 	switch string(so[iuStart:iuEnd]) {
 	case "true":
 		return raw, usageAsked
 	case "false", "null":
-		return splice(raw, base+iuStart, base+iuEnd, []byte("true")), usageAdded
+		return splice(dst, raw, base+iuStart, base+iuEnd, []byte("true")), usageAdded
 	}
 	return raw, usageUnread // a value servers read differently
 }
 
-// splice returns a new body: raw with raw[i:j] replaced by with.
-func splice(raw []byte, i, j int, with []byte) []byte {
-	out := make([]byte, 0, len(raw)-(j-i)+len(with))
-	out = append(out, raw[:i]...)
+// splice returns a new body, in dst's memory: raw with raw[i:j] replaced
+// by with.
+func splice(dst, raw []byte, i, j int, with []byte) []byte {
+	out := append(dst[:0], raw[:i]...)
 	out = append(out, with...)
 	return append(out, raw[j:]...)
 }

@@ -114,6 +114,16 @@ func parseBody(raw []byte) (chars int, stream bool, err error) {
 // parseBodyTokens is parseBody reading, if mt is not nil, the body's
 // maximum tokens too (tokens.go) in the same pass.
 func parseBodyTokens(raw []byte, mt *maxTokens) (chars int, stream bool, err error) {
+	return parseBodyModel(raw, mt, nil)
+}
+
+// parseBodyModel is parseBodyTokens recording too, if model is not nil,
+// the last top-level "model" member that is a string (as askUsage reads
+// it: the key spelled so, cut to maxMeterModel bytes), as a slice of raw.
+// It is only asked to for a body without a backslash, in which no key or
+// string holds an escape: each string's bytes are then the same decoded
+// as written.
+func parseBodyModel(raw []byte, mt *maxTokens, model *[]byte) (chars int, stream bool, err error) {
 	if err := fastjson.ValidateBytes(raw); err != nil {
 		return 0, false, errBodyNotJSON
 	}
@@ -144,6 +154,14 @@ func parseBodyTokens(raw []byte, mt *maxTokens) (chars int, stream bool, err err
 				err = errBodyShape
 			}
 			return
+		}
+		if model != nil && string(key) == "model" && v.Type() == fastjson.TypeString {
+			// The parser's copy is given back below: point into raw
+			// instead, at the same bytes.
+			sb, _ := v.StringBytes()
+			if i := bytes.Index(raw, sb); i >= 0 {
+				*model = clip(raw[i:i+len(sb)], maxMeterModel)
+			}
 		}
 		if mt != nil {
 			if f := maxTokensField(key); f >= 0 {

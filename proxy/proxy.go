@@ -181,6 +181,8 @@ type Proxy struct {
 	// noUpstreamLogged maps a deployment id to the revision whose missing
 	// upstream was logged (forward.go: noUpstream).
 	noUpstreamLogged sync.Map
+	// lastModel is the model name of the last usage record (modelName).
+	lastModel atomic.Pointer[string]
 
 	mu sync.Mutex
 	ln net.Listener
