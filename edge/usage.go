@@ -3,6 +3,9 @@ package edge
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,8 +33,10 @@ import (
 //     usageSyncInterval later; when the spool is full the record is
 //     dropped and counted (spool_full), and the episode logged.
 //  3. The publisher goroutine publishes the spool's records in order to
-//     JetStream (stream event.UsageStreamName, Nats-Msg-Id = the record's
-//     id) and forgets each only once its PubAck arrived. NATS down, the
+//     JetStream (stream event.UsageStreamName), up to usageMsgRecords
+//     records a message joined by '\n' (Nats-Msg-Id: the record's id for
+//     one, usageBatchID for more), and forgets each only once the PubAck
+//     of its message arrived. NATS down, the
 //     stream missing or full, a timeout: the records wait in the spool and
 //     are published when publishing works again, across restarts too.
 //
@@ -92,6 +97,7 @@ type usageSink struct {
 	batch []spooled     // the writer's batch, reused (writer goroutine only)
 
 	futs     []jetstream.PubAckFuture // a window's futures, reused (publisher only)
+	ends     []int                    // records up to the end of each future's message (publisher only)
 	pubOpts  []jetstream.PublishOpt
 	pubTimer *time.Timer // bounds a window's wait for its PubAcks (publisher only)
 
@@ -614,25 +620,90 @@ func (u *usageSink) publishLoop() {
 // never changed).
 var usageExpectStream = []string{event.UsageStreamName}
 
-// publish sends recs as one window of asynchronous publishes and returns
-// how many of them, from the first, JetStream acknowledged; err says why
-// the rest were not. Those published after a failed one are sent again
-// with the rest: the stream keeps the first copy (Nats-Msg-Id).
-func (u *usageSink) publish(recs []spooled) (int, error) {
-	futs := u.futs[:0]
-	defer func() { clear(futs); u.futs = futs[:0] }()
-	var perr error
+const (
+	// usageMsgRecords bounds the records one JetStream message carries:
+	// a message costs the edge's client, the stream's store and ack and
+	// the origin's fetch about as much whatever it holds, so records
+	// travel together.
+	usageMsgRecords = 64
+	// usageMsgBytes bounds a message's records (joined by '\n'): the
+	// usage stream's MaxMsgSize is 16 KiB (origin maxUsageMessage, old
+	// origins too) and counts the headers, for which 1 KiB is left. A
+	// record larger than this goes alone, as every record did before.
+	usageMsgBytes = 16<<10 - 1<<10
+)
+
+// usageBatchID is a batch message's Nats-Msg-Id: a hash of its records'
+// ids (length-prefixed) and their count, so the same records re-published
+// as the same message are dropped by the stream, while a batch cut
+// differently (after a restart) has another id and the origin dedupes its
+// records one by one (usage_seen). A single record's message keeps the
+// record's id, as before. 128 bits of SHA-256: no record id equals a
+// batch's id unless someone finds a preimage.
+func usageBatchID(recs []spooled) string {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
 	for _, r := range recs {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(r.id)))])
+		h.Write([]byte(r.id))
+	}
+	var sum [sha256.Size]byte
+	b := make([]byte, 0, 48)
+	b = append(b, "batch:"...)
+	b = strconv.AppendInt(b, int64(len(recs)), 10)
+	b = append(b, ':')
+	b = hex.AppendEncode(b, h.Sum(sum[:0])[:16])
+	return string(b)
+}
+
+// usageMessage cuts the next message off recs: how many records it holds
+// (at least one), its data (the records' JSON joined by '\n', which
+// appears in no record: the encoder escapes it) and its Nats-Msg-Id.
+func usageMessage(recs []spooled) (int, []byte, string) {
+	n, size := 1, len(recs[0].data)
+	for n < len(recs) && n < usageMsgRecords && size+1+len(recs[n].data) <= usageMsgBytes {
+		size += 1 + len(recs[n].data)
+		n++
+	}
+	if n == 1 {
+		return 1, recs[0].data, recs[0].id
+	}
+	// A new buffer per message: the client may keep the message until
+	// its PubAck.
+	data := make([]byte, 0, size)
+	for i, r := range recs[:n] {
+		if i > 0 {
+			data = append(data, '\n')
+		}
+		data = append(data, r.data...)
+	}
+	return n, data, usageBatchID(recs[:n])
+}
+
+// publish sends recs as one window of asynchronous publishes, up to
+// usageMsgRecords records a message, and returns how many records, from
+// the first, are in messages JetStream acknowledged; err says why the
+// rest were not. A message's records count only once that message is
+// acknowledged. Those published after a failed one are sent again with
+// the rest: the stream keeps the first copy (Nats-Msg-Id), the origin
+// each record once (its id).
+func (u *usageSink) publish(recs []spooled) (int, error) {
+	futs, ends := u.futs[:0], u.ends[:0]
+	defer func() { clear(futs); u.futs, u.ends = futs[:0], ends[:0] }()
+	var perr error
+	for done := 0; done < len(recs); {
+		n, data, id := usageMessage(recs[done:])
 		// The headers WithMsgID and WithExpectStream would set, without
 		// the options' allocations.
-		m := &nats.Msg{Subject: u.subject, Data: r.data, Header: nats.Header{
-			jetstream.MsgIDHeader: {r.id}, jetstream.ExpectedStreamHeader: usageExpectStream}}
+		m := &nats.Msg{Subject: u.subject, Data: data, Header: nats.Header{
+			jetstream.MsgIDHeader: {id}, jetstream.ExpectedStreamHeader: usageExpectStream}}
 		f, err := u.js.PublishMsgAsync(m, u.pubOpts...)
 		if err != nil {
 			perr = err
 			break
 		}
-		futs = append(futs, f)
+		done += n
+		futs, ends = append(futs, f), append(ends, done)
 	}
 	// One timer for every window (since Go 1.23 a Reset timer never
 	// delivers a stale expiry).
@@ -643,19 +714,21 @@ func (u *usageSink) publish(recs []spooled) (int, error) {
 	}
 	t := u.pubTimer
 	defer t.Stop()
+	acked := 0
 	for i, f := range futs {
 		select {
 		case <-f.Ok():
+			acked = ends[i]
 			continue
 		case err := <-f.Err():
-			return i, err
+			return acked, err
 		case <-t.C:
-			return i, fmt.Errorf("no PubAck within %v: %w", usagePublishTimeout, context.DeadlineExceeded)
+			return acked, fmt.Errorf("no PubAck within %v: %w", usagePublishTimeout, context.DeadlineExceeded)
 		case <-u.abort:
-			return i, errUsageStopping
+			return acked, errUsageStopping
 		}
 	}
-	return len(futs), perr
+	return acked, perr
 }
 
 func (u *usageSink) queued() int {

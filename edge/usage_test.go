@@ -100,7 +100,10 @@ func usageStream(t testing.TB, js jetstream.JetStream) jetstream.Stream {
 	return st
 }
 
-// streamMsgs returns every message of the stream, in order.
+// streamMsgs returns the stream's records, one message each as an old
+// edge published them: a batched message is split into its lines, each
+// with its record's id as Nats-Msg-Id, after checking the message's own
+// Nats-Msg-Id (usageBatchID of its records' ids).
 func streamMsgs(t *testing.T, st jetstream.Stream) []*jetstream.RawStreamMsg {
 	t.Helper()
 	ctx := context.Background()
@@ -114,18 +117,35 @@ func streamMsgs(t *testing.T, st jetstream.Stream) []*jetstream.RawStreamMsg {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, m)
+		lines := bytes.Split(m.Data, []byte{'\n'})
+		if len(lines) == 1 {
+			out = append(out, m)
+			continue
+		}
+		if len(lines) > usageMsgRecords || len(m.Data) > usageMsgBytes {
+			t.Fatalf("message %d: %d records, %d bytes", m.Sequence, len(lines), len(m.Data))
+		}
+		var recs []spooled
+		for _, l := range lines {
+			var u event.Usage
+			if err := json.Unmarshal(l, &u); err != nil {
+				t.Fatalf("message %d: %v", m.Sequence, err)
+			}
+			recs = append(recs, spooled{id: u.ID})
+			out = append(out, &jetstream.RawStreamMsg{Subject: m.Subject, Sequence: m.Sequence, Data: l,
+				Header: nats.Header{jetstream.MsgIDHeader: {u.ID}}, Time: m.Time})
+		}
+		if id := m.Header.Get(jetstream.MsgIDHeader); id != usageBatchID(recs) {
+			t.Fatalf("message %d: Nats-Msg-Id %q, want %q", m.Sequence, id, usageBatchID(recs))
+		}
 	}
 	return out
 }
 
+// streamCount is how many records the stream holds.
 func streamCount(t *testing.T, st jetstream.Stream) uint64 {
 	t.Helper()
-	info, err := st.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return uint64(len(streamMsgs(t, st)))
 }
 
 // msgIDs returns the messages' Nats-Msg-Id headers, checking each body is
@@ -287,6 +307,10 @@ func TestUsageSpooledWhileNATSDown(t *testing.T) {
 	if ids := msgIDs(t, streamMsgs(t, st)); !slices.Equal(ids, wantIDs(0, 110)) {
 		t.Fatalf("stream ids %v", ids)
 	}
+	// What waited went batched: far fewer messages than records.
+	if info, err := st.Info(context.Background()); err != nil || info.State.Msgs > 10+2*(100/usageMsgRecords+1) {
+		t.Fatalf("stream %+v, %v", info.State, err)
+	}
 }
 
 func dirSize(t *testing.T, dir string) int64 {
@@ -304,8 +328,8 @@ func dirSize(t *testing.T, dir string) int64 {
 	return n
 }
 
-// A restarted edge publishes what its spool holds; what already reached
-// the stream before (an ack lost in a crash) is not stored twice.
+// A restarted edge publishes what its spool holds, what already reached
+// the stream before (an ack lost in a crash) included.
 func TestUsageRestartRepublishesSpool(t *testing.T) {
 	ns := startJS(t)
 	js := ns.client()
@@ -339,10 +363,14 @@ func TestUsageRestartRepublishesSpool(t *testing.T) {
 		}
 		return nil
 	})
-	if n := streamCount(t, st); n != 30 {
-		t.Fatalf("%d messages in the stream, want 30", n)
+	// The restarted edge cuts its records into another message than the
+	// ten went in (one batch of 30): the stream, deduplicating by message,
+	// keeps both copies of the ten, which the origin counts once each by
+	// record id (usage_seen; origin TestUsageBatchMessage).
+	if n := streamCount(t, st); n != 40 {
+		t.Fatalf("%d records in the stream, want 40", n)
 	}
-	if ids := msgIDs(t, streamMsgs(t, st)); !slices.Equal(ids, wantIDs(0, 30)) {
+	if ids := msgIDs(t, streamMsgs(t, st)); !slices.Equal(ids, append(wantIDs(0, 10), wantIDs(0, 30)...)) {
 		t.Fatalf("stream ids %v", ids)
 	}
 	// Acknowledged records are not published again by the next start.
@@ -1019,5 +1047,44 @@ func TestUsageSpoolTailBounded(t *testing.T) {
 	}
 	if r, _ := sp.depth(); r != 0 || sp.tailBytes != 0 {
 		t.Fatalf("depth %d, tail %d bytes", r, sp.tailBytes)
+	}
+}
+
+// Records travel up to usageMsgRecords a message, and count as published
+// only once their message is acknowledged: a window whose second message
+// the stream refuses moves the spool past the first message's records
+// only; the same records cut the same way again are a duplicate to the
+// stream (the batch's Nats-Msg-Id), not a second copy.
+func TestUsageBatchAckedPerMessage(t *testing.T) {
+	ns := startJS(t)
+	js := ns.client()
+	st, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: event.UsageStreamName,
+		Subjects: []string{event.UsageStreamSubjects}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute,
+		MaxMsgs: 1, Discard: jetstream.DiscardNew})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestSink(t, ns.url(), "", 1<<20, 1024, false)
+	recs := spoolRecs(0, 100)
+	for range 2 {
+		k, err := s.publish(recs)
+		if k != usageMsgRecords || err == nil {
+			t.Fatalf("published %d records (err %v), want the first message's %d and an error", k, err, usageMsgRecords)
+		}
+		if info, err := st.Info(context.Background()); err != nil || info.State.Msgs != 1 {
+			t.Fatalf("stream %+v, %v", info.State, err)
+		}
+		if ids := msgIDs(t, streamMsgs(t, st)); !slices.Equal(ids, wantIDs(0, usageMsgRecords)) {
+			t.Fatalf("stream ids %v", ids)
+		}
+	}
+	// A record too large to share a message goes alone.
+	big := spooled{id: "big", data: bytes.Repeat([]byte{'x'}, usageMsgBytes)}
+	n, data, id := usageMessage([]spooled{recs[0], big})
+	if n != 1 || id != recs[0].id || !bytes.Equal(data, recs[0].data) {
+		t.Fatalf("usageMessage: %d records, id %q", n, id)
+	}
+	if n, _, id := usageMessage([]spooled{big, recs[0]}); n != 1 || id != "big" {
+		t.Fatalf("usageMessage: %d records, id %q", n, id)
 	}
 }

@@ -2,7 +2,8 @@ package origin
 
 // The usage ledger: edges publish one event.Usage record per metered
 // request into the JetStream stream event.UsageStreamName, on their own
-// subject, with the record's id as Nats-Msg-Id; the origins read it with
+// subject, one or more records a message (JSON, one a line; Nats-Msg-Id
+// the record's id, or for several a hash of their ids); the origins read it with
 // one durable pull consumer they share (each record goes to one replica at
 // a time) and store each record once (usage_store.go).
 //
@@ -32,6 +33,7 @@ package origin
 //     the record's content.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -61,7 +63,9 @@ const (
 	// usageAckWait: a record fetched but not acknowledged for this long is
 	// delivered again (to any replica).
 	usageAckWait = 30 * time.Second
-	// maxUsageMessage bounds one record's message.
+	// maxUsageMessage bounds one message (the stream's MaxMsgSize,
+	// headers included) and so each record in it; an edge puts up to 64
+	// records a message (one a line) within it.
 	maxUsageMessage = 16 << 10
 	// maxUsageTokens bounds each token count of one record: no request
 	// has ten million tokens; a larger count is an edge's bug, refused
@@ -240,8 +244,9 @@ func (u *usageLedger) run() {
 	}
 }
 
-// store stores one fetched batch in one transaction and acknowledges it
-// after the commit; on a store error it asks for redelivery instead.
+// store stores the records of one fetched batch of messages in one
+// transaction and acknowledges the messages after the commit; on a store
+// error it asks for redelivery instead.
 func (u *usageLedger) store(msgs []jetstream.Msg) {
 	s := u.s
 	now := s.cfg.now()
@@ -250,18 +255,22 @@ func (u *usageLedger) store(msgs []jetstream.Msg) {
 	malformed, dups := 0, 0
 	var why, whose string
 	for _, m := range msgs {
-		r, err := checkUsage(m.Subject(), m.Data(), now, s.cfg.UsageDedupRetention)
-		switch {
-		case err != nil:
-			malformed++
-			if why == "" {
-				why, whose = err.reason, err.edge
+		// A message holds one record (old edges) or several, one a line;
+		// each is checked, and stored or refused, on its own.
+		for line := range bytes.SplitSeq(m.Data(), []byte{'\n'}) {
+			r, err := checkUsage(m.Subject(), line, now, s.cfg.UsageDedupRetention)
+			switch {
+			case err != nil:
+				malformed++
+				if why == "" {
+					why, whose = err.reason, err.edge
+				}
+			case seen[r.ID]:
+				dups++
+			default:
+				seen[r.ID] = true
+				recs = append(recs, r)
 			}
-		case seen[r.ID]:
-			dups++
-		default:
-			seen[r.ID] = true
-			recs = append(recs, r)
 		}
 	}
 	stored, dup, wrong := 0, 0, 0
@@ -303,7 +312,7 @@ func edgeOf(msgs []jetstream.Msg) string {
 // record's content) and the edge whose subject it came on.
 type usageError struct{ reason, edge string }
 
-// checkUsage reads the record published on subject: nil error only for a
+// checkUsage reads one record (a line of a message) published on subject: nil error only for a
 // record from the edge its subject names, every field within bounds, its
 // time within [now - retention, now + usageFutureSkew].
 func checkUsage(subject string, data []byte, now time.Time, retention time.Duration) (usageRecord, *usageError) {

@@ -1,6 +1,7 @@
 package origin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -475,5 +476,54 @@ func TestUsageConfigBounds(t *testing.T) {
 		if err := cfg.fill(); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("%+v: %v, want ErrInvalidConfig", cfg, err)
 		}
+	}
+}
+
+func TestUsageBatchMessage(t *testing.T) {
+	eachStore(t, testUsageBatchMessage)
+}
+
+// A message holding several records (one a line, as edges batch them)
+// has each record checked and stored or refused on its own: a malformed
+// line is counted malformed and the others are stored; a record twice in
+// one message, or again in another, counts once.
+func testUsageBatchMessage(t *testing.T, cfg Config) {
+	clk := &fakeClock{t: usageClock}
+	cfg.now = clk.now
+	s := startServer(t, cfg)
+	c := newClient(t, s)
+	var d struct{ ID string }
+	c.must(201, "POST", "/v1/projects/default/deployments", dep("chat", []string{"chat.example"}, "/"), &d)
+	var k struct{ ID, Project, Key string }
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "k", "deployments": []string{d.ID}}, &k)
+
+	e := newEdgePublisher(t, s.NATSURL(), s, "edge-1")
+	t1 := usageClock.Add(-time.Minute)
+	line := func(id string, prompt int64) []byte {
+		raw, err := json.Marshal(event.Usage{ID: id, Edge: "edge-1", KeyID: k.ID, Project: k.Project, Deployment: d.ID,
+			Model: "m1", PromptTokens: prompt, CompletionTokens: 1, Status: 200, DurationMS: 3, Time: t1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	msg := bytes.Join([][]byte{line("a1", 10), []byte("garbage"), line("a2", 20), line("a3", -1), line("a1", 10), line("a4", 40)}, []byte{'\n'})
+	waitFor(t, "the usage stream to take a batch", func() bool {
+		_, err := e.publish(msg, "batch-1")
+		return err == nil
+	})
+	waitUsageStats(t, s, 3, 1, 2)
+	// The next message repeats a record of the first: counted once.
+	if _, err := e.publish(bytes.Join([][]byte{line("a4", 40), line("a5", 50)}, []byte{'\n'}), "batch-2"); err != nil {
+		t.Fatal(err)
+	}
+	// And an old edge's message, one record.
+	if _, err := e.publish(line("a6", 60), "a6"); err != nil {
+		t.Fatal(err)
+	}
+	waitUsageStats(t, s, 5, 2, 2)
+	r := usageReport(t, c, "project=default&since=2026-03-15T00:00:00Z&until=2026-03-16T00:00:00Z")
+	if len(r.Items) != 1 || r.Items[0].UsageCounts != counts(5, 180, 5, 0, 0) {
+		t.Fatalf("the batches' total: %+v", r)
 	}
 }
