@@ -15,9 +15,10 @@ const (
 // Usage is one metered request as an edge reports it. It is not signed:
 // the subject it arrives on names the edge that sent it (the NATS
 // credentials of an edge allow only its own), and it moves counters, never
-// access. ID is unique per record and is the deduplication key at every
-// hop (the stream's Nats-Msg-Id and the origin's store), so a record
-// published twice counts once.
+// access. ID is unique per record and is the deduplication key: the
+// origin stores each id once, so a record published twice counts once (the
+// stream's Nats-Msg-Id is the id for a message of one record, and a hash of
+// the ids for a batch of several, one record a line).
 type Usage struct {
 	ID         string `json:"id"`
 	Edge       string `json:"edge"`
