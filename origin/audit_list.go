@@ -13,14 +13,9 @@ import (
 	"time"
 
 	"github.com/keymesh/keymesh/api"
+	"github.com/keymesh/keymesh/event"
 	"github.com/keymesh/keymesh/internal/apierror"
 )
-
-// auditReasonNames are the reasons an edge's audit record may carry (the
-// edge's auditReasons, proxy/metrics.go; docs/api.md, "Audit log").
-var auditReasonNames = []string{"no_credential", "malformed", "unknown", "unlinked", "disabled", "expired",
-	"permission", "model_not_allowed", "rate_limited", "concurrency", "token_limit", "quota", "too_large",
-	"prompt_too_long", "bad_body", "bad_request", "no_deployment", "no_upstream", "unavailable"}
 
 // listAudit serves GET /v1/audit?project=&key_id=&deployment=&source=
 // &status=&reason=&since=&until=&limit=&cursor=: matching records, newest
@@ -68,8 +63,8 @@ func (s *Server) listAudit(c *call) error {
 		where, args = append(where, "status >= ? AND status <= ?"), append(args, lo, hi)
 	}
 	if v := q.Get("reason"); v != "" {
-		if !slices.Contains(auditReasonNames, v) {
-			return validation("reason", "must be a refusal reason: "+strings.Join(auditReasonNames, ", "))
+		if !slices.Contains(event.AuditReasons, v) {
+			return validation("reason", "must be a refusal reason: "+strings.Join(event.AuditReasons, ", "))
 		}
 		where, args = append(where, "reason = ?"), append(args, v)
 	}

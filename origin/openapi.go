@@ -130,7 +130,7 @@ func apiOps() []apiOp {
 				queryParam("deployment", "deployment id or name", map[string]any{"type": "string"}),
 				queryParam("source", "edge (requests edges handled) or admin (the origin's admin actions)", map[string]any{"type": "string", "enum": []string{"edge", "admin"}}),
 				queryParam("status", "a status code (401) or a class (4xx)", map[string]any{"type": "string", "pattern": "^([1-5][0-9][0-9]|[1-5][xX][xX])$"}),
-				queryParam("reason", "an edge's refusal reason (docs/api.md, \"Audit log\")", map[string]any{"type": "string", "enum": auditReasonNames}),
+				queryParam("reason", "an edge's refusal reason (docs/api.md, \"Audit log\")", map[string]any{"type": "string", "enum": event.AuditReasons}),
 				queryParam("since", "an RFC 3339 time, a YYYY-MM-DD date (00:00 UTC) or a duration back from now (1h)", map[string]any{"type": "string"}),
 				queryParam("until", "as since; records before it", map[string]any{"type": "string"}),
 				queryParam("limit", "", map[string]any{"type": "integer", "minimum": 1, "maximum": 1000}),

@@ -243,7 +243,7 @@ func apiSchemas() map[string]any {
 				"status":      map[string]any{"type": "integer"},
 				"duration_ms": map[string]any{"type": "number"},
 				"request_id":  str("the request's X-Request-Id"),
-				"reason":      map[string]any{"type": "string", "enum": auditReasonNames, "description": "why the edge refused the request (edge records); absent for one let through"},
+				"reason":      map[string]any{"type": "string", "enum": event.AuditReasons, "description": "why the edge refused the request (edge records); absent for one let through"},
 				"changed":     map[string]any{"type": "array", "items": str(""), "description": "the fields an admin change set, names only, never values (admin records)"},
 			}},
 		"AuditPage": page("AuditRecord"),

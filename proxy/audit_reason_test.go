@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +127,23 @@ func TestAuditRecordReasons(t *testing.T) {
 				t.Fatalf("record %s holds a secret", raw)
 			}
 		}
+	}
+}
+
+// The edge writes exactly the reasons the origin accepts (event.AuditReasons):
+// a reason added on one side only would be written but unsearchable, or
+// searchable but never written.
+func TestAuditReasonsMatchTheContract(t *testing.T) {
+	var written []string
+	for _, r := range auditReasons {
+		if r != "" && !slices.Contains(written, r) {
+			written = append(written, r)
+		}
+	}
+	slices.Sort(written)
+	want := slices.Clone(event.AuditReasons)
+	slices.Sort(want)
+	if !slices.Equal(written, want) {
+		t.Fatalf("the edge's audit reasons %v, the contract's %v", written, want)
 	}
 }

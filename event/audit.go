@@ -1,0 +1,8 @@
+package event
+
+// AuditReasons are the reasons an edge's audit record of a refused request
+// may carry (docs/api.md, "Audit log"): what the edge writes and what the
+// origin accepts as a filter. A request let through has none.
+var AuditReasons = []string{"no_credential", "malformed", "unknown", "unlinked", "disabled", "expired",
+	"permission", "model_not_allowed", "rate_limited", "concurrency", "token_limit", "quota", "too_large",
+	"prompt_too_long", "bad_body", "bad_request", "no_deployment", "no_upstream", "unavailable"}
