@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/keymesh/keymesh/apikey"
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
 )
@@ -97,5 +98,29 @@ func TestHandlerNoUpstreamForSite(t *testing.T) {
 		if r.Status != 502 || r.Reason != want {
 			t.Fatalf("audit record %d: %+v, want 502 and reason %q", i, r, want)
 		}
+	}
+}
+
+// A request a misconfigured deployment cannot forward spends none of the
+// key's budgets: it is answered before any slot, reservation or quota unit
+// is taken.
+func TestNoUpstreamSpendsNoQuota(t *testing.T) {
+	up := newUpstream(t, nil)
+	secret, h, key := testKey(t, "key_1", "dep_1")
+	key.Tokens = &event.TokenLimits{Quota: &event.Quota{Requests: 1}}
+	d := deployment("dep_1", up.URL, true)
+	d.Upstreams = map[string][]string{"us": {up.URL}}
+	st := &fakeState{deps: cache.NewDeployments([]event.Deployment{d}, 1), keys: map[apikey.Hash]*cache.Key{h: key}}
+	p := startProxyConfig(t, st, func(c *Config) {})
+	c := client(t)
+	for range 3 {
+		resp, body := do(t, c, "POST", p.url+"/v1/chat/completions", `{}`, map[string]string{"X-API-Key": secret})
+		wantError(t, resp, body, 502, "UPSTREAM_ERROR")
+	}
+	resp, body := do(t, c, "GET", p.url+"/v1/key", "", map[string]string{"X-API-Key": secret})
+	var info struct{ Remaining struct{ Quota *int64 } }
+	if err := json.Unmarshal([]byte(body), &info); resp.StatusCode != 200 || err != nil ||
+		info.Remaining.Quota == nil || *info.Remaining.Quota != 1 {
+		t.Fatalf("GET /v1/key after three 502s: %d %s, want the request quota whole (1)", resp.StatusCode, body)
 	}
 }

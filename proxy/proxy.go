@@ -567,6 +567,15 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		out.reason = reasonModel
 		return out
 	}
+	// A misconfiguration, not an outage (forward.go): answered once the
+	// key is known, so no anonymous client learns of it, and before any
+	// slot, reservation, quota unit or rate-limit token is taken for a
+	// request that cannot be forwarded.
+	if rt.noUpstream != nil {
+		s.noUpstream(ctx, rt)
+		out.refused = reasonNoUpstream
+		return out
+	}
 	bounded := tokenBounded(dep, out.key)
 	var res int64
 	ok := true
@@ -601,11 +610,6 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		}
 		fail(ctx, errRateLimited, 0)
 		out.reason = reasonRateLimited
-		return out
-	}
-	if r.rt.noUpstream != nil { // a misconfiguration, not an outage (forward.go)
-		s.noUpstream(ctx, r.rt)
-		out.refused = reasonNoUpstream
 		return out
 	}
 	out.meter = s.meterRequest(ctx.Method(), r, &body, r.tok != nil)
