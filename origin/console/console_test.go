@@ -5,8 +5,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/keymesh/keymesh/event"
 )
 
 // The pages never turn data into markup, and hold no inline script or
@@ -88,5 +91,26 @@ func TestServeHeadersAndPaths(t *testing.T) {
 	h.ServeHTTP(w, r)
 	if etag == "" || w.Code != http.StatusNotModified {
 		t.Errorf("revalidation: ETag %q, %d", etag, w.Code)
+	}
+}
+
+// The audit page's reason filter offers exactly the refusal reasons the
+// edge writes and the API accepts (event.AuditReasons): a reason added
+// there and forgotten here would be a filter the console cannot ask for.
+func TestAuditPageOffersEveryReason(t *testing.T) {
+	src, err := fs.ReadFile(static, "static/audit.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := regexp.MustCompile(`(?s)id: 'audit-reason'.*?\[\s*'',(.*?)\]\.map`).FindSubmatch(src)
+	if list == nil {
+		t.Fatal("audit.js: no reason list found (id 'audit-reason', a list starting with '')")
+	}
+	var got []string
+	for _, m := range regexp.MustCompile(`'([a-z_]+)'`).FindAllSubmatch(list[1], -1) {
+		got = append(got, string(m[1]))
+	}
+	if !slices.Equal(got, event.AuditReasons) {
+		t.Errorf("audit.js offers reasons\n  %v\nevent.AuditReasons are\n  %v", got, event.AuditReasons)
 	}
 }

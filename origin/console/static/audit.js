@@ -11,7 +11,8 @@ export async function auditPage() {
   const status = h('select', { id: 'audit-status', 'aria-label': 'Status' },
     [['', 'Any status'], ['2xx', '2xx'], ['4xx', '4xx'], ['5xx', '5xx'], ['401', '401'], ['403', '403'], ['404', '404'], ['429', '429']]
       .map(([v, t]) => h('option', { value: v, text: t })));
-  // The refusal reasons of docs/api.md ("Audit log").
+  // The refusal reasons of docs/api.md ("Audit log"), in event.AuditReasons'
+  // order (console_test.go holds the two together).
   const reason = h('select', { id: 'audit-reason', 'aria-label': 'Reason' },
     ['', 'no_credential', 'malformed', 'unknown', 'unlinked', 'disabled', 'expired', 'permission', 'model_not_allowed',
       'rate_limited', 'concurrency', 'token_limit', 'quota', 'too_large', 'prompt_too_long', 'bad_body', 'bad_request',
