@@ -116,17 +116,17 @@ type OpenLoopStep struct {
 
 // FairResult is the outcome of RunFair.
 type FairResult struct {
-	Generator   string         `json:"generator"`
-	Backend     string         `json:"backend"`
-	Pinning     Pinning        `json:"pinning"`
-	Rounds      int            `json:"rounds"`
-	RoundSecs   float64        `json:"round_seconds"`
-	Connections int            `json:"connections"`
-	Runs        []*FairRun     `json:"runs"`
-	OpenBase    string         `json:"open_loop_base,omitempty"` // the target whose saturation the rates are fractions of
+	Generator   string     `json:"generator"`
+	Backend     string     `json:"backend"`
+	Pinning     Pinning    `json:"pinning"`
+	Rounds      int        `json:"rounds"`
+	RoundSecs   float64    `json:"round_seconds"`
+	Connections int        `json:"connections"`
+	Runs        []*FairRun `json:"runs"`
+	OpenBase    string     `json:"open_loop_base,omitempty"` // the target whose saturation the rates are fractions of
 	// OpenConcurrency is the most requests an open-loop run had in flight.
-	OpenConcurrency int `json:"open_loop_concurrency,omitempty"`
-	OpenLoop    []OpenLoopStep `json:"open_loop,omitempty"`
+	OpenConcurrency int            `json:"open_loop_concurrency,omitempty"`
+	OpenLoop        []OpenLoopStep `json:"open_loop,omitempty"`
 	// Notes are said in the report as they are (the caller's too).
 	Notes []string `json:"notes,omitempty"`
 }
