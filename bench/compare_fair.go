@@ -48,7 +48,7 @@ type FairConfig struct {
 	Duration time.Duration
 	Warmup   time.Duration
 	// Connections of the closed-loop generator (default 64); the open-loop
-	// runs have at most 4× as many in flight (at least 256).
+	// runs have at most 4× as many in flight.
 	Connections int
 	// Wrk is the wrk binary (FindWrk); empty runs the bench's own
 	// closed-loop generator instead, in this process.
@@ -298,7 +298,7 @@ func median(v []float64) float64 {
 }
 
 // openConcurrency is the most requests an open-loop run has in flight.
-func (c *FairConfig) openConcurrency() int { return max(4*c.Connections, 256) }
+func (c *FairConfig) openConcurrency() int { return 4 * c.Connections }
 
 // runOpenLoop runs the open-loop steps against the open-loop targets at
 // fractions of nginx's median throughput (the bare proxy's without nginx).
