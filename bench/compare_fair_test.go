@@ -119,7 +119,7 @@ func TestCBackend(t *testing.T) {
 	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\ncontent-length: " +
 		strconv.Itoa(len(loadChatBody)) + "\r\n\r\n" + loadChatBody
 	get := "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-	writes := []string{req + get + req, req[:20], req[20:len(req)-10], req[len(req)-10:]}
+	writes := []string{req + get + req, req[:20], req[20 : len(req)-10], req[len(req)-10:]}
 	br := bufio.NewReader(c)
 	want := []int{3, 0, 0, 1}
 	for i, w := range writes {
