@@ -81,3 +81,31 @@ func TestParseFractions(t *testing.T) {
 		}
 	}
 }
+
+// TestSuiteJudgesTheFairCompare: with a fair comparison, the suite's
+// edge-vs-nginx targets are its verdicts, not the mixed load's.
+func TestSuiteJudgesTheFairCompare(t *testing.T) {
+	mixed := &bench.CompareResult{Runs: []*bench.LoadResult{
+		{Name: bench.TargetKeymesh, Throughput: 2000, Unary: bench.Percentiles{P99: 1}},
+		{Name: bench.TargetNginx, Throughput: 1000, Unary: bench.Percentiles{P99: 1}}}}
+	fair := &bench.FairResult{Runs: []*bench.FairRun{{Name: bench.TargetKeymesh, RPS: 10000, P99: 20}, {Name: bench.TargetNginx, RPS: 22000, P99: 7},
+		{Name: bench.TargetBare, RPS: 14000, P99: 22}}}
+	got := map[string]string{}
+	for _, tg := range suiteTargets(&suiteResult{Compare: mixed, Fair: fair}) {
+		got[tg.Target] = tg.Verdict
+	}
+	if got["edge throughput ≥ 1.0× nginx (fair compare)"] != "MISSED" || got["edge p99 ≤ 1.1× nginx (fair compare)"] != "MISSED" ||
+		got["edge throughput ≥ 0.9× the bare fasthttp proxy (fair compare)"] != "MISSED" {
+		t.Errorf("fair verdicts: %v", got)
+	}
+	if _, ok := got["keymesh throughput ≥ 1.0x nginx static map"]; ok {
+		t.Errorf("the mixed load judged too: %v", got)
+	}
+	got = map[string]string{}
+	for _, tg := range suiteTargets(&suiteResult{Compare: mixed}) {
+		got[tg.Target] = tg.Verdict
+	}
+	if got["keymesh throughput ≥ 1.0x nginx static map"] != "met" {
+		t.Errorf("without a fair comparison: %v", got)
+	}
+}
