@@ -17,18 +17,19 @@ func init() {
 
 // suiteResult is the JSON of a suite run.
 type suiteResult struct {
-	Date        string               `json:"date"`
-	Stack       string               `json:"stack"` // how load, flood and compare ran
-	Machine     bench.Machine        `json:"machine"`
-	Seconds     float64              `json:"seconds"`
-	Load        []*bench.LoadResult  `json:"load"`
-	Flood       *bench.FloodResult   `json:"flood"`
-	Compare     *bench.CompareResult `json:"compare,omitempty"`
-	CompareNote string               `json:"compare_note,omitempty"`
+	Date        string                   `json:"date"`
+	Stack       string                   `json:"stack"` // how load, flood and compare ran
+	Machine     bench.Machine            `json:"machine"`
+	Seconds     float64                  `json:"seconds"`
+	Load        []*bench.LoadResult      `json:"load"`
+	Flood       *bench.FloodResult       `json:"flood"`
+	Compare     *bench.CompareResult     `json:"compare,omitempty"`
+	CompareNote string                   `json:"compare_note,omitempty"`
+
 	// Fair is bench compare's fair comparison (issue 17), which the
 	// edge-vs-nginx targets are judged on; FairNote says why it is missing.
-	Fair        *bench.FairResult        `json:"fair_compare,omitempty"`
-	FairNote    string                   `json:"fair_compare_note,omitempty"`
+	Fair     *bench.FairResult `json:"fair_compare,omitempty"`
+	FairNote string            `json:"fair_compare_note,omitempty"`
 	Propagation *bench.PropagationResult `json:"propagation"`
 	// PropagationGossip is the same run with NATS cut for three quarters of
 	// the edges, which then hear of changes by gossip alone.
