@@ -30,6 +30,7 @@ type suiteResult struct {
 	// edge-vs-nginx targets are judged on; FairNote says why it is missing.
 	Fair     *bench.FairResult `json:"fair_compare,omitempty"`
 	FairNote string            `json:"fair_compare_note,omitempty"`
+
 	Propagation *bench.PropagationResult `json:"propagation"`
 	// PropagationGossip is the same run with NATS cut for three quarters of
 	// the edges, which then hear of changes by gossip alone.
