@@ -25,17 +25,16 @@ type suiteResult struct {
 	Flood       *bench.FloodResult       `json:"flood"`
 	Compare     *bench.CompareResult     `json:"compare,omitempty"`
 	CompareNote string                   `json:"compare_note,omitempty"`
-
-	// Fair is bench compare's fair comparison (issue 17), which the
-	// edge-vs-nginx targets are judged on; FairNote says why it is missing.
-	Fair     *bench.FairResult `json:"fair_compare,omitempty"`
-	FairNote string            `json:"fair_compare_note,omitempty"`
-
 	Propagation *bench.PropagationResult `json:"propagation"`
 	// PropagationGossip is the same run with NATS cut for three quarters of
 	// the edges, which then hear of changes by gossip alone.
 	PropagationGossip *bench.PropagationResult `json:"propagation_gossip,omitempty"`
 	Targets           []suiteTarget            `json:"targets"`
+
+	// Fair is bench compare's fair comparison (issue 17), which the
+	// edge-vs-nginx targets are judged on; FairNote says why it is missing.
+	Fair     *bench.FairResult `json:"fair_compare,omitempty"`
+	FairNote string            `json:"fair_compare_note,omitempty"`
 }
 
 type suiteTarget struct {
