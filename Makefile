@@ -28,7 +28,7 @@ build:
 ## test: vet, then every test under the race detector. The PostgreSQL store
 ## tests use $KEYMESH_TEST_POSTGRES_URL or start their own throwaway cluster,
 ## the nginx bench test its own nginx (test-deps installs the Debian
-## postgresql and nginx packages when root and missing).
+## postgresql, nginx and wrk packages when root and missing).
 test: vet test-deps
 	$(GO) test -race -count=1 -timeout 15m ./...
 
@@ -36,6 +36,7 @@ test: vet test-deps
 test-deps:
 	@./scripts/pgtest.sh
 	@./scripts/nginxtest.sh
+	@./scripts/wrk.sh
 
 ## fuzz: every fuzz target briefly (FUZZTIME each), seeds from testdata.
 FUZZTIME ?= 10s

@@ -17,4 +17,17 @@
 // test can assert exactly what a proxy forwarded, and [Upstream.Stats]
 // counts requests in flight and streams finished or abandoned, so a test can
 // see that a handler ended without sleeping.
+//
+// The fair comparison ([RunFair], `bench compare`) measures what a proxy
+// costs rather than what a slow backend lets it show: the proxies (the
+// bare fasthttp proxy, an edge, nginx with a static key map, nginx with
+// Debian's per-request access log) stand in front of a backend several
+// times faster than any of them (backend/backend.c, built with cc by
+// [BuildBackend]; [FixedBackend] where no compiler is), backend and proxy
+// pinned to one CPU with GOMAXPROCS=1 or one nginx worker, the load
+// generator (wrk, [RunWrk]) on another; targets take turns, every figure
+// is a median of rounds, and each proxy's CPU per request is read from
+// /proc ([ProcCPU]). Its report states which generator and backend ran and
+// what was pinned, so a run on one core, without wrk or without a C
+// compiler says so instead of passing for a fair one.
 package bench

@@ -36,7 +36,25 @@ type NginxConfig struct {
 	Keys []string
 	// Workers is worker_processes (default "auto").
 	Workers string
+	// AccessLog is how requests are logged: NginxLogBuffered (the
+	// default), NginxLogOff or NginxLogCombined.
+	AccessLog string
+	// Prefix, if set, runs nginx under it (e.g. taskset -c 0: OnCPU).
+	Prefix []string
 }
+
+// Access logs of NginxConfig.AccessLog.
+const (
+	// NginxLogBuffered is one line per request in the edge's terms
+	// (request id, status, time), written through a 256 KiB buffer
+	// flushed every second, as the edge ships its audit records.
+	NginxLogBuffered = ""
+	// NginxLogOff logs nothing: the static key map alone.
+	NginxLogOff = "off"
+	// NginxLogCombined is Debian's default: the combined format, written
+	// unbuffered, one write per request — nginx as operators run it.
+	NginxLogCombined = "combined"
+)
 
 // FindNginx returns the nginx binary to use, or an error telling how to
 // install it.
@@ -65,7 +83,13 @@ http {
   # per request (buffered, like the edge's audit records), forwarded-for,
   # scheme and a request id sent upstream and back.
   log_format keymesh '$time_iso8601 $remote_addr $request_method $uri $status $request_time $request_id';
+{{- if eq .AccessLog "off"}}
+  access_log off;
+{{- else if eq .AccessLog "combined"}}
+  access_log {{.Dir}}/access.log combined;
+{{- else}}
   access_log {{.Dir}}/access.log keymesh buffer=256k flush=1s;
+{{- end}}
   client_body_temp_path {{.Dir}}/body;
   proxy_temp_path {{.Dir}}/proxy;
   fastcgi_temp_path {{.Dir}}/fastcgi;
@@ -146,6 +170,11 @@ func StartNginx(ctx context.Context, cfg NginxConfig) (*Nginx, error) {
 	if cfg.Workers == "" {
 		cfg.Workers = "auto"
 	}
+	switch cfg.AccessLog {
+	case NginxLogBuffered, NginxLogOff, NginxLogCombined:
+	default:
+		return nil, fmt.Errorf("nginx access log %q: want %q, %q or %q", cfg.AccessLog, NginxLogBuffered, NginxLogOff, NginxLogCombined)
+	}
 	dir, err := os.MkdirTemp("", "keymesh-bench-nginx-")
 	if err != nil {
 		return nil, err
@@ -162,7 +191,7 @@ func StartNginx(ctx context.Context, cfg NginxConfig) (*Nginx, error) {
 		return nil, err
 	}
 	err = nginxConf.Execute(f, map[string]any{"Dir": dir, "Workers": cfg.Workers, "Keys": cfg.Keys,
-		"Upstream": u.Host, "Listen": listen})
+		"Upstream": u.Host, "Listen": listen, "AccessLog": cfg.AccessLog})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -170,7 +199,8 @@ func StartNginx(ctx context.Context, cfg NginxConfig) (*Nginx, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	args := append(append([]string(nil), cfg.Prefix...), bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	// Its own process group, killed with the harness if the harness dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -203,6 +233,10 @@ func StartNginx(ctx context.Context, cfg NginxConfig) (*Nginx, error) {
 		}
 	}
 }
+
+// PID is nginx's master process (its workers are its children; a Prefix
+// such as taskset execs nginx in the same process).
+func (n *Nginx) PID() int { return n.cmd.Process.Pid }
 
 // Stop ends nginx (SIGQUIT to its group, SIGKILL after 5s) and removes its
 // directory.

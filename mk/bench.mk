@@ -1,8 +1,9 @@
 # Benchmark and real-client targets (included by the Makefile: -include mk/*.mk).
-#   make bench        the standard suite (well under 3 minutes on 2 cores): load,
-#                     flood, compare (direct / keymesh / nginx), propagation;
-#                     writes bench/results/<date>.md (+ .json, .svg)
-#   make bench-deps   nginx from Debian's packages (for bench compare)
+#   make bench        the standard suite (about 4 minutes on 2 cores): load,
+#                     flood, compare (mixed load, then the fair comparison:
+#                     pinned, wrk, medians, CPU per request, open loop),
+#                     propagation; writes bench/results/<date>.md (+ .json, .svg)
+#   make bench-deps   nginx and wrk from Debian's packages (for bench compare)
 #   make test-client  the official openai npm client against a real edge
 GO ?= go
 BENCH_DURATION ?= 8s
@@ -15,7 +16,7 @@ bench-deps:
 
 bench: bench-deps
 	$(GO) build -o bin/ ./cmd/...
-	timeout 240 ./bin/bench suite --dir bench/results --duration $(BENCH_DURATION) --edges $(BENCH_EDGES)
+	timeout 480 ./bin/bench suite --dir bench/results --duration $(BENCH_DURATION) --edges $(BENCH_EDGES)
 
 test-client:
 	./scripts/ci-client.sh

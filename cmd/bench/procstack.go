@@ -75,8 +75,8 @@ func (s *stack) startProcesses(ctx context.Context, o stackOpts, self string) er
 	natsAddr := "127.0.0.1:" + strconv.Itoa(ports[1])
 	dataDir := filepath.Join(s.dir, "origin")
 	originCmd := []string{filepath.Join(o.binDir, "origin"), "--data-dir", dataDir, "--listen", originAddr, "--nats-listen", natsAddr}
-	originCmd = idlePriority(originCmd)
-	if err := s.spawn(ctx, "origin", originCmd, "ORIGIN_ADMIN_PASSWORD="+benchPassword); err != nil {
+	originCmd, originEnv := o.wrapped("origin", idlePriority(originCmd))
+	if err := s.spawn(ctx, "origin", originCmd, append(originEnv, "ORIGIN_ADMIN_PASSWORD="+benchPassword)...); err != nil {
 		return err
 	}
 	s.api = &bench.OriginClient{BaseURL: "http://" + originAddr}
@@ -87,13 +87,15 @@ func (s *stack) startProcesses(ctx context.Context, o stackOpts, self string) er
 		return err
 	}
 
-	upAddr := "127.0.0.1:" + strconv.Itoa(ports[2])
-	if err := s.spawn(ctx, "upstream", []string{self, "upstream", "--listen", upAddr}); err != nil {
-		return err
-	}
-	s.upURL = "http://" + upAddr
-	if err := waitHTTP(ctx, s.upURL+"/health"); err != nil {
-		return s.failed("upstream", err)
+	if s.upURL = o.upstream; s.upURL == "" {
+		upAddr := "127.0.0.1:" + strconv.Itoa(ports[2])
+		if err := s.spawn(ctx, "upstream", []string{self, "upstream", "--listen", upAddr}); err != nil {
+			return err
+		}
+		s.upURL = "http://" + upAddr
+		if err := waitHTTP(ctx, s.upURL+"/health"); err != nil {
+			return s.failed("upstream", err)
+		}
 	}
 	if s.dep, err = s.api.EnsureDeployment(ctx, benchProject, benchDeployment, []string{s.upURL}); err != nil {
 		return err
@@ -116,7 +118,8 @@ func (s *stack) startProcesses(ctx context.Context, o stackOpts, self string) er
 			args = append(args, "--max-keys", strconv.FormatInt(o.maxKeys, 10))
 		}
 		name := fmt.Sprintf("edge-%d", i)
-		if err := s.spawn(ctx, name, args); err != nil {
+		args, env := o.wrapped(name, args)
+		if err := s.spawn(ctx, name, args, env...); err != nil {
 			return err
 		}
 		e := &edgeNode{url: "http://" + listen, adminURL: "http://" + admin}

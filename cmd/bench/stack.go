@@ -43,6 +43,12 @@ type stackOpts struct {
 	// gossip joins the edges into one gossip ring, each behind a NATS relay
 	// that cutNATS can sever.
 	gossip bool
+	// Process stacks only (bench compare's fair run): upstream, if set, is
+	// the deployment's upstream instead of a mock the stack starts; wrap,
+	// if set, rewrites each child's command line and adds to its
+	// environment (pinning to a core, GOMAXPROCS).
+	upstream string
+	wrap     func(name string, args []string) ([]string, []string)
 }
 
 type edgeNode struct {

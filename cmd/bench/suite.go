@@ -30,6 +30,11 @@ type suiteResult struct {
 	// the edges, which then hear of changes by gossip alone.
 	PropagationGossip *bench.PropagationResult `json:"propagation_gossip,omitempty"`
 	Targets           []suiteTarget            `json:"targets"`
+
+	// Fair is bench compare's fair comparison (issue 17), which the
+	// edge-vs-nginx targets are judged on; FairNote says why it is missing.
+	Fair     *bench.FairResult `json:"fair_compare,omitempty"`
+	FairNote string            `json:"fair_compare_note,omitempty"`
 }
 
 type suiteTarget struct {
@@ -49,10 +54,11 @@ func runSuite(e *env, args []string) int {
 	rate := fs.Float64("rate", 2000, "open-loop requests per second")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	inProcess := inProcessFlag(fs)
-	about := "bench suite runs the standard suite (well under 3 minutes on 2 cores) on a stack of separate processes\n" +
+	about := "bench suite runs the standard suite (about 4 minutes on 2 cores) on a stack of separate processes\n" +
 		"(see --in-process) for load, flood and compare, and an in-process one for propagation:\n" +
-		"closed- and open-loop load with a key mix and revocation, a flood, a comparison with the upstream\n" +
-		"directly and nginx (skipped, and said so, when nginx is missing), and propagation to --edges edges,\n" +
+		"closed- and open-loop load with a key mix and revocation, a flood, the mixed-load comparison with the upstream\n" +
+		"directly and nginx (skipped, and said so, when nginx is missing), bench compare's fair comparison (pinned,\n" +
+		"wrk, medians, CPU per request, open loop), and propagation to --edges edges,\n" +
 		"over NATS and with NATS cut for three quarters of them (gossip alone);\n" +
 		"then writes <dir>/<date>.md with the machine it ran on and every target's verdict."
 	if code, done := parseFlags(e, fs, about, args); done {
@@ -63,7 +69,7 @@ func runSuite(e *env, args []string) int {
 		return 2
 	}
 	// The whole suite is bounded, whatever happens.
-	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(e.ctx, 8*time.Minute)
 	defer cancel()
 	start := time.Now()
 	res := &suiteResult{Date: *date, Machine: bench.DescribeMachine()}
@@ -85,6 +91,9 @@ func runSuite(e *env, args []string) int {
 	if res.Compare != nil {
 		charts["compare"] = bench.LatencyChart("bench compare: non-streamed latency by percentile", res.Compare.Runs, unaryLatency)
 		charts["throughput"] = bench.ThroughputChart(res.Compare)
+	}
+	if res.Fair != nil {
+		charts["fair-throughput"] = fairThroughputChart(res.Fair)
 	}
 	if err := writeReport(e, bench.Report{Base: base, JSON: res, Markdown: md, Charts: charts}); err != nil {
 		fmt.Fprintf(e.stderr, "bench suite: %v\n", err)
@@ -144,6 +153,9 @@ func suiteRun(ctx context.Context, e *env, res *suiteResult, binDir string, d ti
 		return err
 	}
 	st.close()
+	if err = suiteFair(ctx, e, res, binDir, d, quiet); err != nil {
+		return err
+	}
 
 	if res.Propagation, err = propagationStack(ctx, e, propOpts{edges: edges, iterations: iterations, poll: time.Millisecond, quiet: quiet}); err != nil {
 		return err
@@ -152,6 +164,27 @@ func suiteRun(ctx context.Context, e *env, res *suiteResult, binDir string, d ti
 		res.PropagationGossip, err = propagationStack(ctx, e, propOpts{edges: edges, iterations: iterations,
 			poll: time.Millisecond, quiet: quiet, cutNATS: cut})
 	}
+	return err
+}
+
+// suiteFair runs the fair comparison: 3 rounds of d/2 per target, open
+// loop at 25/50/75% of nginx for d/4 each (about 90 s at d = 8s).
+func suiteFair(ctx context.Context, e *env, res *suiteResult, binDir string, d time.Duration, quiet bool) error {
+	if binDir == "" {
+		res.FairNote = "the fair comparison was not run: it needs the edge and origin binaries next to bench (not --in-process)"
+		return nil
+	}
+	o := fairOpts{rounds: 3, round: max(d/2, time.Second), warmup: time.Second, openLoop: []float64{0.25, 0.5, 0.75},
+		openLoopDur: max(d/4, time.Second), connections: 64, nkeys: 100, binDir: binDir, quiet: quiet}
+	if w, err := bench.FindWrk(""); err == nil {
+		o.wrk = w
+	}
+	if _, err := bench.FindNginx(""); err != nil {
+		o.skipNginx = true
+		res.FairNote = "nginx was not compared: " + err.Error()
+	}
+	var err error
+	res.Fair, err = fairCompare(ctx, e, o)
 	return err
 }
 
@@ -164,7 +197,14 @@ func suiteTargets(r *suiteResult) []suiteTarget {
 	if r.Compare != nil {
 		km, ng = r.Compare.Find(bench.TargetKeymesh), r.Compare.Find(bench.TargetNginx)
 	}
-	if km != nil && ng != nil && ng.Throughput > 0 && ng.Unary.P99 > 0 {
+	if r.Fair != nil {
+		for _, v := range r.Fair.Verdicts() {
+			add(v.Target, v.Measured, v.Met)
+		}
+		if r.Fair.Find(bench.TargetNginx) == nil {
+			out = append(out, suiteTarget{"edge vs nginx (fair compare)", "nginx missing: " + r.FairNote, "not measured"})
+		}
+	} else if km != nil && ng != nil && ng.Throughput > 0 && ng.Unary.P99 > 0 {
 		t := km.Throughput / ng.Throughput
 		add("keymesh throughput ≥ 1.0x nginx static map", fmt.Sprintf("%.2fx (%.0f vs %.0f rps)", t, km.Throughput, ng.Throughput), t >= 1)
 		l := km.Unary.P99 / ng.Unary.P99
@@ -234,7 +274,15 @@ func suiteMarkdown(r *suiteResult) string {
 	b.WriteString(bench.LoadMarkdown(r.Load, "load"))
 	b.WriteString("\n## Flood (refused keys at full speed)\n\n")
 	b.WriteString(bench.FloodMarkdown(r.Flood))
-	b.WriteString("\n## Compare (same closed-loop load, one target after another)\n\n")
+	b.WriteString("\n## Compare, fair (issue 17: fast backend, proxy and backend on one core, wrk on the other; `bench compare`)\n\n")
+	if r.FairNote != "" {
+		b.WriteString("**" + r.FairNote + "**\n\n")
+	}
+	if r.Fair != nil {
+		b.WriteString(bench.FairMarkdown(r.Fair))
+		b.WriteString("\n![throughput](CHART:fair-throughput)\n")
+	}
+	b.WriteString("\n## Compare, mixed load (same closed-loop load with streams against the mock upstream, one target after another, nothing pinned; `bench compare --mixed`)\n\n")
 	if r.CompareNote != "" {
 		b.WriteString("**" + r.CompareNote + "**\n\n")
 	}
