@@ -179,6 +179,8 @@ type globalLimits struct {
 	liveHeard atomic.Int64 // live as of the last merged report
 	heard     atomic.Int64 // unix ms of the last merged report (or of peers appearing)
 	peers     atomic.Bool  // this edge has known of a peer: global checks apply
+	// lastReport is when report last returned a report (unix ms).
+	lastReport atomic.Int64
 
 	untracked atomic.Uint64
 
@@ -607,8 +609,13 @@ func (g *globalLimits) report(full bool) *event.LimitReport {
 		sh.mu.Unlock()
 	}
 	if len(r.Entries) == 0 && !full {
-		return nil
+		// Nothing to say; but peers take silence for a partition, so say
+		// so every two sync intervals.
+		if last := g.lastReport.Load(); r.TimeMS-last < 2*g.sync.Milliseconds() && r.TimeMS >= last {
+			return nil
+		}
 	}
+	g.lastReport.Store(r.TimeMS)
 	return r
 }
 
@@ -782,9 +789,11 @@ func (g *globalLimits) usage(id gid, refill string) int64 {
 // LimitReport returns what this edge has to tell the other edges of its
 // use of the limit counters: the entries whose value rose since the last
 // call (full: every entry of the windows that still count, the periodic
-// refresh), or nil when there is nothing to say (never nil when full). The
-// transport calls it every sync interval (Config.LimitSync) and sends the
-// report to every peer; it may hold more than event.MaxLimitEntries
+// refresh), or nil when there is nothing to say — but at least every two
+// sync intervals it returns a report, of no entries if need be: peers take
+// an edge they do not hear from for partitioned. Never nil when full. The
+// transport calls it every sync interval (Config.LimitSync) and sends
+// every report it returns to every peer; it may hold more than event.MaxLimitEntries
 // entries: Split it before Marshal. Safe for concurrent use, but the
 // entries changed since the last call are handed to one caller only.
 func (s *Proxy) LimitReport(full bool) *event.LimitReport {
