@@ -141,10 +141,11 @@ type gcounter struct {
 	held   int  // reservations not settled: never swept while > 0
 
 	// Strict mode: the room at the start of this sync round, what this
-	// edge spent in it, and in the round before.
-	round                 int64
-	roundRoom, roundSpent int64
-	lastSpent             int64
+	// edge spent in it and what it was asked for, and the same of the
+	// round before.
+	round                              int64
+	roundRoom, roundSpent, roundDemand int64
+	lastSpent, lastDemand              int64
 	// Partition share: own use and room as of the last admission made
 	// while connected, in window syncW.
 	syncW, syncOwn, syncRoom int64
@@ -503,23 +504,26 @@ func (g *globalLimits) check(c *gcounter, w, need int64, now time.Time) gResult 
 	if float64(need) > room {
 		return refuse(gRefGlobal)
 	}
-	// Strict mode, only for a counter others spend from too.
-	if len(c.remote) > 0 {
-		round := now.UnixMilli() / g.sync.Milliseconds()
-		if round != c.round {
-			if round == c.round+1 {
-				c.lastSpent = c.roundSpent
-			} else {
-				c.lastSpent = 0
-			}
-			c.round, c.roundSpent, c.roundRoom = round, 0, int64(room)
+	// This edge's pace: what it spent in the last sync round.
+	round := now.UnixMilli() / g.sync.Milliseconds()
+	if round != c.round {
+		if round == c.round+1 {
+			c.lastSpent, c.lastDemand = c.roundSpent, c.roundDemand
+		} else {
+			c.lastSpent, c.lastDemand = 0, 0
 		}
-		e := g.edges()
-		// Strict once the room is less than every edge spending at this
+		c.round, c.roundSpent, c.roundDemand, c.roundRoom = round, 0, 0, int64(room)
+	}
+	c.roundDemand += need
+	// Strict mode: others may be spending too, reported or not yet.
+	if e := g.edges(); e > 1 || len(c.remote) > 0 {
+		// Strict once the room is less than every edge asking at this
 		// edge's last pace would use in two rounds, or than a quarter of
-		// the limit.
-		if c.roundRoom < max(c.limit/4, 2*e*c.lastSpent) {
-			share := (max(c.roundRoom, 0) + e - 1) / e // at least 1 while room is left
+		// the limit. The share is of the room less what the others may
+		// have spent unseen in the last round, if they spent as this edge
+		// did.
+		if c.roundRoom < max(c.limit/4, 2*e*c.lastDemand) {
+			share := (max(c.roundRoom-(e-1)*c.lastSpent, 0) + e - 1) / e // at least 1 while room is left
 			if c.roundSpent+need > share {
 				return refuse(gRefStrict)
 			}
