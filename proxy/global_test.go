@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
@@ -573,5 +574,40 @@ func TestGlobalTokens(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// GET /v1/key's global figures: the key's use across the edges, per bound.
+func TestGlobalKeyInfo(t *testing.T) {
+	es := newEdges(t, 3, nil)
+	key := &cache.Key{ID: "key_1", RateLimit: &event.RateLimit{RequestsPerMinute: 100},
+		Tokens: &event.TokenLimits{TokensPerDay: 10_000, Quota: &event.Quota{Requests: 50, Refill: event.QuotaRefillDaily}}}
+	dep := &event.Deployment{ID: "dep_1"}
+	for i, p := range es.ps {
+		for range i + 1 {
+			if r := p.limits.check(dep, key); r.retry != 0 {
+				t.Fatal("refused")
+			}
+			bounds, n := tokenBounds(dep, key)
+			h, _ := p.tokens.reserve(bounds[:n], 100)
+			p.tokens.settle(h, 70)
+		}
+	}
+	es.sync(t, false)
+	var a keyInfoAnswer
+	es.ps[0].globalInfo(&a, key)
+	got, _ := json.Marshal(a.Global)
+	// Six requests settled at 70 of 100 reserved: this edge's own 70
+	// exactly, the others' as the largest they ever had, each counting
+	// its last reservation whole (70+100, 70+70+100).
+	want := `{"edges":3,"partitioned":false,"rate_limit":{"limit":100,"used":6,"remaining":94},` +
+		`"tokens_per_day":{"limit":10000,"used":480,"remaining":9520},"quota":{"limit":50,"used":6,"remaining":44}}`
+	if string(got) != want {
+		t.Fatalf("global %s\nwant   %s", got, want)
+	}
+	var none keyInfoAnswer
+	es.ps[0].globalInfo(&none, &cache.Key{ID: "free"})
+	if none.Global != nil {
+		t.Fatal("figures for a key without bounds")
 	}
 }
