@@ -141,10 +141,11 @@ type gcounter struct {
 	held   int  // reservations not settled: never swept while > 0
 
 	// Strict mode: the room at the start of this sync round, what this
-	// edge spent in it, and in the round before.
-	round                 int64
-	roundRoom, roundSpent int64
-	lastSpent             int64
+	// edge spent in it and what it was asked for, and the same of the
+	// round before.
+	round                              int64
+	roundRoom, roundSpent, roundDemand int64
+	lastSpent, lastDemand              int64
 	// Partition share: own use and room as of the last admission made
 	// while connected, in window syncW.
 	syncW, syncOwn, syncRoom int64
@@ -179,6 +180,8 @@ type globalLimits struct {
 	liveHeard atomic.Int64 // live as of the last merged report
 	heard     atomic.Int64 // unix ms of the last merged report (or of peers appearing)
 	peers     atomic.Bool  // this edge has known of a peer: global checks apply
+	// lastReport is when report last returned a report (unix ms).
+	lastReport atomic.Int64
 
 	untracked atomic.Uint64
 
@@ -501,23 +504,26 @@ func (g *globalLimits) check(c *gcounter, w, need int64, now time.Time) gResult 
 	if float64(need) > room {
 		return refuse(gRefGlobal)
 	}
-	// Strict mode, only for a counter others spend from too.
-	if len(c.remote) > 0 {
-		round := now.UnixMilli() / g.sync.Milliseconds()
-		if round != c.round {
-			if round == c.round+1 {
-				c.lastSpent = c.roundSpent
-			} else {
-				c.lastSpent = 0
-			}
-			c.round, c.roundSpent, c.roundRoom = round, 0, int64(room)
+	// This edge's pace: what it spent in the last sync round.
+	round := now.UnixMilli() / g.sync.Milliseconds()
+	if round != c.round {
+		if round == c.round+1 {
+			c.lastSpent, c.lastDemand = c.roundSpent, c.roundDemand
+		} else {
+			c.lastSpent, c.lastDemand = 0, 0
 		}
-		e := g.edges()
-		// Strict once the room is less than every edge spending at this
+		c.round, c.roundSpent, c.roundDemand, c.roundRoom = round, 0, 0, int64(room)
+	}
+	c.roundDemand += need
+	// Strict mode: others may be spending too, reported or not yet.
+	if e := g.edges(); e > 1 || len(c.remote) > 0 {
+		// Strict once the room is less than every edge asking at this
 		// edge's last pace would use in two rounds, or than a quarter of
-		// the limit.
-		if c.roundRoom < max(c.limit/4, 2*e*c.lastSpent) {
-			share := (max(c.roundRoom, 0) + e - 1) / e // at least 1 while room is left
+		// the limit. The share is of the room less what the others may
+		// have spent unseen in the last round, if they spent as this edge
+		// did.
+		if c.roundRoom < max(c.limit/4, 2*e*c.lastDemand) {
+			share := (max(c.roundRoom-(e-1)*c.lastSpent, 0) + e - 1) / e // at least 1 while room is left
 			if c.roundSpent+need > share {
 				return refuse(gRefStrict)
 			}
@@ -607,8 +613,13 @@ func (g *globalLimits) report(full bool) *event.LimitReport {
 		sh.mu.Unlock()
 	}
 	if len(r.Entries) == 0 && !full {
-		return nil
+		// Nothing to say; but peers take silence for a partition, so say
+		// so every two sync intervals.
+		if last := g.lastReport.Load(); r.TimeMS-last < 2*g.sync.Milliseconds() && r.TimeMS >= last {
+			return nil
+		}
 	}
+	g.lastReport.Store(r.TimeMS)
 	return r
 }
 
@@ -782,9 +793,11 @@ func (g *globalLimits) usage(id gid, refill string) int64 {
 // LimitReport returns what this edge has to tell the other edges of its
 // use of the limit counters: the entries whose value rose since the last
 // call (full: every entry of the windows that still count, the periodic
-// refresh), or nil when there is nothing to say (never nil when full). The
-// transport calls it every sync interval (Config.LimitSync) and sends the
-// report to every peer; it may hold more than event.MaxLimitEntries
+// refresh), or nil when there is nothing to say — but at least every two
+// sync intervals it returns a report, of no entries if need be: peers take
+// an edge they do not hear from for partitioned. Never nil when full. The
+// transport calls it every sync interval (Config.LimitSync) and sends
+// every report it returns to every peer; it may hold more than event.MaxLimitEntries
 // entries: Split it before Marshal. Safe for concurrent use, but the
 // entries changed since the last call are handed to one caller only.
 func (s *Proxy) LimitReport(full bool) *event.LimitReport {
