@@ -209,7 +209,7 @@ func (r loadResult) report(t *testing.T, what string, warm int, loaded int) {
 	if float64(total) > b {
 		t.Errorf("%s: %d admitted, over the bound %.0f (limit %d)", what, total, b, globalLimit)
 	}
-	if total < globalLimit*95/100 {
+	if total < globalLimit*90/100 { // strict mode may leave a little unspent, not much
 		t.Errorf("%s: only %d admitted of a limit of %d", what, total, globalLimit)
 	}
 	if len(r.other) != 0 {

@@ -114,8 +114,7 @@ func TestNATSEdgeCredentialPermissions(t *testing.T) {
 	// Refused: reading another edge's inbox, the audit or heartbeats of any
 	// edge, answering lookups.
 	for _, subj := range []string{event.EdgeInbox("edge-b") + ".>", "_INBOX.>", event.EdgeAuditSubject + ".*",
-		event.EdgeSubject(event.EdgeAuditSubject, "edge-b"), event.EdgeHeartbeatSubject + ".>", event.LookupKeySubject,
-		event.EdgeLimitsSubject + ".>", ">"} {
+		event.EdgeSubject(event.EdgeAuditSubject, "edge-b"), event.EdgeHeartbeatSubject + ".>", event.LookupKeySubject, ">"} {
 		if _, err := nc.SubscribeSync(subj); err != nil {
 			t.Fatal(err)
 		}
