@@ -201,8 +201,8 @@ func newGlobalLimits(now func() time.Time, edge, mode string, syncEvery time.Dur
 	default:
 		return nil, fmt.Errorf("%w: LimitPartition %q (want share, deny or local)", ErrConfig, mode)
 	}
-	if syncEvery < 0 {
-		return nil, fmt.Errorf("%w: LimitSync must not be negative", ErrConfig)
+	if syncEvery < 0 || (syncEvery > 0 && syncEvery < time.Millisecond) {
+		return nil, fmt.Errorf("%w: LimitSync must be zero (the default) or at least 1ms", ErrConfig)
 	}
 	if syncEvery == 0 {
 		syncEvery = DefaultLimitSync
