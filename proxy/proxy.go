@@ -466,6 +466,7 @@ func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
 func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 	s.release(&out.adm)
 	if out.meter != nil {
+		s.noteCut(out)
 		if out.meter.answered && out.dep != nil {
 			s.meterUsage(ctx, out)
 		}

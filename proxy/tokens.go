@@ -372,6 +372,7 @@ func (c *tokenCounter) refillQuota(limit int64, refill string, now time.Time) {
 type tokenRef struct {
 	sh     *tokenShard
 	c      *tokenCounter // nil: untracked (the table was full)
+	id     tokenID
 	kind   uint8
 	took   int64
 	period int64
@@ -382,6 +383,9 @@ type tokenRef struct {
 type tokenHold struct {
 	refs [9]tokenRef
 	n    int
+	// covered is the tokens the hold covers: the reservation, plus what
+	// a stream's extensions took (streamcut.go).
+	covered int64
 }
 
 var tokenHolds = sync.Pool{New: func() any { return new(tokenHold) }}
@@ -473,6 +477,7 @@ func (t *tokenTable) reserve(bounds []tokenBound, res int64) (*tokenHold, tokenR
 			}
 		}
 	}
+	h.covered = res
 	return h, out
 }
 
@@ -497,6 +502,31 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			tracked = false // checked as a full counter, not kept
 		}
 	}
+	if !t.check(c, id, limit, refill, need, now, out) {
+		return false
+	}
+	switch id.kind {
+	case tokMinute, tokDay:
+		c.level -= float64(took)
+		out.observe(c, id.kind)
+	default:
+		c.used += took
+	}
+	ref := tokenRef{sh: sh, id: id, kind: id.kind, took: took, period: c.period}
+	if tracked {
+		c.held++
+		ref.c = c
+	}
+	h.refs[h.n] = ref
+	h.n++
+	return true
+}
+
+// check brings counter c (of id, under sh's lock) to now and reports
+// whether it has need left: the one check of a counter, for admission
+// (take) and for a stream's extension (extend) alike. False sets out's
+// refusal.
+func (t *tokenTable) check(c *tokenCounter, id tokenID, limit int64, refill string, need int64, now time.Time, out *tokenResult) bool {
 	switch id.kind {
 	case tokMinute, tokDay:
 		c.refillBucket(id.kind, limit, now)
@@ -511,8 +541,6 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			out.retry = c.until(id.kind, float64(min(need, limit)))
 			return false
 		}
-		c.level -= float64(took)
-		out.observe(c, id.kind)
 	default:
 		c.refillQuota(limit, refill, now)
 		if need > limit {
@@ -528,15 +556,7 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			}
 			return false
 		}
-		c.used += took
 	}
-	ref := tokenRef{sh: sh, kind: id.kind, took: took, period: c.period}
-	if tracked {
-		c.held++
-		ref.c = c
-	}
-	h.refs[h.n] = ref
-	h.n++
 	return true
 }
 

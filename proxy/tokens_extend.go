@@ -1,0 +1,72 @@
+package proxy
+
+import "time"
+
+// extend takes n more tokens from every counter hold h took tokens from —
+// its buckets and token quotas; a request quota does not grow — or from
+// none, each checked as at admission (check: the bound must have n left).
+// When refused, the reason names the kind of bound that refused
+// (reasonTokenLimit or reasonQuota). A counter the table could not keep
+// (untracked at admission) is not extended: it was checked as full, and
+// nothing of it is held. h is the caller's alone (one request's), as at
+// settlement.
+func (t *tokenTable) extend(h *tokenHold, n int64) (reason, bool) {
+	if n <= 0 {
+		return reasonNone, true
+	}
+	now := t.now()
+	var out tokenResult
+	for i := range h.refs[:h.n] {
+		r := &h.refs[i]
+		if r.kind == tokRequests || r.c == nil {
+			continue
+		}
+		if !t.extendRef(r, n, now, &out) {
+			for j := range h.refs[:i] {
+				if o := &h.refs[j]; o.kind != tokRequests && o.c != nil {
+					unextendRef(o, n)
+				}
+			}
+			return out.reason, false
+		}
+	}
+	h.covered += n
+	return reasonNone, true
+}
+
+// extendRef takes n more from the counter of r, if it has them.
+func (t *tokenTable) extendRef(r *tokenRef, n int64, now time.Time, out *tokenResult) bool {
+	r.sh.mu.Lock()
+	defer r.sh.mu.Unlock()
+	c := r.c
+	if !t.check(c, r.id, c.limit, c.refill, n, now, out) {
+		return false
+	}
+	switch r.kind {
+	case tokMinute, tokDay:
+		c.level -= float64(n)
+	default:
+		if c.period != r.period {
+			// The reservation's period is over (give forgets what it
+			// took there): from now the request counts in this one.
+			r.period, r.took = c.period, 0
+		}
+		c.used += n
+	}
+	r.took += n
+	return true
+}
+
+// unextendRef gives back an extension extendRef just made.
+func unextendRef(r *tokenRef, n int64) {
+	r.sh.mu.Lock()
+	defer r.sh.mu.Unlock()
+	c := r.c
+	switch r.kind {
+	case tokMinute, tokDay:
+		c.level = min(float64(c.limit), c.level+float64(n))
+	default:
+		c.used = max(0, c.used-n)
+	}
+	r.took -= n
+}
