@@ -18,12 +18,12 @@ func (t *tokenTable) extend(h *tokenHold, n int64) (reason, bool) {
 	var out tokenResult
 	for i := range h.refs[:h.n] {
 		r := &h.refs[i]
-		if r.kind == tokRequests || r.c == nil {
+		if !extends(r) {
 			continue
 		}
 		if !t.extendRef(r, n, now, &out) {
 			for j := range h.refs[:i] {
-				if o := &h.refs[j]; o.kind != tokRequests && o.c != nil {
+				if o := &h.refs[j]; extends(o) {
 					unextendRef(o, n)
 				}
 			}
@@ -32,6 +32,13 @@ func (t *tokenTable) extend(h *tokenHold, n int64) (reason, bool) {
 	}
 	h.covered += n
 	return reasonNone, true
+}
+
+// extends reports whether an extension takes from r's counter: a kept
+// counter of tokens (not a request quota, nor a kind counted in anything
+// else).
+func extends(r *tokenRef) bool {
+	return r.c != nil && (r.kind == tokMinute || r.kind == tokDay || r.kind == tokQuota)
 }
 
 // extendRef takes n more from the counter of r, if it has them.
