@@ -292,6 +292,8 @@ type tokenTable struct {
 	seed   maphash.Seed
 	shards [64]tokenShard
 	max    int // per shard
+	// global checks the bounds across edges too (global.go).
+	global *globalLimits
 
 	untracked atomic.Uint64 // counters not kept because the table was full
 }
@@ -376,6 +378,7 @@ type tokenRef struct {
 	kind   uint8
 	took   int64
 	period int64
+	g      gref // the same take in the counter across edges
 }
 
 // tokenHold is what an admitted request holds of the token counters until
@@ -505,6 +508,13 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 	if !t.check(c, id, limit, refill, need, now, out) {
 		return false
 	}
+	gr, ok := t.takeGlobal(id, limit, refill, need, took, now, out)
+	if !ok {
+		if id.kind == tokMinute || id.kind == tokDay {
+			out.observe(c, id.kind)
+		}
+		return false
+	}
 	switch id.kind {
 	case tokMinute, tokDay:
 		c.level -= float64(took)
@@ -512,7 +522,7 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 	default:
 		c.used += took
 	}
-	ref := tokenRef{sh: sh, id: id, kind: id.kind, took: took, period: c.period}
+	ref := tokenRef{sh: sh, id: id, kind: id.kind, took: took, period: c.period, g: gr}
 	if tracked {
 		c.held++
 		ref.c = c
@@ -560,6 +570,25 @@ func (t *tokenTable) check(c *tokenCounter, id tokenID, limit int64, refill stri
 	return true
 }
 
+// takeGlobal checks counter id across edges (global.go) once the local
+// counter has admitted, and records the take there; false (with out's
+// refusal set as the local counter's would be) when it refuses.
+func (t *tokenTable) takeGlobal(id tokenID, limit int64, refill string, need, took int64, now time.Time, out *tokenResult) (gref, bool) {
+	if t.global == nil {
+		return gref{}, true
+	}
+	gr, r := t.global.take(gid{id.id, id.scope, tokenGKind[id.kind]}, limit, refill, need, took, true, now)
+	if r.ok {
+		return gr, true
+	}
+	out.refusal, out.reason, out.retry, out.never = errTokenLimit, reasonTokenLimit, r.retry, false
+	if id.kind == tokQuota || id.kind == tokRequests {
+		out.refusal, out.reason = errQuota, reasonQuota
+		out.never = r.retry == 0 && r.reason == gRefGlobal
+	}
+	return gref{}, false
+}
+
 // settle replaces h's reservation by used tokens and gives h back. A nil
 // hold does nothing.
 func (t *tokenTable) settle(h *tokenHold, used int64) {
@@ -579,6 +608,16 @@ func (t *tokenTable) give(h *tokenHold, used int64, cancel bool) {
 	now := t.now()
 	for i := range h.refs[:h.n] {
 		r := &h.refs[i]
+		if t.global != nil {
+			gused := used
+			if r.kind == tokRequests {
+				gused = 1
+				if cancel {
+					gused = 0
+				}
+			}
+			t.global.settle(r.g, r.took, gused)
+		}
 		c := r.c
 		if c == nil {
 			continue
