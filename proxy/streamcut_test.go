@@ -426,3 +426,28 @@ func TestTokenExtend(t *testing.T) {
 		t.Fatalf("%d held", n)
 	}
 }
+
+// Across edges (global.go), an extension is checked like an admission: a
+// stream's hold at one edge is not extended past what the others have
+// reported using, though this edge's own counter has room.
+func TestTokenExtendGlobal(t *testing.T) {
+	es := newEdges(t, 2, nil)
+	bounds := []tokenBound{{"k", scopeKey, &event.TokenLimits{TokensPerDay: 1000}}}
+	h2, _ := es.ps[1].tokens.reserve(bounds, 900)
+	es.ps[1].tokens.settle(h2, 900)
+	es.sync(t, true)
+	h1, tr := es.ps[0].tokens.reserve(bounds, 0)
+	if h1 == nil {
+		t.Fatalf("refused: %+v", tr)
+	}
+	if why, ok := es.ps[0].tokens.extend(h1, 200); ok || why != reasonTokenLimit {
+		t.Fatalf("extend past the global room: %v %v", why, ok)
+	}
+	if why, ok := es.ps[0].tokens.extend(h1, 30); !ok {
+		t.Fatalf("extend within the global room refused: %v", why)
+	}
+	es.ps[0].tokens.settle(h1, 30)
+	if left := es.ps[0].tokens.remaining(tokenID{"k", scopeKey, tokDay}, 1000, ""); left != 970 {
+		t.Fatalf("edge 1's own counter has %d left, want 970", left)
+	}
+}

@@ -24,7 +24,7 @@ func (t *tokenTable) extend(h *tokenHold, n int64) (reason, bool) {
 		if !t.extendRef(r, n, now, &out) {
 			for j := range h.refs[:i] {
 				if o := &h.refs[j]; extends(o) {
-					unextendRef(o, n)
+					t.unextendRef(o, n)
 				}
 			}
 			return out.reason, false
@@ -46,7 +46,7 @@ func (t *tokenTable) extendRef(r *tokenRef, n int64, now time.Time, out *tokenRe
 	r.sh.mu.Lock()
 	defer r.sh.mu.Unlock()
 	c := r.c
-	if !t.check(c, r.id, c.limit, c.refill, n, now, out) {
+	if !t.check(c, r.id, c.limit, c.refill, n, now, out) || !t.extendGlobal(r, n, now, out) {
 		return false
 	}
 	switch r.kind {
@@ -64,8 +64,38 @@ func (t *tokenTable) extendRef(r *tokenRef, n int64, now time.Time, out *tokenRe
 	return true
 }
 
-// unextendRef gives back an extension extendRef just made.
-func unextendRef(r *tokenRef, n int64) {
+// extendGlobal checks n more against r's counter across edges
+// (global.go), as takeGlobal does at admission, and records them held in
+// the window the reservation was taken in (where settlement replaces
+// what r took by what was used).
+func (t *tokenTable) extendGlobal(r *tokenRef, n int64, now time.Time, out *tokenResult) bool {
+	g, gr := t.global, r.g
+	if g == nil || gr.c == nil {
+		return true
+	}
+	gr.sh.mu.Lock()
+	defer gr.sh.mu.Unlock()
+	if res := g.check(gr.c, gr.w, n, now); !res.ok {
+		out.refusal, out.reason = errTokenLimit, reasonTokenLimit
+		if r.kind == tokQuota {
+			out.refusal, out.reason = errQuota, reasonQuota
+		}
+		return false
+	}
+	g.add(gr.sh, gr.c, gr.w, 0, n)
+	gr.c.roundSpent += n
+	return true
+}
+
+// unextendRef gives back an extension extendRef just made (across edges,
+// the held tokens; what this round spent stays counted: that only
+// tightens).
+func (t *tokenTable) unextendRef(r *tokenRef, n int64) {
+	if gr := r.g; t.global != nil && gr.c != nil {
+		gr.sh.mu.Lock()
+		t.global.add(gr.sh, gr.c, gr.w, 0, -n)
+		gr.sh.mu.Unlock()
+	}
 	r.sh.mu.Lock()
 	defer r.sh.mu.Unlock()
 	c := r.c
