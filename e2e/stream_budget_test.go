@@ -48,33 +48,16 @@ func (u *longStream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.finished.Add(1)
 }
 
-// metricSum adds up the samples of a counter in a Prometheus text page
-// whose labels include every one of with.
-func metricSum(page, name string, with ...string) float64 {
-	var sum float64
-	for _, line := range strings.Split(page, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		ok := true
-		for _, w := range with {
-			ok = ok && strings.Contains(line, w)
-		}
-		if i := strings.LastIndexByte(line, ' '); ok && i > 0 {
-			v, _ := strconv.ParseFloat(line[i+1:], 64)
-			sum += v
-		}
-	}
-	return sum
-}
-
 // streamBudget spends a key's tokens_per_day with streamed requests (no
 // max_tokens: each reserves nothing) from workers clients spread over
 // edges until every edge refuses, and checks the hard budget: the tokens
 // the edges metered are at most the budget plus one step per stream that
 // was in flight, the streams crossing it were cut with the SSE error and
-// [DONE], and the upstream saw each cut stream's connection closed.
-func streamBudget(t *testing.T, s *stack, edges []*edge.Node, budget int64, workers int) {
+// [DONE], and the upstream saw each cut stream's connection closed. Over
+// several edges, tolerance (a fraction of the budget) is added to the
+// bound: what the edges admit and extend in one sync interval before they
+// hear of each other (docs/design.md, the global counters' bound).
+func streamBudget(t *testing.T, s *stack, edges []*edge.Node, budget int64, workers int, tolerance float64) {
 	t.Helper()
 	up := &longStream{chunks: 400} // 4,000 tokens a stream
 	srv := httptest.NewServer(up)
@@ -93,6 +76,7 @@ func streamBudget(t *testing.T, s *stack, edges []*edge.Node, budget int64, work
 		go func() {
 			defer wg.Done()
 			e := edges[w%len(edges)]
+			retries := 0
 			for {
 				req, _ := http.NewRequest(http.MethodPost, "http://"+e.Addr()+"/v1/chat/completions", strings.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
@@ -107,6 +91,14 @@ func streamBudget(t *testing.T, s *stack, edges []*edge.Node, budget int64, work
 				got := string(b)
 				switch {
 				case resp.StatusCode == http.StatusTooManyRequests:
+					// Near the limit an edge spends only its share a sync
+					// round (Retry-After: the next round): a client retries
+					// a few of those, then takes the refusal as final.
+					if ra, _ := strconv.Atoi(resp.Header.Get("Retry-After")); ra <= 1 && retries < 5 && len(edges) > 1 {
+						retries++
+						time.Sleep(globalSync)
+						continue
+					}
 					refused.Add(1)
 					return
 				case err != nil || resp.StatusCode != http.StatusOK:
@@ -137,13 +129,15 @@ func streamBudget(t *testing.T, s *stack, edges []*edge.Node, budget int64, work
 	var served float64
 	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		served = 0
+		cuts := 0.0
 		for _, e := range edges {
-			page := scrape(t, e, "/metrics")
-			served += metricSum(page, "keymesh_edge_tokens_total", `deployment="budget"`, `kind="prompt"`) +
-				metricSum(page, "keymesh_edge_tokens_total", `deployment="budget"`, `kind="completion"`)
-			if n := metricSum(page, "keymesh_edge_streams"+"_cut_total"); n == 0 && len(edges) == 1 {
-				return fmt.Errorf("no cut counted")
+			for _, kind := range []string{"prompt", "completion"} {
+				served += metricSum(t, e, "keymesh_edge_tokens_total", map[string]string{"deployment": "budget", "kind": kind})
 			}
+			cuts += metricSum(t, e, "keymesh_edge_streams_cut_total", nil)
+		}
+		if cuts != float64(cut.Load()) {
+			return fmt.Errorf("%v cuts counted, %d seen", cuts, cut.Load())
 		}
 		if served == 0 {
 			return fmt.Errorf("nothing metered yet")
@@ -153,12 +147,12 @@ func streamBudget(t *testing.T, s *stack, edges []*edge.Node, budget int64, work
 	// The budget refills evenly over the day: what it gave back while the
 	// test ran is part of the bound.
 	refill := float64(budget) * elapsed.Seconds() / (24 * 3600)
-	slack := float64(workers * 64) // one step (the least extension) per stream in flight
+	slack := float64(workers*64) + tolerance*float64(budget) // one step (the least extension) per stream in flight
 	t.Logf("budget %d tokens/day over %d edges, %d clients: served %.0f tokens (overshoot %.0f, %.2f%%; bound %.0f) in %d whole and %d cut streams, %v",
 		budget, len(edges), workers, served, served-float64(budget), 100*(served-float64(budget))/float64(budget), slack+refill,
 		whole.Load(), cut.Load(), elapsed.Round(time.Millisecond))
 	if served > float64(budget)+slack+refill+1 {
-		t.Fatalf("served %.0f tokens of a budget of %d: more than one step per stream in flight (%v)", served, budget, slack)
+		t.Fatalf("served %.0f tokens of a budget of %d: over the bound (%v)", served, budget, slack)
 	}
 	if served < float64(budget)-slack {
 		t.Fatalf("served %.0f tokens of a budget of %d: the budget was not spent", served, budget)
@@ -172,5 +166,26 @@ func streamBudget(t *testing.T, s *stack, edges []*edge.Node, budget int64, work
 func TestStreamBudgetOneEdge(t *testing.T) {
 	s := newStack(t)
 	e := s.startEdge(edgeOpts{})
-	streamBudget(t, s, []*edge.Node{e}, 100_000, 8)
+	streamBudget(t, s, []*edge.Node{e}, 100_000, 8, 0)
+}
+
+// The same budget over 4 edges exchanging their counts (--limits-sync),
+// the clients spread over them: each edge alone would serve the whole
+// budget (400,000 tokens in all); together they serve it once, within
+// 5% (as the request limits over 4 edges) plus a step per stream in
+// flight, the overshoot measured and printed.
+func TestStreamBudgetFourEdges(t *testing.T) {
+	s := newStack(t)
+	edges, _ := s.gossipEdgesWith(globalEdges, gossipOpts{configure: func(_ int, c *edge.Config) {
+		c.LimitsSync = globalSync
+	}})
+	testutil.CheckFor(t, 10*time.Second, 0, func() error {
+		for _, e := range edges {
+			if n := metricSum(t, e, reportsReceived, map[string]string{"result": "merged"}); n < globalEdges-1 {
+				return errorf("edge %s merged %v reports", e.ID(), n)
+			}
+		}
+		return nil
+	})
+	streamBudget(t, s, edges, 100_000, 8, 0.05)
 }
