@@ -111,10 +111,11 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	if body.decoded {
 		req.Header.Del(fasthttp.HeaderContentEncoding) // body.raw is the decoded body
 	}
-	if m != nil && m.strip {
-		// The edge asked for usage and removes the chunk that carries it:
-		// it must be able to read the stream, so the stream comes
-		// unencoded (the client still gets it as the upstream sends it).
+	if m != nil && (m.strip || r.tok != nil) {
+		// The edge asked for usage and removes the chunk that carries it,
+		// or settles (and may cut, streamcut.go) a token reservation from
+		// the answer: it must be able to read it, so it comes unencoded
+		// (the client still gets it as the upstream sends it).
 		req.Header.Del(fasthttp.HeaderAcceptEncoding)
 	}
 	if refusal := s.setUpstreamAuth(&req.Header, &ctx.Request.Header, rt.dep, r); refusal != nil {
@@ -185,6 +186,10 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 		size := resp.Header.ContentLength()
 		if m != nil && m.strip {
 			size = -1 // what the client gets is shorter than what the upstream sent
+		}
+		if m != nil && r.tok != nil && m.mode == meterSSE && resp.StatusCode() < 300 {
+			m.bound(s.tokens, r.tok) // a hard budget (streamcut.go): it may end early
+			size = -1
 		}
 		ctx.Response.SetBodyStream(b, size)
 		return b
@@ -277,16 +282,22 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	if m == nil {
 		return b.r.Read(p)
 	}
-	if !m.strip {
+	if !m.strip && !m.cut {
 		n, err := b.r.Read(p)
-		m.feed(p[:n])
+		if k := m.feed(p[:n]); m.cut {
+			// The budget ended the stream after p[:k], an event's end:
+			// the rest is never relayed.
+			b.cutStream()
+			return k, nil
+		}
 		if err != nil {
 			m.end(false)
 		}
 		return n, err
 	}
-	// Strip mode: the upstream's bytes go through m.pend, less the
-	// usage-only chunks; a line not yet ended waits in m.carry.
+	// Strip mode (and a cut stream's end): the upstream's bytes go through
+	// m.pend, less the usage-only chunks; a line not yet ended waits in
+	// m.carry.
 	if m.pendOff == len(m.pend) {
 		m.pend, m.pendOff = m.pend[:0], 0
 		if b.err != nil {
@@ -294,7 +305,10 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		}
 		n, err := b.r.Read(p)
 		m.scan(p[:n], true)
-		if err != nil {
+		switch {
+		case m.cut:
+			b.cutStream() // m.pend ends at an event's end; the last event follows
+		case err != nil:
 			m.end(true) // a stream cut mid-line: the client gets that line as it came
 			b.err = err
 		}

@@ -103,6 +103,16 @@ type meter struct {
 	// reqBody holds the request body as rewritten (meterRequest).
 	reqBody []byte
 
+	// A stream under a token bound (streamcut.go): the table and hold it
+	// extends, by step at least, the generated characters when the budget
+	// was last checked, and whether (and why) the budget cut the stream.
+	tokens      *tokenTable
+	hold        *tokenHold
+	step        int64
+	budgetChars int
+	cut         bool
+	cutWhy      reason
+
 	parser fastjson.Parser
 }
 
@@ -154,14 +164,17 @@ func (m *meter) start(h *fasthttp.ResponseHeader) {
 }
 
 // feed reads one piece of the answer as it is relayed. It is for every
-// mode but stripping (see filter).
-func (m *meter) feed(b []byte) {
+// mode but stripping (see filter). It returns how much of b is relayed:
+// all of it, but for a stream its budget cut (streamcut.go), which ends
+// at the end of an event.
+func (m *meter) feed(b []byte) int {
 	switch m.mode {
 	case meterSSE:
-		m.scan(b, false)
+		return m.scan(b, false)
 	case meterJSON:
 		m.keep(b)
 	}
+	return len(b)
 }
 
 // keep copies a JSON answer aside: whole up to maxMeterDoc, then its
@@ -186,8 +199,11 @@ func (m *meter) keep(b []byte) {
 // relay are appended to m.pend: every line but the usage-only data lines
 // (and the blank line after each) the edge asked for; a line not yet
 // ended is held back (an SSE event is only dispatched at its end anyway)
-// until it ends or passes maxMeterLine.
-func (m *meter) scan(b []byte, emit bool) {
+// until it ends or passes maxMeterLine. It returns how much of b it read:
+// all of it, unless the stream's budget (streamcut.go) refused at the end
+// of an event — the blank line ending it — where it stops.
+func (m *meter) scan(b []byte, emit bool) int {
+	total := len(b)
 	for len(b) > 0 {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
@@ -205,7 +221,7 @@ func (m *meter) scan(b []byte, emit bool) {
 			default:
 				m.carry = append(m.carry, b...)
 			}
-			return
+			return total
 		}
 		line := b[:i+1]
 		b = b[i+1:]
@@ -220,11 +236,16 @@ func (m *meter) scan(b []byte, emit bool) {
 			m.carry = append(m.carry, line...)
 			line = m.carry
 		}
+		blank := len(line) <= 2 && (line[0] == '\n' || line[0] == '\r') // an event's end
 		if keep := m.line(line); emit && keep {
 			m.pend = append(m.pend, line...)
 		}
 		m.carry = m.carry[:0]
+		if blank && m.hold != nil && !m.withinBudget() {
+			return total - len(b)
+		}
 	}
+	return total
 }
 
 // end reads the line a stream ended in the middle of (no line ending:

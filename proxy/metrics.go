@@ -39,6 +39,7 @@ const (
 	reasonBadRequest  // refused for its request line or headers
 	reasonNoRoute     // no deployment matched
 	reasonNoUpstream  // the deployment lists no upstream for this edge's site
+	reasonStreamCut   // a stream ended when its token budget ran out (streamcut.go)
 	numReasons
 )
 
@@ -52,7 +53,7 @@ var reasonNames = [numReasons]string{"", "allowed", "auth_off", "no_credential",
 var auditReasons = [numReasons]string{"", "", "", "no_credential", "malformed", "unknown",
 	"expired", "disabled", "unlinked", "permission", "rate_limited", "unavailable",
 	"token_limit", "quota", "model_not_allowed", "concurrency", "too_large", "prompt_too_long",
-	"bad_body", "bad_request", "no_deployment", "no_upstream"}
+	"bad_body", "bad_request", "no_deployment", "no_upstream", "stream_cut"}
 
 // metrics are the data plane's Prometheus metrics, registered where
 // Config.Metrics says (the edge's own registry, so that several edges can
@@ -70,6 +71,9 @@ type metrics struct {
 	// noUpstream counts requests answered 502 because their deployment
 	// lists no upstream for this edge's site, by deployment name.
 	noUpstream *prometheus.CounterVec
+	// streamsCut counts streams the edge ended when their token budget
+	// ran out, by the kind of bound (token_limit, quota).
+	streamsCut *prometheus.CounterVec
 
 	reqMu    sync.RWMutex
 	reqCache map[reqLabel]prometheus.Counter
@@ -124,10 +128,15 @@ func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
 	}
 	m.noUpstream = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_no_upstream_total",
 		Help: "Requests answered 502 because their deployment lists no upstream for this edge's site and no \"*\" entry (a misconfiguration, not an unreachable upstream), by deployment."}, []string{"deployment"})
+	m.streamsCut = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_streams_cut_total",
+		Help: "Streamed answers the edge ended (with an insufficient_quota error event, the upstream connection closed) because a token bound ran out mid-stream, by the bound: token_limit (tokens_per_minute, tokens_per_day) or quota."}, []string{"reason"})
+	for _, r := range []reason{reasonTokenLimit, reasonQuota} {
+		m.streamsCut.WithLabelValues(reasonNames[r])
+	}
 	untracked := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymesh_edge_ratelimit_untracked_total",
 		Help: "Requests admitted without a rate-limit bucket because the bucket table was full."},
 		func() float64 { return float64(limits.untracked.Load()) })
-	for _, c := range []prometheus.Collector{refused, m.upstreamDenied, m.noUpstream, m.requests, m.tokenCounts, auth, m.upstream, m.streams, m.poolFull, untracked} {
+	for _, c := range []prometheus.Collector{refused, m.upstreamDenied, m.noUpstream, m.streamsCut, m.requests, m.tokenCounts, auth, m.upstream, m.streams, m.poolFull, untracked} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}

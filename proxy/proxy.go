@@ -21,12 +21,14 @@
 // it is finished, and gives them back exactly once; a request under a token
 // bound or quota (tokens.go) reserves its maximum tokens at admission and
 // settles them with its metered usage exactly once, when it is finished, a
-// refused one holding nothing; every answered request
+// refused one holding nothing, and its stream extends the reservation as it
+// goes or is ended at an event's end (streamcut.go); every answered request
 // gives the AuditSink one record, and every refusal carries the error body
 // of the external API. With a UsageSink, every POST forwarded and answered
 // gives it one usage record, read from the answer as it is relayed (meter):
 // the client receives the upstream's answer byte for byte, but for the
-// usage-only chunk of a stream that the edge itself asked for.
+// usage-only chunk of a stream that the edge itself asked for and the end
+// of a stream its token budget cut.
 package proxy
 
 import (
@@ -485,6 +487,7 @@ func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
 func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 	s.release(&out.adm)
 	if out.meter != nil {
+		s.noteCut(out)
 		if out.meter.answered && out.dep != nil {
 			s.meterUsage(ctx, out)
 		}

@@ -374,6 +374,7 @@ func (c *tokenCounter) refillQuota(limit int64, refill string, now time.Time) {
 type tokenRef struct {
 	sh     *tokenShard
 	c      *tokenCounter // nil: untracked (the table was full)
+	id     tokenID
 	kind   uint8
 	took   int64
 	period int64
@@ -385,6 +386,9 @@ type tokenRef struct {
 type tokenHold struct {
 	refs [9]tokenRef
 	n    int
+	// covered is the tokens the hold covers: the reservation, plus what
+	// a stream's extensions took (streamcut.go).
+	covered int64
 }
 
 var tokenHolds = sync.Pool{New: func() any { return new(tokenHold) }}
@@ -476,6 +480,7 @@ func (t *tokenTable) reserve(bounds []tokenBound, res int64) (*tokenHold, tokenR
 			}
 		}
 	}
+	h.covered = res
 	return h, out
 }
 
@@ -500,7 +505,38 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			tracked = false // checked as a full counter, not kept
 		}
 	}
-	var gr gref
+	if !t.check(c, id, limit, refill, need, now, out) {
+		return false
+	}
+	gr, ok := t.takeGlobal(id, limit, refill, need, took, now, out)
+	if !ok {
+		if id.kind == tokMinute || id.kind == tokDay {
+			out.observe(c, id.kind)
+		}
+		return false
+	}
+	switch id.kind {
+	case tokMinute, tokDay:
+		c.level -= float64(took)
+		out.observe(c, id.kind)
+	default:
+		c.used += took
+	}
+	ref := tokenRef{sh: sh, id: id, kind: id.kind, took: took, period: c.period, g: gr}
+	if tracked {
+		c.held++
+		ref.c = c
+	}
+	h.refs[h.n] = ref
+	h.n++
+	return true
+}
+
+// check brings counter c (of id, under sh's lock) to now and reports
+// whether it has need left: the one check of a counter, for admission
+// (take) and for a stream's extension (extend) alike. False sets out's
+// refusal.
+func (t *tokenTable) check(c *tokenCounter, id tokenID, limit int64, refill string, need int64, now time.Time, out *tokenResult) bool {
 	switch id.kind {
 	case tokMinute, tokDay:
 		c.refillBucket(id.kind, limit, now)
@@ -515,13 +551,6 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			out.retry = c.until(id.kind, float64(min(need, limit)))
 			return false
 		}
-		var ok bool
-		if gr, ok = t.takeGlobal(id, limit, refill, need, took, now, out); !ok {
-			out.observe(c, id.kind)
-			return false
-		}
-		c.level -= float64(took)
-		out.observe(c, id.kind)
 	default:
 		c.refillQuota(limit, refill, now)
 		if need > limit {
@@ -537,19 +566,7 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			}
 			return false
 		}
-		var ok bool
-		if gr, ok = t.takeGlobal(id, limit, refill, need, took, now, out); !ok {
-			return false
-		}
-		c.used += took
 	}
-	ref := tokenRef{sh: sh, kind: id.kind, took: took, period: c.period, g: gr}
-	if tracked {
-		c.held++
-		ref.c = c
-	}
-	h.refs[h.n] = ref
-	h.n++
 	return true
 }
 

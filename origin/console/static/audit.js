@@ -16,7 +16,7 @@ export async function auditPage() {
   const reason = h('select', { id: 'audit-reason', 'aria-label': 'Reason' },
     ['', 'no_credential', 'malformed', 'unknown', 'unlinked', 'disabled', 'expired', 'permission', 'model_not_allowed',
       'rate_limited', 'concurrency', 'token_limit', 'quota', 'too_large', 'prompt_too_long', 'bad_body', 'bad_request',
-      'no_deployment', 'no_upstream', 'unavailable'].map((v) => h('option', { value: v, text: v || 'Any reason' })));
+      'no_deployment', 'no_upstream', 'unavailable', 'stream_cut'].map((v) => h('option', { value: v, text: v || 'Any reason' })));
   const source = h('select', { id: 'audit-source', 'aria-label': 'Source' },
     [['', 'Edge and admin'], ['edge', 'Edge requests'], ['admin', 'Admin actions']].map(([v, t]) => h('option', { value: v, text: t })));
   const since = h('input', { type: 'datetime-local', id: 'audit-since', 'aria-label': 'From (UTC)' });
