@@ -8,6 +8,8 @@ package event
 import (
 	"math"
 	"math/bits"
+	"strconv"
+	"strings"
 )
 
 // NanosPerUnit is how many nano-units make one unit of a currency.
@@ -69,4 +71,22 @@ func (p *Pricing) Cost(prompt, completion, cached int64) int64 {
 type Budget struct {
 	MaxNanos int64  `json:"max_nanos"`
 	Refill   string `json:"refill,omitempty"`
+}
+
+// FormatNanos writes n nano-units as a decimal number of units, exact and
+// without trailing zeros ("0.5", "12", "0.000000001"): what the APIs show.
+func FormatNanos(n int64) string {
+	var u uint64
+	sign := ""
+	if n < 0 {
+		sign, u = "-", uint64(-(n+1))+1
+	} else {
+		u = uint64(n)
+	}
+	s := strconv.FormatUint(u/NanosPerUnit, 10)
+	if frac := u % NanosPerUnit; frac > 0 {
+		f := strconv.FormatUint(frac+NanosPerUnit, 10)[1:] // 9 digits
+		s += "." + strings.TrimRight(f, "0")
+	}
+	return sign + s
 }

@@ -32,6 +32,15 @@ func TestPricingCost(t *testing.T) {
 	}
 }
 
+func TestFormatNanos(t *testing.T) {
+	for n, want := range map[int64]string{0: "0", 1: "0.000000001", 500_000_000: "0.5", 12 * NanosPerUnit: "12",
+		1_234_567_890: "1.23456789", -1_500_000_000: "-1.5", math.MaxInt64: "9223372036.854775807", math.MinInt64: "-9223372036.854775808"} {
+		if got := FormatNanos(n); got != want {
+			t.Errorf("FormatNanos(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
 func TestEmptyCountsBudget(t *testing.T) {
 	if (&TokenLimits{Budget: &Budget{}}).Empty() {
 		t.Fatal("a zero budget is a bound (it allows no priced request), not an empty one")

@@ -14,7 +14,6 @@ import (
 	"math/big"
 	"regexp"
 	"strconv"
-	"strings"
 
 	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/event"
@@ -64,18 +63,7 @@ func decimalNanos(field string, raw json.RawMessage, decimals int, limit int64, 
 
 // nanosNumber is n nano-units as a JSON number of units, exact ("0.5",
 // "12", "0.000000001").
-func nanosNumber(n int64) json.Number {
-	neg := n < 0
-	if neg {
-		n = -n
-	}
-	s := fmt.Sprintf("%d.%09d", n/event.NanosPerUnit, n%event.NanosPerUnit)
-	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
-	if neg {
-		s = "-" + s
-	}
-	return json.Number(s)
-}
+func nanosNumber(n int64) json.Number { return json.Number(event.FormatNanos(n)) }
 
 // decodeBudget reads max_budget (0 to maxBudget with at most 6 decimals,
 // or null: no cap) and budget_refill ("daily", "monthly" or null: never)

@@ -251,6 +251,7 @@ const (
 	tokDay             // tokens_per_day: a bucket
 	tokQuota           // a quota of tokens
 	tokRequests        // a quota of requests
+	tokBudget          // a spend cap, in nano-units of the currency (budget.go)
 )
 
 // Scopes a bound belongs to.
@@ -380,8 +381,11 @@ type tokenRef struct {
 // tokenHold is what an admitted request holds of the token counters until
 // it is settled, once.
 type tokenHold struct {
-	refs [9]tokenRef
+	refs [12]tokenRef
 	n    int
+	// spent is the request's metered cost (budget.go), set before it is
+	// settled; budgets take it instead of the reservation.
+	spent int64
 }
 
 var tokenHolds = sync.Pool{New: func() any { return new(tokenHold) }}
@@ -444,6 +448,13 @@ func tokenBounds(dep *event.Deployment, key *cache.Key) (b [3]tokenBound, n int)
 // reserve takes res tokens (and one request) from every counter of
 // bounds, or from none; the hold is nil when refused.
 func (t *tokenTable) reserve(bounds []tokenBound, res int64) (*tokenHold, tokenResult) {
+	return t.reserveCost(bounds, res, 0)
+}
+
+// reserveCost is reserve that also takes cost nano-units from every
+// budget of bounds (budget.go); cost 0 (an unpriced deployment) takes
+// from none.
+func (t *tokenTable) reserveCost(bounds []tokenBound, res, cost int64) (*tokenHold, tokenResult) {
 	var out tokenResult
 	now := t.now()
 	h := tokenHolds.Get().(*tokenHold)
@@ -468,6 +479,12 @@ func (t *tokenTable) reserve(bounds []tokenBound, res int64) (*tokenHold, tokenR
 				ok = t.take(h, tokenID{b.id, b.scope, tokRequests}, q.Requests, q.Refill, 1, 1, now, &out)
 			}
 			if !ok {
+				t.cancel(h)
+				return nil, out
+			}
+		}
+		if bg := lim.Budget; bg != nil && cost > 0 {
+			if !t.take(h, tokenID{b.id, b.scope, tokBudget}, bg.MaxNanos, bg.Refill, cost, cost, now, &out) {
 				t.cancel(h)
 				return nil, out
 			}
@@ -513,6 +530,10 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 		}
 		c.level -= float64(took)
 		out.observe(c, id.kind)
+	case tokBudget:
+		if !c.takeBudget(limit, refill, need, took, now, out) {
+			return false
+		}
 	default:
 		c.refillQuota(limit, refill, now)
 		if need > limit {
@@ -580,6 +601,12 @@ func (t *tokenTable) give(h *tokenHold, used int64, cancel bool) {
 			if cancel && c.period == r.period {
 				c.used = max(0, c.used-1)
 			}
+		case tokBudget:
+			spent := h.spent
+			if cancel {
+				spent = 0
+			}
+			c.giveBudget(r, spent, now)
 		}
 		c.held--
 		r.sh.mu.Unlock()
@@ -630,9 +657,9 @@ func (t *tokenTable) remaining(id tokenID, limit int64, refill string) int64 {
 
 // admitTokens reserves res tokens of every bound that applies to a request
 // of key on dep, or refuses it (answered 429 with its headers).
-func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key, res int64) (*tokenHold, tokenResult, bool) {
+func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key, res int64, promptChars int) (*tokenHold, tokenResult, bool) {
 	bounds, n := tokenBounds(dep, key)
-	h, tr := s.tokens.reserve(bounds[:n], res)
+	h, tr := s.tokens.reserveCost(bounds[:n], res, reservedCost(dep, promptChars, res))
 	if h == nil {
 		tr.setHeaders(&ctx.Response.Header)
 		if tr.retry > 0 {
