@@ -48,11 +48,11 @@ type keyInfoAnswer struct {
 	TokensPerMinute *int64       `json:"tokens_per_minute"`
 	TokensPerDay    *int64       `json:"tokens_per_day"`
 	Quota           *event.Quota `json:"quota"`
+	Remaining       keyRemaining `json:"remaining"`
 	// MaxBudget and BudgetRefill are the key's spend cap (null: none), in
 	// units of the currency of its deployments' pricing.
 	MaxBudget    *json.Number `json:"max_budget"`
 	BudgetRefill *string      `json:"budget_refill"`
-	Remaining    keyRemaining `json:"remaining"`
 	// InFlight is the key's requests in flight at this edge, this one not
 	// counted.
 	InFlight int    `json:"in_flight"`
