@@ -203,3 +203,38 @@ func TestBudgetCosts(t *testing.T) {
 		t.Fatalf("meteredCost without usage = %d, want 0", got)
 	}
 }
+
+// A reservation cancelled after admission (a later refusal: the request
+// rate limit) gives its cost back whole; a settlement in a later period
+// counts what was spent in the new one.
+func TestBudgetCancelAndPeriods(t *testing.T) {
+	clock := &testClock{t: time.Date(2030, 5, 31, 23, 59, 0, 0, time.UTC)}
+	tt := newTokenTable(clock.now, 1000)
+	lim := &event.TokenLimits{Budget: &event.Budget{MaxNanos: 100, Refill: event.QuotaRefillDaily}}
+	bounds := []tokenBound{{"key_1", scopeKey, lim}}
+	left := func() int64 { return tt.remaining(tokenID{"key_1", scopeKey, tokBudget}, 100, event.QuotaRefillDaily) }
+	h, res := tt.reserveCost(bounds, 0, 60)
+	if h == nil {
+		t.Fatalf("refused: %v", res.refusal)
+	}
+	if left() != 40 {
+		t.Fatalf("left %d after reserving 60", left())
+	}
+	tt.cancel(h)
+	if left() != 100 {
+		t.Fatalf("left %d after cancelling, want 100", left())
+	}
+	if h, _ = tt.reserveCost(bounds, 0, 101); h != nil {
+		t.Fatal("a reservation over the whole budget was admitted")
+	}
+	h, _ = tt.reserveCost(bounds, 0, 60)
+	clock.advance(2 * time.Minute) // into the next day
+	h.spent = 30
+	tt.settle(h, 0)
+	if left() != 70 {
+		t.Fatalf("left %d: the next day's budget holds what was spent in it (30)", left())
+	}
+	if tt.heldTotal() != 0 {
+		t.Fatal("a reservation is still held")
+	}
+}
