@@ -80,6 +80,17 @@ type Quota struct {
 	Refill   *string `json:"refill"`
 }
 
+// Pricing is what a deployment's tokens cost, in units of Currency (an
+// ISO 4217 code) per million tokens, exact to 9 decimals. CachedPerMillion
+// prices the prompt tokens the upstream served from its cache (null: as
+// any prompt token).
+type Pricing struct {
+	Currency             string       `json:"currency"`
+	PromptPerMillion     json.Number  `json:"prompt_per_million"`
+	CompletionPerMillion json.Number  `json:"completion_per_million"`
+	CachedPerMillion     *json.Number `json:"cached_per_million"`
+}
+
 // UpstreamAuth says which credential an edge sends to the upstream.
 type UpstreamAuth struct {
 	Mode   string `json:"mode"` // "none", "inject" or "passthrough"
@@ -240,6 +251,11 @@ type ProjectDetail struct {
 	TokensPerMinute *int64 `json:"tokens_per_minute"`
 	TokensPerDay    *int64 `json:"tokens_per_day"`
 	Quota           *Quota `json:"quota"`
+	// MaxBudget caps the spend (in units of the deployments' pricing
+	// currency), refilled BudgetRefill ("daily", "monthly", null: never);
+	// null: no cap.
+	MaxBudget    *json.Number `json:"max_budget"`
+	BudgetRefill *string      `json:"budget_refill"`
 	// Propagation is only in a PATCH's answer given ?wait: a change of the
 	// token bounds re-sends every deployment of the project.
 	Propagation *Propagation `json:"propagation,omitempty"`
@@ -256,6 +272,10 @@ type ProjectPatch struct {
 	TokensPerMinute Nullable[int64] `json:"tokens_per_minute,omitzero"`
 	TokensPerDay    Nullable[int64] `json:"tokens_per_day,omitzero"`
 	Quota           Nullable[Quota] `json:"quota,omitzero"`
+	// MaxBudget: null removes the spend cap; BudgetRefill is given with
+	// it (absent: kept).
+	MaxBudget    Nullable[json.Number] `json:"max_budget,omitzero"`
+	BudgetRefill Nullable[string]      `json:"budget_refill,omitzero"`
 }
 
 // ---- keys ----
@@ -280,15 +300,20 @@ type Key struct {
 	MaxConcurrency *int     `json:"max_concurrency"`
 	// TokensPerMinute, TokensPerDay and Quota bound the key's tokens (null:
 	// no bound).
-	TokensPerMinute *int64       `json:"tokens_per_minute"`
-	TokensPerDay    *int64       `json:"tokens_per_day"`
-	Quota           *Quota       `json:"quota"`
-	Disabled        bool         `json:"disabled"`
-	CreatedAt       time.Time    `json:"created_at"`
-	UpdatedAt       time.Time    `json:"updated_at"`
-	Revision        uint64       `json:"revision"`
-	Secret          string       `json:"key,omitempty"`
-	Propagation     *Propagation `json:"propagation,omitempty"`
+	TokensPerMinute *int64 `json:"tokens_per_minute"`
+	TokensPerDay    *int64 `json:"tokens_per_day"`
+	Quota           *Quota `json:"quota"`
+	// MaxBudget caps the spend (in units of the deployments' pricing
+	// currency), refilled BudgetRefill ("daily", "monthly", null: never);
+	// null: no cap.
+	MaxBudget    *json.Number `json:"max_budget"`
+	BudgetRefill *string      `json:"budget_refill"`
+	Disabled     bool         `json:"disabled"`
+	CreatedAt    time.Time    `json:"created_at"`
+	UpdatedAt    time.Time    `json:"updated_at"`
+	Revision     uint64       `json:"revision"`
+	Secret       string       `json:"key,omitempty"`
+	Propagation  *Propagation `json:"propagation,omitempty"`
 }
 
 // KeyCreate is the body of POST /v1/projects/{p}/keys. Zero members are
@@ -308,7 +333,11 @@ type KeyCreate struct {
 	TokensPerMinute int64    `json:"tokens_per_minute,omitempty"`
 	TokensPerDay    int64    `json:"tokens_per_day,omitempty"`
 	Quota           *Quota   `json:"quota,omitempty"`
-	Disabled        bool     `json:"disabled,omitempty"`
+	// MaxBudget caps the key's spend; BudgetRefill is "daily", "monthly"
+	// or "" (never).
+	MaxBudget    *json.Number `json:"max_budget,omitempty"`
+	BudgetRefill string       `json:"budget_refill,omitempty"`
+	Disabled     bool         `json:"disabled,omitempty"`
 }
 
 // KeyPatch is the body of PATCH /v1/projects/{p}/keys/{id}: absent members
@@ -329,7 +358,11 @@ type KeyPatch struct {
 	TokensPerMinute Nullable[int64] `json:"tokens_per_minute,omitzero"`
 	TokensPerDay    Nullable[int64] `json:"tokens_per_day,omitzero"`
 	Quota           Nullable[Quota] `json:"quota,omitzero"`
-	Disabled        *bool           `json:"disabled,omitempty"`
+	// MaxBudget: null removes the spend cap; BudgetRefill is given with
+	// it (absent: kept).
+	MaxBudget    Nullable[json.Number] `json:"max_budget,omitzero"`
+	BudgetRefill Nullable[string]      `json:"budget_refill,omitzero"`
+	Disabled     *bool                 `json:"disabled,omitempty"`
 }
 
 // KeyRotate is the body of POST /v1/projects/{p}/keys/{id}/rotate: how
@@ -369,7 +402,14 @@ type Deployment struct {
 	TokensPerDay     *int64 `json:"tokens_per_day"`
 	Quota            *Quota `json:"quota"`
 	DefaultMaxTokens *int64 `json:"default_max_tokens"`
-	Revision         uint64 `json:"revision"`
+	// MaxBudget caps the spend (in units of the deployments' pricing
+	// currency), refilled BudgetRefill ("daily", "monthly", null: never);
+	// null: no cap.
+	MaxBudget    *json.Number `json:"max_budget"`
+	BudgetRefill *string      `json:"budget_refill"`
+	// Pricing is what the deployment's tokens cost (null: nothing).
+	Pricing  *Pricing `json:"pricing"`
+	Revision uint64   `json:"revision"`
 	// Warnings is what the origin accepted but will not work as probably
 	// meant ([] when nothing): see Warning.
 	Warnings    []Warning    `json:"warnings"`
@@ -415,6 +455,12 @@ type DeploymentInput struct {
 	TokensPerDay     Nullable[int64] `json:"tokens_per_day,omitzero"`
 	Quota            Nullable[Quota] `json:"quota,omitzero"`
 	DefaultMaxTokens Nullable[int64] `json:"default_max_tokens,omitzero"`
+	// MaxBudget: null removes the spend cap; BudgetRefill is given with
+	// it (absent: kept).
+	MaxBudget    Nullable[json.Number] `json:"max_budget,omitzero"`
+	BudgetRefill Nullable[string]      `json:"budget_refill,omitzero"`
+	// Pricing: null removes it.
+	Pricing Nullable[Pricing] `json:"pricing,omitzero"`
 }
 
 // ---- edges and audit ----
@@ -473,6 +519,10 @@ type UsageCounts struct {
 	CompletionTokens  int64 `json:"completion_tokens"`
 	CachedTokens      int64 `json:"cached_tokens"`
 	EstimatedRequests int64 `json:"estimated_requests"`
+	// Cost is what the requests cost at their deployments' pricing when
+	// the origin stored them, in units of the pricing currency (exact to
+	// 9 decimals; 0 for unpriced deployments).
+	Cost json.Number `json:"cost"`
 }
 
 // UsageRow is one row of a UsageReport: the sums of one group. Only the
@@ -537,6 +587,12 @@ type KeySelf struct {
 	// current period (today, this month, or ever for a quota that never
 	// refills): tokens or requests as the quota counts; null without a
 	// quota. Edges enforce their own counters (see docs/api.md).
-	QuotaUsed *int64   `json:"quota_used"`
-	Usage     KeyUsage `json:"usage"`
+	QuotaUsed *int64 `json:"quota_used"`
+	// MaxBudget and BudgetRefill are the key's spend cap (null: none);
+	// BudgetSpent what the usage ledger holds against it in its current
+	// period (as QuotaUsed), in units of the pricing currency.
+	MaxBudget    *json.Number `json:"max_budget"`
+	BudgetRefill *string      `json:"budget_refill"`
+	BudgetSpent  *json.Number `json:"budget_spent"`
+	Usage        KeyUsage     `json:"usage"`
 }

@@ -119,6 +119,10 @@ type TokenLimits struct {
 	// Quota is an allowance of credits that refills on a calendar schedule,
 	// or never.
 	Quota *Quota `json:"quota,omitempty"`
+	// Budget caps the spend (priced at the deployment a request went to:
+	// Deployment.Pricing); a request to a deployment without pricing
+	// spends nothing.
+	Budget *Budget `json:"budget,omitempty"`
 }
 
 // Quota is an allowance of tokens or of requests (exactly one is set),
@@ -138,7 +142,7 @@ const (
 
 // Empty reports whether t bounds nothing.
 func (t *TokenLimits) Empty() bool {
-	return t == nil || t.TokensPerMinute == 0 && t.TokensPerDay == 0 && t.Quota == nil
+	return t == nil || t.TokensPerMinute == 0 && t.TokensPerDay == 0 && t.Quota == nil && t.Budget == nil
 }
 
 // UpstreamAuth says which credential the edge sends to the upstream.
@@ -195,9 +199,13 @@ type Deployment struct {
 	// DefaultMaxTokens is the completion tokens a request that names no
 	// max_tokens reserves against token bounds; 0 reserves none (such a
 	// request is admitted while any budget is left).
-	DefaultMaxTokens int64  `json:"default_max_tokens,omitempty"`
-	Revision         uint64 `json:"revision"`
-	Deleted          bool   `json:"deleted,omitempty"`
+	DefaultMaxTokens int64 `json:"default_max_tokens,omitempty"`
+	// Pricing is what the deployment's tokens cost (nil: nothing), which
+	// the spend caps (TokenLimits.Budget) of its keys, of itself and of
+	// its project count.
+	Pricing  *Pricing `json:"pricing,omitempty"`
+	Revision uint64   `json:"revision"`
+	Deleted  bool     `json:"deleted,omitempty"`
 }
 
 // Permission names, as in the external API.

@@ -31,6 +31,8 @@ func deploymentAnswer(d *event.Deployment) api.Deployment {
 		Revision: d.Revision, Warnings: []api.Warning{},
 	}
 	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(d.Tokens)
+	v.MaxBudget, v.BudgetRefill = budgetAnswer(d.Tokens)
+	v.Pricing = pricingAnswer(d.Pricing)
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}
@@ -211,7 +213,7 @@ const (
 )
 
 var deploymentFields = slices.Concat([]string{"name", "hosts", "path_prefix", "strip_prefix", "upstreams", "auth_enabled", "invalid_key_status",
-	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "default_max_tokens"}, tokensFields)
+	"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency", "default_max_tokens", "pricing"}, tokensFields)
 
 func defaultDeployment() *event.Deployment {
 	return &event.Deployment{
@@ -325,6 +327,11 @@ func decodeDeployment(o object) (func(*event.Deployment), error) {
 		return nil, err
 	} else if present {
 		fns = append(fns, func(d *event.Deployment) { d.DefaultMaxTokens = n })
+	}
+	if present, p, err := decodePricing(o); err != nil {
+		return nil, err
+	} else if present {
+		fns = append(fns, func(d *event.Deployment) { d.Pricing = p })
 	}
 	if tokens, err := decodeTokens(o); err != nil {
 		return nil, err

@@ -32,6 +32,7 @@ func keyAnswer(k *Key) api.Key {
 		Disabled: k.Disabled, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt, Revision: k.Revision,
 	}
 	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(k.Tokens)
+	v.MaxBudget, v.BudgetRefill = budgetAnswer(k.Tokens)
 	if v.Permissions == nil {
 		v.Permissions = []string{}
 	}

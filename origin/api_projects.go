@@ -25,6 +25,7 @@ func projectDetail(p *Project, r *ProjectRules) api.ProjectDetail {
 		Limits: api.Limits{MaxKeys: r.Limits.MaxKeys, MaxDeployments: r.Limits.MaxDeployments, MaxLinksPerKey: r.Limits.MaxLinksPerKey},
 		Usage:  api.ProjectUsage{Keys: r.Keys, Deployments: r.Deployments}}
 	v.TokensPerMinute, v.TokensPerDay, v.Quota = tokensAnswer(r.Tokens)
+	v.MaxBudget, v.BudgetRefill = budgetAnswer(r.Tokens)
 	return v
 }
 

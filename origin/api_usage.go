@@ -191,7 +191,7 @@ func usageRowAnswer(r *usageRow, g usageGroup) api.UsageRow {
 
 func countsAnswer(c usageCounts) api.UsageCounts {
 	return api.UsageCounts{Requests: c.Requests, PromptTokens: c.PromptTokens, CompletionTokens: c.CompletionTokens,
-		CachedTokens: c.CachedTokens, EstimatedRequests: c.EstimatedRequests}
+		CachedTokens: c.CachedTokens, EstimatedRequests: c.EstimatedRequests, Cost: nanosNumber(c.Cost)}
 }
 
 // errNotAKey answers GET /v1/key called with an admin token.
@@ -248,24 +248,36 @@ func (s *Server) getOwnKey(c *call) error {
 		}
 		*period.into = api.UsagePeriod{Since: period.since, UsageCounts: countsAnswer(counts)}
 	}
-	if q := k.Tokens; q != nil && q.Quota != nil {
-		// The quota's current period: today, this month, or ever.
-		used := out.Usage.Today.UsageCounts
-		switch q.Quota.Refill {
+	// A quota's or budget's current period: today, this month, or ever.
+	inPeriod := func(refill string) (usageCounts, error) {
+		since := time.Unix(0, 0).UTC()
+		switch refill {
+		case event.QuotaRefillDaily:
+			since = today
 		case event.QuotaRefillMonthly:
-			used = out.Usage.Month.UsageCounts
-		case "":
-			counts, err := s.keyUsageSince(c, k, time.Unix(0, 0).UTC(), today.AddDate(0, 0, 1))
-			if err != nil {
-				return err
-			}
-			used = countsAnswer(counts)
+			since = month
+		}
+		return s.keyUsageSince(c, k, since, today.AddDate(0, 0, 1))
+	}
+	if q := k.Tokens; q != nil && q.Quota != nil {
+		used, err := inPeriod(q.Quota.Refill)
+		if err != nil {
+			return err
 		}
 		n := used.PromptTokens + used.CompletionTokens
 		if q.Quota.Requests > 0 {
 			n = used.Requests
 		}
 		out.QuotaUsed = &n
+	}
+	out.MaxBudget, out.BudgetRefill = budgetAnswer(k.Tokens)
+	if b := k.Tokens; b != nil && b.Budget != nil {
+		used, err := inPeriod(b.Budget.Refill)
+		if err != nil {
+			return err
+		}
+		n := nanosNumber(used.Cost)
+		out.BudgetSpent = &n
 	}
 	writeJSON(c.w, http.StatusOK, out)
 	return nil

@@ -45,6 +45,8 @@ const (
 	maxTokensPerPeriod = 1_000_000_000_000     // tokens_per_minute and tokens_per_day
 	maxQuotaAmount     = 1_000_000_000_000_000 // a quota's tokens or requests
 	maxDefaultMaxToks  = 10_000_000            // a deployment's default_max_tokens
+	maxBudget          = 1_000_000_000         // a max_budget, in units of the currency (10^18 nano-units: fits int64)
+	maxPricePerMillion = 1_000_000             // a pricing's price per million tokens, in units of the currency
 )
 
 // Limits are a project's quotas. Zero fields mean the default (see

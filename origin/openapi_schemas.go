@@ -34,6 +34,14 @@ func apiSchemas() map[string]any {
 		pm["description"] = fmt.Sprintf(pm["description"].(string), of)
 		pd["description"] = fmt.Sprintf(pd["description"].(string), of)
 		p["tokens_per_minute"], p["tokens_per_day"] = pm, pd
+		p["max_budget"] = map[string]any{"type": []string{"number", "null"}, "minimum": 0, "maximum": maxBudget,
+			"description": fmt.Sprintf("spend cap of %s, in units of the currency of the deployments' pricing, at most %d decimals; each request spends its cost at the pricing of the deployment it went to (unpriced: nothing); null: no cap", of, budgetDecimals)}
+		refill := map[string]any{"type": []string{"string", "null"}, "enum": []any{event.QuotaRefillDaily, event.QuotaRefillMonthly, nil},
+			"description": "when the spend cap is full again: daily at 00:00 UTC, monthly on the 1st at 00:00 UTC, null never"}
+		if !view {
+			refill["description"] = refill["description"].(string) + "; given together with max_budget (a PATCH giving only max_budget keeps it)"
+		}
+		p["budget_refill"] = refill
 		if view {
 			p["quota"] = nullable(ref("Quota"))
 		} else {
@@ -74,7 +82,7 @@ func apiSchemas() map[string]any {
 	tokenProps(keyProps, "the key", true)
 	keyRequired := []string{"id", "project", "name", "description", "prefix", "permissions", "deployments",
 		"expires_at", "rate_limit", "models", "max_concurrency", "tokens_per_minute", "tokens_per_day", "quota",
-		"disabled", "created_at", "updated_at", "revision"}
+		"max_budget", "budget_refill", "disabled", "created_at", "updated_at", "revision"}
 	withSecret := map[string]any{}
 	for k, v := range keyProps {
 		withSecret[k] = v
@@ -127,7 +135,9 @@ func apiSchemas() map[string]any {
 			"default_max_tokens": defMaxTokens,
 		}
 		tokenProps(p, "all the deployment's keys together", view)
+		p["pricing"] = nullable(ref("PricingInput"))
 		if view {
+			p["pricing"] = nullable(ref("Pricing"))
 			p["id"], p["project"] = str("deployment id"), str("project id")
 			p["upstream_auth"] = ref("UpstreamAuth")
 			p["revision"] = map[string]any{"type": "integer", "minimum": 0}
@@ -143,7 +153,17 @@ func apiSchemas() map[string]any {
 	}
 	depView := obj([]string{"id", "project", "name", "hosts", "path_prefix", "strip_prefix", "upstreams", "auth_enabled", "invalid_key_status",
 		"upstream_auth", "rate_limit", "max_body_bytes", "max_prompt_chars", "models", "max_concurrency",
-		"tokens_per_minute", "tokens_per_day", "quota", "default_max_tokens", "revision", "warnings"}, depProps(true))
+		"tokens_per_minute", "tokens_per_day", "quota", "default_max_tokens", "max_budget", "budget_refill", "pricing", "revision", "warnings"}, depProps(true))
+	price := func(what string) map[string]any {
+		return map[string]any{"type": "number", "minimum": 0, "maximum": maxPricePerMillion,
+			"description": fmt.Sprintf("units of the currency a million %s cost, at most %d decimals", what, pricingDecimals)}
+	}
+	pricingProps := map[string]any{
+		"currency":               map[string]any{"type": "string", "pattern": currencyRE.String(), "description": `ISO 4217 code, e.g. "USD"`},
+		"prompt_per_million":     price("prompt tokens (not served from the upstream's cache)"),
+		"completion_per_million": price("completion tokens"),
+		"cached_per_million":     nullable(price("prompt tokens the upstream served from its cache; null: as prompt_per_million")),
+	}
 
 	codes := []string{apierror.AuthenticationFailed, apierror.PermissionDenied, apierror.RateLimited, apierror.ConcurrencyLimit, apierror.QuotaExceeded, apierror.InsufficientQuota, apierror.ValidationError,
 		apierror.NotFound, apierror.MethodNotAllowed, apierror.Conflict, apierror.Unavailable, apierror.UpstreamError, apierror.InternalError}
@@ -180,15 +200,17 @@ func apiSchemas() map[string]any {
 			"max_keys":          map[string]any{"type": "integer", "minimum": 1},
 			"max_deployments":   map[string]any{"type": "integer", "minimum": 1},
 			"max_links_per_key": map[string]any{"type": "integer", "minimum": 1}}),
-		"ProjectDetail": obj([]string{"id", "name", "created_at", "allowed_upstreams", "limits", "usage", "tokens_per_minute", "tokens_per_day", "quota"}, withTokens(map[string]any{
+		"ProjectDetail": obj([]string{"id", "name", "created_at", "allowed_upstreams", "limits", "usage", "tokens_per_minute", "tokens_per_day", "quota", "max_budget", "budget_refill"}, withTokens(map[string]any{
 			"id": str(""), "name": str(""), "created_at": ts,
 			"allowed_upstreams": map[string]any{"type": []string{"array", "null"}, "items": map[string]any{"type": "string"},
 				"description": "null: the default policy (any http(s) upstream but link-local, metadata and other reserved addresses)"},
 			"limits":      ref("Limits"),
 			"usage":       obj([]string{"keys", "deployments"}, map[string]any{"keys": map[string]any{"type": "integer"}, "deployments": map[string]any{"type": "integer"}}),
 			"propagation": ref("Propagation")}, tokenProps, "all the project's deployments together", true)),
-		"Quota":      obj([]string{"refill"}, quotaProps()),
-		"QuotaInput": obj(nil, quotaProps()),
+		"Pricing":      obj([]string{"currency", "prompt_per_million", "completion_per_million", "cached_per_million"}, pricingProps),
+		"PricingInput": obj([]string{"currency", "prompt_per_million", "completion_per_million"}, pricingProps),
+		"Quota":        obj([]string{"refill"}, quotaProps()),
+		"QuotaInput":   obj(nil, quotaProps()),
 		"ProjectUpdate": withTokens(obj(nil, map[string]any{
 			"allowed_upstreams": map[string]any{"type": []string{"array", "null"}, "maxItems": maxPolicyEntries,
 				"items":       map[string]any{"type": "string", "maxLength": maxPolicyEntryLen},
@@ -256,7 +278,7 @@ func apiSchemas() map[string]any {
 		"UsagePeriod":   usagePeriodSchema(ts),
 		"KeyDeployment": obj([]string{"id", "name"}, map[string]any{"id": str("deployment id"), "name": str("")}),
 		"KeySelf": obj([]string{"id", "name", "project", "project_name", "permissions", "deployments", "expires_at", "rate_limit",
-			"tokens_per_minute", "tokens_per_day", "quota", "quota_used", "usage"}, withTokens(map[string]any{
+			"tokens_per_minute", "tokens_per_day", "quota", "quota_used", "max_budget", "budget_refill", "budget_spent", "usage"}, withTokens(map[string]any{
 			"id": str("key id"), "name": str(""), "project": str("project id"), "project_name": str(""),
 			"permissions": map[string]any{"type": "array", "items": perm},
 			"deployments": map[string]any{"type": "array", "items": ref("KeyDeployment"), "description": "the linked deployments"},
@@ -265,6 +287,8 @@ func apiSchemas() map[string]any {
 			"usage":       obj([]string{"today", "month"}, map[string]any{"today": ref("UsagePeriod"), "month": ref("UsagePeriod")}),
 			"quota_used": map[string]any{"type": []string{"integer", "null"}, "minimum": 0,
 				"description": "what the usage ledger holds against the quota in its current period (today, this month, or ever without refill), in the quota's unit; null without a quota. Edges count their own (per edge in this release)"},
+			"budget_spent": map[string]any{"type": []string{"number", "null"}, "minimum": 0,
+				"description": "what the usage ledger holds against max_budget in its current period (as quota_used), in units of the pricing currency; null without a budget"},
 		}, tokenProps, "the key", true)),
 	}
 }
@@ -290,10 +314,12 @@ func usageCountProps(props map[string]any) map[string]any {
 	props["completion_tokens"] = n("")
 	props["cached_tokens"] = n("prompt tokens the upstream served from its cache")
 	props["estimated_requests"] = n("requests whose tokens the edge counted from what it relayed (a cut stream, an upstream that reported none)")
+	props["cost"] = map[string]any{"type": "number", "minimum": 0,
+		"description": "what the requests cost at their deployments' pricing when the origin stored them, in units of the pricing currency (exact to 9 decimals; 0 for unpriced deployments and for usage stored before pricing existed)"}
 	return props
 }
 
-var usageCountNames = []string{"requests", "prompt_tokens", "completion_tokens", "cached_tokens", "estimated_requests"}
+var usageCountNames = []string{"requests", "prompt_tokens", "completion_tokens", "cached_tokens", "estimated_requests", "cost"}
 
 func usageRowSchema(ts map[string]any) map[string]any {
 	return obj(usageCountNames, usageCountProps(map[string]any{

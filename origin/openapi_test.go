@@ -221,6 +221,8 @@ var wireSchemas = map[string]struct {
 	"KeySelf":          {typ: api.KeySelf{}},
 	"Quota":            {typ: api.Quota{}},
 	"QuotaInput":       {typ: api.Quota{}, request: true},
+	"Pricing":          {typ: api.Pricing{}},
+	"PricingInput":     {typ: api.Pricing{}, request: true},
 }
 
 // notWire are component schemas that are no body of their own.
@@ -266,6 +268,9 @@ func wireType(t reflect.Type) (jsonType string, null bool, inner reflect.Type) {
 		v, _ := t.FieldByName("Value")
 		j, _, in := wireType(v.Type.Elem())
 		return j, true, in
+	}
+	if t == reflect.TypeOf(json.Number("")) {
+		return "number", false, t
 	}
 	switch t.Kind() {
 	case reflect.Pointer:

@@ -37,7 +37,7 @@ func seedProject(t *testing.T, s *Server, deps, keys int) {
 	}
 	defer tx.Rollback()
 	now := ts(time.Now())
-	insDep, err := tx.PrepareContext(ctx, s.store.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
+	insDep, err := tx.PrepareContext(ctx, s.store.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func seedProject(t *testing.T, s *Server, deps, keys int) {
 		ups := fmt.Sprintf(`{"*":["http://10.0.%d.%d:8000","http://10.1.%d.%d:8000"],"eu":["http://10.2.%d.%d:8000"]}`,
 			i/256, i%256, i/256, i%256, i/256, i%256)
 		if _, err := insDep.ExecContext(ctx, fmt.Sprintf("dep_seed%06d", i), p.ID, fmt.Sprintf("model-%05d", i), hosts, "/v1",
-			ups, 1, 401, nil, `{"requests_per_minute":600}`, 1<<20, 100000, 1, nil, nil, nil, nil, 0, now, now); err != nil {
+			ups, 1, 401, nil, `{"requests_per_minute":600}`, 1<<20, 100000, 1, nil, nil, nil, nil, 0, nil, now, now); err != nil {
 			t.Fatal(err)
 		}
 	}

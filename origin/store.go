@@ -267,6 +267,27 @@ func scanTokens(col sql.NullString) (*event.TokenLimits, error) {
 	return &t, nil
 }
 
+// pricingColumn encodes a deployment's pricing as its column: JSON, or
+// NULL for none.
+func pricingColumn(p *event.Pricing) (any, error) {
+	if p == nil {
+		return nil, nil
+	}
+	return jsonText(p)
+}
+
+// scanPricing decodes the column pricingColumn wrote (nil: none).
+func scanPricing(col sql.NullString) (*event.Pricing, error) {
+	if !col.Valid {
+		return nil, nil
+	}
+	var p event.Pricing
+	if err := json.Unmarshal([]byte(col.String), &p); err != nil {
+		return nil, fmt.Errorf("decoding pricing: %w", err)
+	}
+	return &p, nil
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1

@@ -14,7 +14,7 @@ import (
 	"github.com/keymesh/keymesh/event"
 )
 
-const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision, models, max_concurrency, tokens, default_max_tokens, strip_prefix`
+const deploymentColumns = `id, project_id, name, hosts, path_prefix, upstreams, auth_enabled, invalid_key_status, upstream_auth, rate_limit, max_body_bytes, max_prompt_chars, revision, models, max_concurrency, tokens, default_max_tokens, strip_prefix, pricing`
 
 // deploymentSelect reads a deployment's columns and its project's name and
 // token bounds, which the records edges get carry (edges scope secrets by
@@ -27,13 +27,16 @@ func scanDeployment(sc interface{ Scan(...any) error }) (*event.Deployment, erro
 	var hosts, ups string
 	var ua, rl sql.NullString
 	var auth, strip int
-	var projectName, models, tokens, projectTokens sql.NullString
+	var projectName, models, tokens, projectTokens, pricing sql.NullString
 	var maxConc, defMax sql.NullInt64
 	if err := sc.Scan(&d.ID, &d.Project, &d.Name, &hosts, &d.PathPrefix, &ups, &auth, &d.InvalidKeyStatus, &ua, &rl, &d.MaxBodyBytes, &d.MaxPromptChars, &d.Revision,
-		&models, &maxConc, &tokens, &defMax, &strip, &projectName, &projectTokens); err != nil {
+		&models, &maxConc, &tokens, &defMax, &strip, &pricing, &projectName, &projectTokens); err != nil {
 		return nil, err
 	}
 	var err error
+	if d.Pricing, err = scanPricing(pricing); err != nil {
+		return nil, err
+	}
 	if d.Tokens, err = scanTokens(tokens); err != nil {
 		return nil, err
 	}
@@ -143,17 +146,21 @@ func (s *Store) writeDeployment(ctx context.Context, tx *sql.Tx, d *event.Deploy
 	if err != nil {
 		return err
 	}
+	pricing, err := pricingColumn(d.Pricing)
+	if err != nil {
+		return err
+	}
 	var defMax any
 	if d.DefaultMaxTokens > 0 {
 		defMax = d.DefaultMaxTokens
 	}
 	if insert {
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO deployments (`+deploymentColumns+`, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 			d.ID, d.Project, d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision,
-			models, maxConc, tokens, defMax, boolInt(d.StripPrefix), ts(now), ts(now))
+			models, maxConc, tokens, defMax, boolInt(d.StripPrefix), pricing, ts(now), ts(now))
 	} else {
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, models = ?, max_concurrency = ?, tokens = ?, default_max_tokens = ?, strip_prefix = ?, updated_at = ? WHERE id = ?`),
-			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, models, maxConc, tokens, defMax, boolInt(d.StripPrefix), ts(now), d.ID)
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE deployments SET name = ?, hosts = ?, path_prefix = ?, upstreams = ?, auth_enabled = ?, invalid_key_status = ?, upstream_auth = ?, rate_limit = ?, max_body_bytes = ?, max_prompt_chars = ?, revision = ?, models = ?, max_concurrency = ?, tokens = ?, default_max_tokens = ?, strip_prefix = ?, pricing = ?, updated_at = ? WHERE id = ?`),
+			d.Name, hosts, d.PathPrefix, ups, boolInt(d.AuthEnabled), d.InvalidKeyStatus, ua, rl, d.MaxBodyBytes, d.MaxPromptChars, d.Revision, models, maxConc, tokens, defMax, boolInt(d.StripPrefix), pricing, ts(now), d.ID)
 	}
 	if isUniqueViolation(err) {
 		return fmt.Errorf("%w: a deployment named %q exists in this project", ErrConflict, d.Name)

@@ -21,7 +21,7 @@ import (
 )
 
 // schemaVersion is the version this origin's queries need.
-const schemaVersion = 7
+const schemaVersion = 8
 
 type migration struct {
 	sqlite, postgres []string
@@ -133,6 +133,21 @@ var migrations = []migration{
 		// forwarded as sent, what every deployment before it did.
 		sqlite:   []string{`ALTER TABLE deployments ADD COLUMN strip_prefix INTEGER NOT NULL DEFAULT 0`},
 		postgres: []string{`ALTER TABLE deployments ADD COLUMN strip_prefix INTEGER NOT NULL DEFAULT 0`},
+	},
+	{ // 8: a deployment's pricing and the ledger's cost (issue 15).
+		// pricing is the JSON of event.Pricing, NULL: unpriced; cost is
+		// nano-units of the pricing currency, 0 for the rows stored before
+		// (they were never priced). Budgets ride in the tokens columns.
+		sqlite: []string{
+			`ALTER TABLE deployments ADD COLUMN pricing TEXT`,
+			`ALTER TABLE usage_hourly ADD COLUMN cost INTEGER NOT NULL DEFAULT 0`,
+			`ALTER TABLE usage_daily ADD COLUMN cost INTEGER NOT NULL DEFAULT 0`,
+		},
+		postgres: []string{
+			`ALTER TABLE deployments ADD COLUMN pricing TEXT`,
+			`ALTER TABLE usage_hourly ADD COLUMN cost BIGINT NOT NULL DEFAULT 0`,
+			`ALTER TABLE usage_daily ADD COLUMN cost BIGINT NOT NULL DEFAULT 0`,
+		},
 	},
 }
 

@@ -363,7 +363,8 @@ func tokensEqual(a, b *event.TokenLimits) bool {
 	if a.Empty() || b.Empty() {
 		return a.Empty() == b.Empty()
 	}
-	if a.TokensPerMinute != b.TokensPerMinute || a.TokensPerDay != b.TokensPerDay || (a.Quota == nil) != (b.Quota == nil) {
+	if a.TokensPerMinute != b.TokensPerMinute || a.TokensPerDay != b.TokensPerDay || (a.Quota == nil) != (b.Quota == nil) ||
+		(a.Budget == nil) != (b.Budget == nil) || a.Budget != nil && *a.Budget != *b.Budget {
 		return false
 	}
 	return a.Quota == nil || *a.Quota == *b.Quota

@@ -12,9 +12,12 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"math"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/keymesh/keymesh/event"
 )
 
 // usageSchema is migration 4's DDL; coll is the collation of text columns
@@ -39,9 +42,12 @@ func usageSchema(coll string) []string {
 	}
 }
 
-// usageCounts are the sums of one aggregate row.
+// usageCounts are the sums of one aggregate row. Cost is in nano-units
+// of the deployment's pricing currency (event.Pricing), priced when the
+// record was stored (migration 8: rows before it cost 0).
 type usageCounts struct {
 	Requests, PromptTokens, CompletionTokens, CachedTokens, EstimatedRequests int64
+	Cost                                                                      int64
 }
 
 func (c *usageCounts) add(o usageCounts) {
@@ -50,6 +56,15 @@ func (c *usageCounts) add(o usageCounts) {
 	c.CompletionTokens += o.CompletionTokens
 	c.CachedTokens += o.CachedTokens
 	c.EstimatedRequests += o.EstimatedRequests
+	c.Cost = saturatingAdd(c.Cost, o.Cost)
+}
+
+// saturatingAdd is a + b of two non-negative amounts, at most MaxInt64.
+func saturatingAdd(a, b int64) int64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxInt64
 }
 
 // usageRecord is one checked record (checkUsage) as the ledger stores it.
@@ -94,6 +109,9 @@ func (s *Store) storeUsage(ctx context.Context, recs []usageRecord) (stored, dup
 	defer tx.Rollback()
 	recs, wrongProject, err = s.sameProject(ctx, tx, recs)
 	if err != nil {
+		return 0, 0, 0, err
+	}
+	if err := s.priceUsage(ctx, tx, recs); err != nil {
 		return 0, 0, 0, err
 	}
 	// Sorted, so that replicas inserting overlapping batches on PostgreSQL
@@ -161,21 +179,22 @@ func (s *Store) addUsage(ctx context.Context, tx *sql.Tx, table string, sums map
 	}
 	slices.SortFunc(buckets, compareBuckets)
 	for chunk := range slices.Chunk(buckets, usageStmtRows) {
-		args := make([]any, 0, 10*len(chunk))
+		args := make([]any, 0, 11*len(chunk))
 		for _, b := range chunk {
 			c := sums[b]
 			args = append(args, b.Project, b.Bucket, b.KeyID, b.Deployment, b.Model,
-				c.Requests, c.PromptTokens, c.CompletionTokens, c.CachedTokens, c.EstimatedRequests)
+				c.Requests, c.PromptTokens, c.CompletionTokens, c.CachedTokens, c.EstimatedRequests, c.Cost)
 		}
-		values := strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?),", len(chunk)), ",")
+		values := strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?),", len(chunk)), ",")
 		q := `INSERT INTO ` + table + ` (project_id, ` + bucket + `, key_id, deployment_id, model,
-			requests, prompt_tokens, completion_tokens, cached_tokens, estimated_requests) VALUES ` + values + `
+			requests, prompt_tokens, completion_tokens, cached_tokens, estimated_requests, cost) VALUES ` + values + `
 			ON CONFLICT (project_id, ` + bucket + `, key_id, deployment_id, model) DO UPDATE SET
 			requests = ` + table + `.requests + excluded.requests,
 			prompt_tokens = ` + table + `.prompt_tokens + excluded.prompt_tokens,
 			completion_tokens = ` + table + `.completion_tokens + excluded.completion_tokens,
 			cached_tokens = ` + table + `.cached_tokens + excluded.cached_tokens,
-			estimated_requests = ` + table + `.estimated_requests + excluded.estimated_requests`
+			estimated_requests = ` + table + `.estimated_requests + excluded.estimated_requests,
+			cost = ` + table + `.cost + excluded.cost`
 		if _, err := tx.ExecContext(ctx, s.q(q), args...); err != nil {
 			return err
 		}
@@ -285,7 +304,7 @@ type usageRow struct {
 // sumCols are the sums of a usage query (cast: PostgreSQL sums BIGINT as
 // NUMERIC).
 const sumCols = `CAST(SUM(requests) AS BIGINT), CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
-	CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(estimated_requests) AS BIGINT)`
+	CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(estimated_requests) AS BIGINT), CAST(SUM(cost) AS BIGINT)`
 
 // queryUsage sums the aggregate rows matching f, grouped by g, at most
 // limit rows (ordered by the grouped columns). It reads the daily table
@@ -339,15 +358,59 @@ func (s *Store) queryUsage(ctx context.Context, f usageFilter, g usageGroup, lim
 	var out []usageRow
 	for rows.Next() {
 		var r usageRow
-		var sums [5]sql.NullInt64
-		if err := rows.Scan(&r.Bucket, &r.Project, &r.KeyID, &r.Deployment, &r.Model, &sums[0], &sums[1], &sums[2], &sums[3], &sums[4]); err != nil {
+		var sums [6]sql.NullInt64
+		if err := rows.Scan(&r.Bucket, &r.Project, &r.KeyID, &r.Deployment, &r.Model, &sums[0], &sums[1], &sums[2], &sums[3], &sums[4], &sums[5]); err != nil {
 			return nil, err
 		}
 		if !sums[0].Valid { // no row matched: SUM over nothing
 			continue
 		}
-		r.Counts = usageCounts{sums[0].Int64, sums[1].Int64, sums[2].Int64, sums[3].Int64, sums[4].Int64}
+		r.Counts = usageCounts{sums[0].Int64, sums[1].Int64, sums[2].Int64, sums[3].Int64, sums[4].Int64, sums[5].Int64}
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// priceUsage sets each record's cost at its deployment's pricing as the
+// store holds it now, in tx: the price a record is charged is the one in
+// force when the origin counted it (a deployment deleted since, or never
+// priced, costs 0).
+func (s *Store) priceUsage(ctx context.Context, tx *sql.Tx, recs []usageRecord) error {
+	ids := make([]any, 0, len(recs))
+	for i := range recs {
+		ids = append(ids, recs[i].Deployment)
+	}
+	slices.SortFunc(ids, func(a, b any) int { return cmp.Compare(a.(string), b.(string)) })
+	ids = slices.Compact(ids)
+	prices := map[string]*event.Pricing{}
+	for chunk := range slices.Chunk(ids, usageStmtRows) {
+		rows, err := tx.QueryContext(ctx, s.q(`SELECT id, pricing FROM deployments WHERE pricing IS NOT NULL AND id IN (`+
+			strings.TrimSuffix(strings.Repeat("?,", len(chunk)), ",")+`)`), chunk...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var id string
+			var col sql.NullString
+			if err := rows.Scan(&id, &col); err != nil {
+				rows.Close()
+				return err
+			}
+			p, err := scanPricing(col)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			prices[id] = p
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	for i := range recs {
+		c := &recs[i].Counts
+		c.Cost = prices[recs[i].Deployment].Cost(c.PromptTokens, c.CompletionTokens, c.CachedTokens)
+	}
+	return nil
 }

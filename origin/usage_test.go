@@ -98,7 +98,7 @@ func waitUsageStats(t *testing.T, s *Server, stored, dup, malformed uint64) {
 }
 
 func counts(req, prompt, completion, cached, est int64) api.UsageCounts {
-	return api.UsageCounts{Requests: req, PromptTokens: prompt, CompletionTokens: completion, CachedTokens: cached, EstimatedRequests: est}
+	return api.UsageCounts{Requests: req, PromptTokens: prompt, CompletionTokens: completion, CachedTokens: cached, EstimatedRequests: est, Cost: "0"}
 }
 
 func usageReport(t *testing.T, c *client, query string) api.UsageReport {

@@ -95,7 +95,7 @@ func decodeConcurrency(o object) (present bool, n int, err error) {
 
 // tokensFields are the members of a key, deployment or project body that
 // set its token bounds.
-var tokensFields = []string{"tokens_per_minute", "tokens_per_day", "quota"}
+var tokensFields = append([]string{"tokens_per_minute", "tokens_per_day", "quota"}, budgetFields...)
 
 // tokensChange is a decoded change of token bounds; a member not set is
 // left as it is, a set one with a zero value (null) removes the bound.
@@ -103,10 +103,16 @@ type tokensChange struct {
 	perMinuteSet, perDaySet, quotaSet bool
 	perMinute, perDay                 int64
 	quota                             *event.Quota
+	// budgetSet: max_budget was given (budget nil: null, the cap removed);
+	// refillSet: budget_refill too (else a PATCH keeps the refill).
+	budgetSet, refillSet bool
+	budget               *event.Budget
 }
 
 // touches reports whether the change touches any bound.
-func (ch *tokensChange) touches() bool { return ch.perMinuteSet || ch.perDaySet || ch.quotaSet }
+func (ch *tokensChange) touches() bool {
+	return ch.perMinuteSet || ch.perDaySet || ch.quotaSet || ch.budgetSet
+}
 
 // apply returns t with the change made, nil when it bounds nothing (so
 // that a record without bounds carries none). t is not modified.
@@ -124,6 +130,7 @@ func (ch *tokensChange) apply(t *event.TokenLimits) *event.TokenLimits {
 	if ch.quotaSet {
 		out.Quota = ch.quota
 	}
+	ch.applyBudget(&out)
 	if out.Empty() {
 		return nil
 	}
@@ -135,6 +142,9 @@ func (ch *tokensChange) apply(t *event.TokenLimits) *event.TokenLimits {
 // 1 to maxQuotaAmount, with "refill" "daily", "monthly" or null; or null).
 func decodeTokens(o object) (tokensChange, error) {
 	var ch tokensChange
+	if err := decodeBudget(o, &ch); err != nil {
+		return ch, err
+	}
 	for _, f := range []struct {
 		name string
 		set  *bool

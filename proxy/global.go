@@ -77,7 +77,7 @@ var gScopeNames = [...]event.LimitScope{scopeKey: event.LimitScopeKey, scopeDepl
 	scopeProject: event.LimitScopeProject}
 
 // tokenGKind maps a token table kind to its global kind.
-var tokenGKind = [...]uint8{tokMinute: gTPM, tokDay: gTPD, tokQuota: gQuotaTokens, tokRequests: gQuotaRequests}
+var tokenGKind = [...]uint8{tokMinute: gTPM, tokDay: gTPD, tokQuota: gQuotaTokens, tokRequests: gQuotaRequests, tokBudget: gBudget}
 
 // sliding reports whether kind counts over a sliding window of
 // sub-windows (rpm, tpm, tpd), and returns the sub-window's length in ms

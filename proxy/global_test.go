@@ -674,3 +674,66 @@ func TestGlobalOvershootCounted(t *testing.T) {
 		t.Fatalf("overshoot counted %v, want 20 on each edge", n)
 	}
 }
+
+// A spend cap (kind budget) holds across the edges like the token bounds:
+// the edges exchange what they spent, and settle the metered cost, not the
+// reservation's tokens.
+func TestGlobalBudget(t *testing.T) {
+	const limit, reserveCost, spend = 2_000_000, 1000, 400
+	for _, on := range []bool{true, false} {
+		es := newEdges(t, 4, func(c *Config) {
+			if !on {
+				c.LimitPartition = LimitPartitionLocal // per-edge counters, as before issue 15
+			}
+		})
+		es.off = !on
+		lim := event.TokenLimits{Budget: &event.Budget{MaxNanos: limit, Refill: event.QuotaRefillDaily}}
+		bounds := []tokenBound{{"key_1", scopeKey, &lim}}
+		var spent int64
+		type hold struct {
+			p *Proxy
+			h *tokenHold
+		}
+		var held []hold
+		settle := func() {
+			for _, h := range held {
+				h.h.spent = spend
+				h.p.tokens.settle(h.h, 10)
+				spent += spend
+			}
+			held = held[:0]
+		}
+		for round := range 1500 {
+			var next []hold
+			for _, p := range es.ps {
+				for range 2 {
+					if h, _ := p.tokens.reserveCost(bounds, 10, reserveCost); h != nil {
+						next = append(next, hold{p, h})
+					}
+				}
+			}
+			settle()
+			held = next
+			es.clock.advance(200 * time.Millisecond)
+			es.sync(t, round%25 == 0)
+		}
+		settle()
+		bound := limit*1.05 + 4*2*reserveCost
+		t.Logf("exchange %v: spent %d of %d (bound %.0f)", on, spent, limit, bound)
+		if on && float64(spent) > bound {
+			t.Fatalf("spent %d of a budget of %d across 4 edges", spent, limit)
+		}
+		if on && spent < limit*8/10 {
+			t.Fatalf("only %d spent of %d", spent, limit)
+		}
+		if !on && float64(spent) <= bound { // without the exchange the edges overspend together
+			t.Fatalf("per-edge budgets spent only %d: the load does not test the bound", spent)
+		}
+		if on {
+			es.sync(t, true)
+			if f := estimate(es.ps[0], gid{"key_1", scopeKey, gBudget}, event.QuotaRefillDaily); f < spent {
+				t.Fatalf("edge 1's global figure %d, spent %d", f, spent)
+			}
+		}
+	}
+}

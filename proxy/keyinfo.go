@@ -49,6 +49,10 @@ type keyInfoAnswer struct {
 	TokensPerDay    *int64       `json:"tokens_per_day"`
 	Quota           *event.Quota `json:"quota"`
 	Remaining       keyRemaining `json:"remaining"`
+	// MaxBudget and BudgetRefill are the key's spend cap (null: none), in
+	// units of the currency of its deployments' pricing.
+	MaxBudget    *json.Number `json:"max_budget"`
+	BudgetRefill *string      `json:"budget_refill"`
 	// Global is the key's use of each of its bounds across the edges:
 	// this edge's own plus what the others reported (global.go); null for
 	// a key without bounds.
@@ -66,6 +70,8 @@ type keyRemaining struct {
 	TokensPerMinute *int64 `json:"tokens_per_minute,omitempty"`
 	TokensPerDay    *int64 `json:"tokens_per_day,omitempty"`
 	Quota           *int64 `json:"quota,omitempty"`
+	// Budget is what is left of max_budget, in units of the currency.
+	Budget *json.Number `json:"budget,omitempty"`
 }
 
 // keyGlobal is a key's use across the edges.
@@ -148,6 +154,14 @@ func (s *Proxy) tokenInfo(a *keyInfoAnswer, key *cache.Key) {
 			a.Remaining.Quota = left(tokQuota, q.Tokens, q.Refill)
 		case q.Requests > 0:
 			a.Remaining.Quota = left(tokRequests, q.Requests, q.Refill)
+		}
+	}
+	if b := t.Budget; b != nil {
+		limit, left := json.Number(event.FormatNanos(b.MaxNanos)), json.Number(event.FormatNanos(*left(tokBudget, b.MaxNanos, b.Refill)))
+		a.MaxBudget, a.Remaining.Budget = &limit, &left
+		if b.Refill != "" {
+			r := b.Refill
+			a.BudgetRefill = &r
 		}
 	}
 }

@@ -500,6 +500,7 @@ func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 		if out.usage.ok {
 			used = out.usage.prompt + out.usage.completion
 		}
+		r.tok.spent = meteredCost(out.dep, &out.usage)
 		s.tokens.settle(r.tok, used)
 		r.tok = nil
 	}
@@ -616,7 +617,7 @@ func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
 		// After the slots (finish gives those back), before the request
 		// rate limit (which gives the reservation back when it refuses).
 		var tr tokenResult
-		if r.tok, tr, ok = s.admitTokens(ctx, dep, out.key, res); !ok {
+		if r.tok, tr, ok = s.admitTokens(ctx, dep, out.key, res, body.chars); !ok {
 			out.reason = tr.reason
 			return out
 		}

@@ -251,6 +251,7 @@ const (
 	tokDay             // tokens_per_day: a bucket
 	tokQuota           // a quota of tokens
 	tokRequests        // a quota of requests
+	tokBudget          // a spend cap, in nano-units of the currency (budget.go)
 )
 
 // Scopes a bound belongs to.
@@ -384,11 +385,14 @@ type tokenRef struct {
 // tokenHold is what an admitted request holds of the token counters until
 // it is settled, once.
 type tokenHold struct {
-	refs [9]tokenRef
+	refs [12]tokenRef
 	n    int
 	// covered is the tokens the hold covers: the reservation, plus what
 	// a stream's extensions took (streamcut.go).
 	covered int64
+	// spent is the request's metered cost (budget.go), set before it is
+	// settled; budgets take it instead of the reservation.
+	spent int64
 }
 
 var tokenHolds = sync.Pool{New: func() any { return new(tokenHold) }}
@@ -451,6 +455,13 @@ func tokenBounds(dep *event.Deployment, key *cache.Key) (b [3]tokenBound, n int)
 // reserve takes res tokens (and one request) from every counter of
 // bounds, or from none; the hold is nil when refused.
 func (t *tokenTable) reserve(bounds []tokenBound, res int64) (*tokenHold, tokenResult) {
+	return t.reserveCost(bounds, res, 0)
+}
+
+// reserveCost is reserve that also takes cost nano-units from every
+// budget of bounds (budget.go); cost 0 (an unpriced deployment) takes
+// from none.
+func (t *tokenTable) reserveCost(bounds []tokenBound, res, cost int64) (*tokenHold, tokenResult) {
 	var out tokenResult
 	now := t.now()
 	h := tokenHolds.Get().(*tokenHold)
@@ -475,6 +486,12 @@ func (t *tokenTable) reserve(bounds []tokenBound, res int64) (*tokenHold, tokenR
 				ok = t.take(h, tokenID{b.id, b.scope, tokRequests}, q.Requests, q.Refill, 1, 1, now, &out)
 			}
 			if !ok {
+				t.cancel(h)
+				return nil, out
+			}
+		}
+		if bg := lim.Budget; bg != nil && cost > 0 {
+			if !t.take(h, tokenID{b.id, b.scope, tokBudget}, bg.MaxNanos, bg.Refill, cost, cost, now, &out) {
 				t.cancel(h)
 				return nil, out
 			}
@@ -551,6 +568,8 @@ func (t *tokenTable) check(c *tokenCounter, id tokenID, limit int64, refill stri
 			out.retry = c.until(id.kind, float64(min(need, limit)))
 			return false
 		}
+	case tokBudget:
+		return c.checkBudget(limit, refill, need, now, out)
 	default:
 		c.refillQuota(limit, refill, now)
 		if need > limit {
@@ -582,8 +601,12 @@ func (t *tokenTable) takeGlobal(id tokenID, limit int64, refill string, need, to
 		return gr, true
 	}
 	out.refusal, out.reason, out.retry, out.never = errTokenLimit, reasonTokenLimit, r.retry, false
-	if id.kind == tokQuota || id.kind == tokRequests {
+	switch id.kind {
+	case tokQuota, tokRequests:
 		out.refusal, out.reason = errQuota, reasonQuota
+		out.never = r.retry == 0 && r.reason == gRefGlobal
+	case tokBudget:
+		out.refusal, out.reason = errBudget, reasonQuota
 		out.never = r.retry == 0 && r.reason == gRefGlobal
 	}
 	return gref{}, false
@@ -610,8 +633,14 @@ func (t *tokenTable) give(h *tokenHold, used int64, cancel bool) {
 		r := &h.refs[i]
 		if t.global != nil {
 			gused := used
-			if r.kind == tokRequests {
+			switch r.kind {
+			case tokRequests:
 				gused = 1
+				if cancel {
+					gused = 0
+				}
+			case tokBudget: // a budget spends the metered cost, not tokens
+				gused = h.spent
 				if cancel {
 					gused = 0
 				}
@@ -639,6 +668,12 @@ func (t *tokenTable) give(h *tokenHold, used int64, cancel bool) {
 			if cancel && c.period == r.period {
 				c.used = max(0, c.used-1)
 			}
+		case tokBudget:
+			spent := h.spent
+			if cancel {
+				spent = 0
+			}
+			c.giveBudget(r, spent, now)
 		}
 		c.held--
 		r.sh.mu.Unlock()
@@ -689,9 +724,9 @@ func (t *tokenTable) remaining(id tokenID, limit int64, refill string) int64 {
 
 // admitTokens reserves res tokens of every bound that applies to a request
 // of key on dep, or refuses it (answered 429 with its headers).
-func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key, res int64) (*tokenHold, tokenResult, bool) {
+func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key, res int64, promptChars int) (*tokenHold, tokenResult, bool) {
 	bounds, n := tokenBounds(dep, key)
-	h, tr := s.tokens.reserve(bounds[:n], res)
+	h, tr := s.tokens.reserveCost(bounds[:n], res, reservedCost(dep, promptChars, res))
 	if h == nil {
 		tr.setHeaders(&ctx.Response.Header)
 		if tr.retry > 0 {

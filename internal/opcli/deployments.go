@@ -133,6 +133,9 @@ func (d *depFlags) input(create bool, name string) (apiclient.DeploymentInput, e
 		if in.DefaultMaxTokens, err = d.tokens.defaultMax(); err != nil {
 			return in, err
 		}
+		if in.Pricing, in.NoPricing, err = d.tokens.pricingFlag(); err != nil {
+			return in, err
+		}
 	}
 	if ua {
 		if *d.uaMode == "" {
@@ -204,6 +207,8 @@ func (e *cliEnv) showDeployment(d *apiclient.Deployment) error {
 	line("Tokens per minute", fmtTokens(d.TokensPerMinute, "minute"))
 	line("Tokens per day", fmtTokens(d.TokensPerDay, "day"))
 	line("Quota", fmtQuota(d.Quota))
+	line("Budget", fmtBudget(d.MaxBudget, d.BudgetRefill))
+	line("Pricing", fmtPricing(d.Pricing))
 	dm := "none"
 	if d.DefaultMaxTokens != nil {
 		dm = strconv.FormatInt(*d.DefaultMaxTokens, 10)
@@ -266,7 +271,7 @@ func depListCmd() *command {
 				for _, d := range p.Items {
 					t.row(d.ID, d.Name, strings.Join(d.Hosts, ","), d.PathPrefix, fmtUpstreams(d.Upstreams),
 						map[bool]string{true: "on", false: "off"}[d.AuthEnabled], fmtRate(d.RateLimit),
-						fmtTokenLimits(d.TokensPerMinute, d.TokensPerDay, d.Quota), strconv.FormatUint(d.Revision, 10))
+						withBudget(fmtTokenLimits(d.TokensPerMinute, d.TokensPerDay, d.Quota), d.MaxBudget), strconv.FormatUint(d.Revision, 10))
 				}
 				return t.flush()
 			}

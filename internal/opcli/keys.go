@@ -109,6 +109,10 @@ func (k *keyFlags) create(name string) (apiclient.KeyCreate, error) {
 		in.TokensPerDay = *t.TokensPerDay
 	}
 	in.Quota = t.Quota
+	in.MaxBudget = t.MaxBudget
+	if t.BudgetRefill != nil {
+		in.BudgetRefill = *t.BudgetRefill
+	}
 	return in, nil
 }
 
@@ -161,7 +165,7 @@ func (k *keyFlags) update() (apiclient.KeyUpdate, error) {
 	}
 	if n == 0 {
 		return in, badInput("nothing to change: give at least one of --name, --description, --permissions, --deployments, --expires, --rate-limit, --models, --max-concurrency, " +
-			"--tokens-per-minute, --tokens-per-day, --quota-tokens, --quota-requests, --disabled")
+			"--tokens-per-minute, --tokens-per-day, --quota-tokens, --quota-requests, --max-budget, --disabled")
 	}
 	if *k.rateLimit < 0 {
 		return in, badInput("--rate-limit must be positive")
@@ -255,6 +259,7 @@ func (e *cliEnv) showKey(k *apiclient.Key) error {
 	line("Tokens per minute", fmtTokens(k.TokensPerMinute, "minute"))
 	line("Tokens per day", fmtTokens(k.TokensPerDay, "day"))
 	line("Quota", fmtQuota(k.Quota))
+	line("Budget", fmtBudget(k.MaxBudget, k.BudgetRefill))
 	line("Created", fmtTime(&k.CreatedAt, "-"))
 	line("Updated", fmtTime(&k.UpdatedAt, "-"))
 	line("Revision", strconv.FormatUint(k.Revision, 10))
@@ -362,7 +367,7 @@ func (e *cliEnv) keyTable(keys []*apiclient.Key) {
 	t := newTable(e.stdout, "ID", "NAME", "PREFIX", "STATUS", "PERMISSIONS", "DEPLOYMENTS", "EXPIRES", "RATE LIMIT", "TOKEN LIMITS")
 	for _, k := range keys {
 		t.row(k.ID, k.Name, k.Prefix, keyStatus(k), strings.Join(k.Permissions, ","), namesOf(k.Deployments, names),
-			fmtTime(k.ExpiresAt, "never"), fmtRate(k.RateLimit), fmtTokenLimits(k.TokensPerMinute, k.TokensPerDay, k.Quota))
+			fmtTime(k.ExpiresAt, "never"), fmtRate(k.RateLimit), withBudget(fmtTokenLimits(k.TokensPerMinute, k.TokensPerDay, k.Quota), k.MaxBudget))
 	}
 	_ = t.flush()
 }

@@ -1,7 +1,9 @@
 package opcli
 
 import (
+	"encoding/json"
 	"flag"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -17,6 +19,8 @@ type tokenFlags struct {
 	quotaTokens, quotaRequests *int64
 	quotaRefill                *string
 	defaultMaxTokens           *int64 // deployments only
+	maxBudget, budgetRefill    *string
+	pricing                    *string // deployments only
 	create                     bool
 }
 
@@ -28,7 +32,12 @@ func defineTokenFlags(fs *flag.FlagSet, create, deployment bool, of string) *tok
 	t.quotaTokens = fs.Int64("quota-tokens", 0, "a quota of this many tokens"+map[bool]string{true: "", false: "; replaces the quota (0 removes it)"}[create])
 	t.quotaRequests = fs.Int64("quota-requests", 0, "a quota of this many requests (instead of --quota-tokens)"+map[bool]string{true: "", false: " (0 removes the quota)"}[create])
 	t.quotaRefill = fs.String("quota-refill", "", `when the quota is full again: daily (00:00 UTC), monthly (the 1st) or never (default never)`)
+	t.maxBudget = fs.String("max-budget", "", "spend cap of "+of+", in units of the deployments' pricing currency (e.g. 25.50), at most 6 decimals"+
+		map[bool]string{true: " (default: no cap)", false: ` ("none" removes the cap)`}[create])
+	t.budgetRefill = fs.String("budget-refill", "", `when the spend cap is full again: daily (00:00 UTC), monthly (the 1st) or never (default never); given with --max-budget`)
 	if deployment {
+		t.pricing = fs.String("pricing", "", `what the deployment's tokens cost, as JSON: {"currency":"USD","prompt_per_million":0.5,"completion_per_million":1.5,"cached_per_million":0.25} (cached optional)`+
+			map[bool]string{true: "", false: ` ("none" removes it)`}[create])
 		t.defaultMaxTokens = fs.Int64("default-max-tokens", 0, "completion tokens a request naming no max_tokens reserves against token bounds"+
 			map[bool]string{true: " (default: none)", false: " (0: none)"}[create])
 	}
@@ -40,7 +49,7 @@ func (t *tokenFlags) changes() bool {
 	n := false
 	t.fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "tokens-per-minute", "tokens-per-day", "quota-tokens", "quota-requests", "quota-refill", "default-max-tokens":
+		case "tokens-per-minute", "tokens-per-day", "quota-tokens", "quota-requests", "quota-refill", "default-max-tokens", "max-budget", "budget-refill", "pricing":
 			n = true
 		}
 	})
@@ -50,6 +59,9 @@ func (t *tokenFlags) changes() bool {
 // limits is the update the flags given ask for.
 func (t *tokenFlags) limits() (apiclient.TokenLimits, error) {
 	var out apiclient.TokenLimits
+	if err := t.budget(&out); err != nil {
+		return out, err
+	}
 	for _, f := range []struct {
 		name string
 		v    *int64
@@ -103,6 +115,87 @@ func (t *tokenFlags) limits() (apiclient.TokenLimits, error) {
 	return out, nil
 }
 
+// budget reads --max-budget and --budget-refill into out. The amount is
+// sent as written (the origin reads it exactly); only its form is checked
+// here.
+func (t *tokenFlags) budget(out *apiclient.TokenLimits) error {
+	amount, refill := isSet(t.fs, "max-budget"), isSet(t.fs, "budget-refill")
+	if refill && !amount {
+		return badInput("--budget-refill needs --max-budget (the cap is set whole)")
+	}
+	if !amount {
+		return nil
+	}
+	if *t.maxBudget == "none" {
+		if t.create {
+			return badInput(`--max-budget none: give no --max-budget for no cap`)
+		}
+		if refill {
+			return badInput("--max-budget none removes the cap: give no --budget-refill with it")
+		}
+		out.NoBudget = true
+		return nil
+	}
+	if f, err := strconv.ParseFloat(*t.maxBudget, 64); err != nil || f < 0 || strings.ContainsAny(*t.maxBudget, "xXpP_") {
+		return badInput("--max-budget must be an amount such as 25 or 0.50")
+	}
+	n := json.Number(*t.maxBudget)
+	out.MaxBudget = &n
+	if refill {
+		switch *t.budgetRefill {
+		case "never":
+			out.BudgetRefill = ptr("")
+		case "daily", "monthly":
+			out.BudgetRefill = ptr(*t.budgetRefill)
+		default:
+			return badInput(`--budget-refill must be daily, monthly or never`)
+		}
+	}
+	return nil
+}
+
+// pricingFlag is --pricing as the update sends it: nil and false when not
+// given; none true for "none" on an update.
+func (t *tokenFlags) pricingFlag() (p *apiclient.Pricing, none bool, err error) {
+	if t.pricing == nil || !isSet(t.fs, "pricing") {
+		return nil, false, nil
+	}
+	if *t.pricing == "none" && !t.create {
+		return nil, true, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(*t.pricing))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	var in apiclient.Pricing
+	if err := dec.Decode(&in); err != nil {
+		return nil, false, badInput(`--pricing must be JSON such as {"currency":"USD","prompt_per_million":0.5,"completion_per_million":1.5}: %v`, err)
+	}
+	return &in, false, nil
+}
+
+// fmtPricing shows a deployment's pricing.
+func fmtPricing(p *apiclient.Pricing) string {
+	if p == nil {
+		return "none"
+	}
+	s := fmt.Sprintf("%s %s prompt, %s completion", p.Currency, p.PromptPerMillion, p.CompletionPerMillion)
+	if p.CachedPerMillion != nil {
+		s += fmt.Sprintf(", %s cached", *p.CachedPerMillion)
+	}
+	return s + " per million tokens"
+}
+
+// fmtBudget shows a spend cap.
+func fmtBudget(max *json.Number, refill *string) string {
+	if max == nil {
+		return "no cap"
+	}
+	if refill != nil {
+		return max.String() + ", refilled " + *refill
+	}
+	return max.String() + ", never refilled"
+}
+
 // defaultMax is --default-max-tokens as the update sends it (nil: not
 // given; 0: none).
 func (t *tokenFlags) defaultMax() (*int64, error) {
@@ -153,4 +246,15 @@ func fmtTokenLimits(perMinute, perDay *int64, q *apiclient.Quota) string {
 		parts = append(parts, "quota "+fmtQuota(q))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// withBudget adds a spend cap to a fmtTokenLimits cell.
+func withBudget(cell string, max *json.Number) string {
+	if max == nil {
+		return cell
+	}
+	if cell != "" {
+		cell += "; "
+	}
+	return cell + "budget " + max.String()
 }

@@ -12,7 +12,7 @@ import (
 // usageCmd is origin usage: GET /v1/usage's sums as a table, or its JSON.
 func usageCmd() *command {
 	return &command{
-		name: "usage", summary: "Show the usage edges metered (requests and tokens), summed per group (needs read_metrics)",
+		name: "usage", summary: "Show the usage edges metered (requests, tokens and their cost at the deployments' pricing), summed per group (needs read_metrics)",
 		setup: func(fs *flag.FlagSet) func(*cliEnv, []string) error {
 			all := fs.Bool("all-projects", false, "every project's usage (admin users), not --project's")
 			key := fs.String("key", "", "only this key id")
@@ -65,7 +65,7 @@ func (e *cliEnv) usageTable(r *apiclient.UsageReport) error {
 	if grouped["deployment"] {
 		names = e.depNames()
 	}
-	t := newTable(e.stdout, append(cols, "REQUESTS", "PROMPT", "COMPLETION", "CACHED", "ESTIMATED")...)
+	t := newTable(e.stdout, append(cols, "REQUESTS", "PROMPT", "COMPLETION", "CACHED", "ESTIMATED", "COST")...)
 	n := func(v int64) string { return strconv.FormatInt(v, 10) }
 	for _, it := range r.Items {
 		var cells []string
@@ -95,7 +95,7 @@ func (e *cliEnv) usageTable(r *apiclient.UsageReport) error {
 		if it.Model != nil {
 			cells = append(cells, *it.Model)
 		}
-		t.row(append(cells, n(it.Requests), n(it.PromptTokens), n(it.CompletionTokens), n(it.CachedTokens), n(it.EstimatedRequests))...)
+		t.row(append(cells, n(it.Requests), n(it.PromptTokens), n(it.CompletionTokens), n(it.CachedTokens), n(it.EstimatedRequests), it.Cost.String())...)
 	}
 	if err := t.flush(); err != nil {
 		return err

@@ -78,14 +78,14 @@ func TestCLIUsage(t *testing.T) {
 
 	out := r.ok("usage", "--group-by", "key,model")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 5 || strings.Join(strings.Fields(lines[0]), " ") != "KEY MODEL REQUESTS PROMPT COMPLETION CACHED ESTIMATED" ||
-		strings.Join(strings.Fields(lines[1]), " ") != "(no auth) m1 1 1 1 0 0" ||
-		strings.Join(strings.Fields(lines[2]), " ") != k.ID+" m1 1 10 5 0 0" ||
-		strings.Join(strings.Fields(lines[3]), " ") != k.ID+" m2 1 20 7 4 1" || !strings.HasPrefix(lines[4], "From ") {
+	if len(lines) != 5 || strings.Join(strings.Fields(lines[0]), " ") != "KEY MODEL REQUESTS PROMPT COMPLETION CACHED ESTIMATED COST" ||
+		strings.Join(strings.Fields(lines[1]), " ") != "(no auth) m1 1 1 1 0 0 0" ||
+		strings.Join(strings.Fields(lines[2]), " ") != k.ID+" m1 1 10 5 0 0 0" ||
+		strings.Join(strings.Fields(lines[3]), " ") != k.ID+" m2 1 20 7 4 1 0" || !strings.HasPrefix(lines[4], "From ") {
 		t.Fatalf("usage --group-by key,model:\n%s", out)
 	}
 	out = r.ok("usage", "--group-by", "deployment", "--no-key")
-	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || strings.Join(strings.Fields(lines[1]), " ") != "chat 1 1 1 0 0" {
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || strings.Join(strings.Fields(lines[1]), " ") != "chat 1 1 1 0 0 0" {
 		t.Fatalf("usage --group-by deployment --no-key:\n%s", out)
 	}
 	var rep api.UsageReport

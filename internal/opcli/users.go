@@ -244,8 +244,8 @@ func (e *cliEnv) printProject(p *apiclient.ProjectDetail) error {
 	}
 	fmt.Fprintf(e.stdout, "Project %s (%s)\n  allowed upstreams: %s\n  keys: %d of %d\n  deployments: %d of %d\n  links per key: at most %d\n",
 		p.Name, p.ID, policy, p.Usage.Keys, p.Limits.MaxKeys, p.Usage.Deployments, p.Limits.MaxDeployments, p.Limits.MaxLinksPerKey)
-	fmt.Fprintf(e.stdout, "  tokens per minute: %s\n  tokens per day: %s\n  quota: %s\n",
-		fmtTokens(p.TokensPerMinute, "minute"), fmtTokens(p.TokensPerDay, "day"), fmtQuota(p.Quota))
+	fmt.Fprintf(e.stdout, "  tokens per minute: %s\n  tokens per day: %s\n  quota: %s\n  budget: %s\n",
+		fmtTokens(p.TokensPerMinute, "minute"), fmtTokens(p.TokensPerDay, "day"), fmtQuota(p.Quota), fmtBudget(p.MaxBudget, p.BudgetRefill))
 	if p.Propagation != nil {
 		fmt.Fprintf(e.stdout, "  propagation: %s\n", fmtPropagation(p.Propagation))
 	}

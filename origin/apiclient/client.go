@@ -209,6 +209,8 @@ type (
 	// Quota is a token or request allowance (exactly one of Tokens and
 	// Requests), refilled daily, monthly or (Refill nil) never.
 	Quota = api.Quota
+	// Pricing is what a deployment's tokens cost per million.
+	Pricing = api.Pricing
 )
 
 // TokenLimits are the token bounds of a key, deployment or project update:
@@ -219,6 +221,24 @@ type TokenLimits struct {
 	Quota                         *Quota
 	// NoQuota sends quota: null (Quota must be nil).
 	NoQuota bool
+	// MaxBudget sets the spend cap, in units of the pricing currency;
+	// NoBudget sends max_budget: null (MaxBudget must be nil).
+	MaxBudget *json.Number
+	NoBudget  bool
+	// BudgetRefill is sent with MaxBudget: "daily", "monthly", or "" for
+	// never (null); nil leaves it out (an update keeps the refill).
+	BudgetRefill *string
+}
+
+// budget is the spend cap members as an api patch sends them.
+func (t TokenLimits) budget() (maxBudget api.Nullable[json.Number], refill api.Nullable[string]) {
+	if t.BudgetRefill != nil {
+		refill = api.Value(*t.BudgetRefill)
+		if *t.BudgetRefill == "" {
+			refill = api.Null[string]()
+		}
+	}
+	return nullable(t.MaxBudget, t.NoBudget), refill
 }
 
 // patch is the three members as an api patch sends them.
@@ -274,6 +294,7 @@ func (u KeyUpdate) MarshalJSON() ([]byte, error) {
 		Disabled: u.Disabled,
 	}
 	p.TokensPerMinute, p.TokensPerDay, p.Quota = u.Tokens.patch()
+	p.MaxBudget, p.BudgetRefill = u.Tokens.budget()
 	return json.Marshal(p)
 }
 
@@ -331,6 +352,10 @@ type DeploymentInput struct {
 	// a request naming no max_tokens (0 sends null: none).
 	Tokens           TokenLimits
 	DefaultMaxTokens *int64
+	// Pricing sets what the deployment's tokens cost; NoPricing sends
+	// pricing: null (Pricing must be nil).
+	Pricing   *Pricing
+	NoPricing bool
 }
 
 // MarshalJSON sends only the fields that are set, as an api.DeploymentInput.
@@ -343,6 +368,8 @@ func (d DeploymentInput) MarshalJSON() ([]byte, error) {
 		DefaultMaxTokens: zeroNull(d.DefaultMaxTokens),
 	}
 	in.TokensPerMinute, in.TokensPerDay, in.Quota = d.Tokens.patch()
+	in.MaxBudget, in.BudgetRefill = d.Tokens.budget()
+	in.Pricing = nullable(d.Pricing, d.NoPricing)
 	return json.Marshal(in)
 }
 
@@ -809,6 +836,7 @@ func (u ProjectUpdate) MarshalJSON() ([]byte, error) {
 		MaxKeys:          quota(u.MaxKeys), MaxDeployments: quota(u.MaxDeployments), MaxLinksPerKey: quota(u.MaxLinksPerKey),
 	}
 	p.TokensPerMinute, p.TokensPerDay, p.Quota = u.Tokens.patch()
+	p.MaxBudget, p.BudgetRefill = u.Tokens.budget()
 	return json.Marshal(p)
 }
 

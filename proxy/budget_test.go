@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/apikey"
+	"github.com/keymesh/keymesh/cache"
+	"github.com/keymesh/keymesh/event"
+	"github.com/keymesh/keymesh/internal/apierror"
+)
+
+// pricedUpstream answers with the usage its X-Prompt, X-Completion and
+// X-Cached headers name.
+func pricedUpstream(w http.ResponseWriter, r *http.Request) {
+	n := func(h string) int { v, _ := strconv.Atoi(r.Header.Get(h)); return v }
+	w.Header().Set("Content-Type", "application/json")
+	if st := n("X-Status"); st != 0 {
+		w.WriteHeader(st)
+		_, _ = io.WriteString(w, `{"error":{"message":"boom"}}`)
+		return
+	}
+	fmt.Fprintf(w, `{"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"prompt_tokens_details":{"cached_tokens":%d}}}`,
+		n("X-Prompt"), n("X-Completion"), n("X-Cached"))
+}
+
+// testPricing: a prompt token costs 1 nano-unit, a cached one 0.5 (so
+// two cost 1), a completion token 2.
+func testPricing() *event.Pricing {
+	cached := int64(500_000)
+	return &event.Pricing{Currency: "USD", Prompt: 1_000_000, Completion: 2_000_000, Cached: &cached}
+}
+
+type budgetSpec struct {
+	key, dep, project *event.TokenLimits
+}
+
+// startBudget is an edge with dep_1 (priced by testPricing, on /) and
+// dep_2 (unpriced, on /two) of one project, and one key linked to both.
+func startBudget(t *testing.T, spec budgetSpec) *tokenSetup {
+	t.Helper()
+	ts := &tokenSetup{up: newUpstream(t, pricedUpstream), clock: &testClock{t: time.Date(2030, 5, 31, 12, 0, 0, 0, time.UTC)}}
+	secret, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, _ := apikey.ParseString(secret)
+	k := &event.Key{ID: "key_1", Project: "prj_1", Secrets: []event.Secret{{Hash: hash}},
+		Permissions: event.DefaultPermissions, Deployments: []string{"dep_1", "dep_2"}, Tokens: spec.key}
+	ts.secrets[0] = secret
+	d1, d2 := deployment("dep_1", ts.up.URL, true), deployment("dep_2", ts.up.URL, true)
+	d2.PathPrefix = "/two"
+	d1.Pricing, d1.Tokens = testPricing(), spec.dep
+	d1.ProjectTokens, d2.ProjectTokens = spec.project, spec.project
+	st := &fakeState{deps: cache.NewDeployments([]event.Deployment{d1, d2}, 1), keys: map[apikey.Hash]*cache.Key{hash: cache.NewKey(k, 1)}}
+	ts.testProxy = startProxyPrepared(t, st, nil, func(p *Proxy) { p.tokens.now = ts.clock.now })
+	return ts
+}
+
+// spend posts a completion to path with a 4-character prompt (1 token
+// estimated) naming maxTokens; the upstream reports the usage given.
+func (ts *tokenSetup) spend(t *testing.T, path string, maxTokens, prompt, completion, cached int) (*http.Response, string) {
+	t.Helper()
+	return ts.postBody(t, 0, path, fmt.Sprintf(`{"model":"m","prompt":"abcd","max_tokens":%d}`, maxTokens), map[string]string{
+		"X-Prompt": strconv.Itoa(prompt), "X-Completion": strconv.Itoa(completion), "X-Cached": strconv.Itoa(cached)})
+}
+
+// budgetLeft is what GET /v1/key says is left of the key's budget.
+func (ts *tokenSetup) budgetLeft(t *testing.T) (maxBudget, left string) {
+	t.Helper()
+	resp, body := do(t, client(t), "GET", ts.url+"/v1/key", "", map[string]string{"X-API-Key": ts.secrets[0]})
+	wantOK(t, resp, body)
+	var got struct {
+		MaxBudget *json.Number `json:"max_budget"`
+		Remaining struct {
+			Budget *json.Number `json:"budget"`
+		} `json:"remaining"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil || got.MaxBudget == nil || got.Remaining.Budget == nil {
+		t.Fatalf("GET /v1/key: %s (%v)", body, err)
+	}
+	return got.MaxBudget.String(), got.Remaining.Budget.String()
+}
+
+// A key's budget: admission reserves the estimated prompt and max_tokens
+// at the deployment's prices, settlement keeps the metered cost, a request
+// whose reservation does not fit is refused 429 insufficient_quota without
+// reaching the upstream and costs nothing, and an unpriced deployment
+// spends nothing.
+func TestBudgetAdmissionAndSettlement(t *testing.T) {
+	ts := startBudget(t, budgetSpec{key: &event.TokenLimits{Budget: &event.Budget{MaxNanos: 1000}}})
+	// Reserves 1 + 2*100 = 201; spends 10-4 + 4*0.5 + 2*50 = 108.
+	resp, body := ts.spend(t, "/v1/completions", 100, 10, 50, 4)
+	wantOK(t, resp, body)
+	ts.heldIs(t, 0)
+	if max, left := ts.budgetLeft(t); max != "0.000001" || left != "0.000000892" {
+		t.Fatalf("budget %s, left %s; want 0.000001 and 0.000000892 (108 spent)", max, left)
+	}
+	// 1 + 2*446 = 893 > 892: refused, never admissible as it is.
+	hits := len(ts.up.requests())
+	resp, body = ts.spend(t, "/v1/completions", 446, 1, 1, 0)
+	wantError(t, resp, body, 429, apierror.InsufficientQuota)
+	wantType(t, body, "insufficient_quota")
+	if resp.Header.Get("X-Should-Retry") != "false" || resp.Header.Get("Retry-After") != "" {
+		t.Fatalf("a budget that never refills: X-Should-Retry %q, Retry-After %q", resp.Header.Get("X-Should-Retry"), resp.Header.Get("Retry-After"))
+	}
+	if n := len(ts.up.requests()); n != hits {
+		t.Fatalf("the refused request reached the upstream (%d requests, want %d)", n, hits)
+	}
+	if _, left := ts.budgetLeft(t); left != "0.000000892" {
+		t.Fatalf("a refused request spent: %s left", left)
+	}
+	// 1 + 2*445 = 891 fits; it spends 1 + 2*445 = 891 of 892.
+	resp, body = ts.spend(t, "/v1/completions", 445, 1, 445, 0)
+	wantOK(t, resp, body)
+	if _, left := ts.budgetLeft(t); left != "0.000000001" {
+		t.Fatalf("left %s after spending 891 of 892", left)
+	}
+	// A request costs at least one nano-unit: the last one still fits one
+	// reserving nothing but its prompt...
+	resp, body = ts.spend(t, "/v1/completions", 0, 1, 0, 0)
+	wantOK(t, resp, body)
+	// ... and then nothing priced does.
+	resp, body = ts.spend(t, "/v1/completions", 0, 0, 0, 0)
+	wantError(t, resp, body, 429, apierror.InsufficientQuota)
+	// The unpriced deployment is not bounded by the spent budget.
+	resp, body = ts.spend(t, "/two/v1/completions", 1000, 1000, 1000, 0)
+	wantOK(t, resp, body)
+	ts.heldIs(t, 0)
+	if _, left := ts.budgetLeft(t); left != "0" {
+		t.Fatalf("left %s, want 0", left)
+	}
+}
+
+// Settlement spends the metered cost, also above the reservation (the
+// upstream ignored max_tokens): the budget goes to its cap, never past it
+// into a refusal of what was already served. A request the upstream
+// failed (no usage) costs what the meter found.
+func TestBudgetSettlesMeteredCost(t *testing.T) {
+	ts := startBudget(t, budgetSpec{key: &event.TokenLimits{Budget: &event.Budget{MaxNanos: 10_000}}})
+	resp, body := ts.spend(t, "/v1/completions", 10, 100, 1000, 0) // reserved 21, spent 2100
+	wantOK(t, resp, body)
+	ts.heldIs(t, 0)
+	if _, left := ts.budgetLeft(t); left != "0.0000079" {
+		t.Fatalf("left %s, want 0.0000079 (2100 spent)", left)
+	}
+	resp, _ = ts.postBody(t, 0, "/v1/completions", `{"model":"m","prompt":"abcd","max_tokens":100}`, map[string]string{"X-Status": "500"})
+	if resp.StatusCode != 500 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	ts.heldIs(t, 0)
+	if _, left := ts.budgetLeft(t); left != "0.0000079" {
+		t.Fatalf("left %s after a failed request with no usage, want 0.0000079", left)
+	}
+}
+
+// A deployment's and a project's budgets count every key's requests to
+// them; a daily budget refills at 00:00 UTC and says so in Retry-After.
+func TestBudgetScopesAndRefill(t *testing.T) {
+	for name, spec := range map[string]budgetSpec{
+		"deployment": {dep: &event.TokenLimits{Budget: &event.Budget{MaxNanos: 300, Refill: event.QuotaRefillDaily}}},
+		"project":    {project: &event.TokenLimits{Budget: &event.Budget{MaxNanos: 300, Refill: event.QuotaRefillDaily}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ts := startBudget(t, spec)
+			resp, body := ts.spend(t, "/v1/completions", 100, 1, 100, 0) // reserves 201, spends 201
+			wantOK(t, resp, body)
+			resp, body = ts.spend(t, "/v1/completions", 100, 1, 100, 0) // 201 > 99 left
+			wantError(t, resp, body, 429, apierror.InsufficientQuota)
+			if resp.Header.Get("Retry-After") != strconv.Itoa(12*3600) || resp.Header.Get("X-Should-Retry") != "" {
+				t.Fatalf("Retry-After %q, X-Should-Retry %q: want 12 h, to midnight", resp.Header.Get("Retry-After"), resp.Header.Get("X-Should-Retry"))
+			}
+			resp, body = ts.spend(t, "/v1/completions", 1000, 1, 100, 0) // 2001 > the whole budget
+			wantError(t, resp, body, 429, apierror.InsufficientQuota)
+			if resp.Header.Get("X-Should-Retry") != "false" {
+				t.Fatalf("a reservation over the whole budget: X-Should-Retry %q", resp.Header.Get("X-Should-Retry"))
+			}
+			ts.clock.advance(12 * time.Hour)
+			resp, body = ts.spend(t, "/v1/completions", 100, 1, 100, 0)
+			wantOK(t, resp, body)
+			ts.heldIs(t, 0)
+		})
+	}
+}
+
+func TestBudgetCosts(t *testing.T) {
+	d := &event.Deployment{Pricing: testPricing()}
+	if got := reservedCost(d, 9, 10); got != 3+20 { // ceil(9/4) prompt tokens
+		t.Fatalf("reservedCost = %d, want 23", got)
+	}
+	if got := reservedCost(&event.Deployment{}, 9, 10); got != 0 {
+		t.Fatalf("unpriced reservedCost = %d", got)
+	}
+	if got := meteredCost(d, &usageCounts{prompt: 10, completion: 3, cached: 4, ok: true}); got != 6+2+6 {
+		t.Fatalf("meteredCost = %d, want 14", got)
+	}
+	if got := meteredCost(d, &usageCounts{prompt: 10}); got != 0 {
+		t.Fatalf("meteredCost without usage = %d, want 0", got)
+	}
+}
+
+// A reservation cancelled after admission (a later refusal: the request
+// rate limit) gives its cost back whole; a settlement in a later period
+// counts what was spent in the new one.
+func TestBudgetCancelAndPeriods(t *testing.T) {
+	clock := &testClock{t: time.Date(2030, 5, 31, 23, 59, 0, 0, time.UTC)}
+	tt := newTokenTable(clock.now, 1000)
+	lim := &event.TokenLimits{Budget: &event.Budget{MaxNanos: 100, Refill: event.QuotaRefillDaily}}
+	bounds := []tokenBound{{"key_1", scopeKey, lim}}
+	left := func() int64 { return tt.remaining(tokenID{"key_1", scopeKey, tokBudget}, 100, event.QuotaRefillDaily) }
+	h, res := tt.reserveCost(bounds, 0, 60)
+	if h == nil {
+		t.Fatalf("refused: %v", res.refusal)
+	}
+	if left() != 40 {
+		t.Fatalf("left %d after reserving 60", left())
+	}
+	tt.cancel(h)
+	if left() != 100 {
+		t.Fatalf("left %d after cancelling, want 100", left())
+	}
+	if h, _ = tt.reserveCost(bounds, 0, 101); h != nil {
+		t.Fatal("a reservation over the whole budget was admitted")
+	}
+	h, _ = tt.reserveCost(bounds, 0, 60)
+	clock.advance(2 * time.Minute) // into the next day
+	h.spent = 30
+	tt.settle(h, 0)
+	if left() != 70 {
+		t.Fatalf("left %d: the next day's budget holds what was spent in it (30)", left())
+	}
+	if tt.heldTotal() != 0 {
+		t.Fatal("a reservation is still held")
+	}
+}
