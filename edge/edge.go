@@ -269,6 +269,8 @@ type Node struct {
 	hb    *heartbeater
 	audit *auditor
 	usage *usageSink
+	// balances takes the origin's signed ledger balances (balance.go).
+	balances *balanceListener
 
 	gossip     *cluster.Cluster // nil without gossip
 	gossipHook *gossipHook
@@ -427,6 +429,9 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = n.feed.Shutdown(context.Background()) })
+	if err := n.startBalances(ver, n.proxy.MergeBalance); err != nil {
+		return nil, err
+	}
 	if err := n.startGossip(); err != nil {
 		return nil, fmt.Errorf("starting gossip: %w", err)
 	}
@@ -527,6 +532,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if err := n.stopGossip(); err != nil {
 		errs = append(errs, fmt.Errorf("leaving gossip: %w", err))
 	}
+	n.stopBalances()
 	n.audit.shutdown(true)
 	// Requests have ended: what they metered goes to the spool (and to
 	// JetStream while it answers) before NATS is closed.

@@ -271,6 +271,7 @@ func EdgePermissions(id string) jwt.Permissions {
 		Sub: jwt.Permission{Allow: jwt.StringList{
 			event.StreamSubjects,
 			event.OriginHeartbeatSubject,
+			event.OriginBalanceSubject,
 			event.EdgeInbox(id) + ".>",
 		}},
 	}
