@@ -54,13 +54,14 @@ type floorShard struct {
 type floorTable struct {
 	seed   maphash.Seed
 	shards [64]floorShard
+	max    int // per shard
 
 	merged  atomic.Uint64 // figures that raised (or set) a floor
 	dropped atomic.Uint64 // figures not kept: their shard was full
 }
 
 func newFloorTable() *floorTable {
-	f := &floorTable{seed: maphash.MakeSeed()}
+	f := &floorTable{seed: maphash.MakeSeed(), max: maxFloorsPerShard}
 	for i := range f.shards {
 		f.shards[i].m = map[tokenID]ledgerFloor{}
 	}
@@ -134,9 +135,9 @@ func (f *floorTable) merge(id tokenID, fl ledgerFloor, now time.Time) {
 	case ok && old.period == fl.period && old.used >= fl.used:
 		return
 	}
-	if !ok && len(sh.m) >= maxFloorsPerShard {
+	if !ok && len(sh.m) >= f.max {
 		sweepFloors(sh, now)
-		if len(sh.m) >= maxFloorsPerShard {
+		if len(sh.m) >= f.max {
 			f.dropped.Add(1)
 			return
 		}

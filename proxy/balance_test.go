@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/keymesh/keymesh/event"
+)
+
+// floorProxy is the part of a Proxy MergeBalance and admission use: its
+// token table, on clock.
+func floorProxy(clock *testClock) *Proxy {
+	return &Proxy{tokens: newTokenTable(clock.now, 1<<16)}
+}
+
+func balance(scope, id, kind string, period, used int64) event.Balance {
+	return event.Balance{Scope: scope, ID: id, Kind: kind, Period: period, Used: used, AsOf: time.Now()}
+}
+
+// A ledger figure floors a quota in its period: a fresh counter (an edge
+// that restarted) starts from it, the larger of the edge's count and the
+// figure wins, a smaller or older figure changes nothing, and a figure of
+// another period does not apply.
+func TestBalanceFloorsQuotas(t *testing.T) {
+	clock := &testClock{t: time.Date(2030, 1, 10, 12, 0, 0, 0, time.UTC)}
+	p := floorProxy(clock)
+	day, _ := quotaPeriod(event.QuotaRefillDaily, clock.now())
+	month, _ := quotaPeriod(event.QuotaRefillMonthly, clock.now())
+	daily := &event.TokenLimits{Quota: &event.Quota{Tokens: 1000, Refill: event.QuotaRefillDaily}}
+	monthlyReq := &event.TokenLimits{Quota: &event.Quota{Requests: 5, Refill: event.QuotaRefillMonthly}}
+	never := &event.TokenLimits{Quota: &event.Quota{Tokens: 100}}
+	left := func(id string, kind uint8, limit int64, refill string) int64 {
+		return p.tokens.remaining(tokenID{id, scopeKey, kind}, limit, refill)
+	}
+	p.MergeBalance([]event.Balance{
+		balance(event.BalanceScopeKey, "k", event.BalanceQuotaTokens, day, 900),
+		balance(event.BalanceScopeKey, "k", event.BalanceQuotaTokens, day, 400), // smaller: ignored
+		balance(event.BalanceScopeDeployment, "d", event.BalanceQuotaRequests, month, 5),
+		balance(event.BalanceScopeProject, "p", event.BalanceQuotaTokens, 0, 100),
+		balance(event.BalanceScopeKey, "other-day", event.BalanceQuotaTokens, day-1, 1000), // yesterday's
+		balance("tenant", "x", event.BalanceQuotaTokens, day, 1),                           // malformed
+		balance(event.BalanceScopeKey, "neg", event.BalanceQuotaTokens, day, -1),           // malformed
+	})
+	if got := left("k", tokQuota, 1000, event.QuotaRefillDaily); got != 100 {
+		t.Fatalf("remaining after the ledger's 900: %d", got)
+	}
+	if got := left("other-day", tokQuota, 1000, event.QuotaRefillDaily); got != 1000 {
+		t.Fatalf("yesterday's figure applied today: %d left", got)
+	}
+	if got := left("neg", tokQuota, 1000, event.QuotaRefillDaily); got != 1000 {
+		t.Fatalf("a malformed figure applied: %d left", got)
+	}
+	// Admission: 100 left of the key's quota, none of the deployment's
+	// requests, none of the project's never-refilling quota.
+	if h, res := p.tokens.reserve([]tokenBound{{"k", scopeKey, daily}}, 150); h != nil || res.refusal != errQuota {
+		t.Fatalf("150 tokens admitted with 100 left: %+v", res)
+	}
+	h, res := p.tokens.reserve([]tokenBound{{"k", scopeKey, daily}}, 60)
+	if h == nil {
+		t.Fatalf("60 tokens refused with 100 left: %+v", res)
+	}
+	p.tokens.settle(h, 60)
+	// The ledger later counts those 60 too: max, not sum.
+	p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, "k", event.BalanceQuotaTokens, day, 960)})
+	if got := left("k", tokQuota, 1000, event.QuotaRefillDaily); got != 40 {
+		t.Fatalf("remaining after the ledger counted the edge's own 60: %d", got)
+	}
+	if h, res := p.tokens.reserve([]tokenBound{{"d", scopeDeployment, monthlyReq}}, 0); h != nil || res.refusal != errQuota {
+		t.Fatalf("a spent request quota admitted: %+v", res)
+	}
+	if h, res := p.tokens.reserve([]tokenBound{{"p", scopeProject, never}}, 0); h != nil || res.refusal != errQuota || !res.never {
+		t.Fatalf("a spent never-refilling quota admitted: %+v", res)
+	}
+	// The next day the key's quota is full again: the floor was of
+	// yesterday's period.
+	clock.advance(24 * time.Hour)
+	if got := left("k", tokQuota, 1000, event.QuotaRefillDaily); got != 1000 {
+		t.Fatalf("the next day: %d left", got)
+	}
+	if m, _ := p.BalanceStats(); m != 5 {
+		t.Fatalf("%d figures merged, want 5", m)
+	}
+}
+
+// A tokens_per_day bucket refills evenly over 24 h: today's figure caps
+// its level at limit - used + what it refilled since 00:00 UTC.
+func TestBalanceFloorsTokensPerDay(t *testing.T) {
+	clock := &testClock{t: time.Date(2030, 1, 10, 6, 0, 0, 0, time.UTC)} // a quarter of the day
+	p := floorProxy(clock)
+	day, _ := quotaPeriod(event.QuotaRefillDaily, clock.now())
+	p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, "k", event.BalanceTPD, day, 9000)})
+	// 10,000 - 9,000 + 2,500 refilled since midnight.
+	if got := p.tokens.remaining(tokenID{"k", scopeKey, tokDay}, 10_000, ""); got != 3500 {
+		t.Fatalf("remaining: %d, want 3500", got)
+	}
+	lim := &event.TokenLimits{TokensPerDay: 10_000}
+	if h, res := p.tokens.reserve([]tokenBound{{"k", scopeKey, lim}}, 4000); h != nil || res.refusal != errTokenLimit {
+		t.Fatalf("4000 tokens admitted with 3500 left: %+v", res)
+	}
+	// Yesterday's figure caps nothing.
+	p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, "y", event.BalanceTPD, day-1, 10_000)})
+	if got := p.tokens.remaining(tokenID{"y", scopeKey, tokDay}, 10_000, ""); got != 10_000 {
+		t.Fatalf("yesterday's figure applied: %d", got)
+	}
+}
+
+// Floors are bounded: figures of periods that ended are swept for room,
+// and past the bound a figure is dropped and counted.
+func TestBalanceFloorsBounded(t *testing.T) {
+	clock := &testClock{t: time.Date(2030, 1, 10, 12, 0, 0, 0, time.UTC)}
+	p := floorProxy(clock)
+	p.tokens.floors.max = 16
+	day, _ := quotaPeriod(event.QuotaRefillDaily, clock.now())
+	const n = 64*16 + 500
+	bs := make([]event.Balance, 0, n)
+	for i := range n {
+		bs = append(bs, balance(event.BalanceScopeKey, fmt.Sprintf("k%d", i), event.BalanceQuotaTokens, day, 1))
+	}
+	p.MergeBalance(bs)
+	if _, dropped := p.BalanceStats(); dropped == 0 {
+		t.Fatal("nothing dropped past the bound")
+	}
+	kept := func() int {
+		total := 0
+		for i := range p.tokens.floors.shards {
+			total += len(p.tokens.floors.shards[i].m)
+		}
+		return total
+	}
+	if k := kept(); k > 64*16 {
+		t.Fatalf("%d floors kept", k)
+	}
+	// A day later, those are of a period that ended: swept for new ones.
+	clock.advance(24 * time.Hour)
+	_, before := p.BalanceStats()
+	for i := range 500 {
+		p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, fmt.Sprintf("n%d", i), event.BalanceQuotaTokens, day+1, 1)})
+	}
+	if _, after := p.BalanceStats(); after != before {
+		t.Fatalf("%d new figures dropped though the old ones had ended", after-before)
+	}
+}
