@@ -145,7 +145,7 @@ func TestEdgeRefusesForgedBalances(t *testing.T) {
 	}
 	day := time.Now().UTC().Unix() / 86400
 	spent := &event.Record{Kind: event.KindBalance, Time: time.Now(), Balances: []event.Balance{
-		{Scope: event.BalanceScopeKey, ID: k.ID, Kind: event.BalanceQuotaRequests, Period: day, Used: 1000, AsOf: time.Now()}}}
+		{Scope: event.LimitScopeKey, ID: k.ID, Kind: event.LimitQuotaRequests, Period: day, Used: 1000, AsOf: time.Now()}}}
 	forged, err := sig.Seal(spent)
 	if err != nil {
 		t.Fatal(err)

@@ -16,63 +16,46 @@ import (
 // never a grant; an edge that lost its counters (a restart) learns from the
 // next one what the period has already spent.
 
-// Balance scopes: the counter's owner, as the bounds name it (a project's
-// counter is keyed by the project id its deployments carry).
-const (
-	BalanceScopeKey        = "key"
-	BalanceScopeDeployment = "deployment"
-	BalanceScopeProject    = "project"
-)
-
-// Balance kinds: the bound a figure counts against.
-const (
-	// BalanceTPD is the tokens (prompt plus completion, as metered) used
-	// in the UTC day Period (unix day: seconds / 86400): tokens_per_day.
-	BalanceTPD = "tpd"
-	// BalanceQuotaTokens and BalanceQuotaRequests are the tokens or the
-	// metered requests of a quota's refill period Period: the UTC day
-	// (unix day) for a daily quota, year*12+month for a monthly one, 0 for
-	// one that never refills (all time).
-	BalanceQuotaTokens   = "quota_tokens"
-	BalanceQuotaRequests = "quota_requests"
-	// BalanceBudget is spend (nano-units of the currency) in the budget's
-	// period, numbered as a quota's.
-	BalanceBudget = "budget"
-)
+// A balance names its counter as limit reports do (LimitScope,
+// LimitKind): tpd is the tokens (prompt plus completion, as metered) of
+// the UTC day Period (unix seconds / 86400); quota_tokens and
+// quota_requests the tokens or metered requests of the quota's refill
+// period Period (the unix day for a daily quota, year*12+month for a
+// monthly one, 0 for one that never refills: all time); budget the spend
+// (nano-units of the currency) of the budget's period, numbered as a
+// quota's. rpm and tpm are never balances: a minute is over before the
+// ledger would know it.
 
 // MaxBalancesPerRecord bounds the balances of one KindBalance record (the
 // origin sends more as several records, each well under NATS
 // max_payload); an edge refuses a record with more.
 const MaxBalancesPerRecord = 512
 
-// maxBalanceID bounds a balance's id (the origin's ids are far shorter).
-const maxBalanceID = 256
+//
 
 // Balance is what the ledger says one counter has used in one period, as
 // of AsOf.
 type Balance struct {
-	Scope  string    `json:"scope"`
-	ID     string    `json:"id"`
-	Kind   string    `json:"kind"`
-	Period int64     `json:"period"`
-	Used   int64     `json:"used"`
-	AsOf   time.Time `json:"as_of"`
+	Scope  LimitScope `json:"scope"`
+	ID     string     `json:"id"`
+	Kind   LimitKind  `json:"kind"`
+	Period int64      `json:"period"`
+	Used   int64      `json:"used"`
+	AsOf   time.Time  `json:"as_of"`
 }
 
 // Check reports whether b is well formed: a known scope and kind, an id,
 // a period and a count that are not negative.
 func (b *Balance) Check() error {
-	switch b.Scope {
-	case BalanceScopeKey, BalanceScopeDeployment, BalanceScopeProject:
-	default:
+	if !b.Scope.Valid() {
 		return fmt.Errorf("%w: balance scope %q", ErrMalformed, b.Scope)
 	}
 	switch b.Kind {
-	case BalanceTPD, BalanceQuotaTokens, BalanceQuotaRequests, BalanceBudget:
+	case LimitTPD, LimitQuotaTokens, LimitQuotaRequests, LimitBudget:
 	default:
 		return fmt.Errorf("%w: balance kind %q", ErrMalformed, b.Kind)
 	}
-	if b.ID == "" || len(b.ID) > maxBalanceID || b.Period < 0 || b.Used < 0 {
+	if b.ID == "" || len(b.ID) > MaxLimitIDBytes || b.Period < 0 || b.Used < 0 {
 		return fmt.Errorf("%w: balance id, period or count", ErrMalformed)
 	}
 	return nil

@@ -53,7 +53,9 @@ const (
 
 // balanceCounter names one counter the publisher tracks.
 type balanceCounter struct {
-	Scope, ID, Kind string
+	Scope event.LimitScope
+	ID    string
+	Kind  event.LimitKind
 }
 
 // balanceFigure is a counter's last published figure; Refill says when
@@ -118,9 +120,9 @@ func (b *balancePublisher) touch(recs []usageRecord) {
 	for i := range recs {
 		r := &recs[i]
 		for _, o := range [...]balanceOwner{
-			{event.BalanceScopeKey, r.KeyID, r.Project},
-			{event.BalanceScopeDeployment, r.Deployment, r.Project},
-			{event.BalanceScopeProject, r.Project, r.Project},
+			{event.LimitScopeKey, r.KeyID, r.Project},
+			{event.LimitScopeDeployment, r.Deployment, r.Project},
+			{event.LimitScopeProject, r.Project, r.Project},
 		} {
 			if o.ID == "" {
 				continue
@@ -260,24 +262,25 @@ func (b *balancePublisher) recompute(ctx context.Context, o balanceOwner, now ti
 		return nil, err
 	}
 	type want struct {
-		kind, refill string
-		requests     bool
+		kind     event.LimitKind
+		refill   string
+		requests bool
 	}
 	var ws []want
 	if lim != nil {
 		if lim.TokensPerDay > 0 {
-			ws = append(ws, want{event.BalanceTPD, event.QuotaRefillDaily, false})
+			ws = append(ws, want{event.LimitTPD, event.QuotaRefillDaily, false})
 		}
 		if q := lim.Quota; q != nil {
 			switch {
 			case q.Tokens > 0:
-				ws = append(ws, want{event.BalanceQuotaTokens, q.Refill, false})
+				ws = append(ws, want{event.LimitQuotaTokens, q.Refill, false})
 			case q.Requests > 0:
-				ws = append(ws, want{event.BalanceQuotaRequests, q.Refill, true})
+				ws = append(ws, want{event.LimitQuotaRequests, q.Refill, true})
 			}
 		}
 	}
-	kept := map[string]bool{}
+	kept := map[event.LimitKind]bool{}
 	var out []event.Balance
 	type sums struct{ tokens, requests int64 }
 	read := map[string]sums{} // per refill: tpd and a daily quota share one query
@@ -307,7 +310,7 @@ func (b *balancePublisher) recompute(ctx context.Context, o balanceOwner, now ti
 		}
 		out = append(out, event.Balance{Scope: o.Scope, ID: o.ID, Kind: w.kind, Period: period, Used: used, AsOf: now})
 	}
-	for _, k := range [...]string{event.BalanceTPD, event.BalanceQuotaTokens, event.BalanceQuotaRequests} {
+	for _, k := range [...]event.LimitKind{event.LimitTPD, event.LimitQuotaTokens, event.LimitQuotaRequests} {
 		if !kept[k] {
 			delete(b.last, balanceCounter{o.Scope, o.ID, k})
 		}
@@ -316,8 +319,8 @@ func (b *balancePublisher) recompute(ctx context.Context, o balanceOwner, now ti
 }
 
 // kindRefill is the refill schedule of a counter's period.
-func kindRefill(kind, refill string) string {
-	if kind == event.BalanceTPD {
+func kindRefill(kind event.LimitKind, refill string) string {
+	if kind == event.LimitTPD {
 		return event.QuotaRefillDaily
 	}
 	return refill

@@ -18,7 +18,8 @@ import (
 // balanceOwner is a key, deployment or project whose bounds may need
 // balances. Project is the owner's project (the id itself for a project).
 type balanceOwner struct {
-	Scope, ID, Project string
+	Scope       event.LimitScope
+	ID, Project string
 }
 
 // boundedOwners lists every key, deployment and project with token
@@ -26,10 +27,13 @@ type balanceOwner struct {
 // and when its queue of changed owners overflowed, never per tick).
 func (s *Store) boundedOwners(ctx context.Context) ([]balanceOwner, error) {
 	var out []balanceOwner
-	for _, q := range []struct{ scope, query string }{
-		{event.BalanceScopeKey, `SELECT id, project_id FROM keys WHERE tokens IS NOT NULL`},
-		{event.BalanceScopeDeployment, `SELECT id, project_id FROM deployments WHERE tokens IS NOT NULL`},
-		{event.BalanceScopeProject, `SELECT id, id FROM projects WHERE tokens IS NOT NULL`},
+	for _, q := range []struct {
+		scope event.LimitScope
+		query string
+	}{
+		{event.LimitScopeKey, `SELECT id, project_id FROM keys WHERE tokens IS NOT NULL`},
+		{event.LimitScopeDeployment, `SELECT id, project_id FROM deployments WHERE tokens IS NOT NULL`},
+		{event.LimitScopeProject, `SELECT id, id FROM projects WHERE tokens IS NOT NULL`},
 	} {
 		rows, err := s.db.QueryContext(ctx, s.q(q.query))
 		if err != nil {
@@ -54,7 +58,7 @@ func (s *Store) boundedOwners(ctx context.Context) ([]balanceOwner, error) {
 // ownerBounds returns o's token bounds (nil: none, or o is gone), read by
 // primary key.
 func (s *Store) ownerBounds(ctx context.Context, o balanceOwner) (*event.TokenLimits, error) {
-	table := map[string]string{event.BalanceScopeKey: "keys", event.BalanceScopeDeployment: "deployments", event.BalanceScopeProject: "projects"}[o.Scope]
+	table := map[event.LimitScope]string{event.LimitScopeKey: "keys", event.LimitScopeDeployment: "deployments", event.LimitScopeProject: "projects"}[o.Scope]
 	if table == "" {
 		return nil, nil
 	}
@@ -77,11 +81,11 @@ func (s *Store) ledgerUsed(ctx context.Context, o balanceOwner, since, until int
 	var where string
 	var args []any
 	switch o.Scope {
-	case event.BalanceScopeKey:
+	case event.LimitScopeKey:
 		where, args = `key_id = ?`, []any{o.ID}
-	case event.BalanceScopeDeployment:
+	case event.LimitScopeDeployment:
 		where, args = `project_id = ? AND deployment_id = ?`, []any{o.Project, o.ID}
-	case event.BalanceScopeProject:
+	case event.LimitScopeProject:
 		where, args = `project_id = ?`, []any{o.ID}
 	default:
 		return 0, 0, nil

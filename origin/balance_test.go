@@ -65,7 +65,7 @@ func watchBalances(t *testing.T, s *Server) *balanceWatcher {
 	return w
 }
 
-func (w *balanceWatcher) get(scope, id, kind string) (event.Balance, bool) {
+func (w *balanceWatcher) get(scope event.LimitScope, id string, kind event.LimitKind) (event.Balance, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	b, ok := w.got[balanceCounter{scope, id, kind}]
@@ -130,15 +130,17 @@ func testBalancesFromTheLedger(t *testing.T, cfg Config) {
 	day, _, _ := periodDays(event.QuotaRefillDaily, usageClock)
 	month, _, _ := periodDays(event.QuotaRefillMonthly, usageClock)
 	type want struct {
-		scope, id, kind string
-		period, used    int64
+		scope        event.LimitScope
+		id           string
+		kind         event.LimitKind
+		period, used int64
 	}
 	wants := []want{
-		{event.BalanceScopeKey, k.ID, event.BalanceQuotaTokens, day, 150},
-		{event.BalanceScopeKey, k.ID, event.BalanceTPD, day, 150},
-		{event.BalanceScopeKey, k2.ID, event.BalanceQuotaRequests, 0, 2}, // never refills: all time
-		{event.BalanceScopeDeployment, d.ID, event.BalanceQuotaRequests, month, 5},
-		{event.BalanceScopeProject, project, event.BalanceTPD, day, 150 + 30 + 10},
+		{event.LimitScopeKey, k.ID, event.LimitQuotaTokens, day, 150},
+		{event.LimitScopeKey, k.ID, event.LimitTPD, day, 150},
+		{event.LimitScopeKey, k2.ID, event.LimitQuotaRequests, 0, 2}, // never refills: all time
+		{event.LimitScopeDeployment, d.ID, event.LimitQuotaRequests, month, 5},
+		{event.LimitScopeProject, project, event.LimitTPD, day, 150 + 30 + 10},
 	}
 	check := func(ws []want) {
 		t.Helper()
@@ -156,8 +158,8 @@ func testBalancesFromTheLedger(t *testing.T, cfg Config) {
 	if day != usageClock.Unix()/86400 || month != 2026*12+3 {
 		t.Fatalf("periods: day %d, month %d", day, month)
 	}
-	for _, kind := range []string{event.BalanceTPD, event.BalanceQuotaTokens, event.BalanceQuotaRequests} {
-		if b, ok := w.get(event.BalanceScopeKey, plain.ID, kind); ok {
+	for _, kind := range []event.LimitKind{event.LimitTPD, event.LimitQuotaTokens, event.LimitQuotaRequests} {
+		if b, ok := w.get(event.LimitScopeKey, plain.ID, kind); ok {
 			t.Fatalf("a key without bounds got a balance: %+v", b)
 		}
 	}
@@ -176,7 +178,7 @@ func testBalancesFromTheLedger(t *testing.T, cfg Config) {
 	clk.add(12 * time.Hour)
 	e.must(rec("a7", k.ID, clk.now(), 5, 5), "a7")
 	w.reset()
-	check([]want{{event.BalanceScopeKey, k.ID, event.BalanceQuotaTokens, day + 1, 10}})
+	check([]want{{event.LimitScopeKey, k.ID, event.LimitQuotaTokens, day + 1, 10}})
 
 	w.mu.Lock()
 	bad := w.bad

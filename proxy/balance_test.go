@@ -14,7 +14,7 @@ func floorProxy(clock *testClock) *Proxy {
 	return &Proxy{tokens: newTokenTable(clock.now, 1<<16)}
 }
 
-func balance(scope, id, kind string, period, used int64) event.Balance {
+func balance(scope event.LimitScope, id string, kind event.LimitKind, period, used int64) event.Balance {
 	return event.Balance{Scope: scope, ID: id, Kind: kind, Period: period, Used: used, AsOf: time.Now()}
 }
 
@@ -34,13 +34,13 @@ func TestBalanceFloorsQuotas(t *testing.T) {
 		return p.tokens.remaining(tokenID{id, scopeKey, kind}, limit, refill)
 	}
 	p.MergeBalance([]event.Balance{
-		balance(event.BalanceScopeKey, "k", event.BalanceQuotaTokens, day, 900),
-		balance(event.BalanceScopeKey, "k", event.BalanceQuotaTokens, day, 400), // smaller: ignored
-		balance(event.BalanceScopeDeployment, "d", event.BalanceQuotaRequests, month, 5),
-		balance(event.BalanceScopeProject, "p", event.BalanceQuotaTokens, 0, 100),
-		balance(event.BalanceScopeKey, "other-day", event.BalanceQuotaTokens, day-1, 1000), // yesterday's
-		balance("tenant", "x", event.BalanceQuotaTokens, day, 1),                           // malformed
-		balance(event.BalanceScopeKey, "neg", event.BalanceQuotaTokens, day, -1),           // malformed
+		balance(event.LimitScopeKey, "k", event.LimitQuotaTokens, day, 900),
+		balance(event.LimitScopeKey, "k", event.LimitQuotaTokens, day, 400), // smaller: ignored
+		balance(event.LimitScopeDeployment, "d", event.LimitQuotaRequests, month, 5),
+		balance(event.LimitScopeProject, "p", event.LimitQuotaTokens, 0, 100),
+		balance(event.LimitScopeKey, "other-day", event.LimitQuotaTokens, day-1, 1000), // yesterday's
+		balance("tenant", "x", event.LimitQuotaTokens, day, 1),                         // malformed
+		balance(event.LimitScopeKey, "neg", event.LimitQuotaTokens, day, -1),           // malformed
 	})
 	if got := left("k", tokQuota, 1000, event.QuotaRefillDaily); got != 100 {
 		t.Fatalf("remaining after the ledger's 900: %d", got)
@@ -62,7 +62,7 @@ func TestBalanceFloorsQuotas(t *testing.T) {
 	}
 	p.tokens.settle(h, 60)
 	// The ledger later counts those 60 too: max, not sum.
-	p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, "k", event.BalanceQuotaTokens, day, 960)})
+	p.MergeBalance([]event.Balance{balance(event.LimitScopeKey, "k", event.LimitQuotaTokens, day, 960)})
 	if got := left("k", tokQuota, 1000, event.QuotaRefillDaily); got != 40 {
 		t.Fatalf("remaining after the ledger counted the edge's own 60: %d", got)
 	}
@@ -89,7 +89,7 @@ func TestBalanceFloorsTokensPerDay(t *testing.T) {
 	clock := &testClock{t: time.Date(2030, 1, 10, 6, 0, 0, 0, time.UTC)} // a quarter of the day
 	p := floorProxy(clock)
 	day, _ := quotaPeriod(event.QuotaRefillDaily, clock.now())
-	p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, "k", event.BalanceTPD, day, 9000)})
+	p.MergeBalance([]event.Balance{balance(event.LimitScopeKey, "k", event.LimitTPD, day, 9000)})
 	// 10,000 - 9,000 + 2,500 refilled since midnight.
 	if got := p.tokens.remaining(tokenID{"k", scopeKey, tokDay}, 10_000, ""); got != 3500 {
 		t.Fatalf("remaining: %d, want 3500", got)
@@ -99,7 +99,7 @@ func TestBalanceFloorsTokensPerDay(t *testing.T) {
 		t.Fatalf("4000 tokens admitted with 3500 left: %+v", res)
 	}
 	// Yesterday's figure caps nothing.
-	p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, "y", event.BalanceTPD, day-1, 10_000)})
+	p.MergeBalance([]event.Balance{balance(event.LimitScopeKey, "y", event.LimitTPD, day-1, 10_000)})
 	if got := p.tokens.remaining(tokenID{"y", scopeKey, tokDay}, 10_000, ""); got != 10_000 {
 		t.Fatalf("yesterday's figure applied: %d", got)
 	}
@@ -115,7 +115,7 @@ func TestBalanceFloorsBounded(t *testing.T) {
 	const n = 64*16 + 500
 	bs := make([]event.Balance, 0, n)
 	for i := range n {
-		bs = append(bs, balance(event.BalanceScopeKey, fmt.Sprintf("k%d", i), event.BalanceQuotaTokens, day, 1))
+		bs = append(bs, balance(event.LimitScopeKey, fmt.Sprintf("k%d", i), event.LimitQuotaTokens, day, 1))
 	}
 	p.MergeBalance(bs)
 	if _, dropped := p.BalanceStats(); dropped == 0 {
@@ -135,9 +135,50 @@ func TestBalanceFloorsBounded(t *testing.T) {
 	clock.advance(24 * time.Hour)
 	_, before := p.BalanceStats()
 	for i := range 500 {
-		p.MergeBalance([]event.Balance{balance(event.BalanceScopeKey, fmt.Sprintf("n%d", i), event.BalanceQuotaTokens, day+1, 1)})
+		p.MergeBalance([]event.Balance{balance(event.LimitScopeKey, fmt.Sprintf("n%d", i), event.LimitQuotaTokens, day+1, 1)})
 	}
 	if _, after := p.BalanceStats(); after != before {
 		t.Fatalf("%d new figures dropped though the old ones had ended", after-before)
+	}
+}
+
+// Across edges the figure floors the global estimate: an edge whose peers
+// reported 100 of a quota counts the ledger's 600 (a previous run's use
+// the peers no longer report, say), and when partitioned takes its share
+// of the room that leaves, not of what the reports alone leave.
+func TestBalanceFloorsTheGlobalEstimate(t *testing.T) {
+	es := newEdges(t, 2, nil)
+	q := &event.TokenLimits{Quota: &event.Quota{Requests: 1000, Refill: event.QuotaRefillMonthly}}
+	bounds := []tokenBound{{"key_1", scopeKey, q}}
+	for range 100 {
+		h, _ := es.ps[1].tokens.reserve(bounds, 0)
+		es.ps[1].tokens.settle(h, 0)
+	}
+	es.sync(t, false)
+	p := es.ps[0]
+	id := gid{"key_1", scopeKey, gQuotaRequests}
+	if got := estimate(p, id, event.QuotaRefillMonthly); got != 100 {
+		t.Fatalf("estimate from the reports: %d", got)
+	}
+	month, _ := quotaPeriod(event.QuotaRefillMonthly, es.clock.now())
+	p.MergeBalance([]event.Balance{balance(event.LimitScopeKey, "key_1", event.LimitQuotaRequests, month, 600)})
+	if got := estimate(p, id, event.QuotaRefillMonthly); got != 600 {
+		t.Fatalf("estimate with the ledger's 600: %d", got)
+	}
+	h, _ := p.tokens.reserve(bounds, 0) // connected: remembers the room (400)
+	p.tokens.settle(h, 0)
+	es.clock.advance(2 * time.Second)
+	if !p.global.partitioned(es.clock.now()) {
+		t.Fatal("not partitioned")
+	}
+	n := 1
+	for range 1000 {
+		if h, _ := p.tokens.reserve(bounds, 0); h != nil {
+			p.tokens.settle(h, 0)
+			n++
+		}
+	}
+	if want := 1 + (400-1)/2; n != want {
+		t.Fatalf("a partitioned edge took %d of a quota with 400 left by the ledger among 2, want %d", n, want)
 	}
 }
