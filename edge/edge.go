@@ -288,6 +288,8 @@ type Node struct {
 	audit  *auditor
 	usage  *usageSink
 	limits *limitSync // limit reports to and from the other edges (limits.go)
+	// balances takes the origin's signed ledger balances (balance.go).
+	balances *balanceListener
 
 	gossip     *cluster.Cluster // nil without gossip
 	gossipHook *gossipHook
@@ -447,6 +449,9 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = n.feed.Shutdown(context.Background()) })
+	if err := n.startBalances(ver, n.proxy.MergeBalance); err != nil {
+		return nil, err
+	}
 	if err := n.startGossip(); err != nil {
 		return nil, fmt.Errorf("starting gossip: %w", err)
 	}
@@ -560,6 +565,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if err := n.stopGossip(); err != nil {
 		errs = append(errs, fmt.Errorf("leaving gossip: %w", err))
 	}
+	n.stopBalances()
 	n.audit.shutdown(true)
 	// Requests have ended: what they metered goes to the spool (and to
 	// JetStream while it answers) before NATS is closed.

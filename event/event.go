@@ -39,6 +39,10 @@ const (
 	// is current only once it has applied that revision; one that stops
 	// hearing heartbeats cannot prove it is current.
 	KindHeartbeat Kind = "heartbeat"
+	// KindBalance carries what the origin's usage ledger says some
+	// long-period counters have used in their current period, as of Time
+	// (Balances; see balance.go). Revision is 0: balances are no change.
+	KindBalance Kind = "balance"
 )
 
 // Record is one signed statement of the origin: the state of one thing (or,
@@ -55,6 +59,7 @@ type Record struct {
 	Deployments []Deployment `json:"deployments,omitempty"`
 	Hash        *apikey.Hash `json:"hash,omitempty"`
 	Chunk       *Chunk       `json:"chunk,omitempty"`
+	Balances    []Balance    `json:"balances,omitempty"`
 }
 
 // Chunk places a KindSnapshotChunk record in its snapshot: part Index

@@ -29,6 +29,10 @@ const (
 	// OriginHeartbeatSubject carries the origin's sealed KindHeartbeat
 	// records, published every heartbeat interval by every replica.
 	OriginHeartbeatSubject = "keymesh.origin.heartbeat"
+	// OriginBalanceSubject carries the origin's sealed KindBalance
+	// records over core NATS (at most once: the next one heals a lost
+	// one), published by every replica; every edge subscribes.
+	OriginBalanceSubject = "keymesh.origin.balance"
 	// EdgeHeartbeatSubject is the base of the subjects carrying edges'
 	// unsigned JSON heartbeats (id, site, address, applied revision),
 	// published over core NATS every heartbeat interval and soon after the

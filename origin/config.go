@@ -115,6 +115,20 @@ type Config struct {
 	// UsagePruneInterval is how often usage ids past UsageDedupRetention
 	// are deleted (default 1h).
 	UsagePruneInterval time.Duration
+	// BalanceInterval is how often the origin publishes, sealed, the
+	// balances of long-period bounds (tokens_per_day, quotas) its usage
+	// ledger changed, besides soon after it stores usage (default 2s;
+	// negative: publish none, edges then hold those bounds to their own
+	// counts). See balance.go.
+	BalanceInterval time.Duration
+	// BalanceRefresh is how often every balance of the current periods is
+	// published again, changed or not, so that an edge that just started
+	// learns them (default 10s; at least BalanceInterval).
+	BalanceRefresh time.Duration
+	// MaxBalances bounds the counters whose balances the publisher keeps
+	// to refresh, and the owners waiting to be recomputed; past it the
+	// publisher reads every bounded owner again instead (default 100,000).
+	MaxBalances int
 
 	// disablePublisher is for tests: commit events without publishing.
 	disablePublisher bool
@@ -147,6 +161,10 @@ func DefaultConfig() Config {
 		UsageStreamMaxAge:   7 * 24 * time.Hour,
 		UsageDedupRetention: 30 * 24 * time.Hour,
 		UsagePruneInterval:  time.Hour,
+
+		BalanceInterval: 2 * time.Second,
+		BalanceRefresh:  10 * time.Second,
+		MaxBalances:     100_000,
 	}
 }
 
@@ -229,6 +247,18 @@ func (c *Config) fill() error {
 	}
 	if err := c.fillUsage(d); err != nil {
 		return err
+	}
+	if c.BalanceInterval == 0 {
+		c.BalanceInterval = d.BalanceInterval
+	}
+	if c.BalanceRefresh <= 0 {
+		c.BalanceRefresh = d.BalanceRefresh
+	}
+	if c.BalanceInterval > 0 && c.BalanceRefresh < c.BalanceInterval {
+		return fmt.Errorf("%w: BalanceRefresh must be at least BalanceInterval", ErrInvalidConfig)
+	}
+	if c.MaxBalances <= 0 {
+		c.MaxBalances = d.MaxBalances
 	}
 	if err := checkStoreDSN(c.Store); err != nil {
 		return err

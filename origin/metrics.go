@@ -116,7 +116,7 @@ func newMetrics(s *Server) *originMetrics {
 		m.snapshots[i] = snapshots.WithLabelValues(name)
 	}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		newStateCollector(s), m.requests, m.duration, logins, lookups, snapshots, newUsageCollector(s))
+		newStateCollector(s), m.requests, m.duration, logins, lookups, snapshots, newUsageCollector(s), newBalanceCollector(s))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 	return m
 }

@@ -106,6 +106,9 @@ type Server struct {
 	edges *edgeRegistry
 	audit *auditLog
 	usage *usageLedger // usage.go
+	// balances publishes the ledger's balances (balance.go); nil when
+	// disabled.
+	balances *balancePublisher
 	// auditStore holds the audit log: the store itself on PostgreSQL, a
 	// database of its own next to it on SQLite.
 	auditStore *Store
@@ -277,6 +280,7 @@ func (s *Server) serve() error {
 			s.log.Warn("nats flush after subscribing failed", "err", err)
 		}
 	}
+	s.startBalances() // before the ledger, which tells it what changed
 	s.startUsage()
 	s.startHeartbeat()
 	s.startOutboxPruner()
@@ -357,6 +361,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.lookupWG.Wait()
 		s.stopAudit()
 		s.stopUsage()
+		s.stopBalances() // after the ledger: its last records are published
 		s.stopOutboxPruner()
 		s.stopHeartbeat()
 		if s.pub != nil {

@@ -286,6 +286,7 @@ func (u *usageLedger) store(msgs []jetstream.Msg) {
 			}
 			return
 		}
+		s.balances.touch(recs) // their owners' balances changed (balance.go)
 	}
 	if wrong > 0 && why == "" {
 		why, whose = "key or deployment of another project", edgeOf(msgs)

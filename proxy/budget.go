@@ -65,11 +65,11 @@ func meteredCost(dep *event.Deployment, u *usageCounts) int64 {
 	return dep.Pricing.Cost(u.prompt, u.completion, u.cached)
 }
 
-// checkBudget checks a budget counter for need nano-units, as check does
-// for a quota (take then takes the reservation); false (with out's refusal
-// set) when too little is left. The caller holds the counter's shard.
+// checkBudget checks a budget counter (brought to now by the caller) for
+// need nano-units, as check does for a quota (take then takes the
+// reservation); false (with out's refusal set) when too little is left.
+// The caller holds the counter's shard.
 func (c *tokenCounter) checkBudget(limit int64, refill string, need int64, now time.Time, out *tokenResult) bool {
-	c.refillQuota(limit, refill, now)
 	if need > limit {
 		out.refusal, out.reason, out.retry, out.never = errBudgetTooLarge, reasonQuota, 0, true
 		return false

@@ -184,6 +184,8 @@ type globalLimits struct {
 	lastReport atomic.Int64
 
 	untracked atomic.Uint64
+	// floors are the origin's signed ledger figures (balance.go).
+	floors *floorTable
 
 	refusals  *prometheus.CounterVec // by reason: global, strict, partition
 	refGlobal prometheus.Counter
@@ -463,6 +465,7 @@ func (g *globalLimits) check(c *gcounter, w, need int64, now time.Time) gResult 
 	}
 	c.trim(now)
 	own, others := c.estimate(now, c.refill)
+	others = g.floored(c, w, own, others, now)
 	est := own + others
 	room := float64(c.limit) - est
 	res := gResult{ok: true, applies: true, remaining: max(0, int64(room)-need)}
@@ -787,6 +790,7 @@ func (g *globalLimits) usage(id gid, refill string) int64 {
 	}
 	c.trim(now)
 	own, others := c.estimate(now, refill)
+	others = g.floored(c, windowOf(id.kind, refill, now), own, others, now)
 	return int64(own + others + 0.5)
 }
 

@@ -247,6 +247,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	s.limits.global, s.tokens.global = s.global, s.global
+	s.global.floors = s.tokens.floors // the ledger's floors count across edges too (balance.go)
 	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
 		return nil, err
 	}

@@ -297,6 +297,8 @@ type tokenTable struct {
 	global *globalLimits
 
 	untracked atomic.Uint64 // counters not kept because the table was full
+	// floors are the origin's signed ledger figures (balance.go).
+	floors *floorTable
 }
 
 func newTokenTable(now func() time.Time, maxCounters int) *tokenTable {
@@ -304,6 +306,7 @@ func newTokenTable(now func() time.Time, maxCounters int) *tokenTable {
 	for i := range t.shards {
 		t.shards[i].m = map[tokenID]*tokenCounter{}
 	}
+	t.floors = newFloorTable()
 	return t
 }
 
@@ -557,6 +560,7 @@ func (t *tokenTable) check(c *tokenCounter, id tokenID, limit int64, refill stri
 	switch id.kind {
 	case tokMinute, tokDay:
 		c.refillBucket(id.kind, limit, now)
+		t.floors.apply(id, c, now)
 		if need > limit {
 			out.observe(c, id.kind)
 			out.refusal, out.reason, out.retry, out.never = errTokensTooLarge, reasonTokenLimit, 0, true
@@ -569,9 +573,12 @@ func (t *tokenTable) check(c *tokenCounter, id tokenID, limit int64, refill stri
 			return false
 		}
 	case tokBudget:
+		c.refillQuota(limit, refill, now)
+		t.floors.apply(id, c, now)
 		return c.checkBudget(limit, refill, need, now, out)
 	default:
 		c.refillQuota(limit, refill, now)
+		t.floors.apply(id, c, now)
 		if need > limit {
 			out.refusal, out.reason, out.retry, out.never = errTokensTooLarge, reasonQuota, 0, true
 			return false
@@ -711,14 +718,17 @@ func (t *tokenTable) remaining(id tokenID, limit int64, refill string) int64 {
 	defer sh.mu.Unlock()
 	c0 := sh.m[id]
 	if c0 == nil {
-		return limit
+		p, _ := quotaPeriod(refill, now)
+		c0 = &tokenCounter{limit: limit, level: float64(limit), last: now, period: p, refill: refill}
 	}
 	c := *c0
 	if id.kind == tokMinute || id.kind == tokDay {
 		c.refillBucket(id.kind, limit, now)
+		t.floors.apply(id, &c, now)
 		return int64(math.Max(0, math.Floor(c.level)))
 	}
 	c.refillQuota(limit, refill, now)
+	t.floors.apply(id, &c, now)
 	return max(0, limit-c.used)
 }
 

@@ -277,6 +277,8 @@ func EdgePermissions(id string) jwt.Permissions {
 			// Every edge's limit reports, one subject token deep: the
 			// subscriber takes the sender from the subject.
 			event.EdgeLimitsSubject + ".*",
+			// The origin's signed ledger balances.
+			event.OriginBalanceSubject,
 			event.EdgeInbox(id) + ".>",
 		}},
 	}
