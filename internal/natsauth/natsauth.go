@@ -13,7 +13,8 @@
 //   - RoleEdge, for edge id E: publish only E's own heartbeat, audit,
 //     usage and limit-report subjects (event.EdgeSubject), lookup requests
 //     and the JetStream API calls an ordered consumer of the event stream
-//     makes; subscribe only to the event stream, origin heartbeats, every
+//     makes; subscribe only to the event stream, origin heartbeats, the
+//     origin's signed balances (event.OriginBalanceSubject), every
 //     edge's limit reports (event.EdgeLimitsSubject + ".*": each edge
 //     merges the others') and E's own inbox (event.EdgeInbox). One edge's
 //     credentials cannot speak for another.
