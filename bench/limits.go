@@ -443,8 +443,13 @@ func LimitsChart(results []*LimitsResult) Chart {
 	for _, r := range results {
 		n = max(n, len(r.Timeline))
 	}
+	step := max(1, n/10) // at most about ten labels
 	for i := range n {
-		c.X = append(c.X, fmt.Sprint(i+1))
+		if i%step == step-1 || i == n-1 {
+			c.X = append(c.X, fmt.Sprint(i+1))
+		} else {
+			c.X = append(c.X, "")
+		}
 	}
 	for _, r := range results {
 		s := Series{Name: r.Name}
