@@ -34,8 +34,8 @@ const defaultLimit = 600
 type limitsOpts struct {
 	edges int
 	// window is how long each case offers load; limit the key's bound per
-	// minute (0: defaultLimit × window / 1 min); factor the offered load as
-	// a multiple of limit over the window.
+	// minute (0: scaledLimit); factor the offered load as a multiple of
+	// limit per span (a minute, or the window if shorter).
 	window time.Duration
 	limit  int64
 	factor float64
@@ -51,9 +51,10 @@ type limitsOpts struct {
 	quiet bool
 }
 
-const limitsAbout = "bench limits gives one key a limit L per minute and offers it factor·L over a window W through N edges\n" +
-	"of an in-process stack (origin with embedded NATS, N edges on their defaults in one gossip ring, a mock\n" +
-	"upstream), then counts what the edges admitted together. Cases (each with a fresh key):\n" +
+const limitsAbout = "bench limits gives one key a limit L per minute and offers it factor·L a minute (factor·L in all\n" +
+	"when the window W is shorter) through N edges of an in-process stack (origin with embedded NATS, N\n" +
+	"edges on their defaults in one gossip ring, a mock upstream), then counts what the edges admitted\n" +
+	"together. Cases (each with a fresh key):\n" +
 	"  spread  C clients send round robin over all N edges (the key's rate_limit: L requests/min)\n" +
 	"  moved   all load on edge 1 for the first half of W, then all on edge 2\n" +
 	"  tokens  as spread, against the key's tokens_per_minute (L × the metered tokens of one answer,\n" +
@@ -65,15 +66,15 @@ const limitsAbout = "bench limits gives one key a limit L per minute and offers 
 	"Scaling: a window shorter than a minute lies inside one minute, so the key may spend its whole L in\n" +
 	"it: --limit 0 (the default) takes L = 600 × W / 60 s (W = 10 s: L = 100), which keeps the offered rate\n" +
 	"(factor·L/W = 40 requests/s with the defaults) and so the bound E·r·Δ the same as for a minute, while L\n" +
-	"itself shrinks: the same bound is a larger share of a smaller L. Per-edge counting admits about\n" +
-	"min(N, factor)·L whatever W; a global limit about L."
+	"itself shrinks: the same bound is a larger share of a smaller L. Edges that count alone admit about\n" +
+	"min(N, factor)·L spread and 2·L moved in a window up to a minute; edges that share their counts about L."
 
 func limitsFlags(fs *flag.FlagSet) *limitsOpts {
 	o := &limitsOpts{}
 	fs.IntVar(&o.edges, "edges", 4, "edges the load is spread over")
 	fs.DurationVar(&o.window, "duration", time.Minute, "the window W each case offers load for")
-	fs.Int64Var(&o.limit, "limit", 0, "the key's limit L per minute (requests; 0: 600 × W / 60 s)")
-	fs.Float64Var(&o.factor, "factor", 4, "offered load over the window as a multiple of L")
+	fs.Int64Var(&o.limit, "limit", 0, "the key's limit L per minute (requests; 0: 600, scaled to W when W is shorter: 600 × W / 60 s)")
+	fs.Float64Var(&o.factor, "factor", 4, "offered load as a multiple of L per minute (per window, if shorter)")
 	fs.IntVar(&o.conc, "concurrency", 16, "clients (the most requests in flight)")
 	fs.IntVar(&o.maxTokens, "max-tokens", 16, "max_tokens of the tokens case's requests")
 	fs.DurationVar(&o.sync, "sync-interval", 200*time.Millisecond, "the edges' limit sync interval Δ of the default bound E·r·Δ (the edge's --limits-sync default)")
@@ -99,12 +100,22 @@ func parseCases(s string) ([]string, error) {
 	return out, nil
 }
 
+// scaledLimit is the default limit of a window: defaultLimit for a minute
+// or more, in proportion for a shorter one.
+func scaledLimit(window time.Duration) int64 {
+	return max(1, int64(float64(defaultLimit)*span(window).Seconds()/bench.LimitPeriod.Seconds()))
+}
+
+// span is the part of a window one limit's minute covers: the window, or a
+// minute of a longer one. The offered load is factor·L per span.
+func span(window time.Duration) time.Duration { return min(window, bench.LimitPeriod) }
+
 func (o *limitsOpts) check() error {
 	if o.edges <= 0 || o.window < time.Second || o.limit < 0 || o.factor <= 0 || o.conc <= 0 || o.maxTokens <= 0 || o.sync <= 0 {
 		return fmt.Errorf("--edges, --factor, --concurrency, --max-tokens and --sync-interval must be positive, --duration at least 1s, --limit at least 0")
 	}
 	if o.limit == 0 {
-		o.limit = max(1, int64(float64(defaultLimit)*o.window.Seconds()/bench.LimitPeriod.Seconds()))
+		o.limit = scaledLimit(o.window)
 	}
 	if o.limit > 10_000_000 {
 		return fmt.Errorf("--limit must be at most 10000000 (the largest rate_limit)")
@@ -154,10 +165,24 @@ func limitsMarkdown(res []*bench.LimitsResult, chart string) string {
 	var b strings.Builder
 	if len(res) > 0 {
 		r := res[0]
-		fmt.Fprintf(&b, "One key per case, %d edges on their defaults (in-process stack, one gossip ring), a window of %.0f s offering %.0f requests/s "+
-			"(%d clients, open loop). Target: the most admitted in any 60 s ≤ L·1.05 + bound, the bound E·r·Δ unless given "+
-			"(here %.1f requests). Per-edge counting admits about N × L; a global limit about L.\n\n",
-			r.Edges, r.WindowS, r.Rate, r.Concurrency, r.Bound)
+		fmt.Fprintf(&b, "A fresh key per case, %d edges on their defaults (an in-process stack, one gossip ring), each case offering "+
+			"%.0f requests/s (%d clients, open loop) for a window of %.0f s. ", r.Edges, r.Rate, r.Concurrency, r.WindowS)
+		if r.WindowS < bench.LimitPeriod.Seconds() && r.Limit == scaledLimit(time.Duration(r.WindowS*float64(time.Second))) {
+			fmt.Fprintf(&b, "The window is shorter than the limits' minute and lies inside one, so the key may spend its whole "+
+				"limit in it: L is scaled to the window (600 × %.0f s / 60 s = %d requests per minute), which keeps the offered rate "+
+				"and so the sync bound what they are for a minute of 600. ", r.WindowS, r.Limit)
+		}
+		fmt.Fprintf(&b, "Target: the most admitted in any 60 s ≤ L·1.05 + bound, the bound E·r·Δ = %.0f requests/s × the sync "+
+			"interval unless given (here %.1f requests", r.Rate, r.Bound)
+		for _, t := range res {
+			if t.Unit == bench.UnitTokens && t.MaxTokens > 0 {
+				fmt.Fprintf(&b, "; for tokens, the same times max_tokens %d, what each admitted request may hold: %.0f tokens, "+
+					"the limit being L × the %d tokens an answer is metered", t.MaxTokens, t.Bound, t.Limit/r.Limit)
+				break
+			}
+		}
+		b.WriteString("). Edges that count alone admit about N × L spread and 2 × L moved (each edge its own L, plus its " +
+			"refill); edges that share their counts about L.\n\n")
 	}
 	b.WriteString(bench.LimitsMarkdown(res))
 	if chart != "" {
@@ -175,7 +200,7 @@ func limitsStack(ctx context.Context, e *env, o limitsOpts) ([]*bench.LimitsResu
 		return nil, err
 	}
 	defer st.close()
-	rate := o.factor * float64(o.limit) / o.window.Seconds()
+	rate := o.factor * float64(o.limit) / span(o.window).Seconds()
 	bound := o.bound
 	if bound < 0 {
 		bound = bench.SyncBound(rate, o.sync)
