@@ -138,9 +138,10 @@ type LimitsResult struct {
 func LimitsTarget(limit int64, bound float64) float64 { return float64(limit)*1.05 + bound }
 
 // SyncBound is the overshoot the edges' count exchange allows at most
-// without tightening, in requests: E·r·Δ, with E·r the total arrival rate
-// (requests per second over all edges) and Δ the sync interval — what the
-// edges admit between two reports.
+// without tightening, in requests: E·r·(Δ + d) (docs/design.md, "Edge:
+// limits across edges"), with E·r the total arrival rate (requests per
+// second over all edges), Δ the sync interval and d the delivery delay,
+// taken as 0 on loopback — what the edges admit between two reports.
 func SyncBound(rate float64, sync time.Duration) float64 { return rate * sync.Seconds() }
 
 // LimitsBody is the chat request a limits run sends, with max_tokens when

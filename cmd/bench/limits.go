@@ -61,7 +61,8 @@ const limitsAbout = "bench limits gives one key a limit L per minute and offers 
 	"          measured first), every request carrying max_tokens\n" +
 	"Reported per case: offered, admitted (2xx), refused (429), limit, admitted/limit, the most admitted in\n" +
 	"any 60 s (by send time), overshoot = max(0, that − L)/L, and the verdict against the target\n" +
-	"admitted ≤ L·1.05 + bound, the bound being E·r·Δ (the total offered rate times --sync-interval;\n" +
+	"admitted ≤ L·1.05 + bound, the bound being docs/design.md's E·r·(Δ + d) with d = 0 on loopback (the\n" +
+	"total offered rate times --sync-interval;\n" +
 	"for tokens times max_tokens, what each admitted request may hold) unless --bound is given.\n" +
 	"Scaling: a window shorter than a minute lies inside one minute, so the key may spend its whole L in\n" +
 	"it: --limit 0 (the default) takes L = 600 × W / 60 s (W = 10 s: L = 100), which keeps the offered rate\n" +
