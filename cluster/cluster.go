@@ -14,7 +14,9 @@
 // large for a gossip packet; each node hands an event to Deliver at most once
 // per revision. The origin's signed heartbeats travel the same way
 // (RecordHeartbeat / DeliverHeartbeat), so that an edge cut off from NATS can
-// still prove it is current.
+// still prove it is current. Edges' limit reports (RecordLimits /
+// DeliverLimits) travel too, unsigned: one queued per origin edge, relayed
+// once by each receiver (limits.go).
 //
 // Anti-entropy: each node's applied revision travels in its node metadata,
 // with what the edge tells its peers about itself (Info: id, site, address,
@@ -90,6 +92,11 @@ type Config struct {
 	// on. The consumer verifies it and, if it is genuine and newer than
 	// any it has seen, calls RecordHeartbeat. Nil: heartbeats are dropped.
 	DeliverHeartbeat func(wire []byte)
+	// DeliverLimits receives each edge limit report a peer passes on
+	// (RecordLimits' opaque bytes), once per report; the cluster relays it
+	// itself, so the consumer must only ever let it raise counts. It must
+	// not block for long nor keep or modify wire. Nil: reports are dropped.
+	DeliverLimits func(wire []byte)
 	// Applied reports this node's applied revision; it travels in the
 	// node's metadata so that peers can tell who is behind. Nil: always 0.
 	Applied func() uint64
@@ -211,6 +218,9 @@ func (c *Config) fill() (*memberlist.Config, error) {
 	}
 	if c.DeliverHeartbeat == nil {
 		c.DeliverHeartbeat = func([]byte) {}
+	}
+	if c.DeliverLimits == nil {
+		c.DeliverLimits = func([]byte) {}
 	}
 	if c.Applied == nil {
 		c.Applied = func() uint64 { return 0 }

@@ -26,6 +26,7 @@ const (
 	msgAsk       = 'Q' // id(8) key-len(1) key requester-name
 	msgAnswer    = 'A' // id(8) sealed-record (empty: "I hold none")
 	msgLeaving   = 'L' // name: sent just before a graceful leave
+	msgLimits    = 'R' // seq(8) origin-len(1) origin limit-report (limits.go)
 )
 
 // maxGossipBytes is the largest message sent by UDP gossip; memberlist
@@ -82,6 +83,16 @@ type Stats struct {
 	AsksAnswered   uint64 `json:"asks_answered"`
 	AnswersRefused uint64 `json:"answers_refused"`
 	AsksServed     uint64 `json:"asks_served"`
+	// LimitReportsSent counts this node's own limit reports offered to
+	// peers; LimitReportsReceived, peers' reports delivered (each once);
+	// LimitReportsDuplicate, copies of one already delivered;
+	// LimitReportsBad, malformed ones or ones naming this node;
+	// LimitReportsDropped, own reports refused as empty or too large.
+	LimitReportsSent      uint64 `json:"limit_reports_sent"`
+	LimitReportsReceived  uint64 `json:"limit_reports_received"`
+	LimitReportsDuplicate uint64 `json:"limit_reports_duplicate"`
+	LimitReportsBad       uint64 `json:"limit_reports_bad"`
+	LimitReportsDropped   uint64 `json:"limit_reports_dropped"`
 	// Joins counts successful join attempts (Rejoins: those made because a
 	// known peer had failed); PeersLeft and PeersFailed, peers gone by a
 	// graceful leave and by failure; Conflicts, name conflicts seen.
@@ -117,6 +128,8 @@ type Cluster struct {
 	hbSeen [8]uint64 // hashes of the last heartbeats seen
 	hbNext int
 
+	limits limits // limit reports seen and queued (limits.go)
+
 	meta      atomic.Pointer[[]byte] // our node metadata
 	kick      chan struct{}          // advertise now
 	catchUp   catchUp
@@ -136,6 +149,7 @@ type Cluster struct {
 	broadcast, sentTCP, received, droppedInbox, droppedQueue, droppedSends                    atomic.Uint64
 	requests, answered, asked, askFailures, fetches, hbSent, hbReceived                       atomic.Uint64
 	asksN, asksAnswered, answersRefused, asksServed, joins, rejoins, left, failedN, conflicts atomic.Uint64
+	limitsSent, limitsReceived, limitsDup, limitsBad, limitsDropped                           atomic.Uint64
 }
 
 type failedPeer struct {
@@ -158,6 +172,7 @@ func Create(cfg Config) (*Cluster, error) {
 		firstJoin: make(chan struct{})}
 	c.catchUp.init()
 	c.asks.init()
+	c.limits.init()
 	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mlc.RetransmitMult, NumNodes: func() int {
 		if c.ml == nil {
 			return 1
@@ -356,7 +371,10 @@ func (c *Cluster) Stats() Stats {
 		HeartbeatsSent: c.hbSent.Load(), HeartbeatsReceived: c.hbReceived.Load(),
 		Asks: c.asksN.Load(), AsksAnswered: c.asksAnswered.Load(), AnswersRefused: c.answersRefused.Load(),
 		AsksServed: c.asksServed.Load(), Joins: c.joins.Load(), Rejoins: c.rejoins.Load(),
-		PeersLeft: c.left.Load(), PeersFailed: c.failedN.Load(), Conflicts: c.conflicts.Load()}
+		PeersLeft: c.left.Load(), PeersFailed: c.failedN.Load(), Conflicts: c.conflicts.Load(),
+		LimitReportsSent: c.limitsSent.Load(), LimitReportsReceived: c.limitsReceived.Load(),
+		LimitReportsDuplicate: c.limitsDup.Load(), LimitReportsBad: c.limitsBad.Load(),
+		LimitReportsDropped: c.limitsDropped.Load()}
 }
 
 // Leave tells the cluster this node is going, then stops it. Peers see a
@@ -455,6 +473,8 @@ func (c *Cluster) handle(msg []byte) {
 		if len(msg) >= 9 {
 			c.asks.answer(binary.BigEndian.Uint64(msg[1:9]), msg[9:])
 		}
+	case msgLimits:
+		c.receiveLimits(msg)
 	}
 }
 

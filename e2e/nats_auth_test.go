@@ -67,15 +67,17 @@ func TestNATSEmbeddedRequiresCredentials(t *testing.T) {
 }
 
 // TestNATSEdgeCredentialPermissions: an edge's credential may publish its
-// own heartbeat and audit subjects and read events, nothing that speaks for
-// the origin or another edge.
+// own heartbeat, audit, usage and limit-report subjects and read events and
+// every edge's limit reports, nothing that speaks for the origin or another
+// edge.
 func TestNATSEdgeCredentialPermissions(t *testing.T) {
 	s := newStack(t)
 	nc, errs := s.edgeConn(t, "edge-a")
 
 	// Allowed: its own subjects, lookups, events.
 	for _, subj := range []string{event.EdgeSubject(event.EdgeHeartbeatSubject, "edge-a"),
-		event.EdgeSubject(event.EdgeAuditSubject, "edge-a"), event.EdgeSubject(event.EdgeUsageSubject, "edge-a")} {
+		event.EdgeSubject(event.EdgeAuditSubject, "edge-a"), event.EdgeSubject(event.EdgeUsageSubject, "edge-a"),
+		event.EdgeSubject(event.EdgeLimitsSubject, "edge-a")} {
 		if err := nc.Publish(subj, []byte("[]")); err != nil {
 			t.Fatal(err)
 		}
@@ -83,8 +85,10 @@ func TestNATSEdgeCredentialPermissions(t *testing.T) {
 	if _, err := nc.Request(event.SnapshotSubject, nil, 10*time.Second); err != nil {
 		t.Errorf("snapshot lookup: %v", err)
 	}
-	if _, err := nc.SubscribeSync(event.StreamSubjects); err != nil {
-		t.Fatal(err)
+	for _, subj := range []string{event.StreamSubjects, event.EdgeLimitsSubject + ".*"} {
+		if _, err := nc.SubscribeSync(subj); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
@@ -98,7 +102,8 @@ func TestNATSEdgeCredentialPermissions(t *testing.T) {
 	// Refused: publishing events, the origin's subjects, another edge's.
 	for _, subj := range []string{event.Subject(event.KindKey, 999), event.OriginHeartbeatSubject,
 		event.EdgeSubject(event.EdgeHeartbeatSubject, "edge-b"), event.EdgeSubject(event.EdgeAuditSubject, "edge-b"),
-		event.EdgeSubject(event.EdgeUsageSubject, "edge-b"), event.EdgeHeartbeatSubject, event.EdgeAuditSubject,
+		event.EdgeSubject(event.EdgeUsageSubject, "edge-b"), event.EdgeSubject(event.EdgeLimitsSubject, "edge-b"),
+		event.EdgeLimitsSubject, event.EdgeLimitsSubject + ".edge-a.x", event.EdgeHeartbeatSubject, event.EdgeAuditSubject,
 		event.EdgeInbox("edge-b") + ".reply", "$JS.API.STREAM.PURGE." + event.StreamName,
 		"$JS.API.STREAM.DELETE." + event.StreamName} {
 		if err := nc.Publish(subj, []byte("[]")); err != nil {

@@ -2,7 +2,9 @@
 // front of a cache.View that package feed keeps current from the origin
 // over NATS, with gossip between edges (package cluster), heartbeats to the
 // origins, audit shipping, usage records to JetStream through a spool
-// (usage.go) and an admin listener (/metrics, /status, /health, pprof).
+// (usage.go), limit reports to and from the other edges over NATS and
+// gossip (limits.go) and an admin listener (/metrics, /status, /health,
+// pprof).
 //
 // Guarantees: a Node serves nothing until New has verified its
 // configuration, taken the data dir (one edge per dir, held until Shutdown
@@ -156,6 +158,18 @@ type Config struct {
 	// AuditFlushInterval is how long an audit record may wait for its batch
 	// to be shipped. Default 200ms.
 	AuditFlushInterval time.Duration
+	// LimitsSync is how often the edge tells the other edges what it has
+	// admitted against global limits (rate limits, token limits, quotas,
+	// budgets), over core NATS and gossip, and so the Δ of the overshoot
+	// bound (docs/design.md). Default 200ms.
+	LimitsSync time.Duration
+	// LimitsPartition is what the edge does with bounded requests while it
+	// hears no other edge's limit report although it knows of live ones
+	// (proxy.Config.LimitPartition): "share" (the default, ""; admit at
+	// most this edge's share of each bound, fail-closed at it), "deny"
+	// (refuse them) or "local" (count on this edge alone, as before global
+	// limits).
+	LimitsPartition string
 	// UsageSpoolBytes bounds the usage records waiting for JetStream's
 	// acknowledgement, in <DataDir>/usage (in memory, lost with the
 	// process, without DataDir); when it is full, new records are dropped
@@ -190,6 +204,8 @@ func DefaultConfig() Config {
 		AuditBuffer:            10_000,
 		AuditFlushInterval:     200 * time.Millisecond,
 		UsageSpoolBytes:        256 << 20,
+		LimitsSync:             200 * time.Millisecond,
+		LimitsPartition:        "share",
 	}
 }
 
@@ -224,6 +240,8 @@ func withDefaults(cfg Config) Config {
 	positive(&cfg.UpstreamPoolWait, def.UpstreamPoolWait)
 	positive(&cfg.HeartbeatInterval, def.HeartbeatInterval)
 	positive(&cfg.AuditFlushInterval, def.AuditFlushInterval)
+	positive(&cfg.LimitsSync, def.LimitsSync)
+	set(&cfg.LimitsPartition, def.LimitsPartition)
 	if cfg.MaxStaleness == 0 { // negative disables the guard
 		cfg.MaxStaleness = def.MaxStaleness
 	}
@@ -265,10 +283,11 @@ type Node struct {
 	reg     *prometheus.Registry // every metric of the edge, served on /metrics
 	lookups prometheus.Histogram
 
-	id    string
-	hb    *heartbeater
-	audit *auditor
-	usage *usageSink
+	id     string
+	hb     *heartbeater
+	audit  *auditor
+	usage  *usageSink
+	limits *limitSync // limit reports to and from the other edges (limits.go)
 
 	gossip     *cluster.Cluster // nil without gossip
 	gossipHook *gossipHook
@@ -408,11 +427,12 @@ func New(cfg Config) (*Node, error) {
 		CORSAllowedHeaders: cfg.CORSAllowedHeaders, UpstreamIdleTimeout: cfg.UpstreamIdleTimeout,
 		UpstreamConnectTimeout: cfg.UpstreamConnectTimeout, MaxUpstreamConns: cfg.MaxUpstreamConns,
 		UpstreamPoolWait: cfg.UpstreamPoolWait, MaxRequestBodyBytes: cfg.MaxRequestBodyBytes,
-		UpstreamAllow: cfg.UpstreamAllow,
-		OwnListeners:  map[string]string{"--listen": cfg.Listen, "--admin-listen": cfg.AdminListen, "--gossip-listen": gossipListen}})
+		UpstreamAllow: cfg.UpstreamAllow, LimitPartition: cfg.LimitsPartition, LimitSync: cfg.LimitsSync,
+		OwnListeners: map[string]string{"--listen": cfg.Listen, "--admin-listen": cfg.AdminListen, "--gossip-listen": gossipListen}})
 	if err != nil {
 		return nil, err
 	}
+	n.limits = newLimitSync(id, nc, n.proxy, cfg.LimitsSync, n.reg, cfg.Logger)
 	n.feed, err = feed.New(n.view, feed.Config{Conn: nc, StatePath: statePath, Logger: cfg.Logger,
 		OnVerified: n.gossipHook.record, OnHeartbeat: n.gossipHook.heartbeat})
 	if err != nil {
@@ -435,6 +455,11 @@ func New(cfg Config) (*Node, error) {
 			n.proxy.AddOwnListener(a)
 		}
 	}
+	n.limits.gossip, n.limits.peers, n.limits.needAll = n.limitGossip, n.gossipPeerIDs, n.someoneWithoutNATS
+	if err := n.limits.start(); err != nil {
+		return nil, fmt.Errorf("subscribing to limit reports: %w", err)
+	}
+	undo = append(undo, n.limits.shutdown)
 	n.audit.start()
 	n.usage.start()
 	n.startHeartbeat()
@@ -497,10 +522,10 @@ func (n *Node) ReloadSecrets() { n.proxy.ReloadSecrets() }
 func (n *Node) ReloadTLS() error { return n.proxy.ReloadTLS() }
 
 // Shutdown stops accepting requests, waits for in-flight ones (streams
-// included) until ctx ends, then stops heartbeats and gossip, ships the
-// queued audit records, moves the queued usage records to the spool (and
-// publishes what it can, within ctx and a few seconds), persists state and
-// disconnects. It is safe to call
+// included) until ctx ends, then stops heartbeats and gossip, sends the
+// last limit report (limits.go), ships the queued audit records, moves the
+// queued usage records to the spool (and publishes what it can, within ctx
+// and a few seconds), persists state and disconnects. It is safe to call
 // twice.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.mu.Lock()
@@ -522,6 +547,14 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if n.admin != nil {
 		if err := n.admin.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	// Requests have ended: the others learn what the last ones spent, over
+	// NATS (flushed) and gossip, before this edge leaves both.
+	n.limits.shutdown()
+	if n.nc.IsConnected() {
+		if err := n.nc.FlushTimeout(leaveTimeout); err != nil {
+			n.log.Debug("last limit report not flushed", "err", err)
 		}
 	}
 	if err := n.stopGossip(); err != nil {

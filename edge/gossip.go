@@ -179,6 +179,7 @@ func (n *Node) startGossip() error {
 	view, feed := n.view, n.feed
 	cfg.Deliver = feed.Offer
 	cfg.DeliverHeartbeat = n.gossipHook.peerHeartbeat
+	cfg.DeliverLimits = n.limits.fromGossip
 	cfg.Applied = view.AppliedRevision
 	cfg.Info = n.gossipInfo
 	cfg.Sign = func(rev uint64) (int64, []byte) { return n.pres.sign(rev, n.nc.IsConnected()) }
@@ -206,6 +207,48 @@ func (n *Node) gossipInfo() cluster.Info {
 		addr = n.cfg.Listen
 	}
 	return cluster.Info{ID: n.id, Site: n.cfg.Site, Address: addr, NATS: n.nc.IsConnected()}
+}
+
+// limitGossip is where limit reports go to the peers (nil without gossip).
+func (n *Node) limitGossip() limitGossip {
+	if c := n.gossipHook.c.Load(); c != nil {
+		return c
+	}
+	return nil
+}
+
+// gossipPeerIDs returns the edge ids of the live gossip peers (a peer whose
+// id did not fit its metadata counts by its node name).
+func (n *Node) gossipPeerIDs() []string {
+	if n.gossip == nil {
+		return nil
+	}
+	var ids []string
+	for _, p := range n.gossip.Peers() {
+		id := p.ID
+		if id == "" {
+			id = "node:" + p.Name
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// someoneWithoutNATS reports whether this edge or a gossip peer has no
+// NATS link: then only gossip reaches it.
+func (n *Node) someoneWithoutNATS() bool {
+	if !n.nc.IsConnected() {
+		return true
+	}
+	if n.gossip == nil {
+		return false
+	}
+	for _, p := range n.gossip.Peers() {
+		if !p.NATS {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *Node) stopGossip() error {

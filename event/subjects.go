@@ -45,6 +45,12 @@ const (
 	// EdgeUsageSubject is the base of the per-edge subjects reserved for
 	// edges' usage reports (per edge like EdgeHeartbeatSubject).
 	EdgeUsageSubject = "keymesh.edge.usage"
+	// EdgeLimitsSubject is the base of the per-edge subjects carrying
+	// edges' LimitReports (Marshal's JSON) over core NATS, every sync
+	// interval: edge E publishes on EdgeSubject(EdgeLimitsSubject, E) and
+	// subscribes EdgeLimitsSubject + ".*"; a report whose Edge differs from
+	// the subject's edge is dropped.
+	EdgeLimitsSubject = "keymesh.edge.limits"
 	// EdgeInboxPrefix starts the reply inbox of every edge:
 	// EdgeInbox(E) is edge E's, the only inbox its credentials may read.
 	EdgeInboxPrefix = "_INBOX.edge"
@@ -65,7 +71,7 @@ func Subject(k Kind, rev uint64) string {
 }
 
 // EdgeSubject returns edge id's subject under base (EdgeHeartbeatSubject,
-// EdgeAuditSubject or EdgeUsageSubject): base + "." + EdgeToken(id).
+// EdgeAuditSubject, EdgeUsageSubject or EdgeLimitsSubject): base + "." + EdgeToken(id).
 func EdgeSubject(base, id string) string { return base + "." + EdgeToken(id) }
 
 // EdgeInbox returns the inbox prefix of edge id (nats.CustomInboxPrefix).

@@ -49,6 +49,10 @@ type keyInfoAnswer struct {
 	TokensPerDay    *int64       `json:"tokens_per_day"`
 	Quota           *event.Quota `json:"quota"`
 	Remaining       keyRemaining `json:"remaining"`
+	// Global is the key's use of each of its bounds across the edges:
+	// this edge's own plus what the others reported (global.go); null for
+	// a key without bounds.
+	Global *keyGlobal `json:"global"`
 	// InFlight is the key's requests in flight at this edge, this one not
 	// counted.
 	InFlight int    `json:"in_flight"`
@@ -62,6 +66,63 @@ type keyRemaining struct {
 	TokensPerMinute *int64 `json:"tokens_per_minute,omitempty"`
 	TokensPerDay    *int64 `json:"tokens_per_day,omitempty"`
 	Quota           *int64 `json:"quota,omitempty"`
+}
+
+// keyGlobal is a key's use across the edges.
+type keyGlobal struct {
+	// Edges is how many edges this edge shares the bounds with, itself
+	// included (1: it knows of no other); Partitioned whether it has lost
+	// touch with them (it then admits at most its share).
+	Edges       int64 `json:"edges"`
+	Partitioned bool  `json:"partitioned"`
+	// A member only for a bound the key has.
+	RateLimit       *globalFigure `json:"rate_limit,omitempty"`
+	TokensPerMinute *globalFigure `json:"tokens_per_minute,omitempty"`
+	TokensPerDay    *globalFigure `json:"tokens_per_day,omitempty"`
+	Quota           *globalFigure `json:"quota,omitempty"`
+}
+
+// globalFigure is one bound's global figures: used over its window (the
+// sliding minute or day, the quota's period), and what is left of limit.
+type globalFigure struct {
+	Limit     int64 `json:"limit"`
+	Used      int64 `json:"used"`
+	Remaining int64 `json:"remaining"`
+}
+
+// globalInfo fills a's global figures of key.
+func (s *Proxy) globalInfo(a *keyInfoAnswer, key *cache.Key) {
+	t := key.Tokens
+	rl := key.RateLimit
+	if t.Empty() && !limited(rl) {
+		return
+	}
+	g := s.global
+	out := &keyGlobal{Edges: g.edges(), Partitioned: g.partitioned(g.now())}
+	fig := func(kind uint8, limit int64, refill string) *globalFigure {
+		used := g.usage(gid{key.ID, scopeKey, kind}, refill)
+		return &globalFigure{Limit: limit, Used: used, Remaining: max(0, limit-used)}
+	}
+	if limited(rl) {
+		out.RateLimit = fig(gRPM, int64(rl.RequestsPerMinute), "")
+	}
+	if !t.Empty() {
+		if n := t.TokensPerMinute; n > 0 {
+			out.TokensPerMinute = fig(gTPM, n, "")
+		}
+		if n := t.TokensPerDay; n > 0 {
+			out.TokensPerDay = fig(gTPD, n, "")
+		}
+		if q := t.Quota; q != nil {
+			switch {
+			case q.Tokens > 0:
+				out.Quota = fig(gQuotaTokens, q.Tokens, q.Refill)
+			case q.Requests > 0:
+				out.Quota = fig(gQuotaRequests, q.Requests, q.Refill)
+			}
+		}
+	}
+	a.Global = out
 }
 
 // tokenInfo fills a's token bounds of key and what is left of them.
@@ -131,6 +192,7 @@ func (s *Proxy) serveKeyInfo(ctx *fasthttp.RequestCtx, r *request) (*cache.Key, 
 		a.MaxConcurrency = &n
 	}
 	s.tokenInfo(&a, key)
+	s.globalInfo(&a, key)
 	if a.Models == nil {
 		a.Models = []string{}
 	}

@@ -77,7 +77,9 @@ func TestHandlerKeyInfo(t *testing.T) {
 			"expires_at": "2031-01-02T03:04:05Z", "permissions": []any{"run_inference"},
 			"rate_limit": map[string]any{"requests_per_minute": 60.0}, "models": []any{"mock-model"},
 			"max_concurrency": 4.0, "tokens_per_minute": nil, "tokens_per_day": nil, "quota": nil,
-			"remaining": map[string]any{}, "deployments": []any{"dep_1"}, "in_flight": 1.0, "edge": "edge-1", "site": "eu"}
+			"remaining": map[string]any{}, "deployments": []any{"dep_1"}, "in_flight": 1.0, "edge": "edge-1", "site": "eu",
+			"global": map[string]any{"edges": 1.0, "partitioned": false,
+				"rate_limit": map[string]any{"limit": 60.0, "used": 1.0, "remaining": 59.0}}}
 		gb, _ := json.Marshal(got)
 		wb, _ := json.Marshal(want)
 		if string(gb) != string(wb) {

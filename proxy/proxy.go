@@ -149,6 +149,16 @@ type Config struct {
 	// naming one is refused. The addresses actually bound are added with
 	// AddOwnListener (Serve adds its own).
 	OwnListeners map[string]string
+	// LimitPartition is what the edge does while partitioned from the
+	// other edges (it knows of live peers, SetLimitPeers, but has merged no
+	// limit report for five LimitSync intervals): LimitPartitionShare
+	// (the default, ""), LimitPartitionDeny or LimitPartitionLocal. See
+	// global.go and docs/design.md, "Edge: limits across edges".
+	LimitPartition string
+	// LimitSync is the interval the transport exchanges limit reports at
+	// (LimitReport, MergeLimitReport): the length of a strict-mode round
+	// and the unit of partition detection. Zero is DefaultLimitSync.
+	LimitSync time.Duration
 }
 
 // Proxy is the data plane: it answers inference requests, forwarding them
@@ -178,6 +188,8 @@ type Proxy struct {
 	inflight *inflight
 	// tokens holds the token limits' and quotas' counters (tokens.go).
 	tokens *tokenTable
+	// global holds the limit counters across edges (global.go).
+	global *globalLimits
 	// noUpstreamLogged maps a deployment id to the revision whose missing
 	// upstream was logged (forward.go: noUpstream).
 	noUpstreamLogged sync.Map
@@ -229,7 +241,14 @@ func New(cfg Config) (*Proxy, error) {
 		tokens: newTokenTable(time.Now, 1_000_000),
 		cors:   newCORS(cfg.CORSAllowedOrigins, cfg.CORSAllowedMethods, cfg.CORSAllowedHeaders),
 		audit:  newAuditRecorder(cfg.Audit, cfg.EdgeID, cfg.Site)}
+	if s.global, err = newGlobalLimits(time.Now, cfg.EdgeID, cfg.LimitPartition, cfg.LimitSync, 1_000_000); err != nil {
+		return nil, err
+	}
+	s.limits.global, s.tokens.global = s.global, s.global
 	if s.metrics, err = newMetrics(reg, s.limits); err != nil {
+		return nil, err
+	}
+	if err := s.global.register(reg); err != nil {
 		return nil, err
 	}
 	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keymesh_edge_token_untracked_total",

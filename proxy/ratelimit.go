@@ -27,6 +27,8 @@ type limiter struct {
 	seed   maphash.Seed
 	shards [64]limitShard
 	max    int // per shard
+	// global checks the budgets across edges too (global.go).
+	global *globalLimits
 
 	untracked atomic.Uint64 // buckets not kept because the table was full
 }
@@ -76,11 +78,11 @@ func (l *limiter) check(dep *event.Deployment, key *cache.Key) limitResult {
 	now := l.now()
 	var took *bucketRef
 	if limited(keyRL) {
-		if took = l.take("k\x00"+key.ID, keyRL.RequestsPerMinute, now, &res); took == nil {
+		if took = l.take("k\x00"+key.ID, gid{key.ID, scopeKey, gRPM}, keyRL.RequestsPerMinute, now, &res); took == nil {
 			return res
 		}
 	}
-	if limited(depRL) && l.take("d\x00"+dep.ID, depRL.RequestsPerMinute, now, &res) == nil && took != nil {
+	if limited(depRL) && l.take("d\x00"+dep.ID, gid{dep.ID, scopeDeployment, gRPM}, depRL.RequestsPerMinute, now, &res) == nil && took != nil {
 		took.refund() // give back what the key's budget gave
 	}
 	return res
@@ -91,17 +93,23 @@ func limited(rl *event.RateLimit) bool { return rl != nil && rl.RequestsPerMinut
 type bucketRef struct {
 	s *limitShard
 	b *bucket
+	g gref
+	l *limiter
 }
 
 func (r *bucketRef) refund() {
 	r.s.mu.Lock()
 	r.b.tokens = min(r.b.tokens+1, float64(r.b.rpm))
 	r.s.mu.Unlock()
+	if r.l != nil && r.l.global != nil {
+		r.l.global.refund(r.g)
+	}
 }
 
 // take spends one token of the bucket id, folding what the request learned
-// into res; nil means the bucket is empty.
-func (l *limiter) take(id string, rpm int, now time.Time, res *limitResult) *bucketRef {
+// into res; nil means the bucket is empty, or (gid: the same budget across
+// edges) the global estimate is spent.
+func (l *limiter) take(id string, g gid, rpm int, now time.Time, res *limitResult) *bucketRef {
 	s := &l.shards[maphash.String(l.seed, id)%uint64(len(l.shards))]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -126,20 +134,29 @@ func (l *limiter) take(id string, rpm int, now time.Time, res *limitResult) *buc
 	b.last = now
 
 	refused := b.tokens < 1
+	var gr gref
+	var gres gResult
+	if !refused && l.global != nil {
+		gr, gres = l.global.take(g, int64(rpm), "", 1, 1, false, now)
+		refused = !gres.ok
+	}
 	if !refused {
 		b.tokens--
 	}
 	remaining := int(b.tokens)
+	if gres.applies {
+		remaining = min(remaining, int(gres.remaining))
+	}
 	toFull := time.Duration((float64(rpm) - b.tokens) / perSec * float64(time.Second))
 	if !res.applies || remaining < res.remaining {
 		res.applies, res.limit, res.remaining = true, rpm, remaining
 		res.reset = now.Add(toFull).Unix() + 1
 	}
 	if refused {
-		res.retry = max(res.retry, time.Duration((1-b.tokens)/perSec*float64(time.Second)))
+		res.retry = max(res.retry, time.Duration((1-b.tokens)/perSec*float64(time.Second)), gres.retry)
 		return nil
 	}
-	return &bucketRef{s: s, b: b}
+	return &bucketRef{s: s, b: b, g: gr, l: l}
 }
 
 // sweep drops buckets that have refilled completely: forgetting them loses

@@ -292,6 +292,8 @@ type tokenTable struct {
 	seed   maphash.Seed
 	shards [64]tokenShard
 	max    int // per shard
+	// global checks the bounds across edges too (global.go).
+	global *globalLimits
 
 	untracked atomic.Uint64 // counters not kept because the table was full
 }
@@ -375,6 +377,7 @@ type tokenRef struct {
 	kind   uint8
 	took   int64
 	period int64
+	g      gref // the same take in the counter across edges
 }
 
 // tokenHold is what an admitted request holds of the token counters until
@@ -497,6 +500,7 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			tracked = false // checked as a full counter, not kept
 		}
 	}
+	var gr gref
 	switch id.kind {
 	case tokMinute, tokDay:
 		c.refillBucket(id.kind, limit, now)
@@ -509,6 +513,11 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			out.observe(c, id.kind)
 			out.refusal, out.reason = errTokenLimit, reasonTokenLimit
 			out.retry = c.until(id.kind, float64(min(need, limit)))
+			return false
+		}
+		var ok bool
+		if gr, ok = t.takeGlobal(id, limit, refill, need, took, now, out); !ok {
+			out.observe(c, id.kind)
 			return false
 		}
 		c.level -= float64(took)
@@ -528,9 +537,13 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 			}
 			return false
 		}
+		var ok bool
+		if gr, ok = t.takeGlobal(id, limit, refill, need, took, now, out); !ok {
+			return false
+		}
 		c.used += took
 	}
-	ref := tokenRef{sh: sh, kind: id.kind, took: took, period: c.period}
+	ref := tokenRef{sh: sh, kind: id.kind, took: took, period: c.period, g: gr}
 	if tracked {
 		c.held++
 		ref.c = c
@@ -538,6 +551,25 @@ func (t *tokenTable) take(h *tokenHold, id tokenID, limit int64, refill string, 
 	h.refs[h.n] = ref
 	h.n++
 	return true
+}
+
+// takeGlobal checks counter id across edges (global.go) once the local
+// counter has admitted, and records the take there; false (with out's
+// refusal set as the local counter's would be) when it refuses.
+func (t *tokenTable) takeGlobal(id tokenID, limit int64, refill string, need, took int64, now time.Time, out *tokenResult) (gref, bool) {
+	if t.global == nil {
+		return gref{}, true
+	}
+	gr, r := t.global.take(gid{id.id, id.scope, tokenGKind[id.kind]}, limit, refill, need, took, true, now)
+	if r.ok {
+		return gr, true
+	}
+	out.refusal, out.reason, out.retry, out.never = errTokenLimit, reasonTokenLimit, r.retry, false
+	if id.kind == tokQuota || id.kind == tokRequests {
+		out.refusal, out.reason = errQuota, reasonQuota
+		out.never = r.retry == 0 && r.reason == gRefGlobal
+	}
+	return gref{}, false
 }
 
 // settle replaces h's reservation by used tokens and gives h back. A nil
@@ -559,6 +591,16 @@ func (t *tokenTable) give(h *tokenHold, used int64, cancel bool) {
 	now := t.now()
 	for i := range h.refs[:h.n] {
 		r := &h.refs[i]
+		if t.global != nil {
+			gused := used
+			if r.kind == tokRequests {
+				gused = 1
+				if cancel {
+					gused = 0
+				}
+			}
+			t.global.settle(r.g, r.took, gused)
+		}
 		c := r.c
 		if c == nil {
 			continue

@@ -68,6 +68,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	profile := fs.String("gossip-profile", profileName(cfg.Gossip), `gossip timings: "wan" (sites across regions), "lan" (one site), "local" (one machine: tests, labs)`)
 	fs.StringVar(&cfg.AuditFile, "audit-file", cfg.AuditFile, "also append audit records to this JSON-lines file")
 	fs.Int64Var(&cfg.UsageSpoolBytes, "usage-spool-bytes", cfg.UsageSpoolBytes, "bound in bytes of the usage records waiting for JetStream, spooled in <data-dir>/usage (without --data-dir: in memory, lost with the process); when full, new records are dropped and counted")
+	fs.DurationVar(&cfg.LimitsSync, "limits-sync", cfg.LimitsSync, "how often this edge tells the other edges (NATS and gossip) what it admitted against global limits: rate and token limits, quotas, budgets; the Δ of the overshoot bound in docs/design.md")
+	fs.StringVar(&cfg.LimitsPartition, "limits-partition", cfg.LimitsPartition, `bounded requests while no other edge's limit report arrives although live edges are known: "share" admits at most this edge's share of each bound (limit / live edges; fail-closed), "deny" refuses them, "local" counts on this edge alone (each edge up to the whole limit)`)
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and streams may finish")
 
 	if cli.PrintVersion(args, "edge", stdout) {
@@ -83,6 +85,16 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	if cfg.MaxUpstreamConns <= 0 || cfg.MaxRequestBodyBytes <= 0 || cfg.MaxKeys <= 0 || cfg.MaxLookups <= 0 || cfg.UsageSpoolBytes <= 0 {
 		fmt.Fprintln(stderr, "edge: --max-upstream-conns, --max-request-body, --max-keys, --max-lookups and --usage-spool-bytes must be positive")
+		return 2
+	}
+	if cfg.LimitsSync <= 0 {
+		fmt.Fprintln(stderr, "edge: --limits-sync must be positive")
+		return 2
+	}
+	switch cfg.LimitsPartition {
+	case "share", "deny", "local":
+	default:
+		fmt.Fprintf(stderr, "edge: --limits-partition must be share, deny or local, not %q\n", cfg.LimitsPartition)
 		return 2
 	}
 	cfg.UpstreamAllow = splitList(*upstreamAllow)

@@ -28,6 +28,8 @@ func TestFlagErrorsAreOneLine(t *testing.T) {
 		{"stray argument", []string{"serve"}, nil, "unexpected argument"},
 		{"negative bound", []string{"--max-upstream-conns", "-1"}, nil, "must be positive"},
 		{"bad gossip profile", []string{"--gossip-profile", "fast"}, nil, "--gossip-profile must be wan, lan or local"},
+		{"bad partition mode", []string{"--limits-partition", "open"}, nil, "--limits-partition must be share, deny or local"},
+		{"zero limits sync", []string{"--limits-sync", "0s"}, nil, "--limits-sync must be positive"},
 		{"bad upstream pattern", []string{"--upstream-allow", "10.0.0.0/8,ftp://x"}, nil, "--upstream-allow"},
 		{"bad upstream pattern from env", nil, map[string]string{"EDGE_UPSTREAM_ALLOW": "http://x/path"}, "--upstream-allow: upstream policy: \"http://x/path\""},
 	}
@@ -51,7 +53,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 	if code := run([]string{"--help"}, func(string) string { return "" }, &stdout, &stderr); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
-	for _, f := range []string{"--listen", "--admin-listen", "--nats-url", "--site", "--origin-public-key", "--upstream-allow", "EDGE_NATS_URL", "--version"} {
+	for _, f := range []string{"--listen", "--admin-listen", "--nats-url", "--site", "--origin-public-key", "--upstream-allow", "--limits-sync", "--limits-partition", "EDGE_NATS_URL", "--version"} {
 		if !strings.Contains(stdout.String(), f) {
 			t.Errorf("--help does not mention %s", f)
 		}

@@ -10,11 +10,13 @@
 //
 //   - RoleOrigin: everything in the account (publish events, answer
 //     lookups, origin heartbeats, JetStream administration).
-//   - RoleEdge, for edge id E: publish only E's own heartbeat, audit and
-//     usage subjects (event.EdgeSubject), lookup requests and the JetStream
-//     API calls an ordered consumer of the event stream makes; subscribe
-//     only to the event stream, origin heartbeats and E's own inbox
-//     (event.EdgeInbox). One edge's credentials cannot speak for another.
+//   - RoleEdge, for edge id E: publish only E's own heartbeat, audit,
+//     usage and limit-report subjects (event.EdgeSubject), lookup requests
+//     and the JetStream API calls an ordered consumer of the event stream
+//     makes; subscribe only to the event stream, origin heartbeats, every
+//     edge's limit reports (event.EdgeLimitsSubject + ".*": each edge
+//     merges the others') and E's own inbox (event.EdgeInbox). One edge's
+//     credentials cannot speak for another.
 //
 // Seeds are secret: they are only ever written to 0600 files and to .creds
 // output the caller asked for, never logged.
@@ -254,6 +256,7 @@ func EdgePermissions(id string) jwt.Permissions {
 			event.EdgeSubject(event.EdgeHeartbeatSubject, id),
 			event.EdgeSubject(event.EdgeAuditSubject, id),
 			event.EdgeSubject(event.EdgeUsageSubject, id),
+			event.EdgeSubject(event.EdgeLimitsSubject, id),
 			event.LookupKeySubject,
 			event.SnapshotSubject,
 			// What an ordered consumer of the event stream calls.
@@ -271,6 +274,9 @@ func EdgePermissions(id string) jwt.Permissions {
 		Sub: jwt.Permission{Allow: jwt.StringList{
 			event.StreamSubjects,
 			event.OriginHeartbeatSubject,
+			// Every edge's limit reports, one subject token deep: the
+			// subscriber takes the sender from the subject.
+			event.EdgeLimitsSubject + ".*",
 			event.EdgeInbox(id) + ".>",
 		}},
 	}

@@ -65,6 +65,21 @@ func TestEdgeCredentialsNameTheEdge(t *testing.T) {
 		uc.Pub.Allow.Contains(event.StreamSubjects) || len(uc.Pub.Deny) != 0 {
 		t.Fatalf("claims %+v", uc.Permissions)
 	}
+	// Limit reports: its own to publish, everyone's to read; no wildcard to
+	// publish under, nothing deeper to read.
+	if !uc.Pub.Allow.Contains("keymesh.edge.limits.host%2F127%2E0%2E0%2E1%3A8080") || !uc.Sub.Allow.Contains("keymesh.edge.limits.*") {
+		t.Fatalf("limit reports not allowed: %+v", uc.Permissions)
+	}
+	for _, s := range uc.Pub.Allow {
+		if strings.HasPrefix(s, event.EdgeLimitsSubject) && s != event.EdgeSubject(event.EdgeLimitsSubject, "host/127.0.0.1:8080") {
+			t.Errorf("may publish limit reports on %q", s)
+		}
+	}
+	for _, s := range uc.Sub.Allow {
+		if strings.HasPrefix(s, event.EdgeLimitsSubject) && s != event.EdgeLimitsSubject+".*" {
+			t.Errorf("may subscribe %q", s)
+		}
+	}
 	if creds, _ := k.Creds(RoleOrigin, ""); creds == nil {
 		t.Fatal("no origin credential")
 	} else if id, err := EdgeIDFromCreds(creds); err != nil || id != "" {
