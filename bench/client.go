@@ -76,7 +76,12 @@ func (c *OriginClient) EnsureDeployment(ctx context.Context, project, name strin
 
 // CreateKey creates a key linked to deployments (ids or names).
 func (c *OriginClient) CreateKey(ctx context.Context, project, name string, deployments ...string) (*Key, error) {
-	k, err := c.api().CreateKey(ctx, project, apiclient.KeyCreate{Name: name, Deployments: deployments})
+	return c.CreateKeyWith(ctx, project, apiclient.KeyCreate{Name: name, Deployments: deployments})
+}
+
+// CreateKeyWith creates a key as in describes it (name, links, bounds).
+func (c *OriginClient) CreateKeyWith(ctx context.Context, project string, in apiclient.KeyCreate) (*Key, error) {
+	k, err := c.api().CreateKey(ctx, project, in)
 	if err != nil {
 		return nil, fmt.Errorf("creating key: %w", err)
 	}

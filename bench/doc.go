@@ -1,6 +1,6 @@
 // Package bench is keymesh's test and measurement harness: load,
-// propagation and peer-comparison runs against real origins and edges, and
-// the mock OpenAI-compatible upstream they send traffic to.
+// propagation, peer-comparison and limits runs against real origins and
+// edges, and the mock OpenAI-compatible upstream they send traffic to.
 //
 // The mock upstream ([Upstream]) stands in for an inference server such as
 // vLLM, both in `make run` and in tests. It answers GET /v1/models,

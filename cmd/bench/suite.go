@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	register("suite", "the short standard suite behind `make bench`: load, flood, compare, propagation", runSuite)
+	register("suite", "the short standard suite behind `make bench`: load, flood, compare, propagation, limits", runSuite)
 }
 
 // suiteResult is the JSON of a suite run.
@@ -35,6 +35,8 @@ type suiteResult struct {
 	// edge-vs-nginx targets are judged on; FairNote says why it is missing.
 	Fair     *bench.FairResult `json:"fair_compare,omitempty"`
 	FairNote string            `json:"fair_compare_note,omitempty"`
+	// Limits are bench limits' cases (a short window, the limit scaled).
+	Limits []*bench.LimitsResult `json:"limits,omitempty"`
 }
 
 type suiteTarget struct {
@@ -54,18 +56,27 @@ func runSuite(e *env, args []string) int {
 	rate := fs.Float64("rate", 2000, "open-loop requests per second")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	inProcess := inProcessFlag(fs)
-	about := "bench suite runs the standard suite (about 4 minutes on 2 cores) on a stack of separate processes\n" +
+	limitsWindow := fs.Duration("limits-window", 10*time.Second, "the window of each bench limits case (its limit scaled: 600 × window / 60 s)")
+	limitsEdges := fs.Int("limits-edges", 4, "edges of the bench limits cases")
+	about := "bench suite runs the standard suite (about 5 minutes on 2 cores) on a stack of separate processes\n" +
 		"(see --in-process) for load, flood and compare, and an in-process one for propagation:\n" +
 		"closed- and open-loop load with a key mix and revocation, a flood, the mixed-load comparison with the upstream\n" +
 		"directly and nginx (skipped, and said so, when nginx is missing), bench compare's fair comparison (pinned,\n" +
 		"wrk, medians, CPU per request, open loop), and propagation to --edges edges,\n" +
-		"over NATS and with NATS cut for three quarters of them (gossip alone);\n" +
+		"over NATS and with NATS cut for three quarters of them (gossip alone), and bench limits' cases on\n" +
+		"--limits-edges edges for --limits-window each;\n" +
 		"then writes <dir>/<date>.md with the machine it ran on and every target's verdict."
 	if code, done := parseFlags(e, fs, about, args); done {
 		return code
 	}
-	if *duration <= 0 || *edges <= 0 || *iterations <= 0 || *conc <= 0 || *rate <= 0 {
+	if *duration <= 0 || *edges <= 0 || *iterations <= 0 || *conc <= 0 || *rate <= 0 || *limitsEdges <= 0 {
 		fmt.Fprintln(e.stderr, "bench suite: every number must be positive")
+		return 2
+	}
+	lo := limitsOpts{edges: *limitsEdges, window: *limitsWindow, factor: 4, conc: 16, maxTokens: 16,
+		sync: 200 * time.Millisecond, bound: -1, quiet: *quiet, cases: []string{caseSpread, caseMoved, caseTokens}}
+	if err := lo.check(); err != nil {
+		fmt.Fprintf(e.stderr, "bench suite: limits: %v\n", err)
 		return 2
 	}
 	// The whole suite is bounded, whatever happens.
@@ -75,6 +86,11 @@ func runSuite(e *env, args []string) int {
 	res := &suiteResult{Date: *date, Machine: bench.DescribeMachine()}
 	if err := suiteRun(ctx, e, res, stackBinDir(*inProcess), *duration, *edges, *iterations, *conc, *rate, *quiet); err != nil {
 		fmt.Fprintf(e.stderr, "bench suite: %v\n", err)
+		return 1
+	}
+	var err error
+	if res.Limits, err = limitsStack(ctx, e, lo); err != nil {
+		fmt.Fprintf(e.stderr, "bench suite: limits: %v\n", err)
 		return 1
 	}
 	res.Seconds = time.Since(start).Seconds()
@@ -87,6 +103,9 @@ func runSuite(e *env, args []string) int {
 	}
 	if res.PropagationGossip != nil {
 		charts["propagation-gossip"] = bench.PropagationChart(res.PropagationGossip)
+	}
+	if len(res.Limits) > 0 {
+		charts["limits"] = bench.LimitsChart(res.Limits)
 	}
 	if res.Compare != nil {
 		charts["compare"] = bench.LatencyChart("bench compare: non-streamed latency by percentile", res.Compare.Runs, unaryLatency)
@@ -231,6 +250,10 @@ func suiteTargets(r *suiteResult) []suiteTarget {
 	} else {
 		out = append(out, suiteTarget{"propagation p99 ≤ 2 s via gossip alone", "not run (fewer than 2 edges)", "not measured"})
 	}
+	for _, l := range r.Limits {
+		add(fmt.Sprintf("limits %s: admitted in any 60 s ≤ L·1.05 + bound (%d edges, %s, L %d, bound %.0f)", l.Name, l.Edges, l.Unit, l.Limit, l.Bound),
+			fmt.Sprintf("%d of %d offered: %.2fx the limit, overshoot %.1f%%", l.WindowMax, l.OfferedUnits, l.AdmittedRatio, 100*l.Overshoot), l.Met)
+	}
 	if r.Compare != nil {
 		if kt, dt := r.Compare.TTFB(bench.TargetKeymesh), r.Compare.TTFB(bench.TargetDirect); kt.Count > 0 && dt.Count > 0 {
 			d := kt.P50 - dt.P50
@@ -295,6 +318,10 @@ func suiteMarkdown(r *suiteResult) string {
 	if r.PropagationGossip != nil {
 		b.WriteString("\n## Propagation by gossip alone (unlink / relink, `--cut-nats`: NATS severed for three quarters of the edges)\n\n")
 		b.WriteString(bench.PropagationMarkdown(r.PropagationGossip, "propagation-gossip"))
+	}
+	if len(r.Limits) > 0 {
+		b.WriteString("\n## Limits (`bench limits`: one key offered 4× its limit over several edges)\n\n")
+		b.WriteString(limitsMarkdown(r.Limits, "limits"))
 	}
 	return b.String()
 }
