@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 func TestParseWrk(t *testing.T) {
@@ -191,10 +194,16 @@ func TestNginxAccessLogs(t *testing.T) {
 				t.Errorf("%s: %d", log, resp.StatusCode)
 			}
 		}
-		b, _ := os.ReadFile(filepath.Join(n.dir, "access.log"))
-		if got := strings.Count(string(b), "\n"); got != want {
-			t.Errorf("access log %q: %d lines, want %d:\n%s", log, got, want, b)
-		}
+		// nginx writes a request's line in its log phase, after the
+		// answer went out: the client can read the third answer first.
+		var b []byte
+		testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			b, _ = os.ReadFile(filepath.Join(n.dir, "access.log"))
+			if got := strings.Count(string(b), "\n"); got != want {
+				return fmt.Errorf("access log %q: %d lines, want %d:\n%s", log, got, want, b)
+			}
+			return nil
+		})
 		if log == NginxLogCombined && !strings.Contains(string(b), `"POST /v1/chat/completions HTTP/1.1" 200`) {
 			t.Errorf("not the combined format: %s", b)
 		}
