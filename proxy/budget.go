@@ -65,27 +65,6 @@ func meteredCost(dep *event.Deployment, u *usageCounts) int64 {
 	return dep.Pricing.Cost(u.prompt, u.completion, u.cached)
 }
 
-// checkBudget checks a budget counter (brought to now by the caller) for
-// need nano-units, as check does for a quota (take then takes the
-// reservation); false (with out's refusal set) when too little is left.
-// The caller holds the counter's shard.
-func (c *tokenCounter) checkBudget(limit int64, refill string, need int64, now time.Time, out *tokenResult) bool {
-	if need > limit {
-		out.refusal, out.reason, out.retry, out.never = errBudgetTooLarge, reasonQuota, 0, true
-		return false
-	}
-	if limit-c.used < need {
-		out.refusal, out.reason, out.retry = errBudget, reasonQuota, 0
-		if _, next := quotaPeriod(refill, now); !next.IsZero() {
-			out.retry = next.Sub(now)
-		} else {
-			out.never = true
-		}
-		return false
-	}
-	return true
-}
-
 // giveBudget settles one budget reservation r of c by spent nano-units
 // (0 when cancelled). The caller holds the counter's shard.
 func (c *tokenCounter) giveBudget(r *tokenRef, spent int64, now time.Time) {

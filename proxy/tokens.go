@@ -572,26 +572,36 @@ func (t *tokenTable) check(c *tokenCounter, id tokenID, limit int64, refill stri
 			out.retry = c.until(id.kind, float64(min(need, limit)))
 			return false
 		}
-	case tokBudget:
+	default: // the quotas and budgets: an allowance per refill period
 		c.refillQuota(limit, refill, now)
 		t.floors.apply(id, c, now)
-		return c.checkBudget(limit, refill, need, now, out)
-	default:
-		c.refillQuota(limit, refill, now)
-		t.floors.apply(id, c, now)
-		if need > limit {
-			out.refusal, out.reason, out.retry, out.never = errTokensTooLarge, reasonQuota, 0, true
-			return false
+		tooLarge, spent := errTokensTooLarge, errQuota
+		if id.kind == tokBudget {
+			tooLarge, spent = errBudgetTooLarge, errBudget
 		}
-		if limit-c.used < need {
-			out.refusal, out.reason, out.retry = errQuota, reasonQuota, 0
-			if _, next := quotaPeriod(refill, now); !next.IsZero() {
-				out.retry = next.Sub(now)
-			} else {
-				out.never = true
-			}
-			return false
+		return c.checkAllowance(limit, refill, need, now, out, tooLarge, spent)
+	}
+	return true
+}
+
+// checkAllowance checks a quota or budget counter (brought to now) for
+// need: refused with tooLarge when need is more than the whole limit (no
+// wait helps), with spent when too little is left until the next refill
+// (Retry-After until then; none, and X-Should-Retry: false, when it never
+// refills).
+func (c *tokenCounter) checkAllowance(limit int64, refill string, need int64, now time.Time, out *tokenResult, tooLarge, spent *apierror.Error) bool {
+	if need > limit {
+		out.refusal, out.reason, out.retry, out.never = tooLarge, reasonQuota, 0, true
+		return false
+	}
+	if limit-c.used < need {
+		out.refusal, out.reason, out.retry = spent, reasonQuota, 0
+		if _, next := quotaPeriod(refill, now); !next.IsZero() {
+			out.retry = next.Sub(now)
+		} else {
+			out.never = true
 		}
+		return false
 	}
 	return true
 }
