@@ -248,8 +248,11 @@ func TestOpenLoopKeepsItsRate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Mode != "open" || res.Requests < 70 || res.Requests > 110 {
-		t.Errorf("mode %s: %d requests, want about 100", res.Mode, res.Requests)
+	// 200/s for 0.5 s schedules exactly 100, however loaded the machine:
+	// each is sent, missed (the queue was full) or left unsent at the end.
+	// How many are sent depends on the CPU, so only that some are is held.
+	if n := res.Requests + res.Missed + res.Unsent; res.Mode != "open" || n != 100 || res.Requests == 0 {
+		t.Errorf("mode %s: %d requests, %d missed, %d unsent: want 100 scheduled, some sent", res.Mode, res.Requests, res.Missed, res.Unsent)
 	}
 	if res.Status["200"] != res.Requests {
 		t.Errorf("status %v", res.Status)

@@ -139,8 +139,12 @@ type LoadResult struct {
 	Requests int64 `json:"requests"`
 	Errors   int64 `json:"errors"`
 	// Missed counts open-loop requests that could not even be queued
-	// because every worker was busy and the queue was full.
+	// because every worker was busy and the queue was full; Unsent those
+	// queued but still waiting for a worker when the run ended. An open
+	// loop schedules exactly Rate × Duration requests (those due before
+	// the end): Requests + Missed + Unsent.
 	Missed int64 `json:"missed,omitempty"`
+	Unsent int64 `json:"unsent,omitempty"`
 	// Throughput is Requests / Elapsed.
 	Throughput float64 `json:"throughput_rps"`
 	// Status counts answers by status code ("error" for transport errors).
@@ -366,6 +370,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadResult, error) {
 		}
 	}
 	var wg sync.WaitGroup
+	var unsent atomic.Int64 // open loop: due, queued, not sent by the end
 	if cfg.Rate <= 0 {
 		for _, w := range workers {
 			wg.Add(1)
@@ -384,7 +389,8 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadResult, error) {
 				defer wg.Done()
 				for t := range due {
 					if runCtx.Err() != nil {
-						continue // drain without sending
+						unsent.Add(1) // drain without sending
+						continue
 					}
 					r.one(w, t)
 				}
@@ -394,6 +400,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadResult, error) {
 		close(due)
 	}
 	wg.Wait()
+	res.Unsent = unsent.Load()
 	elapsed := time.Since(start)
 	stopProgress()
 	cancel()
@@ -495,15 +502,21 @@ func statusKey(code int) string {
 }
 
 // schedule sends the due time of each open-loop request to due until ctx
-// ends; when due is full the request is counted as missed.
+// ends; when due is full the request is counted as missed. Only requests
+// due before ctx's deadline are scheduled, however late this goroutine
+// runs: their number is the rate's, whatever the machine's load.
 func schedule(ctx context.Context, start time.Time, rate float64, due chan<- time.Time) (missed int64) {
 	interval := time.Duration(float64(time.Second) / rate)
 	if interval <= 0 {
 		interval = 1
 	}
+	deadline, bounded := ctx.Deadline()
 	next := start
 	for {
 		now := time.Now()
+		if bounded && !now.Before(deadline) {
+			now = deadline.Add(-1) // a late wake-up schedules nothing due after the end
+		}
 		for !next.After(now) {
 			select {
 			case due <- next:
