@@ -30,4 +30,10 @@
 // /proc ([ProcCPU]). Its report states which generator and backend ran and
 // what was pinned, so a run on one core, without wrk or without a C
 // compiler says so instead of passing for a fair one.
+//
+// For the WAN bench (`bench wan`) on kernels without tc netem, [DelayRelay]
+// (TCP, with a cut switch) and [DelayUDP] delay every chunk or datagram by
+// a fixed one-way delay per direction, in order, counted from when it was
+// read (a burst is not delayed once per chunk); [InNetns], [ListenIn] and
+// [DialIn] make sockets inside a named network namespace from one process.
 package bench

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -32,6 +33,12 @@ type PropagationConfig struct {
 	// cut, so that changes reach them by gossip alone; their own delays are
 	// also summarised apart.
 	GossipOnly []int
+	// Dial, if set, opens the prober's connections (fasthttp's Dial: addr is
+	// the edge URL's host:port); bench wan dials inside each edge's network
+	// namespace with it.
+	Dial func(addr string) (net.Conn, error)
+	// PerEdge keeps every edge's own delay in each sample (EdgesMs).
+	PerEdge bool
 }
 
 // PropagationSample is one change: how long until every edge showed it.
@@ -42,6 +49,8 @@ type PropagationSample struct {
 	Millis    float64 `json:"ms"`      // until the last edge
 	Slowest   int     `json:"slowest"` // index of that edge
 	TimedOut  bool    `json:"timed_out,omitempty"`
+	// EdgesMs is each edge's own delay, by index (PropagationConfig.PerEdge).
+	EdgesMs []float64 `json:"edges_ms,omitempty"`
 }
 
 // PropagationResult is the outcome of RunPropagation.
@@ -83,7 +92,7 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 		cfg.Timeout = 10 * time.Second
 	}
 	client := &fasthttp.Client{MaxConnsPerHost: 4, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
-		NoDefaultUserAgentHeader: true}
+		NoDefaultUserAgentHeader: true, Dial: cfg.Dial}
 	defer client.CloseIdleConnections()
 	p := &prober{client: client, cfg: &cfg}
 
@@ -139,6 +148,9 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 					}
 				}
 				worst = max(worst, d)
+				if cfg.PerEdge {
+					s.EdgesMs = append(s.EdgesMs, float64(d)/1e6)
+				}
 			}
 			s.Millis = float64(worst) / 1e6
 			all.Record(worst)
