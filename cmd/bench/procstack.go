@@ -73,33 +73,10 @@ func (s *stack) startProcesses(ctx context.Context, o stackOpts, self string) er
 	}
 	originAddr := "127.0.0.1:" + strconv.Itoa(ports[0])
 	natsAddr := "127.0.0.1:" + strconv.Itoa(ports[1])
+	if err := s.startControl(ctx, o, self, originAddr, natsAddr, "127.0.0.1:"+strconv.Itoa(ports[2])); err != nil {
+		return err
+	}
 	dataDir := filepath.Join(s.dir, "origin")
-	originCmd := []string{filepath.Join(o.binDir, "origin"), "--data-dir", dataDir, "--listen", originAddr, "--nats-listen", natsAddr}
-	originCmd, originEnv := o.wrapped("origin", idlePriority(originCmd))
-	if err := s.spawn(ctx, "origin", originCmd, append(originEnv, "ORIGIN_ADMIN_PASSWORD="+benchPassword)...); err != nil {
-		return err
-	}
-	s.api = &bench.OriginClient{BaseURL: "http://" + originAddr}
-	if err := waitHTTP(ctx, s.api.BaseURL+"/health"); err != nil {
-		return s.failed("origin", err)
-	}
-	if err := s.api.Login(ctx, "admin", benchPassword); err != nil {
-		return err
-	}
-
-	if s.upURL = o.upstream; s.upURL == "" {
-		upAddr := "127.0.0.1:" + strconv.Itoa(ports[2])
-		if err := s.spawn(ctx, "upstream", []string{self, "upstream", "--listen", upAddr}); err != nil {
-			return err
-		}
-		s.upURL = "http://" + upAddr
-		if err := waitHTTP(ctx, s.upURL+"/health"); err != nil {
-			return s.failed("upstream", err)
-		}
-	}
-	if s.dep, err = s.api.EnsureDeployment(ctx, benchProject, benchDeployment, []string{s.upURL}); err != nil {
-		return err
-	}
 
 	for i := range o.edges {
 		listen := "127.0.0.1:" + strconv.Itoa(ports[3+3*i])
@@ -129,6 +106,41 @@ func (s *stack) startProcesses(ctx context.Context, o stackOpts, self string) er
 		s.edges = append(s.edges, e)
 	}
 	return s.waitApplied(ctx, s.dep.Revision)
+}
+
+// startControl starts a process stack's origin (admin API on originAddr,
+// NATS on natsAddr) and, unless o.upstream names one, the mock upstream on
+// upAddr; then it creates the bench deployment.
+func (s *stack) startControl(ctx context.Context, o stackOpts, self, originAddr, natsAddr, upAddr string) error {
+	dataDir := filepath.Join(s.dir, "origin")
+	originCmd := []string{filepath.Join(o.binDir, "origin"), "--data-dir", dataDir, "--listen", originAddr, "--nats-listen", natsAddr}
+	if !o.originAtNormalPriority {
+		originCmd = idlePriority(originCmd)
+	}
+	originCmd, originEnv := o.wrapped("origin", originCmd)
+	if err := s.spawn(ctx, "origin", originCmd, append(originEnv, "ORIGIN_ADMIN_PASSWORD="+benchPassword)...); err != nil {
+		return err
+	}
+	s.api = &bench.OriginClient{BaseURL: "http://" + originAddr}
+	if err := waitHTTP(ctx, s.api.BaseURL+"/health"); err != nil {
+		return s.failed("origin", err)
+	}
+	if err := s.api.Login(ctx, "admin", benchPassword); err != nil {
+		return err
+	}
+
+	if s.upURL = o.upstream; s.upURL == "" {
+		if err := s.spawn(ctx, "upstream", []string{self, "upstream", "--listen", upAddr}); err != nil {
+			return err
+		}
+		s.upURL = "http://" + upAddr
+		if err := waitHTTP(ctx, s.upURL+"/health"); err != nil {
+			return s.failed("upstream", err)
+		}
+	}
+	var err error
+	s.dep, err = s.api.EnsureDeployment(ctx, benchProject, benchDeployment, []string{s.upURL})
+	return err
 }
 
 // idlePriority prefixes a command so that it runs only on CPU time nothing
@@ -236,7 +248,11 @@ func (e *edgeNode) appliedRevision(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if e.client != nil {
+		client = e.client
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -49,6 +50,10 @@ type stackOpts struct {
 	// environment (pinning to a core, GOMAXPROCS).
 	upstream string
 	wrap     func(name string, args []string) ([]string, []string)
+	// originAtNormalPriority: a process stack's origin is not put at idle
+	// priority (bench wan, where every change measured waits on the
+	// origin's publishing).
+	originAtNormalPriority bool
 }
 
 type edgeNode struct {
@@ -56,6 +61,7 @@ type edgeNode struct {
 	url      string        // proxy
 	adminURL string        // /metrics, /status
 	link     *netcut.Relay // nil without gossip
+	client   *http.Client  // reaches adminURL; nil: http.DefaultClient
 }
 
 type stack struct {
