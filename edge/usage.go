@@ -28,9 +28,10 @@ import (
 //  1. Usage (the proxy's sink) copies the record into a bounded queue;
 //     when the queue is full the record is dropped and counted
 //     (queue_full).
-//  2. The writer goroutine appends what the queue holds to the spool (on
-//     disk under <DataDir>/usage, else in memory), and fsyncs it at most
-//     usageSyncInterval later; when the spool is full the record is
+//  2. The writer goroutine, woken by the first record, lets records
+//     gather for usageCoalesce and appends what the queue holds to the
+//     spool (on disk under <DataDir>/usage, else in memory) in one write,
+//     and fsyncs it at most usageSyncInterval later; when the spool is full the record is
 //     dropped and counted (spool_full), and the episode logged.
 //  3. The publisher goroutine publishes the spool's records in order to
 //     JetStream (stream event.UsageStreamName), up to usageMsgRecords
@@ -41,8 +42,8 @@ import (
 //     are published when publishing works again, across restarts too.
 //
 // So a record Usage took is lost only if: the queue or the spool was full
-// (counted); the process died with it still in the queue (the writer
-// empties it continuously); the machine died within usageSyncInterval of
+// (counted); the process died with it still in the queue (at most
+// usageCoalesce after Usage took it: the writer empties it then); the machine died within usageSyncInterval of
 // the record being written, before its fsync; or the edge has no data dir
 // and stopped (or died) before the record was acknowledged. A record may
 // be published twice (an ack lost, a crash before the acknowledgement
@@ -55,6 +56,12 @@ const (
 	// usageSyncInterval bounds how long a written record waits for its
 	// fsync: what a machine crash can lose.
 	usageSyncInterval = 100 * time.Millisecond
+	// usageCoalesce is how long the writer lets records gather after the
+	// first one arrives before it spools them: under load one spool write
+	// and one JetStream message then carry many records instead of one each
+	// (each costs a write syscall, a goroutine switch and a PubAck). It is
+	// the longest a record waits in memory before the spool has it.
+	usageCoalesce = 2 * time.Millisecond
 	// usagePublishTimeout bounds the wait for a window's PubAcks.
 	usagePublishTimeout = 5 * time.Second
 	// usageRetryMin and usageRetryMax bound the wait between failed
@@ -253,6 +260,8 @@ func (u *usageSink) writeLoop() {
 	defer close(u.wDone)
 	t := time.NewTicker(usageSyncInterval)
 	defer t.Stop()
+	gather := time.NewTimer(usageCoalesce)
+	gather.Stop()
 	// A queue-full episode lasts while a sync interval saw new drops; it
 	// is logged when it begins and when it ends.
 	var seen, from uint64
@@ -260,6 +269,12 @@ func (u *usageSink) writeLoop() {
 	for {
 		select {
 		case <-u.ready:
+			gather.Reset(usageCoalesce)
+			select {
+			case <-gather.C:
+			case <-u.stopW:
+				gather.Stop()
+			}
 			u.flushQueue()
 		case <-t.C:
 			u.sync()

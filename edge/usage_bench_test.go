@@ -2,7 +2,9 @@ package edge
 
 import (
 	"encoding/json"
+	"runtime"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -147,6 +149,43 @@ func BenchmarkUsageSink(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	})
+	// steady is the edge under load: a record every 50 µs (20,000
+	// requests a second), none awaited, the producer yielding between
+	// them as request handlers do (run it with -cpu 1 too: the edge's
+	// single-core case, where the writer runs whenever a handler parks). It reports the JetStream messages
+	// per record: each costs a spool write, a publish and a PubAck, so the
+	// writer gathering records for usageCoalesce makes it a fraction of 1.
+	b.Run("steady", func(b *testing.B) {
+		ns := startJS(b)
+		usageStream(b, ns.client())
+		s := newTestSink(b, ns.url(), b.TempDir(), 1<<30, usageQueueRecords, true)
+		nc, err := nats.Connect(ns.url())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		var msgs atomic.Int64
+		if _, err := nc.Subscribe(event.UsageStreamSubjects, func(*nats.Msg) { msgs.Add(1) }); err != nil {
+			b.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		done := measureCPU(b)
+		next := time.Now()
+		for i := range b.N {
+			for time.Now().Before(next) {
+				// Paced without a timer per record, and yielding as a
+				// request handler parks on its connection.
+				runtime.Gosched()
+			}
+			next = next.Add(50 * time.Microsecond)
+			s.Usage(benchRec(i))
+		}
+		waitUntil(b, func() bool { return s.published.Load() == uint64(b.N) })
+		done()
+		b.ReportMetric(float64(msgs.Load())/float64(b.N), "msgs/record")
 	})
 	b.Run("burst", func(b *testing.B) {
 		ns := startJS(b)

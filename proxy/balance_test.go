@@ -132,9 +132,12 @@ func TestBalanceFloorsBounded(t *testing.T) {
 		t.Fatalf("%d floors kept", k)
 	}
 	// A day later, those are of a period that ended: swept for new ones.
+	// (128 new ones: the shards are picked by a seeded hash, and some shard
+	// taking more than its 16 new ones would drop one rightly; with 500,
+	// one in about eight runs did.)
 	clock.advance(24 * time.Hour)
 	_, before := p.BalanceStats()
-	for i := range 500 {
+	for i := range 128 {
 		p.MergeBalance([]event.Balance{balance(event.LimitScopeKey, fmt.Sprintf("n%d", i), event.LimitQuotaTokens, day+1, 1)})
 	}
 	if _, after := p.BalanceStats(); after != before {

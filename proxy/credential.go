@@ -12,7 +12,11 @@ var (
 	headerAPIKey    = []byte("X-API-Key")
 	headerAuth      = []byte(fasthttp.HeaderAuthorization)
 	headerRequestID = []byte("X-Request-Id")
-	bearer          = []byte("bearer ")
+	// Canonical (as fasthttp stores names): set with SetCanonical.
+	headerForwardedFor    = []byte(fasthttp.HeaderXForwardedFor)
+	headerForwardedProto  = []byte(fasthttp.HeaderXForwardedProto)
+	protoHTTP, protoHTTPS = []byte("http"), []byte("https")
+	bearer                = []byte("bearer ")
 )
 
 // credential returns the client's key: X-API-Key if present and non-empty,
@@ -120,30 +124,66 @@ func containsKeyLikeEscaped(q []byte) bool {
 	return containsKeyLike(dec)
 }
 
-// stripCredentials removes from a request about to be forwarded every value
-// of every header a client credential can travel in: X-API-Key,
-// Authorization, Proxy-Authorization, and every header whose name holds an
-// underscore — look-alikes such as X_API_Key, which CGI, WSGI and some
-// proxies read as X-API-Key (nginx drops such headers by default, and so
-// does the edge, whatever their name).
-func stripCredentials(h *fasthttp.RequestHeader) {
-	h.DelBytes(headerAPIKey)
-	h.DelBytes(headerAuth)
-	h.Del(fasthttp.HeaderProxyAuthorization)
-	var under [][]byte
+// forwardDropped are the headers scrubRequest removes from every
+// forwarded request by name (any letter case), besides the hop-by-hop ones
+// and every name holding an underscore: the credentials a client key can
+// travel in, Expect (the edge has read the body), and the headers the edge
+// sets itself — every copy, so that the one it sets is the only one an
+// upstream can read (a second X-Forwarded-For left beside the edge's puts
+// the client's claim last, where an upstream trusting its proxy reads the
+// client's address).
+var forwardDropped = [][]byte{
+	headerAPIKey, headerAuth, []byte(fasthttp.HeaderProxyAuthorization), []byte(fasthttp.HeaderExpect),
+	headerRequestID, headerForwardedFor, headerForwardedProto,
+}
+
+var (
+	headerContentEncoding = []byte(fasthttp.HeaderContentEncoding)
+	headerAcceptEncoding  = []byte(fasthttp.HeaderAcceptEncoding)
+)
+
+// scrubRequest removes from h, a request about to be forwarded, in one pass
+// over its fields: the hop-by-hop headers (and those Connection names),
+// forwardDropped, every header whose name holds an underscore — look-alikes
+// such as X_API_Key, which CGI, WSGI and some proxies read as X-API-Key
+// (nginx drops such headers by default, and so does the edge, whatever
+// their name) — and, when asked, Content-Encoding (the body forwarded is
+// the decoded one) and Accept-Encoding (the edge must read the answer).
+// Only what is there is deleted: a delete costs a scan of its own.
+func scrubRequest(h *fasthttp.RequestHeader, contentEncoding, acceptEncoding bool) {
+	hop := false
+	var drop [][]byte
 	var scratch [8][]byte
 	for k := range h.All() {
-		if bytes.IndexByte(k, '_') >= 0 {
-			if under == nil {
-				under = scratch[:0]
+		switch {
+		case isHopByHop(k):
+			hop = true
+		case bytes.IndexByte(k, '_') >= 0, inFold(forwardDropped, k),
+			contentEncoding && bytes.EqualFold(k, headerContentEncoding),
+			acceptEncoding && bytes.EqualFold(k, headerAcceptEncoding):
+			if drop == nil {
+				drop = scratch[:0]
 			}
-			under = append(under, k)
+			drop = append(drop, k)
 		}
 	}
-	for _, k := range under {
+	if hop {
+		stripHopByHop(h)
+	}
+	for _, k := range drop {
 		// Deleting while iterating is not allowed; the names alias the
 		// header's storage, so copy each before deleting.
 		var name [128]byte
 		h.DelBytes(append(name[:0], k...))
 	}
+}
+
+// inFold reports whether k is one of names, in any letter case.
+func inFold(names [][]byte, k []byte) bool {
+	for _, name := range names {
+		if len(name) == len(k) && bytes.EqualFold(k, name) {
+			return true
+		}
+	}
+	return false
 }

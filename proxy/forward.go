@@ -28,19 +28,10 @@ var hopByHopBytes = func() (out [][]byte) {
 	return out
 }()
 
-// stripRequestHopByHop and stripResponseHopByHop look for a hop-by-hop
-// header in one pass first: most messages carry none, and deleting each
-// possible name is a scan of its own. (Ranging over the concrete type's
-// headers allocates nothing; through an interface it would.)
-func stripRequestHopByHop(h *fasthttp.RequestHeader) {
-	for k := range h.All() {
-		if isHopByHop(k) {
-			stripHopByHop(h)
-			return
-		}
-	}
-}
-
+// stripResponseHopByHop looks for a hop-by-hop header in one pass first:
+// most messages carry none, and deleting each possible name is a scan of
+// its own. (Ranging over the concrete type's headers allocates nothing;
+// through an interface it would.) Requests: scrubRequest.
 func stripResponseHopByHop(h *fasthttp.ResponseHeader) {
 	for k := range h.All() {
 		if isHopByHop(k) {
@@ -104,31 +95,25 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	// flag and make the upstream request HTTPS too.
 	ctx.Request.Header.CopyTo(&req.Header)
 	req.SetBodyRaw(body.raw) // ctx outlives the upstream call that reads it
-	stripRequestHopByHop(&req.Header)
-	stripCredentials(&req.Header)
-	req.Header.Del(fasthttp.HeaderExpect) // the edge has read the body already
-	req.Header.DelBytes(headerRequestID)
-	if body.decoded {
-		req.Header.Del(fasthttp.HeaderContentEncoding) // body.raw is the decoded body
-	}
-	if m != nil && (m.strip || r.tok != nil) {
-		// The edge asked for usage and removes the chunk that carries it,
-		// or settles (and may cut, streamcut.go) a token reservation from
-		// the answer: it must be able to read it, so it comes unencoded
-		// (the client still gets it as the upstream sends it).
-		req.Header.Del(fasthttp.HeaderAcceptEncoding)
-	}
+	// body.raw is the decoded body when it came encoded. When the edge
+	// asked for usage and removes the chunk that carries it, or settles
+	// (and may cut, streamcut.go) a token reservation from the answer, it
+	// must be able to read the answer: it comes unencoded (the client
+	// still gets it as the upstream sends it).
+	scrubRequest(&req.Header, body.decoded, m != nil && (m.strip || r.tok != nil))
 	if refusal := s.setUpstreamAuth(&req.Header, &ctx.Request.Header, rt.dep, r); refusal != nil {
 		fail(ctx, refusal, 0)
 		return nil
 	}
-	req.Header.SetBytesKV(headerRequestID, ctx.Response.Header.PeekBytes(headerRequestID))
+	// scrubRequest removed every copy the client sent of these three; the
+	// names are canonical, so they are set without normalising them again.
+	req.Header.SetCanonical(headerRequestID, ctx.Response.Header.PeekBytes(headerRequestID))
 	var xff [256]byte
-	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, appendForwardedFor(xff[:0], &ctx.Request.Header, ctx.RemoteAddr()))
+	req.Header.SetCanonical(headerForwardedFor, appendForwardedFor(xff[:0], &ctx.Request.Header, ctx.RemoteAddr()))
 	if ctx.IsTLS() {
-		req.Header.Set(fasthttp.HeaderXForwardedProto, "https")
+		req.Header.SetCanonical(headerForwardedProto, protoHTTPS)
 	} else {
-		req.Header.Set(fasthttp.HeaderXForwardedProto, "http")
+		req.Header.SetCanonical(headerForwardedProto, protoHTTP)
 	}
 
 	resp := fasthttp.AcquireResponse()
@@ -332,7 +317,7 @@ func (b *upstreamBody) Close() error {
 }
 
 // setUpstreamAuth applies the deployment's upstream_auth mode to h, the
-// request about to be forwarded, from which stripCredentials has removed
+// request about to be forwarded, from which scrubRequest has removed
 // every client credential; client is the request as received. It returns
 // the refusal when the request cannot be forwarded.
 //

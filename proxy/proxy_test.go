@@ -193,7 +193,7 @@ func TestHopByHopStripped(t *testing.T) {
 	h.Set("Keep-Alive", "timeout=5")
 	h.Set("Upgrade", "websocket")
 	h.Set("X-Stays", "1")
-	stripRequestHopByHop(&h)
+	scrubRequest(&h, false, false)
 	for _, gone := range []string{"Connection", "X-Custom-Hop", "Keep-Alive", "Upgrade"} {
 		if len(h.Peek(gone)) != 0 {
 			t.Errorf("%s forwarded", gone)
@@ -304,15 +304,15 @@ func TestSecretEnvNamesInjective(t *testing.T) {
 	}
 }
 
-func TestStripHopByHopAllocatesNothingWhenClean(t *testing.T) {
+func TestScrubRequestAllocatesNothingWhenClean(t *testing.T) {
 	var h fasthttp.RequestHeader
 	h.Set("Content-Type", "application/json")
-	h.Set("X-Request-Id", "abc")
-	h.Set("Authorization", "Bearer x")
-	if n := testing.AllocsPerRun(100, func() { stripRequestHopByHop(&h) }); n != 0 {
+	h.Set("X-Stays", "abc")
+	h.Set("User-Agent", "test")
+	if n := testing.AllocsPerRun(100, func() { scrubRequest(&h, true, true) }); n != 0 {
 		t.Fatalf("%v allocations", n)
 	}
-	if string(h.Peek("X-Request-Id")) != "abc" {
+	if string(h.Peek("X-Stays")) != "abc" {
 		t.Fatal("end-to-end header dropped")
 	}
 }
