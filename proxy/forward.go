@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,25 +126,9 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 			err = s.send(req, resp, up, r)
 		}
 	}
-	if errors.Is(err, fasthttp.ErrNoFreeConns) {
-		// Every pooled connection stayed busy for MaxConnWaitTimeout: the
-		// upstream is not down, the edge is at its bound.
-		fasthttp.ReleaseResponse(resp)
-		s.metrics.poolFull.Inc()
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
-		fail(ctx, errUpstreamBusy, 0)
-		return nil
-	}
-	if denied := (*upstreamDeniedError)(nil); errors.As(err, &denied) {
-		fasthttp.ReleaseResponse(resp)
-		s.upstreamDenied(rt.dep, up, denied)
-		fail(ctx, errUpstreamNotAllowed, 0)
-		return nil
-	}
 	if err != nil {
+		s.upstreamFailed(ctx, err, rt.dep, up)
 		fasthttp.ReleaseResponse(resp)
-		s.log.Warn("upstream request failed", "deployment", rt.dep.Name, "upstream", up.host, "err", err)
-		fail(ctx, errUpstream, 0)
 		return nil
 	}
 	if r.models.filterList { // GET /v1/models under a model allow-list (models.go)
@@ -167,7 +152,8 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 		// The server closes the stream when it is done writing or the
 		// client went away; closing it ends the upstream request.
 		s.metrics.streams.Inc()
-		b := &upstreamBody{resp: resp, r: body, streams: s.metrics.streams, m: m}
+		b := upstreamBodies.Get().(*upstreamBody)
+		b.resp, b.r, b.streams, b.m = resp, body, s.metrics.streams, m
 		size := resp.Header.ContentLength()
 		if m != nil && m.strip {
 			size = -1 // what the client gets is shorter than what the upstream sent
@@ -185,6 +171,30 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	ctx.Response.SetBody(resp.Body())
 	fasthttp.ReleaseResponse(resp)
 	return nil
+}
+
+// upstreamFailed answers a request the upstream could not be asked: its
+// pool busy (503 with Retry-After), its address denied, or the request
+// failed.
+func (s *Proxy) upstreamFailed(ctx *fasthttp.RequestCtx, err error, dep *event.Deployment, up *upstream) {
+	if errors.Is(err, fasthttp.ErrNoFreeConns) {
+		// Every pooled connection stayed busy for MaxConnWaitTimeout: the
+		// upstream is not down, the edge is at its bound.
+		s.metrics.poolFull.Inc()
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		fail(ctx, errUpstreamBusy, 0)
+		return
+	}
+	// (Declared only here: a pointer given to errors.As escapes, and would
+	// be allocated for every request that succeeded too.)
+	var denied *upstreamDeniedError
+	if errors.As(err, &denied) {
+		s.upstreamDenied(dep, up, denied)
+		fail(ctx, errUpstreamNotAllowed, 0)
+		return
+	}
+	s.log.Warn("upstream request failed", "deployment", dep.Name, "upstream", up.host, "err", err)
+	fail(ctx, errUpstream, 0)
 }
 
 // noUpstream answers a request to a deployment that lists no upstream for
@@ -306,6 +316,10 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// upstreamBodies are reused: the server closes a body once, when it is done
+// with it, and keeps no reference after.
+var upstreamBodies = sync.Pool{New: func() any { return new(upstreamBody) }}
+
 func (b *upstreamBody) Close() error {
 	b.streams.Dec()
 	err := b.resp.CloseBodyStream()
@@ -313,6 +327,8 @@ func (b *upstreamBody) Close() error {
 	if b.s != nil {
 		b.s.finish(b.ctx, &b.out)
 	}
+	*b = upstreamBody{}
+	upstreamBodies.Put(b)
 	return err
 }
 
