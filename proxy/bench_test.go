@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,7 +49,10 @@ const benchUsageChunk = `data: {"choices":[],"created":1700000000,"id":"chatcmpl
 // its answer — for a key without any limit, answered whole (NoLimits) and
 // streamed (NoLimitsStream: the edge adds include_usage and strips the
 // usage-only chunk), and for a key under a token bound (what the token
-// admission costs). The upstream answers as bench upstream does.
+// admission costs), and for a chat body of 4 KB (LongPrompt: a system
+// prompt and a user turn of prose, its lines escaped as JSON encoders
+// write them — what the body's inspection costs as prompts grow). The
+// upstream answers as bench upstream does.
 func BenchmarkProxyServe(b *testing.B) {
 	ln := fasthttputil.NewInmemoryListener()
 	up := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
@@ -107,6 +111,7 @@ func BenchmarkProxyServe(b *testing.B) {
 		{"NoLimits", secret, chat, benchAnswer},
 		{"NoLimitsStream", secret, stream, string(bytes.Join(benchChunks, nil)) + "data: [DONE]\n\n"},
 		{"TokenBound", bSecret, chat, benchAnswer},
+		{"LongPrompt", secret, benchLongChat, benchAnswer},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			var req fasthttp.Request
@@ -134,3 +139,19 @@ func BenchmarkProxyServe(b *testing.B) {
 		})
 	}
 }
+
+// benchLongChat is a 4 KB chat body: a system prompt and a user turn of
+// prose in lines, each "\n" escaped, an odd quote and a few non-ASCII
+// letters among them.
+var benchLongChat = func() string {
+	line := `The edge counts every character of the prompt it forwards, so that a deployment's max_prompt_chars holds — even for a \"long\" prompt.\n`
+	var sys, user strings.Builder
+	for sys.Len() < 1000 {
+		sys.WriteString(line)
+	}
+	for user.Len() < 2900 {
+		user.WriteString(line)
+	}
+	return `{"model":"mock-model","messages":[{"role":"system","content":"` + sys.String() +
+		`"},{"role":"user","content":"` + user.String() + `"}],"max_tokens":16,"temperature":0.2}`
+}()

@@ -123,7 +123,19 @@ func parseBodyTokens(raw []byte, mt *maxTokens) (chars int, stream bool, err err
 // It is only asked to for a body without a backslash, in which no key or
 // string holds an escape: each string's bytes are then the same decoded
 // as written.
+//
+// The body is read fast (prompt_fast.go) when that reading is sure, else
+// in full (parseBodyFull); both read alike.
 func parseBodyModel(raw []byte, mt *maxTokens, model *[]byte) (chars int, stream bool, err error) {
+	if chars, stream, ok := parseBodyFast(raw, mt, model); ok {
+		return chars, stream, nil
+	}
+	return parseBodyFull(raw, mt, model)
+}
+
+// parseBodyFull is parseBodyModel's full reading: fastjson validates the
+// body, parses it, and the tree is visited.
+func parseBodyFull(raw []byte, mt *maxTokens, model *[]byte) (chars int, stream bool, err error) {
 	if err := fastjson.ValidateBytes(raw); err != nil {
 		return 0, false, errBodyNotJSON
 	}
