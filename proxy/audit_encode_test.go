@@ -8,6 +8,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/keymesh/keymesh/cache"
 	"github.com/keymesh/keymesh/event"
 )
@@ -177,4 +180,48 @@ func BenchmarkAuditEncode(b *testing.B) {
 	for range b.N {
 		buf = a.encode(buf[:0], ctx, out)
 	}
+}
+
+// The last counter counted is reused only for the same deployment and
+// status: counts alternating between them land where they belong.
+func TestMetricsCountAlternating(t *testing.T) {
+	m := testMetrics(t)
+	for _, r := range []struct {
+		dep  string
+		code int
+	}{{"a", 200}, {"a", 200}, {"b", 200}, {"a", 500}, {"a", 200}, {"", 404}, {"b", 200}} {
+		m.count(r.dep, r.code)
+		m.tokens(r.dep, int64(r.code), 1, 2)
+	}
+	for _, w := range []struct {
+		dep, code string
+		n         float64
+	}{{"a", "200", 3}, {"b", "200", 2}, {"a", "500", 1}, {"", "404", 1}} {
+		if got := counterValue(t, m.requests.WithLabelValues(w.dep, w.code)); got != w.n {
+			t.Errorf("requests %s %s: %v, want %v", w.dep, w.code, got, w.n)
+		}
+	}
+	for _, w := range []struct {
+		dep               string
+		prompt, completed float64
+	}{{"a", 1100, 4}, {"b", 400, 2}, {"", 404, 1}} {
+		if got := counterValue(t, m.tokenCounts.WithLabelValues(w.dep, "prompt")); got != w.prompt {
+			t.Errorf("prompt tokens %s: %v, want %v", w.dep, got, w.prompt)
+		}
+		if got := counterValue(t, m.tokenCounts.WithLabelValues(w.dep, "completion")); got != w.completed {
+			t.Errorf("completion tokens %s: %v, want %v", w.dep, got, w.completed)
+		}
+		if got := counterValue(t, m.tokenCounts.WithLabelValues(w.dep, "cached")); got != 2*w.completed {
+			t.Errorf("cached tokens %s: %v, want %v", w.dep, got, 2*w.completed)
+		}
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
