@@ -14,7 +14,7 @@ import (
 // members up one by one, was most of what metering cost a request. The
 // fast reading walks the bytes once instead: it checks the grammar as it
 // goes, counts the text of the choices in passing, and reads the usage
-// object's counts itself when they are plain integers (usageFast; fastjson
+// object's counts itself when they are plain integers (usageCounts; fastjson
 // reads any other usage object). A stream's chunks mostly differ from the
 // one before only in their text: such a chunk is read by comparing its
 // bytes with that one's (sameShape).
@@ -38,7 +38,7 @@ const fastMaxDepth = 200
 type fastReading struct {
 	usage []byte // the first "usage" member's value, when an object
 	// fields are usage's counts, when read on the way (usageRead): as
-	// usageFast reads them.
+	// usageCounts reads them.
 	fields       usageFields
 	usageRead    bool
 	choicesEmpty bool // the first "choices" is an empty array
