@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/hex"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -224,4 +226,20 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// An id the edge makes is its process's prefix, then the mixed counter,
+// each as lowercase hex: 32 characters, a new one each time.
+func TestRequestIDForm(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := string(appendRequestID(nil))
+		if len(id) != requestIDLen || id[:16] != hex.EncodeToString(requestIDPrefix[:]) || seen[id] {
+			t.Fatalf("id %q", id)
+		}
+		if _, err := hex.DecodeString(id); err != nil || strings.ToLower(id) != id {
+			t.Fatalf("id %q: %v", id, err)
+		}
+		seen[id] = true
+	}
 }
