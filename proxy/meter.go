@@ -560,13 +560,16 @@ func (s *Proxy) meterUsage(ctx *fasthttp.RequestCtx, out *outcome) {
 		return // metered only to settle a token reservation
 	}
 	start := ctx.Time()
-	var idBuf [requestIDLen]byte
+	// The edge's own id, never the client's X-Request-Id: a client
+	// repeating one must not have its records deduplicated away. Made in
+	// one buffer, then one string (a concatenation cost twice as much).
+	var idBuf [64 + requestIDLen]byte
+	id := append(append(idBuf[:0], s.cfg.EdgeID...), '-')
+	id = appendRequestID(id)
 	u := usageRecords.Get().(*event.Usage)
 	defer func() { *u = event.Usage{}; usageRecords.Put(u) }() // the sink keeps no pointer (UsageSink)
 	*u = event.Usage{
-		// The edge's own id, never the client's X-Request-Id: a client
-		// repeating one must not have its records deduplicated away.
-		ID:         s.cfg.EdgeID + "-" + string(appendRequestID(idBuf[:0])),
+		ID:         string(id),
 		Edge:       s.cfg.EdgeID,
 		Project:    out.dep.Project,
 		Deployment: out.dep.ID,

@@ -14,7 +14,7 @@ import (
 // members up one by one, was most of what metering cost a request. The
 // fast reading walks the bytes once instead: it checks the grammar as it
 // goes, counts the text of the choices in passing, and reads the usage
-// object's counts itself when they are plain integers (usageFast; fastjson
+// object's counts itself when they are plain integers (usageCounts; fastjson
 // reads any other usage object). A stream's chunks mostly differ from the
 // one before only in their text: such a chunk is read by comparing its
 // bytes with that one's (sameShape).
@@ -36,9 +36,13 @@ const fastMaxDepth = 200
 
 // fastReading is what the fast reading found in one object.
 type fastReading struct {
-	usage        []byte // the first "usage" member's value, when an object
-	choicesEmpty bool   // the first "choices" is an empty array
-	chars        int    // characters of generated text under "choices"
+	usage []byte // the first "usage" member's value, when an object
+	// fields are usage's counts, when read on the way (usageRead): as
+	// usageCounts reads them.
+	fields       usageFields
+	usageRead    bool
+	choicesEmpty bool // the first "choices" is an empty array
+	chars        int  // characters of generated text under "choices"
 	// The last string counted: where it starts and ends, and its
 	// characters (end 0: none).
 	lastStart, lastEnd, lastChars int
@@ -173,7 +177,18 @@ func (w *walker) object(i, depth int, ctx uint8) int {
 				return -1 // read by the full reading only
 			}
 		}
-		ve := w.value(vs, depth+1, sub)
+		var ve int
+		strEsc := false
+		switch {
+		case count && ctx == ctxTop: // the usage object, read on the way if it can be
+			if ve, w.r.usageRead = w.usageCounts(vs, depth+1); !w.r.usageRead {
+				ve = w.value(vs, depth+1, sub)
+			}
+		case vs < len(b) && b[vs] == '"': // most values: no call to value
+			ve, strEsc = scanString(b, vs)
+		default:
+			ve = w.value(vs, depth+1, sub)
+		}
 		if ve < 0 {
 			return -1
 		}
@@ -182,7 +197,7 @@ func (w *walker) object(i, depth int, ctx uint8) int {
 		case ctx == ctxTop: // the usage object
 			w.r.usage = b[vs:ve]
 		case b[vs] == '"':
-			n, ok := stringRunes(b[vs:ve])
+			n, ok := stringChars(b[vs:ve], strEsc)
 			if !ok {
 				return -1
 			}
@@ -389,22 +404,18 @@ func number(b []byte, i int) int {
 	if b[i] == '-' {
 		i++
 	}
-	digits := func() bool {
-		s := i
-		for i < len(b) && '0' <= b[i] && b[i] <= '9' {
-			i++
-		}
-		return i > s
-	}
 	switch {
-	case i < len(b) && b[i] == '0':
+	case i >= len(b):
+		return -1
+	case b[i] == '0':
 		i++
-	case !digits():
+	case '1' <= b[i] && b[i] <= '9':
+		i = digits(b, i+1)
+	default:
 		return -1
 	}
 	if i < len(b) && b[i] == '.' {
-		i++
-		if !digits() {
+		if i = digits(b, i+1); b[i-1] == '.' {
 			return -1
 		}
 	}
@@ -413,9 +424,18 @@ func number(b []byte, i int) int {
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		if !digits() {
+		s := i
+		if i = digits(b, i); i == s {
 			return -1
 		}
+	}
+	return i
+}
+
+// digits returns the end of the decimal digits from b[i].
+func digits(b []byte, i int) int {
+	for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+		i++
 	}
 	return i
 }
@@ -447,6 +467,21 @@ func stringRunes(s []byte) (int, bool) {
 	return utf8.RuneCount(s) - escapes, true
 }
 
+// stringChars is stringRunes(s), scanString having said whether s holds
+// a backslash (esc): without one, its characters are counted eight bytes
+// at a time while they are ASCII (one character each), then by utf8.
+func stringChars(s []byte, esc bool) (int, bool) {
+	if esc {
+		return stringRunes(s)
+	}
+	s = s[1 : len(s)-1]
+	i := 0
+	for i+8 <= len(s) && binary.LittleEndian.Uint64(s[i:])&swarHigh == 0 {
+		i += 8
+	}
+	return i + utf8.RuneCount(s[i:]), true
+}
+
 // fastChunk is line's fast reading of a streamed chunk's payload: what
 // chunk would have found, or ok false (nothing read) for the full reading.
 func (m *meter) fastChunk(payload []byte) (usageOnly, ok bool) {
@@ -464,8 +499,8 @@ func (m *meter) fastChunk(payload []byte) (usageOnly, ok bool) {
 		m.shapeStart, m.shapeEnd, m.shapeChars = r.lastStart, r.lastEnd, r.chars-r.lastChars
 	}
 	if r.usage != nil {
-		if f, ok := usageFast(r.usage); ok {
-			m.takeUsage(&f)
+		if r.usageRead {
+			m.takeUsage(&r.fields)
 		} else if u, err := m.parser.ParseBytes(r.usage); err == nil {
 			m.usage(u)
 		} else {
@@ -486,8 +521,8 @@ func (m *meter) fastDoc() bool {
 	}
 	var one meter
 	if r.usage != nil {
-		if f, ok := usageFast(r.usage); ok {
-			one.takeUsage(&f)
+		if r.usageRead {
+			one.takeUsage(&r.fields)
 		} else if u, err := m.parser.ParseBytes(r.usage); err == nil {
 			one.usage(u)
 		} else {
@@ -542,33 +577,38 @@ const (
 	swarHigh = 0x8080808080808080
 )
 
-// usageFast reads a usage object (one fastRead found well formed) as
-// usage does, when each count it holds is null or a plain integer of at
-// most ten digits and no key holds an escape; ok false otherwise.
-func usageFast(b []byte) (f usageFields, ok bool) {
+// usageCounts reads the usage object at b[i] (at nesting depth) on the
+// way, into w.r.fields: as usage does, when each count it holds is null or
+// a plain integer of at most ten digits and no key holds an escape. It
+// returns the object's end and true, or false (nothing read: the walk
+// goes over it again, and fastjson reads it) otherwise.
+func (w *walker) usageCounts(i, depth int) (int, bool) {
+	if depth > fastMaxDepth {
+		return -1, false
+	}
+	b, f := w.b, &w.r.fields
 	var seen [len(usagePaths)]bool
-	w := walker{b: b}
-	i := skipWS(b, 1)
+	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return f, true
+		return i + 1, true
 	}
 	for {
 		if i >= len(b) || b[i] != '"' {
-			return f, false
+			return -1, false
 		}
 		ke, esc := scanString(b, i)
 		if ke < 0 || esc {
-			return f, false
+			return -1, false
 		}
 		key := b[i+1 : ke-1]
 		i = skipWS(b, ke)
 		if i >= len(b) || b[i] != ':' {
-			return f, false
+			return -1, false
 		}
 		vs := skipWS(b, i+1)
-		ve := w.value(vs, 2, ctxOther)
+		ve := w.value(vs, depth+1, ctxOther)
 		if ve < 0 {
-			return f, false
+			return -1, false
 		}
 		k := -1
 		switch string(key) {
@@ -587,31 +627,31 @@ func usageFast(b []byte) (f usageFields, ok bool) {
 		}
 		if k >= 0 && !seen[k] {
 			seen[k] = true
-			v := b[vs:ve]
+			v, ok := b[vs:ve], false
 			if k >= 4 { // {"cached_tokens": n}; not an object: none
 				if v[0] != '{' {
 					v = nil
 				} else if v, ok = firstMember(v, "cached_tokens"); !ok {
-					return f, false
+					return -1, false
 				}
 			}
 			if v != nil {
 				if f[k].n, f[k].ok, f[k].bad, ok = plainCount(v); !ok {
-					return f, false
+					return -1, false
 				}
 			}
 		}
 		i = skipWS(b, ve)
 		if i >= len(b) {
-			return f, false
+			return -1, false
 		}
 		switch b[i] {
 		case ',':
 			i = skipWS(b, i+1)
 		case '}':
-			return f, true
+			return i + 1, true
 		default:
-			return f, false
+			return -1, false
 		}
 	}
 }

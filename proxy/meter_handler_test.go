@@ -170,7 +170,7 @@ func TestMeterHandlerJSON(t *testing.T) {
 		u := recs[i]
 		wantUsage(t, u, tt.p, tt.c, tt.k, false)
 		if u.Edge != "edge-1" || u.KeyID != "key_1" || u.Project != "prj_1" || u.Deployment != "dep_1" || u.Status != 200 ||
-			u.Time.IsZero() || !strings.HasPrefix(u.ID, "edge-1-") {
+			u.Time.IsZero() || !strings.HasPrefix(u.ID, "edge-1-") || len(u.ID) != len("edge-1-")+requestIDLen {
 			t.Fatalf("record %+v", u)
 		}
 		if got := ms.up.requests()[i].body; got != tt.body {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -76,13 +77,19 @@ type metrics struct {
 	streamsCut *prometheus.CounterVec
 
 	reqMu    sync.RWMutex
-	reqCache map[reqLabel]prometheus.Counter
+	reqCache map[reqLabel]*reqCounter
+	// lastReq is the counter counted last: most requests an edge answers
+	// are of the deployment and status the one before was (a map lookup
+	// under the lock for each cost more than the count itself).
+	lastReq atomic.Pointer[reqCounter]
 
 	// tokenCounts counts metered tokens by deployment name and kind
-	// (prompt, completion, cached); tokenCache holds each deployment's three.
+	// (prompt, completion, cached); tokenCache holds each deployment's
+	// three, lastTokens those counted last.
 	tokenCounts *prometheus.CounterVec
 	tokMu       sync.RWMutex
-	tokenCache  map[string]*[3]prometheus.Counter
+	tokenCache  map[string]*tokenCounters
+	lastTokens  atomic.Pointer[tokenCounters]
 }
 
 type reqLabel struct {
@@ -90,10 +97,23 @@ type reqLabel struct {
 	code       int
 }
 
+// reqCounter is the request counter of a deployment and status.
+type reqCounter struct {
+	reqLabel
+	c prometheus.Counter
+}
+
+// tokenCounters are a deployment's token counters: prompt, completion,
+// cached.
+type tokenCounters struct {
+	deployment string
+	c          [3]prometheus.Counter
+}
+
 // newMetrics registers the request path's metrics on reg, and the rate
 // limiter's bound: what happens at it is counted (DESIGN invariant 5).
 func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
-	m := &metrics{reqCache: map[reqLabel]prometheus.Counter{}, tokenCache: map[string]*[3]prometheus.Counter{}}
+	m := &metrics{reqCache: map[reqLabel]*reqCounter{}, tokenCache: map[string]*tokenCounters{}}
 	m.tokenCounts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_tokens_total",
 		Help: "Tokens of metered requests, by deployment and kind (prompt, completion, cached), as the upstream reported them or as estimated."},
 		[]string{"deployment", "kind"})
@@ -152,32 +172,42 @@ func (m *metrics) decide(r reason) {
 
 // count records one answered request.
 func (m *metrics) count(deployment string, code int) {
+	if c := m.lastReq.Load(); c != nil && c.code == code && c.deployment == deployment {
+		c.c.Inc()
+		return
+	}
 	l := reqLabel{deployment, code}
 	m.reqMu.RLock()
 	c, ok := m.reqCache[l]
 	m.reqMu.RUnlock()
 	if !ok {
-		c = m.requests.WithLabelValues(deployment, strconv.Itoa(code))
+		c = &reqCounter{l, m.requests.WithLabelValues(deployment, strconv.Itoa(code))}
 		m.reqMu.Lock()
 		m.reqCache[l] = c
 		m.reqMu.Unlock()
 	}
-	c.Inc()
+	m.lastReq.Store(c)
+	c.c.Inc()
 }
 
 // tokens counts one metered request's tokens.
 func (m *metrics) tokens(deployment string, prompt, completion, cached int64) {
-	m.tokMu.RLock()
-	c, ok := m.tokenCache[deployment]
-	m.tokMu.RUnlock()
-	if !ok {
-		c = &[3]prometheus.Counter{m.tokenCounts.WithLabelValues(deployment, "prompt"),
-			m.tokenCounts.WithLabelValues(deployment, "completion"), m.tokenCounts.WithLabelValues(deployment, "cached")}
-		m.tokMu.Lock()
-		m.tokenCache[deployment] = c
-		m.tokMu.Unlock()
+	c := m.lastTokens.Load()
+	if c == nil || c.deployment != deployment {
+		m.tokMu.RLock()
+		var ok bool
+		c, ok = m.tokenCache[deployment]
+		m.tokMu.RUnlock()
+		if !ok {
+			c = &tokenCounters{deployment, [3]prometheus.Counter{m.tokenCounts.WithLabelValues(deployment, "prompt"),
+				m.tokenCounts.WithLabelValues(deployment, "completion"), m.tokenCounts.WithLabelValues(deployment, "cached")}}
+			m.tokMu.Lock()
+			m.tokenCache[deployment] = c
+			m.tokMu.Unlock()
+		}
+		m.lastTokens.Store(c)
 	}
-	c[0].Add(float64(prompt))
-	c[1].Add(float64(completion))
-	c[2].Add(float64(cached))
+	c.c[0].Add(float64(prompt))
+	c.c[1].Add(float64(completion))
+	c.c[2].Add(float64(cached))
 }

@@ -650,6 +650,8 @@ var (
 		return p
 	}()
 	requestIDCounter atomic.Uint64
+	// requestIDPrefixHex is the prefix as every id starts, encoded once.
+	requestIDPrefixHex = hex.EncodeToString(requestIDPrefix[:])
 )
 
 const requestIDLen = 32
@@ -679,7 +681,7 @@ func validRequestID(id []byte) bool {
 }
 
 func appendRequestID(dst []byte) []byte {
-	dst = hex.AppendEncode(dst, requestIDPrefix[:])
+	dst = append(dst, requestIDPrefixHex...)
 	// splitmix64's finalizer: a bijection on uint64.
 	z := requestIDCounter.Add(1)
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
