@@ -84,14 +84,19 @@ func (c *Cluster) gossipLoop() {
 }
 
 // gossipRound sends one packet of queued messages to each of up to fanout
-// random live peers.
+// random live peers, while events or heartbeats are queued: limit reports
+// alone ride in memberlist's packets, as they always did, so that a quiet
+// cluster sends no more packets than memberlist does.
 func (c *Cluster) gossipRound() {
-	if c.queue.NumQueued()+c.lqueue.NumQueued() == 0 {
+	if c.queue.NumQueued() == 0 {
 		return
 	}
 	peers := c.peerNodes()
 	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
 	for _, n := range peers[:min(c.fanout, len(peers))] {
+		if c.queue.NumQueued() == 0 {
+			return
+		}
 		msgs := c.takeBroadcasts(packedEntryOverhead, c.packetBytes-1)
 		if len(msgs) == 0 {
 			return

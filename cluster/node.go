@@ -143,7 +143,6 @@ type Cluster struct {
 	limits limits // limit reports seen and queued (limits.go)
 
 	meta      atomic.Pointer[[]byte] // our node metadata
-	kick      chan struct{}          // advertise now
 	catchUp   catchUp
 	asks      asks
 	joined    atomic.Bool
@@ -181,7 +180,7 @@ func Create(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Logger, inbox: make(chan []byte, 4096), sends: make(chan struct{}, maxSenders),
 		events: map[uint64][]byte{}, stop: make(chan struct{}), peers: map[string]memberlist.Node{},
-		failed: map[string]failedPeer{}, leaving: map[string]time.Time{}, kick: make(chan struct{}, 1),
+		failed: map[string]failedPeer{}, leaving: map[string]time.Time{},
 		firstJoin: make(chan struct{})}
 	c.catchUp.init()
 	c.asks.init()
@@ -266,7 +265,11 @@ func (c *Cluster) Record(rev uint64, wire []byte) {
 		}
 	}
 	c.mu.Unlock()
-	c.advertiseSoon()
+	// Our new revision is advertised at the next SyncInterval, not now:
+	// every node re-advertising on every event floods memberlist with alive
+	// messages, which its packet handler takes before any user message,
+	// just while the event spreads (gossip.go); catch-up acts only after a
+	// whole SyncInterval behind anyway.
 
 	msg := make([]byte, 9+len(wire))
 	msg[0] = msgEvent
@@ -521,7 +524,7 @@ func (c *Cluster) peer(name string) *memberlist.Node {
 }
 
 // syncLoop keeps our metadata (revision, Info) current: every
-// SyncInterval, and soon after a new event is recorded.
+// SyncInterval (not at each event recorded: see Record).
 func (c *Cluster) syncLoop() {
 	defer c.done.Done()
 	t := time.NewTicker(c.cfg.SyncInterval)
@@ -531,7 +534,6 @@ func (c *Cluster) syncLoop() {
 		case <-c.stop:
 			return
 		case <-t.C:
-		case <-c.kick:
 		}
 		meta := c.currentMeta()
 		if bytes.Equal(meta, *c.meta.Load()) || c.gone.Load() {
@@ -553,14 +555,6 @@ func (c *Cluster) currentMeta() []byte {
 		in.SignedAt, in.Signature = c.cfg.Sign(rev)
 	}
 	return encodeMeta(rev, in)
-}
-
-// advertiseSoon wakes syncLoop without blocking.
-func (c *Cluster) advertiseSoon() {
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
 }
 
 // joinLoop joins cfg.Join at start, retrying until one peer answers, and
