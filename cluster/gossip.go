@@ -16,21 +16,26 @@ import (
 // retransmitted by each) and gives the delegate only the room left over;
 // and a TransmitLimitedQueue hands out the least-sent message first, so a
 // limit report queued a moment ago goes before an event sent once. With
-// 16 nodes whose metadata changes with every event (the applied revision)
-// and whose limit reports are refreshed every 200 ms, an event sat in its
-// queue for several rounds while packets left without it: measured, 16
-// in-process nodes with the WAN fan-out took 5–48 rounds to reach the last
-// node instead of 1–2.5 (cluster_test.go, TestEventsSpreadWithinRounds).
+// 16 nodes re-advertising their metadata on every event (the applied
+// revision) and limit reports refreshed every 200 ms, an event sat in its
+// queue for rounds while packets left without it: measured with 16
+// in-process nodes and the WAN fan-out, of the packets sent while an event
+// was queued, a quarter had no room left by memberlist's alive messages
+// and over half had room but carried fresher limit reports first; the last
+// node had the event after 5–48 rounds (TestEventsSpreadWithinRounds).
 //
 // So the cluster gossips its own queues itself, at memberlist's interval
-// and fan-out: every GossipInterval, and at once when a new event is
-// recorded, each of GossipNodes random live peers gets one packet with
-// the events and heartbeats queued (fewest sends first), and then as many
-// limit reports as the room left holds. Memberlist's own packets still
-// carry what fits in their room (delegate.GetBroadcasts), from the same
-// queues in the same order; every send of a message, on either path,
-// counts against its RetransmitMult budget, so the total traffic per
-// message is what memberlist alone would send.
+// and fan-out, while events or heartbeats are queued: every
+// GossipInterval, and at once when a new event is recorded (a hop then
+// costs the link's delay, not that plus the wait for the next round), each
+// of GossipNodes random live peers gets one packet with the events and
+// heartbeats queued (fewest sends first), then as many limit reports as
+// the room left holds. Limit reports alone ride in memberlist's packets,
+// as before, so a quiet cluster sends no more packets than memberlist
+// does. Memberlist's packets carry what fits in their room too
+// (delegate.GetBroadcasts), from the same queues in the same order; every
+// send of a message, on either path, counts against its RetransmitMult
+// budget, so the sends per message are what memberlist alone made.
 
 // packetOverhead is what memberlist adds to a user message sent by packet:
 // the message-type byte, a CRC header (5) and, at worst, encryption
