@@ -118,3 +118,28 @@ func TestEventsSpreadWithinRounds(t *testing.T) {
 		}
 	}
 }
+
+// A packed gossip packet delivers each message in it, in order; one cut
+// short, or a packed message inside, ends it without a panic, and what came
+// before still counts.
+func TestPackedPacket(t *testing.T) {
+	r := &reports{got: map[string]int{}}
+	n := startWith(t, "self", [][]byte{testKey}, nil, func(c *Config) { c.DeliverLimits = r.deliver })
+	a, b, c := limitsMsg("peer-a", 1, "a1"), limitsMsg("peer-b", 1, "b1"), limitsMsg("peer-c", 1, "c1")
+	if single := pack([][]byte{a}); !bytes.Equal(single, a) {
+		t.Fatalf("a single message is packed as %q, want itself", single)
+	}
+	n.c.handle(pack([][]byte{a, b}))
+	if r.count("a1") != 1 || r.count("b1") != 1 {
+		t.Fatalf("delivered a1 %d, b1 %d times", r.count("a1"), r.count("b1"))
+	}
+	cut := pack([][]byte{c, limitsMsg("peer-d", 1, "d1")})
+	n.c.handle(cut[:len(cut)-3])
+	nested := pack([][]byte{pack([][]byte{limitsMsg("peer-e", 1, "e1"), limitsMsg("peer-f", 1, "f1")}), limitsMsg("peer-g", 1, "g1")})
+	n.c.handle(nested)
+	n.c.handle([]byte{msgPacked, 0xff, 0xff, 1})
+	n.c.handle([]byte{msgPacked, 0, 0, 0, 1, msgLimits})
+	if r.count("c1") != 1 || r.count("d1") != 0 || r.count("e1") != 0 || r.count("g1") != 0 {
+		t.Fatalf("malformed packets: delivered c1 %d, d1 %d, e1 %d, g1 %d times", r.count("c1"), r.count("d1"), r.count("e1"), r.count("g1"))
+	}
+}
