@@ -73,13 +73,17 @@ func (c *Cluster) gossipSoon() {
 // link's delay, not in that plus the wait for the next round).
 func (c *Cluster) gossipLoop() {
 	defer c.done.Done()
-	t := time.NewTicker(c.gossipEvery)
-	defer t.Stop()
+	var tick <-chan time.Time // memberlist's gossip turned off: rounds on new events only
+	if c.gossipEvery > 0 {
+		t := time.NewTicker(c.gossipEvery)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-c.stop:
 			return
-		case <-t.C:
+		case <-tick:
 		case <-c.gossipKick:
 		}
 		if !c.gone.Load() {
