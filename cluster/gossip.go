@@ -19,10 +19,12 @@ import (
 // 16 nodes re-advertising their metadata on every event (the applied
 // revision) and limit reports refreshed every 200 ms, an event sat in its
 // queue for rounds while packets left without it: measured with 16
-// in-process nodes and the WAN fan-out, of the packets sent while an event
-// was queued, a quarter had no room left by memberlist's alive messages
-// and over half had room but carried fresher limit reports first; the last
-// node had the event after 5–48 rounds (TestEventsSpreadWithinRounds).
+// in-process nodes, the WAN profile's fan-out and compression, a limit
+// report every 2.5 rounds, of the packets sent while an event was queued,
+// a quarter had no room left by memberlist's alive messages and over half
+// had room but carried fresher limit reports first; the last node had the
+// event after 5–48 rounds (TestEventsSpreadWithinRounds, lighter: 3.6–9.9
+// before, at most 1.1 after).
 //
 // So the cluster gossips its own queues itself, at memberlist's interval
 // and fan-out, while events or heartbeats are queued: every
