@@ -10,8 +10,9 @@
 // cannot join or listen.
 //
 // Guarantees: every event an edge Records is offered to every peer — by UDP
-// gossip, re-broadcast by each receiver, or directly over TCP when it is too
-// large for a gossip packet; each node hands an event to Deliver at most once
+// gossip in the cluster's own rounds (gossip.go: events first, never behind
+// memberlist's own messages or limit reports), re-broadcast by each
+// receiver, or directly over TCP when it is too large for a gossip packet; each node hands an event to Deliver at most once
 // per revision. The origin's signed heartbeats travel the same way
 // (RecordHeartbeat / DeliverHeartbeat), so that an edge cut off from NATS can
 // still prove it is current. Edges' limit reports (RecordLimits /
@@ -122,7 +123,8 @@ type Config struct {
 	// LogSize is how many recent events the node keeps to answer peers
 	// catching up. Default 4096.
 	LogSize int
-	// MaxQueued bounds the gossip queue. Default 4096 messages.
+	// MaxQueued bounds each gossip queue (events and heartbeats; limit
+	// reports). Default 4096 messages.
 	MaxQueued int
 	// SyncInterval is how often the node advertises its revision and
 	// compares it with its peers'. Default 1s (local preset: 100ms).

@@ -26,8 +26,10 @@ func (d *delegate) NodeMeta(limit int) []byte {
 // verified it and called Record, so a forged message travels no further.
 func (d *delegate) NotifyMsg(b []byte) { d.c.receive(b) }
 
+// GetBroadcasts fills the room memberlist leaves in its own packets, from
+// the same queues as the cluster's own gossip rounds (gossip.go).
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.c.queue.GetBroadcasts(overhead, limit)
+	return d.c.takeBroadcasts(overhead, limit)
 }
 
 func (d *delegate) LocalState(join bool) []byte          { return nil }

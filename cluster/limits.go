@@ -162,7 +162,7 @@ func (c *Cluster) RecordLimits(wire []byte) {
 // origin is queued already.
 func (c *Cluster) queueLimits(origin string, seq uint64, msg []byte) {
 	if c.limits.claim(origin, seq) {
-		c.enqueue(&limitsBroadcast{l: &c.limits, origin: origin, seq: seq, msg: msg})
+		c.enqueue(c.lqueue, &limitsBroadcast{l: &c.limits, origin: origin, seq: seq, msg: msg})
 	}
 }
 

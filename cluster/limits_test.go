@@ -83,7 +83,7 @@ func TestLimitReportsReachEveryNodeOnce(t *testing.T) {
 	// Let the relays run out, then count.
 	testutil.CheckFor(t, 10*time.Second, 0, func() error {
 		for _, n := range nodes {
-			if q := n.c.queue.NumQueued(); q != 0 {
+			if q := n.c.Stats().Queued; q != 0 {
 				return fmt.Errorf("%s still has %d broadcasts queued", n.c.Name(), q)
 			}
 		}
@@ -123,10 +123,10 @@ func TestLimitReportsRelayedOnceNewestPerOrigin(t *testing.T) {
 	c := n.c
 	queued := func() []string {
 		var out []string
-		for _, b := range c.queue.GetBroadcasts(0, 1<<20) {
+		for _, b := range c.lqueue.GetBroadcasts(0, 1<<20) {
 			out = append(out, string(b))
 		}
-		c.queue.Reset()
+		c.lqueue.Reset()
 		return out
 	}
 

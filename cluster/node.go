@@ -27,6 +27,7 @@ const (
 	msgAnswer    = 'A' // id(8) sealed-record (empty: "I hold none")
 	msgLeaving   = 'L' // name: sent just before a graceful leave
 	msgLimits    = 'R' // seq(8) origin-len(1) origin limit-report (limits.go)
+	msgPacked    = 'P' // { len(2) message }...: one gossip packet of several (gossip.go)
 )
 
 // maxGossipBytes is the largest message sent by UDP gossip; memberlist
@@ -54,7 +55,12 @@ type Peer struct {
 // Stats are the cluster's counters.
 type Stats struct {
 	Members int `json:"members"`
-	Queued  int `json:"queued"`
+	// Queued counts the messages waiting in the gossip queues (events and
+	// heartbeats; limit reports).
+	Queued int `json:"queued"`
+	// GossipPackets counts the packets this node's own gossip rounds sent
+	// (gossip.go); memberlist's packets also carry what fits.
+	GossipPackets uint64 `json:"gossip_packets"`
 	// Broadcast counts events offered to peers, SentTCP those sent over
 	// TCP for being too large, Received those delivered from peers.
 	Broadcast    uint64 `json:"broadcast"`
@@ -106,13 +112,19 @@ type Stats struct {
 // Cluster is this node's membership in the gossip ring. Its methods are
 // safe for concurrent use.
 type Cluster struct {
-	cfg   Config
-	log   *slog.Logger
-	ml    *memberlist.Memberlist
-	addr  string
-	queue *memberlist.TransmitLimitedQueue
-	inbox chan []byte
-	sends chan struct{} // semaphore of TCP sends in flight
+	cfg    Config
+	log    *slog.Logger
+	ml     *memberlist.Memberlist
+	addr   string
+	queue  *memberlist.TransmitLimitedQueue // events and heartbeats: sent first
+	lqueue *memberlist.TransmitLimitedQueue // limit reports: the room events leave
+
+	gossipKick  chan struct{} // a gossip round now (gossip.go)
+	gossipEvery time.Duration // memberlist's GossipInterval
+	fanout      int           // memberlist's GossipNodes
+	packetBytes int           // room for one gossip packet
+	inbox       chan []byte
+	sends       chan struct{} // semaphore of TCP sends in flight
 
 	mu     sync.Mutex
 	events map[uint64][]byte // recent events by revision, at most LogSize
@@ -131,7 +143,6 @@ type Cluster struct {
 	limits limits // limit reports seen and queued (limits.go)
 
 	meta      atomic.Pointer[[]byte] // our node metadata
-	kick      chan struct{}          // advertise now
 	catchUp   catchUp
 	asks      asks
 	joined    atomic.Bool
@@ -150,6 +161,7 @@ type Cluster struct {
 	requests, answered, asked, askFailures, fetches, hbSent, hbReceived                       atomic.Uint64
 	asksN, asksAnswered, answersRefused, asksServed, joins, rejoins, left, failedN, conflicts atomic.Uint64
 	limitsSent, limitsReceived, limitsDup, limitsBad, limitsDropped                           atomic.Uint64
+	gossipPackets                                                                             atomic.Uint64
 }
 
 type failedPeer struct {
@@ -168,17 +180,21 @@ func Create(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Logger, inbox: make(chan []byte, 4096), sends: make(chan struct{}, maxSenders),
 		events: map[uint64][]byte{}, stop: make(chan struct{}), peers: map[string]memberlist.Node{},
-		failed: map[string]failedPeer{}, leaving: map[string]time.Time{}, kick: make(chan struct{}, 1),
+		failed: map[string]failedPeer{}, leaving: map[string]time.Time{},
 		firstJoin: make(chan struct{})}
 	c.catchUp.init()
 	c.asks.init()
 	c.limits.init()
-	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mlc.RetransmitMult, NumNodes: func() int {
+	numNodes := func() int {
 		if c.ml == nil {
 			return 1
 		}
 		return c.ml.NumMembers()
-	}}
+	}
+	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mlc.RetransmitMult, NumNodes: numNodes}
+	c.lqueue = &memberlist.TransmitLimitedQueue{RetransmitMult: mlc.RetransmitMult, NumNodes: numNodes}
+	c.gossipKick = make(chan struct{}, 1)
+	c.gossipEvery, c.fanout, c.packetBytes = mlc.GossipInterval, max(mlc.GossipNodes, 1), packetBudget(mlc)
 	if in := cfg.Info(); !infoFits(in) {
 		c.log.Warn("gossip: edge id, site or address too long for node metadata; peers will not relay this edge's heartbeats",
 			"id_bytes", len(in.ID), "site_bytes", len(in.Site), "address_bytes", len(in.Address))
@@ -193,8 +209,9 @@ func Create(cfg Config) (*Cluster, error) {
 	}
 	c.addr = c.ml.LocalNode().Address() // read once: memberlist updates that Node in place
 	// Goroutines last.
-	c.done.Add(4)
+	c.done.Add(5)
 	go c.work()
+	go c.gossipLoop()
 	go c.syncLoop()
 	go c.catchUpLoop()
 	go c.joinLoop()
@@ -248,7 +265,11 @@ func (c *Cluster) Record(rev uint64, wire []byte) {
 		}
 	}
 	c.mu.Unlock()
-	c.advertiseSoon()
+	// Our new revision is advertised at the next SyncInterval, not now:
+	// every node re-advertising on every event floods memberlist with alive
+	// messages, which its packet handler takes before any user message,
+	// just while the event spreads (gossip.go); catch-up acts only after a
+	// whole SyncInterval behind anyway.
 
 	msg := make([]byte, 9+len(wire))
 	msg[0] = msgEvent
@@ -256,7 +277,8 @@ func (c *Cluster) Record(rev uint64, wire []byte) {
 	copy(msg[9:], wire)
 	c.broadcast.Add(1)
 	if len(msg) <= maxGossipBytes {
-		c.enqueue(&eventBroadcast{rev: rev, msg: msg})
+		c.enqueue(c.queue, &eventBroadcast{rev: rev, msg: msg})
+		c.gossipSoon()
 		return
 	}
 	// Too big for a gossip packet: straight to every peer, reliably.
@@ -281,7 +303,7 @@ func (c *Cluster) RecordHeartbeat(wire []byte) {
 	msg := append([]byte{msgHeartbeat}, wire...)
 	c.hbSent.Add(1)
 	if len(msg) <= maxGossipBytes {
-		c.enqueue(&heartbeatBroadcast{msg: msg})
+		c.enqueue(c.queue, &heartbeatBroadcast{msg: msg})
 		return
 	}
 	for _, n := range c.peerNodes() {
@@ -289,12 +311,13 @@ func (c *Cluster) RecordHeartbeat(wire []byte) {
 	}
 }
 
-func (c *Cluster) enqueue(b memberlist.Broadcast) {
-	if c.queue.NumQueued() >= c.cfg.MaxQueued {
+// enqueue queues b in q, pruning the most-sent messages past MaxQueued.
+func (c *Cluster) enqueue(q *memberlist.TransmitLimitedQueue, b memberlist.Broadcast) {
+	if q.NumQueued() >= c.cfg.MaxQueued {
 		c.droppedQueue.Add(1)
-		c.queue.Prune(c.cfg.MaxQueued - 1)
+		q.Prune(c.cfg.MaxQueued - 1)
 	}
-	c.queue.QueueBroadcast(b)
+	q.QueueBroadcast(b)
 }
 
 // sendAsync sends msg to n over TCP in the background, bounded by
@@ -363,8 +386,9 @@ func (c *Cluster) PeersVersion() uint64 { return c.peersV.Load() }
 
 // Stats returns a copy of the counters.
 func (c *Cluster) Stats() Stats {
-	return Stats{Members: c.ml.NumMembers(), Queued: c.queue.NumQueued(),
-		Broadcast: c.broadcast.Load(), SentTCP: c.sentTCP.Load(), Received: c.received.Load(),
+	return Stats{Members: c.ml.NumMembers(), Queued: c.queue.NumQueued() + c.lqueue.NumQueued(),
+		GossipPackets: c.gossipPackets.Load(),
+		Broadcast:     c.broadcast.Load(), SentTCP: c.sentTCP.Load(), Received: c.received.Load(),
 		DroppedInbox: c.droppedInbox.Load(), DroppedQueue: c.droppedQueue.Load(), DroppedSends: c.droppedSends.Load(),
 		CatchUpRequests: c.requests.Load(), CatchUpsAnswered: c.answered.Load(),
 		CatchUpsAsked: c.asked.Load(), CatchUpFailures: c.askFailures.Load(), Fetches: c.fetches.Load(),
@@ -475,6 +499,8 @@ func (c *Cluster) handle(msg []byte) {
 		}
 	case msgLimits:
 		c.receiveLimits(msg)
+	case msgPacked:
+		c.unpack(msg[1:])
 	}
 }
 
@@ -498,7 +524,7 @@ func (c *Cluster) peer(name string) *memberlist.Node {
 }
 
 // syncLoop keeps our metadata (revision, Info) current: every
-// SyncInterval, and soon after a new event is recorded.
+// SyncInterval (not at each event recorded: see Record).
 func (c *Cluster) syncLoop() {
 	defer c.done.Done()
 	t := time.NewTicker(c.cfg.SyncInterval)
@@ -508,7 +534,6 @@ func (c *Cluster) syncLoop() {
 		case <-c.stop:
 			return
 		case <-t.C:
-		case <-c.kick:
 		}
 		meta := c.currentMeta()
 		if bytes.Equal(meta, *c.meta.Load()) || c.gone.Load() {
@@ -530,14 +555,6 @@ func (c *Cluster) currentMeta() []byte {
 		in.SignedAt, in.Signature = c.cfg.Sign(rev)
 	}
 	return encodeMeta(rev, in)
-}
-
-// advertiseSoon wakes syncLoop without blocking.
-func (c *Cluster) advertiseSoon() {
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
 }
 
 // joinLoop joins cfg.Join at start, retrying until one peer answers, and
