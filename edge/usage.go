@@ -16,6 +16,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/keymesh/keymesh/internal/rfc3339"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -410,7 +412,7 @@ func appendUsageJSON(b []byte, r *event.Usage) (_ []byte, ok bool) {
 	// time.Time.MarshalJSON: RFC 3339 with nanoseconds, refusing what RFC
 	// 3339 cannot say (the same checks).
 	t0 := len(b)
-	b = appendRFC3339Nano(b, r.Time)
+	b = usageTimes.AppendNano(b, r.Time)
 	if len(b)-t0 < len("2006-01-02T15:04:05Z") || b[t0+4] != '-' {
 		return b, false // the year is not four digits
 	}
@@ -509,51 +511,9 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// usageSecond is the second of the last record's time (in UTC) as
-// formatted: the records of a second start their time with it.
-var usageSecond atomic.Pointer[formattedSecond]
-
-// formattedSecond is a second (Unix time) formatted as RFC 3339 in UTC, to
-// the second.
-type formattedSecond struct {
-	unix int64
-	text [len("2006-01-02T15:04:05")]byte
-}
-
-// appendRFC3339Nano appends t.AppendFormat(b, time.RFC3339Nano): for a time
-// in UTC (the proxy's records) of a year of four digits, the second as
-// formatted last (formatting was a third of encoding a record), then its
-// fraction, trailing zeros cut (none: no dot), and "Z"; any other by
-// AppendFormat. TestUsageTimeAsFormatted holds it to AppendFormat.
-func appendRFC3339Nano(b []byte, t time.Time) []byte {
-	if t.Location() != time.UTC {
-		return t.AppendFormat(b, time.RFC3339Nano)
-	}
-	sec := t.Unix()
-	s := usageSecond.Load()
-	if s == nil || s.unix != sec {
-		s = &formattedSecond{unix: sec}
-		if len(t.AppendFormat(s.text[:0], "2006-01-02T15:04:05")) != len(s.text) {
-			return t.AppendFormat(b, time.RFC3339Nano) // a year not of four digits
-		}
-		usageSecond.Store(s)
-	}
-	b = append(b, s.text[:]...)
-	if ns := t.Nanosecond(); ns != 0 {
-		var frac [10]byte
-		frac[0] = '.'
-		for i := 9; i > 0; i-- {
-			frac[i] = byte('0' + ns%10)
-			ns /= 10
-		}
-		n := len(frac)
-		for frac[n-1] == '0' {
-			n--
-		}
-		b = append(b, frac[:n]...)
-	}
-	return append(b, 'Z')
-}
+// usageTimes formats the records' times (records of one second share
+// its formatting).
+var usageTimes rfc3339.Formatter
 
 // store appends a batch to the spool, counting what did not fit, and
 // wakes the publisher.

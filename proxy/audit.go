@@ -4,9 +4,10 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/keymesh/keymesh/internal/rfc3339"
 
 	"github.com/valyala/fasthttp"
 )
@@ -49,20 +50,13 @@ type auditWire struct {
 type auditRecorder struct {
 	sink     AuditSink
 	edgeSite []byte // `"edge":"…","site":"…"`, encoded once
-	// second is the second of the last record's time, formatted: every
-	// record of that second starts its time with it (appendTime).
-	second *atomic.Pointer[auditSecond]
-}
-
-// auditSecond is a second (Unix time) formatted as RFC 3339 in UTC, to the
-// second: "2006-01-02T15:04:05".
-type auditSecond struct {
-	unix int64
-	text [len("2006-01-02T15:04:05")]byte
+	// times formats the records' times (records of one second share its
+	// formatting); a pointer, as the recorder is copied.
+	times *rfc3339.Formatter
 }
 
 func newAuditRecorder(sink AuditSink, edge, site string) auditRecorder {
-	a := auditRecorder{sink: sink, second: new(atomic.Pointer[auditSecond])}
+	a := auditRecorder{sink: sink, times: new(rfc3339.Formatter)}
 	a.edgeSite = append(a.edgeSite, `"edge":`...)
 	a.edgeSite = appendJSONString(a.edgeSite, edge)
 	a.edgeSite = append(a.edgeSite, `,"site":`...)
@@ -98,7 +92,7 @@ func (a *auditRecorder) record(ctx *fasthttp.RequestCtx, out *outcome) {
 func (a *auditRecorder) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcome) []byte {
 	start := ctx.Time()
 	dst = append(dst, `{"time":"`...)
-	dst = a.appendTime(dst, start.UTC())
+	dst = a.times.AppendNano(dst, start.UTC())
 	dst = append(dst, `",`...)
 	dst = append(dst, a.edgeSite...)
 	dst = append(dst, `,"client_ip":"`...)
@@ -149,38 +143,6 @@ func (a *auditRecorder) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcom
 		}
 	}
 	return append(dst, '}')
-}
-
-// appendTime appends t (in UTC) as time.RFC3339Nano formats it: the
-// second from the one formatted last (formatting a time was a sixth of
-// what encoding a record cost), then the fraction, its trailing zeros cut
-// (none: no dot), and "Z". TestAuditTimeAsFormatted holds it to
-// AppendFormat.
-func (a *auditRecorder) appendTime(dst []byte, t time.Time) []byte {
-	sec := t.Unix()
-	s := a.second.Load()
-	if s == nil || s.unix != sec {
-		s = &auditSecond{unix: sec}
-		if len(t.AppendFormat(s.text[:0], "2006-01-02T15:04:05")) != len(s.text) {
-			return t.AppendFormat(dst, time.RFC3339Nano) // a year not of four digits
-		}
-		a.second.Store(s)
-	}
-	dst = append(dst, s.text[:]...)
-	if ns := t.Nanosecond(); ns != 0 {
-		var frac [10]byte
-		frac[0] = '.'
-		for i := 9; i > 0; i-- {
-			frac[i] = byte('0' + ns%10)
-			ns /= 10
-		}
-		n := len(frac)
-		for frac[n-1] == '0' {
-			n--
-		}
-		dst = append(dst, frac[:n]...)
-	}
-	return append(dst, 'Z')
 }
 
 // appendMillis appends us microseconds as milliseconds, as

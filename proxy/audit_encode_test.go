@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -109,45 +108,6 @@ func FuzzAuditStringAsBefore(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(checkJSONStringAsBefore)
-}
-
-// The record's time is what AppendFormat makes of it (RFC3339Nano in UTC),
-// whether its second was formatted last or not, for any year.
-func TestAuditTimeAsFormatted(t *testing.T) {
-	a := newAuditRecorder(nil, "e", "s")
-	check := func(tm time.Time) {
-		t.Helper()
-		tm = tm.UTC()
-		want := tm.AppendFormat([]byte("x"), time.RFC3339Nano)
-		for range 2 { // the second formatted, then cached
-			if got := a.appendTime([]byte("x"), tm); !bytes.Equal(got, want) {
-				t.Fatalf("%v: %s, AppendFormat %s", tm, got, want)
-			}
-		}
-	}
-	base := time.Date(2026, 12, 2, 20, 6, 14, 0, time.UTC)
-	for _, ns := range []int{0, 1, 9, 10, 100, 123456789, 100000000, 999999999, 500000, 120000000, 10000000} {
-		check(base.Add(time.Duration(ns)))
-	}
-	for _, y := range []int{-1, 0, 1, 1969, 1970, 9999, 10000, 12345} {
-		check(time.Date(y, 3, 4, 5, 6, 7, 890, time.UTC))
-		check(time.Date(y, 3, 4, 5, 6, 7, 0, time.UTC))
-	}
-	check(time.Now())
-	check(time.Date(2026, 1, 1, 0, 0, 0, 5, time.FixedZone("x", 3600))) // given in UTC
-	r := rand.New(rand.NewPCG(3, 4))
-	for range 100000 {
-		sec := r.Int64N(253402300800+62135596800) - 62135596800 // years 1 to 9999
-		ns := r.Int64N(1e9)
-		switch r.IntN(4) {
-		case 0:
-			ns = 0
-		case 1:
-			ns -= ns % 1000
-		}
-		check(time.Unix(sec, ns))
-		check(time.Unix(sec, (ns+1)%1e9)) // the same second, mostly
-	}
 }
 
 // The record's duration is what AppendFloat made of it.
