@@ -3,8 +3,8 @@ package origin
 // The balance publisher: the origin tells the edges, in sealed KindBalance
 // records on event.OriginBalanceSubject, what its usage ledger says every
 // long-period counter has used in the current period — a key's,
-// deployment's or project's tokens_per_day (the UTC day) and quota (its
-// refill period). Edges take each figure as a floor for the counter (see
+// deployment's or project's tokens_per_day (the UTC day), quota and spend
+// cap (max_budget: the ledger's priced cost; each over its refill period). Edges take each figure as a floor for the counter (see
 // event/balance.go): the ledger is durable, so an edge that restarted with
 // empty counters learns from it that a daily quota is spent, and no peer can
 // lower what the origin signed.
@@ -28,8 +28,6 @@ package origin
 //     recomputes the owners of the records it stored, from the shared
 //     store): a figure only grows within its period, and edges keep the
 //     largest, so a replica's older figure is harmless.
-//
-// Budgets (spend caps) are not computed yet: the ledger holds no spend.
 
 import (
 	"context"
