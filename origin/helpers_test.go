@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymesh/keymesh/api"
 	"github.com/keymesh/keymesh/internal/natsauth"
 	"github.com/keymesh/keymesh/internal/testutil"
 
@@ -325,4 +326,52 @@ func natsAuth(t testing.TB, s *Server) []nats.Option {
 		t.Fatal(err)
 	}
 	return []nats.Option{nats.UserJWTAndSeed(tok, string(seed))}
+}
+
+// refusals is the fixture of the tests of refused input: an origin with a
+// deployment "d" and a key, and the revision they left. What the tests
+// send must be refused and take no revision (unchanged).
+type refusals struct {
+	t     *testing.T
+	s     *Server
+	c     *client
+	keyID string
+	rev   uint64
+}
+
+// The collections the refusal tests send to.
+const (
+	defaultKeys = "/v1/projects/default/keys"
+	defaultDeps = "/v1/projects/default/deployments"
+)
+
+func newRefusals(t *testing.T) *refusals {
+	s := startServer(t, testConfig(t.TempDir()))
+	c := newClient(t, s)
+	c.must(201, "POST", defaultDeps, dep("d", nil, "/"), nil)
+	var k api.Key
+	c.must(201, "POST", defaultKeys, map[string]any{}, &k)
+	return &refusals{t: t, s: s, c: c, keyID: k.ID, rev: s.Revision()}
+}
+
+// refused fails unless method path body is answered 400 VALIDATION_ERROR
+// naming field.
+func (f *refusals) refused(what, field, method, path string, body any) {
+	f.t.Helper()
+	st, raw := f.c.do(method, path, body)
+	what += " on " + method + " " + path
+	wantError(f.t, what, st, raw, 400, "VALIDATION_ERROR")
+	var e apiErr
+	mustJSON(f.t, raw, &e)
+	if e.Error.Details["field"] != field {
+		f.t.Fatalf("%s: details %v, want field %q", what, e.Error.Details, field)
+	}
+}
+
+// unchanged fails if refused input took a revision.
+func (f *refusals) unchanged() {
+	f.t.Helper()
+	if f.s.Revision() != f.rev {
+		f.t.Fatalf("refused input took revisions: %d → %d", f.rev, f.s.Revision())
+	}
 }

@@ -14,13 +14,8 @@ import (
 // projects alike: a refusal is 400 VALIDATION_ERROR naming the field, and
 // nothing is committed.
 func TestTokenLimitsValidated(t *testing.T) {
-	s := startServer(t, testConfig(t.TempDir()))
-	c := newClient(t, s)
-	keys, deps := "/v1/projects/default/keys", "/v1/projects/default/deployments"
-	c.must(201, "POST", deps, dep("d", nil, "/"), nil)
-	var k api.Key
-	c.must(201, "POST", keys, map[string]any{}, &k)
-	rev := s.Revision()
+	f := newRefusals(t)
+	c, keys, deps := f.c, defaultKeys, defaultDeps
 	type body = map[string]any
 	cases := []struct {
 		what, field string
@@ -43,17 +38,10 @@ func TestTokenLimitsValidated(t *testing.T) {
 		{"quota empty refill", "quota", body{"quota": body{"tokens": 10, "refill": ""}}},
 		{"quota unknown member", "quota", body{"quota": body{"tokens": 10, "credits": 5}}},
 	}
-	targets := []struct{ method, path string }{{"POST", keys}, {"PATCH", keys + "/" + k.ID}, {"PATCH", deps + "/d"}, {"PATCH", "/v1/projects/default"}}
+	targets := []struct{ method, path string }{{"POST", keys}, {"PATCH", keys + "/" + f.keyID}, {"PATCH", deps + "/d"}, {"PATCH", "/v1/projects/default"}}
 	for _, tc := range cases {
 		for _, target := range targets {
-			st, b := c.do(target.method, target.path, tc.body)
-			what := tc.what + " on " + target.method + " " + target.path
-			wantError(t, what, st, b, 400, "VALIDATION_ERROR")
-			var e apiErr
-			mustJSON(t, b, &e)
-			if e.Error.Details["field"] != tc.field {
-				t.Fatalf("%s: details %v, want field %q", what, e.Error.Details, tc.field)
-			}
+			f.refused(tc.what, tc.field, target.method, target.path, tc.body)
 		}
 	}
 	// default_max_tokens is a deployment's only.
@@ -61,13 +49,11 @@ func TestTokenLimitsValidated(t *testing.T) {
 		st, b := c.do("PATCH", deps+"/d", body{"default_max_tokens": v})
 		wantError(t, "default_max_tokens "+strings.TrimSpace(string(mustMarshal(v))), st, b, 400, "VALIDATION_ERROR")
 	}
-	st, b := c.do("PATCH", keys+"/"+k.ID, body{"default_max_tokens": 10})
+	st, b := c.do("PATCH", keys+"/"+f.keyID, body{"default_max_tokens": 10})
 	wantError(t, "default_max_tokens on a key", st, b, 400, "VALIDATION_ERROR")
-	if s.Revision() != rev {
-		t.Fatalf("refused input took revisions: %d → %d", rev, s.Revision())
-	}
+	f.unchanged()
 	// The bounds themselves are accepted.
-	c.must(200, "PATCH", keys+"/"+k.ID, body{"tokens_per_minute": maxTokensPerPeriod, "tokens_per_day": 1,
+	c.must(200, "PATCH", keys+"/"+f.keyID, body{"tokens_per_minute": maxTokensPerPeriod, "tokens_per_day": 1,
 		"quota": body{"requests": maxQuotaAmount, "refill": nil}}, nil)
 	c.must(200, "PATCH", deps+"/d", body{"default_max_tokens": maxDefaultMaxToks, "quota": body{"tokens": 1, "refill": "monthly"}}, nil)
 }
