@@ -266,13 +266,11 @@ func TestLimitReportsNATSDownAndGossip(t *testing.T) {
 		return nil
 	})
 	sent := value(a.sent.WithLabelValues(viaNATS))
-	start := time.Now()
+	// A send that waited for NATS would hang here (the test's timeout);
+	// that none went into the reconnect buffer is the counts below.
 	for range 100 {
 		engA.spend(1)
 		a.send(false)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("100 reports with NATS down took %v", d)
 	}
 	if dropped := value(a.dropped.WithLabelValues(viaNATS)); dropped != 100 ||
 		value(a.sent.WithLabelValues(viaNATS)) != sent {
