@@ -267,16 +267,8 @@ func scanTokens(col sql.NullString) (*event.TokenLimits, error) {
 	return &t, nil
 }
 
-// pricingColumn encodes a deployment's pricing as its column: JSON, or
-// NULL for none.
-func pricingColumn(p *event.Pricing) (any, error) {
-	if p == nil {
-		return nil, nil
-	}
-	return jsonText(p)
-}
-
-// scanPricing decodes the column pricingColumn wrote (nil: none).
+// scanPricing decodes a deployment's pricing column (nullJSON: NULL for
+// none).
 func scanPricing(col sql.NullString) (*event.Pricing, error) {
 	if !col.Valid {
 		return nil, nil

@@ -146,7 +146,7 @@ func (s *Store) writeDeployment(ctx context.Context, tx *sql.Tx, d *event.Deploy
 	if err != nil {
 		return err
 	}
-	pricing, err := pricingColumn(d.Pricing)
+	pricing, err := nullJSON(d.Pricing, d.Pricing == nil)
 	if err != nil {
 		return err
 	}
