@@ -205,7 +205,7 @@ func DefaultConfig() Config {
 		AuditFlushInterval:     200 * time.Millisecond,
 		UsageSpoolBytes:        256 << 20,
 		LimitsSync:             200 * time.Millisecond,
-		LimitsPartition:        "share",
+		LimitsPartition:        proxy.LimitPartitionShare,
 	}
 }
 

@@ -92,7 +92,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	switch cfg.LimitsPartition {
-	case "share", "deny", "local":
+	case proxy.LimitPartitionShare, proxy.LimitPartitionDeny, proxy.LimitPartitionLocal:
 	default:
 		fmt.Fprintf(stderr, "edge: --limits-partition must be share, deny or local, not %q\n", cfg.LimitsPartition)
 		return 2
