@@ -170,7 +170,7 @@ func (c *Cluster) queueLimits(origin string, seq uint64, msg []byte) {
 // when it is small enough to gossip (a large one came over TCP from its
 // origin, which sends it to every peer itself).
 func (c *Cluster) receiveLimits(msg []byte) {
-	if len(msg) < 10 || len(msg) < 10+int(msg[9]) || len(msg) == 10+int(msg[9]) || len(msg)-10-int(msg[9]) > MaxLimitsBytes {
+	if len(msg) < 10 || len(msg) <= 10+int(msg[9]) || len(msg)-10-int(msg[9]) > MaxLimitsBytes { // a report follows the origin's name
 		c.limitsBad.Add(1)
 		return
 	}
