@@ -200,8 +200,8 @@ func appendJSONString[T string | []byte](dst []byte, s T) []byte {
 	for i := 0; ; {
 		for i+8 <= len(s) {
 			w := s[i : i+8] // constant indices: one load
-			if !plainWord(uint64(w[0]) | uint64(w[1])<<8 | uint64(w[2])<<16 | uint64(w[3])<<24 |
-				uint64(w[4])<<32 | uint64(w[5])<<40 | uint64(w[6])<<48 | uint64(w[7])<<56) {
+			if stopBytes(uint64(w[0])|uint64(w[1])<<8|uint64(w[2])<<16|uint64(w[3])<<24|
+				uint64(w[4])<<32|uint64(w[5])<<40|uint64(w[6])<<48|uint64(w[7])<<56) != 0 { // a byte to escape or decode: stopBytes (prompt_fast.go)
 				break
 			}
 			i += 8
@@ -252,14 +252,3 @@ var jsonPlain = func() (t [256]bool) {
 	}
 	return t
 }()
-
-// plainWord reports whether each byte of w is one appendJSONString
-// copies as it is. w's own high bits mark the bytes from 0x80 on; below
-// them, subtracting 0x20 (or 1, from w with the quote's or the
-// backslash's bits flipped) from each byte borrows, setting the lowest
-// such byte's high bit, exactly when some byte is below 0x20 (a quote, a
-// backslash).
-func plainWord(w uint64) bool {
-	q, bs := w^(swarOnes*'"'), w^(swarOnes*'\\')
-	return (w|(w-swarOnes*0x20)|(q-swarOnes)|(bs-swarOnes))&swarHigh == 0
-}
