@@ -101,8 +101,7 @@ func (s *Proxy) MergeBalance(bs []event.Balance) {
 }
 
 func (f *floorTable) shard(id gid) *floorShard {
-	h := maphash.String(f.seed, id.id) + uint64(id.scope)*7 + uint64(id.kind)*131
-	return &f.shards[h%uint64(len(f.shards))]
+	return &f.shards[id.hash(f.seed)%uint64(len(f.shards))]
 }
 
 func (f *floorTable) merge(id gid, fl ledgerFloor, now time.Time) {

@@ -261,8 +261,12 @@ func (g *globalLimits) register(reg prometheus.Registerer) error {
 }
 
 func (g *globalLimits) shard(id gid) *gshard {
-	h := maphash.String(g.seed, id.id) + uint64(id.scope)*7 + uint64(id.kind)*131
-	return &g.shards[h%uint64(len(g.shards))]
+	return &g.shards[id.hash(g.seed)%uint64(len(g.shards))]
+}
+
+// hash picks a counter's shard (the global table's and the floors').
+func (id gid) hash(seed maphash.Seed) uint64 {
+	return maphash.String(seed, id.id) + uint64(id.scope)*7 + uint64(id.kind)*131
 }
 
 // partitioned reports whether this edge knows of live peers but has heard
