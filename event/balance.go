@@ -77,3 +77,24 @@ func CheckBalances(r *Record) error {
 	}
 	return nil
 }
+
+// QuotaPeriod numbers the refill period now falls in, as a Balance's
+// Period does — the unix day (UTC) for QuotaRefillDaily, year*12+month for
+// QuotaRefillMonthly, 0 for a quota that never refills — and gives when
+// the period started and when the next one starts (zero times for never).
+// The edges and the origin both number periods with it: a floor is applied
+// only to the period it names.
+func QuotaPeriod(refill string, now time.Time) (period int64, start, next time.Time) {
+	now = now.UTC()
+	switch refill {
+	case QuotaRefillDaily:
+		y, m, d := now.Date()
+		start = time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+		return start.Unix() / 86400, start, start.AddDate(0, 0, 1)
+	case QuotaRefillMonthly:
+		y, m, _ := now.Date()
+		start = time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)
+		return int64(y)*12 + int64(m), start, start.AddDate(0, 1, 0)
+	}
+	return 0, time.Time{}, time.Time{}
+}

@@ -224,7 +224,7 @@ func (b *balancePublisher) pass(full bool) bool {
 			sent[balanceCounter{x.Scope, x.ID, x.Kind}] = true
 		}
 		for c, f := range b.last {
-			if p, _, _ := periodDays(kindRefill(c.Kind, f.Refill), now); p != f.Period {
+			if p, _, _ := periodDays(f.Refill, now); p != f.Period {
 				delete(b.last, c) // the period ended: the edges' counters start over
 				continue
 			}
@@ -319,31 +319,15 @@ func (b *balancePublisher) recompute(ctx context.Context, o balanceOwner, now ti
 	return out, nil
 }
 
-// kindRefill is the refill schedule of a counter's period.
-func kindRefill(kind event.LimitKind, refill string) string {
-	if kind == event.LimitTPD {
-		return event.QuotaRefillDaily
-	}
-	return refill
-}
-
-// periodDays returns the index of the period of refill now falls in,
-// numbered as the edges number it (proxy's quotaPeriod: the unix day for
-// daily, year*12+month for monthly, 0 for never), and the unix seconds its
-// first day starts at and its end (0: none).
+// periodDays returns the index of the period of refill now falls in (as
+// the edges number it: event.QuotaPeriod), and the unix seconds its first
+// day starts at and its end (0: none).
 func periodDays(refill string, now time.Time) (period, since, until int64) {
-	now = now.UTC()
-	switch refill {
-	case event.QuotaRefillDaily:
-		y, m, d := now.Date()
-		start := time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
-		return start.Unix() / secondsPerDay, start.Unix(), start.AddDate(0, 0, 1).Unix()
-	case event.QuotaRefillMonthly:
-		y, m, _ := now.Date()
-		start := time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)
-		return int64(y)*12 + int64(m), start.Unix(), start.AddDate(0, 1, 0).Unix()
+	p, start, next := event.QuotaPeriod(refill, now)
+	if next.IsZero() {
+		return p, 0, 0
 	}
-	return 0, 0, 0
+	return p, start.Unix(), next.Unix()
 }
 
 // publish seals bs in records of at most event.MaxBalancesPerRecord and

@@ -350,19 +350,11 @@ func (c *tokenCounter) until(kind uint8, level float64) time.Duration {
 }
 
 // quotaPeriod is the index of the refill period now falls in (0 for a
-// quota that never refills), and when the next one starts.
+// quota that never refills), and when the next one starts: the numbering
+// of the ledger's balances (event.QuotaPeriod).
 func quotaPeriod(refill string, now time.Time) (int64, time.Time) {
-	now = now.UTC()
-	switch refill {
-	case event.QuotaRefillDaily:
-		y, m, d := now.Date()
-		start := time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
-		return start.Unix() / 86400, start.AddDate(0, 0, 1)
-	case event.QuotaRefillMonthly:
-		y, m, _ := now.Date()
-		return int64(y)*12 + int64(m), time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
-	}
-	return 0, time.Time{}
+	p, _, next := event.QuotaPeriod(refill, now)
+	return p, next
 }
 
 // refillQuota brings a quota to now: a new period starts from nothing
