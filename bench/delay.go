@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"time"
@@ -16,9 +15,6 @@ import (
 // burst does not pile its delays up: a chunk read at t is written at t+d
 // (or as soon after as the one before it is written).
 
-// ErrRelayCut is what a DelayRelay's dial sees while the relay is cut.
-var ErrRelayCut = errors.New("bench: relay cut")
-
 // delayQueue bounds the chunks held per direction: past it the reader
 // stops reading and TCP's own flow control pushes back on the sender.
 const delayQueue = 1024
@@ -26,7 +22,6 @@ const delayQueue = 1024
 type heldChunk struct {
 	due time.Time
 	b   []byte // nil: the source ended (EOF or error) at due
-	err error
 }
 
 // DelayRelay forwards every TCP connection accepted on its listener to a
@@ -56,9 +51,6 @@ func NewDelayRelay(ln net.Listener, delay time.Duration, dial func() (net.Conn, 
 
 // Addr is where the relay listens.
 func (r *DelayRelay) Addr() string { return r.ln.Addr().String() }
-
-// Delay is the relay's one-way delay.
-func (r *DelayRelay) Delay() time.Duration { return r.delay }
 
 func (r *DelayRelay) accept() {
 	defer r.wg.Done()
@@ -124,7 +116,7 @@ func delayPipe(dst, src net.Conn, delay time.Duration) {
 				q <- heldChunk{due: now.Add(delay), b: append([]byte(nil), buf[:n]...)}
 			}
 			if err != nil {
-				q <- heldChunk{due: now.Add(delay), err: err}
+				q <- heldChunk{due: now.Add(delay)}
 				return
 			}
 		}

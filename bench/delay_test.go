@@ -199,8 +199,10 @@ func TestDelayUDP(t *testing.T) {
 	if string(buf[:k]) != "ping" || from.String() != a.LocalAddr().String() {
 		t.Fatalf("got %q from %v, want ping from %v", buf[:k], from, a.LocalAddr())
 	}
-	if rtt < 2*d || rtt > 2*d+50*time.Millisecond {
-		t.Fatalf("round trip %v, want at least %v and not much more", rtt, 2*d)
+	// The lower bound is the delay; one sample's upper bound would measure
+	// the machine's load (the TCP test holds the fastest of five to it).
+	if rtt < 2*d {
+		t.Fatalf("round trip %v, want at least %v", rtt, 2*d)
 	}
 	for i := range uint32(n) {
 		var b [4]byte

@@ -69,7 +69,7 @@ func TestLimitsReport(t *testing.T) {
 		}
 	}
 	// 40 requests/s (4 × 10 over 1 s) for Δ = 200ms: a bound of 8 requests.
-	if sp := res[0]; sp.Limit != 10 || sp.Rate != 40 || sp.Bound != 8 || sp.Unit != bench.UnitRequests {
+	if sp := res[0]; sp.Limit != 10 || sp.Rate != 40 || sp.Bound != 8 || sp.Target != 10*1.05+8 || sp.Unit != bench.UnitRequests {
 		t.Errorf("spread: %+v", sp)
 	}
 	if mv := res[1]; mv.PerEdge[0].Sent == 0 || mv.PerEdge[1].Sent == 0 {

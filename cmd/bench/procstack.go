@@ -275,12 +275,17 @@ func (s *stack) upstreamURL() string {
 
 // waitHTTP waits (at most 15s) until url answers 2xx.
 func waitHTTP(ctx context.Context, url string) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	return waitHTTPWith(ctx, http.DefaultClient, url, 15*time.Second)
+}
+
+// waitHTTPWith is waitHTTP through client, for at most limit.
+func waitHTTPWith(ctx context.Context, client *http.Client, url string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	var last error = errors.New("no answer")
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode/100 == 2 {

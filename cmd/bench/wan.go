@@ -351,13 +351,13 @@ func startWANStack(ctx context.Context, wn *wanNet, o wanOpts) (*stack, error) {
 		if err := st.spawn(ctx, name, args); err != nil {
 			return st, err
 		}
-		client := nsHTTPClient(wn, we)
+		client := nsHTTPClient(wn)
 		node := &edgeNode{url: fmt.Sprintf("http://%s:%d", we.proxyHost, wanProxyPort),
 			adminURL: fmt.Sprintf("http://%s:%d", we.proxyHost, wanAdminPort), client: client}
 		st.edges = append(st.edges, node)
 	}
 	for i, node := range st.edges {
-		if err := waitHTTPWith(ctx, node.client, node.adminURL+"/health"); err != nil {
+		if err := waitHTTPWith(ctx, node.client, node.adminURL+"/health", 20*time.Second); err != nil {
 			return st, st.failed(fmt.Sprintf("edge-%d", i), err)
 		}
 	}
@@ -391,33 +391,9 @@ func stopEdges(st *stack) {
 }
 
 // nsHTTPClient reaches edge we's listeners inside its namespace.
-func nsHTTPClient(wn *wanNet, we *wanEdge) *http.Client {
+func nsHTTPClient(wn *wanNet) *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) { return wn.dial(addr) }}}
-}
-
-// waitHTTPWith waits (at most 20s) until url answers 2xx through client.
-func waitHTTPWith(ctx context.Context, client *http.Client, url string) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode/100 == 2 {
-				return nil
-			}
-			err = fmt.Errorf("status %d", resp.StatusCode)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %w", url, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // wanStatus is what bench wan reads from an edge's /status.

@@ -56,7 +56,6 @@ const (
 var errNotRoot = errors.New("bench wan needs root (it creates network namespaces, veth links and qdiscs); run it with sudo")
 
 type wanEdge struct {
-	index       int
 	ns          string
 	veth, peer  string // root side, namespace side
 	ip          string // on the veth, in the bridge's subnet
@@ -247,7 +246,7 @@ func newWANNet(delays []time.Duration, mode string) (_ *wanNet, err error) {
 		return nil, fmt.Errorf("bench wan: --mode must be auto, netem or relay, not %q", mode)
 	}
 	for i, d := range delays {
-		e := &wanEdge{index: i, ns: fmt.Sprintf("%sn%d", n.id, i), veth: fmt.Sprintf("%sv%d", n.id, i),
+		e := &wanEdge{ns: fmt.Sprintf("%sn%d", n.id, i), veth: fmt.Sprintf("%sv%d", n.id, i),
 			peer: fmt.Sprintf("kmwp%d", i), ip: fmt.Sprintf("%s.%d", n.subnet, 10+i), delay: d,
 			proxyHost: fmt.Sprintf("edge-%d", i)}
 		e.gossip = e.ip
