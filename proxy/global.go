@@ -441,14 +441,6 @@ func (g *globalLimits) take(id gid, limit int64, refill string, need, took int64
 	w := windowOf(id.kind, refill, now)
 	res := g.check(c, w, need, now)
 	if !res.ok {
-		switch res.reason {
-		case gRefGlobal:
-			g.refGlobal.Inc()
-		case gRefStrict:
-			g.refStrict.Inc()
-		default:
-			g.refPart.Inc()
-		}
 		return gref{}, res
 	}
 	if hold {
@@ -461,7 +453,8 @@ func (g *globalLimits) take(id gid, limit int64, refill string, need, took int64
 	return gref{sh: sh, c: c, w: w}, res
 }
 
-// check decides need against c at now (window w), with c's shard locked.
+// check decides need against c at now (window w), with c's shard locked,
+// and counts a refusal by its reason.
 func (g *globalLimits) check(c *gcounter, w, need int64, now time.Time) gResult {
 	peers := g.peers.Load()
 	if !peers && len(c.remote) == 0 {
@@ -475,12 +468,16 @@ func (g *globalLimits) check(c *gcounter, w, need int64, now time.Time) gResult 
 	res := gResult{ok: true, applies: true, remaining: max(0, int64(room)-need)}
 	refuse := func(why uint8) gResult {
 		res.ok, res.reason, res.remaining = false, why, max(0, int64(room))
+		// Counted here, where admission and a stream's extension both ask.
 		switch why {
 		case gRefGlobal:
+			g.refGlobal.Inc()
 			res.retry = g.retry(c, now)
 		case gRefStrict: // the next round, with a fresh share
+			g.refStrict.Inc()
 			res.retry = time.Duration(g.sync.Milliseconds()-now.UnixMilli()%g.sync.Milliseconds()) * time.Millisecond
 		default: // until the partition heals: no schedule to name
+			g.refPart.Inc()
 			res.retry = time.Second
 		}
 		return res

@@ -443,6 +443,10 @@ func TestTokenExtendGlobal(t *testing.T) {
 	if why, ok := es.ps[0].tokens.extend(h1, 200); ok || why != reasonTokenLimit {
 		t.Fatalf("extend past the global room: %v %v", why, ok)
 	}
+	// Counted as admission's refusals are.
+	if n := es.counterSum(t, "keymesh_edge_limit_global_refusals_total"); n != 1 {
+		t.Fatalf("%v refusals across edges counted, want 1", n)
+	}
 	if why, ok := es.ps[0].tokens.extend(h1, 30); !ok {
 		t.Fatalf("extend within the global room refused: %v", why)
 	}
