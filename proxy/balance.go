@@ -65,6 +65,10 @@ type floorTable struct {
 
 	merged  atomic.Uint64 // figures that raised (or set) a floor
 	dropped atomic.Uint64 // figures not kept: their shard was full
+	// kept counts the floors held: while none is (no ledger figure merged
+	// yet, or an origin that publishes none), a bounded request's checks
+	// skip the shard locks and the calendar (of, apply).
+	kept atomic.Int64
 }
 
 func newFloorTable() *floorTable {
@@ -116,11 +120,14 @@ func (f *floorTable) merge(id gid, fl ledgerFloor, now time.Time) {
 		return
 	}
 	if !ok && len(sh.m) >= f.max {
-		sweepFloors(sh, now)
+		f.kept.Add(-int64(sweepFloors(sh, now)))
 		if len(sh.m) >= f.max {
 			f.dropped.Add(1)
 			return
 		}
+	}
+	if !ok {
+		f.kept.Add(1)
 	}
 	sh.m[id] = fl
 	f.merged.Add(1)
@@ -130,8 +137,8 @@ func (f *floorTable) merge(id gid, fl ledgerFloor, now time.Time) {
 // floored have started a new period. A quota's period depends on its
 // refill, which a floor does not know: a floor of neither today nor this
 // month is of a period that ended, except period 0 (a quota that never
-// refills), which is kept.
-func sweepFloors(sh *floorShard, now time.Time) {
+// refills), which is kept. It returns how many it dropped.
+func sweepFloors(sh *floorShard, now time.Time) (dropped int) {
 	day, _ := quotaPeriod(event.QuotaRefillDaily, now)
 	month, _ := quotaPeriod(event.QuotaRefillMonthly, now)
 	for id, fl := range sh.m {
@@ -139,14 +146,16 @@ func sweepFloors(sh *floorShard, now time.Time) {
 		case 0, day, month:
 		default:
 			delete(sh.m, id)
+			dropped++
 		}
 	}
+	return dropped
 }
 
 // of returns the floor of counter id in window w at now (0: none): for tpd
 // the figure of today, for a quota or budget the figure of period w.
 func (f *floorTable) of(id gid, w int64, now time.Time) int64 {
-	if f == nil {
+	if f == nil || f.kept.Load() == 0 {
 		return 0
 	}
 	sh := f.shard(id)
@@ -179,7 +188,7 @@ func (g *globalLimits) floored(c *gcounter, w int64, own, others float64, now ti
 // tokens_per_day bucket's level down to what the figure of today leaves.
 // The caller holds c's shard lock.
 func (f *floorTable) apply(id tokenID, c *tokenCounter, now time.Time) {
-	if f == nil {
+	if f == nil || f.kept.Load() == 0 {
 		return
 	}
 	g := gid{id.id, id.scope, tokenGKind[id.kind]}
