@@ -127,7 +127,14 @@ func (a *auditRecorder) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcom
 	dst = strconv.AppendInt(dst, int64(ctx.Response.StatusCode()), 10)
 	dst = append(dst, `,"duration_ms":`...)
 	dst = appendMillis(dst, time.Since(start).Microseconds())
-	dst = appendJSONField(dst, "request_id", clip(ctx.Response.Header.PeekBytes(headerRequestID), auditMaxRequestID))
+	var id []byte
+	if out.req != nil {
+		id = out.req.id
+	}
+	if len(id) == 0 { // a request fasthttp could not read (serveError)
+		id = ctx.Response.Header.PeekBytes(headerRequestID)
+	}
+	dst = appendJSONField(dst, "request_id", clip(id, auditMaxRequestID))
 	why := out.reason
 	if out.refused != reasonNone {
 		why = out.refused

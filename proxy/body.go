@@ -112,13 +112,20 @@ func readBodyTokens(h *fasthttp.RequestHeader, raw []byte, limit int, matters, t
 	}
 	// Content-Encoding: decoded within the body limit (a small body can
 	// inflate to a huge one), or refused.
-	if enc := h.PeekAll(fasthttp.HeaderContentEncoding); len(enc) > 0 {
-		coding := bytes.TrimSpace(enc[0])
+	var coding []byte
+	codings := 0
+	for v := range fieldValues(h, headerContentEncoding) {
+		if codings == 0 {
+			coding = bytes.TrimSpace(v)
+		}
+		codings++
+	}
+	if codings > 0 {
 		switch {
-		case len(enc) == 1 && (len(coding) == 0 || bytes.EqualFold(coding, []byte("identity"))):
+		case codings == 1 && (len(coding) == 0 || bytes.EqualFold(coding, []byte("identity"))):
 		case !matters:
 			return out, nil // forwarded as it came, unread
-		case len(enc) > 1 || bytes.IndexByte(coding, ',') >= 0:
+		case codings > 1 || bytes.IndexByte(coding, ',') >= 0:
 			return out, errUninspectable // several codings: not worth the risk
 		default:
 			dec, err := decode(coding, raw, limit)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"iter"
 
 	"github.com/valyala/fasthttp"
 
@@ -175,6 +176,19 @@ func scrubRequest(h *fasthttp.RequestHeader, contentEncoding, acceptEncoding boo
 		// header's storage, so copy each before deleting.
 		var name [128]byte
 		h.DelBytes(append(name[:0], k...))
+	}
+}
+
+// fieldValues yields the value of every field of h named name, in any
+// letter case, in order: PeekAll's answer in one pass over the fields,
+// without normalising name into a copy first as PeekAll does.
+func fieldValues(h *fasthttp.RequestHeader, name []byte) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for k, v := range h.All() {
+			if len(k) == len(name) && bytes.EqualFold(k, name) && !yield(v) {
+				return
+			}
+		}
 	}
 }
 

@@ -108,7 +108,7 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	}
 	// scrubRequest removed every copy the client sent of these three; the
 	// names are canonical, so they are set without normalising them again.
-	req.Header.SetCanonical(headerRequestID, ctx.Response.Header.PeekBytes(headerRequestID))
+	req.Header.SetCanonical(headerRequestID, r.id)
 	var xff [256]byte
 	req.Header.SetCanonical(headerForwardedFor, appendForwardedFor(xff[:0], &ctx.Request.Header, ctx.RemoteAddr()))
 	if ctx.IsTLS() {
@@ -142,7 +142,7 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHopByHop(&ctx.Response.Header)
 	// serve put the request's id on the answer; the upstream's copy replaced it.
-	ctx.Response.Header.SetBytesKV(headerRequestID, req.Header.PeekBytes(headerRequestID))
+	ctx.Response.Header.SetCanonical(headerRequestID, r.id)
 	lim.setHeaders(&ctx.Response.Header)
 	s.cors.apply(ctx) // the upstream's headers replaced ours
 	if m != nil {
@@ -215,7 +215,7 @@ func (s *Proxy) noUpstream(ctx *fasthttp.RequestCtx, rt *route) {
 // appendForwardedFor appends the X-Forwarded-For value: every value the
 // client sent, if any, then the client's own address.
 func appendForwardedFor(dst []byte, h *fasthttp.RequestHeader, client net.Addr) []byte {
-	for _, prior := range h.PeekAll(fasthttp.HeaderXForwardedFor) {
+	for prior := range fieldValues(h, headerForwardedFor) {
 		if prior = bytes.TrimSpace(prior); len(prior) > 0 {
 			dst = append(append(dst, prior...), ", "...)
 		}

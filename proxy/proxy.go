@@ -405,7 +405,8 @@ func (s *Proxy) serveError(ctx *fasthttp.RequestCtx, err error) {
 	// The client may still be sending what was not read: let it read the
 	// answer instead of a reset.
 	lingerOnClose(ctx.Conn())
-	setRequestID(ctx)
+	var id [auditMaxRequestID]byte
+	setRequestID(ctx, id[:0])
 	out := outcome{}
 	class := errorClass(err)
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
@@ -517,8 +518,8 @@ func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
 }
 
 func (s *Proxy) serve(ctx *fasthttp.RequestCtx) (out outcome) {
-	setRequestID(ctx)
 	r := s.takeRequest(ctx)
+	r.id = setRequestID(ctx, r.idBuf[:0])
 	out.req = r
 	if s.cors.apply(ctx) {
 		out.open = true // a preflight, answered
@@ -657,15 +658,16 @@ var (
 const requestIDLen = 32
 
 // setRequestID keeps the client's X-Request-Id if it is a sensible one (1 to
-// 128 visible ASCII characters), or makes one, and puts it on the answer;
-// forward sends the same one upstream.
-func setRequestID(ctx *fasthttp.RequestCtx) {
-	id := ctx.Request.Header.PeekBytes(headerRequestID)
-	if !validRequestID(id) {
-		var buf [requestIDLen]byte
-		id = appendRequestID(buf[:0])
+// 128 visible ASCII characters), or makes one, puts it on the answer and
+// returns it appended to dst; forward sends the same one upstream.
+func setRequestID(ctx *fasthttp.RequestCtx, dst []byte) []byte {
+	if id := ctx.Request.Header.PeekBytes(headerRequestID); validRequestID(id) {
+		dst = append(dst, id...)
+	} else {
+		dst = appendRequestID(dst)
 	}
-	ctx.Response.Header.SetBytesKV(headerRequestID, id)
+	ctx.Response.Header.SetCanonical(headerRequestID, dst)
+	return dst
 }
 
 func validRequestID(id []byte) bool {

@@ -48,8 +48,13 @@ type request struct {
 	// Authorization: Bearer.
 	cred     []byte
 	fromAuth bool
-	buf      [256]byte // backs host, path, query and cred for most requests
-	spill    []byte    // backs them for the others; kept for the next request
+	// id is the request's X-Request-Id, as its answer and the request
+	// forwarded carry it (setRequestID), backed by idBuf: read from here,
+	// not looked up in the headers again.
+	id    []byte
+	idBuf [auditMaxRequestID]byte
+	buf   [256]byte // backs host, path, query and cred for most requests
+	spill []byte    // backs them for the others; kept for the next request
 }
 
 // refusalReason names a refusal for keymesh_edge_requests_refused_total.
