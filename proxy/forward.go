@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -139,6 +140,18 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 		}
 	}
 
+	whole := false
+	if n, ok := wholeLength(resp); ok {
+		// Read before anything of the answer is set: an upstream that
+		// ends it short is a 502, as one that never answered.
+		if err := readWhole(ctx, resp, n); err != nil {
+			s.upstreamFailed(ctx, err, rt.dep, up)
+			fasthttp.ReleaseResponse(resp)
+			return nil
+		}
+		whole = true
+	}
+
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHopByHop(&ctx.Response.Header)
 	// serve put the request's id on the answer; the upstream's copy replaced it.
@@ -165,12 +178,75 @@ func (s *Proxy) forward(ctx *fasthttp.RequestCtx, r *request, body inspected, li
 		ctx.Response.SetBodyStream(b, size)
 		return b
 	}
+	if whole { // ctx's body holds the answer already
+		if m != nil {
+			m.feed(ctx.Response.Body())
+		}
+		fasthttp.ReleaseResponse(resp)
+		return nil
+	}
 	if m != nil {
 		m.feed(resp.Body())
 	}
 	ctx.Response.SetBody(resp.Body())
 	fasthttp.ReleaseResponse(resp)
 	return nil
+}
+
+// maxWholeAnswer bounds the answers read whole before they are relayed.
+const maxWholeAnswer = 64 << 10
+
+// wholeLength reports whether resp's body, still a stream (the client
+// streams every body), is read whole before it is relayed, and its
+// length: a body of known length up to maxWholeAnswer that is not an
+// event stream — a non-streamed completion, an error. Such an answer
+// then goes to the client as one written body instead of through the
+// server's stream relay, and its connection back to the pool at once; a
+// larger, unknown-length or event-stream body is relayed as it arrives.
+func wholeLength(resp *fasthttp.Response) (int, bool) {
+	if resp.BodyStream() == nil {
+		return 0, false
+	}
+	n := resp.Header.ContentLength()
+	if n < 0 || n > maxWholeAnswer || parseContentType(resp.Header.ContentType()).is("text/event-stream") {
+		return 0, false
+	}
+	return n, true
+}
+
+// errShortAnswer is an upstream answer that ended before its Content-Length.
+var errShortAnswer = errors.New("upstream answer ended before its Content-Length")
+
+// readWhole reads the n bytes of resp's body stream into ctx's response
+// body (its own pooled buffer: nothing is copied again to relay it) and
+// ends the stream, which gives the upstream connection back to the pool
+// once the stream has reported its end. On an error ctx's body is empty.
+func readWhole(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, n int) error {
+	st := resp.BodyStream()
+	buf := ctx.Response.SwapBody(nil)
+	buf = slices.Grow(buf[:0], n+1) // +1: the read that reports the end has room
+	var err error
+	for err == nil {
+		var k int
+		k, err = st.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if len(buf) > n {
+			err = errShortAnswer // never: the stream ends at Content-Length
+		}
+	}
+	if err == io.EOF && len(buf) == n {
+		err = nil
+	} else if err == io.EOF || err == io.ErrUnexpectedEOF {
+		err = errShortAnswer
+	}
+	if err != nil {
+		buf = buf[:0]
+	}
+	ctx.Response.SwapBody(buf)
+	if cerr := resp.CloseBodyStream(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // upstreamFailed answers a request the upstream could not be asked: its
