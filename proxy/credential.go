@@ -156,12 +156,12 @@ func scrubRequest(h *fasthttp.RequestHeader, contentEncoding, acceptEncoding boo
 	var drop [][]byte
 	var scratch [8][]byte
 	for k := range h.All() {
-		switch {
-		case isHopByHop(k):
+		switch class := forwardNames.class(k); {
+		case class == nameHopByHop:
 			hop = true
-		case bytes.IndexByte(k, '_') >= 0, inFold(forwardDropped, k),
-			contentEncoding && bytes.EqualFold(k, headerContentEncoding),
-			acceptEncoding && bytes.EqualFold(k, headerAcceptEncoding):
+		case class == nameDropped, bytes.IndexByte(k, '_') >= 0,
+			contentEncoding && class == nameContentEncoding,
+			acceptEncoding && class == nameAcceptEncoding:
 			if drop == nil {
 				drop = scratch[:0]
 			}
@@ -179,6 +179,64 @@ func scrubRequest(h *fasthttp.RequestHeader, contentEncoding, acceptEncoding boo
 	}
 }
 
+// nameClass is what scrubRequest and stripResponseHopByHop make of a
+// header name.
+type nameClass uint8
+
+const (
+	nameOther nameClass = iota
+	nameHopByHop
+	nameDropped // forwardDropped
+	nameContentEncoding
+	nameAcceptEncoding
+)
+
+// nameTable classes header names in any letter case. The names of each
+// length are kept together, so a name is compared only with the few of
+// its own length (most with none): one lookup per field instead of a
+// comparison with every name of every list.
+type nameTable [maxClassedName + 1][]classedName
+
+const maxClassedName = 24 // the longest name classed, and then some
+
+type classedName struct {
+	name  []byte
+	class nameClass
+}
+
+// forwardNames holds hopByHop, forwardDropped, Content-Encoding and
+// Accept-Encoding; a name in two lists (Proxy-Authorization) is hop-by-hop.
+var forwardNames = func() *nameTable {
+	t := new(nameTable)
+	add := func(class nameClass, names ...[]byte) {
+		for _, n := range names {
+			if len(n) > maxClassedName {
+				panic("proxy: header name " + string(n) + " longer than maxClassedName")
+			}
+			if t.class(n) == nameOther {
+				t[len(n)] = append(t[len(n)], classedName{n, class})
+			}
+		}
+	}
+	add(nameHopByHop, hopByHopBytes...)
+	add(nameDropped, forwardDropped...)
+	add(nameContentEncoding, headerContentEncoding)
+	add(nameAcceptEncoding, headerAcceptEncoding)
+	return t
+}()
+
+func (t *nameTable) class(k []byte) nameClass {
+	if len(k) >= len(t) {
+		return nameOther
+	}
+	for _, c := range t[len(k)] {
+		if bytes.EqualFold(k, c.name) {
+			return c.class
+		}
+	}
+	return nameOther
+}
+
 // fieldValues yields the value of every field of h named name, in any
 // letter case, in order: PeekAll's answer in one pass over the fields,
 // without normalising name into a copy first as PeekAll does.
@@ -190,14 +248,4 @@ func fieldValues(h *fasthttp.RequestHeader, name []byte) iter.Seq[[]byte] {
 			}
 		}
 	}
-}
-
-// inFold reports whether k is one of names, in any letter case.
-func inFold(names [][]byte, k []byte) bool {
-	for _, name := range names {
-		if len(name) == len(k) && bytes.EqualFold(k, name) {
-			return true
-		}
-	}
-	return false
 }

@@ -36,7 +36,7 @@ var hopByHopBytes = func() (out [][]byte) {
 // through an interface it would.) Requests: scrubRequest.
 func stripResponseHopByHop(h *fasthttp.ResponseHeader) {
 	for k := range h.All() {
-		if isHopByHop(k) {
+		if forwardNames.class(k) == nameHopByHop {
 			stripHopByHop(h)
 			return
 		}
@@ -59,16 +59,6 @@ func stripHopByHop(h interface {
 	for _, name := range hopByHop {
 		h.Del(name)
 	}
-}
-
-// isHopByHop reports whether k (any letter case) is one of hopByHop.
-func isHopByHop(k []byte) bool {
-	for _, name := range hopByHopBytes {
-		if len(name) == len(k) && bytes.EqualFold(k, name) {
-			return true
-		}
-	}
-	return false
 }
 
 // forward sends the request to one of the route's upstreams and relays the

@@ -283,3 +283,24 @@ func FuzzNormalisePath(f *testing.F) {
 		}
 	})
 }
+
+// forwardNames classes every name of its lists in any letter case, and
+// nothing else: a name it missed would be forwarded.
+func TestForwardNamesClass(t *testing.T) {
+	want := map[string]nameClass{"Content-Encoding": nameContentEncoding, "Accept-Encoding": nameAcceptEncoding,
+		"X-API-Keys": nameOther, "TEE": nameOther, "T": nameOther, "": nameOther, "Connections": nameOther,
+		"X-Forwarded-Host": nameOther, strings.Repeat("X", 200): nameOther}
+	for _, n := range forwardDropped {
+		want[string(n)] = nameDropped
+	}
+	for _, n := range hopByHop {
+		want[n] = nameHopByHop // Proxy-Authorization is in both: hop-by-hop
+	}
+	for name, class := range want {
+		for _, k := range []string{name, strings.ToLower(name), strings.ToUpper(name)} {
+			if got := forwardNames.class([]byte(k)); got != class {
+				t.Errorf("class(%q) = %d, want %d", k, got, class)
+			}
+		}
+	}
+}
