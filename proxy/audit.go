@@ -126,7 +126,7 @@ func (a *auditRecorder) encode(dst []byte, ctx *fasthttp.RequestCtx, out *outcom
 	dst = append(dst, `,"status":`...)
 	dst = strconv.AppendInt(dst, int64(ctx.Response.StatusCode()), 10)
 	dst = append(dst, `,"duration_ms":`...)
-	dst = appendMillis(dst, time.Since(start).Microseconds())
+	dst = appendMillis(dst, out.took.Microseconds())
 	var id []byte
 	if out.req != nil {
 		id = out.req.id

@@ -74,7 +74,8 @@ type idleConn struct {
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(c.wrote) >= c.idle/16 {
+	if time.Since(c.wrote) >= c.idle/16 { // one clock read (monotonic), not Now's two
+		now := time.Now()
 		if err := c.Conn.SetWriteDeadline(now.Add(c.idle)); err != nil {
 			return 0, err
 		}
@@ -84,7 +85,8 @@ func (c *idleConn) Write(p []byte) (int, error) {
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(c.armed) >= c.idle/16 {
+	if time.Since(c.armed) >= c.idle/16 {
+		now := time.Now()
 		if err := c.Conn.SetReadDeadline(now.Add(c.idle)); err != nil {
 			return 0, err
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"math"
 	"sync"
-	"time"
 	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
@@ -576,7 +575,7 @@ func (s *Proxy) meterUsage(ctx *fasthttp.RequestCtx, out *outcome) {
 		Model:      s.modelName(m.model),
 
 		PromptTokens: prompt, CompletionTokens: compl, CachedTokens: cached, Estimated: est,
-		Status: status, DurationMS: time.Since(start).Milliseconds(), Time: start.UTC(),
+		Status: status, DurationMS: out.took.Milliseconds(), Time: start.UTC(),
 	}
 	if out.key != nil {
 		u.KeyID, u.Project = out.key.ID, out.key.Project

@@ -469,6 +469,9 @@ type outcome struct {
 	// adm is the request's concurrency slots, given back when it is
 	// finished.
 	adm admission
+	// took is how long the request took, from its first byte to being
+	// finished: read once, by finish, for its audit and usage records.
+	took time.Duration
 }
 
 func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
@@ -487,6 +490,7 @@ func (s *Proxy) handle(ctx *fasthttp.RequestCtx) {
 
 // finish records an answered request: its audit record and metrics.
 func (s *Proxy) finish(ctx *fasthttp.RequestCtx, out *outcome) {
+	out.took = time.Since(ctx.Time())
 	s.release(&out.adm)
 	if out.meter != nil {
 		s.noteCut(out)
