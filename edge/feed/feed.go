@@ -1,8 +1,11 @@
 // Package feed keeps an edge's cache.View current from the origin over
 // NATS: the JetStream event stream (resumed after the persisted revision,
-// resynchronised from a snapshot when events were lost), the origin's
-// heartbeats, and records offered by gossip peers, each verified by the
-// View before it is applied and applied in revision order, once. It also
+// resynchronised from a snapshot when events were lost), the same events
+// as the origin publishes them (the live subscription: the next revision
+// is applied from it at once, whatever the stream consumer's pull request
+// is doing), the origin's heartbeats, and records offered by gossip peers,
+// each verified by the View before it is applied and applied in revision
+// order, once. It also
 // persists the View's state and answers cache misses over NATS
 // request/reply (NATSLookup). It is the edge's only link to the event
 // stream; package cache itself knows nothing of NATS.
@@ -65,11 +68,13 @@ type Feed struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	hbSub  *nats.Subscription
+	live   *nats.Subscription
 
 	applyMu        sync.Mutex        // one applier at a time: stream or gossip
 	pending        map[uint64][]byte // verified records ahead of a gap
 	gossipRejected atomic.Uint64
 	pendingDropped atomic.Uint64
+	liveApplied    atomic.Uint64
 	saved          uint64
 }
 
@@ -161,6 +166,12 @@ func (f *Feed) Start() error {
 		return fmt.Errorf("subscribing to origin heartbeats: %w", err)
 	}
 	f.hbSub = sub
+	live, err := f.cfg.Conn.Subscribe(event.StreamSubjects, func(m *nats.Msg) { f.fromLive(m.Data) })
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("subscribing to live events: %w", err)
+	}
+	f.live = live
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	go f.run(ctx)
@@ -177,6 +188,7 @@ func (f *Feed) Shutdown(ctx context.Context) error {
 		return f.save()
 	}
 	_ = f.hbSub.Unsubscribe()
+	_ = f.live.Unsubscribe()
 	f.cancel()
 	select {
 	case <-f.done:
@@ -245,7 +257,11 @@ func (f *Feed) consume(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("reading events: %w", err)
 		}
-		if err := f.fromStream(ctx, msg.Data()); err != nil {
+		var seq uint64
+		if md, err := msg.Metadata(); err == nil {
+			seq = md.Sequence.Stream
+		}
+		if err := f.fromStream(ctx, seq, msg.Data()); err != nil {
 			return err
 		}
 	}
@@ -254,10 +270,16 @@ func (f *Feed) consume(ctx context.Context) error {
 // fromStream applies one record from the JetStream stream, whose order is
 // the revision order: a revision missing there is lost for good, so a gap
 // means resynchronising. Records that fail verification are dropped (and
-// counted by the View); their revision then shows up as a gap.
-func (f *Feed) fromStream(ctx context.Context, wire []byte) error {
+// counted by the View); their revision then shows up as a gap. A record
+// at a sequence (seq: the revision, 0 if unknown) already applied, from
+// the live subscription or a peer, is skipped unopened: it was verified
+// and passed on once already.
+func (f *Feed) fromStream(ctx context.Context, seq uint64, wire []byte) error {
 	f.applyMu.Lock()
 	defer f.applyMu.Unlock()
+	if seq != 0 && seq <= f.v.AppliedRevision() {
+		return nil
+	}
 	rev, err := f.v.Apply(wire)
 	var gap *cache.GapError
 	if errors.As(err, &gap) {
@@ -274,6 +296,58 @@ func (f *Feed) fromStream(ctx context.Context, wire []byte) error {
 	f.applied(rev, wire)
 	return nil
 }
+
+// fromLive applies a record from the live subscription (the event subjects
+// as the origin publishes them, beside the stream) if it is the next
+// revision, and otherwise drops it: the stream brings every revision in
+// order anyway, so this path never holds records, never sees a gap and
+// never resynchronises. It only removes the stream consumer's own latency
+// from the common case: JetStream hands an ordered pull consumer a
+// message only while one of its pull requests is outstanding at the
+// server, and between a request's expiry and its successor's arrival (a
+// round trip to the server) a change waits; see docs/design.md, "Edge
+// feed". A record that fails verification is counted by the View and
+// dropped.
+func (f *Feed) fromLive(wire []byte) {
+	rev, ok := peekRevision(wire)
+	if !ok || !f.v.HasSnapshot() {
+		return
+	}
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	if rev != f.v.AppliedRevision()+1 {
+		return
+	}
+	// Apply verifies the record; the revision it then holds is the peeked
+	// one, the next, so it cannot report a gap.
+	got, err := f.v.Apply(wire)
+	if err != nil || got != rev {
+		f.log.Warn("dropping live event", "revision", rev, "err", err)
+		return
+	}
+	f.liveApplied.Add(1)
+	f.applied(rev, wire)
+}
+
+// peekRevision reads the revision a sealed record claims, unverified: it
+// only says whether the record is worth opening (View.Apply verifies it).
+func peekRevision(wire []byte) (uint64, bool) {
+	if len(wire) <= ed25519.SignatureSize {
+		return 0, false
+	}
+	var r struct {
+		Revision uint64 `json:"revision"`
+	}
+	if json.Unmarshal(wire[ed25519.SignatureSize:], &r) != nil || r.Revision == 0 {
+		return 0, false
+	}
+	return r.Revision, true
+}
+
+// LiveApplied reports how many records were applied from the live
+// subscription (the rest of the stream's came through the consumer, or
+// from peers).
+func (f *Feed) LiveApplied() uint64 { return f.liveApplied.Load() }
 
 // Offer takes a record from a gossip peer, which may come in any order:
 // it is verified at once (a forged one goes no further), applied if it is
