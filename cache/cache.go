@@ -698,6 +698,20 @@ func (v *View) cached(h *apikey.Hash) (*entry, bool) {
 	if !ok || e.hash != *h {
 		return nil, false
 	}
+	if gen := v.gens.get(e.gen); e.key.Revision < gen && gen > v.applied.Load() {
+		// An Apply of this key is under way: it raises the key's generation
+		// first (no older entry may serve from then on) and refreshes the
+		// cached entry after. Wait for it (it holds depsMu) and look again,
+		// rather than ask the origin, a network round trip away, for what
+		// is about to be here: on a loaded edge the Apply can be preempted
+		// in between, and a request then waited 2 × the WAN delay (bench
+		// wan, issue 17).
+		v.depsMu.Lock()
+		v.depsMu.Unlock() // an empty critical section: the waiting is the point
+		if e, ok = v.keys.Get(slot(h)); !ok || e.hash != *h {
+			return nil, false
+		}
+	}
 	if e.key.Revision < v.gens.get(e.gen) || e.key.Revision < v.floor.Load() {
 		v.staleHits.Add(1)
 		return nil, false
@@ -984,6 +998,9 @@ func (v *View) open(wire []byte) (*event.Record, error) {
 func (v *View) applyKey(k *event.Key, rev uint64, signed time.Time, wire []byte) {
 	g := v.gens.slot(k.ID)
 	v.gens.raise(g, rev) // first: from here on every older entry of this key is stale
+	if afterRaise != nil {
+		afterRaise()
+	}
 	// Records kept for peers follow the change, so they learn of it too.
 	if v.sealed != nil {
 		for _, s := range k.Secrets {
@@ -1012,6 +1029,10 @@ func (v *View) applyKey(k *event.Key, rev uint64, signed time.Time, wire []byte)
 		}
 	}
 }
+
+// afterRaise, if set (by a test), runs in applyKey between raising a key's
+// generation and refreshing its cached entries.
+var afterRaise func()
 
 // ErrIncompleteSnapshot is returned by ResyncChunks and Restore for a set
 // of snapshot chunks that is not exactly one answer's, complete and in

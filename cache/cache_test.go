@@ -851,3 +851,57 @@ func TestNewKeyCarriesModelsAndConcurrency(t *testing.T) {
 		t.Fatal("a key without expiry has one")
 	}
 }
+
+// A request for a cached key while a change to it is being applied waits
+// for the Apply (which raises the key's generation before it refreshes the
+// entry) instead of asking the origin: across a WAN that lookup is a round
+// trip, and on a loaded edge an Apply preempted in between sent requests
+// there (bench wan, issue 17). The answer is the new state, without a
+// lookup.
+func TestRequestDuringApplyWaitsForIt(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	mustApply(t, v, o.change(linked(h, "d1")))
+	if _, err := v.Authorize(context.Background(), h); err != nil { // cached from here on
+		t.Fatal(err)
+	}
+	v.keys.Wait()
+	lookups := o.calls.Load()
+	paused, resume := make(chan struct{}), make(chan struct{})
+	afterRaise = func() { close(paused); <-resume }
+	t.Cleanup(func() { afterRaise = nil })
+	applied := make(chan error, 1)
+	unlink := o.change(linked(h))
+	go func() { _, err := v.Apply(unlink); applied <- err }()
+	<-paused
+	afterRaise = nil
+	type answer struct {
+		k   *Key
+		err error
+	}
+	got := make(chan answer, 1)
+	go func() { k, err := v.Authorize(context.Background(), h); got <- answer{k, err} }()
+	// Without the wait, Authorize asks the origin now and returns the
+	// origin's answer; with it, it is still waiting when the Apply goes on.
+	// (A bound on how long to give it to go wrong, not a synchronisation.)
+	select {
+	case a := <-got:
+		got <- a
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(resume)
+	if err := <-applied; err != nil {
+		t.Fatal(err)
+	}
+	a := <-got
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	if a.k.Linked("d1") {
+		t.Fatal("served the key as it was before the change being applied")
+	}
+	if n := o.calls.Load() - lookups; n != 0 {
+		t.Fatalf("%d lookups at the origin for a key whose change was being applied", n)
+	}
+}
