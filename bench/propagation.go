@@ -39,6 +39,20 @@ type PropagationConfig struct {
 	Dial func(addr string) (net.Conn, error)
 	// PerEdge keeps every edge's own delay in each sample (EdgesMs).
 	PerEdge bool
+	// NotBefore, if set, is by edge index how long after the API response
+	// the first poll of that edge waits: bench wan sets it a margin short
+	// of the one-way delay, which no change can beat, so that it can poll
+	// densely (Poll) where the change can arrive without polling all the
+	// way there. It cannot make a change seem earlier than it is: a change
+	// already shown by the first poll is timed at that poll.
+	NotBefore []time.Duration
+	// InFlight, if above 1, polls each edge every Poll whether or not the
+	// polls before have been answered, up to InFlight at once: a change is
+	// then timed by the first answer showing it, not after a slow answer
+	// that did not (an accepted request goes to the upstream; on a loaded
+	// machine that took bench wan's prober over 20 ms). Default 1: the
+	// next poll leaves Poll after the last answer.
+	InFlight int
 }
 
 // PropagationSample is one change: how long until every edge showed it.
@@ -91,7 +105,7 @@ func RunPropagation(ctx context.Context, cfg PropagationConfig) (*PropagationRes
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	client := &fasthttp.Client{MaxConnsPerHost: 4, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+	client := &fasthttp.Client{MaxConnsPerHost: max(4, cfg.InFlight), ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
 		NoDefaultUserAgentHeader: true, Dial: cfg.Dial}
 	defer client.CloseIdleConnections()
 	p := &prober{client: client, cfg: &cfg}
@@ -221,10 +235,20 @@ func (p *prober) waitAll(ctx context.Context, accept bool, t0 time.Time) ([]time
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if i < len(p.cfg.NotBefore) {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Until(t0.Add(p.cfg.NotBefore[i]))):
+				}
+			}
+			if p.cfg.InFlight > 1 {
+				delays[i], errs[i] = p.pollOverlapping(ctx, edge, accept, t0, deadline)
+				return
+			}
 			for {
 				code, err := p.status(edge)
 				now := time.Now()
-				if err == nil && ((accept && code == 200) || (!accept && (code == 401 || code == 403))) {
+				if err == nil && p.shows(code, accept) {
 					delays[i] = now.Sub(t0)
 					return
 				}
@@ -245,6 +269,59 @@ func (p *prober) waitAll(ctx context.Context, accept bool, t0 time.Time) ([]time
 		}
 	}
 	return delays, slowest, errors.Join(errs...)
+}
+
+// shows reports whether an answer code shows the change: an acceptance
+// (accept) or a refusal.
+func (p *prober) shows(code int, accept bool) bool {
+	return (accept && code == 200) || (!accept && (code == 401 || code == 403))
+}
+
+// pollOverlapping polls edge every Poll, up to InFlight polls at once,
+// until an answer shows the change; it returns the time from t0 to the
+// first such answer. Every poll it started has ended when it returns.
+func (p *prober) pollOverlapping(ctx context.Context, edge string, accept bool, t0, deadline time.Time) (time.Duration, error) {
+	type answer struct {
+		at   time.Time
+		code int
+		err  error
+	}
+	answers := make(chan answer, p.cfg.InFlight)
+	inFlight := 0
+	tick := time.NewTicker(p.cfg.Poll)
+	defer tick.Stop()
+	var seen time.Time
+	var last answer
+	send := func() {
+		inFlight++
+		go func() {
+			code, err := p.status(edge)
+			answers <- answer{at: time.Now(), code: code, err: err}
+		}()
+	}
+	send()
+	for {
+		over := time.Now().After(deadline) || ctx.Err() != nil
+		if (!seen.IsZero() || over) && inFlight == 0 {
+			break
+		}
+		select {
+		case a := <-answers:
+			inFlight--
+			last = a
+			if a.err == nil && p.shows(a.code, accept) && (seen.IsZero() || a.at.Before(seen)) {
+				seen = a.at
+			}
+		case <-tick.C:
+			if seen.IsZero() && !over && inFlight < p.cfg.InFlight {
+				send()
+			}
+		}
+	}
+	if seen.IsZero() {
+		return last.at.Sub(t0), fmt.Errorf("edge %s still answered %d (%v) after %v", edge, last.code, last.err, p.cfg.Timeout)
+	}
+	return seen.Sub(t0), nil
 }
 
 // PropagationMarkdown renders a propagation result; the chart (sorted

@@ -31,10 +31,11 @@ type wanOpts struct {
 	edges      int
 	delays     []time.Duration // the groups' one-way delays, ascending
 	iterations int
-	mode       string // auto, netem, relay
-	profile    string // the edges' --gossip-profile
-	keepNATS   int    // edges of the nearest group that keep NATS in the gossip phase
-	poll       time.Duration
+	mode       string        // auto, netem, relay
+	profile    string        // the edges' --gossip-profile
+	keepNATS   int           // edges of the nearest group that keep NATS in the gossip phase
+	poll       time.Duration // phase 2 (gossip)
+	natsPoll   time.Duration // phase 1 (NATS), from the edge's delay less margin on
 	margin     time.Duration // the NATS target: p99 ≤ delay + margin
 	rounds     float64       // the gossip target: p99 ≤ rounds × gossip interval
 	settle     time.Duration // after the cut's first change, before the measured gossip phase
@@ -66,12 +67,19 @@ type wanGroup struct {
 }
 
 type wanResult struct {
-	Mode             string                   `json:"mode"`
-	ModeMeaning      string                   `json:"mode_meaning"`
-	Prober           string                   `json:"prober"`
-	Edges            int                      `json:"edges"`
-	Iterations       int                      `json:"iterations"`
-	PollMs           float64                  `json:"poll_interval_ms"`
+	Mode        string  `json:"mode"`
+	ModeMeaning string  `json:"mode_meaning"`
+	Prober      string  `json:"prober"`
+	Edges       int     `json:"edges"`
+	Iterations  int     `json:"iterations"`
+	PollMs      float64 `json:"poll_interval_ms"`
+	NATSPollMs  float64 `json:"nats_poll_interval_ms"`
+	InFlight    int     `json:"nats_polls_in_flight"`
+	MarginMs    float64 `json:"nats_margin_ms"`
+	// Nice is the bench process's nice value as started (that of the
+	// origin, upstream and edges it runs) and as it measures
+	// (raiseOwnPriority).
+	Nice             [2]int                   `json:"nice_stack_bench"`
 	EdgeArgs         []string                 `json:"edge_args,omitempty"`
 	GossipProfile    string                   `json:"gossip_profile"`
 	GossipIntervalMs float64                  `json:"gossip_interval_ms"`
@@ -90,6 +98,17 @@ var wanModeMeaning = map[string]string{
 	"netem": "tc netem delays every packet on both ends of each edge's veth: edge↔origin host d each way, edge↔edge gossip d_a + d_b",
 	"relay": "no netem in this kernel: the bench delays in userspace — each edge's NATS connection through a TCP relay holding every chunk d each way, edge↔edge gossip (UDP and TCP) through per-pair relays holding it d_a + d_b; the upstream is not delayed",
 }
+
+// wanInFlight is how many polls of one edge the prober may have out at
+// once (PropagationConfig.InFlight), so that a slow accepted poll (it goes
+// to the upstream) does not hold the next one back. It does not raise the
+// rate (one poll per --nats-poll); more in flight (16 was tried) only
+// queued more at the upstream and slowed the edges.
+const wanInFlight = 4
+
+// wanPriorityLead is how many nice levels the bench's own threads (relays,
+// prober) run ahead of the stack they measure (raiseOwnPriority).
+const wanPriorityLead = 10
 
 const wanProber = "each edge polled on 127.0.0.1 inside its own namespace (sockets opened there with setns): the prober's requests cross no delay"
 
@@ -141,7 +160,8 @@ func runWAN(e *env, args []string) int {
 	mode := fs.String("mode", "auto", `how delays are made: "netem" (tc qdisc netem on each veth), "relay" (userspace TCP/UDP relays in the bench), "auto" (netem when the kernel has it)`)
 	profile := fs.String("gossip-profile", "wan", "the edges' --gossip-profile (its gossip interval is the round the gossip target counts)")
 	keepNATS := fs.Int("keep-nats", 1, "gossip phase: how many edges of the nearest group keep NATS (the others lose it and learn changes by gossip alone)")
-	poll := fs.Duration("poll", 5*time.Millisecond, "pause between two polls of one edge (each poll of an edge that accepts the key goes to the upstream: at 1 ms, 16 pollers saturate two cores)")
+	poll := fs.Duration("poll", 5*time.Millisecond, "gossip phase: pause between two polls of one edge (each poll of an edge that accepts the key goes to the upstream: at 1 ms all the way, 16 pollers saturate two cores)")
+	natsPoll := fs.Duration("nats-poll", time.Millisecond, "NATS phase: pause between two polls of one edge, which start --margin short of the edge's one-way delay (no change arrives sooner)")
 	edgeArgs := fs.String("edge-args", "", "extra flags for every edge, space-separated (e.g. \"--limits-sync 10s\")")
 	margin := fs.Duration("margin", 10*time.Millisecond, "NATS target: each group's p99 unlink→refusal ≤ its one-way delay + this")
 	rounds := fs.Float64("rounds", 3, "gossip target: each cut edge's p99 unlink→refusal ≤ this many gossip intervals")
@@ -163,8 +183,8 @@ func runWAN(e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "bench wan: %v\n", err)
 		return 2
 	}
-	if *edges < 2 || *edges < len(ds) || *iterations <= 0 || *poll <= 0 || *rounds <= 0 || *settle < 0 {
-		fmt.Fprintln(e.stderr, "bench wan: --edges must be at least 2 and one per delay; --iterations, --poll and --rounds positive; --settle not negative")
+	if *edges < 2 || *edges < len(ds) || *iterations <= 0 || *poll <= 0 || *natsPoll <= 0 || *rounds <= 0 || *settle < 0 {
+		fmt.Fprintln(e.stderr, "bench wan: --edges must be at least 2 and one per delay; --iterations, --poll, --nats-poll and --rounds positive; --settle not negative")
 		return 2
 	}
 	if *keepNATS < 1 || *keepNATS >= *edges {
@@ -191,7 +211,7 @@ func runWAN(e *env, args []string) int {
 		return 1
 	}
 	res, err := wanRun(e.ctx, e, wanOpts{edges: *edges, delays: ds, iterations: *iterations, mode: *mode, profile: *profile,
-		keepNATS: *keepNATS, poll: *poll, settle: *settle, edgeArgs: strings.Fields(*edgeArgs), margin: *margin, rounds: *rounds, binDir: bin, quiet: *quiet})
+		keepNATS: *keepNATS, poll: *poll, natsPoll: *natsPoll, settle: *settle, edgeArgs: strings.Fields(*edgeArgs), margin: *margin, rounds: *rounds, binDir: bin, quiet: *quiet})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "bench wan: %v\n", err)
 		return 1
@@ -237,6 +257,10 @@ func wanRun(ctx context.Context, e *env, o wanOpts) (_ *wanResult, err error) {
 	if err != nil {
 		return nil, err
 	}
+	from, to, err := raiseOwnPriority(wanPriorityLead)
+	if err != nil {
+		return nil, fmt.Errorf("raising the bench's own priority: %w", err)
+	}
 	k, err := st.api.CreateKey(ctx, benchProject, "bench-wan", st.dep.ID)
 	if err != nil {
 		return nil, err
@@ -248,15 +272,27 @@ func wanRun(ctx context.Context, e *env, o wanOpts) (_ *wanResult, err error) {
 	for i, we := range wn.edges {
 		urls[i] = fmt.Sprintf("http://%s:%d", we.proxyHost, wanProxyPort)
 	}
+	// Phase 1 polls each edge densely from its one-way delay less the
+	// margin on: no change can reach it sooner (the network holds every
+	// byte that long), and a poll every natsPoll all the way there would
+	// load the two cores enough to slow what is measured (see
+	// docs/design.md, "WAN bench").
+	notBefore := make([]time.Duration, len(wn.edges))
+	for i, we := range wn.edges {
+		notBefore[i] = max(we.delay-o.margin, 0)
+	}
 	cfg := bench.PropagationConfig{Client: st.api, Project: benchProject, Deployment: st.dep.ID, KeyID: k.ID,
-		Secret: k.Secret, Edges: urls, Iterations: o.iterations, Poll: o.poll, Progress: progressOut(e, o.quiet),
+		Secret: k.Secret, Edges: urls, Iterations: o.iterations, Poll: o.natsPoll, NotBefore: notBefore, InFlight: wanInFlight, Progress: progressOut(e, o.quiet),
 		PauseBetweenIterations: 20 * time.Millisecond, Dial: wn.dial, PerEdge: true}
 	res := &wanResult{Mode: wn.mode, ModeMeaning: wanModeMeaning[wn.mode], Prober: wanProber, Edges: o.edges,
 		Iterations: o.iterations, GossipProfile: o.profile, GossipIntervalMs: float64(interval) / 1e6,
-		SettleMs: float64(o.settle) / 1e6, PollMs: float64(o.poll) / 1e6, EdgeArgs: o.edgeArgs}
+		SettleMs: float64(o.settle) / 1e6, PollMs: float64(o.poll) / 1e6, NATSPollMs: float64(o.natsPoll) / 1e6, EdgeArgs: o.edgeArgs,
+		InFlight: wanInFlight, MarginMs: float64(o.margin) / 1e6,
+		Nice: [2]int{from, to}}
 	if res.NATS, err = bench.RunPropagation(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("phase 1 (NATS): %w", err)
 	}
+	cfg.Poll, cfg.NotBefore = o.poll, nil
 
 	// Phase 2: NATS cut for every edge but the first keepNATS (of the
 	// nearest group); changes reach the others by gossip alone.
@@ -540,7 +576,9 @@ func wanMarkdown(r *wanResult) string {
 	fmt.Fprintf(&b, "%d edges, each in a network namespace of its own at a one-way delay from the origin host (origin, NATS and mock upstream in the root namespace), in %d groups; %d unlink/relink pairs per phase.\n\n",
 		r.Edges, len(r.Groups), r.Iterations)
 	fmt.Fprintf(&b, "- Delay mode: **%s** — %s.\n", r.Mode, r.ModeMeaning)
-	fmt.Fprintf(&b, "- Prober: %s; each delay is from the API's response to the edge's own first refusal (401/403) or acceptance (200), polling every %s (a change is seen up to that plus one poll's round trip late).\n", r.Prober, wanMs(r.PollMs))
+	fmt.Fprintf(&b, "- Prober: %s; each delay is from the API's response to the edge's own first refusal (401/403) or acceptance (200). Via NATS, each edge is polled every %s (up to %d polls out at once) from %s short of its one-way delay on (no change can arrive sooner; one already there would be timed at that first poll, never earlier); NATS cut, every %s. A change is seen up to one interval plus one poll's round trip late.\n",
+		r.Prober, wanMs(r.NATSPollMs), r.InFlight, wanMs(r.MarginMs), wanMs(r.PollMs))
+	fmt.Fprintf(&b, "- Priorities: the bench's own threads (the relays, which are the network, and the prober) run at nice %d, the origin, upstream and edges at nice %d.\n", r.Nice[1], r.Nice[0])
 	if len(r.EdgeArgs) > 0 {
 		fmt.Fprintf(&b, "- Extra edge flags: `%s`.\n", strings.Join(r.EdgeArgs, " "))
 	}

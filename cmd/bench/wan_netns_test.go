@@ -44,7 +44,7 @@ func TestWANBenchSmall(t *testing.T) {
 	e, _, stderr := testEnv(ctx, nil)
 	const d = 20 * time.Millisecond
 	res, err := wanRun(ctx, e, wanOpts{edges: 3, delays: []time.Duration{d}, iterations: 2, mode: "relay", profile: "wan",
-		keepNATS: 1, poll: time.Millisecond, margin: 10 * time.Millisecond, rounds: 3, settle: 2 * time.Second,
+		keepNATS: 1, poll: time.Millisecond, natsPoll: time.Millisecond, margin: 10 * time.Millisecond, rounds: 3, settle: 2 * time.Second,
 		binDir: bin, quiet: true})
 	if left := wanLeftovers(t, os.Getpid()); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
@@ -70,6 +70,9 @@ func TestWANBenchSmall(t *testing.T) {
 	// from NATS, across their link of 2d.
 	if g.GossipUnlink == nil || g.GossipUnlink.Count != 2*2 || g.GossipUnlink.Min < 3*ms {
 		t.Fatalf("gossip unlinks: %+v; want 4 samples, none under %.0f ms", g.GossipUnlink, 3*ms)
+	}
+	if want := max(res.Nice[0]-wanPriorityLead, -20); res.Nice[1] != want {
+		t.Fatalf("the bench's own threads ran at nice %d, the stack's at %d: want %d", res.Nice[1], res.Nice[0], want)
 	}
 	if res.GossipIntervalMs != 500 {
 		t.Fatalf("gossip interval %.0f ms for the wan profile, want memberlist's WAN 500 ms", res.GossipIntervalMs)

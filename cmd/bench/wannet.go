@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keymesh/keymesh/bench"
 )
 
@@ -388,4 +390,47 @@ func (n *wanNet) close() {
 		_ = exec.Command("ip", "link", "del", n.links[i]).Run() // a veth goes with its namespace
 	}
 	n.nsMade, n.links = nil, nil
+}
+
+// raiseOwnPriority sets every thread of the bench process (its relays,
+// which are the network, and its prober) by nice levels ahead of the
+// processes it measures, which it started before and which keep theirs. A
+// link does not wait for CPU: on two loaded cores, relays at the edges'
+// priority held chunks past their delay (p99 4.7 ms; 2.1 ms ahead). It
+// cannot make a change reach an edge sooner. (The mock upstream was tried
+// too: it then took the CPU the edges needed.) It returns the nice values
+// before and after.
+func raiseOwnPriority(by int) (from, to int, err error) {
+	raw, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	from = 20 - raw // the raw syscall answers 20 - nice
+	to = max(from-by, -20)
+	if err := renice(os.Getpid(), to); err != nil {
+		return from, from, err
+	}
+	return from, to, nil
+}
+
+// renice sets every thread of process pid to nice value to. Linux keeps
+// nice per thread; threads made later inherit it from the thread that
+// makes them, so two passes catch one made meanwhile.
+func renice(pid, to int) error {
+	for range 2 {
+		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+		if err != nil {
+			return err
+		}
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil {
+				continue
+			}
+			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, to); err != nil && !errors.Is(err, unix.ESRCH) {
+				return err
+			}
+		}
+	}
+	return nil
 }
