@@ -15,6 +15,13 @@ const (
 	// SubjectPrefix starts every event subject; StreamSubjects covers them.
 	SubjectPrefix  = "keymesh.events."
 	StreamSubjects = SubjectPrefix + ">"
+	// LiveSubjects covers LiveSubject: the origin republishes each event
+	// there over core NATS once the stream has acknowledged it, so that
+	// edges apply the next revision as it comes, without waiting for their
+	// stream consumer's next pull request (edge/feed). The stream does not
+	// take these subjects (it takes the kinds' own, see origin's
+	// streamSubjects); edges may subscribe to them (StreamSubjects).
+	LiveSubjects = SubjectPrefix + "live.>"
 	// LookupKeySubject answers a request carrying a key hash (32 raw bytes)
 	// with a sealed KindKey or KindKeyNotFound record.
 	LookupKeySubject = "keymesh.lookup.key"
@@ -72,6 +79,11 @@ const (
 // published on.
 func Subject(k Kind, rev uint64) string {
 	return SubjectPrefix + string(k) + "." + strconv.FormatUint(rev, 10)
+}
+
+// LiveSubject is the subject of the live copy of the event at rev.
+func LiveSubject(rev uint64) string {
+	return SubjectPrefix + "live." + strconv.FormatUint(rev, 10)
 }
 
 // EdgeSubject returns edge id's subject under base (EdgeHeartbeatSubject,

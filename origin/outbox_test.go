@@ -310,3 +310,43 @@ func TestStreamAndOutboxBoundedByAge(t *testing.T) {
 		}
 	})
 }
+
+// Each event the stream acknowledges goes out once more over core NATS on
+// its live subject, the same sealed bytes (edges apply the next revision
+// from there without waiting for their stream consumer), and the stream
+// holds only the events: the live copies are not stored in it.
+func TestPublishedEventsGoOutLive(t *testing.T) {
+	s := startServer(t, testConfig(t.TempDir()))
+	nc := connect(t, s)
+	sub, err := nc.SubscribeSync(event.LiveSubjects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, s)
+	c.must(201, "POST", "/v1/projects/default/deployments", chatDep, nil)                                                // rev 1
+	c.must(201, "POST", "/v1/projects/default/keys", map[string]any{"name": "ci", "deployments": []string{"chat"}}, nil) // rev 2
+	recs := streamRecords(t, s, 2)
+	ver, err := event.NewVerifier(s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rev := uint64(1); rev <= 2; rev++ {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("live copy of revision %d: %v", rev, err)
+		}
+		if m.Subject != event.LiveSubject(rev) {
+			t.Fatalf("live copy on %q, want %q", m.Subject, event.LiveSubject(rev))
+		}
+		got, err := ver.Open(m.Data)
+		if err != nil || got.Revision != rev || got.Kind != recs[rev-1].Kind {
+			t.Fatalf("live copy of revision %d: %v %+v", rev, err, got)
+		}
+	}
+	if rev := s.PublishedRevision(); rev != 2 {
+		t.Fatalf("published revision %d, want 2", rev)
+	}
+}

@@ -328,6 +328,7 @@ acks:
 				// Checked one by one below.
 				break acks
 			}
+			p.live(evs[i])
 			n++
 		case <-f.Err():
 			break acks
@@ -346,6 +347,17 @@ acks:
 		n++
 	}
 	return n, nil
+}
+
+// live republishes e, which the stream now holds at its revision, on its
+// live subject (event.LiveSubject) over core NATS, at most once: edges
+// apply it from there at once if it is their next revision, and take it
+// from the stream otherwise (edge/feed). Only what the stream holds goes
+// out live, so an edge never runs ahead of the stream; a live copy lost is
+// no loss. Only the pipelined path sends it; events published one by one
+// (a repair) reach edges through the stream alone.
+func (p *publisher) live(e outboxEvent) {
+	_ = p.nc.Publish(event.LiveSubject(e.Revision), e.Payload)
 }
 
 // publish sends e and returns nil once the stream holds it at sequence

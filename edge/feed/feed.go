@@ -1,9 +1,9 @@
 // Package feed keeps an edge's cache.View current from the origin over
 // NATS: the JetStream event stream (resumed after the persisted revision,
-// resynchronised from a snapshot when events were lost), the same events
-// as the origin publishes them (the live subscription: the next revision
-// is applied from it at once, whatever the stream consumer's pull request
-// is doing), the origin's heartbeats, and records offered by gossip peers,
+// resynchronised from a snapshot when events were lost), the copies of
+// them the origin republishes once the stream holds them (the live
+// subscription: the next revision is applied from it at once, whatever the
+// stream consumer's pull request is doing), the origin's heartbeats, and records offered by gossip peers,
 // each verified by the View before it is applied and applied in revision
 // order, once. It also
 // persists the View's state and answers cache misses over NATS
@@ -166,7 +166,7 @@ func (f *Feed) Start() error {
 		return fmt.Errorf("subscribing to origin heartbeats: %w", err)
 	}
 	f.hbSub = sub
-	live, err := f.cfg.Conn.Subscribe(event.StreamSubjects, func(m *nats.Msg) { f.fromLive(m.Data) })
+	live, err := f.cfg.Conn.Subscribe(event.LiveSubjects, func(m *nats.Msg) { f.fromLive(m.Data) })
 	if err != nil {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("subscribing to live events: %w", err)
@@ -297,9 +297,9 @@ func (f *Feed) fromStream(ctx context.Context, seq uint64, wire []byte) error {
 	return nil
 }
 
-// fromLive applies a record from the live subscription (the event subjects
-// as the origin publishes them, beside the stream) if it is the next
-// revision, and otherwise drops it: the stream brings every revision in
+// fromLive applies a record from the live subscription (event.LiveSubjects:
+// the origin's copy of each event the stream has acknowledged) if it is the
+// next revision, and otherwise drops it: the stream brings every revision in
 // order anyway, so this path never holds records, never sees a gap and
 // never resynchronises. It only removes the stream consumer's own latency
 // from the common case: JetStream hands an ordered pull consumer a

@@ -57,7 +57,11 @@ func newStreamOrigin(t *testing.T, delay time.Duration) *streamOrigin {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: event.StreamName, Subjects: []string{event.StreamSubjects}}); err != nil {
+	// The origin's subjects (not event.StreamSubjects, which covers the
+	// live copies too); in memory, so that a slow disk on a shared machine
+	// does not delay what the test times.
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: event.StreamName, Storage: jetstream.MemoryStorage,
+		Subjects: []string{event.SubjectPrefix + "key.*", event.SubjectPrefix + "deployment.*"}}); err != nil {
 		t.Fatal(err)
 	}
 	so := &streamOrigin{origin: newOrigin(t), ns: ns, nc: nc, js: js, sent: map[uint64]time.Time{}}
@@ -80,7 +84,7 @@ func newStreamOrigin(t *testing.T, delay time.Duration) *streamOrigin {
 }
 
 // publish commits one key change and publishes it as the origin does (at
-// its revision, or not at all), noting when.
+// its revision, or not at all, then its live copy), noting when.
 func (so *streamOrigin) publish(t *testing.T, k event.Key) {
 	t.Helper()
 	so.mu.Lock()
@@ -93,6 +97,9 @@ func (so *streamOrigin) publish(t *testing.T, k event.Key) {
 	if _, err := so.js.Publish(ctx, event.Subject(event.KindKey, rev), w,
 		jetstream.WithMsgID(fmt.Sprint(rev)), jetstream.WithExpectLastSequence(rev-1)); err != nil {
 		t.Fatalf("publishing revision %d: %v", rev, err)
+	}
+	if err := so.nc.Publish(event.LiveSubject(rev), w); err != nil {
+		t.Fatal(err)
 	}
 }
 
