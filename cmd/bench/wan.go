@@ -79,7 +79,12 @@ type wanResult struct {
 	// Nice is the bench process's nice value as started (that of the
 	// origin, upstream and edges it runs) and as it measures
 	// (raiseOwnPriority).
-	Nice             [2]int                   `json:"nice_stack_bench"`
+	Nice [2]int `json:"nice_stack_bench"`
+	// LoadBefore and LoadAfter are the machine's 1-minute load average
+	// as the measured phases start and end (the stack's own work
+	// included): on a shared machine, what else ran.
+	LoadBefore       float64                  `json:"load_average_before"`
+	LoadAfter        float64                  `json:"load_average_after"`
 	EdgeArgs         []string                 `json:"edge_args,omitempty"`
 	GossipProfile    string                   `json:"gossip_profile"`
 	GossipIntervalMs float64                  `json:"gossip_interval_ms"`
@@ -288,7 +293,7 @@ func wanRun(ctx context.Context, e *env, o wanOpts) (_ *wanResult, err error) {
 		Iterations: o.iterations, GossipProfile: o.profile, GossipIntervalMs: float64(interval) / 1e6,
 		SettleMs: float64(o.settle) / 1e6, PollMs: float64(o.poll) / 1e6, NATSPollMs: float64(o.natsPoll) / 1e6, EdgeArgs: o.edgeArgs,
 		InFlight: wanInFlight, MarginMs: float64(o.margin) / 1e6,
-		Nice: [2]int{from, to}}
+		Nice: [2]int{from, to}, LoadBefore: loadAverage()}
 	if res.NATS, err = bench.RunPropagation(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("phase 1 (NATS): %w", err)
 	}
@@ -325,6 +330,7 @@ func wanRun(ctx context.Context, e *env, o wanOpts) (_ *wanResult, err error) {
 	if res.Gossip, err = bench.RunPropagation(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("phase 2 (gossip): %w", err)
 	}
+	res.LoadAfter = loadAverage()
 	res.Groups = wanGroups(res, o, cut, interval)
 	res.Targets = wanTargets(res, o)
 	return res, nil
@@ -491,6 +497,20 @@ func waitNATSDown(ctx context.Context, st *stack, cut []int) error {
 	return waitEdges(ctx, st, cut, "noticing its NATS link was cut", func(s *wanStatus) bool { return !s.NATSConnected })
 }
 
+// loadAverage is the machine's 1-minute load average (0 if unknown).
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
 // wanGroups summarises both phases per delay group from every edge's own
 // delays.
 func wanGroups(res *wanResult, o wanOpts, cut []int, interval time.Duration) []wanGroup {
@@ -578,7 +598,8 @@ func wanMarkdown(r *wanResult) string {
 	fmt.Fprintf(&b, "- Delay mode: **%s** — %s.\n", r.Mode, r.ModeMeaning)
 	fmt.Fprintf(&b, "- Prober: %s; each delay is from the API's response to the edge's own first refusal (401/403) or acceptance (200). Via NATS, each edge is polled every %s (up to %d polls out at once) from %s short of its one-way delay on (no change can arrive sooner; one already there would be timed at that first poll, never earlier); NATS cut, every %s. A change is seen up to one interval plus one poll's round trip late.\n",
 		r.Prober, wanMs(r.NATSPollMs), r.InFlight, wanMs(r.MarginMs), wanMs(r.PollMs))
-	fmt.Fprintf(&b, "- Priorities: the bench's own threads (the relays, which are the network, and the prober) run at nice %d, the origin, upstream and edges at nice %d.\n", r.Nice[1], r.Nice[0])
+	fmt.Fprintf(&b, "- Priorities: the bench's own threads (the relays, which are the network, and the prober) run at nice %d, the origin, upstream and edges at nice %d (anything else on the machine at nice 0 takes precedence over them); load average %.2f as the phases started, %.2f as they ended.\n",
+		r.Nice[1], r.Nice[0], r.LoadBefore, r.LoadAfter)
 	if len(r.EdgeArgs) > 0 {
 		fmt.Fprintf(&b, "- Extra edge flags: `%s`.\n", strings.Join(r.EdgeArgs, " "))
 	}
