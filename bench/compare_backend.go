@@ -206,45 +206,54 @@ var clockTicks = sync.OnceValue(func() float64 {
 
 // procStat returns a process's parent and its CPU time (utime+stime, all
 // threads) in seconds.
-func procStat(pid int) (ppid int, cpu float64, err error) {
+func procStat(pid int) (ppid int, cpu CPUTimes, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, 0, err
+		return 0, CPUTimes{}, err
 	}
 	// The command name is in parentheses and may hold anything; the
 	// fields after its last ')' are fixed: state is field 3, ppid 4,
 	// utime 14, stime 15.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return 0, CPUTimes{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+		return 0, CPUTimes{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
 	ppid, _ = strconv.Atoi(f[1])
 	ut, err1 := strconv.ParseFloat(f[11], 64)
 	st, err2 := strconv.ParseFloat(f[12], 64)
 	if err1 != nil || err2 != nil {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: bad times", pid)
+		return 0, CPUTimes{}, fmt.Errorf("/proc/%d/stat: bad times", pid)
 	}
-	return ppid, (ut + st) / clockTicks(), nil
+	return ppid, CPUTimes{User: ut / clockTicks(), System: st / clockTicks()}, nil
 }
+
+// CPUTimes is CPU time in seconds, in user space and in the kernel.
+type CPUTimes struct{ User, System float64 }
+
+// Total is User + System.
+func (c CPUTimes) Total() float64 { return c.User + c.System }
 
 // ProcCPU is the CPU time in seconds of the processes pids and their
 // children (nginx's workers under its master), from /proc. A pid that is
 // gone counts nothing.
-func ProcCPU(pids ...int) float64 {
+func ProcCPU(pids ...int) float64 { return ProcCPUTimes(pids...).Total() }
+
+// ProcCPUTimes is ProcCPU split into user and system time.
+func ProcCPUTimes(pids ...int) CPUTimes {
 	want := map[int]bool{}
 	for _, p := range pids {
 		if p > 0 {
 			want[p] = true
 		}
 	}
+	var total CPUTimes
 	if len(want) == 0 {
-		return 0
+		return total
 	}
-	var total float64
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -253,7 +262,8 @@ func ProcCPU(pids ...int) float64 {
 		}
 		ppid, cpu, err := procStat(pid)
 		if err == nil && (want[pid] || want[ppid]) {
-			total += cpu
+			total.User += cpu.User
+			total.System += cpu.System
 		}
 	}
 	return total

@@ -51,11 +51,23 @@ func TestMedianAndCPUList(t *testing.T) {
 // TestProcCPU: the CPU this process burns shows in /proc, and a process's
 // children count with it (nginx's workers under its master).
 func TestProcCPU(t *testing.T) {
-	before := ProcCPU(os.Getpid())
+	before := ProcCPUTimes(os.Getpid())
+	x := uint64(1)
 	for end := time.Now().Add(60 * time.Millisecond); time.Now().Before(end); {
+		for range 1000 { // user-space work between the clock's reads
+			x = x*6364136223846793005 + 1442695040888963407
+		}
 	}
-	if d := ProcCPU(os.Getpid()) - before; d <= 0 {
-		t.Errorf("no CPU counted for a 60ms spin: %g", d)
+	after := ProcCPUTimes(os.Getpid())
+	if d := after.Total() - before.Total(); d <= 0 {
+		t.Errorf("no CPU counted for a 60ms spin: %g (x %d)", d, x)
+	}
+	// A spin is user time: it shows there, and the split adds up.
+	if du := after.User - before.User; du <= 0 {
+		t.Errorf("no user time counted for a 60ms spin: %+v → %+v", before, after)
+	}
+	if got := ProcCPU(os.Getpid()); got < after.Total() || after.User > after.Total() {
+		t.Errorf("ProcCPU %g, times %+v: the split does not add up", got, after)
 	}
 	sh := exec.Command("sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 5")
 	if err := sh.Start(); err != nil {
@@ -73,10 +85,11 @@ func TestProcCPU(t *testing.T) {
 	}
 	// Monotonic counters read in this order: own ≤ own later, so the
 	// total must cover both.
-	_, own, err := procStat(os.Getpid())
+	_, ownTimes, err := procStat(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
+	own := ownTimes.Total()
 	child := ProcCPU(sh.Process.Pid)
 	if total := ProcCPU(os.Getpid()); total < own+child {
 		t.Errorf("children not counted: total %g < own %g + child %g", total, own, child)
