@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,7 +45,13 @@ type budgetSpec struct {
 // dep_2 (unpriced, on /two) of one project, and one key linked to both.
 func startBudget(t *testing.T, spec budgetSpec) *tokenSetup {
 	t.Helper()
-	ts := &tokenSetup{up: newUpstream(t, pricedUpstream), clock: &testClock{t: time.Date(2030, 5, 31, 12, 0, 0, 0, time.UTC)}}
+	return startBudgetWith(t, spec, pricedUpstream)
+}
+
+// startBudgetWith is startBudget with the upstream h.
+func startBudgetWith(t *testing.T, spec budgetSpec, h http.HandlerFunc) *tokenSetup {
+	t.Helper()
+	ts := &tokenSetup{up: newUpstream(t, h), clock: &testClock{t: time.Date(2030, 5, 31, 12, 0, 0, 0, time.UTC)}}
 	secret, err := apikey.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -236,5 +243,88 @@ func TestBudgetCancelAndPeriods(t *testing.T) {
 	}
 	if tt.heldTotal() != 0 {
 		t.Fatal("a reservation is still held")
+	}
+}
+
+// A stream past its reservation extends its spend caps as its token
+// bounds: each step costs its completion tokens at the deployment's
+// pricing, and when the cap refuses, the stream is cut after a whole event
+// with the spend-cap error event and [DONE], counted as a quota cut and
+// settled at what was relayed — the cap spent to within one step, never
+// past it by more. On the unpriced deployment the same stream costs
+// nothing and is relayed whole.
+func TestStreamCutAtSpendCap(t *testing.T) {
+	const maxNanos = 400     // 200 completion tokens at 2 nano-units each
+	up := newSlowStream(500) // 1,000 completion tokens
+	ts := startBudgetWith(t, budgetSpec{key: &event.TokenLimits{Budget: &event.Budget{MaxNanos: maxNanos}}}, up.serve)
+
+	resp, body := ts.postBody(t, 0, "/two/v1/chat/completions", streamBody, nil)
+	wantOK(t, resp, body)
+	if body != up.all() {
+		t.Fatalf("a stream on the unpriced deployment was changed: %d bytes of %d", len(body), len(up.all()))
+	}
+
+	resp, body = ts.postBody(t, 0, "/v1/chat/completions", streamBody, nil)
+	wantOK(t, resp, body)
+	tail := string(streamCutEvent(reasonQuota, true))
+	if !strings.HasSuffix(body, tail) || !strings.Contains(tail, "max_budget") {
+		t.Fatalf("the stream does not end with the spend-cap event: ...%q", body[max(0, len(body)-300):])
+	}
+	relayed := strings.TrimSuffix(body, tail)
+	if !strings.HasPrefix(up.all(), relayed) || !strings.HasSuffix(relayed, "\n\n") {
+		t.Fatalf("relayed %q is not whole events of the upstream's", relayed)
+	}
+	up.goneIs(t, 1)
+	ts.heldIs(t, 0)
+	if got := ts.counter(t, "keymesh_edge_streams_cut_total", "reason", "quota"); got != 1 {
+		t.Fatalf("streams cut counted %v", got)
+	}
+	rec := cutRecord(t, ts.testProxy)
+	if rec.CompletionTokens == nil || rec.PromptTokens == nil {
+		t.Fatalf("record %+v", rec)
+	}
+	// At most the cap and the event that found it spent (2 tokens at 2);
+	// at least the cap less what the last refused extension asked.
+	const event = 2 * 2
+	spent := testPricing().Cost(*rec.PromptTokens, *rec.CompletionTokens, 0)
+	if spent > maxNanos+event || spent < maxNanos-event {
+		t.Fatalf("the cut stream spent %d nano-units of a cap of %d (%d completion tokens)", spent, maxNanos, *rec.CompletionTokens)
+	}
+	want := "0"
+	if spent < maxNanos {
+		want = fmt.Sprintf("0.%09d", maxNanos-spent)
+	}
+	if _, left := ts.budgetLeft(t); left != want {
+		t.Fatalf("%s left after spending %d of %d, want %s", left, spent, maxNanos, want)
+	}
+}
+
+// A stream's extension is checked against a spend cap across edges as
+// admission is (global.go): what the others reported spending leaves no
+// room for a step here though this edge's own counter has it, and the
+// refusal says it was the cap (the cut's error event names max_budget).
+func TestBudgetExtendGlobal(t *testing.T) {
+	es := newEdges(t, 2, nil)
+	bounds := []tokenBound{{"k", scopeKey, &event.TokenLimits{Budget: &event.Budget{MaxNanos: 1000}}}}
+	h2, _ := es.ps[1].tokens.reserveCost(bounds, 0, 900)
+	h2.spent = 900
+	es.ps[1].tokens.settle(h2, 0)
+	es.sync(t, true)
+	h1, tr := es.ps[0].tokens.reserveCost(bounds, 0, 1)
+	if h1 == nil {
+		t.Fatalf("refused: %+v", tr)
+	}
+	h1.pricing = testPricing() // 2 nano-units a completion token
+	if why, refusal, ok := es.ps[0].tokens.extendBy(h1, 60); ok || why != reasonQuota || refusal != errBudget {
+		t.Fatalf("extend by 60 tokens (120 nano-units) past the cap's room across edges (99): %v %v %v", why, refusal, ok)
+	}
+	// (Near the cap an edge has only a share of the room left: 40 fit it.)
+	if why, ok := es.ps[0].tokens.extend(h1, 20); !ok || h1.covered != 20 {
+		t.Fatalf("extend by 20 tokens (40 nano-units) within this edge's share of the room refused: %v, covers %d", why, h1.covered)
+	}
+	h1.spent = 41
+	es.ps[0].tokens.settle(h1, 20)
+	if n := es.ps[0].tokens.heldTotal(); n != 0 {
+		t.Fatalf("%d held", n)
 	}
 }

@@ -111,6 +111,7 @@ type meter struct {
 	budgetChars int
 	cut         bool
 	cutWhy      reason
+	cutBudget   bool // a spend cap refused (cutWhy is reasonQuota)
 
 	parser fastjson.Parser
 }

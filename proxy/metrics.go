@@ -149,7 +149,7 @@ func newMetrics(reg prometheus.Registerer, limits *limiter) (*metrics, error) {
 	m.noUpstream = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_no_upstream_total",
 		Help: "Requests answered 502 because their deployment lists no upstream for this edge's site and no \"*\" entry (a misconfiguration, not an unreachable upstream), by deployment."}, []string{"deployment"})
 	m.streamsCut = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keymesh_edge_streams_cut_total",
-		Help: "Streamed answers the edge ended (with an insufficient_quota error event, the upstream connection closed) because a token bound ran out mid-stream, by the bound: token_limit (tokens_per_minute, tokens_per_day) or quota."}, []string{"reason"})
+		Help: "Streamed answers the edge ended (with an insufficient_quota error event, the upstream connection closed) because a token bound or spend cap ran out mid-stream, by the bound: token_limit (tokens_per_minute, tokens_per_day) or quota (a token quota or a max_budget)."}, []string{"reason"})
 	for _, r := range []reason{reasonTokenLimit, reasonQuota} {
 		m.streamsCut.WithLabelValues(reasonNames[r])
 	}

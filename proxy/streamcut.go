@@ -13,7 +13,9 @@ import (
 // covers at the end of every event that carried generated text. When it
 // passes, the hold is extended (tokenTable.extend) by a step (the larger of
 // 64 tokens and an eighth of the reservation), else by just what was
-// relayed past it; when even that is refused, the edge ends the stream:
+// relayed past it — its token bounds by those tokens, its spend caps
+// (budget.go) by what they cost as completion tokens at the deployment's
+// pricing; when even that is refused, the edge ends the stream:
 //
 //   - what the client has received ends at that event's end (a blank
 //     line): the rest of what was read from the upstream is dropped, so no
@@ -33,8 +35,8 @@ import (
 // check made when an event's blank line passes. Such an answer is sent
 // chunked (its length is no longer the upstream's). A whole (non-stream)
 // answer is never cut: it settles in debt, as before. The served tokens
-// of a bound are thus at most its limit plus, per stream in flight, the
-// tokens of one event.
+// of a bound (and the spend of a cap) are thus at most its limit plus, per
+// stream in flight, one event's.
 
 // minStreamStep is the least a stream's hold is extended by.
 const minStreamStep = 64
@@ -47,12 +49,18 @@ var (
 		"\n\ndata: [DONE]\n\n")
 	streamCutLimit = []byte(`data: {"error":{"message":"tokens_per_minute or tokens_per_day of this API key, deployment or project ran out during this stream, which the edge ended here; retry later","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}` +
 		"\n\ndata: [DONE]\n\n")
+	streamCutBudget = []byte(`data: {"error":{"message":"the spend cap (max_budget) of this API key, deployment or project was reached during this stream, which the edge ended here; it refills at its next refill, if any","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}` +
+		"\n\ndata: [DONE]\n\n")
 )
 
-// streamCutEvent is the end of a stream cut for why.
-func streamCutEvent(why reason) []byte {
-	if why == reasonTokenLimit {
+// streamCutEvent is the end of a stream cut for why (budget: a spend cap
+// refused, counted as a quota).
+func streamCutEvent(why reason, budget bool) []byte {
+	switch {
+	case why == reasonTokenLimit:
 		return streamCutLimit
+	case budget:
+		return streamCutBudget
 	}
 	return streamCutQuota
 }
@@ -93,14 +101,14 @@ func (m *meter) withinBudget() bool {
 		return true
 	}
 	step := max(need, m.step)
-	why, ok := m.tokens.extend(h, step)
+	why, refusal, ok := m.tokens.extendBy(h, step)
 	if !ok && step > need {
-		why, ok = m.tokens.extend(h, need)
+		why, refusal, ok = m.tokens.extendBy(h, need)
 	}
 	if ok {
 		return true
 	}
-	m.cut, m.cutWhy = true, why
+	m.cut, m.cutWhy, m.cutBudget = true, why, refusal == errBudget
 	return false
 }
 
@@ -110,7 +118,7 @@ func (m *meter) withinBudget() bool {
 // then the end of the body.
 func (b *upstreamBody) cutStream() {
 	_ = b.resp.CloseBodyStream() // not read to its end: the connection is closed, not pooled
-	b.m.pend = append(b.m.pend, streamCutEvent(b.m.cutWhy)...)
+	b.m.pend = append(b.m.pend, streamCutEvent(b.m.cutWhy, b.m.cutBudget)...)
 	b.err = io.EOF
 }
 

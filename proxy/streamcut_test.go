@@ -97,7 +97,7 @@ func splitEvents(body string) []string {
 // returns what came before them.
 func wantCutEnd(t *testing.T, body string, why reason) string {
 	t.Helper()
-	tail := string(streamCutEvent(why))
+	tail := string(streamCutEvent(why, false))
 	if !strings.HasSuffix(body, tail) {
 		t.Fatalf("stream does not end with the cut event: ...%q", body[max(0, len(body)-400):])
 	}

@@ -388,6 +388,9 @@ type tokenHold struct {
 	// spent is the request's metered cost (budget.go), set before it is
 	// settled; budgets take it instead of the reservation.
 	spent int64
+	// pricing is the deployment's (nil: unpriced), for what a stream's
+	// extension costs its budgets (tokens_extend.go).
+	pricing *event.Pricing
 }
 
 var tokenHolds = sync.Pool{New: func() any { return new(tokenHold) }}
@@ -739,6 +742,9 @@ func (t *tokenTable) remaining(id tokenID, limit int64, refill string) int64 {
 func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key, res int64, promptChars int) (*tokenHold, tokenResult, bool) {
 	bounds, n := tokenBounds(dep, key)
 	h, tr := s.tokens.reserveCost(bounds[:n], res, reservedCost(dep, promptChars, res))
+	if h != nil {
+		h.pricing = dep.Pricing
+	}
 	if h == nil {
 		tr.setHeaders(&ctx.Response.Header)
 		if tr.retry > 0 {

@@ -1,47 +1,70 @@
 package proxy
 
-import "time"
+import (
+	"time"
+
+	"github.com/keymesh/keymesh/internal/apierror"
+)
 
 // extend takes n more tokens from every counter hold h took tokens from —
-// its buckets and token quotas; a request quota does not grow — or from
-// none, each checked as at admission (check: the bound must have n left).
-// When refused, the reason names the kind of bound that refused
-// (reasonTokenLimit or reasonQuota). A counter the table could not keep
-// (untracked at admission) is not extended: it was checked as full, and
-// nothing of it is held. h is the caller's alone (one request's), as at
-// settlement.
+// its buckets and token quotas; a request quota does not grow — and what n
+// completion tokens cost at the hold's pricing from every budget it took
+// from, or from none, each checked as at admission (check: the bound must
+// have that much left). When refused, the reason names the kind of bound
+// that refused (reasonTokenLimit, or reasonQuota for a quota and a
+// budget). A counter the table could not keep (untracked at admission) is
+// not extended: it was checked as full, and nothing of it is held. h is
+// the caller's alone (one request's), as at settlement.
 func (t *tokenTable) extend(h *tokenHold, n int64) (reason, bool) {
+	why, _, ok := t.extendBy(h, n)
+	return why, ok
+}
+
+// extendBy is extend that also returns the refusal (errBudget when a
+// spend cap refused).
+func (t *tokenTable) extendBy(h *tokenHold, n int64) (reason, *apierror.Error, bool) {
 	if n <= 0 {
-		return reasonNone, true
+		return reasonNone, nil, true
 	}
 	now := t.now()
+	cost := h.pricing.Cost(0, n, 0) // 0 unpriced: no budget grows
 	var out tokenResult
 	for i := range h.refs[:h.n] {
 		r := &h.refs[i]
-		if !extends(r) {
+		amount := extension(r, n, cost)
+		if amount == 0 {
 			continue
 		}
-		if !t.extendRef(r, n, now, &out) {
+		if !t.extendRef(r, amount, now, &out) {
 			for j := range h.refs[:i] {
-				if o := &h.refs[j]; extends(o) {
-					t.unextendRef(o, n)
+				if o := &h.refs[j]; extension(o, n, cost) > 0 {
+					t.unextendRef(o, extension(o, n, cost))
 				}
 			}
-			return out.reason, false
+			return out.reason, out.refusal, false
 		}
 	}
 	h.covered += n
-	return reasonNone, true
+	return reasonNone, nil, true
 }
 
-// extends reports whether an extension takes from r's counter: a kept
-// counter of tokens (not a request quota, nor a kind counted in anything
-// else).
-func extends(r *tokenRef) bool {
-	return r.c != nil && (r.kind == tokMinute || r.kind == tokDay || r.kind == tokQuota)
+// extension is what an extension by n tokens costing cost nano-units
+// takes from r's counter: n from a kept counter of tokens, cost from a
+// budget, nothing from a request quota or a counter not kept.
+func extension(r *tokenRef, n, cost int64) int64 {
+	switch {
+	case r.c == nil:
+		return 0
+	case r.kind == tokMinute || r.kind == tokDay || r.kind == tokQuota:
+		return n
+	case r.kind == tokBudget:
+		return cost
+	}
+	return 0
 }
 
-// extendRef takes n more from the counter of r, if it has them.
+// extendRef takes n more (tokens, or nano-units of a budget) from the
+// counter of r, if it has them.
 func (t *tokenTable) extendRef(r *tokenRef, n int64, now time.Time, out *tokenResult) bool {
 	r.sh.mu.Lock()
 	defer r.sh.mu.Unlock()
@@ -76,9 +99,13 @@ func (t *tokenTable) extendGlobal(r *tokenRef, n int64, now time.Time, out *toke
 	gr.sh.mu.Lock()
 	defer gr.sh.mu.Unlock()
 	if res := g.check(gr.c, gr.w, n, now); !res.ok {
-		out.refusal, out.reason = errTokenLimit, reasonTokenLimit
-		if r.kind == tokQuota {
+		switch r.kind {
+		case tokQuota:
 			out.refusal, out.reason = errQuota, reasonQuota
+		case tokBudget:
+			out.refusal, out.reason = errBudget, reasonQuota
+		default:
+			out.refusal, out.reason = errTokenLimit, reasonTokenLimit
 		}
 		return false
 	}
