@@ -315,11 +315,11 @@ func TestBudgetExtendGlobal(t *testing.T) {
 		t.Fatalf("refused: %+v", tr)
 	}
 	h1.pricing = testPricing() // 2 nano-units a completion token
-	if why, refusal, ok := es.ps[0].tokens.extendBy(h1, 60); ok || why != reasonQuota || refusal != errBudget {
+	if why, refusal, ok := es.ps[0].tokens.extend(h1, 60); ok || why != reasonQuota || refusal != errBudget {
 		t.Fatalf("extend by 60 tokens (120 nano-units) past the cap's room across edges (99): %v %v %v", why, refusal, ok)
 	}
 	// (Near the cap an edge has only a share of the room left: 40 fit it.)
-	if why, ok := es.ps[0].tokens.extend(h1, 20); !ok || h1.covered != 20 {
+	if why, _, ok := es.ps[0].tokens.extend(h1, 20); !ok || h1.covered != 20 {
 		t.Fatalf("extend by 20 tokens (40 nano-units) within this edge's share of the room refused: %v, covers %d", why, h1.covered)
 	}
 	h1.spent = 41

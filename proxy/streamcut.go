@@ -101,9 +101,9 @@ func (m *meter) withinBudget() bool {
 		return true
 	}
 	step := max(need, m.step)
-	why, refusal, ok := m.tokens.extendBy(h, step)
+	why, refusal, ok := m.tokens.extend(h, step)
 	if !ok && step > need {
-		why, refusal, ok = m.tokens.extendBy(h, need)
+		why, refusal, ok = m.tokens.extend(h, need)
 	}
 	if ok {
 		return true

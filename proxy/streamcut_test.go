@@ -389,15 +389,15 @@ func TestTokenExtend(t *testing.T) {
 		t.Fatalf("refused: %+v", tr)
 	}
 	want([4]int64{950, 9, 50, 450})
-	if why, ok := tt.extend(h, 40); !ok || why != reasonNone || h.covered != 90 {
+	if why, _, ok := tt.extend(h, 40); !ok || why != reasonNone || h.covered != 90 {
 		t.Fatalf("extend 40: %v %v, covers %d", why, ok, h.covered)
 	}
 	want([4]int64{910, 9, 10, 410})
-	if why, ok := tt.extend(h, 20); ok || why != reasonTokenLimit || h.covered != 90 {
+	if why, _, ok := tt.extend(h, 20); ok || why != reasonTokenLimit || h.covered != 90 {
 		t.Fatalf("extend 20 past the day's bucket: %v %v", why, ok)
 	}
 	want([4]int64{910, 9, 10, 410}) // all or none
-	if _, ok := tt.extend(h, 10); !ok {
+	if _, _, ok := tt.extend(h, 10); !ok {
 		t.Fatal("extend 10 refused")
 	}
 	want([4]int64{900, 9, 0, 400})
@@ -406,7 +406,7 @@ func TestTokenExtend(t *testing.T) {
 
 	// A quota refuses with its reason.
 	h, _ = tt.reserve(bounds[2:], 400)
-	if why, ok := tt.extend(h, 71); ok || why != reasonQuota {
+	if why, _, ok := tt.extend(h, 71); ok || why != reasonQuota {
 		t.Fatalf("extend past the quota: %v %v", why, ok)
 	}
 	tt.cancel(h)
@@ -416,7 +416,7 @@ func TestTokenExtend(t *testing.T) {
 	h, _ = tt.reserve(bounds[2:], 50)
 	clock.advance(2 * time.Second) // the minute's bucket is full again
 	want([4]int64{1000, 9, 70, 500})
-	if _, ok := tt.extend(h, 30); !ok {
+	if _, _, ok := tt.extend(h, 30); !ok {
 		t.Fatal("extend in the new day refused")
 	}
 	want([4]int64{1000, 9, 70, 470})
@@ -440,14 +440,14 @@ func TestTokenExtendGlobal(t *testing.T) {
 	if h1 == nil {
 		t.Fatalf("refused: %+v", tr)
 	}
-	if why, ok := es.ps[0].tokens.extend(h1, 200); ok || why != reasonTokenLimit {
+	if why, _, ok := es.ps[0].tokens.extend(h1, 200); ok || why != reasonTokenLimit {
 		t.Fatalf("extend past the global room: %v %v", why, ok)
 	}
 	// Counted as admission's refusals are.
 	if n := es.counterSum(t, "keymesh_edge_limit_global_refusals_total"); n != 1 {
 		t.Fatalf("%v refusals across edges counted, want 1", n)
 	}
-	if why, ok := es.ps[0].tokens.extend(h1, 30); !ok {
+	if why, _, ok := es.ps[0].tokens.extend(h1, 30); !ok {
 		t.Fatalf("extend within the global room refused: %v", why)
 	}
 	es.ps[0].tokens.settle(h1, 30)

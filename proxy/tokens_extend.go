@@ -14,15 +14,9 @@ import (
 // that refused (reasonTokenLimit, or reasonQuota for a quota and a
 // budget). A counter the table could not keep (untracked at admission) is
 // not extended: it was checked as full, and nothing of it is held. h is
-// the caller's alone (one request's), as at settlement.
-func (t *tokenTable) extend(h *tokenHold, n int64) (reason, bool) {
-	why, _, ok := t.extendBy(h, n)
-	return why, ok
-}
-
-// extendBy is extend that also returns the refusal (errBudget when a
-// spend cap refused).
-func (t *tokenTable) extendBy(h *tokenHold, n int64) (reason, *apierror.Error, bool) {
+// the caller's alone (one request's), as at settlement. The refusal is
+// returned too: errBudget says a spend cap refused (its cut event says so).
+func (t *tokenTable) extend(h *tokenHold, n int64) (reason, *apierror.Error, bool) {
 	if n <= 0 {
 		return reasonNone, nil, true
 	}
@@ -37,8 +31,9 @@ func (t *tokenTable) extendBy(h *tokenHold, n int64) (reason, *apierror.Error, b
 		}
 		if !t.extendRef(r, amount, now, &out) {
 			for j := range h.refs[:i] {
-				if o := &h.refs[j]; extension(o, n, cost) > 0 {
-					t.unextendRef(o, extension(o, n, cost))
+				o := &h.refs[j]
+				if a := extension(o, n, cost); a > 0 {
+					t.unextendRef(o, a)
 				}
 			}
 			return out.reason, out.refusal, false
