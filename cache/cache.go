@@ -945,6 +945,14 @@ func (v *View) Apply(wire []byte) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if notAnEvent(rec.Kind) {
+		// Signed by the origin, but never a change: a heartbeat, a lookup's
+		// not-found, a snapshot, a balance. Taken as the next revision it
+		// would advance the View past the real change there (a peer or a
+		// live copy can offer any record the origin signed).
+		v.rejected.Add(1)
+		return 0, fmt.Errorf("%w: a %s record is not an event", event.ErrMalformed, rec.Kind)
+	}
 	v.depsMu.Lock()
 	defer v.depsMu.Unlock()
 	cur := v.applied.Load()
@@ -980,6 +988,18 @@ func (v *View) Apply(wire []byte) (uint64, error) {
 	v.applied.Store(rec.Revision) // last: publishes everything above
 	v.caughtUp(rec.Revision)
 	return rec.Revision, nil
+}
+
+// notAnEvent reports whether records of kind k are signed by the origin
+// for something other than the event stream. (A kind this edge does not
+// know at all is taken as a future event kind and skipped: an edge older
+// than its origin keeps applying the stream.)
+func notAnEvent(k event.Kind) bool {
+	switch k {
+	case event.KindKeyNotFound, event.KindSnapshot, event.KindSnapshotChunk, event.KindHeartbeat, event.KindBalance:
+		return true
+	}
+	return false
 }
 
 // Verify checks a sealed record's signature and decodes it, counting a

@@ -905,3 +905,35 @@ func TestRequestDuringApplyWaitsForIt(t *testing.T) {
 		t.Fatalf("%d lookups at the origin for a key whose change was being applied", n)
 	}
 }
+
+// A record the origin signed for something other than the stream — a
+// heartbeat, a lookup's not-found, a balance, a snapshot — is never taken
+// as the next event: offered at the next revision (by a gossip peer, or on
+// the live subject) it is refused and counted, and the real change at that
+// revision still applies.
+func TestApplyRefusesRecordsThatAreNotEvents(t *testing.T) {
+	o := newOrigin(t)
+	v := newView(t, o, nil)
+	h := newSecret(t)
+	mustApply(t, v, o.change(linked(h, "d1")))
+	next := v.AppliedRevision() + 1
+	for _, wire := range [][]byte{
+		o.heartbeat(next),
+		o.seal(&event.Record{Revision: next, Kind: event.KindKeyNotFound, Time: time.Unix(1_000_000, 0)}),
+		o.seal(&event.Record{Revision: next, Kind: event.KindBalance, Time: time.Unix(1_000_000, 0)}),
+		o.seal(&event.Record{Revision: next, Kind: event.KindSnapshot, Time: time.Unix(1_000_000, 0)}),
+	} {
+		rejected := v.Stats().Rejected
+		if _, err := v.Apply(wire); !errors.Is(err, event.ErrMalformed) {
+			t.Fatalf("a record that is not an event applied at revision %d: %v", next, err)
+		}
+		if v.AppliedRevision() != next-1 || v.Stats().Rejected != rejected+1 {
+			t.Fatalf("applied %d (want %d), rejected %d (want %d)", v.AppliedRevision(), next-1, v.Stats().Rejected, rejected+1)
+		}
+	}
+	mustApply(t, v, o.change(linked(h))) // the real change at next: unlink
+	k, err := v.Authorize(context.Background(), h)
+	if err != nil || k.Linked("d1") {
+		t.Fatalf("the change at revision %d was lost: %+v %v", next, k, err)
+	}
+}
