@@ -698,7 +698,8 @@ func (v *View) cached(h *apikey.Hash) (*entry, bool) {
 	if !ok || e.hash != *h {
 		return nil, false
 	}
-	if gen := v.gens.get(e.gen); e.key.Revision < gen && gen > v.applied.Load() {
+	gen := v.gens.get(e.gen)
+	if e.key.Revision < gen && gen > v.applied.Load() {
 		// An Apply of this key is under way: it raises the key's generation
 		// first (no older entry may serve from then on) and refreshes the
 		// cached entry after. Wait for it (it holds depsMu) and look again,
@@ -711,8 +712,9 @@ func (v *View) cached(h *apikey.Hash) (*entry, bool) {
 		if e, ok = v.keys.Get(slot(h)); !ok || e.hash != *h {
 			return nil, false
 		}
+		gen = v.gens.get(e.gen)
 	}
-	if e.key.Revision < v.gens.get(e.gen) || e.key.Revision < v.floor.Load() {
+	if e.key.Revision < gen || e.key.Revision < v.floor.Load() {
 		v.staleHits.Add(1)
 		return nil, false
 	}
