@@ -109,6 +109,8 @@ type edgeFeed struct {
 	*Feed
 	mu     sync.Mutex
 	at     map[uint64]time.Time
+	live   map[uint64]bool // applied from the live subscription
+	seen   uint64          // LiveApplied at the last record passed on
 	order  []uint64
 	closed bool
 }
@@ -120,7 +122,7 @@ func newEdgeFeed(t *testing.T, so *streamOrigin) *edgeFeed {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	e := &edgeFeed{at: map[uint64]time.Time{}}
+	e := &edgeFeed{at: map[uint64]time.Time{}, live: map[uint64]bool{}}
 	f, err := New(newView(t, so.origin), Config{Conn: nc, RetryInterval: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnVerified: func(rev uint64, _ []byte) {
@@ -129,6 +131,11 @@ func newEdgeFeed(t *testing.T, so *streamOrigin) *edgeFeed {
 			defer e.mu.Unlock()
 			if _, ok := e.at[rev]; !ok {
 				e.at[rev] = now
+			}
+			// Records are passed on under the feed's apply lock, and the
+			// live path counts before it passes one on.
+			if n := e.Feed.LiveApplied(); n != e.seen {
+				e.seen, e.live[rev] = n, true
 			}
 			e.order = append(e.order, rev)
 		}})
@@ -193,9 +200,11 @@ func (e *edgeFeed) passedOnOnce(t *testing.T, last uint64) {
 // Through a relay of one-way delay d, the test publishes a change every
 // 500ms (the client renews its request early once half its batch of 500 is
 // used: too many changes would hide the expiry), then one every 10ms
-// around the moment the first request expires; each must be applied within
-// 2d of its publish (the pull window delays up to 3d), and the stream
-// still passes every revision on once, in order.
+// around the moment the first request expires. No change may reach the
+// edge late by way of the stream (more than 2d after its publish: the pull
+// window delays up to 3d); one that was late but came live was late for
+// the machine's own reasons (a loaded CI runner), which this test does not
+// judge. And the stream still passes every revision on once, in order.
 func TestStreamChangesArriveOneDelayLate(t *testing.T) {
 	const d = 50 * time.Millisecond
 	so := newStreamOrigin(t, d)
@@ -228,14 +237,14 @@ func TestStreamChangesArriveOneDelayLate(t *testing.T) {
 		if lag > worst {
 			worst, worstRev = lag, rev
 		}
-		if lag > 2*d {
+		if lag > 2*d && !e.live[rev] {
 			late++
 		}
 	}
 	t.Logf("%d changes: slowest %s (revision %d, published %s after the feed synced), %d applied live",
 		last, worst.Round(time.Millisecond), worstRev, so.sent[worstRev].Sub(start).Round(time.Millisecond), e.LiveApplied())
 	if late > 0 {
-		t.Fatalf("%d of %d changes took more than 2×%s to apply (slowest %s, revision %d published %s after the feed synced): a change waited for the stream consumer's next pull request",
+		t.Fatalf("%d of %d changes came from the stream more than 2×%s after their publish (slowest %s, revision %d published %s after the feed synced): a change waited for the stream consumer's next pull request",
 			late, last, d, worst.Round(time.Millisecond), worstRev, so.sent[worstRev].Sub(start).Round(time.Millisecond))
 	}
 	if e.LiveApplied() == 0 {
