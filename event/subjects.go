@@ -86,6 +86,17 @@ func LiveSubject(rev uint64) string {
 	return SubjectPrefix + "live." + strconv.FormatUint(rev, 10)
 }
 
+// LiveRevision is the revision a live subject names (LiveSubject's
+// inverse); ok is false for any other subject.
+func LiveRevision(subject string) (rev uint64, ok bool) {
+	s, found := strings.CutPrefix(subject, SubjectPrefix+"live.")
+	if !found {
+		return 0, false
+	}
+	rev, err := strconv.ParseUint(s, 10, 64)
+	return rev, err == nil && rev > 0
+}
+
 // EdgeSubject returns edge id's subject under base (EdgeHeartbeatSubject,
 // EdgeAuditSubject, EdgeUsageSubject or EdgeLimitsSubject): base + "." + EdgeToken(id).
 func EdgeSubject(base, id string) string { return base + "." + EdgeToken(id) }

@@ -166,7 +166,7 @@ func (f *Feed) Start() error {
 		return fmt.Errorf("subscribing to origin heartbeats: %w", err)
 	}
 	f.hbSub = sub
-	live, err := f.cfg.Conn.Subscribe(event.LiveSubjects, func(m *nats.Msg) { f.fromLive(m.Data) })
+	live, err := f.cfg.Conn.Subscribe(event.LiveSubjects, func(m *nats.Msg) { f.fromLive(m.Subject, m.Data) })
 	if err != nil {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("subscribing to live events: %w", err)
@@ -306,42 +306,28 @@ func (f *Feed) fromStream(ctx context.Context, seq uint64, wire []byte) error {
 // message only while one of its pull requests is outstanding at the
 // server, and between a request's expiry and its successor's arrival (a
 // round trip to the server) a change waits; see docs/design.md, "Edge
-// feed". A record that fails verification is counted by the View and
-// dropped.
-func (f *Feed) fromLive(wire []byte) {
-	rev, ok := peekRevision(wire)
-	if !ok || !f.v.HasSnapshot() {
+// feed". The subject names the revision, so a copy that is not the next
+// one costs nothing; the next one is verified before the apply lock is
+// taken (as Offer does): one that fails is counted by the View and
+// dropped, as is one that is not the revision its subject names.
+func (f *Feed) fromLive(subject string, wire []byte) {
+	rev, ok := event.LiveRevision(subject)
+	if !ok || rev != f.v.AppliedRevision()+1 || !f.v.HasSnapshot() {
+		return
+	}
+	if rec, err := f.v.Verify(wire); err != nil || rec.Revision != rev {
 		return
 	}
 	f.applyMu.Lock()
 	defer f.applyMu.Unlock()
 	if rev != f.v.AppliedRevision()+1 {
-		return
+		return // the stream or a peer applied it meanwhile
 	}
-	// Apply verifies the record; the revision it then holds is the peeked
-	// one, the next, so it cannot report a gap.
-	got, err := f.v.Apply(wire)
-	if err != nil || got != rev {
-		f.log.Warn("dropping live event", "revision", rev, "err", err)
-		return
+	if _, err := f.v.Apply(wire); err != nil {
+		return // verified above: only a record the View refuses (counted)
 	}
 	f.liveApplied.Add(1)
 	f.applied(rev, wire)
-}
-
-// peekRevision reads the revision a sealed record claims, unverified: it
-// only says whether the record is worth opening (View.Apply verifies it).
-func peekRevision(wire []byte) (uint64, bool) {
-	if len(wire) <= ed25519.SignatureSize {
-		return 0, false
-	}
-	var r struct {
-		Revision uint64 `json:"revision"`
-	}
-	if json.Unmarshal(wire[ed25519.SignatureSize:], &r) != nil || r.Revision == 0 {
-		return 0, false
-	}
-	return r.Revision, true
 }
 
 // LiveApplied reports how many records were applied from the live
