@@ -328,3 +328,21 @@ func TestBudgetExtendGlobal(t *testing.T) {
 		t.Fatalf("%d held", n)
 	}
 }
+
+// A cap smaller than one extension step's cost refuses it as too large
+// (errBudgetTooLarge, not errBudget): the stream it cuts still gets the
+// spend-cap event, not the token quota's.
+func TestStreamCutAtSmallSpendCap(t *testing.T) {
+	// The prompt's 1 fits; the first event's 3 tokens (6 nano-units, the
+	// prompt counted in the running total) cost more than the whole cap.
+	const maxNanos = 5
+	up := newSlowStream(500)
+	ts := startBudgetWith(t, budgetSpec{key: &event.TokenLimits{Budget: &event.Budget{MaxNanos: maxNanos}}}, up.serve)
+	resp, body := ts.postBody(t, 0, "/v1/chat/completions", streamBody, nil)
+	wantOK(t, resp, body)
+	if tail := string(streamCutEvent(reasonQuota, true)); !strings.HasSuffix(body, tail) {
+		t.Fatalf("the stream does not end with the spend-cap event: ...%q", body[max(0, len(body)-300):])
+	}
+	up.goneIs(t, 1)
+	ts.heldIs(t, 0)
+}

@@ -108,7 +108,7 @@ func (m *meter) withinBudget() bool {
 	if ok {
 		return true
 	}
-	m.cut, m.cutWhy, m.cutBudget = true, why, refusal == errBudget
+	m.cut, m.cutWhy, m.cutBudget = true, why, refusal == errBudget || refusal == errBudgetTooLarge
 	return false
 }
 
