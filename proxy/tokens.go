@@ -742,9 +742,6 @@ func (t *tokenTable) remaining(id tokenID, limit int64, refill string) int64 {
 func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key *cache.Key, res int64, promptChars int) (*tokenHold, tokenResult, bool) {
 	bounds, n := tokenBounds(dep, key)
 	h, tr := s.tokens.reserveCost(bounds[:n], res, reservedCost(dep, promptChars, res))
-	if h != nil {
-		h.pricing = dep.Pricing
-	}
 	if h == nil {
 		tr.setHeaders(&ctx.Response.Header)
 		if tr.retry > 0 {
@@ -756,6 +753,7 @@ func (s *Proxy) admitTokens(ctx *fasthttp.RequestCtx, dep *event.Deployment, key
 		fail(ctx, tr.refusal, 0)
 		return nil, tr, false
 	}
+	h.pricing = dep.Pricing
 	return h, tr, true
 }
 
