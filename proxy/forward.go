@@ -204,8 +204,9 @@ func wholeLength(resp *fasthttp.Response) (int, bool) {
 	return n, true
 }
 
-// errShortAnswer is an upstream answer that ended before its Content-Length.
-var errShortAnswer = errors.New("upstream answer ended before its Content-Length")
+// errAnswerLength is an upstream answer whose body is not as long as its
+// Content-Length says (it ended before; longer, the stream would not give).
+var errAnswerLength = errors.New("upstream answer's body is not the length its Content-Length says")
 
 // readWhole reads the n bytes of resp's body stream into ctx's response
 // body (its own pooled buffer: nothing is copied again to relay it) and
@@ -221,13 +222,13 @@ func readWhole(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, n int) error {
 		k, err = st.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+k]
 		if len(buf) > n {
-			err = errShortAnswer // never: the stream ends at Content-Length
+			err = errAnswerLength // never: the stream ends at Content-Length
 		}
 	}
 	if err == io.EOF && len(buf) == n {
 		err = nil
 	} else if err == io.EOF || err == io.ErrUnexpectedEOF {
-		err = errShortAnswer
+		err = errAnswerLength
 	}
 	if err != nil {
 		buf = buf[:0]
