@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/keymesh/keymesh/apikey"
@@ -62,7 +63,12 @@ func TestAnswersRelayedAsSent(t *testing.T) {
 			if tc.ctype == "text/event-stream" {
 				payload = strings.Repeat("data: {\"a\":1}\n\n", tc.size/16)
 			}
+			var mu sync.Mutex
+			conns := map[string]bool{}
 			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				conns[r.RemoteAddr] = true
+				mu.Unlock()
 				w.Header().Set("Content-Type", tc.ctype)
 				w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
 				w.Header().Set("X-Upstream", "kept")
@@ -81,6 +87,13 @@ func TestAnswersRelayedAsSent(t *testing.T) {
 					t.Fatalf("request %d: status %d, length %d, %d bytes (want %d), X-Upstream %q", i, resp.StatusCode,
 						resp.ContentLength, len(body), len(payload), resp.Header.Get("X-Upstream"))
 				}
+			}
+			// Read whole or relayed to its end, an answer gives its
+			// connection back: the three went over one.
+			mu.Lock()
+			defer mu.Unlock()
+			if len(conns) != 1 {
+				t.Fatalf("3 answers over %d upstream connections, want 1 (a connection not given back to the pool)", len(conns))
 			}
 		})
 	}
