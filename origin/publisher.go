@@ -344,6 +344,7 @@ acks:
 		if err := p.publish(ctx, e); err != nil {
 			return n, err
 		}
+		p.live(e)
 		n++
 	}
 	return n, nil
@@ -354,8 +355,8 @@ acks:
 // apply it from there at once if it is their next revision, and take it
 // from the stream otherwise (edge/feed). Only what the stream holds goes
 // out live, so an edge never runs ahead of the stream; a live copy lost is
-// no loss. Only the pipelined path sends it; events published one by one
-// (a repair) reach edges through the stream alone.
+// no loss. Sent for every event publishBatch sees the stream hold, pipelined
+// or published one by one after a refusal.
 func (p *publisher) live(e outboxEvent) {
 	_ = p.nc.Publish(event.LiveSubject(e.Revision), e.Payload)
 }
