@@ -405,14 +405,16 @@ func (s *Proxy) serveError(ctx *fasthttp.RequestCtx, err error) {
 	// The client may still be sending what was not read: let it read the
 	// answer instead of a reset.
 	lingerOnClose(ctx.Conn())
-	var id [auditMaxRequestID]byte
-	setRequestID(ctx, id[:0])
+	var idBuf [auditMaxRequestID]byte
+	id := setRequestID(ctx, idBuf[:0])
 	out := outcome{}
 	class := errorClass(err)
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		// Only the body is read after the header hook ran, so the reading
 		// it left is this request's.
-		out.req = s.pending.take(&ctx.Request.Header)
+		if out.req = s.pending.take(&ctx.Request.Header); out.req != nil {
+			out.req.id = append(out.req.idBuf[:0], id...) // the audit record's
+		}
 	}
 	switch r := out.req; {
 	case r != nil && r.refusal != nil:
@@ -429,8 +431,7 @@ func (s *Proxy) serveError(ctx *fasthttp.RequestCtx, err error) {
 		out.refused = reasonBadRequest
 	}
 	if class != "" {
-		s.log.Info("request not read", "remote", ctx.RemoteAddr().String(), "error", class,
-			"request_id", string(ctx.Response.Header.PeekBytes(headerRequestID)))
+		s.log.Info("request not read", "remote", ctx.RemoteAddr().String(), "error", class, "request_id", string(id))
 	}
 	s.finish(ctx, &out)
 }
