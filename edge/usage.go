@@ -675,27 +675,33 @@ const (
 	usageMsgBytes = 16<<10 - 1<<10
 )
 
-// usageBatchID is a batch message's Nats-Msg-Id: a hash of its records'
-// ids (length-prefixed) and their count, so the same records re-published
-// as the same message are dropped by the stream, while a batch cut
-// differently (after a restart) has another id and the origin dedupes its
-// records one by one (usage_seen). A single record's message keeps the
-// record's id, as before. 128 bits of SHA-256: no record id equals a
-// batch's id unless someone finds a preimage.
+// usageBatchID is a batch message's Nats-Msg-Id: its record count and a
+// hash of its first and last records' ids (length-prefixed). A message
+// holds a run of the spool, which is an ordered log of records with
+// unique ids that only ever loses records (acknowledged, or corrupt and
+// skipped), never gains one between two others: so a run's first and
+// last ids and its length name it. The same records re-published as the
+// same message are dropped by the stream, while a batch cut differently
+// (after a restart, or around a record skipped as corrupt) has another
+// id and the origin dedupes its records one by one (usage_seen). A single
+// record's message keeps the record's id, as before. Two ids hashed per
+// message, not every record's: hashing each record's id cost more than
+// encoding the record. 128 bits of SHA-256: no record id equals a batch's
+// id unless someone finds a preimage.
 func usageBatchID(recs []spooled) string {
-	h := sha256.New()
-	var n [binary.MaxVarintLen64]byte
-	for _, r := range recs {
-		h.Write(n[:binary.PutUvarint(n[:], uint64(len(r.id)))])
-		h.Write([]byte(r.id))
-	}
-	var sum [sha256.Size]byte
-	b := make([]byte, 0, 48)
-	b = append(b, "batch:"...)
-	b = strconv.AppendInt(b, int64(len(recs)), 10)
-	b = append(b, ':')
-	b = hex.AppendEncode(b, h.Sum(sum[:0])[:16])
-	return string(b)
+	var buf [2*binary.MaxVarintLen64 + 2*usageMaxString]byte
+	first, last := recs[0].id, recs[len(recs)-1].id
+	b := binary.AppendUvarint(buf[:0], uint64(len(first)))
+	b = append(b, first...)
+	b = binary.AppendUvarint(b, uint64(len(last)))
+	b = append(b, last...)
+	sum := sha256.Sum256(b)
+	out := make([]byte, 0, 48)
+	out = append(out, "batch:"...)
+	out = strconv.AppendInt(out, int64(len(recs)), 10)
+	out = append(out, ':')
+	out = hex.AppendEncode(out, sum[:16])
+	return string(out)
 }
 
 // usageMessage cuts the next message off recs: how many records it holds

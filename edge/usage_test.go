@@ -1094,3 +1094,33 @@ func TestUsageBatchAckedPerMessage(t *testing.T) {
 		t.Fatalf("usageMessage: %d records, id %q", n, id)
 	}
 }
+
+// TestUsageBatchIDNamesTheRun: a batch's Nats-Msg-Id is the same for the
+// same run of the spool and differs for any other run the spool can hand
+// out — one that starts or ends elsewhere, or has a record fewer in the
+// middle (skipped as corrupt) — so the stream never drops a message whose
+// records it does not already hold. It stays short whatever the ids.
+func TestUsageBatchIDNamesTheRun(t *testing.T) {
+	recs := spoolRecs(0, 10)
+	id := usageBatchID(recs)
+	if again := usageBatchID(slices.Clone(recs)); again != id {
+		t.Fatalf("the same run: %q, then %q", id, again)
+	}
+	others := map[string][]spooled{
+		"a record later":         recs[1:],
+		"a record shorter":       recs[:9],
+		"one skipped in between": slices.Delete(slices.Clone(recs), 4, 5),
+		"another run":            spoolRecs(10, 20),
+		// As long, from the same record, one skipped: the last differs.
+		"one skipped, one more": slices.Delete(spoolRecs(0, 11), 4, 5),
+	}
+	for name, run := range others {
+		if usageBatchID(run) == id {
+			t.Errorf("%s: the same id %q", name, id)
+		}
+	}
+	long := []spooled{{id: strings.Repeat("a", usageMaxString)}, {id: strings.Repeat("b", usageMaxString)}}
+	if got := usageBatchID(long); len(got) > 48 || !strings.HasPrefix(got, "batch:2:") {
+		t.Fatalf("batch id %q", got)
+	}
+}
