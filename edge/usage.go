@@ -103,6 +103,7 @@ type usageSink struct {
 	wake chan struct{} // cap 1: the writer appended records
 
 	spare []event.Usage // the queue's other buffer (writer goroutine only)
+	enc   usageEncoder  // the records' encoder (writer goroutine only)
 	batch []spooled     // the writer's batch, reused (writer goroutine only)
 
 	futs     []jetstream.PubAckFuture // a window's futures, reused (publisher only)
@@ -363,7 +364,7 @@ func (u *usageSink) take(batch []spooled, arena []byte, r *event.Usage) ([]spool
 	r.Deployment = cutString(r.Deployment, usageMaxString)
 	r.Model = cutString(r.Model, usageMaxString)
 	start := len(arena)
-	arena, ok := appendUsageJSON(arena, r)
+	arena, ok := u.enc.appendUsageJSON(arena, r)
 	if !ok || len(arena)-start > maxUsageFrame { // a time out of JSON's range; nothing else fails
 		u.spErr.Add(1)
 		return batch, arena[:start]
@@ -377,21 +378,55 @@ func (u *usageSink) take(batch []spooled, arena []byte, r *event.Usage) ([]spool
 // is false for a time json.Marshal refuses (a year beyond 9999, a zone
 // offset of 24 h or more), and then nothing is to be kept of b.
 func appendUsageJSON(b []byte, r *event.Usage) (_ []byte, ok bool) {
+	return (*usageEncoder)(nil).appendUsageJSON(b, r)
+}
+
+// usageEncoder is appendUsageJSON remembering, for the strings that
+// repeat from one record to the next (the edge, and mostly a few
+// projects, deployments, keys and models), the last one of each field
+// encoded: the same string again is copied, not escaped again. One
+// goroutine at a time uses it; nil remembers nothing.
+type usageEncoder struct {
+	edge, key, project, deployment, model jsonMemo
+}
+
+// jsonMemo is one field's last string and its JSON.
+type jsonMemo struct {
+	s   string
+	enc []byte
+}
+
+// appendTo appends s as appendJSONString does.
+func (m *jsonMemo) appendTo(b []byte, s string) []byte {
+	if m == nil {
+		return appendJSONString(b, s)
+	}
+	if m.enc == nil || s != m.s {
+		m.s, m.enc = s, appendJSONString(m.enc[:0], s)
+	}
+	return append(b, m.enc...)
+}
+
+func (e *usageEncoder) appendUsageJSON(b []byte, r *event.Usage) (_ []byte, ok bool) {
+	var edge, key, project, deployment, model *jsonMemo
+	if e != nil {
+		edge, key, project, deployment, model = &e.edge, &e.key, &e.project, &e.deployment, &e.model
+	}
 	b = append(b, `{"id":`...)
 	b = appendJSONString(b, r.ID)
 	b = append(b, `,"edge":`...)
-	b = appendJSONString(b, r.Edge)
+	b = edge.appendTo(b, r.Edge)
 	if r.KeyID != "" {
 		b = append(b, `,"key_id":`...)
-		b = appendJSONString(b, r.KeyID)
+		b = key.appendTo(b, r.KeyID)
 	}
 	b = append(b, `,"project":`...)
-	b = appendJSONString(b, r.Project)
+	b = project.appendTo(b, r.Project)
 	b = append(b, `,"deployment":`...)
-	b = appendJSONString(b, r.Deployment)
+	b = deployment.appendTo(b, r.Deployment)
 	if r.Model != "" {
 		b = append(b, `,"model":`...)
-		b = appendJSONString(b, r.Model)
+		b = model.appendTo(b, r.Model)
 	}
 	b = append(b, `,"prompt_tokens":`...)
 	b = strconv.AppendInt(b, r.PromptTokens, 10)

@@ -42,15 +42,21 @@ func TestUsageJSONMatchesMarshal(t *testing.T) {
 	for _, tm := range times {
 		recs = append(recs, event.Usage{ID: "id", Time: tm}, event.Usage{ID: "id", Time: tm, PromptTokens: -1 << 63})
 	}
+	// One encoder over them all, as the writer's: its memos hit where a
+	// string repeats the record before's and miss where it does not.
+	enc := new(usageEncoder)
 	for i := range recs {
-		checkUsageJSON(t, &recs[i])
+		checkUsageJSON(t, nil, &recs[i])
+		checkUsageJSON(t, enc, &recs[i])
 	}
 }
 
-func checkUsageJSON(t *testing.T, r *event.Usage) {
+// checkUsageJSON checks enc's encoding of r (nil: appendUsageJSON's)
+// against json.Marshal's.
+func checkUsageJSON(t *testing.T, enc *usageEncoder, r *event.Usage) {
 	t.Helper()
 	want, werr := json.Marshal(r)
-	got, ok := appendUsageJSON([]byte("prefix"), r)
+	got, ok := enc.appendUsageJSON([]byte("prefix"), r)
 	if werr != nil || !ok {
 		if werr == nil || ok {
 			t.Fatalf("%+v: json.Marshal error %v, appendUsageJSON ok %v", r, werr, ok)
@@ -113,6 +119,10 @@ func TestUsageJSONDoesNotAllocate(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _, _ = appendUsageJSON(buf[:0], r) }); n != 0 {
 		t.Fatalf("%v allocations", n)
 	}
+	enc := new(usageEncoder)
+	if n := testing.AllocsPerRun(100, func() { _, _ = enc.appendUsageJSON(buf[:0], r) }); n != 0 {
+		t.Fatalf("encoder: %v allocations", n)
+	}
 }
 
 func FuzzUsageJSON(f *testing.F) {
@@ -123,7 +133,15 @@ func FuzzUsageJSON(f *testing.F) {
 		tm := time.Unix(0, unixNano).In(time.FixedZone("f", int(zone)))
 		r := &event.Usage{ID: s, Edge: model, KeyID: s, Project: model, Deployment: s, Model: model,
 			PromptTokens: n, CompletionTokens: c, CachedTokens: n ^ c, Estimated: est, Status: status, DurationMS: c, Time: tm}
-		checkUsageJSON(t, r)
+		checkUsageJSON(t, nil, r)
+		// The writer's encoder: r, then r with its strings swapped (each
+		// memo misses), then r again.
+		enc := new(usageEncoder)
+		swapped := *r
+		swapped.Edge, swapped.KeyID, swapped.Project, swapped.Deployment, swapped.Model = s, model, s, model, s
+		for _, rec := range []*event.Usage{r, &swapped, r} {
+			checkUsageJSON(t, enc, rec)
+		}
 	})
 }
 
