@@ -372,20 +372,14 @@ func (u *usageSink) take(batch []spooled, arena []byte, r *event.Usage) ([]spool
 	return append(batch, spooled{id: r.ID, data: arena[start:len(arena):len(arena)]}), arena
 }
 
-// appendUsageJSON appends r encoded exactly as json.Marshal encodes it
-// (the same bytes: TestUsageJSONMatchesMarshal, FuzzUsageJSON), without
-// reflection or allocation; the origin decodes it with encoding/json. ok
-// is false for a time json.Marshal refuses (a year beyond 9999, a zone
-// offset of 24 h or more), and then nothing is to be kept of b.
-func appendUsageJSON(b []byte, r *event.Usage) (_ []byte, ok bool) {
-	return (*usageEncoder)(nil).appendUsageJSON(b, r)
-}
-
-// usageEncoder is appendUsageJSON remembering, for the strings that
-// repeat from one record to the next (the edge, and mostly a few
-// projects, deployments, keys and models), the last one of each field
-// encoded: the same string again is copied, not escaped again. One
-// goroutine at a time uses it; nil remembers nothing.
+// usageEncoder encodes records for the spool: appendUsageJSON appends r
+// exactly as json.Marshal encodes it (the same bytes:
+// TestUsageJSONMatchesMarshal, FuzzUsageJSON), without reflection or
+// allocation; the origin decodes it with encoding/json. For the strings
+// that repeat from one record to the next (the edge, and mostly a few
+// projects, deployments, keys and models) it remembers the last one of
+// each field with its JSON: the same string again is copied, not escaped
+// again. One goroutine at a time uses an encoder.
 type usageEncoder struct {
 	edge, key, project, deployment, model jsonMemo
 }
@@ -398,35 +392,31 @@ type jsonMemo struct {
 
 // appendTo appends s as appendJSONString does.
 func (m *jsonMemo) appendTo(b []byte, s string) []byte {
-	if m == nil {
-		return appendJSONString(b, s)
-	}
 	if m.enc == nil || s != m.s {
 		m.s, m.enc = s, appendJSONString(m.enc[:0], s)
 	}
 	return append(b, m.enc...)
 }
 
+// appendUsageJSON appends r's JSON to b. ok is false for a time
+// json.Marshal refuses (a year beyond 9999, a zone offset of 24 h or
+// more), and then nothing is to be kept of b.
 func (e *usageEncoder) appendUsageJSON(b []byte, r *event.Usage) (_ []byte, ok bool) {
-	var edge, key, project, deployment, model *jsonMemo
-	if e != nil {
-		edge, key, project, deployment, model = &e.edge, &e.key, &e.project, &e.deployment, &e.model
-	}
 	b = append(b, `{"id":`...)
 	b = appendJSONString(b, r.ID)
 	b = append(b, `,"edge":`...)
-	b = edge.appendTo(b, r.Edge)
+	b = e.edge.appendTo(b, r.Edge)
 	if r.KeyID != "" {
 		b = append(b, `,"key_id":`...)
-		b = key.appendTo(b, r.KeyID)
+		b = e.key.appendTo(b, r.KeyID)
 	}
 	b = append(b, `,"project":`...)
-	b = project.appendTo(b, r.Project)
+	b = e.project.appendTo(b, r.Project)
 	b = append(b, `,"deployment":`...)
-	b = deployment.appendTo(b, r.Deployment)
+	b = e.deployment.appendTo(b, r.Deployment)
 	if r.Model != "" {
 		b = append(b, `,"model":`...)
-		b = model.appendTo(b, r.Model)
+		b = e.model.appendTo(b, r.Model)
 	}
 	b = append(b, `,"prompt_tokens":`...)
 	b = strconv.AppendInt(b, r.PromptTokens, 10)
@@ -731,8 +721,8 @@ func usageBatchID(recs []spooled) string {
 	b = binary.AppendUvarint(b, uint64(len(last)))
 	b = append(b, last...)
 	sum := sha256.Sum256(b)
-	out := make([]byte, 0, 48)
-	out = append(out, "batch:"...)
+	var o [48]byte // "batch:", up to usageMsgRecords, ':', 32 hex digits
+	out := append(o[:0], "batch:"...)
 	out = strconv.AppendInt(out, int64(len(recs)), 10)
 	out = append(out, ':')
 	out = hex.AppendEncode(out, sum[:16])
