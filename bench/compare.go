@@ -14,6 +14,8 @@ const (
 	TargetNginx   = "nginx"
 	// TargetBare is BareProxy: the fasthttp floor under the edge.
 	TargetBare = "bare fasthttp"
+	// TargetRaw is RawProxy: the floor under any Go proxy.
+	TargetRaw = "raw Go"
 )
 
 // CompareTarget is one system a comparison sends the same load to.

@@ -429,6 +429,36 @@ func (r *FairResult) Verdicts() []FairVerdict {
 	return out
 }
 
+// Floors says what the proxies under the edge reach in the same run — the
+// raw Go proxy (the floor of any Go proxy) and the bare fasthttp one —
+// against nginx, and what the edge's CPU per request is above each: how
+// much of a target is the edge's own work and how much its language's and
+// its HTTP library's. "" when the runs to say it are missing.
+func (r *FairResult) Floors() string {
+	km, ng := r.Find(TargetKeymesh), r.Find(TargetNginx)
+	var parts []string
+	for _, name := range []string{TargetRaw, TargetBare} {
+		f := r.Find(name)
+		if f == nil || f.RPS <= 0 {
+			continue
+		}
+		p := fmt.Sprintf("%s %.0f rps, CPU %.1f µs/request (user %.1f)", name, f.RPS, f.CPUPerRequest, f.UserCPUPerRequest)
+		if ng != nil && ng.RPS > 0 {
+			p += fmt.Sprintf(", %.2f× nginx", f.RPS/ng.RPS)
+		}
+		if km != nil && km.RPS > 0 {
+			p += fmt.Sprintf("; the edge %.2f× its throughput, +%.1f µs CPU/request (user +%.1f)", km.RPS/f.RPS,
+				km.CPUPerRequest-f.CPUPerRequest, km.UserCPUPerRequest-f.UserCPUPerRequest)
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Floors (" + TargetRaw + ": bytes relayed by their framing, no parsing, no pooling — the least a Go proxy costs on this layout): " +
+		strings.Join(parts, "; ") + "."
+}
+
 // FairMarkdown renders the fair comparison: how it ran, the table of
 // medians, the verdicts and the open-loop table.
 func FairMarkdown(r *FairResult) string {
@@ -465,6 +495,9 @@ func FairMarkdown(r *FairResult) string {
 			ms(x.P50), ms(x.P90), ms(x.P99), ms(x.P999), x.Errors, cpu, user, f1(x.BackendCPUPerRequest), rn, pn)
 	}
 	b.WriteString("\n")
+	if f := r.Floors(); f != "" {
+		b.WriteString(f + "\n\n")
+	}
 	for _, v := range r.Verdicts() {
 		fmt.Fprintf(&b, "- %s: %s — %s\n", v.Target, v.Measured, verdict(v.Met))
 	}

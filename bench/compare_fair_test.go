@@ -237,7 +237,7 @@ func TestFairVerdicts(t *testing.T) {
 		return &FairRun{Name: name, RPS: rps, P99: p99, CPUPerRequest: cpu, measured: name != TargetDirect}
 	}
 	r := &FairResult{Generator: "wrk, 1 thread", Rounds: 3, RoundSecs: 5, Runs: []*FairRun{
-		mk(TargetDirect, 80000, 1, 0), mk(TargetBare, 15000, 20, 50), mk(TargetKeymesh, 10000, 21, 80), mk(TargetNginx, 22000, 7, 35), mk(TargetNginxLog, 20000, 8, 40)}}
+		mk(TargetDirect, 80000, 1, 0), mk(TargetRaw, 25000, 5, 25), mk(TargetBare, 15000, 20, 50), mk(TargetKeymesh, 10000, 21, 80), mk(TargetNginx, 22000, 7, 35), mk(TargetNginxLog, 20000, 8, 40)}}
 	got := map[string]bool{}
 	for _, v := range r.Verdicts() {
 		got[strings.SplitN(v.Target, " (", 2)[0]] = v.Met
@@ -250,12 +250,14 @@ func TestFairVerdicts(t *testing.T) {
 		}
 	}
 	md := FairMarkdown(r)
-	for _, s := range []string{"| keymesh | 10000 |", "| 0.45x | 3.00x |", "0.45× (10000 vs 22000 rps) — **MISSED**", "| nginx + access log | 20000 |"} {
+	for _, s := range []string{"| keymesh | 10000 |", "| 0.45x | 3.00x |", "0.45× (10000 vs 22000 rps) — **MISSED**", "| nginx + access log | 20000 |",
+		"raw Go 25000 rps, CPU 25.0 µs/request (user 0.0), 1.14× nginx; the edge 0.40× its throughput, +55.0 µs CPU/request",
+		"bare fasthttp 15000 rps, CPU 50.0 µs/request (user 0.0), 0.68× nginx; the edge 0.67× its throughput, +30.0 µs"} {
 		if !strings.Contains(md, s) {
 			t.Errorf("markdown lacks %q:\n%s", s, md)
 		}
 	}
-	r.Runs[2] = mk(TargetKeymesh, 23000, 7.5, 30)
+	r.Runs[3] = mk(TargetKeymesh, 23000, 7.5, 30)
 	r.Runs[0] = mk(TargetDirect, 30000, 1, 0)
 	for _, v := range r.Verdicts() {
 		if strings.HasPrefix(v.Target, "the backend is not the limit") == v.Met {

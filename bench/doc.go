@@ -20,10 +20,12 @@
 //
 // The fair comparison ([RunFair], `bench compare`) measures what a proxy
 // costs rather than what a slow backend lets it show: the proxies (the
-// bare fasthttp proxy, an edge, nginx with a static key map, nginx with
-// Debian's per-request access log) stand in front of a backend several
-// times faster than any of them (backend/backend.c, built with cc by
-// [BuildBackend]; [FixedBackend] where no compiler is), backend and proxy
+// raw Go proxy [RawProxy] — bytes relayed by their framing, the least any
+// Go proxy costs —, the bare fasthttp proxy, an edge, nginx with a static
+// key map, nginx with Debian's per-request access log) stand in front of
+// a backend several times faster than any of them (backend/backend.c,
+// built with cc by [BuildBackend]; [FixedBackend] where no compiler is),
+// backend and proxy
 // pinned to one CPU with GOMAXPROCS=1 or one nginx worker, the load
 // generator (wrk, [RunWrk]) on another; targets take turns, every figure
 // is a median of rounds, and each proxy's CPU per request is read from

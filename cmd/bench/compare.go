@@ -88,8 +88,9 @@ func runCompare(e *env, args []string) int {
 	inProcess := inProcessFlag(fs)
 	about := "bench compare measures what a proxy costs, fairly (issue 17): a backend several times faster than any proxy\n" +
 		"(a C epoll server returning a fixed chat completion, compiled with cc; else a Go one), and in front of it, each a\n" +
-		"process of its own, the bare fasthttp proxy, a keymesh edge (origin at idle priority), nginx with a static map of\n" +
-		"the keys and nginx with Debian's access log. Backend and proxy under test share one CPU (Go with GOMAXPROCS=1,\n" +
+		"process of its own, the raw Go proxy (bytes relayed by their framing: the least a Go proxy costs), the bare fasthttp\n" +
+		"proxy, a keymesh edge (origin at idle priority), nginx with a static map of the keys and nginx with Debian's\n" +
+		"access log. Backend and proxy under test share one CPU (Go with GOMAXPROCS=1,\n" +
 		"nginx with one worker), the load generator (wrk, one thread; `make bench-deps` installs it) is on another; the\n" +
 		"targets take turns for --rounds rounds, and the report gives each one's medians: rps, p50/p99 and CPU µs per\n" +
 		"request from /proc; then open-loop latency at fractions of nginx's saturation rate.\n" +

@@ -91,7 +91,7 @@ func fairCompare(ctx context.Context, e *env, o fairOpts) (*bench.FairResult, er
 		}
 		return bench.OnCPU(pin.Proxy, args), []string{"GOMAXPROCS=1"}
 	}
-	ports, err := freePorts(2)
+	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +133,14 @@ func fairCompare(ctx context.Context, e *env, o fairOpts) (*bench.FairResult, er
 	if err := waitHTTP(ctx, "http://"+bareAddr+"/health"); err != nil {
 		return nil, st.failed("bareproxy", err)
 	}
+	rawAddr := "127.0.0.1:" + strconv.Itoa(ports[2])
+	args, env = onProxyCore("rawproxy", []string{self, "rawproxy", "--listen", rawAddr, "--upstream", backendURL})
+	if err := st.spawn(ctx, "rawproxy", args, env...); err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, "http://"+rawAddr+"/health"); err != nil {
+		return nil, st.failed("rawproxy", err)
+	}
 
 	key := "km_fair_compare_direct" // the backend and the bare proxy check nothing
 	targets := []bench.FairTarget{{Name: bench.TargetDirect, URL: backendURL}}
@@ -144,7 +152,8 @@ func fairCompare(ctx context.Context, e *env, o fairOpts) (*bench.FairResult, er
 		}
 		keys, key = secrets(ks), ks[0].Secret
 	}
-	targets = append(targets, bench.FairTarget{Name: bench.TargetBare, URL: "http://" + bareAddr, PIDs: []int{st.pid("bareproxy")}})
+	targets = append(targets, bench.FairTarget{Name: bench.TargetRaw, URL: "http://" + rawAddr, PIDs: []int{st.pid("rawproxy")}},
+		bench.FairTarget{Name: bench.TargetBare, URL: "http://" + bareAddr, PIDs: []int{st.pid("bareproxy")}})
 	if !o.bareOnly {
 		targets = append(targets, bench.FairTarget{Name: bench.TargetKeymesh, URL: st.edges[0].url, PIDs: []int{st.pid("edge-0")}})
 	}

@@ -11,8 +11,8 @@ import (
 )
 
 // TestFairCompareShape runs the fair comparison's harness briefly against
-// the backend and the bare proxy alone (no origin, edge or nginx: seconds,
-// not minutes): both take their turns, the proxy's CPU per request and the
+// the backend and the raw and bare proxies alone (no origin, edge or nginx:
+// seconds, not minutes): all take their turns, the proxy's CPU per request and the
 // backend's are counted from /proc, the open loop runs at a fraction of
 // the bare proxy's rate, and the report has its table and verdicts. With
 // wrk when installed (under CI it must be: make test-deps installs it),
@@ -34,7 +34,7 @@ func TestFairCompareShape(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v %s", err, stderr.String())
 	}
-	if len(res.Runs) != 2 || res.Runs[0].Name != bench.TargetDirect || res.Runs[1].Name != bench.TargetBare {
+	if len(res.Runs) != 3 || res.Runs[0].Name != bench.TargetDirect || res.Runs[1].Name != bench.TargetRaw || res.Runs[2].Name != bench.TargetBare {
 		t.Fatalf("runs: %+v", res.Runs)
 	}
 	for _, r := range res.Runs {
@@ -45,8 +45,10 @@ func TestFairCompareShape(t *testing.T) {
 			t.Errorf("%s: no backend CPU counted", r.Name)
 		}
 	}
-	if bare := res.Runs[1]; bare.CPUPerRequest <= 0 {
-		t.Errorf("bare proxy: no CPU counted (%g µs/request)", bare.CPUPerRequest)
+	for _, p := range res.Runs[1:] {
+		if p.CPUPerRequest <= 0 {
+			t.Errorf("%s: no CPU counted (%g µs/request)", p.Name, p.CPUPerRequest)
+		}
 	}
 	if res.OpenBase != bench.TargetBare || len(res.OpenLoop) != 1 || len(res.OpenLoop[0].Runs) != 2 {
 		t.Fatalf("open loop: base %q, %+v", res.OpenBase, res.OpenLoop)
@@ -60,7 +62,7 @@ func TestFairCompareShape(t *testing.T) {
 		t.Errorf("generator %q with wrk at %s", res.Generator, wrk)
 	}
 	md := bench.FairMarkdown(res)
-	for _, s := range []string{"| direct |", "| bare fasthttp |", "the backend is not the limit", "| 10% | bare fasthttp |"} {
+	for _, s := range []string{"| direct |", "| raw Go |", "| bare fasthttp |", "the backend is not the limit", "| 10% | bare fasthttp |"} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q:\n%s", s, md)
 		}

@@ -63,7 +63,7 @@ func TestBenchCommandsRejectBadFlags(t *testing.T) {
 			t.Errorf("%v: want one line, got %q", args, stderr.String())
 		}
 	}
-	for _, name := range []string{"load", "flood", "propagation", "compare", "suite", "freeport", "bareproxy"} {
+	for _, name := range []string{"load", "flood", "propagation", "compare", "suite", "freeport", "bareproxy", "rawproxy"} {
 		e, stdout, _ := testEnv(context.Background(), nil)
 		if code := run(e, []string{name, "--help"}); code != 0 || !strings.Contains(stdout.String(), "bench "+name) {
 			t.Errorf("%s --help: exit %d:\n%s", name, code, stdout.String())

@@ -13,6 +13,29 @@ import (
 func init() {
 	register("upstream", "serve a mock OpenAI-compatible inference server", runUpstream)
 	register("bareproxy", "serve the bare fasthttp proxy compare measures keymesh against (no checks: never in production)", runBareProxy)
+	register("rawproxy", "serve the least a Go proxy can do (bytes relayed by their framing): compare's floor under any Go proxy", runRawProxy)
+}
+
+func runRawProxy(e *env, args []string) int {
+	fs := flag.NewFlagSet("bench rawproxy", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:8082", "address to serve on")
+	upstream := fs.String("upstream", "http://127.0.0.1:8000", "where every request goes")
+	about := "bench rawproxy relays each request and answer as bytes to --upstream, reading only their framing (the head\n" +
+		"to its blank line, a Content-Length body), one upstream connection per client connection: what a Go program\n" +
+		"pays for the sockets and the scheduler alone, the floor bench compare shows under the bare proxy and the edge.\n" +
+		"It refuses what it cannot frame (chunked requests, answers without a length). Never a proxy to run."
+	if code, done := parseFlags(e, fs, about, args); done {
+		return code
+	}
+	p, err := bench.StartRawProxy(*upstream, *listen)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "bench rawproxy: %v\n", err)
+		return 1
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, nil))
+	log.Info("raw proxy listening", "url", p.URL(), "upstream", *upstream)
+	<-e.ctx.Done()
+	return cli.Drain(log, 5*time.Second, p.Shutdown)
 }
 
 func runBareProxy(e *env, args []string) int {
