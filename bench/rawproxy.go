@@ -210,8 +210,8 @@ func readRawMsg(r *bufio.Reader, m *rawMsg, request bool) error {
 			}
 			continue
 		}
-		if len(bytes.TrimRight(line, "\r\n")) == 0 {
-			break
+		if n := len(line); n == 1 || n == 2 && line[0] == '\r' {
+			break // the blank line
 		}
 		if err := m.field(line); err != nil {
 			return err
@@ -237,46 +237,57 @@ func readRawMsg(r *bufio.Reader, m *rawMsg, request bool) error {
 
 // startLine reads what framing needs from a request or status line.
 func (m *rawMsg) startLine(line []byte, request bool) error {
-	f := bytes.Fields(line)
-	if len(f) < 2 {
-		return errRawMalformed
-	}
+	line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
 	if request {
-		m.head = string(f[0]) == "HEAD"
-		if len(f) < 3 || string(f[2]) != "HTTP/1.1" {
-			m.close = true
+		sp := bytes.IndexByte(line, ' ')
+		if sp <= 0 {
+			return errRawMalformed
 		}
+		m.head = string(line[:sp]) == "HEAD"
+		m.close = !bytes.HasSuffix(line, []byte(" HTTP/1.1"))
 		return nil
 	}
-	if string(f[0]) != "HTTP/1.1" {
-		m.close = true
+	// HTTP/1.1 200 OK
+	if len(line) < 12 || line[8] != ' ' || len(line) > 12 && line[12] != ' ' {
+		return errRawMalformed
 	}
-	s, err := strconv.Atoi(string(f[1]))
-	if err != nil || s < 100 || s > 999 {
+	m.close = string(line[:8]) != "HTTP/1.1"
+	s, err := strconv.Atoi(string(line[9:12]))
+	if err != nil || s < 100 {
 		return errRawMalformed
 	}
 	m.status = s
 	return nil
 }
 
-// field reads Content-Length, Transfer-Encoding and Connection.
+// field reads Content-Length, Transfer-Encoding and Connection; the names
+// are told apart by their length before they are compared.
 func (m *rawMsg) field(line []byte) error {
-	name, value, ok := bytes.Cut(line, []byte(":"))
-	if !ok || len(name) == 0 || bytes.ContainsAny(name, " \t") {
+	colon := bytes.IndexByte(line, ':')
+	if colon <= 0 || bytes.IndexByte(line[:colon], ' ') >= 0 || bytes.IndexByte(line[:colon], '\t') >= 0 {
 		return errRawMalformed // a name the upstream might read otherwise
 	}
-	value = bytes.TrimSpace(value)
-	switch {
-	case bytes.EqualFold(name, []byte("Content-Length")):
+	name := line[:colon]
+	switch len(name) {
+	case len("Content-Length"):
+		if !bytes.EqualFold(name, []byte("Content-Length")) {
+			return nil
+		}
+		value := bytes.TrimSpace(line[colon+1:])
 		n, err := strconv.ParseInt(string(value), 10, 64)
 		if err != nil || n < 0 || value[0] == '+' || m.length >= 0 && m.length != n {
 			return errRawMalformed
 		}
 		m.length = n
-	case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-		return errRawChunked
-	case bytes.EqualFold(name, []byte("Connection")):
-		for _, t := range bytes.Split(value, []byte(",")) {
+	case len("Transfer-Encoding"):
+		if bytes.EqualFold(name, []byte("Transfer-Encoding")) {
+			return errRawChunked
+		}
+	case len("Connection"):
+		if !bytes.EqualFold(name, []byte("Connection")) {
+			return nil
+		}
+		for _, t := range bytes.Split(line[colon+1:], []byte(",")) {
 			if bytes.EqualFold(bytes.TrimSpace(t), []byte("close")) {
 				m.close = true
 			}
