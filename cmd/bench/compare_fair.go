@@ -142,7 +142,7 @@ func fairCompare(ctx context.Context, e *env, o fairOpts) (*bench.FairResult, er
 		return nil, st.failed("rawproxy", err)
 	}
 
-	key := "km_fair_compare_direct" // the backend and the bare proxy check nothing
+	key := "km_fair_compare_direct" // the backend and the raw and bare proxies check nothing
 	targets := []bench.FairTarget{{Name: bench.TargetDirect, URL: backendURL}}
 	var keys []string
 	if !o.bareOnly {

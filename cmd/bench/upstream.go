@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,43 +18,45 @@ func init() {
 }
 
 func runRawProxy(e *env, args []string) int {
-	fs := flag.NewFlagSet("bench rawproxy", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8082", "address to serve on")
-	upstream := fs.String("upstream", "http://127.0.0.1:8000", "where every request goes")
 	about := "bench rawproxy relays each request and answer as bytes to --upstream, reading only their framing (the head\n" +
 		"to its blank line, a Content-Length body), one upstream connection per client connection: what a Go program\n" +
 		"pays for the sockets and the scheduler alone, the floor bench compare shows under the bare proxy and the edge.\n" +
 		"It refuses what it cannot frame (chunked requests, answers without a length). Never a proxy to run."
-	if code, done := parseFlags(e, fs, about, args); done {
-		return code
-	}
-	p, err := bench.StartRawProxy(*upstream, *listen)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "bench rawproxy: %v\n", err)
-		return 1
-	}
-	log := slog.New(slog.NewTextHandler(e.stderr, nil))
-	log.Info("raw proxy listening", "url", p.URL(), "upstream", *upstream)
-	<-e.ctx.Done()
-	return cli.Drain(log, 5*time.Second, p.Shutdown)
+	return runYardstick(e, args, "rawproxy", "127.0.0.1:8082", about, func(upstream, addr string) (yardstick, error) {
+		return bench.StartRawProxy(upstream, addr)
+	})
 }
 
 func runBareProxy(e *env, args []string) int {
-	fs := flag.NewFlagSet("bench bareproxy", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8081", "address to serve on")
-	upstream := fs.String("upstream", "http://127.0.0.1:8000", "where every request goes")
 	about := "bench bareproxy serves the smallest fasthttp reverse proxy — copy, forward, stream back, no key check,\n" +
 		"no limits, no audit — in front of --upstream: the floor bench compare holds a keymesh edge against."
+	return runYardstick(e, args, "bareproxy", "127.0.0.1:8081", about, func(upstream, addr string) (yardstick, error) {
+		return bench.StartBareProxy(upstream, addr)
+	})
+}
+
+// yardstick is one of the proxies bench compare measures the edge against.
+type yardstick interface {
+	URL() string
+	Shutdown(context.Context) error
+}
+
+// runYardstick serves the yardstick start makes in front of --upstream on
+// --listen until the process is told to stop, then drains it.
+func runYardstick(e *env, args []string, name, listenDefault, about string, start func(upstream, addr string) (yardstick, error)) int {
+	fs := flag.NewFlagSet("bench "+name, flag.ContinueOnError)
+	listen := fs.String("listen", listenDefault, "address to serve on")
+	upstream := fs.String("upstream", "http://127.0.0.1:8000", "where every request goes")
 	if code, done := parseFlags(e, fs, about, args); done {
 		return code
 	}
-	p, err := bench.StartBareProxy(*upstream, *listen)
+	p, err := start(*upstream, *listen)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "bench bareproxy: %v\n", err)
+		fmt.Fprintf(e.stderr, "bench %s: %v\n", name, err)
 		return 1
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, nil))
-	log.Info("bare proxy listening", "url", p.URL(), "upstream", *upstream)
+	log.Info("listening", "proxy", name, "url", p.URL(), "upstream", *upstream)
 	<-e.ctx.Done()
 	return cli.Drain(log, 5*time.Second, p.Shutdown)
 }
