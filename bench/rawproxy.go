@@ -23,8 +23,9 @@ import (
 // so what it costs is what a Go program pays for the sockets, the netpoller
 // and the scheduler at all: the floor under any Go proxy, fasthttp's and
 // the edge's included, in the same run as nginx. What it cannot frame it
-// refuses: a chunked request (501), a head over 64 KiB (431), an answer
-// without a length (502). A benchmark's yardstick, never a proxy to run.
+// refuses: a chunked request (501), a head over 64 KiB (431), a body over
+// 16 MiB (413), an answer without a length or an interim (1xx) one (502).
+// A benchmark's yardstick, never a proxy to run.
 type RawProxy struct {
 	ln       net.Listener
 	upstream string // host:port
@@ -45,8 +46,9 @@ const (
 var (
 	errRawHeadTooLarge = errors.New("head too large")
 	errRawChunked      = errors.New("transfer-encoding is not relayed")
+	errRawBodyTooLarge = errors.New("body too large")
 	errRawMalformed    = errors.New("malformed head or content-length")
-	errRawNoLength     = errors.New("answer without content-length")
+	errRawNoLength     = errors.New("answer without content-length, or interim")
 )
 
 // StartRawProxy serves a RawProxy to upstream (http://host:port) on addr.
@@ -95,14 +97,7 @@ func (p *RawProxy) accept() {
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
-			if p.closing.Load() {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return
+			return // closed by Shutdown, or the listener failed
 		}
 		p.mu.Lock()
 		if p.closing.Load() {
@@ -124,25 +119,25 @@ type rawMsg struct {
 	length int64 // -1: none given
 	close  bool  // Connection: close, or HTTP/1.0
 	status int   // an answer's status
-	head   bool  // a request's method is HEAD
+	// head: a request's method is HEAD (read from its start line); for an
+	// answer, the caller's say that it answers HEAD (and has no body).
+	head bool
 }
 
 func (p *RawProxy) serve(c net.Conn) {
-	defer p.wg.Done()
-	defer func() {
-		p.mu.Lock()
-		delete(p.conns, c)
-		p.mu.Unlock()
-		_ = c.Close()
-	}()
-	cr := bufio.NewReaderSize(c, 8<<10)
 	var up net.Conn
-	var ur *bufio.Reader
 	defer func() {
 		if up != nil {
 			_ = up.Close()
 		}
+		p.mu.Lock()
+		delete(p.conns, c)
+		p.mu.Unlock()
+		_ = c.Close()
+		p.wg.Done()
 	}()
+	cr := bufio.NewReaderSize(c, 8<<10)
+	var ur *bufio.Reader
 	var req, ans rawMsg
 	for !p.closing.Load() {
 		if err := readRawMsg(cr, &req, true); err != nil {
@@ -151,6 +146,8 @@ func (p *RawProxy) serve(c net.Conn) {
 				rawRefuse(c, 431, "Request Header Fields Too Large")
 			case errors.Is(err, errRawChunked):
 				rawRefuse(c, 501, "Not Implemented")
+			case errors.Is(err, errRawBodyTooLarge):
+				rawRefuse(c, 413, "Content Too Large")
 			case errors.Is(err, errRawMalformed):
 				rawRefuse(c, 400, "Bad Request")
 			}
@@ -187,7 +184,10 @@ func rawRefuse(c net.Conn, code int, text string) {
 
 // readRawMsg reads one request (or answer) into m.buf, reusing it: its head
 // line by line to the blank line, then as many body bytes as its
-// Content-Length says (an answer to HEAD, 1xx, 204 and 304 have none).
+// Content-Length says (an answer to HEAD, 204 and 304 have none). An
+// interim 1xx answer has no length, so it is refused with the answers
+// without one; taken for a whole answer, it would leave the final one to
+// be read as the next request's.
 func readRawMsg(r *bufio.Reader, m *rawMsg, request bool) error {
 	m.buf, m.length, m.close, m.status = m.buf[:0], -1, false, 0
 	first := true
@@ -221,13 +221,13 @@ func readRawMsg(r *bufio.Reader, m *rawMsg, request bool) error {
 	switch {
 	case request && n < 0:
 		n = 0
-	case !request && (m.head || m.status < 200 || m.status == 204 || m.status == 304):
+	case !request && (m.head || m.status == 204 || m.status == 304):
 		n = 0
 	case !request && n < 0:
 		return errRawNoLength
 	}
 	if n > rawMaxBody {
-		return errRawMalformed
+		return errRawBodyTooLarge
 	}
 	l := len(m.buf)
 	m.buf = append(m.buf, make([]byte, n)...)

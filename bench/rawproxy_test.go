@@ -2,7 +2,9 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keymesh/keymesh/internal/testutil"
 )
 
 // rawUpstream reads requests with net/http's parser (not the proxy's) and
@@ -85,10 +89,11 @@ func startRaw(t *testing.T, upstream string) *RawProxy {
 }
 
 // rawExchange sends raw bytes on a new connection and reads an answer for
-// each of methods, the requests' methods in order.
+// each of methods, the requests' methods in order (several answers on one
+// connection: what testutil.RawRequest, which reads one, does not).
 func rawExchange(t *testing.T, p *RawProxy, send string, methods ...string) ([]*http.Response, []string) {
 	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(p.URL(), "http://"))
+	c, err := net.Dial("tcp", addrOf(p))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,16 +132,14 @@ func TestRawProxyRelaysKeepAlive(t *testing.T) {
 			t.Errorf("answer %d: %d %q, want 200 %q", i+1, resps[i].StatusCode, bodies[i], want)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testutil.CheckFor(t, 5*time.Second, 0, func() error {
 		up.mu.Lock()
-		n := len(up.got)
-		up.mu.Unlock()
-		if n == 3 || time.Now().After(deadline) {
-			break
+		defer up.mu.Unlock()
+		if len(up.got) != 3 {
+			return fmt.Errorf("the upstream has %d requests of 3", len(up.got))
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	up.mu.Lock()
 	defer up.mu.Unlock()
 	want := []string{"GET /v1/models ", `POST /v1/chat/completions {"a":1}`, "HEAD /health "}
@@ -163,10 +166,12 @@ func TestRawProxyRefusesWhatItCannotFrame(t *testing.T) {
 		{"two lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400},
 		{"space before colon", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400},
 		{"huge head", "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("a", 4000)+"\r\n", 20) + "\r\n", 431},
+		{"huge body", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 17000000\r\n\r\n", 413},
 	} {
-		resps, _ := rawExchange(t, p, tc.send, "GET")
-		if resps[0].StatusCode != tc.code || !resps[0].Close {
-			t.Errorf("%s: %d (close %v), want %d and the connection closed", tc.name, resps[0].StatusCode, resps[0].Close, tc.code)
+		r, err := testutil.RawRequest(addrOf(p), []byte(tc.send), 10*time.Second)
+		// net/http's reader takes Connection out of the header: the raw bytes say it.
+		if err != nil || r.Status != tc.code || !bytes.Contains(r.Raw, []byte("\r\nConnection: close\r\n")) {
+			t.Errorf("%s: %v, status %d, want %d and the connection closed:\n%s", tc.name, err, r.Status, tc.code, r.Raw)
 		}
 	}
 	up.mu.Lock()
@@ -176,14 +181,24 @@ func TestRawProxyRefusesWhatItCannotFrame(t *testing.T) {
 	}
 }
 
-func TestRawProxyAnswerWithoutLengthIs502(t *testing.T) {
-	up := startRawUpstream(t, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nno length")
-	p := startRaw(t, "http://"+up.ln.Addr().String())
-	resps, _ := rawExchange(t, p, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "GET")
-	if resps[0].StatusCode != 502 {
-		t.Errorf("answer without a length: %d, want 502", resps[0].StatusCode)
+// TestRawProxyAnswersItCannotFrameAre502: an answer without a length, and
+// an interim one (a final answer follows it, which the proxy would take
+// for the next request's).
+func TestRawProxyAnswersItCannotFrameAre502(t *testing.T) {
+	for name, answer := range map[string]string{
+		"no length": "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nno length",
+		"interim":   "HTTP/1.1 100 Continue\r\n\r\n" + rawAnswer,
+	} {
+		up := startRawUpstream(t, answer)
+		p := startRaw(t, "http://"+up.ln.Addr().String())
+		r, err := testutil.RawRequest(addrOf(p), []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 10*time.Second)
+		if err != nil || r.Status != 502 {
+			t.Errorf("%s: %v, status %d, want 502:\n%s", name, err, r.Status, r.Raw)
+		}
 	}
 }
+
+func addrOf(p *RawProxy) string { return strings.TrimPrefix(p.URL(), "http://") }
 
 func TestStartRawProxyValidates(t *testing.T) {
 	for _, bad := range []string{"127.0.0.1:1", "https://127.0.0.1:1", "http://127.0.0.1", "http://127.0.0.1:1/path", "http://u@127.0.0.1:1"} {
@@ -200,7 +215,7 @@ func TestRawProxyShutdownEndsIdleConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := net.Dial("tcp", strings.TrimPrefix(p.URL(), "http://"))
+	c, err := net.Dial("tcp", addrOf(p))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -125,21 +125,16 @@ func fairCompare(ctx context.Context, e *env, o fairOpts) (*bench.FairResult, er
 		return nil, st.failed("backend", err)
 	}
 
-	bareAddr := "127.0.0.1:" + strconv.Itoa(ports[1])
-	args, env := onProxyCore("bareproxy", []string{self, "bareproxy", "--listen", bareAddr, "--upstream", backendURL})
-	if err := st.spawn(ctx, "bareproxy", args, env...); err != nil {
-		return nil, err
-	}
-	if err := waitHTTP(ctx, "http://"+bareAddr+"/health"); err != nil {
-		return nil, st.failed("bareproxy", err)
-	}
-	rawAddr := "127.0.0.1:" + strconv.Itoa(ports[2])
-	args, env = onProxyCore("rawproxy", []string{self, "rawproxy", "--listen", rawAddr, "--upstream", backendURL})
-	if err := st.spawn(ctx, "rawproxy", args, env...); err != nil {
-		return nil, err
-	}
-	if err := waitHTTP(ctx, "http://"+rawAddr+"/health"); err != nil {
-		return nil, st.failed("rawproxy", err)
+	// The yardsticks, each this binary's command of that name.
+	bareAddr, rawAddr := "127.0.0.1:"+strconv.Itoa(ports[1]), "127.0.0.1:"+strconv.Itoa(ports[2])
+	for _, y := range []struct{ cmd, addr string }{{"bareproxy", bareAddr}, {"rawproxy", rawAddr}} {
+		args, env := onProxyCore(y.cmd, []string{self, y.cmd, "--listen", y.addr, "--upstream", backendURL})
+		if err := st.spawn(ctx, y.cmd, args, env...); err != nil {
+			return nil, err
+		}
+		if err := waitHTTP(ctx, "http://"+y.addr+"/health"); err != nil {
+			return nil, st.failed(y.cmd, err)
+		}
 	}
 
 	key := "km_fair_compare_direct" // the backend and the raw and bare proxies check nothing
